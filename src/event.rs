@@ -1,0 +1,987 @@
+//! Signal messages (version 1 of DESIGN.md): decoding and validation.
+//! Decoding never panics: every input either becomes typed signals or a
+//! `Rejection` with a reason code used by metrics and dead-letter records.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::clock::Millis;
+
+/// Why a message (or one element of a batch) was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MessageTooLarge,
+    MalformedJson,
+    NotAnObject,
+    BatchTooLarge,
+    MissingField,
+    WrongType,
+    UnknownType,
+    NonFinite,
+    Negative,
+    Absurd,
+    InvalidTarget,
+    InvalidTimestamp,
+    TooOld,
+    TooFarAhead,
+    TooManySamples,
+    InvalidForecast,
+    UnknownTarget,
+    TooManyQueues,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::MessageTooLarge,
+        Reason::MalformedJson,
+        Reason::NotAnObject,
+        Reason::BatchTooLarge,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::UnknownType,
+        Reason::NonFinite,
+        Reason::Negative,
+        Reason::Absurd,
+        Reason::InvalidTarget,
+        Reason::InvalidTimestamp,
+        Reason::TooOld,
+        Reason::TooFarAhead,
+        Reason::TooManySamples,
+        Reason::InvalidForecast,
+        Reason::UnknownTarget,
+        Reason::TooManyQueues,
+    ];
+
+    /// The stable code used as a metric label and in dead-letter records.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::MessageTooLarge => "message_too_large",
+            Reason::MalformedJson => "malformed_json",
+            Reason::NotAnObject => "not_an_object",
+            Reason::BatchTooLarge => "batch_too_large",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::UnknownType => "unknown_type",
+            Reason::NonFinite => "non_finite",
+            Reason::Negative => "negative_value",
+            Reason::Absurd => "absurd_value",
+            Reason::InvalidTarget => "invalid_target",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::TooOld => "too_old",
+            Reason::TooFarAhead => "too_far_ahead",
+            Reason::TooManySamples => "too_many_samples",
+            Reason::InvalidForecast => "invalid_forecast",
+            Reason::UnknownTarget => "unknown_target",
+            Reason::TooManyQueues => "too_many_queues",
+        }
+    }
+
+    /// Signals for targets that are not configured are counted and dropped,
+    /// not dead-lettered: they are valid, just not ours (DESIGN.md).
+    pub fn dead_letter(self) -> bool {
+        self != Reason::UnknownTarget
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejected message or batch element, with a message naming the bad value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+    /// The signal type, when it could be read (for metric labels).
+    pub kind: &'static str,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            kind: "unknown",
+        }
+    }
+    pub fn with_kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDepth {
+    pub target: String,
+    pub queue: String,
+    pub depth: f64,
+    pub consumers: Option<u32>,
+    pub ts_ms: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayLatency {
+    pub target: String,
+    pub route: Option<String>,
+    pub samples_ms: Vec<f64>,
+    /// Failed requests among (or in addition to) the samples.
+    pub errors: u32,
+    pub ts_ms: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastPoint {
+    pub ts_ms: Millis,
+    pub value: f64,
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    pub target: String,
+    pub metric: String,
+    pub source: String,
+    pub issued_at_ms: Millis,
+    /// Sorted by time, strictly rising.
+    pub points: Vec<ForecastPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    QueueDepth(QueueDepth),
+    Latency(GatewayLatency),
+    Forecast(Forecast),
+}
+
+impl Signal {
+    pub fn target(&self) -> &str {
+        match self {
+            Signal::QueueDepth(s) => &s.target,
+            Signal::Latency(s) => &s.target,
+            Signal::Forecast(s) => &s.target,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Signal::QueueDepth(_) => "queue_depth",
+            Signal::Latency(_) => "gateway_latency",
+            Signal::Forecast(_) => "forecast",
+        }
+    }
+}
+
+/// The validation limits; defaults are in `config.rs` (`EngineConfig`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_event_age_ms: i64,
+    pub max_clock_skew_ms: i64,
+    pub max_message_bytes: usize,
+    pub max_batch: usize,
+    pub max_samples: usize,
+    /// Depths above this are taken for a broken producer.
+    pub max_depth: f64,
+    /// Latencies above this (ms) are taken for a broken producer.
+    pub max_latency_ms: f64,
+    pub max_forecast_points: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_age_ms: 5 * 60_000,
+            max_clock_skew_ms: 30_000,
+            max_message_bytes: 1 << 20,
+            max_batch: 1000,
+            max_samples: 10_000,
+            max_depth: 1e12,
+            max_latency_ms: 86_400_000.0,
+            max_forecast_points: 10_000,
+        }
+    }
+}
+
+/// A target name as DESIGN.md allows: `^[a-z0-9]([a-z0-9._-]{0,62})$`.
+pub fn valid_target_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Decodes one message (an object or a batch array) received at `now_ms`.
+/// A batch yields one result per element, so one bad element loses nothing else.
+pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signal, Rejection>> {
+    if bytes.len() > limits.max_message_bytes {
+        return vec![Err(Rejection::new(
+            Reason::MessageTooLarge,
+            format!(
+                "message of {} bytes exceeds max_message_bytes {}",
+                bytes.len(),
+                limits.max_message_bytes
+            ),
+        ))];
+    }
+    let value: Any = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return vec![Err(Rejection::new(Reason::MalformedJson, e.to_string()))],
+    };
+    match value {
+        Any::Object(fields) => vec![decode_object(&fields, now_ms, limits)],
+        Any::Array(items) => {
+            if items.len() > limits.max_batch {
+                return vec![Err(Rejection::new(
+                    Reason::BatchTooLarge,
+                    format!("batch of {} exceeds max_batch {}", items.len(), limits.max_batch),
+                ))];
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Any::Object(fields) => decode_object(fields, now_ms, limits),
+                    other => Err(Rejection::new(
+                        Reason::NotAnObject,
+                        format!("batch element {i} is {}, expected an object", other.type_name()),
+                    )),
+                })
+                .collect()
+        }
+        other => vec![Err(Rejection::new(
+            Reason::NotAnObject,
+            format!("message is {}, expected an object or an array", other.type_name()),
+        ))],
+    }
+}
+
+/// Any JSON value, borrowing strings where it can. Used instead of typed
+/// structs so that a wrong type is reported with the field it is in.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum Any<'a> {
+    #[default]
+    Missing,
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Cow<'a, str>),
+    Array(Vec<Any<'a>>),
+    Object(Vec<(Cow<'a, str>, Any<'a>)>),
+}
+
+impl<'a> Any<'a> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Any::Missing => "missing",
+            Any::Null => "null",
+            Any::Bool(_) => "a boolean",
+            Any::Num(_) => "a number",
+            Any::Str(_) => "a string",
+            Any::Array(_) => "an array",
+            Any::Object(_) => "an object",
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Any<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Any<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Any::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Any::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Any::Num(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Any::Num(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Any::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Any::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Any::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Any::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Any::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(item) = seq.next_element::<Any<'de>>()? {
+                    items.push(item);
+                }
+                Ok(Any::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value = map.next_value::<Any<'de>>()?;
+                    // The first occurrence of a key wins; serde_json allows duplicates.
+                    if !fields.iter().any(|(k, _): &(Cow<str>, Any)| *k == key) {
+                        fields.push((key, value));
+                    }
+                }
+                Ok(Any::Object(fields))
+            }
+        }
+        d.deserialize_any(V).map_err(|e: D::Error| de::Error::custom(e))
+    }
+}
+
+/// Field access with errors that name the field.
+struct Obj<'o, 'a>(&'o [(Cow<'a, str>, Any<'a>)]);
+
+impl<'o, 'a> Obj<'o, 'a> {
+    fn get(&self, key: &str) -> &'o Any<'a> {
+        static MISSING: Any<'static> = Any::Missing;
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or(&MISSING)
+    }
+
+    fn str_req(&self, key: &str) -> Result<&'o str, Rejection> {
+        match self.get(key) {
+            Any::Str(s) => Ok(s),
+            Any::Missing | Any::Null => Err(Rejection::new(
+                Reason::MissingField,
+                format!("field `{key}` is required"),
+            )),
+            other => Err(wrong_type(key, "a string", other)),
+        }
+    }
+
+    fn str_opt(&self, key: &str) -> Result<Option<&'o str>, Rejection> {
+        match self.get(key) {
+            Any::Missing | Any::Null => Ok(None),
+            _ => self.str_req(key).map(Some),
+        }
+    }
+
+    fn num_opt(&self, key: &str) -> Result<Option<f64>, Rejection> {
+        match self.get(key) {
+            Any::Missing | Any::Null => Ok(None),
+            Any::Num(n) => finite(key, *n).map(Some),
+            other => Err(wrong_type(key, "a number", other)),
+        }
+    }
+
+    fn num_req(&self, key: &str) -> Result<f64, Rejection> {
+        self.num_opt(key)?.ok_or_else(|| {
+            Rejection::new(Reason::MissingField, format!("field `{key}` is required"))
+        })
+    }
+
+    /// A non-negative whole count (consumers, errors, status).
+    fn count_opt(&self, key: &str, max: f64) -> Result<Option<u32>, Rejection> {
+        let Some(n) = self.num_opt(key)? else {
+            return Ok(None);
+        };
+        if n < 0.0 {
+            return Err(Rejection::new(
+                Reason::Negative,
+                format!("field `{key}` is {n}, must not be negative"),
+            ));
+        }
+        if n.fract() != 0.0 {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                format!("field `{key}` is {n}, expected a whole number"),
+            ));
+        }
+        if n > max {
+            return Err(Rejection::new(
+                Reason::Absurd,
+                format!("field `{key}` is {n}, above the limit {max}"),
+            ));
+        }
+        Ok(Some(n as u32))
+    }
+}
+
+fn wrong_type(key: &str, expected: &str, got: &Any) -> Rejection {
+    Rejection::new(
+        Reason::WrongType,
+        format!("field `{key}` is {}, expected {expected}", got.type_name()),
+    )
+}
+
+fn finite(key: &str, n: f64) -> Result<f64, Rejection> {
+    if n.is_finite() {
+        Ok(n)
+    } else {
+        Err(Rejection::new(
+            Reason::NonFinite,
+            format!("field `{key}` is {n}, must be finite"),
+        ))
+    }
+}
+
+fn check_target(name: &str) -> Result<String, Rejection> {
+    if valid_target_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(Rejection::new(
+            Reason::InvalidTarget,
+            format!(
+                "target {:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$",
+                truncate(name, 80)
+            ),
+        ))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Reads a timestamp: RFC 3339 text or unix milliseconds.
+fn parse_ts(key: &str, v: &Any) -> Result<Option<Millis>, Rejection> {
+    match v {
+        Any::Missing | Any::Null => Ok(None),
+        Any::Num(n) => {
+            let n = finite(key, *n)?;
+            if n < 0.0 || n > 1e15 || n.fract() != 0.0 {
+                return Err(Rejection::new(
+                    Reason::InvalidTimestamp,
+                    format!("field `{key}` is {n}, expected whole unix milliseconds"),
+                ));
+            }
+            Ok(Some(n as Millis))
+        }
+        Any::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|e| {
+                Rejection::new(
+                    Reason::InvalidTimestamp,
+                    format!("field `{key}` is {:?}, not RFC 3339: {e}", truncate(s, 64)),
+                )
+            }),
+        other => Err(wrong_type(key, "an RFC 3339 string or unix milliseconds", other)),
+    }
+}
+
+/// The event time, checked against the allowed age and clock skew.
+fn event_time(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Millis, Rejection> {
+    let ts = parse_ts("ts", obj.get("ts"))?.unwrap_or(now_ms);
+    check_time("ts", ts, now_ms, limits)?;
+    Ok(ts)
+}
+
+fn check_time(key: &str, ts: Millis, now_ms: Millis, limits: &Limits) -> Result<(), Rejection> {
+    if ts < now_ms.saturating_sub(limits.max_event_age_ms) {
+        return Err(Rejection::new(
+            Reason::TooOld,
+            format!(
+                "field `{key}` {} is {} ms old, older than max_event_age {} ms",
+                crate::clock::rfc3339(ts),
+                now_ms - ts,
+                limits.max_event_age_ms
+            ),
+        ));
+    }
+    if ts > now_ms.saturating_add(limits.max_clock_skew_ms) {
+        return Err(Rejection::new(
+            Reason::TooFarAhead,
+            format!(
+                "field `{key}` {} is {} ms ahead, beyond max_clock_skew {} ms",
+                crate::clock::rfc3339(ts),
+                ts - now_ms,
+                limits.max_clock_skew_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_object(
+    fields: &[(Cow<str>, Any)],
+    now_ms: Millis,
+    limits: &Limits,
+) -> Result<Signal, Rejection> {
+    let obj = Obj(fields);
+    let kind = obj.str_req("type")?;
+    match kind {
+        "queue_depth" => decode_depth(&obj, now_ms, limits).map_err(|r| r.with_kind("queue_depth")),
+        "gateway_latency" => {
+            decode_latency(&obj, now_ms, limits).map_err(|r| r.with_kind("gateway_latency"))
+        }
+        "forecast" => decode_forecast(&obj, now_ms, limits).map_err(|r| r.with_kind("forecast")),
+        other => Err(Rejection::new(
+            Reason::UnknownType,
+            format!(
+                "type {:?} is not queue_depth, gateway_latency or forecast",
+                truncate(other, 64)
+            ),
+        )),
+    }
+}
+
+fn decode_depth(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+    let target = check_target(obj.str_req("target")?)?;
+    let queue = obj.str_opt("queue")?.unwrap_or("").to_owned();
+    if queue.len() > 255 {
+        return Err(Rejection::new(
+            Reason::Absurd,
+            format!("field `queue` is {} bytes long, limit 255", queue.len()),
+        ));
+    }
+    let depth = obj.num_req("depth")?;
+    if depth < 0.0 {
+        return Err(Rejection::new(
+            Reason::Negative,
+            format!("field `depth` is {depth}, must not be negative"),
+        ));
+    }
+    if depth > limits.max_depth {
+        return Err(Rejection::new(
+            Reason::Absurd,
+            format!("field `depth` is {depth}, above the limit {}", limits.max_depth),
+        ));
+    }
+    let consumers = obj.count_opt("consumers", 1e6)?;
+    let ts_ms = event_time(obj, now_ms, limits)?;
+    Ok(Signal::QueueDepth(QueueDepth {
+        target,
+        queue,
+        depth,
+        consumers,
+        ts_ms,
+    }))
+}
+
+fn check_latency(key: &str, v: f64, limits: &Limits) -> Result<f64, Rejection> {
+    let v = finite(key, v)?;
+    if v < 0.0 {
+        return Err(Rejection::new(
+            Reason::Negative,
+            format!("field `{key}` is {v}, must not be negative"),
+        ));
+    }
+    if v > limits.max_latency_ms {
+        return Err(Rejection::new(
+            Reason::Absurd,
+            format!("field `{key}` is {v}, above the limit {}", limits.max_latency_ms),
+        ));
+    }
+    Ok(v)
+}
+
+fn decode_latency(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+    let target = check_target(obj.str_req("target")?)?;
+    let route = obj.str_opt("route")?.map(|r| truncate(r, 255).to_owned());
+    let mut samples = Vec::new();
+    match (obj.get("latency_ms"), obj.get("samples_ms")) {
+        (Any::Missing | Any::Null, Any::Missing | Any::Null) => {
+            return Err(Rejection::new(
+                Reason::MissingField,
+                "one of `latency_ms` or `samples_ms` is required",
+            ))
+        }
+        (single, Any::Missing | Any::Null) => match single {
+            Any::Num(n) => samples.push(check_latency("latency_ms", *n, limits)?),
+            other => return Err(wrong_type("latency_ms", "a number", other)),
+        },
+        (Any::Missing | Any::Null, Any::Array(items)) => {
+            if items.len() > limits.max_samples {
+                return Err(Rejection::new(
+                    Reason::TooManySamples,
+                    format!(
+                        "`samples_ms` has {} samples, above max_samples {}",
+                        items.len(),
+                        limits.max_samples
+                    ),
+                ));
+            }
+            samples.reserve_exact(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("samples_ms[{i}]");
+                match item {
+                    Any::Num(n) => samples.push(check_latency(&key, *n, limits)?),
+                    other => return Err(wrong_type(&key, "a number", other)),
+                }
+            }
+        }
+        (Any::Missing | Any::Null, other) => {
+            return Err(wrong_type("samples_ms", "an array of numbers", other))
+        }
+        _ => {
+            return Err(Rejection::new(
+                Reason::WrongType,
+                "both `latency_ms` and `samples_ms` given; send one",
+            ))
+        }
+    }
+    let status = obj.count_opt("status", 999.0)?;
+    let errors = match obj.count_opt("errors", 1e9)? {
+        Some(e) => e,
+        // A single sample with a 5xx status counts as an error.
+        None => u32::from(status.is_some_and(|s| s >= 500)),
+    };
+    let ts_ms = event_time(obj, now_ms, limits)?;
+    Ok(Signal::Latency(GatewayLatency {
+        target,
+        route,
+        samples_ms: samples,
+        errors,
+        ts_ms,
+    }))
+}
+
+/// Forecast points may lie in the future by any amount; `issued_at` must be
+/// recent like any event time.
+fn decode_forecast(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+    let target = check_target(obj.str_req("target")?)?;
+    let metric = obj.str_req("metric")?;
+    if !crate::window::Metric::NAMES.contains(&metric) {
+        return Err(Rejection::new(
+            Reason::InvalidForecast,
+            format!(
+                "metric {:?} is not one of {:?}",
+                truncate(metric, 64),
+                crate::window::Metric::NAMES
+            ),
+        ));
+    }
+    let source = truncate(obj.str_opt("source")?.unwrap_or("external"), 128).to_owned();
+    let issued_at_ms = parse_ts("issued_at", obj.get("issued_at"))?.unwrap_or(now_ms);
+    check_time("issued_at", issued_at_ms, now_ms, limits)?;
+    let items = match obj.get("points") {
+        Any::Array(items) => items,
+        Any::Missing | Any::Null => {
+            return Err(Rejection::new(
+                Reason::MissingField,
+                "field `points` is required",
+            ))
+        }
+        other => return Err(wrong_type("points", "an array of objects", other)),
+    };
+    if items.is_empty() || items.len() > limits.max_forecast_points {
+        return Err(Rejection::new(
+            Reason::InvalidForecast,
+            format!(
+                "`points` has {} entries, expected 1 to {}",
+                items.len(),
+                limits.max_forecast_points
+            ),
+        ));
+    }
+    let mut points = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Any::Object(fields) = item else {
+            return Err(wrong_type(&format!("points[{i}]"), "an object", item));
+        };
+        let p = Obj(fields);
+        let at = |k: &str| format!("points[{i}].{k}");
+        let ts_ms = parse_ts(&at("ts"), p.get("ts"))?
+            .ok_or_else(|| Rejection::new(Reason::MissingField, format!("`{}` is required", at("ts"))))?;
+        let value = p.num_req("value").map_err(|r| rename(r, "value", &at("value")))?;
+        let lower = p.num_opt("lower").map_err(|r| rename(r, "lower", &at("lower")))?;
+        let upper = p.num_opt("upper").map_err(|r| rename(r, "upper", &at("upper")))?;
+        if let (Some(l), Some(u)) = (lower, upper) {
+            if l > u {
+                return Err(Rejection::new(
+                    Reason::InvalidForecast,
+                    format!("{} is {l}, above {} {u}", at("lower"), at("upper")),
+                ));
+            }
+        }
+        if let Some(prev) = points.last().map(|p: &ForecastPoint| p.ts_ms) {
+            if ts_ms <= prev {
+                return Err(Rejection::new(
+                    Reason::InvalidForecast,
+                    format!("{} is not after the previous point", at("ts")),
+                ));
+            }
+        }
+        points.push(ForecastPoint {
+            ts_ms,
+            value,
+            lower,
+            upper,
+        });
+    }
+    Ok(Signal::Forecast(Forecast {
+        target,
+        metric: metric.to_owned(),
+        source,
+        issued_at_ms,
+        points,
+    }))
+}
+
+fn rename(mut r: Rejection, from: &str, to: &str) -> Rejection {
+    r.detail = r.detail.replace(&format!("`{from}`"), &format!("`{to}`"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_764_000_000_000;
+
+    fn one(json: &str) -> Result<Signal, Rejection> {
+        let mut out = decode(json.as_bytes(), NOW, &Limits::default());
+        assert_eq!(out.len(), 1, "{json}");
+        out.pop().unwrap()
+    }
+
+    fn reason(json: &str) -> Reason {
+        match one(json) {
+            Ok(s) => panic!("accepted {json}: {s:?}"),
+            Err(r) => r.reason,
+        }
+    }
+
+    #[test]
+    fn decodes_the_design_examples() {
+        let depth = one(&format!(
+            r#"{{"type": "queue_depth", "target": "checkout", "queue": "orders", "depth": 1520,
+               "consumers": 4, "ts": "{}"}}"#,
+            crate::clock::rfc3339(NOW - 120)
+        ))
+        .unwrap();
+        assert_eq!(
+            depth,
+            Signal::QueueDepth(QueueDepth {
+                target: "checkout".into(),
+                queue: "orders".into(),
+                depth: 1520.0,
+                consumers: Some(4),
+                ts_ms: NOW - 120,
+            })
+        );
+        let lat = one(&format!(
+            r#"{{"type": "gateway_latency", "target": "checkout", "route": "/api/checkout",
+               "samples_ms": [12.1, 15.0, 230.4], "errors": 1, "ts": {}}}"#,
+            NOW - 5
+        ))
+        .unwrap();
+        match lat {
+            Signal::Latency(l) => {
+                assert_eq!(l.samples_ms, vec![12.1, 15.0, 230.4]);
+                assert_eq!(l.errors, 1);
+                assert_eq!(l.ts_ms, NOW - 5);
+                assert_eq!(l.route.as_deref(), Some("/api/checkout"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let single = one(r#"{"type": "gateway_latency", "target": "checkout", "latency_ms": 183.2, "status": 503}"#)
+            .unwrap();
+        match single {
+            Signal::Latency(l) => {
+                assert_eq!(l.samples_ms, vec![183.2]);
+                assert_eq!(l.errors, 1, "a 5xx status counts as an error");
+                assert_eq!(l.ts_ms, NOW, "absent ts means receive time");
+            }
+            other => panic!("{other:?}"),
+        }
+        let fc = one(&format!(
+            r#"{{"type": "forecast", "target": "checkout", "metric": "queue_depth",
+               "source": "nightly-prophet", "issued_at": "{}",
+               "points": [{{"ts": "{}", "value": 1800, "lower": 1500, "upper": 2100}}]}}"#,
+            crate::clock::rfc3339(NOW - 60_000),
+            crate::clock::rfc3339(NOW + 300_000)
+        ))
+        .unwrap();
+        match fc {
+            Signal::Forecast(f) => {
+                assert_eq!(f.source, "nightly-prophet");
+                assert_eq!(f.points.len(), 1);
+                assert_eq!(f.points[0].ts_ms, NOW + 300_000);
+                assert_eq!(f.points[0].upper, Some(2100.0));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timestamps_with_offsets_and_unknown_fields() {
+        let s = one(r#"{"type":"queue_depth","target":"a","depth":1,"ts":"2024-11-24T17:00:00+01:00","extra":{"x":[1,2]}}"#);
+        // 2024-11-24T16:00:00Z
+        let want = chrono::DateTime::parse_from_rfc3339("2024-11-24T16:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        match decode(
+            br#"{"type":"queue_depth","target":"a","depth":1,"ts":"2024-11-24T17:00:00+01:00"}"#,
+            want,
+            &Limits::default(),
+        )
+        .pop()
+        .unwrap()
+        {
+            Ok(Signal::QueueDepth(d)) => assert_eq!(d.ts_ms, want),
+            other => panic!("{other:?}"),
+        }
+        // The same message is far in the past relative to NOW.
+        assert_eq!(s.unwrap_err().reason, Reason::TooOld);
+    }
+
+    #[test]
+    fn every_bad_input_has_its_reason() {
+        let cases: &[(&str, Reason)] = &[
+            ("{", Reason::MalformedJson),
+            ("", Reason::MalformedJson),
+            ("\u{0}\u{1}garbage", Reason::MalformedJson),
+            (r#"{"type":"queue_depth","target":"a","depth":NaN}"#, Reason::MalformedJson),
+            (r#"{"type":"queue_depth","target":"a","depth":1e400}"#, Reason::MalformedJson),
+            ("42", Reason::NotAnObject),
+            (r#""str""#, Reason::NotAnObject),
+            (r#"{"target":"a","depth":1}"#, Reason::MissingField),
+            (r#"{"type":"queue_depth","depth":1}"#, Reason::MissingField),
+            (r#"{"type":"queue_depth","target":"a"}"#, Reason::MissingField),
+            (r#"{"type":"queue_depth","target":"a","depth":"12"}"#, Reason::WrongType),
+            (r#"{"type":"queue_depth","target":7,"depth":1}"#, Reason::WrongType),
+            (r#"{"type":"queue_depth","target":"a","depth":1,"consumers":1.5}"#, Reason::WrongType),
+            (r#"{"type":"queue_size","target":"a","depth":1}"#, Reason::UnknownType),
+            (r#"{"type":"queue_depth","target":"a","depth":-1}"#, Reason::Negative),
+            (r#"{"type":"queue_depth","target":"a","depth":1e13}"#, Reason::Absurd),
+            (r#"{"type":"queue_depth","target":"Checkout","depth":1}"#, Reason::InvalidTarget),
+            (r#"{"type":"queue_depth","target":"","depth":1}"#, Reason::InvalidTarget),
+            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":"yesterday"}"#, Reason::InvalidTimestamp),
+            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":-5}"#, Reason::InvalidTimestamp),
+            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":1}"#, Reason::TooOld),
+            (r#"{"type":"gateway_latency","target":"a"}"#, Reason::MissingField),
+            (r#"{"type":"gateway_latency","target":"a","latency_ms":-3}"#, Reason::Negative),
+            (r#"{"type":"gateway_latency","target":"a","latency_ms":1e9}"#, Reason::Absurd),
+            (r#"{"type":"gateway_latency","target":"a","samples_ms":[1,"x"]}"#, Reason::WrongType),
+            (r#"{"type":"gateway_latency","target":"a","samples_ms":5}"#, Reason::WrongType),
+            (r#"{"type":"gateway_latency","target":"a","latency_ms":1,"samples_ms":[1]}"#, Reason::WrongType),
+            (r#"{"type":"forecast","target":"a","metric":"cpu","points":[{"ts":1,"value":1}]}"#, Reason::InvalidForecast),
+            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[]}"#, Reason::InvalidForecast),
+            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"value":1}]}"#, Reason::MissingField),
+            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"ts":5,"value":1,"lower":3,"upper":2}]}"#, Reason::InvalidForecast),
+        ];
+        for (json, want) in cases {
+            assert_eq!(reason(json), *want, "{json}");
+        }
+        let far = format!(
+            r#"{{"type":"queue_depth","target":"a","depth":1,"ts":{}}}"#,
+            NOW + 31_000
+        );
+        assert_eq!(reason(&far), Reason::TooFarAhead);
+        let many = format!(
+            r#"{{"type":"gateway_latency","target":"a","samples_ms":[{}]}}"#,
+            vec!["1"; 10_001].join(",")
+        );
+        assert_eq!(reason(&many), Reason::TooManySamples);
+        let big = vec![b' '; (1 << 20) + 1];
+        assert_eq!(
+            decode(&big, NOW, &Limits::default())[0].as_ref().unwrap_err().reason,
+            Reason::MessageTooLarge
+        );
+    }
+
+    #[test]
+    fn rejection_names_the_bad_field_and_value() {
+        let r = one(r#"{"type":"queue_depth","target":"a","depth":-7}"#).unwrap_err();
+        assert!(r.detail.contains("`depth`") && r.detail.contains("-7"), "{}", r.detail);
+        assert_eq!(r.kind, "queue_depth");
+        let r = one(r#"{"type":"gateway_latency","target":"a","samples_ms":[1,2,null]}"#).unwrap_err();
+        assert!(r.detail.contains("samples_ms[2]"), "{}", r.detail);
+    }
+
+    #[test]
+    fn batch_elements_fail_alone() {
+        let out = decode(
+            br#"[{"type":"queue_depth","target":"a","depth":1},
+                 {"type":"queue_depth","target":"a","depth":-1},
+                 7,
+                 {"type":"gateway_latency","target":"b","latency_ms":3}]"#,
+            NOW,
+            &Limits::default(),
+        );
+        assert_eq!(out.len(), 4);
+        assert!(out[0].is_ok());
+        assert_eq!(out[1].as_ref().unwrap_err().reason, Reason::Negative);
+        assert_eq!(out[2].as_ref().unwrap_err().reason, Reason::NotAnObject);
+        assert!(out[3].is_ok());
+        let limits = Limits {
+            max_batch: 2,
+            ..Limits::default()
+        };
+        let out = decode(b"[{},{},{}]", NOW, &limits);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ref().unwrap_err().reason, Reason::BatchTooLarge);
+    }
+
+    #[test]
+    fn deeply_nested_input_is_rejected_not_a_stack_overflow() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(
+            decode(deep.as_bytes(), NOW, &Limits::default())[0]
+                .as_ref()
+                .unwrap_err()
+                .reason,
+            Reason::MalformedJson
+        );
+    }
+
+    /// Arbitrary bytes, including mutations of valid messages, never panic.
+    #[test]
+    fn never_panics_on_random_bytes() {
+        let seeds: [&[u8]; 3] = [
+            br#"{"type":"queue_depth","target":"a","depth":1,"ts":"2025-11-24T17:00:00Z"}"#,
+            br#"[{"type":"gateway_latency","target":"b","samples_ms":[1.5,2e3]}]"#,
+            br#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"ts":1,"value":2}]}"#,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let seed = seeds[round % seeds.len()];
+            let mut bytes = seed.to_vec();
+            for _ in 0..(next() % 6 + 1) {
+                let pos = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[pos] = next() as u8,
+                    1 => {
+                        bytes.remove(pos);
+                    }
+                    _ => bytes.insert(pos, b"{}[]\",:0-e.\\"[(next() % 12) as usize]),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let _ = decode(&bytes, NOW, &Limits::default());
+        }
+    }
+}

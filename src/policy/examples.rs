@@ -1,0 +1,117 @@
+//! `tidewatch policy check`: the examples a policy declares in its returned
+//! table (`P.examples = {{ name, replicas, params, windows, forecast, expect }}`)
+//! run against the raw policy output, each in a fresh sandbox.
+
+use mlua::{Function, Table, Value};
+
+use super::{CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicyLimits, PolicySource};
+
+/// Binds `ctx.window`/`ctx.forecast` to an example's tables. A span given in
+/// seconds is looked up as "<n>s".
+const BINDER: &str = r#"
+local ctx, windows, forecasts = ...
+ctx.window = function(metric, span)
+  local m = windows[metric]
+  if m == nil then return nil end
+  if type(span) == "number" then span = string.format("%ds", math.floor(span)) end
+  return m[span]
+end
+ctx.forecast = function(metric, horizon)
+  local f = forecasts[metric]
+  if type(f) == "table" and f.value == nil then f = f[horizon] end
+  return f
+end
+"#;
+
+#[derive(Debug, Clone)]
+pub struct ExampleOutcome {
+    pub name: String,
+    /// `None` means the example expects "hold" (no change).
+    pub expected: Option<u32>,
+    pub got: Result<Option<u32>, String>,
+}
+
+impl ExampleOutcome {
+    pub fn passed(&self) -> bool {
+        matches!(&self.got, Ok(g) if *g == self.expected)
+    }
+}
+
+fn err(source: &PolicySource, message: String) -> PolicyError {
+    PolicyError {
+        kind: PolicyErrorKind::Load,
+        policy: source.version.clone(),
+        message,
+    }
+}
+
+fn examples_of(p: &LuaPolicy, source: &PolicySource) -> Result<Option<Table>, PolicyError> {
+    match p.module().get::<Value>("examples") {
+        Ok(Value::Nil) => Ok(None),
+        Ok(Value::Table(t)) => Ok(Some(t)),
+        Ok(other) => Err(err(source, format!("`examples` must be a table, got {}", other.type_name()))),
+        Err(e) => Err(err(source, e.to_string())),
+    }
+}
+
+/// Loads the policy (an error here means it does not pass the sandbox check)
+/// and runs its examples; `Ok(vec![])` when it declares none.
+pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<ExampleOutcome>, PolicyError> {
+    let probe = LuaPolicy::load(source, &serde_json::Value::Null, limits)?;
+    let Some(list) = examples_of(&probe, source)? else {
+        return Ok(vec![]);
+    };
+    let n = list.raw_len();
+    let mut out = Vec::with_capacity(n);
+    for i in 1..=n {
+        let mut p = LuaPolicy::load(source, &serde_json::Value::Null, limits)?;
+        let ex: Table = examples_of(&p, source)?
+            .and_then(|l| l.raw_get::<Table>(i).ok())
+            .ok_or_else(|| err(source, format!("examples[{i}] is not a table")))?;
+        let name: String = ex.get::<Option<String>>("name").ok().flatten().unwrap_or_else(|| format!("example {i}"));
+        let expected = match ex.get::<Value>("expect") {
+            Ok(Value::Integer(n)) if n >= 0 => Some(n as u32),
+            Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Some(n as u32),
+            Ok(Value::String(s)) if s.to_str().is_ok_and(|s| &*s == "hold") => None,
+            _ => {
+                return Err(err(
+                    source,
+                    format!("examples[{i}] ({name}): `expect` must be a whole number or \"hold\""),
+                ))
+            }
+        };
+        let num = |key: &str, default: f64| -> f64 { ex.get::<Option<f64>>(key).ok().flatten().unwrap_or(default) };
+        let target: String = ex.get::<Option<String>>("target").ok().flatten().unwrap_or_else(|| "example".into());
+        let input = CallInput {
+            target: &target,
+            now_ms: (num("now", 1_764_000_000.0) * 1000.0) as i64,
+            replicas: num("replicas", 1.0) as u32,
+            min: num("min", 1.0) as u32,
+            max: num("max", 100.0) as u32,
+        };
+        let setup = (|| -> mlua::Result<()> {
+            let lua = p.lua();
+            let empty = || lua.create_table();
+            let params: Value = ex.get("params")?;
+            p.ctx().raw_set("params", if params.is_nil() { Value::Table(empty()?) } else { params })?;
+            let windows: Value = ex.get("windows")?;
+            let forecasts: Value = ex.get("forecast")?;
+            let binder: Function = lua.load(BINDER).set_name("=examples").into_function()?;
+            binder.call::<()>((
+                p.ctx().clone(),
+                if windows.is_nil() { Value::Table(empty()?) } else { windows },
+                if forecasts.is_nil() { Value::Table(empty()?) } else { forecasts },
+            ))
+        })();
+        let got = match setup {
+            Err(e) => Err(format!("setting up the example: {e}")),
+            Ok(()) => p
+                .init(&input)
+                .and_then(|_| p.decide(&input))
+                .map(|prop| prop.replicas)
+                .map_err(|e| e.to_string()),
+        };
+        out.push(ExampleOutcome { name, expected, got });
+    }
+    Ok(out)
+}

@@ -1,0 +1,560 @@
+//! Lua decision policies (mlua, Lua 5.4) in a sandbox: only string, table,
+//! math, utf8 and os.time/os.clock; a memory limit per VM and an instruction
+//! budget per call. One VM per target, so `state` and limits are per target.
+
+mod examples;
+
+pub use examples::{run_examples, ExampleOutcome};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use sha2::{Digest, Sha256};
+
+use crate::forecast::ForecastValue;
+use crate::window::{Metric, WindowStats};
+
+const PRELUDE: &str = include_str!("prelude.lua");
+/// Instructions between two budget checks.
+const HOOK_EVERY: u32 = 1000;
+const MAX_REASON: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyLimits {
+    pub memory_bytes: usize,
+    pub instruction_budget: u64,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 << 20,
+            instruction_budget: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyErrorKind {
+    Load,
+    Runtime,
+    Budget,
+    Memory,
+    InvalidReturn,
+}
+
+impl PolicyErrorKind {
+    pub const ALL: [PolicyErrorKind; 5] = [
+        PolicyErrorKind::Load,
+        PolicyErrorKind::Runtime,
+        PolicyErrorKind::Budget,
+        PolicyErrorKind::Memory,
+        PolicyErrorKind::InvalidReturn,
+    ];
+    pub fn code(self) -> &'static str {
+        match self {
+            PolicyErrorKind::Load => "load",
+            PolicyErrorKind::Runtime => "runtime",
+            PolicyErrorKind::Budget => "budget",
+            PolicyErrorKind::Memory => "memory",
+            PolicyErrorKind::InvalidReturn => "invalid_return",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy {policy}: {} error: {message}", kind.code())]
+pub struct PolicyError {
+    pub kind: PolicyErrorKind,
+    pub policy: String,
+    pub message: String,
+}
+
+/// What a policy asked for: `replicas: None` means "no change".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub replicas: Option<u32>,
+    pub reason: Option<String>,
+}
+
+/// The data a policy reads through `ctx.window` and `ctx.forecast`.
+pub trait SignalView: Send + 'static {
+    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String>;
+    fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
+}
+
+/// Per-call facts for `ctx`.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInput<'a> {
+    pub target: &'a str,
+    pub now_ms: i64,
+    pub replicas: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+/// A policy's source with its identity (`name@sha7`).
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    pub path: PathBuf,
+    pub text: String,
+    pub version: String,
+}
+
+impl PolicySource {
+    pub fn read(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            kind: PolicyErrorKind::Load,
+            policy: path.display().to_string(),
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Ok(Self::from_text(path, text))
+    }
+
+    pub fn from_text(path: &Path, text: String) -> Self {
+        let hash = Sha256::digest(text.as_bytes());
+        let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Self {
+            path: path.to_owned(),
+            version: format!("{name}@{}", &hex[..7]),
+            text,
+        }
+    }
+}
+
+pub struct LuaPolicy {
+    lua: Lua,
+    module: Table,
+    decide: Function,
+    ctx: Table,
+    used: Arc<AtomicU64>,
+    limits: PolicyLimits,
+    version: String,
+}
+
+impl std::fmt::Debug for LuaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaPolicy").field("version", &self.version).finish()
+    }
+}
+
+impl LuaPolicy {
+    /// Builds a sandboxed VM, runs the policy file in it and prepares `ctx`
+    /// with `params`. Does not call `init`.
+    pub fn load(source: &PolicySource, params: &serde_json::Value, limits: PolicyLimits) -> Result<Self, PolicyError> {
+        let version = source.version.clone();
+        let err = |kind, e: mlua::Error| PolicyError {
+            kind,
+            policy: version.clone(),
+            message: e.to_string(),
+        };
+        let used = Arc::new(AtomicU64::new(0));
+        let lua = sandbox(limits, used.clone()).map_err(|e| err(PolicyErrorKind::Load, e))?;
+        let chunk_name = format!("@{}", source.path.display());
+        used.store(0, Ordering::Relaxed);
+        let module: Value = lua
+            .load(&source.text)
+            .set_name(chunk_name)
+            .set_mode(ChunkMode::Text)
+            .eval()
+            .map_err(|e| err(classify(&e, &used, limits), e))?;
+        let Value::Table(module) = module else {
+            return Err(PolicyError {
+                kind: PolicyErrorKind::Load,
+                policy: version,
+                message: format!(
+                    "the file must return a table with a decide function, it returned {}",
+                    module.type_name()
+                ),
+            });
+        };
+        let decide = match module.get::<Value>("decide") {
+            Ok(Value::Function(f)) => f,
+            _ => {
+                return Err(PolicyError {
+                    kind: PolicyErrorKind::Load,
+                    policy: version,
+                    message: "the returned table has no function `decide`".into(),
+                })
+            }
+        };
+        let ctx = (|| -> mlua::Result<Table> {
+            let ctx = lua.create_table()?;
+            ctx.set("params", json_to_lua(&lua, params, 0)?)?;
+            ctx.set("state", lua.create_table()?)?;
+            Ok(ctx)
+        })()
+        .map_err(|e| err(classify(&e, &used, limits), e))?;
+        Ok(Self {
+            lua,
+            module,
+            decide,
+            ctx,
+            used,
+            limits,
+            version,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The policy's module table (for its declared `examples`).
+    pub fn module(&self) -> &Table {
+        &self.module
+    }
+
+    pub fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    pub fn ctx(&self) -> &Table {
+        &self.ctx
+    }
+
+    /// Installs `ctx.window` and `ctx.forecast` reading from `view`.
+    pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
+        let (v1, v2) = (view.clone(), view);
+        (|| -> mlua::Result<()> {
+            let window = self.lua.create_function(move |lua, (metric, span): (mlua::LuaString, Value)| {
+                let metric = parse_metric(&metric)?;
+                let span_ms = span_ms(&span)?;
+                let stats = v1
+                    .lock()
+                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                    .window(metric, span_ms)
+                    .map_err(mlua::Error::runtime)?;
+                match stats {
+                    None => Ok(Value::Nil),
+                    Some(s) => Ok(Value::Table(stats_table(lua, &s)?)),
+                }
+            })?;
+            let forecast = self.lua.create_function(move |lua, (metric, horizon): (mlua::LuaString, f64)| {
+                let metric = parse_metric(&metric)?;
+                if !horizon.is_finite() || horizon < 0.0 {
+                    return Err(mlua::Error::runtime(format!(
+                        "forecast horizon must be non-negative seconds, got {horizon}"
+                    )));
+                }
+                let f = v2
+                    .lock()
+                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                    .forecast(metric, (horizon * 1000.0) as i64);
+                match f {
+                    None => Ok(Value::Nil),
+                    Some(f) => {
+                        let t = lua.create_table_with_capacity(0, 4)?;
+                        t.raw_set("value", f.value)?;
+                        t.raw_set("lower", f.lower)?;
+                        t.raw_set("upper", f.upper)?;
+                        t.raw_set("source", f.source)?;
+                        Ok(Value::Table(t))
+                    }
+                }
+            })?;
+            self.ctx.raw_set("window", window)?;
+            self.ctx.raw_set("forecast", forecast)
+        })()
+        .map_err(|e| self.error(PolicyErrorKind::Load, e))
+    }
+
+    fn error(&self, kind: PolicyErrorKind, e: mlua::Error) -> PolicyError {
+        PolicyError {
+            kind,
+            policy: self.version.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn set_inputs(&self, input: &CallInput) -> mlua::Result<()> {
+        let ctx = &self.ctx;
+        ctx.raw_set("target", input.target)?;
+        ctx.raw_set("now", input.now_ms as f64 / 1000.0)?;
+        ctx.raw_set("replicas", input.replicas)?;
+        ctx.raw_set("min", input.min)?;
+        ctx.raw_set("max", input.max)
+    }
+
+    /// Calls `init(ctx)` when the policy defines it.
+    pub fn init(&mut self, input: &CallInput) -> Result<(), PolicyError> {
+        let init = match self.module.get::<Value>("init") {
+            Ok(Value::Function(f)) => f,
+            _ => return Ok(()),
+        };
+        self.set_inputs(input).map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
+        self.used.store(0, Ordering::Relaxed);
+        init.call::<Value>(self.ctx.clone())
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn fail(&self, e: mlua::Error) -> PolicyError {
+        let kind = classify(&e, &self.used, self.limits);
+        if kind == PolicyErrorKind::Memory {
+            // Give the next call the memory the failed one held.
+            let _ = self.lua.gc_collect();
+        }
+        self.error(kind, e)
+    }
+
+    /// One decision. Errors are contained: the VM stays usable.
+    pub fn decide(&mut self, input: &CallInput) -> Result<Proposal, PolicyError> {
+        self.set_inputs(input).map_err(|e| self.fail(e))?;
+        self.used.store(0, Ordering::Relaxed);
+        let out = self
+            .decide
+            .call::<Value>(self.ctx.clone())
+            .map_err(|e| self.fail(e))?;
+        proposal(&out).map_err(|message| PolicyError {
+            kind: PolicyErrorKind::InvalidReturn,
+            policy: self.version.clone(),
+            message,
+        })
+    }
+
+    /// Copies plain data (numbers, strings, booleans, tables of them) of
+    /// `ctx.state` from `old`, so a reload keeps what the policy learned.
+    pub fn adopt_state(&self, old: &LuaPolicy) -> Result<(), PolicyError> {
+        let state: Value = old.ctx.raw_get("state").map_err(|e| self.fail(e))?;
+        let copied = copy_plain(&self.lua, &state, 0).map_err(|e| self.fail(e))?;
+        if let Value::Table(_) = copied {
+            self.ctx.raw_set("state", copied).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn memory_used(&self) -> usize {
+        self.lua.used_memory()
+    }
+}
+
+/// A fresh VM with only the allowed libraries, the prelude, the memory limit
+/// and the instruction hook.
+fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
+    let lua = Lua::new_with(
+        StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::OS,
+        LuaOptions::new(),
+    )?;
+    let g = lua.globals();
+    let os: Table = g.get("os")?;
+    let safe_os = lua.create_table()?;
+    safe_os.set("time", os.get::<Function>("time")?)?;
+    safe_os.set("clock", os.get::<Function>("clock")?)?;
+    g.set("os", safe_os)?;
+    let string: Table = g.get("string")?;
+    string.set("dump", Value::Nil)?;
+    let raw_load: Function = g.get("load")?;
+    for name in ["dofile", "loadfile", "load", "collectgarbage", "warn", "require", "package", "debug", "io"] {
+        g.set(name, Value::Nil)?;
+    }
+    let budget = limits.instruction_budget;
+    let spent = used.clone();
+    let exhausted = lua.create_function(move |_, ()| Ok(spent.load(Ordering::Relaxed) > budget))?;
+    let log = lua.create_function(|_, msg: String| {
+        tracing::info!(target: "tidewatch::policy", "{msg}");
+        Ok(())
+    })?;
+    lua.load(PRELUDE)
+        .set_name("=prelude")
+        .call::<()>((exhausted, raw_load, log))?;
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| {
+            let n = used.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed) + u64::from(HOOK_EVERY);
+            if n > budget {
+                Err(mlua::Error::runtime(format!(
+                    "instruction budget of {budget} exceeded"
+                )))
+            } else {
+                Ok(VmState::Continue)
+            }
+        },
+    )?;
+    lua.set_memory_limit(limits.memory_bytes)?;
+    Ok(lua)
+}
+
+fn classify(e: &mlua::Error, used: &AtomicU64, limits: PolicyLimits) -> PolicyErrorKind {
+    if used.load(Ordering::Relaxed) > limits.instruction_budget {
+        return PolicyErrorKind::Budget;
+    }
+    if is_memory(e) {
+        return PolicyErrorKind::Memory;
+    }
+    match e {
+        mlua::Error::SyntaxError { .. } => PolicyErrorKind::Load,
+        _ => PolicyErrorKind::Runtime,
+    }
+}
+
+fn is_memory(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory(cause),
+        other => other.to_string().contains("not enough memory"),
+    }
+}
+
+fn parse_metric(s: &mlua::LuaString) -> mlua::Result<Metric> {
+    let s = s.to_str()?;
+    Metric::parse(&s).ok_or_else(|| {
+        mlua::Error::runtime(format!(
+            "unknown metric {:?}; known: {}",
+            &*s,
+            Metric::NAMES.join(", ")
+        ))
+    })
+}
+
+/// A span as `"60s"`/`"5m"` or a number of seconds.
+fn span_ms(v: &Value) -> mlua::Result<i64> {
+    let ms = match v {
+        Value::Integer(i) => (*i as f64) * 1000.0,
+        Value::Number(n) => n * 1000.0,
+        Value::String(s) => {
+            let s = s.to_str()?;
+            humantime::parse_duration(&s)
+                .map_err(|e| mlua::Error::runtime(format!("window span {:?}: {e}", &*s)))?
+                .as_millis() as f64
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "window span must be a string like \"60s\" or seconds, got {}",
+                other.type_name()
+            )))
+        }
+    };
+    if !(ms >= 1.0 && ms < 1e13) {
+        return Err(mlua::Error::runtime(format!("window span {ms} ms is out of range")));
+    }
+    Ok(ms as i64)
+}
+
+fn stats_table(lua: &Lua, s: &WindowStats) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, 12)?;
+    t.raw_set("count", s.count)?;
+    t.raw_set("sum", s.sum)?;
+    t.raw_set("mean", s.mean)?;
+    t.raw_set("min", s.min)?;
+    t.raw_set("max", s.max)?;
+    t.raw_set("last", s.last)?;
+    if let Some([p50, p90, p95, p99]) = s.quantiles {
+        t.raw_set("p50", p50)?;
+        t.raw_set("p90", p90)?;
+        t.raw_set("p95", p95)?;
+        t.raw_set("p99", p99)?;
+    }
+    t.raw_set("rate", s.rate)?;
+    t.raw_set("slope", s.slope)?;
+    Ok(t)
+}
+
+fn replicas_from(v: &Value) -> Result<Option<u32>, String> {
+    let n = match v {
+        Value::Nil => return Ok(None),
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        other => return Err(format!("replicas must be a number, got {}", other.type_name())),
+    };
+    if n.is_nan() {
+        return Err("replicas is NaN".into());
+    }
+    if n.is_infinite() {
+        return Err(format!("replicas is {n}"));
+    }
+    if n < 0.0 {
+        return Err(format!("replicas is negative ({n})"));
+    }
+    // Fractions round up: 3.2 replicas of work need 4.
+    Ok(Some(n.ceil().min(f64::from(u32::MAX)) as u32))
+}
+
+/// `nil` (no change), a number, or `{replicas = n|nil, reason = "..."}`.
+fn proposal(v: &Value) -> Result<Proposal, String> {
+    match v {
+        Value::Nil | Value::Integer(_) | Value::Number(_) => Ok(Proposal {
+            replicas: replicas_from(v)?,
+            reason: None,
+        }),
+        Value::Table(t) => {
+            let replicas = replicas_from(&t.raw_get::<Value>("replicas").map_err(|e| e.to_string())?)?;
+            let reason = match t.raw_get::<Value>("reason").map_err(|e| e.to_string())? {
+                Value::Nil => None,
+                Value::String(s) => {
+                    let s = s.to_string_lossy();
+                    Some(match s.char_indices().nth(MAX_REASON) {
+                        Some((i, _)) => s[..i].to_owned(),
+                        None => s,
+                    })
+                }
+                other => return Err(format!("reason must be a string, got {}", other.type_name())),
+            };
+            Ok(Proposal { replicas, reason })
+        }
+        other => Err(format!(
+            "decide must return nil, a number or a table, it returned {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// Converts configuration `params` to Lua values.
+pub fn json_to_lua(lua: &Lua, v: &serde_json::Value, depth: usize) -> mlua::Result<Value> {
+    if depth > 32 {
+        return Err(mlua::Error::runtime("params nested deeper than 32 levels"));
+    }
+    Ok(match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::String(lua.create_string(s)?),
+        serde_json::Value::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, json_to_lua(lua, item, depth + 1)?)?;
+            }
+            Value::Table(t)
+        }
+        serde_json::Value::Object(map) => {
+            let t = lua.create_table_with_capacity(0, map.len())?;
+            for (k, item) in map {
+                t.raw_set(k.as_str(), json_to_lua(lua, item, depth + 1)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+fn copy_plain(lua: &Lua, v: &Value, depth: usize) -> mlua::Result<Value> {
+    Ok(match v {
+        Value::Nil | Value::Boolean(_) | Value::Integer(_) | Value::Number(_) => v.clone(),
+        Value::String(s) => Value::String(lua.create_string(s.as_bytes())?),
+        Value::Table(t) if depth < 16 => {
+            let out = lua.create_table()?;
+            for pair in t.pairs::<Value, Value>() {
+                let (k, val) = pair?;
+                let (k, val) = (copy_plain(lua, &k, depth + 1)?, copy_plain(lua, &val, depth + 1)?);
+                if !matches!(k, Value::Nil) && !matches!(val, Value::Nil) {
+                    out.raw_set(k, val)?;
+                }
+            }
+            Value::Table(out)
+        }
+        _ => Value::Nil,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+-- The sandbox prelude: runs once per policy VM before the policy file.
+-- Its first argument tells whether the instruction budget of the current
+-- call is spent; the second is the raw `load`.
+local exhausted, raw_load, log = ...
+local raw_pcall, raw_xpcall, select, error = pcall, xpcall, select, error
+
+-- A script must not be able to catch the end of its own budget and go on.
+local function rethrow(ok, ...)
+  if not ok and exhausted() then error((...), 0) end
+  return ok, ...
+end
+pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
+xpcall = function(f, handler, ...) return rethrow(raw_xpcall(f, handler, ...)) end
+
+-- Text chunks only, never binary ones.
+load = function(chunk, name, _mode, env)
+  return raw_load(chunk, name, "t", env or _ENV)
+end
+
+print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[#parts + 1] = tostring((select(i, ...))) end
+  log(table.concat(parts, "\t"))
+end
+
+-- Helpers every policy needs.
+tw = {}
+
+-- The Kubernetes HPA rule: desired = ceil(current * metric / target),
+-- unchanged while the ratio is within `tolerance` (default 0.1) of 1.
+function tw.target_tracking(current, metric, target, tolerance)
+  tolerance = tolerance or 0.1
+  if target <= 0 then error("tw.target_tracking: target must be positive, got " .. tostring(target), 2) end
+  if current <= 0 then return metric > 0 and 1 or 0 end
+  local ratio = metric / target
+  if math.abs(ratio - 1) <= tolerance then return current end
+  return math.ceil(current * ratio)
+end
+
+function tw.ceil_div(a, b)
+  if b <= 0 then error("tw.ceil_div: divisor must be positive, got " .. tostring(b), 2) end
+  return math.ceil(a / b)
+end
+
+function tw.clamp(x, lo, hi)
+  if x < lo then return lo end
+  if x > hi then return hi end
+  return x
+end
+
+-- The largest of the arguments that are not nil, or nil.
+function tw.max_of(...)
+  local best
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if v ~= nil and (best == nil or v > best) then best = v end
+  end
+  return best
+end
+
+-- Exponentially weighted moving average kept in `state[key]`.
+function tw.ewma(state, key, value, alpha)
+  local prev = state[key]
+  local next = prev == nil and value or prev + (alpha or 0.3) * (value - prev)
+  state[key] = next
+  return next
+end

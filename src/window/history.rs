@@ -1,0 +1,135 @@
+//! A downsampled history of one metric (one point per step, for example a
+//! minute over several days) for the forecasters. Gaps are NaN.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::clock::Millis;
+
+#[derive(Debug, Clone)]
+pub struct History {
+    step_ms: i64,
+    capacity: usize,
+    /// Counters store their sum per second over the step, others the mean.
+    counter: bool,
+    /// Closed steps, oldest first; `points[i]` is step `first_step + i`.
+    points: VecDeque<f32>,
+    first_step: i64,
+    open_step: i64,
+    open_sum: f64,
+    open_count: u64,
+}
+
+impl History {
+    pub fn new(span: Duration, step: Duration, counter: bool) -> Self {
+        let step_ms = (step.as_millis() as i64).max(1);
+        Self {
+            step_ms,
+            capacity: (span.as_millis() as i64 / step_ms).max(1) as usize,
+            counter,
+            points: VecDeque::new(),
+            first_step: 0,
+            open_step: i64::MIN,
+            open_sum: 0.0,
+            open_count: 0,
+        }
+    }
+
+    pub fn step_ms(&self) -> i64 {
+        self.step_ms
+    }
+
+    pub fn record(&mut self, ts: Millis, v: f64) {
+        let step = ts.div_euclid(self.step_ms);
+        if self.open_step == i64::MIN {
+            self.open_step = step;
+            self.first_step = step;
+        }
+        if step < self.open_step {
+            return; // its step is closed; the history is approximate by design
+        }
+        if step > self.open_step {
+            self.close_until(step);
+        }
+        self.open_sum += v;
+        self.open_count += 1;
+    }
+
+    fn close_until(&mut self, step: i64) {
+        let value = if self.counter {
+            self.open_sum * 1000.0 / self.step_ms as f64
+        } else {
+            self.open_sum / self.open_count.max(1) as f64
+        };
+        self.push(value as f32);
+        // Steps with no data at all; at most a full history of them.
+        let gaps = (step - self.open_step - 1).min(self.capacity as i64);
+        for _ in 0..gaps {
+            self.push(if self.counter { 0.0 } else { f32::NAN });
+        }
+        self.open_step = step;
+        self.open_sum = 0.0;
+        self.open_count = 0;
+        self.first_step = step - self.points.len() as i64;
+    }
+
+    fn push(&mut self, v: f32) {
+        if self.points.len() == self.capacity {
+            self.points.pop_front();
+        }
+        self.points.push_back(v);
+    }
+
+    /// Closed points, oldest first, and the start time of the first one.
+    pub fn points(&self) -> (Millis, impl Iterator<Item = f32> + '_) {
+        (self.first_step * self.step_ms, self.points.iter().copied())
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downsamples_to_means_with_gaps_and_bounded_length() {
+        let mut h = History::new(Duration::from_secs(300), Duration::from_secs(60), false);
+        let t0 = 1_764_000_000_000 - 1_764_000_000_000 % 60_000;
+        h.record(t0, 1.0);
+        h.record(t0 + 30_000, 3.0);
+        h.record(t0 + 60_000, 10.0);
+        h.record(t0 + 10_000, 99.0); // late: its step is closed
+        h.record(t0 + 180_000, 5.0); // closes step 1, one gap
+        let (start, pts) = h.points();
+        let pts: Vec<f32> = pts.collect();
+        assert_eq!(start, t0);
+        assert_eq!(pts.len(), 3);
+        assert_eq!(&pts[..2], &[2.0, 10.0]);
+        assert!(pts[2].is_nan());
+        for i in 4..100 {
+            h.record(t0 + i * 60_000, i as f64);
+        }
+        assert_eq!(h.len(), 5, "capacity is span / step");
+        let (start, pts) = h.points();
+        assert_eq!(pts.last(), Some(98.0));
+        assert_eq!(start, t0 + 94 * 60_000);
+    }
+
+    #[test]
+    fn counters_store_rate_per_second() {
+        let mut h = History::new(Duration::from_secs(600), Duration::from_secs(60), true);
+        for i in 0..60 {
+            h.record(i * 1000, 2.0);
+        }
+        h.record(60_000, 0.0);
+        let (_, mut pts) = h.points();
+        assert_eq!(pts.next(), Some(2.0));
+    }
+}

@@ -1,0 +1,589 @@
+//! Sliding time windows per target and metric, in bounded memory: each
+//! window is a ring of `BUCKETS` time buckets keyed by event time, so late
+//! events land where they belong and memory never grows with the rate.
+
+mod history;
+pub mod sketch;
+
+pub use history::History;
+
+use std::time::Duration;
+
+use crate::clock::Millis;
+use crate::event::{GatewayLatency, QueueDepth, Reason, Rejection};
+use sketch::Sketch;
+
+/// Buckets per window: a window of span S slides in steps of S / BUCKETS.
+pub const BUCKETS: usize = 10;
+/// Distinct queues a target may sum before more are refused.
+pub const MAX_QUEUES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    QueueDepth,
+    LatencyMs,
+    Requests,
+    Errors,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [
+        Metric::QueueDepth,
+        Metric::LatencyMs,
+        Metric::Requests,
+        Metric::Errors,
+    ];
+    pub const NAMES: [&'static str; 4] = ["queue_depth", "latency_ms", "requests", "errors"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    pub fn parse(s: &str) -> Option<Metric> {
+        Self::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| Self::ALL[i])
+    }
+
+    /// Counters sum per-message counts; their `rate` is sum per second and
+    /// they keep no quantile sketch.
+    fn is_counter(self) -> bool {
+        matches!(self, Metric::Requests | Metric::Errors)
+    }
+}
+
+/// What `ctx.window(metric, span)` returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowStats {
+    pub count: u64,
+    pub sum: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+    /// p50, p90, p95, p99; `None` for counters.
+    pub quantiles: Option<[f64; 4]>,
+    /// Per second: observations for gauges and samples, the summed value for counters.
+    pub rate: f64,
+    /// Least-squares trend of the values, per second.
+    pub slope: f64,
+}
+
+pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    /// Which bucket of time this slot holds (event time / width); -1 = none.
+    epoch: i64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last_ts: Millis,
+    last: f64,
+    // Sums over (dt, v), dt seconds from the bucket start, for the slope.
+    sdt: f64,
+    sdt2: f64,
+    sdtv: f64,
+    sketch: Option<Sketch>,
+}
+
+impl Bucket {
+    fn new(with_sketch: bool) -> Self {
+        Self {
+            epoch: -1,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            last_ts: Millis::MIN,
+            last: 0.0,
+            sdt: 0.0,
+            sdt2: 0.0,
+            sdtv: 0.0,
+            sketch: with_sketch.then(Sketch::default),
+        }
+    }
+
+    fn reset(&mut self, epoch: i64) {
+        self.epoch = epoch;
+        self.count = 0;
+        self.sum = 0.0;
+        self.min = f64::INFINITY;
+        self.max = f64::NEG_INFINITY;
+        self.last_ts = Millis::MIN;
+        self.sdt = 0.0;
+        self.sdt2 = 0.0;
+        self.sdtv = 0.0;
+        if let Some(s) = &mut self.sketch {
+            s.clear();
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, dt: f64, ts: Millis, v: f64, key: Option<i32>) {
+        self.count += 1;
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if ts >= self.last_ts {
+            self.last_ts = ts;
+            self.last = v;
+        }
+        self.sdt += dt;
+        self.sdt2 += dt * dt;
+        self.sdtv += dt * v;
+        if let Some(s) = &mut self.sketch {
+            s.add_key(key);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    span_ms: i64,
+    width_ms: i64,
+    buckets: Vec<Bucket>,
+}
+
+impl Window {
+    fn new(span_ms: i64, with_sketch: bool) -> Self {
+        Self {
+            span_ms,
+            width_ms: (span_ms / BUCKETS as i64).max(1),
+            buckets: (0..BUCKETS).map(|_| Bucket::new(with_sketch)).collect(),
+        }
+    }
+
+    /// The bucket for event time `ts`, or `None` when it is too old for
+    /// this window (its slot already holds a later bucket).
+    #[inline]
+    fn bucket(&mut self, ts: Millis) -> Option<(&mut Bucket, f64)> {
+        let epoch = ts.div_euclid(self.width_ms);
+        let b = &mut self.buckets[epoch.rem_euclid(BUCKETS as i64) as usize];
+        if b.epoch > epoch {
+            return None;
+        }
+        if b.epoch < epoch {
+            b.reset(epoch);
+        }
+        let dt = (ts - epoch * self.width_ms) as f64 / 1000.0;
+        Some((b, dt))
+    }
+
+    /// Statistics over the last `span_ms` (at most this window's span) at `now`.
+    fn stats(&self, now: Millis, span_ms: i64, first_seen: Millis, counter: bool) -> Option<WindowStats> {
+        let cur = now.div_euclid(self.width_ms);
+        let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
+        let live = |b: &&Bucket| b.count > 0 && b.epoch <= cur && b.epoch > cur - n_buckets;
+        let origin = (cur - n_buckets + 1) * self.width_ms;
+        let (mut count, mut sum, mut min, mut max) = (0u64, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut last_ts, mut last) = (Millis::MIN, 0.0);
+        let (mut st, mut st2, mut stv) = (0.0, 0.0, 0.0);
+        for b in self.buckets.iter().filter(live) {
+            let n = b.count as f64;
+            let off = (b.epoch * self.width_ms - origin) as f64 / 1000.0;
+            count += b.count;
+            sum += b.sum;
+            min = min.min(b.min);
+            max = max.max(b.max);
+            if b.last_ts >= last_ts {
+                last_ts = b.last_ts;
+                last = b.last;
+            }
+            st += n * off + b.sdt;
+            st2 += n * off * off + 2.0 * off * b.sdt + b.sdt2;
+            stv += off * b.sum + b.sdtv;
+        }
+        if count == 0 {
+            return None;
+        }
+        let n = count as f64;
+        let denom = n * st2 - st * st;
+        let slope = if count > 1 && denom.abs() > 1e-9 * n * n {
+            (n * stv - st * sum) / denom
+        } else {
+            0.0
+        };
+        let covered_ms = (now - first_seen).clamp(self.width_ms, span_ms);
+        let per_s = 1000.0 / covered_ms as f64;
+        let quantiles = (!counter).then(|| {
+            let mut q = [0.0; 4];
+            let sketches = self
+                .buckets
+                .iter()
+                .filter(live)
+                .filter_map(|b| b.sketch.as_ref());
+            Sketch::merged_quantiles(sketches, &QUANTILES, &mut q);
+            q
+        });
+        Some(WindowStats {
+            count,
+            sum,
+            mean: sum / n,
+            min,
+            max,
+            last,
+            quantiles,
+            rate: if counter { sum * per_s } else { n * per_s },
+            slope,
+        })
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self
+                .buckets
+                .iter()
+                .filter_map(|b| b.sketch.as_ref())
+                .map(Sketch::heap_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// All windows of one metric of one target, and its history.
+#[derive(Debug, Clone)]
+pub struct MetricWindows {
+    metric: Metric,
+    /// Ascending by span.
+    windows: Vec<Window>,
+    first_seen: Millis,
+    history: History,
+    keys: Vec<Option<i32>>,
+}
+
+impl MetricWindows {
+    fn new(metric: Metric, spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
+        let mut spans_ms: Vec<i64> = spans.iter().map(|d| d.as_millis() as i64).collect();
+        spans_ms.sort_unstable();
+        spans_ms.dedup();
+        Self {
+            metric,
+            windows: spans_ms
+                .into_iter()
+                .map(|s| Window::new(s, !metric.is_counter()))
+                .collect(),
+            first_seen: Millis::MAX,
+            history: History::new(history_span, history_step, metric.is_counter()),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Records values observed at `ts` (one message's worth).
+    pub fn record(&mut self, ts: Millis, values: &[f64]) {
+        if values.is_empty() {
+            return;
+        }
+        self.first_seen = self.first_seen.min(ts);
+        if self.metric.is_counter() {
+            for w in &mut self.windows {
+                if let Some((b, dt)) = w.bucket(ts) {
+                    for &v in values {
+                        b.add(dt, ts, v, None);
+                    }
+                }
+            }
+        } else {
+            self.keys.clear();
+            self.keys.extend(values.iter().map(|&v| sketch::key(v)));
+            for w in &mut self.windows {
+                if let Some((b, dt)) = w.bucket(ts) {
+                    for (&v, &k) in values.iter().zip(&self.keys) {
+                        b.add(dt, ts, v, k);
+                    }
+                }
+            }
+        }
+        for &v in values {
+            self.history.record(ts, v);
+        }
+    }
+
+    /// Stats over `span_ms`, served by the smallest window that covers it.
+    pub fn stats(&self, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, String> {
+        let w = self
+            .windows
+            .iter()
+            .find(|w| w.span_ms >= span_ms)
+            .ok_or_else(|| {
+                format!(
+                    "span {} ms is longer than the longest window of {} ({} ms)",
+                    span_ms,
+                    self.metric.name(),
+                    self.windows.last().map_or(0, |w| w.span_ms)
+                )
+            })?;
+        Ok(w.stats(now, span_ms, self.first_seen, self.metric.is_counter()))
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.windows.capacity() * std::mem::size_of::<Window>()
+            + self.windows.iter().map(Window::heap_bytes).sum::<usize>()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct QueueLatest {
+    name: String,
+    ts: Millis,
+    depth: f64,
+}
+
+/// Every window of one target.
+#[derive(Debug, Clone)]
+pub struct TargetWindows {
+    metrics: Vec<MetricWindows>,
+    queues: Vec<QueueLatest>,
+    /// A queue silent for longer than this stops counting toward the sum.
+    queue_ttl_ms: i64,
+}
+
+impl TargetWindows {
+    pub fn new(spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
+        let longest = spans.iter().max().copied().unwrap_or(Duration::from_secs(300));
+        Self {
+            metrics: Metric::ALL
+                .iter()
+                .map(|&m| MetricWindows::new(m, spans, history_span, history_step))
+                .collect(),
+            queues: Vec::new(),
+            queue_ttl_ms: longest.as_millis() as i64,
+        }
+    }
+
+    pub fn metric(&self, m: Metric) -> &MetricWindows {
+        &self.metrics[m as usize]
+    }
+
+    fn metric_mut(&mut self, m: Metric) -> &mut MetricWindows {
+        &mut self.metrics[m as usize]
+    }
+
+    /// Applies a depth report: the target's depth is the sum of the latest
+    /// depth of each of its queues (DESIGN.md).
+    pub fn apply_depth(&mut self, d: &QueueDepth) -> Result<(), Rejection> {
+        let ttl = self.queue_ttl_ms;
+        self.queues.retain(|q| q.ts >= d.ts_ms - ttl || q.name == d.queue);
+        let mut others = 0.0;
+        let mut found = false;
+        for q in &mut self.queues {
+            if q.name == d.queue {
+                found = true;
+                if d.ts_ms >= q.ts {
+                    q.ts = d.ts_ms;
+                    q.depth = d.depth;
+                }
+            } else {
+                others += q.depth;
+            }
+        }
+        if !found {
+            if self.queues.len() >= MAX_QUEUES {
+                return Err(Rejection {
+                    reason: Reason::TooManyQueues,
+                    detail: format!(
+                        "queue {:?} would be queue number {} of target {}; the limit is {MAX_QUEUES}",
+                        d.queue,
+                        MAX_QUEUES + 1,
+                        d.target
+                    ),
+                    kind: "queue_depth",
+                });
+            }
+            self.queues.push(QueueLatest {
+                name: d.queue.clone(),
+                ts: d.ts_ms,
+                depth: d.depth,
+            });
+        }
+        // A late report lands at its own time, beside the other queues' latest.
+        self.metric_mut(Metric::QueueDepth)
+            .record(d.ts_ms, &[others + d.depth]);
+        Ok(())
+    }
+
+    pub fn apply_latency(&mut self, l: &GatewayLatency) {
+        self.metric_mut(Metric::LatencyMs).record(l.ts_ms, &l.samples_ms);
+        let requests = l.samples_ms.len() as f64;
+        self.metric_mut(Metric::Requests).record(l.ts_ms, &[requests.max(f64::from(l.errors))]);
+        if l.errors > 0 {
+            self.metric_mut(Metric::Errors).record(l.ts_ms, &[f64::from(l.errors)]);
+        }
+    }
+
+    pub fn stats(&self, metric: Metric, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, String> {
+        self.metric(metric).stats(now, span_ms)
+    }
+
+    /// Heap bytes held by the windows (not the history), for the memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.metrics.iter().map(MetricWindows::heap_bytes).sum::<usize>()
+            + self.queues.capacity() * std::mem::size_of::<QueueLatest>()
+            + self.queues.iter().map(|q| q.name.capacity()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = 1_764_000_000_000;
+
+    fn spans() -> Vec<Duration> {
+        ["10s", "60s", "300s"]
+            .iter()
+            .map(|s| humantime::parse_duration(s).unwrap())
+            .collect()
+    }
+
+    fn target() -> TargetWindows {
+        TargetWindows::new(&spans(), Duration::from_secs(3600), Duration::from_secs(60))
+    }
+
+    fn depth(queue: &str, v: f64, ts: Millis) -> QueueDepth {
+        QueueDepth {
+            target: "t".into(),
+            queue: queue.into(),
+            depth: v,
+            consumers: None,
+            ts_ms: ts,
+        }
+    }
+
+    #[test]
+    fn basic_stats_and_slope() {
+        let mut t = target();
+        // depth rises 10 per second for 60 s
+        for i in 0..60 {
+            t.apply_depth(&depth("q", 10.0 * i as f64, T0 + i * 1000)).unwrap();
+        }
+        let now = T0 + 59_000;
+        let s = t.stats(Metric::QueueDepth, now, 60_000).unwrap().unwrap();
+        assert!(s.count >= 54 && s.count <= 60, "{s:?}");
+        assert_eq!(s.max, 590.0);
+        assert_eq!(s.last, 590.0);
+        assert!((s.slope - 10.0).abs() < 1e-6, "slope {}", s.slope);
+        let short = t.stats(Metric::QueueDepth, now, 10_000).unwrap().unwrap();
+        assert_eq!(short.count, 10);
+        assert_eq!(short.min, 500.0);
+        assert!((short.mean - 545.0).abs() < 1e-9);
+        assert!((short.rate - 1.0).abs() < 0.01, "one report per second: {}", short.rate);
+        // A span that is not configured is served by the next larger window.
+        let thirty = t.stats(Metric::QueueDepth, now, 30_000).unwrap().unwrap();
+        assert_eq!(thirty.count, 30);
+        assert_eq!(thirty.min, 300.0);
+        assert!(t.stats(Metric::QueueDepth, now, 600_000).is_err());
+    }
+
+    #[test]
+    fn windows_slide_and_empty_means_none() {
+        let mut t = target();
+        t.apply_depth(&depth("q", 5.0, T0)).unwrap();
+        assert!(t.stats(Metric::QueueDepth, T0, 10_000).unwrap().is_some());
+        assert!(t.stats(Metric::QueueDepth, T0 + 11_000, 10_000).unwrap().is_none());
+        assert!(t.stats(Metric::QueueDepth, T0 + 11_000, 60_000).unwrap().is_some());
+        assert!(t.stats(Metric::LatencyMs, T0, 10_000).unwrap().is_none());
+    }
+
+    #[test]
+    fn late_events_land_in_their_bucket() {
+        let mut t = target();
+        t.apply_depth(&depth("q", 100.0, T0 + 20_000)).unwrap();
+        // Arrives later but happened 15 s earlier: outside the 10 s window
+        // at T0+20s, inside the 60 s one.
+        t.apply_depth(&depth("q", 1.0, T0 + 5_000)).unwrap();
+        let now = T0 + 20_000;
+        let s10 = t.stats(Metric::QueueDepth, now, 10_000).unwrap().unwrap();
+        assert_eq!((s10.count, s10.min), (1, 100.0));
+        let s60 = t.stats(Metric::QueueDepth, now, 60_000).unwrap().unwrap();
+        assert_eq!((s60.count, s60.min, s60.last), (2, 1.0, 100.0));
+        // Far older than the longest window: touches nothing.
+        t.apply_depth(&depth("q", 7.0, T0 - 400_000)).unwrap();
+        let s300 = t.stats(Metric::QueueDepth, now, 300_000).unwrap().unwrap();
+        assert_eq!(s300.count, 2);
+    }
+
+    #[test]
+    fn depth_is_the_sum_of_each_queues_latest() {
+        let mut t = target();
+        t.apply_depth(&depth("a", 100.0, T0)).unwrap();
+        t.apply_depth(&depth("b", 50.0, T0 + 1)).unwrap();
+        t.apply_depth(&depth("a", 10.0, T0 + 2)).unwrap();
+        let s = t.stats(Metric::QueueDepth, T0 + 2, 10_000).unwrap().unwrap();
+        assert_eq!(s.last, 60.0);
+        // A queue silent for longer than the longest window stops counting.
+        t.apply_depth(&depth("b", 1.0, T0 + 301_000)).unwrap();
+        let s = t.stats(Metric::QueueDepth, T0 + 301_000, 10_000).unwrap().unwrap();
+        assert_eq!(s.last, 1.0);
+    }
+
+    #[test]
+    fn too_many_queues_is_refused() {
+        let mut t = target();
+        for i in 0..MAX_QUEUES {
+            t.apply_depth(&depth(&format!("q{i}"), 1.0, T0)).unwrap();
+        }
+        let err = t.apply_depth(&depth("one-more", 1.0, T0)).unwrap_err();
+        assert_eq!(err.reason, Reason::TooManyQueues);
+    }
+
+    #[test]
+    fn latency_quantiles_requests_and_errors() {
+        let mut t = target();
+        for s in 0..10 {
+            let samples: Vec<f64> = (1..=100).map(|i| i as f64).collect();
+            t.apply_latency(&GatewayLatency {
+                target: "t".into(),
+                route: None,
+                samples_ms: samples,
+                errors: 2,
+                ts_ms: T0 + s * 1000,
+            });
+        }
+        let now = T0 + 9_999;
+        let lat = t.stats(Metric::LatencyMs, now, 10_000).unwrap().unwrap();
+        assert_eq!(lat.count, 1000);
+        let [p50, p90, p95, p99] = lat.quantiles.unwrap();
+        for (got, want) in [(p50, 50.0), (p90, 90.0), (p95, 95.0), (p99, 99.0)] {
+            assert!((got - want).abs() / want <= sketch::ALPHA, "{got} vs {want}");
+        }
+        assert!((lat.rate - 100.0).abs() < 1.0, "samples/s {}", lat.rate);
+        let req = t.stats(Metric::Requests, now, 10_000).unwrap().unwrap();
+        assert_eq!(req.sum, 1000.0);
+        assert!(req.quantiles.is_none());
+        let err = t.stats(Metric::Errors, now, 10_000).unwrap().unwrap();
+        assert_eq!(err.sum, 20.0);
+        assert!((err.rate - 2.0).abs() < 0.05, "errors/s {}", err.rate);
+    }
+
+    /// The memory budget of DESIGN/issue: 3 metrics x 3 windows under 64 KiB,
+    /// measured as heap bytes after the worst case (every bucket of every
+    /// window holding a full-width sketch).
+    #[test]
+    fn window_state_stays_under_64_kib() {
+        let mut t = target();
+        for s in 0..300 {
+            let ts = T0 + s * 1000;
+            // values spread over a range wider than the sketch keeps
+            let samples: Vec<f64> = (0..200).map(|i| 0.01 * 1.1f64.powi(i)).collect();
+            t.apply_latency(&GatewayLatency {
+                target: "t".into(),
+                route: None,
+                samples_ms: samples.clone(),
+                errors: 1,
+                ts_ms: ts,
+            });
+            for v in samples.iter().step_by(10) {
+                t.apply_depth(&depth("q", *v, ts)).unwrap();
+            }
+        }
+        let bytes = t.heap_bytes();
+        assert!(bytes < 64 * 1024, "window state {bytes} bytes");
+    }
+}

@@ -1,0 +1,225 @@
+//! A mergeable quantile sketch with bounded relative error (the DDSketch
+//! scheme: logarithmic bins, so a quantile is off by at most `ALPHA` of its
+//! value), kept small by a cap on bins that collapses the lowest ones.
+
+/// Relative accuracy of every quantile whose bin was not collapsed.
+pub const ALPHA: f64 = 0.02;
+/// Values below this count as zero (latency in ms, depth in messages).
+pub const MIN_VALUE: f64 = 1e-3;
+/// At most this many bins per sketch; with `ALPHA` = 2% they span a ratio
+/// of about 600 between the smallest and the largest value kept exact.
+pub const MAX_BINS: usize = 160;
+
+const GAMMA: f64 = (1.0 + ALPHA) / (1.0 - ALPHA);
+
+#[inline]
+fn ln_gamma() -> f64 {
+    GAMMA.ln()
+}
+
+/// The bin of a positive value; `None` for values that count as zero.
+#[inline]
+pub fn key(v: f64) -> Option<i32> {
+    if v < MIN_VALUE {
+        None
+    } else {
+        Some((v.ln() / ln_gamma()).ceil() as i32)
+    }
+}
+
+/// The representative of a bin: within `ALPHA` of every value in it.
+#[inline]
+fn value_of(key: i32) -> f64 {
+    2.0 * GAMMA.powi(key) / (GAMMA + 1.0)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Sketch {
+    offset: i32,
+    counts: Vec<u32>,
+    zeros: u64,
+}
+
+impl Sketch {
+    pub fn clear(&mut self) {
+        self.counts.clear();
+        self.zeros = 0;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.zeros + self.counts.iter().map(|&c| u64::from(c)).sum::<u64>()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u32>()
+    }
+
+    #[inline]
+    pub fn add_key(&mut self, key: Option<i32>) {
+        let Some(k) = key else {
+            self.zeros += 1;
+            return;
+        };
+        if self.counts.is_empty() {
+            self.offset = k;
+            self.counts.push(1);
+            return;
+        }
+        let top = self.offset + self.counts.len() as i32 - 1;
+        if k >= self.offset && k <= top {
+            let c = &mut self.counts[(k - self.offset) as usize];
+            *c = c.saturating_add(1);
+            return;
+        }
+        let lo = k.min(self.offset);
+        let hi = k.max(top);
+        let span = (hi - lo + 1) as usize;
+        if span <= MAX_BINS {
+            self.regrid(lo, span);
+            let c = &mut self.counts[(k - self.offset) as usize];
+            *c = c.saturating_add(1);
+        } else {
+            // Keep the top MAX_BINS bins: high quantiles matter for scaling.
+            let new_lo = hi - MAX_BINS as i32 + 1;
+            self.regrid(new_lo, MAX_BINS);
+            let k = k.max(new_lo);
+            let c = &mut self.counts[(k - self.offset) as usize];
+            *c = c.saturating_add(1);
+        }
+    }
+
+    /// Moves the bins onto `[lo, lo + len)`, folding bins below `lo` into `lo`.
+    fn regrid(&mut self, lo: i32, len: usize) {
+        let mut next = vec![0u32; len];
+        for (i, &c) in self.counts.iter().enumerate() {
+            let k = self.offset + i as i32;
+            let j = (k.max(lo) - lo) as usize;
+            if j < len {
+                next[j] = next[j].saturating_add(c);
+            }
+        }
+        self.offset = lo;
+        self.counts = next;
+    }
+
+    /// Quantiles `qs` (ascending, in [0, 1]) of the union of `sketches`.
+    /// The q-quantile is the element of rank floor(q * (n - 1)).
+    pub fn merged_quantiles<'a>(
+        sketches: impl Iterator<Item = &'a Sketch> + Clone,
+        qs: &[f64],
+        out: &mut [f64],
+    ) -> bool {
+        let mut total = 0u64;
+        let mut zeros = 0u64;
+        let mut lo = i32::MAX;
+        let mut hi = i32::MIN;
+        for s in sketches.clone() {
+            total += s.count();
+            zeros += s.zeros;
+            if !s.counts.is_empty() {
+                lo = lo.min(s.offset);
+                hi = hi.max(s.offset + s.counts.len() as i32 - 1);
+            }
+        }
+        if total == 0 {
+            return false;
+        }
+        let mut qi = 0;
+        let rank = |q: f64| (q.clamp(0.0, 1.0) * (total - 1) as f64).floor() as u64;
+        let mut seen = zeros;
+        while qi < qs.len() && rank(qs[qi]) < seen {
+            out[qi] = 0.0;
+            qi += 1;
+        }
+        let mut k = lo;
+        while qi < qs.len() && k <= hi {
+            for s in sketches.clone() {
+                let i = k - s.offset;
+                if i >= 0 && (i as usize) < s.counts.len() {
+                    seen += u64::from(s.counts[i as usize]);
+                }
+            }
+            while qi < qs.len() && rank(qs[qi]) < seen {
+                out[qi] = value_of(k);
+                qi += 1;
+            }
+            k += 1;
+        }
+        // Only reachable through saturated counts; answer with the top bin.
+        while qi < qs.len() {
+            out[qi] = value_of(hi);
+            qi += 1;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(sorted: &[f64], q: f64) -> f64 {
+        sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+    }
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64)
+    }
+
+    /// Stated accuracy: every quantile within ALPHA (2%) of the exact one,
+    /// for values spanning less than the ratio MAX_BINS bins cover.
+    #[test]
+    fn quantiles_within_stated_relative_error() {
+        let qs = [0.5, 0.9, 0.95, 0.99];
+        let mut seed = 42;
+        for (lo, hi) in [(1.0, 400.0), (0.5, 50.0), (100.0, 20_000.0)] {
+            // Log-uniform samples across [lo, hi], spread over 10 sketches.
+            let mut sketches = vec![Sketch::default(); 10];
+            let mut all = Vec::new();
+            for i in 0..20_000 {
+                let v: f64 = lo * (hi / lo as f64).powf(lcg(&mut seed));
+                sketches[i % 10].add_key(key(v));
+                all.push(v);
+            }
+            all.sort_by(f64::total_cmp);
+            let mut out = [0.0; 4];
+            assert!(Sketch::merged_quantiles(sketches.iter(), &qs, &mut out));
+            for (q, got) in qs.iter().zip(out) {
+                let want = exact(&all, *q);
+                let err = (got - want).abs() / want;
+                assert!(err <= ALPHA, "q{q} range {lo}-{hi}: got {got}, exact {want}, err {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_and_collapse_keep_high_quantiles_exact() {
+        let mut s = Sketch::default();
+        for _ in 0..50 {
+            s.add_key(key(0.0));
+        }
+        // A range far wider than MAX_BINS bins: the low end collapses.
+        for i in 0..50 {
+            s.add_key(key(0.01 * 1.5f64.powi(i)));
+        }
+        assert!(s.counts.len() <= MAX_BINS);
+        assert_eq!(s.count(), 100);
+        let mut out = [0.0; 3];
+        Sketch::merged_quantiles(std::iter::once(&s), &[0.2, 0.99, 1.0], &mut out);
+        assert_eq!(out[0], 0.0);
+        let top = 0.01 * 1.5f64.powi(49);
+        assert!((out[2] - top).abs() / top <= ALPHA, "{} vs {top}", out[2]);
+        let p99 = 0.01 * 1.5f64.powi(48);
+        assert!((out[1] - p99).abs() / p99 <= ALPHA, "{} vs {p99}", out[1]);
+    }
+
+    #[test]
+    fn empty_sketches_have_no_quantiles() {
+        let s = Sketch::default();
+        let mut out = [0.0];
+        assert!(!Sketch::merged_quantiles(std::iter::once(&s), &[0.5], &mut out));
+    }
+}
