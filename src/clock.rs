@@ -50,3 +50,25 @@ pub fn rfc3339(ms: Millis) -> String {
         None => ms.to_string(),
     }
 }
+
+/// Unix time that follows tokio's clock, so `tokio::time::pause()` moves it.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base_ms: Millis,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base_ms: Millis) -> Self {
+        Self {
+            base_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> Millis {
+        self.base_ms + self.start.elapsed().as_millis() as Millis
+    }
+}

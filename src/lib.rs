@@ -3,7 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod command;
+pub mod config;
+pub mod engine;
 pub mod event;
 pub mod forecast;
+pub mod guard;
 pub mod policy;
+pub mod telemetry;
 pub mod window;

@@ -1,0 +1,509 @@
+//! The engine: signals into windows, a policy and the guard per target,
+//! scale commands out. `Engine` is synchronous and takes the time as an
+//! argument (tests and the simulator drive it); `drive` runs it on a tick
+//! and on events, with bounded channels on both sides.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::clock::{Clock, Millis};
+use crate::command::{command_id, timestamps, ScaleCommand, ScaleResult, VERSION};
+use crate::config::{Config, EngineConfig, TargetConfig};
+use crate::event::{decode, Limits, Reason, Rejection, Signal};
+use crate::forecast::{ForecastStore, ForecastValue};
+use crate::guard::{Decision, Guard, GuardConfig, Recommendation};
+use crate::policy::{run_examples, CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicySource, SignalView};
+use crate::telemetry::Metrics;
+use crate::window::{Metric, TargetWindows, WindowStats};
+
+/// What a policy of one target reads.
+#[derive(Debug)]
+pub struct TargetData {
+    pub windows: TargetWindows,
+    pub forecasts: ForecastStore,
+    pub now_ms: Millis,
+    pub freshness_ms: i64,
+}
+
+impl SignalView for TargetData {
+    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
+        self.windows.stats(metric, self.now_ms, span_ms)
+    }
+    fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
+        self.forecasts.lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
+    }
+}
+
+/// Where a target is, for status displays and tests.
+#[derive(Debug, Clone)]
+pub struct TargetStatus {
+    pub name: String,
+    pub replicas: u32,
+    pub policy: String,
+    pub last_decision: Option<Decision>,
+}
+
+#[derive(Debug)]
+struct FileStamp {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    fn read(path: &PathBuf) -> Self {
+        let meta = std::fs::metadata(path).ok();
+        Self {
+            path: path.clone(),
+            modified: meta.as_ref().and_then(|m| m.modified().ok()),
+            len: meta.map_or(0, |m| m.len()),
+        }
+    }
+    fn changed(&self) -> bool {
+        let now = Self::read(&self.path);
+        now.modified != self.modified || now.len != self.len
+    }
+}
+
+#[derive(Debug)]
+struct TargetRuntime {
+    cfg: TargetConfig,
+    guard_cfg: GuardConfig,
+    guard: Guard,
+    data: Arc<Mutex<TargetData>>,
+    policy: LuaPolicy,
+    stamp: FileStamp,
+    /// Replicas as last commanded, or as a worker last reported for the latest command.
+    current: u32,
+    last_generation: i64,
+    /// The last evaluation triggered by events (ticks do not count, so a
+    /// tick never delays the reaction to an event).
+    last_event_eval_ms: Option<Millis>,
+    /// Receive time of the earliest event not evaluated yet.
+    pending_since: Option<Millis>,
+    last_decision: Option<Decision>,
+}
+
+pub struct Engine {
+    targets: Vec<TargetRuntime>,
+    by_name: HashMap<String, usize>,
+    cfg: EngineConfig,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    last_reload_check: Millis,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("targets", &self.by_name.len()).finish()
+    }
+}
+
+/// The outcome of one message.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    pub applied: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+fn load_policy(t: &TargetConfig, data: &Arc<Mutex<TargetData>>, cfg: &EngineConfig) -> Result<LuaPolicy, PolicyError> {
+    let src = PolicySource::read(&t.policy)?;
+    let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
+    p.bind(data.clone())?;
+    p.init(&CallInput {
+        target: &t.name,
+        now_ms: 0,
+        replicas: t.initial(),
+        min: t.min_replicas,
+        max: t.max_replicas,
+    })?;
+    Ok(p)
+}
+
+impl Engine {
+    /// Builds every target; fails when a policy does not load.
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>, now_ms: Millis) -> Result<Self, PolicyError> {
+        let mut targets = Vec::with_capacity(cfg.targets.len());
+        let mut by_name = HashMap::new();
+        for t in &cfg.targets {
+            let data = Arc::new(Mutex::new(TargetData {
+                windows: TargetWindows::new(&t.windows, t.history_span, t.history_step),
+                forecasts: ForecastStore::default(),
+                now_ms,
+                freshness_ms: cfg.engine.forecast_freshness.as_millis() as i64,
+            }));
+            let policy = load_policy(t, &data, &cfg.engine)?;
+            metrics
+                .target_observed_replicas
+                .with_label_values(&[t.name.as_str()])
+                .set(i64::from(t.initial()));
+            by_name.insert(t.name.clone(), targets.len());
+            targets.push(TargetRuntime {
+                guard_cfg: t.guard(),
+                guard: Guard::default(),
+                stamp: FileStamp::read(&t.policy),
+                current: t.initial(),
+                cfg: t.clone(),
+                data,
+                policy,
+                last_generation: 0,
+                last_event_eval_ms: None,
+                pending_since: None,
+                last_decision: None,
+            });
+        }
+        Ok(Self {
+            targets,
+            by_name,
+            limits: cfg.engine.limits(),
+            cfg: cfg.engine.clone(),
+            metrics,
+            last_reload_check: now_ms,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn target_names(&self) -> impl Iterator<Item = &str> {
+        self.targets.iter().map(|t| t.cfg.name.as_str())
+    }
+
+    /// Decodes one message and applies what is valid; every rejection is
+    /// counted and returned (for the dead-letter destination).
+    pub fn ingest(&mut self, source: &str, bytes: &[u8], now_ms: Millis) -> Ingested {
+        let mut out = Ingested::default();
+        for item in decode(bytes, now_ms, &self.limits) {
+            let applied = item.and_then(|s| self.apply(&s, now_ms).map(|()| s.kind()));
+            match applied {
+                Ok(kind) => {
+                    out.applied += 1;
+                    self.metrics.event_received(source, kind);
+                }
+                Err(r) => {
+                    self.metrics.event_rejected(source, &r);
+                    out.rejected.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// Applies one decoded signal received at `received_ms`.
+    pub fn apply(&mut self, s: &Signal, received_ms: Millis) -> Result<(), Rejection> {
+        let Some(&idx) = self.by_name.get(s.target()) else {
+            return Err(Rejection {
+                reason: Reason::UnknownTarget,
+                detail: format!("target {:?} is not configured", s.target()),
+                kind: s.kind(),
+            });
+        };
+        let t = &mut self.targets[idx];
+        {
+            let mut data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            match s {
+                Signal::QueueDepth(d) => data.windows.apply_depth(d)?,
+                Signal::Latency(l) => data.windows.apply_latency(l),
+                Signal::Forecast(f) => {
+                    let metric = Metric::parse(&f.metric).ok_or_else(|| Rejection {
+                        reason: Reason::InvalidForecast,
+                        detail: format!("metric {:?} is unknown", f.metric),
+                        kind: "forecast",
+                    })?;
+                    data.forecasts.insert(metric, f.clone());
+                }
+            }
+        }
+        if !matches!(s, Signal::Forecast(_)) {
+            t.pending_since.get_or_insert(received_ms);
+        }
+        Ok(())
+    }
+
+    /// Evaluates targets changed by events, each at most once per
+    /// `min_eval_interval`. Nothing when `evaluate_on_event` is off.
+    pub fn on_events(&mut self, now_ms: Millis) -> Vec<ScaleCommand> {
+        if !self.cfg.evaluate_on_event {
+            return Vec::new();
+        }
+        let gap = self.cfg.min_eval_interval.as_millis() as i64;
+        let due: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| {
+                let t = &self.targets[i];
+                t.pending_since.is_some() && t.last_event_eval_ms.is_none_or(|l| now_ms - l >= gap)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for i in due {
+            self.targets[i].last_event_eval_ms = Some(now_ms);
+            out.extend(self.evaluate(i, now_ms));
+        }
+        out
+    }
+
+    /// When the next event-triggered evaluation may run, if one is waiting.
+    pub fn next_event_eval(&self) -> Option<Millis> {
+        if !self.cfg.evaluate_on_event {
+            return None;
+        }
+        let gap = self.cfg.min_eval_interval.as_millis() as i64;
+        self.targets
+            .iter()
+            .filter(|t| t.pending_since.is_some())
+            .map(|t| t.last_event_eval_ms.map_or(Millis::MIN, |l| l + gap))
+            .min()
+    }
+
+    /// The periodic evaluation of every target; also reloads changed policies.
+    pub fn tick(&mut self, now_ms: Millis) -> Vec<ScaleCommand> {
+        if now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64 {
+            self.last_reload_check = now_ms;
+            self.reload_changed();
+        }
+        let out = (0..self.targets.len())
+            .filter_map(|i| self.evaluate(i, now_ms))
+            .collect();
+        self.export_gauges(now_ms);
+        out
+    }
+
+    fn export_gauges(&self, now_ms: Millis) {
+        for t in &self.targets {
+            let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            let shortest = t.cfg.windows.iter().min().map_or(10_000, |d| d.as_millis() as i64);
+            let name = [t.cfg.name.as_str()];
+            if let Ok(Some(s)) = data.windows.stats(Metric::QueueDepth, now_ms, shortest) {
+                self.metrics.target_queue_depth.with_label_values(&name).set(s.last);
+            }
+            if let Ok(Some(WindowStats { quantiles: Some(q), .. })) = data.windows.stats(Metric::LatencyMs, now_ms, shortest) {
+                self.metrics.target_latency_p95.with_label_values(&name).set(q[2] / 1000.0);
+            }
+        }
+    }
+
+    /// Reloads policy files that changed on disk. A file that fails to load,
+    /// or whose declared examples fail, leaves the running version in place.
+    pub fn reload_changed(&mut self) {
+        for t in &mut self.targets {
+            if !t.stamp.changed() {
+                continue;
+            }
+            t.stamp = FileStamp::read(&t.cfg.policy);
+            let loaded = PolicySource::read(&t.cfg.policy).and_then(|src| {
+                if src.version == t.policy.version() {
+                    return Ok(None);
+                }
+                let failed: Vec<String> = run_examples(&src, self.cfg.policy_limits())?
+                    .into_iter()
+                    .filter(|o| !o.passed())
+                    .map(|o| format!("example {:?} expected {:?}, got {:?}", o.name, o.expected, o.got))
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(PolicyError {
+                        kind: PolicyErrorKind::Load,
+                        policy: src.version,
+                        message: failed.join("; "),
+                    });
+                }
+                let p = load_policy(&t.cfg, &t.data, &self.cfg)?;
+                p.adopt_state(&t.policy)?;
+                Ok(Some(p))
+            });
+            match loaded {
+                Ok(None) => {}
+                Ok(Some(p)) => {
+                    self.metrics.policy_reloaded(&t.cfg.name, p.version(), Ok(()));
+                    t.policy = p;
+                }
+                Err(e) => self.metrics.policy_reloaded(&t.cfg.name, t.policy.version(), Err(&e)),
+            }
+        }
+    }
+
+    /// One evaluation of target `idx`: policy, guard, and a command when the
+    /// replica count changes.
+    pub fn evaluate(&mut self, idx: usize, now_ms: Millis) -> Option<ScaleCommand> {
+        let metrics = self.metrics.clone();
+        let ttl_ms = self.cfg.command_ttl.as_millis() as i64;
+        let t = &mut self.targets[idx];
+        let name = t.cfg.name.as_str();
+        t.data.lock().unwrap_or_else(|p| p.into_inner()).now_ms = now_ms;
+        let input = CallInput {
+            target: name,
+            now_ms,
+            replicas: t.current,
+            min: t.cfg.min_replicas,
+            max: t.cfg.max_replicas,
+        };
+        let started = std::time::Instant::now();
+        let proposal = t.policy.decide(&input);
+        metrics.policy_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        metrics.policy_evaluations.with_label_values(&[name]).inc();
+        let (rec, policy_reason) = match proposal {
+            Ok(p) => (
+                p.replicas.map_or(Recommendation::Hold, Recommendation::Replicas),
+                p.reason,
+            ),
+            Err(e) => {
+                metrics.policy_failed(name, &e);
+                (Recommendation::Failed(e.to_string()), None)
+            }
+        };
+        let mut decision = t.guard.decide(&t.guard_cfg, now_ms, t.current, &rec);
+        if let Some(r) = policy_reason {
+            decision.reason = format!("{r}; {}", decision.reason);
+        }
+        metrics.decided(name, &decision);
+        let pending = t.pending_since.take();
+        let command = if decision.held.is_none() {
+            let generation = now_ms.max(t.last_generation + 1);
+            t.last_generation = generation;
+            let (issued_at, expires_at) = timestamps(now_ms, ttl_ms);
+            let c = ScaleCommand {
+                version: VERSION,
+                id: command_id(now_ms),
+                target: name.to_owned(),
+                provider: t.cfg.provider.clone(),
+                desired_replicas: decision.desired,
+                current_replicas: decision.current,
+                reason: decision.reason.clone(),
+                policy: t.policy.version().to_owned(),
+                generation,
+                issued_at,
+                expires_at,
+                dry_run: decision.dry_run,
+            };
+            t.current = decision.desired;
+            metrics
+                .commands_issued
+                .with_label_values(&[name, decision.direction.code()])
+                .inc();
+            if let Some(since) = pending {
+                metrics
+                    .event_to_command_seconds
+                    .with_label_values(&[name])
+                    .observe((now_ms - since).max(0) as f64 / 1000.0);
+            }
+            Some(c)
+        } else {
+            None
+        };
+        t.last_decision = Some(decision);
+        command
+    }
+
+    /// The closed loop: a worker's report of the latest command sets the
+    /// replica count the policy sees. Reports of older commands are ignored.
+    pub fn observe(&mut self, r: &ScaleResult) -> bool {
+        let Some(&idx) = self.by_name.get(&r.target) else {
+            return false;
+        };
+        let t = &mut self.targets[idx];
+        match r.observed_replicas {
+            Some(n) if r.generation >= t.last_generation => {
+                t.current = n;
+                self.metrics
+                    .target_observed_replicas
+                    .with_label_values(&[r.target.as_str()])
+                    .set(i64::from(n));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> Vec<TargetStatus> {
+        self.targets
+            .iter()
+            .map(|t| TargetStatus {
+                name: t.cfg.name.clone(),
+                replicas: t.current,
+                policy: t.policy.version().to_owned(),
+                last_decision: t.last_decision.clone(),
+            })
+            .collect()
+    }
+
+    /// Window statistics of a target, for displays.
+    pub fn window(&self, target: &str, metric: Metric, now_ms: Millis, span: Duration) -> Option<WindowStats> {
+        let t = &self.targets[*self.by_name.get(target)?];
+        let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+        data.windows.stats(metric, now_ms, span.as_millis() as i64).ok().flatten()
+    }
+}
+
+/// What sources hand to the engine task.
+#[derive(Debug)]
+pub enum EngineInput {
+    /// A raw message and the source it came from; `done` learns the outcome
+    /// (so a source stores its offset or acks only after the apply).
+    Message {
+        source: &'static str,
+        bytes: Vec<u8>,
+        done: Option<tokio::sync::oneshot::Sender<Ingested>>,
+    },
+    Result(ScaleResult),
+}
+
+/// Runs the engine: a tick, evaluation right after events (rate-limited per
+/// target), commands into `commands`. Returns when `shutdown` resolves or
+/// every input sender is gone.
+pub async fn drive(
+    mut engine: Engine,
+    mut input: mpsc::Receiver<EngineInput>,
+    commands: mpsc::Sender<ScaleCommand>,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Engine {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let wake = engine.next_event_eval().map(|at| {
+            let wait = (at - clock.now_ms()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        let out = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => engine.tick(clock.now_ms()),
+            msg = input.recv() => match msg {
+                None => break,
+                Some(EngineInput::Message { source, bytes, done }) => {
+                    let now = clock.now_ms();
+                    let outcome = engine.ingest(source, &bytes, now);
+                    if let Some(done) = done {
+                        let _ = done.send(outcome);
+                    }
+                    engine.on_events(now)
+                }
+                Some(EngineInput::Result(r)) => {
+                    engine.observe(&r);
+                    Vec::new()
+                }
+            },
+            _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
+                engine.on_events(clock.now_ms())
+            }
+        };
+        for c in out {
+            if commands.send(c).await.is_err() {
+                return engine;
+            }
+        }
+    }
+    engine
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+use super::*;
+use std::io::Write;
+use std::path::Path;
+
+const T0: Millis = 1_764_000_000_000;
+
+const DEPTH_POLICY: &str = r#"
+local P = {}
+function P.decide(ctx)
+  local d = ctx.window("queue_depth", "10s")
+  if not d then return nil end
+  return { replicas = math.ceil(d.last / ctx.params.per), reason = "depth " .. d.last }
+end
+return P
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::File::create(dir.join(name)).unwrap().write_all(text.as_bytes()).unwrap();
+}
+
+fn setup(policy: &str, target_extra: &str, engine_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", policy);
+    write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            r#"
+[engine]
+reload_interval = "1s"
+{engine_extra}
+
+[[targets]]
+name = "web"
+policy = "p.lua"
+provider = "exec"
+max_replicas = 50
+initial_replicas = 2
+stabilization_down = "0s"
+params = {{ per = 100 }}
+{target_extra}
+
+[[targets]]
+name = "other"
+policy = "p.lua"
+max_replicas = 5
+params = {{ per = 100 }}
+"#
+        ),
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::new(&cfg, metrics.clone(), T0).unwrap();
+    Setup { dir, engine, metrics }
+}
+
+fn depth(target: &str, v: f64, ts: Millis) -> Vec<u8> {
+    format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{v},"ts":{ts}}}"#).into_bytes()
+}
+
+fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for fam in m.registry.gather() {
+        if fam.name() != name {
+            continue;
+        }
+        for metric in fam.get_metric() {
+            let ok = labels
+                .iter()
+                .all(|(k, v)| metric.get_label().iter().any(|l| l.name() == *k && l.value() == *v));
+            if ok {
+                return metric.get_counter().get_value();
+            }
+        }
+    }
+    0.0
+}
+
+#[test]
+fn event_to_command_on_the_event() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    let out = s.engine.ingest("test", &depth("web", 730.0, T0), T0 + 3);
+    assert_eq!((out.applied, out.rejected.len()), (1, 0));
+    let cmds = s.engine.on_events(T0 + 3);
+    assert_eq!(cmds.len(), 1);
+    let c = &cmds[0];
+    assert_eq!((c.target.as_str(), c.desired_replicas, c.current_replicas), ("web", 8, 2));
+    assert_eq!(c.provider, "exec");
+    assert_eq!(c.generation, T0 + 3);
+    assert!(c.reason.starts_with("depth 730"), "{}", c.reason);
+    assert!(c.policy.starts_with("p.lua@"));
+    assert_eq!(c.expires_at, crate::clock::rfc3339(T0 + 3 + 60_000));
+    assert!(!c.dry_run);
+    // The other target saw nothing and is not evaluated on events.
+    assert_eq!(s.engine.status()[1].replicas, 1);
+    assert_eq!(counter(&s.metrics, "tidewatch_commands_issued_total", &[("target", "web"), ("direction", "up")]), 1.0);
+    assert_eq!(counter(&s.metrics, "tidewatch_events_received_total", &[("type", "queue_depth")]), 1.0);
+}
+
+#[test]
+fn event_evaluation_is_rate_limited_per_target() {
+    let mut s = setup(DEPTH_POLICY, "", "min_eval_interval = \"100ms\"");
+    s.engine.ingest("t", &depth("web", 300.0, T0), T0);
+    assert_eq!(s.engine.on_events(T0).len(), 1);
+    s.engine.ingest("t", &depth("web", 900.0, T0 + 10), T0 + 10);
+    assert!(s.engine.on_events(T0 + 10).is_empty(), "within the interval");
+    assert_eq!(s.engine.next_event_eval(), Some(T0 + 100));
+    let cmds = s.engine.on_events(T0 + 100);
+    assert_eq!(cmds[0].desired_replicas, 9);
+    assert_eq!(s.engine.next_event_eval(), None);
+}
+
+#[test]
+fn evaluate_on_event_off_waits_for_the_tick() {
+    let mut s = setup(DEPTH_POLICY, "", "evaluate_on_event = false");
+    s.engine.ingest("t", &depth("web", 300.0, T0), T0);
+    assert!(s.engine.on_events(T0).is_empty());
+    let cmds = s.engine.tick(T0 + 1000);
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].desired_replicas, 3);
+}
+
+#[test]
+fn generations_rise_strictly() {
+    let mut s = setup(DEPTH_POLICY, "", "min_eval_interval = \"0s\"");
+    let mut last = 0;
+    for (i, d) in [100.0, 500.0, 200.0, 900.0].iter().enumerate() {
+        s.engine.ingest("t", &depth("web", *d, T0), T0);
+        let c = s.engine.on_events(T0).pop().unwrap_or_else(|| panic!("step {i}"));
+        assert!(c.generation > last);
+        last = c.generation;
+    }
+}
+
+#[test]
+fn bad_input_is_counted_and_touches_no_window() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    for bad in [
+        b"not json".to_vec(),
+        br#"{"type":"queue_depth","target":"web","depth":-5}"#.to_vec(),
+        br#"{"type":"queue_depth","target":"web","depth":"5"}"#.to_vec(),
+        depth("web", 5.0, T0 - 3_600_000),
+        depth("web", 5.0, T0 + 3_600_000),
+        depth("nobody", 5.0, T0),
+    ] {
+        let out = s.engine.ingest("t", &bad, T0);
+        assert_eq!((out.applied, out.rejected.len()), (0, 1));
+    }
+    assert!(s.engine.window("web", Metric::QueueDepth, T0, Duration::from_secs(300)).is_none());
+    assert!(s.engine.on_events(T0).is_empty());
+    assert!(s.engine.tick(T0).is_empty());
+    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "unknown_target")]), 1.0);
+    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "too_old")]), 1.0);
+    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "malformed_json")]), 1.0);
+}
+
+#[test]
+fn failing_policy_holds_or_falls_back() {
+    let failing = "return { decide = function(ctx) error('broken on purpose') end }";
+    let mut s = setup(failing, "", "");
+    assert!(s.engine.tick(T0).is_empty());
+    assert_eq!(counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "runtime")]), 1.0);
+    let d = s.engine.status()[0].last_decision.clone().unwrap();
+    assert!(d.reason.contains("broken on purpose"), "{}", d.reason);
+    let mut s = setup(failing, "fallback_replicas = 6", "");
+    let cmds = s.engine.tick(T0);
+    assert_eq!(cmds.iter().find(|c| c.target == "web").unwrap().desired_replicas, 6);
+    // A runaway policy is stopped by its budget and the engine goes on.
+    let mut s = setup("return { decide = function(ctx) while true do end end }", "", "policy_instruction_budget = 100000");
+    assert!(s.engine.tick(T0).is_empty());
+    assert_eq!(counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "budget")]), 1.0);
+}
+
+#[test]
+fn hot_reload_keeps_the_old_version_when_the_new_one_fails() {
+    let mut s = setup("return { decide = function(ctx) return 3 end }", "", "");
+    assert_eq!(s.engine.tick(T0)[0].desired_replicas, 3);
+    let v1 = s.engine.status()[0].policy.clone();
+    write(s.dir.path(), "p.lua", "return { decide = function(ctx) return 7 end } -- v2");
+    assert_eq!(s.engine.tick(T0 + 1000)[0].desired_replicas, 7);
+    let v2 = s.engine.status()[0].policy.clone();
+    assert_ne!(v1, v2);
+    write(s.dir.path(), "p.lua", "return { decide = function(ctx) return 9 end"); // syntax error
+    assert!(s.engine.tick(T0 + 2000).is_empty(), "still v2, which wants 7");
+    assert_eq!(s.engine.status()[0].policy, v2);
+    assert_eq!(counter(&s.metrics, "tidewatch_policy_reloads_total", &[("target", "web"), ("result", "failed")]), 1.0);
+    // Declared examples that fail also keep the old version.
+    write(
+        s.dir.path(),
+        "p.lua",
+        "return { decide = function(ctx) return 11 end, examples = { { expect = 12 } } }",
+    );
+    assert!(s.engine.tick(T0 + 3000).is_empty());
+    assert_eq!(s.engine.status()[0].policy, v2);
+}
+
+#[test]
+fn results_of_the_latest_command_set_current_replicas() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    s.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    let c = s.engine.on_events(T0).pop().unwrap();
+    let result = |generation, n| ScaleResult {
+        version: 1,
+        command_id: c.id.clone(),
+        target: "web".into(),
+        generation,
+        status: crate::command::ResultStatus::Applied,
+        observed_replicas: Some(n),
+        error: None,
+        worker: "w".into(),
+        finished_at: String::new(),
+    };
+    assert!(!s.engine.observe(&result(c.generation - 1, 1)), "older result ignored");
+    assert_eq!(s.engine.status()[0].replicas, 5);
+    assert!(s.engine.observe(&result(c.generation, 4)));
+    assert_eq!(s.engine.status()[0].replicas, 4);
+    // The policy still wants 5, so the next tick asks again.
+    assert_eq!(s.engine.tick(T0 + 1000)[0].desired_replicas, 5);
+}
+
+#[test]
+fn forecasts_reach_the_policy() {
+    let policy = r#"return { decide = function(ctx)
+        local f = ctx.forecast("queue_depth", 300)
+        if not f then return nil end
+        return { replicas = math.ceil(f.value / 100), reason = f.source } end }"#;
+    let mut s = setup(policy, "", "");
+    let fc = format!(
+        r#"{{"type":"forecast","target":"web","metric":"queue_depth","source":"prophet","issued_at":{T0},
+            "points":[{{"ts":{},"value":1200}}]}}"#,
+        T0 + 300_000
+    );
+    assert_eq!(s.engine.ingest("t", fc.as_bytes(), T0).applied, 1);
+    let c = s.engine.tick(T0).into_iter().find(|c| c.target == "web").unwrap();
+    assert_eq!(c.desired_replicas, 12);
+    assert!(c.reason.starts_with("prophet"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drive_ticks_and_reacts_to_events() {
+    let s = setup(DEPTH_POLICY, "", "tick = \"1s\"");
+    let clock = Arc::new(crate::clock::TokioClock::starting_at(T0));
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut out_rx) = mpsc::channel(16);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(drive(s.engine, in_rx, out_tx, clock.clone(), Duration::from_secs(1), async {
+        let _ = stop_rx.await;
+    }));
+    // The first tick: no data, no command.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(out_rx.try_recv().is_err());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    in_tx
+        .send(EngineInput::Message {
+            source: "test",
+            bytes: depth("web", 420.0, clock.now_ms()),
+            done: Some(done_tx),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done_rx.await.unwrap().applied, 1);
+    let sent_at = clock.now_ms();
+    let c = out_rx.recv().await.unwrap();
+    assert_eq!(c.desired_replicas, 5);
+    assert_eq!(clock.now_ms(), sent_at, "decided on the event, not on a later tick");
+    // A second event inside min_eval_interval is evaluated when it ends.
+    in_tx
+        .send(EngineInput::Message {
+            source: "test",
+            bytes: depth("web", 1000.0, clock.now_ms()),
+            done: None,
+        })
+        .await
+        .unwrap();
+    let c = out_rx.recv().await.unwrap();
+    assert_eq!(c.desired_replicas, 10);
+    let waited = clock.now_ms() - sent_at;
+    assert!((100..1000).contains(&waited), "waited {waited} ms");
+    stop_tx.send(()).unwrap();
+    let engine = task.await.unwrap();
+    assert_eq!(engine.status()[0].replicas, 10);
+}

@@ -1,0 +1,297 @@
+//! Every metric name, in one place; the HTTP endpoint (`/metrics`,
+//! `/healthz`, `/readyz`); logging. Observable events go through `emit`
+//! functions here so that a log line and its metric never drift apart.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::event::Rejection;
+use crate::guard::Decision;
+use crate::policy::PolicyError;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_received: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub target_queue_depth: GaugeVec,
+    pub target_latency_p95: GaugeVec,
+    pub target_desired_replicas: IntGaugeVec,
+    pub target_observed_replicas: IntGaugeVec,
+    pub policy_evaluations: IntCounterVec,
+    pub policy_errors: IntCounterVec,
+    pub policy_seconds: HistogramVec,
+    pub policy_reloads: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub decision_holds: IntCounterVec,
+    pub commands_issued: IntCounterVec,
+    pub commands_published: IntCounterVec,
+    pub event_to_command_seconds: HistogramVec,
+    pub build_info: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric definition");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let fast = vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1];
+        let reaction = vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let build_info = Gauge::with_opts(
+            Opts::new("tidewatch_build_info", "Always 1; the version is a label.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(build_info.clone())).expect("metric registered once");
+        build_info.set(1.0);
+        Self {
+            events_received: counter(&r, "tidewatch_events_received_total", "Signal events received.", &["source", "type"]),
+            events_rejected: counter(
+                &r,
+                "tidewatch_events_rejected_total",
+                "Signal events rejected, by reason.",
+                &["source", "type", "reason"],
+            ),
+            target_queue_depth: gauge(&r, "tidewatch_target_queue_depth", "Latest summed queue depth of a target.", &["target"]),
+            target_latency_p95: gauge(
+                &r,
+                "tidewatch_target_latency_p95_seconds",
+                "p95 gateway latency of a target over its shortest window.",
+                &["target"],
+            ),
+            target_desired_replicas: int_gauge(&r, "tidewatch_target_desired_replicas", "Replicas last decided.", &["target"]),
+            target_observed_replicas: int_gauge(
+                &r,
+                "tidewatch_target_observed_replicas",
+                "Replicas as last reported by a worker (or assumed).",
+                &["target"],
+            ),
+            policy_evaluations: counter(&r, "tidewatch_policy_evaluations_total", "Policy decide calls.", &["target"]),
+            policy_errors: counter(&r, "tidewatch_policy_errors_total", "Policy failures, by kind.", &["target", "kind"]),
+            policy_seconds: histogram(&r, "tidewatch_policy_evaluation_seconds", "Time in one decide call.", &["target"], fast),
+            policy_reloads: counter(
+                &r,
+                "tidewatch_policy_reloads_total",
+                "Policy file reloads, by result (ok or failed).",
+                &["target", "result"],
+            ),
+            decisions: counter(&r, "tidewatch_decisions_total", "Guarded decisions, by direction.", &["target", "direction"]),
+            decision_holds: counter(
+                &r,
+                "tidewatch_decision_holds_total",
+                "Decisions that held, by the rule that held them.",
+                &["target", "reason"],
+            ),
+            commands_issued: counter(
+                &r,
+                "tidewatch_commands_issued_total",
+                "Scale commands produced by the engine.",
+                &["target", "direction"],
+            ),
+            commands_published: counter(
+                &r,
+                "tidewatch_commands_published_total",
+                "Scale commands acknowledged by the broker.",
+                &["target", "direction"],
+            ),
+            event_to_command_seconds: histogram(
+                &r,
+                "tidewatch_event_to_command_seconds",
+                "From receiving the event that triggered an evaluation to the command.",
+                &["target"],
+                reaction,
+            ),
+            build_info,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec does not fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn event_received(&self, source: &str, kind: &str) {
+        self.events_received.with_label_values(&[source, kind]).inc();
+    }
+
+    pub fn event_rejected(&self, source: &str, r: &Rejection) {
+        self.events_rejected
+            .with_label_values(&[source, r.kind, r.reason.code()])
+            .inc();
+        tracing::debug!(source, reason = r.reason.code(), detail = %r.detail, "event rejected");
+    }
+
+    pub fn policy_failed(&self, target: &str, e: &PolicyError) {
+        self.policy_errors.with_label_values(&[target, e.kind.code()]).inc();
+        tracing::warn!(target_name = target, kind = e.kind.code(), error = %e, "policy failed");
+    }
+
+    pub fn policy_reloaded(&self, target: &str, version: &str, result: Result<(), &PolicyError>) {
+        match result {
+            Ok(()) => {
+                self.policy_reloads.with_label_values(&[target, "ok"]).inc();
+                tracing::info!(target_name = target, version, "policy reloaded");
+            }
+            Err(e) => {
+                self.policy_reloads.with_label_values(&[target, "failed"]).inc();
+                tracing::warn!(target_name = target, error = %e, "policy reload failed; the previous version keeps running");
+            }
+        }
+    }
+
+    pub fn decided(&self, target: &str, d: &Decision) {
+        self.decisions.with_label_values(&[target, d.direction.code()]).inc();
+        if let Some(h) = d.held {
+            self.decision_holds.with_label_values(&[target, h.code()]).inc();
+            tracing::debug!(target_name = target, replicas = d.current, held = h.code(), reason = %d.reason, "decision held");
+        } else {
+            self.target_desired_replicas
+                .with_label_values(&[target])
+                .set(i64::from(d.desired));
+            tracing::info!(
+                target_name = target,
+                from = d.current,
+                to = d.desired,
+                dry_run = d.dry_run,
+                reason = %d.reason,
+                "scale decision"
+            );
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics, ready))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.load(Ordering::Relaxed);
+                async move {
+                    if r {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// Binds the metrics address, naming it in the error.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("metrics.listen {listen:?}: {e}"))?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics.listen {listen}: cannot bind: {e}"))
+}
+
+/// Human-readable logs by default, JSON lines with `json`; `RUST_LOG` filters.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn endpoints_answer() {
+        let m = Arc::new(Metrics::new());
+        m.event_received("kafka", "queue_depth");
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = router(m.clone(), ready.clone());
+        let get = |path: &'static str| Request::builder().uri(path).body(Body::empty()).unwrap();
+        let res = app.clone().oneshot(get("/metrics")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.contains("tidewatch_events_received_total{source=\"kafka\",type=\"queue_depth\"} 1"), "{body}");
+        assert!(body.contains("tidewatch_build_info{version="));
+        assert_eq!(app.clone().oneshot(get("/healthz")).await.unwrap().status(), 200);
+        assert_eq!(app.clone().oneshot(get("/readyz")).await.unwrap().status(), 503);
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(app.oneshot(get("/readyz")).await.unwrap().status(), 200);
+    }
+}
