@@ -187,7 +187,8 @@ impl Guard {
         }
         self.recent.push_back((now, want));
         if want < current && window_ms > 0 {
-            let highest = self.recent.front().map_or(want, |&(_, r)| r);
+            // Never above the current count: stabilization only slows a scale-down.
+            let highest = self.recent.front().map_or(want, |&(_, r)| r).min(current);
             if highest > want {
                 notes.push(format!(
                     "stabilized to {highest}, the highest of the last {}",
@@ -320,6 +321,22 @@ mod tests {
         assert_eq!(d.desired, 4);
         // Up is never slowed by stabilization.
         assert_eq!(g.decide(&c, 420_000, 4, &Replicas(9)).desired, 9);
+    }
+
+    /// A recommendation that a cooldown held back must not later turn a
+    /// scale-down into a scale-up.
+    #[test]
+    fn stabilization_never_scales_up() {
+        let c = GuardConfig {
+            stabilization_down: Duration::from_secs(300),
+            cooldown_up: Duration::from_secs(60),
+            ..cfg()
+        };
+        let mut g = Guard::default();
+        assert_eq!(g.decide(&c, 0, 5, &Replicas(8)).desired, 8);
+        assert_eq!(g.decide(&c, 1_000, 8, &Replicas(19)).held, Some(HoldReason::CooldownUp));
+        let d = g.decide(&c, 2_000, 8, &Replicas(3));
+        assert_eq!((d.desired, d.held), (8, Some(HoldReason::Stabilization)), "{d:?}");
     }
 
     #[test]

@@ -1,1 +1,156 @@
-fn main() {}
+//! The `tidewatch` command: parses arguments, runs the subcommand, maps
+//! failures to exit codes (64 for configuration and usage errors).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use tidewatch::config::{parse_duration, Config};
+use tidewatch::policy::{run_examples, PolicyLimits, PolicySource};
+
+/// EX_USAGE: a bad command line or configuration.
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "tidewatch", version, about = "Event-driven autoscaler: queue and latency signals in, scale commands out")]
+struct Cli {
+    /// Log format: human or json.
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Work with Lua policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// The engine on a simulated service, in one process, no setup.
+    Demo {
+        /// Virtual seconds per real second (0: as fast as possible).
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Virtual time to run, then print the summary.
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        duration: Duration,
+        /// Virtual seconds between status lines.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        every: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a configuration and every policy it names; exit 64 when bad.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Load policies in the sandbox and run the examples they declare.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn config_check(file: &PathBuf) -> ExitCode {
+    match Config::load(file) {
+        Ok((cfg, warnings)) => {
+            for w in &warnings {
+                eprintln!("{}: {w}", file.display());
+            }
+            println!("{}: ok ({} targets)", file.display(), cfg.targets.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            let errors = e.problems.iter().filter(|p| !p.warning).count();
+            eprintln!("{}: {errors} problem(s)", file.display());
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        let outcome = PolicySource::read(file).and_then(|src| {
+            let v = src.version.clone();
+            run_examples(&src, PolicyLimits::default()).map(|o| (v, o))
+        });
+        match outcome {
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::from(EX_USAGE);
+            }
+            Ok((version, outcomes)) => {
+                if outcomes.is_empty() {
+                    println!("{version}: loads; declares no examples");
+                }
+                for o in &outcomes {
+                    let want = o.expected.map_or("hold".to_string(), |n| n.to_string());
+                    if o.passed() {
+                        println!("{version}: ok   {} (-> {want})", o.name);
+                    } else {
+                        failed = true;
+                        let got = match &o.got {
+                            Ok(g) => g.map_or("hold".to_string(), |n| n.to_string()),
+                            Err(e) => format!("error: {e}"),
+                        };
+                        println!("{version}: FAIL {}: expected {want}, got {got}", o.name);
+                    }
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tidewatch::telemetry::init_logging(cli.log_format == "json");
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => config_check(&file),
+        Command::Policy {
+            action: PolicyAction::Check { files },
+        } => policy_check(&files),
+        Command::Demo { speed, duration, every } => {
+            if !(speed >= 0.0 && speed.is_finite()) {
+                eprintln!("--speed {speed}: must be a non-negative number");
+                return ExitCode::from(EX_USAGE);
+            }
+            let opts = tidewatch::demo::DemoOptions {
+                speed,
+                duration,
+                print_every: every,
+                ..Default::default()
+            };
+            match tidewatch::demo::run(&opts, &mut std::io::stdout()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

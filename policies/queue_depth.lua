@@ -1,0 +1,51 @@
+-- Replicas from queue depth: ceil(load / per_replica_depth), where load is
+-- the larger of the 60 s mean depth, the 10 s mean (so a surge is seen in
+-- seconds) and the forecast five minutes ahead; one more replica while the
+-- 10 s p95 latency breaks the SLO and the queue is not already shrinking.
+-- params: per_replica_depth (messages one replica should have queued),
+--         latency_slo_ms (optional), lookahead_s (default 300).
+local P = {}
+
+function P.decide(ctx)
+  local depth = ctx.window("queue_depth", "60s")
+  if not depth then return nil end
+  local recent = ctx.window("queue_depth", "10s")
+  local ahead = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300)
+  local load = tw.max_of(depth.mean, recent and recent.mean, ahead and ahead.value)
+  local want = tw.ceil_div(load, ctx.params.per_replica_depth)
+  local reason = string.format("depth 60s mean %.0f, 10s mean %.0f, ahead %s -> %d",
+    depth.mean, recent and recent.mean or 0, ahead and string.format("%.0f", ahead.value) or "none", want)
+  local slo = ctx.params.latency_slo_ms
+  local lat = slo and ctx.window("latency_ms", "10s")
+  local shrinking = recent and recent.slope < 0
+  if lat and lat.p95 > slo and want <= ctx.replicas and not shrinking then
+    want = ctx.replicas + 1
+    reason = reason .. string.format("; p95 %.0f ms > SLO %d ms, +1", lat.p95, slo)
+  end
+  return { replicas = want, reason = reason }
+end
+
+P.examples = {
+  { name = "depth over capacity", replicas = 2, params = { per_replica_depth = 300 },
+    windows = { queue_depth = { ["60s"] = { mean = 900 }, ["10s"] = { mean = 800 } } },
+    expect = 3 },
+  { name = "a surge shows in the 10 s mean first", replicas = 2, params = { per_replica_depth = 300 },
+    windows = { queue_depth = { ["60s"] = { mean = 400 }, ["10s"] = { mean = 2400 } } },
+    expect = 8 },
+  { name = "no data yet", replicas = 2, params = { per_replica_depth = 300 }, expect = "hold" },
+  { name = "latency over the SLO adds one", replicas = 5,
+    params = { per_replica_depth = 300, latency_slo_ms = 250 },
+    windows = { queue_depth = { ["60s"] = { mean = 600 } }, latency_ms = { ["10s"] = { p95 = 400 } } },
+    expect = 6 },
+  { name = "no extra replica while the queue drains", replicas = 5,
+    params = { per_replica_depth = 300, latency_slo_ms = 250 },
+    windows = { queue_depth = { ["60s"] = { mean = 600 }, ["10s"] = { mean = 500, slope = -20 } },
+                latency_ms = { ["10s"] = { p95 = 400 } } },
+    expect = 2 },
+  { name = "a forecast scales ahead", replicas = 2, params = { per_replica_depth = 300 },
+    windows = { queue_depth = { ["60s"] = { mean = 300 } } },
+    forecast = { queue_depth = { value = 3000, lower = 2500, upper = 3500, source = "test" } },
+    expect = 10 },
+}
+
+return P
