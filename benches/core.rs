@@ -1,1 +1,194 @@
-fn main(){}
+//! Criterion benchmarks of the hot paths: decode + window update, latency
+//! samples into windows, and one `decide` of each bundled policy.
+//! Run: cargo bench --bench core
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use tidewatch::config::{Config, TargetConfig};
+use tidewatch::engine::{Engine, TargetData};
+use tidewatch::event::GatewayLatency;
+use tidewatch::forecast::ForecastStore;
+use tidewatch::policy::{CallInput, LuaPolicy, PolicyLimits, PolicySource};
+use tidewatch::telemetry::Metrics;
+use tidewatch::window::TargetWindows;
+
+const T0: i64 = 1_764_000_000_000;
+
+fn spans() -> Vec<Duration> {
+    [10, 60, 300].map(Duration::from_secs).to_vec()
+}
+
+fn engine() -> Engine {
+    let target: TargetConfig = toml_target();
+    let cfg = Config {
+        targets: vec![target],
+        ..Config::default()
+    };
+    Engine::new(&cfg, Arc::new(Metrics::new()), T0).expect("engine builds")
+}
+
+fn toml_target() -> TargetConfig {
+    TargetConfig {
+        name: "checkout".into(),
+        policy: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/queue_depth.lua"),
+        provider: "log".into(),
+        min_replicas: 1,
+        max_replicas: 40,
+        initial_replicas: Some(2),
+        windows: spans(),
+        cooldown_up: Duration::ZERO,
+        cooldown_down: Duration::ZERO,
+        stabilization_down: Duration::from_secs(300),
+        max_step_up: 0,
+        max_step_down: 0,
+        tolerance: 0.0,
+        paused: false,
+        dry_run: false,
+        fallback_replicas: None,
+        params: serde_json::json!({"per_replica_depth": 300, "latency_slo_ms": 250})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        history_span: Duration::from_secs(8 * 86_400),
+        history_step: Duration::from_secs(60),
+    }
+}
+
+fn decode_and_apply(c: &mut Criterion) {
+    let mut engine = engine();
+    // Distinct messages over one minute of event time, as a source would see them.
+    let msgs: Vec<Vec<u8>> = (0..60_000)
+        .map(|i| {
+            format!(
+                r#"{{"type":"queue_depth","target":"checkout","queue":"orders","depth":{},"consumers":4,"ts":{}}}"#,
+                1000 + i % 500,
+                T0 + i
+            )
+            .into_bytes()
+        })
+        .collect();
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("decode_apply_queue_depth", |b| {
+        b.iter(|| {
+            let m = &msgs[i % msgs.len()];
+            i += 1;
+            let out = engine.ingest("bench", m, T0 + 60_000);
+            black_box(out.applied)
+        })
+    });
+    g.finish();
+}
+
+fn latency_samples(c: &mut Criterion) {
+    let samples: Vec<f64> = (0..1000).map(|i| 5.0 + (i * 37 % 400) as f64).collect();
+    let mut w = TargetWindows::new(
+        &spans(),
+        Duration::from_secs(8 * 86_400),
+        Duration::from_secs(60),
+    );
+    let mut g = c.benchmark_group("windows");
+    g.throughput(Throughput::Elements(samples.len() as u64));
+    let mut ts = T0;
+    g.bench_function("latency_samples_3_windows", |b| {
+        b.iter_batched(
+            || {
+                ts += 7;
+                GatewayLatency {
+                    target: "checkout".into(),
+                    route: None,
+                    samples_ms: samples.clone(),
+                    errors: 0,
+                    ts_ms: ts,
+                }
+            },
+            |l| w.apply_latency(black_box(&l)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn filled_data() -> Arc<Mutex<TargetData>> {
+    let mut windows = TargetWindows::new(
+        &spans(),
+        Duration::from_secs(86_400),
+        Duration::from_secs(60),
+    );
+    for s in 0..300 {
+        let ts = T0 + s * 1000;
+        windows
+            .apply_depth(&tidewatch::event::QueueDepth {
+                target: "checkout".into(),
+                queue: "orders".into(),
+                depth: 800.0 + (s % 50) as f64,
+                consumers: None,
+                ts_ms: ts,
+            })
+            .unwrap();
+        windows.apply_latency(&GatewayLatency {
+            target: "checkout".into(),
+            route: None,
+            samples_ms: (0..50).map(|i| 20.0 + (i * 13 % 300) as f64).collect(),
+            errors: 1,
+            ts_ms: ts,
+        });
+    }
+    Arc::new(Mutex::new(TargetData {
+        windows,
+        forecasts: ForecastStore::default(),
+        now_ms: T0 + 299_500,
+        freshness_ms: 3_600_000,
+    }))
+}
+
+fn decide(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide");
+    let policies = [
+        (
+            "queue_depth.lua",
+            serde_json::json!({"per_replica_depth": 300, "latency_slo_ms": 250}),
+        ),
+        (
+            "latency_slo.lua",
+            serde_json::json!({"latency_slo_ms": 250}),
+        ),
+        ("hpa.lua", serde_json::json!({"target_per_replica": 100})),
+    ];
+    for (file, params) in policies {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(file);
+        let src = PolicySource::read(&path).expect("bundled policy reads");
+        let mut p =
+            LuaPolicy::load(&src, &params, PolicyLimits::default()).expect("bundled policy loads");
+        p.bind(filled_data()).expect("binds");
+        let input = CallInput {
+            target: "checkout",
+            now_ms: T0 + 299_500,
+            replicas: 3,
+            min: 1,
+            max: 40,
+        };
+        assert!(
+            p.decide(&input).expect("decides").replicas.is_some(),
+            "{file} decides on full windows"
+        );
+        g.bench_function(file, |b| {
+            b.iter(|| black_box(p.decide(&input).expect("decides")))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = decode_and_apply, latency_samples, decide
+}
+criterion_main!(benches);

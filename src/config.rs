@@ -56,8 +56,9 @@ fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Err
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"10s\" or \"5m\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"10s\" or \"5m\"")
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -85,12 +86,19 @@ impl SecretRef {
     }
 
     fn check(&self, key: &str, out: &mut Vec<Problem>) {
-        let n = [self.literal.is_some(), self.env.is_some(), self.file.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let n = [
+            self.literal.is_some(),
+            self.env.is_some(),
+            self.file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if n > 1 {
-            out.push(problem(key, format!("give only one of `{key}`, `{key}_env` and `{key}_file`")));
+            out.push(problem(
+                key,
+                format!("give only one of `{key}`, `{key}_env` and `{key}_file`"),
+            ));
         } else if let Err(e) = self.resolve(key) {
             out.push(Problem {
                 warning: true,
@@ -105,9 +113,9 @@ impl SecretRef {
             return Ok(Some(v.clone()));
         }
         if let Some(var) = &self.env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("`{key}_env` names the environment variable {var}, which is not set"));
+            return std::env::var(var).map(Some).map_err(|_| {
+                format!("`{key}_env` names the environment variable {var}, which is not set")
+            });
         }
         if let Some(path) = &self.file {
             return std::fs::read_to_string(path)
@@ -227,7 +235,10 @@ pub struct EngineConfig {
     #[serde(default = "yes")]
     pub evaluate_on_event: bool,
     /// Evaluations triggered by events happen at most this often per target.
-    #[serde(default = "default_min_eval_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_min_eval_interval",
+        deserialize_with = "de_duration"
+    )]
     pub min_eval_interval: Duration,
     #[serde(default = "default_max_event_age", deserialize_with = "de_duration")]
     pub max_event_age: Duration,
@@ -250,7 +261,10 @@ pub struct EngineConfig {
     #[serde(default = "default_reload_interval", deserialize_with = "de_duration")]
     pub reload_interval: Duration,
     /// External forecasts older than this are ignored.
-    #[serde(default = "default_forecast_freshness", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_forecast_freshness",
+        deserialize_with = "de_duration"
+    )]
     pub forecast_freshness: Duration,
 }
 
@@ -519,7 +533,11 @@ impl Config {
             }
         }
         let source = typed("source", section("source", &mut problems), &mut problems);
-        let commands = typed("commands", section("commands", &mut problems), &mut problems);
+        let commands = typed(
+            "commands",
+            section("commands", &mut problems),
+            &mut problems,
+        );
         let engine = typed("engine", section("engine", &mut problems), &mut problems);
         let metrics = typed("metrics", section("metrics", &mut problems), &mut problems);
         let mut targets = Vec::new();
@@ -529,15 +547,22 @@ impl Config {
                     for (i, item) in items.into_iter().enumerate() {
                         match item.try_deserialize::<TargetConfig>() {
                             Ok(t) => targets.push(t),
-                            Err(e) => problems.push(problem(format!("targets[{i}]"), e.to_string())),
+                            Err(e) => {
+                                problems.push(problem(format!("targets[{i}]"), e.to_string()))
+                            }
                         }
                     }
                 }
                 Err(e) => problems.push(problem("targets", e.to_string())),
             }
         }
-        let top = raw.clone().try_deserialize::<HashMap<String, config::Value>>();
-        for key in top.map(|m| m.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+        let top = raw
+            .clone()
+            .try_deserialize::<HashMap<String, config::Value>>();
+        for key in top
+            .map(|m| m.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             if !["source", "commands", "engine", "metrics", "targets"].contains(&key.as_str()) {
                 problems.push(problem(key, "unknown section"));
             }
@@ -569,7 +594,10 @@ impl Config {
             out.push(problem("engine.tick", "must be above zero"));
         }
         if e.max_batch == 0 || e.max_samples == 0 || e.max_message_bytes == 0 {
-            out.push(problem("engine", "max_batch, max_samples and max_message_bytes must be above zero"));
+            out.push(problem(
+                "engine",
+                "max_batch, max_samples and max_message_bytes must be above zero",
+            ));
         }
         if e.policy_memory_mb == 0 || e.policy_instruction_budget < 1000 {
             out.push(problem(
@@ -580,12 +608,18 @@ impl Config {
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             out.push(problem(
                 "metrics.listen",
-                format!("{:?} is not an address like 127.0.0.1:9898", self.metrics.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9898",
+                    self.metrics.listen
+                ),
             ));
         }
         self.check_brokers(&mut out);
         if self.targets.is_empty() {
-            out.push(problem("targets", "no [[targets]]: there is nothing to scale"));
+            out.push(problem(
+                "targets",
+                "no [[targets]]: there is nothing to scale",
+            ));
         }
         let mut names = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -593,11 +627,17 @@ impl Config {
             if !valid_target_name(&t.name) {
                 out.push(problem(
                     key("name"),
-                    format!("{:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$", t.name),
+                    format!(
+                        "{:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$",
+                        t.name
+                    ),
                 ));
             }
             if !names.insert(t.name.as_str()) {
-                out.push(problem(key("name"), format!("{:?} is used by another target", t.name)));
+                out.push(problem(
+                    key("name"),
+                    format!("{:?} is used by another target", t.name),
+                ));
             }
             if t.max_replicas == 0 {
                 out.push(problem(key("max_replicas"), "must be at least 1"));
@@ -605,14 +645,20 @@ impl Config {
             if t.min_replicas > t.max_replicas {
                 out.push(problem(
                     key("min_replicas"),
-                    format!("{} is above max_replicas {}", t.min_replicas, t.max_replicas),
+                    format!(
+                        "{} is above max_replicas {}",
+                        t.min_replicas, t.max_replicas
+                    ),
                 ));
             }
             if let Some(init) = t.initial_replicas {
                 if init < t.min_replicas || init > t.max_replicas {
                     out.push(problem(
                         key("initial_replicas"),
-                        format!("{init} is outside [min_replicas {}, max_replicas {}]", t.min_replicas, t.max_replicas),
+                        format!(
+                            "{init} is outside [min_replicas {}, max_replicas {}]",
+                            t.min_replicas, t.max_replicas
+                        ),
                     ));
                 }
             }
@@ -620,12 +666,18 @@ impl Config {
                 if f < t.min_replicas || f > t.max_replicas {
                     out.push(problem(
                         key("fallback_replicas"),
-                        format!("{f} is outside [min_replicas {}, max_replicas {}]", t.min_replicas, t.max_replicas),
+                        format!(
+                            "{f} is outside [min_replicas {}, max_replicas {}]",
+                            t.min_replicas, t.max_replicas
+                        ),
                     ));
                 }
             }
             if t.windows.is_empty() || t.windows.len() > MAX_WINDOWS {
-                out.push(problem(key("windows"), format!("give 1 to {MAX_WINDOWS} windows")));
+                out.push(problem(
+                    key("windows"),
+                    format!("give 1 to {MAX_WINDOWS} windows"),
+                ));
             }
             for w in &t.windows {
                 if *w < Duration::from_millis(100) {
@@ -636,16 +688,25 @@ impl Config {
                 }
             }
             if !(0.0..1.0).contains(&t.tolerance) {
-                out.push(problem(key("tolerance"), format!("{} is not a fraction in [0, 1)", t.tolerance)));
+                out.push(problem(
+                    key("tolerance"),
+                    format!("{} is not a fraction in [0, 1)", t.tolerance),
+                ));
             }
             if t.history_step.is_zero() || t.history_span < t.history_step {
-                out.push(problem(key("history_step"), "must be above zero and at most history_span"));
+                out.push(problem(
+                    key("history_step"),
+                    "must be above zero and at most history_span",
+                ));
             }
             if t.provider.is_empty() {
                 out.push(problem(key("provider"), "must not be empty"));
             }
             if !t.policy.exists() {
-                out.push(problem(key("policy"), format!("{} does not exist", t.policy.display())));
+                out.push(problem(
+                    key("policy"),
+                    format!("{} does not exist", t.policy.display()),
+                ));
                 continue;
             }
             let checked = PolicySource::read(&t.policy).and_then(|src| {
@@ -668,24 +729,43 @@ impl Config {
     fn check_brokers(&self, out: &mut Vec<Problem>) {
         match self.source.kind {
             BrokerKind::Kafka => match &self.source.kafka {
-                None => out.push(problem("source.kafka", "source.kind is \"kafka\" but [source.kafka] is missing")),
+                None => out.push(problem(
+                    "source.kafka",
+                    "source.kind is \"kafka\" but [source.kafka] is missing",
+                )),
                 Some(k) => {
                     if k.brokers.trim().is_empty() {
-                        out.push(problem("source.kafka.brokers", "must name at least one broker"));
+                        out.push(problem(
+                            "source.kafka.brokers",
+                            "must name at least one broker",
+                        ));
                     }
                     if k.topics.is_empty() {
-                        out.push(problem("source.kafka.topics", "must name at least one topic"));
+                        out.push(problem(
+                            "source.kafka.topics",
+                            "must name at least one topic",
+                        ));
                     }
-                    secret(&k.sasl_password, &k.sasl_password_env, &k.sasl_password_file)
-                        .check("source.kafka.sasl_password", out);
+                    secret(
+                        &k.sasl_password,
+                        &k.sasl_password_env,
+                        &k.sasl_password_file,
+                    )
+                    .check("source.kafka.sasl_password", out);
                 }
             },
             BrokerKind::Amqp => match &self.source.amqp {
-                None => out.push(problem("source.amqp", "source.kind is \"amqp\" but [source.amqp] is missing")),
+                None => out.push(problem(
+                    "source.amqp",
+                    "source.kind is \"amqp\" but [source.amqp] is missing",
+                )),
                 Some(a) => {
                     let s = secret(&a.url, &a.url_env, &a.url_file);
                     if !s.is_set() {
-                        out.push(problem("source.amqp.url", "give `url`, `url_env` or `url_file`"));
+                        out.push(problem(
+                            "source.amqp.url",
+                            "give `url`, `url_env` or `url_file`",
+                        ));
                     }
                     s.check("source.amqp.url", out);
                     if a.prefetch == 0 {
@@ -697,21 +777,37 @@ impl Config {
         }
         match self.commands.kind {
             BrokerKind::Kafka => match &self.commands.kafka {
-                None => out.push(problem("commands.kafka", "commands.kind is \"kafka\" but [commands.kafka] is missing")),
+                None => out.push(problem(
+                    "commands.kafka",
+                    "commands.kind is \"kafka\" but [commands.kafka] is missing",
+                )),
                 Some(k) => {
                     if k.brokers.trim().is_empty() {
-                        out.push(problem("commands.kafka.brokers", "must name at least one broker"));
+                        out.push(problem(
+                            "commands.kafka.brokers",
+                            "must name at least one broker",
+                        ));
                     }
-                    secret(&k.sasl_password, &k.sasl_password_env, &k.sasl_password_file)
-                        .check("commands.kafka.sasl_password", out);
+                    secret(
+                        &k.sasl_password,
+                        &k.sasl_password_env,
+                        &k.sasl_password_file,
+                    )
+                    .check("commands.kafka.sasl_password", out);
                 }
             },
             BrokerKind::Amqp => match &self.commands.amqp {
-                None => out.push(problem("commands.amqp", "commands.kind is \"amqp\" but [commands.amqp] is missing")),
+                None => out.push(problem(
+                    "commands.amqp",
+                    "commands.kind is \"amqp\" but [commands.amqp] is missing",
+                )),
                 Some(a) => {
                     let s = secret(&a.url, &a.url_env, &a.url_file);
                     if !s.is_set() {
-                        out.push(problem("commands.amqp.url", "give `url`, `url_env` or `url_file`"));
+                        out.push(problem(
+                            "commands.amqp.url",
+                            "give `url`, `url_env` or `url_file`",
+                        ));
                     }
                     s.check("commands.amqp.url", out);
                 }
@@ -748,7 +844,10 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         p
     }
 
@@ -780,7 +879,10 @@ params = { n = 3, per_replica_depth = 300 }
         assert_eq!(cfg.engine.max_event_age, Duration::from_secs(300));
         let t = &cfg.targets[0];
         assert_eq!(t.policy, dir.path().join("p.lua"));
-        assert_eq!((t.min_replicas, t.initial(), t.provider.as_str()), (1, 2, "log"));
+        assert_eq!(
+            (t.min_replicas, t.initial(), t.provider.as_str()),
+            (1, 2, "log")
+        );
         assert_eq!(t.cooldown_down, Duration::from_secs(60));
         assert_eq!(t.stabilization_down, Duration::from_secs(300));
         assert_eq!(t.params["per_replica_depth"], 300);
@@ -796,7 +898,11 @@ params = { n = 3, per_replica_depth = 300 }
         let (cfg, _) = Config::load(&path).unwrap();
         std::env::remove_var("TIDEWATCH__ENGINE__MAX_SAMPLES");
         assert_eq!(cfg.engine.max_samples, 77);
-        assert_eq!(cfg.engine.tick, Duration::from_millis(500), "the file still counts");
+        assert_eq!(
+            cfg.engine.tick,
+            Duration::from_millis(500),
+            "the file still counts"
+        );
     }
 
     #[test]

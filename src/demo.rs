@@ -18,8 +18,14 @@ use crate::window::Metric;
 
 /// The bundled policies, so the demo runs from any directory.
 pub const BUNDLED: [(&str, &str); 3] = [
-    ("queue_depth.lua", include_str!("../policies/queue_depth.lua")),
-    ("latency_slo.lua", include_str!("../policies/latency_slo.lua")),
+    (
+        "queue_depth.lua",
+        include_str!("../policies/queue_depth.lua"),
+    ),
+    (
+        "latency_slo.lua",
+        include_str!("../policies/latency_slo.lua"),
+    ),
     ("hpa.lua", include_str!("../policies/hpa.lua")),
 ];
 
@@ -79,7 +85,10 @@ impl Service {
 
     pub fn ready(&self, now: Millis) -> u32 {
         let startup_ms = (self.startup * 1000.0) as i64;
-        self.replicas.iter().filter(|&&t| t + startup_ms <= now).count() as u32
+        self.replicas
+            .iter()
+            .filter(|&&t| t + startup_ms <= now)
+            .count() as u32
     }
 
     pub fn desired(&self) -> u32 {
@@ -200,9 +209,11 @@ fn demo_config(policy_dir: &Path) -> Config {
 
 /// Runs the demo, writing the live view to `out`.
 pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     for (name, text) in BUNDLED {
-        std::fs::write(dir.path().join(name), text).map_err(|e| format!("cannot write {name}: {e}"))?;
+        std::fs::write(dir.path().join(name), text)
+            .map_err(|e| format!("cannot write {name}: {e}"))?;
     }
     let cfg = demo_config(dir.path());
     let problems = cfg.check();
@@ -229,11 +240,19 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
         out,
         "tidewatch demo: target checkout, policy queue_depth.lua, {} virtual s at {}",
         opts.duration.as_secs(),
-        if opts.speed > 0.0 { format!("{}x real time", opts.speed) } else { "full speed".into() }
+        if opts.speed > 0.0 {
+            format!("{}x real time", opts.speed)
+        } else {
+            "full speed".into()
+        }
     )
     .map_err(|e| e.to_string())?;
-    writeln!(out, "{:>6} {:>7} {:>8} {:>8} {:>9}  last decision", "t(s)", "load/s", "depth", "p95 ms", "replicas")
-        .map_err(|e| e.to_string())?;
+    writeln!(
+        out,
+        "{:>6} {:>7} {:>8} {:>8} {:>9}  last decision",
+        "t(s)", "load/s", "depth", "p95 ms", "replicas"
+    )
+    .map_err(|e| e.to_string())?;
     for i in 1..=steps {
         let now = t0 + i * step_ms;
         let t = (i * step_ms) as f64 / 1000.0;
@@ -274,7 +293,10 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
                 summary.scale_downs += 1;
             }
             service.scale(c.desired_replicas, now);
-            last_reason = format!("{} -> {}: {}", c.current_replicas, c.desired_replicas, c.reason);
+            last_reason = format!(
+                "{} -> {}: {}",
+                c.current_replicas, c.desired_replicas, c.reason
+            );
             engine.observe(&ScaleResult {
                 version: VERSION,
                 command_id: c.id.clone(),
@@ -321,7 +343,8 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
     let mut by_load = per_second.clone();
     by_load.sort_by(|a, b| a.0.total_cmp(&b.0));
     let fifth = (by_load.len() / 5).max(1);
-    let mean = |s: &[(f64, u32)]| s.iter().map(|x| f64::from(x.1)).sum::<f64>() / s.len().max(1) as f64;
+    let mean =
+        |s: &[(f64, u32)]| s.iter().map(|x| f64::from(x.1)).sum::<f64>() / s.len().max(1) as f64;
     summary.replicas_at_low_load = mean(&by_load[..fifth.min(by_load.len())]);
     summary.replicas_at_high_load = mean(&by_load[by_load.len().saturating_sub(fifth)..]);
     writeln!(

@@ -16,7 +16,9 @@ use crate::config::{Config, EngineConfig, TargetConfig};
 use crate::event::{decode, Limits, Reason, Rejection, Signal};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig, Recommendation};
-use crate::policy::{run_examples, CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicySource, SignalView};
+use crate::policy::{
+    run_examples, CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicySource, SignalView,
+};
 use crate::telemetry::Metrics;
 use crate::window::{Metric, TargetWindows, WindowStats};
 
@@ -34,7 +36,8 @@ impl SignalView for TargetData {
         self.windows.stats(metric, self.now_ms, span_ms)
     }
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
-        self.forecasts.lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
+        self.forecasts
+            .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
     }
 }
 
@@ -99,7 +102,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("targets", &self.by_name.len()).finish()
+        f.debug_struct("Engine")
+            .field("targets", &self.by_name.len())
+            .finish()
     }
 }
 
@@ -110,7 +115,11 @@ pub struct Ingested {
     pub rejected: Vec<Rejection>,
 }
 
-fn load_policy(t: &TargetConfig, data: &Arc<Mutex<TargetData>>, cfg: &EngineConfig) -> Result<LuaPolicy, PolicyError> {
+fn load_policy(
+    t: &TargetConfig,
+    data: &Arc<Mutex<TargetData>>,
+    cfg: &EngineConfig,
+) -> Result<LuaPolicy, PolicyError> {
     let src = PolicySource::read(&t.policy)?;
     let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
     p.bind(data.clone())?;
@@ -279,13 +288,27 @@ impl Engine {
     fn export_gauges(&self, now_ms: Millis) {
         for t in &self.targets {
             let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
-            let shortest = t.cfg.windows.iter().min().map_or(10_000, |d| d.as_millis() as i64);
+            let shortest = t
+                .cfg
+                .windows
+                .iter()
+                .min()
+                .map_or(10_000, |d| d.as_millis() as i64);
             let name = [t.cfg.name.as_str()];
             if let Ok(Some(s)) = data.windows.stats(Metric::QueueDepth, now_ms, shortest) {
-                self.metrics.target_queue_depth.with_label_values(&name).set(s.last);
+                self.metrics
+                    .target_queue_depth
+                    .with_label_values(&name)
+                    .set(s.last);
             }
-            if let Ok(Some(WindowStats { quantiles: Some(q), .. })) = data.windows.stats(Metric::LatencyMs, now_ms, shortest) {
-                self.metrics.target_latency_p95.with_label_values(&name).set(q[2] / 1000.0);
+            if let Ok(Some(WindowStats {
+                quantiles: Some(q), ..
+            })) = data.windows.stats(Metric::LatencyMs, now_ms, shortest)
+            {
+                self.metrics
+                    .target_latency_p95
+                    .with_label_values(&name)
+                    .set(q[2] / 1000.0);
             }
         }
     }
@@ -305,7 +328,12 @@ impl Engine {
                 let failed: Vec<String> = run_examples(&src, self.cfg.policy_limits())?
                     .into_iter()
                     .filter(|o| !o.passed())
-                    .map(|o| format!("example {:?} expected {:?}, got {:?}", o.name, o.expected, o.got))
+                    .map(|o| {
+                        format!(
+                            "example {:?} expected {:?}, got {:?}",
+                            o.name, o.expected, o.got
+                        )
+                    })
                     .collect();
                 if !failed.is_empty() {
                     return Err(PolicyError {
@@ -321,10 +349,13 @@ impl Engine {
             match loaded {
                 Ok(None) => {}
                 Ok(Some(p)) => {
-                    self.metrics.policy_reloaded(&t.cfg.name, p.version(), Ok(()));
+                    self.metrics
+                        .policy_reloaded(&t.cfg.name, p.version(), Ok(()));
                     t.policy = p;
                 }
-                Err(e) => self.metrics.policy_reloaded(&t.cfg.name, t.policy.version(), Err(&e)),
+                Err(e) => self
+                    .metrics
+                    .policy_reloaded(&t.cfg.name, t.policy.version(), Err(&e)),
             }
         }
     }
@@ -346,11 +377,15 @@ impl Engine {
         };
         let started = std::time::Instant::now();
         let proposal = t.policy.decide(&input);
-        metrics.policy_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        metrics
+            .policy_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
         metrics.policy_evaluations.with_label_values(&[name]).inc();
         let (rec, policy_reason) = match proposal {
             Ok(p) => (
-                p.replicas.map_or(Recommendation::Hold, Recommendation::Replicas),
+                p.replicas
+                    .map_or(Recommendation::Hold, Recommendation::Replicas),
                 p.reason,
             ),
             Err(e) => {
@@ -434,10 +469,19 @@ impl Engine {
     }
 
     /// Window statistics of a target, for displays.
-    pub fn window(&self, target: &str, metric: Metric, now_ms: Millis, span: Duration) -> Option<WindowStats> {
+    pub fn window(
+        &self,
+        target: &str,
+        metric: Metric,
+        now_ms: Millis,
+        span: Duration,
+    ) -> Option<WindowStats> {
         let t = &self.targets[*self.by_name.get(target)?];
         let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
-        data.windows.stats(metric, now_ms, span.as_millis() as i64).ok().flatten()
+        data.windows
+            .stats(metric, now_ms, span.as_millis() as i64)
+            .ok()
+            .flatten()
     }
 }
 

@@ -220,9 +220,9 @@ pub fn valid_target_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
 }
 
 /// Decodes one message (an object or a batch array) received at `now_ms`.
@@ -248,7 +248,11 @@ pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signa
             if items.len() > limits.max_batch {
                 return vec![Err(Rejection::new(
                     Reason::BatchTooLarge,
-                    format!("batch of {} exceeds max_batch {}", items.len(), limits.max_batch),
+                    format!(
+                        "batch of {} exceeds max_batch {}",
+                        items.len(),
+                        limits.max_batch
+                    ),
                 ))];
             }
             items
@@ -258,14 +262,20 @@ pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signa
                     Any::Object(fields) => decode_object(fields, now_ms, limits),
                     other => Err(Rejection::new(
                         Reason::NotAnObject,
-                        format!("batch element {i} is {}, expected an object", other.type_name()),
+                        format!(
+                            "batch element {i} is {}, expected an object",
+                            other.type_name()
+                        ),
                     )),
                 })
                 .collect()
         }
         other => vec![Err(Rejection::new(
             Reason::NotAnObject,
-            format!("message is {}, expected an object or an array", other.type_name()),
+            format!(
+                "message is {}, expected an object or an array",
+                other.type_name()
+            ),
         ))],
     }
 }
@@ -352,7 +362,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Any<'a> {
                 Ok(Any::Object(fields))
             }
         }
-        d.deserialize_any(V).map_err(|e: D::Error| de::Error::custom(e))
+        d.deserialize_any(V)
+            .map_err(|e: D::Error| de::Error::custom(e))
     }
 }
 
@@ -473,7 +484,7 @@ fn parse_ts(key: &str, v: &Any) -> Result<Option<Millis>, Rejection> {
         Any::Missing | Any::Null => Ok(None),
         Any::Num(n) => {
             let n = finite(key, *n)?;
-            if n < 0.0 || n > 1e15 || n.fract() != 0.0 {
+            if !(0.0..=1e15).contains(&n) || n.fract() != 0.0 {
                 return Err(Rejection::new(
                     Reason::InvalidTimestamp,
                     format!("field `{key}` is {n}, expected whole unix milliseconds"),
@@ -489,7 +500,11 @@ fn parse_ts(key: &str, v: &Any) -> Result<Option<Millis>, Rejection> {
                     format!("field `{key}` is {:?}, not RFC 3339: {e}", truncate(s, 64)),
                 )
             }),
-        other => Err(wrong_type(key, "an RFC 3339 string or unix milliseconds", other)),
+        other => Err(wrong_type(
+            key,
+            "an RFC 3339 string or unix milliseconds",
+            other,
+        )),
     }
 }
 
@@ -568,7 +583,10 @@ fn decode_depth(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Re
     if depth > limits.max_depth {
         return Err(Rejection::new(
             Reason::Absurd,
-            format!("field `depth` is {depth}, above the limit {}", limits.max_depth),
+            format!(
+                "field `depth` is {depth}, above the limit {}",
+                limits.max_depth
+            ),
         ));
     }
     let consumers = obj.count_opt("consumers", 1e6)?;
@@ -593,7 +611,10 @@ fn check_latency(key: &str, v: f64, limits: &Limits) -> Result<f64, Rejection> {
     if v > limits.max_latency_ms {
         return Err(Rejection::new(
             Reason::Absurd,
-            format!("field `{key}` is {v}, above the limit {}", limits.max_latency_ms),
+            format!(
+                "field `{key}` is {v}, above the limit {}",
+                limits.max_latency_ms
+            ),
         ));
     }
     Ok(v)
@@ -705,11 +726,18 @@ fn decode_forecast(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal,
         };
         let p = Obj(fields);
         let at = |k: &str| format!("points[{i}].{k}");
-        let ts_ms = parse_ts(&at("ts"), p.get("ts"))?
-            .ok_or_else(|| Rejection::new(Reason::MissingField, format!("`{}` is required", at("ts"))))?;
-        let value = p.num_req("value").map_err(|r| rename(r, "value", &at("value")))?;
-        let lower = p.num_opt("lower").map_err(|r| rename(r, "lower", &at("lower")))?;
-        let upper = p.num_opt("upper").map_err(|r| rename(r, "upper", &at("upper")))?;
+        let ts_ms = parse_ts(&at("ts"), p.get("ts"))?.ok_or_else(|| {
+            Rejection::new(Reason::MissingField, format!("`{}` is required", at("ts")))
+        })?;
+        let value = p
+            .num_req("value")
+            .map_err(|r| rename(r, "value", &at("value")))?;
+        let lower = p
+            .num_opt("lower")
+            .map_err(|r| rename(r, "lower", &at("lower")))?;
+        let upper = p
+            .num_opt("upper")
+            .map_err(|r| rename(r, "upper", &at("upper")))?;
         if let (Some(l), Some(u)) = (lower, upper) {
             if l > u {
                 return Err(Rejection::new(
@@ -830,7 +858,9 @@ mod tests {
 
     #[test]
     fn timestamps_with_offsets_and_unknown_fields() {
-        let s = one(r#"{"type":"queue_depth","target":"a","depth":1,"ts":"2024-11-24T17:00:00+01:00","extra":{"x":[1,2]}}"#);
+        let s = one(
+            r#"{"type":"queue_depth","target":"a","depth":1,"ts":"2024-11-24T17:00:00+01:00","extra":{"x":[1,2]}}"#,
+        );
         // 2024-11-24T16:00:00Z
         let want = chrono::DateTime::parse_from_rfc3339("2024-11-24T16:00:00Z")
             .unwrap()
@@ -856,34 +886,106 @@ mod tests {
             ("{", Reason::MalformedJson),
             ("", Reason::MalformedJson),
             ("\u{0}\u{1}garbage", Reason::MalformedJson),
-            (r#"{"type":"queue_depth","target":"a","depth":NaN}"#, Reason::MalformedJson),
-            (r#"{"type":"queue_depth","target":"a","depth":1e400}"#, Reason::MalformedJson),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":NaN}"#,
+                Reason::MalformedJson,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1e400}"#,
+                Reason::MalformedJson,
+            ),
             ("42", Reason::NotAnObject),
             (r#""str""#, Reason::NotAnObject),
             (r#"{"target":"a","depth":1}"#, Reason::MissingField),
             (r#"{"type":"queue_depth","depth":1}"#, Reason::MissingField),
-            (r#"{"type":"queue_depth","target":"a"}"#, Reason::MissingField),
-            (r#"{"type":"queue_depth","target":"a","depth":"12"}"#, Reason::WrongType),
-            (r#"{"type":"queue_depth","target":7,"depth":1}"#, Reason::WrongType),
-            (r#"{"type":"queue_depth","target":"a","depth":1,"consumers":1.5}"#, Reason::WrongType),
-            (r#"{"type":"queue_size","target":"a","depth":1}"#, Reason::UnknownType),
-            (r#"{"type":"queue_depth","target":"a","depth":-1}"#, Reason::Negative),
-            (r#"{"type":"queue_depth","target":"a","depth":1e13}"#, Reason::Absurd),
-            (r#"{"type":"queue_depth","target":"Checkout","depth":1}"#, Reason::InvalidTarget),
-            (r#"{"type":"queue_depth","target":"","depth":1}"#, Reason::InvalidTarget),
-            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":"yesterday"}"#, Reason::InvalidTimestamp),
-            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":-5}"#, Reason::InvalidTimestamp),
-            (r#"{"type":"queue_depth","target":"a","depth":1,"ts":1}"#, Reason::TooOld),
-            (r#"{"type":"gateway_latency","target":"a"}"#, Reason::MissingField),
-            (r#"{"type":"gateway_latency","target":"a","latency_ms":-3}"#, Reason::Negative),
-            (r#"{"type":"gateway_latency","target":"a","latency_ms":1e9}"#, Reason::Absurd),
-            (r#"{"type":"gateway_latency","target":"a","samples_ms":[1,"x"]}"#, Reason::WrongType),
-            (r#"{"type":"gateway_latency","target":"a","samples_ms":5}"#, Reason::WrongType),
-            (r#"{"type":"gateway_latency","target":"a","latency_ms":1,"samples_ms":[1]}"#, Reason::WrongType),
-            (r#"{"type":"forecast","target":"a","metric":"cpu","points":[{"ts":1,"value":1}]}"#, Reason::InvalidForecast),
-            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[]}"#, Reason::InvalidForecast),
-            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"value":1}]}"#, Reason::MissingField),
-            (r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"ts":5,"value":1,"lower":3,"upper":2}]}"#, Reason::InvalidForecast),
+            (
+                r#"{"type":"queue_depth","target":"a"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":"12"}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"queue_depth","target":7,"depth":1}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1,"consumers":1.5}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"queue_size","target":"a","depth":1}"#,
+                Reason::UnknownType,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":-1}"#,
+                Reason::Negative,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1e13}"#,
+                Reason::Absurd,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"Checkout","depth":1}"#,
+                Reason::InvalidTarget,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"","depth":1}"#,
+                Reason::InvalidTarget,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1,"ts":"yesterday"}"#,
+                Reason::InvalidTimestamp,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1,"ts":-5}"#,
+                Reason::InvalidTimestamp,
+            ),
+            (
+                r#"{"type":"queue_depth","target":"a","depth":1,"ts":1}"#,
+                Reason::TooOld,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a"}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a","latency_ms":-3}"#,
+                Reason::Negative,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a","latency_ms":1e9}"#,
+                Reason::Absurd,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a","samples_ms":[1,"x"]}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a","samples_ms":5}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"gateway_latency","target":"a","latency_ms":1,"samples_ms":[1]}"#,
+                Reason::WrongType,
+            ),
+            (
+                r#"{"type":"forecast","target":"a","metric":"cpu","points":[{"ts":1,"value":1}]}"#,
+                Reason::InvalidForecast,
+            ),
+            (
+                r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[]}"#,
+                Reason::InvalidForecast,
+            ),
+            (
+                r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"value":1}]}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"type":"forecast","target":"a","metric":"queue_depth","points":[{"ts":5,"value":1,"lower":3,"upper":2}]}"#,
+                Reason::InvalidForecast,
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(reason(json), *want, "{json}");
@@ -900,7 +1002,10 @@ mod tests {
         assert_eq!(reason(&many), Reason::TooManySamples);
         let big = vec![b' '; (1 << 20) + 1];
         assert_eq!(
-            decode(&big, NOW, &Limits::default())[0].as_ref().unwrap_err().reason,
+            decode(&big, NOW, &Limits::default())[0]
+                .as_ref()
+                .unwrap_err()
+                .reason,
             Reason::MessageTooLarge
         );
     }
@@ -908,9 +1013,14 @@ mod tests {
     #[test]
     fn rejection_names_the_bad_field_and_value() {
         let r = one(r#"{"type":"queue_depth","target":"a","depth":-7}"#).unwrap_err();
-        assert!(r.detail.contains("`depth`") && r.detail.contains("-7"), "{}", r.detail);
+        assert!(
+            r.detail.contains("`depth`") && r.detail.contains("-7"),
+            "{}",
+            r.detail
+        );
         assert_eq!(r.kind, "queue_depth");
-        let r = one(r#"{"type":"gateway_latency","target":"a","samples_ms":[1,2,null]}"#).unwrap_err();
+        let r =
+            one(r#"{"type":"gateway_latency","target":"a","samples_ms":[1,2,null]}"#).unwrap_err();
         assert!(r.detail.contains("samples_ms[2]"), "{}", r.detail);
     }
 

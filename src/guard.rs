@@ -134,7 +134,13 @@ pub struct Guard {
 
 impl Guard {
     /// Decides from `current` replicas and the policy's recommendation at `now`.
-    pub fn decide(&mut self, cfg: &GuardConfig, now: Millis, current: u32, rec: &Recommendation) -> Decision {
+    pub fn decide(
+        &mut self,
+        cfg: &GuardConfig,
+        now: Millis,
+        current: u32,
+        rec: &Recommendation,
+    ) -> Decision {
         let mut notes: Vec<String> = Vec::new();
         let hold = |reason: HoldReason, text: String| Decision {
             current,
@@ -162,7 +168,12 @@ impl Guard {
                     notes.push(format!("policy failed ({why}); fallback_replicas {f}"));
                     f
                 }
-                None => return hold(HoldReason::PolicyFailed, format!("policy failed ({why}); holding")),
+                None => {
+                    return hold(
+                        HoldReason::PolicyFailed,
+                        format!("policy failed ({why}); holding"),
+                    )
+                }
             },
         };
         if matches!(rec, Recommendation::Replicas(_)) {
@@ -172,14 +183,21 @@ impl Guard {
                 if change <= cfg.tolerance && (cfg.min..=cfg.max).contains(&current) {
                     return hold(
                         HoldReason::Tolerance,
-                        format!("policy wants {want}, within tolerance {} of {current}", cfg.tolerance),
+                        format!(
+                            "policy wants {want}, within tolerance {} of {current}",
+                            cfg.tolerance
+                        ),
                     );
                 }
             }
         }
         // Stabilization: scale down only to the highest recommendation of the window.
         let window_ms = cfg.stabilization_down.as_millis() as i64;
-        while self.recent.front().is_some_and(|&(t, _)| t <= now - window_ms) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| t <= now - window_ms)
+        {
             self.recent.pop_front();
         }
         while self.recent.back().is_some_and(|&(_, r)| r <= want) {
@@ -223,15 +241,25 @@ impl Guard {
         let in_bounds = (cfg.min..=cfg.max).contains(&current);
         if want > current && in_bounds {
             if let Some(left) = left(self.last_up, cfg.cooldown_up, now) {
-                return hold(HoldReason::CooldownUp, format!("{text}; cooldown_up, {left} ms left"));
+                return hold(
+                    HoldReason::CooldownUp,
+                    format!("{text}; cooldown_up, {left} ms left"),
+                );
             }
         }
         if want < current && in_bounds {
             if let Some(left) = left(self.last_change, cfg.cooldown_down, now) {
-                return hold(HoldReason::CooldownDown, format!("{text}; cooldown_down, {left} ms left"));
+                return hold(
+                    HoldReason::CooldownDown,
+                    format!("{text}; cooldown_down, {left} ms left"),
+                );
             }
         }
-        let direction = if want > current { Direction::Up } else { Direction::Down };
+        let direction = if want > current {
+            Direction::Up
+        } else {
+            Direction::Down
+        };
         if direction == Direction::Up {
             self.last_up = Some(now);
         }
@@ -297,7 +325,10 @@ mod tests {
         assert!(d.reason.contains("5000 ms left"), "{}", d.reason);
         assert_eq!(g.decide(&c, 10_000, 4, &Replicas(6)).desired, 6);
         // Down waits 60 s after the last change (at 10 s).
-        assert_eq!(g.decide(&c, 69_999, 6, &Replicas(3)).held, Some(HoldReason::CooldownDown));
+        assert_eq!(
+            g.decide(&c, 69_999, 6, &Replicas(3)).held,
+            Some(HoldReason::CooldownDown)
+        );
         assert_eq!(g.decide(&c, 70_000, 6, &Replicas(3)).desired, 3);
         // Up is not blocked by a recent down.
         assert_eq!(g.decide(&c, 70_001, 3, &Replicas(5)).desired, 5);
@@ -311,8 +342,14 @@ mod tests {
         };
         let mut g = Guard::default();
         assert_eq!(g.decide(&c, 0, 2, &Replicas(10)).desired, 10);
-        assert_eq!(g.decide(&c, 60_000, 10, &Replicas(7)).held, Some(HoldReason::Stabilization));
-        assert_eq!(g.decide(&c, 120_000, 10, &Replicas(4)).held, Some(HoldReason::Stabilization));
+        assert_eq!(
+            g.decide(&c, 60_000, 10, &Replicas(7)).held,
+            Some(HoldReason::Stabilization)
+        );
+        assert_eq!(
+            g.decide(&c, 120_000, 10, &Replicas(4)).held,
+            Some(HoldReason::Stabilization)
+        );
         // At 300 s the 10 ages out; the highest left is the 7 from 60 s.
         let d = g.decide(&c, 300_000, 10, &Replicas(3));
         assert_eq!((d.desired, d.direction), (7, Direction::Down));
@@ -334,9 +371,16 @@ mod tests {
         };
         let mut g = Guard::default();
         assert_eq!(g.decide(&c, 0, 5, &Replicas(8)).desired, 8);
-        assert_eq!(g.decide(&c, 1_000, 8, &Replicas(19)).held, Some(HoldReason::CooldownUp));
+        assert_eq!(
+            g.decide(&c, 1_000, 8, &Replicas(19)).held,
+            Some(HoldReason::CooldownUp)
+        );
         let d = g.decide(&c, 2_000, 8, &Replicas(3));
-        assert_eq!((d.desired, d.held), (8, Some(HoldReason::Stabilization)), "{d:?}");
+        assert_eq!(
+            (d.desired, d.held),
+            (8, Some(HoldReason::Stabilization)),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -360,11 +404,23 @@ mod tests {
             ..cfg()
         };
         let mut g = Guard::default();
-        assert_eq!(g.decide(&c, 0, 10, &Replicas(11)).held, Some(HoldReason::Tolerance));
+        assert_eq!(
+            g.decide(&c, 0, 10, &Replicas(11)).held,
+            Some(HoldReason::Tolerance)
+        );
         assert_eq!(g.decide(&c, 0, 10, &Replicas(12)).desired, 12);
-        let paused = GuardConfig { paused: true, ..cfg() };
-        assert_eq!(g.decide(&paused, 0, 10, &Replicas(2)).held, Some(HoldReason::Paused));
-        let dry = GuardConfig { dry_run: true, ..cfg() };
+        let paused = GuardConfig {
+            paused: true,
+            ..cfg()
+        };
+        assert_eq!(
+            g.decide(&paused, 0, 10, &Replicas(2)).held,
+            Some(HoldReason::Paused)
+        );
+        let dry = GuardConfig {
+            dry_run: true,
+            ..cfg()
+        };
         let d = g.decide(&dry, 0, 10, &Replicas(2));
         assert!(d.dry_run);
         assert_eq!(d.desired, 2);

@@ -14,7 +14,11 @@ use tidewatch::policy::{run_examples, PolicyLimits, PolicySource};
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "tidewatch", version, about = "Event-driven autoscaler: queue and latency signals in, scale commands out")]
+#[command(
+    name = "tidewatch",
+    version,
+    about = "Event-driven autoscaler: queue and latency signals in, scale commands out"
+)]
 struct Cli {
     /// Log format: human or json.
     #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
@@ -133,7 +137,11 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyAction::Check { files },
         } => policy_check(&files),
-        Command::Demo { speed, duration, every } => {
+        Command::Demo {
+            speed,
+            duration,
+            every,
+        } => {
             if !(speed >= 0.0 && speed.is_finite()) {
                 eprintln!("--speed {speed}: must be a non-negative number");
                 return ExitCode::from(EX_USAGE);

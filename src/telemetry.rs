@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::event::Rejection;
@@ -42,25 +43,36 @@ impl std::fmt::Debug for Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric definition");
-    r.register(Box::new(h.clone())).expect("metric registered once");
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -74,46 +86,85 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let fast = vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1];
-        let reaction = vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let reaction = vec![
+            1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
         let build_info = Gauge::with_opts(
             Opts::new("tidewatch_build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("valid metric definition");
-        r.register(Box::new(build_info.clone())).expect("metric registered once");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
         build_info.set(1.0);
         Self {
-            events_received: counter(&r, "tidewatch_events_received_total", "Signal events received.", &["source", "type"]),
+            events_received: counter(
+                &r,
+                "tidewatch_events_received_total",
+                "Signal events received.",
+                &["source", "type"],
+            ),
             events_rejected: counter(
                 &r,
                 "tidewatch_events_rejected_total",
                 "Signal events rejected, by reason.",
                 &["source", "type", "reason"],
             ),
-            target_queue_depth: gauge(&r, "tidewatch_target_queue_depth", "Latest summed queue depth of a target.", &["target"]),
+            target_queue_depth: gauge(
+                &r,
+                "tidewatch_target_queue_depth",
+                "Latest summed queue depth of a target.",
+                &["target"],
+            ),
             target_latency_p95: gauge(
                 &r,
                 "tidewatch_target_latency_p95_seconds",
                 "p95 gateway latency of a target over its shortest window.",
                 &["target"],
             ),
-            target_desired_replicas: int_gauge(&r, "tidewatch_target_desired_replicas", "Replicas last decided.", &["target"]),
+            target_desired_replicas: int_gauge(
+                &r,
+                "tidewatch_target_desired_replicas",
+                "Replicas last decided.",
+                &["target"],
+            ),
             target_observed_replicas: int_gauge(
                 &r,
                 "tidewatch_target_observed_replicas",
                 "Replicas as last reported by a worker (or assumed).",
                 &["target"],
             ),
-            policy_evaluations: counter(&r, "tidewatch_policy_evaluations_total", "Policy decide calls.", &["target"]),
-            policy_errors: counter(&r, "tidewatch_policy_errors_total", "Policy failures, by kind.", &["target", "kind"]),
-            policy_seconds: histogram(&r, "tidewatch_policy_evaluation_seconds", "Time in one decide call.", &["target"], fast),
+            policy_evaluations: counter(
+                &r,
+                "tidewatch_policy_evaluations_total",
+                "Policy decide calls.",
+                &["target"],
+            ),
+            policy_errors: counter(
+                &r,
+                "tidewatch_policy_errors_total",
+                "Policy failures, by kind.",
+                &["target", "kind"],
+            ),
+            policy_seconds: histogram(
+                &r,
+                "tidewatch_policy_evaluation_seconds",
+                "Time in one decide call.",
+                &["target"],
+                fast,
+            ),
             policy_reloads: counter(
                 &r,
                 "tidewatch_policy_reloads_total",
                 "Policy file reloads, by result (ok or failed).",
                 &["target", "result"],
             ),
-            decisions: counter(&r, "tidewatch_decisions_total", "Guarded decisions, by direction.", &["target", "direction"]),
+            decisions: counter(
+                &r,
+                "tidewatch_decisions_total",
+                "Guarded decisions, by direction.",
+                &["target", "direction"],
+            ),
             decision_holds: counter(
                 &r,
                 "tidewatch_decision_holds_total",
@@ -154,7 +205,9 @@ impl Metrics {
     }
 
     pub fn event_received(&self, source: &str, kind: &str) {
-        self.events_received.with_label_values(&[source, kind]).inc();
+        self.events_received
+            .with_label_values(&[source, kind])
+            .inc();
     }
 
     pub fn event_rejected(&self, source: &str, r: &Rejection) {
@@ -165,7 +218,9 @@ impl Metrics {
     }
 
     pub fn policy_failed(&self, target: &str, e: &PolicyError) {
-        self.policy_errors.with_label_values(&[target, e.kind.code()]).inc();
+        self.policy_errors
+            .with_label_values(&[target, e.kind.code()])
+            .inc();
         tracing::warn!(target_name = target, kind = e.kind.code(), error = %e, "policy failed");
     }
 
@@ -176,16 +231,22 @@ impl Metrics {
                 tracing::info!(target_name = target, version, "policy reloaded");
             }
             Err(e) => {
-                self.policy_reloads.with_label_values(&[target, "failed"]).inc();
+                self.policy_reloads
+                    .with_label_values(&[target, "failed"])
+                    .inc();
                 tracing::warn!(target_name = target, error = %e, "policy reload failed; the previous version keeps running");
             }
         }
     }
 
     pub fn decided(&self, target: &str, d: &Decision) {
-        self.decisions.with_label_values(&[target, d.direction.code()]).inc();
+        self.decisions
+            .with_label_values(&[target, d.direction.code()])
+            .inc();
         if let Some(h) = d.held {
-            self.decision_holds.with_label_values(&[target, h.code()]).inc();
+            self.decision_holds
+                .with_label_values(&[target, h.code()])
+                .inc();
             tracing::debug!(target_name = target, replicas = d.current, held = h.code(), reason = %d.reason, "decision held");
         } else {
             self.target_desired_replicas
@@ -225,7 +286,10 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
                 let m = metrics.clone();
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         m.render(),
                     )
                 }
@@ -261,7 +325,9 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
 pub fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
     } else {
@@ -286,11 +352,23 @@ mod tests {
         let get = |path: &'static str| Request::builder().uri(path).body(Body::empty()).unwrap();
         let res = app.clone().oneshot(get("/metrics")).await.unwrap();
         assert_eq!(res.status(), 200);
-        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-        assert!(body.contains("tidewatch_events_received_total{source=\"kafka\",type=\"queue_depth\"} 1"), "{body}");
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
+            .unwrap();
+        assert!(
+            body.contains(
+                "tidewatch_events_received_total{source=\"kafka\",type=\"queue_depth\"} 1"
+            ),
+            "{body}"
+        );
         assert!(body.contains("tidewatch_build_info{version="));
-        assert_eq!(app.clone().oneshot(get("/healthz")).await.unwrap().status(), 200);
-        assert_eq!(app.clone().oneshot(get("/readyz")).await.unwrap().status(), 503);
+        assert_eq!(
+            app.clone().oneshot(get("/healthz")).await.unwrap().status(),
+            200
+        );
+        assert_eq!(
+            app.clone().oneshot(get("/readyz")).await.unwrap().status(),
+            503
+        );
         ready.store(true, Ordering::Relaxed);
         assert_eq!(app.oneshot(get("/readyz")).await.unwrap().status(), 200);
     }

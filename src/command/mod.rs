@@ -33,7 +33,8 @@ impl ScaleCommand {
 /// A UUIDv7 from the engine clock (time-ordered, so ids sort by issue time).
 pub fn command_id(now_ms: Millis) -> String {
     let ms = now_ms.max(0) as u64;
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
     uuid::Uuid::new_v7(ts).to_string()
 }
 
@@ -108,7 +109,10 @@ mod tests {
                 "worker": "worker-1", "finished_at": "2026-11-24T10:00:00.410Z"}"#,
         )
         .unwrap();
-        assert_eq!((r.status, r.observed_replicas), (ResultStatus::Applied, Some(7)));
+        assert_eq!(
+            (r.status, r.observed_replicas),
+            (ResultStatus::Applied, Some(7))
+        );
         let r: ScaleResult = serde_json::from_str(
             r#"{"version":1,"command_id":"x","target":"t","generation":1,"status":"skipped_stale","worker":"w","finished_at":"x"}"#,
         )

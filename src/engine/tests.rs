@@ -21,7 +21,10 @@ struct Setup {
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::File::create(dir.join(name)).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(dir.join(name))
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
 }
 
 fn setup(policy: &str, target_extra: &str, engine_extra: &str) -> Setup {
@@ -57,11 +60,16 @@ params = {{ per = 100 }}
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let engine = Engine::new(&cfg, metrics.clone(), T0).unwrap();
-    Setup { dir, engine, metrics }
+    Setup {
+        dir,
+        engine,
+        metrics,
+    }
 }
 
 fn depth(target: &str, v: f64, ts: Millis) -> Vec<u8> {
-    format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{v},"ts":{ts}}}"#).into_bytes()
+    format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{v},"ts":{ts}}}"#)
+        .into_bytes()
 }
 
 fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -70,9 +78,12 @@ fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
             continue;
         }
         for metric in fam.get_metric() {
-            let ok = labels
-                .iter()
-                .all(|(k, v)| metric.get_label().iter().any(|l| l.name() == *k && l.value() == *v));
+            let ok = labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
             if ok {
                 return metric.get_counter().get_value();
             }
@@ -89,7 +100,10 @@ fn event_to_command_on_the_event() {
     let cmds = s.engine.on_events(T0 + 3);
     assert_eq!(cmds.len(), 1);
     let c = &cmds[0];
-    assert_eq!((c.target.as_str(), c.desired_replicas, c.current_replicas), ("web", 8, 2));
+    assert_eq!(
+        (c.target.as_str(), c.desired_replicas, c.current_replicas),
+        ("web", 8, 2)
+    );
     assert_eq!(c.provider, "exec");
     assert_eq!(c.generation, T0 + 3);
     assert!(c.reason.starts_with("depth 730"), "{}", c.reason);
@@ -98,8 +112,22 @@ fn event_to_command_on_the_event() {
     assert!(!c.dry_run);
     // The other target saw nothing and is not evaluated on events.
     assert_eq!(s.engine.status()[1].replicas, 1);
-    assert_eq!(counter(&s.metrics, "tidewatch_commands_issued_total", &[("target", "web"), ("direction", "up")]), 1.0);
-    assert_eq!(counter(&s.metrics, "tidewatch_events_received_total", &[("type", "queue_depth")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_commands_issued_total",
+            &[("target", "web"), ("direction", "up")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_events_received_total",
+            &[("type", "queue_depth")]
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -108,7 +136,10 @@ fn event_evaluation_is_rate_limited_per_target() {
     s.engine.ingest("t", &depth("web", 300.0, T0), T0);
     assert_eq!(s.engine.on_events(T0).len(), 1);
     s.engine.ingest("t", &depth("web", 900.0, T0 + 10), T0 + 10);
-    assert!(s.engine.on_events(T0 + 10).is_empty(), "within the interval");
+    assert!(
+        s.engine.on_events(T0 + 10).is_empty(),
+        "within the interval"
+    );
     assert_eq!(s.engine.next_event_eval(), Some(T0 + 100));
     let cmds = s.engine.on_events(T0 + 100);
     assert_eq!(cmds[0].desired_replicas, 9);
@@ -131,7 +162,11 @@ fn generations_rise_strictly() {
     let mut last = 0;
     for (i, d) in [100.0, 500.0, 200.0, 900.0].iter().enumerate() {
         s.engine.ingest("t", &depth("web", *d, T0), T0);
-        let c = s.engine.on_events(T0).pop().unwrap_or_else(|| panic!("step {i}"));
+        let c = s
+            .engine
+            .on_events(T0)
+            .pop()
+            .unwrap_or_else(|| panic!("step {i}"));
         assert!(c.generation > last);
         last = c.generation;
     }
@@ -151,12 +186,36 @@ fn bad_input_is_counted_and_touches_no_window() {
         let out = s.engine.ingest("t", &bad, T0);
         assert_eq!((out.applied, out.rejected.len()), (0, 1));
     }
-    assert!(s.engine.window("web", Metric::QueueDepth, T0, Duration::from_secs(300)).is_none());
+    assert!(s
+        .engine
+        .window("web", Metric::QueueDepth, T0, Duration::from_secs(300))
+        .is_none());
     assert!(s.engine.on_events(T0).is_empty());
     assert!(s.engine.tick(T0).is_empty());
-    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "unknown_target")]), 1.0);
-    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "too_old")]), 1.0);
-    assert_eq!(counter(&s.metrics, "tidewatch_events_rejected_total", &[("reason", "malformed_json")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_events_rejected_total",
+            &[("reason", "unknown_target")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_events_rejected_total",
+            &[("reason", "too_old")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_events_rejected_total",
+            &[("reason", "malformed_json")]
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -164,16 +223,40 @@ fn failing_policy_holds_or_falls_back() {
     let failing = "return { decide = function(ctx) error('broken on purpose') end }";
     let mut s = setup(failing, "", "");
     assert!(s.engine.tick(T0).is_empty());
-    assert_eq!(counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "runtime")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_policy_errors_total",
+            &[("target", "web"), ("kind", "runtime")]
+        ),
+        1.0
+    );
     let d = s.engine.status()[0].last_decision.clone().unwrap();
     assert!(d.reason.contains("broken on purpose"), "{}", d.reason);
     let mut s = setup(failing, "fallback_replicas = 6", "");
     let cmds = s.engine.tick(T0);
-    assert_eq!(cmds.iter().find(|c| c.target == "web").unwrap().desired_replicas, 6);
+    assert_eq!(
+        cmds.iter()
+            .find(|c| c.target == "web")
+            .unwrap()
+            .desired_replicas,
+        6
+    );
     // A runaway policy is stopped by its budget and the engine goes on.
-    let mut s = setup("return { decide = function(ctx) while true do end end }", "", "policy_instruction_budget = 100000");
+    let mut s = setup(
+        "return { decide = function(ctx) while true do end end }",
+        "",
+        "policy_instruction_budget = 100000",
+    );
     assert!(s.engine.tick(T0).is_empty());
-    assert_eq!(counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "budget")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_policy_errors_total",
+            &[("target", "web"), ("kind", "budget")]
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -181,14 +264,32 @@ fn hot_reload_keeps_the_old_version_when_the_new_one_fails() {
     let mut s = setup("return { decide = function(ctx) return 3 end }", "", "");
     assert_eq!(s.engine.tick(T0)[0].desired_replicas, 3);
     let v1 = s.engine.status()[0].policy.clone();
-    write(s.dir.path(), "p.lua", "return { decide = function(ctx) return 7 end } -- v2");
+    write(
+        s.dir.path(),
+        "p.lua",
+        "return { decide = function(ctx) return 7 end } -- v2",
+    );
     assert_eq!(s.engine.tick(T0 + 1000)[0].desired_replicas, 7);
     let v2 = s.engine.status()[0].policy.clone();
     assert_ne!(v1, v2);
-    write(s.dir.path(), "p.lua", "return { decide = function(ctx) return 9 end"); // syntax error
-    assert!(s.engine.tick(T0 + 2000).is_empty(), "still v2, which wants 7");
+    write(
+        s.dir.path(),
+        "p.lua",
+        "return { decide = function(ctx) return 9 end",
+    ); // syntax error
+    assert!(
+        s.engine.tick(T0 + 2000).is_empty(),
+        "still v2, which wants 7"
+    );
     assert_eq!(s.engine.status()[0].policy, v2);
-    assert_eq!(counter(&s.metrics, "tidewatch_policy_reloads_total", &[("target", "web"), ("result", "failed")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_policy_reloads_total",
+            &[("target", "web"), ("result", "failed")]
+        ),
+        1.0
+    );
     // Declared examples that fail also keep the old version.
     write(
         s.dir.path(),
@@ -215,7 +316,10 @@ fn results_of_the_latest_command_set_current_replicas() {
         worker: "w".into(),
         finished_at: String::new(),
     };
-    assert!(!s.engine.observe(&result(c.generation - 1, 1)), "older result ignored");
+    assert!(
+        !s.engine.observe(&result(c.generation - 1, 1)),
+        "older result ignored"
+    );
     assert_eq!(s.engine.status()[0].replicas, 5);
     assert!(s.engine.observe(&result(c.generation, 4)));
     assert_eq!(s.engine.status()[0].replicas, 4);
@@ -236,7 +340,12 @@ fn forecasts_reach_the_policy() {
         T0 + 300_000
     );
     assert_eq!(s.engine.ingest("t", fc.as_bytes(), T0).applied, 1);
-    let c = s.engine.tick(T0).into_iter().find(|c| c.target == "web").unwrap();
+    let c = s
+        .engine
+        .tick(T0)
+        .into_iter()
+        .find(|c| c.target == "web")
+        .unwrap();
     assert_eq!(c.desired_replicas, 12);
     assert!(c.reason.starts_with("prophet"));
 }
@@ -248,9 +357,16 @@ async fn drive_ticks_and_reacts_to_events() {
     let (in_tx, in_rx) = mpsc::channel(16);
     let (out_tx, mut out_rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(drive(s.engine, in_rx, out_tx, clock.clone(), Duration::from_secs(1), async {
-        let _ = stop_rx.await;
-    }));
+    let task = tokio::spawn(drive(
+        s.engine,
+        in_rx,
+        out_tx,
+        clock.clone(),
+        Duration::from_secs(1),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     // The first tick: no data, no command.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(out_rx.try_recv().is_err());
@@ -267,7 +383,11 @@ async fn drive_ticks_and_reacts_to_events() {
     let sent_at = clock.now_ms();
     let c = out_rx.recv().await.unwrap();
     assert_eq!(c.desired_replicas, 5);
-    assert_eq!(clock.now_ms(), sent_at, "decided on the event, not on a later tick");
+    assert_eq!(
+        clock.now_ms(),
+        sent_at,
+        "decided on the event, not on a later tick"
+    );
     // A second event inside min_eval_interval is evaluated when it ends.
     in_tx
         .send(EngineInput::Message {

@@ -27,14 +27,23 @@ impl ForecastStore {
     /// Keeps `f` unless a forecast issued later is already stored.
     pub fn insert(&mut self, metric: Metric, f: Forecast) {
         let slot = &mut self.latest[metric as usize];
-        if slot.as_ref().is_none_or(|old| old.issued_at_ms <= f.issued_at_ms) {
+        if slot
+            .as_ref()
+            .is_none_or(|old| old.issued_at_ms <= f.issued_at_ms)
+        {
             *slot = Some(f);
         }
     }
 
     /// The value at `now + horizon` from a forecast issued within `freshness_ms`
     /// of now that covers that time (linear between points), or `None`.
-    pub fn lookup(&self, metric: Metric, now: Millis, horizon_ms: i64, freshness_ms: i64) -> Option<ForecastValue> {
+    pub fn lookup(
+        &self,
+        metric: Metric,
+        now: Millis,
+        horizon_ms: i64,
+        freshness_ms: i64,
+    ) -> Option<ForecastValue> {
         let f = self.latest[metric as usize].as_ref()?;
         if f.issued_at_ms < now - freshness_ms {
             return None;
@@ -48,7 +57,11 @@ impl ForecastStore {
         let i = f.points.partition_point(|p| p.ts_ms <= at);
         let (value, lower, upper) = if i == 0 || i == f.points.len() {
             let p = if i == 0 { first } else { last };
-            (p.value, p.lower.unwrap_or(p.value), p.upper.unwrap_or(p.value))
+            (
+                p.value,
+                p.lower.unwrap_or(p.value),
+                p.upper.unwrap_or(p.value),
+            )
         } else {
             let (a, b) = (&f.points[i - 1], &f.points[i]);
             let w = (at - a.ts_ms) as f64 / (b.ts_ms - a.ts_ms) as f64;
@@ -94,8 +107,13 @@ mod tests {
     #[test]
     fn interpolates_within_cover_and_respects_freshness() {
         let mut s = ForecastStore::default();
-        s.insert(Metric::QueueDepth, fc(0, &[(100_000, 100.0), (200_000, 200.0)]));
-        let v = s.lookup(Metric::QueueDepth, 50_000, 100_000, 600_000).unwrap();
+        s.insert(
+            Metric::QueueDepth,
+            fc(0, &[(100_000, 100.0), (200_000, 200.0)]),
+        );
+        let v = s
+            .lookup(Metric::QueueDepth, 50_000, 100_000, 600_000)
+            .unwrap();
         assert_eq!((v.value, v.lower, v.upper), (150.0, 140.0, 150.0));
         assert_eq!(v.source, "ext");
         // beyond the last point plus tolerance
@@ -103,9 +121,16 @@ mod tests {
         // stale
         assert!(s.lookup(Metric::QueueDepth, 700_000, 0, 600_000).is_none());
         // other metric
-        assert!(s.lookup(Metric::Requests, 50_000, 100_000, 600_000).is_none());
+        assert!(s
+            .lookup(Metric::Requests, 50_000, 100_000, 600_000)
+            .is_none());
         // an older issue does not replace a newer one
         s.insert(Metric::QueueDepth, fc(-5, &[(100_000, 1.0)]));
-        assert_eq!(s.lookup(Metric::QueueDepth, 0, 100_000, 600_000).unwrap().value, 100.0);
+        assert_eq!(
+            s.lookup(Metric::QueueDepth, 0, 100_000, 600_000)
+                .unwrap()
+                .value,
+            100.0
+        );
     }
 }

@@ -49,14 +49,20 @@ fn examples_of(p: &LuaPolicy, source: &PolicySource) -> Result<Option<Table>, Po
     match p.module().get::<Value>("examples") {
         Ok(Value::Nil) => Ok(None),
         Ok(Value::Table(t)) => Ok(Some(t)),
-        Ok(other) => Err(err(source, format!("`examples` must be a table, got {}", other.type_name()))),
+        Ok(other) => Err(err(
+            source,
+            format!("`examples` must be a table, got {}", other.type_name()),
+        )),
         Err(e) => Err(err(source, e.to_string())),
     }
 }
 
 /// Loads the policy (an error here means it does not pass the sandbox check)
 /// and runs its examples; `Ok(vec![])` when it declares none.
-pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<ExampleOutcome>, PolicyError> {
+pub fn run_examples(
+    source: &PolicySource,
+    limits: PolicyLimits,
+) -> Result<Vec<ExampleOutcome>, PolicyError> {
     let probe = LuaPolicy::load(source, &serde_json::Value::Null, limits)?;
     let Some(list) = examples_of(&probe, source)? else {
         return Ok(vec![]);
@@ -68,7 +74,11 @@ pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<E
         let ex: Table = examples_of(&p, source)?
             .and_then(|l| l.raw_get::<Table>(i).ok())
             .ok_or_else(|| err(source, format!("examples[{i}] is not a table")))?;
-        let name: String = ex.get::<Option<String>>("name").ok().flatten().unwrap_or_else(|| format!("example {i}"));
+        let name: String = ex
+            .get::<Option<String>>("name")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("example {i}"));
         let expected = match ex.get::<Value>("expect") {
             Ok(Value::Integer(n)) if n >= 0 => Some(n as u32),
             Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Some(n as u32),
@@ -80,8 +90,14 @@ pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<E
                 ))
             }
         };
-        let num = |key: &str, default: f64| -> f64 { ex.get::<Option<f64>>(key).ok().flatten().unwrap_or(default) };
-        let target: String = ex.get::<Option<String>>("target").ok().flatten().unwrap_or_else(|| "example".into());
+        let num = |key: &str, default: f64| -> f64 {
+            ex.get::<Option<f64>>(key).ok().flatten().unwrap_or(default)
+        };
+        let target: String = ex
+            .get::<Option<String>>("target")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "example".into());
         let input = CallInput {
             target: &target,
             now_ms: (num("now", 1_764_000_000.0) * 1000.0) as i64,
@@ -93,14 +109,29 @@ pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<E
             let lua = p.lua();
             let empty = || lua.create_table();
             let params: Value = ex.get("params")?;
-            p.ctx().raw_set("params", if params.is_nil() { Value::Table(empty()?) } else { params })?;
+            p.ctx().raw_set(
+                "params",
+                if params.is_nil() {
+                    Value::Table(empty()?)
+                } else {
+                    params
+                },
+            )?;
             let windows: Value = ex.get("windows")?;
             let forecasts: Value = ex.get("forecast")?;
             let binder: Function = lua.load(BINDER).set_name("=examples").into_function()?;
             binder.call::<()>((
                 p.ctx().clone(),
-                if windows.is_nil() { Value::Table(empty()?) } else { windows },
-                if forecasts.is_nil() { Value::Table(empty()?) } else { forecasts },
+                if windows.is_nil() {
+                    Value::Table(empty()?)
+                } else {
+                    windows
+                },
+                if forecasts.is_nil() {
+                    Value::Table(empty()?)
+                } else {
+                    forecasts
+                },
             ))
         })();
         let got = match setup {
@@ -111,7 +142,11 @@ pub fn run_examples(source: &PolicySource, limits: PolicyLimits) -> Result<Vec<E
                 .map(|prop| prop.replicas)
                 .map_err(|e| e.to_string()),
         };
-        out.push(ExampleOutcome { name, expected, got });
+        out.push(ExampleOutcome {
+            name,
+            expected,
+            got,
+        });
     }
     Ok(out)
 }

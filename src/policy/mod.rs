@@ -141,14 +141,20 @@ pub struct LuaPolicy {
 
 impl std::fmt::Debug for LuaPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LuaPolicy").field("version", &self.version).finish()
+        f.debug_struct("LuaPolicy")
+            .field("version", &self.version)
+            .finish()
     }
 }
 
 impl LuaPolicy {
     /// Builds a sandboxed VM, runs the policy file in it and prepares `ctx`
     /// with `params`. Does not call `init`.
-    pub fn load(source: &PolicySource, params: &serde_json::Value, limits: PolicyLimits) -> Result<Self, PolicyError> {
+    pub fn load(
+        source: &PolicySource,
+        params: &serde_json::Value,
+        limits: PolicyLimits,
+    ) -> Result<Self, PolicyError> {
         let version = source.version.clone();
         let err = |kind, e: mlua::Error| PolicyError {
             kind,
@@ -224,42 +230,46 @@ impl LuaPolicy {
     pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
         let (v1, v2) = (view.clone(), view);
         (|| -> mlua::Result<()> {
-            let window = self.lua.create_function(move |lua, (metric, span): (mlua::LuaString, Value)| {
-                let metric = parse_metric(&metric)?;
-                let span_ms = span_ms(&span)?;
-                let stats = v1
-                    .lock()
-                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                    .window(metric, span_ms)
-                    .map_err(mlua::Error::runtime)?;
-                match stats {
-                    None => Ok(Value::Nil),
-                    Some(s) => Ok(Value::Table(stats_table(lua, &s)?)),
-                }
-            })?;
-            let forecast = self.lua.create_function(move |lua, (metric, horizon): (mlua::LuaString, f64)| {
-                let metric = parse_metric(&metric)?;
-                if !horizon.is_finite() || horizon < 0.0 {
-                    return Err(mlua::Error::runtime(format!(
-                        "forecast horizon must be non-negative seconds, got {horizon}"
-                    )));
-                }
-                let f = v2
-                    .lock()
-                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                    .forecast(metric, (horizon * 1000.0) as i64);
-                match f {
-                    None => Ok(Value::Nil),
-                    Some(f) => {
-                        let t = lua.create_table_with_capacity(0, 4)?;
-                        t.raw_set("value", f.value)?;
-                        t.raw_set("lower", f.lower)?;
-                        t.raw_set("upper", f.upper)?;
-                        t.raw_set("source", f.source)?;
-                        Ok(Value::Table(t))
+            let window = self.lua.create_function(
+                move |lua, (metric, span): (mlua::LuaString, Value)| {
+                    let metric = parse_metric(&metric)?;
+                    let span_ms = span_ms(&span)?;
+                    let stats = v1
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                        .window(metric, span_ms)
+                        .map_err(mlua::Error::runtime)?;
+                    match stats {
+                        None => Ok(Value::Nil),
+                        Some(s) => Ok(Value::Table(stats_table(lua, &s)?)),
                     }
-                }
-            })?;
+                },
+            )?;
+            let forecast = self.lua.create_function(
+                move |lua, (metric, horizon): (mlua::LuaString, f64)| {
+                    let metric = parse_metric(&metric)?;
+                    if !horizon.is_finite() || horizon < 0.0 {
+                        return Err(mlua::Error::runtime(format!(
+                            "forecast horizon must be non-negative seconds, got {horizon}"
+                        )));
+                    }
+                    let f = v2
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                        .forecast(metric, (horizon * 1000.0) as i64);
+                    match f {
+                        None => Ok(Value::Nil),
+                        Some(f) => {
+                            let t = lua.create_table_with_capacity(0, 4)?;
+                            t.raw_set("value", f.value)?;
+                            t.raw_set("lower", f.lower)?;
+                            t.raw_set("upper", f.upper)?;
+                            t.raw_set("source", f.source)?;
+                            Ok(Value::Table(t))
+                        }
+                    }
+                },
+            )?;
             self.ctx.raw_set("window", window)?;
             self.ctx.raw_set("forecast", forecast)
         })()
@@ -289,7 +299,8 @@ impl LuaPolicy {
             Ok(Value::Function(f)) => f,
             _ => return Ok(()),
         };
-        self.set_inputs(input).map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
+        self.set_inputs(input)
+            .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
         self.used.store(0, Ordering::Relaxed);
         init.call::<Value>(self.ctx.clone())
             .map(|_| ())
@@ -326,7 +337,9 @@ impl LuaPolicy {
         let state: Value = old.ctx.raw_get("state").map_err(|e| self.fail(e))?;
         let copied = copy_plain(&self.lua, &state, 0).map_err(|e| self.fail(e))?;
         if let Value::Table(_) = copied {
-            self.ctx.raw_set("state", copied).map_err(|e| self.fail(e))?;
+            self.ctx
+                .raw_set("state", copied)
+                .map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
@@ -352,7 +365,17 @@ fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
     let string: Table = g.get("string")?;
     string.set("dump", Value::Nil)?;
     let raw_load: Function = g.get("load")?;
-    for name in ["dofile", "loadfile", "load", "collectgarbage", "warn", "require", "package", "debug", "io"] {
+    for name in [
+        "dofile",
+        "loadfile",
+        "load",
+        "collectgarbage",
+        "warn",
+        "require",
+        "package",
+        "debug",
+        "io",
+    ] {
         g.set(name, Value::Nil)?;
     }
     let budget = limits.instruction_budget;
@@ -368,7 +391,8 @@ fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         move |_, _| {
-            let n = used.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed) + u64::from(HOOK_EVERY);
+            let n =
+                used.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed) + u64::from(HOOK_EVERY);
             if n > budget {
                 Err(mlua::Error::runtime(format!(
                     "instruction budget of {budget} exceeded"
@@ -433,8 +457,10 @@ fn span_ms(v: &Value) -> mlua::Result<i64> {
             )))
         }
     };
-    if !(ms >= 1.0 && ms < 1e13) {
-        return Err(mlua::Error::runtime(format!("window span {ms} ms is out of range")));
+    if !(1.0..1e13).contains(&ms) {
+        return Err(mlua::Error::runtime(format!(
+            "window span {ms} ms is out of range"
+        )));
     }
     Ok(ms as i64)
 }
@@ -463,7 +489,12 @@ fn replicas_from(v: &Value) -> Result<Option<u32>, String> {
         Value::Nil => return Ok(None),
         Value::Integer(i) => *i as f64,
         Value::Number(n) => *n,
-        other => return Err(format!("replicas must be a number, got {}", other.type_name())),
+        other => {
+            return Err(format!(
+                "replicas must be a number, got {}",
+                other.type_name()
+            ))
+        }
     };
     if n.is_nan() {
         return Err("replicas is NaN".into());
@@ -486,7 +517,8 @@ fn proposal(v: &Value) -> Result<Proposal, String> {
             reason: None,
         }),
         Value::Table(t) => {
-            let replicas = replicas_from(&t.raw_get::<Value>("replicas").map_err(|e| e.to_string())?)?;
+            let replicas =
+                replicas_from(&t.raw_get::<Value>("replicas").map_err(|e| e.to_string())?)?;
             let reason = match t.raw_get::<Value>("reason").map_err(|e| e.to_string())? {
                 Value::Nil => None,
                 Value::String(s) => {
@@ -496,7 +528,12 @@ fn proposal(v: &Value) -> Result<Proposal, String> {
                         None => s,
                     })
                 }
-                other => return Err(format!("reason must be a string, got {}", other.type_name())),
+                other => {
+                    return Err(format!(
+                        "reason must be a string, got {}",
+                        other.type_name()
+                    ))
+                }
             };
             Ok(Proposal { replicas, reason })
         }
@@ -545,7 +582,10 @@ fn copy_plain(lua: &Lua, v: &Value, depth: usize) -> mlua::Result<Value> {
             let out = lua.create_table()?;
             for pair in t.pairs::<Value, Value>() {
                 let (k, val) = pair?;
-                let (k, val) = (copy_plain(lua, &k, depth + 1)?, copy_plain(lua, &val, depth + 1)?);
+                let (k, val) = (
+                    copy_plain(lua, &k, depth + 1)?,
+                    copy_plain(lua, &val, depth + 1)?,
+                );
                 if !matches!(k, Value::Nil) && !matches!(val, Value::Nil) {
                     out.raw_set(k, val)?;
                 }

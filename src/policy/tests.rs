@@ -49,7 +49,11 @@ fn small_limits() -> PolicyLimits {
 
 fn policy(body: &str) -> Result<LuaPolicy, PolicyError> {
     let src = PolicySource::from_text(Path::new("test.lua"), body.to_owned());
-    let p = LuaPolicy::load(&src, &serde_json::json!({"k": 7, "list": [1, 2]}), small_limits())?;
+    let p = LuaPolicy::load(
+        &src,
+        &serde_json::json!({"k": 7, "list": [1, 2]}),
+        small_limits(),
+    )?;
     p.bind(Arc::new(Mutex::new(NoData)))?;
     Ok(p)
 }
@@ -70,13 +74,31 @@ fn kind(body: &str) -> PolicyErrorKind {
 #[test]
 fn returns_numbers_tables_and_nil() {
     assert_eq!(decide("return 4").unwrap().replicas, Some(4));
-    assert_eq!(decide("return 3.2").unwrap().replicas, Some(4), "fractions round up");
+    assert_eq!(
+        decide("return 3.2").unwrap().replicas,
+        Some(4),
+        "fractions round up"
+    );
     assert_eq!(decide("return nil").unwrap().replicas, None);
     let p = decide("return { replicas = ctx.replicas + ctx.params.k, reason = 'why' }").unwrap();
-    assert_eq!(p, Proposal { replicas: Some(10), reason: Some("why".into()) });
+    assert_eq!(
+        p,
+        Proposal {
+            replicas: Some(10),
+            reason: Some("why".into())
+        }
+    );
     assert_eq!(decide("return { reason = 'hold' }").unwrap().replicas, None);
-    assert_eq!(decide("return ctx.params.list[2] + ctx.max + ctx.min").unwrap().replicas, Some(13));
-    assert_eq!(decide("return math.floor(ctx.now)").unwrap().replicas, Some(1_764_000_000));
+    assert_eq!(
+        decide("return ctx.params.list[2] + ctx.max + ctx.min")
+            .unwrap()
+            .replicas,
+        Some(13)
+    );
+    assert_eq!(
+        decide("return math.floor(ctx.now)").unwrap().replicas,
+        Some(1_764_000_000)
+    );
 }
 
 #[test]
@@ -100,8 +122,14 @@ fn invalid_returns_are_rejected() {
 fn runtime_errors_are_contained() {
     assert_eq!(kind("error('boom')"), PolicyErrorKind::Runtime);
     assert_eq!(kind("return nil + 1"), PolicyErrorKind::Runtime);
-    assert_eq!(kind("return ctx.window('cpu', '60s')"), PolicyErrorKind::Runtime);
-    assert_eq!(kind("return ctx.window('queue_depth', {})"), PolicyErrorKind::Runtime);
+    assert_eq!(
+        kind("return ctx.window('cpu', '60s')"),
+        PolicyErrorKind::Runtime
+    );
+    assert_eq!(
+        kind("return ctx.window('queue_depth', {})"),
+        PolicyErrorKind::Runtime
+    );
 }
 
 #[test]
@@ -124,12 +152,20 @@ fn unbounded_allocation_hits_the_memory_limit() {
         kind("local t = {} local s = string.rep('x', 1024) for i = 1, 1e9 do t[i] = s .. i end"),
         // Either limit may stop it first depending on speed; both contain it.
         {
-            let k = kind("local t = {} local s = string.rep('x', 1024) for i = 1, 1e9 do t[i] = s .. i end");
-            assert!(matches!(k, PolicyErrorKind::Memory | PolicyErrorKind::Budget));
+            let k = kind(
+                "local t = {} local s = string.rep('x', 1024) for i = 1, 1e9 do t[i] = s .. i end",
+            );
+            assert!(matches!(
+                k,
+                PolicyErrorKind::Memory | PolicyErrorKind::Budget
+            ));
             k
         }
     );
-    assert_eq!(kind("return #string.rep('x', 1 << 30)"), PolicyErrorKind::Memory);
+    assert_eq!(
+        kind("return #string.rep('x', 1 << 30)"),
+        PolicyErrorKind::Memory
+    );
 }
 
 #[test]
@@ -144,27 +180,59 @@ fn vm_stays_usable_after_failures() {
       end
       return P";
     let mut p = policy(src).unwrap();
-    assert_eq!(p.decide(&input()).unwrap_err().kind, PolicyErrorKind::Budget);
-    assert_eq!(p.decide(&input()).unwrap_err().kind, PolicyErrorKind::Memory);
-    assert_eq!(p.decide(&input()).unwrap_err().kind, PolicyErrorKind::Runtime);
+    assert_eq!(
+        p.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Budget
+    );
+    assert_eq!(
+        p.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Memory
+    );
+    assert_eq!(
+        p.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Runtime
+    );
     assert_eq!(p.decide(&input()).unwrap().replicas, Some(4));
 }
 
 #[test]
 fn sandbox_has_no_escape_hatches() {
     for expr in [
-        "io", "debug", "require", "dofile", "loadfile", "package", "collectgarbage",
-        "os.execute", "os.getenv", "os.remove", "os.exit", "string.dump", "coroutine",
+        "io",
+        "debug",
+        "require",
+        "dofile",
+        "loadfile",
+        "package",
+        "collectgarbage",
+        "os.execute",
+        "os.getenv",
+        "os.remove",
+        "os.exit",
+        "string.dump",
+        "coroutine",
     ] {
         let p = decide(&format!("return {expr} == nil and 1 or 2")).unwrap();
         assert_eq!(p.replicas, Some(1), "{expr} is reachable");
     }
-    assert_eq!(decide("return os.time() > 0 and os.clock() >= 0 and 1 or 2").unwrap().replicas, Some(1));
+    assert_eq!(
+        decide("return os.time() > 0 and os.clock() >= 0 and 1 or 2")
+            .unwrap()
+            .replicas,
+        Some(1)
+    );
     // Text chunks load; binary chunks do not.
-    assert_eq!(decide("return load('return 5')()").unwrap().replicas, Some(5));
+    assert_eq!(
+        decide("return load('return 5')()").unwrap().replicas,
+        Some(5)
+    );
     let bin = "\x1bLua";
     assert_eq!(
-        decide(&format!("local f = load({bin:?}) return f == nil and 1 or 2")).unwrap().replicas,
+        decide(&format!(
+            "local f = load({bin:?}) return f == nil and 1 or 2"
+        ))
+        .unwrap()
+        .replicas,
         Some(1)
     );
 }
@@ -200,7 +268,10 @@ fn load_errors() {
         let e = policy(src).unwrap_err();
         assert!(e.to_string().contains(what), "{src}: {e}");
     }
-    let src = PolicySource::from_text(Path::new("dir/x.lua"), "return {decide=function() end}".into());
+    let src = PolicySource::from_text(
+        Path::new("dir/x.lua"),
+        "return {decide=function() end}".into(),
+    );
     assert!(src.version.starts_with("x.lua@") && src.version.len() == "x.lua@".len() + 7);
 }
 
@@ -236,7 +307,13 @@ fn window_and_forecast_reach_the_script() {
     p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
     let mut p = p;
     let out = p.decide(&input()).unwrap();
-    assert_eq!(out, Proposal { replicas: Some(50), reason: Some("test".into()) });
+    assert_eq!(
+        out,
+        Proposal {
+            replicas: Some(50),
+            reason: Some("test".into())
+        }
+    );
     // A span longer than the longest window is an error the script sees.
     let src = PolicySource::from_text(
         Path::new("w.lua"),
@@ -252,12 +329,38 @@ fn window_and_forecast_reach_the_script() {
 
 #[test]
 fn prelude_helpers() {
-    assert_eq!(decide("return tw.target_tracking(4, 150, 100)").unwrap().replicas, Some(6));
-    assert_eq!(decide("return tw.target_tracking(4, 105, 100)").unwrap().replicas, Some(4));
-    assert_eq!(decide("return tw.ceil_div(301, 100)").unwrap().replicas, Some(4));
-    assert_eq!(decide("return tw.clamp(50, 1, 10)").unwrap().replicas, Some(10));
-    assert_eq!(decide("return tw.max_of(nil, 3, nil, 7, 2)").unwrap().replicas, Some(7));
-    assert_eq!(decide("tw.ewma(ctx.state, 'a', 10) return tw.ewma(ctx.state, 'a', 20, 0.5)").unwrap().replicas, Some(15));
+    assert_eq!(
+        decide("return tw.target_tracking(4, 150, 100)")
+            .unwrap()
+            .replicas,
+        Some(6)
+    );
+    assert_eq!(
+        decide("return tw.target_tracking(4, 105, 100)")
+            .unwrap()
+            .replicas,
+        Some(4)
+    );
+    assert_eq!(
+        decide("return tw.ceil_div(301, 100)").unwrap().replicas,
+        Some(4)
+    );
+    assert_eq!(
+        decide("return tw.clamp(50, 1, 10)").unwrap().replicas,
+        Some(10)
+    );
+    assert_eq!(
+        decide("return tw.max_of(nil, 3, nil, 7, 2)")
+            .unwrap()
+            .replicas,
+        Some(7)
+    );
+    assert_eq!(
+        decide("tw.ewma(ctx.state, 'a', 10) return tw.ewma(ctx.state, 'a', 20, 0.5)")
+            .unwrap()
+            .replicas,
+        Some(15)
+    );
 }
 
 #[test]

@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn downsamples_to_means_with_gaps_and_bounded_length() {
         let mut h = History::new(Duration::from_secs(300), Duration::from_secs(60), false);
-        let t0 = 1_764_000_000_000 - 1_764_000_000_000 % 60_000;
+        let t0: i64 = 1_764_000_000_000; // a whole minute
         h.record(t0, 1.0);
         h.record(t0 + 30_000, 3.0);
         h.record(t0 + 60_000, 10.0);

@@ -173,7 +173,13 @@ impl Window {
     }
 
     /// Statistics over the last `span_ms` (at most this window's span) at `now`.
-    fn stats(&self, now: Millis, span_ms: i64, first_seen: Millis, counter: bool) -> Option<WindowStats> {
+    fn stats(
+        &self,
+        now: Millis,
+        span_ms: i64,
+        first_seen: Millis,
+        counter: bool,
+    ) -> Option<WindowStats> {
         let cur = now.div_euclid(self.width_ms);
         let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
         let live = |b: &&Bucket| b.count > 0 && b.epoch <= cur && b.epoch > cur - n_buckets;
@@ -254,7 +260,12 @@ pub struct MetricWindows {
 }
 
 impl MetricWindows {
-    fn new(metric: Metric, spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
+    fn new(
+        metric: Metric,
+        spans: &[Duration],
+        history_span: Duration,
+        history_step: Duration,
+    ) -> Self {
         let mut spans_ms: Vec<i64> = spans.iter().map(|d| d.as_millis() as i64).collect();
         spans_ms.sort_unstable();
         spans_ms.dedup();
@@ -345,7 +356,11 @@ pub struct TargetWindows {
 
 impl TargetWindows {
     pub fn new(spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
-        let longest = spans.iter().max().copied().unwrap_or(Duration::from_secs(300));
+        let longest = spans
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(Duration::from_secs(300));
         Self {
             metrics: Metric::ALL
                 .iter()
@@ -368,7 +383,8 @@ impl TargetWindows {
     /// depth of each of its queues (DESIGN.md).
     pub fn apply_depth(&mut self, d: &QueueDepth) -> Result<(), Rejection> {
         let ttl = self.queue_ttl_ms;
-        self.queues.retain(|q| q.ts >= d.ts_ms - ttl || q.name == d.queue);
+        self.queues
+            .retain(|q| q.ts >= d.ts_ms - ttl || q.name == d.queue);
         let mut others = 0.0;
         let mut found = false;
         for q in &mut self.queues {
@@ -408,22 +424,34 @@ impl TargetWindows {
     }
 
     pub fn apply_latency(&mut self, l: &GatewayLatency) {
-        self.metric_mut(Metric::LatencyMs).record(l.ts_ms, &l.samples_ms);
+        self.metric_mut(Metric::LatencyMs)
+            .record(l.ts_ms, &l.samples_ms);
         let requests = l.samples_ms.len() as f64;
-        self.metric_mut(Metric::Requests).record(l.ts_ms, &[requests.max(f64::from(l.errors))]);
+        self.metric_mut(Metric::Requests)
+            .record(l.ts_ms, &[requests.max(f64::from(l.errors))]);
         if l.errors > 0 {
-            self.metric_mut(Metric::Errors).record(l.ts_ms, &[f64::from(l.errors)]);
+            self.metric_mut(Metric::Errors)
+                .record(l.ts_ms, &[f64::from(l.errors)]);
         }
     }
 
-    pub fn stats(&self, metric: Metric, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, String> {
+    pub fn stats(
+        &self,
+        metric: Metric,
+        now: Millis,
+        span_ms: i64,
+    ) -> Result<Option<WindowStats>, String> {
         self.metric(metric).stats(now, span_ms)
     }
 
     /// Heap bytes held by the windows (not the history), for the memory budget.
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.metrics.iter().map(MetricWindows::heap_bytes).sum::<usize>()
+            + self
+                .metrics
+                .iter()
+                .map(MetricWindows::heap_bytes)
+                .sum::<usize>()
             + self.queues.capacity() * std::mem::size_of::<QueueLatest>()
             + self.queues.iter().map(|q| q.name.capacity()).sum::<usize>()
     }
@@ -461,7 +489,8 @@ mod tests {
         let mut t = target();
         // depth rises 10 per second for 60 s
         for i in 0..60 {
-            t.apply_depth(&depth("q", 10.0 * i as f64, T0 + i * 1000)).unwrap();
+            t.apply_depth(&depth("q", 10.0 * i as f64, T0 + i * 1000))
+                .unwrap();
         }
         let now = T0 + 59_000;
         let s = t.stats(Metric::QueueDepth, now, 60_000).unwrap().unwrap();
@@ -473,7 +502,11 @@ mod tests {
         assert_eq!(short.count, 10);
         assert_eq!(short.min, 500.0);
         assert!((short.mean - 545.0).abs() < 1e-9);
-        assert!((short.rate - 1.0).abs() < 0.01, "one report per second: {}", short.rate);
+        assert!(
+            (short.rate - 1.0).abs() < 0.01,
+            "one report per second: {}",
+            short.rate
+        );
         // A span that is not configured is served by the next larger window.
         let thirty = t.stats(Metric::QueueDepth, now, 30_000).unwrap().unwrap();
         assert_eq!(thirty.count, 30);
@@ -486,8 +519,14 @@ mod tests {
         let mut t = target();
         t.apply_depth(&depth("q", 5.0, T0)).unwrap();
         assert!(t.stats(Metric::QueueDepth, T0, 10_000).unwrap().is_some());
-        assert!(t.stats(Metric::QueueDepth, T0 + 11_000, 10_000).unwrap().is_none());
-        assert!(t.stats(Metric::QueueDepth, T0 + 11_000, 60_000).unwrap().is_some());
+        assert!(t
+            .stats(Metric::QueueDepth, T0 + 11_000, 10_000)
+            .unwrap()
+            .is_none());
+        assert!(t
+            .stats(Metric::QueueDepth, T0 + 11_000, 60_000)
+            .unwrap()
+            .is_some());
         assert!(t.stats(Metric::LatencyMs, T0, 10_000).unwrap().is_none());
     }
 
@@ -515,11 +554,17 @@ mod tests {
         t.apply_depth(&depth("a", 100.0, T0)).unwrap();
         t.apply_depth(&depth("b", 50.0, T0 + 1)).unwrap();
         t.apply_depth(&depth("a", 10.0, T0 + 2)).unwrap();
-        let s = t.stats(Metric::QueueDepth, T0 + 2, 10_000).unwrap().unwrap();
+        let s = t
+            .stats(Metric::QueueDepth, T0 + 2, 10_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.last, 60.0);
         // A queue silent for longer than the longest window stops counting.
         t.apply_depth(&depth("b", 1.0, T0 + 301_000)).unwrap();
-        let s = t.stats(Metric::QueueDepth, T0 + 301_000, 10_000).unwrap().unwrap();
+        let s = t
+            .stats(Metric::QueueDepth, T0 + 301_000, 10_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.last, 1.0);
     }
 
@@ -551,7 +596,10 @@ mod tests {
         assert_eq!(lat.count, 1000);
         let [p50, p90, p95, p99] = lat.quantiles.unwrap();
         for (got, want) in [(p50, 50.0), (p90, 90.0), (p95, 95.0), (p99, 99.0)] {
-            assert!((got - want).abs() / want <= sketch::ALPHA, "{got} vs {want}");
+            assert!(
+                (got - want).abs() / want <= sketch::ALPHA,
+                "{got} vs {want}"
+            );
         }
         assert!((lat.rate - 100.0).abs() < 1.0, "samples/s {}", lat.rate);
         let req = t.stats(Metric::Requests, now, 10_000).unwrap().unwrap();

@@ -175,12 +175,12 @@ mod tests {
     fn quantiles_within_stated_relative_error() {
         let qs = [0.5, 0.9, 0.95, 0.99];
         let mut seed = 42;
-        for (lo, hi) in [(1.0, 400.0), (0.5, 50.0), (100.0, 20_000.0)] {
+        for (lo, hi) in [(1.0f64, 400.0f64), (0.5, 50.0), (100.0, 20_000.0)] {
             // Log-uniform samples across [lo, hi], spread over 10 sketches.
             let mut sketches = vec![Sketch::default(); 10];
             let mut all = Vec::new();
             for i in 0..20_000 {
-                let v: f64 = lo * (hi / lo as f64).powf(lcg(&mut seed));
+                let v: f64 = lo * (hi / lo).powf(lcg(&mut seed));
                 sketches[i % 10].add_key(key(v));
                 all.push(v);
             }
@@ -190,7 +190,10 @@ mod tests {
             for (q, got) in qs.iter().zip(out) {
                 let want = exact(&all, *q);
                 let err = (got - want).abs() / want;
-                assert!(err <= ALPHA, "q{q} range {lo}-{hi}: got {got}, exact {want}, err {err}");
+                assert!(
+                    err <= ALPHA,
+                    "q{q} range {lo}-{hi}: got {got}, exact {want}, err {err}"
+                );
             }
         }
     }
@@ -220,6 +223,10 @@ mod tests {
     fn empty_sketches_have_no_quantiles() {
         let s = Sketch::default();
         let mut out = [0.0];
-        assert!(!Sketch::merged_quantiles(std::iter::once(&s), &[0.5], &mut out));
+        assert!(!Sketch::merged_quantiles(
+            std::iter::once(&s),
+            &[0.5],
+            &mut out
+        ));
     }
 }
