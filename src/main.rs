@@ -68,7 +68,7 @@ enum PolicyAction {
     },
 }
 
-fn config_check(file: &PathBuf) -> ExitCode {
+fn config_check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok((cfg, warnings)) => {
             for w in &warnings {
