@@ -17,7 +17,7 @@ function P.decide(ctx)
     depth.mean, recent and recent.mean or 0, ahead and string.format("%.0f", ahead.value) or "none", want)
   local slo = ctx.params.latency_slo_ms
   local lat = slo and ctx.window("latency_ms", "10s")
-  local shrinking = recent and recent.slope < 0
+  local shrinking = recent and (recent.slope or 0) < 0
   if lat and lat.p95 > slo and want <= ctx.replicas and not shrinking then
     want = ctx.replicas + 1
     reason = reason .. string.format("; p95 %.0f ms > SLO %d ms, +1", lat.p95, slo)

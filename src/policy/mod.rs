@@ -66,7 +66,7 @@ impl PolicyErrorKind {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("policy {policy}: {} error: {message}", kind.code())]
+#[error("policy {policy} ({}): {message}", kind.code())]
 pub struct PolicyError {
     pub kind: PolicyErrorKind,
     pub policy: String,
