@@ -183,6 +183,30 @@ fn decide(c: &mut Criterion) {
             b.iter(|| black_box(p.decide(&input).expect("decides")))
         });
     }
+    // Where the time goes: the call itself, one window read, one format.
+    for (name, body) in [
+        ("baseline_constant", "return { decide = function(ctx) return 3 end }"),
+        (
+            "baseline_one_window",
+            "return { decide = function(ctx) local w = ctx.window('queue_depth', '60s') return 3 end }",
+        ),
+        (
+            "baseline_format",
+            "return { decide = function(ctx) return { replicas = 3, reason = string.format('%.1f %.1f', 1.5, 2.5) } end }",
+        ),
+    ] {
+        let src = PolicySource::from_text(Path::new(name), body.to_owned());
+        let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, PolicyLimits::default()).expect("loads");
+        p.bind(filled_data()).expect("binds");
+        let input = CallInput {
+            target: "checkout",
+            now_ms: T0 + 299_500,
+            replicas: 3,
+            min: 1,
+            max: 40,
+        };
+        g.bench_function(name, |b| b.iter(|| black_box(p.decide(&input).expect("decides"))));
+    }
     g.finish();
 }
 

@@ -11,10 +11,12 @@ function P.decide(ctx)
   if not depth then return nil end
   local recent = ctx.window("queue_depth", "10s")
   local ahead = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300)
-  local load = tw.max_of(depth.mean, recent and recent.mean, ahead and ahead.value)
+  local short = recent and recent.mean or 0
+  local future = ahead and ahead.value or 0
+  local load = math.max(depth.mean, short, future)
   local want = tw.ceil_div(load, ctx.params.per_replica_depth)
-  local reason = string.format("depth 60s mean %.0f, 10s mean %.0f, ahead %s -> %d",
-    depth.mean, recent and recent.mean or 0, ahead and string.format("%.0f", ahead.value) or "none", want)
+  local reason = string.format("depth 60s mean %.0f, 10s mean %.0f, ahead %.0f -> %d",
+    depth.mean, short, future, want)
   local slo = ctx.params.latency_slo_ms
   local lat = slo and ctx.window("latency_ms", "10s")
   local shrinking = recent and (recent.slope or 0) < 0

@@ -343,6 +343,31 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    /// The real server on a loopback port, spoken to over TCP.
+    #[tokio::test]
+    async fn serves_over_tcp_and_shuts_down() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = Arc::new(Metrics::new());
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, m, Arc::new(AtomicBool::new(true)), async {
+            let _ = stopped.await;
+        }));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+        assert!(text.contains("# TYPE tidewatch_build_info gauge"), "{text}");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+        assert!(bind("not an address").await.unwrap_err().contains("metrics.listen"));
+    }
+
     #[tokio::test]
     async fn endpoints_answer() {
         let m = Arc::new(Metrics::new());

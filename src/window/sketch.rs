@@ -102,53 +102,62 @@ impl Sketch {
         self.counts = next;
     }
 
-    /// Quantiles `qs` (ascending, in [0, 1]) of the union of `sketches`.
+    /// Quantiles `qs` (ascending, in [0, 1]) of the union of `sketches`,
+    /// written to `out`; false when they hold no values.
     /// The q-quantile is the element of rank floor(q * (n - 1)).
-    pub fn merged_quantiles<'a>(
-        sketches: impl Iterator<Item = &'a Sketch> + Clone,
-        qs: &[f64],
-        out: &mut [f64],
-    ) -> bool {
-        let mut total = 0u64;
+    pub fn merged_quantiles<'a>(sketches: impl Iterator<Item = &'a Sketch>, qs: &[f64], out: &mut [f64]) -> bool {
+        let mut live: [Option<&Sketch>; 16] = [None; 16];
+        let mut n_live = 0;
         let mut zeros = 0u64;
         let mut lo = i32::MAX;
         let mut hi = i32::MIN;
-        for s in sketches.clone() {
-            total += s.count();
+        for s in sketches {
             zeros += s.zeros;
-            if !s.counts.is_empty() {
+            if !s.counts.is_empty() && n_live < live.len() {
                 lo = lo.min(s.offset);
                 hi = hi.max(s.offset + s.counts.len() as i32 - 1);
+                live[n_live] = Some(s);
+                n_live += 1;
             }
         }
+        // One pass over every bin into a merged histogram, then one walk.
+        let width = if n_live == 0 { 0 } else { (hi - lo + 1) as usize };
+        // On the stack for the usual width; the heap only for rare wide unions.
+        let mut stack = [0u64; 2 * MAX_BINS];
+        let mut heap = Vec::new();
+        let merged: &mut [u64] = if width <= stack.len() {
+            &mut stack[..width]
+        } else {
+            heap.resize(width, 0);
+            &mut heap
+        };
+        for s in live.iter().take(n_live).flatten() {
+            let base = (s.offset - lo) as usize;
+            for (m, &c) in merged[base..base + s.counts.len()].iter_mut().zip(&s.counts) {
+                *m += u64::from(c);
+            }
+        }
+        let total = zeros + merged.iter().sum::<u64>();
+        let merged = &*merged;
         if total == 0 {
             return false;
         }
-        let mut qi = 0;
         let rank = |q: f64| (q.clamp(0.0, 1.0) * (total - 1) as f64).floor() as u64;
+        let mut qi = 0;
         let mut seen = zeros;
         while qi < qs.len() && rank(qs[qi]) < seen {
             out[qi] = 0.0;
             qi += 1;
         }
-        let mut k = lo;
-        while qi < qs.len() && k <= hi {
-            for s in sketches.clone() {
-                let i = k - s.offset;
-                if i >= 0 && (i as usize) < s.counts.len() {
-                    seen += u64::from(s.counts[i as usize]);
-                }
+        for (i, &c) in merged.iter().enumerate() {
+            if qi == qs.len() {
+                break;
             }
+            seen += c;
             while qi < qs.len() && rank(qs[qi]) < seen {
-                out[qi] = value_of(k);
+                out[qi] = value_of(lo + i as i32);
                 qi += 1;
             }
-            k += 1;
-        }
-        // Only reachable through saturated counts; answer with the top bin.
-        while qi < qs.len() {
-            out[qi] = value_of(hi);
-            qi += 1;
         }
         true
     }
