@@ -15,14 +15,15 @@ function P.decide(ctx)
   local future = ahead and ahead.value or 0
   local load = math.max(depth.mean, short, future)
   local want = tw.ceil_div(load, ctx.params.per_replica_depth)
-  local reason = string.format("depth 60s mean %.0f, 10s mean %.0f, ahead %.0f -> %d",
-    depth.mean, short, future, want)
+  local floor = math.floor
+  local reason = string.format("depth 60s mean %d, 10s mean %d, ahead %d -> %d",
+    floor(depth.mean + 0.5), floor(short + 0.5), floor(future + 0.5), want)
   local slo = ctx.params.latency_slo_ms
   local lat = slo and ctx.window("latency_ms", "10s")
   local shrinking = recent and (recent.slope or 0) < 0
   if lat and lat.p95 > slo and want <= ctx.replicas and not shrinking then
     want = ctx.replicas + 1
-    reason = reason .. string.format("; p95 %.0f ms > SLO %d ms, +1", lat.p95, slo)
+    reason = reason .. string.format("; p95 %d ms > SLO %d ms, +1", math.floor(lat.p95 + 0.5), slo)
   end
   return { replicas = want, reason = reason }
 end

@@ -365,7 +365,10 @@ mod tests {
         assert!(text.contains("# TYPE tidewatch_build_info gauge"), "{text}");
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
-        assert!(bind("not an address").await.unwrap_err().contains("metrics.listen"));
+        assert!(bind("not an address")
+            .await
+            .unwrap_err()
+            .contains("metrics.listen"));
     }
 
     #[tokio::test]

@@ -26,7 +26,10 @@ fn bundled_configs_pass_config_check() {
     }
     // The unset secret variable is named, as a warning.
     let (_, _, err) = tidewatch(&["config", "check", "config/rabbitmq.toml"]);
-    assert!(err.contains("warning") && err.contains("TIDEWATCH_AMQP_URL"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("TIDEWATCH_AMQP_URL"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,8 +49,14 @@ max_replicas = 2
     .unwrap();
     let (code, _, err) = tidewatch(&["config", "check", path.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("targets[0].min_replicas: 3 is above max_replicas 2"), "{err}");
-    assert!(err.contains("targets[0].policy") && err.contains("nowhere.lua does not exist"), "{err}");
+    assert!(
+        err.contains("targets[0].min_replicas: 3 is above max_replicas 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("targets[0].policy") && err.contains("nowhere.lua does not exist"),
+        "{err}"
+    );
     let (code, _, err) = tidewatch(&["config", "check", "/no/such/file.toml"]);
     assert_eq!(code, 64, "{err}");
 }
@@ -86,7 +95,15 @@ fn a_failing_example_fails_policy_check() {
 
 #[test]
 fn demo_runs_and_summarizes() {
-    let (code, out, err) = tidewatch(&["demo", "--speed", "0", "--duration", "10m", "--every", "60s"]);
+    let (code, out, err) = tidewatch(&[
+        "demo",
+        "--speed",
+        "0",
+        "--duration",
+        "10m",
+        "--every",
+        "60s",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("summary: 600 virtual s"), "{out}");
     assert!(Path::new(env!("CARGO_BIN_EXE_tidewatch")).exists());

@@ -34,12 +34,15 @@ ctx.forecast = function(metric, horizon)
   return { value = value, lower = lower, upper = upper, source = source }
 end
 "#;
-/// Sets the per-call fields of `ctx` in one call.
+/// Sets the per-call fields of `ctx` and calls a function with it, in one
+/// crossing from Rust: one bound to `decide`, one taking the function.
 const SETTER: &str = r#"
-local ctx = ...
-return function(now, replicas, min, max)
+local ctx, decide = ...
+local function call(f, now, replicas, min, max)
   ctx.now = now; ctx.replicas = replicas; ctx.min = min; ctx.max = max
+  return f(ctx)
 end
+return function(now, replicas, min, max) return call(decide, now, replicas, min, max) end, call
 "#;
 /// Instructions between two budget checks.
 const HOOK_EVERY: u32 = 1000;
@@ -155,9 +158,11 @@ impl PolicySource {
 pub struct LuaPolicy {
     lua: Lua,
     module: Table,
-    decide: Function,
     ctx: Table,
-    set: Function,
+    /// `decide` with the per-call fields set.
+    run_decide: Function,
+    /// Any function of `ctx` with the per-call fields set.
+    run_with: Function,
     target: String,
     used: Arc<AtomicU64>,
     limits: PolicyLimits,
@@ -216,20 +221,23 @@ impl LuaPolicy {
                 })
             }
         };
-        let (ctx, set) = (|| -> mlua::Result<(Table, Function)> {
+        let (ctx, run_decide, run_with) = (|| -> mlua::Result<(Table, Function, Function)> {
             let ctx = lua.create_table()?;
             ctx.set("params", json_to_lua(&lua, params, 0)?)?;
             ctx.set("state", lua.create_table()?)?;
-            let set = lua.load(SETTER).set_name("=ctx").call::<Function>(ctx.clone())?;
-            Ok((ctx, set))
+            let (run_decide, run_with) = lua
+                .load(SETTER)
+                .set_name("=ctx")
+                .call::<(Function, Function)>((ctx.clone(), decide.clone()))?;
+            Ok((ctx, run_decide, run_with))
         })()
         .map_err(|e| err(classify(&e, &used, limits), e))?;
         Ok(Self {
             lua,
             module,
-            decide,
             ctx,
-            set,
+            run_decide,
+            run_with,
             target: String::new(),
             used,
             limits,
@@ -260,55 +268,62 @@ impl LuaPolicy {
     pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
         let (v1, v2) = (view.clone(), view);
         (|| -> mlua::Result<()> {
-            let raw_window = self.lua.create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
-                let metric = parse_metric(&metric)?;
-                let span_ms = span_ms(&span)?;
-                let stats = v1
-                    .lock()
-                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                    .window(metric, span_ms)
-                    .map_err(mlua::Error::runtime)?;
-                Ok(match stats {
-                    None => (None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0),
-                    Some(s) => {
-                        let q = s.quantiles;
-                        (
-                            Some(s.count),
-                            s.sum,
-                            s.mean,
-                            s.min,
-                            s.max,
-                            s.last,
-                            q.map(|q| q[0]),
-                            q.map(|q| q[1]),
-                            q.map(|q| q[2]),
-                            q.map(|q| q[3]),
-                            s.rate,
-                            s.slope,
-                        )
-                    }
-                })
-            })?;
-            let raw_forecast = self.lua.create_function(move |_, (metric, horizon): (mlua::LuaString, f64)| {
-                let metric = parse_metric(&metric)?;
-                if !horizon.is_finite() || horizon < 0.0 {
-                    return Err(mlua::Error::runtime(format!(
-                        "forecast horizon must be non-negative seconds, got {horizon}"
-                    )));
-                }
-                let f = v2
-                    .lock()
-                    .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                    .forecast(metric, (horizon * 1000.0) as i64);
-                Ok(match f {
-                    None => (None, 0.0, 0.0, None),
-                    Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
-                })
-            })?;
-            self.lua
-                .load(BINDER)
-                .set_name("=bind")
-                .call::<()>((self.ctx.clone(), raw_window, raw_forecast))
+            let raw_window =
+                self.lua
+                    .create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
+                        let metric = parse_metric(&metric)?;
+                        let span_ms = span_ms(&span)?;
+                        let stats = v1
+                            .lock()
+                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                            .window(metric, span_ms)
+                            .map_err(mlua::Error::runtime)?;
+                        Ok(match stats {
+                            None => (
+                                None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
+                            ),
+                            Some(s) => {
+                                let q = s.quantiles;
+                                (
+                                    Some(s.count),
+                                    s.sum,
+                                    s.mean,
+                                    s.min,
+                                    s.max,
+                                    s.last,
+                                    q.map(|q| q[0]),
+                                    q.map(|q| q[1]),
+                                    q.map(|q| q[2]),
+                                    q.map(|q| q[3]),
+                                    s.rate,
+                                    s.slope,
+                                )
+                            }
+                        })
+                    })?;
+            let raw_forecast =
+                self.lua
+                    .create_function(move |_, (metric, horizon): (mlua::LuaString, f64)| {
+                        let metric = parse_metric(&metric)?;
+                        if !horizon.is_finite() || horizon < 0.0 {
+                            return Err(mlua::Error::runtime(format!(
+                                "forecast horizon must be non-negative seconds, got {horizon}"
+                            )));
+                        }
+                        let f = v2
+                            .lock()
+                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                            .forecast(metric, (horizon * 1000.0) as i64);
+                        Ok(match f {
+                            None => (None, 0.0, 0.0, None),
+                            Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
+                        })
+                    })?;
+            self.lua.load(BINDER).set_name("=bind").call::<()>((
+                self.ctx.clone(),
+                raw_window,
+                raw_forecast,
+            ))
         })()
         .map_err(|e| self.error(PolicyErrorKind::Load, e))
     }
@@ -321,12 +336,21 @@ impl LuaPolicy {
         }
     }
 
-    fn set_inputs(&mut self, input: &CallInput) -> mlua::Result<()> {
+    fn set_target(&mut self, input: &CallInput) -> mlua::Result<()> {
         if self.target != input.target {
             self.ctx.raw_set("target", input.target)?;
             self.target = input.target.to_owned();
         }
-        self.set.call::<()>((input.now_ms as f64 / 1000.0, input.replicas, input.min, input.max))
+        Ok(())
+    }
+
+    fn args(input: &CallInput) -> (f64, u32, u32, u32) {
+        (
+            input.now_ms as f64 / 1000.0,
+            input.replicas,
+            input.min,
+            input.max,
+        )
     }
 
     /// Calls `init(ctx)` when the policy defines it.
@@ -335,10 +359,12 @@ impl LuaPolicy {
             Ok(Value::Function(f)) => f,
             _ => return Ok(()),
         };
-        self.set_inputs(input)
+        self.set_target(input)
             .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
         self.used.store(0, Ordering::Relaxed);
-        init.call::<Value>(self.ctx.clone())
+        let (now, replicas, min, max) = Self::args(input);
+        self.run_with
+            .call::<Value>((init, now, replicas, min, max))
             .map(|_| ())
             .map_err(|e| self.fail(e))
     }
@@ -354,11 +380,11 @@ impl LuaPolicy {
 
     /// One decision. Errors are contained: the VM stays usable.
     pub fn decide(&mut self, input: &CallInput) -> Result<Proposal, PolicyError> {
-        self.set_inputs(input).map_err(|e| self.fail(e))?;
+        self.set_target(input).map_err(|e| self.fail(e))?;
         self.used.store(0, Ordering::Relaxed);
         let out = self
-            .decide
-            .call::<Value>(self.ctx.clone())
+            .run_decide
+            .call::<Value>(Self::args(input))
             .map_err(|e| self.fail(e))?;
         proposal(&out).map_err(|message| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,

@@ -12,9 +12,13 @@ pub const MAX_BINS: usize = 160;
 
 const GAMMA: f64 = (1.0 + ALPHA) / (1.0 - ALPHA);
 
+/// ln(GAMMA), written out because `ln` is not const (checked by a test).
+const LN_GAMMA: f64 = 0.040005334613699206;
+const INV_LN_GAMMA: f64 = 24.996666311036567;
+
 #[inline]
 fn ln_gamma() -> f64 {
-    GAMMA.ln()
+    LN_GAMMA
 }
 
 /// The bin of a positive value; `None` for values that count as zero.
@@ -23,14 +27,15 @@ pub fn key(v: f64) -> Option<i32> {
     if v < MIN_VALUE {
         None
     } else {
-        Some((v.ln() / ln_gamma()).ceil() as i32)
+        Some((v.ln() * INV_LN_GAMMA).ceil() as i32)
     }
 }
 
 /// The representative of a bin: within `ALPHA` of every value in it.
 #[inline]
 fn value_of(key: i32) -> f64 {
-    2.0 * GAMMA.powi(key) / (GAMMA + 1.0)
+    // gamma^key * 2 / (gamma + 1), with exp: powi is a slow libgcc loop.
+    (f64::from(key) * ln_gamma()).exp() * (2.0 / (GAMMA + 1.0))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,7 +110,11 @@ impl Sketch {
     /// Quantiles `qs` (ascending, in [0, 1]) of the union of `sketches`,
     /// written to `out`; false when they hold no values.
     /// The q-quantile is the element of rank floor(q * (n - 1)).
-    pub fn merged_quantiles<'a>(sketches: impl Iterator<Item = &'a Sketch>, qs: &[f64], out: &mut [f64]) -> bool {
+    pub fn merged_quantiles<'a>(
+        sketches: impl Iterator<Item = &'a Sketch>,
+        qs: &[f64],
+        out: &mut [f64],
+    ) -> bool {
         let mut live: [Option<&Sketch>; 16] = [None; 16];
         let mut n_live = 0;
         let mut zeros = 0u64;
@@ -121,7 +130,11 @@ impl Sketch {
             }
         }
         // One pass over every bin into a merged histogram, then one walk.
-        let width = if n_live == 0 { 0 } else { (hi - lo + 1) as usize };
+        let width = if n_live == 0 {
+            0
+        } else {
+            (hi - lo + 1) as usize
+        };
         // On the stack for the usual width; the heap only for rare wide unions.
         let mut stack = [0u64; 2 * MAX_BINS];
         let mut heap = Vec::new();
@@ -133,7 +146,10 @@ impl Sketch {
         };
         for s in live.iter().take(n_live).flatten() {
             let base = (s.offset - lo) as usize;
-            for (m, &c) in merged[base..base + s.counts.len()].iter_mut().zip(&s.counts) {
+            for (m, &c) in merged[base..base + s.counts.len()]
+                .iter_mut()
+                .zip(&s.counts)
+            {
                 *m += u64::from(c);
             }
         }
@@ -142,19 +158,23 @@ impl Sketch {
         if total == 0 {
             return false;
         }
-        let rank = |q: f64| (q.clamp(0.0, 1.0) * (total - 1) as f64).floor() as u64;
+        let mut ranks = [0u64; 8];
+        for (r, q) in ranks.iter_mut().zip(qs) {
+            *r = (q.clamp(0.0, 1.0) * (total - 1) as f64).floor() as u64;
+        }
+        let ranks = &ranks[..qs.len().min(8)];
         let mut qi = 0;
         let mut seen = zeros;
-        while qi < qs.len() && rank(qs[qi]) < seen {
+        while qi < ranks.len() && ranks[qi] < seen {
             out[qi] = 0.0;
             qi += 1;
         }
         for (i, &c) in merged.iter().enumerate() {
-            if qi == qs.len() {
+            if qi == ranks.len() {
                 break;
             }
             seen += c;
-            while qi < qs.len() && rank(qs[qi]) < seen {
+            while qi < ranks.len() && ranks[qi] < seen {
                 out[qi] = value_of(lo + i as i32);
                 qi += 1;
             }
@@ -166,6 +186,12 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constants_match_gamma() {
+        assert!((LN_GAMMA - GAMMA.ln()).abs() < 1e-15);
+        assert!((INV_LN_GAMMA - 1.0 / GAMMA.ln()).abs() < 1e-12);
+    }
 
     fn exact(sorted: &[f64], q: f64) -> f64 {
         sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
