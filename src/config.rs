@@ -385,6 +385,17 @@ impl TargetConfig {
         }
     }
 
+    /// What `init` sees: the target before any decision.
+    pub fn init_input(&self) -> CallInput<'_> {
+        CallInput {
+            target: &self.name,
+            now_ms: 0,
+            replicas: self.initial(),
+            min: self.min_replicas,
+            max: self.max_replicas,
+        }
+    }
+
     pub fn params_json(&self) -> serde_json::Value {
         serde_json::Value::Object(self.params.clone())
     }
@@ -711,13 +722,7 @@ impl Config {
             }
             let checked = PolicySource::read(&t.policy).and_then(|src| {
                 let mut p = LuaPolicy::load(&src, &t.params_json(), e.policy_limits())?;
-                p.init(&CallInput {
-                    target: &t.name,
-                    now_ms: 0,
-                    replicas: t.initial(),
-                    min: t.min_replicas,
-                    max: t.max_replicas,
-                })
+                p.init(&t.init_input())
             });
             if let Err(err) = checked {
                 out.push(problem(key("policy"), err.to_string()));

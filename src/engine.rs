@@ -123,13 +123,7 @@ fn load_policy(
     let src = PolicySource::read(&t.policy)?;
     let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
     p.bind(data.clone())?;
-    p.init(&CallInput {
-        target: &t.name,
-        now_ms: 0,
-        replicas: t.initial(),
-        min: t.min_replicas,
-        max: t.max_replicas,
-    })?;
+    p.init(&t.init_input())?;
     Ok(p)
 }
 

@@ -94,6 +94,28 @@ fn a_failing_example_fails_policy_check() {
 }
 
 #[test]
+fn json_logs_with_the_flag() {
+    let (code, _, err) = tidewatch(&[
+        "--log-format",
+        "json",
+        "demo",
+        "--speed",
+        "0",
+        "--duration",
+        "2m",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty(), "the demo logs its scale decisions");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["fields"]["message"], "scale decision", "{line}");
+        assert!(v["fields"]["reason"].is_string());
+    }
+}
+
+#[test]
 fn demo_runs_and_summarizes() {
     let (code, out, err) = tidewatch(&[
         "demo",
