@@ -266,6 +266,10 @@ pub struct EngineConfig {
         deserialize_with = "de_duration"
     )]
     pub forecast_freshness: Duration,
+    /// On SIGTERM/SIGINT: how long to finish in-flight work, publish
+    /// pending commands and commit offsets before exiting anyway.
+    #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -284,6 +288,7 @@ impl Default for EngineConfig {
             policy_instruction_budget: default_policy_budget(),
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
+            drain_timeout: default_drain_timeout(),
         }
     }
 }
@@ -401,6 +406,44 @@ impl TargetConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// A consumer group's lag on a topic, summed over partitions.
+    KafkaLag,
+}
+
+/// What a lag probe counts for a partition where the group has committed
+/// no offset yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoOffsetRule {
+    /// Everything retained is unconsumed: lag = high watermark - low watermark.
+    #[default]
+    Earliest,
+    /// The group will start at the end: lag = 0.
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
+    /// The target whose `queue_depth` the probe feeds.
+    pub target: String,
+    pub topic: String,
+    pub group: String,
+    /// Default: `source.kafka.brokers`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    #[serde(default = "default_probe_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub no_offset: NoOffsetRule,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
 /// A whole scaler configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -409,6 +452,14 @@ pub struct Config {
     pub engine: EngineConfig,
     pub metrics: MetricsConfig,
     pub targets: Vec<TargetConfig>,
+    pub probes: Vec<ProbeConfig>,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn yes() -> bool {
@@ -567,6 +618,20 @@ impl Config {
                 Err(e) => problems.push(problem("targets", e.to_string())),
             }
         }
+        let mut probes = Vec::new();
+        if let Some(v) = section("probes", &mut problems) {
+            match v.into_array() {
+                Ok(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        match item.try_deserialize::<ProbeConfig>() {
+                            Ok(p) => probes.push(p),
+                            Err(e) => problems.push(problem(format!("probes[{i}]"), e.to_string())),
+                        }
+                    }
+                }
+                Err(e) => problems.push(problem("probes", e.to_string())),
+            }
+        }
         let top = raw
             .clone()
             .try_deserialize::<HashMap<String, config::Value>>();
@@ -574,7 +639,11 @@ impl Config {
             .map(|m| m.into_keys().collect::<Vec<_>>())
             .unwrap_or_default()
         {
-            if !["source", "commands", "engine", "metrics", "targets"].contains(&key.as_str()) {
+            if ![
+                "source", "commands", "engine", "metrics", "targets", "probes",
+            ]
+            .contains(&key.as_str())
+            {
                 problems.push(problem(key, "unknown section"));
             }
         }
@@ -584,6 +653,7 @@ impl Config {
             engine,
             metrics,
             targets,
+            probes,
         };
         let base = path.parent().unwrap_or(Path::new("."));
         for t in &mut cfg.targets {
@@ -626,6 +696,7 @@ impl Config {
             ));
         }
         self.check_brokers(&mut out);
+        self.check_probes(&mut out);
         if self.targets.is_empty() {
             out.push(problem(
                 "targets",
@@ -729,6 +800,33 @@ impl Config {
             }
         }
         out
+    }
+
+    fn check_probes(&self, out: &mut Vec<Problem>) {
+        for (i, p) in self.probes.iter().enumerate() {
+            let key = |k: &str| format!("probes[{i}].{k}");
+            if !self.targets.iter().any(|t| t.name == p.target) {
+                out.push(problem(
+                    key("target"),
+                    format!("{:?} is not a configured target", p.target),
+                ));
+            }
+            if p.topic.is_empty() || p.group.is_empty() {
+                out.push(problem(
+                    key("topic"),
+                    "a kafka_lag probe needs `topic` and `group`",
+                ));
+            }
+            if p.brokers.is_none() && self.source.kafka.is_none() {
+                out.push(problem(
+                    key("brokers"),
+                    "give `brokers`, or configure [source.kafka]",
+                ));
+            }
+            if p.interval < Duration::from_millis(100) {
+                out.push(problem(key("interval"), "must be at least 100ms"));
+            }
+        }
     }
 
     fn check_brokers(&self, out: &mut Vec<Problem>) {

@@ -48,6 +48,9 @@ pub struct TargetStatus {
     pub replicas: u32,
     pub policy: String,
     pub last_decision: Option<Decision>,
+    /// Generations issued and acknowledged by the broker.
+    pub generation: i64,
+    pub published_generation: i64,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,8 @@ struct TargetRuntime {
     /// Replicas as last commanded, or as a worker last reported for the latest command.
     current: u32,
     last_generation: i64,
+    /// The highest generation the broker acknowledged.
+    published_generation: i64,
     /// The last evaluation triggered by events (ticks do not count, so a
     /// tick never delays the reaction to an event).
     last_event_eval_ms: Option<Millis>,
@@ -112,7 +117,8 @@ impl std::fmt::Debug for Engine {
 #[derive(Debug, Default)]
 pub struct Ingested {
     pub applied: usize,
-    pub rejected: Vec<Rejection>,
+    /// Each rejection with the index of its element (0 for a single object).
+    pub rejected: Vec<(usize, Rejection)>,
 }
 
 fn load_policy(
@@ -154,6 +160,7 @@ impl Engine {
                 data,
                 policy,
                 last_generation: 0,
+                published_generation: 0,
                 last_event_eval_ms: None,
                 pending_since: None,
                 last_decision: None,
@@ -185,7 +192,7 @@ impl Engine {
     /// counted and returned (for the dead-letter destination).
     pub fn ingest(&mut self, source: &str, bytes: &[u8], now_ms: Millis) -> Ingested {
         let mut out = Ingested::default();
-        for item in decode(bytes, now_ms, &self.limits) {
+        for (i, item) in decode(bytes, now_ms, &self.limits).into_iter().enumerate() {
             let applied = item.and_then(|s| self.apply(&s, now_ms).map(|()| s.kind()));
             match applied {
                 Ok(kind) => {
@@ -194,7 +201,7 @@ impl Engine {
                 }
                 Err(r) => {
                     self.metrics.event_rejected(source, &r);
-                    out.rejected.push(r);
+                    out.rejected.push((i, r));
                 }
             }
         }
@@ -450,6 +457,14 @@ impl Engine {
         }
     }
 
+    /// Records the broker's acknowledgement of a command.
+    pub fn published(&mut self, target: &str, generation: i64) {
+        if let Some(&idx) = self.by_name.get(target) {
+            let t = &mut self.targets[idx];
+            t.published_generation = t.published_generation.max(generation);
+        }
+    }
+
     pub fn status(&self) -> Vec<TargetStatus> {
         self.targets
             .iter()
@@ -458,6 +473,8 @@ impl Engine {
                 replicas: t.current,
                 policy: t.policy.version().to_owned(),
                 last_decision: t.last_decision.clone(),
+                generation: t.last_generation,
+                published_generation: t.published_generation,
             })
             .collect()
     }
@@ -482,14 +499,19 @@ impl Engine {
 /// What sources hand to the engine task.
 #[derive(Debug)]
 pub enum EngineInput {
-    /// A raw message and the source it came from; `done` learns the outcome
-    /// (so a source stores its offset or acks only after the apply).
-    Message {
+    /// Raw messages from one source; `done` learns the outcome of each, in
+    /// order (so a source stores its offsets or acks only after the apply).
+    Batch {
         source: &'static str,
-        bytes: Vec<u8>,
-        done: Option<tokio::sync::oneshot::Sender<Ingested>>,
+        messages: Arc<Vec<Vec<u8>>>,
+        done: Option<tokio::sync::oneshot::Sender<Vec<Ingested>>>,
     },
+    /// A signal a probe measured itself.
+    Signal(Signal),
+    /// A worker's result (the closed loop).
     Result(ScaleResult),
+    /// The broker acknowledged the command of this generation.
+    Published { target: String, generation: i64 },
 }
 
 /// Runs the engine: a tick, evaluation right after events (rate-limited per
@@ -517,16 +539,28 @@ pub async fn drive(
             _ = ticker.tick() => engine.tick(clock.now_ms()),
             msg = input.recv() => match msg {
                 None => break,
-                Some(EngineInput::Message { source, bytes, done }) => {
+                Some(EngineInput::Batch { source, messages, done }) => {
                     let now = clock.now_ms();
-                    let outcome = engine.ingest(source, &bytes, now);
+                    let outcomes: Vec<Ingested> = messages.iter().map(|m| engine.ingest(source, m, now)).collect();
                     if let Some(done) = done {
-                        let _ = done.send(outcome);
+                        let _ = done.send(outcomes);
+                    }
+                    engine.on_events(now)
+                }
+                Some(EngineInput::Signal(s)) => {
+                    let now = clock.now_ms();
+                    match engine.apply(&s, now) {
+                        Ok(()) => engine.metrics().event_received("probe", s.kind()),
+                        Err(r) => engine.metrics().event_rejected("probe", &r),
                     }
                     engine.on_events(now)
                 }
                 Some(EngineInput::Result(r)) => {
                     engine.observe(&r);
+                    Vec::new()
+                }
+                Some(EngineInput::Published { target, generation }) => {
+                    engine.published(&target, generation);
                     Vec::new()
                 }
             },

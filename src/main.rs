@@ -29,6 +29,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The scaler: signals in, scale commands out, until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate configuration files.
     Config {
         #[command(subcommand)]
@@ -127,10 +132,52 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+fn run(file: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok((cfg, warnings)) => {
+            for w in &warnings {
+                tracing::warn!("{}: {w}", file.display());
+            }
+            cfg
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(tidewatch::run::run(
+        cfg,
+        tidewatch::run::RunOptions::default(),
+        tidewatch::run::shutdown_signal(),
+    ));
+    match outcome {
+        Ok(report) if report.drained => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(tidewatch::run::RunError::Config(e)) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tidewatch::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
+        Command::Run { config } => run(&config),
         Command::Config {
             action: ConfigAction::Check { file },
         } => config_check(&file),

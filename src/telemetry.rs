@@ -32,6 +32,10 @@ pub struct Metrics {
     pub commands_issued: IntCounterVec,
     pub commands_published: IntCounterVec,
     pub event_to_command_seconds: HistogramVec,
+    pub dead_letters: IntCounterVec,
+    pub command_publish_failures: IntCounterVec,
+    pub results_received: IntCounterVec,
+    pub probe_errors: IntCounterVec,
     pub build_info: Gauge,
 }
 
@@ -189,6 +193,30 @@ impl Metrics {
                 "From receiving the event that triggered an evaluation to the command.",
                 &["target"],
                 reaction,
+            ),
+            dead_letters: counter(
+                &r,
+                "tidewatch_dead_letters_total",
+                "Messages sent to the dead-letter destination, by source and first reason.",
+                &["source", "reason"],
+            ),
+            command_publish_failures: counter(
+                &r,
+                "tidewatch_command_publish_failures_total",
+                "Attempts to publish a command that the broker did not acknowledge (each is retried).",
+                &["target"],
+            ),
+            results_received: counter(
+                &r,
+                "tidewatch_results_received_total",
+                "Scale results read from workers, by status (invalid: could not be decoded).",
+                &["status"],
+            ),
+            probe_errors: counter(
+                &r,
+                "tidewatch_probe_errors_total",
+                "Probe measurements that failed.",
+                &["target", "kind"],
             ),
             build_info,
             registry: r,

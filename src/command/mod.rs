@@ -1,6 +1,8 @@
 //! Scale commands and results (version 1 of DESIGN.md). The transports that
 //! publish commands and read results live beside this file.
 
+pub mod kafka;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{rfc3339, Millis};

@@ -372,14 +372,15 @@ async fn drive_ticks_and_reacts_to_events() {
     assert!(out_rx.try_recv().is_err());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     in_tx
-        .send(EngineInput::Message {
+        .send(EngineInput::Batch {
             source: "test",
-            bytes: depth("web", 420.0, clock.now_ms()),
+            messages: Arc::new(vec![depth("web", 420.0, clock.now_ms()), b"junk".to_vec()]),
             done: Some(done_tx),
         })
         .await
         .unwrap();
-    assert_eq!(done_rx.await.unwrap().applied, 1);
+    let outcomes = done_rx.await.unwrap();
+    assert_eq!((outcomes[0].applied, outcomes[1].rejected.len()), (1, 1));
     let sent_at = clock.now_ms();
     let c = out_rx.recv().await.unwrap();
     assert_eq!(c.desired_replicas, 5);
@@ -390,9 +391,9 @@ async fn drive_ticks_and_reacts_to_events() {
     );
     // A second event inside min_eval_interval is evaluated when it ends.
     in_tx
-        .send(EngineInput::Message {
+        .send(EngineInput::Batch {
             source: "test",
-            bytes: depth("web", 1000.0, clock.now_ms()),
+            messages: Arc::new(vec![depth("web", 1000.0, clock.now_ms())]),
             done: None,
         })
         .await

@@ -1,0 +1,197 @@
+//! Commands on Kafka: an idempotent producer (acks=all) publishes each
+//! command keyed by target and retries with backoff until the broker
+//! acknowledges it; a consumer reads workers' results for the closed loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, watch};
+
+use crate::command::{ScaleCommand, ScaleResult};
+use crate::config::{secret, KafkaCommandsConfig};
+use crate::engine::EngineInput;
+use crate::kafka::{unique_suffix, ClientSettings, LoggingContext};
+use crate::telemetry::Metrics;
+
+pub fn settings(cfg: &KafkaCommandsConfig) -> ClientSettings {
+    ClientSettings {
+        key: "commands.kafka.brokers".into(),
+        brokers: cfg.brokers.clone(),
+        options: cfg.options.clone(),
+        sasl_password: secret(
+            &cfg.sasl_password,
+            &cfg.sasl_password_env,
+            &cfg.sasl_password_file,
+        ),
+    }
+}
+
+pub struct KafkaPublisher {
+    producer: FutureProducer<LoggingContext>,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl KafkaPublisher {
+    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let s = settings(cfg);
+        let mut c = s.client_config()?;
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            // librdkafka retries inside this time; we retry beyond it.
+            .set("message.timeout.ms", "10000");
+        let producer = c
+            .create_with_context(LoggingContext {
+                key: s.key.clone(),
+                brokers: s.brokers.clone(),
+            })
+            .map_err(|e| format!("commands.kafka: cannot create the producer: {e}"))?;
+        Ok(Self {
+            producer,
+            topic: cfg.topic.clone(),
+            metrics,
+        })
+    }
+
+    /// Publishes one command, retrying with exponential backoff (capped at
+    /// 5 s between attempts) until the broker acknowledges it.
+    pub async fn publish(&self, c: &ScaleCommand) {
+        let payload = c.to_json();
+        let mut backoff = ExponentialBackoff {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(5),
+            max_elapsed_time: None,
+            ..ExponentialBackoff::default()
+        };
+        loop {
+            let record = FutureRecord::to(&self.topic)
+                .key(c.target.as_bytes())
+                .payload(&payload);
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    let dir = if c.desired_replicas >= c.current_replicas {
+                        "up"
+                    } else {
+                        "down"
+                    };
+                    self.metrics
+                        .commands_published
+                        .with_label_values(&[c.target.as_str(), dir])
+                        .inc();
+                    return;
+                }
+                Err((e, _)) => {
+                    self.metrics
+                        .command_publish_failures
+                        .with_label_values(&[c.target.as_str()])
+                        .inc();
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(
+                        setting = "commands.kafka.topic", topic = %self.topic, target_name = %c.target,
+                        generation = c.generation, error = %e, "command not acknowledged; retrying in {wait:?}"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes every command from `rx` in order until it closes, telling
+    /// the engine about each acknowledgement.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<ScaleCommand>,
+        engine: mpsc::WeakSender<EngineInput>,
+    ) {
+        while let Some(c) = rx.recv().await {
+            self.publish(&c).await;
+            // try_send: the engine may be blocked on a full command channel
+            // that only this task empties; an acknowledgement is not worth a deadlock.
+            if let Some(engine) = engine.upgrade() {
+                let _ = engine.try_send(EngineInput::Published {
+                    target: c.target.clone(),
+                    generation: c.generation,
+                });
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            self.producer.flush(Duration::from_secs(5))
+        })
+        .await;
+    }
+}
+
+/// Reads results from every worker (its own consumer group, from the end:
+/// the closed loop needs what happens from now on).
+pub struct KafkaResults {
+    consumer: StreamConsumer<LoggingContext>,
+    metrics: Arc<Metrics>,
+}
+
+impl KafkaResults {
+    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let s = settings(cfg);
+        let mut c = s.client_config()?;
+        c.set("group.id", format!("tidewatch-results-{}", unique_suffix()))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest");
+        let consumer: StreamConsumer<LoggingContext> = c
+            .create_with_context(LoggingContext {
+                key: s.key.clone(),
+                brokers: s.brokers.clone(),
+            })
+            .map_err(|e| format!("commands.kafka: cannot create the results consumer: {e}"))?;
+        consumer
+            .subscribe(&[cfg.results_topic.as_str()])
+            .map_err(|e| format!("commands.kafka.results_topic {}: {e}", cfg.results_topic))?;
+        Ok(Self { consumer, metrics })
+    }
+
+    pub async fn run(self, engine: mpsc::Sender<EngineInput>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let m = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                m = self.consumer.recv() => m,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(setting = "commands.kafka.results_topic", error = %e, "results consume error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<ScaleResult>(m.payload().unwrap_or_default()) {
+                Ok(r) => {
+                    let status = serde_json::to_value(r.status).ok();
+                    let status = status
+                        .as_ref()
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown");
+                    self.metrics
+                        .results_received
+                        .with_label_values(&[status])
+                        .inc();
+                    if engine.send(EngineInput::Result(r)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .results_received
+                        .with_label_values(&["invalid"])
+                        .inc();
+                    tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "result not decoded; skipped");
+                }
+            }
+        }
+    }
+}

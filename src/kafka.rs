@@ -1,0 +1,79 @@
+//! Kafka client settings shared by the source, the probes and the command
+//! transport: brokers, librdkafka options passed through as they are (TLS,
+//! SASL, tuning), the SASL password by secret reference, and a client
+//! context that turns librdkafka's errors into log lines naming the setting.
+
+use std::collections::BTreeMap;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+
+use crate::config::SecretRef;
+
+/// Where a client's settings came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The configuration key of the brokers, e.g. `source.kafka.brokers`.
+    pub key: String,
+    pub brokers: String,
+    pub options: BTreeMap<String, String>,
+    pub sasl_password: SecretRef,
+}
+
+impl ClientSettings {
+    /// A librdkafka configuration; the password secret is resolved here.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        let pw_key = self.key.replace(".brokers", ".sasl_password");
+        if let Some(pw) = self.sasl_password.resolve(&pw_key)? {
+            c.set("sasl.password", pw);
+        }
+        c.set_log_level(RDKafkaLogLevel::Warning);
+        Ok(c)
+    }
+}
+
+/// Logs librdkafka's errors with the setting they concern.
+#[derive(Debug, Clone)]
+pub struct LoggingContext {
+    pub key: String,
+    pub brokers: String,
+}
+
+impl ClientContext for LoggingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(setting = %self.key, brokers = %self.brokers, %error, "kafka: {reason}");
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(setting = %self.key, facility = fac, "kafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(setting = %self.key, facility = fac, "kafka: {message}")
+            }
+            _ => tracing::debug!(setting = %self.key, facility = fac, "kafka: {message}"),
+        }
+    }
+}
+
+impl ConsumerContext for LoggingContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(setting = %self.key, "kafka rebalance: {rebalance:?}");
+    }
+}
+
+/// A short random suffix for group and instance names.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
+}

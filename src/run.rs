@@ -1,0 +1,224 @@
+//! `tidewatch run`: wires the source, probes, engine, command publisher and
+//! results reader together, serves metrics, and drains on shutdown: stop
+//! consuming, finish the batch in hand, commit offsets, publish the
+//! commands already decided, flush, all within `engine.drain_timeout`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::command::kafka::{KafkaPublisher, KafkaResults};
+use crate::command::ScaleCommand;
+use crate::config::{BrokerKind, Config, ProbeKind};
+use crate::engine::{drive, Engine, EngineInput, TargetStatus};
+use crate::source::kafka::KafkaSource;
+use crate::source::probe::KafkaLagProbe;
+use crate::telemetry::Metrics;
+
+/// Why `run` could not start; `config` errors exit with status 64.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// What `run` leaves behind, for tests and logs.
+#[derive(Debug)]
+pub struct RunReport {
+    pub targets: Vec<TargetStatus>,
+    /// True when everything drained before the deadline.
+    pub drained: bool,
+}
+
+/// Options that tests set; production uses the defaults.
+pub struct RunOptions {
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Serve metrics here instead of binding `metrics.listen`.
+    pub listener: Option<tokio::net::TcpListener>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(crate::clock::SystemClock),
+            metrics: Arc::new(Metrics::new()),
+            listener: None,
+        }
+    }
+}
+
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    let RunOptions {
+        clock,
+        metrics,
+        listener,
+    } = opts;
+    if cfg.source.kind == BrokerKind::Amqp || cfg.commands.kind == BrokerKind::Amqp {
+        return Err(RunError::Config(
+            "source.kind / commands.kind \"amqp\": RabbitMQ transport is not in this build yet; use \"kafka\"".into(),
+        ));
+    }
+    let listener = match listener {
+        Some(l) => l,
+        None => crate::telemetry::bind(&cfg.metrics.listen)
+            .await
+            .map_err(RunError::Config)?,
+    };
+    let engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(crate::telemetry::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
+
+    let (in_tx, in_rx) = mpsc::channel::<EngineInput>(64);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<ScaleCommand>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut inputs: Vec<JoinHandle<()>> = Vec::new();
+
+    if cfg.source.kind == BrokerKind::Kafka {
+        let k = cfg
+            .source
+            .kafka
+            .as_ref()
+            .ok_or_else(|| RunError::Config("[source.kafka] is missing".into()))?;
+        let source = KafkaSource::new(
+            k,
+            in_tx.clone(),
+            metrics.clone(),
+            clock.clone(),
+            ready.clone(),
+        )
+        .map_err(RunError::Start)?;
+        inputs.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
+    for (i, p) in cfg.probes.iter().enumerate() {
+        match p.kind {
+            ProbeKind::KafkaLag => {
+                let mut settings = match (&p.brokers, &cfg.source.kafka) {
+                    (_, Some(k)) => crate::source::kafka::settings(k),
+                    (Some(_), None) => crate::kafka::ClientSettings {
+                        key: String::new(),
+                        brokers: String::new(),
+                        options: Default::default(),
+                        sasl_password: Default::default(),
+                    },
+                    (None, None) => {
+                        return Err(RunError::Config(format!(
+                            "probes[{i}].brokers: give brokers or [source.kafka]"
+                        )))
+                    }
+                };
+                if let Some(b) = &p.brokers {
+                    settings.brokers = b.clone();
+                }
+                settings.key = format!("probes[{i}].brokers");
+                settings.options.extend(p.options.clone());
+                let probe = KafkaLagProbe::new(p, settings).map_err(RunError::Start)?;
+                inputs.push(tokio::spawn(probe.run(
+                    in_tx.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+    }
+    let publisher: JoinHandle<()> = match cfg.commands.kind {
+        BrokerKind::Kafka => {
+            let k = cfg
+                .commands
+                .kafka
+                .as_ref()
+                .ok_or_else(|| RunError::Config("[commands.kafka] is missing".into()))?;
+            let results = KafkaResults::new(k, metrics.clone()).map_err(RunError::Start)?;
+            inputs.push(tokio::spawn(results.run(in_tx.clone(), stop_rx.clone())));
+            let publisher = KafkaPublisher::new(k, metrics.clone()).map_err(RunError::Start)?;
+            // A weak sender: acknowledgements must not keep the engine's input open.
+            tokio::spawn(publisher.run(cmd_rx, in_tx.downgrade()))
+        }
+        // No command transport: commands are logged (a dry run of the whole scaler).
+        _ => tokio::spawn(log_commands(cmd_rx)),
+    };
+    drop(in_tx);
+    let engine_task = tokio::spawn(drive(
+        engine,
+        in_rx,
+        cmd_tx,
+        clock.clone(),
+        cfg.engine.tick,
+        std::future::pending::<()>(),
+    ));
+    tracing::info!(targets = cfg.targets.len(), "tidewatch running");
+
+    shutdown.await;
+    tracing::info!(deadline = ?cfg.engine.drain_timeout, "shutting down: draining");
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for h in inputs {
+            let _ = h.await;
+        }
+        // Every input sender is gone now: the engine finishes and closes the
+        // command channel, and the publisher drains it.
+        let engine = engine_task.await.ok();
+        let _ = publisher.await;
+        engine
+    };
+    let (engine, drained) = match tokio::time::timeout(cfg.engine.drain_timeout, drain).await {
+        Ok(e) => (e, true),
+        Err(_) => {
+            tracing::warn!("drain deadline passed; exiting with work unfinished");
+            (None, false)
+        }
+    };
+    let _ = stop_http.send(());
+    let _ = http.await;
+    Ok(RunReport {
+        targets: engine.map(|e| e.status()).unwrap_or_default(),
+        drained,
+    })
+}
+
+async fn log_commands(mut rx: mpsc::Receiver<ScaleCommand>) {
+    while let Some(c) = rx.recv().await {
+        tracing::info!(
+            target_name = %c.target, desired = c.desired_replicas, generation = c.generation,
+            "command (no commands transport configured): {}", String::from_utf8_lossy(&c.to_json())
+        );
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,247 @@
+//! The Kafka signal source: a consumer group on the signal topics,
+//! at-least-once (offsets stored only after the engine applied a message
+//! or it was dead-lettered), bounded memory (one batch in flight, a
+//! bounded librdkafka prefetch queue), and a drain on shutdown and on
+//! partition revocation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::config::{secret, KafkaSourceConfig};
+use crate::engine::EngineInput;
+use crate::kafka::{ClientSettings, LoggingContext};
+use crate::source::{DeadLetter, Origin};
+use crate::telemetry::Metrics;
+
+/// Messages handed to the engine at once, at most.
+pub const MAX_BATCH: usize = 500;
+
+/// Tracks assignment for readiness and commits stored offsets before a
+/// partition is given away, so the next owner starts where we stopped.
+pub struct SourceContext {
+    inner: LoggingContext,
+    ready: Arc<AtomicBool>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.inner.error(error, reason)
+    }
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.inner.log(level, fac, message)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Messages are applied before their offsets are stored and the
+            // source handles one batch at a time: what is stored is done.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit before revoking {} partitions", tpl.count());
+            }
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(setting = %self.inner.key, "kafka source rebalance: {rebalance:?}");
+        if let Rebalance::Assign(_) = rebalance {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: StreamConsumer<SourceContext>,
+    deadletter: FutureProducer<LoggingContext>,
+    deadletter_topic: String,
+    engine: mpsc::Sender<EngineInput>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+pub fn settings(cfg: &KafkaSourceConfig) -> ClientSettings {
+    ClientSettings {
+        key: "source.kafka.brokers".into(),
+        brokers: cfg.brokers.clone(),
+        options: cfg.options.clone(),
+        sasl_password: secret(
+            &cfg.sasl_password,
+            &cfg.sasl_password_env,
+            &cfg.sasl_password_file,
+        ),
+    }
+}
+
+impl KafkaSource {
+    pub fn new(
+        cfg: &KafkaSourceConfig,
+        engine: mpsc::Sender<EngineInput>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
+        let s = settings(cfg);
+        let mut c = s.client_config()?;
+        c.set("group.id", &cfg.group_id)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            // Bounds what librdkafka prefetches: memory stays flat under any rate.
+            .set("queued.max.messages.kbytes", "16384");
+        let log = LoggingContext {
+            key: s.key.clone(),
+            brokers: s.brokers.clone(),
+        };
+        let consumer: StreamConsumer<SourceContext> = c
+            .create_with_context(SourceContext {
+                inner: log.clone(),
+                ready,
+            })
+            .map_err(|e| format!("source.kafka: cannot create the consumer: {e}"))?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("source.kafka.topics {topics:?}: {e}"))?;
+        let mut pc = s.client_config()?;
+        pc.set("enable.idempotence", "true").set("acks", "all");
+        let deadletter = pc
+            .create_with_context(log)
+            .map_err(|e| format!("source.kafka: cannot create the dead-letter producer: {e}"))?;
+        Ok(Self {
+            consumer,
+            deadletter,
+            deadletter_topic: cfg.deadletter_topic.clone(),
+            engine,
+            metrics,
+            clock,
+        })
+    }
+
+    /// Consumes until `stop` turns true, then finishes the batch in hand,
+    /// stores its offsets and commits them.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                m = self.consumer.recv() => m,
+            };
+            let mut batch: Vec<(Origin, Vec<u8>)> = Vec::new();
+            match first {
+                Ok(m) => batch.push(owned(&m)),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(setting = "source.kafka.topics", error = %e, "kafka consume error; retrying");
+                    let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            }
+            failures = 0;
+            while batch.len() < MAX_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(owned(&m)),
+                    _ => break,
+                }
+            }
+            if !self.handle(batch).await {
+                break;
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        tracing::info!("kafka source stopped; offsets committed");
+    }
+
+    /// Applies a batch, dead-letters what was refused, then stores offsets.
+    /// False when the engine is gone.
+    async fn handle(&self, batch: Vec<(Origin, Vec<u8>)>) -> bool {
+        let (origins, messages): (Vec<Origin>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let messages = Arc::new(messages);
+        let (done, outcome) = oneshot::channel();
+        let input = EngineInput::Batch {
+            source: "kafka",
+            messages: messages.clone(),
+            done: Some(done),
+        };
+        if self.engine.send(input).await.is_err() {
+            return false;
+        }
+        let Ok(outcomes) = outcome.await else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        for ((origin, bytes), outcome) in origins.iter().zip(messages.iter()).zip(&outcomes) {
+            if let Some(dl) = DeadLetter::of("kafka", origin, bytes, outcome, now) {
+                produce_dead_letter(&self.deadletter, &self.deadletter_topic, &dl, &self.metrics)
+                    .await;
+            }
+            if let (Some(p), Some(o)) = (origin.partition, origin.offset) {
+                if let Err(e) = self.consumer.store_offset(&origin.topic, p, o) {
+                    // The partition was revoked meanwhile: its next owner re-reads it.
+                    tracing::debug!(topic = %origin.topic, partition = p, offset = o, error = %e, "offset not stored");
+                }
+            }
+        }
+        true
+    }
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> (Origin, Vec<u8>) {
+    (
+        Origin {
+            topic: m.topic().to_owned(),
+            partition: Some(m.partition()),
+            offset: Some(m.offset()),
+            key: m.key().map(<[u8]>::to_vec),
+        },
+        m.payload().unwrap_or_default().to_vec(),
+    )
+}
+
+/// Produces a dead-letter record, retrying until the broker takes it.
+pub async fn produce_dead_letter(
+    producer: &FutureProducer<LoggingContext>,
+    topic: &str,
+    dl: &DeadLetter,
+    metrics: &Metrics,
+) {
+    let payload = dl.to_json();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&payload);
+        if let Some(k) = &dl.key {
+            record = record.key(k.as_bytes());
+        }
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => {
+                metrics
+                    .dead_letters
+                    .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
+                    .inc();
+                return;
+            }
+            Err((e, _)) => {
+                tracing::warn!(setting = "source.kafka.deadletter_topic", topic, error = %e, "dead letter not accepted; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
