@@ -68,11 +68,7 @@ impl KafkaLagProbe {
             .find(|t| t.name() == cfg.topic)
             .ok_or_else(|| format!("topic {} not found", cfg.topic))?;
         if let Some(e) = topic.error() {
-            return Err(format!(
-                "topic {}: {:?}",
-                cfg.topic,
-                rdkafka::types::RDKafkaRespErr::from(e)
-            ));
+            return Err(format!("topic {}: {:?}", cfg.topic, e));
         }
         let mut tpl = TopicPartitionList::new();
         for p in topic.partitions() {
