@@ -1,0 +1,179 @@
+//! `tidewatch run` against a real, separately running Kafka-protocol
+//! broker (tansu, started by scripts/test; address in TIDEWATCH_TEST_KAFKA).
+//! Under CI=true a missing broker fails the test; it is never skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tidewatch::command::ScaleCommand;
+use tidewatch::config::Config;
+use tidewatch::run::{run, RunOptions};
+use tidewatch::telemetry::Metrics;
+
+fn broker() -> Option<String> {
+    match std::env::var("TIDEWATCH_TEST_KAFKA") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "TIDEWATCH_TEST_KAFKA is not set under CI: scripts/test starts tansu and sets it"
+            )
+        }
+        _ => {
+            eprintln!("TIDEWATCH_TEST_KAFKA not set: run scripts/test, which starts tansu");
+            None
+        }
+    }
+}
+
+/// Waits for the broker with a retry instead of a sleep.
+async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for attempt in 0..30 {
+        match admin.create_topics(&topics, &AdminOptions::new()).await {
+            Ok(results) if results.iter().all(|r| r.is_ok()) => return,
+            other => eprintln!("create topics, attempt {attempt}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("broker at {brokers} did not create topics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_tansu() {
+    let Some(brokers) = broker() else { return };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
+    let t = |n: &str| format!("{n}-{suffix}");
+    create_topics(
+        &brokers,
+        &[
+            (&t("signals"), 2),
+            (&t("commands"), 1),
+            (&t("results"), 1),
+            (&t("deadletter"), 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.lua"),
+        r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{}"], group_id = "{}", deadletter_topic = "{}" }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
+[engine]
+min_eval_interval = "0s"
+[[targets]]
+name = "orders"
+policy = "p.lua"
+max_replicas = 50
+stabilization_down = "0s"
+"#,
+            t("signals"),
+            t("scaler"),
+            t("deadletter"),
+            t("commands"),
+            t("results")
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let task = tokio::spawn(async move {
+        let opts = RunOptions {
+            metrics: m,
+            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            ..RunOptions::default()
+        };
+        run(cfg, opts, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let commands: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", t("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    commands.subscribe(&[t("commands").as_str()]).unwrap();
+    let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
+    producer
+        .send(
+            FutureRecord::to(&t("signals"))
+                .key("orders")
+                .payload(&signal[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&t("signals"))
+                .key("orders")
+                .payload("poison"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(90), commands.recv())
+        .await
+        .expect("a command from tansu in time")
+        .unwrap();
+    let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    assert_eq!((c.target.as_str(), c.desired_replicas), ("orders", 10));
+    assert_eq!(
+        m.key(),
+        Some(&b"orders"[..]),
+        "commands are keyed by target"
+    );
+    // The poison message reaches the dead-letter topic on the real broker too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metrics
+        .dead_letters
+        .with_label_values(&["kafka", "malformed_json"])
+        .get()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poison message not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    let report = task.await.unwrap();
+    assert!(report.drained);
+    assert_eq!(report.targets[0].published_generation, c.generation);
+}
