@@ -136,6 +136,11 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     #[serde(default = "default_deadletter")]
     pub deadletter_topic: String,
+    /// On assignment a partition is re-read from the start of the longest
+    /// window to rebuild it; when the broker cannot find that start by time,
+    /// at most this many messages before the committed offset are re-read.
+    #[serde(default = "default_max_replay")]
+    pub max_replay_messages: u64,
     /// Passed to librdkafka as they are (TLS, SASL and tuning settings).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -455,6 +460,9 @@ pub struct Config {
     pub probes: Vec<ProbeConfig>,
 }
 
+fn default_max_replay() -> u64 {
+    100_000
+}
 fn default_probe_interval() -> Duration {
     Duration::from_secs(10)
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, Millis};
 use crate::command::{command_id, timestamps, ScaleCommand, ScaleResult, VERSION};
 use crate::config::{Config, EngineConfig, TargetConfig};
-use crate::event::{decode, Limits, Reason, Rejection, Signal};
+use crate::event::{Limits, Reason, Rejection, Signal};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig, Recommendation};
 use crate::policy::{
@@ -38,6 +38,77 @@ impl SignalView for TargetData {
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
         self.forecasts
             .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
+    }
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    /// The broker's (or producer's) timestamp, the receive time of a
+    /// message re-read after a rebalance.
+    pub timestamp: Option<Millis>,
+    /// Re-read to rebuild windows: applied, never evaluated on, never
+    /// dead-lettered again (its previous owner did that).
+    pub replay: bool,
+}
+
+/// Which partitions this scaler owns, shared by the Kafka source (which
+/// learns of assignments) and the engine (which evaluates only targets on
+/// owned partitions that have caught up with their previous owner).
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// Assigned partitions: the offset from which the partition is live
+    /// (where its previous owner stopped) and an assignment counter.
+    assigned: HashMap<(String, i32), (i64, u64)>,
+    /// The highest offset applied per partition.
+    processed: HashMap<(String, i32), i64>,
+    epoch: u64,
+}
+
+pub type SharedOwnership = Arc<Mutex<Ownership>>;
+
+impl Ownership {
+    pub fn assign(&mut self, topic: &str, partition: i32, live_from: i64) {
+        self.epoch += 1;
+        self.assigned
+            .insert((topic.to_owned(), partition), (live_from, self.epoch));
+        self.processed.remove(&(topic.to_owned(), partition));
+    }
+
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        self.assigned.remove(&(topic.to_owned(), partition));
+        self.processed.remove(&(topic.to_owned(), partition));
+    }
+
+    /// A message below the live offset is a replay.
+    pub fn is_replay(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.assigned
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|(live_from, _)| offset < *live_from)
+    }
+
+    fn processed(&mut self, key: &(String, i32), offset: i64) {
+        let e = self.processed.entry(key.clone()).or_insert(offset);
+        *e = (*e).max(offset);
+    }
+
+    /// Owned and caught up: every message its previous owner saw is applied.
+    fn live(&self, key: &(String, i32)) -> Option<u64> {
+        let (live_from, epoch) = self.assigned.get(key)?;
+        let done = self.processed.get(key).map_or(i64::MIN, |o| o + 1);
+        (done >= *live_from).then_some(*epoch)
+    }
+
+    pub fn assigned_count(&self) -> usize {
+        self.assigned.len()
+    }
+
+    fn epoch_of(&self, key: &(String, i32)) -> Option<u64> {
+        self.assigned.get(key).map(|(_, e)| *e)
     }
 }
 
@@ -94,6 +165,9 @@ struct TargetRuntime {
     /// Receive time of the earliest event not evaluated yet.
     pending_since: Option<Millis>,
     last_decision: Option<Decision>,
+    /// The partition its signals arrive on, and the assignment it was
+    /// learned under (a new assignment starts the windows afresh).
+    partition: Option<((String, i32), u64)>,
 }
 
 pub struct Engine {
@@ -103,6 +177,8 @@ pub struct Engine {
     limits: Limits,
     metrics: Arc<Metrics>,
     last_reload_check: Millis,
+    /// None: every target is ours (one scaler, or no Kafka source).
+    ownership: Option<SharedOwnership>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -164,6 +240,7 @@ impl Engine {
                 last_event_eval_ms: None,
                 pending_since: None,
                 last_decision: None,
+                partition: None,
             });
         }
         Ok(Self {
@@ -173,6 +250,7 @@ impl Engine {
             cfg: cfg.engine.clone(),
             metrics,
             last_reload_check: now_ms,
+            ownership: None,
         })
     }
 
@@ -188,28 +266,110 @@ impl Engine {
         self.targets.iter().map(|t| t.cfg.name.as_str())
     }
 
+    /// Evaluates only targets on partitions `ownership` says are ours.
+    pub fn track_ownership(&mut self, ownership: SharedOwnership) {
+        self.ownership = Some(ownership);
+    }
+
     /// Decodes one message and applies what is valid; every rejection is
     /// counted and returned (for the dead-letter destination).
     pub fn ingest(&mut self, source: &str, bytes: &[u8], now_ms: Millis) -> Ingested {
+        self.ingest_from(source, bytes, now_ms, &Origin::default())
+    }
+
+    /// `ingest` for a message from a partition: the target learns its
+    /// partition, and a replayed message rebuilds windows without
+    /// triggering an evaluation.
+    pub fn ingest_from(
+        &mut self,
+        source: &str,
+        bytes: &[u8],
+        now_ms: Millis,
+        origin: &Origin,
+    ) -> Ingested {
         let mut out = Ingested::default();
-        for (i, item) in decode(bytes, now_ms, &self.limits).into_iter().enumerate() {
-            let applied = item.and_then(|s| self.apply(&s, now_ms).map(|()| s.kind()));
+        let at = crate::event::At {
+            now_ms,
+            default_ts: origin.timestamp.filter(|_| origin.replay).unwrap_or(now_ms),
+        };
+        let partition = origin.partition.map(|p| (origin.topic.clone(), p));
+        for (i, item) in crate::event::decode_at(bytes, at, &self.limits)
+            .into_iter()
+            .enumerate()
+        {
+            let applied = item.and_then(|s| {
+                if let Some(key) = &partition {
+                    self.place(s.target(), key);
+                }
+                self.apply_as(&s, now_ms, origin.replay).map(|()| s.kind())
+            });
             match applied {
                 Ok(kind) => {
                     out.applied += 1;
-                    self.metrics.event_received(source, kind);
+                    if !origin.replay {
+                        self.metrics.event_received(source, kind);
+                    }
                 }
                 Err(r) => {
-                    self.metrics.event_rejected(source, &r);
+                    // A replay re-reads what its previous owner counted.
+                    if !origin.replay {
+                        self.metrics.event_rejected(source, &r);
+                    }
                     out.rejected.push((i, r));
                 }
             }
         }
+        if let (Some(key), Some(offset), Some(o)) = (&partition, origin.offset, &self.ownership) {
+            o.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .processed(key, offset);
+        }
         out
+    }
+
+    /// Records the partition of a target's signals; under a new assignment
+    /// of that partition, its windows start afresh (the replay refills them).
+    fn place(&mut self, target: &str, key: &(String, i32)) {
+        let Some(o) = &self.ownership else { return };
+        let Some(&idx) = self.by_name.get(target) else {
+            return;
+        };
+        let epoch = o
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .epoch_of(key)
+            .unwrap_or(0);
+        let t = &mut self.targets[idx];
+        if t.partition
+            .as_ref()
+            .is_some_and(|(k, e)| k == key && *e == epoch)
+        {
+            return;
+        }
+        if t.partition.is_some() {
+            let mut data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            data.windows =
+                TargetWindows::new(&t.cfg.windows, t.cfg.history_span, t.cfg.history_step);
+        }
+        t.partition = Some((key.clone(), epoch));
+        t.pending_since = None;
+    }
+
+    /// Whether this scaler decides for target `idx` now. A target whose
+    /// partition is unknown (fed only by probes) counts as ours.
+    fn owned(&self, idx: usize) -> bool {
+        let (Some(o), Some((key, epoch))) = (&self.ownership, &self.targets[idx].partition) else {
+            return true;
+        };
+        o.lock().unwrap_or_else(|p| p.into_inner()).live(key) == Some(*epoch)
     }
 
     /// Applies one decoded signal received at `received_ms`.
     pub fn apply(&mut self, s: &Signal, received_ms: Millis) -> Result<(), Rejection> {
+        self.apply_as(s, received_ms, false)
+    }
+
+    fn apply_as(&mut self, s: &Signal, received_ms: Millis, replay: bool) -> Result<(), Rejection> {
         let Some(&idx) = self.by_name.get(s.target()) else {
             return Err(Rejection {
                 reason: Reason::UnknownTarget,
@@ -233,7 +393,7 @@ impl Engine {
                 }
             }
         }
-        if !matches!(s, Signal::Forecast(_)) {
+        if !matches!(s, Signal::Forecast(_)) && !replay {
             t.pending_since.get_or_insert(received_ms);
         }
         Ok(())
@@ -251,6 +411,7 @@ impl Engine {
                 let t = &self.targets[i];
                 t.pending_since.is_some() && t.last_event_eval_ms.is_none_or(|l| now_ms - l >= gap)
             })
+            .filter(|&i| self.owned(i))
             .collect();
         let mut out = Vec::new();
         for i in due {
@@ -266,10 +427,13 @@ impl Engine {
             return None;
         }
         let gap = self.cfg.min_eval_interval.as_millis() as i64;
-        self.targets
-            .iter()
-            .filter(|t| t.pending_since.is_some())
-            .map(|t| t.last_event_eval_ms.map_or(Millis::MIN, |l| l + gap))
+        (0..self.targets.len())
+            .filter(|&i| self.targets[i].pending_since.is_some() && self.owned(i))
+            .map(|i| {
+                self.targets[i]
+                    .last_event_eval_ms
+                    .map_or(Millis::MIN, |l| l + gap)
+            })
             .min()
     }
 
@@ -279,7 +443,9 @@ impl Engine {
             self.last_reload_check = now_ms;
             self.reload_changed();
         }
-        let out = (0..self.targets.len())
+        let owned: Vec<usize> = (0..self.targets.len()).filter(|&i| self.owned(i)).collect();
+        let out = owned
+            .into_iter()
             .filter_map(|i| self.evaluate(i, now_ms))
             .collect();
         self.export_gauges(now_ms);
@@ -503,7 +669,7 @@ pub enum EngineInput {
     /// order (so a source stores its offsets or acks only after the apply).
     Batch {
         source: &'static str,
-        messages: Arc<Vec<Vec<u8>>>,
+        messages: Arc<Vec<(Origin, Vec<u8>)>>,
         done: Option<tokio::sync::oneshot::Sender<Vec<Ingested>>>,
     },
     /// A signal a probe measured itself.
@@ -541,7 +707,10 @@ pub async fn drive(
                 None => break,
                 Some(EngineInput::Batch { source, messages, done }) => {
                     let now = clock.now_ms();
-                    let outcomes: Vec<Ingested> = messages.iter().map(|m| engine.ingest(source, m, now)).collect();
+                    let outcomes: Vec<Ingested> = messages
+                        .iter()
+                        .map(|(origin, m)| engine.ingest_from(source, m, now, origin))
+                        .collect();
                     if let Some(done) = done {
                         let _ = done.send(outcomes);
                     }

@@ -225,9 +225,29 @@ pub fn valid_target_name(s: &str) -> bool {
         })
 }
 
+/// The time of decoding and the time that signals without `ts` get.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub now_ms: Millis,
+    /// The receive time: now, or the broker's timestamp of a re-read message.
+    pub default_ts: Millis,
+}
+
 /// Decodes one message (an object or a batch array) received at `now_ms`.
 /// A batch yields one result per element, so one bad element loses nothing else.
 pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signal, Rejection>> {
+    decode_at(
+        bytes,
+        At {
+            now_ms,
+            default_ts: now_ms,
+        },
+        limits,
+    )
+}
+
+/// `decode` with a receive time other than now for signals without `ts`.
+pub fn decode_at(bytes: &[u8], at: At, limits: &Limits) -> Vec<Result<Signal, Rejection>> {
     if bytes.len() > limits.max_message_bytes {
         return vec![Err(Rejection::new(
             Reason::MessageTooLarge,
@@ -243,7 +263,7 @@ pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signa
         Err(e) => return vec![Err(Rejection::new(Reason::MalformedJson, e.to_string()))],
     };
     match value {
-        Any::Object(fields) => vec![decode_object(&fields, now_ms, limits)],
+        Any::Object(fields) => vec![decode_object(&fields, at, limits)],
         Any::Array(items) => {
             if items.len() > limits.max_batch {
                 return vec![Err(Rejection::new(
@@ -259,7 +279,7 @@ pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signa
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Any::Object(fields) => decode_object(fields, now_ms, limits),
+                    Any::Object(fields) => decode_object(fields, at, limits),
                     other => Err(Rejection::new(
                         Reason::NotAnObject,
                         format!(
@@ -509,9 +529,9 @@ fn parse_ts(key: &str, v: &Any) -> Result<Option<Millis>, Rejection> {
 }
 
 /// The event time, checked against the allowed age and clock skew.
-fn event_time(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Millis, Rejection> {
-    let ts = parse_ts("ts", obj.get("ts"))?.unwrap_or(now_ms);
-    check_time("ts", ts, now_ms, limits)?;
+fn event_time(obj: &Obj, at: At, limits: &Limits) -> Result<Millis, Rejection> {
+    let ts = parse_ts("ts", obj.get("ts"))?.unwrap_or(at.default_ts);
+    check_time("ts", ts, at.now_ms, limits)?;
     Ok(ts)
 }
 
@@ -541,19 +561,15 @@ fn check_time(key: &str, ts: Millis, now_ms: Millis, limits: &Limits) -> Result<
     Ok(())
 }
 
-fn decode_object(
-    fields: &[(Cow<str>, Any)],
-    now_ms: Millis,
-    limits: &Limits,
-) -> Result<Signal, Rejection> {
+fn decode_object(fields: &[(Cow<str>, Any)], at: At, limits: &Limits) -> Result<Signal, Rejection> {
     let obj = Obj(fields);
     let kind = obj.str_req("type")?;
     match kind {
-        "queue_depth" => decode_depth(&obj, now_ms, limits).map_err(|r| r.with_kind("queue_depth")),
+        "queue_depth" => decode_depth(&obj, at, limits).map_err(|r| r.with_kind("queue_depth")),
         "gateway_latency" => {
-            decode_latency(&obj, now_ms, limits).map_err(|r| r.with_kind("gateway_latency"))
+            decode_latency(&obj, at, limits).map_err(|r| r.with_kind("gateway_latency"))
         }
-        "forecast" => decode_forecast(&obj, now_ms, limits).map_err(|r| r.with_kind("forecast")),
+        "forecast" => decode_forecast(&obj, at, limits).map_err(|r| r.with_kind("forecast")),
         other => Err(Rejection::new(
             Reason::UnknownType,
             format!(
@@ -564,7 +580,7 @@ fn decode_object(
     }
 }
 
-fn decode_depth(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+fn decode_depth(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {
     let target = check_target(obj.str_req("target")?)?;
     let queue = obj.str_opt("queue")?.unwrap_or("").to_owned();
     if queue.len() > 255 {
@@ -590,7 +606,7 @@ fn decode_depth(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Re
         ));
     }
     let consumers = obj.count_opt("consumers", 1e6)?;
-    let ts_ms = event_time(obj, now_ms, limits)?;
+    let ts_ms = event_time(obj, at, limits)?;
     Ok(Signal::QueueDepth(QueueDepth {
         target,
         queue,
@@ -620,7 +636,7 @@ fn check_latency(key: &str, v: f64, limits: &Limits) -> Result<f64, Rejection> {
     Ok(v)
 }
 
-fn decode_latency(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+fn decode_latency(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {
     let target = check_target(obj.str_req("target")?)?;
     let route = obj.str_opt("route")?.map(|r| truncate(r, 255).to_owned());
     let mut samples = Vec::new();
@@ -671,7 +687,7 @@ fn decode_latency(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, 
         // A single sample with a 5xx status counts as an error.
         None => u32::from(status.is_some_and(|s| s >= 500)),
     };
-    let ts_ms = event_time(obj, now_ms, limits)?;
+    let ts_ms = event_time(obj, at, limits)?;
     Ok(Signal::Latency(GatewayLatency {
         target,
         route,
@@ -683,7 +699,7 @@ fn decode_latency(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, 
 
 /// Forecast points may lie in the future by any amount; `issued_at` must be
 /// recent like any event time.
-fn decode_forecast(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal, Rejection> {
+fn decode_forecast(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {
     let target = check_target(obj.str_req("target")?)?;
     let metric = obj.str_req("metric")?;
     if !crate::window::Metric::NAMES.contains(&metric) {
@@ -697,8 +713,8 @@ fn decode_forecast(obj: &Obj, now_ms: Millis, limits: &Limits) -> Result<Signal,
         ));
     }
     let source = truncate(obj.str_opt("source")?.unwrap_or("external"), 128).to_owned();
-    let issued_at_ms = parse_ts("issued_at", obj.get("issued_at"))?.unwrap_or(now_ms);
-    check_time("issued_at", issued_at_ms, now_ms, limits)?;
+    let issued_at_ms = parse_ts("issued_at", obj.get("issued_at"))?.unwrap_or(at.default_ts);
+    check_time("issued_at", issued_at_ms, at.now_ms, limits)?;
     let items = match obj.get("points") {
         Any::Array(items) => items,
         Any::Missing | Any::Null => {

@@ -75,7 +75,7 @@ pub async fn run(
             .await
             .map_err(RunError::Config)?,
     };
-    let engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
+    let mut engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -99,12 +99,23 @@ pub async fn run(
             .kafka
             .as_ref()
             .ok_or_else(|| RunError::Config("[source.kafka] is missing".into()))?;
+        // Several scalers in one group split the partitions, so the targets.
+        let ownership = crate::engine::SharedOwnership::default();
+        engine.track_ownership(ownership.clone());
+        let longest = cfg
+            .targets
+            .iter()
+            .flat_map(|t| t.windows.iter())
+            .max()
+            .map_or(300_000, |d| d.as_millis() as i64);
         let source = KafkaSource::new(
             k,
             in_tx.clone(),
             metrics.clone(),
             clock.clone(),
             ready.clone(),
+            ownership,
+            longest,
         )
         .map_err(RunError::Start)?;
         inputs.push(tokio::spawn(source.run(stop_rx.clone())));

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub command_publish_failures: IntCounterVec,
     pub results_received: IntCounterVec,
     pub probe_errors: IntCounterVec,
+    pub assigned_partitions: prometheus::IntGauge,
     pub build_info: Gauge,
 }
 
@@ -218,6 +219,15 @@ impl Metrics {
                 "Probe measurements that failed.",
                 &["target", "kind"],
             ),
+            assigned_partitions: {
+                let g = prometheus::IntGauge::new(
+                    "tidewatch_source_assigned_partitions",
+                    "Signal partitions this scaler owns (scale-out splits them).",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             build_info,
             registry: r,
         }

@@ -374,7 +374,10 @@ async fn drive_ticks_and_reacts_to_events() {
     in_tx
         .send(EngineInput::Batch {
             source: "test",
-            messages: Arc::new(vec![depth("web", 420.0, clock.now_ms()), b"junk".to_vec()]),
+            messages: Arc::new(vec![
+                (Origin::default(), depth("web", 420.0, clock.now_ms())),
+                (Origin::default(), b"junk".to_vec()),
+            ]),
             done: Some(done_tx),
         })
         .await
@@ -393,7 +396,10 @@ async fn drive_ticks_and_reacts_to_events() {
     in_tx
         .send(EngineInput::Batch {
             source: "test",
-            messages: Arc::new(vec![depth("web", 1000.0, clock.now_ms())]),
+            messages: Arc::new(vec![(
+                Origin::default(),
+                depth("web", 1000.0, clock.now_ms()),
+            )]),
             done: None,
         })
         .await

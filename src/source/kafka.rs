@@ -14,12 +14,12 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::{secret, KafkaSourceConfig};
-use crate::engine::EngineInput;
+use crate::engine::{EngineInput, SharedOwnership};
 use crate::kafka::{ClientSettings, LoggingContext};
 use crate::source::{DeadLetter, Origin};
 use crate::telemetry::Metrics;
@@ -27,11 +27,73 @@ use crate::telemetry::Metrics;
 /// Messages handed to the engine at once, at most.
 pub const MAX_BATCH: usize = 500;
 
-/// Tracks assignment for readiness and commits stored offsets before a
-/// partition is given away, so the next owner starts where we stopped.
+/// Tracks assignment for readiness and ownership, commits stored offsets
+/// before a partition is given away, and on assignment seeks back to the
+/// start of the longest window so the new owner rebuilds its windows.
 pub struct SourceContext {
     inner: LoggingContext,
+    metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    ownership: SharedOwnership,
+    clock: Arc<dyn Clock>,
+    longest_window_ms: i64,
+    max_replay: i64,
+}
+
+impl SourceContext {
+    /// Sets each newly assigned partition's start offset to the first message
+    /// of the longest window (or the committed offset, if earlier), and
+    /// records where it goes live: where the previous owner stopped.
+    fn seek_to_window(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        const T: Duration = Duration::from_secs(5);
+        let since = self.clock.now_ms() - self.longest_window_ms;
+        let committed = consumer.committed_offsets(tpl.clone(), T).ok();
+        let by_time = tpl.clone();
+        for mut e in by_time.elements() {
+            let _ = e.set_offset(Offset::Offset(since));
+        }
+        let by_time = consumer.offsets_for_times(by_time, T).ok();
+        let offset_in = |list: &Option<TopicPartitionList>, topic: &str, p: i32| {
+            list.as_ref()
+                .and_then(|l| l.find_partition(topic, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                })
+        };
+        let mut ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner());
+        for mut e in tpl.elements() {
+            let (topic, p) = (e.topic().to_owned(), e.partition());
+            let c = offset_in(&committed, &topic, p);
+            let t = offset_in(&by_time, &topic, p);
+            let (start, live_from) = match (c, t) {
+                (Some(c), Some(t)) => (Some(c.min(t)), c),
+                // "Nothing that recent" (or a broker that cannot look up by
+                // time): replay a bounded tail; the windows keep what is recent.
+                (Some(c), None) => {
+                    let low = consumer
+                        .fetch_watermarks(&topic, p, T)
+                        .map(|(l, _)| l)
+                        .unwrap_or(c);
+                    (Some(low.max(c - self.max_replay)), c)
+                }
+                // No previous owner: replay the window, go live at its end.
+                (None, Some(t)) => {
+                    let high = consumer
+                        .fetch_watermarks(&topic, p, T)
+                        .map(|(_, h)| h)
+                        .unwrap_or(t);
+                    (Some(t), high)
+                }
+                (None, None) => (None, i64::MIN),
+            };
+            if let Some(start) = start {
+                let _ = e.set_offset(Offset::Offset(start));
+            }
+            tracing::info!(topic = %topic, partition = p, start = ?start, live_from, "partition assigned; rebuilding windows");
+            ownership.assign(&topic, p, live_from);
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -45,16 +107,30 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Messages are applied before their offsets are stored and the
-            // source handles one batch at a time: what is stored is done.
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "commit before revoking {} partitions", tpl.count());
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // Messages are applied before their offsets are stored and the
+                // source handles one batch at a time: what is stored is done.
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %e, "commit before revoking {} partitions", tpl.count());
+                }
+                let mut ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner());
+                for e in tpl.elements() {
+                    ownership.revoke(e.topic(), e.partition());
+                }
             }
+            Rebalance::Assign(tpl) => self.seek_to_window(consumer, tpl),
+            Rebalance::Error(_) => {}
         }
     }
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(setting = %self.inner.key, "kafka source rebalance: {rebalance:?}");
+        let n = self
+            .ownership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned_count();
+        self.metrics.assigned_partitions.set(n as i64);
         if let Rebalance::Assign(_) = rebalance {
             self.ready.store(true, Ordering::Relaxed);
         }
@@ -63,6 +139,7 @@ impl ConsumerContext for SourceContext {
 
 pub struct KafkaSource {
     consumer: StreamConsumer<SourceContext>,
+    ownership: SharedOwnership,
     deadletter: FutureProducer<LoggingContext>,
     deadletter_topic: String,
     engine: mpsc::Sender<EngineInput>,
@@ -90,6 +167,8 @@ impl KafkaSource {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         ready: Arc<AtomicBool>,
+        ownership: SharedOwnership,
+        longest_window_ms: i64,
     ) -> Result<Self, String> {
         let s = settings(cfg);
         let mut c = s.client_config()?;
@@ -107,7 +186,12 @@ impl KafkaSource {
         let consumer: StreamConsumer<SourceContext> = c
             .create_with_context(SourceContext {
                 inner: log.clone(),
+                metrics: metrics.clone(),
                 ready,
+                ownership: ownership.clone(),
+                clock: clock.clone(),
+                longest_window_ms,
+                max_replay: cfg.max_replay_messages as i64,
             })
             .map_err(|e| format!("source.kafka: cannot create the consumer: {e}"))?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
@@ -121,6 +205,7 @@ impl KafkaSource {
             .map_err(|e| format!("source.kafka: cannot create the dead-letter producer: {e}"))?;
         Ok(Self {
             consumer,
+            ownership,
             deadletter,
             deadletter_topic: cfg.deadletter_topic.clone(),
             engine,
@@ -141,7 +226,7 @@ impl KafkaSource {
             };
             let mut batch: Vec<(Origin, Vec<u8>)> = Vec::new();
             match first {
-                Ok(m) => batch.push(owned(&m)),
+                Ok(m) => batch.push(self.owned(&m)),
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(setting = "source.kafka.topics", error = %e, "kafka consume error; retrying");
@@ -155,7 +240,7 @@ impl KafkaSource {
             failures = 0;
             while batch.len() < MAX_BATCH {
                 match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(owned(&m)),
+                    Some(Ok(m)) => batch.push(self.owned(&m)),
                     _ => break,
                 }
             }
@@ -170,10 +255,11 @@ impl KafkaSource {
     }
 
     /// Applies a batch, dead-letters what was refused, then stores offsets.
-    /// False when the engine is gone.
+    /// Replayed messages (re-read to rebuild windows) are neither
+    /// dead-lettered again nor stored: the committed offset stays where the
+    /// previous owner left it. False when the engine is gone.
     async fn handle(&self, batch: Vec<(Origin, Vec<u8>)>) -> bool {
-        let (origins, messages): (Vec<Origin>, Vec<Vec<u8>>) = batch.into_iter().unzip();
-        let messages = Arc::new(messages);
+        let messages = Arc::new(batch);
         let (done, outcome) = oneshot::channel();
         let input = EngineInput::Batch {
             source: "kafka",
@@ -187,7 +273,10 @@ impl KafkaSource {
             return false;
         };
         let now = self.clock.now_ms();
-        for ((origin, bytes), outcome) in origins.iter().zip(messages.iter()).zip(&outcomes) {
+        for ((origin, bytes), outcome) in messages.iter().zip(&outcomes) {
+            if origin.replay {
+                continue;
+            }
             if let Some(dl) = DeadLetter::of("kafka", origin, bytes, outcome, now) {
                 produce_dead_letter(&self.deadletter, &self.deadletter_topic, &dl, &self.metrics)
                     .await;
@@ -201,18 +290,25 @@ impl KafkaSource {
         }
         true
     }
-}
 
-fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> (Origin, Vec<u8>) {
-    (
-        Origin {
-            topic: m.topic().to_owned(),
-            partition: Some(m.partition()),
-            offset: Some(m.offset()),
-            key: m.key().map(<[u8]>::to_vec),
-        },
-        m.payload().unwrap_or_default().to_vec(),
-    )
+    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> (Origin, Vec<u8>) {
+        let replay = self
+            .ownership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_replay(m.topic(), m.partition(), m.offset());
+        (
+            Origin {
+                topic: m.topic().to_owned(),
+                partition: Some(m.partition()),
+                offset: Some(m.offset()),
+                key: m.key().map(<[u8]>::to_vec),
+                timestamp: m.timestamp().to_millis(),
+                replay,
+            },
+            m.payload().unwrap_or_default().to_vec(),
+        )
+    }
 }
 
 /// Produces a dead-letter record, retrying until the broker takes it.

@@ -43,14 +43,7 @@ pub struct RejectionRecord {
     pub detail: String,
 }
 
-/// Where a message came from.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    pub key: Option<Vec<u8>>,
-}
+pub use crate::engine::Origin;
 
 impl DeadLetter {
     /// The record for a message with rejections that go to the dead-letter
@@ -127,6 +120,7 @@ mod tests {
             partition: Some(2),
             offset: Some(41),
             key: Some(b"web".to_vec()),
+            ..Origin::default()
         };
         let outcome = Ingested {
             applied: 1,
