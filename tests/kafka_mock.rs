@@ -337,3 +337,29 @@ async fn broker_outage_loses_nothing() {
     // The outage was real: the publisher had to retry, or the source waited.
     assert!(report.targets[0].published_generation == seen.last().unwrap().generation);
 }
+
+/// A broker that is down when the scaler starts: the scaler keeps retrying
+/// (librdkafka reconnects; errors are logged with the setting) and works as
+/// soon as the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_at_start_recovers() {
+    let mock = MockCluster::new(1).unwrap();
+    let s = stack(&mock);
+    mock.broker_down(-1).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = start(s.cfg.clone(), metrics.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metrics.assigned_partitions.get(),
+        0,
+        "no broker, no assignment"
+    );
+    mock.broker_up(-1).unwrap();
+    let p = producer(&s.brokers);
+    let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
+    send(&p, &format!("signals-{}", s.suffix), "web", &depth(450)).await;
+    let c = next_command(&commands, Duration::from_secs(60)).await;
+    assert_eq!(c.desired_replicas, 5);
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}

@@ -228,12 +228,16 @@ impl KafkaSource {
             match first {
                 Ok(m) => batch.push(self.owned(&m)),
                 Err(e) => {
+                    // librdkafka reconnects by itself and reports transient
+                    // errors here; a long pause would only delay the group join,
+                    // which needs this consumer polled. Log the first of a run.
                     failures += 1;
-                    tracing::warn!(setting = "source.kafka.topics", error = %e, "kafka consume error; retrying");
-                    let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                    if failures == 1 || failures % 100 == 0 {
+                        tracing::warn!(setting = "source.kafka", error = %e, failures, "kafka consume error; retrying");
+                    }
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
-                        _ = tokio::time::sleep(wait) => continue,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                     }
                 }
             }
