@@ -306,9 +306,7 @@ impl Engine {
             match applied {
                 Ok(kind) => {
                     out.applied += 1;
-                    if !origin.replay {
-                        self.metrics.event_received(source, kind);
-                    }
+                    self.metrics.event_received(source, kind);
                 }
                 Err(r) => {
                     // A replay re-reads what its previous owner counted.

@@ -1,0 +1,443 @@
+//! Kafka benchmarks against a real broker (tansu on loopback; address in
+//! TIDEWATCH_TEST_KAFKA; `scripts/bench-kafka` starts one):
+//!
+//! 1. reaction time, signal produced -> command consumed by another client,
+//!    at 1,000 and 10,000 signals/s (p50, p99);
+//! 2. draining a backlog of 1,000,000 signals with `run`, as a ratio to a
+//!    bare rdkafka consumer that only decodes the same messages.
+//!
+//! Run: scripts/bench-kafka   (or: cargo bench --bench kafka -- [reaction|drain])
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tidewatch::command::ScaleCommand;
+use tidewatch::config::Config;
+use tidewatch::event::{decode, Limits};
+use tidewatch::run::{run, RunOptions, RunReport};
+use tidewatch::telemetry::Metrics;
+
+const TARGETS: usize = 100;
+
+fn brokers() -> String {
+    std::env::var("TIDEWATCH_TEST_KAFKA")
+        .expect("set TIDEWATCH_TEST_KAFKA (scripts/bench-kafka starts tansu)")
+}
+
+async fn create_topics(brokers: &str, topics: &[(String, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for _ in 0..30 {
+        if let Ok(r) = admin.create_topics(&new, &AdminOptions::new()).await {
+            if r.iter().all(|r| r.is_ok()) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("could not create topics on {brokers}");
+}
+
+fn config(
+    dir: &std::path::Path,
+    brokers: &str,
+    suffix: &str,
+    signals: &str,
+    group: &str,
+) -> Config {
+    std::fs::write(
+        dir.join("p.lua"),
+        r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+    )
+    .unwrap();
+    let mut toml = format!(
+        r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{signals}"], group_id = "{group}", deadletter_topic = "dl-{suffix}", options = {{ "fetch.wait.max.ms" = "5" }} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "commands-{suffix}", results_topic = "results-{suffix}" }}
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "30s"
+max_event_age = "30m"
+"#
+    );
+    for t in (0..TARGETS)
+        .map(|i| format!("t{i}"))
+        .chain(["probe".to_string()])
+    {
+        toml.push_str(&format!(
+            "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 10000\nstabilization_down = \"0s\"\n"
+        ));
+    }
+    std::fs::write(dir.join("c.toml"), toml).unwrap();
+    Config::load(&dir.join("c.toml")).unwrap().0
+}
+
+fn start(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<RunReport>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let opts = RunOptions {
+            metrics,
+            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            ..RunOptions::default()
+        };
+        run(cfg, opts, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    (stop, task)
+}
+
+fn producer(brokers: &str, linger_ms: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms)
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn reaction(brokers: &str, rate: u64, seconds: u64) {
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let signals = format!("signals-{suffix}");
+    create_topics(
+        brokers,
+        &[
+            (signals.clone(), 4),
+            (format!("commands-{suffix}"), 1),
+            (format!("results-{suffix}"), 1),
+            (format!("dl-{suffix}"), 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        brokers,
+        &suffix,
+        &signals,
+        &format!("scaler-{suffix}"),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = start(cfg, metrics.clone());
+    let commands: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{suffix}"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    commands
+        .subscribe(&[format!("commands-{suffix}").as_str()])
+        .unwrap();
+    let p = producer(brokers, "0");
+    let send = |target: String, depth: u64| {
+        let body =
+            format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#);
+        let _ = p.send_result(FutureRecord::to(&signals).key(&target).payload(&body));
+    };
+    // Warm up: every target gets its first command, both groups are joined.
+    send("probe".into(), 200);
+    let mut warm = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while warm < 1 {
+        assert!(Instant::now() < deadline, "no warm-up command");
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), commands.recv()).await {
+            let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if c.target == "probe" {
+                warm += 1;
+            }
+        } else {
+            send("probe".into(), 200);
+        }
+    }
+    // Background load at `rate`, all targets at a steady depth, and a probe
+    // every 20 ms whose depth forces a new command each time.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Instant)>();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), commands.recv()).await {
+            let at = Instant::now();
+            let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if c.target == "probe" {
+                got.push((c.desired_replicas, at));
+            }
+        }
+        got
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut probes = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            send(format!("t{}", sent % TARGETS as u64), 500);
+            sent += 1;
+        }
+        if start.elapsed() >= Duration::from_millis(20 * u64::from(probes + 1)) {
+            probes += 1;
+            // 3, 4, 5, ...: each asks for more replicas than the one before.
+            let k = 2 + probes;
+            let _ = tx.send((k, Instant::now()));
+            send("probe".into(), u64::from(k) * 100);
+        }
+    }
+    let load_s = start.elapsed().as_secs_f64();
+    drop(tx);
+    let _ = p.flush(Duration::from_secs(10));
+    let got = reader.await.unwrap();
+    let mut sent_at = Vec::new();
+    while let Some(x) = rx.recv().await {
+        sent_at.push(x);
+    }
+    // A probe's reaction time: until the first command that reflects it
+    // (desired >= its value; probes that arrive together share a command).
+    let mut lat = Vec::new();
+    let mut j = 0;
+    for (k, at) in &sent_at {
+        while j < got.len() && (got[j].0 < *k || got[j].1 < *at) {
+            j += 1;
+        }
+        if j < got.len() {
+            lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    if lat.is_empty() {
+        panic!(
+            "no probe command matched: {} probes sent, {} probe commands read, first {:?}, metrics issued {}",
+            sent_at.len(),
+            got.len(),
+            got.first().map(|g| g.0),
+            metrics.commands_issued.with_label_values(&["probe", "up"]).get()
+        );
+    }
+    let actual = sent as f64 / load_s;
+    println!(
+        "reaction rate={rate}/s (achieved {actual:.0}/s, {seconds} s): probes {} matched {} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        sent_at.len(),
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+async fn drain(brokers: &str, n: u64) {
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let signals = format!("backlog-{suffix}");
+    create_topics(
+        brokers,
+        &[
+            (signals.clone(), 4),
+            (format!("commands-{suffix}"), 1),
+            (format!("results-{suffix}"), 1),
+            (format!("dl-{suffix}"), 1),
+        ],
+    )
+    .await;
+    // One message per produce request: tansu 0.6 keeps only part of a
+    // multi-message batch (seen here: 13,124 of 20,000 acknowledged).
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let t = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let target = format!("t{}", i % TARGETS as u64);
+        let body = format!(
+            r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{}}}"#,
+            100 + i % 1000
+        );
+        loop {
+            match p.send_result(FutureRecord::to(&signals).key(&target).payload(&body)) {
+                Ok(d) => {
+                    pending.push(d);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        if pending.len() >= 100_000 {
+            for d in pending.drain(..) {
+                d.await.unwrap().unwrap();
+            }
+        }
+    }
+    for d in pending.drain(..) {
+        d.await.unwrap().unwrap();
+    }
+    println!(
+        "drain: produced {n} signals in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    {
+        use rdkafka::consumer::BaseConsumer;
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        let total: i64 = (0..4)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(&signals, p, Duration::from_secs(5))
+                    .map(|(l, h)| h - l)
+                    .unwrap_or(-1)
+            })
+            .sum();
+        eprintln!("drain: {total} messages in the topic");
+    }
+
+    // The bare consumer: poll and decode, nothing else, on its own thread.
+    let (b, topic, group) = (
+        brokers.to_owned(),
+        signals.clone(),
+        format!("bare-{suffix}"),
+    );
+    let bare_s = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::BaseConsumer;
+        let bare: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        // Partitions assigned directly, from the beginning: no group work.
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        bare.assign(&tpl).unwrap();
+        let limits = Limits {
+            max_event_age_ms: 3_600_000,
+            ..Limits::default()
+        };
+        let t = Instant::now();
+        let (mut seen, mut ok) = (0u64, 0u64);
+        while seen < n {
+            let Some(m) = bare.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("bare consumer: {e}");
+                    continue;
+                }
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            ok += decode(m.payload().unwrap_or_default(), now, &limits)
+                .iter()
+                .filter(|r| r.is_ok())
+                .count() as u64;
+            seen += 1;
+        }
+        assert_eq!(ok, n);
+        t.elapsed().as_secs_f64()
+    })
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        brokers,
+        &suffix,
+        &signals,
+        &format!("scaler-{suffix}"),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let t = Instant::now();
+    let (stop, task) = start(cfg, metrics.clone());
+    let received = || -> u64 {
+        ["queue_depth"]
+            .iter()
+            .map(|k| {
+                metrics
+                    .events_received
+                    .with_label_values(&["kafka", k])
+                    .get()
+            })
+            .sum()
+    };
+    while received() < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let tw_s = t.elapsed().as_secs_f64();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    println!(
+        "drain: bare consumer {bare_s:.2} s ({:.0}/s), tidewatch run {tw_s:.2} s ({:.0}/s), ratio {:.2}",
+        n as f64 / bare_s,
+        n as f64 / tw_s,
+        bare_s / tw_s
+    );
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let all = which.is_empty();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = brokers();
+    rt.block_on(async {
+        if all || which.iter().any(|w| w == "reaction") {
+            for rate in [1_000, 5_000, 10_000] {
+                reaction(&b, rate, 10).await;
+            }
+        }
+        if all || which.iter().any(|w| w == "drain") {
+            let n = std::env::var("DRAIN_SIGNALS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000);
+            drain(&b, n).await;
+        }
+    });
+}
