@@ -77,3 +77,41 @@ impl ConsumerContext for LoggingContext {
 pub fn unique_suffix() -> String {
     uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_and_secret_reach_librdkafka() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let s = ClientSettings {
+            key: "source.kafka.brokers".into(),
+            brokers: "k1:9093".into(),
+            options: [("security.protocol".to_string(), "SASL_SSL".to_string())].into(),
+            sasl_password: SecretRef {
+                file: Some(pw),
+                ..SecretRef::default()
+            },
+        };
+        let c = s.client_config().unwrap();
+        assert_eq!(c.get("bootstrap.servers"), Some("k1:9093"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        let missing = ClientSettings {
+            sasl_password: SecretRef {
+                env: Some("TIDEWATCH_TEST_NO_SUCH_VAR".into()),
+                ..SecretRef::default()
+            },
+            ..s
+        };
+        let e = missing.client_config().unwrap_err();
+        assert!(
+            e.contains("source.kafka.sasl_password_env")
+                && e.contains("TIDEWATCH_TEST_NO_SUCH_VAR"),
+            "{e}"
+        );
+    }
+}

@@ -59,6 +59,10 @@ max_replicas = 2
     );
     let (code, _, err) = tidewatch(&["config", "check", "/no/such/file.toml"]);
     assert_eq!(code, 64, "{err}");
+    // `run` refuses the same file before connecting to anything.
+    let (code, _, err) = tidewatch(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("targets[0].min_replicas"), "{err}");
 }
 
 #[test]

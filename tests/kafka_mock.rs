@@ -363,3 +363,77 @@ async fn broker_down_at_start_recovers() {
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// The lag probe against a broker: a consumer group has committed part of
+/// a topic; the probe feeds the rest as the target's queue depth, and the
+/// scaler commands replicas for it with no publisher of the user's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_probe_feeds_queue_depth() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode};
+    use rdkafka::{Offset, TopicPartitionList};
+    let mock = MockCluster::new(1).unwrap();
+    let s = stack(&mock);
+    let orders = format!("orders-{}", s.suffix);
+    mock.create_topic(&orders, 2, 1).unwrap();
+    let p = producer(&s.brokers);
+    for i in 0..700 {
+        let payload = format!("order {i}");
+        p.send(
+            FutureRecord::to(&orders)
+                .partition(i % 2)
+                .key("k")
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    // The workers' group has done 100 of partition 0 and nothing of partition 1.
+    let group = format!("workers-{}", s.suffix);
+    let workers: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut done = TopicPartitionList::new();
+    done.add_partition_offset(&orders, 0, Offset::Offset(100))
+        .unwrap();
+    workers.commit(&done, CommitMode::Sync).unwrap();
+
+    let mut cfg = s.cfg.clone();
+    cfg.probes.push(tidewatch::config::ProbeConfig {
+        kind: tidewatch::config::ProbeKind::KafkaLag,
+        target: "web".into(),
+        topic: orders.clone(),
+        group: group.clone(),
+        brokers: None,
+        interval: Duration::from_millis(500),
+        no_offset: tidewatch::config::NoOffsetRule::Earliest,
+        options: Default::default(),
+    });
+    // Lag: partition 0 350 - 100 = 250, partition 1 (no offset, earliest) 350.
+    let settings = tidewatch::source::kafka::settings(cfg.source.kafka.as_ref().unwrap());
+    let probe_cfg = cfg.probes[0].clone();
+    let lag = tokio::task::spawn_blocking(move || {
+        let probe = tidewatch::source::probe::KafkaLagProbe::new(&probe_cfg, settings).unwrap();
+        probe.measure_now()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(lag, 600);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = start(cfg, metrics.clone());
+    let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
+    let c = next_command(&commands, Duration::from_secs(60)).await;
+    assert_eq!(c.desired_replicas, 6, "ceil(600 / 100)");
+    assert!(
+        metrics
+            .events_received
+            .with_label_values(&["probe", "queue_depth"])
+            .get()
+            >= 1
+    );
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}

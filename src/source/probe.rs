@@ -95,6 +95,11 @@ impl KafkaLagProbe {
         Ok(total)
     }
 
+    /// One measurement now (blocking: call it off the async threads).
+    pub fn measure_now(&self) -> Result<i64, String> {
+        Self::measure(&self.consumer, &self.cfg)
+    }
+
     /// Measures every interval until `stop`, feeding the engine.
     pub async fn run(
         self,
