@@ -26,11 +26,33 @@ use tidewatch::telemetry::Metrics;
 const TARGETS: usize = 100;
 
 fn brokers() -> String {
+    if let Some(b) = MOCK.with(|m| m.as_ref().map(|m| m.bootstrap_servers())) {
+        return b;
+    }
     std::env::var("TIDEWATCH_TEST_KAFKA")
         .expect("set TIDEWATCH_TEST_KAFKA (scripts/bench-kafka starts tansu)")
 }
 
+type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+thread_local! {
+    /// With BENCH_BROKER=mock: librdkafka's in-process mock cluster instead
+    /// of tansu, to tell the broker's share of the reaction time from ours.
+    static MOCK: Option<Mock> = (std::env::var("BENCH_BROKER").as_deref() == Ok("mock"))
+        .then(|| Mock::new(1).expect("mock cluster"));
+}
+
 async fn create_topics(brokers: &str, topics: &[(String, i32)]) {
+    let mocked = MOCK.with(|m| {
+        m.as_ref().map(|m| {
+            for (n, p) in topics {
+                m.create_topic(n, *p, 1).unwrap();
+            }
+        })
+    });
+    if mocked.is_some() {
+        return;
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
