@@ -61,9 +61,9 @@ pub struct Origin {
 /// owned partitions that have caught up with their previous owner).
 #[derive(Debug, Default)]
 pub struct Ownership {
-    /// Assigned partitions: the offset from which the partition is live
-    /// (where its previous owner stopped) and an assignment counter.
-    assigned: HashMap<(String, i32), (i64, u64)>,
+    /// Assigned partitions: (the offset from which the partition is live,
+    /// the previous owner's committed offset, an assignment counter).
+    assigned: HashMap<(String, i32), (i64, i64, u64)>,
     /// The highest offset applied per partition.
     processed: HashMap<(String, i32), i64>,
     epoch: u64,
@@ -72,10 +72,16 @@ pub struct Ownership {
 pub type SharedOwnership = Arc<Mutex<Ownership>>;
 
 impl Ownership {
-    pub fn assign(&mut self, topic: &str, partition: i32, live_from: i64) {
+    /// `live_from`: no evaluation for this partition's targets before its
+    /// messages up to there are applied. `committed`: where a previous
+    /// owner stopped; messages below it were already handled by it.
+    pub fn assign(&mut self, topic: &str, partition: i32, live_from: i64, committed: Option<i64>) {
         self.epoch += 1;
-        self.assigned
-            .insert((topic.to_owned(), partition), (live_from, self.epoch));
+        let done_before = committed.unwrap_or(i64::MIN);
+        self.assigned.insert(
+            (topic.to_owned(), partition),
+            (live_from, done_before, self.epoch),
+        );
         self.processed.remove(&(topic.to_owned(), partition));
     }
 
@@ -84,11 +90,12 @@ impl Ownership {
         self.processed.remove(&(topic.to_owned(), partition));
     }
 
-    /// A message below the live offset is a replay.
+    /// A message its previous owner already handled (dead-lettered,
+    /// committed): re-read only to rebuild windows.
     pub fn is_replay(&self, topic: &str, partition: i32, offset: i64) -> bool {
         self.assigned
             .get(&(topic.to_owned(), partition))
-            .is_some_and(|(live_from, _)| offset < *live_from)
+            .is_some_and(|(_, done_before, _)| offset < *done_before)
     }
 
     fn processed(&mut self, key: &(String, i32), offset: i64) {
@@ -96,9 +103,9 @@ impl Ownership {
         *e = (*e).max(offset);
     }
 
-    /// Owned and caught up: every message its previous owner saw is applied.
+    /// Owned and caught up.
     fn live(&self, key: &(String, i32)) -> Option<u64> {
-        let (live_from, epoch) = self.assigned.get(key)?;
+        let (live_from, _, epoch) = self.assigned.get(key)?;
         let done = self.processed.get(key).map_or(i64::MIN, |o| o + 1);
         (done >= *live_from).then_some(*epoch)
     }
@@ -108,7 +115,7 @@ impl Ownership {
     }
 
     fn epoch_of(&self, key: &(String, i32)) -> Option<u64> {
-        self.assigned.get(key).map(|(_, e)| *e)
+        self.assigned.get(key).map(|(_, _, e)| *e)
     }
 }
 
@@ -290,7 +297,8 @@ impl Engine {
         let mut out = Ingested::default();
         let at = crate::event::At {
             now_ms,
-            default_ts: origin.timestamp.filter(|_| origin.replay).unwrap_or(now_ms),
+            // A message without `ts` happened when the broker got it.
+            default_ts: origin.timestamp.unwrap_or(now_ms),
         };
         let partition = origin.partition.map(|p| (origin.topic.clone(), p));
         for (i, item) in crate::event::decode_at(bytes, at, &self.limits)

@@ -102,6 +102,21 @@ stabilization_down = "0s"
     )
     .unwrap();
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    // A poison message already waiting when the scaler's new group starts:
+    // nobody handled it before, so it must be dead-lettered.
+    let early: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    early
+        .send(
+            FutureRecord::to(&t("signals"))
+                .key("orders")
+                .payload("poison"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();
@@ -134,15 +149,6 @@ stabilization_down = "0s"
             FutureRecord::to(&t("signals"))
                 .key("orders")
                 .payload(&signal[..]),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&t("signals"))
-                .key("orders")
-                .payload("poison"),
             Duration::from_secs(10),
         )
         .await

@@ -91,7 +91,7 @@ impl SourceContext {
                 let _ = e.set_offset(Offset::Offset(start));
             }
             tracing::info!(topic = %topic, partition = p, start = ?start, live_from, "partition assigned; rebuilding windows");
-            ownership.assign(&topic, p, live_from);
+            ownership.assign(&topic, p, live_from, c);
         }
     }
 }
