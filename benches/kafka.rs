@@ -8,6 +8,9 @@
 //!
 //! Run: scripts/bench-kafka   (or: cargo bench --bench kafka -- [reaction|drain])
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::event::{decode, Limits};
-use tidewatch::run::{run, RunOptions, RunReport};
 use tidewatch::telemetry::Metrics;
 
 const TARGETS: usize = 100;
@@ -113,29 +115,6 @@ max_event_age = "30m"
     Config::load(&dir.join("c.toml")).unwrap().0
 }
 
-fn start(
-    cfg: Config,
-    metrics: Arc<Metrics>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<RunReport>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let opts = RunOptions {
-            metrics,
-            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            ..RunOptions::default()
-        };
-        run(cfg, opts, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
-    (stop, task)
-}
-
 fn producer(brokers: &str, linger_ms: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -171,7 +150,7 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
         &format!("scaler-{suffix}"),
     );
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = start(cfg, metrics.clone());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
     let commands: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{suffix}"))
@@ -410,7 +389,7 @@ async fn drain(brokers: &str, n: u64) {
     );
     let metrics = Arc::new(Metrics::new());
     let t = Instant::now();
-    let (stop, task) = start(cfg, metrics.clone());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
     let received = || -> u64 {
         ["queue_depth"]
             .iter()

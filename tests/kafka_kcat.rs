@@ -5,6 +5,8 @@
 //! reply (see docs/design-notes.md), so tansu is exercised by
 //! tests/kafka_tansu.rs with tidewatch's own clients.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
-use tidewatch::run::{run, RunOptions};
 use tidewatch::telemetry::Metrics;
 
 fn kcat() -> Option<&'static str> {
@@ -71,19 +72,7 @@ max_replicas = 50
     )
     .unwrap();
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let opts = RunOptions {
-            metrics: Arc::new(Metrics::new()),
-            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            ..RunOptions::default()
-        };
-        run(cfg, opts, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stop, task) = common::start_run(cfg, Arc::new(Metrics::new()));
     // Both signal types of DESIGN.md, keyed by target, as kcat sends them.
     let mut child = Command::new(kcat)
         .args(["-P", "-b", &brokers, "-t", "signals", "-K", "|"])

@@ -2,6 +2,8 @@
 //! setup): signal -> command, dead letters, results, and a broker taken
 //! down and brought back mid-stream with every signal and command counted.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
-use tidewatch::run::{run, RunOptions, RunReport};
 use tidewatch::source::DeadLetter;
 use tidewatch::telemetry::Metrics;
 
@@ -107,30 +108,6 @@ async fn send(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     .unwrap();
 }
 
-fn start(
-    cfg: Config,
-    metrics: Arc<Metrics>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<RunReport>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let opts = RunOptions {
-            metrics,
-            listener: Some(listener),
-            ..RunOptions::default()
-        };
-        run(cfg, opts, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
-    (stop, task)
-}
-
 fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.registry
         .gather()
@@ -172,7 +149,7 @@ async fn signal_to_command_dead_letters_and_results() {
     let mock = MockCluster::new(1).unwrap();
     let s = stack(&mock);
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = start(s.cfg.clone(), metrics.clone());
+    let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
     let p = producer(&s.brokers);
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
     let deadletters = consumer(&s.brokers, &format!("deadletter-{}", s.suffix));
@@ -257,7 +234,7 @@ async fn broker_outage_loses_nothing() {
     let mock = MockCluster::new(1).unwrap();
     let s = stack(&mock);
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = start(s.cfg.clone(), metrics.clone());
+    let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
     let p = producer(&s.brokers);
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
     let signals = format!("signals-{}", s.suffix);
@@ -347,7 +324,7 @@ async fn broker_down_at_start_recovers() {
     let s = stack(&mock);
     mock.broker_down(-1).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = start(s.cfg.clone(), metrics.clone());
+    let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         metrics.assigned_partitions.get(),
@@ -423,7 +400,7 @@ async fn lag_probe_feeds_queue_depth() {
     .unwrap();
     assert_eq!(lag, 600);
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = start(cfg, metrics.clone());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
     let c = next_command(&commands, Duration::from_secs(60)).await;
     assert_eq!(c.desired_replicas, 6, "ceil(600 / 100)");

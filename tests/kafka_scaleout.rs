@@ -3,6 +3,8 @@
 //! their windows from the partition before deciding, so it issues no
 //! wrong command.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
-use tidewatch::run::{run, RunOptions, RunReport};
 use tidewatch::telemetry::Metrics;
 
 // The highest depth of the last minute decides: a target that forgot its
@@ -29,23 +30,10 @@ fn scaler(
 ) -> (
     Arc<Metrics>,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<RunReport>,
+    tokio::task::JoinHandle<tidewatch::run::RunReport>,
 ) {
     let metrics = Arc::new(Metrics::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
-    let task = tokio::spawn(async move {
-        let opts = RunOptions {
-            metrics: m,
-            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            ..RunOptions::default()
-        };
-        run(cfg, opts, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stop, task) = common::start_run(cfg, metrics.clone());
     (metrics, stop, task)
 }
 

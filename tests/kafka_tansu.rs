@@ -2,6 +2,8 @@
 //! broker (tansu, started by scripts/test; address in TIDEWATCH_TEST_KAFKA).
 //! Under CI=true a missing broker fails the test; it is never skipped.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,6 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
-use tidewatch::run::{run, RunOptions};
 use tidewatch::telemetry::Metrics;
 
 fn broker() -> Option<String> {
@@ -118,20 +119,7 @@ stabilization_down = "0s"
         .await
         .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
-    let task = tokio::spawn(async move {
-        let opts = RunOptions {
-            metrics: m,
-            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            ..RunOptions::default()
-        };
-        run(cfg, opts, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stop, task) = common::start_run(cfg, metrics.clone());
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()

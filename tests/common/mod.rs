@@ -1,0 +1,33 @@
+//! Helpers shared by the integration tests (and the Kafka benchmark).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use tidewatch::config::Config;
+use tidewatch::run::{run, RunOptions, RunReport};
+use tidewatch::telemetry::Metrics;
+
+/// `tidewatch run` in a task, serving metrics on a free loopback port;
+/// send on the returned channel to start the drain.
+pub fn start_run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<RunReport>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let opts = RunOptions {
+            metrics,
+            listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            ..RunOptions::default()
+        };
+        run(cfg, opts, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    (stop, task)
+}
