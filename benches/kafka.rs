@@ -235,6 +235,16 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
             lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
         }
     }
+    if std::env::var("BENCH_TRACE").is_ok() {
+        let by_second: Vec<String> = lat
+            .chunks(50)
+            .map(|c| format!("{:.0}", c.iter().cloned().fold(0.0, f64::max)))
+            .collect();
+        eprintln!(
+            "max latency per second of load (ms): {}",
+            by_second.join(" ")
+        );
+    }
     lat.sort_by(f64::total_cmp);
     if lat.is_empty() {
         panic!(
