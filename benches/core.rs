@@ -147,6 +147,17 @@ fn filled_data() -> Arc<Mutex<TargetData>> {
     }))
 }
 
+/// The same call for every policy: 3 replicas, now at the end of the data.
+fn decide_input() -> CallInput<'static> {
+    CallInput {
+        target: "checkout",
+        now_ms: T0 + 299_500,
+        replicas: 3,
+        min: 1,
+        max: 40,
+    }
+}
+
 fn decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     let policies = [
@@ -168,13 +179,7 @@ fn decide(c: &mut Criterion) {
         let mut p =
             LuaPolicy::load(&src, &params, PolicyLimits::default()).expect("bundled policy loads");
         p.bind(filled_data()).expect("binds");
-        let input = CallInput {
-            target: "checkout",
-            now_ms: T0 + 299_500,
-            replicas: 3,
-            min: 1,
-            max: 40,
-        };
+        let input = decide_input();
         assert!(
             p.decide(&input).expect("decides").replicas.is_some(),
             "{file} decides on full windows"
@@ -198,13 +203,7 @@ fn decide(c: &mut Criterion) {
         let src = PolicySource::from_text(Path::new(name), body.to_owned());
         let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, PolicyLimits::default()).expect("loads");
         p.bind(filled_data()).expect("binds");
-        let input = CallInput {
-            target: "checkout",
-            now_ms: T0 + 299_500,
-            replicas: 3,
-            min: 1,
-            max: 40,
-        };
+        let input = decide_input();
         g.bench_function(name, |b| b.iter(|| black_box(p.decide(&input).expect("decides"))));
     }
     g.finish();

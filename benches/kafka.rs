@@ -74,6 +74,17 @@ async fn create_topics(brokers: &str, topics: &[(String, i32)]) {
     panic!("could not create topics on {brokers}");
 }
 
+/// The signal topic (4 partitions) and the scaler's other topics.
+async fn create_scaler_topics(brokers: &str, signals: &str, suffix: &str) {
+    let topics = [
+        (signals.to_owned(), 4),
+        (format!("commands-{suffix}"), 1),
+        (format!("results-{suffix}"), 1),
+        (format!("dl-{suffix}"), 1),
+    ];
+    create_topics(brokers, &topics).await;
+}
+
 fn config(
     dir: &std::path::Path,
     brokers: &str,
@@ -131,16 +142,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn reaction(brokers: &str, rate: u64, seconds: u64) {
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let signals = format!("signals-{suffix}");
-    create_topics(
-        brokers,
-        &[
-            (signals.clone(), 4),
-            (format!("commands-{suffix}"), 1),
-            (format!("results-{suffix}"), 1),
-            (format!("dl-{suffix}"), 1),
-        ],
-    )
-    .await;
+    create_scaler_topics(brokers, &signals, &suffix).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
@@ -271,16 +273,7 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
 async fn drain(brokers: &str, n: u64) {
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let signals = format!("backlog-{suffix}");
-    create_topics(
-        brokers,
-        &[
-            (signals.clone(), 4),
-            (format!("commands-{suffix}"), 1),
-            (format!("results-{suffix}"), 1),
-            (format!("dl-{suffix}"), 1),
-        ],
-    )
-    .await;
+    create_scaler_topics(brokers, &signals, &suffix).await;
     // One message per produce request: tansu 0.6 keeps only part of a
     // multi-message batch (seen here: 13,124 of 20,000 acknowledged).
     let p: FutureProducer = ClientConfig::new()

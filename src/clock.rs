@@ -1,8 +1,6 @@
 //! The one source of time for the engine. Everything that depends on time
-//! takes a `Clock` (or an explicit `now_ms`), so tests control it.
-
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+//! takes a `Clock` (or an explicit `now_ms`), so tests control it:
+//! `TokioClock` follows tokio time, which `tokio::time::pause()` stops.
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
@@ -18,28 +16,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> Millis {
         chrono::Utc::now().timestamp_millis()
-    }
-}
-
-/// A clock that only moves when told to; shared by clones.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
-
-impl ManualClock {
-    pub fn new(start_ms: Millis) -> Self {
-        Self(Arc::new(AtomicI64::new(start_ms)))
-    }
-    pub fn set(&self, ms: Millis) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: Millis) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> Millis {
-        self.0.load(Ordering::SeqCst)
     }
 }
 

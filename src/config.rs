@@ -126,6 +126,17 @@ impl SecretRef {
     }
 }
 
+impl KafkaSourceConfig {
+    /// The SASL password reference (`sasl_password`, `_env` or `_file`).
+    pub fn sasl_secret(&self) -> SecretRef {
+        secret(
+            &self.sasl_password,
+            &self.sasl_password_env,
+            &self.sasl_password_file,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
@@ -183,6 +194,17 @@ pub struct SourceConfig {
     pub kafka: Option<KafkaSourceConfig>,
     #[serde(default)]
     pub amqp: Option<AmqpSourceConfig>,
+}
+
+impl KafkaCommandsConfig {
+    /// The SASL password reference (`sasl_password`, `_env` or `_file`).
+    pub fn sasl_secret(&self) -> SecretRef {
+        secret(
+            &self.sasl_password,
+            &self.sasl_password_env,
+            &self.sasl_password_file,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -838,94 +860,77 @@ impl Config {
     }
 
     fn check_brokers(&self, out: &mut Vec<Problem>) {
-        match self.source.kind {
-            BrokerKind::Kafka => match &self.source.kafka {
-                None => out.push(problem(
-                    "source.kafka",
-                    "source.kind is \"kafka\" but [source.kafka] is missing",
-                )),
-                Some(k) => {
-                    if k.brokers.trim().is_empty() {
-                        out.push(problem(
-                            "source.kafka.brokers",
-                            "must name at least one broker",
-                        ));
-                    }
-                    if k.topics.is_empty() {
-                        out.push(problem(
-                            "source.kafka.topics",
-                            "must name at least one topic",
-                        ));
-                    }
-                    secret(
-                        &k.sasl_password,
-                        &k.sasl_password_env,
-                        &k.sasl_password_file,
-                    )
-                    .check("source.kafka.sasl_password", out);
+        let (src, cmd) = (&self.source, &self.commands);
+        match src.kind {
+            BrokerKind::Kafka => section(out, "source", "kafka", &src.kafka, |k, out| {
+                check_kafka(out, "source.kafka", &k.brokers, k.sasl_secret());
+                if k.topics.is_empty() {
+                    out.push(problem(
+                        "source.kafka.topics",
+                        "must name at least one topic",
+                    ));
                 }
-            },
-            BrokerKind::Amqp => match &self.source.amqp {
-                None => out.push(problem(
-                    "source.amqp",
-                    "source.kind is \"amqp\" but [source.amqp] is missing",
-                )),
-                Some(a) => {
-                    let s = secret(&a.url, &a.url_env, &a.url_file);
-                    if !s.is_set() {
-                        out.push(problem(
-                            "source.amqp.url",
-                            "give `url`, `url_env` or `url_file`",
-                        ));
-                    }
-                    s.check("source.amqp.url", out);
-                    if a.prefetch == 0 {
-                        out.push(problem("source.amqp.prefetch", "must be at least 1"));
-                    }
+            }),
+            BrokerKind::Amqp => section(out, "source", "amqp", &src.amqp, |a, out| {
+                check_amqp_url(
+                    out,
+                    "source.amqp.url",
+                    secret(&a.url, &a.url_env, &a.url_file),
+                );
+                if a.prefetch == 0 {
+                    out.push(problem("source.amqp.prefetch", "must be at least 1"));
                 }
-            },
+            }),
             BrokerKind::None => {}
         }
-        match self.commands.kind {
-            BrokerKind::Kafka => match &self.commands.kafka {
-                None => out.push(problem(
-                    "commands.kafka",
-                    "commands.kind is \"kafka\" but [commands.kafka] is missing",
-                )),
-                Some(k) => {
-                    if k.brokers.trim().is_empty() {
-                        out.push(problem(
-                            "commands.kafka.brokers",
-                            "must name at least one broker",
-                        ));
-                    }
-                    secret(
-                        &k.sasl_password,
-                        &k.sasl_password_env,
-                        &k.sasl_password_file,
-                    )
-                    .check("commands.kafka.sasl_password", out);
-                }
-            },
-            BrokerKind::Amqp => match &self.commands.amqp {
-                None => out.push(problem(
-                    "commands.amqp",
-                    "commands.kind is \"amqp\" but [commands.amqp] is missing",
-                )),
-                Some(a) => {
-                    let s = secret(&a.url, &a.url_env, &a.url_file);
-                    if !s.is_set() {
-                        out.push(problem(
-                            "commands.amqp.url",
-                            "give `url`, `url_env` or `url_file`",
-                        ));
-                    }
-                    s.check("commands.amqp.url", out);
-                }
-            },
+        match cmd.kind {
+            BrokerKind::Kafka => section(out, "commands", "kafka", &cmd.kafka, |k, out| {
+                check_kafka(out, "commands.kafka", &k.brokers, k.sasl_secret());
+            }),
+            BrokerKind::Amqp => section(out, "commands", "amqp", &cmd.amqp, |a, out| {
+                check_amqp_url(
+                    out,
+                    "commands.amqp.url",
+                    secret(&a.url, &a.url_env, &a.url_file),
+                );
+            }),
             BrokerKind::None => {}
         }
     }
+}
+
+/// Checks `[<part>.<kind>]` with `check`, or reports it missing.
+fn section<T>(
+    out: &mut Vec<Problem>,
+    part: &str,
+    kind: &str,
+    cfg: &Option<T>,
+    check: impl FnOnce(&T, &mut Vec<Problem>),
+) {
+    match cfg {
+        Some(c) => check(c, out),
+        None => out.push(problem(
+            format!("{part}.{kind}"),
+            format!("{part}.kind is \"{kind}\" but [{part}.{kind}] is missing"),
+        )),
+    }
+}
+
+fn check_kafka(out: &mut Vec<Problem>, prefix: &str, brokers: &str, password: SecretRef) {
+    if brokers.trim().is_empty() {
+        out.push(problem(
+            format!("{prefix}.brokers"),
+            "must name at least one broker",
+        ));
+    }
+    password.check(&format!("{prefix}.sasl_password"), out);
+}
+
+fn check_amqp_url(out: &mut Vec<Problem>, key: &str, url: SecretRef) {
+    if !url.is_set() {
+        out.push(problem(key, "give `url`, `url_env` or `url_file`"));
+    }
+    url.check(key, out);
 }
 
 pub fn secret(literal: &Option<String>, env: &Option<String>, file: &Option<PathBuf>) -> SecretRef {

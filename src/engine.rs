@@ -261,16 +261,8 @@ impl Engine {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    pub fn target_names(&self) -> impl Iterator<Item = &str> {
-        self.targets.iter().map(|t| t.cfg.name.as_str())
     }
 
     /// Evaluates only targets on partitions `ownership` says are ours.
@@ -300,7 +292,12 @@ impl Engine {
             // A message without `ts` happened when the broker got it.
             default_ts: origin.timestamp.unwrap_or(now_ms),
         };
-        let partition = origin.partition.map(|p| (origin.topic.clone(), p));
+        // Partitions matter only when ownership is tracked (Kafka source).
+        let partition = self
+            .ownership
+            .as_ref()
+            .and(origin.partition)
+            .map(|p| (origin.topic.clone(), p));
         for (i, item) in crate::event::decode_at(bytes, at, &self.limits)
             .into_iter()
             .enumerate()

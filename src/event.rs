@@ -34,27 +34,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
-        Reason::MessageTooLarge,
-        Reason::MalformedJson,
-        Reason::NotAnObject,
-        Reason::BatchTooLarge,
-        Reason::MissingField,
-        Reason::WrongType,
-        Reason::UnknownType,
-        Reason::NonFinite,
-        Reason::Negative,
-        Reason::Absurd,
-        Reason::InvalidTarget,
-        Reason::InvalidTimestamp,
-        Reason::TooOld,
-        Reason::TooFarAhead,
-        Reason::TooManySamples,
-        Reason::InvalidForecast,
-        Reason::UnknownTarget,
-        Reason::TooManyQueues,
-    ];
-
     /// The stable code used as a metric label and in dead-letter records.
     pub fn code(self) -> &'static str {
         match self {

@@ -88,16 +88,6 @@ pub enum HoldReason {
 }
 
 impl HoldReason {
-    pub const ALL: [HoldReason; 8] = [
-        HoldReason::Policy,
-        HoldReason::PolicyFailed,
-        HoldReason::Paused,
-        HoldReason::Tolerance,
-        HoldReason::Stabilization,
-        HoldReason::CooldownUp,
-        HoldReason::CooldownDown,
-        HoldReason::AtBound,
-    ];
     pub fn code(self) -> &'static str {
         match self {
             HoldReason::Policy => "policy",

@@ -4,6 +4,11 @@
 //! context that turns librdkafka's errors into log lines naming the setting.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -70,6 +75,38 @@ impl ClientContext for LoggingContext {
 impl ConsumerContext for LoggingContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(setting = %self.key, "kafka rebalance: {rebalance:?}");
+    }
+}
+
+/// Produces one record, retrying with exponential backoff (100 ms to 5 s
+/// between attempts) until the broker acknowledges it: nothing handed to
+/// it is dropped. `on_retry` hears of each failed attempt and the wait.
+pub async fn produce_until_acked(
+    producer: &FutureProducer<LoggingContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    mut on_retry: impl FnMut(&KafkaError, Duration),
+) {
+    let mut backoff = ExponentialBackoff {
+        initial_interval: Duration::from_millis(100),
+        max_interval: Duration::from_secs(5),
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    };
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                on_retry(&e, wait);
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

@@ -123,25 +123,8 @@ pub async fn run(
     for (i, p) in cfg.probes.iter().enumerate() {
         match p.kind {
             ProbeKind::KafkaLag => {
-                let mut settings = match (&p.brokers, &cfg.source.kafka) {
-                    (_, Some(k)) => crate::source::kafka::settings(k),
-                    (Some(_), None) => crate::kafka::ClientSettings {
-                        key: String::new(),
-                        brokers: String::new(),
-                        options: Default::default(),
-                        sasl_password: Default::default(),
-                    },
-                    (None, None) => {
-                        return Err(RunError::Config(format!(
-                            "probes[{i}].brokers: give brokers or [source.kafka]"
-                        )))
-                    }
-                };
-                if let Some(b) = &p.brokers {
-                    settings.brokers = b.clone();
-                }
-                settings.key = format!("probes[{i}].brokers");
-                settings.options.extend(p.options.clone());
+                let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
+                    .map_err(RunError::Config)?;
                 let probe = KafkaLagProbe::new(p, settings).map_err(RunError::Start)?;
                 inputs.push(tokio::spawn(probe.run(
                     in_tx.clone(),

@@ -5,17 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 
 use crate::command::{ScaleCommand, ScaleResult};
-use crate::config::{secret, KafkaCommandsConfig};
+use crate::config::KafkaCommandsConfig;
 use crate::engine::EngineInput;
-use crate::kafka::{unique_suffix, ClientSettings, LoggingContext};
+use crate::kafka::{produce_until_acked, unique_suffix, ClientSettings, LoggingContext};
 use crate::telemetry::Metrics;
 
 pub fn settings(cfg: &KafkaCommandsConfig) -> ClientSettings {
@@ -23,11 +21,7 @@ pub fn settings(cfg: &KafkaCommandsConfig) -> ClientSettings {
         key: "commands.kafka.brokers".into(),
         brokers: cfg.brokers.clone(),
         options: cfg.options.clone(),
-        sasl_password: secret(
-            &cfg.sasl_password,
-            &cfg.sasl_password_env,
-            &cfg.sasl_password_file,
-        ),
+        sasl_password: cfg.sasl_secret(),
     }
 }
 
@@ -62,44 +56,23 @@ impl KafkaPublisher {
     /// Publishes one command, retrying with exponential backoff (capped at
     /// 5 s between attempts) until the broker acknowledges it.
     pub async fn publish(&self, c: &ScaleCommand) {
-        let payload = c.to_json();
-        let mut backoff = ExponentialBackoff {
-            initial_interval: Duration::from_millis(100),
-            max_interval: Duration::from_secs(5),
-            max_elapsed_time: None,
-            ..ExponentialBackoff::default()
+        produce_until_acked(&self.producer, &self.topic, Some(c.target.as_bytes()), &c.to_json(), |e, wait| {
+            self.metrics.command_publish_failures.with_label_values(&[c.target.as_str()]).inc();
+            tracing::warn!(
+                setting = "commands.kafka.topic", topic = %self.topic, target_name = %c.target,
+                generation = c.generation, error = %e, "command not acknowledged; retrying in {wait:?}"
+            );
+        })
+        .await;
+        let dir = if c.desired_replicas >= c.current_replicas {
+            "up"
+        } else {
+            "down"
         };
-        loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(c.target.as_bytes())
-                .payload(&payload);
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    let dir = if c.desired_replicas >= c.current_replicas {
-                        "up"
-                    } else {
-                        "down"
-                    };
-                    self.metrics
-                        .commands_published
-                        .with_label_values(&[c.target.as_str(), dir])
-                        .inc();
-                    return;
-                }
-                Err((e, _)) => {
-                    self.metrics
-                        .command_publish_failures
-                        .with_label_values(&[c.target.as_str()])
-                        .inc();
-                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(
-                        setting = "commands.kafka.topic", topic = %self.topic, target_name = %c.target,
-                        generation = c.generation, error = %e, "command not acknowledged; retrying in {wait:?}"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+        self.metrics
+            .commands_published
+            .with_label_values(&[c.target.as_str(), dir])
+            .inc();
     }
 
     /// Publishes every command from `rx` in order until it closes, telling

@@ -73,13 +73,6 @@ pub enum PolicyErrorKind {
 }
 
 impl PolicyErrorKind {
-    pub const ALL: [PolicyErrorKind; 5] = [
-        PolicyErrorKind::Load,
-        PolicyErrorKind::Runtime,
-        PolicyErrorKind::Budget,
-        PolicyErrorKind::Memory,
-        PolicyErrorKind::InvalidReturn,
-    ];
     pub fn code(self) -> &'static str {
         match self {
             PolicyErrorKind::Load => "load",
@@ -404,10 +397,6 @@ impl LuaPolicy {
                 .map_err(|e| self.fail(e))?;
         }
         Ok(())
-    }
-
-    pub fn memory_used(&self) -> usize {
-        self.lua.used_memory()
     }
 }
 

@@ -13,14 +13,14 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
-use crate::config::{secret, KafkaSourceConfig};
+use crate::config::KafkaSourceConfig;
 use crate::engine::{EngineInput, SharedOwnership};
-use crate::kafka::{ClientSettings, LoggingContext};
+use crate::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::source::{DeadLetter, Origin};
 use crate::telemetry::Metrics;
 
@@ -152,11 +152,7 @@ pub fn settings(cfg: &KafkaSourceConfig) -> ClientSettings {
         key: "source.kafka.brokers".into(),
         brokers: cfg.brokers.clone(),
         options: cfg.options.clone(),
-        sasl_password: secret(
-            &cfg.sasl_password,
-            &cfg.sasl_password_env,
-            &cfg.sasl_password_file,
-        ),
+        sasl_password: cfg.sasl_secret(),
     }
 }
 
@@ -322,26 +318,13 @@ pub async fn produce_dead_letter(
     dl: &DeadLetter,
     metrics: &Metrics,
 ) {
-    let payload = dl.to_json();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&payload);
-        if let Some(k) = &dl.key {
-            record = record.key(k.as_bytes());
-        }
-        match producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => {
-                metrics
-                    .dead_letters
-                    .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
-                    .inc();
-                return;
-            }
-            Err((e, _)) => {
-                tracing::warn!(setting = "source.kafka.deadletter_topic", topic, error = %e, "dead letter not accepted; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let key = dl.key.as_ref().map(String::as_bytes);
+    produce_until_acked(producer, topic, key, &dl.to_json(), |e, wait| {
+        tracing::warn!(setting = "source.kafka.deadletter_topic", topic, error = %e, "dead letter not accepted; retrying in {wait:?}");
+    })
+    .await;
+    metrics
+        .dead_letters
+        .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
+        .inc();
 }

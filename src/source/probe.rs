@@ -11,13 +11,38 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::config::{NoOffsetRule, ProbeConfig};
+use crate::config::{KafkaSourceConfig, NoOffsetRule, ProbeConfig};
 use crate::engine::EngineInput;
 use crate::event::{QueueDepth, Signal};
 use crate::kafka::{ClientSettings, LoggingContext};
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client settings of probe `i`: its own `brokers` and `options` when
+/// it names brokers (another cluster), else the source's, plus its options.
+pub fn settings(
+    p: &ProbeConfig,
+    i: usize,
+    source: Option<&KafkaSourceConfig>,
+) -> Result<ClientSettings, String> {
+    let key = format!("probes[{i}].brokers");
+    let mut s = match (&p.brokers, source) {
+        (Some(brokers), _) => ClientSettings {
+            key,
+            brokers: brokers.clone(),
+            options: Default::default(),
+            sasl_password: Default::default(),
+        },
+        (None, Some(k)) => ClientSettings {
+            key,
+            ..crate::source::kafka::settings(k)
+        },
+        (None, None) => return Err(format!("{key}: give brokers, or configure [source.kafka]")),
+    };
+    s.options.extend(p.options.clone());
+    Ok(s)
+}
 
 /// Lag per partition: `high - committed`, and for a partition without a
 /// committed offset, `high - low` (Earliest) or 0 (Latest).
@@ -148,6 +173,39 @@ impl KafkaLagProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_settings_come_from_the_source_or_the_probe() {
+        let source: KafkaSourceConfig = serde_json::from_value(serde_json::json!({
+            "brokers": "src:9092", "options": {"security.protocol": "SSL"}, "sasl_password": "pw"
+        }))
+        .unwrap();
+        let mut p: ProbeConfig = serde_json::from_value(serde_json::json!({
+            "kind": "kafka_lag", "target": "t", "topic": "orders", "group": "g",
+            "interval": "10s", "options": {"client.id": "probe"}
+        }))
+        .unwrap();
+        let s = settings(&p, 0, Some(&source)).unwrap();
+        assert_eq!(
+            (s.brokers.as_str(), s.key.as_str()),
+            ("src:9092", "probes[0].brokers")
+        );
+        assert_eq!(s.options.len(), 2, "the source's options and the probe's");
+        assert!(s.sasl_password.is_set());
+        p.brokers = Some("other:9092".into());
+        let s = settings(&p, 1, Some(&source)).unwrap();
+        assert_eq!(s.brokers, "other:9092");
+        assert_eq!(
+            s.options.keys().collect::<Vec<_>>(),
+            ["client.id"],
+            "another cluster: only its own options"
+        );
+        assert!(!s.sasl_password.is_set());
+        p.brokers = None;
+        assert!(settings(&p, 2, None)
+            .unwrap_err()
+            .contains("probes[2].brokers"));
+    }
 
     #[test]
     fn lag_rules() {
