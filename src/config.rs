@@ -181,8 +181,25 @@ pub struct AmqpSourceConfig {
     /// Declare the exchange and queue (true) or only check that they exist.
     #[serde(default = "yes")]
     pub declare: bool,
+    /// Binding keys of the queue on the exchange (signals are published
+    /// with routing key `<type>.<target>`).
+    #[serde(default = "default_binding_keys")]
+    pub binding_keys: Vec<String>,
     #[serde(default = "default_deadletter")]
     pub deadletter_exchange: String,
+    /// PEM CA file for `amqps://` (default: the system's trust store).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl AmqpSourceConfig {
+    pub fn settings(&self) -> crate::amqp::AmqpSettings {
+        crate::amqp::AmqpSettings {
+            key: "source.amqp.url".into(),
+            url: secret(&self.url, &self.url_env, &self.url_file),
+            tls_ca_file: self.tls_ca_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -241,6 +258,28 @@ pub struct AmqpCommandsConfig {
     pub exchange: String,
     #[serde(default = "default_results_topic")]
     pub results_exchange: String,
+    /// The workers' durable queue, bound to `exchange` with `#`: commands
+    /// wait there for a worker as they would in a Kafka topic. Declared by
+    /// the scaler too (when `declare`), so that none is lost before the
+    /// first worker starts; "" declares none.
+    #[serde(default = "default_workers_queue")]
+    pub queue: String,
+    /// Declare the exchanges (and `queue`) or only check that they exist.
+    #[serde(default = "yes")]
+    pub declare: bool,
+    /// PEM CA file for `amqps://` (default: the system's trust store).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl AmqpCommandsConfig {
+    pub fn settings(&self) -> crate::amqp::AmqpSettings {
+        crate::amqp::AmqpSettings {
+            key: "commands.amqp.url".into(),
+            url: secret(&self.url, &self.url_env, &self.url_file),
+            tls_ca_file: self.tls_ca_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -438,6 +477,9 @@ impl TargetConfig {
 pub enum ProbeKind {
     /// A consumer group's lag on a topic, summed over partitions.
     KafkaLag,
+    /// A RabbitMQ queue's depth (ready messages by passive declare, or
+    /// ready plus unacknowledged from the management API).
+    AmqpQueue,
 }
 
 /// What a lag probe counts for a partition where the group has committed
@@ -458,17 +500,57 @@ pub struct ProbeConfig {
     pub kind: ProbeKind,
     /// The target whose `queue_depth` the probe feeds.
     pub target: String,
+    /// kafka_lag: the topic and the consumer group whose lag is measured.
+    #[serde(default)]
     pub topic: String,
+    #[serde(default)]
     pub group: String,
-    /// Default: `source.kafka.brokers`.
+    /// kafka_lag: default `source.kafka.brokers`.
     #[serde(default)]
     pub brokers: Option<String>,
+    /// amqp_queue: the queue whose depth is measured.
+    #[serde(default)]
+    pub queue: String,
+    /// amqp_queue: the broker (default: `source.amqp`'s URL and CA file).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// amqp_queue: read the depth from the management HTTP API instead
+    /// (`http://user:pass@host:15672`), which also counts messages
+    /// delivered but not yet acknowledged, as KEDA's RabbitMQ scaler does.
+    #[serde(default)]
+    pub management_url: Option<String>,
+    #[serde(default)]
+    pub management_url_env: Option<String>,
+    #[serde(default)]
+    pub management_url_file: Option<PathBuf>,
+    /// amqp_queue with the management API: the queue's virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
     #[serde(default = "default_probe_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
     #[serde(default)]
     pub no_offset: NoOffsetRule,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+impl ProbeConfig {
+    pub fn url_secret(&self) -> SecretRef {
+        secret(&self.url, &self.url_env, &self.url_file)
+    }
+    pub fn management_secret(&self) -> SecretRef {
+        secret(
+            &self.management_url,
+            &self.management_url_env,
+            &self.management_url_file,
+        )
+    }
 }
 
 /// A whole scaler configuration.
@@ -569,6 +651,15 @@ fn default_signals_exchange() -> String {
 }
 fn default_scaler_queue() -> String {
     "tidewatch.scaler".into()
+}
+fn default_binding_keys() -> Vec<String> {
+    vec!["#".into()]
+}
+fn default_workers_queue() -> String {
+    "tidewatch.workers".into()
+}
+fn default_vhost() -> String {
+    "/".into()
 }
 fn default_prefetch() -> u16 {
     500
@@ -841,17 +932,36 @@ impl Config {
                     format!("{:?} is not a configured target", p.target),
                 ));
             }
-            if p.topic.is_empty() || p.group.is_empty() {
-                out.push(problem(
-                    key("topic"),
-                    "a kafka_lag probe needs `topic` and `group`",
-                ));
-            }
-            if p.brokers.is_none() && self.source.kafka.is_none() {
-                out.push(problem(
-                    key("brokers"),
-                    "give `brokers`, or configure [source.kafka]",
-                ));
+            match p.kind {
+                ProbeKind::KafkaLag => {
+                    if p.topic.is_empty() || p.group.is_empty() {
+                        out.push(problem(
+                            key("topic"),
+                            "a kafka_lag probe needs `topic` and `group`",
+                        ));
+                    }
+                    if p.brokers.is_none() && self.source.kafka.is_none() {
+                        out.push(problem(
+                            key("brokers"),
+                            "give `brokers`, or configure [source.kafka]",
+                        ));
+                    }
+                }
+                ProbeKind::AmqpQueue => {
+                    if p.queue.is_empty() {
+                        out.push(problem(key("queue"), "an amqp_queue probe needs `queue`"));
+                    }
+                    let url = p.url_secret();
+                    if url.is_set() {
+                        url.check(&key("url"), out);
+                    } else if self.source.amqp.is_none() {
+                        out.push(problem(
+                            key("url"),
+                            "give `url`, `url_env` or `url_file`, or configure [source.amqp]",
+                        ));
+                    }
+                    p.management_secret().check(&key("management_url"), out);
+                }
             }
             if p.interval < Duration::from_millis(100) {
                 out.push(problem(key("interval"), "must be at least 100ms"));

@@ -2,6 +2,7 @@
 //! Rust-guarded scale commands out.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod clock;
 pub mod command;
 pub mod config;

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::amqp::ConnectError;
 use crate::clock::Clock;
+use crate::command::amqp::{AmqpPublisher, AmqpResults};
 use crate::command::kafka::{KafkaPublisher, KafkaResults};
 use crate::command::ScaleCommand;
 use crate::config::{BrokerKind, Config, ProbeKind};
 use crate::engine::{drive, Engine, EngineInput, TargetStatus};
+use crate::source::amqp::AmqpSource;
 use crate::source::kafka::KafkaSource;
-use crate::source::probe::KafkaLagProbe;
+use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
 use crate::telemetry::Metrics;
 
 /// Why `run` could not start; `config` errors exit with status 64.
@@ -64,11 +67,6 @@ pub async fn run(
         metrics,
         listener,
     } = opts;
-    if cfg.source.kind == BrokerKind::Amqp || cfg.commands.kind == BrokerKind::Amqp {
-        return Err(RunError::Config(
-            "source.kind / commands.kind \"amqp\": RabbitMQ transport is not in this build yet; use \"kafka\"".into(),
-        ));
-    }
     let listener = match listener {
         Some(l) => l,
         None => crate::telemetry::bind(&cfg.metrics.listen)
@@ -78,6 +76,38 @@ pub async fn run(
     let mut engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
+    let (in_tx, in_rx) = mpsc::channel::<EngineInput>(64);
+    // RabbitMQ: connect before anything runs, so that refused credentials or
+    // a missing exchange or queue (with declaring off) stop the start with
+    // one clear error; an unreachable broker is waited for in the background.
+    let amqp_source = match (&cfg.source.kind, &cfg.source.amqp) {
+        (BrokerKind::Amqp, Some(a)) => {
+            let source = AmqpSource::new(
+                a,
+                in_tx.clone(),
+                metrics.clone(),
+                clock.clone(),
+                ready.clone(),
+            );
+            let first = first_session(source.open().await)?;
+            Some((source, first))
+        }
+        (BrokerKind::Amqp, None) => {
+            return Err(RunError::Config("[source.amqp] is missing".into()))
+        }
+        _ => None,
+    };
+    let amqp_publisher = match (&cfg.commands.kind, &cfg.commands.amqp) {
+        (BrokerKind::Amqp, Some(a)) => {
+            let publisher = AmqpPublisher::new(a, metrics.clone());
+            let first = first_session(publisher.open().await)?;
+            Some((publisher, first, AmqpResults::new(a, metrics.clone())))
+        }
+        (BrokerKind::Amqp, None) => {
+            return Err(RunError::Config("[commands.amqp] is missing".into()))
+        }
+        _ => None,
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(crate::telemetry::serve(
         listener,
@@ -88,7 +118,6 @@ pub async fn run(
         },
     ));
 
-    let (in_tx, in_rx) = mpsc::channel::<EngineInput>(64);
     let (cmd_tx, cmd_rx) = mpsc::channel::<ScaleCommand>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut inputs: Vec<JoinHandle<()>> = Vec::new();
@@ -120,13 +149,28 @@ pub async fn run(
         .map_err(RunError::Start)?;
         inputs.push(tokio::spawn(source.run(stop_rx.clone())));
     }
+    if let Some((source, first)) = amqp_source {
+        inputs.push(tokio::spawn(source.run(first, stop_rx.clone())));
+    }
     for (i, p) in cfg.probes.iter().enumerate() {
         match p.kind {
             ProbeKind::KafkaLag => {
                 let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
                     .map_err(RunError::Config)?;
                 let probe = KafkaLagProbe::new(p, settings).map_err(RunError::Start)?;
-                inputs.push(tokio::spawn(probe.run(
+                inputs.push(tokio::spawn(run_probe(
+                    probe,
+                    in_tx.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            ProbeKind::AmqpQueue => {
+                let probe = AmqpQueueProbe::new(p, i, cfg.source.amqp.as_ref())
+                    .map_err(RunError::Config)?;
+                inputs.push(tokio::spawn(run_probe(
+                    probe,
                     in_tx.clone(),
                     clock.clone(),
                     metrics.clone(),
@@ -147,6 +191,12 @@ pub async fn run(
             let publisher = KafkaPublisher::new(k, metrics.clone()).map_err(RunError::Start)?;
             // A weak sender: acknowledgements must not keep the engine's input open.
             tokio::spawn(publisher.run(cmd_rx, in_tx.downgrade()))
+        }
+        BrokerKind::Amqp => {
+            let (publisher, first, results) =
+                amqp_publisher.expect("opened above for commands.kind amqp");
+            inputs.push(tokio::spawn(results.run(in_tx.clone(), stop_rx.clone())));
+            tokio::spawn(publisher.run(first, cmd_rx, in_tx.downgrade()))
         }
         // No command transport: commands are logged (a dry run of the whole scaler).
         _ => tokio::spawn(log_commands(cmd_rx)),
@@ -189,6 +239,19 @@ pub async fn run(
         targets: engine.map(|e| e.status()).unwrap_or_default(),
         drained,
     })
+}
+
+/// The first connection of a RabbitMQ component: fatal when retrying
+/// cannot help, else `None` (the component keeps trying by itself).
+fn first_session<S>(opened: Result<S, ConnectError>) -> Result<Option<S>, RunError> {
+    match opened {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.retryable() => {
+            tracing::error!("{e}; retrying in the background");
+            Ok(None)
+        }
+        Err(e) => Err(RunError::Start(e.to_string())),
+    }
 }
 
 async fn log_commands(mut rx: mpsc::Receiver<ScaleCommand>) {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub results_received: IntCounterVec,
     pub probe_errors: IntCounterVec,
     pub assigned_partitions: prometheus::IntGauge,
+    pub broker_connected: IntGaugeVec,
+    pub broker_reconnects: IntCounterVec,
     pub build_info: Gauge,
 }
 
@@ -228,6 +230,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            broker_connected: int_gauge(
+                &r,
+                "tidewatch_broker_connected",
+                "1 while a RabbitMQ component (source, commands, results, probe) has its connection.",
+                &["component"],
+            ),
+            broker_reconnects: counter(
+                &r,
+                "tidewatch_broker_reconnects_total",
+                "RabbitMQ connections lost and reopened, by component.",
+                &["component"],
+            ),
             build_info,
             registry: r,
         }

@@ -378,16 +378,13 @@ async fn lag_probe_feeds_queue_depth() {
     workers.commit(&done, CommitMode::Sync).unwrap();
 
     let mut cfg = s.cfg.clone();
-    cfg.probes.push(tidewatch::config::ProbeConfig {
-        kind: tidewatch::config::ProbeKind::KafkaLag,
-        target: "web".into(),
-        topic: orders.clone(),
-        group: group.clone(),
-        brokers: None,
-        interval: Duration::from_millis(500),
-        no_offset: tidewatch::config::NoOffsetRule::Earliest,
-        options: Default::default(),
-    });
+    cfg.probes.push(
+        serde_json::from_value(serde_json::json!({
+            "kind": "kafka_lag", "target": "web", "topic": orders, "group": group,
+            "interval": "500ms", "no_offset": "earliest"
+        }))
+        .unwrap(),
+    );
     // Lag: partition 0 350 - 100 = 250, partition 1 (no offset, earliest) 350.
     let settings = tidewatch::source::kafka::settings(cfg.source.kafka.as_ref().unwrap());
     let probe_cfg = cfg.probes[0].clone();

@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 
-use crate::command::{ScaleCommand, ScaleResult};
+use crate::command::{deliver_result, ScaleCommand};
 use crate::config::KafkaCommandsConfig;
 use crate::engine::EngineInput;
 use crate::kafka::{produce_until_acked, unique_suffix, ClientSettings, LoggingContext};
@@ -142,28 +142,8 @@ impl KafkaResults {
                     continue;
                 }
             };
-            match serde_json::from_slice::<ScaleResult>(m.payload().unwrap_or_default()) {
-                Ok(r) => {
-                    let status = serde_json::to_value(r.status).ok();
-                    let status = status
-                        .as_ref()
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown");
-                    self.metrics
-                        .results_received
-                        .with_label_values(&[status])
-                        .inc();
-                    if engine.send(EngineInput::Result(r)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.metrics
-                        .results_received
-                        .with_label_values(&["invalid"])
-                        .inc();
-                    tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "result not decoded; skipped");
-                }
+            if !deliver_result(m.payload().unwrap_or_default(), &self.metrics, &engine).await {
+                return;
             }
         }
     }

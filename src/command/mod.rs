@@ -1,6 +1,7 @@
 //! Scale commands and results (version 1 of DESIGN.md). The transports that
 //! publish commands and read results live beside this file.
 
+pub mod amqp;
 pub mod kafka;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,38 @@ pub struct ScaleResult {
     pub error: Option<String>,
     pub worker: String,
     pub finished_at: String,
+}
+
+/// Decodes a result message and hands it to the engine, counting it by
+/// status (`invalid` when it cannot be decoded; it is then skipped).
+/// False when the engine is gone.
+pub async fn deliver_result(
+    bytes: &[u8],
+    metrics: &crate::telemetry::Metrics,
+    engine: &tokio::sync::mpsc::Sender<crate::engine::EngineInput>,
+) -> bool {
+    match serde_json::from_slice::<ScaleResult>(bytes) {
+        Ok(r) => {
+            let status = serde_json::to_value(r.status).ok();
+            let status = status
+                .as_ref()
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown");
+            metrics.results_received.with_label_values(&[status]).inc();
+            engine
+                .send(crate::engine::EngineInput::Result(r))
+                .await
+                .is_ok()
+        }
+        Err(e) => {
+            metrics
+                .results_received
+                .with_label_values(&["invalid"])
+                .inc();
+            tracing::warn!(error = %e, bytes = bytes.len(), "result not decoded; skipped");
+            true
+        }
+    }
 }
 
 #[cfg(test)]

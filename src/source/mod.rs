@@ -2,6 +2,7 @@
 //! themselves. Every source hands batches to the engine task and stores
 //! offsets (or acks) only after the engine has applied them.
 
+pub mod amqp;
 pub mod kafka;
 pub mod probe;
 

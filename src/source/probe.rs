@@ -1,7 +1,8 @@
 //! Probes measure signals themselves, so a user needs no publisher: the
 //! Kafka lag probe computes a consumer group's lag on a topic (high
 //! watermark minus committed offset, summed over partitions, as KEDA's
-//! Kafka scaler does) and feeds it as the target's `queue_depth`.
+//! Kafka scaler does) and feeds it as the target's `queue_depth`; the
+//! RabbitMQ queue probe reads a queue's depth the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::amqp::AmqpSettings;
 use crate::clock::Clock;
 use crate::config::{KafkaSourceConfig, NoOffsetRule, ProbeConfig};
 use crate::engine::EngineInput;
@@ -124,50 +126,255 @@ impl KafkaLagProbe {
     pub fn measure_now(&self) -> Result<i64, String> {
         Self::measure(&self.consumer, &self.cfg)
     }
+}
 
-    /// Measures every interval until `stop`, feeding the engine.
-    pub async fn run(
-        self,
-        engine: mpsc::Sender<EngineInput>,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let mut ticker = tokio::time::interval(self.cfg.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let queue = format!("kafka:{}/{}", self.cfg.topic, self.cfg.group);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => return,
-                _ = ticker.tick() => {}
+impl Measure for KafkaLagProbe {
+    const KIND: &'static str = "kafka_lag";
+    fn cfg(&self) -> &ProbeConfig {
+        &self.cfg
+    }
+    fn queue_label(&self) -> String {
+        format!("kafka:{}/{}", self.cfg.topic, self.cfg.group)
+    }
+    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, String> {
+        let (consumer, cfg) = (self.consumer.clone(), self.cfg.clone());
+        match tokio::task::spawn_blocking(move || Self::measure(&consumer, &cfg)).await {
+            Ok(r) => r.map(|lag| Some((lag as f64, None))),
+            Err(e) => Err(format!("lag probe task failed: {e}")),
+        }
+    }
+}
+
+/// A probe: one depth measurement at a time.
+pub trait Measure: Send {
+    const KIND: &'static str;
+    fn cfg(&self) -> &ProbeConfig;
+    /// The `queue` of the signals it feeds.
+    fn queue_label(&self) -> String;
+    /// The depth and, when known, the number of consumers.
+    /// `Ok(None)`: nothing to report yet (no error).
+    fn depth(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<(f64, Option<u32>)>, String>> + Send;
+}
+
+/// Measures every interval until `stop`, feeding the engine the target's
+/// `queue_depth`; a failed measurement is logged and counted.
+pub async fn run_probe<M: Measure>(
+    mut probe: M,
+    engine: mpsc::Sender<EngineInput>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(probe.cfg().interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let queue = probe.queue_label();
+    let target = probe.cfg().target.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = ticker.tick() => {}
+        }
+        let measured = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            m = probe.depth() => m,
+        };
+        match measured {
+            Ok(None) => {}
+            Ok(Some((depth, consumers))) => {
+                let s = Signal::QueueDepth(QueueDepth {
+                    target: target.clone(),
+                    queue: queue.clone(),
+                    depth,
+                    consumers,
+                    ts_ms: clock.now_ms(),
+                });
+                if engine.send(EngineInput::Signal(s)).await.is_err() {
+                    return;
+                }
             }
-            let (consumer, cfg) = (self.consumer.clone(), self.cfg.clone());
-            let lag = tokio::task::spawn_blocking(move || Self::measure(&consumer, &cfg)).await;
-            match lag {
-                Ok(Ok(lag)) => {
-                    let s = Signal::QueueDepth(QueueDepth {
-                        target: self.cfg.target.clone(),
-                        queue: queue.clone(),
-                        depth: lag as f64,
-                        consumers: None,
-                        ts_ms: clock.now_ms(),
-                    });
-                    if engine.send(EngineInput::Signal(s)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Err(e)) => {
-                    metrics
-                        .probe_errors
-                        .with_label_values(&[self.cfg.target.as_str(), "kafka_lag"])
-                        .inc();
-                    tracing::warn!(target_name = %self.cfg.target, topic = %self.cfg.topic, group = %self.cfg.group, "lag probe: {e}");
-                }
-                Err(e) => tracing::error!("lag probe task failed: {e}"),
+            Err(e) => {
+                metrics
+                    .probe_errors
+                    .with_label_values(&[target.as_str(), M::KIND])
+                    .inc();
+                tracing::warn!(target_name = %target, queue = %queue, kind = M::KIND, "probe: {e}");
             }
         }
     }
+}
+
+/// A RabbitMQ queue's depth: the ready messages and consumers from a
+/// passive declare, or, with `management_url`, ready plus unacknowledged
+/// messages from the management HTTP API (KEDA's RabbitMQ scaler counts
+/// the same). The connection is kept and reopened after a failure.
+pub struct AmqpQueueProbe {
+    cfg: ProbeConfig,
+    key: String,
+    settings: AmqpSettings,
+    management: Option<(reqwest::Client, String)>,
+    channel: Option<(lapin::Connection, lapin::Channel)>,
+}
+
+impl AmqpQueueProbe {
+    /// Probe `i`: its own URL, else the source's.
+    pub fn new(
+        cfg: &ProbeConfig,
+        i: usize,
+        source: Option<&crate::config::AmqpSourceConfig>,
+    ) -> Result<Self, String> {
+        let key = format!("probes[{i}]");
+        let url = cfg.url_secret();
+        let settings = match (url.is_set(), source) {
+            (true, _) => AmqpSettings {
+                key: format!("{key}.url"),
+                url,
+                tls_ca_file: cfg.tls_ca_file.clone(),
+            },
+            (false, Some(s)) => AmqpSettings {
+                key: format!("{key}.url"),
+                ..s.settings()
+            },
+            (false, None) => {
+                return Err(format!(
+                    "{key}.url: give `url`, `url_env` or `url_file`, or configure [source.amqp]"
+                ))
+            }
+        };
+        let management = match cfg
+            .management_secret()
+            .resolve(&format!("{key}.management_url"))?
+        {
+            Some(base) => {
+                let client = reqwest::Client::builder()
+                    .timeout(TIMEOUT)
+                    .build()
+                    .map_err(|e| format!("{key}.management_url: {e}"))?;
+                Some((client, management_queue_url(&base, &cfg.vhost, &cfg.queue)?))
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            key,
+            settings,
+            management,
+            channel: None,
+        })
+    }
+
+    async fn passive(&mut self) -> Result<(f64, Option<u32>), String> {
+        if self.channel.is_none() {
+            let conn = self
+                .settings
+                .connect("probe")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| format!("{}.url: {e}", self.key))?;
+            self.channel = Some((conn, ch));
+        }
+        let (_, ch) = self.channel.as_ref().expect("opened above");
+        let qkey = format!("{}.queue", self.key);
+        match crate::amqp::queue(ch, &self.cfg.queue, &qkey, false, None).await {
+            Ok((messages, consumers)) => Ok((messages as f64, Some(consumers))),
+            Err(e) => {
+                // A failed passive declare closes the channel: start over.
+                if let Some((conn, _)) = self.channel.take() {
+                    let _ = conn.close(200, "probe retry").await;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn http(&self) -> Result<Option<(f64, Option<u32>)>, String> {
+        let (client, url) = self.management.as_ref().expect("called with management");
+        let key = format!("{}.management_url", self.key);
+        let shown = crate::amqp::redact(url);
+        let resp = client
+            .get(url.as_str())
+            .send()
+            .await
+            .map_err(|e| format!("{key} {shown}: {}", crate::amqp::redact(&e.to_string())))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("{key} {shown}: HTTP {status}"));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{key} {shown}: {e}"))?;
+        parse_management(&body).map_err(|e| format!("{key} {shown}: {e}"))
+    }
+}
+
+impl Measure for AmqpQueueProbe {
+    const KIND: &'static str = "amqp_queue";
+    fn cfg(&self) -> &ProbeConfig {
+        &self.cfg
+    }
+    fn queue_label(&self) -> String {
+        format!("amqp:{}", self.cfg.queue)
+    }
+    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, String> {
+        if self.management.is_some() {
+            self.http().await
+        } else {
+            self.passive().await.map(Some)
+        }
+    }
+}
+
+/// `http://u:p@host:15672` + vhost + queue -> the API URL of the queue.
+pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<String, String> {
+    let base = base.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(format!(
+            "management_url {}: must start with http:// or https://",
+            crate::amqp::redact(base)
+        ));
+    }
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    Ok(format!("{base}/api/queues/{}/{}", enc(vhost), enc(queue)))
+}
+
+/// The depth (`messages`: ready + unacknowledged) and `consumers` of a
+/// management API queue object; `None` for a queue so new that the API has
+/// no statistics for it yet.
+pub fn parse_management(body: &[u8]) -> Result<Option<(f64, Option<u32>)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not a queue object: {e}"))?;
+    let messages = v.get("messages").and_then(|m| m.as_f64()).or_else(|| {
+        let ready = v.get("messages_ready")?.as_f64()?;
+        let unacked = v.get("messages_unacknowledged")?.as_f64()?;
+        Some(ready + unacked)
+    });
+    let Some(messages) = messages else {
+        return match v.get("name") {
+            Some(_) => Ok(None),
+            None => Err("not a queue object: no `name` and no `messages`".into()),
+        };
+    };
+    let consumers = v
+        .get("consumers")
+        .and_then(|c| c.as_u64())
+        .map(|c| c.min(u32::MAX as u64) as u32);
+    Ok(Some((messages, consumers)))
 }
 
 #[cfg(test)]
@@ -205,6 +412,35 @@ mod tests {
         assert!(settings(&p, 2, None)
             .unwrap_err()
             .contains("probes[2].brokers"));
+    }
+
+    #[test]
+    fn management_api_urls_and_bodies() {
+        assert_eq!(
+            management_queue_url("http://u:p@127.0.0.1:15672/", "/", "orders.in").unwrap(),
+            "http://u:p@127.0.0.1:15672/api/queues/%2F/orders.in"
+        );
+        let e = management_queue_url("amqp://u:secret@h", "/", "q").unwrap_err();
+        assert!(e.contains("http://") && !e.contains("secret"), "{e}");
+        assert_eq!(
+            parse_management(br#"{"messages": 12, "messages_ready": 10, "consumers": 3}"#).unwrap(),
+            Some((12.0, Some(3)))
+        );
+        assert_eq!(
+            parse_management(br#"{"messages_ready": 4, "messages_unacknowledged": 5}"#).unwrap(),
+            Some((9.0, None))
+        );
+        assert_eq!(
+            parse_management(br#"{"name": "q"}"#).unwrap(),
+            None,
+            "a new queue has no statistics yet"
+        );
+        assert!(parse_management(br#"{"error": "x"}"#)
+            .unwrap_err()
+            .contains("messages"));
+        assert!(parse_management(b"<html>")
+            .unwrap_err()
+            .contains("not a queue object"));
     }
 
     #[test]

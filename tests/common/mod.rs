@@ -31,3 +31,4 @@ pub fn start_run(
     });
     (stop, task)
 }
+pub mod amqp;

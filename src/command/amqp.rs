@@ -1,0 +1,454 @@
+//! Commands on RabbitMQ: published persistent to the commands topic
+//! exchange with routing key `<provider>.<target>`, `mandatory`, and with
+//! publisher confirms. The publisher keeps the latest undelivered command
+//! per target: a nack, a return (no queue bound) or a lost connection
+//! means retry with backoff, and a command decided while the broker was
+//! away is published once it is back (a newer one for the same target
+//! replaces it). Results are read from the results exchange through an
+//! exclusive queue of this scaler's own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::{mpsc, watch};
+
+use crate::amqp::{self, AmqpSettings, ConnectError};
+use crate::command::{deliver_result, ScaleCommand};
+use crate::config::AmqpCommandsConfig;
+use crate::engine::EngineInput;
+use crate::telemetry::Metrics;
+
+/// The routing key of a command.
+pub fn routing_key(c: &ScaleCommand) -> String {
+    format!("{}.{}", c.provider, c.target)
+}
+
+pub struct AmqpPublisher {
+    cfg: AmqpCommandsConfig,
+    settings: AmqpSettings,
+    metrics: Arc<Metrics>,
+}
+
+pub struct PublisherSession {
+    conn: Connection,
+    channel: Channel,
+}
+
+/// Declares (or checks) the commands and results exchanges and, when
+/// named, the workers' queue.
+async fn topology(ch: &Channel, cfg: &AmqpCommandsConfig) -> Result<(), ConnectError> {
+    amqp::exchange(ch, &cfg.exchange, "commands.amqp.exchange", cfg.declare).await?;
+    amqp::exchange(
+        ch,
+        &cfg.results_exchange,
+        "commands.amqp.results_exchange",
+        cfg.declare,
+    )
+    .await?;
+    if !cfg.queue.is_empty() {
+        let keys = ["#".to_string()];
+        amqp::queue(
+            ch,
+            &cfg.queue,
+            "commands.amqp.queue",
+            cfg.declare,
+            Some((&cfg.exchange, &keys)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Commands waiting for a confirm: the latest per target.
+#[derive(Default)]
+struct Pending(BTreeMap<String, ScaleCommand>);
+
+impl Pending {
+    fn put(&mut self, c: ScaleCommand) {
+        match self.0.get(&c.target) {
+            Some(p) if p.generation > c.generation => {}
+            _ => {
+                self.0.insert(c.target.clone(), c);
+            }
+        }
+    }
+    /// Forgets `c` unless a newer command for its target came meanwhile.
+    fn done(&mut self, c: &ScaleCommand) {
+        if self.0.get(&c.target).map(|p| p.generation) == Some(c.generation) {
+            self.0.remove(&c.target);
+        }
+    }
+}
+
+impl AmqpPublisher {
+    pub fn new(cfg: &AmqpCommandsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings: cfg.settings(),
+            cfg: cfg.clone(),
+            metrics,
+        }
+    }
+
+    pub async fn open(&self) -> Result<PublisherSession, ConnectError> {
+        let conn = self.settings.connect("commands").await?;
+        let lost = |e: lapin::Error| {
+            ConnectError::Unreachable(format!("commands.amqp {}: {e}", self.settings.shown_url()))
+        };
+        let channel = conn.create_channel().await.map_err(lost)?;
+        topology(&channel, &self.cfg).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(lost)?;
+        Ok(PublisherSession { conn, channel })
+    }
+
+    /// Publishes every command from `rx` until it closes and nothing is
+    /// pending, telling the engine about each confirmed one.
+    pub async fn run(
+        self,
+        first: Option<PublisherSession>,
+        mut rx: mpsc::Receiver<ScaleCommand>,
+        engine: mpsc::WeakSender<EngineInput>,
+    ) {
+        let mut pending = Pending::default();
+        let mut session = first;
+        let mut closed = false;
+        let mut backoff = amqp::reconnect_backoff();
+        loop {
+            if pending.0.is_empty() {
+                if closed {
+                    break;
+                }
+                match rx.recv().await {
+                    Some(c) => pending.put(c),
+                    None => {
+                        closed = true;
+                        continue;
+                    }
+                }
+            }
+            while let Ok(c) = rx.try_recv() {
+                pending.put(c);
+            }
+            let s = match &session {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) => {
+                        tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), "amqp command publisher connected");
+                        self.metrics
+                            .broker_connected
+                            .with_label_values(&["commands"])
+                            .set(1);
+                        session.insert(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            setting = "commands.amqp.url",
+                            pending = pending.0.len(),
+                            "amqp command publisher cannot connect, retrying: {e}"
+                        );
+                        pause(&mut backoff, &mut rx, &mut pending, &mut closed).await;
+                        continue;
+                    }
+                },
+            };
+            let batch: Vec<ScaleCommand> = pending.0.values().cloned().collect();
+            let outcomes = futures::future::join_all(batch.iter().map(|c| {
+                let json = c.to_json();
+                let key = routing_key(c);
+                let ch = &s.channel;
+                let exchange = self.cfg.exchange.as_str();
+                async move {
+                    amqp::publish_confirmed(ch, exchange, &key, &json, amqp::persistent_json())
+                        .await
+                }
+            }))
+            .await;
+            let mut retry = false;
+            let mut lost = None;
+            for (c, outcome) in batch.iter().zip(outcomes) {
+                match outcome {
+                    Ok(true) => {
+                        pending.done(c);
+                        self.published(c, &engine);
+                    }
+                    Ok(false) => {
+                        retry = true;
+                        self.metrics
+                            .command_publish_failures
+                            .with_label_values(&[c.target.as_str()])
+                            .inc();
+                        tracing::warn!(
+                            setting = "commands.amqp.exchange", exchange = %self.cfg.exchange, routing_key = %routing_key(c),
+                            generation = c.generation,
+                            "command nacked or unroutable (is a queue bound for this routing key?); retrying"
+                        );
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .command_publish_failures
+                            .with_label_values(&[c.target.as_str()])
+                            .inc();
+                        lost = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = lost {
+                tracing::warn!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher lost the broker ({e}); reconnecting");
+                self.metrics
+                    .broker_connected
+                    .with_label_values(&["commands"])
+                    .set(0);
+                self.metrics
+                    .broker_reconnects
+                    .with_label_values(&["commands"])
+                    .inc();
+                session = None;
+                retry = true;
+            }
+            if retry {
+                pause(&mut backoff, &mut rx, &mut pending, &mut closed).await;
+            } else {
+                backoff.reset();
+            }
+        }
+        if let Some(s) = session {
+            let _ = s.conn.close(200, "tidewatch stopping").await;
+        }
+        self.metrics
+            .broker_connected
+            .with_label_values(&["commands"])
+            .set(0);
+    }
+
+    fn published(&self, c: &ScaleCommand, engine: &mpsc::WeakSender<EngineInput>) {
+        let dir = if c.desired_replicas >= c.current_replicas {
+            "up"
+        } else {
+            "down"
+        };
+        self.metrics
+            .commands_published
+            .with_label_values(&[c.target.as_str(), dir])
+            .inc();
+        // try_send: the engine may be blocked on a full command channel
+        // that only this task empties; an acknowledgement is not worth a deadlock.
+        if let Some(engine) = engine.upgrade() {
+            let _ = engine.try_send(EngineInput::Published {
+                target: c.target.clone(),
+                generation: c.generation,
+            });
+        }
+    }
+}
+
+/// Waits out one backoff interval while still taking new commands in.
+async fn pause(
+    backoff: &mut ExponentialBackoff,
+    rx: &mut mpsc::Receiver<ScaleCommand>,
+    pending: &mut Pending,
+    closed: &mut bool,
+) {
+    let wait = backoff
+        .next_backoff()
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return,
+            c = rx.recv(), if !*closed => match c {
+                Some(c) => pending.put(c),
+                None => *closed = true,
+            },
+        }
+    }
+}
+
+/// Reads every worker's results through an exclusive, auto-deleted queue
+/// bound to the results exchange (the closed loop needs what happens from
+/// now on, as the Kafka reader starts at the end).
+pub struct AmqpResults {
+    cfg: AmqpCommandsConfig,
+    settings: AmqpSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl AmqpResults {
+    pub fn new(cfg: &AmqpCommandsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings: cfg.settings(),
+            cfg: cfg.clone(),
+            metrics,
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, lapin::Consumer), ConnectError> {
+        let conn = self.settings.connect("results").await?;
+        let lost = |e: lapin::Error| {
+            ConnectError::Unreachable(format!(
+                "commands.amqp.results_exchange {:?}: {e}",
+                self.cfg.results_exchange
+            ))
+        };
+        let ch = conn.create_channel().await.map_err(lost)?;
+        amqp::exchange(
+            &ch,
+            &self.cfg.results_exchange,
+            "commands.amqp.results_exchange",
+            self.cfg.declare,
+        )
+        .await?;
+        let q = ch
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(lost)?;
+        ch.queue_bind(
+            q.name().as_str(),
+            &self.cfg.results_exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lost)?;
+        let consumer = ch
+            .basic_consume(
+                q.name().as_str(),
+                "tidewatch-results",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(lost)?;
+        Ok((conn, consumer))
+    }
+
+    pub async fn run(self, engine: mpsc::Sender<EngineInput>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = amqp::reconnect_backoff();
+        loop {
+            let (conn, mut consumer) = match self.open().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(
+                        setting = "commands.amqp.results_exchange",
+                        "amqp results reader cannot connect, retrying: {e}"
+                    );
+                    if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.metrics
+                .broker_connected
+                .with_label_values(&["results"])
+                .set(1);
+            let lost = loop {
+                let d = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break None,
+                    d = consumer.next() => d,
+                };
+                match d {
+                    Some(Ok(d)) => {
+                        if !deliver_result(&d.data, &self.metrics, &engine).await {
+                            break None;
+                        }
+                    }
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break Some("the broker cancelled the consumer".into()),
+                }
+            };
+            self.metrics
+                .broker_connected
+                .with_label_values(&["results"])
+                .set(0);
+            match lost {
+                None => {
+                    let _ = conn.close(200, "tidewatch stopping").await;
+                    return;
+                }
+                Some(e) => {
+                    self.metrics
+                        .broker_reconnects
+                        .with_label_values(&["results"])
+                        .inc();
+                    tracing::warn!(
+                        setting = "commands.amqp.url",
+                        "amqp results reader lost the broker ({e}); reconnecting"
+                    );
+                    if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(target: &str, generation: i64) -> ScaleCommand {
+        ScaleCommand {
+            version: 1,
+            id: format!("id-{generation}"),
+            target: target.into(),
+            provider: "kubernetes".into(),
+            desired_replicas: 3,
+            current_replicas: 2,
+            reason: String::new(),
+            policy: String::new(),
+            generation,
+            issued_at: String::new(),
+            expires_at: String::new(),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn pending_keeps_the_latest_per_target() {
+        let mut p = Pending::default();
+        p.put(cmd("a", 2));
+        p.put(cmd("a", 1));
+        p.put(cmd("b", 5));
+        assert_eq!(
+            p.0["a"].generation, 2,
+            "an older command never replaces a newer one"
+        );
+        p.put(cmd("a", 3));
+        assert_eq!(p.0.len(), 2);
+        p.done(&cmd("a", 2));
+        assert_eq!(
+            p.0["a"].generation, 3,
+            "a confirm for generation 2 leaves 3 pending"
+        );
+        p.done(&cmd("a", 3));
+        p.done(&cmd("b", 5));
+        assert!(p.0.is_empty());
+        assert_eq!(routing_key(&cmd("checkout", 1)), "kubernetes.checkout");
+    }
+}

@@ -1,0 +1,313 @@
+//! The RabbitMQ signal source: a durable queue bound to the signals topic
+//! exchange, consumed with a bounded prefetch (`basic_qos`), one batch in
+//! flight, acked (with `multiple`) only after the engine applied the batch
+//! and every refused message was dead-lettered with a publisher confirm.
+//! A lost connection or channel is reconnected with backoff; what was
+//! delivered but not acked is redelivered by the broker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, Consumer};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::amqp::{self, AmqpSettings, ConnectError};
+use crate::clock::Clock;
+use crate::config::AmqpSourceConfig;
+use crate::engine::EngineInput;
+use crate::source::kafka::MAX_BATCH;
+use crate::source::{DeadLetter, Origin};
+use crate::telemetry::Metrics;
+
+pub struct AmqpSource {
+    cfg: AmqpSourceConfig,
+    settings: AmqpSettings,
+    engine: mpsc::Sender<EngineInput>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    ready: Arc<AtomicBool>,
+}
+
+/// One connection's worth of state.
+pub struct Session {
+    conn: Connection,
+    consumer: Consumer,
+    /// In confirm mode, for dead letters.
+    deadletters: Channel,
+}
+
+/// How a session ended.
+enum Ended {
+    Stopped,
+    EngineGone,
+    Lost(String),
+}
+
+impl AmqpSource {
+    pub fn new(
+        cfg: &AmqpSourceConfig,
+        engine: mpsc::Sender<EngineInput>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            settings: cfg.settings(),
+            cfg: cfg.clone(),
+            engine,
+            metrics,
+            clock,
+            ready,
+        }
+    }
+
+    /// Connects, declares (or checks) the exchanges and the queue, sets the
+    /// prefetch and starts consuming.
+    pub async fn open(&self) -> Result<Session, ConnectError> {
+        let conn = self.settings.connect("source").await?;
+        let lost = |e: lapin::Error| {
+            ConnectError::Unreachable(format!("source.amqp {}: {e}", self.settings.shown_url()))
+        };
+        let ch = conn.create_channel().await.map_err(lost)?;
+        let c = &self.cfg;
+        amqp::exchange(&ch, &c.exchange, "source.amqp.exchange", c.declare).await?;
+        amqp::exchange(
+            &ch,
+            &c.deadletter_exchange,
+            "source.amqp.deadletter_exchange",
+            c.declare,
+        )
+        .await?;
+        amqp::queue(
+            &ch,
+            &c.queue,
+            "source.amqp.queue",
+            c.declare,
+            Some((&c.exchange, &c.binding_keys)),
+        )
+        .await?;
+        if c.declare {
+            // Dead letters wait in a queue of the same name, so that none is
+            // dropped for want of a binding.
+            let keys = ["#".to_string()];
+            amqp::queue(
+                &ch,
+                &c.deadletter_exchange,
+                "source.amqp.deadletter_exchange",
+                true,
+                Some((&c.deadletter_exchange, &keys)),
+            )
+            .await?;
+        }
+        ch.basic_qos(c.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(lost)?;
+        let consumer = ch
+            .basic_consume(
+                &c.queue,
+                &format!("tidewatch-{}", crate::kafka::unique_suffix()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                ConnectError::Topology(format!(
+                    "source.amqp.queue {:?}: cannot consume: {e}",
+                    c.queue
+                ))
+            })?;
+        let deadletters = conn.create_channel().await.map_err(lost)?;
+        deadletters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(lost)?;
+        Ok(Session {
+            conn,
+            consumer,
+            deadletters,
+        })
+    }
+
+    /// Consumes until `stop` turns true, reconnecting whenever the broker
+    /// goes away. `first` is a session opened by the caller at start.
+    pub async fn run(self, first: Option<Session>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = amqp::reconnect_backoff();
+        let mut session = first;
+        loop {
+            let s = match session.take() {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) => {
+                        tracing::info!(setting = "source.amqp.url", url = %self.settings.shown_url(), queue = %self.cfg.queue, "amqp source connected");
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            setting = "source.amqp.url",
+                            "amqp source cannot connect, retrying: {e}"
+                        );
+                        if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            backoff.reset();
+            self.ready.store(true, Ordering::Relaxed);
+            self.metrics
+                .broker_connected
+                .with_label_values(&["source"])
+                .set(1);
+            let ended = self.consume(&s, &mut stop).await;
+            self.metrics
+                .broker_connected
+                .with_label_values(&["source"])
+                .set(0);
+            match ended {
+                Ended::Stopped | Ended::EngineGone => {
+                    let _ = s.conn.close(200, "tidewatch stopping").await;
+                    break;
+                }
+                Ended::Lost(e) => {
+                    self.ready.store(false, Ordering::Relaxed);
+                    self.metrics
+                        .broker_reconnects
+                        .with_label_values(&["source"])
+                        .inc();
+                    tracing::warn!(setting = "source.amqp.url", url = %self.settings.shown_url(), "amqp source lost the broker ({e}); reconnecting");
+                    if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("amqp source stopped");
+    }
+
+    async fn consume(&self, s: &Session, stop: &mut watch::Receiver<bool>) -> Ended {
+        let mut consumer = s.consumer.clone();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                d = consumer.next() => d,
+            };
+            let mut batch = Vec::with_capacity(64);
+            match first {
+                Some(Ok(d)) => batch.push(d),
+                Some(Err(e)) => return Ended::Lost(e.to_string()),
+                None => return Ended::Lost("the broker cancelled the consumer".into()),
+            }
+            while batch.len() < MAX_BATCH {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    _ => break,
+                }
+            }
+            if let Some(ended) = self.handle(s, batch).await {
+                return ended;
+            }
+        }
+    }
+
+    /// Applies a batch, dead-letters what was refused, then acks it all.
+    async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Option<Ended> {
+        let messages: Vec<(Origin, Vec<u8>)> = batch
+            .iter_mut()
+            .map(|d| {
+                let origin = Origin {
+                    topic: d.exchange.to_string(),
+                    key: Some(d.routing_key.as_str().as_bytes().to_vec()),
+                    ..Origin::default()
+                };
+                (origin, std::mem::take(&mut d.data))
+            })
+            .collect();
+        let messages = Arc::new(messages);
+        let (done, outcome) = oneshot::channel();
+        let input = EngineInput::Batch {
+            source: "amqp",
+            messages: messages.clone(),
+            done: Some(done),
+        };
+        if self.engine.send(input).await.is_err() {
+            return Some(Ended::EngineGone);
+        }
+        let Ok(outcomes) = outcome.await else {
+            return Some(Ended::EngineGone);
+        };
+        let now = self.clock.now_ms();
+        for (((origin, bytes), outcome), d) in messages.iter().zip(&outcomes).zip(&batch) {
+            if let Some(dl) = DeadLetter::of("amqp", origin, bytes, outcome, now) {
+                if let Err(e) = self.dead_letter(s, d, bytes, &dl).await {
+                    return Some(Ended::Lost(e));
+                }
+            }
+        }
+        let last = batch.last().expect("a batch has a first delivery");
+        match last.acker.ack(BasicAckOptions { multiple: true }).await {
+            Ok(_) => None,
+            Err(e) => Some(Ended::Lost(format!("ack: {e}"))),
+        }
+    }
+
+    /// Publishes the original message to the dead-letter exchange with the
+    /// reasons in its headers, retrying a nack with backoff; Err when the
+    /// channel is gone (the batch is then redelivered, not acked).
+    async fn dead_letter(
+        &self,
+        s: &Session,
+        d: &Delivery,
+        bytes: &[u8],
+        dl: &DeadLetter,
+    ) -> Result<(), String> {
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        let mut put = |k: &str, v: &str| {
+            headers.insert(k.into(), AMQPValue::LongString(v.into()));
+        };
+        put("x-tidewatch-reason", &dl.reason);
+        put("x-tidewatch-detail", &dl.detail);
+        put("x-tidewatch-received-at", &dl.received_at);
+        put("x-original-exchange", d.exchange.as_str());
+        put("x-original-routing-key", d.routing_key.as_str());
+        let reasons = serde_json::to_string(&dl.rejections).unwrap_or_default();
+        put("x-tidewatch-rejections", &reasons);
+        let props = d
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let mut backoff = amqp::reconnect_backoff();
+        loop {
+            match amqp::publish_confirmed(
+                &s.deadletters,
+                &self.cfg.deadletter_exchange,
+                d.routing_key.as_str(),
+                bytes,
+                props.clone(),
+            )
+            .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(setting = "source.amqp.deadletter_exchange", exchange = %self.cfg.deadletter_exchange, "dead letter not confirmed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(format!("dead letter: {e}")),
+            }
+        }
+        self.metrics
+            .dead_letters
+            .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
+            .inc();
+        Ok(())
+    }
+}

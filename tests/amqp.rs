@@ -1,0 +1,426 @@
+//! `tidewatch run` against a real RabbitMQ (started by scripts/test; URL in
+//! TIDEWATCH_TEST_AMQP): signals published by an outside client (Python
+//! pika), commands with routing key `<provider>.<target>`, dead letters
+//! with reasons in their headers, results, the queue-depth probe (passive
+//! declare and the management API), and the start-up errors.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::amqp::{self as mq, Names};
+use tidewatch::command::ScaleCommand;
+use tidewatch::telemetry::Metrics;
+
+const POLICY: &str = r#"return { decide = function(ctx)
+  local d = ctx.window("queue_depth", "10s")
+  if not d then return nil end
+  return { replicas = math.ceil(d.last / 100), reason = "last " .. d.last }
+end }"#;
+
+fn targets(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                r#"
+[[targets]]
+name = "{n}"
+policy = "p.lua"
+provider = "exec"
+max_replicas = 1000
+stabilization_down = "0s"
+"#
+            )
+        })
+        .collect()
+}
+
+const ENGINE: &str = r#"
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "20s"
+"#;
+
+fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|metric| {
+            labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+        .sum()
+}
+
+fn python() -> String {
+    std::env::var("TIDEWATCH_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
+}
+
+/// Publishes each (routing key, body) with pika, persistent, with
+/// publisher confirms; fails the test when pika reports an error.
+fn pika_publish(url: &str, exchange: &str, messages: &[(&str, &str)]) {
+    const SCRIPT: &str = r#"
+import json, sys, pika
+url, exchange, messages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+conn = pika.BlockingConnection(pika.URLParameters(url))
+ch = conn.channel()
+ch.confirm_delivery()
+for key, body in messages:
+    ch.basic_publish(exchange=exchange, routing_key=key, body=body.encode(),
+                     properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                     mandatory=True)
+conn.close()
+print(len(messages))
+"#;
+    let json = serde_json::to_string(messages).unwrap();
+    let out = std::process::Command::new(python())
+        .args(["-c", SCRIPT, url, exchange, &json])
+        .output()
+        .expect("python3 runs (scripts/test installs python3-pika)");
+    assert!(
+        out.status.success(),
+        "pika failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        messages.len().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{}{ENGINE}{}", n.toml(&url), targets(&["web"])),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let good =
+        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":750,"ts":{now}}}"#);
+    let negative =
+        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":-5,"ts":{now}}}"#);
+    pika_publish(
+        &url,
+        &n.signals,
+        &[
+            ("queue_depth.web", &negative),
+            ("queue_depth.web", "this is not json"),
+            ("queue_depth.web", &good),
+        ],
+    );
+
+    // The command: routing key <provider>.<target>, persistent, JSON.
+    let commands = mq::read_until(&conn, &n.workers, Duration::from_secs(20), |g| {
+        g.iter().any(|c| {
+            serde_json::from_slice::<ScaleCommand>(&c.body).is_ok_and(|c| c.desired_replicas == 8)
+        })
+    })
+    .await;
+    let last = commands.last().expect("a command arrived");
+    let cmd: ScaleCommand = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!((cmd.target.as_str(), cmd.desired_replicas), ("web", 8));
+    assert_eq!(last.routing_key, "exec.web");
+    assert_eq!(last.properties.delivery_mode(), &Some(2), "persistent");
+
+    // Both poison messages, original bytes, reasons in the headers.
+    let dead = mq::read_until(&conn, &n.deadletter, Duration::from_secs(10), |g| {
+        g.len() >= 2
+    })
+    .await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].body, negative.as_bytes());
+    assert_eq!(
+        mq::header(&dead[0], "x-tidewatch-reason").as_deref(),
+        Some("negative_value")
+    );
+    assert_eq!(dead[1].body, b"this is not json");
+    assert_eq!(
+        mq::header(&dead[1], "x-tidewatch-reason").as_deref(),
+        Some("malformed_json")
+    );
+    assert_eq!(
+        mq::header(&dead[1], "x-original-exchange").as_deref(),
+        Some(n.signals.as_str())
+    );
+    assert_eq!(
+        mq::header(&dead[1], "x-original-routing-key").as_deref(),
+        Some("queue_depth.web")
+    );
+    assert!(mq::header(&dead[0], "x-tidewatch-detail")
+        .unwrap()
+        .contains("-5"));
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_dead_letters_total",
+            &[("source", "amqp")]
+        ),
+        2.0
+    );
+
+    // A worker's result reaches the engine (closed loop).
+    let result = format!(
+        r#"{{"version":1,"command_id":"{}","target":"web","generation":{},"status":"applied","observed_replicas":8,"error":null,"worker":"w1","finished_at":"2026-11-24T10:00:00Z"}}"#,
+        cmd.id, cmd.generation
+    );
+    let pubch = mq::confirm_channel(&conn).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(
+        &metrics,
+        "tidewatch_results_received_total",
+        &[("status", "applied")],
+    ) < 1.0
+    {
+        // The results queue is this scaler's own and unrouted results are
+        // dropped by RabbitMQ: publish until one is counted.
+        let _ = mq::publish(&pubch, &n.results, "exec.web", result.as_bytes()).await;
+        assert!(std::time::Instant::now() < deadline, "result never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every message was acked: nothing waits in the scaler's queue.
+    assert!(mq::drain(&conn, &n.queue).await.is_empty());
+
+    stop.send(()).unwrap();
+    let report = task.await.unwrap();
+    assert!(report.drained);
+    let web = report.targets.iter().find(|t| t.name == "web").unwrap();
+    assert_eq!(web.replicas, 8, "the result's observed replicas");
+    n.delete(&conn.create_channel().await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_probe_reads_depth_by_passive_declare_and_management_api() {
+    let Some(url) = mq::broker() else { return };
+    let management = std::env::var("TIDEWATCH_TEST_AMQP_MANAGEMENT")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into());
+    let n = Names::new();
+    let (orders, jobs) = (
+        format!("orders-{}", mq::suffix()),
+        format!("jobs-{}", mq::suffix()),
+    );
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    for q in [&orders, &jobs] {
+        ch.queue_declare(q, Default::default(), Default::default())
+            .await
+            .unwrap();
+    }
+    for i in 0..250 {
+        mq::publish(&ch, "", &orders, format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..730 {
+        mq::publish(&ch, "", &jobs, format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // A consumer holds 30 jobs unacknowledged: the management API counts
+    // them (730), a passive declare would not (700).
+    let holder = conn.create_channel().await.unwrap();
+    holder.basic_qos(30, Default::default()).await.unwrap();
+    let _held = holder
+        .basic_consume(&jobs, "holder", Default::default(), Default::default())
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[commands]
+kind = "amqp"
+amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" }}
+{ENGINE}
+[[probes]]
+kind = "amqp_queue"
+target = "orders"
+queue = "{orders}"
+url = "{url}"
+interval = "200ms"
+
+[[probes]]
+kind = "amqp_queue"
+target = "jobs"
+queue = "{jobs}"
+url = "{url}"
+management_url = "{management}"
+interval = "500ms"
+{}"#,
+        n.commands,
+        n.results,
+        n.workers,
+        targets(&["orders", "jobs"])
+    );
+    let cfg = mq::load(dir.path(), &toml, POLICY);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    mq::wait_for_queue(&conn, &n.workers).await;
+    let want = |c: &ScaleCommand| match c.target.as_str() {
+        "orders" => c.desired_replicas == 3,
+        "jobs" => c.desired_replicas == 8,
+        _ => false,
+    };
+    // The management API refreshes its statistics every 5 s.
+    let got = mq::read_until(&conn, &n.workers, Duration::from_secs(30), |g| {
+        let cmds: Vec<ScaleCommand> = g
+            .iter()
+            .filter_map(|m| serde_json::from_slice(&m.body).ok())
+            .collect();
+        ["orders", "jobs"]
+            .iter()
+            .all(|t| cmds.iter().any(|c| c.target == *t && want(c)))
+    })
+    .await;
+    let cmds: Vec<ScaleCommand> = got
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.body).ok())
+        .collect();
+    for t in ["orders", "jobs"] {
+        assert!(
+            cmds.iter().any(|c| c.target == t && want(c)),
+            "{t}: {:?}",
+            cmds.iter()
+                .map(|c| (&c.target, c.desired_replicas, &c.reason))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| c.target == "jobs" && c.desired_replicas == 7),
+        "the management probe counts unacknowledged messages"
+    );
+    assert_eq!(counter(&metrics, "tidewatch_probe_errors_total", &[]), 0.0);
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    for q in [&orders, &jobs] {
+        let _ = ch.queue_delete(q, Default::default()).await;
+    }
+    n.delete(&ch).await;
+}
+
+/// Runs the scaler with `toml` and expects it to refuse to start.
+async fn start_error(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(dir.path(), toml, POLICY);
+    let opts = tidewatch::run::RunOptions {
+        listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        ..Default::default()
+    };
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tidewatch::run::run(cfg, opts, std::future::pending::<()>()),
+    )
+    .await
+    .expect("a refused start returns at once");
+    match out {
+        Err(tidewatch::run::RunError::Start(e)) => {
+            eprintln!("start error: {e}");
+            e
+        }
+        other => panic!("expected a start error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_name_the_setting() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let undeclared = n
+        .toml(&url)
+        .replace("prefetch = 500", "prefetch = 500, declare = false");
+    let toml = format!("{undeclared}{}", targets(&["web"]));
+
+    // Declaring off and nothing there: the exchange is named.
+    let e = start_error(&toml).await;
+    assert!(
+        e.contains("source.amqp.exchange")
+            && e.contains(&n.signals)
+            && e.contains("source.amqp.declare"),
+        "{e}"
+    );
+
+    // The exchanges exist but the queue does not.
+    let conn = mq::connect(&url).await;
+    let ch = conn.create_channel().await.unwrap();
+    for x in [&n.signals, &n.deadletter] {
+        ch.exchange_declare(
+            x,
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let e = start_error(&toml).await;
+    assert!(
+        e.contains("source.amqp.queue") && e.contains(&n.queue),
+        "{e}"
+    );
+
+    // Refused credentials: the setting is named, the password is not shown.
+    let bad = url.replacen("guest:guest@", "guest:wrong-password@", 1);
+    assert_ne!(bad, url, "the test URL carries guest:guest");
+    let e = start_error(&format!("{}{}", n.toml(&bad), targets(&["web"]))).await;
+    assert!(e.contains("source.amqp.url"), "{e}");
+    assert!(e.contains("refused") || e.contains("credentials"), "{e}");
+    assert!(!e.contains("wrong-password"), "{e}");
+    n.delete(&ch).await;
+
+    // An unreachable broker is waited for, not fatal: the scaler starts,
+    // is not ready, and drains cleanly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!(
+            "{}{}",
+            n.toml(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+            targets(&["web"])
+        ),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_broker_connected",
+            &[("component", "source")]
+        ),
+        0.0
+    );
+    stop.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.drained);
+}

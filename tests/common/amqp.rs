@@ -1,0 +1,242 @@
+//! RabbitMQ helpers for the integration tests and the AMQP benchmark: the
+//! broker's URL from TIDEWATCH_TEST_AMQP (set by scripts/test), a
+//! configuration with random exchange and queue names, and a plain lapin
+//! client for the test's side of the broker.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use tidewatch::amqp::AmqpSettings;
+use tidewatch::config::{Config, SecretRef};
+
+/// The test broker, or None outside CI when it is not set (the test then
+/// says so and returns). Under CI=true a missing broker fails the test.
+pub fn broker() -> Option<String> {
+    match std::env::var("TIDEWATCH_TEST_AMQP") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "TIDEWATCH_TEST_AMQP is not set under CI: scripts/test starts RabbitMQ and sets it"
+            )
+        }
+        _ => {
+            eprintln!("TIDEWATCH_TEST_AMQP not set: run scripts/test, which starts RabbitMQ");
+            None
+        }
+    }
+}
+
+pub fn suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
+}
+
+/// Names of one test's exchanges and queues.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub signals: String,
+    pub queue: String,
+    pub deadletter: String,
+    pub commands: String,
+    pub results: String,
+    pub workers: String,
+}
+
+impl Names {
+    pub fn new() -> Self {
+        let s = suffix();
+        Self {
+            signals: format!("sig-{s}"),
+            queue: format!("scaler-{s}"),
+            deadletter: format!("dl-{s}"),
+            commands: format!("cmd-{s}"),
+            results: format!("res-{s}"),
+            workers: format!("workers-{s}"),
+        }
+    }
+
+    /// `[source]` and `[commands]` on RabbitMQ under these names.
+    pub fn toml(&self, url: &str) -> String {
+        format!(
+            r#"
+[source]
+kind = "amqp"
+amqp = {{ url = "{url}", exchange = "{}", queue = "{}", deadletter_exchange = "{}", prefetch = 500 }}
+
+[commands]
+kind = "amqp"
+amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" }}
+"#,
+            self.signals, self.queue, self.deadletter, self.commands, self.results, self.workers
+        )
+    }
+
+    /// Removes what the test (and the scaler) declared.
+    pub async fn delete(&self, ch: &Channel) {
+        for q in [&self.queue, &self.deadletter, &self.workers] {
+            let _ = ch.queue_delete(q, Default::default()).await;
+        }
+        for e in [
+            &self.signals,
+            &self.deadletter,
+            &self.commands,
+            &self.results,
+        ] {
+            let _ = ch.exchange_delete(e, Default::default()).await;
+        }
+    }
+}
+
+/// Writes `policy` and a configuration (`toml` plus the given targets) to
+/// `dir` and loads it.
+pub fn load(dir: &Path, toml: &str, policy: &str) -> Config {
+    std::fs::write(dir.join("p.lua"), policy).unwrap();
+    std::fs::write(dir.join("c.toml"), toml).unwrap();
+    Config::load(&dir.join("c.toml")).unwrap().0
+}
+
+pub async fn connect(url: &str) -> Connection {
+    AmqpSettings {
+        key: "test".into(),
+        url: SecretRef {
+            literal: Some(url.into()),
+            ..SecretRef::default()
+        },
+        tls_ca_file: None,
+    }
+    .connect("test client")
+    .await
+    .unwrap()
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch
+}
+
+/// Publishes persistently and waits for the broker's confirm.
+pub async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<(), lapin::Error> {
+    let c = ch
+        .basic_publish(
+            exchange,
+            key,
+            Default::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    assert!(c.is_ack(), "broker nacked a test publish");
+    Ok(())
+}
+
+/// Waits until `queue` exists (the scaler declared it).
+pub async fn wait_for_queue(conn: &Connection, queue: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if ch
+            .queue_declare(queue, passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
+            let _ = ch.close(200, "ok").await;
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue {queue} never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message read back from a queue: body, routing key and headers.
+#[derive(Debug)]
+pub struct Got {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+}
+
+/// Reads messages from `queue` (acking them) until `done` holds for what
+/// was read or the timeout passes.
+pub async fn read_until(
+    conn: &Connection,
+    queue: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[Got]) -> bool,
+) -> Vec<Got> {
+    let ch = conn.create_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue,
+            &format!("reader-{}", suffix()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.ack(BasicAckOptions::default()).await.unwrap();
+                got.push(Got {
+                    body: d.data.clone(),
+                    routing_key: d.routing_key.to_string(),
+                    properties: d.properties.clone(),
+                });
+            }
+            _ => break,
+        }
+    }
+    let _ = ch.close(200, "ok").await;
+    got
+}
+
+/// Everything in `queue` right now (basic.get until empty).
+pub async fn drain(conn: &Connection, queue: &str) -> Vec<Got> {
+    let ch = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        got.push(Got {
+            body: m.delivery.data.clone(),
+            routing_key: m.delivery.routing_key.to_string(),
+            properties: m.delivery.properties.clone(),
+        });
+    }
+    got
+}
+
+/// A string header of a message.
+pub fn header(g: &Got, name: &str) -> Option<String> {
+    let headers = g.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
