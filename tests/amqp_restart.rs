@@ -1,0 +1,339 @@
+//! RabbitMQ stopped and started again (`rabbitmqctl stop_app` /
+//! `start_app`) under a running scaler. Its own test binary: it takes the
+//! shared broker away, so nothing else may run beside it; the two tests
+//! here take turns.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::amqp::{self as mq, Names};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tidewatch::command::ScaleCommand;
+use tidewatch::telemetry::Metrics;
+
+const POLICY: &str = r#"return { decide = function(ctx)
+  local d = ctx.window("queue_depth", "10s")
+  if not d then return nil end
+  return { replicas = math.ceil(d.last / 100), reason = "last " .. d.last }
+end }"#;
+
+const TARGET: &str = r#"
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "30s"
+
+[[targets]]
+name = "web"
+policy = "p.lua"
+provider = "exec"
+max_replicas = 1000
+stabilization_down = "0s"
+"#;
+
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn rabbitmqctl(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .output()
+            .expect("rabbitmqctl runs (scripts/test installs rabbitmq-server)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn restart_broker(down_for: Duration) {
+    rabbitmqctl(&["stop_app"]).await;
+    tokio::time::sleep(down_for).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+}
+
+fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|metric| {
+            labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+        .sum()
+}
+
+fn signal(depth: u32) -> String {
+    let now = chrono::Utc::now().timestamp_millis();
+    format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":{depth},"ts":{now}}}"#)
+}
+
+/// Publishes signals every 2 ms with confirms, reconnecting whenever the
+/// broker is away, until `stop`; counts only what the broker confirmed.
+async fn publish_steadily(
+    url: String,
+    exchange: String,
+    confirmed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let settings = tidewatch::amqp::AmqpSettings {
+            key: "test".into(),
+            url: tidewatch::config::SecretRef {
+                literal: Some(url.clone()),
+                ..Default::default()
+            },
+            tls_ca_file: None,
+        };
+        let Ok(conn) = settings.connect("restart test").await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ch = mq::confirm_channel(&conn).await;
+        while !stop.load(Ordering::Relaxed) {
+            // Depths 100..=2000: never the final 4200.
+            let depth = 100 + (i % 20) * 100;
+            if mq::publish(&ch, &exchange, "queue_depth.web", signal(depth).as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            confirmed.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// The commands in the workers' queue until one for `desired` arrives.
+async fn commands_until(conn: &lapin::Connection, queue: &str, desired: u32) -> Vec<ScaleCommand> {
+    mq::read_until(conn, queue, Duration::from_secs(60), |g| {
+        g.last()
+            .and_then(|m| serde_json::from_slice::<ScaleCommand>(&m.body).ok())
+            .is_some_and(|c| c.desired_replicas == desired)
+    })
+    .await
+    .iter()
+    .map(|m| serde_json::from_slice(&m.body).unwrap())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_while_signals_flow_loses_no_acked_signal() {
+    let Some(url) = mq::broker() else { return };
+    let _turn = BROKER.lock().await;
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(dir.path(), &format!("{}{TARGET}", n.toml(&url)), POLICY);
+    let metrics = Arc::new(Metrics::new());
+    let (stop_run, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    drop(conn);
+
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(publish_steadily(
+        url.clone(),
+        n.signals.clone(),
+        confirmed.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_stop = confirmed.load(Ordering::Relaxed);
+    assert!(
+        before_stop > 100,
+        "signals flow before the stop: {before_stop}"
+    );
+    restart_broker(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    let sent = confirmed.load(Ordering::Relaxed);
+    assert!(
+        sent > before_stop + 50,
+        "signals flow after the restart: {before_stop} then {sent}"
+    );
+
+    // The final signal: its command must be the last one published.
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    mq::publish(&ch, &n.signals, "queue_depth.web", signal(4200).as_bytes())
+        .await
+        .unwrap();
+    let sent = sent + 1;
+    let commands = commands_until(&conn, &n.workers, 42).await;
+    let last = commands.last().expect("commands after the restart");
+    assert_eq!(
+        last.desired_replicas,
+        42,
+        "the final command: {:?}",
+        commands
+            .iter()
+            .map(|c| c.desired_replicas)
+            .collect::<Vec<_>>()
+    );
+
+    // Every confirmed signal was applied (at least once: a batch delivered
+    // but not yet acked when the broker went away is delivered again).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        let r = counter(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("source", "amqp")],
+        );
+        if r as u64 >= sent || std::time::Instant::now() > deadline {
+            break r as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("sent (confirmed) {sent}, before the stop {before_stop}, applied {received}");
+    assert!(received >= sent, "sent {sent}, applied only {received}");
+    assert!(
+        received <= sent + 500,
+        "redelivered at most one prefetch window: {received} for {sent}"
+    );
+    assert!(
+        mq::drain(&conn, &n.queue).await.is_empty(),
+        "nothing left unacked in the queue"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "tidewatch_broker_reconnects_total",
+            &[("component", "source")]
+        ) >= 1.0
+    );
+    assert!(
+        counter(
+            &metrics,
+            "tidewatch_broker_reconnects_total",
+            &[("component", "commands")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_broker_connected",
+            &[("component", "source")]
+        ),
+        1.0,
+        "resumed by itself"
+    );
+
+    stop_run.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    n.delete(&ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_decided_while_rabbitmq_is_down_are_published_when_it_is_back() {
+    let Some(url) = mq::broker() else { return };
+    let _turn = BROKER.lock().await;
+    // Mixed brokers: signals on Kafka (the mock cluster), commands on RabbitMQ.
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let topic = format!("signals-{}", mq::suffix());
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let n = Names::new();
+    let toml = format!(
+        r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{topic}"], group_id = "g-{}" }}
+
+[commands]
+kind = "amqp"
+amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" }}
+{TARGET}"#,
+        mq::suffix(),
+        n.commands,
+        n.results,
+        n.workers
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(dir.path(), &toml, POLICY);
+    let metrics = Arc::new(Metrics::new());
+    let (stop_run, task) = common::start_run(cfg, metrics.clone());
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let send = |depth: u32| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key("web").payload(&signal(depth)),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    send(300).await;
+    let conn = mq::connect(&url).await;
+    let first = commands_until(&conn, &n.workers, 3).await;
+    assert_eq!(first.last().unwrap().desired_replicas, 3);
+    drop(conn);
+
+    rabbitmqctl(&["stop_app"]).await;
+    // Decided while the broker is away: 42, then 45 (the latest wins).
+    send(4200).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while counter(&metrics, "tidewatch_commands_issued_total", &[]) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine decided during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(4500).await;
+    while counter(&metrics, "tidewatch_commands_issued_total", &[]) < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine decided during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+
+    let conn = mq::connect(&url).await;
+    let after = commands_until(&conn, &n.workers, 45).await;
+    let last = after
+        .last()
+        .expect("the latest command arrives after the restart");
+    assert_eq!(last.desired_replicas, 45);
+    assert!(
+        after.iter().all(|c| c.generation <= last.generation),
+        "nothing older after the latest: {:?}",
+        after
+            .iter()
+            .map(|c| (c.desired_replicas, c.generation))
+            .collect::<Vec<_>>()
+    );
+    assert!(counter(&metrics, "tidewatch_command_publish_failures_total", &[]) >= 1.0);
+    stop_run.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    n.delete(&conn.create_channel().await.unwrap()).await;
+}
