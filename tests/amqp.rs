@@ -424,3 +424,97 @@ async fn start_errors_name_the_setting() {
         .unwrap();
     assert!(report.drained);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_rabbitmq_config_runs_the_binary() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = env!("CARGO_MANIFEST_DIR");
+    // config/rabbitmq.toml as shipped; only the names (random per test) and
+    // the metrics port come from the environment.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["run", "--config", "config/rabbitmq.toml"])
+        .current_dir(root)
+        .env("TIDEWATCH_AMQP_URL", &url)
+        .env("TIDEWATCH__METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIDEWATCH__SOURCE__AMQP__EXCHANGE", &n.signals)
+        .env("TIDEWATCH__SOURCE__AMQP__QUEUE", &n.queue)
+        .env(
+            "TIDEWATCH__SOURCE__AMQP__DEADLETTER_EXCHANGE",
+            &n.deadletter,
+        )
+        .env("TIDEWATCH__COMMANDS__AMQP__EXCHANGE", &n.commands)
+        .env("TIDEWATCH__COMMANDS__AMQP__RESULTS_EXCHANGE", &n.results)
+        .env("TIDEWATCH__COMMANDS__AMQP__QUEUE", &n.workers)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(&ready).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tidewatch exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // p95 of 600 ms against the example's SLO of 250 ms: double min_replicas 2.
+    let now = chrono::Utc::now().timestamp_millis();
+    let samples = vec!["600"; 30].join(",");
+    let batch = format!(
+        r#"{{"type":"gateway_latency","target":"checkout","route":"/api/checkout","samples_ms":[{samples}],"ts":{now}}}"#
+    );
+    pika_publish(&url, &n.signals, &[("gateway_latency.checkout", &batch)]);
+    let conn = mq::connect(&url).await;
+    let got = mq::read_until(&conn, &n.workers, Duration::from_secs(20), |g| {
+        !g.is_empty()
+    })
+    .await;
+    let cmd: ScaleCommand = serde_json::from_slice(&got.first().expect("a command").body).unwrap();
+    assert_eq!(
+        (
+            cmd.target.as_str(),
+            cmd.desired_replicas,
+            cmd.current_replicas
+        ),
+        ("checkout", 4, 2)
+    );
+    assert_eq!(got[0].routing_key, "kubernetes.checkout");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tidewatch_broker_connected{component=\"source\"} 1"),
+        "{metrics}"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a clean drain exits 0: {status:?}");
+    n.delete(&conn.create_channel().await.unwrap()).await;
+}
