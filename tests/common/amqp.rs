@@ -240,3 +240,15 @@ pub fn header(g: &Got, name: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+/// Declares the durable topic exchange and a durable queue bound to it
+/// with `#`, as the scaler does.
+pub async fn exchange_and_queue(ch: &Channel, exchange: &str, queue: &str) {
+    tidewatch::amqp::exchange(ch, exchange, "test", true)
+        .await
+        .unwrap();
+    let all = ["#".to_string()];
+    tidewatch::amqp::queue(ch, queue, "test", true, Some((exchange, &all)))
+        .await
+        .unwrap();
+}

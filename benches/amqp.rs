@@ -1,0 +1,313 @@
+//! RabbitMQ benchmarks against a real broker on loopback (URL in
+//! TIDEWATCH_TEST_AMQP; `scripts/bench-amqp` finds or starts one):
+//!
+//! 1. reaction time, signal published -> command consumed by another
+//!    client, at 1,000 and 5,000 signals/s (p50, p99);
+//! 2. draining a backlog (default 200,000 signals, DRAIN_SIGNALS=n) with
+//!    `run`, as a ratio to a bare lapin consumer that only decodes the same
+//!    messages (same prefetch, acks every 500), from an identical queue.
+//!
+//! Run: scripts/bench-amqp   (or: cargo bench --bench amqp -- [reaction|drain])
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::amqp::{self as mq, Names};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tidewatch::command::ScaleCommand;
+use tidewatch::config::Config;
+use tidewatch::event::{decode, Limits};
+use tidewatch::telemetry::Metrics;
+
+const TARGETS: usize = 100;
+const PREFETCH: u16 = 500;
+
+fn config(dir: &std::path::Path, url: &str, n: &Names) -> Config {
+    let mut toml = n.toml(url);
+    toml.push_str(
+        r#"
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "30s"
+max_event_age = "30m"
+"#,
+    );
+    for t in (0..TARGETS)
+        .map(|i| format!("t{i}"))
+        .chain(["probe".to_string()])
+    {
+        toml.push_str(&format!(
+            "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 10000\nstabilization_down = \"0s\"\n"
+        ));
+    }
+    mq::load(
+        dir,
+        &toml,
+        r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+    )
+}
+
+fn signal(target: &str, depth: u64) -> String {
+    format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn reaction(url: &str, rate: u64, seconds: u64) {
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(config(dir.path(), url, &n), metrics.clone());
+    let conn = mq::connect(url).await;
+    mq::wait_for_queue(&conn, &n.workers).await;
+    let reader_ch = conn.create_channel().await.unwrap();
+    let mut commands = reader_ch
+        .basic_consume(
+            &n.workers,
+            "bench-reader",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Load without confirms (a steady stream, as gateways publish).
+    let load = conn.create_channel().await.unwrap();
+    let publish = |target: String, depth: u64| {
+        let load = load.clone();
+        let exchange = n.signals.clone();
+        async move {
+            let _ = load
+                .basic_publish(
+                    &exchange,
+                    &format!("queue_depth.{target}"),
+                    Default::default(),
+                    signal(&target, depth).as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await;
+        }
+    };
+    // Warm up: one probe command goes all the way round.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no warm-up command");
+        publish("probe".into(), 200).await;
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(1), commands.next()).await
+        {
+            let c: ScaleCommand = serde_json::from_slice(&d.data).unwrap();
+            if c.target == "probe" {
+                break;
+            }
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Instant)>();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(5), commands.next()).await
+        {
+            let at = Instant::now();
+            let c: ScaleCommand = serde_json::from_slice(&d.data).unwrap();
+            if c.target == "probe" {
+                got.push((c.desired_replicas, at));
+            }
+        }
+        got
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut probes = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            publish(format!("t{}", sent % TARGETS as u64), 500).await;
+            sent += 1;
+        }
+        if start.elapsed() >= Duration::from_millis(20 * u64::from(probes + 1)) {
+            probes += 1;
+            // 3, 4, 5, ...: each asks for more replicas than the one before.
+            let k = 2 + probes;
+            let _ = tx.send((k, Instant::now()));
+            publish("probe".into(), u64::from(k) * 100).await;
+        }
+    }
+    let load_s = start.elapsed().as_secs_f64();
+    drop(tx);
+    let got = reader.await.unwrap();
+    let mut sent_at = Vec::new();
+    while let Some(x) = rx.recv().await {
+        sent_at.push(x);
+    }
+    // A probe's reaction time: until the first command that reflects it.
+    let mut lat = Vec::new();
+    let mut j = 0;
+    for (k, at) in &sent_at {
+        while j < got.len() && (got[j].0 < *k || got[j].1 < *at) {
+            j += 1;
+        }
+        if j < got.len() {
+            lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    assert!(!lat.is_empty(), "no probe command matched");
+    println!(
+        "reaction rate={rate}/s (achieved {:.0}/s, {seconds} s): probes {} matched {} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        sent as f64 / load_s,
+        sent_at.len(),
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    n.delete(&conn.create_channel().await.unwrap()).await;
+}
+
+async fn drain(url: &str, total: u64) {
+    let n = Names::new();
+    let bare_queue = format!("bare-{}", mq::suffix());
+    let conn = mq::connect(url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    // Two identical backlogs: the scaler's queue and the bare consumer's.
+    mq::exchange_and_queue(&ch, &n.signals, &n.queue).await;
+    mq::exchange_and_queue(&ch, &n.signals, &bare_queue).await;
+    let t = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..total {
+        let target = format!("t{}", i % TARGETS as u64);
+        let confirm = ch
+            .basic_publish(
+                &n.signals,
+                &format!("queue_depth.{target}"),
+                Default::default(),
+                signal(&target, 100 + i % 1000).as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        pending.push(confirm);
+        if pending.len() >= 1000 {
+            for c in pending.drain(..) {
+                assert!(c.await.unwrap().is_ack());
+            }
+        }
+    }
+    for c in pending.drain(..) {
+        assert!(c.await.unwrap().is_ack());
+    }
+    println!(
+        "drain: published {total} signals (to two queues) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The bare consumer: consume, decode, ack every 500, nothing else.
+    let bare_ch = conn.create_channel().await.unwrap();
+    bare_ch
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let limits = Limits {
+        max_event_age_ms: 3_600_000,
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let mut consumer = bare_ch
+        .basic_consume(
+            &bare_queue,
+            "bare",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (mut seen, mut ok) = (0u64, 0u64);
+    while seen < total {
+        let d = consumer.next().await.unwrap().unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        ok += decode(&d.data, now, &limits)
+            .iter()
+            .filter(|r| r.is_ok())
+            .count() as u64;
+        seen += 1;
+        if seen % 500 == 0 || seen == total {
+            d.acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(ok, total);
+    let bare_s = t.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let t = Instant::now();
+    let (stop, task) = common::start_run(config(dir.path(), url, &n), metrics.clone());
+    let received = || {
+        metrics
+            .events_received
+            .with_label_values(&["amqp", "queue_depth"])
+            .get()
+    };
+    while received() < total {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let tw_s = t.elapsed().as_secs_f64();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    println!(
+        "drain: bare lapin consumer {bare_s:.2} s ({:.0}/s), tidewatch run {tw_s:.2} s ({:.0}/s), ratio {:.2}",
+        total as f64 / bare_s,
+        total as f64 / tw_s,
+        bare_s / tw_s
+    );
+    let _ = ch.queue_delete(&bare_queue, Default::default()).await;
+    n.delete(&ch).await;
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let all = which.is_empty();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = std::env::var("TIDEWATCH_TEST_AMQP")
+        .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-amqp starts RabbitMQ)");
+    rt.block_on(async {
+        if all || which.iter().any(|w| w == "reaction") {
+            for rate in [1_000, 5_000] {
+                reaction(&url, rate, 10).await;
+            }
+        }
+        if all || which.iter().any(|w| w == "drain") {
+            let total = std::env::var("DRAIN_SIGNALS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200_000);
+            drain(&url, total).await;
+        }
+    });
+}
