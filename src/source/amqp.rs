@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use futures::{FutureExt, StreamExt};
+use lapin::acker::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -25,6 +26,9 @@ use crate::source::kafka::MAX_BATCH;
 use crate::source::{DeadLetter, Origin};
 use crate::telemetry::Metrics;
 
+/// How long a batch waits for more deliveries after its first.
+pub const LINGER: Duration = Duration::from_millis(1);
+
 pub struct AmqpSource {
     cfg: AmqpSourceConfig,
     settings: AmqpSettings,
@@ -32,6 +36,20 @@ pub struct AmqpSource {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     ready: Arc<AtomicBool>,
+}
+
+/// Acks the latest acker sent (with `multiple`) until the sender is gone;
+/// a value sent before that is still acked.
+async fn ack_latest(mut pending: watch::Receiver<Option<Acker>>) -> Result<(), lapin::Error> {
+    loop {
+        if pending.changed().await.is_err() {
+            return Ok(());
+        }
+        let latest = pending.borrow_and_update().clone();
+        if let Some(a) = latest {
+            a.ack(BasicAckOptions { multiple: true }).await?;
+        }
+    }
 }
 
 /// One connection's worth of state.
@@ -191,12 +209,53 @@ impl AmqpSource {
         tracing::info!("amqp source stopped");
     }
 
+    /// At most half the prefetch per batch: while the engine applies one
+    /// batch, the broker keeps delivering the next one within the unacked
+    /// budget instead of waiting for the ack.
+    fn max_batch(&self) -> usize {
+        (usize::from(self.cfg.prefetch) / 2).clamp(1, MAX_BATCH)
+    }
+
     async fn consume(&self, s: &Session, stop: &mut watch::Receiver<bool>) -> Ended {
+        // Acks go out from their own task, the latest batch's with
+        // `multiple` covering every earlier one, so that the next batch is
+        // read while an ack is on its way.
+        let (acks, pending) = watch::channel::<Option<Acker>>(None);
+        let mut acker = tokio::spawn(ack_latest(pending));
+        let ended = self.consume_batches(s, stop, &acks, &mut acker).await;
+        drop(acks);
+        match ended {
+            Ended::Lost(e) => {
+                acker.abort();
+                Ended::Lost(e)
+            }
+            ended => {
+                // The last ack must leave before the connection closes.
+                match tokio::time::timeout(Duration::from_secs(5), &mut acker).await {
+                    Ok(Ok(Ok(()))) => {}
+                    other => tracing::warn!("amqp source: last ack not confirmed: {other:?}"),
+                }
+                ended
+            }
+        }
+    }
+
+    async fn consume_batches(
+        &self,
+        s: &Session,
+        stop: &mut watch::Receiver<bool>,
+        acks: &watch::Sender<Option<Acker>>,
+        acker: &mut tokio::task::JoinHandle<Result<(), lapin::Error>>,
+    ) -> Ended {
         let mut consumer = s.consumer.clone();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                r = &mut *acker => return Ended::Lost(match r {
+                    Ok(Err(e)) => format!("ack: {e}"),
+                    other => format!("ack task ended: {other:?}"),
+                }),
                 d = consumer.next() => d,
             };
             let mut batch = Vec::with_capacity(64);
@@ -205,20 +264,35 @@ impl AmqpSource {
                 Some(Err(e)) => return Ended::Lost(e.to_string()),
                 None => return Ended::Lost("the broker cancelled the consumer".into()),
             }
-            while batch.len() < MAX_BATCH {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(d))) => batch.push(d),
+            // Gather what else arrives within LINGER of the first: under
+            // load, fewer and larger batches (each batch wakes the engine
+            // and sends an ack); when idle, at most LINGER more latency.
+            let until = tokio::time::Instant::now() + LINGER;
+            while batch.len() < self.max_batch() {
+                let next = match consumer.next().now_or_never() {
+                    Some(d) => d,
+                    None => match tokio::time::timeout_at(until, consumer.next()).await {
+                        Ok(d) => d,
+                        Err(_) => break,
+                    },
+                };
+                match next {
+                    Some(Ok(d)) => batch.push(d),
                     _ => break,
                 }
             }
-            if let Some(ended) = self.handle(s, batch).await {
-                return ended;
+            match self.handle(s, batch).await {
+                Ok(last) => {
+                    let _ = acks.send(Some(last));
+                }
+                Err(ended) => return ended,
             }
         }
     }
 
-    /// Applies a batch, dead-letters what was refused, then acks it all.
-    async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Option<Ended> {
+    /// Applies a batch and dead-letters what was refused; returns the
+    /// acker of its last delivery, to ack it all.
+    async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Result<Acker, Ended> {
         let messages: Vec<(Origin, Vec<u8>)> = batch
             .iter_mut()
             .map(|d| {
@@ -238,24 +312,21 @@ impl AmqpSource {
             done: Some(done),
         };
         if self.engine.send(input).await.is_err() {
-            return Some(Ended::EngineGone);
+            return Err(Ended::EngineGone);
         }
         let Ok(outcomes) = outcome.await else {
-            return Some(Ended::EngineGone);
+            return Err(Ended::EngineGone);
         };
         let now = self.clock.now_ms();
         for (((origin, bytes), outcome), d) in messages.iter().zip(&outcomes).zip(&batch) {
             if let Some(dl) = DeadLetter::of("amqp", origin, bytes, outcome, now) {
                 if let Err(e) = self.dead_letter(s, d, bytes, &dl).await {
-                    return Some(Ended::Lost(e));
+                    return Err(Ended::Lost(e));
                 }
             }
         }
-        let last = batch.last().expect("a batch has a first delivery");
-        match last.acker.ack(BasicAckOptions { multiple: true }).await {
-            Ok(_) => None,
-            Err(e) => Some(Ended::Lost(format!("ack: {e}"))),
-        }
+        let last = batch.pop().expect("a batch has a first delivery");
+        Ok(last.acker)
     }
 
     /// Publishes the original message to the dead-letter exchange with the
