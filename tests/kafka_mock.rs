@@ -109,21 +109,7 @@ async fn send(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
 }
 
 fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    m.registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|metric| {
-            labels.iter().all(|(k, v)| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|metric| metric.get_counter().get_value())
-        .sum()
+    common::metric(m, name, labels)
 }
 
 fn depth(v: u64) -> Vec<u8> {

@@ -21,7 +21,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 
 use crate::amqp::{self, AmqpSettings, ConnectError};
-use crate::command::{deliver_result, ScaleCommand};
+use crate::command::{confirmed, deliver_result, ScaleCommand};
 use crate::config::AmqpCommandsConfig;
 use crate::engine::EngineInput;
 use crate::telemetry::Metrics;
@@ -179,7 +179,7 @@ impl AmqpPublisher {
                 match outcome {
                     Ok(true) => {
                         pending.done(c);
-                        self.published(c, &engine);
+                        confirmed(c, &self.metrics, &engine);
                     }
                     Ok(false) => {
                         retry = true;
@@ -228,26 +228,6 @@ impl AmqpPublisher {
             .broker_connected
             .with_label_values(&["commands"])
             .set(0);
-    }
-
-    fn published(&self, c: &ScaleCommand, engine: &mpsc::WeakSender<EngineInput>) {
-        let dir = if c.desired_replicas >= c.current_replicas {
-            "up"
-        } else {
-            "down"
-        };
-        self.metrics
-            .commands_published
-            .with_label_values(&[c.target.as_str(), dir])
-            .inc();
-        // try_send: the engine may be blocked on a full command channel
-        // that only this task empties; an acknowledgement is not worth a deadlock.
-        if let Some(engine) = engine.upgrade() {
-            let _ = engine.try_send(EngineInput::Published {
-                target: c.target.clone(),
-                generation: c.generation,
-            });
-        }
     }
 }
 

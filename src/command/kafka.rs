@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 
-use crate::command::{deliver_result, ScaleCommand};
+use crate::command::{confirmed, deliver_result, ScaleCommand};
 use crate::config::KafkaCommandsConfig;
 use crate::engine::EngineInput;
 use crate::kafka::{produce_until_acked, unique_suffix, ClientSettings, LoggingContext};
@@ -64,15 +64,6 @@ impl KafkaPublisher {
             );
         })
         .await;
-        let dir = if c.desired_replicas >= c.current_replicas {
-            "up"
-        } else {
-            "down"
-        };
-        self.metrics
-            .commands_published
-            .with_label_values(&[c.target.as_str(), dir])
-            .inc();
     }
 
     /// Publishes every command from `rx` in order until it closes, telling
@@ -84,14 +75,7 @@ impl KafkaPublisher {
     ) {
         while let Some(c) = rx.recv().await {
             self.publish(&c).await;
-            // try_send: the engine may be blocked on a full command channel
-            // that only this task empties; an acknowledgement is not worth a deadlock.
-            if let Some(engine) = engine.upgrade() {
-                let _ = engine.try_send(EngineInput::Published {
-                    target: c.target.clone(),
-                    generation: c.generation,
-                });
-            }
+            confirmed(&c, &self.metrics, &engine);
         }
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;

@@ -71,6 +71,32 @@ pub struct ScaleResult {
     pub finished_at: String,
 }
 
+/// After the broker confirmed command `c`: counts it by direction and
+/// tells the engine (try_send: the engine may be blocked on a full command
+/// channel that only the publisher empties; an acknowledgement is not
+/// worth a deadlock).
+pub fn confirmed(
+    c: &ScaleCommand,
+    metrics: &crate::telemetry::Metrics,
+    engine: &tokio::sync::mpsc::WeakSender<crate::engine::EngineInput>,
+) {
+    let dir = if c.desired_replicas >= c.current_replicas {
+        "up"
+    } else {
+        "down"
+    };
+    metrics
+        .commands_published
+        .with_label_values(&[c.target.as_str(), dir])
+        .inc();
+    if let Some(engine) = engine.upgrade() {
+        let _ = engine.try_send(crate::engine::EngineInput::Published {
+            target: c.target.clone(),
+            generation: c.generation,
+        });
+    }
+}
+
 /// Decodes a result message and hands it to the engine, counting it by
 /// status (`invalid` when it cannot be decoded; it is then skipped).
 /// False when the engine is gone.
