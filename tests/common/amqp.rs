@@ -177,13 +177,15 @@ pub struct Got {
 }
 
 /// Reads messages from `queue` (acking them) until `done` holds for what
-/// was read or the timeout passes.
+/// was read or the timeout passes; waits for the queue to exist first.
 pub async fn read_until(
     conn: &Connection,
     queue: &str,
     timeout: Duration,
     mut done: impl FnMut(&[Got]) -> bool,
 ) -> Vec<Got> {
+    // The scaler may not have declared it yet.
+    wait_for_queue(conn, queue).await;
     let ch = conn.create_channel().await.unwrap();
     let mut consumer = ch
         .basic_consume(
