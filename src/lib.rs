@@ -13,6 +13,7 @@ pub mod forecast;
 pub mod guard;
 pub mod kafka;
 pub mod policy;
+pub mod provider;
 pub mod run;
 pub mod source;
 pub mod telemetry;

@@ -1,0 +1,193 @@
+//! The `exec` provider: runs a configured argv, never through a shell.
+//! Placeholders are whole arguments only (`{replicas}`, `{target}`), so
+//! event data reaches the command line only as the integer replica count
+//! and the configured target name. Timeout, exit status and stderr go
+//! into the error.
+
+use std::time::Duration;
+
+use super::{Provider, ProviderError, ProviderFuture, Scale};
+
+/// The placeholders a template may use, each as a whole argument.
+pub const PLACEHOLDERS: [&str; 2] = ["{replicas}", "{target}"];
+
+#[derive(Debug, Clone)]
+pub struct ExecProvider {
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+/// Checks a template: not empty, and every `{...}` is a known placeholder
+/// standing as a whole argument. The error names the offending argument.
+pub fn check_template(argv: &[String]) -> Result<(), String> {
+    if argv.is_empty() {
+        return Err("the command is empty".into());
+    }
+    for (i, a) in argv.iter().enumerate() {
+        if PLACEHOLDERS.contains(&a.as_str()) {
+            continue;
+        }
+        if a.contains('{') || a.contains('}') {
+            return Err(format!(
+                "argument {i} {a:?}: placeholders must be a whole argument, one of {PLACEHOLDERS:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ExecProvider {
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Result<Self, String> {
+        check_template(&argv)?;
+        Ok(Self { argv, timeout })
+    }
+
+    /// The argv for one call.
+    pub fn render(&self, s: &Scale) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|a| match a.as_str() {
+                "{replicas}" => s.replicas.to_string(),
+                "{target}" => s.target.clone(),
+                _ => a.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Provider for ExecProvider {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
+    fn scale<'a>(&'a self, s: &'a Scale) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let argv = self.render(s);
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let child = cmd.spawn().map_err(|e| ProviderError {
+                message: format!("exec {:?}: cannot start: {e}", argv[0]),
+                retryable: false,
+            })?;
+            let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+                Ok(r) => r.map_err(|e| ProviderError {
+                    message: format!("exec {:?}: {e}", argv[0]),
+                    retryable: true,
+                })?,
+                Err(_) => {
+                    return Err(ProviderError {
+                        message: format!(
+                            "exec {:?}: no exit within {:?}; killed",
+                            argv[0], self.timeout
+                        ),
+                        retryable: true,
+                    })
+                }
+            };
+            if out.status.success() {
+                Ok(None)
+            } else {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let stderr: String = stderr.trim().chars().take(2000).collect();
+                Err(ProviderError {
+                    message: format!("exec {:?}: {}: {stderr}", argv[0], out.status),
+                    retryable: true,
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn templates_take_whole_argument_placeholders_only() {
+        assert!(check_template(&argv(&[
+            "kubectl",
+            "scale",
+            "deployment/web",
+            "--replicas",
+            "{replicas}"
+        ]))
+        .is_ok());
+        let e = check_template(&argv(&["kubectl", "--replicas={replicas}"])).unwrap_err();
+        assert!(
+            e.contains("argument 1") && e.contains("--replicas={replicas}"),
+            "{e}"
+        );
+        let e = check_template(&argv(&["echo", "{namespace}"])).unwrap_err();
+        assert!(e.contains("{namespace}"), "{e}");
+        assert!(check_template(&[]).is_err());
+        let p = ExecProvider::new(
+            argv(&["scale", "{target}", "{replicas}"]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let s = Scale {
+            target: "web".into(),
+            replicas: 7,
+        };
+        assert_eq!(p.render(&s), argv(&["scale", "web", "7"]));
+    }
+
+    #[tokio::test]
+    async fn runs_real_commands_with_status_stderr_and_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let s = Scale {
+            target: "web".into(),
+            replicas: 4,
+        };
+        // The replica count arrives as one argument, with no shell between.
+        let ok = ExecProvider::new(
+            argv(&[
+                "/bin/sh",
+                "-c",
+                "printf '%s %s' \"$1\" \"$2\" > \"$0\"",
+                out.to_str().unwrap(),
+                "{target}",
+                "{replicas}",
+            ]),
+            Duration::from_secs(5),
+        );
+        // `-c` script text has no placeholder; arguments after it are positional.
+        let ok = ok.unwrap();
+        ok.scale(&s).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "web 4");
+
+        let fails = ExecProvider::new(
+            argv(&["/bin/sh", "-c", "echo no such deployment >&2; exit 3"]),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let e = fails.scale(&s).await.unwrap_err();
+        assert!(
+            e.message.contains("exit status: 3") && e.message.contains("no such deployment"),
+            "{e:?}"
+        );
+
+        let hangs = ExecProvider::new(argv(&["sleep", "30"]), Duration::from_millis(200)).unwrap();
+        let t = std::time::Instant::now();
+        let e = hangs.scale(&s).await.unwrap_err();
+        assert!(e.message.contains("killed") && e.retryable, "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+
+        let missing =
+            ExecProvider::new(argv(&["/no/such/binary"]), Duration::from_secs(1)).unwrap();
+        let e = missing.scale(&s).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains("/no/such/binary"),
+            "{e:?}"
+        );
+    }
+}
