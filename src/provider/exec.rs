@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{Provider, ProviderError, ProviderFuture, Scale};
+use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
 
 /// The placeholders a template may use, each as a whole argument.
 pub const PLACEHOLDERS: [&str; 2] = ["{replicas}", "{target}"];
@@ -43,12 +43,12 @@ impl ExecProvider {
     }
 
     /// The argv for one call.
-    pub fn render(&self, s: &Scale) -> Vec<String> {
+    pub fn render(&self, c: &ScaleCommand) -> Vec<String> {
         self.argv
             .iter()
             .map(|a| match a.as_str() {
-                "{replicas}" => s.replicas.to_string(),
-                "{target}" => s.target.clone(),
+                "{replicas}" => c.desired_replicas.to_string(),
+                "{target}" => c.target.clone(),
                 _ => a.clone(),
             })
             .collect()
@@ -60,9 +60,9 @@ impl Provider for ExecProvider {
         "exec"
     }
 
-    fn scale<'a>(&'a self, s: &'a Scale) -> ProviderFuture<'a> {
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
         Box::pin(async move {
-            let argv = self.render(s);
+            let argv = self.render(c);
             let mut cmd = tokio::process::Command::new(&argv[0]);
             cmd.args(&argv[1..])
                 .stdin(std::process::Stdio::null())
@@ -133,10 +133,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let s = Scale {
-            target: "web".into(),
-            replicas: 7,
-        };
+        let s = crate::provider::tests::command("web", 7);
         assert_eq!(p.render(&s), argv(&["scale", "web", "7"]));
     }
 
@@ -144,10 +141,7 @@ mod tests {
     async fn runs_real_commands_with_status_stderr_and_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let s = Scale {
-            target: "web".into(),
-            replicas: 4,
-        };
+        let s = crate::provider::tests::command("web", 4);
         // The replica count arrives as one argument, with no shell between.
         let ok = ExecProvider::new(
             argv(&[

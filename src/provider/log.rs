@@ -1,6 +1,6 @@
 //! The `log` provider: a dry run that records what would happen.
 
-use super::{Provider, ProviderFuture, Scale};
+use super::{Provider, ProviderFuture, ScaleCommand};
 
 #[derive(Debug, Default)]
 pub struct LogProvider;
@@ -10,10 +10,10 @@ impl Provider for LogProvider {
         "log"
     }
 
-    fn scale<'a>(&'a self, s: &'a Scale) -> ProviderFuture<'a> {
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
         Box::pin(async move {
-            tracing::info!(target_name = %s.target, replicas = s.replicas, "log provider: would scale");
-            Ok(Some(s.replicas))
+            tracing::info!(target_name = %c.target, replicas = c.desired_replicas, generation = c.generation, "log provider: would scale");
+            Ok(Some(c.desired_replicas))
         })
     }
 }

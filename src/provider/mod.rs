@@ -2,17 +2,13 @@
 //! progress). One trait; one file per provider.
 
 pub mod exec;
+pub mod http;
 pub mod log;
 
 use std::future::Future;
 use std::pin::Pin;
 
-/// What a provider was asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scale {
-    pub target: String,
-    pub replicas: u32,
-}
+pub use crate::command::ScaleCommand;
 
 /// Why a provider call failed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,5 +25,31 @@ pub type ProviderFuture<'a> =
 /// afterwards when the platform reports them.
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
-    fn scale<'a>(&'a self, s: &'a Scale) -> ProviderFuture<'a>;
+    /// Sets `c.target` to `c.desired_replicas`.
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a>;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::ScaleCommand;
+
+    /// A command to scale `target` to `replicas`, valid for a minute.
+    pub fn command(target: &str, replicas: u32) -> ScaleCommand {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (issued_at, expires_at) = crate::command::timestamps(now, 60_000);
+        ScaleCommand {
+            version: 1,
+            id: crate::command::command_id(now),
+            target: target.into(),
+            provider: "test".into(),
+            desired_replicas: replicas,
+            current_replicas: 1,
+            reason: "test".into(),
+            policy: "test.lua".into(),
+            generation: now,
+            issued_at,
+            expires_at,
+            dry_run: false,
+        }
+    }
 }

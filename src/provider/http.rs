@@ -1,0 +1,144 @@
+//! The `http` provider: POSTs the command as JSON to a configured URL,
+//! with an optional bearer token (by secret reference, resolved by the
+//! caller) and a timeout. 5xx answers and connection errors are retryable;
+//! any other non-2xx answer is not. A JSON answer with
+//! `observed_replicas` reports them.
+
+use std::time::Duration;
+
+use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
+
+pub struct HttpProvider {
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl HttpProvider {
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "url {}: must start with http:// or https://",
+                crate::amqp::redact(url)
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("url {}: {e}", crate::amqp::redact(url)))?;
+        Ok(Self {
+            client,
+            url: url.to_owned(),
+            token,
+        })
+    }
+}
+
+impl Provider for HttpProvider {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let shown = crate::amqp::redact(&self.url);
+            let mut req = self
+                .client
+                .post(self.url.as_str())
+                .header("content-type", "application/json")
+                .body(c.to_json());
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| ProviderError {
+                message: format!("http {shown}: {}", crate::amqp::redact(&e.to_string())),
+                retryable: true,
+            })?;
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            if !status.is_success() {
+                let text: String = String::from_utf8_lossy(&body).chars().take(500).collect();
+                return Err(ProviderError {
+                    message: format!("http {shown}: {status}: {text}"),
+                    retryable: status.is_server_error(),
+                });
+            }
+            let observed = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("observed_replicas")?.as_u64())
+                .map(|n| n.min(u32::MAX as u64) as u32);
+            Ok(observed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn posts_the_command_with_the_token_and_sorts_failures() {
+        type Seen = Vec<(Option<String>, serde_json::Value)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let answers = Arc::new(Mutex::new(vec![
+            (StatusCode::OK, r#"{"observed_replicas": 6}"#),
+            (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            (StatusCode::BAD_REQUEST, "no such target"),
+        ]));
+        let app = {
+            let seen = seen.clone();
+            axum::Router::new().route(
+                "/scale",
+                axum::routing::post(move |headers: HeaderMap, body: String| {
+                    let seen = seen.clone();
+                    let answers = answers.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        seen.lock()
+                            .unwrap()
+                            .push((auth, serde_json::from_str(&body).unwrap()));
+                        let (status, text) = answers.lock().unwrap().remove(0);
+                        (status, text)
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = format!("http://{addr}/scale");
+        let p = HttpProvider::new(&url, Some("s3cret".into()), Duration::from_secs(5)).unwrap();
+        let c = crate::provider::tests::command("web", 6);
+        assert_eq!(p.scale(&c).await.unwrap(), Some(6));
+        let (auth, body) = seen.lock().unwrap()[0].clone();
+        assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
+        assert_eq!(body["desired_replicas"], 6);
+        assert_eq!(body["target"], "web");
+        let e = p.scale(&c).await.unwrap_err();
+        assert!(e.retryable && e.message.contains("503"), "{e:?}");
+        let e = p.scale(&c).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains("no such target"),
+            "{e:?}"
+        );
+        // Nothing listening: a connection error, retryable.
+        drop(seen);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gone = HttpProvider::new(
+            &format!("http://127.0.0.1:{port}/scale"),
+            None,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert!(gone.scale(&c).await.unwrap_err().retryable);
+        assert!(HttpProvider::new("ftp://x", None, Duration::from_secs(1)).is_err());
+    }
+}
