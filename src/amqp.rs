@@ -240,6 +240,14 @@ fn classify(key: &str, shown: &str, e: &lapin::Error) -> ConnectError {
                 ConnectError::Unreachable(format!("{key} {shown}: {text}"))
             }
         }
+        ErrorKind::IOError(_) if text.contains("certificate") => {
+            // Retrying cannot make an untrusted certificate trusted.
+            let ca_key = format!("{}.tls_ca_file", key.trim_end_matches(".url"));
+            ConnectError::Settings(format!(
+                "{key} {shown}: the broker's TLS certificate is not trusted; give the CA that \
+                 signed it in {ca_key} ({text})"
+            ))
+        }
         ErrorKind::IOError(io) => {
             let hint = match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => " (is RabbitMQ running there?)",

@@ -504,3 +504,186 @@ async fn bundled_rabbitmq_config_runs_the_binary() {
     assert!(status.success(), "a clean drain exits 0: {status:?}");
     n.delete(&conn.create_channel().await.unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_the_configured_ca() {
+    let Some(url) = mq::broker() else { return };
+    let (tls_url, ca) = match (
+        std::env::var("TIDEWATCH_TEST_AMQPS"),
+        std::env::var("TIDEWATCH_TEST_AMQPS_CA"),
+    ) {
+        (Ok(u), Ok(c)) => (u, c),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "TIDEWATCH_TEST_AMQPS(_CA) not set under CI: scripts/test starts RabbitMQ with TLS"
+            )
+        }
+        _ => return eprintln!("TIDEWATCH_TEST_AMQPS not set: run scripts/test"),
+    };
+    // Without the CA the broker's certificate is not trusted: a clear error.
+    let untrusted = tidewatch::amqp::AmqpSettings {
+        key: "source.amqp.url".into(),
+        url: tidewatch::config::SecretRef {
+            literal: Some(tls_url.clone()),
+            ..Default::default()
+        },
+        tls_ca_file: None,
+    };
+    let e = untrusted.connect("test").await.unwrap_err();
+    eprintln!("untrusted: {e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("source.amqp") && e.contains("certificate"),
+        "{e}"
+    );
+    assert!(!e.contains("guest:guest"), "{e}");
+
+    // With it, the whole path runs over TLS.
+    let n = Names::new();
+    let toml = n.toml(&tls_url).replace(
+        &format!("url = \"{tls_url}\""),
+        &format!("url = \"{tls_url}\", tls_ca_file = \"{ca}\""),
+    );
+    assert_eq!(toml.matches("tls_ca_file").count(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{toml}{ENGINE}{}", targets(&["web"])),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let signal =
+        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":420,"ts":{now}}}"#);
+    mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
+        .await
+        .unwrap();
+    let got = mq::read_until(&conn, &n.workers, Duration::from_secs(20), |g| {
+        !g.is_empty()
+    })
+    .await;
+    let cmd: ScaleCommand =
+        serde_json::from_slice(&got.first().expect("a command over AMQPS").body).unwrap();
+    assert_eq!(cmd.desired_replicas, 5);
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    n.delete(&ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_and_nacked_commands_are_retried_until_confirmed() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    // The scaler declares no workers' queue: nothing is bound at first.
+    let toml = n
+        .toml(&url)
+        .replace(&format!("queue = \"{}\"", n.workers), "queue = \"\"");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{toml}{ENGINE}{}", targets(&["web"])),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let failures = || {
+        counter(
+            &metrics,
+            "tidewatch_command_publish_failures_total",
+            &[("target", "web")],
+        )
+    };
+    let wait_for = |what: &'static str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let signal =
+        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":300,"ts":{now}}}"#);
+    mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
+        .await
+        .unwrap();
+
+    // 1. Returned (no queue bound): counted, retried.
+    tokio::task::block_in_place(|| {
+        wait_for("a returned command is counted", &|| failures() >= 1.0)
+    });
+
+    // 2. Bound to a full queue that rejects publishes: the broker nacks.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(
+        &n.workers,
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    mq::publish(&ch, "", &n.workers, b"filler").await.unwrap();
+    ch.queue_bind(
+        &n.workers,
+        &n.commands,
+        "#",
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let before = failures();
+    tokio::task::block_in_place(|| {
+        wait_for("a nacked command is counted", &|| failures() > before)
+    });
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_commands_published_total",
+            &[("target", "web")]
+        ),
+        0.0,
+        "nothing counts as published before the broker confirms it"
+    );
+
+    // 3. Room again: the retry is confirmed and the command arrives.
+    let filler = ch
+        .basic_get(&n.workers, lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the filler");
+    assert_eq!(filler.delivery.data, b"filler");
+    let got = mq::read_until(&conn, &n.workers, Duration::from_secs(20), |g| {
+        !g.is_empty()
+    })
+    .await;
+    let cmd: ScaleCommand =
+        serde_json::from_slice(&got.first().expect("the retried command").body).unwrap();
+    assert_eq!((cmd.target.as_str(), cmd.desired_replicas), ("web", 3));
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_commands_published_total",
+            &[("target", "web")]
+        ),
+        1.0
+    );
+    n.delete(&ch).await;
+}

@@ -125,13 +125,44 @@ async fn restart_while_signals_flow_loses_no_acked_signal() {
     let Some(url) = mq::broker() else { return };
     let _turn = BROKER.lock().await;
     let n = Names::new();
+    // A probe on a side queue restarts with the rest.
+    let side = format!("side-{}", mq::suffix());
+    let conn = mq::connect(&url).await;
+    mq::exchange_and_queue(&conn.create_channel().await.unwrap(), &n.signals, &side).await;
+    drop(conn);
+    let probe = format!(
+        r#"
+[[probes]]
+kind = "amqp_queue"
+target = "backlog"
+queue = "{side}"
+url = "{url}"
+interval = "100ms"
+
+[[targets]]
+name = "backlog"
+policy = "p.lua"
+max_replicas = 1000
+"#
+    );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = mq::load(dir.path(), &format!("{}{TARGET}", n.toml(&url)), POLICY);
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{}{TARGET}{probe}", n.toml(&url)),
+        POLICY,
+    );
     let metrics = Arc::new(Metrics::new());
     let (stop_run, task) = common::start_run(cfg, metrics.clone());
     let conn = mq::connect(&url).await;
     mq::wait_for_queue(&conn, &n.queue).await;
     drop(conn);
+    let probed = || {
+        counter(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("source", "probe")],
+        )
+    };
 
     let confirmed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,6 +179,7 @@ async fn restart_while_signals_flow_loses_no_acked_signal() {
         "signals flow before the stop: {before_stop}"
     );
     restart_broker(Duration::from_secs(2)).await;
+    let probed_at_restart = probed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
@@ -223,9 +255,50 @@ async fn restart_while_signals_flow_loses_no_acked_signal() {
         1.0,
         "resumed by itself"
     );
+    // The probe failed while the broker was away and measures again.
+    assert!(
+        counter(
+            &metrics,
+            "tidewatch_probe_errors_total",
+            &[("target", "backlog")]
+        ) >= 1.0
+    );
+    assert!(
+        probed() > probed_at_restart,
+        "the probe measures again after the restart"
+    );
+    // The results reader is back too: a worker's result is counted.
+    let last = commands.last().unwrap();
+    let result = format!(
+        r#"{{"version":1,"command_id":"{}","target":"web","generation":{},"status":"applied","observed_replicas":42,"error":null,"worker":"w1","finished_at":"2026-11-24T10:00:00Z"}}"#,
+        last.id, last.generation
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while counter(
+        &metrics,
+        "tidewatch_results_received_total",
+        &[("status", "applied")],
+    ) < 1.0
+    {
+        // Unrouted until the reader has rebound its queue: publish again.
+        let _ = mq::publish(&ch, &n.results, "exec.web", result.as_bytes()).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the results reader never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counter(
+            &metrics,
+            "tidewatch_broker_reconnects_total",
+            &[("component", "results")]
+        ) >= 1.0
+    );
 
     stop_run.send(()).unwrap();
     assert!(task.await.unwrap().drained);
+    let _ = ch.queue_delete(&side, Default::default()).await;
     n.delete(&ch).await;
 }
 
