@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::amqp::{self as mq, Names};
+use common::bench::{self, TARGETS};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -25,7 +26,6 @@ use tidewatch::config::Config;
 use tidewatch::event::{decode, Limits};
 use tidewatch::telemetry::Metrics;
 
-const TARGETS: usize = 100;
 const PREFETCH: u16 = 500;
 
 fn config(dir: &std::path::Path, url: &str, n: &Names, min_eval_interval: &str) -> Config {
@@ -58,10 +58,6 @@ max_event_age = "30m"
 
 fn signal(target: &str, depth: u64) -> String {
     format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#)
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 async fn reaction(url: &str, rate: u64, seconds: u64) {
@@ -114,7 +110,6 @@ async fn reaction(url: &str, rate: u64, seconds: u64) {
             }
         }
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Instant)>();
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Ok(Some(Ok(d))) =
@@ -128,54 +123,11 @@ async fn reaction(url: &str, rate: u64, seconds: u64) {
         }
         got
     });
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut probes = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            publish(format!("t{}", sent % TARGETS as u64), 500).await;
-            sent += 1;
-        }
-        if start.elapsed() >= Duration::from_millis(20 * u64::from(probes + 1)) {
-            probes += 1;
-            // 3, 4, 5, ...: each asks for more replicas than the one before.
-            let k = 2 + probes;
-            let _ = tx.send((k, Instant::now()));
-            publish("probe".into(), u64::from(k) * 100).await;
-        }
-    }
-    let load_s = start.elapsed().as_secs_f64();
-    drop(tx);
+    let driven = bench::drive(rate, seconds, publish).await;
     let got = reader.await.unwrap();
-    let mut sent_at = Vec::new();
-    while let Some(x) = rx.recv().await {
-        sent_at.push(x);
-    }
-    // A probe's reaction time: until the first command that reflects it.
-    let mut lat = Vec::new();
-    let mut j = 0;
-    for (k, at) in &sent_at {
-        while j < got.len() && (got[j].0 < *k || got[j].1 < *at) {
-            j += 1;
-        }
-        if j < got.len() {
-            lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
-        }
-    }
-    lat.sort_by(f64::total_cmp);
+    let lat = bench::reaction_ms(&driven.probes, &got);
     assert!(!lat.is_empty(), "no probe command matched");
-    println!(
-        "reaction rate={rate}/s (achieved {:.0}/s, {seconds} s): probes {} matched {} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-        sent as f64 / load_s,
-        sent_at.len(),
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
+    bench::report(rate, seconds, &driven, &lat);
     stop.send(()).unwrap();
     task.await.unwrap();
     n.delete(&conn.create_channel().await.unwrap()).await;

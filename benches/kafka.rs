@@ -11,6 +11,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::bench::{self, TARGETS};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,6 @@ use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::event::{decode, Limits};
 use tidewatch::telemetry::Metrics;
-
-const TARGETS: usize = 100;
 
 fn brokers() -> String {
     if let Some(b) = MOCK.with(|m| m.as_ref().map(|m| m.bootstrap_servers())) {
@@ -135,10 +135,6 @@ fn producer(brokers: &str, linger_ms: &str) -> FutureProducer {
         .unwrap()
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 async fn reaction(brokers: &str, rate: u64, seconds: u64) {
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let signals = format!("signals-{suffix}");
@@ -186,7 +182,6 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
     }
     // Background load at `rate`, all targets at a steady depth, and a probe
     // every 20 ms whose depth forces a new command each time.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Instant)>();
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), commands.recv()).await {
@@ -198,45 +193,14 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
         }
         got
     });
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut probes = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            send(format!("t{}", sent % TARGETS as u64), 500);
-            sent += 1;
-        }
-        if start.elapsed() >= Duration::from_millis(20 * u64::from(probes + 1)) {
-            probes += 1;
-            // 3, 4, 5, ...: each asks for more replicas than the one before.
-            let k = 2 + probes;
-            let _ = tx.send((k, Instant::now()));
-            send("probe".into(), u64::from(k) * 100);
-        }
-    }
-    let load_s = start.elapsed().as_secs_f64();
-    drop(tx);
+    let driven = bench::drive(rate, seconds, |target, depth| {
+        send(target, depth);
+        async {}
+    })
+    .await;
     let _ = p.flush(Duration::from_secs(10));
     let got = reader.await.unwrap();
-    let mut sent_at = Vec::new();
-    while let Some(x) = rx.recv().await {
-        sent_at.push(x);
-    }
-    // A probe's reaction time: until the first command that reflects it
-    // (desired >= its value; probes that arrive together share a command).
-    let mut lat = Vec::new();
-    let mut j = 0;
-    for (k, at) in &sent_at {
-        while j < got.len() && (got[j].0 < *k || got[j].1 < *at) {
-            j += 1;
-        }
-        if j < got.len() {
-            lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
-        }
-    }
+    let lat = bench::reaction_ms(&driven.probes, &got);
     if std::env::var("BENCH_TRACE").is_ok() {
         let by_second: Vec<String> = lat
             .chunks(50)
@@ -247,25 +211,16 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
             by_second.join(" ")
         );
     }
-    lat.sort_by(f64::total_cmp);
     if lat.is_empty() {
         panic!(
             "no probe command matched: {} probes sent, {} probe commands read, first {:?}, metrics issued {}",
-            sent_at.len(),
+            driven.probes.len(),
             got.len(),
             got.first().map(|g| g.0),
             metrics.commands_issued.with_label_values(&["probe", "up"]).get()
         );
     }
-    let actual = sent as f64 / load_s;
-    println!(
-        "reaction rate={rate}/s (achieved {actual:.0}/s, {seconds} s): probes {} matched {} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-        sent_at.len(),
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
+    bench::report(rate, seconds, &driven, &lat);
     stop.send(()).unwrap();
     task.await.unwrap();
 }

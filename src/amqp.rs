@@ -2,13 +2,11 @@
 //! command transport: the URL by secret reference (it carries the
 //! credentials), an optional CA file for AMQPS, one connect function on
 //! tokio, errors that name the setting and never print the password, and
-//! the backoff every component reconnects with.
+//! the wait between reconnection attempts.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -297,24 +295,13 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The backoff between reconnection attempts: 100 ms doubling to 5 s,
-/// forever.
-pub fn reconnect_backoff() -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: Duration::from_millis(100),
-        max_interval: Duration::from_secs(5),
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
-    }
-}
-
 /// Sleeps for the next backoff interval; false when `stop` turned true
 /// meanwhile.
 pub async fn wait_or_stop(
-    backoff: &mut ExponentialBackoff,
+    backoff: &mut crate::retry::Backoff,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+    let wait = backoff.next_wait();
     tokio::select! {
         _ = stop.wait_for(|s| *s) => false,
         _ = tokio::time::sleep(wait) => true,

@@ -982,11 +982,7 @@ impl Config {
                 }
             }),
             BrokerKind::Amqp => section(out, "source", "amqp", &src.amqp, |a, out| {
-                check_amqp_url(
-                    out,
-                    "source.amqp.url",
-                    secret(&a.url, &a.url_env, &a.url_file),
-                );
+                check_amqp_url(out, &a.settings());
                 if a.prefetch == 0 {
                     out.push(problem("source.amqp.prefetch", "must be at least 1"));
                 }
@@ -998,11 +994,7 @@ impl Config {
                 check_kafka(out, "commands.kafka", &k.brokers, k.sasl_secret());
             }),
             BrokerKind::Amqp => section(out, "commands", "amqp", &cmd.amqp, |a, out| {
-                check_amqp_url(
-                    out,
-                    "commands.amqp.url",
-                    secret(&a.url, &a.url_env, &a.url_file),
-                );
+                check_amqp_url(out, &a.settings());
             }),
             BrokerKind::None => {}
         }
@@ -1036,11 +1028,11 @@ fn check_kafka(out: &mut Vec<Problem>, prefix: &str, brokers: &str, password: Se
     password.check(&format!("{prefix}.sasl_password"), out);
 }
 
-fn check_amqp_url(out: &mut Vec<Problem>, key: &str, url: SecretRef) {
-    if !url.is_set() {
-        out.push(problem(key, "give `url`, `url_env` or `url_file`"));
+fn check_amqp_url(out: &mut Vec<Problem>, s: &crate::amqp::AmqpSettings) {
+    if !s.url.is_set() {
+        out.push(problem(&s.key, "give `url`, `url_env` or `url_file`"));
     }
-    url.check(key, out);
+    s.url.check(&s.key, out);
 }
 
 pub fn secret(literal: &Option<String>, env: &Option<String>, file: &Option<PathBuf>) -> SecretRef {

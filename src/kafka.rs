@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use rdkafka::client::ClientContext;
@@ -88,12 +86,7 @@ pub async fn produce_until_acked(
     payload: &[u8],
     mut on_retry: impl FnMut(&KafkaError, Duration),
 ) {
-    let mut backoff = ExponentialBackoff {
-        initial_interval: Duration::from_millis(100),
-        max_interval: Duration::from_secs(5),
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
-    };
+    let mut backoff = crate::retry::Backoff::default();
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(k) = key {
@@ -102,7 +95,7 @@ pub async fn produce_until_acked(
         match producer.send(record, Duration::from_secs(10)).await {
             Ok(_) => return,
             Err((e, _)) => {
-                let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                let wait = backoff.next_wait();
                 on_retry(&e, wait);
                 tokio::time::sleep(wait).await;
             }

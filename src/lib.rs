@@ -14,6 +14,7 @@ pub mod guard;
 pub mod kafka;
 pub mod policy;
 pub mod provider;
+pub mod retry;
 pub mod run;
 pub mod source;
 pub mod telemetry;

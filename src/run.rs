@@ -19,7 +19,7 @@ use crate::config::{BrokerKind, Config, ProbeKind};
 use crate::engine::{drive, Engine, EngineInput, TargetStatus};
 use crate::source::amqp::AmqpSource;
 use crate::source::kafka::KafkaSource;
-use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
+use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe, ProbeFeeds};
 use crate::telemetry::Metrics;
 
 /// Why `run` could not start; `config` errors exit with status 64.
@@ -152,33 +152,28 @@ pub async fn run(
     if let Some((source, first)) = amqp_source {
         inputs.push(tokio::spawn(source.run(first, stop_rx.clone())));
     }
+    let feeds = ProbeFeeds {
+        engine: in_tx.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        stop: stop_rx.clone(),
+    };
     for (i, p) in cfg.probes.iter().enumerate() {
-        match p.kind {
+        inputs.push(match p.kind {
             ProbeKind::KafkaLag => {
                 let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
                     .map_err(RunError::Config)?;
                 let probe = KafkaLagProbe::new(p, settings).map_err(RunError::Start)?;
-                inputs.push(tokio::spawn(run_probe(
-                    probe,
-                    in_tx.clone(),
-                    clock.clone(),
-                    metrics.clone(),
-                    stop_rx.clone(),
-                )));
+                tokio::spawn(run_probe(probe, feeds.clone()))
             }
             ProbeKind::AmqpQueue => {
                 let probe = AmqpQueueProbe::new(p, i, cfg.source.amqp.as_ref())
                     .map_err(RunError::Config)?;
-                inputs.push(tokio::spawn(run_probe(
-                    probe,
-                    in_tx.clone(),
-                    clock.clone(),
-                    metrics.clone(),
-                    stop_rx.clone(),
-                )));
+                tokio::spawn(run_probe(probe, feeds.clone()))
             }
-        }
+        });
     }
+    drop(feeds);
     let publisher: JoinHandle<()> = match cfg.commands.kind {
         BrokerKind::Kafka => {
             let k = cfg

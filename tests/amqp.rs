@@ -98,11 +98,8 @@ async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
     let conn = mq::connect(&url).await;
     mq::wait_for_queue(&conn, &n.queue).await;
 
-    let now = chrono::Utc::now().timestamp_millis();
-    let good =
-        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":750,"ts":{now}}}"#);
-    let negative =
-        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":-5,"ts":{now}}}"#);
+    let good = mq::depth_signal("web", 750);
+    let negative = mq::depth_signal("web", -5);
     pika_publish(
         &url,
         &n.signals,
@@ -163,24 +160,8 @@ async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
     );
 
     // A worker's result reaches the engine (closed loop).
-    let result = format!(
-        r#"{{"version":1,"command_id":"{}","target":"web","generation":{},"status":"applied","observed_replicas":8,"error":null,"worker":"w1","finished_at":"2026-11-24T10:00:00Z"}}"#,
-        cmd.id, cmd.generation
-    );
     let pubch = mq::confirm_channel(&conn).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while counter(
-        &metrics,
-        "tidewatch_results_received_total",
-        &[("status", "applied")],
-    ) < 1.0
-    {
-        // The results queue is this scaler's own and unrouted results are
-        // dropped by RabbitMQ: publish until one is counted.
-        let _ = mq::publish(&pubch, &n.results, "exec.web", result.as_bytes()).await;
-        assert!(std::time::Instant::now() < deadline, "result never counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mq::publish_result_until_counted(&pubch, &n.results, &cmd, 8, &metrics).await;
     // Every message was acked: nothing waits in the scaler's queue.
     assert!(mq::drain(&conn, &n.queue).await.is_empty());
 
@@ -556,9 +537,7 @@ async fn amqps_with_the_configured_ca() {
     let conn = mq::connect(&url).await;
     mq::wait_for_queue(&conn, &n.queue).await;
     let ch = mq::confirm_channel(&conn).await;
-    let now = chrono::Utc::now().timestamp_millis();
-    let signal =
-        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":420,"ts":{now}}}"#);
+    let signal = mq::depth_signal("web", 420);
     mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
         .await
         .unwrap();
@@ -608,9 +587,7 @@ async fn unroutable_and_nacked_commands_are_retried_until_confirmed() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let now = chrono::Utc::now().timestamp_millis();
-    let signal =
-        format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":300,"ts":{now}}}"#);
+    let signal = mq::depth_signal("web", 300);
     mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
         .await
         .unwrap();

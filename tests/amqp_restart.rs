@@ -64,8 +64,7 @@ fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn signal(depth: u32) -> String {
-    let now = chrono::Utc::now().timestamp_millis();
-    format!(r#"{{"type":"queue_depth","target":"web","queue":"q","depth":{depth},"ts":{now}}}"#)
+    mq::depth_signal("web", depth.into())
 }
 
 /// Publishes signals every 2 ms with confirms, reconnecting whenever the
@@ -269,25 +268,7 @@ max_replicas = 1000
     );
     // The results reader is back too: a worker's result is counted.
     let last = commands.last().unwrap();
-    let result = format!(
-        r#"{{"version":1,"command_id":"{}","target":"web","generation":{},"status":"applied","observed_replicas":42,"error":null,"worker":"w1","finished_at":"2026-11-24T10:00:00Z"}}"#,
-        last.id, last.generation
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while counter(
-        &metrics,
-        "tidewatch_results_received_total",
-        &[("status", "applied")],
-    ) < 1.0
-    {
-        // Unrouted until the reader has rebound its queue: publish again.
-        let _ = mq::publish(&ch, &n.results, "exec.web", result.as_bytes()).await;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the results reader never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mq::publish_result_until_counted(&ch, &n.results, last, 42, &metrics).await;
     assert!(
         counter(
             &metrics,

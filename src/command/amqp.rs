@@ -10,8 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
@@ -24,6 +22,7 @@ use crate::amqp::{self, AmqpSettings, ConnectError};
 use crate::command::{confirmed, deliver_result, ScaleCommand};
 use crate::config::AmqpCommandsConfig;
 use crate::engine::EngineInput;
+use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 
 /// The routing key of a command.
@@ -122,7 +121,7 @@ impl AmqpPublisher {
         let mut pending = Pending::default();
         let mut session = first;
         let mut closed = false;
-        let mut backoff = amqp::reconnect_backoff();
+        let mut backoff = Backoff::default();
         loop {
             if pending.0.is_empty() {
                 if closed {
@@ -233,14 +232,12 @@ impl AmqpPublisher {
 
 /// Waits out one backoff interval while still taking new commands in.
 async fn pause(
-    backoff: &mut ExponentialBackoff,
+    backoff: &mut Backoff,
     rx: &mut mpsc::Receiver<ScaleCommand>,
     pending: &mut Pending,
     closed: &mut bool,
 ) {
-    let wait = backoff
-        .next_backoff()
-        .unwrap_or(std::time::Duration::from_secs(5));
+    let wait = backoff.next_wait();
     let sleep = tokio::time::sleep(wait);
     tokio::pin!(sleep);
     loop {
@@ -325,7 +322,7 @@ impl AmqpResults {
     }
 
     pub async fn run(self, engine: mpsc::Sender<EngineInput>, mut stop: watch::Receiver<bool>) {
-        let mut backoff = amqp::reconnect_backoff();
+        let mut backoff = Backoff::default();
         loop {
             let (conn, mut consumer) = match self.open().await {
                 Ok(c) => c,

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use futures::{FutureExt, StreamExt};
 use lapin::acker::Acker;
 use lapin::message::Delivery;
@@ -22,6 +21,7 @@ use crate::amqp::{self, AmqpSettings, ConnectError};
 use crate::clock::Clock;
 use crate::config::AmqpSourceConfig;
 use crate::engine::EngineInput;
+use crate::retry::Backoff;
 use crate::source::kafka::MAX_BATCH;
 use crate::source::{DeadLetter, Origin};
 use crate::telemetry::Metrics;
@@ -62,8 +62,9 @@ pub struct Session {
 
 /// How a session ended.
 enum Ended {
+    /// Told to stop, or the engine is gone: close and return.
     Stopped,
-    EngineGone,
+    /// The connection or channel broke: reconnect.
     Lost(String),
 }
 
@@ -155,7 +156,7 @@ impl AmqpSource {
     /// Consumes until `stop` turns true, reconnecting whenever the broker
     /// goes away. `first` is a session opened by the caller at start.
     pub async fn run(self, first: Option<Session>, mut stop: watch::Receiver<bool>) {
-        let mut backoff = amqp::reconnect_backoff();
+        let mut backoff = Backoff::default();
         let mut session = first;
         loop {
             let s = match session.take() {
@@ -189,7 +190,7 @@ impl AmqpSource {
                 .with_label_values(&["source"])
                 .set(0);
             match ended {
-                Ended::Stopped | Ended::EngineGone => {
+                Ended::Stopped => {
                     let _ = s.conn.close(200, "tidewatch stopping").await;
                     break;
                 }
@@ -293,16 +294,11 @@ impl AmqpSource {
     /// Applies a batch and dead-letters what was refused; returns the
     /// acker of its last delivery, to ack it all.
     async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Result<Acker, Ended> {
+        // The engine needs no origin from RabbitMQ (no partitions, no
+        // broker timestamp); a dead letter takes it from the delivery.
         let messages: Vec<(Origin, Vec<u8>)> = batch
             .iter_mut()
-            .map(|d| {
-                let origin = Origin {
-                    topic: d.exchange.to_string(),
-                    key: Some(d.routing_key.as_str().as_bytes().to_vec()),
-                    ..Origin::default()
-                };
-                (origin, std::mem::take(&mut d.data))
-            })
+            .map(|d| (Origin::default(), std::mem::take(&mut d.data)))
             .collect();
         let messages = Arc::new(messages);
         let (done, outcome) = oneshot::channel();
@@ -312,14 +308,22 @@ impl AmqpSource {
             done: Some(done),
         };
         if self.engine.send(input).await.is_err() {
-            return Err(Ended::EngineGone);
+            return Err(Ended::Stopped);
         }
         let Ok(outcomes) = outcome.await else {
-            return Err(Ended::EngineGone);
+            return Err(Ended::Stopped);
         };
         let now = self.clock.now_ms();
-        for (((origin, bytes), outcome), d) in messages.iter().zip(&outcomes).zip(&batch) {
-            if let Some(dl) = DeadLetter::of("amqp", origin, bytes, outcome, now) {
+        for (((_, bytes), outcome), d) in messages.iter().zip(&outcomes).zip(&batch) {
+            if outcome.rejected.is_empty() {
+                continue;
+            }
+            let origin = Origin {
+                topic: d.exchange.to_string(),
+                key: Some(d.routing_key.as_str().as_bytes().to_vec()),
+                ..Origin::default()
+            };
+            if let Some(dl) = DeadLetter::of("amqp", &origin, bytes, outcome, now) {
                 if let Err(e) = self.dead_letter(s, d, bytes, &dl).await {
                     return Err(Ended::Lost(e));
                 }
@@ -355,7 +359,7 @@ impl AmqpSource {
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
-        let mut backoff = amqp::reconnect_backoff();
+        let mut backoff = Backoff::default();
         loop {
             match amqp::publish_confirmed(
                 &s.deadletters,
@@ -368,7 +372,7 @@ impl AmqpSource {
             {
                 Ok(true) => break,
                 Ok(false) => {
-                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    let wait = backoff.next_wait();
                     tracing::warn!(setting = "source.amqp.deadletter_exchange", exchange = %self.cfg.deadletter_exchange, "dead letter not confirmed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }

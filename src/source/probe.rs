@@ -158,15 +158,24 @@ pub trait Measure: Send {
     ) -> impl std::future::Future<Output = Result<Option<(f64, Option<u32>)>, String>> + Send;
 }
 
+/// Where a probe's measurements go, and when it stops.
+#[derive(Clone)]
+pub struct ProbeFeeds {
+    pub engine: mpsc::Sender<EngineInput>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub stop: watch::Receiver<bool>,
+}
+
 /// Measures every interval until `stop`, feeding the engine the target's
 /// `queue_depth`; a failed measurement is logged and counted.
-pub async fn run_probe<M: Measure>(
-    mut probe: M,
-    engine: mpsc::Sender<EngineInput>,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run_probe<M: Measure>(mut probe: M, feeds: ProbeFeeds) {
+    let ProbeFeeds {
+        engine,
+        clock,
+        metrics,
+        mut stop,
+    } = feeds;
     let mut ticker = tokio::time::interval(probe.cfg().interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let queue = probe.queue_label();

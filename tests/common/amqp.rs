@@ -254,3 +254,40 @@ pub async fn exchange_and_queue(ch: &Channel, exchange: &str, queue: &str) {
         .await
         .unwrap();
 }
+
+/// A queue-depth signal stamped now.
+pub fn depth_signal(target: &str, depth: i64) -> String {
+    let now = chrono::Utc::now().timestamp_millis();
+    format!(
+        r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth},"ts":{now}}}"#
+    )
+}
+
+/// Publishes an `applied` result for `c` to the results exchange until the
+/// scaler has counted one. RabbitMQ drops a result while the scaler's
+/// exclusive results queue is not bound (yet, or again), so one publish
+/// may be lost.
+pub async fn publish_result_until_counted(
+    ch: &Channel,
+    results_exchange: &str,
+    c: &tidewatch::command::ScaleCommand,
+    observed: u32,
+    metrics: &tidewatch::telemetry::Metrics,
+) {
+    let result = format!(
+        r#"{{"version":1,"command_id":"{}","target":"{}","generation":{},"status":"applied","observed_replicas":{observed},"error":null,"worker":"w1","finished_at":"2026-11-24T10:00:00Z"}}"#,
+        c.id, c.target, c.generation
+    );
+    let key = format!("{}.{}", c.provider, c.target);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while super::metric(
+        metrics,
+        "tidewatch_results_received_total",
+        &[("status", "applied")],
+    ) < 1.0
+    {
+        let _ = publish(ch, results_exchange, &key, result.as_bytes()).await;
+        assert!(Instant::now() < deadline, "the result was never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

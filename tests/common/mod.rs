@@ -32,6 +32,7 @@ pub fn start_run(
     (stop, task)
 }
 pub mod amqp;
+pub mod bench;
 
 /// The sum of a metric's counter and gauge values over the series whose
 /// labels include `labels`.

@@ -1,0 +1,87 @@
+//! The reaction-time measurement both broker benchmarks share: a steady
+//! load over 100 targets, a probe signal every 20 ms that asks for more
+//! replicas than the one before, and each probe's time until the first
+//! command that reflects it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub const TARGETS: usize = 100;
+
+/// What `drive` sent: the number of load signals, the seconds it took, and
+/// each probe's asked-for replicas with the time it was sent.
+pub struct Driven {
+    pub sent: u64,
+    pub load_s: f64,
+    pub probes: Vec<(u32, Instant)>,
+}
+
+/// Sends `rate` signals a second for `seconds` (`send(target, depth)`,
+/// targets `t0`..`t99` at depth 500), and every 20 ms a signal for target
+/// `probe` at depth 300, 400, 500, ...
+pub async fn drive<F, Fut>(rate: u64, seconds: u64, mut send: F) -> Driven
+where
+    F: FnMut(String, u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut probes = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            send(format!("t{}", sent % TARGETS as u64), 500).await;
+            sent += 1;
+        }
+        if start.elapsed() >= Duration::from_millis(20 * (probes.len() as u64 + 1)) {
+            // 3, 4, 5, ...: each asks for more replicas than the one before.
+            let k = 3 + probes.len() as u32;
+            probes.push((k, Instant::now()));
+            send("probe".into(), u64::from(k) * 100).await;
+        }
+    }
+    Driven {
+        sent,
+        load_s: start.elapsed().as_secs_f64(),
+        probes,
+    }
+}
+
+/// Each probe's reaction time in ms, in the order sent: until the first
+/// command (desired replicas, arrival) that reflects it; probes that
+/// arrive together share a command.
+pub fn reaction_ms(probes: &[(u32, Instant)], got: &[(u32, Instant)]) -> Vec<f64> {
+    let mut lat = Vec::new();
+    let mut j = 0;
+    for (k, at) in probes {
+        while j < got.len() && (got[j].0 < *k || got[j].1 < *at) {
+            j += 1;
+        }
+        if j < got.len() {
+            lat.push(got[j].1.duration_since(*at).as_secs_f64() * 1000.0);
+        }
+    }
+    lat
+}
+
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The benchmark's line for one rate.
+pub fn report(rate: u64, seconds: u64, d: &Driven, lat: &[f64]) {
+    let mut lat = lat.to_vec();
+    lat.sort_by(f64::total_cmp);
+    let lat = &lat;
+    println!(
+        "reaction rate={rate}/s (achieved {:.0}/s, {seconds} s): probes {} matched {} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        d.sent as f64 / d.load_s,
+        d.probes.len(),
+        lat.len(),
+        percentile(lat, 0.5),
+        percentile(lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
