@@ -16,8 +16,12 @@ pub struct Backoff(ExponentialBackoff);
 
 impl Default for Backoff {
     fn default() -> Self {
+        let first = Duration::from_millis(100);
         Self(ExponentialBackoff {
-            initial_interval: Duration::from_millis(100),
+            // `current_interval` too: the struct's default (500 ms) would
+            // otherwise be the first wait until the first reset.
+            current_interval: first,
+            initial_interval: first,
             max_interval: MAX_INTERVAL,
             max_elapsed_time: None,
             ..ExponentialBackoff::default()
@@ -45,7 +49,10 @@ mod tests {
     fn waits_grow_to_the_cap_and_reset() {
         let mut b = Backoff::default();
         let first = b.next_wait();
-        assert!(first <= Duration::from_millis(750), "{first:?}");
+        assert!(
+            first <= Duration::from_millis(150),
+            "starts at 100 ms: {first:?}"
+        );
         let later: Vec<Duration> = (0..20).map(|_| b.next_wait()).collect();
         let most = MAX_INTERVAL.mul_f64(1.5);
         assert!(later.iter().all(|w| *w <= most), "{later:?}");
