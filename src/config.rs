@@ -35,7 +35,7 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
-fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+pub(crate) fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
         key: key.into(),
         message: message.into(),
@@ -85,7 +85,7 @@ impl SecretRef {
         self.literal.is_some() || self.env.is_some() || self.file.is_some()
     }
 
-    fn check(&self, key: &str, out: &mut Vec<Problem>) {
+    pub(crate) fn check(&self, key: &str, out: &mut Vec<Problem>) {
         let n = [
             self.literal.is_some(),
             self.env.is_some(),
@@ -235,6 +235,9 @@ pub struct KafkaCommandsConfig {
     /// The consumer group of workers (worker configuration only).
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Where a worker sends commands it cannot decode or attribute.
+    #[serde(default = "default_deadletter")]
+    pub deadletter_topic: String,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
     #[serde(default)]
@@ -264,6 +267,14 @@ pub struct AmqpCommandsConfig {
     /// first worker starts; "" declares none.
     #[serde(default = "default_workers_queue")]
     pub queue: String,
+    /// The keys `queue` is bound with (`<provider>.<target>` patterns):
+    /// a worker for one provider only binds its own queue with, say,
+    /// `["kubernetes.*"]`.
+    #[serde(default = "default_binding_keys")]
+    pub binding_keys: Vec<String>,
+    /// Where a worker sends commands it cannot decode or attribute.
+    #[serde(default = "default_deadletter")]
+    pub deadletter_exchange: String,
     /// Declare the exchanges (and `queue`) or only check that they exist.
     #[serde(default = "yes")]
     pub declare: bool,
@@ -678,96 +689,21 @@ impl Config {
     /// Reads `path` with `TIDEWATCH__` overrides and checks everything,
     /// policies included. All problems come back at once.
     pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
-        let raw = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("TIDEWATCH")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(|e| ConfigError {
-                problems: vec![problem(path.display().to_string(), e.to_string())],
-            })?;
+        let raw = read_raw(path)?;
         let mut problems = Vec::new();
-        let section = |key: &str, problems: &mut Vec<Problem>| -> Option<config::Value> {
-            match raw.get::<config::Value>(key) {
-                Ok(v) => Some(v),
-                Err(config::ConfigError::NotFound(_)) => None,
-                Err(e) => {
-                    problems.push(problem(key, e.to_string()));
-                    None
-                }
-            }
-        };
-        fn typed<T: serde::de::DeserializeOwned + Default>(
-            key: &str,
-            v: Option<config::Value>,
-            problems: &mut Vec<Problem>,
-        ) -> T {
-            match v.map(|v| v.try_deserialize::<T>()) {
-                None => T::default(),
-                Some(Ok(t)) => t,
-                Some(Err(e)) => {
-                    problems.push(problem(key, e.to_string()));
-                    T::default()
-                }
-            }
-        }
-        let source = typed("source", section("source", &mut problems), &mut problems);
-        let commands = typed(
-            "commands",
-            section("commands", &mut problems),
+        let source = typed(&raw, "source", &mut problems);
+        let commands = typed(&raw, "commands", &mut problems);
+        let engine = typed(&raw, "engine", &mut problems);
+        let metrics = typed(&raw, "metrics", &mut problems);
+        let targets = array::<TargetConfig>(&raw, "targets", &mut problems);
+        let probes = array::<ProbeConfig>(&raw, "probes", &mut problems);
+        unknown_sections(
+            &raw,
+            &[
+                "source", "commands", "engine", "metrics", "targets", "probes",
+            ],
             &mut problems,
         );
-        let engine = typed("engine", section("engine", &mut problems), &mut problems);
-        let metrics = typed("metrics", section("metrics", &mut problems), &mut problems);
-        let mut targets = Vec::new();
-        if let Some(v) = section("targets", &mut problems) {
-            match v.into_array() {
-                Ok(items) => {
-                    for (i, item) in items.into_iter().enumerate() {
-                        match item.try_deserialize::<TargetConfig>() {
-                            Ok(t) => targets.push(t),
-                            Err(e) => {
-                                problems.push(problem(format!("targets[{i}]"), e.to_string()))
-                            }
-                        }
-                    }
-                }
-                Err(e) => problems.push(problem("targets", e.to_string())),
-            }
-        }
-        let mut probes = Vec::new();
-        if let Some(v) = section("probes", &mut problems) {
-            match v.into_array() {
-                Ok(items) => {
-                    for (i, item) in items.into_iter().enumerate() {
-                        match item.try_deserialize::<ProbeConfig>() {
-                            Ok(p) => probes.push(p),
-                            Err(e) => problems.push(problem(format!("probes[{i}]"), e.to_string())),
-                        }
-                    }
-                }
-                Err(e) => problems.push(problem("probes", e.to_string())),
-            }
-        }
-        let top = raw
-            .clone()
-            .try_deserialize::<HashMap<String, config::Value>>();
-        for key in top
-            .map(|m| m.into_keys().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            if ![
-                "source", "commands", "engine", "metrics", "targets", "probes",
-            ]
-            .contains(&key.as_str())
-            {
-                problems.push(problem(key, "unknown section"));
-            }
-        }
         let mut cfg = Config {
             source,
             commands,
@@ -989,20 +925,114 @@ impl Config {
             }),
             BrokerKind::None => {}
         }
-        match cmd.kind {
-            BrokerKind::Kafka => section(out, "commands", "kafka", &cmd.kafka, |k, out| {
-                check_kafka(out, "commands.kafka", &k.brokers, k.sasl_secret());
-            }),
-            BrokerKind::Amqp => section(out, "commands", "amqp", &cmd.amqp, |a, out| {
-                check_amqp_url(out, &a.settings());
-            }),
-            BrokerKind::None => {}
+        check_commands(cmd, out);
+    }
+}
+
+/// Checks `[commands]` and its broker section.
+pub(crate) fn check_commands(cmd: &CommandsConfig, out: &mut Vec<Problem>) {
+    match cmd.kind {
+        BrokerKind::Kafka => section(out, "commands", "kafka", &cmd.kafka, |k, out| {
+            check_kafka(out, "commands.kafka", &k.brokers, k.sasl_secret());
+        }),
+        BrokerKind::Amqp => section(out, "commands", "amqp", &cmd.amqp, |a, out| {
+            check_amqp_url(out, &a.settings());
+        }),
+        BrokerKind::None => {}
+    }
+}
+
+/// Reads a TOML file with its `TIDEWATCH__` environment overrides.
+pub(crate) fn read_raw(path: &Path) -> Result<config::Config, ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("TIDEWATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| ConfigError {
+            problems: vec![problem(path.display().to_string(), e.to_string())],
+        })
+}
+
+/// Whether the file has the top-level key `key`.
+pub(crate) fn has_key(raw: &config::Config, key: &str) -> bool {
+    !matches!(
+        raw.get::<config::Value>(key),
+        Err(config::ConfigError::NotFound(_))
+    )
+}
+
+fn value(raw: &config::Config, key: &str, problems: &mut Vec<Problem>) -> Option<config::Value> {
+    match raw.get::<config::Value>(key) {
+        Ok(v) => Some(v),
+        Err(config::ConfigError::NotFound(_)) => None,
+        Err(e) => {
+            problems.push(problem(key, e.to_string()));
+            None
+        }
+    }
+}
+
+/// The section `key` as `T` (its default when absent; a problem when bad).
+pub(crate) fn typed<T: serde::de::DeserializeOwned + Default>(
+    raw: &config::Config,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> T {
+    match value(raw, key, problems).map(|v| v.try_deserialize::<T>()) {
+        None => T::default(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            problems.push(problem(key, e.to_string()));
+            T::default()
+        }
+    }
+}
+
+/// The array of tables `key`, each element checked on its own.
+pub(crate) fn array<T: serde::de::DeserializeOwned>(
+    raw: &config::Config,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    if let Some(v) = value(raw, key, problems) {
+        match v.into_array() {
+            Ok(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    match item.try_deserialize::<T>() {
+                        Ok(t) => out.push(t),
+                        Err(e) => problems.push(problem(format!("{key}[{i}]"), e.to_string())),
+                    }
+                }
+            }
+            Err(e) => problems.push(problem(key, e.to_string())),
+        }
+    }
+    out
+}
+
+/// A problem for every top-level key not in `known`.
+pub(crate) fn unknown_sections(raw: &config::Config, known: &[&str], problems: &mut Vec<Problem>) {
+    let top = raw
+        .clone()
+        .try_deserialize::<HashMap<String, config::Value>>();
+    for key in top
+        .map(|m| m.into_keys().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if !known.contains(&key.as_str()) {
+            problems.push(problem(key, "unknown section"));
         }
     }
 }
 
 /// Checks `[<part>.<kind>]` with `check`, or reports it missing.
-fn section<T>(
+pub(crate) fn section<T>(
     out: &mut Vec<Problem>,
     part: &str,
     kind: &str,
@@ -1018,7 +1048,12 @@ fn section<T>(
     }
 }
 
-fn check_kafka(out: &mut Vec<Problem>, prefix: &str, brokers: &str, password: SecretRef) {
+pub(crate) fn check_kafka(
+    out: &mut Vec<Problem>,
+    prefix: &str,
+    brokers: &str,
+    password: SecretRef,
+) {
     if brokers.trim().is_empty() {
         out.push(problem(
             format!("{prefix}.brokers"),
@@ -1028,7 +1063,7 @@ fn check_kafka(out: &mut Vec<Problem>, prefix: &str, brokers: &str, password: Se
     password.check(&format!("{prefix}.sasl_password"), out);
 }
 
-fn check_amqp_url(out: &mut Vec<Problem>, s: &crate::amqp::AmqpSettings) {
+pub(crate) fn check_amqp_url(out: &mut Vec<Problem>, s: &crate::amqp::AmqpSettings) {
     if !s.url.is_set() {
         out.push(problem(&s.key, "give `url`, `url_env` or `url_file`"));
     }
@@ -1045,7 +1080,7 @@ pub fn secret(literal: &Option<String>, env: &Option<String>, file: &Option<Path
 
 /// A relative policy path is taken from the working directory when the file
 /// is there, else from the configuration file's directory.
-fn resolve_policy_path(config_dir: &Path, p: &Path) -> PathBuf {
+pub(crate) fn resolve_policy_path(config_dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() || p.exists() {
         p.to_owned()
     } else {

@@ -1,9 +1,11 @@
-//! Providers carry out a scale command against a platform (issue 5, in
-//! progress). One trait; one file per provider.
+//! Providers carry out a scale command against a platform. One trait; one
+//! file per provider; `build` makes one from a worker's target settings.
 
 pub mod exec;
 pub mod http;
+pub mod kubernetes;
 pub mod log;
+pub mod process;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +29,15 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Sets `c.target` to `c.desired_replicas`.
     fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a>;
+    /// At start: the replicas last applied before a restart, for providers
+    /// that hold the state themselves (`process`). Others keep theirs.
+    fn restore<'a>(&'a self, _replicas: u32) -> ProviderFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
+    /// At shutdown: release what the provider holds.
+    fn stop<'a>(&'a self) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
 }
 
 #[cfg(test)]

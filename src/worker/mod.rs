@@ -3,6 +3,8 @@
 //! generations that have not expired; everything else gets a result that
 //! says why. The clock is a parameter.
 
+pub mod config;
+
 use std::collections::HashMap;
 
 use crate::clock::Millis;

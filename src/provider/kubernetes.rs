@@ -1,0 +1,707 @@
+//! The `kubernetes` provider: sets `spec.replicas` of a Deployment or
+//! StatefulSet through its scale subresource, as `kubectl scale` and the
+//! HPA do: `PATCH /apis/apps/v1/namespaces/{ns}/{deployments|statefulsets}/{name}/scale`
+//! with a JSON merge patch `{"spec":{"replicas":N}}`. The answer is an
+//! `autoscaling/v1` Scale; its `spec.replicas` is reported as the observed
+//! replicas (what the HPA calls the current replicas).
+//!
+//! Plain HTTP done with reqwest rather than a full client: one call, one
+//! verb. Credentials come from the pod's service account (token re-read on
+//! every call, as kubelet rotates it) or from a kubeconfig (token,
+//! tokenFile, client certificate with a PKCS#8 key, basic auth); exec
+//! credential plugins are not supported and say so.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
+use crate::worker::config::KubernetesConfig;
+
+/// Where a pod finds its service account.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Auth {
+    None,
+    Token(String),
+    /// Read on every call (rotated by kubelet or an external tool).
+    TokenFile(PathBuf),
+    Basic(String, String),
+}
+
+/// How to reach and authenticate to an API server.
+#[derive(Clone)]
+pub struct Cluster {
+    pub server: String,
+    ca_pem: Option<Vec<u8>>,
+    insecure: bool,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    auth: Auth,
+    /// Where these settings came from, for messages.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("server", &self.server)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct KubeConfig {
+    #[serde(default)]
+    clusters: Vec<Named<ClusterEntry>>,
+    #[serde(default)]
+    contexts: Vec<Named<ContextEntry>>,
+    #[serde(default)]
+    users: Vec<Named<UserEntry>>,
+    #[serde(default)]
+    current_context: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Named<T> {
+    name: String,
+    #[serde(alias = "cluster", alias = "context", alias = "user")]
+    item: T,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct ClusterEntry {
+    server: String,
+    #[serde(default)]
+    certificate_authority: Option<PathBuf>,
+    #[serde(default)]
+    certificate_authority_data: Option<String>,
+    #[serde(default)]
+    insecure_skip_tls_verify: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct ContextEntry {
+    cluster: String,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct UserEntry {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, rename = "tokenFile")]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    client_certificate_data: Option<String>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
+    #[serde(default)]
+    client_key_data: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    exec: Option<serde_yaml::Value>,
+    #[serde(default, rename = "auth-provider")]
+    auth_provider: Option<serde_yaml::Value>,
+}
+
+fn b64(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("{what}: not base64: {e}"))
+}
+
+/// A file named in a kubeconfig, relative to the kubeconfig's directory.
+fn read_rel(base: &Path, p: &Path, what: &str) -> Result<Vec<u8>, String> {
+    let full = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    };
+    std::fs::read(&full).map_err(|e| format!("{what} {}: {e}", full.display()))
+}
+
+impl Cluster {
+    /// The pod's service account: `KUBERNETES_SERVICE_HOST`/`_PORT` and
+    /// the token and CA under [`SERVICE_ACCOUNT_DIR`].
+    pub fn in_cluster() -> Result<Self, String> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST")
+            .map_err(|_| "KUBERNETES_SERVICE_HOST is not set: not running in a pod".to_string())?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Self::in_cluster_from(
+            Path::new(SERVICE_ACCOUNT_DIR),
+            &format!("https://{host}:{port}"),
+        )
+    }
+
+    /// A service account directory (`token`, `ca.crt`) and a server URL.
+    pub fn in_cluster_from(dir: &Path, server: &str) -> Result<Self, String> {
+        let token = dir.join("token");
+        std::fs::metadata(&token)
+            .map_err(|e| format!("service account token {}: {e}", token.display()))?;
+        let ca = dir.join("ca.crt");
+        let ca_pem = match std::fs::read(&ca) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("service account CA {}: {e}", ca.display())),
+        };
+        Ok(Self {
+            server: server.to_owned(),
+            ca_pem,
+            insecure: false,
+            identity: None,
+            auth: Auth::TokenFile(token),
+            origin: format!("service account {}", dir.display()),
+        })
+    }
+
+    /// A kubeconfig file, with `context` or its current context.
+    pub fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<Self, String> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("kubeconfig {shown}: {e}"))?;
+        let kc: KubeConfig =
+            serde_yaml::from_str(&text).map_err(|e| format!("kubeconfig {shown}: {e}"))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let ctx_name = context
+            .map(str::to_owned)
+            .or(kc.current_context.clone())
+            .ok_or_else(|| format!("kubeconfig {shown}: no current-context; set `context`"))?;
+        let ctx = kc
+            .contexts
+            .iter()
+            .find(|c| c.name == ctx_name)
+            .ok_or_else(|| format!("kubeconfig {shown}: no context {ctx_name:?}"))?;
+        let cl = kc
+            .clusters
+            .iter()
+            .find(|c| c.name == ctx.item.cluster)
+            .ok_or_else(|| format!("kubeconfig {shown}: no cluster {:?}", ctx.item.cluster))?;
+        let ca_pem = match (
+            &cl.item.certificate_authority_data,
+            &cl.item.certificate_authority,
+        ) {
+            (Some(d), _) => Some(b64("certificate-authority-data", d)?),
+            (None, Some(p)) => Some(read_rel(base, p, "certificate-authority")?),
+            _ => None,
+        };
+        let user = match &ctx.item.user {
+            Some(u) => Some(
+                kc.users
+                    .iter()
+                    .find(|x| &x.name == u)
+                    .ok_or_else(|| format!("kubeconfig {shown}: no user {u:?}"))?,
+            ),
+            None => None,
+        };
+        let mut auth = Auth::None;
+        let mut identity = None;
+        if let Some(u) = user.map(|u| &u.item) {
+            if u.exec.is_some() || u.auth_provider.is_some() {
+                return Err(format!(
+                    "kubeconfig {shown}: user {:?} uses an exec or auth-provider plugin, which \
+                     tidewatch does not run; give a token, tokenFile or client certificate",
+                    ctx.item.user.as_deref().unwrap_or_default()
+                ));
+            }
+            auth = match (&u.token, &u.token_file, &u.username, &u.password) {
+                (Some(t), _, _, _) => Auth::Token(t.clone()),
+                (None, Some(f), _, _) => Auth::TokenFile(if f.is_absolute() {
+                    f.clone()
+                } else {
+                    base.join(f)
+                }),
+                (None, None, Some(n), Some(p)) => Auth::Basic(n.clone(), p.clone()),
+                _ => Auth::None,
+            };
+            let cert = match (&u.client_certificate_data, &u.client_certificate) {
+                (Some(d), _) => Some(b64("client-certificate-data", d)?),
+                (None, Some(p)) => Some(read_rel(base, p, "client-certificate")?),
+                _ => None,
+            };
+            let key = match (&u.client_key_data, &u.client_key) {
+                (Some(d), _) => Some(b64("client-key-data", d)?),
+                (None, Some(p)) => Some(read_rel(base, p, "client-key")?),
+                _ => None,
+            };
+            identity = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(format!(
+                        "kubeconfig {shown}: a client certificate needs both the certificate and the key"
+                    ))
+                }
+            };
+        }
+        Ok(Self {
+            server: cl.item.server.trim_end_matches('/').to_owned(),
+            ca_pem,
+            insecure: cl.item.insecure_skip_tls_verify,
+            identity,
+            auth,
+            origin: format!("kubeconfig {shown} context {ctx_name:?}"),
+        })
+    }
+
+    /// As kubectl and client-go look: the given kubeconfig; else the
+    /// service account in a pod; else `$KUBECONFIG` (its first file); else
+    /// `~/.kube/config`.
+    pub fn discover(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Self, String> {
+        if let Some(p) = kubeconfig {
+            return Self::from_kubeconfig(p, context);
+        }
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && context.is_none() {
+            return Self::in_cluster();
+        }
+        let path = match std::env::var_os("KUBECONFIG") {
+            Some(v) => std::env::split_paths(&v).next().unwrap_or_default(),
+            None => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".kube/config"))
+                .ok_or("no kubeconfig: set `kubeconfig`, KUBECONFIG or HOME")?,
+        };
+        Self::from_kubeconfig(&path, context)
+    }
+
+    fn client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let mut b = reqwest::Client::builder().timeout(timeout);
+        if let Some(pem) = &self.ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| format!("{}: the CA certificate: {e}", self.origin))?;
+            b = b.add_root_certificate(cert);
+        }
+        if let Some((cert, key)) = &self.identity {
+            let id = reqwest::Identity::from_pkcs8_pem(cert, key).map_err(|e| {
+                format!(
+                    "{}: the client certificate and key (the key must be PKCS#8, \
+                     `BEGIN PRIVATE KEY`; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}",
+                    self.origin
+                )
+            })?;
+            b = b.identity(id);
+        }
+        if self.insecure {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        b.build().map_err(|e| format!("{}: {e}", self.origin))
+    }
+}
+
+/// A DNS-1123 name as Kubernetes requires for namespaces and workloads.
+pub fn check_name(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {s:?} is not a Kubernetes name (lowercase letters, digits, '-', '.')"
+        ))
+    }
+}
+
+pub struct KubernetesProvider {
+    client: reqwest::Client,
+    cluster: Cluster,
+    /// `deployments/checkout in namespace shop`, for messages.
+    object: String,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct Scale {
+    spec: ScaleSpec,
+    #[serde(default)]
+    status: Option<ScaleStatus>,
+}
+#[derive(Deserialize)]
+struct ScaleSpec {
+    #[serde(default)]
+    replicas: Option<u32>,
+}
+#[derive(Deserialize)]
+struct ScaleStatus {
+    #[serde(default)]
+    replicas: Option<u32>,
+}
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    reason: String,
+}
+
+impl KubernetesProvider {
+    pub fn new(
+        cfg: &KubernetesConfig,
+        cluster: Cluster,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        check_name("namespace", &cfg.namespace)?;
+        check_name("name", &cfg.name)?;
+        let resource = match cfg.kind.as_str() {
+            "Deployment" => "deployments",
+            "StatefulSet" => "statefulsets",
+            k => {
+                return Err(format!(
+                    "kind {k:?}: give \"Deployment\" or \"StatefulSet\""
+                ))
+            }
+        };
+        let url = format!(
+            "{}/apis/apps/v1/namespaces/{}/{resource}/{}/scale",
+            cluster.server.trim_end_matches('/'),
+            cfg.namespace,
+            cfg.name
+        );
+        Ok(Self {
+            client: cluster.client(timeout)?,
+            object: format!("{resource}/{} in namespace {}", cfg.name, cfg.namespace),
+            cluster,
+            url,
+        })
+    }
+
+    async fn call(&self, replicas: u32) -> Result<Option<u32>, ProviderError> {
+        let fail = |message: String, retryable: bool| ProviderError { message, retryable };
+        let body = serde_json::json!({ "spec": { "replicas": replicas } });
+        let mut req = self
+            .client
+            .patch(self.url.as_str())
+            .header("content-type", "application/merge-patch+json")
+            .header("accept", "application/json")
+            .body(body.to_string());
+        req = match &self.cluster.auth {
+            Auth::None => req,
+            Auth::Token(t) => req.bearer_auth(t),
+            Auth::TokenFile(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| fail(format!("token file {}: {e}", p.display()), true))?;
+                req.bearer_auth(t.trim())
+            }
+            Auth::Basic(u, p) => req.basic_auth(u, Some(p)),
+        };
+        let resp = req.send().await.map_err(|e| {
+            fail(
+                format!("kubernetes {} ({}): {e}", self.object, self.cluster.server),
+                true,
+            )
+        })?;
+        let code = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        if !code.is_success() {
+            let st: Option<Status> = serde_json::from_slice(&bytes).ok();
+            let detail = st
+                .map(|s| format!("{} ({})", s.message, s.reason))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+            let hint = match code.as_u16() {
+                401 => "; the credentials were not accepted",
+                403 => "; the worker's account needs `patch` on the scale subresource (see docs/operations.md RBAC)",
+                404 => "; check namespace, kind and name",
+                _ => "",
+            };
+            let retryable = code.is_server_error() || code.as_u16() == 409 || code.as_u16() == 429;
+            return Err(fail(
+                format!("kubernetes {}: {code}: {detail}{hint}", self.object),
+                retryable,
+            ));
+        }
+        let scale: Scale = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(
+                format!("kubernetes {}: the answer is not a Scale: {e}", self.object),
+                false,
+            )
+        })?;
+        tracing::debug!(object = %self.object, spec = ?scale.spec.replicas,
+            status = ?scale.status.as_ref().and_then(|s| s.replicas), "scaled");
+        Ok(scale.spec.replicas)
+    }
+}
+
+impl Provider for KubernetesProvider {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
+        Box::pin(self.call(c.desired_replicas))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap, String)>>>;
+
+    /// A stand-in API server that checks exactly what the real one expects
+    /// and answers as it does (Scale and Status shapes from the Kubernetes
+    /// API reference). `apps` holds name -> replicas of known Deployments.
+    async fn api_server(token: &'static str) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+                let s = s.clone();
+                async move {
+                    s.lock().unwrap().push((method.clone(), uri.path().to_owned(), headers.clone(), body.clone()));
+                    let status = |code: u16, reason: &str, message: String| {
+                        (
+                            StatusCode::from_u16(code).unwrap(),
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": message, "reason": reason, "code": code})
+                            .to_string(),
+                        )
+                    };
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {token}")) {
+                        return status(401, "Unauthorized", "Unauthorized".into());
+                    }
+                    let parts: Vec<&str> = uri.path().split('/').collect();
+                    // ["", "apis", "apps", "v1", "namespaces", ns, resource, name, "scale"]
+                    if parts.len() != 9 || parts[1..4] != ["apis", "apps", "v1"] || parts[4] != "namespaces" || parts[8] != "scale" {
+                        return status(404, "NotFound", "the server could not find the requested resource".into());
+                    }
+                    let (ns, resource, name) = (parts[5], parts[6], parts[7]);
+                    if method != Method::PATCH {
+                        return status(405, "MethodNotAllowed", format!("{method} is not supported"));
+                    }
+                    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/merge-patch+json") {
+                        return status(415, "UnsupportedMediaType", "the body of the request was in an unknown format".into());
+                    }
+                    if ns == "locked" {
+                        return status(403, "Forbidden", format!("{resource}.apps \"{name}\" is forbidden: User \"system:serviceaccount:tidewatch:worker\" cannot patch resource \"{resource}/scale\" in API group \"apps\" in the namespace \"{ns}\""));
+                    }
+                    if name != "checkout" {
+                        return status(404, "NotFound", format!("{resource}.apps \"{name}\" not found"));
+                    }
+                    let patch: serde_json::Value = match serde_json::from_str(&body) {
+                        Ok(v) => v,
+                        Err(e) => return status(400, "BadRequest", e.to_string()),
+                    };
+                    let Some(n) = patch["spec"]["replicas"].as_u64() else {
+                        return status(422, "Invalid", "spec.replicas: Required value".into());
+                    };
+                    (StatusCode::OK, serde_json::json!({
+                        "kind": "Scale", "apiVersion": "autoscaling/v1",
+                        "metadata": {"name": name, "namespace": ns, "uid": "6a3f1c2e-6f2b-4c47-9d07-2f5d0d6c1f42",
+                            "resourceVersion": "48213", "creationTimestamp": "2026-11-20T08:12:44Z"},
+                        "spec": {"replicas": n},
+                        "status": {"replicas": 3, "selector": "app=checkout"}
+                    }).to_string())
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn target(ns: &str, kind: &str, name: &str) -> KubernetesConfig {
+        KubernetesConfig {
+            namespace: ns.into(),
+            kind: kind.into(),
+            name: name.into(),
+            kubeconfig: None,
+            context: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn patches_the_scale_subresource_through_a_kubeconfig() {
+        let (server, seen) = api_server("kc-token").await;
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("config");
+        std::fs::write(
+            &kc,
+            format!(
+                r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {server}
+- name: other
+  cluster:
+    server: http://127.0.0.1:1
+contexts:
+- name: dev
+  context:
+    cluster: local
+    user: worker
+    namespace: shop
+- name: prod
+  context:
+    cluster: other
+    user: worker
+current-context: dev
+users:
+- name: worker
+  user:
+    token: kc-token
+"#
+            ),
+        )
+        .unwrap();
+        let cluster = Cluster::from_kubeconfig(&kc, None).unwrap();
+        assert_eq!(cluster.server, server);
+        let timeout = Duration::from_secs(5);
+        let p = KubernetesProvider::new(
+            &target("shop", "Deployment", "checkout"),
+            cluster.clone(),
+            timeout,
+        )
+        .unwrap();
+        let c = crate::provider::tests::command("checkout", 7);
+        assert_eq!(
+            p.scale(&c).await.unwrap(),
+            Some(7),
+            "spec.replicas of the answer"
+        );
+        let (method, path, headers, body) = seen.lock().unwrap()[0].clone();
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(
+            path,
+            "/apis/apps/v1/namespaces/shop/deployments/checkout/scale"
+        );
+        assert_eq!(headers["content-type"], "application/merge-patch+json");
+        assert_eq!(headers["authorization"], "Bearer kc-token");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"spec": {"replicas": 7}}),
+            "only the replicas, nothing from the event"
+        );
+
+        // StatefulSets use their own path.
+        let sts = KubernetesProvider::new(
+            &target("shop", "StatefulSet", "checkout"),
+            cluster.clone(),
+            timeout,
+        )
+        .unwrap();
+        assert_eq!(sts.scale(&c).await.unwrap(), Some(7));
+        assert_eq!(
+            seen.lock().unwrap()[1].1,
+            "/apis/apps/v1/namespaces/shop/statefulsets/checkout/scale"
+        );
+
+        // Failures: the API server's message, and whether a retry can help.
+        let missing = KubernetesProvider::new(
+            &target("shop", "Deployment", "nope"),
+            cluster.clone(),
+            timeout,
+        )
+        .unwrap();
+        let e = missing.scale(&c).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains("deployments.apps \"nope\" not found"),
+            "{e:?}"
+        );
+        let locked = KubernetesProvider::new(
+            &target("locked", "Deployment", "checkout"),
+            cluster.clone(),
+            timeout,
+        )
+        .unwrap();
+        let e = locked.scale(&c).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains("403") && e.message.contains("RBAC"),
+            "{e:?}"
+        );
+
+        // Another context of the same file, and a wrong token.
+        let prod = Cluster::from_kubeconfig(&kc, Some("prod")).unwrap();
+        assert_eq!(prod.server, "http://127.0.0.1:1");
+        let e = Cluster::from_kubeconfig(&kc, Some("staging")).unwrap_err();
+        assert!(e.contains("no context \"staging\""), "{e}");
+        let bad = std::fs::read_to_string(&kc)
+            .unwrap()
+            .replace("token: kc-token", "token: stale");
+        std::fs::write(&kc, bad).unwrap();
+        let p = KubernetesProvider::new(
+            &target("shop", "Deployment", "checkout"),
+            Cluster::from_kubeconfig(&kc, None).unwrap(),
+            timeout,
+        )
+        .unwrap();
+        let e = p.scale(&c).await.unwrap_err();
+        assert!(!e.retryable && e.message.contains("401"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn in_cluster_reads_the_rotated_token_on_every_call() {
+        let (server, seen) = api_server("sa-token-2").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "sa-token-1").unwrap();
+        let cluster = Cluster::in_cluster_from(dir.path(), &server).unwrap();
+        let p = KubernetesProvider::new(
+            &target("shop", "Deployment", "checkout"),
+            cluster,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let c = crate::provider::tests::command("checkout", 2);
+        assert!(p.scale(&c).await.unwrap_err().message.contains("401"));
+        std::fs::write(dir.path().join("token"), "sa-token-2\n").unwrap();
+        assert_eq!(p.scale(&c).await.unwrap(), Some(2));
+        assert_eq!(
+            seen.lock().unwrap()[1].2["authorization"],
+            "Bearer sa-token-2"
+        );
+        let e = Cluster::in_cluster_from(&dir.path().join("none"), &server).unwrap_err();
+        assert!(e.contains("service account token"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_kubeconfigs_and_names_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("config");
+        std::fs::write(&kc, "clusters:\n- name: c\n  cluster:\n    server: https://k\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec:\n      command: aws\n").unwrap();
+        let e = Cluster::from_kubeconfig(&kc, None).unwrap_err();
+        assert!(e.contains("exec"), "{e}");
+        assert!(check_name("namespace", "shop").is_ok());
+        assert!(check_name("name", "Shop").is_err());
+        assert!(check_name("name", "a/../b").is_err());
+        let e = match KubernetesProvider::new(
+            &target("shop", "ReplicaSet", "web"),
+            Cluster::in_cluster_from(dir.path(), "http://x").unwrap_or_else(|_| Cluster {
+                server: "http://x".into(),
+                ca_pem: None,
+                insecure: false,
+                identity: None,
+                auth: Auth::None,
+                origin: "t".into(),
+            }),
+            Duration::from_secs(1),
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("a ReplicaSet was accepted"),
+        };
+        assert!(e.contains("ReplicaSet"), "{e}");
+    }
+}

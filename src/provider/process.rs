@@ -1,0 +1,361 @@
+//! The `process` provider: keeps N local processes of a configured command
+//! running, so tidewatch can scale real local workers. Scaling up spawns;
+//! scaling down sends SIGTERM to the newest children and SIGKILL to those
+//! still alive after the grace period; a supervisor replaces children that
+//! exit on their own. Children get SIGTERM when the worker dies
+//! (`PR_SET_PDEATHSIG` on Linux), so a killed worker leaves no orphans, and
+//! the worker restores the last applied count when it starts again.
+
+#![allow(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
+
+/// How often the supervisor looks for exited children.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+
+/// Checks a command: not empty, and `{target}` only as a whole argument
+/// (the replica count has no meaning for one process).
+pub fn check_command(argv: &[String]) -> Result<(), String> {
+    if argv.is_empty() {
+        return Err("the command is empty".into());
+    }
+    for (i, a) in argv.iter().enumerate() {
+        if a != "{target}" && (a.contains('{') || a.contains('}')) {
+            return Err(format!(
+                "argument {i} {a:?}: the only placeholder is \"{{target}}\", as a whole argument"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Pool {
+    desired: u32,
+    children: Vec<Child>,
+    /// Children that exited on their own and were replaced.
+    replaced: u64,
+    /// The last spawn error, so a command that cannot start is reported.
+    spawn_error: Option<String>,
+}
+
+pub struct ProcessProvider {
+    argv: Vec<String>,
+    grace: Duration,
+    dir: Option<PathBuf>,
+    target: String,
+    pool: Arc<Mutex<Pool>>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProcessProvider {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+impl ProcessProvider {
+    /// Starts the supervisor (on the current runtime) with no children.
+    pub fn new(
+        target: &str,
+        argv: Vec<String>,
+        grace: Duration,
+        dir: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        check_command(&argv)?;
+        let argv: Vec<String> = argv
+            .into_iter()
+            .map(|a| {
+                if a == "{target}" {
+                    target.to_owned()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let pool = Arc::new(Mutex::new(Pool::default()));
+        let supervisor = tokio::spawn(supervise(
+            pool.clone(),
+            argv.clone(),
+            dir.clone(),
+            target.to_owned(),
+        ));
+        Ok(Self {
+            argv,
+            grace,
+            dir,
+            target: target.to_owned(),
+            pool,
+            supervisor,
+        })
+    }
+
+    /// The process ids of the running children, oldest first.
+    pub async fn pids(&self) -> Vec<u32> {
+        self.pool
+            .lock()
+            .await
+            .children
+            .iter()
+            .filter_map(Child::id)
+            .collect()
+    }
+
+    /// Children replaced after exiting on their own.
+    pub async fn replaced(&self) -> u64 {
+        self.pool.lock().await.replaced
+    }
+
+    async fn set(&self, n: u32) -> Result<u32, ProviderError> {
+        let doomed = {
+            let mut pool = self.pool.lock().await;
+            pool.desired = n;
+            pool.spawn_error = None;
+            while pool.children.len() < n as usize {
+                match spawn(&self.argv, self.dir.as_ref()) {
+                    Ok(c) => pool.children.push(c),
+                    Err(e) => {
+                        return Err(ProviderError {
+                            message: format!(
+                                "process {:?} for {}: cannot start: {e}",
+                                self.argv[0], self.target
+                            ),
+                            retryable: false,
+                        })
+                    }
+                }
+            }
+            let keep = n as usize;
+            if pool.children.len() > keep {
+                pool.children.split_off(keep)
+            } else {
+                Vec::new()
+            }
+        };
+        let grace = self.grace;
+        futures::future::join_all(doomed.into_iter().map(|c| terminate(c, grace))).await;
+        Ok(self.pool.lock().await.children.len() as u32)
+    }
+}
+
+fn spawn(argv: &[String], dir: Option<&PathBuf>) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// SIGTERM, then SIGKILL after `grace`; waits for the exit either way.
+async fn terminate(mut c: Child, grace: Duration) {
+    if let Some(pid) = c.id() {
+        // SAFETY: kill(2) on a child we have not reaped yet.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(grace, c.wait()).await.is_err() {
+        tracing::warn!(pid = ?c.id(), ?grace, "process did not exit after SIGTERM; SIGKILL");
+        let _ = c.kill().await;
+    }
+}
+
+async fn supervise(
+    pool: Arc<Mutex<Pool>>,
+    argv: Vec<String>,
+    dir: Option<PathBuf>,
+    target: String,
+) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let mut pool = pool.lock().await;
+        let mut exited = 0;
+        pool.children.retain_mut(|c| match c.try_wait() {
+            Ok(Some(status)) => {
+                tracing::warn!(target_name = %target, pid = ?c.id(), %status, "process exited; replacing it");
+                exited += 1;
+                false
+            }
+            _ => true,
+        });
+        pool.replaced += exited;
+        while pool.children.len() < pool.desired as usize {
+            match spawn(&argv, dir.as_ref()) {
+                Ok(c) => pool.children.push(c),
+                Err(e) => {
+                    let e = e.to_string();
+                    if pool.spawn_error.as_deref() != Some(e.as_str()) {
+                        tracing::error!(target_name = %target, error = %e, "cannot start a replacement process");
+                    }
+                    pool.spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Provider for ProcessProvider {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
+        Box::pin(async move { self.set(c.desired_replicas).await.map(Some) })
+    }
+
+    fn restore<'a>(&'a self, replicas: u32) -> ProviderFuture<'a> {
+        Box::pin(async move { self.set(replicas).await.map(Some) })
+    }
+
+    fn stop<'a>(&'a self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            self.supervisor.abort();
+            let _ = self.set(0).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Live processes whose command line holds `marker`, counted by the OS.
+    pub fn count_processes(marker: &str) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
+            .filter(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                // Zombies (state Z) have exited.
+                let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                state != Some('Z') && String::from_utf8_lossy(&cmd).contains(marker)
+            })
+            .count()
+    }
+
+    async fn settle(marker: &str, want: usize) -> usize {
+        for _ in 0..100 {
+            if count_processes(marker) == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        count_processes(marker)
+    }
+
+    #[test]
+    fn commands_are_checked() {
+        assert!(check_command(&["sleep".into(), "{target}".into()]).is_ok());
+        let e = check_command(&["sleep".into(), "{replicas}".into()]).unwrap_err();
+        assert!(e.contains("argument 1"), "{e}");
+        assert!(check_command(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn keeps_n_real_processes_replaces_crashes_and_escalates_to_sigkill() {
+        let marker = format!("tidewatch-proc-{}", crate::kafka::unique_suffix());
+        // A child that ignores SIGTERM, so scale-down must escalate.
+        let script = format!("trap '' TERM; while :; do sleep 0.1; done # {marker}");
+        let p = ProcessProvider::new(
+            "web",
+            vec!["/bin/sh".into(), "-c".into(), script],
+            Duration::from_millis(300),
+            None,
+        )
+        .unwrap();
+        let c = |n| crate::provider::tests::command("web", n);
+        assert_eq!(p.scale(&c(3)).await.unwrap(), Some(3));
+        assert_eq!(settle(&marker, 3).await, 3);
+
+        // Kill one from outside: the supervisor replaces it.
+        let victim = p.pids().await[0];
+        unsafe {
+            libc::kill(victim as i32, libc::SIGKILL);
+        }
+        for _ in 0..50 {
+            if p.replaced().await == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(p.replaced().await, 1);
+        assert!(!p.pids().await.contains(&victim));
+        assert_eq!(settle(&marker, 3).await, 3);
+
+        // Down to 1: SIGTERM is ignored, SIGKILL after the grace period.
+        let started = std::time::Instant::now();
+        assert_eq!(p.scale(&c(1)).await.unwrap(), Some(1));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(settle(&marker, 1).await, 1);
+
+        p.stop().await;
+        assert_eq!(settle(&marker, 0).await, 0);
+    }
+
+    #[tokio::test]
+    async fn polite_children_stop_on_sigterm_and_bad_commands_fail() {
+        let marker = format!("tidewatch-polite-{}", crate::kafka::unique_suffix());
+        let p = ProcessProvider::new(
+            "web",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("while :; do sleep 0.1; done # {marker}"),
+            ],
+            Duration::from_secs(20),
+            None,
+        )
+        .unwrap();
+        let c = |n| crate::provider::tests::command("web", n);
+        assert_eq!(p.scale(&c(2)).await.unwrap(), Some(2));
+        assert_eq!(settle(&marker, 2).await, 2);
+        let started = std::time::Instant::now();
+        assert_eq!(p.scale(&c(0)).await.unwrap(), Some(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGTERM was enough"
+        );
+        assert_eq!(settle(&marker, 0).await, 0);
+
+        let bad = ProcessProvider::new(
+            "web",
+            vec!["/no/such/program".into()],
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let e = bad.scale(&c(1)).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains("/no/such/program"),
+            "{e:?}"
+        );
+    }
+}
