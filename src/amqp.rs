@@ -204,8 +204,22 @@ pub async fn publish_confirmed(
     payload: &[u8],
     props: BasicProperties,
 ) -> Result<bool, lapin::Error> {
+    publish_with_confirm(ch, exchange, routing_key, payload, props, true).await
+}
+
+/// As [`publish_confirmed`]; without `mandatory`, a message no queue is
+/// bound for counts as delivered (RabbitMQ drops it), as for results that
+/// no scaler listens to.
+pub async fn publish_with_confirm(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    props: BasicProperties,
+    mandatory: bool,
+) -> Result<bool, lapin::Error> {
     let opts = BasicPublishOptions {
-        mandatory: true,
+        mandatory,
         ..BasicPublishOptions::default()
     };
     let confirm = ch

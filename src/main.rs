@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use tidewatch::config::{parse_duration, Config};
 use tidewatch::policy::{run_examples, PolicyLimits, PolicySource};
+use tidewatch::worker::config::WorkerConfig;
 
 /// EX_USAGE: a bad command line or configuration.
 const EX_USAGE: u8 = 64;
@@ -31,6 +32,11 @@ struct Cli {
 enum Command {
     /// The scaler: signals in, scale commands out, until SIGTERM/SIGINT.
     Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A provider worker: scale commands in, provider calls, results out.
+    Worker {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -60,7 +66,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Check a configuration and every policy it names; exit 64 when bad.
+    /// Check a scaler or worker configuration (and every policy it names);
+    /// exit 64 when bad.
     Check { file: PathBuf },
 }
 
@@ -74,12 +81,23 @@ enum PolicyAction {
 }
 
 fn config_check(file: &std::path::Path) -> ExitCode {
-    match Config::load(file) {
-        Ok((cfg, warnings)) => {
+    let (loaded, kind) = if WorkerConfig::is_worker_file(file) {
+        (
+            WorkerConfig::load(file).map(|(c, w)| (c.targets.len(), w)),
+            "worker",
+        )
+    } else {
+        (
+            Config::load(file).map(|(c, w)| (c.targets.len(), w)),
+            "scaler",
+        )
+    };
+    match loaded {
+        Ok((targets, warnings)) => {
             for w in &warnings {
                 eprintln!("{}: {w}", file.display());
             }
-            println!("{}: ok ({} targets)", file.display(), cfg.targets.len());
+            println!("{}: ok ({kind}, {targets} targets)", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -173,11 +191,53 @@ fn run(file: &std::path::Path) -> ExitCode {
     }
 }
 
+fn worker(file: &std::path::Path) -> ExitCode {
+    let cfg = match WorkerConfig::load(file) {
+        Ok((cfg, warnings)) => {
+            for w in &warnings {
+                tracing::warn!("{}: {w}", file.display());
+            }
+            cfg
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(tidewatch::worker::run(
+        cfg,
+        tidewatch::worker::WorkerOptions::default(),
+        tidewatch::run::shutdown_signal(),
+    ));
+    match outcome {
+        Ok(report) if report.drained => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(tidewatch::run::RunError::Config(e)) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tidewatch::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
         Command::Run { config } => run(&config),
+        Command::Worker { config } => worker(&config),
         Command::Config {
             action: ConfigAction::Check { file },
         } => config_check(&file),

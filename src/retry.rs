@@ -30,6 +30,14 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The same schedule from another first interval (still capped at 5 s).
+    pub fn starting_at(first: Duration) -> Self {
+        let mut b = Self::default();
+        b.0.current_interval = first;
+        b.0.initial_interval = first;
+        b
+    }
+
     /// How long to wait before the next attempt.
     pub fn next_wait(&mut self) -> Duration {
         self.0.next_backoff().unwrap_or(MAX_INTERVAL)

@@ -27,13 +27,35 @@ pub fn check_template(argv: &[String]) -> Result<(), String> {
         if PLACEHOLDERS.contains(&a.as_str()) {
             continue;
         }
-        if a.contains('{') || a.contains('}') {
+        if let Some(p) = placeholder_in(a) {
+            if PLACEHOLDERS.contains(&p) {
+                return Err(format!(
+                    "argument {i} {a:?}: {p} must be a whole argument (write it as its own element)"
+                ));
+            }
             return Err(format!(
-                "argument {i} {a:?}: placeholders must be a whole argument, one of {PLACEHOLDERS:?}"
+                "argument {i} {a:?}: {p} is not a placeholder tidewatch knows; use {PLACEHOLDERS:?}, each as a whole argument"
             ));
         }
     }
     Ok(())
+}
+
+/// The first `{name}` (letters, digits, `_`) in `a`: other braces, as in
+/// JSON or shell text, are literal.
+pub fn placeholder_in(a: &str) -> Option<&str> {
+    let mut rest = a;
+    while let Some(start) = rest.find('{') {
+        let tail = &rest[start + 1..];
+        if let Some(end) = tail.find('}') {
+            let name = &tail[..end];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Some(&rest[start..start + end + 2]);
+            }
+        }
+        rest = tail;
+    }
+    None
 }
 
 impl ExecProvider {
@@ -126,7 +148,13 @@ mod tests {
             "{e}"
         );
         let e = check_template(&argv(&["echo", "{namespace}"])).unwrap_err();
-        assert!(e.contains("{namespace}"), "{e}");
+        assert!(
+            e.contains("{namespace}") && e.contains("not a placeholder"),
+            "{e}"
+        );
+        // Braces that are not placeholders (JSON, shell) are literal.
+        assert!(check_template(&argv(&["curl", "-d", "{\"a\": 1}", "{replicas}"])).is_ok());
+        assert!(check_template(&argv(&["sh", "-c", "f() { :; }; f"])).is_ok());
         assert!(check_template(&[]).is_err());
         let p = ExecProvider::new(
             argv(&["scale", "{target}", "{replicas}"]),

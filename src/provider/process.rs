@@ -27,7 +27,7 @@ pub fn check_command(argv: &[String]) -> Result<(), String> {
         return Err("the command is empty".into());
     }
     for (i, a) in argv.iter().enumerate() {
-        if a != "{target}" && (a.contains('{') || a.contains('}')) {
+        if a != "{target}" && super::exec::placeholder_in(a).is_some() {
             return Err(format!(
                 "argument {i} {a:?}: the only placeholder is \"{{target}}\", as a whole argument"
             ));
@@ -237,7 +237,7 @@ impl Provider for ProcessProvider {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Live processes whose command line holds `marker`, counted by the OS.

@@ -66,7 +66,34 @@ impl DeadLetter {
                 detail: r.detail.clone(),
             })
             .collect();
-        let first = rejections.first()?.clone();
+        Some(Self::with(source, origin, bytes, rejections, now))
+    }
+
+    /// The record for a message refused for one reason.
+    pub fn single(
+        source: &str,
+        origin: &Origin,
+        bytes: &[u8],
+        reason: &str,
+        detail: &str,
+        now: Millis,
+    ) -> DeadLetter {
+        let r = RejectionRecord {
+            index: 0,
+            reason: reason.to_owned(),
+            detail: detail.to_owned(),
+        };
+        Self::with(source, origin, bytes, vec![r], now)
+    }
+
+    fn with(
+        source: &str,
+        origin: &Origin,
+        bytes: &[u8],
+        rejections: Vec<RejectionRecord>,
+        now: Millis,
+    ) -> DeadLetter {
+        let first = rejections[0].clone();
         let (payload, payload_base64) = match std::str::from_utf8(bytes) {
             Ok(s) => (Some(s.to_owned()), None),
             Err(_) => {
@@ -77,7 +104,7 @@ impl DeadLetter {
                 )
             }
         };
-        Some(DeadLetter {
+        DeadLetter {
             version: 1,
             reason: first.reason,
             detail: first.detail,
@@ -93,7 +120,7 @@ impl DeadLetter {
             payload,
             payload_base64,
             received_at: rfc3339(now),
-        })
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
