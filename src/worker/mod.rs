@@ -331,6 +331,7 @@ impl Default for WorkerOptions {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         targets: Vec<Target>,
         ledger: Ledger,

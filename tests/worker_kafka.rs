@@ -1,0 +1,151 @@
+//! `tidewatch worker` on a real Kafka-protocol broker (tansu, started by
+//! scripts/test; address in TIDEWATCH_TEST_KAFKA): the shared scenario
+//! with every provider and a SIGKILL mid-stream, then the dead letters.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tidewatch::command::ScaleResult;
+
+fn broker() -> Option<String> {
+    match std::env::var("TIDEWATCH_TEST_KAFKA") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "TIDEWATCH_TEST_KAFKA is not set under CI: scripts/test starts tansu and sets it"
+            )
+        }
+        _ => {
+            eprintln!("TIDEWATCH_TEST_KAFKA not set: run scripts/test, which starts tansu");
+            None
+        }
+    }
+}
+
+/// Reads a topic from the start into `into`, in the background.
+fn collect(brokers: &str, topic: &str, into: Arc<Mutex<Vec<Vec<u8>>>>) {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(m) = c.recv().await {
+                into.lock()
+                    .unwrap()
+                    .push(m.payload().unwrap_or_default().to_vec());
+            }
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_on_tansu_with_every_provider_and_a_kill() {
+    let Some(brokers) = broker() else { return };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("w{n}-{suffix}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let topics = [(t("commands"), 2), (t("results"), 1), (t("deadletter"), 1)];
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let setup = common::worker::setup(&format!(
+        r#"[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}", deadletter_topic = "{}", group_id = "{}", options = {{ "fetch.wait.max.ms" = "5", "session.timeout.ms" = "6000" }} }}"#,
+        t("commands"),
+        t("results"),
+        t("deadletter"),
+        t("workers")
+    ))
+    .await;
+    let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    collect(&brokers, &t("results"), raw.clone());
+    let dead: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    collect(&brokers, &t("deadletter"), dead.clone());
+    let results: Arc<Mutex<Vec<ScaleResult>>> = Arc::default();
+    {
+        // Decode as they arrive (every result must decode).
+        let (raw, results) = (raw.clone(), results.clone());
+        tokio::spawn(async move {
+            loop {
+                let got: Vec<Vec<u8>> = std::mem::take(&mut *raw.lock().unwrap());
+                for b in got {
+                    results
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&b).unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let topic = t("commands");
+    let send: common::worker::Send = Arc::new(move |target, _provider, bytes| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&target).payload(&bytes),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        .boxed()
+    });
+    common::worker::scenario(&setup, send, results).await;
+    // The undecodable command and the unknown target were dead-lettered.
+    common::worker::eventually("two dead letters", Duration::from_secs(20), || {
+        dead.lock().unwrap().len() >= 2
+    })
+    .await;
+    let reasons: Vec<String> = dead
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        reasons.contains(&"invalid_json".to_string())
+            && reasons.contains(&"unknown_target".to_string()),
+        "{reasons:?}"
+    );
+}
