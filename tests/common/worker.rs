@@ -288,8 +288,9 @@ pub async fn scenario(s: &Setup, send: Send, results: Arc<Mutex<Vec<ScaleResult>
     })
     .await;
     // Kill the worker mid-stream once everything sent so far is applied
-    // and saved (the state file is written before the result goes out):
-    // the broker has not seen all of it committed or acked.
+    // and saved (the state file is written before the result goes out),
+    // so that no provider call is cut off (docs/design-notes.md on that
+    // window); Kafka has not committed the latest offsets yet.
     eventually(
         "web 12 and the others applied",
         Duration::from_secs(60),
