@@ -347,6 +347,11 @@ pub struct EngineConfig {
     /// pending commands and commit offsets before exiting anyway.
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// A command with no worker result after this long is re-issued with
+    /// a new generation (and counted in tidewatch_commands_unacknowledged);
+    /// "0s" never re-issues.
+    #[serde(default = "default_reissue_after", deserialize_with = "de_duration")]
+    pub reissue_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -366,6 +371,7 @@ impl Default for EngineConfig {
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
             drain_timeout: default_drain_timeout(),
+            reissue_after: default_reissue_after(),
         }
     }
 }
@@ -580,6 +586,9 @@ fn default_max_replay() -> u64 {
 }
 fn default_probe_interval() -> Duration {
     Duration::from_secs(10)
+}
+fn default_reissue_after() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)

@@ -172,6 +172,9 @@ struct TargetRuntime {
     /// Receive time of the earliest event not evaluated yet.
     pending_since: Option<Millis>,
     last_decision: Option<Decision>,
+    /// The latest command and when it was (re-)issued, until a worker
+    /// answers it (any result of its generation or a later one).
+    unanswered: Option<(ScaleCommand, Millis)>,
     /// The partition its signals arrive on, and the assignment it was
     /// learned under (a new assignment starts the windows afresh).
     partition: Option<((String, i32), u64)>,
@@ -247,6 +250,7 @@ impl Engine {
                 last_event_eval_ms: None,
                 pending_since: None,
                 last_decision: None,
+                unanswered: None,
                 partition: None,
             });
         }
@@ -447,12 +451,64 @@ impl Engine {
             self.reload_changed();
         }
         let owned: Vec<usize> = (0..self.targets.len()).filter(|&i| self.owned(i)).collect();
-        let out = owned
-            .into_iter()
-            .filter_map(|i| self.evaluate(i, now_ms))
+        let mut out: Vec<ScaleCommand> = owned
+            .iter()
+            .filter_map(|&i| self.evaluate(i, now_ms))
             .collect();
+        for i in owned {
+            if !out.iter().any(|c| c.target == self.targets[i].cfg.name) {
+                out.extend(self.reissue(i, now_ms));
+            }
+        }
         self.export_gauges(now_ms);
         out
+    }
+
+    /// The closed loop's safety net: when no worker answered the latest
+    /// command within `reissue_after`, the target is flagged in
+    /// `tidewatch_commands_unacknowledged` and the command goes out again
+    /// with a new generation (the old one may have been lost, or expired
+    /// in a queue nobody read).
+    fn reissue(&mut self, idx: usize, now_ms: Millis) -> Option<ScaleCommand> {
+        let after = self.cfg.reissue_after.as_millis() as i64;
+        let ttl_ms = self.cfg.command_ttl.as_millis() as i64;
+        let t = &mut self.targets[idx];
+        let (old, since) = t.unanswered.as_ref()?;
+        if after == 0 || now_ms - since < after {
+            return None;
+        }
+        let name = t.cfg.name.as_str();
+        let generation = now_ms.max(t.last_generation + 1);
+        t.last_generation = generation;
+        let (issued_at, expires_at) = timestamps(now_ms, ttl_ms);
+        let c = ScaleCommand {
+            id: command_id(now_ms),
+            generation,
+            issued_at,
+            expires_at,
+            reason: format!(
+                "re-issued: no worker result for generation {} within {}s",
+                old.generation,
+                after / 1000
+            ),
+            ..old.clone()
+        };
+        tracing::warn!(
+            target_name = name,
+            old_generation = old.generation,
+            generation,
+            "no worker answered the last command; re-issuing it"
+        );
+        self.metrics
+            .commands_unacknowledged
+            .with_label_values(&[name])
+            .set(1);
+        self.metrics
+            .commands_reissued
+            .with_label_values(&[name])
+            .inc();
+        t.unanswered = Some((c.clone(), now_ms));
+        Some(c)
     }
 
     fn export_gauges(&self, now_ms: Millis) {
@@ -588,6 +644,11 @@ impl Engine {
                 dry_run: decision.dry_run,
             };
             t.current = decision.desired;
+            t.unanswered = Some((c.clone(), now_ms));
+            metrics
+                .commands_unacknowledged
+                .with_label_values(&[name])
+                .set(0);
             metrics
                 .commands_issued
                 .with_label_values(&[name, decision.direction.code()])
@@ -613,6 +674,16 @@ impl Engine {
             return false;
         };
         let t = &mut self.targets[idx];
+        if t.unanswered
+            .as_ref()
+            .is_some_and(|(c, _)| r.generation >= c.generation)
+        {
+            t.unanswered = None;
+            self.metrics
+                .commands_unacknowledged
+                .with_label_values(&[r.target.as_str()])
+                .set(0);
+        }
         match r.observed_replicas {
             Some(n) if r.generation >= t.last_generation => {
                 t.current = n;

@@ -85,7 +85,7 @@ fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
                     .any(|l| l.name() == *k && l.value() == *v)
             });
             if ok {
-                return metric.get_counter().get_value();
+                return metric.get_counter().get_value() + metric.get_gauge().get_value();
             }
         }
     }
@@ -325,6 +325,64 @@ fn results_of_the_latest_command_set_current_replicas() {
     assert_eq!(s.engine.status()[0].replicas, 4);
     // The policy still wants 5, so the next tick asks again.
     assert_eq!(s.engine.tick(T0 + 1000)[0].desired_replicas, 5);
+}
+
+#[test]
+fn unanswered_commands_are_flagged_and_reissued_with_a_new_generation() {
+    let mut s = setup(DEPTH_POLICY, "", "reissue_after = \"10s\"");
+    s.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    let c = s.engine.on_events(T0).pop().unwrap();
+    let unacked = |s: &Setup| {
+        counter(
+            &s.metrics,
+            "tidewatch_commands_unacknowledged",
+            &[("target", "web")],
+        )
+    };
+    // Within reissue_after: nothing (the policy holds at 5).
+    assert!(s.engine.tick(T0 + 9_000).is_empty());
+    assert_eq!(unacked(&s), 0.0);
+    // No worker answered: the same desired state, a new generation.
+    let again = s.engine.tick(T0 + 10_000);
+    assert_eq!(again.len(), 1, "{again:?}");
+    let r = &again[0];
+    assert_eq!((r.target.as_str(), r.desired_replicas), ("web", 5));
+    assert!(r.generation > c.generation && r.id != c.id, "{r:?}");
+    assert!(r.reason.contains("re-issued"), "{}", r.reason);
+    assert_eq!(unacked(&s), 1.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_commands_reissued_total",
+            &[("target", "web")]
+        ),
+        1.0
+    );
+    // Not again until another reissue_after has passed.
+    assert!(s.engine.tick(T0 + 15_000).is_empty());
+    // A result of the re-issued generation (any status) answers it.
+    let answer = ScaleResult {
+        version: 1,
+        command_id: r.id.clone(),
+        target: "web".into(),
+        generation: r.generation,
+        status: crate::command::ResultStatus::Failed,
+        observed_replicas: None,
+        error: Some("x".into()),
+        worker: "w".into(),
+        finished_at: String::new(),
+    };
+    s.engine.observe(&answer);
+    assert_eq!(unacked(&s), 0.0);
+    assert!(
+        s.engine.tick(T0 + 40_000).is_empty(),
+        "answered: no re-issue"
+    );
+    // "0s" turns it off.
+    let mut off = setup(DEPTH_POLICY, "", "reissue_after = \"0s\"");
+    off.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    off.engine.on_events(T0);
+    assert!(off.engine.tick(T0 + 3_600_000).is_empty());
 }
 
 #[test]

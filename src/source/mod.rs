@@ -66,6 +66,9 @@ impl DeadLetter {
                 detail: r.detail.clone(),
             })
             .collect();
+        if rejections.is_empty() {
+            return None;
+        }
         Some(Self::with(source, origin, bytes, rejections, now))
     }
 
