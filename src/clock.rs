@@ -48,3 +48,34 @@ impl Clock for TokioClock {
         self.base_ms + self.start.elapsed().as_millis() as Millis
     }
 }
+
+/// Virtual time running `speed` times faster than the wall clock from
+/// `base_ms` (the demo's fast mode: every component shares one).
+#[derive(Debug, Clone)]
+pub struct ScaledClock {
+    base_ms: Millis,
+    start: std::time::Instant,
+    speed: f64,
+}
+
+impl ScaledClock {
+    pub fn new(base_ms: Millis, speed: f64) -> Self {
+        Self {
+            base_ms,
+            start: std::time::Instant::now(),
+            speed,
+        }
+    }
+
+    /// The real time until virtual time `at` (zero when it has passed).
+    pub fn real_until(&self, at: Millis) -> std::time::Duration {
+        let due = (at - self.base_ms) as f64 / 1000.0 / self.speed;
+        std::time::Duration::from_secs_f64(due.max(0.0)).saturating_sub(self.start.elapsed())
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_ms(&self) -> Millis {
+        self.base_ms + (self.start.elapsed().as_secs_f64() * self.speed * 1000.0) as Millis
+    }
+}

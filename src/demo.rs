@@ -1,20 +1,34 @@
-//! `tidewatch demo`: the engine on a simulated service, in virtual time.
-//! A load generator follows a daily-like wave with a flash spike; the
-//! service's replicas drain a queue at a fixed rate and start after a
-//! delay; its queue depth and latency go through the real decode, window,
-//! policy and guard path, and commands move the service (the closed loop).
+//! `tidewatch demo`: the whole loop in one process, with nothing
+//! installed. An embedded Kafka (librdkafka's mock cluster) carries the
+//! signals, commands and results; a load generator publishes queue depth
+//! and gateway latency of a simulated service following a daily-like wave
+//! with a flash spike; the real scaler (`run`) decides with the bundled
+//! queue-depth policy; the real worker (`worker`) executes the commands
+//! through a provider that moves the simulated service, whose replicas
+//! drain the queue at a fixed rate after a start-up delay, so depth and
+//! latency respond to scaling. Every component reads one clock that runs
+//! `speed` times faster than real time.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::Millis;
-use crate::command::{ResultStatus, ScaleCommand, ScaleResult, VERSION};
-use crate::config::{Config, EngineConfig, TargetConfig};
-use crate::engine::Engine;
+use std::sync::Mutex;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::clock::{Clock, Millis, ScaledClock};
+use crate::command::ScaleCommand;
+use crate::config::{
+    BrokerKind, CommandsConfig, Config, EngineConfig, KafkaCommandsConfig, KafkaSourceConfig,
+    SourceConfig, TargetConfig,
+};
+use crate::provider::{Provider, ProviderFuture};
 use crate::telemetry::Metrics;
-use crate::window::Metric;
+use crate::worker::config::{WorkerConfig, WorkerSection, WorkerTargetConfig};
 
 /// The bundled policies, so the demo runs from any directory.
 pub const BUNDLED: [(&str, &str); 3] = [
@@ -35,6 +49,9 @@ pub struct DemoOptions {
     pub speed: f64,
     /// Virtual time to run.
     pub duration: Duration,
+    /// The most virtual seconds per real second the demo allows: the
+    /// brokers and processes run in real time underneath.
+    pub max_speed: f64,
     /// Virtual length of one "day" of the load wave.
     pub day: Duration,
     /// Virtual seconds between two status lines.
@@ -46,6 +63,7 @@ impl Default for DemoOptions {
         Self {
             speed: 60.0,
             duration: Duration::from_secs(1800),
+            max_speed: 200.0,
             day: Duration::from_secs(1200),
             print_every: Duration::from_secs(30),
         }
@@ -171,10 +189,32 @@ pub struct DemoSummary {
     pub events_rejected: u64,
 }
 
-/// The demo configuration: one target on the bundled queue-depth policy.
-fn demo_config(policy_dir: &Path) -> Config {
+/// The demo configuration: one target on the bundled queue-depth policy,
+/// signals and commands on the embedded Kafka at `brokers`.
+fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
     Config {
+        source: SourceConfig {
+            kind: BrokerKind::Kafka,
+            kafka: Some(KafkaSourceConfig {
+                brokers: brokers.into(),
+                topics: vec!["tidewatch.signals".into()],
+                group_id: "tidewatch-scaler".into(),
+                deadletter_topic: "tidewatch.deadletter".into(),
+                max_replay_messages: 100_000,
+                options: fast_fetch(),
+                sasl_password: None,
+                sasl_password_env: None,
+                sasl_password_file: None,
+            }),
+            amqp: None,
+        },
+        commands: CommandsConfig {
+            kind: BrokerKind::Kafka,
+            kafka: Some(demo_commands(brokers)),
+            amqp: None,
+        },
         engine: EngineConfig {
+            tick,
             min_eval_interval: Duration::from_millis(500),
             ..EngineConfig::default()
         },
@@ -207,23 +247,205 @@ fn demo_config(policy_dir: &Path) -> Config {
     }
 }
 
+/// librdkafka waits up to 500 ms for a fetch by default: minutes of
+/// virtual time at the demo's speed.
+fn fast_fetch() -> std::collections::BTreeMap<String, String> {
+    [("fetch.wait.max.ms".to_string(), "5".to_string())].into()
+}
+
+fn demo_commands(brokers: &str) -> KafkaCommandsConfig {
+    KafkaCommandsConfig {
+        brokers: brokers.into(),
+        topic: "tidewatch.commands".into(),
+        results_topic: "tidewatch.results".into(),
+        group_id: Some("tidewatch-workers".into()),
+        deadletter_topic: "tidewatch.deadletter".into(),
+        options: fast_fetch(),
+        sasl_password: None,
+        sasl_password_env: None,
+        sasl_password_file: None,
+    }
+}
+
+/// What the simulated platform shares with the generator.
+struct Sim {
+    service: Service,
+    last_reason: String,
+    commands: u64,
+    ups: u64,
+    downs: u64,
+}
+
+/// The worker's provider in the demo: sets the simulated service's replicas.
+struct SimulatedProvider {
+    sim: Arc<Mutex<Sim>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Provider for SimulatedProvider {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let mut sim = self.sim.lock().unwrap_or_else(|p| p.into_inner());
+            let before = sim.service.desired();
+            sim.service.scale(c.desired_replicas, self.clock.now_ms());
+            sim.commands += 1;
+            if c.desired_replicas > before {
+                sim.ups += 1;
+            } else if c.desired_replicas < before {
+                sim.downs += 1;
+            }
+            sim.last_reason = format!("{before} -> {}: {}", c.desired_replicas, c.reason);
+            Ok(Some(sim.service.desired()))
+        })
+    }
+}
+
 /// Runs the demo, writing the live view to `out`.
 pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
+    if !(opts.speed > 0.0 && opts.speed <= opts.max_speed) {
+        return Err(format!(
+            "--speed {}: give a number above 0 and at most {} (virtual seconds per real second; \
+             the embedded Kafka, the scaler and the worker run in real time underneath)",
+            opts.speed, opts.max_speed
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(run_loop(opts, out))
+}
+
+fn io(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
     let dir =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     for (name, text) in BUNDLED {
         std::fs::write(dir.path().join(name), text)
             .map_err(|e| format!("cannot write {name}: {e}"))?;
     }
-    let cfg = demo_config(dir.path());
-    let problems = cfg.check();
-    if let Some(p) = problems.iter().find(|p| !p.warning) {
+    let mock = MockCluster::new(1).map_err(|e| format!("embedded Kafka: {e}"))?;
+    for t in [
+        "tidewatch.signals",
+        "tidewatch.commands",
+        "tidewatch.results",
+        "tidewatch.deadletter",
+    ] {
+        mock.create_topic(t, 1, 1)
+            .map_err(|e| format!("embedded Kafka: topic {t}: {e}"))?;
+    }
+    let brokers = mock.bootstrap_servers();
+    let tick = Duration::from_secs_f64((1.0 / opts.speed).max(0.01));
+    let cfg = demo_config(dir.path(), &brokers, tick);
+    if let Some(p) = cfg.check().iter().find(|p| !p.warning) {
         return Err(format!("demo configuration: {p}"));
     }
     let t0: Millis = 1_764_000_000_000;
-    let metrics = Arc::new(Metrics::new());
-    let mut engine = Engine::new(&cfg, metrics.clone(), t0).map_err(|e| e.to_string())?;
-    let mut service = Service::new(50.0, 20.0, 2);
+    let scaled = Arc::new(ScaledClock::new(t0, opts.speed));
+    let clock: Arc<dyn Clock> = scaled.clone();
+    let sim = Arc::new(Mutex::new(Sim {
+        service: Service::new(50.0, 20.0, 2),
+        last_reason: "-".into(),
+        commands: 0,
+        ups: 0,
+        downs: 0,
+    }));
+    let scaler_metrics = Arc::new(Metrics::new());
+    let (stop_scaler, scaler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scaler = tokio::spawn(crate::run::run(
+        cfg,
+        crate::run::RunOptions {
+            clock: clock.clone(),
+            metrics: scaler_metrics.clone(),
+            listener: Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(io)?,
+            ),
+        },
+        async {
+            let _ = scaler_stopped.await;
+        },
+    ));
+    let worker_cfg = WorkerConfig {
+        commands: CommandsConfig {
+            kind: BrokerKind::Kafka,
+            kafka: Some(demo_commands(&brokers)),
+            amqp: None,
+        },
+        worker: WorkerSection {
+            name: Some("demo-worker".into()),
+            state_file: dir.path().join("worker.state.json"),
+            ..WorkerSection::default()
+        },
+        targets: vec![WorkerTargetConfig {
+            name: "checkout".into(),
+            provider: "simulated".into(),
+            timeout: None,
+            kubernetes: None,
+            exec: None,
+            http: None,
+            process: None,
+        }],
+        ..WorkerConfig::default()
+    };
+    let provider: Arc<dyn Provider> = Arc::new(SimulatedProvider {
+        sim: sim.clone(),
+        clock: clock.clone(),
+    });
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(crate::worker::run(
+        worker_cfg,
+        crate::worker::WorkerOptions {
+            clock: clock.clone(),
+            metrics: Arc::new(Metrics::new()),
+            listener: Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(io)?,
+            ),
+            providers: [("checkout".to_string(), provider)].into(),
+        },
+        async {
+            let _ = worker_stopped.await;
+        },
+    ));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|e| format!("embedded Kafka: {e}"))?;
+    // Start the load once the scaler owns the signals partition.
+    for _ in 0..300 {
+        if scaler_metrics.assigned_partitions.get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writeln!(
+        out,
+        "tidewatch demo: embedded Kafka at {brokers}; scaler (policy queue_depth.lua) and worker \
+         (a simulated service: 50 msg/s per replica, 20 s start-up) on target checkout; \
+         {} virtual s at {}x real time",
+        opts.duration.as_secs(),
+        opts.speed
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "{:>6} {:>7} {:>8} {:>8} {:>9}  last decision",
+        "t(s)", "load/s", "depth", "p95 ms", "replicas"
+    )
+    .map_err(io)?;
+    let start = clock.now_ms();
     let day = opts.day.as_secs_f64();
     let (base, swing) = (100.0, 600.0);
     let step_ms: i64 = 250;
@@ -234,110 +456,92 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
     };
     let mut per_second: Vec<(f64, u32)> = Vec::new();
     let mut under = 0u64;
-    let mut last_reason = String::from("-");
-    let started = std::time::Instant::now();
-    writeln!(
-        out,
-        "tidewatch demo: target checkout, policy queue_depth.lua, {} virtual s at {}",
-        opts.duration.as_secs(),
-        if opts.speed > 0.0 {
-            format!("{}x real time", opts.speed)
-        } else {
-            "full speed".into()
-        }
-    )
-    .map_err(|e| e.to_string())?;
-    writeln!(
-        out,
-        "{:>6} {:>7} {:>8} {:>8} {:>9}  last decision",
-        "t(s)", "load/s", "depth", "p95 ms", "replicas"
-    )
-    .map_err(|e| e.to_string())?;
+    let mut last_p95 = 0.0;
+    let mut sends = Vec::new();
     for i in 1..=steps {
-        let now = t0 + i * step_ms;
+        let now = start + i * step_ms;
+        tokio::time::sleep(scaled.real_until(now)).await;
         let t = (i * step_ms) as f64 / 1000.0;
         let load = load_at(t, day, base, swing);
-        service.step(load, step_ms as f64 / 1000.0, now);
-        let mut commands: Vec<ScaleCommand> = Vec::new();
-        if i * step_ms % 1000 == 0 {
-            // One depth report and one latency batch per virtual second, as JSON.
-            let depth = format!(
-                r#"{{"type":"queue_depth","target":"checkout","queue":"orders","depth":{:.0},"ts":{now}}}"#,
-                service.depth()
-            );
-            let samples = service.latency_samples(20, now);
-            let latency = serde_json::json!({
-                "type": "gateway_latency", "target": "checkout", "route": "/api/checkout",
-                "samples_ms": samples, "ts": now,
-            })
-            .to_string();
-            for msg in [depth.as_bytes(), latency.as_bytes()] {
-                let r = engine.ingest("demo", msg, now);
-                summary.events_rejected += r.rejected.len() as u64;
+        let (messages, desired, ready, depth, reason) = {
+            let mut sim = sim.lock().unwrap_or_else(|p| p.into_inner());
+            sim.service.step(load, step_ms as f64 / 1000.0, now);
+            let mut messages = Vec::new();
+            if i * step_ms % 1000 == 0 {
+                messages.push(format!(
+                    r#"{{"type":"queue_depth","target":"checkout","queue":"orders","depth":{:.0},"ts":{now}}}"#,
+                    sim.service.depth()
+                ));
+                let mut samples = sim.service.latency_samples(20, now);
+                messages.push(
+                    serde_json::json!({
+                        "type": "gateway_latency", "target": "checkout", "route": "/api/checkout",
+                        "samples_ms": samples, "ts": now,
+                    })
+                    .to_string(),
+                );
+                samples.sort_by(f64::total_cmp);
+                last_p95 = samples[(samples.len() * 95 / 100).min(samples.len() - 1)];
             }
-            commands.extend(engine.on_events(now));
-            commands.extend(engine.tick(now));
-            let ready = service.ready(now);
-            per_second.push((load, service.desired()));
-            if f64::from(ready) * service.capacity < load {
+            let s = &sim.service;
+            (
+                messages,
+                s.desired(),
+                s.ready(now),
+                s.depth(),
+                sim.last_reason.clone(),
+            )
+        };
+        for m in messages {
+            let producer = producer.clone();
+            sends.push(tokio::spawn(async move {
+                let record = FutureRecord::<str, str>::to("tidewatch.signals")
+                    .key("checkout")
+                    .payload(&m);
+                producer.send(record, Duration::from_secs(5)).await.is_ok()
+            }));
+        }
+        if i * step_ms % 1000 == 0 {
+            per_second.push((load, desired));
+            if f64::from(ready) * 50.0 < load {
                 under += 1;
             }
             summary.peak_load = summary.peak_load.max(load);
-            summary.max_depth = summary.max_depth.max(service.depth());
+            summary.max_depth = summary.max_depth.max(depth);
         }
-        for c in commands {
-            summary.commands += 1;
-            if c.desired_replicas > c.current_replicas {
-                summary.scale_ups += 1;
-            } else {
-                summary.scale_downs += 1;
-            }
-            service.scale(c.desired_replicas, now);
-            last_reason = format!(
-                "{} -> {}: {}",
-                c.current_replicas, c.desired_replicas, c.reason
-            );
-            engine.observe(&ScaleResult {
-                version: VERSION,
-                command_id: c.id.clone(),
-                target: c.target.clone(),
-                generation: c.generation,
-                status: ResultStatus::Applied,
-                observed_replicas: Some(service.desired()),
-                error: None,
-                worker: "demo".into(),
-                finished_at: c.issued_at.clone(),
-            });
-        }
-        summary.min_replicas = summary.min_replicas.min(service.desired());
-        summary.max_replicas = summary.max_replicas.max(service.desired());
+        summary.min_replicas = summary.min_replicas.min(desired);
+        summary.max_replicas = summary.max_replicas.max(desired);
         if (i * step_ms) % opts.print_every.as_millis().max(1) as i64 == 0 {
-            let p95 = engine
-                .window("checkout", Metric::LatencyMs, now, Duration::from_secs(10))
-                .and_then(|w| w.quantiles)
-                .map_or(0.0, |q| q[2]);
-            let mut reason = last_reason.clone();
+            let mut reason = reason;
             reason.truncate(90);
             writeln!(
                 out,
                 "{:>6.0} {:>7.0} {:>8.0} {:>8.0} {:>4}/{:<4}  {}",
-                t,
-                load,
-                service.depth(),
-                p95,
-                service.ready(now),
-                service.desired(),
-                reason
+                t, load, depth, last_p95, ready, desired, reason
             )
-            .map_err(|e| e.to_string())?;
-        }
-        if opts.speed > 0.0 {
-            let due = Duration::from_secs_f64(t / opts.speed);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+            .map_err(io)?;
+            out.flush().map_err(io)?;
         }
     }
+    let mut lost = 0;
+    for s in sends {
+        if !s.await.unwrap_or(false) {
+            lost += 1;
+        }
+    }
+    let _ = stop_scaler.send(());
+    let _ = stop_worker.send(());
+    let _ = scaler.await;
+    let _ = worker.await;
+    drop(mock);
+    {
+        let sim = sim.lock().unwrap_or_else(|p| p.into_inner());
+        summary.commands = sim.commands;
+        summary.scale_ups = sim.ups;
+        summary.scale_downs = sim.downs;
+    }
+    summary.events_rejected =
+        crate::telemetry::sum(&scaler_metrics, "tidewatch_events_rejected_total") as u64 + lost;
     summary.virtual_seconds = per_second.len() as u64;
     summary.under_provisioned_share = under as f64 / per_second.len().max(1) as f64;
     let mut by_load = per_second.clone();
@@ -349,9 +553,9 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
     summary.replicas_at_high_load = mean(&by_load[by_load.len().saturating_sub(fifth)..]);
     writeln!(
         out,
-        "\nsummary: {} virtual s, {} commands ({} up, {} down), replicas {}..{}, \
+        "\nsummary: {} virtual s, {} commands applied by the worker ({} up, {} down), replicas {}..{}, \
          mean replicas at the lowest 20% of load {:.1} and at the highest 20% {:.1}, \
-         under-provisioned {:.1}% of the time, peak load {:.0}/s, max depth {:.0}, {} events rejected",
+         under-provisioned {:.1}% of the time, peak load {:.0}/s, max depth {:.0}, {} events rejected or lost",
         summary.virtual_seconds,
         summary.commands,
         summary.scale_ups,
@@ -365,7 +569,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, Strin
         summary.max_depth,
         summary.events_rejected
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(io)?;
     Ok(summary)
 }
 
@@ -400,11 +604,12 @@ mod tests {
         assert!(during > 1.9 * before);
     }
 
-    /// The closed loop: replicas follow the load.
+    /// The closed loop through the embedded Kafka, the scaler and the
+    /// worker: replicas follow the load.
     #[test]
     fn replicas_follow_the_load() {
         let opts = DemoOptions {
-            speed: 0.0,
+            speed: 150.0,
             duration: Duration::from_secs(1200),
             ..DemoOptions::default()
         };

@@ -52,7 +52,7 @@ enum Command {
     },
     /// The engine on a simulated service, in one process, no setup.
     Demo {
-        /// Virtual seconds per real second (0: as fast as possible).
+        /// Virtual seconds per real second (above 0, at most 200).
         #[arg(long, default_value_t = 60.0)]
         speed: f64,
         /// Virtual time to run, then print the summary.
@@ -234,7 +234,13 @@ fn worker(file: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tidewatch::telemetry::init_logging(cli.log_format == "json");
+    // The demo's live view is on stdout; its components log warnings only
+    // (RUST_LOG=info shows every decision and command).
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn,tidewatch::kafka=error",
+        _ => "info",
+    };
+    tidewatch::telemetry::init_logging(cli.log_format == "json", default_level);
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Worker { config } => worker(&config),
@@ -249,8 +255,11 @@ fn main() -> ExitCode {
             duration,
             every,
         } => {
-            if !(speed >= 0.0 && speed.is_finite()) {
-                eprintln!("--speed {speed}: must be a non-negative number");
+            if !(speed > 0.0 && speed <= 200.0) {
+                eprintln!(
+                    "--speed {speed}: give a number above 0 and at most 200 (virtual seconds \
+                     per real second; the embedded Kafka, scaler and worker run in real time)"
+                );
                 return ExitCode::from(EX_USAGE);
             }
             let opts = tidewatch::demo::DemoOptions {

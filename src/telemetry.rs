@@ -410,9 +410,21 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
 }
 
 /// Human-readable logs by default, JSON lines with `json`; `RUST_LOG` filters.
-pub fn init_logging(json: bool) {
+/// The sum of every series of a counter or gauge.
+pub fn sum(m: &Metrics, name: &str) -> f64 {
+    m.registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|x| x.get_counter().get_value() + x.get_gauge().get_value())
+        .sum()
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default` (e.g. "info").
+pub fn init_logging(json: bool, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
