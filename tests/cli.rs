@@ -19,7 +19,11 @@ fn tidewatch(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn bundled_configs_pass_config_check() {
-    for file in ["config/kafka.toml", "config/rabbitmq.toml"] {
+    for file in [
+        "config/kafka.toml",
+        "config/rabbitmq.toml",
+        "config/worker.toml",
+    ] {
         let (code, out, err) = tidewatch(&["config", "check", file]);
         assert_eq!(code, 0, "{file}: {out}{err}");
         assert!(out.contains("ok ("), "{out}");

@@ -149,3 +149,128 @@ kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}", deadletter
         "{reasons:?}"
     );
 }
+
+/// Children of `pid` whose command line is exactly `argv`, counted by the OS.
+fn children(pid: u32, argv: &[&str]) -> usize {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let mut after = stat.rsplit(") ").next().unwrap_or("").split(' ');
+            let state = after.next();
+            let ppid = after.next().and_then(|p| p.parse::<u32>().ok());
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            state != Some("Z") && ppid == Some(pid) && cmd == want.as_bytes()
+        })
+        .count()
+}
+
+/// config/worker.toml as shipped (only the broker, topics, state file and
+/// metrics port overridden from the environment, as a user would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_worker_config_runs() {
+    let Some(brokers) = broker() else { return };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("b{n}-{suffix}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = ["commands", "results", "deadletter"]
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                Box::leak(t(n).into_boxed_str()),
+                1,
+                TopicReplication::Fixed(1),
+            )
+        })
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    collect(&brokers, &t("results"), raw.clone());
+    let home = tempfile::tempdir().unwrap();
+    let mut worker = common::worker::Worker(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["worker", "--config", "config/worker.toml"])
+            .env("TIDEWATCH__COMMANDS__KAFKA__BROKERS", &brokers)
+            .env("TIDEWATCH__COMMANDS__KAFKA__TOPIC", t("commands"))
+            .env("TIDEWATCH__COMMANDS__KAFKA__RESULTS_TOPIC", t("results"))
+            .env(
+                "TIDEWATCH__COMMANDS__KAFKA__DEADLETTER_TOPIC",
+                t("deadletter"),
+            )
+            .env("TIDEWATCH__COMMANDS__KAFKA__GROUP_ID", t("workers"))
+            .env(
+                "TIDEWATCH__WORKER__STATE_FILE",
+                home.path().join("state.json"),
+            )
+            .env("TIDEWATCH__METRICS__LISTEN", "127.0.0.1:0")
+            // No cluster here: checkout's commands must fail with the reason.
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .spawn()
+            .unwrap(),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for c in [
+        common::worker::command("thumbnails", "process", 1, 3, 60_000),
+        common::worker::command("checkout", "kubernetes", 1, 4, 60_000),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(&t("commands"))
+                    .key(&c.target)
+                    .payload(&c.to_json()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let pid = worker.0.id();
+    common::worker::eventually("3 sleep children", Duration::from_secs(60), || {
+        children(pid, &["sleep", "infinity"]) == 3
+    })
+    .await;
+    common::worker::eventually("two results", Duration::from_secs(30), || {
+        raw.lock().unwrap().len() >= 2
+    })
+    .await;
+    let results: Vec<ScaleResult> = raw
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    let checkout = results.iter().find(|r| r.target == "checkout").unwrap();
+    let e = checkout.error.as_deref().unwrap_or_default();
+    assert!(
+        e.contains("kubeconfig") || e.contains(".kube"),
+        "{checkout:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r.target == "thumbnails" && r.observed_replicas == Some(3)),
+        "{results:?}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let st = worker.0.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert_eq!(children(pid, &["sleep", "infinity"]), 0);
+}

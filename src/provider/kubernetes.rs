@@ -449,6 +449,66 @@ impl Provider for KubernetesProvider {
     }
 }
 
+/// A kubernetes provider whose credentials are looked up when the worker
+/// starts and, while none are found, again at each command: the worker
+/// runs (its other targets work) and answers this target's commands
+/// `failed` with what it looked for, until the kubeconfig or service
+/// account appears.
+pub struct Deferred {
+    cfg: KubernetesConfig,
+    timeout: Duration,
+    ready: tokio::sync::OnceCell<KubernetesProvider>,
+}
+
+impl Deferred {
+    pub fn new(cfg: &KubernetesConfig, timeout: Duration) -> Result<Self, String> {
+        check_name("namespace", &cfg.namespace)?;
+        check_name("name", &cfg.name)?;
+        let d = Self {
+            cfg: cfg.clone(),
+            timeout,
+            ready: tokio::sync::OnceCell::new(),
+        };
+        match d.resolve() {
+            Ok(p) => {
+                tracing::info!(cluster = %p.cluster.server, origin = %p.cluster.origin, object = %p.object, "kubernetes provider ready");
+                let _ = d.ready.set(p);
+            }
+            Err(e) => {
+                tracing::error!(object = %format!("{}/{}", cfg.namespace, cfg.name), error = %e,
+                "kubernetes provider: no usable credentials yet; its commands fail until they appear")
+            }
+        }
+        Ok(d)
+    }
+
+    fn resolve(&self) -> Result<KubernetesProvider, String> {
+        let cluster =
+            Cluster::discover(self.cfg.kubeconfig.as_deref(), self.cfg.context.as_deref())?;
+        KubernetesProvider::new(&self.cfg, cluster, self.timeout)
+    }
+}
+
+impl Provider for Deferred {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let p = self
+                .ready
+                .get_or_try_init(|| async { self.resolve() })
+                .await
+                .map_err(|e| ProviderError {
+                    message: format!("kubernetes: {e}"),
+                    retryable: false,
+                })?;
+            p.call(c.desired_replicas).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,6 +735,26 @@ users:
         );
         let e = Cluster::in_cluster_from(&dir.path().join("none"), &server).unwrap_err();
         assert!(e.contains("service account token"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn missing_credentials_fail_commands_until_they_appear() {
+        let (server, _) = api_server("late-token").await;
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("config");
+        let cfg = KubernetesConfig {
+            kubeconfig: Some(kc.clone()),
+            ..target("shop", "Deployment", "checkout")
+        };
+        let p = Deferred::new(&cfg, Duration::from_secs(5)).unwrap();
+        let c = crate::provider::tests::command("checkout", 3);
+        let e = p.scale(&c).await.unwrap_err();
+        assert!(
+            !e.retryable && e.message.contains(kc.to_str().unwrap()),
+            "{e:?}"
+        );
+        std::fs::write(&kc, format!("clusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user:\n    token: late-token\n")).unwrap();
+        assert_eq!(p.scale(&c).await.unwrap(), Some(3));
     }
 
     #[test]

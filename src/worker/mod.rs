@@ -656,11 +656,8 @@ pub fn build_provider(
         }
         "kubernetes" => {
             let k = t.kubernetes.as_ref().ok_or_else(missing)?;
-            let cluster =
-                kubernetes::Cluster::discover(k.kubeconfig.as_deref(), k.context.as_deref())
-                    .map_err(|m| format!("{}: {m}", key("kubernetes")))?;
             Arc::new(
-                kubernetes::KubernetesProvider::new(k, cluster, timeout)
+                kubernetes::Deferred::new(k, timeout)
                     .map_err(|m| format!("{}: {m}", key("kubernetes")))?,
             )
         }
