@@ -772,21 +772,7 @@ impl Config {
         let mut names = HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = |k: &str| format!("targets[{i}].{k}");
-            if !valid_target_name(&t.name) {
-                out.push(problem(
-                    key("name"),
-                    format!(
-                        "{:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$",
-                        t.name
-                    ),
-                ));
-            }
-            if !names.insert(t.name.as_str()) {
-                out.push(problem(
-                    key("name"),
-                    format!("{:?} is used by another target", t.name),
-                ));
-            }
+            check_target_name(&t.name, &key("name"), &mut names, &mut out);
             if t.max_replicas == 0 {
                 out.push(problem(key("max_replicas"), "must be at least 1"));
             }
@@ -935,6 +921,24 @@ impl Config {
             BrokerKind::None => {}
         }
         check_commands(cmd, out);
+    }
+}
+
+/// A target's name: valid in messages, and used once.
+pub(crate) fn check_target_name<'a>(
+    name: &'a str,
+    key: &str,
+    seen: &mut HashSet<&'a str>,
+    out: &mut Vec<Problem>,
+) {
+    if !valid_target_name(name) {
+        out.push(problem(
+            key,
+            format!("{name:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$"),
+        ));
+    }
+    if !seen.insert(name) {
+        out.push(problem(key, format!("{name:?} is used by another target")));
     }
 }
 

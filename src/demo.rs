@@ -533,6 +533,8 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
     let _ = stop_worker.send(());
     let _ = scaler.await;
     let _ = worker.await;
+    // Every client goes before the embedded broker does.
+    drop(producer);
     drop(mock);
     {
         let sim = sim.lock().unwrap_or_else(|p| p.into_inner());

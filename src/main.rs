@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use tidewatch::config::{parse_duration, Config};
+use tidewatch::config::{parse_duration, Config, ConfigError, Problem};
 use tidewatch::policy::{run_examples, PolicyLimits, PolicySource};
 use tidewatch::worker::config::WorkerConfig;
 
@@ -150,8 +150,17 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(file: &std::path::Path) -> ExitCode {
-    let cfg = match Config::load(file) {
+/// Loads a configuration with `load` (problems: exit 64), then serves it
+/// with `serve` until SIGTERM/SIGINT: exit 0 when it drained in time.
+fn serve<C, F>(
+    file: &std::path::Path,
+    load: impl FnOnce(&std::path::Path) -> Result<(C, Vec<Problem>), ConfigError>,
+    serve: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = Result<bool, tidewatch::run::RunError>>,
+{
+    let cfg = match load(file) {
         Ok((cfg, warnings)) => {
             for w in &warnings {
                 tracing::warn!("{}: {w}", file.display());
@@ -172,14 +181,9 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = rt.block_on(tidewatch::run::run(
-        cfg,
-        tidewatch::run::RunOptions::default(),
-        tidewatch::run::shutdown_signal(),
-    ));
-    match outcome {
-        Ok(report) if report.drained => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+    match rt.block_on(serve(cfg)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(tidewatch::run::RunError::Config(e)) => {
             eprintln!("{}: {e}", file.display());
             ExitCode::from(EX_USAGE)
@@ -191,45 +195,28 @@ fn run(file: &std::path::Path) -> ExitCode {
     }
 }
 
+fn run(file: &std::path::Path) -> ExitCode {
+    serve(file, Config::load, |cfg| async {
+        tidewatch::run::run(
+            cfg,
+            tidewatch::run::RunOptions::default(),
+            tidewatch::run::shutdown_signal(),
+        )
+        .await
+        .map(|r| r.drained)
+    })
+}
+
 fn worker(file: &std::path::Path) -> ExitCode {
-    let cfg = match WorkerConfig::load(file) {
-        Ok((cfg, warnings)) => {
-            for w in &warnings {
-                tracing::warn!("{}: {w}", file.display());
-            }
-            cfg
-        }
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{}: {p}", file.display());
-            }
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = rt.block_on(tidewatch::worker::run(
-        cfg,
-        tidewatch::worker::WorkerOptions::default(),
-        tidewatch::run::shutdown_signal(),
-    ));
-    match outcome {
-        Ok(report) if report.drained => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
-        Err(tidewatch::run::RunError::Config(e)) => {
-            eprintln!("{}: {e}", file.display());
-            ExitCode::from(EX_USAGE)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve(file, WorkerConfig::load, |cfg| async {
+        tidewatch::worker::run(
+            cfg,
+            tidewatch::worker::WorkerOptions::default(),
+            tidewatch::run::shutdown_signal(),
+        )
+        .await
+        .map(|r| r.drained)
+    })
 }
 
 fn main() -> ExitCode {

@@ -17,21 +17,6 @@ use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
 
-fn broker() -> Option<String> {
-    match std::env::var("TIDEWATCH_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "TIDEWATCH_TEST_KAFKA is not set under CI: scripts/test starts tansu and sets it"
-            )
-        }
-        _ => {
-            eprintln!("TIDEWATCH_TEST_KAFKA not set: run scripts/test, which starts tansu");
-            None
-        }
-    }
-}
-
 /// Waits for the broker with a retry instead of a sleep.
 async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -54,7 +39,9 @@ async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_against_tansu() {
-    let Some(brokers) = broker() else { return };
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
     let t = |n: &str| format!("{n}-{suffix}");
     create_topics(

@@ -16,21 +16,6 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleResult;
 
-fn broker() -> Option<String> {
-    match std::env::var("TIDEWATCH_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "TIDEWATCH_TEST_KAFKA is not set under CI: scripts/test starts tansu and sets it"
-            )
-        }
-        _ => {
-            eprintln!("TIDEWATCH_TEST_KAFKA not set: run scripts/test, which starts tansu");
-            None
-        }
-    }
-}
-
 /// Reads a topic from the start into `into`, in the background.
 fn collect(brokers: &str, topic: &str, into: Arc<Mutex<Vec<Vec<u8>>>>) {
     let c: StreamConsumer = ClientConfig::new()
@@ -57,7 +42,9 @@ fn collect(brokers: &str, topic: &str, into: Arc<Mutex<Vec<Vec<u8>>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_on_tansu_with_every_provider_and_a_kill() {
-    let Some(brokers) = broker() else { return };
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = |n: &str| format!("w{n}-{suffix}");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -171,7 +158,9 @@ fn children(pid: u32, argv: &[&str]) -> usize {
 /// metrics port overridden from the environment, as a user would).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundled_worker_config_runs() {
-    let Some(brokers) = broker() else { return };
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = |n: &str| format!("b{n}-{suffix}");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

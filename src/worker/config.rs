@@ -12,7 +12,6 @@ use crate::config::{
     array, check_commands, de_duration, problem, read_raw, secret, typed, unknown_sections,
     BrokerKind, CommandsConfig, ConfigError, Problem, SecretRef,
 };
-use crate::event::valid_target_name;
 
 /// The providers a target may name.
 pub const PROVIDERS: [&str; 5] = ["kubernetes", "exec", "http", "process", "log"];
@@ -289,21 +288,7 @@ impl WorkerConfig {
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = |k: &str| format!("targets[{i}].{k}");
-            if !valid_target_name(&t.name) {
-                out.push(problem(
-                    key("name"),
-                    format!(
-                        "{:?} does not match ^[a-z0-9]([a-z0-9._-]{{0,62}})$",
-                        t.name
-                    ),
-                ));
-            }
-            if !names.insert(t.name.as_str()) {
-                out.push(problem(
-                    key("name"),
-                    format!("{:?} is used by another target", t.name),
-                ));
-            }
+            crate::config::check_target_name(&t.name, &key("name"), &mut names, &mut out);
             if t.timeout.is_some_and(|d| d.is_zero()) {
                 out.push(problem(key("timeout"), "must be above zero"));
             }
