@@ -1,6 +1,8 @@
 //! Forecasts for `ctx.forecast`: external forecast events stored per target
 //! and metric. The built-in forecasters plug in behind the same lookup.
 
+pub mod holt;
+
 use crate::clock::Millis;
 use crate::event::Forecast;
 use crate::window::Metric;
