@@ -38,14 +38,7 @@ drain_timeout = "30s"
 max_event_age = "30m"
 "#
     ));
-    for t in (0..TARGETS)
-        .map(|i| format!("t{i}"))
-        .chain(["probe".to_string()])
-    {
-        toml.push_str(&format!(
-            "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 10000\nstabilization_down = \"0s\"\n"
-        ));
-    }
+    toml.push_str(&bench::targets_toml());
     mq::load(
         dir,
         &toml,

@@ -108,6 +108,59 @@ pub async fn queue(
     Ok((q.message_count(), q.consumer_count()))
 }
 
+/// The dead-letter exchange and, when declaring, a durable queue of the
+/// same name bound with `#`, so that no dead letter is dropped for want
+/// of a binding.
+pub async fn deadletter_topology(
+    ch: &Channel,
+    exchange_name: &str,
+    key: &str,
+    declare: bool,
+) -> Result<(), ConnectError> {
+    exchange(ch, exchange_name, key, declare).await?;
+    if declare {
+        let keys = ["#".to_string()];
+        queue(ch, exchange_name, key, true, Some((exchange_name, &keys))).await?;
+    }
+    Ok(())
+}
+
+/// Sets the prefetch and consumes `queue_name` with acks by the caller;
+/// `key` names the queue's setting in errors, `lost` makes a channel
+/// error into a connect error.
+pub async fn consume(
+    ch: &Channel,
+    queue_name: &str,
+    key: &str,
+    prefetch: u16,
+    tag: &str,
+    lost: impl Fn(lapin::Error) -> ConnectError,
+) -> Result<lapin::Consumer, ConnectError> {
+    ch.basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await
+        .map_err(&lost)?;
+    ch.basic_consume(
+        queue_name,
+        &format!("{tag}-{}", crate::kafka::unique_suffix()),
+        lapin::options::BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| ConnectError::Topology(format!("{key} {queue_name:?}: cannot consume: {e}")))
+}
+
+/// A channel in publisher-confirm mode.
+pub async fn confirm_channel(
+    conn: &Connection,
+    lost: impl Fn(lapin::Error) -> ConnectError,
+) -> Result<Channel, ConnectError> {
+    let ch = conn.create_channel().await.map_err(&lost)?;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(&lost)?;
+    Ok(ch)
+}
+
 fn topology_error(
     what: &str,
     name: &str,

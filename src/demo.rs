@@ -463,7 +463,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         tokio::time::sleep(scaled.real_until(now)).await;
         let t = (i * step_ms) as f64 / 1000.0;
         let load = load_at(t, day, base, swing);
-        let (messages, desired, ready, depth, reason) = {
+        let (messages, desired, ready, depth, reason, capacity) = {
             let mut sim = sim.lock().unwrap_or_else(|p| p.into_inner());
             sim.service.step(load, step_ms as f64 / 1000.0, now);
             let mut messages = Vec::new();
@@ -490,6 +490,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
                 s.ready(now),
                 s.depth(),
                 sim.last_reason.clone(),
+                s.capacity,
             )
         };
         for m in messages {
@@ -503,7 +504,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         }
         if i * step_ms % 1000 == 0 {
             per_second.push((load, desired));
-            if f64::from(ready) * 50.0 < load {
+            if f64::from(ready) * capacity < load {
                 under += 1;
             }
             summary.peak_load = summary.peak_load.max(load);
@@ -543,7 +544,8 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         summary.scale_downs = sim.downs;
     }
     summary.events_rejected =
-        crate::telemetry::sum(&scaler_metrics, "tidewatch_events_rejected_total") as u64 + lost;
+        crate::telemetry::sum(&scaler_metrics, "tidewatch_events_rejected_total", &[]) as u64
+            + lost;
     summary.virtual_seconds = per_second.len() as u64;
     summary.under_provisioned_share = under as f64 / per_second.len().max(1) as f64;
     let mut by_load = per_second.clone();

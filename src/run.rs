@@ -67,12 +67,9 @@ pub async fn run(
         metrics,
         listener,
     } = opts;
-    let listener = match listener {
-        Some(l) => l,
-        None => crate::telemetry::bind(&cfg.metrics.listen)
-            .await
-            .map_err(RunError::Config)?,
-    };
+    let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
+        .await
+        .map_err(RunError::Config)?;
     let mut engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
         .map_err(|e| RunError::Config(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
@@ -108,15 +105,7 @@ pub async fn run(
         }
         _ => None,
     };
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(crate::telemetry::serve(
-        listener,
-        metrics.clone(),
-        ready.clone(),
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
+    let http = crate::telemetry::Server::start(listener, metrics.clone(), ready.clone());
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<ScaleCommand>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -228,8 +217,7 @@ pub async fn run(
             (None, false)
         }
     };
-    let _ = stop_http.send(());
-    let _ = http.await;
+    http.stop().await;
     Ok(RunReport {
         targets: engine.map(|e| e.status()).unwrap_or_default(),
         drained,

@@ -364,6 +364,44 @@ pub async fn serve(
         .await
 }
 
+/// The HTTP endpoint of a running process, until `stop`.
+pub struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// The listener a test passed, or else `listen` bound now (so that a busy
+/// address stops the start before anything connects).
+pub async fn listener_or_bind(
+    given: Option<tokio::net::TcpListener>,
+    listen: &str,
+) -> Result<tokio::net::TcpListener, String> {
+    match given {
+        Some(l) => Ok(l),
+        None => bind(listen).await,
+    }
+}
+
+impl Server {
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, metrics, ready, async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
@@ -410,13 +448,21 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
 }
 
 /// Human-readable logs by default, JSON lines with `json`; `RUST_LOG` filters.
-/// The sum of every series of a counter or gauge.
-pub fn sum(m: &Metrics, name: &str) -> f64 {
+/// The sum of a counter's or gauge's values over the series whose labels
+/// include `labels` (all series for none).
+pub fn sum(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.registry
         .gather()
         .iter()
         .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric().iter())
+        .filter(|x| {
+            labels.iter().all(|(k, v)| {
+                x.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
         .map(|x| x.get_counter().get_value() + x.get_gauge().get_value())
         .sum()
 }

@@ -7,8 +7,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -17,26 +15,6 @@ use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
 
-/// Waits for the broker with a retry instead of a sleep.
-async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for attempt in 0..30 {
-        match admin.create_topics(&topics, &AdminOptions::new()).await {
-            Ok(results) if results.iter().all(|r| r.is_ok()) => return,
-            other => eprintln!("create topics, attempt {attempt}: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("broker at {brokers} did not create topics");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_against_tansu() {
     let Some(brokers) = common::kafka::broker() else {
@@ -44,7 +22,7 @@ async fn run_against_tansu() {
     };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
     let t = |n: &str| format!("{n}-{suffix}");
-    create_topics(
+    common::kafka::create_topics(
         &brokers,
         &[
             (&t("signals"), 2),

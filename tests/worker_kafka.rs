@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -47,22 +45,9 @@ async fn worker_on_tansu_with_every_provider_and_a_kill() {
     };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = |n: &str| format!("w{n}-{suffix}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let topics = [(t("commands"), 2), (t("results"), 1), (t("deadletter"), 1)];
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    let (commands, results, deadletter) = (t("commands"), t("results"), t("deadletter"));
+    common::kafka::create_topics(&brokers, &[(&commands, 2), (&results, 1), (&deadletter, 1)])
+        .await;
     let setup = common::worker::setup(&format!(
         r#"[commands]
 kind = "kafka"
@@ -163,27 +148,9 @@ async fn the_bundled_worker_config_runs() {
     };
     let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = |n: &str| format!("b{n}-{suffix}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = ["commands", "results", "deadletter"]
-        .iter()
-        .map(|n| {
-            NewTopic::new(
-                Box::leak(t(n).into_boxed_str()),
-                1,
-                TopicReplication::Fixed(1),
-            )
-        })
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    let (commands, results, deadletter) = (t("commands"), t("results"), t("deadletter"));
+    common::kafka::create_topics(&brokers, &[(&commands, 1), (&results, 1), (&deadletter, 1)])
+        .await;
     let raw: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     collect(&brokers, &t("results"), raw.clone());
     let home = tempfile::tempdir().unwrap();

@@ -56,6 +56,20 @@ pub enum ResultStatus {
     DryRun,
 }
 
+impl ResultStatus {
+    /// The name in messages, metrics labels and routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Applied => "applied",
+            ResultStatus::Failed => "failed",
+            ResultStatus::SkippedStale => "skipped_stale",
+            ResultStatus::SkippedDuplicate => "skipped_duplicate",
+            ResultStatus::Expired => "expired",
+            ResultStatus::DryRun => "dry_run",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScaleResult {
     pub version: u32,
@@ -107,12 +121,10 @@ pub async fn deliver_result(
 ) -> bool {
     match serde_json::from_slice::<ScaleResult>(bytes) {
         Ok(r) => {
-            let status = serde_json::to_value(r.status).ok();
-            let status = status
-                .as_ref()
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown");
-            metrics.results_received.with_label_values(&[status]).inc();
+            metrics
+                .results_received
+                .with_label_values(&[r.status.as_str()])
+                .inc();
             engine
                 .send(crate::engine::EngineInput::Result(r))
                 .await
@@ -179,5 +191,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.status, ResultStatus::SkippedStale);
+    }
+
+    #[test]
+    fn status_names_are_the_message_names() {
+        use ResultStatus::*;
+        for s in [
+            Applied,
+            Failed,
+            SkippedStale,
+            SkippedDuplicate,
+            Expired,
+            DryRun,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

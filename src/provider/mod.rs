@@ -47,17 +47,30 @@ pub(crate) mod tests {
     /// A command to scale `target` to `replicas`, valid for a minute.
     pub fn command(target: &str, replicas: u32) -> ScaleCommand {
         let now = chrono::Utc::now().timestamp_millis();
-        let (issued_at, expires_at) = crate::command::timestamps(now, 60_000);
+        command_with(target, "test", now, replicas, 60_000)
+    }
+
+    /// A command issued now that expires after `ttl_ms` (negative: already
+    /// expired), with id `<target>-<generation>`.
+    pub fn command_with(
+        target: &str,
+        provider: &str,
+        generation: i64,
+        replicas: u32,
+        ttl_ms: i64,
+    ) -> ScaleCommand {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (issued_at, expires_at) = crate::command::timestamps(now, ttl_ms);
         ScaleCommand {
             version: 1,
-            id: crate::command::command_id(now),
+            id: format!("{target}-{generation}"),
             target: target.into(),
-            provider: "test".into(),
+            provider: provider.into(),
             desired_replicas: replicas,
             current_replicas: 1,
             reason: "test".into(),
             policy: "test.lua".into(),
-            generation: now,
+            generation,
             issued_at,
             expires_at,
             dry_run: false,

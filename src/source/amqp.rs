@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use lapin::acker::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicAckOptions;
+use lapin::types::AMQPValue;
 use lapin::{Channel, Connection, Consumer};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -96,7 +96,7 @@ impl AmqpSource {
         let ch = conn.create_channel().await.map_err(lost)?;
         let c = &self.cfg;
         amqp::exchange(&ch, &c.exchange, "source.amqp.exchange", c.declare).await?;
-        amqp::exchange(
+        amqp::deadletter_topology(
             &ch,
             &c.deadletter_exchange,
             "source.amqp.deadletter_exchange",
@@ -111,41 +111,16 @@ impl AmqpSource {
             Some((&c.exchange, &c.binding_keys)),
         )
         .await?;
-        if c.declare {
-            // Dead letters wait in a queue of the same name, so that none is
-            // dropped for want of a binding.
-            let keys = ["#".to_string()];
-            amqp::queue(
-                &ch,
-                &c.deadletter_exchange,
-                "source.amqp.deadletter_exchange",
-                true,
-                Some((&c.deadletter_exchange, &keys)),
-            )
-            .await?;
-        }
-        ch.basic_qos(c.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(lost)?;
-        let consumer = ch
-            .basic_consume(
-                &c.queue,
-                &format!("tidewatch-{}", crate::kafka::unique_suffix()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                ConnectError::Topology(format!(
-                    "source.amqp.queue {:?}: cannot consume: {e}",
-                    c.queue
-                ))
-            })?;
-        let deadletters = conn.create_channel().await.map_err(lost)?;
-        deadletters
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(lost)?;
+        let consumer = amqp::consume(
+            &ch,
+            &c.queue,
+            "source.amqp.queue",
+            c.prefetch,
+            "tidewatch",
+            lost,
+        )
+        .await?;
+        let deadletters = amqp::confirm_channel(&conn, lost).await?;
         Ok(Session {
             conn,
             consumer,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use tokio::sync::watch;
@@ -86,7 +86,7 @@ impl Outbox for AmqpOutbox {
     fn result<'a>(&'a self, r: &'a ScaleResult) -> BoxFuture<'a, ()> {
         async move {
             let body = serde_json::to_vec(r).expect("a result always serializes");
-            let key = format!("{}.{}", super::status_code(r.status), r.target);
+            let key = format!("{}.{}", r.status.as_str(), r.target);
             self.publish(
                 &self.cfg.results_exchange,
                 &key,
@@ -143,7 +143,7 @@ async fn open(
         cfg.declare,
     )
     .await?;
-    amqp::exchange(
+    amqp::deadletter_topology(
         &ch,
         &cfg.deadletter_exchange,
         "commands.amqp.deadletter_exchange",
@@ -158,40 +158,16 @@ async fn open(
         Some((&cfg.exchange, &cfg.binding_keys)),
     )
     .await?;
-    if cfg.declare {
-        // As the source does: dead letters wait in a queue of the same name.
-        let keys = ["#".to_string()];
-        amqp::queue(
-            &ch,
-            &cfg.deadletter_exchange,
-            "commands.amqp.deadletter_exchange",
-            true,
-            Some((&cfg.deadletter_exchange, &keys)),
-        )
-        .await?;
-    }
-    ch.basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(lost)?;
-    let consumer = ch
-        .basic_consume(
-            &cfg.queue,
-            &format!("tidewatch-worker-{}", crate::kafka::unique_suffix()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            ConnectError::Topology(format!(
-                "commands.amqp.queue {:?}: cannot consume: {e}",
-                cfg.queue
-            ))
-        })?;
-    let publish = conn.create_channel().await.map_err(lost)?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(lost)?;
+    let consumer = amqp::consume(
+        &ch,
+        &cfg.queue,
+        "commands.amqp.queue",
+        prefetch,
+        "tidewatch-worker",
+        lost,
+    )
+    .await?;
+    let publish = amqp::confirm_channel(&conn, lost).await?;
     Ok(Session {
         conn,
         consumer,

@@ -22,7 +22,6 @@ use crate::config::KafkaCommandsConfig;
 use crate::engine::Origin;
 use crate::kafka::{produce_until_acked, LoggingContext};
 use crate::source::DeadLetter;
-use crate::telemetry::Metrics;
 
 /// Offsets in flight per partition: the offset to store is the one below
 /// the lowest unfinished command, or the highest received when none is.
@@ -31,11 +30,22 @@ pub struct OffsetTracker {
     parts: HashMap<(String, i32), Part>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Part {
     in_flight: BTreeSet<i64>,
     highest: i64,
     stored: i64,
+}
+
+impl Part {
+    /// A partition read from `offset` on: nothing before it is ours.
+    fn from(offset: i64) -> Self {
+        Part {
+            in_flight: BTreeSet::new(),
+            highest: offset - 1,
+            stored: offset - 1,
+        }
+    }
 }
 
 impl OffsetTracker {
@@ -44,18 +54,10 @@ impl OffsetTracker {
         let p = self
             .parts
             .entry((topic.to_owned(), partition))
-            .or_insert(Part {
-                highest: offset - 1,
-                stored: offset - 1,
-                ..Part::default()
-            });
+            .or_insert_with(|| Part::from(offset));
         if offset <= p.highest {
             // Re-read (a rebalance gave the partition back): start over.
-            *p = Part {
-                highest: offset - 1,
-                stored: offset - 1,
-                ..Part::default()
-            };
+            *p = Part::from(offset);
         }
         p.in_flight.insert(offset);
         p.highest = offset;
@@ -114,7 +116,6 @@ impl Outbox for KafkaOutbox {
 pub(crate) fn start(
     k: &KafkaCommandsConfig,
     cfg: &WorkerConfig,
-    _metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<Started, String> {
     let s = crate::command::kafka::settings(k);

@@ -52,22 +52,8 @@ impl Provider for Recorder {
 }
 
 fn cmd(target: &str, generation: i64, ttl_ms: i64) -> ScaleCommand {
-    let now = chrono::Utc::now().timestamp_millis();
-    let (issued_at, expires_at) = crate::command::timestamps(now, ttl_ms);
-    ScaleCommand {
-        version: 1,
-        id: format!("{target}-{generation}"),
-        target: target.into(),
-        provider: "log".into(),
-        desired_replicas: (generation % 50) as u32 + 1,
-        current_replicas: 1,
-        reason: "test".into(),
-        policy: "t.lua".into(),
-        generation,
-        issued_at,
-        expires_at,
-        dry_run: false,
-    }
+    let replicas = (generation % 50) as u32 + 1;
+    crate::provider::tests::command_with(target, "log", generation, replicas, ttl_ms)
 }
 
 struct Rig {
@@ -144,7 +130,7 @@ impl Rig {
             .unwrap()
             .iter()
             .filter(|r| r.target == target)
-            .map(|r| (r.generation, status_code(r.status)))
+            .map(|r| (r.generation, r.status.as_str()))
             .collect()
     }
 }

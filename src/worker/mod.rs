@@ -141,7 +141,9 @@ pub struct StateFile {
     path: PathBuf,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The file as read: `version` and `worker` are required, only the ledger is used.
+#[derive(Deserialize)]
+#[allow(dead_code)]
 struct StateDoc {
     version: u32,
     worker: String,
@@ -175,20 +177,36 @@ impl StateFile {
     }
 
     pub fn save(&self, worker: &str, ledger: &Ledger) -> std::io::Result<()> {
-        use std::io::Write;
-        let doc = StateDoc {
+        self.write(&Self::encode(worker, ledger))
+    }
+
+    /// The file's contents for `ledger`.
+    pub fn encode(worker: &str, ledger: &Ledger) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            version: u32,
+            worker: &'a str,
+            #[serde(flatten)]
+            ledger: &'a Ledger,
+        }
+        let doc = Doc {
             version: 1,
-            worker: worker.to_owned(),
-            ledger: ledger.clone(),
+            worker,
+            ledger,
         };
-        let bytes = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?;
+        serde_json::to_vec_pretty(&doc).expect("a ledger always serializes")
+    }
+
+    /// Replaces the file with `bytes`: temporary file, fsync, rename.
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
         let dir = self
             .path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&bytes)?;
+        tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
         Ok(())
@@ -249,39 +267,32 @@ pub struct Refusal {
     pub attributed: Option<(String, String, i64)>,
 }
 
-/// Decodes and checks a command against the configured targets.
+/// Decodes and checks a command against the configured targets: one typed
+/// parse; only a message that fails it is read again as plain JSON, to
+/// say why and to whom it belongs.
 pub fn decode(
     bytes: &[u8],
     targets: &HashMap<String, Arc<Target>>,
 ) -> Result<ScaleCommand, Refusal> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Refusal {
-        reason: "invalid_json",
-        detail: format!("not JSON: {e}"),
-        attributed: None,
-    })?;
-    let attributed = match (&value["target"], &value["generation"]) {
-        (serde_json::Value::String(t), g) if crate::event::valid_target_name(t) => Some((
-            t.clone(),
-            value["id"].as_str().unwrap_or_default().to_owned(),
-            g.as_i64().unwrap_or(0),
-        )),
-        _ => None,
+    let c = match serde_json::from_slice::<ScaleCommand>(bytes) {
+        Ok(c) => c,
+        Err(e) => return Err(refusal_of(bytes, e)),
     };
     let refuse = |reason, detail: String| Refusal {
         reason,
         detail,
-        attributed: attributed.clone(),
+        attributed: crate::event::valid_target_name(&c.target)
+            .then(|| (c.target.clone(), c.id.clone(), c.generation)),
     };
-    if let Some(v) = value.get("version").and_then(|v| v.as_u64()) {
-        if v != u64::from(VERSION) {
-            return Err(refuse(
-                "unsupported_version",
-                format!("command version {v}; this worker reads version {VERSION}"),
-            ));
-        }
+    if c.version != VERSION {
+        return Err(refuse(
+            "unsupported_version",
+            format!(
+                "command version {}; this worker reads version {VERSION}",
+                c.version
+            ),
+        ));
     }
-    let c: ScaleCommand = serde_json::from_value(value)
-        .map_err(|e| refuse("invalid_command", format!("not a scale command: {e}")))?;
     let Some(t) = targets.get(&c.target) else {
         return Err(refuse(
             "unknown_target",
@@ -298,6 +309,41 @@ pub fn decode(
         ));
     }
     Ok(c)
+}
+
+/// Why a message is not a version-1 command, attributed to its target
+/// when it names one.
+fn refusal_of(bytes: &[u8], typed: serde_json::Error) -> Refusal {
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return Refusal {
+                reason: "invalid_json",
+                detail: format!("not JSON: {e}"),
+                attributed: None,
+            }
+        }
+    };
+    let attributed = match (&value["target"], &value["generation"]) {
+        (serde_json::Value::String(t), g) if crate::event::valid_target_name(t) => Some((
+            t.clone(),
+            value["id"].as_str().unwrap_or_default().to_owned(),
+            g.as_i64().unwrap_or(0),
+        )),
+        _ => None,
+    };
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v != u64::from(VERSION) => Refusal {
+            reason: "unsupported_version",
+            detail: format!("command version {v}; this worker reads version {VERSION}"),
+            attributed,
+        },
+        _ => Refusal {
+            reason: "invalid_command",
+            detail: format!("not a scale command: {typed}"),
+            attributed,
+        },
+    }
 }
 
 /// Routes commands to per-target lanes.
@@ -444,20 +490,9 @@ async fn lane(t: Arc<Target>, mut rx: mpsc::Receiver<Job>, s: Arc<Shared>) {
         s.outbox.result(&r).await;
         s.metrics
             .worker_results
-            .with_label_values(&[r.target.as_str(), status_code(r.status)])
+            .with_label_values(&[r.target.as_str(), r.status.as_str()])
             .inc();
         ack().await;
-    }
-}
-
-pub fn status_code(s: ResultStatus) -> &'static str {
-    match s {
-        ResultStatus::Applied => "applied",
-        ResultStatus::Failed => "failed",
-        ResultStatus::SkippedStale => "skipped_stale",
-        ResultStatus::SkippedDuplicate => "skipped_duplicate",
-        ResultStatus::Expired => "expired",
-        ResultStatus::DryRun => "dry_run",
     }
 }
 
@@ -492,7 +527,7 @@ impl Shared {
             .judge(c, self.clock.now_ms());
         let (status, observed, error) = match verdict {
             Verdict::Skip(s) => {
-                tracing::info!(target_name = %c.target, generation = c.generation, status = status_code(s), "command skipped");
+                tracing::info!(target_name = %c.target, generation = c.generation, status = s.as_str(), "command skipped");
                 (s, None, None)
             }
             Verdict::DryRun => {
@@ -532,14 +567,12 @@ impl Shared {
     /// change (the result is still published: the command did happen).
     async fn persist(&self) {
         let _order = self.save.lock().await;
-        let ledger = self
-            .ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let bytes = StateFile::encode(
+            &self.worker,
+            &self.ledger.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         let state = self.state.clone();
-        let worker = self.worker.clone();
-        match tokio::task::spawn_blocking(move || state.save(&worker, &ledger)).await {
+        match tokio::task::spawn_blocking(move || state.write(&bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(file = %self.state.path.display(), error = %e, "worker.state_file: cannot write")
@@ -697,19 +730,16 @@ pub async fn run(
         listener,
         mut providers,
     } = opts;
-    let listener = match listener {
-        Some(l) => l,
-        None => crate::telemetry::bind(&cfg.metrics.listen)
-            .await
-            .map_err(RunError::Config)?,
-    };
+    let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
+        .await
+        .map_err(RunError::Config)?;
     let state = StateFile::new(&cfg.worker.state_file);
     let ledger = state.load().map_err(RunError::Config)?;
     let name = worker_name(&cfg);
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = match (&cfg.commands.kind, &cfg.commands.kafka, &cfg.commands.amqp) {
         (crate::config::BrokerKind::Kafka, Some(k), _) => {
-            kafka::start(k, &cfg, metrics.clone(), stop_rx.clone()).map_err(RunError::Config)?
+            kafka::start(k, &cfg, stop_rx.clone()).map_err(RunError::Config)?
         }
         (crate::config::BrokerKind::Amqp, _, Some(a)) => {
             amqp::start(a, &cfg, metrics.clone(), stop_rx.clone()).await?
@@ -754,15 +784,7 @@ pub async fn run(
         usize::from(cfg.worker.prefetch),
     ));
     let ready = Arc::new(AtomicBool::new(true));
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(crate::telemetry::serve(
-        listener,
-        metrics.clone(),
-        ready,
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
+    let http = crate::telemetry::Server::start(listener, metrics.clone(), ready);
     tracing::info!(worker = %name, targets = cfg.targets.len(), "worker started");
     let mut consume = tokio::spawn((started.consume)(dispatcher));
     tokio::pin!(shutdown);
@@ -777,8 +799,7 @@ pub async fn run(
             r.unwrap_or(false)
         }
     };
-    let _ = stop_http.send(());
-    let _ = http.await;
+    http.stop().await;
     tracing::info!(drained, "worker stopped");
     Ok(WorkerReport { drained })
 }

@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 pub const TARGETS: usize = 100;
 
+/// The `[[targets]]` of the benchmarks: t0..t99 and `probe`.
+pub fn targets_toml() -> String {
+    (0..TARGETS)
+        .map(|i| format!("t{i}"))
+        .chain(["probe".to_string()])
+        .map(|t| {
+            format!(
+                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 10000\nstabilization_down = \"0s\"\n"
+            )
+        })
+        .collect()
+}
+
 /// What `drive` sent: the number of load signals, the seconds it took, and
 /// each probe's asked-for replicas with the time it was sent.
 pub struct Driven {

@@ -2,6 +2,12 @@
 //! scripts/test, its address in TIDEWATCH_TEST_KAFKA.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
 /// The broker, or None outside CI when it is not set (the test then says
 /// so and returns). Under CI=true a missing broker fails the test.
 pub fn broker() -> Option<String> {
@@ -17,4 +23,24 @@ pub fn broker() -> Option<String> {
             None
         }
     }
+}
+
+/// Waits for the broker with a retry instead of a sleep.
+pub async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for attempt in 0..30 {
+        match admin.create_topics(&topics, &AdminOptions::new()).await {
+            Ok(results) if results.iter().all(|r| r.is_ok()) => return,
+            other => eprintln!("create topics, attempt {attempt}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("broker at {brokers} did not create topics");
 }

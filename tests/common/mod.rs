@@ -39,19 +39,5 @@ pub mod worker;
 /// The sum of a metric's counter and gauge values over the series whose
 /// labels include `labels`.
 pub fn metric(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    m.registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|metric| {
-            labels.iter().all(|(k, v)| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
-        .sum()
+    tidewatch::telemetry::sum(m, name, labels)
 }

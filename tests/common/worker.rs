@@ -352,13 +352,7 @@ pub async fn scenario(s: &Setup, send: Send, results: Arc<Mutex<Vec<ScaleResult>
     let status = |t: &str, g: i64| -> Vec<String> {
         r.iter()
             .filter(|x| x.target == t && x.generation == g)
-            .map(|x| {
-                serde_json::to_value(x.status)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
+            .map(|x| x.status.as_str().to_owned())
             .collect()
     };
     assert!(
