@@ -136,3 +136,155 @@ stabilization_down = "0s"
     assert!(report.drained);
     assert_eq!(report.targets[0].published_generation, c.generation);
 }
+
+/// The closed loop's safety net on the real broker: with no worker, the
+/// command goes out again with a new generation after `reissue_after`
+/// and the target is flagged; a result for it ends both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_commands_are_reissued_until_a_result_arrives() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("r{n}-{suffix}");
+    let (signals, commands_topic, results, deadletter) =
+        (t("signals"), t("commands"), t("results"), t("deadletter"));
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&signals, 1),
+            (&commands_topic, 1),
+            (&results, 1),
+            (&deadletter, 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.lua"),
+        r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+    )
+    .unwrap();
+    let fast = r#"options = { "fetch.wait.max.ms" = "5" }"#;
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{signals}"], group_id = "{}", deadletter_topic = "{deadletter}", {fast} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{commands_topic}", results_topic = "{results}", {fast} }}
+[engine]
+min_eval_interval = "0s"
+reissue_after = "3s"
+[[targets]]
+name = "orders"
+policy = "p.lua"
+max_replicas = 50
+"#,
+            t("scaler")
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let commands: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", t("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    commands.subscribe(&[commands_topic.as_str()]).unwrap();
+    let next = |wait: u64| {
+        let commands = &commands;
+        async move {
+            let m = tokio::time::timeout(Duration::from_secs(wait), commands.recv()).await;
+            m.ok().map(|m| {
+                serde_json::from_slice::<ScaleCommand>(m.unwrap().payload().unwrap()).unwrap()
+            })
+        }
+    };
+    let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
+    producer
+        .send(
+            FutureRecord::to(&signals)
+                .key("orders")
+                .payload(&signal[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let first = next(90).await.expect("the first command");
+    assert_eq!(first.desired_replicas, 10);
+    let unacked = || {
+        common::metric(
+            &metrics,
+            "tidewatch_commands_unacknowledged",
+            &[("target", "orders")],
+        )
+    };
+    // No worker: the same desired state comes again, with a new generation.
+    let again = next(30).await.expect("a re-issued command");
+    assert_eq!(again.desired_replicas, 10);
+    assert!(
+        again.generation > first.generation && again.reason.contains("re-issued"),
+        "{again:?}"
+    );
+    assert_eq!(unacked(), 1.0);
+    assert!(
+        common::metric(
+            &metrics,
+            "tidewatch_commands_reissued_total",
+            &[("target", "orders")]
+        ) >= 1.0
+    );
+    // A worker answers the latest command (again while the scaler's
+    // results reader may still be joining its group).
+    let mut latest = again;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while unacked() != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer was never counted"
+        );
+        while let Some(c) = next(0).await {
+            latest = c;
+        }
+        let r = tidewatch::command::ScaleResult {
+            version: 1,
+            command_id: latest.id.clone(),
+            target: "orders".into(),
+            generation: latest.generation,
+            status: tidewatch::command::ResultStatus::Applied,
+            observed_replicas: Some(10),
+            error: None,
+            worker: "test".into(),
+            finished_at: tidewatch::clock::rfc3339(chrono::Utc::now().timestamp_millis()),
+        };
+        producer
+            .send(
+                FutureRecord::to(&results)
+                    .key("orders")
+                    .payload(&serde_json::to_vec(&r).unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Answered: nothing more within two more reissue_after spans.
+    assert!(next(6).await.is_none(), "re-issued after an answer");
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}

@@ -17,3 +17,15 @@ impl Provider for LogProvider {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reports_the_desired_count_and_runs_nothing() {
+        let c = crate::provider::tests::command("web", 7);
+        assert_eq!(LogProvider.scale(&c).await.unwrap(), Some(7));
+        assert_eq!(LogProvider.name(), "log");
+    }
+}

@@ -108,6 +108,8 @@ pub async fn setup(commands: &str) -> Setup {
         ),
     )
     .unwrap();
+    let token_file = dir.path().join("hook.token");
+    std::fs::write(&token_file, "hook-token\n").unwrap();
     let toml = format!(
         r#"
 {commands}
@@ -134,7 +136,7 @@ process = {{ command = ["/bin/sh", "-c", "while :; do sleep 0.2; done # {marker}
 [[targets]]
 name = "hook"
 provider = "http"
-http = {{ url = "{server}/hook", token = "hook-token" }}
+http = {{ url = "{server}/hook", token_file = "{token_file}" }}
 
 [[targets]]
 name = "checkout"
@@ -144,6 +146,7 @@ kubernetes = {{ namespace = "shop", kind = "Deployment", name = "checkout", kube
         state = state.display(),
         log = log.display(),
         kubeconfig = dir.path().join("kubeconfig").display(),
+        token_file = token_file.display(),
     );
     let config = dir.path().join("worker.toml");
     std::fs::write(&config, toml).unwrap();
@@ -273,7 +276,9 @@ pub async fn scenario(s: &Setup, send: Send, results: Arc<Mutex<Vec<ScaleResult>
     // and 15 already expired.
     let web = |g: i64| {
         let ttl = if g == 15 { -1_000 } else { 60_000 };
-        command("web", "exec", g, g as u32, ttl)
+        let mut c = command("web", "exec", g, g as u32, ttl);
+        c.dry_run = g == 20;
+        c
     };
     for g in 1..=12 {
         put(web(g)).await;
@@ -339,13 +344,13 @@ pub async fn scenario(s: &Setup, send: Send, results: Arc<Mutex<Vec<ScaleResult>
     );
 
     // The exec provider ran each web command once, in order, none lost
-    // (15 expired before it arrived).
+    // (15 expired before it arrived; 20 was a dry run).
     let log = std::fs::read_to_string(&s.log).unwrap();
     let applied: Vec<u32> = log
         .lines()
         .map(|l| l.strip_prefix("web ").unwrap().parse().unwrap())
         .collect();
-    let want: Vec<u32> = (1..=30).filter(|g| *g != 15).collect();
+    let want: Vec<u32> = (1..=30).filter(|g| *g != 15 && *g != 20).collect();
     assert_eq!(applied, want, "exec log:\n{log}");
 
     let r = results.lock().unwrap().clone();
@@ -355,6 +360,7 @@ pub async fn scenario(s: &Setup, send: Send, results: Arc<Mutex<Vec<ScaleResult>
             .map(|x| x.status.as_str().to_owned())
             .collect()
     };
+    assert_eq!(status("web", 20), vec!["dry_run"]);
     assert!(
         status("web", 15).iter().all(|s| s == "expired"),
         "{:?}",
