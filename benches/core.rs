@@ -11,7 +11,6 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use tidewatch::config::{Config, TargetConfig};
 use tidewatch::engine::{Engine, TargetData};
 use tidewatch::event::GatewayLatency;
-use tidewatch::forecast::ForecastStore;
 use tidewatch::policy::{CallInput, LuaPolicy, PolicyLimits, PolicySource};
 use tidewatch::telemetry::Metrics;
 use tidewatch::window::TargetWindows;
@@ -55,6 +54,8 @@ fn toml_target() -> TargetConfig {
             .unwrap(),
         history_span: Duration::from_secs(8 * 86_400),
         history_step: Duration::from_secs(60),
+        forecast_season: "auto".into(),
+        schedules: Vec::new(),
     }
 }
 
@@ -139,12 +140,11 @@ fn filled_data() -> Arc<Mutex<TargetData>> {
             ts_ms: ts,
         });
     }
-    Arc::new(Mutex::new(TargetData {
+    Arc::new(Mutex::new(TargetData::new(
         windows,
-        forecasts: ForecastStore::default(),
-        now_ms: T0 + 299_500,
-        freshness_ms: 3_600_000,
-    }))
+        T0 + 299_500,
+        3_600_000,
+    )))
 }
 
 /// The same call for every policy: 3 replicas, now at the end of the data.
@@ -155,6 +155,7 @@ fn decide_input() -> CallInput<'static> {
         replicas: 3,
         min: 1,
         max: 40,
+        schedule: None,
     }
 }
 

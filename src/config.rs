@@ -343,6 +343,10 @@ pub struct EngineConfig {
         deserialize_with = "de_duration"
     )]
     pub forecast_freshness: Duration,
+    /// How often the built-in forecasters are refitted on the history
+    /// (off the decision path).
+    #[serde(default = "default_forecast_refit", deserialize_with = "de_duration")]
+    pub forecast_refit: Duration,
     /// On SIGTERM/SIGINT: how long to finish in-flight work, publish
     /// pending commands and commit offsets before exiting anyway.
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
@@ -370,6 +374,7 @@ impl Default for EngineConfig {
             policy_instruction_budget: default_policy_budget(),
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
+            forecast_refit: default_forecast_refit(),
             drain_timeout: default_drain_timeout(),
             reissue_after: default_reissue_after(),
         }
@@ -450,9 +455,52 @@ pub struct TargetConfig {
     pub history_span: Duration,
     #[serde(default = "default_history_step", deserialize_with = "de_duration")]
     pub history_step: Duration,
+    /// The built-in forecaster's season: "auto" (one day or one week, by
+    /// autocorrelation), "none" (damped trend) or a duration.
+    #[serde(default = "default_season")]
+    pub forecast_season: String,
+    /// Scheduled min/max overrides (`[[targets.schedules]]`).
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::ScheduleConfig>,
 }
 
 impl TargetConfig {
+    /// A target with every optional key at its default.
+    pub fn new(name: &str, policy: PathBuf, provider: &str, min: u32, max: u32) -> Self {
+        Self {
+            name: name.into(),
+            policy,
+            provider: provider.into(),
+            min_replicas: min,
+            max_replicas: max,
+            initial_replicas: None,
+            windows: default_windows(),
+            cooldown_up: zero(),
+            cooldown_down: zero(),
+            stabilization_down: default_stabilization(),
+            max_step_up: 0,
+            max_step_down: 0,
+            tolerance: 0.0,
+            paused: false,
+            dry_run: false,
+            fallback_replicas: None,
+            params: serde_json::Map::new(),
+            history_span: default_history_span(),
+            history_step: default_history_step(),
+            forecast_season: default_season(),
+            schedules: Vec::new(),
+        }
+    }
+
+    /// The checked schedules (a bad one is a `config check` problem; here
+    /// it is left out).
+    pub fn parsed_schedules(&self) -> Vec<crate::schedule::Schedule> {
+        self.schedules
+            .iter()
+            .filter_map(|s| crate::schedule::Schedule::parse(s).ok())
+            .collect()
+    }
+
     pub fn initial(&self) -> u32 {
         self.initial_replicas.unwrap_or(self.min_replicas)
     }
@@ -481,6 +529,7 @@ impl TargetConfig {
             replicas: self.initial(),
             min: self.min_replicas,
             max: self.max_replicas,
+            schedule: None,
         }
     }
 
@@ -635,6 +684,12 @@ fn default_reload_interval() -> Duration {
 }
 fn default_forecast_freshness() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_forecast_refit() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_season() -> String {
+    "auto".into()
 }
 fn default_listen() -> String {
     "127.0.0.1:9898".into()
@@ -832,6 +887,14 @@ impl Config {
                     key("history_step"),
                     "must be above zero and at most history_span",
                 ));
+            }
+            if let Err(e) = crate::forecast::builtin::Season::parse(&t.forecast_season) {
+                out.push(problem(key("forecast_season"), e));
+            }
+            for (j, sc) in t.schedules.iter().enumerate() {
+                if let Err(e) = crate::schedule::Schedule::parse(sc) {
+                    out.push(problem(key(&format!("schedules[{j}]")), e));
+                }
             }
             if t.provider.is_empty() {
                 out.push(problem(key("provider"), "must not be empty"));

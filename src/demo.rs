@@ -242,6 +242,8 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
                 .unwrap_or_default(),
             history_span: Duration::from_secs(86_400),
             history_step: Duration::from_secs(60),
+            forecast_season: "auto".into(),
+            schedules: Vec::new(),
         }],
         ..Config::default()
     }

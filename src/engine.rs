@@ -14,11 +14,13 @@ use crate::clock::{Clock, Millis};
 use crate::command::{command_id, timestamps, ScaleCommand, ScaleResult, VERSION};
 use crate::config::{Config, EngineConfig, TargetConfig};
 use crate::event::{Limits, Reason, Rejection, Signal};
+use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig, Recommendation};
 use crate::policy::{
     run_examples, CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicySource, SignalView,
 };
+use crate::schedule::Schedule;
 use crate::telemetry::Metrics;
 use crate::window::{Metric, TargetWindows, WindowStats};
 
@@ -27,17 +29,58 @@ use crate::window::{Metric, TargetWindows, WindowStats};
 pub struct TargetData {
     pub windows: TargetWindows,
     pub forecasts: ForecastStore,
+    pub builtin: Builtin,
+    pub forecast: ForecastSettings,
     pub now_ms: Millis,
     pub freshness_ms: i64,
+}
+
+impl TargetData {
+    /// Data with no external forecasts and the built-in forecasters at
+    /// their defaults (season detected, refit every 6 h off the hot path).
+    pub fn new(windows: TargetWindows, now_ms: Millis, freshness_ms: i64) -> Self {
+        Self {
+            windows,
+            forecasts: ForecastStore::default(),
+            builtin: Builtin::default(),
+            forecast: ForecastSettings {
+                season: Season::Auto,
+                refit_ms: 6 * 3_600_000,
+                mode: RefitMode::Background,
+            },
+            now_ms,
+            freshness_ms,
+        }
+    }
+
+    /// Brings the built-in forecasters up to date with the history.
+    pub fn sync_forecasts(&mut self) {
+        for m in Metric::ALL {
+            self.builtin.sync(
+                m,
+                self.windows.metric(m).history(),
+                self.now_ms,
+                &self.forecast,
+            );
+        }
+    }
 }
 
 impl SignalView for TargetData {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
         self.windows.stats(metric, self.now_ms, span_ms)
     }
+    /// A fresh external forecast covering the time, else the built-in one.
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
+        let builtin = self.builtin.lookup(
+            metric,
+            self.windows.metric(metric).history(),
+            self.now_ms,
+            horizon_ms,
+        );
         self.forecasts
             .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
+            .or(builtin)
     }
 }
 
@@ -178,6 +221,7 @@ struct TargetRuntime {
     /// The partition its signals arrive on, and the assignment it was
     /// learned under (a new assignment starts the windows afresh).
     partition: Option<((String, i32), u64)>,
+    schedules: Vec<Schedule>,
 }
 
 pub struct Engine {
@@ -225,12 +269,14 @@ impl Engine {
         let mut targets = Vec::with_capacity(cfg.targets.len());
         let mut by_name = HashMap::new();
         for t in &cfg.targets {
-            let data = Arc::new(Mutex::new(TargetData {
-                windows: TargetWindows::new(&t.windows, t.history_span, t.history_step),
-                forecasts: ForecastStore::default(),
+            let mut d = TargetData::new(
+                TargetWindows::new(&t.windows, t.history_span, t.history_step),
                 now_ms,
-                freshness_ms: cfg.engine.forecast_freshness.as_millis() as i64,
-            }));
+                cfg.engine.forecast_freshness.as_millis() as i64,
+            );
+            d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
+            d.forecast.refit_ms = cfg.engine.forecast_refit.as_millis() as i64;
+            let data = Arc::new(Mutex::new(d));
             let policy = load_policy(t, &data, &cfg.engine)?;
             metrics
                 .target_observed_replicas
@@ -252,6 +298,7 @@ impl Engine {
                 last_decision: None,
                 unanswered: None,
                 partition: None,
+                schedules: t.parsed_schedules(),
             });
         }
         Ok(Self {
@@ -263,6 +310,17 @@ impl Engine {
             last_reload_check: now_ms,
             ownership: None,
         })
+    }
+
+    /// Where forecaster refits run: the simulator runs them inline.
+    pub fn set_refit_mode(&mut self, mode: RefitMode) {
+        for t in &self.targets {
+            t.data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forecast
+                .mode = mode;
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -593,13 +651,27 @@ impl Engine {
         let ttl_ms = self.cfg.command_ttl.as_millis() as i64;
         let t = &mut self.targets[idx];
         let name = t.cfg.name.as_str();
-        t.data.lock().unwrap_or_else(|p| p.into_inner()).now_ms = now_ms;
+        {
+            let mut d = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            d.now_ms = now_ms;
+            d.sync_forecasts();
+        }
+        // A schedule in force overrides the bounds (its min wins over the
+        // target's max, so a planned peak is never capped below itself).
+        let active = crate::schedule::active(&t.schedules, now_ms);
+        let mut guard_cfg = t.guard_cfg.clone();
+        if let Some(a) = &active {
+            guard_cfg.max = a.max.unwrap_or(guard_cfg.max);
+            guard_cfg.min = a.min.unwrap_or(guard_cfg.min);
+            guard_cfg.max = guard_cfg.max.max(guard_cfg.min);
+        }
         let input = CallInput {
             target: name,
             now_ms,
             replicas: t.current,
-            min: t.cfg.min_replicas,
-            max: t.cfg.max_replicas,
+            min: guard_cfg.min,
+            max: guard_cfg.max,
+            schedule: active.as_ref(),
         };
         let started = std::time::Instant::now();
         let proposal = t.policy.decide(&input);
@@ -619,7 +691,10 @@ impl Engine {
                 (Recommendation::Failed(e.to_string()), None)
             }
         };
-        let mut decision = t.guard.decide(&t.guard_cfg, now_ms, t.current, &rec);
+        let mut decision = t.guard.decide(&guard_cfg, now_ms, t.current, &rec);
+        if let Some(a) = &active {
+            decision.reason = format!("{}; schedule {}", decision.reason, a.name);
+        }
         if let Some(r) = policy_reason {
             decision.reason = format!("{r}; {}", decision.reason);
         }

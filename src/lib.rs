@@ -18,6 +18,7 @@ pub mod policy;
 pub mod provider;
 pub mod retry;
 pub mod run;
+pub mod schedule;
 pub mod simulate;
 pub mod source;
 pub mod telemetry;

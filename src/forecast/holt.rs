@@ -1,4 +1,4 @@
-//! Built-in forecasters (issue 6, in progress): additive Holt-Winters with
+//! Built-in forecasters: additive Holt-Winters with
 //! a damped trend, and damped Holt (no season) for series too short for
 //! one. Parameters are fitted on the history by a grid search of one-step
 //! errors; an update is O(1); prediction intervals come from the one-step
@@ -110,15 +110,18 @@ impl HoltWinters {
         }
     }
 
-    /// Takes the next observation.
+    /// Takes the next observation. A missing one (NaN) is replaced by the
+    /// model's own prediction, so the season stays aligned.
     pub fn update(&mut self, y: f64) {
-        if !y.is_finite() {
-            return;
-        }
         let predicted = self.level + self.phi * self.trend + self.seasonal(0);
-        let err = y - predicted;
-        self.n += 1;
-        self.mse += (err * err - self.mse) / self.n as f64;
+        let y = if y.is_finite() {
+            let err = y - predicted;
+            self.n += 1;
+            self.mse += (err * err - self.mse) / self.n as f64;
+            y
+        } else {
+            predicted
+        };
         let s = self.seasonal(0);
         let prev_level = self.level;
         self.level =

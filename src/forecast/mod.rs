@@ -1,6 +1,7 @@
 //! Forecasts for `ctx.forecast`: external forecast events stored per target
-//! and metric. The built-in forecasters plug in behind the same lookup.
+//! and metric, and the built-in forecasters behind the same lookup.
 
+pub mod builtin;
 pub mod holt;
 
 use crate::clock::Millis;

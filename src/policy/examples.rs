@@ -104,6 +104,7 @@ pub fn run_examples(
             replicas: num("replicas", 1.0) as u32,
             min: num("min", 1.0) as u32,
             max: num("max", 100.0) as u32,
+            schedule: None,
         };
         let setup = (|| -> mlua::Result<()> {
             let lua = p.lua();

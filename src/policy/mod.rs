@@ -113,6 +113,8 @@ pub struct CallInput<'a> {
     pub replicas: u32,
     pub min: u32,
     pub max: u32,
+    /// The schedule in force, for `ctx.schedule`.
+    pub schedule: Option<&'a crate::schedule::Active>,
 }
 
 /// A policy's source with its identity (`name@sha7`).
@@ -157,6 +159,8 @@ pub struct LuaPolicy {
     /// Any function of `ctx` with the per-call fields set.
     run_with: Function,
     target: String,
+    /// `ctx.schedule` is set (so it is cleared when none is active).
+    has_schedule: bool,
     used: Arc<AtomicU64>,
     limits: PolicyLimits,
     version: String,
@@ -232,6 +236,7 @@ impl LuaPolicy {
             run_decide,
             run_with,
             target: String::new(),
+            has_schedule: false,
             used,
             limits,
             version,
@@ -333,6 +338,23 @@ impl LuaPolicy {
         if self.target != input.target {
             self.ctx.raw_set("target", input.target)?;
             self.target = input.target.to_owned();
+        }
+        match input.schedule {
+            Some(a) => {
+                let t = self.lua.create_table()?;
+                t.raw_set("name", a.name.as_str())?;
+                t.raw_set("min", a.min)?;
+                t.raw_set("max", a.max)?;
+                t.raw_set("started", a.started_ms as f64 / 1000.0)?;
+                t.raw_set("ends", a.ends_ms as f64 / 1000.0)?;
+                self.ctx.raw_set("schedule", t)?;
+                self.has_schedule = true;
+            }
+            None if self.has_schedule => {
+                self.ctx.raw_set("schedule", Value::Nil)?;
+                self.has_schedule = false;
+            }
+            None => {}
         }
         Ok(())
     }

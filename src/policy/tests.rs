@@ -37,6 +37,7 @@ fn input() -> CallInput<'static> {
         replicas: 3,
         min: 1,
         max: 10,
+        schedule: None,
     }
 }
 

@@ -89,6 +89,28 @@ impl History {
         self.points.len()
     }
 
+    /// The step number (time / step) of the next point to close; points
+    /// before it are in [`History::since`].
+    pub fn next_step(&self) -> i64 {
+        self.first_step + self.points.len() as i64
+    }
+
+    /// Closed points from step number `step` on (older ones are gone), with
+    /// their step numbers.
+    pub fn since(&self, step: i64) -> impl Iterator<Item = (i64, f32)> + '_ {
+        let skip = (step - self.first_step).clamp(0, self.points.len() as i64) as usize;
+        self.points
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, v)| (self.first_step + i as i64, *v))
+    }
+
+    /// Whether counters: rates per second rather than means.
+    pub fn is_counter(&self) -> bool {
+        self.counter
+    }
+
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }

@@ -1,0 +1,306 @@
+//! The built-in forecaster of one target: a Holt-Winters model per metric
+//! that a policy asked about, fed one point per history step (O(1) each)
+//! and refitted every `refit` on a snapshot of the history. In `run` a
+//! refit runs on its own thread and the old model answers until the new
+//! one is ready (then it catches up on the points since its snapshot);
+//! the simulator refits inline, so its runs are reproducible.
+
+use std::cell::Cell;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::clock::Millis;
+use crate::forecast::holt::{detect_season, HoltWinters};
+use crate::forecast::ForecastValue;
+use crate::window::{History, Metric};
+
+/// How the season length is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Season {
+    /// Detected by autocorrelation among one day and one week.
+    #[default]
+    Auto,
+    /// No season: damped Holt.
+    None,
+    /// A fixed season length.
+    Fixed(Duration),
+}
+
+impl Season {
+    pub fn parse(s: &str) -> Result<Season, String> {
+        match s {
+            "auto" => Ok(Season::Auto),
+            "none" => Ok(Season::None),
+            other => humantime::parse_duration(other)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(Season::Fixed)
+                .ok_or_else(|| {
+                    format!(
+                        "season {other:?} is not \"auto\", \"none\" or a duration such as \"1d\""
+                    )
+                }),
+        }
+    }
+}
+
+/// Where refits run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefitMode {
+    /// On a thread of its own; decisions never wait for it.
+    Background,
+    /// In the caller (the simulator: reproducible).
+    Inline,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub season: Season,
+    pub refit_ms: i64,
+    pub mode: RefitMode,
+}
+
+/// The most recent points a fit looks at: four seasons, at least two days
+/// of steps (the grid search is linear in this).
+fn fit_span(season: usize, step_ms: i64) -> usize {
+    (4 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
+}
+
+#[derive(Debug)]
+struct Fitted {
+    model: Option<HoltWinters>,
+    next_step: i64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// A policy asked for this metric: keep a model for it.
+    wanted: Cell<bool>,
+    model: Option<HoltWinters>,
+    /// The history step the model takes next.
+    next_step: i64,
+    fitted_at: Option<Millis>,
+    fitted_len: usize,
+    pending: Option<mpsc::Receiver<Fitted>>,
+    last: f64,
+}
+
+/// One target's built-in forecasters, one slot per metric.
+#[derive(Debug, Default)]
+pub struct Builtin {
+    slots: [Slot; 4],
+}
+
+impl Builtin {
+    /// Brings the models of the metrics policies asked for up to date with
+    /// `history`, and starts (or, inline, runs) a refit when one is due.
+    pub fn sync(&mut self, metric: Metric, history: &History, now_ms: Millis, settings: &Settings) {
+        let slot = &mut self.slots[metric as usize];
+        if !slot.wanted.get() {
+            return;
+        }
+        if let Some(rx) = &slot.pending {
+            match rx.try_recv() {
+                Ok(f) => {
+                    slot.model = f.model;
+                    slot.next_step = f.next_step;
+                    slot.pending = None;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => slot.pending = None,
+            }
+        }
+        if let Some(m) = slot.model.as_mut() {
+            for (step, v) in history.since(slot.next_step) {
+                m.update(f64::from(v));
+                slot.next_step = step + 1;
+            }
+        }
+        let len = history.len();
+        let due = slot.pending.is_none()
+            && len >= 3
+            && match slot.fitted_at {
+                None => true,
+                Some(at) => {
+                    now_ms - at >= settings.refit_ms
+                        // early on, refit as the history doubles
+                        || (slot.model.as_ref().is_none_or(|m| m.season == 0)
+                            && len >= 2 * slot.fitted_len)
+                }
+            };
+        if !due {
+            return;
+        }
+        slot.fitted_at = Some(now_ms);
+        slot.fitted_len = len;
+        let step_ms = history.step_ms();
+        let mut last = slot.last;
+        let series: Vec<f64> = history
+            .since(i64::MIN)
+            .map(|(_, v)| {
+                // gaps: the last value seen (a fit needs every step)
+                if v.is_finite() {
+                    last = f64::from(v);
+                }
+                last
+            })
+            .collect();
+        slot.last = last;
+        let next_step = history.next_step();
+        let season = settings.season;
+        let job = move || fit(&series, season, step_ms, next_step);
+        match settings.mode {
+            RefitMode::Inline => {
+                let f = job();
+                slot.model = f.model;
+                slot.next_step = f.next_step;
+            }
+            RefitMode::Background => {
+                let (tx, rx) = mpsc::channel();
+                slot.pending = Some(rx);
+                let spawned = std::thread::Builder::new()
+                    .name("tidewatch-refit".into())
+                    .spawn(move || {
+                        let _ = tx.send(job());
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start a forecaster refit thread");
+                    slot.pending = None;
+                }
+            }
+        }
+    }
+
+    /// The built-in forecast at `now + horizon`, marking the metric wanted
+    /// (its model is built at the next sync).
+    pub fn lookup(
+        &self,
+        metric: Metric,
+        history: &History,
+        now_ms: Millis,
+        horizon_ms: i64,
+    ) -> Option<ForecastValue> {
+        let slot = &self.slots[metric as usize];
+        slot.wanted.set(true);
+        let m = slot.model.as_ref()?;
+        let step_ms = history.step_ms();
+        let at_step = (now_ms + horizon_ms.max(0)).div_euclid(step_ms);
+        let h = (at_step - (slot.next_step - 1)).max(1) as usize;
+        let p = m.forecast(h);
+        Some(ForecastValue {
+            value: p.value.max(0.0),
+            lower: p.lower.max(0.0),
+            upper: p.upper.max(0.0),
+            source: if m.season > 0 { "holt_winters" } else { "holt" }.into(),
+        })
+    }
+
+    /// Whether a policy asked for a forecast of `metric`.
+    pub fn wanted(&self, metric: Metric) -> bool {
+        self.slots[metric as usize].wanted.get()
+    }
+}
+
+/// Chooses the season and fits on the most recent points of `series`.
+fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
+    let steps = |d: Duration| (d.as_millis() as i64 / step_ms.max(1)) as usize;
+    let season = match season {
+        Season::None => 0,
+        Season::Fixed(d) => steps(d),
+        Season::Auto => {
+            let candidates: Vec<usize> = [86_400, 7 * 86_400]
+                .iter()
+                .map(|&s| steps(Duration::from_secs(s)))
+                .filter(|&c| c >= 2 && series.len() >= 2 * c)
+                .collect();
+            let tail = &series[series.len().saturating_sub(fit_span(0, step_ms) * 4)..];
+            detect_season(tail, &candidates, 0.3).unwrap_or(0)
+        }
+    };
+    let span = fit_span(season, step_ms).min(series.len());
+    let tail = &series[series.len() - span..];
+    Fitted {
+        model: HoltWinters::fit(tail, season),
+        next_step,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(mode: RefitMode) -> Settings {
+        Settings {
+            season: Season::Auto,
+            refit_ms: 6 * 3_600_000,
+            mode,
+        }
+    }
+
+    /// A daily sine of amplitude 50 around 100, one point a minute.
+    fn load(t_ms: i64) -> f64 {
+        100.0 + 50.0 * (2.0 * std::f64::consts::PI * t_ms as f64 / 86_400_000.0).sin()
+    }
+
+    #[test]
+    fn learns_a_daily_season_from_history_and_answers_ahead() {
+        let mut h = History::new(
+            Duration::from_secs(8 * 86_400),
+            Duration::from_secs(60),
+            false,
+        );
+        let mut b = Builtin::default();
+        let s = settings(RefitMode::Inline);
+        assert!(b.lookup(Metric::QueueDepth, &h, 0, 0).is_none());
+        assert!(b.wanted(Metric::QueueDepth));
+        let mut t = 0;
+        while t < 3 * 86_400_000 {
+            h.record(t, load(t));
+            b.sync(Metric::QueueDepth, &h, t, &s);
+            t += 60_000;
+        }
+        let f = b
+            .lookup(Metric::QueueDepth, &h, t, 3_600_000)
+            .expect("a model after three days");
+        assert_eq!(f.source, "holt_winters");
+        let truth = load(t + 3_600_000);
+        assert!((f.value - truth).abs() < 3.0, "{} vs {truth}", f.value);
+        assert!(f.lower <= f.value && f.value <= f.upper);
+        // metrics nobody asked about get no model
+        assert!(!b.wanted(Metric::LatencyMs));
+    }
+
+    #[test]
+    fn a_background_refit_does_not_block_and_lands_later() {
+        let mut h = History::new(Duration::from_secs(86_400), Duration::from_secs(60), false);
+        let mut b = Builtin::default();
+        let s = settings(RefitMode::Background);
+        b.lookup(Metric::QueueDepth, &h, 0, 0);
+        for i in 0..100 {
+            h.record(i * 60_000, 10.0 + i as f64);
+        }
+        b.sync(Metric::QueueDepth, &h, 100 * 60_000, &s);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = None;
+        while got.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            b.sync(Metric::QueueDepth, &h, 100 * 60_000, &s);
+            got = b.lookup(Metric::QueueDepth, &h, 100 * 60_000, 60_000);
+        }
+        let f = got.expect("the refit thread delivers a model");
+        assert_eq!(f.source, "holt");
+        // a rising line: the forecast continues it
+        assert!(f.value > 100.0, "{}", f.value);
+    }
+
+    #[test]
+    fn season_setting_parses() {
+        assert_eq!(Season::parse("auto"), Ok(Season::Auto));
+        assert_eq!(Season::parse("none"), Ok(Season::None));
+        assert_eq!(
+            Season::parse("1d"),
+            Ok(Season::Fixed(Duration::from_secs(86_400)))
+        );
+        assert!(Season::parse("daily").unwrap_err().contains("\"daily\""));
+    }
+}
