@@ -1,37 +1,55 @@
--- The Kubernetes HPA target-tracking rule for an average-value target:
--- desired = ceil(current * (metric / current) / target_per_replica), no
--- change while that ratio is within `tolerance` (10%) of 1.
--- params: target_per_replica, metric (default "queue_depth"), stat (a field
---         of the window: "mean", "last", "p95", "rate"...; default "mean"),
---         window (default "60s"), tolerance (default 0.1).
+-- The Kubernetes HPA (autoscaling/v2 with its default behaviour) on one
+-- metric: the reactive baseline.
+--   desired = ceil(value / target_per_replica), unchanged while
+--   value / (current * target_per_replica) is within `tolerance` of 1;
+--   evaluated every `period` seconds (the controller's 15 s sync);
+--   a scale-up adds at most max(100%, 4 pods) per period;
+--   scale-down stabilization (300 s) is the guard's `stabilization_down`.
+-- params: target_per_replica, or capacity * target_utilization (default
+--         0.8); metric (default "requests"), stat (default "rate" for the
+--         counters requests and errors, else "mean"), window ("60s"),
+--         tolerance (0.1), period (15).
 local P = {}
+
+local function target(p)
+  if p.target_per_replica then return p.target_per_replica end
+  if p.capacity then return p.capacity * (p.target_utilization or 0.8) end
+  error("set params.target_per_replica, or params.capacity (and target_utilization)")
+end
 
 function P.decide(ctx)
   local p = ctx.params
-  local metric = p.metric or "queue_depth"
+  local period = p.period or 15
+  local last = ctx.state.last
+  if last and ctx.now - last < period - 1e-6 then return nil end
+  ctx.state.last = ctx.now
+  local metric = p.metric or "requests"
+  local stat = p.stat or ((metric == "requests" or metric == "errors") and "rate" or "mean")
   local w = ctx.window(metric, p.window or "60s")
   if not w then return nil end
-  local value = w[p.stat or "mean"]
-  if value == nil then error("window of " .. metric .. " has no field " .. tostring(p.stat)) end
+  local value = w[stat]
+  if value == nil then error("window of " .. metric .. " has no field " .. tostring(stat)) end
   local current = ctx.replicas
   local per_replica = current > 0 and value / current or value
-  local want = tw.target_tracking(current, per_replica, p.target_per_replica, p.tolerance or 0.1)
+  local want = tw.target_tracking(current, per_replica, target(p), p.tolerance or 0.1)
+  want = math.min(want, tw.hpa_scale_up_limit(current))
   return { replicas = want,
-           reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, p.stat or "mean",
-             value, per_replica, p.target_per_replica) }
+           reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
+             value, per_replica, target(p)) }
 end
 
 P.examples = {
-  { name = "50% over target", replicas = 4, params = { target_per_replica = 100 },
+  { name = "50% over target", replicas = 4, params = { target_per_replica = 100, metric = "queue_depth" },
     windows = { queue_depth = { ["60s"] = { mean = 600 } } }, expect = 6 },
-  { name = "within the 10% tolerance", replicas = 4, params = { target_per_replica = 100 },
+  { name = "within the 10% tolerance", replicas = 4, params = { target_per_replica = 100, metric = "queue_depth" },
     windows = { queue_depth = { ["60s"] = { mean = 420 } } }, expect = 4 },
-  { name = "under target scales down", replicas = 8, params = { target_per_replica = 100 },
+  { name = "under target scales down", replicas = 8, params = { target_per_replica = 100, metric = "queue_depth" },
     windows = { queue_depth = { ["60s"] = { mean = 200 } } }, expect = 2 },
-  { name = "request rate target", replicas = 2,
-    params = { target_per_replica = 50, metric = "requests", stat = "rate", window = "30s" },
-    windows = { requests = { ["30s"] = { rate = 260 } } }, expect = 6 },
-  { name = "from zero with load", replicas = 0, params = { target_per_replica = 100 },
+  { name = "request rate against capacity at 80%", replicas = 2, params = { capacity = 50 },
+    windows = { requests = { ["60s"] = { rate = 130 } } }, expect = 4 },
+  { name = "scale-up limited to +100% or +4", replicas = 2, params = { target_per_replica = 10 },
+    windows = { requests = { ["60s"] = { rate = 500 } } }, expect = 6 },
+  { name = "from zero with load", replicas = 0, params = { target_per_replica = 100, metric = "queue_depth" },
     windows = { queue_depth = { ["60s"] = { mean = 5 } } }, expect = 1 },
 }
 

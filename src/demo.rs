@@ -56,6 +56,8 @@ pub struct DemoOptions {
     pub day: Duration,
     /// Virtual seconds between two status lines.
     pub print_every: Duration,
+    /// Where to plot load, needed and ready replicas (.png or .svg).
+    pub plot: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -66,6 +68,7 @@ impl Default for DemoOptions {
             max_speed: 200.0,
             day: Duration::from_secs(1200),
             print_every: Duration::from_secs(30),
+            plot: None,
         }
     }
 }
@@ -457,6 +460,10 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         ..DemoSummary::default()
     };
     let mut per_second: Vec<(f64, u32)> = Vec::new();
+    let mut series = crate::simulate::Series {
+        ready: vec![Vec::new()],
+        ..Default::default()
+    };
     let mut under = 0u64;
     let mut last_p95 = 0.0;
     let mut sends = Vec::new();
@@ -506,6 +513,10 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         }
         if i * step_ms % 1000 == 0 {
             per_second.push((load, desired));
+            series.ts.push(now);
+            series.load.push(load);
+            series.need.push((load / capacity).ceil() as u32);
+            series.ready[0].push(ready);
             if f64::from(ready) * capacity < load {
                 under += 1;
             }
@@ -550,6 +561,17 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
             + lost;
     summary.virtual_seconds = per_second.len() as u64;
     summary.under_provisioned_share = under as f64 / per_second.len().max(1) as f64;
+    if let Some(p) = &opts.plot {
+        let capacity = sim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .service
+            .capacity;
+        let names = ["queue_depth.lua".to_string()];
+        if let Some(note) = crate::simulate::plot::write(p, &series, &names, capacity)? {
+            writeln!(out, "{note}").map_err(io)?;
+        }
+    }
     let mut by_load = per_second.clone();
     by_load.sort_by(|a, b| a.0.total_cmp(&b.0));
     let fifth = (by_load.len() / 5).max(1);

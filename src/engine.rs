@@ -794,6 +794,47 @@ impl Engine {
             .collect()
     }
 
+    /// Records one value of `metric` for `target` at `ts`, as a message
+    /// would (the simulator feeds request counts this way). False for an
+    /// unknown target.
+    pub fn record(&mut self, target: &str, metric: Metric, ts: Millis, value: f64) -> bool {
+        let Some(&idx) = self.by_name.get(target) else {
+            return false;
+        };
+        let mut d = self.targets[idx]
+            .data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        d.windows.record(metric, ts, value);
+        true
+    }
+
+    /// What `ctx.forecast(metric, horizon)` of `target` answers at `now`.
+    pub fn forecast(
+        &self,
+        target: &str,
+        metric: Metric,
+        now_ms: Millis,
+        horizon_ms: i64,
+    ) -> Option<ForecastValue> {
+        let t = &self.targets[*self.by_name.get(target)?];
+        let mut d = t.data.lock().unwrap_or_else(|p| p.into_inner());
+        d.now_ms = now_ms;
+        d.forecast(metric, horizon_ms)
+    }
+
+    /// Whether a policy of `target` asked for a built-in forecast of `metric`.
+    pub fn forecast_wanted(&self, target: &str, metric: Metric) -> bool {
+        self.by_name.get(target).is_some_and(|&i| {
+            self.targets[i]
+                .data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .builtin
+                .wanted(metric)
+        })
+    }
+
     /// Window statistics of a target, for displays.
     pub fn window(
         &self,

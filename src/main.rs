@@ -61,7 +61,100 @@ enum Command {
         /// Virtual seconds between status lines.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         every: Duration,
+        /// Also write the demo's load and replicas as a plot (.png or .svg).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
+    /// Replay a load trace through policies against a capacity model, in
+    /// virtual time, and score them side by side.
+    Simulate(Box<SimulateArgs>),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// CSV `ts,value` (unix seconds or ms; a load level per second).
+    #[arg(long)]
+    trace: PathBuf,
+    /// A Lua policy; repeat to compare several in one run.
+    #[arg(long = "policy", required = true)]
+    policies: Vec<PathBuf>,
+    /// Load units one replica serves per second.
+    #[arg(long)]
+    capacity: f64,
+    /// Seconds until a new replica is ready.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    startup: Duration,
+    /// Span replayed before scoring starts.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Span scored after the warm-up (default: the rest of the trace).
+    #[arg(long, value_parser = parse_duration)]
+    span: Option<Duration>,
+    #[arg(long, default_value_t = 1)]
+    min: u32,
+    #[arg(long, default_value_t = 1000)]
+    max: u32,
+    /// Simulation step: the engine ticks once per step.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    step: Duration,
+    /// Queueing delay above this counts against the SLO.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    slo: Duration,
+    /// The guard's scale-down stabilization, for every policy.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    stabilization: Duration,
+    /// How often the built-in forecasters are refitted.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    refit: Duration,
+    /// A policy parameter for every policy, KEY=VALUE (VALUE as JSON, else a string).
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write a plot here (.png or .svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn simulate(a: &SimulateArgs) -> ExitCode {
+    let mut o = tidewatch::simulate::Options::new(a.trace.clone(), a.policies.clone(), a.capacity);
+    o.startup = a.startup;
+    o.warmup = a.warmup;
+    o.span = a.span;
+    o.min = a.min;
+    o.max = a.max;
+    o.step = a.step;
+    o.slo = a.slo;
+    o.stabilization = a.stabilization;
+    o.refit = a.refit;
+    for kv in &a.params {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("--param {kv:?}: give KEY=VALUE");
+            return ExitCode::from(EX_USAGE);
+        };
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        o.params.insert(k.into(), v);
+    }
+    let out = tidewatch::simulate::Output {
+        report: a.report.clone(),
+        plot: a.plot.clone(),
+        progress: !a.quiet,
+    };
+    match tidewatch::simulate::main(&o, &out, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(tidewatch::simulate::Failure::Usage(e)) => {
+            eprintln!("simulate: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(tidewatch::simulate::Failure::Other(e)) => {
+            eprintln!("simulate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -225,6 +318,8 @@ fn main() -> ExitCode {
     // (RUST_LOG=info shows every decision and command).
     let default_level = match cli.command {
         Command::Demo { .. } => "warn,tidewatch::kafka=error",
+        // a simulation decides thousands of times a second: the table is the output
+        Command::Simulate(_) => "warn",
         _ => "info",
     };
     tidewatch::telemetry::init_logging(cli.log_format == "json", default_level);
@@ -237,10 +332,12 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyAction::Check { files },
         } => policy_check(&files),
+        Command::Simulate(a) => simulate(&a),
         Command::Demo {
             speed,
             duration,
             every,
+            plot,
         } => {
             if !(speed > 0.0 && speed <= 200.0) {
                 eprintln!(
@@ -253,6 +350,7 @@ fn main() -> ExitCode {
                 speed,
                 duration,
                 print_every: every,
+                plot,
                 ..Default::default()
             };
             match tidewatch::demo::run(&opts, &mut std::io::stdout()) {

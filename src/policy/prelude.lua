@@ -37,6 +37,12 @@ function tw.target_tracking(current, metric, target, tolerance)
   return math.ceil(current * ratio)
 end
 
+-- The HPA's default scale-up limit per period: the larger of doubling and
+-- four more.
+function tw.hpa_scale_up_limit(current)
+  return math.max(2 * current, current + 4)
+end
+
 function tw.ceil_div(a, b)
   if b <= 0 then error("tw.ceil_div: divisor must be positive, got " .. tostring(b), 2) end
   return math.ceil(a / b)

@@ -98,7 +98,9 @@ impl History {
     /// Closed points from step number `step` on (older ones are gone), with
     /// their step numbers.
     pub fn since(&self, step: i64) -> impl Iterator<Item = (i64, f32)> + '_ {
-        let skip = (step - self.first_step).clamp(0, self.points.len() as i64) as usize;
+        let skip = step
+            .saturating_sub(self.first_step)
+            .clamp(0, self.points.len() as i64) as usize;
         self.points
             .iter()
             .enumerate()

@@ -423,6 +423,13 @@ impl TargetWindows {
         Ok(())
     }
 
+    /// Records one value of `metric` at `ts` directly (a count, for
+    /// counters): what a message would record, for the simulator, which
+    /// has request counts, not per-request samples.
+    pub fn record(&mut self, metric: Metric, ts: Millis, value: f64) {
+        self.metric_mut(metric).record(ts, &[value]);
+    }
+
     pub fn apply_latency(&mut self, l: &GatewayLatency) {
         self.metric_mut(Metric::LatencyMs)
             .record(l.ts_ms, &l.samples_ms);

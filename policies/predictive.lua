@@ -1,0 +1,87 @@
+-- tidewatch's predictive policy: plan for the load when a replica started
+-- now would be ready, with headroom from the forecast's interval, and never
+-- below what the load needs now.
+--
+--   now     = the metric's rate over `window`;
+--   ahead h = now + (forecast(h) - forecast(0))   the forecast's change,
+--             anchored on the measured present (the forecaster sees whole
+--             history steps only, so its level lags by up to a step);
+--   plan    = max(now, ahead(h) + headroom * (upper(h) - value(h)))
+--             over h in lead/2, lead, lead + period, lead = startup + period;
+--   want    = ceil(plan / target_per_replica).
+-- Scale-down needs the forecast out to `down_horizon` to agree (no
+-- scale-down just before a predicted rise) and a drop of more than
+-- `down_tolerance`; the guard's stabilization applies on top. Without a
+-- forecast (no history yet) it is a reactive target tracker.
+-- params: target_per_replica, or capacity * target_utilization (default
+--         1.0: the headroom comes from the forecast interval); startup
+--         (seconds, default 60); metric ("requests"), window ("60s"),
+--         period (15), headroom (0.6 of the 90% half-interval),
+--         down_horizon (1800), down_tolerance (0.3).
+local P = {}
+
+local function target(p)
+  if p.target_per_replica then return p.target_per_replica end
+  if p.capacity then return p.capacity * (p.target_utilization or 1.0) end
+  error("set params.target_per_replica, or params.capacity (and target_utilization)")
+end
+
+function P.decide(ctx)
+  local p = ctx.params
+  local metric = p.metric or "requests"
+  local t = target(p)
+  local w = ctx.window(metric, p.window or "60s")
+  if not w then return nil end
+  local stat = (metric == "requests" or metric == "errors") and "rate" or "mean"
+  local now = w[stat]
+  local period = p.period or 15
+  local lead = (p.startup or 60) + period
+  local base = ctx.forecast(metric, 0)
+  local src = base and base.source or "none"
+  local function ahead(h, band)
+    local f = ctx.forecast(metric, h)
+    return now + (f.value - base.value) + band * (f.upper - f.value)
+  end
+  local plan = now
+  if base then
+    for _, h in ipairs({ lead / 2, lead, lead + period }) do
+      plan = math.max(plan, ahead(h, p.headroom or 0.6))
+    end
+  end
+  local want = math.ceil(plan / t)
+  local current = ctx.replicas
+  if want < current then
+    if base then
+      for _, h in ipairs({ 2 * lead, 3 * lead, p.down_horizon or 1800 }) do
+        want = math.max(want, math.ceil(ahead(h, 0) / t))
+      end
+    end
+    if want > current * (1 - (p.down_tolerance or 0.3)) then want = current end
+  end
+  return { replicas = want,
+           reason = string.format("%s %.1f now, plan %.1f (%s), target %.1f per replica",
+             metric, now, plan, src, t) }
+end
+
+P.examples = {
+  { name = "a forecast rise is provisioned before it arrives", replicas = 4,
+    params = { target_per_replica = 100, startup = 105 },
+    windows = { requests = { ["60s"] = { rate = 400 } } },
+    forecast = { requests = { [0] = { value = 400, upper = 400 }, [60] = { value = 500, upper = 550 },
+                              [120] = { value = 700, upper = 800 }, [135] = { value = 700, upper = 800 } } },
+    expect = 8 },
+  { name = "no forecast yet: reactive", replicas = 2, params = { target_per_replica = 100 },
+    windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
+  { name = "no scale-down ahead of a predicted rise", replicas = 8,
+    params = { target_per_replica = 100, startup = 45, down_horizon = 600 },
+    windows = { requests = { ["60s"] = { rate = 300 } } },
+    forecast = { requests = { [0] = { value = 300, upper = 300 }, [30] = { value = 300, upper = 300 },
+                              [60] = { value = 300, upper = 300 }, [75] = { value = 300, upper = 300 },
+                              [120] = { value = 300, upper = 300 }, [180] = { value = 300, upper = 300 },
+                              [600] = { value = 800, upper = 900 } } },
+    expect = 8 },
+  { name = "a small drop is held", replicas = 10, params = { target_per_replica = 100 },
+    windows = { requests = { ["60s"] = { rate = 800 } } }, expect = 10 },
+}
+
+return P

@@ -1,0 +1,187 @@
+//! The simulation plot (PNG or SVG, by the file's extension): the load in
+//! replicas (load / capacity), the replicas needed, and each policy's
+//! ready replicas over the scored span, in hours. Long runs are bucketed
+//! to at most `MAX_POINTS` points: the most needed and the fewest ready in
+//! each bucket, so a short shortfall stays visible.
+//!
+//! Text needs a TrueType font: `TIDEWATCH_FONT`, or DejaVu Sans or
+//! Liberation Sans where Debian, Fedora and Arch put them. Without one the
+//! plot is drawn without text (and `plot` says so).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::Series;
+
+const MAX_POINTS: usize = 1500;
+
+fn font() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let mut candidates: Vec<String> = std::env::var("TIDEWATCH_FONT").into_iter().collect();
+        candidates.extend(
+            [
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+                "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            ]
+            .map(String::from),
+        );
+        candidates.iter().any(|p| {
+            std::fs::read(p).ok().is_some_and(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
+        })
+    })
+}
+
+/// Writes the plot; returns a note when it had to leave out the text.
+pub fn write(
+    path: &Path,
+    series: &Series,
+    names: &[String],
+    capacity: f64,
+) -> Result<Option<String>, String> {
+    if series.ts.is_empty() {
+        return Err("nothing was scored, so there is nothing to plot".into());
+    }
+    let text = font();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let size = (1400, 700);
+    let err = |e: String| format!("plot {}: {e}", path.display());
+    match ext.as_str() {
+        "png" => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw(&root, series, names, capacity, text).map_err(err)?;
+            root.present().map_err(|e| err(e.to_string()))?;
+        }
+        "svg" => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw(&root, series, names, capacity, text).map_err(err)?;
+            root.present().map_err(|e| err(e.to_string()))?;
+        }
+        other => {
+            return Err(format!(
+                "plot {}: extension {other:?} is not png or svg",
+                path.display()
+            ))
+        }
+    }
+    Ok((!text).then(|| {
+        "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text".into()
+    }))
+}
+
+/// Bucket `i` of `n` over `len` points.
+fn bucket(i: usize, n: usize, len: usize) -> std::ops::Range<usize> {
+    (i * len / n)..((i + 1) * len / n).max(i * len / n + 1).min(len)
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    s: &Series,
+    names: &[String],
+    capacity: f64,
+    text: bool,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let len = s.ts.len();
+    let n = len.min(MAX_POINTS);
+    let t0 = s.ts[0];
+    let hours = |i: usize| (s.ts[i] - t0) as f64 / 3_600_000.0;
+    let xmax = hours(len - 1).max(1e-3);
+    let pick = |f: &dyn Fn(std::ops::Range<usize>) -> f64| -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|b| {
+                let r = bucket(b, n, len);
+                (hours(r.start), f(r))
+            })
+            .collect()
+    };
+    let load = pick(&|r| s.load[r].iter().fold(0.0_f64, |m, v| m.max(*v / capacity)));
+    let need = pick(&|r| s.need[r].iter().copied().max().unwrap_or(0) as f64);
+    let ready: Vec<Vec<(f64, f64)>> = s
+        .ready
+        .iter()
+        .map(|rs| pick(&|r| rs[r].iter().copied().min().unwrap_or(0) as f64))
+        .collect();
+    let ymax = need
+        .iter()
+        .chain(load.iter())
+        .chain(ready.iter().flatten())
+        .fold(1.0_f64, |m, p| m.max(p.1))
+        * 1.08;
+    let mut b = ChartBuilder::on(root);
+    b.margin(12);
+    if text {
+        b.caption(
+            "load, needed and ready replicas",
+            ("sans-serif", 22).into_font(),
+        )
+        .x_label_area_size(40)
+        .y_label_area_size(56);
+    }
+    let mut chart = b.build_cartesian_2d(0.0..xmax, 0.0..ymax).map_err(e)?;
+    if text {
+        chart
+            .configure_mesh()
+            .x_desc("hours into the scored span")
+            .y_desc("replicas")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+    } else {
+        chart
+            .configure_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(e)?;
+    }
+    let gray = RGBColor(170, 170, 170);
+    chart
+        .draw_series(LineSeries::new(load, gray.stroke_width(1)))
+        .map_err(e)?
+        .label("load / capacity")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], gray));
+    chart
+        .draw_series(LineSeries::new(need, BLACK.stroke_width(2)))
+        .map_err(e)?
+        .label("needed")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+    for (k, pts) in ready.into_iter().enumerate() {
+        let c = Palette99::pick(k).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(e)?
+            .label(format!(
+                "{} ready",
+                names.get(k).map_or("?", |s| s.as_str())
+            ))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(e)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+use super::*;
+
+const T0: i64 = 1_700_000_040; // a whole minute, in seconds
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Exactly the replicas the last step's requests need.
+const FOLLOW: &str = r#"
+local P = {}
+function P.decide(ctx)
+  local w = ctx.window("requests", "60s")
+  if not w then return nil end
+  return { replicas = math.ceil(w.last / (ctx.params.step * ctx.params.capacity)) }
+end
+return P
+"#;
+
+fn trace(values: &[f64]) -> Trace {
+    let text: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{},{v}\n", T0 + 60 * i as i64))
+        .collect();
+    trace::parse(&format!("ts,value\n{text}")).unwrap()
+}
+
+fn small_case(dir: &tempfile::TempDir) -> Options {
+    let policy = write(dir, "follow.lua", FOLLOW);
+    let mut o = Options::new(dir.path().join("t.csv"), vec![policy], 10.0);
+    o.step = Duration::from_secs(60);
+    o.startup = Duration::from_secs(60);
+    o.stabilization = Duration::ZERO;
+    o.slo = Duration::from_secs(30);
+    o.max = 10;
+    o
+}
+
+/// Worked by hand (capacity 10/s, 60 s steps, start-up 60 s):
+///
+/// | step | load | need | ready | backlog after | delay | replicas | decision |
+/// |------|------|------|-------|---------------|-------|----------|----------|
+/// | 0    | 10   | 1    | 1     | 0             | 0     | 1        | hold     |
+/// | 1    | 30   | 3    | 1     | 1200          | 120 s | 1        | up to 3  |
+/// | 2    | 30   | 3    | 3     | 1200          | 40 s  | 3        | hold     |
+/// | 3    | 10   | 1    | 3     | 0             | 0     | 3        | down to 1|
+/// | 4    | 10   | 1    | 1     | 0             | 0     | 1        | hold     |
+/// | 5    | 10   | 1    | 1     | 0             | 0     | 1        | hold     |
+///
+/// under 1/6, depth (2/3)/6, over 1/6, SLO 2/6; replica-minutes
+/// 1+1+3+3+1+1 = 10 and ideal 1+3+3+1+1+1 = 10; two actions and one
+/// reversal in 0.1 h.
+#[test]
+fn figures_match_a_hand_computed_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_case(&dir);
+    let (r, series) = run(&o, &trace(&[10.0, 30.0, 30.0, 10.0, 10.0, 10.0]), |_, _| {}).unwrap();
+    assert_eq!(r.scored_steps, 6);
+    let p = &r.policies[0];
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(p.under_provisioned_share, 1.0 / 6.0), "{p:?}");
+    assert!(close(p.under_provisioned_depth, 2.0 / 3.0 / 6.0), "{p:?}");
+    assert!(close(p.over_provisioned_share, 1.0 / 6.0), "{p:?}");
+    assert!(close(p.slo_violation_share, 2.0 / 6.0), "{p:?}");
+    assert!(close(p.replica_hours, 10.0 / 60.0), "{p:?}");
+    assert!(close(p.ideal_replica_hours, 10.0 / 60.0), "{p:?}");
+    assert!(close(p.cost_ratio, 1.0), "{p:?}");
+    assert!(close(p.actions_per_hour, 20.0), "{p:?}");
+    assert!(close(p.reversals_per_hour, 10.0), "{p:?}");
+    assert_eq!(p.mase, None, "the policy does not forecast");
+    assert_eq!(p.policy_errors, 0);
+    assert_eq!(series.ready[0], vec![1, 1, 3, 3, 1, 1]);
+    assert_eq!(series.need, vec![1, 3, 3, 1, 1, 1]);
+}
+
+#[test]
+fn warmup_is_replayed_but_not_scored_and_policies_run_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = small_case(&dir);
+    // a second policy that never moves: 1 replica throughout
+    o.policies.push(write(
+        &dir,
+        "still.lua",
+        "return { decide = function(ctx) return nil end }",
+    ));
+    o.warmup = Duration::from_secs(120);
+    let (r, _) = run(&o, &trace(&[10.0, 30.0, 30.0, 10.0, 10.0, 10.0]), |_, _| {}).unwrap();
+    assert_eq!(r.scored_steps, 4);
+    let (follow, still) = (&r.policies[0], &r.policies[1]);
+    // steps 2..5: follow is over-provisioned once and never short
+    assert_eq!(follow.under_provisioned_share, 0.0);
+    assert_eq!(follow.over_provisioned_share, 0.25);
+    // still: short at step 2 (1 of 3), with the backlog of step 1 behind it
+    assert_eq!(still.under_provisioned_share, 0.25);
+    assert!((still.under_provisioned_depth - 2.0 / 3.0 / 4.0).abs() < 1e-9);
+    assert_eq!(still.actions_per_hour, 0.0);
+    assert!(still.slo_violation_share > follow.slo_violation_share);
+}
+
+#[test]
+fn a_forecasting_policy_gets_a_mase() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        &dir,
+        "ahead.lua",
+        r#"return { decide = function(ctx)
+             local f = ctx.forecast("requests", ctx.params.startup)
+             if not f then return nil end
+             return { replicas = math.ceil(f.value / ctx.params.capacity) }
+           end }"#,
+    );
+    let mut o = Options::new(dir.path().join("t.csv"), vec![policy], 10.0);
+    o.step = Duration::from_secs(60);
+    o.warmup = Duration::from_secs(3600);
+    // a steady ramp: the damped trend forecasts it better than "same as now"
+    let values: Vec<f64> = (0..240).map(|i| 100.0 + i as f64).collect();
+    let (r, _) = run(&o, &trace(&values), |_, _| {}).unwrap();
+    let m = r.policies[0].mase.expect("forecasts were scored");
+    assert!(m < 0.5, "MASE {m}");
+}
+
+#[test]
+fn bad_options_and_policies_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = small_case(&dir);
+    let t = trace(&[1.0, 2.0, 3.0]);
+    o.capacity = 0.0;
+    assert!(run(&o, &t, |_, _| {}).unwrap_err().contains("capacity 0"));
+    o.capacity = 10.0;
+    o.warmup = Duration::from_secs(3600);
+    let e = run(&o, &t, |_, _| {}).unwrap_err();
+    assert!(e.contains("warm-up (1h)"), "{e}");
+    o.warmup = Duration::ZERO;
+    o.policies = vec![write(&dir, "broken.lua", "return {")];
+    let e = run(&o, &t, |_, _| {}).unwrap_err();
+    assert!(e.contains("broken.lua"), "{e}");
+}
+
+#[test]
+fn plots_png_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_case(&dir);
+    let (_, series) = run(&o, &trace(&[10.0, 30.0, 30.0, 10.0, 10.0, 10.0]), |_, _| {}).unwrap();
+    let names = vec!["follow".to_string()];
+    let png = dir.path().join("p.png");
+    plot::write(&png, &series, &names, 10.0).unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = dir.path().join("p.svg");
+    plot::write(&svg, &series, &names, 10.0).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("<svg") && text.contains("<polyline"),
+        "{text:.200}"
+    );
+    let e = plot::write(&dir.path().join("p.gif"), &series, &names, 10.0).unwrap_err();
+    assert!(e.contains("\"gif\""), "{e}");
+}
