@@ -676,8 +676,11 @@ fn decode_latency(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejectio
     }))
 }
 
-/// Forecast points may lie in the future by any amount; `issued_at` must be
-/// recent like any event time.
+/// The largest forecast value accepted.
+pub const MAX_FORECAST_VALUE: f64 = 1e12;
+
+/// Forecast points may lie in the future by any amount, not before
+/// `issued_at`; `issued_at` must be recent like any event time.
 fn decode_forecast(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {
     let target = check_target(obj.str_req("target")?)?;
     let metric = obj.str_req("metric")?;
@@ -740,6 +743,41 @@ fn decode_forecast(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejecti
                     format!("{} is {l}, above {} {u}", at("lower"), at("upper")),
                 ));
             }
+        }
+        // Every metric is a non-negative level or rate; beyond 1e12 it is
+        // a unit mistake, not a forecast.
+        for (k, v) in [("value", Some(value)), ("lower", lower), ("upper", upper)] {
+            if let Some(v) = v {
+                if v < 0.0 {
+                    return Err(Rejection::new(
+                        Reason::Negative,
+                        format!("{} is {v}: forecasts are of non-negative metrics", at(k)),
+                    ));
+                }
+                if v > MAX_FORECAST_VALUE {
+                    return Err(Rejection::new(
+                        Reason::Absurd,
+                        format!("{} is {v}, above {MAX_FORECAST_VALUE:e}", at(k)),
+                    ));
+                }
+            }
+        }
+        if lower.is_some_and(|l| l > value) || upper.is_some_and(|u| u < value) {
+            return Err(Rejection::new(
+                Reason::InvalidForecast,
+                format!("{} {value} is outside its interval", at("value")),
+            ));
+        }
+        // A forecast is about the future of its issue: a point before
+        // `issued_at` (beyond the clock skew allowed) is a mistake.
+        if ts_ms < issued_at_ms - limits.max_clock_skew_ms {
+            return Err(Rejection::new(
+                Reason::InvalidForecast,
+                format!(
+                    "{} is before issued_at: points must not be in the past",
+                    at("ts")
+                ),
+            ));
         }
         if let Some(prev) = points.last().map(|p: &ForecastPoint| p.ts_ms) {
             if ts_ms <= prev {
@@ -984,6 +1022,52 @@ mod tests {
         ];
         for (json, want) in cases {
             assert_eq!(reason(json), *want, "{json}");
+        }
+        // forecasts: past points, absurd and negative values, a value
+        // outside its own interval, unsorted points
+        let fc = |points: &str| {
+            format!(
+                r#"{{"type":"forecast","target":"a","metric":"queue_depth","issued_at":{NOW},"points":{points}}}"#
+            )
+        };
+        let later = NOW + 60_000;
+        for (points, want, detail) in [
+            (
+                format!(r#"[{{"ts":{},"value":1}}]"#, NOW - 3_600_000),
+                Reason::InvalidForecast,
+                "points[0].ts is before issued_at",
+            ),
+            (
+                format!(r#"[{{"ts":{later},"value":1e15}}]"#),
+                Reason::Absurd,
+                "points[0].value is 1000000000000000",
+            ),
+            (
+                format!(r#"[{{"ts":{later},"value":5,"lower":-1}}]"#),
+                Reason::Negative,
+                "points[0].lower is -1",
+            ),
+            (
+                format!(r#"[{{"ts":{later},"value":5,"upper":4}}]"#),
+                Reason::InvalidForecast,
+                "points[0].value 5 is outside its interval",
+            ),
+            (
+                format!(
+                    r#"[{{"ts":{later},"value":5}},{{"ts":{},"value":5}}]"#,
+                    later - 1
+                ),
+                Reason::InvalidForecast,
+                "points[1].ts is not after the previous point",
+            ),
+        ] {
+            let r = decode(fc(&points).as_bytes(), NOW, &Limits::default())
+                .into_iter()
+                .next()
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(r.reason, want, "{points}");
+            assert!(r.detail.contains(detail), "{}: {}", points, r.detail);
         }
         let far = format!(
             r#"{{"type":"queue_depth","target":"a","depth":1,"ts":{}}}"#,

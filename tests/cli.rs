@@ -77,10 +77,12 @@ fn bundled_policies_pass_their_examples() {
         "policies/queue_depth.lua",
         "policies/latency_slo.lua",
         "policies/hpa.lua",
+        "policies/holt_winters.lua",
+        "policies/predictive.lua",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("FAIL"));
-    assert!(out.matches(": ok ").count() >= 15, "{out}");
+    assert!(out.matches(": ok ").count() >= 22, "{out}");
 }
 
 #[test]
@@ -133,6 +135,8 @@ fn json_logs_with_the_flag() {
 
 #[test]
 fn demo_runs_and_summarizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("demo.svg");
     let (code, out, err) = tidewatch(&[
         "demo",
         "--speed",
@@ -141,12 +145,103 @@ fn demo_runs_and_summarizes() {
         "5m",
         "--every",
         "60s",
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<polyline"), "{svg:.300}");
     assert!(out.contains("summary: 300 virtual s"), "{out}");
     assert!(out.contains("commands applied by the worker"), "{out}");
     let (code, _, err) = tidewatch(&["demo", "--speed", "0"]);
     assert_eq!(code, 64);
     assert!(err.contains("--speed 0"), "{err}");
     assert!(Path::new(env!("CARGO_BIN_EXE_tidewatch")).exists());
+}
+
+/// Five days, one point a minute: 60 units, and every day from 09:00 a
+/// climb to 400 within five minutes, for three hours.
+fn daily_burst_trace(path: &Path) {
+    let mut text = String::from("ts,value\n");
+    let t0: i64 = 1_700_006_400; // a midnight UTC
+    for i in 0..5 * 1440 {
+        let minute = i % 1440;
+        let v = match minute {
+            540..=544 => 60.0 + 68.0 * (minute - 539) as f64,
+            545..=719 => 400.0,
+            _ => 60.0,
+        };
+        text.push_str(&format!("{},{v}\n", t0 + 60 * i));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn simulate_scores_policies_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daily.csv");
+    daily_burst_trace(&trace);
+    let report = dir.path().join("r.json");
+    let plot = dir.path().join("p.png");
+    let (code, out, err) = tidewatch(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--policy",
+        "policies/predictive.lua",
+        "--capacity",
+        "20",
+        "--warmup",
+        "3d",
+        "--step",
+        "60s",
+        "--report",
+        report.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("hpa.lua") && out.contains("predictive.lua"),
+        "{out}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["scored_steps"], 2880);
+    let p = r["policies"].as_array().unwrap();
+    let under = |i: usize| p[i]["under_provisioned_share"].as_f64().unwrap();
+    assert!(p[0]["mase"].is_null(), "hpa.lua does not forecast");
+    assert!(p[1]["mase"].as_f64().is_some(), "predictive.lua does");
+    // the daily climb is learned: the predictive policy is ready for it
+    assert!(under(0) > 0.0, "{r}");
+    assert!(under(1) < under(0) / 2.0, "{r}");
+    assert_eq!(&std::fs::read(&plot).unwrap()[..4], b"\x89PNG");
+}
+
+#[test]
+fn simulate_rejects_bad_input_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("bad.csv");
+    std::fs::write(&trace, "ts,value\n1700000000,5\n1700000060,lots\n").unwrap();
+    let args = |t: &str, cap: &str| {
+        tidewatch(&[
+            "simulate",
+            "--trace",
+            t,
+            "--policy",
+            "policies/hpa.lua",
+            "--capacity",
+            cap,
+        ])
+    };
+    let (code, _, err) = args(trace.to_str().unwrap(), "10");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("line 3") && err.contains("lots"), "{err}");
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, "ts,value\n1700000000,5\n1700000060,6\n").unwrap();
+    let (code, _, err) = args(good.to_str().unwrap(), "0");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("capacity 0"), "{err}");
 }

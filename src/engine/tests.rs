@@ -470,3 +470,113 @@ async fn drive_ticks_and_reacts_to_events() {
     let engine = task.await.unwrap();
     assert_eq!(engine.status()[0].replicas, 10);
 }
+
+#[test]
+fn builtin_forecasts_answer_when_no_external_one_is_fresh() {
+    let policy = r#"return { decide = function(ctx)
+        local f = ctx.forecast("queue_depth", 600)
+        if not f then return { replicas = 1, reason = "none" } end
+        return { replicas = math.ceil(f.value / 100), reason = f.source } end }"#;
+    let mut s = setup(policy, "", "");
+    s.engine.set_refit_mode(RefitMode::Inline);
+    let source = |e: &mut Engine, now: Millis| {
+        let c = e.evaluate(0, now);
+        let d = e.status()[0].last_decision.clone().unwrap();
+        (c.map(|c| c.desired_replicas), d.reason)
+    };
+    // the first call asks; the model is built at the next evaluation
+    assert!(source(&mut s.engine, T0).1.starts_with("none"));
+    // three hours of a rising depth, one report a minute
+    let mut now = T0;
+    for i in 0..180 {
+        now = T0 + i * 60_000;
+        let m = format!(
+            r#"{{"type":"queue_depth","target":"web","queue":"q","depth":{},"ts":{now}}}"#,
+            1000 + 10 * i
+        );
+        s.engine.ingest("t", m.as_bytes(), now);
+        s.engine.evaluate(0, now);
+    }
+    let (n, reason) = source(&mut s.engine, now);
+    assert!(reason.starts_with("holt"), "{reason}");
+    // the depth is 2790 and rising 10 a minute: about 2890 in 10 minutes
+    let n = n.unwrap_or(s.engine.status()[0].replicas);
+    assert!((28..=30).contains(&n), "{n}");
+    // a fresh external forecast covering now + 600 s wins
+    let fc = format!(
+        r#"{{"type":"forecast","target":"web","metric":"queue_depth","source":"prophet","issued_at":{now},
+            "points":[{{"ts":{},"value":5000}}]}}"#,
+        now + 600_000
+    );
+    assert_eq!(s.engine.ingest("t", fc.as_bytes(), now).applied, 1);
+    let (n, reason) = source(&mut s.engine, now);
+    assert_eq!(n, Some(50));
+    assert!(reason.starts_with("prophet"), "{reason}");
+    // once it is older than forecast_freshness (1h), the built-in one again
+    let later = now + 3_700_000;
+    assert!(source(&mut s.engine, later).1.starts_with("holt"));
+}
+
+#[test]
+fn a_schedule_bounds_the_guard_and_shows_in_ctx() {
+    let policy = r#"return { decide = function(ctx)
+        return { replicas = 3, reason = ctx.schedule and (ctx.schedule.name .. " min " .. ctx.schedule.min) or "none" }
+      end }"#;
+    // T0 is 16:00:00 UTC: the schedule runs from 16:00 to 16:30
+    let extra = r#"
+[[targets.schedules]]
+name = "peak"
+cron = "0 16 * * *"
+timezone = "UTC"
+duration = "30m"
+min_replicas = 10
+"#;
+    let mut s = setup(policy, extra, "");
+    let c = s.engine.evaluate(0, T0 + 60_000).unwrap();
+    assert_eq!(
+        c.desired_replicas, 10,
+        "the schedule's min wins over the policy's 3"
+    );
+    assert!(c.reason.contains("peak min 10"), "{}", c.reason);
+    assert!(c.reason.contains("schedule peak"), "{}", c.reason);
+    let c = s.engine.evaluate(0, T0 + 40 * 60_000).unwrap();
+    assert_eq!(
+        c.desired_replicas, 3,
+        "after 16:30 the policy decides again"
+    );
+    assert!(c.reason.starts_with("none"), "{}", c.reason);
+}
+
+#[test]
+fn config_check_names_a_bad_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", DEPTH_POLICY);
+    write(
+        dir.path(),
+        "c.toml",
+        r#"
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 5
+forecast_season = "weekly"
+[[targets.schedules]]
+name = "x"
+cron = "0 8 * * *"
+timezone = "Europe/Nowhere"
+duration = "1h"
+"#,
+    );
+    let e = Config::load(&dir.path().join("c.toml")).unwrap_err();
+    let text: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.contains("targets[0].schedules[0]") && p.contains("Europe/Nowhere")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.contains("targets[0].forecast_season") && p.contains("weekly")),
+        "{text:?}"
+    );
+}
