@@ -11,7 +11,9 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use tidewatch::config::{Config, TargetConfig};
 use tidewatch::engine::{Engine, TargetData};
 use tidewatch::event::GatewayLatency;
+use tidewatch::forecast::holt::HoltWinters;
 use tidewatch::policy::{CallInput, LuaPolicy, PolicyLimits, PolicySource};
+use tidewatch::simulate::{Options, Trace};
 use tidewatch::telemetry::Metrics;
 use tidewatch::window::TargetWindows;
 
@@ -170,7 +172,11 @@ fn decide(c: &mut Criterion) {
             "latency_slo.lua",
             serde_json::json!({"latency_slo_ms": 250}),
         ),
-        ("hpa.lua", serde_json::json!({"target_per_replica": 100})),
+        // period 0: decide every call (the bench calls at one instant)
+        (
+            "hpa.lua",
+            serde_json::json!({"target_per_replica": 100, "period": 0}),
+        ),
     ];
     for (file, params) in policies {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -210,9 +216,68 @@ fn decide(c: &mut Criterion) {
     g.finish();
 }
 
+/// A daily cycle with noise, one point a minute.
+fn minutes(days: usize) -> Vec<f64> {
+    (0..days * 1440)
+        .map(|i| {
+            let day = (i % 1440) as f64 / 1440.0;
+            100.0 + 60.0 * (2.0 * std::f64::consts::PI * day).sin() + ((i * 7919) % 23) as f64
+        })
+        .collect()
+}
+
+fn forecaster(c: &mut Criterion) {
+    let mut g = c.benchmark_group("forecast");
+    let series = minutes(4);
+    let mut model = HoltWinters::fit(&series, 1440).expect("fits");
+    let mut i = 0usize;
+    g.bench_function("holt_winters_update_daily_season", |b| {
+        b.iter(|| {
+            i += 1;
+            model.update(black_box(series[i % series.len()]));
+        })
+    });
+    g.bench_function("holt_winters_forecast_135s", |b| {
+        b.iter(|| black_box(model.forecast(black_box(3))))
+    });
+    g.sample_size(10);
+    g.bench_function("holt_winters_refit_4_days_daily_season", |b| {
+        b.iter(|| black_box(HoltWinters::fit(&series, 1440)))
+    });
+    g.finish();
+}
+
+/// `tidewatch simulate`'s loop: 15.5 days of crane-input15 at its 15 s
+/// step (89,632 steps), one policy.
+fn simulate(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let trace_path = root.join("../shared/traces/crane-input15.csv");
+    let Ok(trace) = Trace::load(&trace_path) else {
+        eprintln!(
+            "{} not found: simulate benchmark skipped",
+            trace_path.display()
+        );
+        return;
+    };
+    let mut g = c.benchmark_group("simulate");
+    g.sample_size(10);
+    for policy in ["hpa.lua", "predictive.lua"] {
+        let mut o = Options::new(
+            trace_path.clone(),
+            vec![root.join("policies").join(policy)],
+            1000.0,
+        );
+        o.warmup = Duration::from_secs(14 * 86_400);
+        g.bench_function(format!("crane15_15s_{policy}"), |b| {
+            b.iter(|| black_box(tidewatch::simulate::run(&o, &trace, |_, _| {}).expect("runs")))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = decode_and_apply, latency_samples, decide
+    targets = decode_and_apply, latency_samples, decide, forecaster, simulate
 }
 criterion_main!(benches);
