@@ -34,30 +34,19 @@ fn engine() -> Engine {
 
 fn toml_target() -> TargetConfig {
     TargetConfig {
-        name: "checkout".into(),
-        policy: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/queue_depth.lua"),
-        provider: "log".into(),
-        min_replicas: 1,
-        max_replicas: 40,
         initial_replicas: Some(2),
         windows: spans(),
-        cooldown_up: Duration::ZERO,
-        cooldown_down: Duration::ZERO,
-        stabilization_down: Duration::from_secs(300),
-        max_step_up: 0,
-        max_step_down: 0,
-        tolerance: 0.0,
-        paused: false,
-        dry_run: false,
-        fallback_replicas: None,
         params: serde_json::json!({"per_replica_depth": 300, "latency_slo_ms": 250})
             .as_object()
             .cloned()
             .unwrap(),
-        history_span: Duration::from_secs(8 * 86_400),
-        history_step: Duration::from_secs(60),
-        forecast_season: "auto".into(),
-        schedules: Vec::new(),
+        ..TargetConfig::new(
+            "checkout",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/queue_depth.lua"),
+            "log",
+            1,
+            40,
+        )
     }
 }
 

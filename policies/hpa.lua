@@ -11,31 +11,19 @@
 --         tolerance (0.1), period (15).
 local P = {}
 
-local function target(p)
-  if p.target_per_replica then return p.target_per_replica end
-  if p.capacity then return p.capacity * (p.target_utilization or 0.8) end
-  error("set params.target_per_replica, or params.capacity (and target_utilization)")
-end
-
 function P.decide(ctx)
   local p = ctx.params
-  local period = p.period or 15
-  local last = ctx.state.last
-  if last and ctx.now - last < period - 1e-6 then return nil end
-  ctx.state.last = ctx.now
-  local metric = p.metric or "requests"
-  local stat = p.stat or ((metric == "requests" or metric == "errors") and "rate" or "mean")
-  local w = ctx.window(metric, p.window or "60s")
-  if not w then return nil end
-  local value = w[stat]
-  if value == nil then error("window of " .. metric .. " has no field " .. tostring(stat)) end
+  if not tw.every(ctx, p.period or 15) then return nil end
+  local value, metric, stat = tw.load_reading(ctx)
+  if not value then return nil end
   local current = ctx.replicas
   local per_replica = current > 0 and value / current or value
-  local want = tw.target_tracking(current, per_replica, target(p), p.tolerance or 0.1)
+  local target = tw.per_replica_target(p, 0.8)
+  local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
   want = math.min(want, tw.hpa_scale_up_limit(current))
   return { replicas = want,
            reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
-             value, per_replica, target(p)) }
+             value, per_replica, target) }
 end
 
 P.examples = {

@@ -20,20 +20,11 @@
 --         down_horizon (1800), down_tolerance (0.3).
 local P = {}
 
-local function target(p)
-  if p.target_per_replica then return p.target_per_replica end
-  if p.capacity then return p.capacity * (p.target_utilization or 1.0) end
-  error("set params.target_per_replica, or params.capacity (and target_utilization)")
-end
-
 function P.decide(ctx)
   local p = ctx.params
-  local metric = p.metric or "requests"
-  local t = target(p)
-  local w = ctx.window(metric, p.window or "60s")
-  if not w then return nil end
-  local stat = (metric == "requests" or metric == "errors") and "rate" or "mean"
-  local now = w[stat]
+  local t = tw.per_replica_target(p, 1.0)
+  local now, metric = tw.load_reading(ctx)
+  if not now then return nil end
   local period = p.period or 15
   local lead = (p.startup or 60) + period
   local base = ctx.forecast(metric, 0)

@@ -222,31 +222,25 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
             ..EngineConfig::default()
         },
         targets: vec![TargetConfig {
-            name: "checkout".into(),
-            policy: policy_dir.join("queue_depth.lua"),
-            provider: "simulated".into(),
-            min_replicas: 1,
-            max_replicas: 40,
             initial_replicas: Some(2),
-            windows: [10, 60, 300].map(Duration::from_secs).to_vec(),
             cooldown_up: Duration::from_secs(5),
             cooldown_down: Duration::from_secs(30),
             stabilization_down: Duration::from_secs(90),
             max_step_up: 10,
             max_step_down: 3,
-            tolerance: 0.0,
-            paused: false,
-            dry_run: false,
-            fallback_replicas: None,
             // 40 in flight per replica is 80% of its 50 messages/s at 1 s each.
             params: serde_json::json!({"per_replica_depth": 40, "latency_slo_ms": 2000})
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
             history_span: Duration::from_secs(86_400),
-            history_step: Duration::from_secs(60),
-            forecast_season: "auto".into(),
-            schedules: Vec::new(),
+            ..TargetConfig::new(
+                "checkout",
+                policy_dir.join("queue_depth.lua"),
+                "simulated",
+                1,
+                40,
+            )
         }],
         ..Config::default()
     }

@@ -43,6 +43,42 @@ function tw.hpa_scale_up_limit(current)
   return math.max(2 * current, current + 4)
 end
 
+-- The load one replica should carry: params.target_per_replica, or
+-- params.capacity * (params.target_utilization or `utilization`).
+function tw.per_replica_target(params, utilization)
+  if params.target_per_replica then return params.target_per_replica end
+  if params.capacity then return params.capacity * (params.target_utilization or utilization) end
+  error("set params.target_per_replica, or params.capacity (and target_utilization)", 2)
+end
+
+-- True at most once per `period` seconds of ctx.now (kept in ctx.state).
+function tw.every(ctx, period)
+  local last = ctx.state.tw_every_last
+  if last and ctx.now - last < period - 1e-6 then return false end
+  ctx.state.tw_every_last = ctx.now
+  return true
+end
+
+-- The statistic a load reading uses: the rate of counters (requests,
+-- errors), the mean of levels.
+function tw.load_stat(metric)
+  return (metric == "requests" or metric == "errors") and "rate" or "mean"
+end
+
+-- What a load policy scales on: `params.metric` (default "requests"), its
+-- `params.stat` (default tw.load_stat) over `params.window` (default
+-- "60s"). Returns value, metric, stat; nil while the window is empty.
+function tw.load_reading(ctx)
+  local p = ctx.params
+  local metric = p.metric or "requests"
+  local stat = p.stat or tw.load_stat(metric)
+  local w = ctx.window(metric, p.window or "60s")
+  if not w then return nil end
+  local value = w[stat]
+  if value == nil then error("window of " .. metric .. " has no field " .. tostring(stat), 2) end
+  return value, metric, stat
+end
+
 function tw.ceil_div(a, b)
   if b <= 0 then error("tw.ceil_div: divisor must be positive, got " .. tostring(b), 2) end
   return math.ceil(a / b)
