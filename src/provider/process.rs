@@ -242,33 +242,44 @@ pub(crate) mod tests {
 
     /// Live processes whose command line holds `marker`, counted by the OS.
     pub fn count_processes(marker: &str) -> usize {
-        std::fs::read_dir("/proc")
+        // (pid, parent pid) of every live process whose command line carries
+        // the marker; a shell's fork that has not exec'd yet carries it too,
+        // so a process whose parent is also marked is not counted.
+        let marked: Vec<(u32, u32)> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .chars()
-                    .all(|c| c.is_ascii_digit())
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                // after "(comm) ": state, ppid, ...; zombies (Z) have exited
+                let mut rest = stat.rsplit(") ").next()?.split(' ');
+                let state = rest.next()?;
+                let ppid: u32 = rest.next()?.parse().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                (state != "Z" && String::from_utf8_lossy(&cmd).contains(marker))
+                    .then_some((pid, ppid))
             })
-            .filter(|e| {
-                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                // Zombies (state Z) have exited.
-                let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                state != Some('Z') && String::from_utf8_lossy(&cmd).contains(marker)
-            })
+            .collect();
+        marked
+            .iter()
+            .filter(|(_, ppid)| !marked.iter().any(|(pid, _)| pid == ppid))
             .count()
     }
 
+    /// Polls until `want` children carry the marker; returns the count
+    /// that matched, or the last one. (A count taken again afterwards
+    /// could catch a shell's fork before it execs `sleep`, which still
+    /// shows the marker in its command line.)
     async fn settle(marker: &str, want: usize) -> usize {
+        let mut n = count_processes(marker);
         for _ in 0..100 {
-            if count_processes(marker) == want {
+            if n == want {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+            n = count_processes(marker);
         }
-        count_processes(marker)
+        n
     }
 
     #[test]
