@@ -685,8 +685,11 @@ fn default_reload_interval() -> Duration {
 fn default_forecast_freshness() -> Duration {
     Duration::from_secs(3600)
 }
+/// How often the built-in forecasters are refitted unless configured.
+pub const DEFAULT_FORECAST_REFIT: Duration = Duration::from_secs(6 * 3600);
+
 fn default_forecast_refit() -> Duration {
-    Duration::from_secs(6 * 3600)
+    DEFAULT_FORECAST_REFIT
 }
 fn default_season() -> String {
     "auto".into()

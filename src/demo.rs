@@ -509,7 +509,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
             per_second.push((load, desired));
             series.ts.push(now);
             series.load.push(load);
-            series.need.push((load / capacity).ceil() as u32);
+            series.need.push(crate::simulate::need(load, capacity));
             series.ready[0].push(ready);
             if f64::from(ready) * capacity < load {
                 under += 1;

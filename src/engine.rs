@@ -45,7 +45,7 @@ impl TargetData {
             builtin: Builtin::default(),
             forecast: ForecastSettings {
                 season: Season::Auto,
-                refit_ms: 6 * 3_600_000,
+                refit_ms: crate::config::DEFAULT_FORECAST_REFIT.as_millis() as i64,
                 mode: RefitMode::Background,
             },
             now_ms,

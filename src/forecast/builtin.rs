@@ -213,8 +213,7 @@ fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
                 .map(|&s| steps(Duration::from_secs(s)))
                 .filter(|&c| c >= 2 && series.len() >= 2 * c)
                 .collect();
-            let tail = &series[series.len().saturating_sub(fit_span(0, step_ms) * 4)..];
-            detect_season(tail, &candidates, 0.3).unwrap_or(0)
+            detect_season(series, &candidates, 0.3).unwrap_or(0)
         }
     };
     let span = fit_span(season, step_ms).min(series.len());

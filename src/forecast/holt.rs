@@ -113,7 +113,8 @@ impl HoltWinters {
     /// Takes the next observation. A missing one (NaN) is replaced by the
     /// model's own prediction, so the season stays aligned.
     pub fn update(&mut self, y: f64) {
-        let predicted = self.level + self.phi * self.trend + self.seasonal(0);
+        let s = self.seasonal(0);
+        let predicted = self.level + self.phi * self.trend + s;
         let y = if y.is_finite() {
             let err = y - predicted;
             self.n += 1;
@@ -122,7 +123,6 @@ impl HoltWinters {
         } else {
             predicted
         };
-        let s = self.seasonal(0);
         let prev_level = self.level;
         self.level =
             self.alpha * (y - s) + (1.0 - self.alpha) * (prev_level + self.phi * self.trend);

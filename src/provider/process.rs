@@ -236,35 +236,38 @@ impl Provider for ProcessProvider {
     }
 }
 
+/// How many live processes carry `marker` in their command line, not
+/// counting a fork whose parent carries it too (a shell's child before it
+/// execs): the children a `process` target runs, when its command names a
+/// marker. For tests and diagnostics; reads /proc.
+pub fn count_processes(marker: &str) -> usize {
+    // (pid, parent pid) of every live process whose command line carries
+    // the marker; a shell's fork that has not exec'd yet carries it too,
+    // so a process whose parent is also marked is not counted.
+    let marked: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // after "(comm) ": state, ppid, ...; zombies (Z) have exited
+            let mut rest = stat.rsplit(") ").next()?.split(' ');
+            let state = rest.next()?;
+            let ppid: u32 = rest.next()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (state != "Z" && String::from_utf8_lossy(&cmd).contains(marker)).then_some((pid, ppid))
+        })
+        .collect();
+    marked
+        .iter()
+        .filter(|(_, ppid)| !marked.iter().any(|(pid, _)| pid == ppid))
+        .count()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// Live processes whose command line holds `marker`, counted by the OS.
-    pub fn count_processes(marker: &str) -> usize {
-        // (pid, parent pid) of every live process whose command line carries
-        // the marker; a shell's fork that has not exec'd yet carries it too,
-        // so a process whose parent is also marked is not counted.
-        let marked: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-                // after "(comm) ": state, ppid, ...; zombies (Z) have exited
-                let mut rest = stat.rsplit(") ").next()?.split(' ');
-                let state = rest.next()?;
-                let ppid: u32 = rest.next()?.parse().ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                (state != "Z" && String::from_utf8_lossy(&cmd).contains(marker))
-                    .then_some((pid, ppid))
-            })
-            .collect();
-        marked
-            .iter()
-            .filter(|(_, ppid)| !marked.iter().any(|(pid, _)| pid == ppid))
-            .count()
-    }
 
     /// Polls until `want` children carry the marker; returns the count
     /// that matched, or the last one. (A count taken again afterwards

@@ -86,7 +86,7 @@ impl Options {
             step: Duration::from_secs(15),
             slo: Duration::from_secs(30),
             stabilization: Duration::from_secs(300),
-            refit: Duration::from_secs(6 * 3600),
+            refit: crate::config::DEFAULT_FORECAST_REFIT,
             windows: [60, 120, 300, 600].map(Duration::from_secs).to_vec(),
             params: serde_json::Map::new(),
         }
@@ -193,6 +193,12 @@ pub struct Series {
     pub ready: Vec<Vec<u32>>,
 }
 
+/// Replicas needed to serve `load` at `capacity` each: `ceil(load /
+/// capacity)` (a hair of tolerance, so 2.0000000001 is 2).
+pub fn need(load: f64, capacity: f64) -> u32 {
+    (load / capacity - 1e-9).ceil().max(0.0) as u32
+}
+
 /// A distinct target name per policy file.
 fn target_names(policies: &[PathBuf]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -250,7 +256,7 @@ pub fn run(
         Some(s) => (first_scored + (s.as_millis() as i64 / step_ms) as usize).min(load.len()),
         None => load.len(),
     };
-    let need_of = |l: f64| (l / opts.capacity - 1e-9).ceil().max(0.0) as u32;
+    let need_of = |l: f64| need(l, opts.capacity);
     let start_ms = load[0].0;
     let initial = need_of(load[0].1).clamp(opts.min, opts.max);
 

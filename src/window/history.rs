@@ -108,11 +108,6 @@ impl History {
             .map(move |(i, v)| (self.first_step + i as i64, *v))
     }
 
-    /// Whether counters: rates per second rather than means.
-    pub fn is_counter(&self) -> bool {
-        self.counter
-    }
-
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }

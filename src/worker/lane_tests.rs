@@ -335,10 +335,7 @@ async fn retries_a_provider_that_fails_twice_and_gives_up_on_one_that_hangs() {
     );
     // A hang leaves no process behind (dropped calls kill their child).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        crate::provider::process::tests::count_processes("sleep 30"),
-        0
-    );
+    assert_eq!(crate::provider::process::count_processes("sleep 30"), 0);
 
     // A failure that retrying cannot fix is not retried; nor past expiry.
     let missing = ExecProvider::new(vec!["/no/such/tool".into()], Duration::from_secs(1)).unwrap();

@@ -184,29 +184,7 @@ pub fn spawn_worker(config: &Path) -> Worker {
 }
 
 /// Live processes whose command line holds `marker`, counted by the OS.
-pub fn count_processes(marker: &str) -> usize {
-    // (pid, parent pid) of every live process whose command line carries
-    // the marker; a shell's fork that has not exec'd yet carries it too,
-    // so a process whose parent is also marked is not counted.
-    let marked: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // after "(comm) ": state, ppid, ...; zombies (Z) have exited
-            let mut rest = stat.rsplit(") ").next()?.split(' ');
-            let state = rest.next()?;
-            let ppid: u32 = rest.next()?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            (state != "Z" && String::from_utf8_lossy(&cmd).contains(marker)).then_some((pid, ppid))
-        })
-        .collect();
-    marked
-        .iter()
-        .filter(|(_, ppid)| !marked.iter().any(|(pid, _)| pid == ppid))
-        .count()
-}
+pub use tidewatch::provider::process::count_processes;
 
 pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
