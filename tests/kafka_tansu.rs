@@ -288,3 +288,109 @@ max_replicas = 50
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Forecast events on the real broker: a valid one reaches `ctx.forecast`
+/// with its source, one with points in the past is rejected with its
+/// reason and the scaler goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_events_reach_the_policy_over_tansu() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
+    let t = |n: &str| format!("{n}-{suffix}");
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&t("signals"), 1),
+            (&t("commands"), 1),
+            (&t("results"), 1),
+            (&t("deadletter"), 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.lua"),
+        r#"return { decide = function(ctx)
+             local f = ctx.forecast("queue_depth", 300)
+             if not f or f.source ~= "prophet" then return nil end
+             return { replicas = math.ceil(f.value / 100), reason = "forecast by " .. f.source } end }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{}"], group_id = "{}", deadletter_topic = "{}" }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
+[engine]
+min_eval_interval = "0s"
+[[targets]]
+name = "orders"
+policy = "p.lua"
+max_replicas = 50
+"#,
+            t("signals"),
+            t("scaler"),
+            t("deadletter"),
+            t("commands"),
+            t("results")
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let commands: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", t("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    commands.subscribe(&[t("commands").as_str()]).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let past = format!(
+        r#"{{"type":"forecast","target":"orders","metric":"queue_depth","source":"prophet","issued_at":{now},
+            "points":[{{"ts":{},"value":9900}}]}}"#,
+        now - 3_600_000
+    );
+    let good = format!(
+        r#"{{"type":"forecast","target":"orders","metric":"queue_depth","source":"prophet","issued_at":{now},
+            "points":[{{"ts":{now},"value":1000}},{{"ts":{},"value":1750,"lower":1500,"upper":2000}}]}}"#,
+        now + 600_000
+    );
+    for m in [&past, &good] {
+        producer
+            .send(
+                FutureRecord::to(&t("signals")).key("orders").payload(m),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let m = tokio::time::timeout(Duration::from_secs(90), commands.recv())
+        .await
+        .expect("a command from tansu in time")
+        .unwrap();
+    let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    // 1000 now, 1750 in 10 minutes: about 1375 in 5 minutes
+    assert!((13..=15).contains(&c.desired_replicas), "{c:?}");
+    assert!(c.reason.starts_with("forecast by prophet"), "{}", c.reason);
+    let rejected = tidewatch::telemetry::sum(
+        &metrics,
+        "tidewatch_events_rejected_total",
+        &[("type", "forecast"), ("reason", "invalid_forecast")],
+    );
+    assert_eq!(rejected, 1.0, "the forecast about the past is rejected");
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}
