@@ -6,7 +6,9 @@
 --   ahead h = now + (forecast(h) - forecast(0))   the forecast's change,
 --             anchored on the measured present (the forecaster sees whole
 --             history steps only, so its level lags by up to a step);
---   plan    = max(now, ahead(h) + headroom * (upper(h) - value(h)))
+--   room h  = min(headroom * (upper(h) - value(h)),
+--                 max_headroom * max(now, value(h)))
+--   plan    = max(now, ahead(h) + room(h))
 --             over h in lead/2, lead, lead + period, lead = startup + period;
 --   want    = ceil(plan / target_per_replica).
 -- Scale-down needs the forecast out to `down_horizon` to agree (no
@@ -17,7 +19,9 @@
 --         1.0: the headroom comes from the forecast interval); startup
 --         (seconds, default 60); metric ("requests"), window ("60s"),
 --         period (15), headroom (0.6 of the 90% half-interval),
---         down_horizon (1800), down_tolerance (0.3).
+--         max_headroom (0.5 of the load: a wide interval, as in the hours
+--         of spiky bursts, buys at most this much), down_horizon (1800),
+--         down_tolerance (0.3).
 local P = {}
 
 function P.decide(ctx)
@@ -29,9 +33,12 @@ function P.decide(ctx)
   local lead = (p.startup or 60) + period
   local base = ctx.forecast(metric, 0)
   local src = base and base.source or "none"
+  local cap = p.max_headroom or 0.5
   local function ahead(h, band)
     local f = ctx.forecast(metric, h)
-    return now + (f.value - base.value) + band * (f.upper - f.value)
+    local room = band * (f.upper - f.value)
+    room = math.min(room, cap * math.max(now, f.value))
+    return now + (f.value - base.value) + room
   end
   local plan = now
   if base then
@@ -61,6 +68,12 @@ P.examples = {
     forecast = { requests = { [0] = { value = 400, upper = 400 }, [60] = { value = 500, upper = 550 },
                               [120] = { value = 700, upper = 800 }, [135] = { value = 700, upper = 800 } } },
     expect = 8 },
+  { name = "a wide interval buys at most max_headroom", replicas = 4,
+    params = { target_per_replica = 100, startup = 105 },
+    windows = { requests = { ["60s"] = { rate = 400 } } },
+    forecast = { requests = { [0] = { value = 400, upper = 400 }, [60] = { value = 400, upper = 2400 },
+                              [120] = { value = 400, upper = 2400 }, [135] = { value = 400, upper = 2400 } } },
+    expect = 6 },
   { name = "no forecast yet: reactive", replicas = 2, params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
   { name = "no scale-down ahead of a predicted rise", replicas = 8,

@@ -3,7 +3,10 @@
 //! one. Parameters are fitted on the history by a grid search of one-step
 //! errors; an update is O(1); prediction intervals come from the one-step
 //! residuals, widened with the horizon as sqrt(h) (the random-walk
-//! approximation: conservative for the seasonal part).
+//! approximation: conservative for the seasonal part). With a season, the
+//! residual spread is kept per slot of the season (24 slots: the hour of a
+//! daily season), so a quiet hour gets a narrow interval and a bursty hour
+//! a wide one; a slot with too few residuals uses the overall spread.
 
 /// A forecast for one horizon.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,7 +34,14 @@ pub struct HoltWinters {
     /// Mean squared one-step error.
     mse: f64,
     n: u64,
+    /// Mean squared one-step error and count per slot of the season.
+    slot_mse: Vec<(f64, u64)>,
 }
+
+/// Slots of the season with their own residual spread.
+const SLOTS: usize = 24;
+/// Residuals a slot needs before its own spread is used.
+const SLOT_MIN: u64 = 30;
 
 const ALPHAS: [f64; 5] = [0.05, 0.1, 0.2, 0.4, 0.7];
 const BETAS: [f64; 4] = [0.0, 0.01, 0.05, 0.2];
@@ -67,6 +77,11 @@ impl HoltWinters {
             pos: 0,
             mse: 0.0,
             n: 0,
+            slot_mse: if season > 0 {
+                vec![(0.0, 0); SLOTS.min(season)]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -110,6 +125,23 @@ impl HoltWinters {
         }
     }
 
+    /// The slot of the season `ahead` steps from the next observation.
+    fn slot(&self, ahead: usize) -> usize {
+        (self.pos + ahead) % self.season * self.slot_mse.len() / self.season
+    }
+
+    /// The mean squared one-step error for the step `ahead` steps from the
+    /// next observation: its slot's, once the slot has enough residuals.
+    fn spread(&self, ahead: usize) -> f64 {
+        if self.season == 0 {
+            return self.mse;
+        }
+        match self.slot_mse[self.slot(ahead)] {
+            (mse, n) if n >= SLOT_MIN => mse,
+            _ => self.mse,
+        }
+    }
+
     /// Takes the next observation. A missing one (NaN) is replaced by the
     /// model's own prediction, so the season stays aligned.
     pub fn update(&mut self, y: f64) {
@@ -119,6 +151,12 @@ impl HoltWinters {
             let err = y - predicted;
             self.n += 1;
             self.mse += (err * err - self.mse) / self.n as f64;
+            if self.season > 0 {
+                let slot = self.slot(0);
+                let (mse, n) = &mut self.slot_mse[slot];
+                *n += 1;
+                *mse += (err * err - *mse) / *n as f64;
+            }
             y
         } else {
             predicted
@@ -139,7 +177,7 @@ impl HoltWinters {
         let h = h.max(1);
         let damp: f64 = (1..=h).map(|i| self.phi.powi(i as i32)).sum();
         let value = self.level + damp * self.trend + self.seasonal(h - 1);
-        let half = Z90 * self.mse.sqrt() * (h as f64).sqrt();
+        let half = Z90 * self.spread(h - 1).sqrt() * (h as f64).sqrt();
         Point {
             value,
             lower: value - half,
@@ -233,6 +271,31 @@ mod tests {
         let (near, far) = (m.forecast(1), m.forecast(24));
         assert!(far.upper - far.lower > near.upper - near.lower);
         assert!(far.lower <= truth(263) && truth(263) <= far.upper);
+    }
+
+    #[test]
+    fn intervals_follow_the_residual_spread_of_their_slot_of_the_season() {
+        // A daily-like season of 48 steps: quiet (+-0.1 noise) in its first
+        // half, bursty (+-10 noise) in its second.
+        let noisy = |t: usize| if t % 48 < 24 { 0.1 } else { 10.0 };
+        let series: Vec<f64> = (0..48 * 20)
+            .map(|t| 100.0 + noisy(t) * noise(t))
+            .collect();
+        let m = HoltWinters::fit(&series, 48).unwrap();
+        assert_eq!(m.season, 48);
+        // The next step (t = 960) is in the quiet half; 30 steps on, in the
+        // bursty half.
+        let width = |h: usize| {
+            let f = m.forecast(h);
+            (f.upper - f.lower) / (h as f64).sqrt()
+        };
+        let (quiet, bursty) = (width(1), width(31));
+        assert!(
+            bursty > 10.0 * quiet,
+            "quiet slot {quiet}, bursty slot {bursty}"
+        );
+        // The overall spread would give both the same width per sqrt(h).
+        assert!(quiet < 2.0 * Z90 * m.mse.sqrt() / 3.0, "quiet {quiet}, overall {}", m.mse.sqrt());
     }
 
     #[test]
