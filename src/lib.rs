@@ -14,6 +14,7 @@ pub mod event;
 pub mod forecast;
 pub mod guard;
 pub mod kafka;
+pub mod loadgen;
 pub mod policy;
 pub mod provider;
 pub mod retry;

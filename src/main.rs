@@ -68,6 +68,31 @@ enum Command {
     /// Replay a load trace through policies against a capacity model, in
     /// virtual time, and score them side by side.
     Simulate(Box<SimulateArgs>),
+    /// Publish the demo's queue-depth wave as signals where a scaler
+    /// configuration reads them (Kafka or RabbitMQ), until SIGTERM/SIGINT.
+    Loadgen {
+        /// The scaler's configuration: its source and its targets.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A target to publish for; repeat for several (default: all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Time between two signals of a target.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        every: Duration,
+        /// Length of one "day" of the wave.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        day: Duration,
+        /// Queue depth at the wave's trough.
+        #[arg(long, default_value_t = 40.0)]
+        base: f64,
+        /// The wave's rise from trough to crest (doubled during the spike).
+        #[arg(long, default_value_t = 400.0)]
+        swing: f64,
+        /// Stop after this many rounds (one signal per target).
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -312,6 +337,43 @@ fn worker(file: &std::path::Path) -> ExitCode {
     })
 }
 
+fn loadgen(file: &std::path::Path, o: tidewatch::loadgen::LoadgenOptions) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok((cfg, _)) => cfg,
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tidewatch::run::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        tidewatch::loadgen::run(&cfg, &o, &tidewatch::clock::SystemClock, rx).await
+    });
+    match outcome {
+        Ok(n) => {
+            tracing::info!("loadgen: {n} signals published");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view is on stdout; its components log warnings only
@@ -333,6 +395,25 @@ fn main() -> ExitCode {
             action: PolicyAction::Check { files },
         } => policy_check(&files),
         Command::Simulate(a) => simulate(&a),
+        Command::Loadgen {
+            config,
+            targets,
+            every,
+            day,
+            base,
+            swing,
+            rounds,
+        } => loadgen(
+            &config,
+            tidewatch::loadgen::LoadgenOptions {
+                targets,
+                every,
+                day,
+                base,
+                swing,
+                rounds,
+            },
+        ),
         Command::Demo {
             speed,
             duration,

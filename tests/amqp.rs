@@ -118,7 +118,7 @@ async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
     })
     .await;
     let last = commands.last().expect("a command arrived");
-    let cmd: ScaleCommand = serde_json::from_slice(&last.body).unwrap();
+    let cmd: ScaleCommand = common::schema::parse("scale_command", &last.body);
     assert_eq!((cmd.target.as_str(), cmd.desired_replicas), ("web", 8));
     assert_eq!(last.routing_key, "exec.web");
     assert_eq!(last.properties.delivery_mode(), &Some(2), "persistent");

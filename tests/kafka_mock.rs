@@ -124,7 +124,7 @@ async fn next_command(c: &StreamConsumer, within: Duration) -> ScaleCommand {
             .await
             .expect("a command in time")
         {
-            Ok(m) => return serde_json::from_slice(m.payload().unwrap()).unwrap(),
+            Ok(m) => return common::schema::parse("scale_command", m.payload().unwrap()),
             Err(e) => eprintln!("reader: {e}"),
         }
     }
@@ -157,7 +157,7 @@ async fn signal_to_command_dead_letters_and_results() {
         .await
         .unwrap()
         .unwrap();
-    let dl: DeadLetter = serde_json::from_slice(dl.payload().unwrap()).unwrap();
+    let dl: DeadLetter = common::schema::parse("deadletter", dl.payload().unwrap());
     assert_eq!(dl.reason, "malformed_json");
     assert_eq!(dl.topic, signals);
     assert_eq!(dl.key.as_deref(), Some("web"));

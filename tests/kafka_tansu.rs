@@ -110,7 +110,7 @@ stabilization_down = "0s"
         .await
         .expect("a command from tansu in time")
         .unwrap();
-    let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    let c: ScaleCommand = common::schema::parse("scale_command", m.payload().unwrap());
     assert_eq!((c.target.as_str(), c.desired_replicas), ("orders", 10));
     assert_eq!(
         m.key(),
@@ -381,7 +381,7 @@ max_replicas = 50
         .await
         .expect("a command from tansu in time")
         .unwrap();
-    let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    let c: ScaleCommand = common::schema::parse("scale_command", m.payload().unwrap());
     // 1000 now, 1750 in 10 minutes: about 1375 in 5 minutes
     assert!((13..=15).contains(&c.desired_replicas), "{c:?}");
     assert!(c.reason.starts_with("forecast by prophet"), "{}", c.reason);

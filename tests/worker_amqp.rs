@@ -86,7 +86,7 @@ amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", deadletter_ex
                 results
                     .lock()
                     .unwrap()
-                    .push(serde_json::from_slice(&d.data).unwrap());
+                    .push(common::schema::parse("scale_result", &d.data));
             }
         });
     }

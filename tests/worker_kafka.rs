@@ -73,7 +73,7 @@ kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}", deadletter
                     results
                         .lock()
                         .unwrap()
-                        .push(serde_json::from_slice(&b).unwrap());
+                        .push(common::schema::parse("scale_result", &b));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -109,7 +109,7 @@ kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}", deadletter
         .unwrap()
         .iter()
         .map(|b| {
-            serde_json::from_slice::<serde_json::Value>(b).unwrap()["reason"]
+            common::schema::parse::<serde_json::Value>("deadletter", b)["reason"]
                 .as_str()
                 .unwrap()
                 .to_owned()

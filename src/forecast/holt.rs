@@ -278,9 +278,7 @@ mod tests {
         // A daily-like season of 48 steps: quiet (+-0.1 noise) in its first
         // half, bursty (+-10 noise) in its second.
         let noisy = |t: usize| if t % 48 < 24 { 0.1 } else { 10.0 };
-        let series: Vec<f64> = (0..48 * 20)
-            .map(|t| 100.0 + noisy(t) * noise(t))
-            .collect();
+        let series: Vec<f64> = (0..48 * 20).map(|t| 100.0 + noisy(t) * noise(t)).collect();
         let m = HoltWinters::fit(&series, 48).unwrap();
         assert_eq!(m.season, 48);
         // The next step (t = 960) is in the quiet half; 30 steps on, in the
@@ -295,7 +293,11 @@ mod tests {
             "quiet slot {quiet}, bursty slot {bursty}"
         );
         // The overall spread would give both the same width per sqrt(h).
-        assert!(quiet < 2.0 * Z90 * m.mse.sqrt() / 3.0, "quiet {quiet}, overall {}", m.mse.sqrt());
+        assert!(
+            quiet < 2.0 * Z90 * m.mse.sqrt() / 3.0,
+            "quiet {quiet}, overall {}",
+            m.mse.sqrt()
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn start_run(
 pub mod amqp;
 pub mod bench;
 pub mod kafka;
+pub mod schema;
 pub mod worker;
 
 /// The sum of a metric's counter and gauge values over the series whose

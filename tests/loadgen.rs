@@ -1,0 +1,152 @@
+//! `tidewatch loadgen` against the real brokers: the binary publishes the
+//! demo's wave where a scaler configuration reads signals, and what it
+//! publishes is a valid `queue_depth` signal (docs/schemas/queue_depth.json)
+//! that the engine's decoder accepts.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+
+fn loadgen(config: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--rounds", "3", "--every", "100ms", "--config"])
+        .arg(config)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Checks one published signal and returns its target and depth.
+fn check(bytes: &[u8]) -> (String, f64) {
+    let v: serde_json::Value = common::schema::parse("queue_depth", bytes);
+    let now = tidewatch::clock::Clock::now_ms(&tidewatch::clock::SystemClock);
+    let decoded = tidewatch::event::decode(bytes, now, &tidewatch::event::Limits::default());
+    assert!(decoded.iter().all(|d| d.is_ok()), "{decoded:?}");
+    (
+        v["target"].as_str().unwrap().to_owned(),
+        v["depth"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn loadgen_publishes_valid_signals_over_kafka() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let topic = format!("loadgen-{}", common::amqp::suffix());
+    common::kafka::create_topics(&brokers, &[(&topic, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scaler.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{topic}"] }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}" }}
+[[targets]]
+name = "checkout"
+policy = "{root}/policies/queue_depth.lua"
+provider = "log"
+max_replicas = 10
+params = {{ per_replica_depth = 100 }}
+[[targets]]
+name = "thumbnails"
+policy = "{root}/policies/queue_depth.lua"
+provider = "log"
+max_replicas = 10
+params = {{ per_replica_depth = 100 }}
+"#,
+            root = env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let out = loadgen(&cfg, &[]);
+    assert!(out.status.success(), "{out:?}");
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("six signals in time")
+            .unwrap();
+        let (target, depth) = check(m.payload().unwrap());
+        assert_eq!(m.key(), Some(target.as_bytes()), "keyed by target");
+        got.push((target, depth));
+    }
+    // three rounds of both targets, at the wave's trough (40) at the start
+    for t in ["checkout", "thumbnails"] {
+        assert_eq!(got.iter().filter(|g| g.0 == t).count(), 3, "{got:?}");
+    }
+    assert!(got.iter().all(|g| (40.0..45.0).contains(&g.1)), "{got:?}");
+
+    // a target the configuration does not have is named, and nothing runs
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--target", "nope", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
+}
+
+#[tokio::test]
+async fn loadgen_publishes_valid_signals_over_rabbitmq() {
+    let Some(url) = common::amqp::broker() else {
+        return;
+    };
+    let names = common::amqp::Names::new();
+    let conn = common::amqp::connect(&url).await;
+    let ch = conn.create_channel().await.unwrap();
+    // the scaler's queue, as `run` would declare it
+    common::amqp::exchange_and_queue(&ch, &names.signals, &names.queue).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scaler.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[source]
+kind = "amqp"
+amqp = {{ url_env = "LOADGEN_TEST_URL", exchange = "{ex}", queue = "{q}" }}
+[commands]
+kind = "amqp"
+amqp = {{ url_env = "LOADGEN_TEST_URL" }}
+[[targets]]
+name = "checkout"
+policy = "{root}/policies/queue_depth.lua"
+provider = "log"
+max_replicas = 10
+params = {{ per_replica_depth = 100 }}
+"#,
+            ex = names.signals,
+            q = names.queue,
+            root = env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let out = loadgen(&cfg, &[("LOADGEN_TEST_URL", &url)]);
+    assert!(out.status.success(), "{out:?}");
+    let got = common::amqp::drain(&conn, &names.queue).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for g in &got {
+        assert_eq!(g.routing_key, "queue_depth.checkout");
+        assert_eq!(check(&g.body).0, "checkout");
+    }
+    names.delete(&ch).await;
+}
