@@ -70,7 +70,7 @@ enum Sink {
     Amqp {
         channel: lapin::Channel,
         exchange: String,
-        _conn: lapin::Connection,
+        _conn: Box<lapin::Connection>,
     },
 }
 
@@ -125,7 +125,7 @@ impl Sink {
                 Ok(Sink::Amqp {
                     channel,
                     exchange: a.exchange.clone(),
-                    _conn: conn,
+                    _conn: Box::new(conn),
                 })
             }
         }
