@@ -37,6 +37,7 @@ pub struct Metrics {
     pub results_received: IntCounterVec,
     pub probe_errors: IntCounterVec,
     pub assigned_partitions: prometheus::IntGauge,
+    pub source_consumer_lag: IntGaugeVec,
     pub broker_connected: IntGaugeVec,
     pub broker_reconnects: IntCounterVec,
     pub commands_unacknowledged: IntGaugeVec,
@@ -235,6 +236,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            source_consumer_lag: int_gauge(
+                &r,
+                "tidewatch_source_consumer_lag_messages",
+                "Messages on a signal partition this scaler has not consumed yet (Kafka; librdkafka's statistics every 5 s).",
+                &["topic", "partition"],
+            ),
             broker_connected: int_gauge(
                 &r,
                 "tidewatch_broker_connected",
@@ -281,6 +288,49 @@ impl Metrics {
             build_info,
             registry: r,
         }
+    }
+
+    /// The name of every metric tidewatch exports, whether or not it has a
+    /// series yet (a labelled metric shows on the endpoint only once a
+    /// label set is used). Histograms export `_bucket`, `_sum` and
+    /// `_count` series under their name.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let all: [&dyn Collector; 29] = [
+            &self.events_received,
+            &self.events_rejected,
+            &self.target_queue_depth,
+            &self.target_latency_p95,
+            &self.target_desired_replicas,
+            &self.target_observed_replicas,
+            &self.policy_evaluations,
+            &self.policy_errors,
+            &self.policy_seconds,
+            &self.policy_reloads,
+            &self.decisions,
+            &self.decision_holds,
+            &self.commands_issued,
+            &self.commands_published,
+            &self.event_to_command_seconds,
+            &self.dead_letters,
+            &self.command_publish_failures,
+            &self.results_received,
+            &self.probe_errors,
+            &self.assigned_partitions,
+            &self.source_consumer_lag,
+            &self.broker_connected,
+            &self.broker_reconnects,
+            &self.commands_unacknowledged,
+            &self.commands_reissued,
+            &self.provider_calls,
+            &self.provider_seconds,
+            &self.worker_results,
+            &self.build_info,
+        ];
+        all.iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
     }
 
     /// The text exposition format.
@@ -488,6 +538,26 @@ mod tests {
     use axum::http::Request;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    #[test]
+    fn names_lists_every_registered_metric() {
+        let m = Metrics::new();
+        let names = m.names();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        // Every family in the registry is named, labelled or not.
+        let registered: std::collections::BTreeSet<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for r in &registered {
+            assert!(names.contains(r), "{r} missing from names()");
+        }
+        assert!(names.contains(&"tidewatch_provider_call_seconds".to_string()));
+        assert!(names.iter().all(|n| n.starts_with("tidewatch_")));
+    }
 
     /// The real server on a loopback port, spoken to over TCP.
     #[tokio::test]

@@ -97,6 +97,22 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the
+    /// scaler's own consumer lag per assigned partition.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1: the internal unassigned partition; a lag of -1 is unknown
+                if *p < 0 || part.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .source_consumer_lag
+                    .with_label_values(&[topic, &p.to_string()])
+                    .set(part.consumer_lag);
+            }
+        }
+    }
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.inner.error(error, reason)
     }
@@ -175,6 +191,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             // Bounds what librdkafka prefetches: memory stays flat under any rate.
             .set("queued.max.messages.kbytes", "16384");
+        if !cfg.options.contains_key("statistics.interval.ms") {
+            // for tidewatch_source_consumer_lag_messages
+            c.set("statistics.interval.ms", "5000");
+        }
         let log = LoggingContext {
             key: s.key.clone(),
             brokers: s.brokers.clone(),
