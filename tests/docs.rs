@@ -356,14 +356,9 @@ fn kubernetes_rbac_grants_the_worker_scale_and_nothing_more() {
             "no RoleBinding in {ns}"
         );
     }
-    let deploy: serde_yaml::Value = serde_yaml::from_str(
-        &read("deploy/kubernetes/worker.yaml")
-            .split("---")
-            .next()
-            .unwrap()
-            .to_owned(),
-    )
-    .unwrap();
+    let manifest = read("deploy/kubernetes/worker.yaml");
+    let deploy: serde_yaml::Value =
+        serde_yaml::from_str(manifest.split("---").next().unwrap()).unwrap();
     assert_eq!(
         deploy["spec"]["template"]["spec"]["serviceAccountName"],
         "tidewatch-worker"
