@@ -458,3 +458,101 @@ fn every_example_configuration_in_the_docs_passes_config_check() {
         "{out:?}"
     );
 }
+
+#[test]
+fn dockerfile_is_multi_stage_small_and_non_root() {
+    let text = read("Dockerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    assert!(froms[0].contains(" AS build"), "{froms:?}");
+    let last = froms.last().unwrap();
+    assert!(last.contains("-slim"), "a small runtime image: {last}");
+    // the runtime stage: the binary from the build stage, a non-root user
+    let runtime = &text[text.rfind("\nFROM ").unwrap()..];
+    assert!(runtime.contains("COPY --from=build /src/target/release/tidewatch "));
+    let user = runtime
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("USER "))
+        .expect("a USER in the runtime stage");
+    let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
+    assert_ne!(uid, 0, "runs as root");
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/tidewatch\"]"));
+    // what it copies exists, and it builds the binary Cargo.toml names
+    for l in &lines {
+        if let Some(rest) = l.strip_prefix("COPY ") {
+            if rest.starts_with("--from") {
+                continue;
+            }
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            for src in &parts[..parts.len() - 1] {
+                assert!(
+                    root().join(src).exists(),
+                    "COPY {src}: not in the repository"
+                );
+            }
+        }
+    }
+    assert!(read("Cargo.toml").contains("[[bin]]\nname = \"tidewatch\""));
+    assert!(text.contains("cargo build --release --locked --bin tidewatch"));
+}
+
+#[test]
+fn kubernetes_manifests_fit_together() {
+    let mut kinds = Vec::new();
+    let cm: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/kubernetes/config.yaml")).unwrap();
+    for (file, key, port) in [
+        ("deploy/kubernetes/scaler.yaml", "scaler.toml", 9898),
+        ("deploy/kubernetes/worker.yaml", "worker.toml", 9899),
+    ] {
+        let text = read(file);
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        for d in &docs {
+            assert!(
+                d["apiVersion"].is_string() && d["metadata"]["name"].is_string(),
+                "{file}"
+            );
+            kinds.push(d["kind"].as_str().unwrap().to_owned());
+        }
+        let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let pod = &dep["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args.last().unwrap(), &format!("/etc/tidewatch/{key}"));
+        let mount = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["subPath"] == key);
+        assert!(mount.is_some(), "{file}: {key} not mounted");
+        assert_eq!(c["ports"][0]["containerPort"], port);
+        let config = cm["data"][key].as_str().unwrap();
+        assert!(
+            config.contains(&format!("listen = \"0.0.0.0:{port}\"")),
+            "{key} listens elsewhere"
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    }
+    let kustomization: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/kubernetes/kustomization.yaml")).unwrap();
+    for r in kustomization["resources"].as_sequence().unwrap() {
+        assert!(root()
+            .join("deploy/kubernetes")
+            .join(r.as_str().unwrap())
+            .exists());
+    }
+    assert!(kinds.contains(&"PersistentVolumeClaim".to_string()));
+}
