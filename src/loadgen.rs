@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
-use tokio::sync::watch;
 
 use crate::clock::{Clock, Millis};
 use crate::config::{BrokerKind, Config};
@@ -47,10 +46,13 @@ impl Default for LoadgenOptions {
     }
 }
 
-/// The queue-depth signal of `target` at `now_ms`, `elapsed` seconds into
-/// the run.
-pub fn signal(target: &str, elapsed: f64, now_ms: Millis, o: &LoadgenOptions) -> Vec<u8> {
-    let depth = crate::demo::load_at(elapsed, o.day.as_secs_f64(), o.base, o.swing).round();
+/// The wave's depth `elapsed` seconds into the run.
+pub fn depth_at(elapsed: f64, o: &LoadgenOptions) -> f64 {
+    crate::demo::load_at(elapsed, o.day.as_secs_f64(), o.base, o.swing).round()
+}
+
+/// The queue-depth signal of `target` at `now_ms`.
+pub fn signal(target: &str, depth: f64, now_ms: Millis) -> Vec<u8> {
     serde_json::json!({
         "type": "queue_depth",
         "target": target,
@@ -171,13 +173,13 @@ impl Sink {
     }
 }
 
-/// Publishes until `stop` turns true or the rounds are done. Returns the
-/// number of signals published.
+/// Publishes until `shutdown` completes or the rounds are done. Returns
+/// the number of signals published.
 pub async fn run(
     cfg: &Config,
     o: &LoadgenOptions,
     clock: &dyn Clock,
-    mut stop: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<u64, String> {
     if o.every.is_zero() || o.day.is_zero() {
         return Err("--every and --day must be above zero".into());
@@ -207,37 +209,33 @@ pub async fn run(
     let sink = Sink::open(cfg).await?;
     let start = clock.now_ms();
     let mut sent = 0;
-    let mut round = 0;
     let mut tick = tokio::time::interval(o.every);
-    loop {
+    tokio::pin!(shutdown);
+    for round in 0.. {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => {}
+            _ = &mut shutdown => return Ok(sent),
         }
-        if *stop.borrow() || o.rounds.is_some_and(|r| round >= r) {
+        if o.rounds.is_some_and(|r| round >= r) {
             return Ok(sent);
         }
         let now = clock.now_ms();
-        let elapsed = (now - start) as f64 / 1000.0;
+        let depth = depth_at((now - start) as f64 / 1000.0, o);
         for t in &targets {
-            let payload = signal(t, elapsed, now, o);
+            let payload = signal(t, depth, now);
             tokio::select! {
                 r = sink.send(t, &payload) => r?,
                 // a broker that does not take the signal must not keep
                 // SIGTERM waiting
-                _ = stop.changed() => return Ok(sent),
+                _ = &mut shutdown => return Ok(sent),
             }
             sent += 1;
         }
         if round % 10 == 0 {
-            tracing::info!(
-                depth = crate::demo::load_at(elapsed, o.day.as_secs_f64(), o.base, o.swing).round(),
-                targets = targets.len(),
-                "loadgen: published"
-            );
+            tracing::info!(depth, targets = targets.len(), "loadgen: published");
         }
-        round += 1;
     }
+    Ok(sent)
 }
 
 #[cfg(test)]
@@ -247,8 +245,8 @@ mod tests {
     #[test]
     fn signals_are_valid_queue_depth_events_that_follow_the_wave() {
         let o = LoadgenOptions::default();
-        let trough = signal("checkout", 0.0, 1_000, &o);
-        let crest = signal("checkout", 300.0, 2_000, &o);
+        let trough = signal("checkout", depth_at(0.0, &o), 1_000);
+        let crest = signal("checkout", depth_at(300.0, &o), 2_000);
         let decode = |b: &[u8]| {
             let v: serde_json::Value = serde_json::from_slice(b).unwrap();
             assert_eq!(v["type"], "queue_depth");

@@ -338,40 +338,18 @@ fn worker(file: &std::path::Path) -> ExitCode {
 }
 
 fn loadgen(file: &std::path::Path, o: tidewatch::loadgen::LoadgenOptions) -> ExitCode {
-    let cfg = match Config::load(file) {
-        Ok((cfg, _)) => cfg,
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{}: {p}", file.display());
-            }
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = rt.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tidewatch::run::shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        tidewatch::loadgen::run(&cfg, &o, &tidewatch::clock::SystemClock, rx).await
-    });
-    match outcome {
-        Ok(n) => {
-            tracing::info!("loadgen: {n} signals published");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            ExitCode::from(EX_USAGE)
-        }
-    }
+    serve(file, Config::load, |cfg| async move {
+        let n = tidewatch::loadgen::run(
+            &cfg,
+            &o,
+            &tidewatch::clock::SystemClock,
+            tidewatch::run::shutdown_signal(),
+        )
+        .await
+        .map_err(|e| tidewatch::run::RunError::Config(format!("loadgen: {e}")))?;
+        tracing::info!("loadgen: {n} signals published");
+        Ok(true)
+    })
 }
 
 fn main() -> ExitCode {

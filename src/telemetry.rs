@@ -46,6 +46,7 @@ pub struct Metrics {
     pub provider_seconds: HistogramVec,
     pub worker_results: IntCounterVec,
     pub build_info: Gauge,
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,39 +55,44 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A registry that remembers the name of every metric registered in it.
+#[derive(Default)]
+struct Reg {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Reg {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.names
+            .borrow_mut()
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    }
+}
+
+fn counter(r: &Reg, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    r.add(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+fn gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    r.add(g)
 }
 
-fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+fn int_gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    r.add(g)
 }
 
-fn histogram(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> HistogramVec {
+fn histogram(r: &Reg, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("valid metric definition");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    r.add(h)
 }
 
 impl Default for Metrics {
@@ -97,7 +103,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        let r = Reg::default();
         let fast = vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1];
         let reaction = vec![
             1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -107,8 +113,7 @@ impl Metrics {
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("valid metric definition");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric registered once");
+        let build_info = r.add(build_info);
         build_info.set(1.0);
         Self {
             events_received: counter(
@@ -233,8 +238,7 @@ impl Metrics {
                     "Signal partitions this scaler owns (scale-out splits them).",
                 )
                 .expect("valid metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
+                r.add(g)
             },
             source_consumer_lag: int_gauge(
                 &r,
@@ -286,7 +290,8 @@ impl Metrics {
                 &["target", "status"],
             ),
             build_info,
-            registry: r,
+            names: r.names.into_inner(),
+            registry: r.registry,
         }
     }
 
@@ -295,42 +300,7 @@ impl Metrics {
     /// label set is used). Histograms export `_bucket`, `_sum` and
     /// `_count` series under their name.
     pub fn names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let all: [&dyn Collector; 29] = [
-            &self.events_received,
-            &self.events_rejected,
-            &self.target_queue_depth,
-            &self.target_latency_p95,
-            &self.target_desired_replicas,
-            &self.target_observed_replicas,
-            &self.policy_evaluations,
-            &self.policy_errors,
-            &self.policy_seconds,
-            &self.policy_reloads,
-            &self.decisions,
-            &self.decision_holds,
-            &self.commands_issued,
-            &self.commands_published,
-            &self.event_to_command_seconds,
-            &self.dead_letters,
-            &self.command_publish_failures,
-            &self.results_received,
-            &self.probe_errors,
-            &self.assigned_partitions,
-            &self.source_consumer_lag,
-            &self.broker_connected,
-            &self.broker_reconnects,
-            &self.commands_unacknowledged,
-            &self.commands_reissued,
-            &self.provider_calls,
-            &self.provider_seconds,
-            &self.worker_results,
-            &self.build_info,
-        ];
-        all.iter()
-            .flat_map(|c| c.desc())
-            .map(|d| d.fq_name.clone())
-            .collect()
+        self.names.clone()
     }
 
     /// The text exposition format.

@@ -358,11 +358,7 @@ async fn start_errors_name_the_setting() {
 
     // An unreachable broker is waited for, not fatal: the scaler starts,
     // is not ready, and drains cleanly.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = mq::load(
         dir.path(),
@@ -396,11 +392,7 @@ async fn start_errors_name_the_setting() {
 async fn bundled_rabbitmq_config_runs_the_binary() {
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let root = env!("CARGO_MANIFEST_DIR");
     // config/rabbitmq.toml as shipped; only the names (random per test) and
     // the metrics port come from the environment.

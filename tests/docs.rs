@@ -372,7 +372,6 @@ fn config_check(what: &str, text: &str) {
     let sub = dir.path().join("etc");
     std::fs::create_dir(&sub).unwrap();
     std::os::unix::fs::symlink(root().join("policies"), sub.join("policies")).unwrap();
-    std::os::unix::fs::symlink(root().join("policies"), dir.path().join("policies")).unwrap();
     let file = sub.join("tidewatch.toml");
     std::fs::write(&file, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))

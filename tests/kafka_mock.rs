@@ -86,17 +86,7 @@ fn producer(brokers: &str) -> FutureProducer {
 }
 
 fn consumer(brokers: &str, topic: &str) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("reader-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    c
+    common::kafka::reader(brokers, topic)
 }
 
 async fn send(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {

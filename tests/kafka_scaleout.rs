@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -165,13 +164,7 @@ stabilization_down = "0s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     send("a", 0, 4000).await;
-    let commands: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    commands.subscribe(&["commands"]).unwrap();
+    let commands = common::kafka::reader(&brokers, "commands");
     let mut skipped = 0;
     let mut after = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);

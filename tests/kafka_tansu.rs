@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
@@ -89,13 +88,7 @@ stabilization_down = "0s"
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let commands: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", t("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    commands.subscribe(&[t("commands").as_str()]).unwrap();
+    let commands = common::kafka::reader(&brokers, &t("commands"));
     let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
     producer
         .send(
@@ -198,14 +191,7 @@ max_replicas = 50
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let commands: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", t("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .unwrap();
-    commands.subscribe(&[commands_topic.as_str()]).unwrap();
+    let commands = common::kafka::reader(&brokers, &commands_topic);
     let next = |wait: u64| {
         let commands = &commands;
         async move {
@@ -350,13 +336,7 @@ max_replicas = 50
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let commands: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", t("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    commands.subscribe(&[t("commands").as_str()]).unwrap();
+    let commands = common::kafka::reader(&brokers, &t("commands"));
     let now = chrono::Utc::now().timestamp_millis();
     let past = format!(
         r#"{{"type":"forecast","target":"orders","metric":"queue_depth","source":"prophet","issued_at":{now},

@@ -8,8 +8,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
 fn loadgen(config: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Output {
@@ -19,6 +17,20 @@ fn loadgen(config: &std::path::Path, envs: &[(&str, &str)]) -> std::process::Out
         .envs(envs.iter().copied())
         .output()
         .unwrap()
+}
+
+/// `[[targets]]` tables for `names`, on the bundled queue-depth policy.
+fn targets(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "[[targets]]\nname = \"{name}\"\npolicy = \"{root}/policies/queue_depth.lua\"\n\
+                 provider = \"log\"\nmax_replicas = 10\nparams = {{ per_replica_depth = 100 }}\n",
+                root = env!("CARGO_MANIFEST_DIR")
+            )
+        })
+        .collect()
 }
 
 /// Checks one published signal and returns its target and depth.
@@ -52,33 +64,15 @@ kafka = {{ brokers = "{brokers}", topics = ["{topic}"] }}
 [commands]
 kind = "kafka"
 kafka = {{ brokers = "{brokers}" }}
-[[targets]]
-name = "checkout"
-policy = "{root}/policies/queue_depth.lua"
-provider = "log"
-max_replicas = 10
-params = {{ per_replica_depth = 100 }}
-[[targets]]
-name = "thumbnails"
-policy = "{root}/policies/queue_depth.lua"
-provider = "log"
-max_replicas = 10
-params = {{ per_replica_depth = 100 }}
-"#,
-            root = env!("CARGO_MANIFEST_DIR")
+{targets}"#,
+            targets = targets(&["checkout", "thumbnails"])
         ),
     )
     .unwrap();
     let out = loadgen(&cfg, &[]);
     assert!(out.status.success(), "{out:?}");
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{topic}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
+    let consumer = common::kafka::reader(&brokers, &topic);
     let mut got = Vec::new();
     while got.len() < 6 {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -127,16 +121,10 @@ amqp = {{ url_env = "LOADGEN_TEST_URL", exchange = "{ex}", queue = "{q}" }}
 [commands]
 kind = "amqp"
 amqp = {{ url_env = "LOADGEN_TEST_URL" }}
-[[targets]]
-name = "checkout"
-policy = "{root}/policies/queue_depth.lua"
-provider = "log"
-max_replicas = 10
-params = {{ per_replica_depth = 100 }}
-"#,
+{targets}"#,
             ex = names.signals,
             q = names.queue,
-            root = env!("CARGO_MANIFEST_DIR")
+            targets = targets(&["checkout"])
         ),
     )
     .unwrap();

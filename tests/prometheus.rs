@@ -6,16 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, Killed};
+use std::time::{Duration, Instant};
 
 fn tool(name: &str) -> Option<String> {
     for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
@@ -29,14 +23,6 @@ fn tool(name: &str) -> Option<String> {
     }
     eprintln!("{name} not installed: run scripts/test, which installs it");
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(args: &[&str], config: &std::path::Path) -> Killed {
@@ -184,7 +170,7 @@ provider = "log"
     assert!(check.status.success(), "{check:?}");
 
     let _scaler = spawn(&["run", "--config"], &scaler);
-    let _worker = spawn(&["worker", "--config"], &worker);
+    let _worker = common::worker::spawn_worker(&worker);
     let _prom = Killed(
         Command::new(&prometheus)
             .arg(format!("--config.file={}", prom_cfg.display()))

@@ -9,24 +9,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleResult;
 
 /// Reads a topic from the start into `into`, in the background.
 fn collect(brokers: &str, topic: &str, into: Arc<Mutex<Vec<Vec<u8>>>>) {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("reader-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c = common::kafka::reader(brokers, topic);
     tokio::spawn(async move {
         loop {
             if let Ok(m) = c.recv().await {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 
 /// The broker, or None outside CI when it is not set (the test then says
 /// so and returns). Under CI=true a missing broker fails the test.
@@ -43,4 +44,21 @@ pub async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("broker at {brokers} did not create topics");
+}
+
+/// A consumer of `topic` from its start, in a consumer group of its own,
+/// fetching without librdkafka's default 500 ms wait.
+pub fn reader(brokers: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
 }

@@ -37,6 +37,25 @@ pub mod kafka;
 pub mod schema;
 pub mod worker;
 
+/// A child process killed when the test ends, passing or not.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The sum of a metric's counter and gauge values over the series whose
 /// labels include `labels`.
 pub fn metric(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,15 +160,8 @@ kubernetes = {{ namespace = "shop", kind = "Deployment", name = "checkout", kube
     }
 }
 
-/// A child process killed when the test ends, passing or not.
-pub struct Worker(pub Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A worker process, killed when the test ends, passing or not.
+pub use super::Killed as Worker;
 
 /// The `tidewatch worker` binary on `config`, its log in the test's output.
 pub fn spawn_worker(config: &Path) -> Worker {
