@@ -63,7 +63,7 @@ pub struct Settings {
 /// The most recent points a fit looks at: four seasons, at least two days
 /// of steps (the grid search is linear in this).
 fn fit_span(season: usize, step_ms: i64) -> usize {
-    (4 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
+    (7 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
 }
 
 #[derive(Debug)]

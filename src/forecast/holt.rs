@@ -51,20 +51,37 @@ const PHIS: [f64; 3] = [0.9, 0.98, 1.0];
 const Z90: f64 = 1.645;
 
 impl HoltWinters {
-    /// Initial state from the first two seasons (or the first points).
-    fn start(series: &[f64], season: usize, alpha: f64, beta: f64, gamma: f64, phi: f64) -> Self {
-        let (level, trend, seasonals) = if season > 0 {
-            let first: f64 = series[..season].iter().sum::<f64>() / season as f64;
-            let second: f64 = series[season..2 * season].iter().sum::<f64>() / season as f64;
-            let s = series[..season].iter().map(|y| y - first).collect();
-            (first, (second - first) / season as f64, s)
-        } else {
-            (
+    /// Initial level and trend from the first two seasons (or the first
+    /// points); initial seasonals from every whole season in `series`: per
+    /// step of the season, the median of its deviations from its season's
+    /// mean. The median keeps a burst seen on one day of several out of
+    /// the season; a season started from one day would carry that day's
+    /// bursts at a low gamma for the whole fit.
+    fn initial(series: &[f64], season: usize) -> (f64, f64, Vec<f64>) {
+        if season == 0 {
+            return (
                 series[0],
                 series.get(1).map_or(0.0, |y| y - series[0]),
                 Vec::new(),
-            )
-        };
+            );
+        }
+        let means: Vec<f64> = series
+            .chunks_exact(season)
+            .map(|c| c.iter().sum::<f64>() / season as f64)
+            .collect();
+        let mut column = Vec::with_capacity(means.len());
+        let seasonals = (0..season)
+            .map(|p| {
+                column.clear();
+                column.extend(means.iter().enumerate().map(|(j, m)| series[j * season + p] - m));
+                median(&mut column)
+            })
+            .collect();
+        (means[0], (means[1] - means[0]) / season as f64, seasonals)
+    }
+
+    fn start(init: &(f64, f64, Vec<f64>), season: usize, alpha: f64, beta: f64, gamma: f64, phi: f64) -> Self {
+        let (level, trend, seasonals) = (init.0, init.1, init.2.clone());
         Self {
             alpha,
             beta,
@@ -98,12 +115,13 @@ impl HoltWinters {
             0
         };
         let gammas: &[f64] = if season > 0 { &GAMMAS } else { &[0.0] };
+        let init = Self::initial(series, season);
         let mut best: Option<(f64, Self)> = None;
         for &alpha in &ALPHAS {
             for &beta in &BETAS {
                 for &gamma in gammas {
                     for &phi in &PHIS {
-                        let mut m = Self::start(series, season, alpha, beta, gamma, phi);
+                        let mut m = Self::start(&init, season, alpha, beta, gamma, phi);
                         for &y in series {
                             m.update(y);
                         }
@@ -183,6 +201,17 @@ impl HoltWinters {
             lower: value - half,
             upper: value + half,
         }
+    }
+}
+
+/// The median of `xs` (not empty; reordered).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
 
@@ -298,6 +327,27 @@ mod tests {
             "quiet {quiet}, overall {}",
             m.mse.sqrt()
         );
+    }
+
+    #[test]
+    fn a_burst_in_one_season_does_not_stay_in_the_season() {
+        // 4 seasons of 48 steps (a fit's span: four days), flat at 100
+        // (+-3 noise), with a burst of +40 at steps 20..24 of the first
+        // season only: a one-off incident.
+        let burst = |t: usize| t < 48 && (20..24).contains(&t);
+        let series: Vec<f64> = (0..48 * 4)
+            .map(|t| 100.0 + 3.0 * noise(t) + if burst(t) { 40.0 } else { 0.0 })
+            .collect();
+        let m = HoltWinters::fit(&series, 48).unwrap();
+        // The next season's steps 20..24 are h = 21..24 ahead.
+        for h in 21..=24 {
+            let f = m.forecast(h);
+            assert!(
+                (f.value - 100.0).abs() < 5.0,
+                "h {h}: {} (the first season's burst is still in the season)",
+                f.value
+            );
+        }
     }
 
     #[test]
