@@ -217,7 +217,7 @@ fn minutes(days: usize) -> Vec<f64> {
 
 fn forecaster(c: &mut Criterion) {
     let mut g = c.benchmark_group("forecast");
-    let series = minutes(4);
+    let series = minutes(7);
     let mut model = HoltWinters::fit(&series, 1440).expect("fits");
     let mut i = 0usize;
     g.bench_function("holt_winters_update_daily_season", |b| {
@@ -230,7 +230,7 @@ fn forecaster(c: &mut Criterion) {
         b.iter(|| black_box(model.forecast(black_box(3))))
     });
     g.sample_size(10);
-    g.bench_function("holt_winters_refit_4_days_daily_season", |b| {
+    g.bench_function("holt_winters_refit_7_days_daily_season", |b| {
         b.iter(|| black_box(HoltWinters::fit(&series, 1440)))
     });
     g.finish();
