@@ -38,6 +38,13 @@ pub struct HoltWinters {
     slot_mse: Vec<(f64, u64)>,
 }
 
+/// The state a fit starts every candidate from.
+struct Initial {
+    level: f64,
+    trend: f64,
+    seasonals: Vec<f64>,
+}
+
 /// Slots of the season with their own residual spread.
 const SLOTS: usize = 24;
 /// Residuals a slot needs before its own spread is used.
@@ -57,13 +64,13 @@ impl HoltWinters {
     /// mean. The median keeps a burst seen on one day of several out of
     /// the season; a season started from one day would carry that day's
     /// bursts at a low gamma for the whole fit.
-    fn initial(series: &[f64], season: usize) -> (f64, f64, Vec<f64>) {
+    fn initial(series: &[f64], season: usize) -> Initial {
         if season == 0 {
-            return (
-                series[0],
-                series.get(1).map_or(0.0, |y| y - series[0]),
-                Vec::new(),
-            );
+            return Initial {
+                level: series[0],
+                trend: series.get(1).map_or(0.0, |y| y - series[0]),
+                seasonals: Vec::new(),
+            };
         }
         let means: Vec<f64> = series
             .chunks_exact(season)
@@ -73,15 +80,24 @@ impl HoltWinters {
         let seasonals = (0..season)
             .map(|p| {
                 column.clear();
-                column.extend(means.iter().enumerate().map(|(j, m)| series[j * season + p] - m));
+                column.extend(
+                    means
+                        .iter()
+                        .enumerate()
+                        .map(|(j, m)| series[j * season + p] - m),
+                );
                 median(&mut column)
             })
             .collect();
-        (means[0], (means[1] - means[0]) / season as f64, seasonals)
+        Initial {
+            level: means[0],
+            trend: (means[1] - means[0]) / season as f64,
+            seasonals,
+        }
     }
 
-    fn start(init: &(f64, f64, Vec<f64>), season: usize, alpha: f64, beta: f64, gamma: f64, phi: f64) -> Self {
-        let (level, trend, seasonals) = (init.0, init.1, init.2.clone());
+    fn start(init: &Initial, season: usize, alpha: f64, beta: f64, gamma: f64, phi: f64) -> Self {
+        let (level, trend, seasonals) = (init.level, init.trend, init.seasonals.clone());
         Self {
             alpha,
             beta,
