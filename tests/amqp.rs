@@ -161,7 +161,7 @@ async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
 
     // A worker's result reaches the engine (closed loop).
     let pubch = mq::confirm_channel(&conn).await;
-    mq::publish_result_until_counted(&pubch, &n.results, &cmd, 8, &metrics).await;
+    mq::publish_result_until_applied(&pubch, &n.results, &cmd, 8, &metrics).await;
     // Every message was acked: nothing waits in the scaler's queue.
     assert!(mq::drain(&conn, &n.queue).await.is_empty());
 

@@ -268,7 +268,7 @@ max_replicas = 1000
     );
     // The results reader is back too: a worker's result is counted.
     let last = commands.last().unwrap();
-    mq::publish_result_until_counted(&ch, &n.results, last, 42, &metrics).await;
+    mq::publish_result_until_applied(&ch, &n.results, last, 42, &metrics).await;
     assert!(
         counter(
             &metrics,

@@ -159,9 +159,15 @@ async fn signal_to_command_dead_letters_and_results() {
     // A worker's result sets the replica count the policy sees.
     let result = serde_json::json!({"version": 1, "command_id": c2.id, "target": "web", "generation": c2.generation,
         "status": "applied", "observed_replicas": 11, "error": null, "worker": "w1", "finished_at": "x"});
-    // The results reader starts from the end: wait until it has joined.
+    // The results reader starts from the end: send until it has joined
+    // and the engine has applied the result (the reader counts a result
+    // before the engine sees it, so the counter alone races the stop).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counter(&metrics, "tidewatch_results_received_total", &[]) == 0.0
+    while counter(
+        &metrics,
+        "tidewatch_target_observed_replicas",
+        &[("target", "web")],
+    ) != 11.0
         && Instant::now() < deadline
     {
         send(

@@ -264,10 +264,12 @@ pub fn depth_signal(target: &str, depth: i64) -> String {
 }
 
 /// Publishes an `applied` result for `c` to the results exchange until the
-/// scaler has counted one. RabbitMQ drops a result while the scaler's
-/// exclusive results queue is not bound (yet, or again), so one publish
-/// may be lost.
-pub async fn publish_result_until_counted(
+/// scaler's engine has applied it (its observed replicas for the target
+/// are `observed`). RabbitMQ drops a result while the scaler's exclusive
+/// results queue is not bound (yet, or again), so one publish may be
+/// lost; and the reader counts a result before the engine sees it, so the
+/// received counter alone would race a stop.
+pub async fn publish_result_until_applied(
     ch: &Channel,
     results_exchange: &str,
     c: &tidewatch::command::ScaleCommand,
@@ -280,14 +282,17 @@ pub async fn publish_result_until_counted(
     );
     let key = format!("{}.{}", c.provider, c.target);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while super::metric(
-        metrics,
-        "tidewatch_results_received_total",
-        &[("status", "applied")],
-    ) < 1.0
-    {
+    loop {
         let _ = publish(ch, results_exchange, &key, result.as_bytes()).await;
-        assert!(Instant::now() < deadline, "the result was never counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let applied = super::metric(
+            metrics,
+            "tidewatch_target_observed_replicas",
+            &[("target", c.target.as_str())],
+        );
+        if applied == f64::from(observed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the result was never applied");
     }
 }
