@@ -160,16 +160,15 @@ async fn signal_to_command_dead_letters_and_results() {
     let result = serde_json::json!({"version": 1, "command_id": c2.id, "target": "web", "generation": c2.generation,
         "status": "applied", "observed_replicas": 11, "error": null, "worker": "w1", "finished_at": "x"});
     // The results reader starts from the end: send until it has joined
-    // and the engine has applied the result (the reader counts a result
-    // before the engine sees it, so the counter alone races the stop).
+    // and the engine has applied the result.
     let deadline = Instant::now() + Duration::from_secs(30);
     while counter(
         &metrics,
         "tidewatch_target_observed_replicas",
         &[("target", "web")],
     ) != 11.0
-        && Instant::now() < deadline
     {
+        assert!(Instant::now() < deadline, "the result was never applied");
         send(
             &p,
             &format!("results-{}", s.suffix),
@@ -186,15 +185,22 @@ async fn signal_to_command_dead_letters_and_results() {
             &[("status", "applied")]
         ) >= 1.0
     );
+    // The policy still wants 12 for a depth of 1200: the next command
+    // starts from the 11 the worker observed (a tick may already have
+    // issued it; the signal makes sure one is issued).
+    send(&p, &signals, "web", &depth(1200)).await;
+    let c3 = next_command(&commands, Duration::from_secs(30)).await;
+    assert_eq!(
+        (c3.current_replicas, c3.desired_replicas),
+        (11, 12),
+        "observed replicas from the result"
+    );
     stop.send(()).unwrap();
     let report = task.await.unwrap();
     assert!(report.drained);
+    assert_eq!(report.targets[0].replicas, 12);
     assert_eq!(
-        report.targets[0].replicas, 11,
-        "observed replicas from the result"
-    );
-    assert_eq!(
-        report.targets[0].published_generation, c2.generation,
+        report.targets[0].published_generation, c3.generation,
         "the broker acknowledged the last command"
     );
     assert_eq!(
