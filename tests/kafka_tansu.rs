@@ -14,68 +14,108 @@ use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_against_tansu() {
-    let Some(brokers) = common::kafka::broker() else {
-        return;
-    };
-    let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
+/// `ceil(last queue depth / 100)` replicas.
+const DEPTH_POLICY: &str = r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#;
+
+/// A scaler's setup on tansu: fresh topics (`partitions` for the signals),
+/// `policy`, and a config of one target, "orders", that uses them.
+/// `kafka_options` is added to both Kafka tables, `engine` and `target` to
+/// those sections.
+struct Stack {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    signals: String,
+    commands: String,
+    results: String,
+}
+
+async fn stack(
+    brokers: &str,
+    partitions: i32,
+    policy: &str,
+    kafka_options: &str,
+    engine: &str,
+    target: &str,
+) -> Stack {
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = |n: &str| format!("{n}-{suffix}");
+    let (signals, commands, results, deadletter) =
+        (t("signals"), t("commands"), t("results"), t("deadletter"));
     common::kafka::create_topics(
-        &brokers,
+        brokers,
         &[
-            (&t("signals"), 2),
-            (&t("commands"), 1),
-            (&t("results"), 1),
-            (&t("deadletter"), 1),
+            (&signals, partitions),
+            (&commands, 1),
+            (&results, 1),
+            (&deadletter, 1),
         ],
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("p.lua"),
-        r#"return { decide = function(ctx)
-             local d = ctx.window("queue_depth", "10s")
-             if not d then return nil end
-             return math.ceil(d.last / 100) end }"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("p.lua"), policy).unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
         format!(
             r#"
 [source]
 kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["{}"], group_id = "{}", deadletter_topic = "{}" }}
+kafka = {{ brokers = "{brokers}", topics = ["{signals}"], group_id = "{}", deadletter_topic = "{deadletter}"{kafka_options} }}
 [commands]
 kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
+kafka = {{ brokers = "{brokers}", topic = "{commands}", results_topic = "{results}"{kafka_options} }}
 [engine]
 min_eval_interval = "0s"
+{engine}
 [[targets]]
 name = "orders"
 policy = "p.lua"
 max_replicas = 50
-stabilization_down = "0s"
+{target}
 "#,
-            t("signals"),
-            t("scaler"),
-            t("deadletter"),
-            t("commands"),
-            t("results")
+            t("scaler")
         ),
     )
     .unwrap();
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    Stack {
+        _dir: dir,
+        cfg,
+        signals,
+        commands,
+        results,
+    }
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_against_tansu() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let st = stack(
+        &brokers,
+        2,
+        DEPTH_POLICY,
+        "",
+        "",
+        "stabilization_down = \"0s\"",
+    )
+    .await;
     // A poison message already waiting when the scaler's new group starts:
     // nobody handled it before, so it must be dead-lettered.
-    let early: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let early = producer(&brokers);
     early
         .send(
-            FutureRecord::to(&t("signals"))
+            FutureRecord::to(&st.signals)
                 .key("orders")
                 .payload("poison"),
             Duration::from_secs(10),
@@ -83,16 +123,13 @@ stabilization_down = "0s"
         .await
         .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let commands = common::kafka::reader(&brokers, &t("commands"));
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let producer = producer(&brokers);
+    let commands = common::kafka::reader(&brokers, &st.commands);
     let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
     producer
         .send(
-            FutureRecord::to(&t("signals"))
+            FutureRecord::to(&st.signals)
                 .key("orders")
                 .payload(&signal[..]),
             Duration::from_secs(10),
@@ -138,60 +175,19 @@ async fn unanswered_commands_are_reissued_until_a_result_arrives() {
     let Some(brokers) = common::kafka::broker() else {
         return;
     };
-    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let t = |n: &str| format!("r{n}-{suffix}");
-    let (signals, commands_topic, results, deadletter) =
-        (t("signals"), t("commands"), t("results"), t("deadletter"));
-    common::kafka::create_topics(
+    let st = stack(
         &brokers,
-        &[
-            (&signals, 1),
-            (&commands_topic, 1),
-            (&results, 1),
-            (&deadletter, 1),
-        ],
+        1,
+        DEPTH_POLICY,
+        r#", options = { "fetch.wait.max.ms" = "5" }"#,
+        r#"reissue_after = "3s""#,
+        "",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("p.lua"),
-        r#"return { decide = function(ctx)
-             local d = ctx.window("queue_depth", "10s")
-             if not d then return nil end
-             return math.ceil(d.last / 100) end }"#,
-    )
-    .unwrap();
-    let fast = r#"options = { "fetch.wait.max.ms" = "5" }"#;
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["{signals}"], group_id = "{}", deadletter_topic = "{deadletter}", {fast} }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "{commands_topic}", results_topic = "{results}", {fast} }}
-[engine]
-min_eval_interval = "0s"
-reissue_after = "3s"
-[[targets]]
-name = "orders"
-policy = "p.lua"
-max_replicas = 50
-"#,
-            t("scaler")
-        ),
-    )
-    .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let commands = common::kafka::reader(&brokers, &commands_topic);
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let producer = producer(&brokers);
+    let commands = common::kafka::reader(&brokers, &st.commands);
     let next = |wait: u64| {
         let commands = &commands;
         async move {
@@ -204,7 +200,7 @@ max_replicas = 50
     let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
     producer
         .send(
-            FutureRecord::to(&signals)
+            FutureRecord::to(&st.signals)
                 .key("orders")
                 .payload(&signal[..]),
             Duration::from_secs(10),
@@ -260,7 +256,7 @@ max_replicas = 50
         };
         producer
             .send(
-                FutureRecord::to(&results)
+                FutureRecord::to(&st.results)
                     .key("orders")
                     .payload(&serde_json::to_vec(&r).unwrap()),
                 Duration::from_secs(10),
@@ -283,60 +279,22 @@ async fn forecast_events_reach_the_policy_over_tansu() {
     let Some(brokers) = common::kafka::broker() else {
         return;
     };
-    let suffix = uuid::Uuid::now_v7().simple().to_string()[24..].to_owned();
-    let t = |n: &str| format!("{n}-{suffix}");
-    common::kafka::create_topics(
+    let st = stack(
         &brokers,
-        &[
-            (&t("signals"), 1),
-            (&t("commands"), 1),
-            (&t("results"), 1),
-            (&t("deadletter"), 1),
-        ],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("p.lua"),
+        1,
         r#"return { decide = function(ctx)
              local f = ctx.forecast("queue_depth", 300)
              if not f or f.source ~= "prophet" then return nil end
              return { replicas = math.ceil(f.value / 100), reason = "forecast by " .. f.source } end }"#,
+        "",
+        "",
+        "",
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["{}"], group_id = "{}", deadletter_topic = "{}" }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
-[engine]
-min_eval_interval = "0s"
-[[targets]]
-name = "orders"
-policy = "p.lua"
-max_replicas = 50
-"#,
-            t("signals"),
-            t("scaler"),
-            t("deadletter"),
-            t("commands"),
-            t("results")
-        ),
-    )
-    .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    .await;
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let commands = common::kafka::reader(&brokers, &t("commands"));
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let producer = producer(&brokers);
+    let commands = common::kafka::reader(&brokers, &st.commands);
     let now = chrono::Utc::now().timestamp_millis();
     let past = format!(
         r#"{{"type":"forecast","target":"orders","metric":"queue_depth","source":"prophet","issued_at":{now},
@@ -351,7 +309,7 @@ max_replicas = 50
     for m in [&past, &good] {
         producer
             .send(
-                FutureRecord::to(&t("signals")).key("orders").payload(m),
+                FutureRecord::to(&st.signals).key("orders").payload(m),
                 Duration::from_secs(10),
             )
             .await

@@ -60,8 +60,10 @@ pub struct Settings {
     pub mode: RefitMode,
 }
 
-/// The most recent points a fit looks at: four seasons, at least two days
-/// of steps (the grid search is linear in this).
+/// The most recent points a fit looks at: seven seasons (a week of a
+/// daily season, so the median the season starts from sees every day of
+/// the week), at least two days of steps (the grid search is linear in
+/// this).
 fn fit_span(season: usize, step_ms: i64) -> usize {
     (7 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
 }

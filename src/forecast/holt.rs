@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_burst_in_one_season_does_not_stay_in_the_season() {
-        // 4 seasons of 48 steps (a fit's span: four days), flat at 100
+        // 4 seasons of 48 steps (fewer than a fit's span of seven), flat at 100
         // (+-3 noise), with a burst of +40 at steps 20..24 of the first
         // season only: a one-off incident.
         let burst = |t: usize| t < 48 && (20..24).contains(&t);
