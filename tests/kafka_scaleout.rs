@@ -8,10 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
@@ -98,10 +97,7 @@ stabilization_down = "0s"
     )
     .await;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = common::kafka::producer(&brokers);
     let send = |target: &'static str, partition: i32, depth: u32| {
         let p = producer.clone();
         async move {

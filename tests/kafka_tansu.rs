@@ -7,9 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
@@ -89,13 +88,6 @@ max_replicas = 50
     }
 }
 
-fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_against_tansu() {
     let Some(brokers) = common::kafka::broker() else {
@@ -112,7 +104,7 @@ async fn run_against_tansu() {
     .await;
     // A poison message already waiting when the scaler's new group starts:
     // nobody handled it before, so it must be dead-lettered.
-    let early = producer(&brokers);
+    let early = common::kafka::producer(&brokers);
     early
         .send(
             FutureRecord::to(&st.signals)
@@ -124,7 +116,7 @@ async fn run_against_tansu() {
         .unwrap();
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
-    let producer = producer(&brokers);
+    let producer = common::kafka::producer(&brokers);
     let commands = common::kafka::reader(&brokers, &st.commands);
     let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
     producer
@@ -186,7 +178,7 @@ async fn unanswered_commands_are_reissued_until_a_result_arrives() {
     .await;
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
-    let producer = producer(&brokers);
+    let producer = common::kafka::producer(&brokers);
     let commands = common::kafka::reader(&brokers, &st.commands);
     let next = |wait: u64| {
         let commands = &commands;
@@ -293,7 +285,7 @@ async fn forecast_events_reach_the_policy_over_tansu() {
     .await;
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
-    let producer = producer(&brokers);
+    let producer = common::kafka::producer(&brokers);
     let commands = common::kafka::reader(&brokers, &st.commands);
     let now = chrono::Utc::now().timestamp_millis();
     let past = format!(

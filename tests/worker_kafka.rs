@@ -166,10 +166,7 @@ async fn the_bundled_worker_config_runs() {
             .spawn()
             .unwrap(),
     );
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = common::kafka::producer(&brokers);
     for c in [
         common::worker::command("thumbnails", "process", 1, 3, 60_000),
         common::worker::command("checkout", "kubernetes", 1, 4, 60_000),

@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
 
 /// The broker, or None outside CI when it is not set (the test then says
 /// so and returns). Under CI=true a missing broker fails the test.
@@ -61,4 +62,12 @@ pub fn reader(brokers: &str, topic: &str) -> StreamConsumer {
         .unwrap();
     c.subscribe(&[topic]).unwrap();
     c
+}
+
+/// A producer with librdkafka's defaults.
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
 }
