@@ -24,6 +24,7 @@ use lapin::BasicProperties;
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::event::{decode, Limits};
+use tidewatch::telemetry::sum;
 use tidewatch::telemetry::Metrics;
 
 const PREFETCH: u16 = 500;
@@ -142,19 +143,20 @@ async fn drain_with_run(
         metrics.clone(),
     );
     let received = || {
-        metrics
-            .events_received
-            .with_label_values(&["amqp", "queue_depth"])
-            .get()
+        sum(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("source", "amqp"), ("type", "queue_depth")],
+        ) as u64
     };
     // Timed from when the source consumes, as the bare consumer is timed
     // from its basic.consume; start-up (connect, declare, policies) is
     // reported apart.
-    while metrics
-        .broker_connected
-        .with_label_values(&["source"])
-        .get()
-        == 0
+    while sum(
+        &metrics,
+        "tidewatch_broker_connected",
+        &[("component", "source")],
+    ) == 0.0
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -165,15 +167,15 @@ async fn drain_with_run(
     }
     let tw_s = t.elapsed().as_secs_f64();
     println!("drain: tidewatch start-up (connect, declare, {TARGETS} policies) {startup_s:.2} s, not counted");
-    let sum = |c: &prometheus::IntCounterVec| -> u64 {
+    // Per target, so that only this run's targets count.
+    let total = |name: &str| -> u64 {
         (0..TARGETS)
-            .flat_map(|i| ["up", "down"].map(|d| (format!("t{i}"), d)))
-            .map(|(t, d)| c.with_label_values(&[t.as_str(), d]).get())
+            .map(|i| sum(&metrics, name, &[("target", &format!("t{i}"))]) as u64)
             .sum()
     };
     let counts = (
-        sum(&metrics.commands_issued),
-        sum(&metrics.commands_published),
+        total("tidewatch_commands_issued_total"),
+        total("tidewatch_commands_published_total"),
     );
     stop.send(()).unwrap();
     task.await.unwrap();

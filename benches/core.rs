@@ -29,7 +29,7 @@ fn engine() -> Engine {
         targets: vec![target],
         ..Config::default()
     };
-    Engine::new(&cfg, Arc::new(Metrics::new()), T0).expect("engine builds")
+    Engine::new(&cfg.engine, &cfg.targets, Arc::new(Metrics::new()), T0).expect("engine builds")
 }
 
 fn toml_target() -> TargetConfig {

@@ -210,7 +210,11 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
             driven.probes.len(),
             got.len(),
             got.first().map(|g| g.0),
-            metrics.commands_issued.with_label_values(&["probe", "up"]).get()
+            tidewatch::telemetry::sum(
+                &metrics,
+                "tidewatch_commands_issued_total",
+                &[("target", "probe"), ("direction", "up")]
+            )
         );
     }
     bench::report(rate, seconds, &driven, &lat);
@@ -345,10 +349,11 @@ async fn drain(brokers: &str, n: u64) {
         ["queue_depth"]
             .iter()
             .map(|k| {
-                metrics
-                    .events_received
-                    .with_label_values(&["kafka", k])
-                    .get()
+                tidewatch::telemetry::sum(
+                    &metrics,
+                    "tidewatch_events_received_total",
+                    &[("source", "kafka"), ("type", k)],
+                ) as u64
             })
             .sum()
     };

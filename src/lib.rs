@@ -1,27 +1,42 @@
 //! tidewatch: an event-driven autoscaler. Signals in, Lua-decided and
-//! Rust-guarded scale commands out.
+//! Rust-guarded scale commands out. The modules follow the data flow, and
+//! every import points down it: docs/ARCHITECTURE.md draws the map.
 // Unsafe code is denied everywhere but the `process` provider, which needs
 // kill(2) and prctl(2) for its children.
 #![deny(unsafe_code)]
 
-pub mod amqp;
+// The vocabulary every layer uses.
 pub mod clock;
-pub mod command;
-pub mod config;
-pub mod demo;
-pub mod engine;
+pub mod retry;
+pub mod secret;
+pub mod settings;
+
+// Signals, their windows, forecasts and the decision.
 pub mod event;
 pub mod forecast;
 pub mod guard;
-pub mod kafka;
-pub mod loadgen;
 pub mod policy;
-pub mod provider;
-pub mod retry;
-pub mod run;
 pub mod schedule;
-pub mod simulate;
-pub mod source;
-pub mod telemetry;
 pub mod window;
+
+// Commands, observability and broker plumbing.
+pub mod broker;
+pub mod command;
+pub mod telemetry;
+
+// The scaler: the engine, what feeds it, what takes its commands away.
+pub mod engine;
+pub mod publish;
+pub mod source;
+
+// The worker and the platforms it scales.
+pub mod provider;
 pub mod worker;
+
+// Composition: the scaler's configuration and process, lifecycles,
+// the simulator, and the programs.
+pub mod app;
+pub mod config;
+pub mod lifecycle;
+pub mod scaler;
+pub mod simulate;

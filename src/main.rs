@@ -11,8 +11,7 @@ use tidewatch::config::{parse_duration, Config, ConfigError, Problem};
 use tidewatch::policy::{run_examples, PolicyLimits, PolicySource};
 use tidewatch::worker::config::WorkerConfig;
 
-/// EX_USAGE: a bad command line or configuration.
-const EX_USAGE: u8 = 64;
+use tidewatch::lifecycle::{StartError, EX_USAGE};
 
 #[derive(Parser)]
 #[command(
@@ -276,7 +275,7 @@ fn serve<C, F>(
     serve: impl FnOnce(C) -> F,
 ) -> ExitCode
 where
-    F: std::future::Future<Output = Result<bool, tidewatch::run::RunError>>,
+    F: std::future::Future<Output = Result<bool, StartError>>,
 {
     let cfg = match load(file) {
         Ok((cfg, warnings)) => {
@@ -302,23 +301,23 @@ where
     match rt.block_on(serve(cfg)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(tidewatch::run::RunError::Config(e)) => {
+        Err(e @ StartError::Usage(_)) => {
             eprintln!("{}: {e}", file.display());
-            ExitCode::from(EX_USAGE)
+            ExitCode::from(e.exit_code())
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn run(file: &std::path::Path) -> ExitCode {
     serve(file, Config::load, |cfg| async {
-        tidewatch::run::run(
+        tidewatch::scaler::run(
             cfg,
-            tidewatch::run::RunOptions::default(),
-            tidewatch::run::shutdown_signal(),
+            tidewatch::scaler::RunOptions::default(),
+            tidewatch::lifecycle::shutdown_signal(),
         )
         .await
         .map(|r| r.drained)
@@ -330,23 +329,27 @@ fn worker(file: &std::path::Path) -> ExitCode {
         tidewatch::worker::run(
             cfg,
             tidewatch::worker::WorkerOptions::default(),
-            tidewatch::run::shutdown_signal(),
+            tidewatch::lifecycle::shutdown_signal(),
         )
         .await
         .map(|r| r.drained)
     })
 }
 
-fn loadgen(file: &std::path::Path, o: tidewatch::loadgen::LoadgenOptions) -> ExitCode {
+fn loadgen(file: &std::path::Path, o: tidewatch::app::loadgen::LoadgenOptions) -> ExitCode {
     serve(file, Config::load, |cfg| async move {
-        let n = tidewatch::loadgen::run(
+        let n = tidewatch::app::loadgen::run(
             &cfg,
             &o,
             &tidewatch::clock::SystemClock,
-            tidewatch::run::shutdown_signal(),
+            tidewatch::lifecycle::shutdown_signal(),
         )
         .await
-        .map_err(|e| tidewatch::run::RunError::Config(format!("loadgen: {e}")))?;
+        .map_err(|e| match e {
+            StartError::Usage(m) => StartError::Usage(format!("loadgen: {m}")),
+            StartError::Unavailable(m) => StartError::Unavailable(format!("loadgen: {m}")),
+            StartError::Fault(m) => StartError::Fault(format!("loadgen: {m}")),
+        })?;
         tracing::info!("loadgen: {n} signals published");
         Ok(true)
     })
@@ -357,7 +360,7 @@ fn main() -> ExitCode {
     // The demo's live view is on stdout; its components log warnings only
     // (RUST_LOG=info shows every decision and command).
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn,tidewatch::kafka=error",
+        Command::Demo { .. } => "warn,tidewatch::broker::kafka=error",
         // a simulation decides thousands of times a second: the table is the output
         Command::Simulate(_) => "warn",
         _ => "info",
@@ -383,7 +386,7 @@ fn main() -> ExitCode {
             rounds,
         } => loadgen(
             &config,
-            tidewatch::loadgen::LoadgenOptions {
+            tidewatch::app::loadgen::LoadgenOptions {
                 targets,
                 every,
                 day,
@@ -405,14 +408,14 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EX_USAGE);
             }
-            let opts = tidewatch::demo::DemoOptions {
+            let opts = tidewatch::app::demo::DemoOptions {
                 speed,
                 duration,
                 print_every: every,
                 plot,
                 ..Default::default()
             };
-            match tidewatch::demo::run(&opts, &mut std::io::stdout()) {
+            match tidewatch::app::demo::run(&opts, &mut std::io::stdout()) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo: {e}");

@@ -14,7 +14,7 @@ use croner::Cron;
 use serde::Deserialize;
 
 use crate::clock::Millis;
-use crate::config::de_duration;
+use crate::settings::de_duration;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

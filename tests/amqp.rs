@@ -288,18 +288,18 @@ interval = "500ms"
 async fn start_error(toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cfg = mq::load(dir.path(), toml, POLICY);
-    let opts = tidewatch::run::RunOptions {
+    let opts = tidewatch::scaler::RunOptions {
         listener: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         ..Default::default()
     };
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        tidewatch::run::run(cfg, opts, std::future::pending::<()>()),
+        tidewatch::scaler::run(cfg, opts, std::future::pending::<()>()),
     )
     .await
     .expect("a refused start returns at once");
     match out {
-        Err(tidewatch::run::RunError::Start(e)) => {
+        Err(tidewatch::lifecycle::StartError::Fault(e)) => {
             eprintln!("start error: {e}");
             e
         }
@@ -494,9 +494,9 @@ async fn amqps_with_the_configured_ca() {
         _ => return eprintln!("TIDEWATCH_TEST_AMQPS not set: run scripts/test"),
     };
     // Without the CA the broker's certificate is not trusted: a clear error.
-    let untrusted = tidewatch::amqp::AmqpSettings {
+    let untrusted = tidewatch::broker::amqp::AmqpSettings {
         key: "source.amqp.url".into(),
-        url: tidewatch::config::SecretRef {
+        url: tidewatch::secret::SecretRef {
             literal: Some(tls_url.clone()),
             ..Default::default()
         },

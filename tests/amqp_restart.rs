@@ -77,9 +77,9 @@ async fn publish_steadily(
 ) {
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let settings = tidewatch::amqp::AmqpSettings {
+        let settings = tidewatch::broker::amqp::AmqpSettings {
             key: "test".into(),
-            url: tidewatch::config::SecretRef {
+            url: tidewatch::secret::SecretRef {
                 literal: Some(url.clone()),
                 ..Default::default()
             },

@@ -14,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
-use tidewatch::source::DeadLetter;
+use tidewatch::event::DeadLetter;
 use tidewatch::telemetry::Metrics;
 
 const POLICY: &str = r#"return { decide = function(ctx)
@@ -314,11 +314,7 @@ async fn broker_down_at_start_recovers() {
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        metrics.assigned_partitions.get(),
-        0,
-        "no broker, no assignment"
-    );
+    assert_eq!(metrics.assigned_partitions(), 0, "no broker, no assignment");
     mock.broker_up(-1).unwrap();
     let p = producer(&s.brokers);
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
@@ -374,7 +370,7 @@ async fn lag_probe_feeds_queue_depth() {
         .unwrap(),
     );
     // Lag: partition 0 350 - 100 = 250, partition 1 (no offset, earliest) 350.
-    let settings = tidewatch::source::kafka::settings(cfg.source.kafka.as_ref().unwrap());
+    let settings = cfg.source.kafka.as_ref().unwrap().client_settings();
     let probe_cfg = cfg.probes[0].clone();
     let lag = tokio::task::spawn_blocking(move || {
         let probe = tidewatch::source::probe::KafkaLagProbe::new(&probe_cfg, settings).unwrap();
@@ -390,11 +386,11 @@ async fn lag_probe_feeds_queue_depth() {
     let c = next_command(&commands, Duration::from_secs(60)).await;
     assert_eq!(c.desired_replicas, 6, "ceil(600 / 100)");
     assert!(
-        metrics
-            .events_received
-            .with_label_values(&["probe", "queue_depth"])
-            .get()
-            >= 1
+        tidewatch::telemetry::sum(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("source", "probe"), ("type", "queue_depth")],
+        ) >= 1.0
     );
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);

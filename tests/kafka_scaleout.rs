@@ -28,7 +28,7 @@ fn scaler(
 ) -> (
     Arc<Metrics>,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<tidewatch::run::RunReport>,
+    tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
 ) {
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(cfg, metrics.clone());
@@ -38,7 +38,13 @@ fn scaler(
 fn issued(m: &Metrics, target: &str) -> u64 {
     ["up", "down"]
         .iter()
-        .map(|d| m.commands_issued.with_label_values(&[target, d]).get())
+        .map(|d| {
+            tidewatch::telemetry::sum(
+                m,
+                "tidewatch_commands_issued_total",
+                &[("target", target), ("direction", d)],
+            ) as u64
+        })
         .sum()
 }
 
@@ -93,7 +99,7 @@ stabilization_down = "0s"
     wait_for(
         "each scaler to own one partition",
         Duration::from_secs(60),
-        || m1.assigned_partitions.get() == 1 && m2.assigned_partitions.get() == 1,
+        || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
     )
     .await;
 
@@ -150,7 +156,7 @@ stabilization_down = "0s"
     wait_for(
         "the other scaler to own both partitions",
         Duration::from_secs(60),
-        || other_metrics.assigned_partitions.get() == 2,
+        || other_metrics.assigned_partitions() == 2,
     )
     .await;
     // Steady signals keep coming; a spike of 4000 then proves the new owner

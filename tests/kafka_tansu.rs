@@ -141,11 +141,11 @@ async fn run_against_tansu() {
     );
     // The poison message reaches the dead-letter topic on the real broker too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metrics
-        .dead_letters
-        .with_label_values(&["kafka", "malformed_json"])
-        .get()
-        == 0
+    while tidewatch::telemetry::sum(
+        &metrics,
+        "tidewatch_dead_letters_total",
+        &[("source", "kafka"), ("reason", "malformed_json")],
+    ) == 0.0
     {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -1,8 +1,10 @@
-//! Scale commands and results (version 1 of DESIGN.md). The transports that
-//! publish commands and read results live beside this file.
+//! Scale commands and results (version 1 of DESIGN.md), and the
+//! configuration of the channel they travel on (`[commands]`), which the
+//! scaler's publisher (`publish/`) and the worker share.
 
-pub mod amqp;
-pub mod kafka;
+pub mod config;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +29,55 @@ pub struct ScaleCommand {
     pub dry_run: bool,
 }
 
+/// What a new command says; [`ScaleCommand::issue`] adds its identity
+/// and lifetime.
+#[derive(Debug, Clone)]
+pub struct Order<'a> {
+    pub target: &'a str,
+    pub provider: &'a str,
+    pub policy: &'a str,
+    pub current: u32,
+    pub desired: u32,
+    pub reason: String,
+    pub dry_run: bool,
+}
+
 impl ScaleCommand {
+    /// The one place a command is made: `order` as generation
+    /// `generation`, issued at `now_ms` (its id a UUIDv7 of that time) and
+    /// expiring `ttl_ms` later.
+    pub fn issue(order: Order<'_>, generation: i64, now_ms: Millis, ttl_ms: i64) -> Self {
+        let (issued_at, expires_at) = timestamps(now_ms, ttl_ms);
+        ScaleCommand {
+            version: VERSION,
+            id: command_id(now_ms),
+            target: order.target.to_owned(),
+            provider: order.provider.to_owned(),
+            desired_replicas: order.desired,
+            current_replicas: order.current,
+            reason: order.reason,
+            policy: order.policy.to_owned(),
+            generation,
+            issued_at,
+            expires_at,
+            dry_run: order.dry_run,
+        }
+    }
+
+    /// The same order again as a new generation (nobody answered this one).
+    pub fn reissue(&self, generation: i64, now_ms: Millis, ttl_ms: i64, reason: String) -> Self {
+        let order = Order {
+            target: &self.target,
+            provider: &self.provider,
+            policy: &self.policy,
+            current: self.current_replicas,
+            desired: self.desired_replicas,
+            reason,
+            dry_run: self.dry_run,
+        };
+        Self::issue(order, generation, now_ms, ttl_ms)
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a command always serializes")
     }
@@ -57,6 +107,15 @@ pub enum ResultStatus {
 }
 
 impl ResultStatus {
+    pub const ALL: [ResultStatus; 6] = [
+        ResultStatus::Applied,
+        ResultStatus::Failed,
+        ResultStatus::SkippedStale,
+        ResultStatus::SkippedDuplicate,
+        ResultStatus::Expired,
+        ResultStatus::DryRun,
+    ];
+
     /// The name in messages, metrics labels and routing keys.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -83,62 +142,6 @@ pub struct ScaleResult {
     pub error: Option<String>,
     pub worker: String,
     pub finished_at: String,
-}
-
-/// After the broker confirmed command `c`: counts it by direction and
-/// tells the engine (try_send: the engine may be blocked on a full command
-/// channel that only the publisher empties; an acknowledgement is not
-/// worth a deadlock).
-pub fn confirmed(
-    c: &ScaleCommand,
-    metrics: &crate::telemetry::Metrics,
-    engine: &tokio::sync::mpsc::WeakSender<crate::engine::EngineInput>,
-) {
-    let dir = if c.desired_replicas >= c.current_replicas {
-        "up"
-    } else {
-        "down"
-    };
-    metrics
-        .commands_published
-        .with_label_values(&[c.target.as_str(), dir])
-        .inc();
-    if let Some(engine) = engine.upgrade() {
-        let _ = engine.try_send(crate::engine::EngineInput::Published {
-            target: c.target.clone(),
-            generation: c.generation,
-        });
-    }
-}
-
-/// Decodes a result message and hands it to the engine, counting it by
-/// status (`invalid` when it cannot be decoded; it is then skipped).
-/// False when the engine is gone.
-pub async fn deliver_result(
-    bytes: &[u8],
-    metrics: &crate::telemetry::Metrics,
-    engine: &tokio::sync::mpsc::Sender<crate::engine::EngineInput>,
-) -> bool {
-    match serde_json::from_slice::<ScaleResult>(bytes) {
-        Ok(r) => {
-            metrics
-                .results_received
-                .with_label_values(&[r.status.as_str()])
-                .inc();
-            engine
-                .send(crate::engine::EngineInput::Result(r))
-                .await
-                .is_ok()
-        }
-        Err(e) => {
-            metrics
-                .results_received
-                .with_label_values(&["invalid"])
-                .inc();
-            tracing::warn!(error = %e, bytes = bytes.len(), "result not decoded; skipped");
-            true
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Config;
 use std::io::Write;
 use std::path::Path;
 
@@ -59,7 +60,7 @@ params = {{ per = 100 }}
     );
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(&cfg, metrics.clone(), T0).unwrap();
+    let engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), T0).unwrap();
     Setup {
         dir,
         engine,
@@ -73,7 +74,7 @@ fn depth(target: &str, v: f64, ts: Millis) -> Vec<u8> {
 }
 
 fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for fam in m.registry.gather() {
+    for fam in m.registry().gather() {
         if fam.name() != name {
             continue;
         }

@@ -10,9 +10,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::clock::Millis;
+use crate::event::Metric;
 use crate::forecast::holt::{detect_season, HoltWinters};
 use crate::forecast::ForecastValue;
-use crate::window::{History, Metric};
+use crate::window::History;
 
 /// How the season length is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,7 +6,7 @@ pub mod holt;
 
 use crate::clock::Millis;
 use crate::event::Forecast;
-use crate::window::Metric;
+use crate::event::Metric;
 
 /// A point lookup answered by a forecast.
 #[derive(Debug, Clone, PartialEq)]

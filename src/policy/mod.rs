@@ -15,8 +15,9 @@ use mlua::state::{GcGenParams, GcMode};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 use sha2::{Digest, Sha256};
 
+use crate::event::Metric;
 use crate::forecast::ForecastValue;
-use crate::window::{Metric, WindowStats};
+use crate::window::WindowStats;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// `ctx.window` and `ctx.forecast` over the raw Rust lookups.
@@ -73,6 +74,14 @@ pub enum PolicyErrorKind {
 }
 
 impl PolicyErrorKind {
+    pub const ALL: [PolicyErrorKind; 5] = [
+        PolicyErrorKind::Load,
+        PolicyErrorKind::Runtime,
+        PolicyErrorKind::Budget,
+        PolicyErrorKind::Memory,
+        PolicyErrorKind::InvalidReturn,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             PolicyErrorKind::Load => "load",

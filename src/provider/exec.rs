@@ -4,12 +4,20 @@
 //! and the configured target name. Timeout, exit status and stderr go
 //! into the error.
 
+use serde::Deserialize;
 use std::time::Duration;
 
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
 
 /// The placeholders a template may use, each as a whole argument.
 pub const PLACEHOLDERS: [&str; 2] = ["{replicas}", "{target}"];
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// argv; `{replicas}` and `{target}` as whole arguments.
+    pub command: Vec<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct ExecProvider {

@@ -4,9 +4,36 @@
 //! any other non-2xx answer is not. A JSON answer with
 //! `observed_replicas` reports them.
 
+use serde::Deserialize;
+
+use crate::secret::{Secret, Token};
 use std::time::Duration;
 
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub url: String,
+    #[serde(flatten)]
+    pub token: Secret<Token>,
+}
+
+impl HttpConfig {
+    /// Checks the target's `http` table; `key` makes a key of a field.
+    pub fn check(&self, key: &dyn Fn(&str) -> String, out: &mut Vec<crate::settings::Problem>) {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            out.push(crate::settings::problem(
+                key("http.url"),
+                format!(
+                    "{:?} must start with http:// or https://",
+                    crate::broker::amqp::redact(&self.url)
+                ),
+            ));
+        }
+        self.token.check(&key("http.token"), out);
+    }
+}
 
 pub struct HttpProvider {
     client: reqwest::Client,
@@ -19,13 +46,13 @@ impl HttpProvider {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
                 "url {}: must start with http:// or https://",
-                crate::amqp::redact(url)
+                crate::broker::amqp::redact(url)
             ));
         }
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("url {}: {e}", crate::amqp::redact(url)))?;
+            .map_err(|e| format!("url {}: {e}", crate::broker::amqp::redact(url)))?;
         Ok(Self {
             client,
             url: url.to_owned(),
@@ -41,7 +68,7 @@ impl Provider for HttpProvider {
 
     fn scale<'a>(&'a self, c: &'a ScaleCommand) -> ProviderFuture<'a> {
         Box::pin(async move {
-            let shown = crate::amqp::redact(&self.url);
+            let shown = crate::broker::amqp::redact(&self.url);
             let mut req = self
                 .client
                 .post(self.url.as_str())
@@ -51,7 +78,10 @@ impl Provider for HttpProvider {
                 req = req.bearer_auth(t);
             }
             let resp = req.send().await.map_err(|e| ProviderError {
-                message: format!("http {shown}: {}", crate::amqp::redact(&e.to_string())),
+                message: format!(
+                    "http {shown}: {}",
+                    crate::broker::amqp::redact(&e.to_string())
+                ),
                 retryable: true,
             })?;
             let status = resp.status();

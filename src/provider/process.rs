@@ -8,6 +8,9 @@
 
 #![allow(unsafe_code)]
 
+use serde::Deserialize;
+
+use crate::settings::de_duration;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +47,23 @@ struct Pool {
     replaced: u64,
     /// The last spawn error, so a command that cannot start is reported.
     spawn_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// argv of one replica; `{target}` may stand as a whole argument.
+    pub command: Vec<String>,
+    /// Between SIGTERM and SIGKILL when scaling down.
+    #[serde(default = "default_grace", deserialize_with = "de_duration")]
+    pub grace: Duration,
+    /// Working directory of the children (default: the worker's).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
 }
 
 pub struct ProcessProvider {
@@ -295,7 +315,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn keeps_n_real_processes_replaces_crashes_and_escalates_to_sigkill() {
-        let marker = format!("tidewatch-proc-{}", crate::kafka::unique_suffix());
+        let marker = format!("tidewatch-proc-{}", crate::broker::unique_suffix());
         // A child that ignores SIGTERM, so scale-down must escalate.
         let script = format!("trap '' TERM; while :; do sleep 0.1; done # {marker}");
         let p = ProcessProvider::new(
@@ -336,7 +356,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn polite_children_stop_on_sigterm_and_bad_commands_fail() {
-        let marker = format!("tidewatch-polite-{}", crate::kafka::unique_suffix());
+        let marker = format!("tidewatch-polite-{}", crate::broker::unique_suffix());
         let p = ProcessProvider::new(
             "web",
             vec![

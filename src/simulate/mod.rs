@@ -37,10 +37,10 @@ use crate::clock::Millis;
 use crate::command::{ResultStatus, ScaleResult, VERSION};
 use crate::config::{Config, EngineConfig, TargetConfig};
 use crate::engine::Engine;
+use crate::event::Metric;
 use crate::event::{QueueDepth, Signal};
 use crate::forecast::builtin::RefitMode;
 use crate::telemetry::Metrics;
-use crate::window::Metric;
 
 pub use report::{PolicyReport, Report};
 pub use trace::Trace;
@@ -296,8 +296,13 @@ pub fn run(
     if let Some(p) = problems.first() {
         return Err(format!("simulate options: {p}"));
     }
-    let mut engine = Engine::new(&cfg, Arc::new(Metrics::new()), start_ms)
-        .map_err(|e| format!("policy: {e}"))?;
+    let mut engine = Engine::new(
+        &cfg.engine,
+        &cfg.targets,
+        Arc::new(Metrics::new()),
+        start_ms,
+    )
+    .map_err(|e| format!("policy: {e}"))?;
     engine.set_refit_mode(RefitMode::Inline);
 
     let n = names.len();

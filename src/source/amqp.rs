@@ -5,6 +5,7 @@
 //! A lost connection or channel is reconnected with backoff; what was
 //! delivered but not acked is redelivered by the broker.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +16,72 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
 use lapin::{Channel, Connection, Consumer};
-use tokio::sync::{mpsc, oneshot, watch};
+use serde::Deserialize;
+use tokio::sync::watch;
 
-use crate::amqp::{self, AmqpSettings, ConnectError};
+use crate::broker::amqp::{self, AmqpSettings, ConnectError};
+use crate::broker::{default_binding_keys, default_deadletter};
 use crate::clock::Clock;
-use crate::config::AmqpSourceConfig;
-use crate::engine::EngineInput;
+use crate::engine::EngineHandle;
+use crate::event::{DeadLetter, Origin};
 use crate::retry::Backoff;
+use crate::secret::{Secret, Url};
+use crate::settings::{problem, yes, Problem};
 use crate::source::kafka::MAX_BATCH;
-use crate::source::{DeadLetter, Origin};
 use crate::telemetry::Metrics;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSourceConfig {
+    #[serde(flatten)]
+    pub url: Secret<Url>,
+    #[serde(default = "default_signals_exchange")]
+    pub exchange: String,
+    #[serde(default = "default_scaler_queue")]
+    pub queue: String,
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Declare the exchange and queue (true) or only check that they exist.
+    #[serde(default = "yes")]
+    pub declare: bool,
+    /// Binding keys of the queue on the exchange (signals are published
+    /// with routing key `<type>.<target>`).
+    #[serde(default = "default_binding_keys")]
+    pub binding_keys: Vec<String>,
+    #[serde(default = "default_deadletter")]
+    pub deadletter_exchange: String,
+    /// PEM CA file for `amqps://` (default: the system's trust store).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl AmqpSourceConfig {
+    pub fn settings(&self) -> AmqpSettings {
+        AmqpSettings {
+            key: "source.amqp.url".into(),
+            url: self.url.reference().clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+        }
+    }
+
+    /// Checks `[source.amqp]`.
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        self.settings().check(out);
+        if self.prefetch == 0 {
+            out.push(problem("source.amqp.prefetch", "must be at least 1"));
+        }
+    }
+}
+
+fn default_signals_exchange() -> String {
+    "tidewatch.signals".into()
+}
+fn default_scaler_queue() -> String {
+    "tidewatch.scaler".into()
+}
+fn default_prefetch() -> u16 {
+    500
+}
 
 /// How long a batch waits for more deliveries after its first.
 pub const LINGER: Duration = Duration::from_millis(1);
@@ -32,7 +89,7 @@ pub const LINGER: Duration = Duration::from_millis(1);
 pub struct AmqpSource {
     cfg: AmqpSourceConfig,
     settings: AmqpSettings,
-    engine: mpsc::Sender<EngineInput>,
+    engine: EngineHandle,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     ready: Arc<AtomicBool>,
@@ -71,7 +128,7 @@ enum Ended {
 impl AmqpSource {
     pub fn new(
         cfg: &AmqpSourceConfig,
-        engine: mpsc::Sender<EngineInput>,
+        engine: EngineHandle,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         ready: Arc<AtomicBool>,
@@ -155,15 +212,9 @@ impl AmqpSource {
             };
             backoff.reset();
             self.ready.store(true, Ordering::Relaxed);
-            self.metrics
-                .broker_connected
-                .with_label_values(&["source"])
-                .set(1);
+            self.metrics.broker_connected("source", true);
             let ended = self.consume(&s, &mut stop).await;
-            self.metrics
-                .broker_connected
-                .with_label_values(&["source"])
-                .set(0);
+            self.metrics.broker_connected("source", false);
             match ended {
                 Ended::Stopped => {
                     let _ = s.conn.close(200, "tidewatch stopping").await;
@@ -171,10 +222,7 @@ impl AmqpSource {
                 }
                 Ended::Lost(e) => {
                     self.ready.store(false, Ordering::Relaxed);
-                    self.metrics
-                        .broker_reconnects
-                        .with_label_values(&["source"])
-                        .inc();
+                    self.metrics.broker_reconnecting("source");
                     tracing::warn!(setting = "source.amqp.url", url = %self.settings.shown_url(), "amqp source lost the broker ({e}); reconnecting");
                     if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
                         break;
@@ -276,16 +324,7 @@ impl AmqpSource {
             .map(|d| (Origin::default(), std::mem::take(&mut d.data)))
             .collect();
         let messages = Arc::new(messages);
-        let (done, outcome) = oneshot::channel();
-        let input = EngineInput::Batch {
-            source: "amqp",
-            messages: messages.clone(),
-            done: Some(done),
-        };
-        if self.engine.send(input).await.is_err() {
-            return Err(Ended::Stopped);
-        }
-        let Ok(outcomes) = outcome.await else {
+        let Ok(outcomes) = self.engine.apply_batch("amqp", messages.clone()).await else {
             return Err(Ended::Stopped);
         };
         let now = self.clock.now_ms();
@@ -298,7 +337,7 @@ impl AmqpSource {
                 key: Some(d.routing_key.as_str().as_bytes().to_vec()),
                 ..Origin::default()
             };
-            if let Some(dl) = DeadLetter::of("amqp", &origin, bytes, outcome, now) {
+            if let Some(dl) = DeadLetter::of("amqp", &origin, bytes, &outcome.rejected, now) {
                 if let Err(e) = self.dead_letter(s, d, bytes, &dl).await {
                     return Err(Ended::Lost(e));
                 }
@@ -355,9 +394,7 @@ impl AmqpSource {
             }
         }
         self.metrics
-            .dead_letters
-            .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
-            .inc();
+            .dead_lettered(dl.source.as_str(), dl.reason.as_str());
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! bounded librdkafka prefetch queue), and a drain on shutdown and on
 //! partition revocation.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +16,73 @@ use rdkafka::consumer::{
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot, watch};
+use serde::Deserialize;
+use tokio::sync::watch;
 
+use crate::broker::default_deadletter;
+use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
+use crate::broker::BrokerError;
 use crate::clock::Clock;
-use crate::config::KafkaSourceConfig;
-use crate::engine::{EngineInput, SharedOwnership};
-use crate::kafka::{produce_until_acked, ClientSettings, LoggingContext};
-use crate::source::{DeadLetter, Origin};
+use crate::engine::{EngineHandle, SharedOwnership};
+use crate::event::{DeadLetter, Origin};
+use crate::secret::{SaslPassword, Secret};
+use crate::settings::{problem, Problem};
 use crate::telemetry::Metrics;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    #[serde(default = "default_signal_topics")]
+    pub topics: Vec<String>,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    #[serde(default = "default_deadletter")]
+    pub deadletter_topic: String,
+    /// On assignment a partition is re-read from the start of the longest
+    /// window to rebuild it; when the broker cannot find that start by time,
+    /// at most this many messages before the committed offset are re-read.
+    #[serde(default = "default_max_replay")]
+    pub max_replay_messages: u64,
+    /// Passed to librdkafka as they are (TLS, SASL and tuning settings).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub sasl_password: Secret<SaslPassword>,
+}
+
+impl KafkaSourceConfig {
+    /// The client settings, with errors naming `source.kafka.*`.
+    pub fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            key: "source.kafka.brokers".into(),
+            brokers: self.brokers.clone(),
+            options: self.options.clone(),
+            sasl_password: self.sasl_password.reference().clone(),
+        }
+    }
+
+    /// Checks `[source.kafka]`.
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        crate::broker::kafka::check(out, "source.kafka", &self.brokers, &self.sasl_password);
+        if self.topics.is_empty() {
+            out.push(problem(
+                "source.kafka.topics",
+                "must name at least one topic",
+            ));
+        }
+    }
+}
+
+fn default_max_replay() -> u64 {
+    100_000
+}
+fn default_signal_topics() -> Vec<String> {
+    vec!["tidewatch.signals".into()]
+}
+fn default_group() -> String {
+    "tidewatch-scaler".into()
+}
 
 /// Messages handed to the engine at once, at most.
 pub const MAX_BATCH: usize = 500;
@@ -106,10 +166,7 @@ impl ClientContext for SourceContext {
                 if *p < 0 || part.consumer_lag < 0 {
                     continue;
                 }
-                self.metrics
-                    .source_consumer_lag
-                    .with_label_values(&[topic, &p.to_string()])
-                    .set(part.consumer_lag);
+                self.metrics.consumer_lag(topic, *p, part.consumer_lag);
             }
         }
     }
@@ -146,7 +203,7 @@ impl ConsumerContext for SourceContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .assigned_count();
-        self.metrics.assigned_partitions.set(n as i64);
+        self.metrics.partitions_assigned(n);
         if let Rebalance::Assign(_) = rebalance {
             self.ready.store(true, Ordering::Relaxed);
         }
@@ -158,31 +215,22 @@ pub struct KafkaSource {
     ownership: SharedOwnership,
     deadletter: FutureProducer<LoggingContext>,
     deadletter_topic: String,
-    engine: mpsc::Sender<EngineInput>,
+    engine: EngineHandle,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-}
-
-pub fn settings(cfg: &KafkaSourceConfig) -> ClientSettings {
-    ClientSettings {
-        key: "source.kafka.brokers".into(),
-        brokers: cfg.brokers.clone(),
-        options: cfg.options.clone(),
-        sasl_password: cfg.sasl_secret(),
-    }
 }
 
 impl KafkaSource {
     pub fn new(
         cfg: &KafkaSourceConfig,
-        engine: mpsc::Sender<EngineInput>,
+        engine: EngineHandle,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         ready: Arc<AtomicBool>,
         ownership: SharedOwnership,
         longest_window_ms: i64,
-    ) -> Result<Self, String> {
-        let s = settings(cfg);
+    ) -> Result<Self, BrokerError> {
+        let s = cfg.client_settings();
         let mut c = s.client_config()?;
         c.set("group.id", &cfg.group_id)
             .set("enable.auto.offset.store", "false")
@@ -209,16 +257,21 @@ impl KafkaSource {
                 longest_window_ms,
                 max_replay: cfg.max_replay_messages as i64,
             })
-            .map_err(|e| format!("source.kafka: cannot create the consumer: {e}"))?;
+            .map_err(|e| {
+                BrokerError::new("source.kafka", format!("cannot create the consumer: {e}"))
+            })?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| format!("source.kafka.topics {topics:?}: {e}"))?;
+            .map_err(|e| BrokerError::new("source.kafka.topics", format!("{topics:?}: {e}")))?;
         let mut pc = s.client_config()?;
         pc.set("enable.idempotence", "true").set("acks", "all");
-        let deadletter = pc
-            .create_with_context(log)
-            .map_err(|e| format!("source.kafka: cannot create the dead-letter producer: {e}"))?;
+        let deadletter = pc.create_with_context(log).map_err(|e| {
+            BrokerError::new(
+                "source.kafka",
+                format!("cannot create the dead-letter producer: {e}"),
+            )
+        })?;
         Ok(Self {
             consumer,
             ownership,
@@ -248,9 +301,8 @@ impl KafkaSource {
                     // errors here; a long pause would only delay the group join,
                     // which needs this consumer polled. Log the first of a run.
                     failures += 1;
-                    if failures == 1 || failures % 100 == 0 {
-                        tracing::warn!(setting = "source.kafka", error = %e, failures, "kafka consume error; retrying");
-                    }
+                    self.metrics
+                        .source_error("kafka", &e, failures == 1 || failures % 100 == 0);
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -280,16 +332,7 @@ impl KafkaSource {
     /// previous owner left it. False when the engine is gone.
     async fn handle(&self, batch: Vec<(Origin, Vec<u8>)>) -> bool {
         let messages = Arc::new(batch);
-        let (done, outcome) = oneshot::channel();
-        let input = EngineInput::Batch {
-            source: "kafka",
-            messages: messages.clone(),
-            done: Some(done),
-        };
-        if self.engine.send(input).await.is_err() {
-            return false;
-        }
-        let Ok(outcomes) = outcome.await else {
+        let Ok(outcomes) = self.engine.apply_batch("kafka", messages.clone()).await else {
             return false;
         };
         let now = self.clock.now_ms();
@@ -297,7 +340,7 @@ impl KafkaSource {
             if origin.replay {
                 continue;
             }
-            if let Some(dl) = DeadLetter::of("kafka", origin, bytes, outcome, now) {
+            if let Some(dl) = DeadLetter::of("kafka", origin, bytes, &outcome.rejected, now) {
                 produce_dead_letter(&self.deadletter, &self.deadletter_topic, &dl, &self.metrics)
                     .await;
             }
@@ -343,8 +386,5 @@ pub async fn produce_dead_letter(
         tracing::warn!(setting = "source.kafka.deadletter_topic", topic, error = %e, "dead letter not accepted; retrying in {wait:?}");
     })
     .await;
-    metrics
-        .dead_letters
-        .with_label_values(&[dl.source.as_str(), dl.reason.as_str()])
-        .inc();
+    metrics.dead_lettered(&dl.source, &dl.reason);
 }

@@ -4,20 +4,136 @@
 //! Kafka scaler does) and feeds it as the target's `queue_depth`; the
 //! RabbitMQ queue probe reads a queue's depth the same way.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch};
+use serde::Deserialize;
+use tokio::sync::watch;
 
-use crate::amqp::AmqpSettings;
+use crate::broker::amqp::AmqpSettings;
+use crate::broker::kafka::{ClientSettings, LoggingContext};
 use crate::clock::Clock;
-use crate::config::{KafkaSourceConfig, NoOffsetRule, ProbeConfig};
-use crate::engine::EngineInput;
+use crate::engine::EngineHandle;
 use crate::event::{QueueDepth, Signal};
-use crate::kafka::{ClientSettings, LoggingContext};
+use crate::secret::{ManagementUrl, Secret, Url};
+use crate::settings::{de_duration, problem, Problem};
+use crate::source::KafkaSourceConfig;
 use crate::telemetry::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// A consumer group's lag on a topic, summed over partitions.
+    KafkaLag,
+    /// A RabbitMQ queue's depth (ready messages by passive declare, or
+    /// ready plus unacknowledged from the management API).
+    AmqpQueue,
+}
+
+/// What a lag probe counts for a partition where the group has committed
+/// no offset yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoOffsetRule {
+    /// Everything retained is unconsumed: lag = high watermark - low watermark.
+    #[default]
+    Earliest,
+    /// The group will start at the end: lag = 0.
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
+    /// The target whose `queue_depth` the probe feeds.
+    pub target: String,
+    /// kafka_lag: the topic and the consumer group whose lag is measured.
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub group: String,
+    /// kafka_lag: default `source.kafka.brokers`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// amqp_queue: the queue whose depth is measured.
+    #[serde(default)]
+    pub queue: String,
+    /// amqp_queue: the broker (default: `source.amqp`'s URL and CA file).
+    #[serde(flatten)]
+    pub url: Secret<Url>,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// amqp_queue: read the depth from the management HTTP API instead
+    /// (`http://user:pass@host:15672`), which also counts messages
+    /// delivered but not yet acknowledged, as KEDA's RabbitMQ scaler does.
+    #[serde(flatten)]
+    pub management_url: Secret<ManagementUrl>,
+    /// amqp_queue with the management API: the queue's virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    #[serde(default = "default_probe_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub no_offset: NoOffsetRule,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_vhost() -> String {
+    "/".into()
+}
+
+impl ProbeConfig {
+    /// Checks probe `i` against the source it may borrow brokers from
+    /// (that its target exists is the whole configuration's check).
+    pub fn check(&self, i: usize, source: &crate::source::SourceConfig, out: &mut Vec<Problem>) {
+        let p = self;
+        let key = |k: &str| format!("probes[{i}].{k}");
+        match p.kind {
+            ProbeKind::KafkaLag => {
+                if p.topic.is_empty() || p.group.is_empty() {
+                    out.push(problem(
+                        key("topic"),
+                        "a kafka_lag probe needs `topic` and `group`",
+                    ));
+                }
+                if p.brokers.is_none() && source.kafka.is_none() {
+                    out.push(problem(
+                        key("brokers"),
+                        "give `brokers`, or configure [source.kafka]",
+                    ));
+                }
+            }
+            ProbeKind::AmqpQueue => {
+                if p.queue.is_empty() {
+                    out.push(problem(key("queue"), "an amqp_queue probe needs `queue`"));
+                }
+                let url = p.url.reference().clone();
+                if url.is_set() {
+                    url.check(&key("url"), out);
+                } else if source.amqp.is_none() {
+                    out.push(problem(
+                        key("url"),
+                        "give `url`, `url_env` or `url_file`, or configure [source.amqp]",
+                    ));
+                }
+                p.management_url.check(&key("management_url"), out);
+            }
+        }
+        if p.interval < Duration::from_millis(100) {
+            out.push(problem(key("interval"), "must be at least 100ms"));
+        }
+    }
+}
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,7 +154,7 @@ pub fn settings(
         },
         (None, Some(k)) => ClientSettings {
             key,
-            ..crate::source::kafka::settings(k)
+            ..k.client_settings()
         },
         (None, None) => return Err(format!("{key}: give brokers, or configure [source.kafka]")),
     };
@@ -161,7 +277,7 @@ pub trait Measure: Send {
 /// Where a probe's measurements go, and when it stops.
 #[derive(Clone)]
 pub struct ProbeFeeds {
-    pub engine: mpsc::Sender<EngineInput>,
+    pub engine: EngineHandle,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub stop: watch::Receiver<bool>,
@@ -201,16 +317,12 @@ pub async fn run_probe<M: Measure>(mut probe: M, feeds: ProbeFeeds) {
                     consumers,
                     ts_ms: clock.now_ms(),
                 });
-                if engine.send(EngineInput::Signal(s)).await.is_err() {
+                if engine.signal(s).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                metrics
-                    .probe_errors
-                    .with_label_values(&[target.as_str(), M::KIND])
-                    .inc();
-                tracing::warn!(target_name = %target, queue = %queue, kind = M::KIND, "probe: {e}");
+                metrics.probe_failed(&target, M::KIND, &queue, &e);
             }
         }
     }
@@ -236,7 +348,7 @@ impl AmqpQueueProbe {
         source: Option<&crate::config::AmqpSourceConfig>,
     ) -> Result<Self, String> {
         let key = format!("probes[{i}]");
-        let url = cfg.url_secret();
+        let url = cfg.url.reference().clone();
         let settings = match (url.is_set(), source) {
             (true, _) => AmqpSettings {
                 key: format!("{key}.url"),
@@ -254,7 +366,7 @@ impl AmqpQueueProbe {
             }
         };
         let management = match cfg
-            .management_secret()
+            .management_url
             .resolve(&format!("{key}.management_url"))?
         {
             Some(base) => {
@@ -290,7 +402,7 @@ impl AmqpQueueProbe {
         }
         let (_, ch) = self.channel.as_ref().expect("opened above");
         let qkey = format!("{}.queue", self.key);
-        match crate::amqp::queue(ch, &self.cfg.queue, &qkey, false, None).await {
+        match crate::broker::amqp::queue(ch, &self.cfg.queue, &qkey, false, None).await {
             Ok((messages, consumers)) => Ok((messages as f64, Some(consumers))),
             Err(e) => {
                 // A failed passive declare closes the channel: start over.
@@ -305,12 +417,13 @@ impl AmqpQueueProbe {
     async fn http(&self) -> Result<Option<(f64, Option<u32>)>, String> {
         let (client, url) = self.management.as_ref().expect("called with management");
         let key = format!("{}.management_url", self.key);
-        let shown = crate::amqp::redact(url);
-        let resp = client
-            .get(url.as_str())
-            .send()
-            .await
-            .map_err(|e| format!("{key} {shown}: {}", crate::amqp::redact(&e.to_string())))?;
+        let shown = crate::broker::amqp::redact(url);
+        let resp = client.get(url.as_str()).send().await.map_err(|e| {
+            format!(
+                "{key} {shown}: {}",
+                crate::broker::amqp::redact(&e.to_string())
+            )
+        })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("{key} {shown}: HTTP {status}"));
@@ -346,7 +459,7 @@ pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<Stri
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Err(format!(
             "management_url {}: must start with http:// or https://",
-            crate::amqp::redact(base)
+            crate::broker::amqp::redact(base)
         ));
     }
     let enc = |s: &str| {
@@ -366,8 +479,8 @@ pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<Stri
 /// management API queue object; `None` for a queue so new that the API has
 /// no statistics for it yet.
 pub fn parse_management(body: &[u8]) -> Result<Option<(f64, Option<u32>)>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not a queue object: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("management API: not a queue object: {e}"))?;
     let messages = v.get("messages").and_then(|m| m.as_f64()).or_else(|| {
         let ready = v.get("messages_ready")?.as_f64()?;
         let unacked = v.get("messages_unacknowledged")?.as_f64()?;

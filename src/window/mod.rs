@@ -10,48 +10,13 @@ pub use history::History;
 use std::time::Duration;
 
 use crate::clock::Millis;
-use crate::event::{GatewayLatency, QueueDepth, Reason, Rejection};
+use crate::event::{GatewayLatency, Metric, QueueDepth, Reason, Rejection};
 use sketch::Sketch;
 
 /// Buckets per window: a window of span S slides in steps of S / BUCKETS.
 pub const BUCKETS: usize = 10;
 /// Distinct queues a target may sum before more are refused.
 pub const MAX_QUEUES: usize = 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Metric {
-    QueueDepth,
-    LatencyMs,
-    Requests,
-    Errors,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 4] = [
-        Metric::QueueDepth,
-        Metric::LatencyMs,
-        Metric::Requests,
-        Metric::Errors,
-    ];
-    pub const NAMES: [&'static str; 4] = ["queue_depth", "latency_ms", "requests", "errors"];
-
-    pub fn name(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-
-    pub fn parse(s: &str) -> Option<Metric> {
-        Self::NAMES
-            .iter()
-            .position(|n| *n == s)
-            .map(|i| Self::ALL[i])
-    }
-
-    /// Counters sum per-message counts; their `rate` is sum per second and
-    /// they keep no quantile sketch.
-    fn is_counter(self) -> bool {
-        matches!(self, Metric::Requests | Metric::Errors)
-    }
-}
 
 /// What `ctx.window(metric, span)` returns.
 #[derive(Debug, Clone, Copy, PartialEq)]

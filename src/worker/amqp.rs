@@ -22,13 +22,13 @@ use tokio::sync::watch;
 
 use super::config::WorkerConfig;
 use super::{Ack, Dispatcher, Outbox, Started};
-use crate::amqp::{self, AmqpSettings, ConnectError};
+use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::command::ScaleResult;
 use crate::config::AmqpCommandsConfig;
-use crate::engine::Origin;
+use crate::event::DeadLetter;
+use crate::event::Origin;
+use crate::lifecycle::StartError;
 use crate::retry::Backoff;
-use crate::run::RunError;
-use crate::source::DeadLetter;
 use crate::telemetry::Metrics;
 
 struct Session {
@@ -182,7 +182,7 @@ pub(crate) async fn start(
     cfg: &WorkerConfig,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) -> Result<Started, RunError> {
+) -> Result<Started, StartError> {
     let settings = a.settings();
     let prefetch = cfg.worker.prefetch;
     let first = match open(a, &settings, prefetch).await {
@@ -194,7 +194,7 @@ pub(crate) async fn start(
             );
             None
         }
-        Err(e) => return Err(RunError::Start(e.to_string())),
+        Err(e) => return Err(StartError::Fault(e.to_string())),
     };
     let (channel_tx, channel_rx) = watch::channel(None);
     let outbox = Arc::new(AmqpOutbox {
@@ -257,10 +257,7 @@ async fn consume_loop(
         };
         tracing::info!(setting = "commands.amqp.url", url = %settings.shown_url(), queue = %cfg.queue, "worker connected");
         backoff.reset();
-        metrics
-            .broker_connected
-            .with_label_values(&["worker"])
-            .set(1);
+        metrics.broker_connected("worker", true);
         let _ = channel.send(Some(s.publish.clone()));
         let Session {
             conn, mut consumer, ..
@@ -293,10 +290,7 @@ async fn consume_loop(
             });
             dispatcher.submit(&d.data, &origin, ack).await;
         };
-        metrics
-            .broker_connected
-            .with_label_values(&["worker"])
-            .set(0);
+        metrics.broker_connected("worker", false);
         match lost {
             None => {
                 last_conn = Some(conn);
@@ -304,10 +298,7 @@ async fn consume_loop(
             }
             Some(e) => {
                 let _ = channel.send(None);
-                metrics
-                    .broker_reconnects
-                    .with_label_values(&["worker"])
-                    .inc();
+                metrics.broker_reconnecting("worker");
                 tracing::warn!(
                     setting = "commands.amqp.url",
                     "worker lost the broker ({e}); reconnecting"

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{
-    array, check_commands, de_duration, problem, read_raw, secret, typed, unknown_sections,
-    BrokerKind, CommandsConfig, ConfigError, Problem, SecretRef,
+use crate::broker::BrokerKind;
+use crate::command::config::CommandsConfig;
+use crate::provider::ProviderSettings;
+use crate::settings::{
+    array, check_target_name, de_duration, de_opt_duration, has_key, problem, read_raw, typed,
+    unknown_sections, ConfigError, Problem,
 };
-
-/// The providers a target may name.
-pub const PROVIDERS: [&str; 5] = ["kubernetes", "exec", "http", "process", "log"];
+use crate::telemetry::check_listen;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -79,12 +80,6 @@ fn default_worker_prefetch() -> u16 {
 fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
-fn default_grace() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_kind() -> String {
-    "Deployment".into()
-}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -106,63 +101,6 @@ fn default_worker_listen() -> String {
     "127.0.0.1:9899".into()
 }
 
-/// `kubernetes = { namespace, kind, name }`: the scale subresource of a
-/// Deployment or StatefulSet.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesConfig {
-    pub namespace: String,
-    /// `Deployment` or `StatefulSet`.
-    #[serde(default = "default_kind")]
-    pub kind: String,
-    pub name: String,
-    /// A kubeconfig file; without it: in-cluster service account when
-    /// running in a pod, else `$KUBECONFIG`, else `~/.kube/config`.
-    #[serde(default)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context (default: its current context).
-    #[serde(default)]
-    pub context: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ExecConfig {
-    /// argv; `{replicas}` and `{target}` as whole arguments.
-    pub command: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    pub url: String,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub token_env: Option<String>,
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-impl HttpConfig {
-    pub fn token_secret(&self) -> SecretRef {
-        secret(&self.token, &self.token_env, &self.token_file)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessConfig {
-    /// argv of one replica; `{target}` may stand as a whole argument.
-    pub command: Vec<String>,
-    /// Between SIGTERM and SIGKILL when scaling down.
-    #[serde(default = "default_grace", deserialize_with = "de_duration")]
-    pub grace: Duration,
-    /// Working directory of the children (default: the worker's).
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerTargetConfig {
@@ -171,18 +109,9 @@ pub struct WorkerTargetConfig {
     /// Overrides `worker.timeout` for this target.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
-    #[serde(default)]
-    pub kubernetes: Option<KubernetesConfig>,
-    #[serde(default)]
-    pub exec: Option<ExecConfig>,
-    #[serde(default)]
-    pub http: Option<HttpConfig>,
-    #[serde(default)]
-    pub process: Option<ProcessConfig>,
-}
-
-fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
+    /// The provider's table (`kubernetes = { ... }`, ...).
+    #[serde(flatten)]
+    pub settings: ProviderSettings,
 }
 
 /// A whole worker configuration.
@@ -211,11 +140,7 @@ impl WorkerConfig {
             &mut problems,
         );
         problems.extend(cfg.check());
-        if problems.iter().any(|p| !p.warning) {
-            Err(ConfigError { problems })
-        } else {
-            Ok((cfg, problems))
-        }
+        ConfigError::check(cfg, problems)
     }
 
     /// Whether `path` is a worker configuration rather than a scaler's: it
@@ -225,10 +150,10 @@ impl WorkerConfig {
         let Ok(raw) = read_raw(path) else {
             return false;
         };
-        if crate::config::has_key(&raw, "worker") {
+        if has_key(&raw, "worker") {
             return true;
         }
-        if crate::config::has_key(&raw, "source") {
+        if has_key(&raw, "source") {
             return false;
         }
         let targets = raw
@@ -254,7 +179,7 @@ impl WorkerConfig {
                 "a worker needs a command stream: \"kafka\" or \"amqp\"",
             ));
         }
-        check_commands(&self.commands, &mut out);
+        self.commands.check(&mut out);
         let w = &self.worker;
         if w.max_attempts == 0 {
             out.push(problem("worker.max_attempts", "must be at least 1"));
@@ -270,15 +195,7 @@ impl WorkerConfig {
                 out.push(problem("worker.name", "must not be empty"));
             }
         }
-        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push(problem(
-                "metrics.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9899",
-                    self.metrics.listen
-                ),
-            ));
-        }
+        check_listen(&self.metrics.listen, "127.0.0.1:9899", &mut out);
         if self.targets.is_empty() {
             out.push(problem(
                 "targets",
@@ -288,90 +205,11 @@ impl WorkerConfig {
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let key = |k: &str| format!("targets[{i}].{k}");
-            crate::config::check_target_name(&t.name, &key("name"), &mut names, &mut out);
+            check_target_name(&t.name, &key("name"), &mut names, &mut out);
             if t.timeout.is_some_and(|d| d.is_zero()) {
                 out.push(problem(key("timeout"), "must be above zero"));
             }
-            let has = |p: &str| match p {
-                "kubernetes" => t.kubernetes.is_some(),
-                "exec" => t.exec.is_some(),
-                "http" => t.http.is_some(),
-                "process" => t.process.is_some(),
-                _ => false,
-            };
-            for other in PROVIDERS {
-                if other != t.provider && has(other) {
-                    out.push(problem(
-                        key(other),
-                        format!(
-                            "settings for provider {other:?}, but the provider is {:?}",
-                            t.provider
-                        ),
-                    ));
-                }
-            }
-            match t.provider.as_str() {
-                "log" => {}
-                p if PROVIDERS.contains(&p) && !has(p) => out.push(problem(
-                    key(p),
-                    format!("provider {p:?} needs its settings: `{p} = {{ ... }}`"),
-                )),
-                "kubernetes" => {
-                    let k = t.kubernetes.as_ref().expect("checked above");
-                    if k.namespace.is_empty() || k.name.is_empty() {
-                        out.push(problem(
-                            key("kubernetes"),
-                            "`namespace` and `name` must not be empty",
-                        ));
-                    }
-                    if !["Deployment", "StatefulSet"].contains(&k.kind.as_str()) {
-                        out.push(problem(
-                            key("kubernetes.kind"),
-                            format!("{:?}: give \"Deployment\" or \"StatefulSet\"", k.kind),
-                        ));
-                    }
-                    if let Some(p) = &k.kubeconfig {
-                        if !p.exists() {
-                            out.push(Problem {
-                                warning: true,
-                                ..problem(
-                                    key("kubernetes.kubeconfig"),
-                                    format!("{} does not exist here", p.display()),
-                                )
-                            });
-                        }
-                    }
-                }
-                "exec" => {
-                    let e = t.exec.as_ref().expect("checked above");
-                    if let Err(m) = crate::provider::exec::check_template(&e.command) {
-                        out.push(problem(key("exec.command"), m));
-                    }
-                }
-                "http" => {
-                    let h = t.http.as_ref().expect("checked above");
-                    if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                        out.push(problem(
-                            key("http.url"),
-                            format!(
-                                "{:?} must start with http:// or https://",
-                                crate::amqp::redact(&h.url)
-                            ),
-                        ));
-                    }
-                    h.token_secret().check(&key("http.token"), &mut out);
-                }
-                "process" => {
-                    let p = t.process.as_ref().expect("checked above");
-                    if let Err(m) = crate::provider::process::check_command(&p.command) {
-                        out.push(problem(key("process.command"), m));
-                    }
-                }
-                other => out.push(problem(
-                    key("provider"),
-                    format!("{other:?} is not a provider; give one of {PROVIDERS:?}"),
-                )),
-            }
+            t.settings.check(&t.provider, &key, &mut out);
         }
         out
     }
@@ -420,7 +258,7 @@ exec = { command = ["kubectl", "scale", "deployment/web", "--replicas", "{replic
         assert_eq!(c.metrics.listen, "127.0.0.1:9899");
         assert_eq!(c.timeout_of(&c.targets[2]), Duration::from_secs(5));
         assert_eq!(c.timeout_of(&c.targets[0]), Duration::from_secs(30));
-        let k = c.targets[0].kubernetes.as_ref().unwrap();
+        let k = c.targets[0].settings.kubernetes.as_ref().unwrap();
         assert_eq!(
             (k.namespace.as_str(), k.kind.as_str()),
             ("shop", "Deployment")

@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use super::config::WorkerConfig;
 use super::{Ack, Dispatcher, Outbox, Started};
+use crate::broker::kafka::{produce_until_acked, LoggingContext};
+use crate::broker::BrokerError;
 use crate::command::ScaleResult;
 use crate::config::KafkaCommandsConfig;
-use crate::engine::Origin;
-use crate::kafka::{produce_until_acked, LoggingContext};
-use crate::source::DeadLetter;
+use crate::event::DeadLetter;
+use crate::event::Origin;
 
 /// Offsets in flight per partition: the offset to store is the one below
 /// the lowest unfinished command, or the highest received when none is.
@@ -117,8 +118,8 @@ pub(crate) fn start(
     k: &KafkaCommandsConfig,
     cfg: &WorkerConfig,
     stop: watch::Receiver<bool>,
-) -> Result<Started, String> {
-    let s = crate::command::kafka::settings(k);
+) -> Result<Started, BrokerError> {
+    let s = k.client_settings();
     let log = LoggingContext {
         key: s.key.clone(),
         brokers: s.brokers.clone(),
@@ -134,19 +135,20 @@ pub(crate) fn start(
     // Commands published before the first worker started still count;
     // the expired ones are answered `expired`.
     .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer<LoggingContext> = c
-        .create_with_context(log.clone())
-        .map_err(|e| format!("commands.kafka: cannot create the consumer: {e}"))?;
+    let consumer: StreamConsumer<LoggingContext> =
+        c.create_with_context(log.clone()).map_err(|e| {
+            BrokerError::new("commands.kafka", format!("cannot create the consumer: {e}"))
+        })?;
     consumer
         .subscribe(&[k.topic.as_str()])
-        .map_err(|e| format!("commands.kafka.topic {}: {e}", k.topic))?;
+        .map_err(|e| BrokerError::new("commands.kafka.topic", format!("{}: {e}", k.topic)))?;
     let mut pc = s.client_config()?;
     pc.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0");
-    let producer = pc
-        .create_with_context(log)
-        .map_err(|e| format!("commands.kafka: cannot create the producer: {e}"))?;
+    let producer = pc.create_with_context(log).map_err(|e| {
+        BrokerError::new("commands.kafka", format!("cannot create the producer: {e}"))
+    })?;
     let outbox = Arc::new(KafkaOutbox {
         producer,
         results_topic: k.results_topic.clone(),

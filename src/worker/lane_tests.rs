@@ -1,10 +1,15 @@
 //! The dispatcher and its lanes with an in-memory outbox: verdicts,
 //! order, parallelism, retries, timeouts, refusals and the state file.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use super::*;
 use crate::clock::SystemClock;
+use crate::command::{ScaleCommand, ScaleResult};
+use crate::event::{DeadLetter, Origin};
 use crate::provider::exec::ExecProvider;
 use crate::provider::ProviderFuture;
 
@@ -209,10 +214,11 @@ async fn duplicates_stale_expired_dry_runs_and_refusals() {
         "every message acked once"
     );
     assert_eq!(
-        r.metrics
-            .worker_results
-            .with_label_values(&["web", "skipped_duplicate"])
-            .get(),
+        crate::telemetry::sum(
+            &r.metrics,
+            "tidewatch_worker_results_total",
+            &[("target", "web"), ("status", "skipped_duplicate")]
+        ) as u64,
         1
     );
 
@@ -324,7 +330,13 @@ async fn retries_a_provider_that_fails_twice_and_gives_up_on_one_that_hangs() {
         "{:?}",
         started.elapsed()
     );
-    let calls = |p: &str, s: &str| r.metrics.provider_calls.with_label_values(&[p, s]).get();
+    let calls = |p: &str, s: &str| {
+        crate::telemetry::sum(
+            &r.metrics,
+            "tidewatch_provider_calls_total",
+            &[("provider", p), ("status", s)],
+        ) as u64
+    };
     assert_eq!(
         (
             calls("exec", "error"),

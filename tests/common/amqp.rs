@@ -14,8 +14,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use tidewatch::amqp::AmqpSettings;
-use tidewatch::config::{Config, SecretRef};
+use tidewatch::broker::amqp::AmqpSettings;
+use tidewatch::config::Config;
+use tidewatch::secret::SecretRef;
 
 /// The test broker, or None outside CI when it is not set (the test then
 /// says so and returns). Under CI=true a missing broker fails the test.
@@ -246,11 +247,11 @@ pub fn header(g: &Got, name: &str) -> Option<String> {
 /// Declares the durable topic exchange and a durable queue bound to it
 /// with `#`, as the scaler does.
 pub async fn exchange_and_queue(ch: &Channel, exchange: &str, queue: &str) {
-    tidewatch::amqp::exchange(ch, exchange, "test", true)
+    tidewatch::broker::amqp::exchange(ch, exchange, "test", true)
         .await
         .unwrap();
     let all = ["#".to_string()];
-    tidewatch::amqp::queue(ch, queue, "test", true, Some((exchange, &all)))
+    tidewatch::broker::amqp::queue(ch, queue, "test", true, Some((exchange, &all)))
         .await
         .unwrap();
 }

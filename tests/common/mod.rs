@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tidewatch::config::Config;
-use tidewatch::run::{run, RunOptions, RunReport};
+use tidewatch::scaler::{run, RunOptions, RunReport};
 use tidewatch::telemetry::Metrics;
 
 /// `tidewatch run` in a task, serving metrics on a free loopback port;

@@ -194,22 +194,13 @@ pub fn command(
     replicas: u32,
     ttl_ms: i64,
 ) -> ScaleCommand {
-    let now = chrono::Utc::now().timestamp_millis();
-    let (issued_at, expires_at) = tidewatch::command::timestamps(now, ttl_ms);
-    ScaleCommand {
-        version: 1,
-        id: format!("{target}-{generation}-{ttl_ms}"),
-        target: target.into(),
-        provider: provider.into(),
-        desired_replicas: replicas,
-        current_replicas: 1,
-        reason: "test".into(),
-        policy: "test.lua".into(),
-        generation,
-        issued_at,
-        expires_at,
-        dry_run: false,
-    }
+    tidewatch::command::testing::command(target)
+        .provider(provider)
+        .generation(generation)
+        .replicas(replicas)
+        .ttl_ms(ttl_ms)
+        .id(&format!("{target}-{generation}-{ttl_ms}"))
+        .build()
 }
 
 /// Publishes one message for `target` (Kafka key / AMQP routing key

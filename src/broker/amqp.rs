@@ -15,7 +15,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 
-use crate::config::SecretRef;
+use crate::secret::SecretRef;
+use crate::settings::{problem, Problem};
 
 /// Where a connection's settings came from, for error messages.
 #[derive(Debug, Clone, Default)]
@@ -141,7 +142,7 @@ pub async fn consume(
         .map_err(&lost)?;
     ch.basic_consume(
         queue_name,
-        &format!("{tag}-{}", crate::kafka::unique_suffix()),
+        &format!("{tag}-{}", super::unique_suffix()),
         lapin::options::BasicConsumeOptions::default(),
         FieldTable::default(),
     )
@@ -199,7 +200,7 @@ impl AmqpSettings {
                 "{}: give `url`, `url_env` or `url_file`",
                 self.key
             ))),
-            Err(e) => Err(ConnectError::Settings(e)),
+            Err(e) => Err(ConnectError::Settings(e.to_string())),
         }
     }
 
@@ -243,6 +244,16 @@ impl AmqpSettings {
             }
         };
         conn.map_err(|e| classify(&self.key, &shown, &e))
+    }
+}
+
+impl AmqpSettings {
+    /// Checks that the URL is given, once, and readable here.
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        if !self.url.is_set() {
+            out.push(problem(&self.key, "give `url`, `url_env` or `url_file`"));
+        }
+        self.url.check(&self.key, out);
     }
 }
 

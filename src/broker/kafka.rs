@@ -13,7 +13,8 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 
-use crate::config::SecretRef;
+use crate::secret::{SecretError, SecretRef};
+use crate::settings::{problem, Problem};
 
 /// Where a client's settings came from, for error messages.
 #[derive(Debug, Clone)]
@@ -27,7 +28,7 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     /// A librdkafka configuration; the password secret is resolved here.
-    pub fn client_config(&self) -> Result<ClientConfig, String> {
+    pub fn client_config(&self) -> Result<ClientConfig, SecretError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in &self.options {
@@ -40,6 +41,18 @@ impl ClientSettings {
         c.set_log_level(RDKafkaLogLevel::Warning);
         Ok(c)
     }
+}
+
+/// Checks a Kafka section's brokers and password under `prefix`
+/// (`source.kafka`, `commands.kafka`).
+pub fn check(out: &mut Vec<Problem>, prefix: &str, brokers: &str, password: &SecretRef) {
+    if brokers.trim().is_empty() {
+        out.push(problem(
+            format!("{prefix}.brokers"),
+            "must name at least one broker",
+        ));
+    }
+    password.check(&format!("{prefix}.sasl_password"), out);
 }
 
 /// Logs librdkafka's errors with the setting they concern.
@@ -103,11 +116,6 @@ pub async fn produce_until_acked(
     }
 }
 
-/// A short random suffix for group and instance names.
-pub fn unique_suffix() -> String {
-    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +145,7 @@ mod tests {
             },
             ..s
         };
-        let e = missing.client_config().unwrap_err();
+        let e = missing.client_config().unwrap_err().to_string();
         assert!(
             e.contains("source.kafka.sasl_password_env")
                 && e.contains("TIDEWATCH_TEST_NO_SUCH_VAR"),

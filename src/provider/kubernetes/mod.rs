@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
-use crate::worker::config::KubernetesConfig;
 
 /// Where a pod finds its service account.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -29,6 +28,59 @@ enum Auth {
     /// Read on every call (rotated by kubelet or an external tool).
     TokenFile(PathBuf),
     Basic(String, String),
+}
+
+/// `kubernetes = { namespace, kind, name }`: the scale subresource of a
+/// Deployment or StatefulSet.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    pub namespace: String,
+    /// `Deployment` or `StatefulSet`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    pub name: String,
+    /// A kubeconfig file; without it: in-cluster service account when
+    /// running in a pod, else `$KUBECONFIG`, else `~/.kube/config`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+impl KubernetesConfig {
+    /// Checks the target's `kubernetes` table; `key` makes a key of a field.
+    pub fn check(&self, key: &dyn Fn(&str) -> String, out: &mut Vec<crate::settings::Problem>) {
+        use crate::settings::problem;
+        if self.namespace.is_empty() || self.name.is_empty() {
+            out.push(problem(
+                key("kubernetes"),
+                "`namespace` and `name` must not be empty",
+            ));
+        }
+        if !["Deployment", "StatefulSet"].contains(&self.kind.as_str()) {
+            out.push(problem(
+                key("kubernetes.kind"),
+                format!("{:?}: give \"Deployment\" or \"StatefulSet\"", self.kind),
+            ));
+        }
+        if let Some(p) = &self.kubeconfig {
+            if !p.exists() {
+                out.push(
+                    problem(
+                        key("kubernetes.kubeconfig"),
+                        format!("{} does not exist here", p.display()),
+                    )
+                    .warning(),
+                );
+            }
+        }
+    }
+}
+
+fn default_kind() -> String {
+    "Deployment".into()
 }
 
 /// How to reach and authenticate to an API server.

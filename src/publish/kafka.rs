@@ -10,20 +10,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, watch};
 
-use crate::command::{confirmed, deliver_result, ScaleCommand};
+use crate::broker::kafka::{produce_until_acked, LoggingContext};
+use crate::broker::unique_suffix;
+use crate::broker::BrokerError;
+use crate::command::ScaleCommand;
 use crate::config::KafkaCommandsConfig;
-use crate::engine::EngineInput;
-use crate::kafka::{produce_until_acked, unique_suffix, ClientSettings, LoggingContext};
+use crate::engine::{EngineHandle, WeakEngineHandle};
+use crate::publish::{confirmed, deliver_result};
 use crate::telemetry::Metrics;
-
-pub fn settings(cfg: &KafkaCommandsConfig) -> ClientSettings {
-    ClientSettings {
-        key: "commands.kafka.brokers".into(),
-        brokers: cfg.brokers.clone(),
-        options: cfg.options.clone(),
-        sasl_password: cfg.sasl_secret(),
-    }
-}
 
 pub struct KafkaPublisher {
     producer: FutureProducer<LoggingContext>,
@@ -32,8 +26,8 @@ pub struct KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let s = settings(cfg);
+    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, BrokerError> {
+        let s = cfg.client_settings();
         let mut c = s.client_config()?;
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -45,7 +39,9 @@ impl KafkaPublisher {
                 key: s.key.clone(),
                 brokers: s.brokers.clone(),
             })
-            .map_err(|e| format!("commands.kafka: cannot create the producer: {e}"))?;
+            .map_err(|e| {
+                BrokerError::new("commands.kafka", format!("cannot create the producer: {e}"))
+            })?;
         Ok(Self {
             producer,
             topic: cfg.topic.clone(),
@@ -57,7 +53,7 @@ impl KafkaPublisher {
     /// 5 s between attempts) until the broker acknowledges it.
     pub async fn publish(&self, c: &ScaleCommand) {
         produce_until_acked(&self.producer, &self.topic, Some(c.target.as_bytes()), &c.to_json(), |e, wait| {
-            self.metrics.command_publish_failures.with_label_values(&[c.target.as_str()]).inc();
+            self.metrics.command_publish_failed(&c.target);
             tracing::warn!(
                 setting = "commands.kafka.topic", topic = %self.topic, target_name = %c.target,
                 generation = c.generation, error = %e, "command not acknowledged; retrying in {wait:?}"
@@ -68,11 +64,7 @@ impl KafkaPublisher {
 
     /// Publishes every command from `rx` in order until it closes, telling
     /// the engine about each acknowledgement.
-    pub async fn run(
-        self,
-        mut rx: mpsc::Receiver<ScaleCommand>,
-        engine: mpsc::WeakSender<EngineInput>,
-    ) {
+    pub async fn run(self, mut rx: mpsc::Receiver<ScaleCommand>, engine: WeakEngineHandle) {
         while let Some(c) = rx.recv().await {
             self.publish(&c).await;
             confirmed(&c, &self.metrics, &engine);
@@ -93,8 +85,8 @@ pub struct KafkaResults {
 }
 
 impl KafkaResults {
-    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let s = settings(cfg);
+    pub fn new(cfg: &KafkaCommandsConfig, metrics: Arc<Metrics>) -> Result<Self, BrokerError> {
+        let s = cfg.client_settings();
         let mut c = s.client_config()?;
         c.set("group.id", format!("tidewatch-results-{}", unique_suffix()))
             .set("enable.auto.commit", "false")
@@ -104,14 +96,24 @@ impl KafkaResults {
                 key: s.key.clone(),
                 brokers: s.brokers.clone(),
             })
-            .map_err(|e| format!("commands.kafka: cannot create the results consumer: {e}"))?;
+            .map_err(|e| {
+                BrokerError::new(
+                    "commands.kafka",
+                    format!("cannot create the results consumer: {e}"),
+                )
+            })?;
         consumer
             .subscribe(&[cfg.results_topic.as_str()])
-            .map_err(|e| format!("commands.kafka.results_topic {}: {e}", cfg.results_topic))?;
+            .map_err(|e| {
+                BrokerError::new(
+                    "commands.kafka.results_topic",
+                    format!("{}: {e}", cfg.results_topic),
+                )
+            })?;
         Ok(Self { consumer, metrics })
     }
 
-    pub async fn run(self, engine: mpsc::Sender<EngineInput>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, engine: EngineHandle, mut stop: watch::Receiver<bool>) {
         loop {
             let m = tokio::select! {
                 biased;

@@ -1,7 +1,7 @@
 //! `tidewatch loadgen`: the demo's load generator against a real broker.
 //! It reads a scaler configuration and publishes, for each of its targets
 //! (or the ones named), a `queue_depth` signal every `every`, following the
-//! demo's daily-like wave with a flash spike (`demo::load_at`) compressed
+//! demo's daily-like wave with a flash spike (`app::wave::load_at`) compressed
 //! into `day`. It publishes where the scaler reads: the first topic of
 //! `[source.kafka]` (key = target), or the exchange of `[source.amqp]`
 //! (routing key `queue_depth.<target>`, publisher confirms). The compose
@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
 
+use crate::broker::kafka::LoggingContext;
 use crate::clock::{Clock, Millis};
 use crate::config::{BrokerKind, Config};
-use crate::kafka::LoggingContext;
+use crate::lifecycle::StartError;
 
 #[derive(Debug, Clone)]
 pub struct LoadgenOptions {
@@ -48,7 +49,7 @@ impl Default for LoadgenOptions {
 
 /// The wave's depth `elapsed` seconds into the run.
 pub fn depth_at(elapsed: f64, o: &LoadgenOptions) -> f64 {
-    crate::demo::load_at(elapsed, o.day.as_secs_f64(), o.base, o.swing).round()
+    crate::app::wave::load_at(elapsed, o.day.as_secs_f64(), o.base, o.swing).round()
 }
 
 /// The queue-depth signal of `target` at `now_ms`.
@@ -77,32 +78,31 @@ enum Sink {
 }
 
 impl Sink {
-    async fn open(cfg: &Config) -> Result<Self, String> {
+    async fn open(cfg: &Config) -> Result<Self, StartError> {
         match cfg.source.kind {
-            BrokerKind::None => Err(
-                "source.kind = \"none\": this configuration reads no signals, so there is nowhere to publish them"
-                    .into(),
-            ),
+            BrokerKind::None => Err(StartError::usage(
+                "source.kind = \"none\": this configuration reads no signals, so there is nowhere to publish them",
+            )),
             BrokerKind::Kafka => {
                 let k = cfg
                     .source
                     .kafka
                     .as_ref()
-                    .ok_or("source.kafka: missing for kind = \"kafka\"")?;
-                let settings = crate::source::kafka::settings(k);
-                let mut c = settings.client_config()?;
+                    .ok_or_else(|| StartError::usage("source.kafka: missing for kind = \"kafka\""))?;
+                let settings = k.client_settings();
+                let mut c = settings.client_config().map_err(StartError::usage)?;
                 c.set("acks", "all");
                 let producer = c
                     .create_with_context(LoggingContext {
                         key: settings.key.clone(),
                         brokers: settings.brokers.clone(),
                     })
-                    .map_err(|e| format!("{}: {e}", settings.key))?;
+                    .map_err(|e| StartError::fault(format!("{}: {e}", settings.key)))?;
                 let topic = k
                     .topics
                     .first()
                     .cloned()
-                    .ok_or("source.kafka.topics: empty")?;
+                    .ok_or_else(|| StartError::usage("source.kafka.topics: empty"))?;
                 Ok(Sink::Kafka { producer, topic })
             }
             BrokerKind::Amqp => {
@@ -110,20 +110,14 @@ impl Sink {
                     .source
                     .amqp
                     .as_ref()
-                    .ok_or("source.amqp: missing for kind = \"amqp\"")?;
-                let conn = a
-                    .settings()
-                    .connect("loadgen")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let channel = crate::amqp::confirm_channel(&conn, |e| {
-                    crate::amqp::ConnectError::Unreachable(e.to_string())
+                    .ok_or_else(|| StartError::usage("source.amqp: missing for kind = \"amqp\""))?;
+                let conn = a.settings().connect("loadgen").await?;
+                let channel = crate::broker::amqp::confirm_channel(&conn, |e| {
+                    crate::broker::amqp::ConnectError::Unreachable(e.to_string())
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-                crate::amqp::exchange(&channel, &a.exchange, "source.amqp.exchange", a.declare)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                .await?;
+                crate::broker::amqp::exchange(&channel, &a.exchange, "source.amqp.exchange", a.declare)
+                    .await?;
                 Ok(Sink::Amqp {
                     channel,
                     exchange: a.exchange.clone(),
@@ -133,10 +127,10 @@ impl Sink {
         }
     }
 
-    async fn send(&self, target: &str, payload: &[u8]) -> Result<(), String> {
+    async fn send(&self, target: &str, payload: &[u8]) -> Result<(), StartError> {
         match self {
             Sink::Kafka { producer, topic } => {
-                crate::kafka::produce_until_acked(
+                crate::broker::kafka::produce_until_acked(
                     producer,
                     topic,
                     Some(target.as_bytes()),
@@ -152,12 +146,12 @@ impl Sink {
                 channel, exchange, ..
             } => {
                 let key = format!("queue_depth.{target}");
-                match crate::amqp::publish_confirmed(
+                match crate::broker::amqp::publish_confirmed(
                     channel,
                     exchange,
                     &key,
                     payload,
-                    crate::amqp::persistent_json(),
+                    crate::broker::amqp::persistent_json(),
                 )
                 .await
                 {
@@ -166,7 +160,10 @@ impl Sink {
                         tracing::warn!(%exchange, %key, "loadgen: no queue is bound for this signal yet (is the scaler running?)");
                         Ok(())
                     }
-                    Err(e) => Err(format!("source.amqp: publish to {exchange:?}: {e}")),
+                    // A fault of the running publisher, not of its configuration.
+                    Err(e) => Err(StartError::fault(format!(
+                        "source.amqp: publish to {exchange:?}: {e}"
+                    ))),
                 }
             }
         }
@@ -180,22 +177,22 @@ pub async fn run(
     o: &LoadgenOptions,
     clock: &dyn Clock,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<u64, String> {
+) -> Result<u64, StartError> {
     if o.every.is_zero() || o.day.is_zero() {
-        return Err("--every and --day must be above zero".into());
+        return Err(StartError::usage("--every and --day must be above zero"));
     }
     if !(o.base.is_finite() && o.swing.is_finite() && o.base >= 0.0 && o.swing >= 0.0) {
-        return Err(format!(
+        return Err(StartError::Usage(format!(
             "--base {} / --swing {}: give numbers of at least 0",
             o.base, o.swing
-        ));
+        )));
     }
     let known: Vec<&str> = cfg.targets.iter().map(|t| t.name.as_str()).collect();
     for t in &o.targets {
         if !known.contains(&t.as_str()) {
-            return Err(format!(
+            return Err(StartError::Usage(format!(
                 "--target {t:?}: not a target of this configuration (it has {known:?})"
-            ));
+            )));
         }
     }
     let targets: Vec<&str> = if o.targets.is_empty() {
@@ -204,7 +201,9 @@ pub async fn run(
         o.targets.iter().map(String::as_str).collect()
     };
     if targets.is_empty() {
-        return Err("the configuration has no [[targets]] to publish for".into());
+        return Err(StartError::usage(
+            "the configuration has no [[targets]] to publish for",
+        ));
     }
     let sink = Sink::open(cfg).await?;
     let start = clock.now_ms();

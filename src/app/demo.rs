@@ -20,6 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::app::wave::load_at;
 use crate::clock::{Clock, Millis, ScaledClock};
 use crate::command::ScaleCommand;
 use crate::config::{
@@ -34,13 +35,13 @@ use crate::worker::config::{WorkerConfig, WorkerSection, WorkerTargetConfig};
 pub const BUNDLED: [(&str, &str); 3] = [
     (
         "queue_depth.lua",
-        include_str!("../policies/queue_depth.lua"),
+        include_str!("../../policies/queue_depth.lua"),
     ),
     (
         "latency_slo.lua",
-        include_str!("../policies/latency_slo.lua"),
+        include_str!("../../policies/latency_slo.lua"),
     ),
-    ("hpa.lua", include_str!("../policies/hpa.lua")),
+    ("hpa.lua", include_str!("../../policies/hpa.lua")),
 ];
 
 #[derive(Debug, Clone)]
@@ -160,20 +161,6 @@ impl Service {
     }
 }
 
-/// Messages per second at virtual second `t`: a daily-like wave between
-/// `base` and `base + swing`, and a flash spike at 60% of each day.
-pub fn load_at(t: f64, day: f64, base: f64, swing: f64) -> f64 {
-    let phase = (t % day) / day;
-    let wave = base + swing * 0.5 * (1.0 - (2.0 * std::f64::consts::PI * phase).cos());
-    let spike_start = 0.6 * day;
-    let spike = if (t % day) >= spike_start && (t % day) < spike_start + day / 20.0 {
-        2.0
-    } else {
-        1.0
-    };
-    wave * spike
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct DemoSummary {
     pub virtual_seconds: u64,
@@ -205,9 +192,7 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
                 deadletter_topic: "tidewatch.deadletter".into(),
                 max_replay_messages: 100_000,
                 options: fast_fetch(),
-                sasl_password: None,
-                sasl_password_env: None,
-                sasl_password_file: None,
+                sasl_password: Default::default(),
             }),
             amqp: None,
         },
@@ -260,9 +245,7 @@ fn demo_commands(brokers: &str) -> KafkaCommandsConfig {
         group_id: Some("tidewatch-workers".into()),
         deadletter_topic: "tidewatch.deadletter".into(),
         options: fast_fetch(),
-        sasl_password: None,
-        sasl_password_env: None,
-        sasl_password_file: None,
+        sasl_password: Default::default(),
     }
 }
 
@@ -359,9 +342,9 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
     }));
     let scaler_metrics = Arc::new(Metrics::new());
     let (stop_scaler, scaler_stopped) = tokio::sync::oneshot::channel::<()>();
-    let scaler = tokio::spawn(crate::run::run(
+    let scaler = tokio::spawn(crate::scaler::run(
         cfg,
-        crate::run::RunOptions {
+        crate::scaler::RunOptions {
             clock: clock.clone(),
             metrics: scaler_metrics.clone(),
             listener: Some(
@@ -389,10 +372,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
             name: "checkout".into(),
             provider: "simulated".into(),
             timeout: None,
-            kubernetes: None,
-            exec: None,
-            http: None,
-            process: None,
+            settings: Default::default(),
         }],
         ..WorkerConfig::default()
     };
@@ -424,7 +404,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         .map_err(|e| format!("embedded Kafka: {e}"))?;
     // Start the load once the scaler owns the signals partition.
     for _ in 0..300 {
-        if scaler_metrics.assigned_partitions.get() > 0 {
+        if scaler_metrics.assigned_partitions() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

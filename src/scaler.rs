@@ -10,26 +10,18 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::amqp::ConnectError;
+use crate::broker::amqp::ConnectError;
 use crate::clock::Clock;
-use crate::command::amqp::{AmqpPublisher, AmqpResults};
-use crate::command::kafka::{KafkaPublisher, KafkaResults};
 use crate::command::ScaleCommand;
 use crate::config::{BrokerKind, Config, ProbeKind};
-use crate::engine::{drive, Engine, EngineInput, TargetStatus};
+use crate::engine::{drive, Engine, EngineHandle, TargetStatus};
+use crate::lifecycle::StartError;
+use crate::publish::amqp::{AmqpPublisher, AmqpResults};
+use crate::publish::kafka::{KafkaPublisher, KafkaResults};
 use crate::source::amqp::AmqpSource;
 use crate::source::kafka::KafkaSource;
 use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe, ProbeFeeds};
 use crate::telemetry::Metrics;
-
-/// Why `run` could not start; `config` errors exit with status 64.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Start(String),
-}
 
 /// What `run` leaves behind, for tests and logs.
 #[derive(Debug)]
@@ -61,7 +53,7 @@ pub async fn run(
     cfg: Config,
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<RunReport, RunError> {
+) -> Result<RunReport, StartError> {
     let RunOptions {
         clock,
         metrics,
@@ -69,11 +61,11 @@ pub async fn run(
     } = opts;
     let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
         .await
-        .map_err(RunError::Config)?;
-    let mut engine = Engine::new(&cfg, metrics.clone(), clock.now_ms())
-        .map_err(|e| RunError::Config(e.to_string()))?;
+        .map_err(StartError::usage)?;
+    let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
+        .map_err(|e| StartError::Usage(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
-    let (in_tx, in_rx) = mpsc::channel::<EngineInput>(64);
+    let (in_tx, in_rx) = EngineHandle::channel(64);
     // RabbitMQ: connect before anything runs, so that refused credentials or
     // a missing exchange or queue (with declaring off) stop the start with
     // one clear error; an unreachable broker is waited for in the background.
@@ -90,7 +82,7 @@ pub async fn run(
             Some((source, first))
         }
         (BrokerKind::Amqp, None) => {
-            return Err(RunError::Config("[source.amqp] is missing".into()))
+            return Err(StartError::Usage("[source.amqp] is missing".into()))
         }
         _ => None,
     };
@@ -101,7 +93,7 @@ pub async fn run(
             Some((publisher, first, AmqpResults::new(a, metrics.clone())))
         }
         (BrokerKind::Amqp, None) => {
-            return Err(RunError::Config("[commands.amqp] is missing".into()))
+            return Err(StartError::Usage("[commands.amqp] is missing".into()))
         }
         _ => None,
     };
@@ -116,7 +108,7 @@ pub async fn run(
             .source
             .kafka
             .as_ref()
-            .ok_or_else(|| RunError::Config("[source.kafka] is missing".into()))?;
+            .ok_or_else(|| StartError::Usage("[source.kafka] is missing".into()))?;
         // Several scalers in one group split the partitions, so the targets.
         let ownership = crate::engine::SharedOwnership::default();
         engine.track_ownership(ownership.clone());
@@ -135,7 +127,7 @@ pub async fn run(
             ownership,
             longest,
         )
-        .map_err(RunError::Start)?;
+        .map_err(StartError::fault)?;
         inputs.push(tokio::spawn(source.run(stop_rx.clone())));
     }
     if let Some((source, first)) = amqp_source {
@@ -151,13 +143,13 @@ pub async fn run(
         inputs.push(match p.kind {
             ProbeKind::KafkaLag => {
                 let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
-                    .map_err(RunError::Config)?;
-                let probe = KafkaLagProbe::new(p, settings).map_err(RunError::Start)?;
+                    .map_err(StartError::usage)?;
+                let probe = KafkaLagProbe::new(p, settings).map_err(StartError::fault)?;
                 tokio::spawn(run_probe(probe, feeds.clone()))
             }
             ProbeKind::AmqpQueue => {
                 let probe = AmqpQueueProbe::new(p, i, cfg.source.amqp.as_ref())
-                    .map_err(RunError::Config)?;
+                    .map_err(StartError::usage)?;
                 tokio::spawn(run_probe(probe, feeds.clone()))
             }
         });
@@ -169,10 +161,10 @@ pub async fn run(
                 .commands
                 .kafka
                 .as_ref()
-                .ok_or_else(|| RunError::Config("[commands.kafka] is missing".into()))?;
-            let results = KafkaResults::new(k, metrics.clone()).map_err(RunError::Start)?;
+                .ok_or_else(|| StartError::Usage("[commands.kafka] is missing".into()))?;
+            let results = KafkaResults::new(k, metrics.clone()).map_err(StartError::fault)?;
             inputs.push(tokio::spawn(results.run(in_tx.clone(), stop_rx.clone())));
-            let publisher = KafkaPublisher::new(k, metrics.clone()).map_err(RunError::Start)?;
+            let publisher = KafkaPublisher::new(k, metrics.clone()).map_err(StartError::fault)?;
             // A weak sender: acknowledgements must not keep the engine's input open.
             tokio::spawn(publisher.run(cmd_rx, in_tx.downgrade()))
         }
@@ -226,14 +218,14 @@ pub async fn run(
 
 /// The first connection of a RabbitMQ component: fatal when retrying
 /// cannot help, else `None` (the component keeps trying by itself).
-fn first_session<S>(opened: Result<S, ConnectError>) -> Result<Option<S>, RunError> {
+fn first_session<S>(opened: Result<S, ConnectError>) -> Result<Option<S>, StartError> {
     match opened {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.retryable() => {
             tracing::error!("{e}; retrying in the background");
             Ok(None)
         }
-        Err(e) => Err(RunError::Start(e.to_string())),
+        Err(e) => Err(StartError::Fault(e.to_string())),
     }
 }
 
@@ -243,22 +235,5 @@ async fn log_commands(mut rx: mpsc::Receiver<ScaleCommand>) {
             target_name = %c.target, desired = c.desired_replicas, generation = c.generation,
             "command (no commands transport configured): {}", String::from_utf8_lossy(&c.to_json())
         );
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
     }
 }

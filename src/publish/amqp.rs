@@ -18,10 +18,11 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 
-use crate::amqp::{self, AmqpSettings, ConnectError};
-use crate::command::{confirmed, deliver_result, ScaleCommand};
+use crate::broker::amqp::{self, AmqpSettings, ConnectError};
+use crate::command::ScaleCommand;
 use crate::config::AmqpCommandsConfig;
-use crate::engine::EngineInput;
+use crate::engine::{EngineHandle, WeakEngineHandle};
+use crate::publish::{confirmed, deliver_result};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 
@@ -116,7 +117,7 @@ impl AmqpPublisher {
         self,
         first: Option<PublisherSession>,
         mut rx: mpsc::Receiver<ScaleCommand>,
-        engine: mpsc::WeakSender<EngineInput>,
+        engine: WeakEngineHandle,
     ) {
         let mut pending = Pending::default();
         let mut session = first;
@@ -143,10 +144,7 @@ impl AmqpPublisher {
                 None => match self.open().await {
                     Ok(s) => {
                         tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), "amqp command publisher connected");
-                        self.metrics
-                            .broker_connected
-                            .with_label_values(&["commands"])
-                            .set(1);
+                        self.metrics.broker_connected("commands", true);
                         session.insert(s)
                     }
                     Err(e) => {
@@ -182,10 +180,7 @@ impl AmqpPublisher {
                     }
                     Ok(false) => {
                         retry = true;
-                        self.metrics
-                            .command_publish_failures
-                            .with_label_values(&[c.target.as_str()])
-                            .inc();
+                        self.metrics.command_publish_failed(&c.target);
                         tracing::warn!(
                             setting = "commands.amqp.exchange", exchange = %self.cfg.exchange, routing_key = %routing_key(c),
                             generation = c.generation,
@@ -193,24 +188,14 @@ impl AmqpPublisher {
                         );
                     }
                     Err(e) => {
-                        self.metrics
-                            .command_publish_failures
-                            .with_label_values(&[c.target.as_str()])
-                            .inc();
+                        self.metrics.command_publish_failed(&c.target);
                         lost = Some(e);
                     }
                 }
             }
             if let Some(e) = lost {
                 tracing::warn!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher lost the broker ({e}); reconnecting");
-                self.metrics
-                    .broker_connected
-                    .with_label_values(&["commands"])
-                    .set(0);
-                self.metrics
-                    .broker_reconnects
-                    .with_label_values(&["commands"])
-                    .inc();
+                self.metrics.broker_reconnecting("commands");
                 session = None;
                 retry = true;
             }
@@ -223,10 +208,7 @@ impl AmqpPublisher {
         if let Some(s) = session {
             let _ = s.conn.close(200, "tidewatch stopping").await;
         }
-        self.metrics
-            .broker_connected
-            .with_label_values(&["commands"])
-            .set(0);
+        self.metrics.broker_connected("commands", false);
     }
 }
 
@@ -321,7 +303,7 @@ impl AmqpResults {
         Ok((conn, consumer))
     }
 
-    pub async fn run(self, engine: mpsc::Sender<EngineInput>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, engine: EngineHandle, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         loop {
             let (conn, mut consumer) = match self.open().await {
@@ -338,10 +320,7 @@ impl AmqpResults {
                 }
             };
             backoff.reset();
-            self.metrics
-                .broker_connected
-                .with_label_values(&["results"])
-                .set(1);
+            self.metrics.broker_connected("results", true);
             let lost = loop {
                 let d = tokio::select! {
                     biased;
@@ -358,20 +337,14 @@ impl AmqpResults {
                     None => break Some("the broker cancelled the consumer".into()),
                 }
             };
-            self.metrics
-                .broker_connected
-                .with_label_values(&["results"])
-                .set(0);
+            self.metrics.broker_connected("results", false);
             match lost {
                 None => {
                     let _ = conn.close(200, "tidewatch stopping").await;
                     return;
                 }
                 Some(e) => {
-                    self.metrics
-                        .broker_reconnects
-                        .with_label_values(&["results"])
-                        .inc();
+                    self.metrics.broker_reconnecting("results");
                     tracing::warn!(
                         setting = "commands.amqp.url",
                         "amqp results reader lost the broker ({e}); reconnecting"
@@ -390,20 +363,13 @@ mod tests {
     use super::*;
 
     fn cmd(target: &str, generation: i64) -> ScaleCommand {
-        ScaleCommand {
-            version: 1,
-            id: format!("id-{generation}"),
-            target: target.into(),
-            provider: "kubernetes".into(),
-            desired_replicas: 3,
-            current_replicas: 2,
-            reason: String::new(),
-            policy: String::new(),
-            generation,
-            issued_at: String::new(),
-            expires_at: String::new(),
-            dry_run: false,
-        }
+        crate::command::testing::command(target)
+            .provider("kubernetes")
+            .generation(generation)
+            .replicas(3)
+            .current(2)
+            .id(&format!("id-{generation}"))
+            .build()
     }
 
     #[test]

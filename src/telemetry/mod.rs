@@ -11,41 +11,46 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use serde::Deserialize;
+
+use crate::command::{ResultStatus, ScaleCommand, ScaleResult};
 use crate::event::Rejection;
 use crate::guard::Decision;
 use crate::policy::PolicyError;
+use crate::settings::{problem, Problem};
 
 pub struct Metrics {
-    pub registry: Registry,
-    pub events_received: IntCounterVec,
-    pub events_rejected: IntCounterVec,
-    pub target_queue_depth: GaugeVec,
-    pub target_latency_p95: GaugeVec,
-    pub target_desired_replicas: IntGaugeVec,
-    pub target_observed_replicas: IntGaugeVec,
-    pub policy_evaluations: IntCounterVec,
-    pub policy_errors: IntCounterVec,
-    pub policy_seconds: HistogramVec,
-    pub policy_reloads: IntCounterVec,
-    pub decisions: IntCounterVec,
-    pub decision_holds: IntCounterVec,
-    pub commands_issued: IntCounterVec,
-    pub commands_published: IntCounterVec,
-    pub event_to_command_seconds: HistogramVec,
-    pub dead_letters: IntCounterVec,
-    pub command_publish_failures: IntCounterVec,
-    pub results_received: IntCounterVec,
-    pub probe_errors: IntCounterVec,
-    pub assigned_partitions: prometheus::IntGauge,
-    pub source_consumer_lag: IntGaugeVec,
-    pub broker_connected: IntGaugeVec,
-    pub broker_reconnects: IntCounterVec,
-    pub commands_unacknowledged: IntGaugeVec,
-    pub commands_reissued: IntCounterVec,
-    pub provider_calls: IntCounterVec,
-    pub provider_seconds: HistogramVec,
-    pub worker_results: IntCounterVec,
-    pub build_info: Gauge,
+    registry: Registry,
+    events_received: IntCounterVec,
+    events_rejected: IntCounterVec,
+    target_queue_depth: GaugeVec,
+    target_latency_p95: GaugeVec,
+    target_desired_replicas: IntGaugeVec,
+    target_observed_replicas: IntGaugeVec,
+    policy_evaluations: IntCounterVec,
+    policy_errors: IntCounterVec,
+    policy_seconds: HistogramVec,
+    policy_reloads: IntCounterVec,
+    decisions: IntCounterVec,
+    decision_holds: IntCounterVec,
+    commands_issued: IntCounterVec,
+    commands_published: IntCounterVec,
+    event_to_command_seconds: HistogramVec,
+    dead_letters: IntCounterVec,
+    command_publish_failures: IntCounterVec,
+    results_received: IntCounterVec,
+    probe_errors: IntCounterVec,
+    assigned_partitions: prometheus::IntGauge,
+    source_consumer_lag: IntGaugeVec,
+    source_errors: IntCounterVec,
+    broker_connected: IntGaugeVec,
+    broker_reconnects: IntCounterVec,
+    commands_unacknowledged: IntGaugeVec,
+    commands_reissued: IntCounterVec,
+    provider_calls: IntCounterVec,
+    provider_seconds: HistogramVec,
+    worker_results: IntCounterVec,
+    _build_info: Gauge,
     names: Vec<String>,
 }
 
@@ -246,6 +251,12 @@ impl Metrics {
                 "Messages on a signal partition this scaler has not consumed yet (Kafka; librdkafka's statistics every 5 s).",
                 &["topic", "partition"],
             ),
+            source_errors: counter(
+                &r,
+                "tidewatch_source_errors_total",
+                "Errors a signal source reported while consuming (the broker or network); it keeps consuming.",
+                &["source"],
+            ),
             broker_connected: int_gauge(
                 &r,
                 "tidewatch_broker_connected",
@@ -289,7 +300,7 @@ impl Metrics {
                 "Results a worker published, by target and status.",
                 &["target", "status"],
             ),
-            build_info,
+            _build_info: build_info,
             names: r.names.into_inner(),
             registry: r.registry,
         }
@@ -310,6 +321,235 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding into a Vec does not fail");
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The registry, for tests and tools that read every series.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A scaler target at start: its assumed replicas, and every series
+    /// dashboards and alerts read at 0 (so they see 0, not "no data").
+    pub fn target_configured(&self, target: &str, initial: u32) {
+        self.target_observed_replicas
+            .with_label_values(&[target])
+            .set(i64::from(initial));
+        self.commands_unacknowledged
+            .with_label_values(&[target])
+            .set(0);
+        for c in [
+            &self.policy_evaluations,
+            &self.commands_reissued,
+            &self.command_publish_failures,
+        ] {
+            c.with_label_values(&[target]);
+        }
+        for dir in ["up", "down"] {
+            self.commands_issued.with_label_values(&[target, dir]);
+            self.commands_published.with_label_values(&[target, dir]);
+        }
+        for kind in crate::policy::PolicyErrorKind::ALL {
+            self.policy_errors.with_label_values(&[target, kind.code()]);
+        }
+    }
+
+    /// The scaler's status labels known at start: results by status.
+    pub fn scaler_started(&self) {
+        for s in ResultStatus::ALL {
+            self.results_received.with_label_values(&[s.as_str()]);
+        }
+        self.results_received.with_label_values(&["invalid"]);
+    }
+
+    /// A worker target at start: its results by status at 0.
+    pub fn worker_target_configured(&self, target: &str, provider: &str) {
+        for s in ResultStatus::ALL {
+            self.worker_results.with_label_values(&[target, s.as_str()]);
+        }
+        for outcome in ["ok", "error", "timeout"] {
+            self.provider_calls.with_label_values(&[provider, outcome]);
+        }
+    }
+
+    /// One policy call of `target` took `seconds`.
+    pub fn policy_evaluated(&self, target: &str, seconds: f64) {
+        self.policy_seconds
+            .with_label_values(&[target])
+            .observe(seconds);
+        self.policy_evaluations.with_label_values(&[target]).inc();
+    }
+
+    /// The engine issued command `c` (`direction` up or down);
+    /// `reaction_seconds`: from the first signal it answers to the command.
+    pub fn command_issued(&self, c: &ScaleCommand, direction: &str, reaction_seconds: Option<f64>) {
+        let target = c.target.as_str();
+        self.commands_unacknowledged
+            .with_label_values(&[target])
+            .set(0);
+        self.commands_issued
+            .with_label_values(&[target, direction])
+            .inc();
+        if let Some(s) = reaction_seconds {
+            self.event_to_command_seconds
+                .with_label_values(&[target])
+                .observe(s);
+        }
+    }
+
+    /// No worker answered generation `old` within the re-issue time: `c`
+    /// goes out again.
+    pub fn command_reissued(&self, c: &ScaleCommand, old_generation: i64) {
+        let target = c.target.as_str();
+        tracing::warn!(
+            target_name = target,
+            old_generation,
+            generation = c.generation,
+            "no worker answered the last command; re-issuing it"
+        );
+        self.commands_unacknowledged
+            .with_label_values(&[target])
+            .set(1);
+        self.commands_reissued.with_label_values(&[target]).inc();
+    }
+
+    /// A worker answered the latest command of `target`.
+    pub fn command_answered(&self, target: &str) {
+        self.commands_unacknowledged
+            .with_label_values(&[target])
+            .set(0);
+    }
+
+    /// A worker reported `replicas` for `target`'s latest command.
+    pub fn target_observed(&self, target: &str, replicas: u32) {
+        self.target_observed_replicas
+            .with_label_values(&[target])
+            .set(i64::from(replicas));
+    }
+
+    /// The shortest window's depth and p95 latency (seconds) of `target`.
+    pub fn target_windows(&self, target: &str, depth: Option<f64>, p95_seconds: Option<f64>) {
+        if let Some(d) = depth {
+            self.target_queue_depth.with_label_values(&[target]).set(d);
+        }
+        if let Some(l) = p95_seconds {
+            self.target_latency_p95.with_label_values(&[target]).set(l);
+        }
+    }
+
+    /// The broker confirmed command `c`.
+    pub fn command_published(&self, c: &ScaleCommand) {
+        let dir = if c.desired_replicas >= c.current_replicas {
+            "up"
+        } else {
+            "down"
+        };
+        self.commands_published
+            .with_label_values(&[c.target.as_str(), dir])
+            .inc();
+    }
+
+    /// Publishing a command of `target` failed (the caller logs why and
+    /// when it tries again).
+    pub fn command_publish_failed(&self, target: &str) {
+        self.command_publish_failures
+            .with_label_values(&[target])
+            .inc();
+    }
+
+    /// A result message from a worker: decoded, or not (`error`).
+    pub fn result_received(
+        &self,
+        result: Option<&ScaleResult>,
+        bytes: usize,
+        error: Option<&serde_json::Error>,
+    ) {
+        match (result, error) {
+            (Some(r), _) => self
+                .results_received
+                .with_label_values(&[r.status.as_str()])
+                .inc(),
+            (None, e) => {
+                self.results_received.with_label_values(&["invalid"]).inc();
+                tracing::warn!(error = ?e.map(|e| e.to_string()), bytes, "result not decoded; skipped");
+            }
+        }
+    }
+
+    /// A message (or batch elements) went to the dead-letter destination.
+    pub fn dead_lettered(&self, source: &str, reason: &str) {
+        self.dead_letters.with_label_values(&[source, reason]).inc();
+    }
+
+    /// A probe of `target` could not measure.
+    pub fn probe_failed(
+        &self,
+        target: &str,
+        kind: &str,
+        queue: &str,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.probe_errors.with_label_values(&[target, kind]).inc();
+        tracing::warn!(target_name = %target, queue = %queue, kind, "probe: {error}");
+    }
+
+    /// The scaler's lag on a signal partition.
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.source_consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
+    }
+
+    /// The number of signal partitions this scaler owns now.
+    pub fn partitions_assigned(&self, n: usize) {
+        self.assigned_partitions.set(n as i64);
+    }
+
+    /// Signal partitions this scaler owns.
+    pub fn assigned_partitions(&self) -> i64 {
+        self.assigned_partitions.get()
+    }
+
+    /// The source `source` failed to consume (the `first` of a run is
+    /// logged as a warning, the rest at debug).
+    pub fn source_error(&self, source: &str, error: &dyn std::fmt::Display, first: bool) {
+        self.source_errors.with_label_values(&[source]).inc();
+        if first {
+            tracing::warn!(source, %error, "consuming signals failed; the client retries");
+        } else {
+            tracing::debug!(source, %error, "consuming signals failed again");
+        }
+    }
+
+    /// A broker connection of `component` (source, commands, results,
+    /// worker) is up or down.
+    pub fn broker_connected(&self, component: &str, connected: bool) {
+        self.broker_connected
+            .with_label_values(&[component])
+            .set(i64::from(connected));
+    }
+
+    /// `component` lost its broker connection and reconnects (the caller
+    /// logs what it was doing).
+    pub fn broker_reconnecting(&self, component: &str) {
+        self.broker_connected.with_label_values(&[component]).set(0);
+        self.broker_reconnects.with_label_values(&[component]).inc();
+    }
+
+    /// A provider call ended: `outcome` ok, error or timeout.
+    pub fn provider_called(&self, provider: &str, outcome: &str, seconds: f64) {
+        self.provider_seconds
+            .with_label_values(&[provider])
+            .observe(seconds);
+        self.provider_calls
+            .with_label_values(&[provider, outcome])
+            .inc();
+    }
+
+    /// A worker published result `r`.
+    pub fn worker_result(&self, r: &ScaleResult) {
+        self.worker_results
+            .with_label_values(&[r.target.as_str(), r.status.as_str()])
+            .inc();
     }
 
     pub fn event_received(&self, source: &str, kind: &str) {
@@ -369,6 +609,43 @@ impl Metrics {
                 "scale decision"
             );
         }
+    }
+}
+
+/// `[metrics]` of the scaler: where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9898".into()
+}
+
+impl MetricsConfig {
+    /// Checks `metrics.listen`; `example` is the address a message suggests.
+    pub fn check(&self, example: &str, out: &mut Vec<Problem>) {
+        check_listen(&self.listen, example, out);
+    }
+}
+
+/// Checks a `metrics.listen` address.
+pub fn check_listen(listen: &str, example: &str, out: &mut Vec<Problem>) {
+    if listen.parse::<SocketAddr>().is_err() {
+        out.push(problem(
+            "metrics.listen",
+            format!("{listen:?} is not an address like {example}"),
+        ));
     }
 }
 

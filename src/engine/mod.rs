@@ -3,164 +3,35 @@
 //! argument (tests and the simulator drive it); `drive` runs it on a tick
 //! and on events, with bounded channels on both sides.
 
+pub mod config;
+pub mod input;
+pub mod ownership;
+mod target;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::clock::{Clock, Millis};
-use crate::command::{command_id, timestamps, ScaleCommand, ScaleResult, VERSION};
-use crate::config::{Config, EngineConfig, TargetConfig};
-use crate::event::{Limits, Reason, Rejection, Signal};
-use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
-use crate::forecast::{ForecastStore, ForecastValue};
-use crate::guard::{Decision, Guard, GuardConfig, Recommendation};
+use crate::command::{Order, ScaleCommand, ScaleResult};
+use crate::event::{Limits, Metric, Origin, Reason, Rejection, Signal};
+use crate::forecast::builtin::{RefitMode, Season};
+use crate::forecast::ForecastValue;
+use crate::guard::{Decision, Guard, Recommendation};
 use crate::policy::{
-    run_examples, CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicySource, SignalView,
+    run_examples, CallInput, PolicyError, PolicyErrorKind, PolicySource, SignalView,
 };
-use crate::schedule::Schedule;
 use crate::telemetry::Metrics;
-use crate::window::{Metric, TargetWindows, WindowStats};
+use crate::window::{TargetWindows, WindowStats};
 
-/// What a policy of one target reads.
-#[derive(Debug)]
-pub struct TargetData {
-    pub windows: TargetWindows,
-    pub forecasts: ForecastStore,
-    pub builtin: Builtin,
-    pub forecast: ForecastSettings,
-    pub now_ms: Millis,
-    pub freshness_ms: i64,
-}
+pub use config::{EngineConfig, TargetConfig};
+pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, WeakEngineHandle};
+pub use ownership::{Ownership, SharedOwnership};
+pub use target::TargetData;
 
-impl TargetData {
-    /// Data with no external forecasts and the built-in forecasters at
-    /// their defaults (season detected, refit every 6 h off the hot path).
-    pub fn new(windows: TargetWindows, now_ms: Millis, freshness_ms: i64) -> Self {
-        Self {
-            windows,
-            forecasts: ForecastStore::default(),
-            builtin: Builtin::default(),
-            forecast: ForecastSettings {
-                season: Season::Auto,
-                refit_ms: crate::config::DEFAULT_FORECAST_REFIT.as_millis() as i64,
-                mode: RefitMode::Background,
-            },
-            now_ms,
-            freshness_ms,
-        }
-    }
-
-    /// Brings the built-in forecasters up to date with the history.
-    pub fn sync_forecasts(&mut self) {
-        for m in Metric::ALL {
-            self.builtin.sync(
-                m,
-                self.windows.metric(m).history(),
-                self.now_ms,
-                &self.forecast,
-            );
-        }
-    }
-}
-
-impl SignalView for TargetData {
-    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
-        self.windows.stats(metric, self.now_ms, span_ms)
-    }
-    /// A fresh external forecast covering the time, else the built-in one.
-    fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
-        let builtin = self.builtin.lookup(
-            metric,
-            self.windows.metric(metric).history(),
-            self.now_ms,
-            horizon_ms,
-        );
-        self.forecasts
-            .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
-            .or(builtin)
-    }
-}
-
-/// Where a message came from.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    /// The broker's (or producer's) timestamp, the receive time of a
-    /// message re-read after a rebalance.
-    pub timestamp: Option<Millis>,
-    /// Re-read to rebuild windows: applied, never evaluated on, never
-    /// dead-lettered again (its previous owner did that).
-    pub replay: bool,
-}
-
-/// Which partitions this scaler owns, shared by the Kafka source (which
-/// learns of assignments) and the engine (which evaluates only targets on
-/// owned partitions that have caught up with their previous owner).
-#[derive(Debug, Default)]
-pub struct Ownership {
-    /// Assigned partitions: (the offset from which the partition is live,
-    /// the previous owner's committed offset, an assignment counter).
-    assigned: HashMap<(String, i32), (i64, i64, u64)>,
-    /// The highest offset applied per partition.
-    processed: HashMap<(String, i32), i64>,
-    epoch: u64,
-}
-
-pub type SharedOwnership = Arc<Mutex<Ownership>>;
-
-impl Ownership {
-    /// `live_from`: no evaluation for this partition's targets before its
-    /// messages up to there are applied. `committed`: where a previous
-    /// owner stopped; messages below it were already handled by it.
-    pub fn assign(&mut self, topic: &str, partition: i32, live_from: i64, committed: Option<i64>) {
-        self.epoch += 1;
-        let done_before = committed.unwrap_or(i64::MIN);
-        self.assigned.insert(
-            (topic.to_owned(), partition),
-            (live_from, done_before, self.epoch),
-        );
-        self.processed.remove(&(topic.to_owned(), partition));
-    }
-
-    pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.assigned.remove(&(topic.to_owned(), partition));
-        self.processed.remove(&(topic.to_owned(), partition));
-    }
-
-    /// A message its previous owner already handled (dead-lettered,
-    /// committed): re-read only to rebuild windows.
-    pub fn is_replay(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        self.assigned
-            .get(&(topic.to_owned(), partition))
-            .is_some_and(|(_, done_before, _)| offset < *done_before)
-    }
-
-    fn processed(&mut self, key: &(String, i32), offset: i64) {
-        let e = self.processed.entry(key.clone()).or_insert(offset);
-        *e = (*e).max(offset);
-    }
-
-    /// Owned and caught up.
-    fn live(&self, key: &(String, i32)) -> Option<u64> {
-        let (live_from, _, epoch) = self.assigned.get(key)?;
-        let done = self.processed.get(key).map_or(i64::MIN, |o| o + 1);
-        (done >= *live_from).then_some(*epoch)
-    }
-
-    pub fn assigned_count(&self) -> usize {
-        self.assigned.len()
-    }
-
-    fn epoch_of(&self, key: &(String, i32)) -> Option<u64> {
-        self.assigned.get(key).map(|(_, _, e)| *e)
-    }
-}
+use target::{load_policy, FileStamp, TargetRuntime};
 
 /// Where a target is, for status displays and tests.
 #[derive(Debug, Clone)]
@@ -172,56 +43,6 @@ pub struct TargetStatus {
     /// Generations issued and acknowledged by the broker.
     pub generation: i64,
     pub published_generation: i64,
-}
-
-#[derive(Debug)]
-struct FileStamp {
-    path: PathBuf,
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-impl FileStamp {
-    fn read(path: &PathBuf) -> Self {
-        let meta = std::fs::metadata(path).ok();
-        Self {
-            path: path.clone(),
-            modified: meta.as_ref().and_then(|m| m.modified().ok()),
-            len: meta.map_or(0, |m| m.len()),
-        }
-    }
-    fn changed(&self) -> bool {
-        let now = Self::read(&self.path);
-        now.modified != self.modified || now.len != self.len
-    }
-}
-
-#[derive(Debug)]
-struct TargetRuntime {
-    cfg: TargetConfig,
-    guard_cfg: GuardConfig,
-    guard: Guard,
-    data: Arc<Mutex<TargetData>>,
-    policy: LuaPolicy,
-    stamp: FileStamp,
-    /// Replicas as last commanded, or as a worker last reported for the latest command.
-    current: u32,
-    last_generation: i64,
-    /// The highest generation the broker acknowledged.
-    published_generation: i64,
-    /// The last evaluation triggered by events (ticks do not count, so a
-    /// tick never delays the reaction to an event).
-    last_event_eval_ms: Option<Millis>,
-    /// Receive time of the earliest event not evaluated yet.
-    pending_since: Option<Millis>,
-    last_decision: Option<Decision>,
-    /// The latest command and when it was (re-)issued, until a worker
-    /// answers it (any result of its generation or a later one).
-    unanswered: Option<(ScaleCommand, Millis)>,
-    /// The partition its signals arrive on, and the assignment it was
-    /// learned under (a new assignment starts the windows afresh).
-    partition: Option<((String, i32), u64)>,
-    schedules: Vec<Schedule>,
 }
 
 pub struct Engine {
@@ -243,45 +64,27 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The outcome of one message.
-#[derive(Debug, Default)]
-pub struct Ingested {
-    pub applied: usize,
-    /// Each rejection with the index of its element (0 for a single object).
-    pub rejected: Vec<(usize, Rejection)>,
-}
-
-fn load_policy(
-    t: &TargetConfig,
-    data: &Arc<Mutex<TargetData>>,
-    cfg: &EngineConfig,
-) -> Result<LuaPolicy, PolicyError> {
-    let src = PolicySource::read(&t.policy)?;
-    let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
-    p.bind(data.clone())?;
-    p.init(&t.init_input())?;
-    Ok(p)
-}
-
 impl Engine {
     /// Builds every target; fails when a policy does not load.
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>, now_ms: Millis) -> Result<Self, PolicyError> {
-        let mut targets = Vec::with_capacity(cfg.targets.len());
+    pub fn new(
+        engine: &EngineConfig,
+        configured: &[TargetConfig],
+        metrics: Arc<Metrics>,
+        now_ms: Millis,
+    ) -> Result<Self, PolicyError> {
+        let mut targets = Vec::with_capacity(configured.len());
         let mut by_name = HashMap::new();
-        for t in &cfg.targets {
+        for t in configured {
             let mut d = TargetData::new(
                 TargetWindows::new(&t.windows, t.history_span, t.history_step),
                 now_ms,
-                cfg.engine.forecast_freshness.as_millis() as i64,
+                engine.forecast_freshness.as_millis() as i64,
             );
             d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
-            d.forecast.refit_ms = cfg.engine.forecast_refit.as_millis() as i64;
+            d.forecast.refit_ms = engine.forecast_refit.as_millis() as i64;
             let data = Arc::new(Mutex::new(d));
-            let policy = load_policy(t, &data, &cfg.engine)?;
-            metrics
-                .target_observed_replicas
-                .with_label_values(&[t.name.as_str()])
-                .set(i64::from(t.initial()));
+            let policy = load_policy(t, &data, engine)?;
+            metrics.target_configured(&t.name, t.initial());
             by_name.insert(t.name.clone(), targets.len());
             targets.push(TargetRuntime {
                 guard_cfg: t.guard(),
@@ -304,8 +107,8 @@ impl Engine {
         Ok(Self {
             targets,
             by_name,
-            limits: cfg.engine.limits(),
-            cfg: cfg.engine.clone(),
+            limits: engine.limits(),
+            cfg: engine.clone(),
             metrics,
             last_reload_check: now_ms,
             ownership: None,
@@ -535,36 +338,15 @@ impl Engine {
         if after == 0 || now_ms - since < after {
             return None;
         }
-        let name = t.cfg.name.as_str();
         let generation = now_ms.max(t.last_generation + 1);
         t.last_generation = generation;
-        let (issued_at, expires_at) = timestamps(now_ms, ttl_ms);
-        let c = ScaleCommand {
-            id: command_id(now_ms),
-            generation,
-            issued_at,
-            expires_at,
-            reason: format!(
-                "re-issued: no worker result for generation {} within {}s",
-                old.generation,
-                after / 1000
-            ),
-            ..old.clone()
-        };
-        tracing::warn!(
-            target_name = name,
-            old_generation = old.generation,
-            generation,
-            "no worker answered the last command; re-issuing it"
+        let reason = format!(
+            "re-issued: no worker result for generation {} within {}s",
+            old.generation,
+            after / 1000
         );
-        self.metrics
-            .commands_unacknowledged
-            .with_label_values(&[name])
-            .set(1);
-        self.metrics
-            .commands_reissued
-            .with_label_values(&[name])
-            .inc();
+        let c = old.reissue(generation, now_ms, ttl_ms, reason);
+        self.metrics.command_reissued(&c, old.generation);
         t.unanswered = Some((c.clone(), now_ms));
         Some(c)
     }
@@ -578,22 +360,17 @@ impl Engine {
                 .iter()
                 .min()
                 .map_or(10_000, |d| d.as_millis() as i64);
-            let name = [t.cfg.name.as_str()];
-            if let Ok(Some(s)) = data.windows.stats(Metric::QueueDepth, now_ms, shortest) {
-                self.metrics
-                    .target_queue_depth
-                    .with_label_values(&name)
-                    .set(s.last);
-            }
-            if let Ok(Some(WindowStats {
-                quantiles: Some(q), ..
-            })) = data.windows.stats(Metric::LatencyMs, now_ms, shortest)
-            {
-                self.metrics
-                    .target_latency_p95
-                    .with_label_values(&name)
-                    .set(q[2] / 1000.0);
-            }
+            let depth = match data.windows.stats(Metric::QueueDepth, now_ms, shortest) {
+                Ok(Some(s)) => Some(s.last),
+                _ => None,
+            };
+            let p95 = match data.windows.stats(Metric::LatencyMs, now_ms, shortest) {
+                Ok(Some(WindowStats {
+                    quantiles: Some(q), ..
+                })) => Some(q[2] / 1000.0),
+                _ => None,
+            };
+            self.metrics.target_windows(&t.cfg.name, depth, p95);
         }
     }
 
@@ -675,11 +452,7 @@ impl Engine {
         };
         let started = std::time::Instant::now();
         let proposal = t.policy.decide(&input);
-        metrics
-            .policy_seconds
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        metrics.policy_evaluations.with_label_values(&[name]).inc();
+        metrics.policy_evaluated(name, started.elapsed().as_secs_f64());
         let (rec, policy_reason) = match proposal {
             Ok(p) => (
                 p.replicas
@@ -703,37 +476,20 @@ impl Engine {
         let command = if decision.held.is_none() {
             let generation = now_ms.max(t.last_generation + 1);
             t.last_generation = generation;
-            let (issued_at, expires_at) = timestamps(now_ms, ttl_ms);
-            let c = ScaleCommand {
-                version: VERSION,
-                id: command_id(now_ms),
-                target: name.to_owned(),
-                provider: t.cfg.provider.clone(),
-                desired_replicas: decision.desired,
-                current_replicas: decision.current,
+            let order = Order {
+                target: name,
+                provider: &t.cfg.provider,
+                policy: t.policy.version(),
+                current: decision.current,
+                desired: decision.desired,
                 reason: decision.reason.clone(),
-                policy: t.policy.version().to_owned(),
-                generation,
-                issued_at,
-                expires_at,
                 dry_run: decision.dry_run,
             };
+            let c = ScaleCommand::issue(order, generation, now_ms, ttl_ms);
             t.current = decision.desired;
             t.unanswered = Some((c.clone(), now_ms));
-            metrics
-                .commands_unacknowledged
-                .with_label_values(&[name])
-                .set(0);
-            metrics
-                .commands_issued
-                .with_label_values(&[name, decision.direction.code()])
-                .inc();
-            if let Some(since) = pending {
-                metrics
-                    .event_to_command_seconds
-                    .with_label_values(&[name])
-                    .observe((now_ms - since).max(0) as f64 / 1000.0);
-            }
+            let reaction = pending.map(|since| (now_ms - since).max(0) as f64 / 1000.0);
+            metrics.command_issued(&c, decision.direction.code(), reaction);
             Some(c)
         } else {
             None
@@ -754,18 +510,12 @@ impl Engine {
             .is_some_and(|(c, _)| r.generation >= c.generation)
         {
             t.unanswered = None;
-            self.metrics
-                .commands_unacknowledged
-                .with_label_values(&[r.target.as_str()])
-                .set(0);
+            self.metrics.command_answered(&r.target);
         }
         match r.observed_replicas {
             Some(n) if r.generation >= t.last_generation => {
                 t.current = n;
-                self.metrics
-                    .target_observed_replicas
-                    .with_label_values(&[r.target.as_str()])
-                    .set(i64::from(n));
+                self.metrics.target_observed(&r.target, n);
                 true
             }
             _ => false,
@@ -850,24 +600,6 @@ impl Engine {
             .ok()
             .flatten()
     }
-}
-
-/// What sources hand to the engine task.
-#[derive(Debug)]
-pub enum EngineInput {
-    /// Raw messages from one source; `done` learns the outcome of each, in
-    /// order (so a source stores its offsets or acks only after the apply).
-    Batch {
-        source: &'static str,
-        messages: Arc<Vec<(Origin, Vec<u8>)>>,
-        done: Option<tokio::sync::oneshot::Sender<Vec<Ingested>>>,
-    },
-    /// A signal a probe measured itself.
-    Signal(Signal),
-    /// A worker's result (the closed loop).
-    Result(ScaleResult),
-    /// The broker acknowledged the command of this generation.
-    Published { target: String, generation: i64 },
 }
 
 /// Runs the engine: a tick, evaluation right after events (rate-limited per

@@ -1,0 +1,451 @@
+//! The engine's settings (`[engine]`) and each target's (`[[targets]]`),
+//! with their defaults and checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::Limits;
+use crate::guard::GuardConfig;
+use crate::policy::{CallInput, LuaPolicy, PolicyLimits, PolicySource};
+use crate::settings::{de_duration, de_durations, problem, yes, Problem};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default = "default_tick", deserialize_with = "de_duration")]
+    pub tick: Duration,
+    #[serde(default = "yes")]
+    pub evaluate_on_event: bool,
+    /// Evaluations triggered by events happen at most this often per target.
+    #[serde(
+        default = "default_min_eval_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub min_eval_interval: Duration,
+    #[serde(default = "default_max_event_age", deserialize_with = "de_duration")]
+    pub max_event_age: Duration,
+    #[serde(default = "default_max_clock_skew", deserialize_with = "de_duration")]
+    pub max_clock_skew: Duration,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_max_samples")]
+    pub max_samples: usize,
+    /// A command expires this long after it is issued.
+    #[serde(default = "default_command_ttl", deserialize_with = "de_duration")]
+    pub command_ttl: Duration,
+    #[serde(default = "default_policy_memory_mb")]
+    pub policy_memory_mb: usize,
+    #[serde(default = "default_policy_budget")]
+    pub policy_instruction_budget: u64,
+    /// How often policy files are checked for changes.
+    #[serde(default = "default_reload_interval", deserialize_with = "de_duration")]
+    pub reload_interval: Duration,
+    /// External forecasts older than this are ignored.
+    #[serde(
+        default = "default_forecast_freshness",
+        deserialize_with = "de_duration"
+    )]
+    pub forecast_freshness: Duration,
+    /// How often the built-in forecasters are refitted on the history
+    /// (off the decision path).
+    #[serde(default = "default_forecast_refit", deserialize_with = "de_duration")]
+    pub forecast_refit: Duration,
+    /// On SIGTERM/SIGINT: how long to finish in-flight work, publish
+    /// pending commands and commit offsets before exiting anyway.
+    #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
+    /// A command with no worker result after this long is re-issued with
+    /// a new generation (and counted in tidewatch_commands_unacknowledged);
+    /// "0s" never re-issues.
+    #[serde(default = "default_reissue_after", deserialize_with = "de_duration")]
+    pub reissue_after: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            tick: default_tick(),
+            evaluate_on_event: true,
+            min_eval_interval: default_min_eval_interval(),
+            max_event_age: default_max_event_age(),
+            max_clock_skew: default_max_clock_skew(),
+            max_message_bytes: default_max_message_bytes(),
+            max_batch: default_max_batch(),
+            max_samples: default_max_samples(),
+            command_ttl: default_command_ttl(),
+            policy_memory_mb: default_policy_memory_mb(),
+            policy_instruction_budget: default_policy_budget(),
+            reload_interval: default_reload_interval(),
+            forecast_freshness: default_forecast_freshness(),
+            forecast_refit: default_forecast_refit(),
+            drain_timeout: default_drain_timeout(),
+            reissue_after: default_reissue_after(),
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_event_age_ms: self.max_event_age.as_millis() as i64,
+            max_clock_skew_ms: self.max_clock_skew.as_millis() as i64,
+            max_message_bytes: self.max_message_bytes,
+            max_batch: self.max_batch,
+            max_samples: self.max_samples,
+            ..Limits::default()
+        }
+    }
+
+    pub fn policy_limits(&self) -> PolicyLimits {
+        PolicyLimits {
+            memory_bytes: self.policy_memory_mb << 20,
+            instruction_budget: self.policy_instruction_budget,
+        }
+    }
+
+    /// Checks `[engine]`.
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        let e = self;
+        if e.tick.is_zero() {
+            out.push(problem("engine.tick", "must be above zero"));
+        }
+        if e.max_batch == 0 || e.max_samples == 0 || e.max_message_bytes == 0 {
+            out.push(problem(
+                "engine",
+                "max_batch, max_samples and max_message_bytes must be above zero",
+            ));
+        }
+        if e.policy_memory_mb == 0 || e.policy_instruction_budget < 1000 {
+            out.push(problem(
+                "engine.policy_memory_mb",
+                "policy_memory_mb must be above 0 and policy_instruction_budget at least 1000",
+            ));
+        }
+    }
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_min_eval_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_max_event_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+
+fn default_max_batch() -> usize {
+    1000
+}
+
+fn default_max_samples() -> usize {
+    10_000
+}
+
+fn default_command_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_policy_memory_mb() -> usize {
+    16
+}
+
+fn default_policy_budget() -> u64 {
+    1_000_000
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_forecast_freshness() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// How often the built-in forecasters are refitted unless configured.
+pub const DEFAULT_FORECAST_REFIT: Duration = Duration::from_secs(6 * 3600);
+
+fn default_forecast_refit() -> Duration {
+    DEFAULT_FORECAST_REFIT
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_reissue_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The windows a target may have at most.
+pub const MAX_WINDOWS: usize = 8;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub policy: PathBuf,
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    #[serde(default = "default_min")]
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// What the scaler assumes before any result tells it; default `min_replicas`.
+    #[serde(default)]
+    pub initial_replicas: Option<u32>,
+    #[serde(default = "default_windows", deserialize_with = "de_durations")]
+    pub windows: Vec<Duration>,
+    #[serde(default = "zero", deserialize_with = "de_duration")]
+    pub cooldown_up: Duration,
+    #[serde(default = "zero", deserialize_with = "de_duration")]
+    pub cooldown_down: Duration,
+    #[serde(default = "default_stabilization", deserialize_with = "de_duration")]
+    pub stabilization_down: Duration,
+    #[serde(default)]
+    pub max_step_up: u32,
+    #[serde(default)]
+    pub max_step_down: u32,
+    #[serde(default)]
+    pub tolerance: f64,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub fallback_replicas: Option<u32>,
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default = "default_history_span", deserialize_with = "de_duration")]
+    pub history_span: Duration,
+    #[serde(default = "default_history_step", deserialize_with = "de_duration")]
+    pub history_step: Duration,
+    /// The built-in forecaster's season: "auto" (one day or one week, by
+    /// autocorrelation), "none" (damped trend) or a duration.
+    #[serde(default = "default_season")]
+    pub forecast_season: String,
+    /// Scheduled min/max overrides (`[[targets.schedules]]`).
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::ScheduleConfig>,
+}
+
+impl TargetConfig {
+    /// A target with every optional key at its default.
+    pub fn new(name: &str, policy: PathBuf, provider: &str, min: u32, max: u32) -> Self {
+        Self {
+            name: name.into(),
+            policy,
+            provider: provider.into(),
+            min_replicas: min,
+            max_replicas: max,
+            initial_replicas: None,
+            windows: default_windows(),
+            cooldown_up: zero(),
+            cooldown_down: zero(),
+            stabilization_down: default_stabilization(),
+            max_step_up: 0,
+            max_step_down: 0,
+            tolerance: 0.0,
+            paused: false,
+            dry_run: false,
+            fallback_replicas: None,
+            params: serde_json::Map::new(),
+            history_span: default_history_span(),
+            history_step: default_history_step(),
+            forecast_season: default_season(),
+            schedules: Vec::new(),
+        }
+    }
+
+    /// The checked schedules (a bad one is a `config check` problem; here
+    /// it is left out).
+    pub fn parsed_schedules(&self) -> Vec<crate::schedule::Schedule> {
+        self.schedules
+            .iter()
+            .filter_map(|s| crate::schedule::Schedule::parse(s).ok())
+            .collect()
+    }
+
+    pub fn initial(&self) -> u32 {
+        self.initial_replicas.unwrap_or(self.min_replicas)
+    }
+
+    pub fn guard(&self) -> GuardConfig {
+        GuardConfig {
+            min: self.min_replicas,
+            max: self.max_replicas,
+            cooldown_up: self.cooldown_up,
+            cooldown_down: self.cooldown_down,
+            stabilization_down: self.stabilization_down,
+            max_step_up: self.max_step_up,
+            max_step_down: self.max_step_down,
+            tolerance: self.tolerance,
+            paused: self.paused,
+            dry_run: self.dry_run,
+            fallback_replicas: self.fallback_replicas,
+        }
+    }
+
+    /// What `init` sees: the target before any decision.
+    pub fn init_input(&self) -> CallInput<'_> {
+        CallInput {
+            target: &self.name,
+            now_ms: 0,
+            replicas: self.initial(),
+            min: self.min_replicas,
+            max: self.max_replicas,
+            schedule: None,
+        }
+    }
+
+    pub fn params_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.params.clone())
+    }
+
+    /// Checks this target (`targets[i]`), loading its policy in the
+    /// sandbox. Its name's uniqueness is the whole configuration's check.
+    pub fn check(&self, i: usize, engine: &EngineConfig, out: &mut Vec<Problem>) {
+        let t = self;
+        let key = |k: &str| format!("targets[{i}].{k}");
+        if t.max_replicas == 0 {
+            out.push(problem(key("max_replicas"), "must be at least 1"));
+        }
+        if t.min_replicas > t.max_replicas {
+            out.push(problem(
+                key("min_replicas"),
+                format!(
+                    "{} is above max_replicas {}",
+                    t.min_replicas, t.max_replicas
+                ),
+            ));
+        }
+        if let Some(init) = t.initial_replicas {
+            if init < t.min_replicas || init > t.max_replicas {
+                out.push(problem(
+                    key("initial_replicas"),
+                    format!(
+                        "{init} is outside [min_replicas {}, max_replicas {}]",
+                        t.min_replicas, t.max_replicas
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = t.fallback_replicas {
+            if f < t.min_replicas || f > t.max_replicas {
+                out.push(problem(
+                    key("fallback_replicas"),
+                    format!(
+                        "{f} is outside [min_replicas {}, max_replicas {}]",
+                        t.min_replicas, t.max_replicas
+                    ),
+                ));
+            }
+        }
+        if t.windows.is_empty() || t.windows.len() > MAX_WINDOWS {
+            out.push(problem(
+                key("windows"),
+                format!("give 1 to {MAX_WINDOWS} windows"),
+            ));
+        }
+        for w in &t.windows {
+            if *w < Duration::from_millis(100) {
+                out.push(problem(
+                    key("windows"),
+                    format!("{} is shorter than 100ms", humantime::format_duration(*w)),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&t.tolerance) {
+            out.push(problem(
+                key("tolerance"),
+                format!("{} is not a fraction in [0, 1)", t.tolerance),
+            ));
+        }
+        if t.history_step.is_zero() || t.history_span < t.history_step {
+            out.push(problem(
+                key("history_step"),
+                "must be above zero and at most history_span",
+            ));
+        }
+        if let Err(e) = crate::forecast::builtin::Season::parse(&t.forecast_season) {
+            out.push(problem(key("forecast_season"), e));
+        }
+        for (j, sc) in t.schedules.iter().enumerate() {
+            if let Err(e) = crate::schedule::Schedule::parse(sc) {
+                out.push(problem(key(&format!("schedules[{j}]")), e));
+            }
+        }
+        if t.provider.is_empty() {
+            out.push(problem(key("provider"), "must not be empty"));
+        }
+        if !t.policy.exists() {
+            out.push(problem(
+                key("policy"),
+                format!("{} does not exist", t.policy.display()),
+            ));
+            return;
+        }
+        let checked = PolicySource::read(&t.policy).and_then(|src| {
+            let mut p = LuaPolicy::load(&src, &t.params_json(), engine.policy_limits())?;
+            p.init(&t.init_input())
+        });
+        if let Err(err) = checked {
+            out.push(problem(key("policy"), err.to_string()));
+        }
+    }
+}
+
+fn default_provider() -> String {
+    "log".into()
+}
+
+fn default_min() -> u32 {
+    1
+}
+
+fn default_windows() -> Vec<Duration> {
+    [10, 60, 300].map(Duration::from_secs).to_vec()
+}
+
+fn default_stabilization() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_history_span() -> Duration {
+    Duration::from_secs(8 * 86_400)
+}
+
+fn default_history_step() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_season() -> String {
+    "auto".into()
+}
+
+fn zero() -> Duration {
+    Duration::ZERO
+}
+
+/// A relative policy path is taken from the working directory when the file
+/// is there, else from the configuration file's directory.
+pub fn resolve_policy_path(config_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        p.to_owned()
+    } else {
+        config_dir.join(p)
+    }
+}

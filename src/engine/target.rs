@@ -1,0 +1,139 @@
+//! One target inside the engine: what its policy reads (windows,
+//! forecasts), its policy and guard, and where its commands stand.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::clock::Millis;
+use crate::command::ScaleCommand;
+use crate::engine::config::{EngineConfig, TargetConfig, DEFAULT_FORECAST_REFIT};
+use crate::event::Metric;
+use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
+use crate::forecast::{ForecastStore, ForecastValue};
+use crate::guard::{Decision, Guard, GuardConfig};
+use crate::policy::{LuaPolicy, PolicyError, PolicySource, SignalView};
+use crate::schedule::Schedule;
+use crate::window::{TargetWindows, WindowStats};
+
+/// What a policy of one target reads.
+#[derive(Debug)]
+pub struct TargetData {
+    pub windows: TargetWindows,
+    pub forecasts: ForecastStore,
+    pub builtin: Builtin,
+    pub forecast: ForecastSettings,
+    pub now_ms: Millis,
+    pub freshness_ms: i64,
+}
+
+impl TargetData {
+    /// Data with no external forecasts and the built-in forecasters at
+    /// their defaults (season detected, refit every 6 h off the hot path).
+    pub fn new(windows: TargetWindows, now_ms: Millis, freshness_ms: i64) -> Self {
+        Self {
+            windows,
+            forecasts: ForecastStore::default(),
+            builtin: Builtin::default(),
+            forecast: ForecastSettings {
+                season: Season::Auto,
+                refit_ms: DEFAULT_FORECAST_REFIT.as_millis() as i64,
+                mode: RefitMode::Background,
+            },
+            now_ms,
+            freshness_ms,
+        }
+    }
+
+    /// Brings the built-in forecasters up to date with the history.
+    pub fn sync_forecasts(&mut self) {
+        for m in Metric::ALL {
+            self.builtin.sync(
+                m,
+                self.windows.metric(m).history(),
+                self.now_ms,
+                &self.forecast,
+            );
+        }
+    }
+}
+
+impl SignalView for TargetData {
+    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
+        self.windows.stats(metric, self.now_ms, span_ms)
+    }
+    /// A fresh external forecast covering the time, else the built-in one.
+    fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
+        let builtin = self.builtin.lookup(
+            metric,
+            self.windows.metric(metric).history(),
+            self.now_ms,
+            horizon_ms,
+        );
+        self.forecasts
+            .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
+            .or(builtin)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct FileStamp {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    pub(super) fn read(path: &PathBuf) -> Self {
+        let meta = std::fs::metadata(path).ok();
+        Self {
+            path: path.clone(),
+            modified: meta.as_ref().and_then(|m| m.modified().ok()),
+            len: meta.map_or(0, |m| m.len()),
+        }
+    }
+    pub(super) fn changed(&self) -> bool {
+        let now = Self::read(&self.path);
+        now.modified != self.modified || now.len != self.len
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct TargetRuntime {
+    pub(super) cfg: TargetConfig,
+    pub(super) guard_cfg: GuardConfig,
+    pub(super) guard: Guard,
+    pub(super) data: Arc<Mutex<TargetData>>,
+    pub(super) policy: LuaPolicy,
+    pub(super) stamp: FileStamp,
+    /// Replicas as last commanded, or as a worker last reported for the latest command.
+    pub(super) current: u32,
+    pub(super) last_generation: i64,
+    /// The highest generation the broker acknowledged.
+    pub(super) published_generation: i64,
+    /// The last evaluation triggered by events (ticks do not count, so a
+    /// tick never delays the reaction to an event).
+    pub(super) last_event_eval_ms: Option<Millis>,
+    /// Receive time of the earliest event not evaluated yet.
+    pub(super) pending_since: Option<Millis>,
+    pub(super) last_decision: Option<Decision>,
+    /// The latest command and when it was (re-)issued, until a worker
+    /// answers it (any result of its generation or a later one).
+    pub(super) unanswered: Option<(ScaleCommand, Millis)>,
+    /// The partition its signals arrive on, and the assignment it was
+    /// learned under (a new assignment starts the windows afresh).
+    pub(super) partition: Option<((String, i32), u64)>,
+    pub(super) schedules: Vec<Schedule>,
+}
+
+pub(super) fn load_policy(
+    t: &TargetConfig,
+    data: &Arc<Mutex<TargetData>>,
+    cfg: &EngineConfig,
+) -> Result<LuaPolicy, PolicyError> {
+    let src = PolicySource::read(&t.policy)?;
+    let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
+    p.bind(data.clone())?;
+    p.init(&t.init_input())?;
+    Ok(p)
+}
