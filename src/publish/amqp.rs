@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::command::ScaleCommand;
-use crate::config::AmqpCommandsConfig;
+use crate::command::config::AmqpCommandsConfig;
 use crate::engine::{EngineHandle, WeakEngineHandle};
 use crate::publish::{confirmed, deliver_result};
 use crate::retry::Backoff;

@@ -14,7 +14,7 @@ use crate::broker::kafka::{produce_until_acked, LoggingContext};
 use crate::broker::unique_suffix;
 use crate::broker::BrokerError;
 use crate::command::ScaleCommand;
-use crate::config::KafkaCommandsConfig;
+use crate::command::config::KafkaCommandsConfig;
 use crate::engine::{EngineHandle, WeakEngineHandle};
 use crate::publish::{confirmed, deliver_result};
 use crate::telemetry::Metrics;

@@ -345,7 +345,7 @@ impl AmqpQueueProbe {
     pub fn new(
         cfg: &ProbeConfig,
         i: usize,
-        source: Option<&crate::config::AmqpSourceConfig>,
+        source: Option<&crate::source::AmqpSourceConfig>,
     ) -> Result<Self, String> {
         let key = format!("probes[{i}]");
         let url = cfg.url.reference().clone();

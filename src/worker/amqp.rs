@@ -24,7 +24,7 @@ use super::config::WorkerConfig;
 use super::{Ack, Dispatcher, Outbox, Started};
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::command::ScaleResult;
-use crate::config::AmqpCommandsConfig;
+use crate::command::config::AmqpCommandsConfig;
 use crate::event::DeadLetter;
 use crate::event::Origin;
 use crate::lifecycle::StartError;

@@ -20,7 +20,7 @@ use super::{Ack, Dispatcher, Outbox, Started};
 use crate::broker::kafka::{produce_until_acked, LoggingContext};
 use crate::broker::BrokerError;
 use crate::command::ScaleResult;
-use crate::config::KafkaCommandsConfig;
+use crate::command::config::KafkaCommandsConfig;
 use crate::event::DeadLetter;
 use crate::event::Origin;
 
