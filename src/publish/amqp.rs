@@ -19,8 +19,8 @@ use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
-use crate::command::ScaleCommand;
 use crate::command::config::AmqpCommandsConfig;
+use crate::command::ScaleCommand;
 use crate::engine::{EngineHandle, WeakEngineHandle};
 use crate::publish::{confirmed, deliver_result};
 use crate::retry::Backoff;

@@ -19,8 +19,8 @@ use super::config::WorkerConfig;
 use super::{Ack, Dispatcher, Outbox, Started};
 use crate::broker::kafka::{produce_until_acked, LoggingContext};
 use crate::broker::BrokerError;
-use crate::command::ScaleResult;
 use crate::command::config::KafkaCommandsConfig;
+use crate::command::ScaleResult;
 use crate::event::DeadLetter;
 use crate::event::Origin;
 
