@@ -138,3 +138,69 @@ amqp = {{ url_env = "LOADGEN_TEST_URL" }}
     }
     names.delete(&ch).await;
 }
+
+/// A fault at run time is not a usage error: when the broker takes the
+/// exchange away under a running loadgen, it stops with status 1 (it used
+/// to exit 64, EX_USAGE, as if its configuration were wrong).
+#[tokio::test]
+async fn a_broker_fault_at_run_time_exits_1_not_64() {
+    let Some(url) = common::amqp::broker() else {
+        return;
+    };
+    let names = common::amqp::Names::new();
+    let conn = common::amqp::connect(&url).await;
+    let ch = conn.create_channel().await.unwrap();
+    common::amqp::exchange_and_queue(&ch, &names.signals, &names.queue).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scaler.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[source]
+kind = "amqp"
+amqp = {{ url_env = "LOADGEN_TEST_URL", exchange = "{ex}", queue = "{q}" }}
+{targets}"#,
+            ex = names.signals,
+            q = names.queue,
+            targets = targets(&["checkout"])
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--every", "100ms", "--config"])
+        .arg(&cfg)
+        .env("LOADGEN_TEST_URL", &url)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It runs: a signal arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::amqp::drain(&conn, &names.queue).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no signal from loadgen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The exchange goes away under it: the next publish fails (404).
+    ch.exchange_delete(&names.signals, Default::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("loadgen went on publishing to a deleted exchange");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("publish to"), "{err}");
+    names.delete(&ch).await;
+}
