@@ -99,20 +99,24 @@ kafka = {{ brokers = "{brokers}" }}
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
 }
 
-#[tokio::test]
-async fn loadgen_publishes_valid_signals_over_rabbitmq() {
-    let Some(url) = common::amqp::broker() else {
-        return;
-    };
+/// Fresh names on the broker, the scaler's queue bound as `run` would
+/// declare it, and a scaler configuration (`scaler.toml` in the returned
+/// folder) whose source reads them with the URL from `LOADGEN_TEST_URL`.
+async fn rabbitmq_stack(
+    url: &str,
+) -> (
+    common::amqp::Names,
+    lapin::Connection,
+    lapin::Channel,
+    tempfile::TempDir,
+) {
     let names = common::amqp::Names::new();
-    let conn = common::amqp::connect(&url).await;
+    let conn = common::amqp::connect(url).await;
     let ch = conn.create_channel().await.unwrap();
-    // the scaler's queue, as `run` would declare it
     common::amqp::exchange_and_queue(&ch, &names.signals, &names.queue).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("scaler.toml");
     std::fs::write(
-        &cfg,
+        dir.path().join("scaler.toml"),
         format!(
             r#"
 [source]
@@ -128,6 +132,16 @@ amqp = {{ url_env = "LOADGEN_TEST_URL" }}
         ),
     )
     .unwrap();
+    (names, conn, ch, dir)
+}
+
+#[tokio::test]
+async fn loadgen_publishes_valid_signals_over_rabbitmq() {
+    let Some(url) = common::amqp::broker() else {
+        return;
+    };
+    let (names, conn, ch, dir) = rabbitmq_stack(&url).await;
+    let cfg = dir.path().join("scaler.toml");
     let out = loadgen(&cfg, &[("LOADGEN_TEST_URL", &url)]);
     assert!(out.status.success(), "{out:?}");
     let got = common::amqp::drain(&conn, &names.queue).await;
@@ -147,26 +161,8 @@ async fn a_broker_fault_at_run_time_exits_1_not_64() {
     let Some(url) = common::amqp::broker() else {
         return;
     };
-    let names = common::amqp::Names::new();
-    let conn = common::amqp::connect(&url).await;
-    let ch = conn.create_channel().await.unwrap();
-    common::amqp::exchange_and_queue(&ch, &names.signals, &names.queue).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (names, conn, ch, dir) = rabbitmq_stack(&url).await;
     let cfg = dir.path().join("scaler.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[source]
-kind = "amqp"
-amqp = {{ url_env = "LOADGEN_TEST_URL", exchange = "{ex}", queue = "{q}" }}
-{targets}"#,
-            ex = names.signals,
-            q = names.queue,
-            targets = targets(&["checkout"])
-        ),
-    )
-    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
         .args(["loadgen", "--every", "100ms", "--config"])
         .arg(&cfg)
