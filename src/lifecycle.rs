@@ -37,6 +37,15 @@ impl StartError {
         StartError::Usage(e.to_string())
     }
 
+    /// The same error with `prefix: ` before its message.
+    pub fn context(self, prefix: &str) -> Self {
+        match self {
+            StartError::Usage(m) => StartError::Usage(format!("{prefix}: {m}")),
+            StartError::Unavailable(m) => StartError::Unavailable(format!("{prefix}: {m}")),
+            StartError::Fault(m) => StartError::Fault(format!("{prefix}: {m}")),
+        }
+    }
+
     /// A fault from anything that displays.
     pub fn fault(e: impl std::fmt::Display) -> Self {
         StartError::Fault(e.to_string())

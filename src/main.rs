@@ -345,11 +345,7 @@ fn loadgen(file: &std::path::Path, o: tidewatch::app::loadgen::LoadgenOptions) -
             tidewatch::lifecycle::shutdown_signal(),
         )
         .await
-        .map_err(|e| match e {
-            StartError::Usage(m) => StartError::Usage(format!("loadgen: {m}")),
-            StartError::Unavailable(m) => StartError::Unavailable(format!("loadgen: {m}")),
-            StartError::Fault(m) => StartError::Fault(format!("loadgen: {m}")),
-        })?;
+        .map_err(|e| e.context("loadgen"))?;
         tracing::info!("loadgen: {n} signals published");
         Ok(true)
     })

@@ -62,6 +62,7 @@ pub async fn run(
     let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
         .await
         .map_err(StartError::usage)?;
+    metrics.scaler_started();
     let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
         .map_err(|e| StartError::Usage(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));

@@ -37,12 +37,6 @@ pub enum SecretError {
     },
 }
 
-impl From<SecretError> for String {
-    fn from(e: SecretError) -> String {
-        e.to_string()
-    }
-}
-
 impl SecretRef {
     pub fn is_set(&self) -> bool {
         self.literal.is_some() || self.env.is_some() || self.file.is_some()
@@ -147,15 +141,6 @@ impl<K> From<SecretRef> for Secret<K> {
 }
 
 impl<K> Secret<K> {
-    /// A literal secret (tests and generated configurations).
-    pub fn literal(value: impl Into<String>) -> Self {
-        SecretRef {
-            literal: Some(value.into()),
-            ..SecretRef::default()
-        }
-        .into()
-    }
-
     pub fn reference(&self) -> &SecretRef {
         &self.reference
     }

@@ -213,11 +213,11 @@ provider = "log"
             "the loadgen's signals, counted by the scaler",
         ),
         (
-            "tidewatch_commands_published_total{job=\"tidewatch-scaler\",target=\"checkout\"}",
+            "tidewatch_commands_published_total{job=\"tidewatch-scaler\",target=\"checkout\"} > 0",
             "a scale command",
         ),
         (
-            "tidewatch_worker_results_total{job=\"tidewatch-worker\",target=\"checkout\",status=\"applied\"}",
+            "tidewatch_worker_results_total{job=\"tidewatch-worker\",target=\"checkout\",status=\"applied\"} > 0",
             "the worker's result",
         ),
         (

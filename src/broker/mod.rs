@@ -68,9 +68,3 @@ impl From<crate::secret::SecretError> for BrokerError {
         }
     }
 }
-
-impl From<BrokerError> for String {
-    fn from(e: BrokerError) -> String {
-        e.to_string()
-    }
-}

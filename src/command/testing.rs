@@ -54,14 +54,6 @@ impl CommandBuilder {
         self.c.current_replicas = replicas;
         self
     }
-    pub fn reason(mut self, reason: &str) -> Self {
-        self.c.reason = reason.into();
-        self
-    }
-    pub fn policy(mut self, policy: &str) -> Self {
-        self.c.policy = policy.into();
-        self
-    }
     /// Issued now, expiring after `ttl_ms` (negative: already expired).
     pub fn ttl_ms(mut self, ttl_ms: i64) -> Self {
         let now = chrono::Utc::now().timestamp_millis();

@@ -14,6 +14,7 @@ pub use crate::engine::config::{EngineConfig, TargetConfig, DEFAULT_FORECAST_REF
 pub use crate::settings::{parse_duration, ConfigError, Problem};
 pub use crate::source::probe::{NoOffsetRule, ProbeConfig, ProbeKind};
 pub use crate::source::{AmqpSourceConfig, KafkaSourceConfig, SourceConfig};
+use crate::telemetry::check_listen;
 pub use crate::telemetry::MetricsConfig;
 
 use crate::engine::config::resolve_policy_path;
@@ -70,7 +71,7 @@ impl Config {
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         self.engine.check(&mut out);
-        self.metrics.check("127.0.0.1:9898", &mut out);
+        check_listen(&self.metrics.listen, "127.0.0.1:9898", &mut out);
         self.source.check(&mut out);
         self.commands.check(&mut out);
         for (i, p) in self.probes.iter().enumerate() {

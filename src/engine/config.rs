@@ -332,23 +332,15 @@ impl TargetConfig {
                 ),
             ));
         }
-        if let Some(init) = t.initial_replicas {
-            if init < t.min_replicas || init > t.max_replicas {
+        for (name, n) in [
+            ("initial_replicas", t.initial_replicas),
+            ("fallback_replicas", t.fallback_replicas),
+        ] {
+            if let Some(n) = n.filter(|n| *n < t.min_replicas || *n > t.max_replicas) {
                 out.push(problem(
-                    key("initial_replicas"),
+                    key(name),
                     format!(
-                        "{init} is outside [min_replicas {}, max_replicas {}]",
-                        t.min_replicas, t.max_replicas
-                    ),
-                ));
-            }
-        }
-        if let Some(f) = t.fallback_replicas {
-            if f < t.min_replicas || f > t.max_replicas {
-                out.push(problem(
-                    key("fallback_replicas"),
-                    format!(
-                        "{f} is outside [min_replicas {}, max_replicas {}]",
+                        "{n} is outside [min_replicas {}, max_replicas {}]",
                         t.min_replicas, t.max_replicas
                     ),
                 ));

@@ -24,11 +24,11 @@ pub fn confirmed(c: &ScaleCommand, metrics: &Metrics, engine: &WeakEngineHandle)
 pub async fn deliver_result(bytes: &[u8], metrics: &Metrics, engine: &EngineHandle) -> bool {
     match serde_json::from_slice::<ScaleResult>(bytes) {
         Ok(r) => {
-            metrics.result_received(Some(&r), bytes.len(), None);
+            metrics.result_received(&r);
             engine.result(r).await.is_ok()
         }
         Err(e) => {
-            metrics.result_received(None, bytes.len(), Some(&e));
+            metrics.result_invalid(bytes.len(), &e);
             true
         }
     }

@@ -181,7 +181,7 @@ pub struct KafkaLagProbe {
 
 impl KafkaLagProbe {
     pub fn new(cfg: &ProbeConfig, settings: ClientSettings) -> Result<Self, String> {
-        let mut c = settings.client_config()?;
+        let mut c = settings.client_config().map_err(|e| e.to_string())?;
         // Reading a group's committed offsets needs its id; we never join it.
         c.set("group.id", &cfg.group)
             .set("enable.auto.commit", "false");
@@ -367,7 +367,8 @@ impl AmqpQueueProbe {
         };
         let management = match cfg
             .management_url
-            .resolve(&format!("{key}.management_url"))?
+            .resolve(&format!("{key}.management_url"))
+            .map_err(|e| e.to_string())?
         {
             Some(base) => {
                 let client = reqwest::Client::builder()

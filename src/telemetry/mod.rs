@@ -456,23 +456,17 @@ impl Metrics {
             .inc();
     }
 
-    /// A result message from a worker: decoded, or not (`error`).
-    pub fn result_received(
-        &self,
-        result: Option<&ScaleResult>,
-        bytes: usize,
-        error: Option<&serde_json::Error>,
-    ) {
-        match (result, error) {
-            (Some(r), _) => self
-                .results_received
-                .with_label_values(&[r.status.as_str()])
-                .inc(),
-            (None, e) => {
-                self.results_received.with_label_values(&["invalid"]).inc();
-                tracing::warn!(error = ?e.map(|e| e.to_string()), bytes, "result not decoded; skipped");
-            }
-        }
+    /// A worker's result arrived.
+    pub fn result_received(&self, r: &ScaleResult) {
+        self.results_received
+            .with_label_values(&[r.status.as_str()])
+            .inc();
+    }
+
+    /// A result message could not be decoded; it is skipped.
+    pub fn result_invalid(&self, bytes: usize, error: &serde_json::Error) {
+        self.results_received.with_label_values(&["invalid"]).inc();
+        tracing::warn!(%error, bytes, "result not decoded; skipped");
     }
 
     /// A message (or batch elements) went to the dead-letter destination.
@@ -630,13 +624,6 @@ impl Default for MetricsConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:9898".into()
-}
-
-impl MetricsConfig {
-    /// Checks `metrics.listen`; `example` is the address a message suggests.
-    pub fn check(&self, example: &str, out: &mut Vec<Problem>) {
-        check_listen(&self.listen, example, out);
-    }
 }
 
 /// Checks a `metrics.listen` address.

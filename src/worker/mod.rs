@@ -130,6 +130,7 @@ pub async fn run(
     };
     let mut targets = Vec::new();
     for t in &cfg.targets {
+        metrics.worker_target_configured(&t.name, &t.provider);
         let timeout = cfg.timeout_of(t);
         let provider = match providers.remove(&t.name) {
             Some(p) => p,
