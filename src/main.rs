@@ -250,10 +250,7 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
                         println!("{version}: ok   {} (-> {want})", o.name);
                     } else {
                         failed = true;
-                        let got = match &o.got {
-                            Ok(g) => g.map_or("hold".to_string(), |n| n.to_string()),
-                            Err(e) => format!("error: {e}"),
-                        };
+                        let got = o.got_text();
                         println!("{version}: FAIL {}: expected {want}, got {got}", o.name);
                     }
                 }

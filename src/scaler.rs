@@ -20,7 +20,8 @@ use crate::publish::amqp::{AmqpPublisher, AmqpResults};
 use crate::publish::kafka::{KafkaPublisher, KafkaResults};
 use crate::source::amqp::AmqpSource;
 use crate::source::kafka::KafkaSource;
-use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe, ProbeFeeds};
+use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
+use crate::source::SourceContext;
 use crate::telemetry::Metrics;
 
 /// What `run` leaves behind, for tests and logs.
@@ -67,18 +68,20 @@ pub async fn run(
         .map_err(|e| StartError::Usage(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
     let (in_tx, in_rx) = EngineHandle::channel(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = SourceContext {
+        engine: in_tx.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        stop: stop_rx.clone(),
+        ready: ready.clone(),
+    };
     // RabbitMQ: connect before anything runs, so that refused credentials or
     // a missing exchange or queue (with declaring off) stop the start with
     // one clear error; an unreachable broker is waited for in the background.
     let amqp_source = match (&cfg.source.kind, &cfg.source.amqp) {
         (BrokerKind::Amqp, Some(a)) => {
-            let source = AmqpSource::new(
-                a,
-                in_tx.clone(),
-                metrics.clone(),
-                clock.clone(),
-                ready.clone(),
-            );
+            let source = AmqpSource::new(a, ctx.clone());
             let first = first_session(source.open().await)?;
             Some((source, first))
         }
@@ -101,7 +104,6 @@ pub async fn run(
     let http = crate::telemetry::Server::start(listener, metrics.clone(), ready.clone());
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<ScaleCommand>(1024);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut inputs: Vec<JoinHandle<()>> = Vec::new();
 
     if cfg.source.kind == BrokerKind::Kafka {
@@ -119,43 +121,30 @@ pub async fn run(
             .flat_map(|t| t.windows.iter())
             .max()
             .map_or(300_000, |d| d.as_millis() as i64);
-        let source = KafkaSource::new(
-            k,
-            in_tx.clone(),
-            metrics.clone(),
-            clock.clone(),
-            ready.clone(),
-            ownership,
-            longest,
-        )
-        .map_err(StartError::fault)?;
-        inputs.push(tokio::spawn(source.run(stop_rx.clone())));
+        let source =
+            KafkaSource::new(k, ctx.clone(), ownership, longest).map_err(StartError::fault)?;
+        inputs.push(tokio::spawn(source.run()));
     }
     if let Some((source, first)) = amqp_source {
-        inputs.push(tokio::spawn(source.run(first, stop_rx.clone())));
+        inputs.push(tokio::spawn(source.run(first)));
     }
-    let feeds = ProbeFeeds {
-        engine: in_tx.clone(),
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-        stop: stop_rx.clone(),
-    };
+
     for (i, p) in cfg.probes.iter().enumerate() {
         inputs.push(match p.kind {
             ProbeKind::KafkaLag => {
                 let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
                     .map_err(StartError::usage)?;
                 let probe = KafkaLagProbe::new(p, settings).map_err(StartError::fault)?;
-                tokio::spawn(run_probe(probe, feeds.clone()))
+                tokio::spawn(run_probe(probe, ctx.clone()))
             }
             ProbeKind::AmqpQueue => {
                 let probe = AmqpQueueProbe::new(p, i, cfg.source.amqp.as_ref())
                     .map_err(StartError::usage)?;
-                tokio::spawn(run_probe(probe, feeds.clone()))
+                tokio::spawn(run_probe(probe, ctx.clone()))
             }
         });
     }
-    drop(feeds);
+    drop(ctx);
     let publisher: JoinHandle<()> = match cfg.commands.kind {
         BrokerKind::Kafka => {
             let k = cfg

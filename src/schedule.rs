@@ -59,19 +59,37 @@ pub struct Active {
     pub ends_ms: Millis,
 }
 
+/// What is wrong with a schedule; names the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cron {cron:?} does not parse: {source}")]
+    Cron {
+        cron: String,
+        source: croner::errors::CronError,
+    },
+    #[error("timezone {0:?} is not an IANA time zone")]
+    Timezone(String),
+    #[error("duration must be above zero")]
+    ZeroDuration,
+    #[error("min_replicas {min} is above max_replicas {max}")]
+    Bounds { min: u32, max: u32 },
+}
+
 impl Schedule {
     /// Checks every field; the error names the bad value.
-    pub fn parse(c: &ScheduleConfig) -> Result<Schedule, String> {
-        let cron = Cron::from_str(c.cron.trim())
-            .map_err(|e| format!("cron {:?} does not parse: {e}", c.cron))?;
-        let tz = Tz::from_str(&c.timezone)
-            .map_err(|_| format!("timezone {:?} is not an IANA time zone", c.timezone))?;
+    pub fn parse(c: &ScheduleConfig) -> Result<Schedule, ScheduleError> {
+        let cron = Cron::from_str(c.cron.trim()).map_err(|source| ScheduleError::Cron {
+            cron: c.cron.clone(),
+            source,
+        })?;
+        let tz =
+            Tz::from_str(&c.timezone).map_err(|_| ScheduleError::Timezone(c.timezone.clone()))?;
         if c.duration.is_zero() {
-            return Err("duration must be above zero".into());
+            return Err(ScheduleError::ZeroDuration);
         }
         if let (Some(lo), Some(hi)) = (c.min_replicas, c.max_replicas) {
             if lo > hi {
-                return Err(format!("min_replicas {lo} is above max_replicas {hi}"));
+                return Err(ScheduleError::Bounds { min: lo, max: hi });
             }
         }
         Ok(Schedule {
@@ -167,15 +185,21 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let e = Schedule::parse(&cfg("0 25 * * *", "UTC", 1)).unwrap_err();
+        let e = Schedule::parse(&cfg("0 25 * * *", "UTC", 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"0 25 * * *\""), "{e}");
-        let e = Schedule::parse(&cfg("0 8 * * *", "Mars/Olympus", 1)).unwrap_err();
+        let e = Schedule::parse(&cfg("0 8 * * *", "Mars/Olympus", 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Mars/Olympus"), "{e}");
-        let e = Schedule::parse(&cfg("0 8 * * *", "UTC", 0)).unwrap_err();
+        let e = Schedule::parse(&cfg("0 8 * * *", "UTC", 0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duration"), "{e}");
         let mut c = cfg("0 8 * * *", "UTC", 1);
         c.max_replicas = Some(3);
-        let e = Schedule::parse(&c).unwrap_err();
+        let e = Schedule::parse(&c).unwrap_err().to_string();
         assert!(e.contains("min_replicas 10 is above max_replicas 3"), "{e}");
     }
 }

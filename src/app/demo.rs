@@ -286,35 +286,67 @@ impl Provider for SimulatedProvider {
     }
 }
 
+/// Why the demo cannot run; names the option, file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(
+        "--speed {speed}: give a number above 0 and at most {max} (virtual seconds per real \
+         second; the embedded Kafka, the scaler and the worker run in real time underneath)"
+    )]
+    Speed { speed: f64, max: f64 },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot create a temporary directory: {0}")]
+    TempDir(std::io::Error),
+    #[error("cannot write {name}: {source}")]
+    Bundled {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("embedded Kafka{what}: {source}")]
+    Kafka {
+        what: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("demo configuration: {0}")]
+    Config(crate::settings::Problem),
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Plot(#[from] crate::simulate::SimulateError),
+}
+
+fn kafka(what: String) -> impl FnOnce(rdkafka::error::KafkaError) -> DemoError {
+    move |source| DemoError::Kafka { what, source }
+}
+
 /// Runs the demo, writing the live view to `out`.
-pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
+pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, DemoError> {
     if !(opts.speed > 0.0 && opts.speed <= opts.max_speed) {
-        return Err(format!(
-            "--speed {}: give a number above 0 and at most {} (virtual seconds per real second; \
-             the embedded Kafka, the scaler and the worker run in real time underneath)",
-            opts.speed, opts.max_speed
-        ));
+        return Err(DemoError::Speed {
+            speed: opts.speed,
+            max: opts.max_speed,
+        });
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(DemoError::Runtime)?;
     rt.block_on(run_loop(opts, out))
 }
 
-fn io(e: std::io::Error) -> String {
-    e.to_string()
+fn io(e: std::io::Error) -> DemoError {
+    DemoError::Output(e)
 }
 
-async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
-    let dir =
-        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, DemoError> {
+    let dir = tempfile::tempdir().map_err(DemoError::TempDir)?;
     for (name, text) in BUNDLED {
         std::fs::write(dir.path().join(name), text)
-            .map_err(|e| format!("cannot write {name}: {e}"))?;
+            .map_err(|source| DemoError::Bundled { name, source })?;
     }
-    let mock = MockCluster::new(1).map_err(|e| format!("embedded Kafka: {e}"))?;
+    let mock = MockCluster::new(1).map_err(kafka(String::new()))?;
     for t in [
         "tidewatch.signals",
         "tidewatch.commands",
@@ -322,13 +354,13 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         "tidewatch.deadletter",
     ] {
         mock.create_topic(t, 1, 1)
-            .map_err(|e| format!("embedded Kafka: topic {t}: {e}"))?;
+            .map_err(kafka(format!(": topic {t}")))?;
     }
     let brokers = mock.bootstrap_servers();
     let tick = Duration::from_secs_f64((1.0 / opts.speed).max(0.01));
     let cfg = demo_config(dir.path(), &brokers, tick);
-    if let Some(p) = cfg.check().iter().find(|p| !p.warning) {
-        return Err(format!("demo configuration: {p}"));
+    if let Some(p) = cfg.check().into_iter().find(|p| !p.warning) {
+        return Err(DemoError::Config(p));
     }
     let t0: Millis = 1_764_000_000_000;
     let scaled = Arc::new(ScaledClock::new(t0, opts.speed));
@@ -401,7 +433,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "0")
         .create()
-        .map_err(|e| format!("embedded Kafka: {e}"))?;
+        .map_err(kafka(String::new()))?;
     // Start the load once the scaler owns the signals partition.
     for _ in 0..300 {
         if scaler_metrics.assigned_partitions() > 0 {

@@ -379,10 +379,66 @@ pub async fn wait_or_stop(
     backoff: &mut crate::retry::Backoff,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    let wait = backoff.next_wait();
+    sleep_or_stop(backoff.next_wait(), stop).await
+}
+
+/// Sleeps `wait`; false when `stop` turned true meanwhile.
+pub async fn sleep_or_stop(wait: std::time::Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = stop.wait_for(|s| *s) => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// How a component waits between connection attempts: `stop` for most
+/// (false when it turned true), the command publisher's intake for the
+/// publisher (it keeps taking commands in).
+pub trait Pause {
+    fn pause(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl Pause for watch::Receiver<bool> {
+    fn pause(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> impl std::future::Future<Output = bool> + Send {
+        sleep_or_stop(wait, self)
+    }
+}
+
+/// The one connect-with-retry of every AMQP component: `open` until it
+/// succeeds, logging each failure under the setting that names the broker,
+/// pausing each backoff interval (`None` when the pause says stop). The
+/// backoff is reset on success.
+pub async fn connect_with_retry<S, E, F, Fut>(
+    setting: &'static str,
+    what: &str,
+    backoff: &mut crate::retry::Backoff,
+    mut open: F,
+    pause: &mut impl Pause,
+) -> Option<S>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<S, E>>,
+{
+    loop {
+        match open().await {
+            Ok(s) => {
+                backoff.reset();
+                return Some(s);
+            }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(setting, "{what} cannot connect, retrying in {wait:?}: {e}");
+                if !pause.pause(wait).await {
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -373,11 +373,11 @@ impl TargetConfig {
             ));
         }
         if let Err(e) = crate::forecast::builtin::Season::parse(&t.forecast_season) {
-            out.push(problem(key("forecast_season"), e));
+            out.push(problem(key("forecast_season"), e.to_string()));
         }
         for (j, sc) in t.schedules.iter().enumerate() {
             if let Err(e) = crate::schedule::Schedule::parse(sc) {
-                out.push(problem(key(&format!("schedules[{j}]")), e));
+                out.push(problem(key(&format!("schedules[{j}]")), e.to_string()));
             }
         }
         if t.provider.is_empty() {

@@ -391,8 +391,10 @@ impl Engine {
                     .filter(|o| !o.passed())
                     .map(|o| {
                         format!(
-                            "example {:?} expected {:?}, got {:?}",
-                            o.name, o.expected, o.got
+                            "example {:?} expected {:?}, got {}",
+                            o.name,
+                            o.expected,
+                            o.got_text()
                         )
                     })
                     .collect();

@@ -14,7 +14,7 @@ use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig};
 use crate::policy::{LuaPolicy, PolicyError, PolicySource, SignalView};
 use crate::schedule::Schedule;
-use crate::window::{TargetWindows, WindowStats};
+use crate::window::{SpanTooLong, TargetWindows, WindowStats};
 
 /// What a policy of one target reads.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl TargetData {
 }
 
 impl SignalView for TargetData {
-    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
+    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         self.windows.stats(metric, self.now_ms, span_ms)
     }
     /// A fresh external forecast covering the time, else the built-in one.

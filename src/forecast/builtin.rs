@@ -27,8 +27,13 @@ pub enum Season {
     Fixed(Duration),
 }
 
+/// A season that is not `auto`, `none` or a duration above zero.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("season {0:?} is not \"auto\", \"none\" or a duration such as \"1d\"")]
+pub struct BadSeason(pub String);
+
 impl Season {
-    pub fn parse(s: &str) -> Result<Season, String> {
+    pub fn parse(s: &str) -> Result<Season, BadSeason> {
         match s {
             "auto" => Ok(Season::Auto),
             "none" => Ok(Season::None),
@@ -36,11 +41,7 @@ impl Season {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .map(Season::Fixed)
-                .ok_or_else(|| {
-                    format!(
-                        "season {other:?} is not \"auto\", \"none\" or a duration such as \"1d\""
-                    )
-                }),
+                .ok_or_else(|| BadSeason(other.to_owned())),
         }
     }
 }
@@ -303,6 +304,9 @@ mod tests {
             Season::parse("1d"),
             Ok(Season::Fixed(Duration::from_secs(86_400)))
         );
-        assert!(Season::parse("daily").unwrap_err().contains("\"daily\""));
+        assert!(Season::parse("daily")
+            .unwrap_err()
+            .to_string()
+            .contains("\"daily\""));
     }
 }

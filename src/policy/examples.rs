@@ -28,12 +28,20 @@ pub struct ExampleOutcome {
     pub name: String,
     /// `None` means the example expects "hold" (no change).
     pub expected: Option<u32>,
-    pub got: Result<Option<u32>, String>,
+    pub got: Result<Option<u32>, PolicyError>,
 }
 
 impl ExampleOutcome {
     pub fn passed(&self) -> bool {
         matches!(&self.got, Ok(g) if *g == self.expected)
+    }
+
+    /// What the policy gave: `hold`, a count, or `error: ...`.
+    pub fn got_text(&self) -> String {
+        match &self.got {
+            Ok(g) => g.map_or("hold".to_string(), |n| n.to_string()),
+            Err(e) => format!("error: {e}"),
+        }
     }
 }
 
@@ -136,12 +144,11 @@ pub fn run_examples(
             ))
         })();
         let got = match setup {
-            Err(e) => Err(format!("setting up the example: {e}")),
+            Err(e) => Err(err(source, format!("setting up the example: {e}"))),
             Ok(()) => p
                 .init(&input)
                 .and_then(|_| p.decide(&input))
-                .map(|prop| prop.replicas)
-                .map_err(|e| e.to_string()),
+                .map(|prop| prop.replicas),
         };
         out.push(ExampleOutcome {
             name,

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::Metric;
 use crate::forecast::ForecastValue;
-use crate::window::WindowStats;
+use crate::window::{SpanTooLong, WindowStats};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// `ctx.window` and `ctx.forecast` over the raw Rust lookups.
@@ -93,7 +93,7 @@ impl PolicyErrorKind {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("policy {policy} ({}): {message}", kind.code())]
 pub struct PolicyError {
     pub kind: PolicyErrorKind,
@@ -110,7 +110,7 @@ pub struct Proposal {
 
 /// The data a policy reads through `ctx.window` and `ctx.forecast`.
 pub trait SignalView: Send + 'static {
-    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, String>;
+    fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong>;
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
 }
 
@@ -410,10 +410,10 @@ impl LuaPolicy {
             .run_decide
             .call::<Value>(Self::args(input))
             .map_err(|e| self.fail(e))?;
-        proposal(&out).map_err(|message| PolicyError {
+        proposal(&out).map_err(|e| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,
             policy: self.version.clone(),
-            message,
+            message: e.to_string(),
         })
     }
 
@@ -570,42 +570,54 @@ fn quick_span_ms(s: &str) -> Option<f64> {
     Some(n * unit)
 }
 
-fn replicas_from(v: &Value) -> Result<Option<u32>, String> {
+/// What is wrong with the value `decide` returned; names the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidReturn {
+    #[error("replicas must be a number, got {0}")]
+    ReplicasType(&'static str),
+    #[error("replicas is {0}")]
+    ReplicasNotFinite(f64),
+    #[error("replicas is negative ({0})")]
+    ReplicasNegative(f64),
+    #[error("reason must be a string, got {0}")]
+    ReasonType(&'static str),
+    #[error("decide must return nil, a number or a table, it returned {0}")]
+    Shape(&'static str),
+    #[error("the returned table: {0}")]
+    Table(String),
+}
+
+fn replicas_from(v: &Value) -> Result<Option<u32>, InvalidReturn> {
     let n = match v {
         Value::Nil => return Ok(None),
         Value::Integer(i) => *i as f64,
         Value::Number(n) => *n,
-        other => {
-            return Err(format!(
-                "replicas must be a number, got {}",
-                other.type_name()
-            ))
-        }
+        other => return Err(InvalidReturn::ReplicasType(other.type_name())),
     };
-    if n.is_nan() {
-        return Err("replicas is NaN".into());
-    }
-    if n.is_infinite() {
-        return Err(format!("replicas is {n}"));
+    if !n.is_finite() {
+        return Err(InvalidReturn::ReplicasNotFinite(n));
     }
     if n < 0.0 {
-        return Err(format!("replicas is negative ({n})"));
+        return Err(InvalidReturn::ReplicasNegative(n));
     }
     // Fractions round up: 3.2 replicas of work need 4.
     Ok(Some(n.ceil().min(f64::from(u32::MAX)) as u32))
 }
 
 /// `nil` (no change), a number, or `{replicas = n|nil, reason = "..."}`.
-fn proposal(v: &Value) -> Result<Proposal, String> {
+fn proposal(v: &Value) -> Result<Proposal, InvalidReturn> {
+    let field = |t: &mlua::Table, k: &str| {
+        t.raw_get::<Value>(k)
+            .map_err(|e| InvalidReturn::Table(e.to_string()))
+    };
     match v {
         Value::Nil | Value::Integer(_) | Value::Number(_) => Ok(Proposal {
             replicas: replicas_from(v)?,
             reason: None,
         }),
         Value::Table(t) => {
-            let replicas =
-                replicas_from(&t.raw_get::<Value>("replicas").map_err(|e| e.to_string())?)?;
-            let reason = match t.raw_get::<Value>("reason").map_err(|e| e.to_string())? {
+            let replicas = replicas_from(&field(t, "replicas")?)?;
+            let reason = match field(t, "reason")? {
                 Value::Nil => None,
                 Value::String(s) => {
                     let s = s.to_string_lossy();
@@ -614,19 +626,11 @@ fn proposal(v: &Value) -> Result<Proposal, String> {
                         None => s,
                     })
                 }
-                other => {
-                    return Err(format!(
-                        "reason must be a string, got {}",
-                        other.type_name()
-                    ))
-                }
+                other => return Err(InvalidReturn::ReasonType(other.type_name())),
             };
             Ok(Proposal { replicas, reason })
         }
-        other => Err(format!(
-            "decide must return nil, a number or a table, it returned {}",
-            other.type_name()
-        )),
+        other => Err(InvalidReturn::Shape(other.type_name())),
     }
 }
 

@@ -3,7 +3,7 @@ use std::path::Path;
 
 struct NoData;
 impl SignalView for NoData {
-    fn window(&self, _: Metric, _: i64) -> Result<Option<WindowStats>, String> {
+    fn window(&self, _: Metric, _: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         Ok(None)
     }
     fn forecast(&self, _: Metric, _: i64) -> Option<ForecastValue> {
@@ -13,10 +13,14 @@ impl SignalView for NoData {
 
 struct Fixed(WindowStats);
 impl SignalView for Fixed {
-    fn window(&self, m: Metric, span_ms: i64) -> Result<Option<WindowStats>, String> {
+    fn window(&self, m: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         match (m, span_ms) {
             (Metric::QueueDepth, 60_000) => Ok(Some(self.0)),
-            (_, s) if s > 300_000 => Err(format!("span {s} too long")),
+            (m, s) if s > 300_000 => Err(SpanTooLong {
+                span_ms: s,
+                metric: m,
+                longest_ms: 300_000,
+            }),
             _ => Ok(None),
         }
     }
@@ -325,7 +329,10 @@ fn window_and_forecast_reach_the_script() {
     let mut p = p;
     let e = p.decide(&input()).unwrap_err();
     assert_eq!(e.kind, PolicyErrorKind::Runtime);
-    assert!(e.message.contains("too long"), "{e}");
+    assert!(
+        e.message.contains("is longer than the longest window"),
+        "{e}"
+    );
 }
 
 #[test]

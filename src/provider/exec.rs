@@ -25,25 +25,53 @@ pub struct ExecProvider {
     timeout: Duration,
 }
 
+/// What is wrong with a configured command line; names the argument.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandLineError {
+    #[error("the command is empty")]
+    Empty,
+    #[error("argument {index} {arg:?}: {placeholder} must be a whole argument (write it as its own element)")]
+    NotWhole {
+        index: usize,
+        arg: String,
+        placeholder: String,
+    },
+    #[error("argument {index} {arg:?}: {placeholder} is not a placeholder tidewatch knows; use {PLACEHOLDERS:?}, each as a whole argument")]
+    Unknown {
+        index: usize,
+        arg: String,
+        placeholder: String,
+    },
+    #[error(
+        "argument {index} {arg:?}: the only placeholder is \"{{target}}\", as a whole argument"
+    )]
+    OnlyTarget { index: usize, arg: String },
+}
+
 /// Checks a template: not empty, and every `{...}` is a known placeholder
 /// standing as a whole argument. The error names the offending argument.
-pub fn check_template(argv: &[String]) -> Result<(), String> {
+pub fn check_template(argv: &[String]) -> Result<(), CommandLineError> {
     if argv.is_empty() {
-        return Err("the command is empty".into());
+        return Err(CommandLineError::Empty);
     }
     for (i, a) in argv.iter().enumerate() {
         if PLACEHOLDERS.contains(&a.as_str()) {
             continue;
         }
         if let Some(p) = placeholder_in(a) {
+            let (index, arg, placeholder) = (i, a.clone(), p.to_owned());
             if PLACEHOLDERS.contains(&p) {
-                return Err(format!(
-                    "argument {i} {a:?}: {p} must be a whole argument (write it as its own element)"
-                ));
+                return Err(CommandLineError::NotWhole {
+                    index,
+                    arg,
+                    placeholder,
+                });
             }
-            return Err(format!(
-                "argument {i} {a:?}: {p} is not a placeholder tidewatch knows; use {PLACEHOLDERS:?}, each as a whole argument"
-            ));
+            return Err(CommandLineError::Unknown {
+                index,
+                arg,
+                placeholder,
+            });
         }
     }
     Ok(())
@@ -67,7 +95,7 @@ pub fn placeholder_in(a: &str) -> Option<&str> {
 }
 
 impl ExecProvider {
-    pub fn new(argv: Vec<String>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Result<Self, CommandLineError> {
         check_template(&argv)?;
         Ok(Self { argv, timeout })
     }
@@ -150,12 +178,16 @@ mod tests {
             "{replicas}"
         ]))
         .is_ok());
-        let e = check_template(&argv(&["kubectl", "--replicas={replicas}"])).unwrap_err();
+        let e = check_template(&argv(&["kubectl", "--replicas={replicas}"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("argument 1") && e.contains("--replicas={replicas}"),
             "{e}"
         );
-        let e = check_template(&argv(&["echo", "{namespace}"])).unwrap_err();
+        let e = check_template(&argv(&["echo", "{namespace}"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("{namespace}") && e.contains("not a placeholder"),
             "{e}"

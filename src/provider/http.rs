@@ -35,6 +35,15 @@ impl HttpConfig {
     }
 }
 
+/// Why an http provider cannot be built; names the URL (password hidden).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("url {0}: must start with http:// or https://")]
+    Scheme(String),
+    #[error("url {url}: {source}")]
+    Client { url: String, source: reqwest::Error },
+}
+
 pub struct HttpProvider {
     client: reqwest::Client,
     url: String,
@@ -42,17 +51,18 @@ pub struct HttpProvider {
 }
 
 impl HttpProvider {
-    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, HttpError> {
+        let shown = || crate::broker::amqp::redact(url);
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "url {}: must start with http:// or https://",
-                crate::broker::amqp::redact(url)
-            ));
+            return Err(HttpError::Scheme(shown()));
         }
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("url {}: {e}", crate::broker::amqp::redact(url)))?;
+            .map_err(|source| HttpError::Client {
+                url: shown(),
+                source,
+            })?;
         Ok(Self {
             client,
             url: url.to_owned(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+use super::exec::CommandLineError;
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
 
 /// How often the supervisor looks for exited children.
@@ -25,15 +26,16 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 
 /// Checks a command: not empty, and `{target}` only as a whole argument
 /// (the replica count has no meaning for one process).
-pub fn check_command(argv: &[String]) -> Result<(), String> {
+pub fn check_command(argv: &[String]) -> Result<(), CommandLineError> {
     if argv.is_empty() {
-        return Err("the command is empty".into());
+        return Err(CommandLineError::Empty);
     }
     for (i, a) in argv.iter().enumerate() {
         if a != "{target}" && super::exec::placeholder_in(a).is_some() {
-            return Err(format!(
-                "argument {i} {a:?}: the only placeholder is \"{{target}}\", as a whole argument"
-            ));
+            return Err(CommandLineError::OnlyTarget {
+                index: i,
+                arg: a.clone(),
+            });
         }
     }
     Ok(())
@@ -88,7 +90,7 @@ impl ProcessProvider {
         argv: Vec<String>,
         grace: Duration,
         dir: Option<PathBuf>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CommandLineError> {
         check_command(&argv)?;
         let argv: Vec<String> = argv
             .into_iter()
@@ -308,7 +310,9 @@ pub(crate) mod tests {
     #[test]
     fn commands_are_checked() {
         assert!(check_command(&["sleep".into(), "{target}".into()]).is_ok());
-        let e = check_command(&["sleep".into(), "{replicas}".into()]).unwrap_err();
+        let e = check_command(&["sleep".into(), "{replicas}".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("argument 1"), "{e}");
         assert!(check_command(&[]).is_err());
     }

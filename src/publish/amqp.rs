@@ -18,6 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 
+use crate::broker::amqp::Pause as _;
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::command::config::AmqpCommandsConfig;
 use crate::command::ScaleCommand;
@@ -141,22 +142,24 @@ impl AmqpPublisher {
             }
             let s = match &session {
                 Some(s) => s,
-                None => match self.open().await {
-                    Ok(s) => {
-                        tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), "amqp command publisher connected");
-                        self.metrics.broker_connected("commands", true);
-                        session.insert(s)
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            setting = "commands.amqp.url",
-                            pending = pending.0.len(),
-                            "amqp command publisher cannot connect, retrying: {e}"
-                        );
-                        pause(&mut backoff, &mut rx, &mut pending, &mut closed).await;
-                        continue;
-                    }
-                },
+                None => {
+                    let s = amqp::connect_with_retry(
+                        "commands.amqp.url",
+                        "amqp command publisher",
+                        &mut backoff,
+                        || self.open(),
+                        &mut Intake {
+                            rx: &mut rx,
+                            pending: &mut pending,
+                            closed: &mut closed,
+                        },
+                    )
+                    .await
+                    .expect("the publisher retries until it connects");
+                    tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher connected");
+                    self.metrics.broker_connected("commands", true);
+                    session.insert(s)
+                }
             };
             let batch: Vec<ScaleCommand> = pending.0.values().cloned().collect();
             let outcomes = futures::future::join_all(batch.iter().map(|c| {
@@ -180,27 +183,46 @@ impl AmqpPublisher {
                     }
                     Ok(false) => {
                         retry = true;
-                        self.metrics.command_publish_failed(&c.target);
-                        tracing::warn!(
-                            setting = "commands.amqp.exchange", exchange = %self.cfg.exchange, routing_key = %routing_key(c),
-                            generation = c.generation,
-                            "command nacked or unroutable (is a queue bound for this routing key?); retrying"
+                        self.metrics.command_publish_failed(
+                            "commands.amqp.exchange",
+                            c,
+                            &format_args!(
+                                "nacked or unroutable on exchange {:?} with routing key {:?} \
+                                 (is a queue bound for this routing key?)",
+                                self.cfg.exchange,
+                                routing_key(c)
+                            ),
                         );
                     }
                     Err(e) => {
-                        self.metrics.command_publish_failed(&c.target);
+                        self.metrics
+                            .command_publish_failed("commands.amqp.url", c, &e);
                         lost = Some(e);
                     }
                 }
             }
             if let Some(e) = lost {
-                tracing::warn!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher lost the broker ({e}); reconnecting");
-                self.metrics.broker_reconnecting("commands");
+                self.metrics.broker_reconnecting(
+                    "commands",
+                    "commands.amqp.url",
+                    &format_args!(
+                        "{e} at {}; {} commands pending",
+                        self.settings.shown_url(),
+                        pending.0.len()
+                    ),
+                );
                 session = None;
                 retry = true;
             }
             if retry {
-                pause(&mut backoff, &mut rx, &mut pending, &mut closed).await;
+                let wait = backoff.next_wait();
+                Intake {
+                    rx: &mut rx,
+                    pending: &mut pending,
+                    closed: &mut closed,
+                }
+                .pause(wait)
+                .await;
             } else {
                 backoff.reset();
             }
@@ -212,23 +234,26 @@ impl AmqpPublisher {
     }
 }
 
-/// Waits out one backoff interval while still taking new commands in.
-async fn pause(
-    backoff: &mut Backoff,
-    rx: &mut mpsc::Receiver<ScaleCommand>,
-    pending: &mut Pending,
-    closed: &mut bool,
-) {
-    let wait = backoff.next_wait();
-    let sleep = tokio::time::sleep(wait);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            _ = &mut sleep => return,
-            c = rx.recv(), if !*closed => match c {
-                Some(c) => pending.put(c),
-                None => *closed = true,
-            },
+/// The publisher's pause: waits out one backoff interval while still
+/// taking new commands in (it never gives up: commands are desired state).
+struct Intake<'a> {
+    rx: &'a mut mpsc::Receiver<ScaleCommand>,
+    pending: &'a mut Pending,
+    closed: &'a mut bool,
+}
+
+impl amqp::Pause for Intake<'_> {
+    async fn pause(&mut self, wait: std::time::Duration) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                c = self.rx.recv(), if !*self.closed => match c {
+                    Some(c) => self.pending.put(c),
+                    None => *self.closed = true,
+                },
+            }
         }
     }
 }
@@ -306,20 +331,17 @@ impl AmqpResults {
     pub async fn run(self, engine: EngineHandle, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         loop {
-            let (conn, mut consumer) = match self.open().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(
-                        setting = "commands.amqp.results_exchange",
-                        "amqp results reader cannot connect, retrying: {e}"
-                    );
-                    if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
+            let Some((conn, mut consumer)) = amqp::connect_with_retry(
+                "commands.amqp.results_exchange",
+                "amqp results reader",
+                &mut backoff,
+                || self.open(),
+                &mut stop,
+            )
+            .await
+            else {
+                return;
             };
-            backoff.reset();
             self.metrics.broker_connected("results", true);
             let lost = loop {
                 let d = tokio::select! {
@@ -344,11 +366,8 @@ impl AmqpResults {
                     return;
                 }
                 Some(e) => {
-                    self.metrics.broker_reconnecting("results");
-                    tracing::warn!(
-                        setting = "commands.amqp.url",
-                        "amqp results reader lost the broker ({e}); reconnecting"
-                    );
+                    self.metrics
+                        .broker_reconnecting("results", "commands.amqp.url", &e);
                     if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
                         return;
                     }

@@ -52,13 +52,19 @@ impl KafkaPublisher {
     /// Publishes one command, retrying with exponential backoff (capped at
     /// 5 s between attempts) until the broker acknowledges it.
     pub async fn publish(&self, c: &ScaleCommand) {
-        produce_until_acked(&self.producer, &self.topic, Some(c.target.as_bytes()), &c.to_json(), |e, wait| {
-            self.metrics.command_publish_failed(&c.target);
-            tracing::warn!(
-                setting = "commands.kafka.topic", topic = %self.topic, target_name = %c.target,
-                generation = c.generation, error = %e, "command not acknowledged; retrying in {wait:?}"
-            );
-        })
+        produce_until_acked(
+            &self.producer,
+            &self.topic,
+            Some(c.target.as_bytes()),
+            &c.to_json(),
+            |e, wait| {
+                self.metrics.command_publish_failed(
+                    "commands.kafka.topic",
+                    c,
+                    &format_args!("topic {}: {e} (next try in {wait:?})", self.topic),
+                );
+            },
+        )
         .await;
     }
 

@@ -92,24 +92,21 @@ impl Options {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SimulateError> {
         if !(self.capacity.is_finite() && self.capacity > 0.0) {
-            return Err(format!("capacity {} must be above zero", self.capacity));
+            return Err(SimulateError::Capacity(self.capacity));
         }
         if self.step < Duration::from_secs(1) {
-            return Err(format!(
-                "step {} is below 1s",
-                humantime::format_duration(self.step)
-            ));
+            return Err(SimulateError::Step(self.step));
         }
         if self.min > self.max || self.max == 0 {
-            return Err(format!(
-                "min {} and max {}: need 0 <= min <= max and max >= 1",
-                self.min, self.max
-            ));
+            return Err(SimulateError::Bounds {
+                min: self.min,
+                max: self.max,
+            });
         }
         if self.policies.is_empty() {
-            return Err("give at least one --policy".into());
+            return Err(SimulateError::NoPolicy);
         }
         Ok(())
     }
@@ -237,7 +234,7 @@ pub fn run(
     opts: &Options,
     trace: &Trace,
     mut progress: impl FnMut(u64, u64),
-) -> Result<(Report, Series), String> {
+) -> Result<(Report, Series), SimulateError> {
     opts.check()?;
     let step_ms = opts.step.as_millis() as i64;
     let dt = step_ms as f64 / 1000.0;
@@ -245,12 +242,11 @@ pub fn run(
     let load: Vec<(Millis, f64)> = trace.resample(step_ms);
     let first_scored = (opts.warmup.as_millis() as i64 / step_ms) as usize;
     if first_scored >= load.len() {
-        return Err(format!(
-            "the warm-up ({}) covers the whole trace ({} steps of {})",
-            humantime::format_duration(opts.warmup),
-            load.len(),
-            humantime::format_duration(opts.step)
-        ));
+        return Err(SimulateError::Warmup {
+            warmup: opts.warmup,
+            steps: load.len(),
+            step: opts.step,
+        });
     }
     let last_scored = match opts.span {
         Some(s) => (first_scored + (s.as_millis() as i64 / step_ms) as usize).min(load.len()),
@@ -294,7 +290,7 @@ pub fn run(
     };
     let problems = cfg.check();
     if let Some(p) = problems.first() {
-        return Err(format!("simulate options: {p}"));
+        return Err(SimulateError::Options(p.to_string()));
     }
     let mut engine = Engine::new(
         &cfg.engine,
@@ -302,7 +298,7 @@ pub fn run(
         Arc::new(Metrics::new()),
         start_ms,
     )
-    .map_err(|e| format!("policy: {e}"))?;
+    .map_err(SimulateError::Policy)?;
     engine.set_refit_mode(RefitMode::Inline);
 
     let n = names.len();
@@ -335,7 +331,10 @@ pub fn run(
                 ts_ms: t,
             });
             if let Err(e) = engine.apply(&depth, t) {
-                return Err(format!("step {i}: {}", e.detail));
+                return Err(SimulateError::Signal {
+                    step: i,
+                    detail: e.detail,
+                });
             }
             if scored {
                 let s = &mut scores[k];
@@ -483,11 +482,64 @@ pub struct Output {
     pub progress: bool,
 }
 
+/// Why a simulation cannot run or its output cannot be written; names the
+/// bad option, file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("capacity {0} must be above zero")]
+    Capacity(f64),
+    #[error("step {} is below 1s", humantime::format_duration(*.0))]
+    Step(Duration),
+    #[error("min {min} and max {max}: need 0 <= min <= max and max >= 1")]
+    Bounds { min: u32, max: u32 },
+    #[error("give at least one --policy")]
+    NoPolicy,
+    #[error(
+        "the warm-up ({}) covers the whole trace ({steps} steps of {})",
+        humantime::format_duration(*warmup),
+        humantime::format_duration(*step)
+    )]
+    Warmup {
+        warmup: Duration,
+        steps: usize,
+        step: Duration,
+    },
+    #[error("simulate options: {0}")]
+    Options(String),
+    #[error("policy: {0}")]
+    Policy(crate::policy::PolicyError),
+    #[error("step {step}: {detail}")]
+    Signal { step: usize, detail: String },
+    #[error("{}: {source}", path.display())]
+    TraceFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Trace {
+        path: PathBuf,
+        source: trace::TraceError,
+    },
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Output(std::io::Error),
+    #[error("nothing was scored, so there is nothing to plot")]
+    NothingToPlot,
+    #[error("plot {}: extension {ext:?} is not png or svg", path.display())]
+    PlotExtension { path: PathBuf, ext: String },
+    #[error("plot {}: {detail}", path.display())]
+    Plot { path: PathBuf, detail: String },
+}
+
 /// Why `main` failed: bad input (exit 64) or something else.
 #[derive(Debug)]
 pub enum Failure {
-    Usage(String),
-    Other(String),
+    Usage(SimulateError),
+    Other(SimulateError),
 }
 
 /// `tidewatch simulate`: loads the trace, runs, prints the table, writes
@@ -509,7 +561,7 @@ pub fn main(opts: &Options, out: &Output, w: &mut impl std::io::Write) -> Result
     })
     .map_err(Failure::Usage)?;
     bar.finish_and_clear();
-    let io = |e: std::io::Error| Failure::Other(e.to_string());
+    let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
     writeln!(
         w,
         "{}: {} scored steps of {}s, capacity {}/s per replica, start-up {}s{}",
@@ -527,8 +579,12 @@ pub fn main(opts: &Options, out: &Output, w: &mut impl std::io::Write) -> Result
     .map_err(io)?;
     write!(w, "{}", report.table()).map_err(io)?;
     if let Some(p) = &out.report {
-        std::fs::write(p, report.to_json() + "\n")
-            .map_err(|e| Failure::Other(format!("{}: {e}", p.display())))?;
+        std::fs::write(p, report.to_json() + "\n").map_err(|source| {
+            Failure::Other(SimulateError::Write {
+                path: p.clone(),
+                source,
+            })
+        })?;
     }
     if let Some(p) = &out.plot {
         let names: Vec<String> = opts

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::Series;
+use super::{Series, SimulateError};
 
 const MAX_POINTS: usize = 1500;
 
@@ -47,9 +47,9 @@ pub fn write(
     series: &Series,
     names: &[String],
     capacity: f64,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SimulateError> {
     if series.ts.is_empty() {
-        return Err("nothing was scored, so there is nothing to plot".into());
+        return Err(SimulateError::NothingToPlot);
     }
     let text = font();
     let ext = path
@@ -57,29 +57,37 @@ pub fn write(
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
     let size = (1400, 700);
-    let err = |e: String| format!("plot {}: {e}", path.display());
+    let err = |detail: String| SimulateError::Plot {
+        path: path.to_owned(),
+        detail,
+    };
     match ext.as_str() {
         "png" => {
             let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, series, names, capacity, text).map_err(err)?;
+            draw(&root, series, names, capacity, text).map_err(|e| err(e.0))?;
             root.present().map_err(|e| err(e.to_string()))?;
         }
         "svg" => {
             let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(&root, series, names, capacity, text).map_err(err)?;
+            draw(&root, series, names, capacity, text).map_err(|e| err(e.0))?;
             root.present().map_err(|e| err(e.to_string()))?;
         }
         other => {
-            return Err(format!(
-                "plot {}: extension {other:?} is not png or svg",
-                path.display()
-            ))
+            return Err(SimulateError::PlotExtension {
+                path: path.to_owned(),
+                ext: other.to_owned(),
+            })
         }
     }
     Ok((!text).then(|| {
         "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text".into()
     }))
 }
+
+/// A drawing backend's error, as its text (the backends' error types differ).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DrawError(String);
 
 /// Bucket `i` of `n` over `len` points.
 fn bucket(i: usize, n: usize, len: usize) -> std::ops::Range<usize> {
@@ -92,11 +100,11 @@ fn draw<DB: DrawingBackend>(
     names: &[String],
     capacity: f64,
     text: bool,
-) -> Result<(), String>
+) -> Result<(), DrawError>
 where
     DB::ErrorType: 'static,
 {
-    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| DrawError(x.to_string());
     root.fill(&WHITE).map_err(e)?;
     let len = s.ts.len();
     let n = len.min(MAX_POINTS);

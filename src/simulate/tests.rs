@@ -128,14 +128,17 @@ fn bad_options_and_policies_are_named() {
     let mut o = small_case(&dir);
     let t = trace(&[1.0, 2.0, 3.0]);
     o.capacity = 0.0;
-    assert!(run(&o, &t, |_, _| {}).unwrap_err().contains("capacity 0"));
+    assert!(run(&o, &t, |_, _| {})
+        .unwrap_err()
+        .to_string()
+        .contains("capacity 0"));
     o.capacity = 10.0;
     o.warmup = Duration::from_secs(3600);
-    let e = run(&o, &t, |_, _| {}).unwrap_err();
+    let e = run(&o, &t, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("warm-up (1h)"), "{e}");
     o.warmup = Duration::ZERO;
     o.policies = vec![write(&dir, "broken.lua", "return {")];
-    let e = run(&o, &t, |_, _| {}).unwrap_err();
+    let e = run(&o, &t, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("broken.lua"), "{e}");
 }
 
@@ -156,6 +159,8 @@ fn plots_png_and_svg() {
         text.contains("<svg") && text.contains("<polyline"),
         "{text:.200}"
     );
-    let e = plot::write(&dir.path().join("p.gif"), &series, &names, 10.0).unwrap_err();
+    let e = plot::write(&dir.path().join("p.gif"), &series, &names, 10.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"gif\""), "{e}");
 }

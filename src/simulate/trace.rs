@@ -31,9 +31,16 @@ pub struct TraceError {
 
 impl Trace {
     /// Reads and parses a file; errors name the file and the line.
-    pub fn load(path: &Path) -> Result<Trace, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Trace, super::SimulateError> {
+        use super::SimulateError;
+        let text = std::fs::read_to_string(path).map_err(|source| SimulateError::TraceFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text).map_err(|source| SimulateError::Trace {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// The usual spacing of the points: the median difference.

@@ -6,7 +6,7 @@
 //! delivered but not acked is redelivered by the broker.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +21,12 @@ use tokio::sync::watch;
 
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::broker::{default_binding_keys, default_deadletter};
-use crate::clock::Clock;
-use crate::engine::EngineHandle;
 use crate::event::{DeadLetter, Origin};
 use crate::retry::Backoff;
 use crate::secret::{Secret, Url};
 use crate::settings::{problem, yes, Problem};
 use crate::source::kafka::MAX_BATCH;
-use crate::telemetry::Metrics;
+use crate::source::SourceContext;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -89,10 +87,7 @@ pub const LINGER: Duration = Duration::from_millis(1);
 pub struct AmqpSource {
     cfg: AmqpSourceConfig,
     settings: AmqpSettings,
-    engine: EngineHandle,
-    metrics: Arc<Metrics>,
-    clock: Arc<dyn Clock>,
-    ready: Arc<AtomicBool>,
+    ctx: SourceContext,
 }
 
 /// Acks the latest acker sent (with `multiple`) until the sender is gone;
@@ -126,20 +121,11 @@ enum Ended {
 }
 
 impl AmqpSource {
-    pub fn new(
-        cfg: &AmqpSourceConfig,
-        engine: EngineHandle,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-        ready: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(cfg: &AmqpSourceConfig, ctx: SourceContext) -> Self {
         Self {
             settings: cfg.settings(),
             cfg: cfg.clone(),
-            engine,
-            metrics,
-            clock,
-            ready,
+            ctx,
         }
     }
 
@@ -187,43 +173,46 @@ impl AmqpSource {
 
     /// Consumes until `stop` turns true, reconnecting whenever the broker
     /// goes away. `first` is a session opened by the caller at start.
-    pub async fn run(self, first: Option<Session>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, first: Option<Session>) {
+        let mut stop = self.ctx.stop.clone();
         let mut backoff = Backoff::default();
         let mut session = first;
         loop {
             let s = match session.take() {
                 Some(s) => s,
-                None => match self.open().await {
-                    Ok(s) => {
+                None => match amqp::connect_with_retry(
+                    "source.amqp.url",
+                    "amqp source",
+                    &mut backoff,
+                    || self.open(),
+                    &mut stop,
+                )
+                .await
+                {
+                    Some(s) => {
                         tracing::info!(setting = "source.amqp.url", url = %self.settings.shown_url(), queue = %self.cfg.queue, "amqp source connected");
                         s
                     }
-                    Err(e) => {
-                        tracing::warn!(
-                            setting = "source.amqp.url",
-                            "amqp source cannot connect, retrying: {e}"
-                        );
-                        if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
-                            break;
-                        }
-                        continue;
-                    }
+                    None => break,
                 },
             };
             backoff.reset();
-            self.ready.store(true, Ordering::Relaxed);
-            self.metrics.broker_connected("source", true);
+            self.ctx.ready.store(true, Ordering::Relaxed);
+            self.ctx.metrics.broker_connected("source", true);
             let ended = self.consume(&s, &mut stop).await;
-            self.metrics.broker_connected("source", false);
+            self.ctx.metrics.broker_connected("source", false);
             match ended {
                 Ended::Stopped => {
                     let _ = s.conn.close(200, "tidewatch stopping").await;
                     break;
                 }
                 Ended::Lost(e) => {
-                    self.ready.store(false, Ordering::Relaxed);
-                    self.metrics.broker_reconnecting("source");
-                    tracing::warn!(setting = "source.amqp.url", url = %self.settings.shown_url(), "amqp source lost the broker ({e}); reconnecting");
+                    self.ctx.ready.store(false, Ordering::Relaxed);
+                    self.ctx.metrics.broker_reconnecting(
+                        "source",
+                        "source.amqp.url",
+                        &format_args!("{} at {}", e, self.settings.shown_url()),
+                    );
                     if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
                         break;
                     }
@@ -324,10 +313,10 @@ impl AmqpSource {
             .map(|d| (Origin::default(), std::mem::take(&mut d.data)))
             .collect();
         let messages = Arc::new(messages);
-        let Ok(outcomes) = self.engine.apply_batch("amqp", messages.clone()).await else {
+        let Ok(outcomes) = self.ctx.engine.apply_batch("amqp", messages.clone()).await else {
             return Err(Ended::Stopped);
         };
-        let now = self.clock.now_ms();
+        let now = self.ctx.clock.now_ms();
         for (((_, bytes), outcome), d) in messages.iter().zip(&outcomes).zip(&batch) {
             if outcome.rejected.is_empty() {
                 continue;
@@ -339,7 +328,7 @@ impl AmqpSource {
             };
             if let Some(dl) = DeadLetter::of("amqp", &origin, bytes, &outcome.rejected, now) {
                 if let Err(e) = self.dead_letter(s, d, bytes, &dl).await {
-                    return Err(Ended::Lost(e));
+                    return Err(Ended::Lost(format!("dead letter: {e}")));
                 }
             }
         }
@@ -356,7 +345,7 @@ impl AmqpSource {
         d: &Delivery,
         bytes: &[u8],
         dl: &DeadLetter,
-    ) -> Result<(), String> {
+    ) -> Result<(), lapin::Error> {
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         let mut put = |k: &str, v: &str| {
             headers.insert(k.into(), AMQPValue::LongString(v.into()));
@@ -390,10 +379,11 @@ impl AmqpSource {
                     tracing::warn!(setting = "source.amqp.deadletter_exchange", exchange = %self.cfg.deadletter_exchange, "dead letter not confirmed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => return Err(format!("dead letter: {e}")),
+                Err(e) => return Err(e),
             }
         }
-        self.metrics
+        self.ctx
+            .metrics
             .dead_lettered(dl.source.as_str(), dl.reason.as_str());
         Ok(())
     }

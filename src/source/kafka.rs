@@ -17,16 +17,16 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::broker::default_deadletter;
 use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::broker::BrokerError;
 use crate::clock::Clock;
-use crate::engine::{EngineHandle, SharedOwnership};
+use crate::engine::SharedOwnership;
 use crate::event::{DeadLetter, Origin};
 use crate::secret::{SaslPassword, Secret};
 use crate::settings::{problem, Problem};
+use crate::source::SourceContext;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -90,7 +90,7 @@ pub const MAX_BATCH: usize = 500;
 /// Tracks assignment for readiness and ownership, commits stored offsets
 /// before a partition is given away, and on assignment seeks back to the
 /// start of the longest window so the new owner rebuilds its windows.
-pub struct SourceContext {
+pub struct AssignmentContext {
     inner: LoggingContext,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -100,7 +100,7 @@ pub struct SourceContext {
     max_replay: i64,
 }
 
-impl SourceContext {
+impl AssignmentContext {
     /// Sets each newly assigned partition's start offset to the first message
     /// of the longest window (or the committed offset, if earlier), and
     /// records where it goes live: where the previous owner stopped.
@@ -156,7 +156,7 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {
+impl ClientContext for AssignmentContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the
     /// scaler's own consumer lag per assigned partition.
     fn stats(&self, stats: rdkafka::Statistics) {
@@ -178,7 +178,7 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {
+impl ConsumerContext for AssignmentContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -211,22 +211,17 @@ impl ConsumerContext for SourceContext {
 }
 
 pub struct KafkaSource {
-    consumer: StreamConsumer<SourceContext>,
+    consumer: StreamConsumer<AssignmentContext>,
     ownership: SharedOwnership,
     deadletter: FutureProducer<LoggingContext>,
     deadletter_topic: String,
-    engine: EngineHandle,
-    metrics: Arc<Metrics>,
-    clock: Arc<dyn Clock>,
+    ctx: SourceContext,
 }
 
 impl KafkaSource {
     pub fn new(
         cfg: &KafkaSourceConfig,
-        engine: EngineHandle,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-        ready: Arc<AtomicBool>,
+        ctx: SourceContext,
         ownership: SharedOwnership,
         longest_window_ms: i64,
     ) -> Result<Self, BrokerError> {
@@ -247,13 +242,13 @@ impl KafkaSource {
             key: s.key.clone(),
             brokers: s.brokers.clone(),
         };
-        let consumer: StreamConsumer<SourceContext> = c
-            .create_with_context(SourceContext {
+        let consumer: StreamConsumer<AssignmentContext> = c
+            .create_with_context(AssignmentContext {
                 inner: log.clone(),
-                metrics: metrics.clone(),
-                ready,
+                metrics: ctx.metrics.clone(),
+                ready: ctx.ready.clone(),
                 ownership: ownership.clone(),
-                clock: clock.clone(),
+                clock: ctx.clock.clone(),
                 longest_window_ms,
                 max_replay: cfg.max_replay_messages as i64,
             })
@@ -277,15 +272,14 @@ impl KafkaSource {
             ownership,
             deadletter,
             deadletter_topic: cfg.deadletter_topic.clone(),
-            engine,
-            metrics,
-            clock,
+            ctx,
         })
     }
 
     /// Consumes until `stop` turns true, then finishes the batch in hand,
     /// stores its offsets and commits them.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self) {
+        let mut stop = self.ctx.stop.clone();
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
@@ -301,8 +295,11 @@ impl KafkaSource {
                     // errors here; a long pause would only delay the group join,
                     // which needs this consumer polled. Log the first of a run.
                     failures += 1;
-                    self.metrics
-                        .source_error("kafka", &e, failures == 1 || failures % 100 == 0);
+                    self.ctx.metrics.source_error(
+                        "kafka",
+                        &e,
+                        failures == 1 || failures % 100 == 0,
+                    );
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -332,17 +329,22 @@ impl KafkaSource {
     /// previous owner left it. False when the engine is gone.
     async fn handle(&self, batch: Vec<(Origin, Vec<u8>)>) -> bool {
         let messages = Arc::new(batch);
-        let Ok(outcomes) = self.engine.apply_batch("kafka", messages.clone()).await else {
+        let Ok(outcomes) = self.ctx.engine.apply_batch("kafka", messages.clone()).await else {
             return false;
         };
-        let now = self.clock.now_ms();
+        let now = self.ctx.clock.now_ms();
         for ((origin, bytes), outcome) in messages.iter().zip(&outcomes) {
             if origin.replay {
                 continue;
             }
             if let Some(dl) = DeadLetter::of("kafka", origin, bytes, &outcome.rejected, now) {
-                produce_dead_letter(&self.deadletter, &self.deadletter_topic, &dl, &self.metrics)
-                    .await;
+                produce_dead_letter(
+                    &self.deadletter,
+                    &self.deadletter_topic,
+                    &dl,
+                    &self.ctx.metrics,
+                )
+                .await;
             }
             if let (Some(p), Some(o)) = (origin.partition, origin.offset) {
                 if let Err(e) = self.consumer.store_offset(&origin.topic, p, o) {

@@ -12,6 +12,18 @@ use crate::broker::BrokerKind;
 use crate::settings::{section, Problem};
 
 pub use amqp::AmqpSourceConfig;
+
+/// What every input of the scaler is given: where signals go, the clock,
+/// the metrics, when to stop, and the readiness it reports (a source is
+/// ready once it consumes; probes leave it alone).
+#[derive(Clone)]
+pub struct SourceContext {
+    pub engine: crate::engine::EngineHandle,
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+    pub metrics: std::sync::Arc<crate::telemetry::Metrics>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 pub use kafka::KafkaSourceConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]

@@ -12,17 +12,13 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::broker::amqp::AmqpSettings;
 use crate::broker::kafka::{ClientSettings, LoggingContext};
-use crate::clock::Clock;
-use crate::engine::EngineHandle;
 use crate::event::{QueueDepth, Signal};
 use crate::secret::{ManagementUrl, Secret, Url};
 use crate::settings::{de_duration, problem, Problem};
-use crate::source::KafkaSourceConfig;
-use crate::telemetry::Metrics;
+use crate::source::{KafkaSourceConfig, SourceContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,13 +133,57 @@ impl ProbeConfig {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a probe cannot be set up or one measurement failed; names the key,
+/// topic, group, queue or URL (password hidden).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{key}: give brokers, or configure [source.kafka]")]
+    NoBrokers { key: String },
+    #[error("{key}: give `url`, `url_env` or `url_file`, or configure [source.amqp]")]
+    NoUrl { key: String },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+    #[error(transparent)]
+    Amqp(#[from] crate::broker::amqp::ConnectError),
+    /// A Kafka call; `what` says which and of what.
+    #[error("{what}: {source}")]
+    Kafka {
+        what: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {0} not found")]
+    NoTopic(String),
+    #[error("topic {topic}: {code:?}")]
+    Topic {
+        topic: String,
+        code: rdkafka::types::RDKafkaRespErr,
+    },
+    #[error("{key}.url: {source}")]
+    Channel { key: String, source: lapin::Error },
+    #[error("management_url {0}: must start with http:// or https://")]
+    ManagementScheme(String),
+    /// The management API did not answer with a queue object.
+    #[error("{key} {url}: {detail}")]
+    Management {
+        key: String,
+        url: String,
+        detail: String,
+    },
+    #[error("management API: not a queue object: {0}")]
+    NotJson(serde_json::Error),
+    #[error("not a queue object: no `name` and no `messages`")]
+    NotQueue,
+    #[error("lag probe task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
 /// The client settings of probe `i`: its own `brokers` and `options` when
 /// it names brokers (another cluster), else the source's, plus its options.
 pub fn settings(
     p: &ProbeConfig,
     i: usize,
     source: Option<&KafkaSourceConfig>,
-) -> Result<ClientSettings, String> {
+) -> Result<ClientSettings, ProbeError> {
     let key = format!("probes[{i}].brokers");
     let mut s = match (&p.brokers, source) {
         (Some(brokers), _) => ClientSettings {
@@ -156,7 +196,7 @@ pub fn settings(
             key,
             ..k.client_settings()
         },
-        (None, None) => return Err(format!("{key}: give brokers, or configure [source.kafka]")),
+        (None, None) => return Err(ProbeError::NoBrokers { key }),
     };
     s.options.extend(p.options.clone());
     Ok(s)
@@ -180,8 +220,8 @@ pub struct KafkaLagProbe {
 }
 
 impl KafkaLagProbe {
-    pub fn new(cfg: &ProbeConfig, settings: ClientSettings) -> Result<Self, String> {
-        let mut c = settings.client_config().map_err(|e| e.to_string())?;
+    pub fn new(cfg: &ProbeConfig, settings: ClientSettings) -> Result<Self, ProbeError> {
+        let mut c = settings.client_config()?;
         // Reading a group's committed offsets needs its id; we never join it.
         c.set("group.id", &cfg.group)
             .set("enable.auto.commit", "false");
@@ -190,7 +230,10 @@ impl KafkaLagProbe {
                 key: settings.key.clone(),
                 brokers: settings.brokers.clone(),
             })
-            .map_err(|e| format!("{}: cannot create the probe client: {e}", settings.key))?;
+            .map_err(|source| ProbeError::Kafka {
+                what: format!("{}: cannot create the probe client", settings.key),
+                source,
+            })?;
         Ok(Self {
             cfg: cfg.clone(),
             consumer: Arc::new(consumer),
@@ -201,17 +244,21 @@ impl KafkaLagProbe {
     pub fn measure(
         consumer: &BaseConsumer<LoggingContext>,
         cfg: &ProbeConfig,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, ProbeError> {
+        let kafka = |what: String| move |source| ProbeError::Kafka { what, source };
         let md = consumer
             .fetch_metadata(Some(&cfg.topic), TIMEOUT)
-            .map_err(|e| format!("topic {}: metadata: {e}", cfg.topic))?;
+            .map_err(kafka(format!("topic {}: metadata", cfg.topic)))?;
         let topic = md
             .topics()
             .iter()
             .find(|t| t.name() == cfg.topic)
-            .ok_or_else(|| format!("topic {} not found", cfg.topic))?;
-        if let Some(e) = topic.error() {
-            return Err(format!("topic {}: {:?}", cfg.topic, e));
+            .ok_or_else(|| ProbeError::NoTopic(cfg.topic.clone()))?;
+        if let Some(code) = topic.error() {
+            return Err(ProbeError::Topic {
+                topic: cfg.topic.clone(),
+                code,
+            });
         }
         let mut tpl = TopicPartitionList::new();
         for p in topic.partitions() {
@@ -219,14 +266,16 @@ impl KafkaLagProbe {
         }
         let committed = consumer
             .committed_offsets(tpl, TIMEOUT)
-            .map_err(|e| format!("group {}: committed offsets: {e}", cfg.group))?;
+            .map_err(kafka(format!("group {}: committed offsets", cfg.group)))?;
         let mut total = 0;
         for p in topic.partitions() {
             let (low, high) = consumer
                 .fetch_watermarks(&cfg.topic, p.id(), TIMEOUT)
-                .map_err(|e| {
-                    format!("topic {} partition {}: watermarks: {e}", cfg.topic, p.id())
-                })?;
+                .map_err(kafka(format!(
+                    "topic {} partition {}: watermarks",
+                    cfg.topic,
+                    p.id()
+                )))?;
             let c = committed
                 .find_partition(&cfg.topic, p.id())
                 .and_then(|e| match e.offset() {
@@ -239,7 +288,7 @@ impl KafkaLagProbe {
     }
 
     /// One measurement now (blocking: call it off the async threads).
-    pub fn measure_now(&self) -> Result<i64, String> {
+    pub fn measure_now(&self) -> Result<i64, ProbeError> {
         Self::measure(&self.consumer, &self.cfg)
     }
 }
@@ -252,11 +301,11 @@ impl Measure for KafkaLagProbe {
     fn queue_label(&self) -> String {
         format!("kafka:{}/{}", self.cfg.topic, self.cfg.group)
     }
-    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, String> {
+    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, ProbeError> {
         let (consumer, cfg) = (self.consumer.clone(), self.cfg.clone());
         match tokio::task::spawn_blocking(move || Self::measure(&consumer, &cfg)).await {
             Ok(r) => r.map(|lag| Some((lag as f64, None))),
-            Err(e) => Err(format!("lag probe task failed: {e}")),
+            Err(e) => Err(ProbeError::Task(e)),
         }
     }
 }
@@ -271,27 +320,19 @@ pub trait Measure: Send {
     /// `Ok(None)`: nothing to report yet (no error).
     fn depth(
         &mut self,
-    ) -> impl std::future::Future<Output = Result<Option<(f64, Option<u32>)>, String>> + Send;
-}
-
-/// Where a probe's measurements go, and when it stops.
-#[derive(Clone)]
-pub struct ProbeFeeds {
-    pub engine: EngineHandle,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Arc<Metrics>,
-    pub stop: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = Result<Option<(f64, Option<u32>)>, ProbeError>> + Send;
 }
 
 /// Measures every interval until `stop`, feeding the engine the target's
 /// `queue_depth`; a failed measurement is logged and counted.
-pub async fn run_probe<M: Measure>(mut probe: M, feeds: ProbeFeeds) {
-    let ProbeFeeds {
+pub async fn run_probe<M: Measure>(mut probe: M, ctx: SourceContext) {
+    let SourceContext {
         engine,
         clock,
         metrics,
         mut stop,
-    } = feeds;
+        ..
+    } = ctx;
     let mut ticker = tokio::time::interval(probe.cfg().interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let queue = probe.queue_label();
@@ -346,7 +387,7 @@ impl AmqpQueueProbe {
         cfg: &ProbeConfig,
         i: usize,
         source: Option<&crate::source::AmqpSourceConfig>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProbeError> {
         let key = format!("probes[{i}]");
         let url = cfg.url.reference().clone();
         let settings = match (url.is_set(), source) {
@@ -359,22 +400,21 @@ impl AmqpQueueProbe {
                 key: format!("{key}.url"),
                 ..s.settings()
             },
-            (false, None) => {
-                return Err(format!(
-                    "{key}.url: give `url`, `url_env` or `url_file`, or configure [source.amqp]"
-                ))
-            }
+            (false, None) => return Err(ProbeError::NoUrl { key }),
         };
         let management = match cfg
             .management_url
-            .resolve(&format!("{key}.management_url"))
-            .map_err(|e| e.to_string())?
+            .resolve(&format!("{key}.management_url"))?
         {
             Some(base) => {
                 let client = reqwest::Client::builder()
                     .timeout(TIMEOUT)
                     .build()
-                    .map_err(|e| format!("{key}.management_url: {e}"))?;
+                    .map_err(|e| ProbeError::Management {
+                        key: format!("{key}.management_url"),
+                        url: crate::broker::amqp::redact(&base),
+                        detail: e.to_string(),
+                    })?;
                 Some((client, management_queue_url(&base, &cfg.vhost, &cfg.queue)?))
             }
             None => None,
@@ -388,17 +428,16 @@ impl AmqpQueueProbe {
         })
     }
 
-    async fn passive(&mut self) -> Result<(f64, Option<u32>), String> {
+    async fn passive(&mut self) -> Result<(f64, Option<u32>), ProbeError> {
         if self.channel.is_none() {
-            let conn = self
-                .settings
-                .connect("probe")
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn = self.settings.connect("probe").await?;
             let ch = conn
                 .create_channel()
                 .await
-                .map_err(|e| format!("{}.url: {e}", self.key))?;
+                .map_err(|source| ProbeError::Channel {
+                    key: self.key.clone(),
+                    source,
+                })?;
             self.channel = Some((conn, ch));
         }
         let (_, ch) = self.channel.as_ref().expect("opened above");
@@ -410,30 +449,29 @@ impl AmqpQueueProbe {
                 if let Some((conn, _)) = self.channel.take() {
                     let _ = conn.close(200, "probe retry").await;
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
 
-    async fn http(&self) -> Result<Option<(f64, Option<u32>)>, String> {
+    async fn http(&self) -> Result<Option<(f64, Option<u32>)>, ProbeError> {
         let (client, url) = self.management.as_ref().expect("called with management");
-        let key = format!("{}.management_url", self.key);
-        let shown = crate::broker::amqp::redact(url);
-        let resp = client.get(url.as_str()).send().await.map_err(|e| {
-            format!(
-                "{key} {shown}: {}",
-                crate::broker::amqp::redact(&e.to_string())
-            )
-        })?;
+        let failed = |detail: String| ProbeError::Management {
+            key: format!("{}.management_url", self.key),
+            url: crate::broker::amqp::redact(url),
+            detail: crate::broker::amqp::redact(&detail),
+        };
+        let resp = client
+            .get(url.as_str())
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("{key} {shown}: HTTP {status}"));
+            return Err(failed(format!("HTTP {status}")));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("{key} {shown}: {e}"))?;
-        parse_management(&body).map_err(|e| format!("{key} {shown}: {e}"))
+        let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
+        parse_management(&body).map_err(|e| failed(e.to_string()))
     }
 }
 
@@ -445,7 +483,7 @@ impl Measure for AmqpQueueProbe {
     fn queue_label(&self) -> String {
         format!("amqp:{}", self.cfg.queue)
     }
-    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, String> {
+    async fn depth(&mut self) -> Result<Option<(f64, Option<u32>)>, ProbeError> {
         if self.management.is_some() {
             self.http().await
         } else {
@@ -455,13 +493,12 @@ impl Measure for AmqpQueueProbe {
 }
 
 /// `http://u:p@host:15672` + vhost + queue -> the API URL of the queue.
-pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<String, String> {
+pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<String, ProbeError> {
     let base = base.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(format!(
-            "management_url {}: must start with http:// or https://",
-            crate::broker::amqp::redact(base)
-        ));
+        return Err(ProbeError::ManagementScheme(crate::broker::amqp::redact(
+            base,
+        )));
     }
     let enc = |s: &str| {
         s.bytes()
@@ -479,9 +516,8 @@ pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> Result<Stri
 /// The depth (`messages`: ready + unacknowledged) and `consumers` of a
 /// management API queue object; `None` for a queue so new that the API has
 /// no statistics for it yet.
-pub fn parse_management(body: &[u8]) -> Result<Option<(f64, Option<u32>)>, String> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("management API: not a queue object: {e}"))?;
+pub fn parse_management(body: &[u8]) -> Result<Option<(f64, Option<u32>)>, ProbeError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(ProbeError::NotJson)?;
     let messages = v.get("messages").and_then(|m| m.as_f64()).or_else(|| {
         let ready = v.get("messages_ready")?.as_f64()?;
         let unacked = v.get("messages_unacknowledged")?.as_f64()?;
@@ -490,7 +526,7 @@ pub fn parse_management(body: &[u8]) -> Result<Option<(f64, Option<u32>)>, Strin
     let Some(messages) = messages else {
         return match v.get("name") {
             Some(_) => Ok(None),
-            None => Err("not a queue object: no `name` and no `messages`".into()),
+            None => Err(ProbeError::NotQueue),
         };
     };
     let consumers = v
@@ -534,6 +570,7 @@ mod tests {
         p.brokers = None;
         assert!(settings(&p, 2, None)
             .unwrap_err()
+            .to_string()
             .contains("probes[2].brokers"));
     }
 
@@ -543,7 +580,9 @@ mod tests {
             management_queue_url("http://u:p@127.0.0.1:15672/", "/", "orders.in").unwrap(),
             "http://u:p@127.0.0.1:15672/api/queues/%2F/orders.in"
         );
-        let e = management_queue_url("amqp://u:secret@h", "/", "q").unwrap_err();
+        let e = management_queue_url("amqp://u:secret@h", "/", "q")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http://") && !e.contains("secret"), "{e}");
         assert_eq!(
             parse_management(br#"{"messages": 12, "messages_ready": 10, "consumers": 3}"#).unwrap(),
@@ -560,9 +599,11 @@ mod tests {
         );
         assert!(parse_management(br#"{"error": "x"}"#)
             .unwrap_err()
+            .to_string()
             .contains("messages"));
         assert!(parse_management(b"<html>")
             .unwrap_err()
+            .to_string()
             .contains("not a queue object"));
     }
 

@@ -450,10 +450,17 @@ impl Metrics {
 
     /// Publishing a command of `target` failed (the caller logs why and
     /// when it tries again).
-    pub fn command_publish_failed(&self, target: &str) {
+    pub fn command_publish_failed(
+        &self,
+        setting: &str,
+        c: &ScaleCommand,
+        why: &dyn std::fmt::Display,
+    ) {
         self.command_publish_failures
-            .with_label_values(&[target])
+            .with_label_values(&[c.target.as_str()])
             .inc();
+        tracing::warn!(setting, target_name = %c.target, generation = c.generation,
+            "command not published: {why}; retrying");
     }
 
     /// A worker's result arrived.
@@ -522,11 +529,21 @@ impl Metrics {
             .set(i64::from(connected));
     }
 
-    /// `component` lost its broker connection and reconnects (the caller
-    /// logs what it was doing).
-    pub fn broker_reconnecting(&self, component: &str) {
+    /// `component` lost its broker connection (`setting` names the
+    /// broker) for `cause` and reconnects.
+    pub fn broker_reconnecting(
+        &self,
+        component: &str,
+        setting: &str,
+        cause: &dyn std::fmt::Display,
+    ) {
         self.broker_connected.with_label_values(&[component]).set(0);
         self.broker_reconnects.with_label_values(&[component]).inc();
+        tracing::warn!(
+            setting,
+            component,
+            "lost the broker ({cause}); reconnecting"
+        );
     }
 
     /// A provider call ended: `outcome` ok, error or timeout.
@@ -659,7 +676,7 @@ pub struct Server {
 pub async fn listener_or_bind(
     given: Option<tokio::net::TcpListener>,
     listen: &str,
-) -> Result<tokio::net::TcpListener, String> {
+) -> Result<tokio::net::TcpListener, ListenError> {
     match given {
         Some(l) => Ok(l),
         None => bind(listen).await,
@@ -721,14 +738,33 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
         )
 }
 
+/// Why the metrics address cannot be listened on; names the address.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("metrics.listen {listen:?}: {source}")]
+    Address {
+        listen: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("metrics.listen {listen}: cannot bind: {source}")]
+    Bind {
+        listen: String,
+        source: std::io::Error,
+    },
+}
+
 /// Binds the metrics address, naming it in the error.
-pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("metrics.listen {listen:?}: {e}"))?;
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ListenError> {
+    let addr: SocketAddr = listen.parse().map_err(|source| ListenError::Address {
+        listen: listen.to_owned(),
+        source,
+    })?;
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("metrics.listen {listen}: cannot bind: {e}"))
+        .map_err(|source| ListenError::Bind {
+            listen: listen.to_owned(),
+            source,
+        })
 }
 
 /// Human-readable logs by default, JSON lines with `json`; `RUST_LOG` filters.
@@ -818,6 +854,7 @@ mod tests {
         assert!(bind("not an address")
             .await
             .unwrap_err()
+            .to_string()
             .contains("metrics.listen"));
     }
 

@@ -276,19 +276,17 @@ impl MetricWindows {
         }
     }
 
-    /// Stats over `span_ms`, served by the smallest window that covers it.
-    pub fn stats(&self, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, String> {
+    /// Stats over `span_ms`, served by the smallest window that covers it;
+    /// an error when no window is that long.
+    pub fn stats(&self, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         let w = self
             .windows
             .iter()
             .find(|w| w.span_ms >= span_ms)
-            .ok_or_else(|| {
-                format!(
-                    "span {} ms is longer than the longest window of {} ({} ms)",
-                    span_ms,
-                    self.metric.name(),
-                    self.windows.last().map_or(0, |w| w.span_ms)
-                )
+            .ok_or_else(|| SpanTooLong {
+                span_ms,
+                metric: self.metric,
+                longest_ms: self.windows.last().map_or(0, |w| w.span_ms),
             })?;
         Ok(w.stats(now, span_ms, self.first_seen, self.metric.is_counter()))
     }
@@ -412,7 +410,7 @@ impl TargetWindows {
         metric: Metric,
         now: Millis,
         span_ms: i64,
-    ) -> Result<Option<WindowStats>, String> {
+    ) -> Result<Option<WindowStats>, SpanTooLong> {
         self.metric(metric).stats(now, span_ms)
     }
 
@@ -427,6 +425,15 @@ impl TargetWindows {
             + self.queues.capacity() * std::mem::size_of::<QueueLatest>()
             + self.queues.iter().map(|q| q.name.capacity()).sum::<usize>()
     }
+}
+
+/// A policy asked for a span longer than any configured window.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("span {span_ms} ms is longer than the longest window of {} ({longest_ms} ms)", metric.name())]
+pub struct SpanTooLong {
+    pub span_ms: i64,
+    pub metric: Metric,
+    pub longest_ms: i64,
 }
 
 #[cfg(test)]

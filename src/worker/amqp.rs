@@ -241,18 +241,17 @@ async fn consume_loop(
     loop {
         let s = match session.take() {
             Some(s) => s,
-            None => match open(&cfg, &settings, prefetch).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(
-                        setting = "commands.amqp.url",
-                        "worker cannot connect, retrying: {e}"
-                    );
-                    if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
-                        break;
-                    }
-                    continue;
-                }
+            None => match amqp::connect_with_retry(
+                "commands.amqp.url",
+                "worker",
+                &mut backoff,
+                || open(&cfg, &settings, prefetch),
+                &mut stop,
+            )
+            .await
+            {
+                Some(s) => s,
+                None => break,
             },
         };
         tracing::info!(setting = "commands.amqp.url", url = %settings.shown_url(), queue = %cfg.queue, "worker connected");
@@ -298,11 +297,7 @@ async fn consume_loop(
             }
             Some(e) => {
                 let _ = channel.send(None);
-                metrics.broker_reconnecting("worker");
-                tracing::warn!(
-                    setting = "commands.amqp.url",
-                    "worker lost the broker ({e}); reconnecting"
-                );
+                metrics.broker_reconnecting("worker", "commands.amqp.url", &e);
                 if !amqp::wait_or_stop(&mut backoff, &mut stop).await {
                     break;
                 }

@@ -309,7 +309,7 @@ impl Shared {
                 }
                 Err(e) => {
                     tracing::warn!(target_name = %c.target, generation = c.generation, error = %e, "command failed");
-                    (ResultStatus::Failed, None, Some(e))
+                    (ResultStatus::Failed, None, Some(e.to_string()))
                 }
             },
         };
@@ -352,7 +352,7 @@ impl Shared {
     /// The provider call with a timeout per attempt and retries with
     /// backoff for retryable errors, while attempts remain and the command
     /// has not expired.
-    async fn call(&self, t: &Target, c: &ScaleCommand) -> Result<Option<u32>, String> {
+    async fn call(&self, t: &Target, c: &ScaleCommand) -> Result<Option<u32>, CallFailed> {
         let provider = t.provider.name();
         let expires = parse_rfc3339(&c.expires_at).unwrap_or(Millis::MIN);
         let max = self.retry.max_attempts.max(1);
@@ -377,25 +377,53 @@ impl Shared {
                 ),
             };
             self.metrics.provider_called(provider, label, seconds);
+            let failed = |stop| CallFailed {
+                message: err.message.clone(),
+                attempt,
+                max,
+                stop,
+            };
             if !err.retryable {
-                return Err(format!(
-                    "{} (attempt {attempt} of {max}; not retryable)",
-                    err.message
-                ));
+                return Err(failed(Stop::NotRetryable));
             }
             if attempt >= max {
-                return Err(format!("{} (attempt {attempt} of {max})", err.message));
+                return Err(failed(Stop::Exhausted));
             }
             let wait = backoff.next_wait();
             if self.clock.now_ms() + wait.as_millis() as Millis > expires {
-                return Err(format!(
-                    "{} (attempt {attempt} of {max}; no retry: the command expires at {})",
-                    err.message, c.expires_at
-                ));
+                return Err(failed(Stop::Expires(c.expires_at.clone())));
             }
             tracing::warn!(target_name = %c.target, generation = c.generation, attempt, error = %err.message, "provider call failed; retrying in {wait:?}");
             tokio::time::sleep(wait).await;
             attempt += 1;
+        }
+    }
+}
+
+/// A provider call that gave up: the provider's last error, the attempts,
+/// and why there was no further attempt. Its text is the result's `error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (attempt {attempt} of {max}{stop})")]
+struct CallFailed {
+    message: String,
+    attempt: u32,
+    max: u32,
+    stop: Stop,
+}
+
+#[derive(Debug)]
+enum Stop {
+    NotRetryable,
+    Exhausted,
+    Expires(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::NotRetryable => f.write_str("; not retryable"),
+            Stop::Exhausted => Ok(()),
+            Stop::Expires(at) => write!(f, "; no retry: the command expires at {at}"),
         }
     }
 }

@@ -101,6 +101,25 @@ impl Ledger {
     }
 }
 
+/// Why the state file cannot be loaded; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error(
+        "worker.state_file {}: cannot be read ({source}); fix or delete it to start \
+         with no memory of applied commands",
+        path.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("worker.state_file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// The ledger on disk: JSON, written to a temporary file, synced, then
 /// renamed over the old one, so a crash leaves the old or the new state.
 #[derive(Debug, Clone)]
@@ -128,18 +147,20 @@ impl StateFile {
     /// The saved ledger; empty when the file does not exist yet. A file
     /// that cannot be read is an error naming it: starting afresh would
     /// apply old commands again.
-    pub fn load(&self) -> Result<Ledger, String> {
-        let shown = self.path.display();
+    pub fn load(&self) -> Result<Ledger, StateFileError> {
+        let path = || self.path.clone();
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice::<StateDoc>(&bytes)
                 .map(|d| d.ledger)
-                .map_err(|e| {
-                    format!(
-                        "worker.state_file {shown}: cannot be read ({e}); fix or delete it to start                          with no memory of applied commands"
-                    )
+                .map_err(|source| StateFileError::Corrupt {
+                    path: path(),
+                    source,
                 }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
-            Err(e) => Err(format!("worker.state_file {shown}: {e}")),
+            Err(source) => Err(StateFileError::Read {
+                path: path(),
+                source,
+            }),
         }
     }
 

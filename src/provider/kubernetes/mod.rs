@@ -11,24 +11,16 @@
 //! tokenFile, client certificate with a PKCS#8 key, basic auth); exec
 //! credential plugins are not supported and say so.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
 
-/// Where a pod finds its service account.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-#[derive(Debug, Clone, PartialEq)]
-enum Auth {
-    None,
-    Token(String),
-    /// Read on every call (rotated by kubelet or an external tool).
-    TokenFile(PathBuf),
-    Basic(String, String),
-}
+mod kubeconfig;
+use kubeconfig::Auth;
+pub use kubeconfig::{Cluster, KubeconfigError, SERVICE_ACCOUNT_DIR};
 
 /// `kubernetes = { namespace, kind, name }`: the scale subresource of a
 /// Deployment or StatefulSet.
@@ -83,280 +75,19 @@ fn default_kind() -> String {
     "Deployment".into()
 }
 
-/// How to reach and authenticate to an API server.
-#[derive(Clone)]
-pub struct Cluster {
-    pub server: String,
-    ca_pem: Option<Vec<u8>>,
-    insecure: bool,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-    auth: Auth,
-    /// Where these settings came from, for messages.
-    pub origin: String,
-}
-
-impl std::fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("server", &self.server)
-            .field("origin", &self.origin)
-            .finish()
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-struct KubeConfig {
-    #[serde(default)]
-    clusters: Vec<Named<ClusterEntry>>,
-    #[serde(default)]
-    contexts: Vec<Named<ContextEntry>>,
-    #[serde(default)]
-    users: Vec<Named<UserEntry>>,
-    #[serde(default)]
-    current_context: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Named<T> {
-    name: String,
-    #[serde(alias = "cluster", alias = "context", alias = "user")]
-    item: T,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-struct ClusterEntry {
-    server: String,
-    #[serde(default)]
-    certificate_authority: Option<PathBuf>,
-    #[serde(default)]
-    certificate_authority_data: Option<String>,
-    #[serde(default)]
-    insecure_skip_tls_verify: bool,
-}
-
-#[derive(Deserialize, Default)]
-struct ContextEntry {
-    cluster: String,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-struct UserEntry {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default, rename = "tokenFile")]
-    token_file: Option<PathBuf>,
-    #[serde(default)]
-    client_certificate: Option<PathBuf>,
-    #[serde(default)]
-    client_certificate_data: Option<String>,
-    #[serde(default)]
-    client_key: Option<PathBuf>,
-    #[serde(default)]
-    client_key_data: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    exec: Option<serde_yaml::Value>,
-    #[serde(default, rename = "auth-provider")]
-    auth_provider: Option<serde_yaml::Value>,
-}
-
-fn b64(what: &str, s: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .map_err(|e| format!("{what}: not base64: {e}"))
-}
-
-/// A file named in a kubeconfig, relative to the kubeconfig's directory.
-fn read_rel(base: &Path, p: &Path, what: &str) -> Result<Vec<u8>, String> {
-    let full = if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    };
-    std::fs::read(&full).map_err(|e| format!("{what} {}: {e}", full.display()))
-}
-
-impl Cluster {
-    /// The pod's service account: `KUBERNETES_SERVICE_HOST`/`_PORT` and
-    /// the token and CA under [`SERVICE_ACCOUNT_DIR`].
-    pub fn in_cluster() -> Result<Self, String> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST")
-            .map_err(|_| "KUBERNETES_SERVICE_HOST is not set: not running in a pod".to_string())?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        Self::in_cluster_from(
-            Path::new(SERVICE_ACCOUNT_DIR),
-            &format!("https://{host}:{port}"),
-        )
-    }
-
-    /// A service account directory (`token`, `ca.crt`) and a server URL.
-    pub fn in_cluster_from(dir: &Path, server: &str) -> Result<Self, String> {
-        let token = dir.join("token");
-        std::fs::metadata(&token)
-            .map_err(|e| format!("service account token {}: {e}", token.display()))?;
-        let ca = dir.join("ca.crt");
-        let ca_pem = match std::fs::read(&ca) {
-            Ok(b) => Some(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("service account CA {}: {e}", ca.display())),
-        };
-        Ok(Self {
-            server: server.to_owned(),
-            ca_pem,
-            insecure: false,
-            identity: None,
-            auth: Auth::TokenFile(token),
-            origin: format!("service account {}", dir.display()),
-        })
-    }
-
-    /// A kubeconfig file, with `context` or its current context.
-    pub fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<Self, String> {
-        let shown = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("kubeconfig {shown}: {e}"))?;
-        let kc: KubeConfig =
-            serde_yaml::from_str(&text).map_err(|e| format!("kubeconfig {shown}: {e}"))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let ctx_name = context
-            .map(str::to_owned)
-            .or(kc.current_context.clone())
-            .ok_or_else(|| format!("kubeconfig {shown}: no current-context; set `context`"))?;
-        let ctx = kc
-            .contexts
-            .iter()
-            .find(|c| c.name == ctx_name)
-            .ok_or_else(|| format!("kubeconfig {shown}: no context {ctx_name:?}"))?;
-        let cl = kc
-            .clusters
-            .iter()
-            .find(|c| c.name == ctx.item.cluster)
-            .ok_or_else(|| format!("kubeconfig {shown}: no cluster {:?}", ctx.item.cluster))?;
-        let ca_pem = match (
-            &cl.item.certificate_authority_data,
-            &cl.item.certificate_authority,
-        ) {
-            (Some(d), _) => Some(b64("certificate-authority-data", d)?),
-            (None, Some(p)) => Some(read_rel(base, p, "certificate-authority")?),
-            _ => None,
-        };
-        let user = match &ctx.item.user {
-            Some(u) => Some(
-                kc.users
-                    .iter()
-                    .find(|x| &x.name == u)
-                    .ok_or_else(|| format!("kubeconfig {shown}: no user {u:?}"))?,
-            ),
-            None => None,
-        };
-        let mut auth = Auth::None;
-        let mut identity = None;
-        if let Some(u) = user.map(|u| &u.item) {
-            if u.exec.is_some() || u.auth_provider.is_some() {
-                return Err(format!(
-                    "kubeconfig {shown}: user {:?} uses an exec or auth-provider plugin, which \
-                     tidewatch does not run; give a token, tokenFile or client certificate",
-                    ctx.item.user.as_deref().unwrap_or_default()
-                ));
-            }
-            auth = match (&u.token, &u.token_file, &u.username, &u.password) {
-                (Some(t), _, _, _) => Auth::Token(t.clone()),
-                (None, Some(f), _, _) => Auth::TokenFile(if f.is_absolute() {
-                    f.clone()
-                } else {
-                    base.join(f)
-                }),
-                (None, None, Some(n), Some(p)) => Auth::Basic(n.clone(), p.clone()),
-                _ => Auth::None,
-            };
-            let cert = match (&u.client_certificate_data, &u.client_certificate) {
-                (Some(d), _) => Some(b64("client-certificate-data", d)?),
-                (None, Some(p)) => Some(read_rel(base, p, "client-certificate")?),
-                _ => None,
-            };
-            let key = match (&u.client_key_data, &u.client_key) {
-                (Some(d), _) => Some(b64("client-key-data", d)?),
-                (None, Some(p)) => Some(read_rel(base, p, "client-key")?),
-                _ => None,
-            };
-            identity = match (cert, key) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => {
-                    return Err(format!(
-                        "kubeconfig {shown}: a client certificate needs both the certificate and the key"
-                    ))
-                }
-            };
-        }
-        Ok(Self {
-            server: cl.item.server.trim_end_matches('/').to_owned(),
-            ca_pem,
-            insecure: cl.item.insecure_skip_tls_verify,
-            identity,
-            auth,
-            origin: format!("kubeconfig {shown} context {ctx_name:?}"),
-        })
-    }
-
-    /// As kubectl and client-go look: the given kubeconfig; else the
-    /// service account in a pod; else `$KUBECONFIG` (its first file); else
-    /// `~/.kube/config`.
-    pub fn discover(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Self, String> {
-        if let Some(p) = kubeconfig {
-            return Self::from_kubeconfig(p, context);
-        }
-        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && context.is_none() {
-            return Self::in_cluster();
-        }
-        let path = match std::env::var_os("KUBECONFIG") {
-            Some(v) => std::env::split_paths(&v).next().unwrap_or_default(),
-            None => std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".kube/config"))
-                .ok_or("no kubeconfig: set `kubeconfig`, KUBECONFIG or HOME")?,
-        };
-        Self::from_kubeconfig(&path, context)
-    }
-
-    fn client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
-        let mut b = reqwest::Client::builder().timeout(timeout);
-        if let Some(pem) = &self.ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| format!("{}: the CA certificate: {e}", self.origin))?;
-            b = b.add_root_certificate(cert);
-        }
-        if let Some((cert, key)) = &self.identity {
-            let id = reqwest::Identity::from_pkcs8_pem(cert, key).map_err(|e| {
-                format!(
-                    "{}: the client certificate and key (the key must be PKCS#8, \
-                     `BEGIN PRIVATE KEY`; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}",
-                    self.origin
-                )
-            })?;
-            b = b.identity(id);
-        }
-        if self.insecure {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        b.build().map_err(|e| format!("{}: {e}", self.origin))
-    }
+/// Why a kubernetes provider cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("{what} {value:?} is not a Kubernetes name (lowercase letters, digits, '-', '.')")]
+    Name { what: &'static str, value: String },
+    #[error("kind {0:?}: give \"Deployment\" or \"StatefulSet\"")]
+    Kind(String),
+    #[error(transparent)]
+    Cluster(#[from] KubeconfigError),
 }
 
 /// A DNS-1123 name as Kubernetes requires for namespaces and workloads.
-pub fn check_name(what: &str, s: &str) -> Result<(), String> {
+pub fn check_name(what: &'static str, s: &str) -> Result<(), KubernetesError> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.bytes()
@@ -366,9 +97,10 @@ pub fn check_name(what: &str, s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {s:?} is not a Kubernetes name (lowercase letters, digits, '-', '.')"
-        ))
+        Err(KubernetesError::Name {
+            what,
+            value: s.to_owned(),
+        })
     }
 }
 
@@ -409,17 +141,13 @@ impl KubernetesProvider {
         cfg: &KubernetesConfig,
         cluster: Cluster,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KubernetesError> {
         check_name("namespace", &cfg.namespace)?;
         check_name("name", &cfg.name)?;
         let resource = match cfg.kind.as_str() {
             "Deployment" => "deployments",
             "StatefulSet" => "statefulsets",
-            k => {
-                return Err(format!(
-                    "kind {k:?}: give \"Deployment\" or \"StatefulSet\""
-                ))
-            }
+            k => return Err(KubernetesError::Kind(k.to_owned())),
         };
         let url = format!(
             "{}/apis/apps/v1/namespaces/{}/{resource}/{}/scale",
@@ -513,7 +241,7 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    pub fn new(cfg: &KubernetesConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn new(cfg: &KubernetesConfig, timeout: Duration) -> Result<Self, KubernetesError> {
         check_name("namespace", &cfg.namespace)?;
         check_name("name", &cfg.name)?;
         let d = Self {
@@ -534,7 +262,7 @@ impl Deferred {
         Ok(d)
     }
 
-    fn resolve(&self) -> Result<KubernetesProvider, String> {
+    fn resolve(&self) -> Result<KubernetesProvider, KubernetesError> {
         let cluster =
             Cluster::discover(self.cfg.kubeconfig.as_deref(), self.cfg.context.as_deref())?;
         KubernetesProvider::new(&self.cfg, cluster, self.timeout)
@@ -749,7 +477,9 @@ users:
         // Another context of the same file, and a wrong token.
         let prod = Cluster::from_kubeconfig(&kc, Some("prod")).unwrap();
         assert_eq!(prod.server, "http://127.0.0.1:1");
-        let e = Cluster::from_kubeconfig(&kc, Some("staging")).unwrap_err();
+        let e = Cluster::from_kubeconfig(&kc, Some("staging"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no context \"staging\""), "{e}");
         let bad = std::fs::read_to_string(&kc)
             .unwrap()
@@ -785,7 +515,9 @@ users:
             seen.lock().unwrap()[1].2["authorization"],
             "Bearer sa-token-2"
         );
-        let e = Cluster::in_cluster_from(&dir.path().join("none"), &server).unwrap_err();
+        let e = Cluster::in_cluster_from(&dir.path().join("none"), &server)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("service account token"), "{e}");
     }
 
@@ -814,7 +546,7 @@ users:
         let dir = tempfile::tempdir().unwrap();
         let kc = dir.path().join("config");
         std::fs::write(&kc, "clusters:\n- name: c\n  cluster:\n    server: https://k\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec:\n      command: aws\n").unwrap();
-        let e = Cluster::from_kubeconfig(&kc, None).unwrap_err();
+        let e = Cluster::from_kubeconfig(&kc, None).unwrap_err().to_string();
         assert!(e.contains("exec"), "{e}");
         assert!(check_name("namespace", "shop").is_ok());
         assert!(check_name("name", "Shop").is_err());
@@ -833,7 +565,8 @@ users:
         ) {
             Err(e) => e,
             Ok(_) => panic!("a ReplicaSet was accepted"),
-        };
+        }
+        .to_string();
         assert!(e.contains("ReplicaSet"), "{e}");
     }
 }
