@@ -103,6 +103,27 @@ fn a_failing_example_fails_policy_check() {
     assert!(err.contains("os.execute") || err.contains("nil"), "{err}");
 }
 
+/// `policy check` runs examples under the same deadline as `run`: a
+/// pattern that backtracks for hours in C ends in a clear timeout.
+#[test]
+fn policy_check_returns_within_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.lua");
+    std::fs::write(
+        &path,
+        r#"return { decide = function(ctx)
+  return ("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b") or 1
+end, examples = { { name = "bomb", expect = 1 } } }"#,
+    )
+    .unwrap();
+    let (code, out, _) = tidewatch(&["policy", "check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL bomb") && out.contains("(timeout)") && out.contains("deadline of 50ms"),
+        "{out}"
+    );
+}
+
 #[test]
 fn json_logs_with_the_flag() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))

@@ -41,6 +41,11 @@ pub struct EngineConfig {
     pub policy_memory_mb: usize,
     #[serde(default = "default_policy_budget")]
     pub policy_instruction_budget: u64,
+    /// Wall-clock time a policy call may take (load, `init`, `decide`),
+    /// including time inside library functions; past it the call is
+    /// abandoned and the target falls back or holds.
+    #[serde(default = "default_policy_timeout", deserialize_with = "de_duration")]
+    pub policy_timeout: Duration,
     /// How often policy files are checked for changes.
     #[serde(default = "default_reload_interval", deserialize_with = "de_duration")]
     pub reload_interval: Duration,
@@ -79,6 +84,7 @@ impl Default for EngineConfig {
             command_ttl: default_command_ttl(),
             policy_memory_mb: default_policy_memory_mb(),
             policy_instruction_budget: default_policy_budget(),
+            policy_timeout: default_policy_timeout(),
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
             forecast_refit: default_forecast_refit(),
@@ -104,6 +110,7 @@ impl EngineConfig {
         PolicyLimits {
             memory_bytes: self.policy_memory_mb << 20,
             instruction_budget: self.policy_instruction_budget,
+            timeout: self.policy_timeout,
         }
     }
 
@@ -125,7 +132,33 @@ impl EngineConfig {
                 "policy_memory_mb must be above 0 and policy_instruction_budget at least 1000",
             ));
         }
+        if e.policy_timeout < Duration::from_millis(1) {
+            out.push(problem(
+                "engine.policy_timeout",
+                format!(
+                    "{}: give at least 1ms",
+                    humantime::format_duration(e.policy_timeout)
+                ),
+            ));
+        } else if e.policy_timeout > e.tick {
+            out.push(
+                problem(
+                    "engine.policy_timeout",
+                    format!(
+                        "{} is longer than the tick ({}): one slow policy can hold the others \
+                         past their next decision",
+                        humantime::format_duration(e.policy_timeout),
+                        humantime::format_duration(e.tick)
+                    ),
+                )
+                .warning(),
+            );
+        }
     }
+}
+
+fn default_policy_timeout() -> Duration {
+    crate::policy::DEFAULT_TIMEOUT
 }
 
 fn default_tick() -> Duration {

@@ -31,7 +31,7 @@ pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, WeakEngineHandl
 pub use ownership::{Ownership, SharedOwnership};
 pub use target::TargetData;
 
-use target::{load_policy, FileStamp, TargetRuntime};
+use target::{load_policy, FileStamp, TargetRuntime, QUARANTINE_AFTER};
 
 /// Where a target is, for status displays and tests.
 #[derive(Debug, Clone)]
@@ -102,6 +102,8 @@ impl Engine {
                 unanswered: None,
                 partition: None,
                 schedules: t.parsed_schedules(),
+                overruns: 0,
+                quarantined: false,
             });
         }
         Ok(Self {
@@ -414,7 +416,13 @@ impl Engine {
                 Ok(Some(p)) => {
                     self.metrics
                         .policy_reloaded(&t.cfg.name, p.version(), Ok(()));
+                    if t.quarantined {
+                        self.metrics
+                            .policy_quarantined(&t.cfg.name, p.version(), None);
+                    }
                     t.policy = p;
+                    t.overruns = 0;
+                    t.quarantined = false;
                 }
                 Err(e) => self
                     .metrics
@@ -452,18 +460,39 @@ impl Engine {
             max: guard_cfg.max,
             schedule: active.as_ref(),
         };
-        let started = std::time::Instant::now();
-        let proposal = t.policy.decide(&input);
-        metrics.policy_evaluated(name, started.elapsed().as_secs_f64());
-        let (rec, policy_reason) = match proposal {
-            Ok(p) => (
-                p.replicas
-                    .map_or(Recommendation::Hold, Recommendation::Replicas),
-                p.reason,
-            ),
-            Err(e) => {
-                metrics.policy_failed(name, &e);
-                (Recommendation::Failed(e.to_string()), None)
+        let (rec, policy_reason) = if t.quarantined {
+            let why = format!(
+                "policy {} is quarantined: {QUARANTINE_AFTER} calls in a row ran past \
+                 engine.policy_timeout; fix the file to release it",
+                t.policy.version()
+            );
+            (Recommendation::Failed(why), None)
+        } else {
+            let started = std::time::Instant::now();
+            let proposal = t.policy.decide(&input);
+            metrics.policy_evaluated(name, started.elapsed().as_secs_f64());
+            match proposal {
+                Ok(p) => {
+                    t.overruns = 0;
+                    (
+                        p.replicas
+                            .map_or(Recommendation::Hold, Recommendation::Replicas),
+                        p.reason,
+                    )
+                }
+                Err(e) => {
+                    metrics.policy_failed(name, &e);
+                    if e.kind == PolicyErrorKind::Timeout {
+                        t.overruns += 1;
+                        if t.overruns >= QUARANTINE_AFTER {
+                            t.quarantined = true;
+                            metrics.policy_quarantined(name, t.policy.version(), Some(t.overruns));
+                        }
+                    } else {
+                        t.overruns = 0;
+                    }
+                    (Recommendation::Failed(e.to_string()), None)
+                }
             }
         };
         let mut decision = t.guard.decide(&guard_cfg, now_ms, t.current, &rec);

@@ -124,7 +124,16 @@ pub(super) struct TargetRuntime {
     /// learned under (a new assignment starts the windows afresh).
     pub(super) partition: Option<((String, i32), u64)>,
     pub(super) schedules: Vec<Schedule>,
+    /// Calls in a row that ran past the policy deadline.
+    pub(super) overruns: u32,
+    /// Not called until the policy file changes.
+    pub(super) quarantined: bool,
 }
+
+/// Calls in a row past the deadline before a policy is quarantined: each
+/// costs the engine at most `policy_timeout`, so a policy that always
+/// overruns costs at most this many timeouts, once.
+pub const QUARANTINE_AFTER: u32 = 3;
 
 pub(super) fn load_policy(
     t: &TargetConfig,

@@ -581,3 +581,138 @@ duration = "1h"
         "{text:?}"
     );
 }
+
+/// Two targets, one of whose policy hangs in C (the pattern of issue 16):
+/// the other is decided at every tick, the bad one falls back, and after
+/// three overruns in a row it is quarantined until its file changes.
+#[test]
+fn a_policy_stuck_in_c_stops_no_other_target() {
+    const BOMB: &str = r#"return { decide = function(ctx)
+  ("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b")
+  return 1
+end }"#;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.lua", BOMB);
+    write(
+        dir.path(),
+        "good.lua",
+        "return { decide = function(ctx) return ctx.replicas + 1 end }",
+    );
+    write(
+        dir.path(),
+        "c.toml",
+        r#"
+[engine]
+reload_interval = "1s"
+policy_timeout = "50ms"
+
+[[targets]]
+name = "bad"
+policy = "bad.lua"
+max_replicas = 50
+initial_replicas = 2
+fallback_replicas = 4
+
+[[targets]]
+name = "good"
+policy = "good.lua"
+max_replicas = 1000
+initial_replicas = 1
+stabilization_down = "0s"
+"#,
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), T0).unwrap();
+    let tick = cfg.engine.tick;
+    for i in 0..5 {
+        let now = T0 + i * 1000;
+        let started = std::time::Instant::now();
+        let cmds = engine.tick(now);
+        // Without the deadline this call never returns. With it, a tick
+        // costs at most one policy_timeout per overrunning policy.
+        assert!(
+            started.elapsed() < tick,
+            "tick {i} took {:?}",
+            started.elapsed()
+        );
+        if i == 0 {
+            let bad = cmds.iter().find(|c| c.target == "bad").unwrap();
+            assert_eq!(
+                bad.desired_replicas, 4,
+                "the stuck policy's target falls back"
+            );
+        }
+        assert_eq!(
+            counter(
+                &metrics,
+                "tidewatch_policy_evaluations_total",
+                &[("target", "good")]
+            ),
+            (i + 1) as f64,
+            "the good target is decided at every tick"
+        );
+    }
+    let timeouts = counter(
+        &metrics,
+        "tidewatch_policy_errors_total",
+        &[("target", "bad"), ("kind", "timeout")],
+    );
+    assert_eq!(
+        timeouts, 3.0,
+        "quarantined after 3 overruns: not called again"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_policy_quarantined",
+            &[("target", "bad")]
+        ),
+        1.0
+    );
+    let d = engine.status()[0].last_decision.clone().unwrap();
+    assert!(d.reason.contains("quarantined"), "{}", d.reason);
+    // A fixed file releases it.
+    write(
+        dir.path(),
+        "bad.lua",
+        "return { decide = function(ctx) return 7 end } -- fixed, and longer than before",
+    );
+    let cmds = engine.tick(T0 + 6000);
+    assert_eq!(
+        cmds.iter()
+            .find(|c| c.target == "bad")
+            .map(|c| c.desired_replicas),
+        Some(7)
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_policy_quarantined",
+            &[("target", "bad")]
+        ),
+        0.0
+    );
+    // A bomb at hot reload (at load time) keeps the running version.
+    write(
+        dir.path(),
+        "bad.lua",
+        r#"local x = ("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b")
+return { decide = function(ctx) return 9 end }"#,
+    );
+    let started = std::time::Instant::now();
+    let cmds = engine.tick(T0 + 7000);
+    assert!(started.elapsed() < tick);
+    assert!(
+        cmds.iter().all(|c| c.target != "bad"),
+        "still the fixed version, at 7"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_policy_reloads_total",
+            &[("target", "bad"), ("result", "failed")]
+        ),
+        1.0
+    );
+}

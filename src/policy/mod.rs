@@ -2,7 +2,9 @@
 //! math, utf8 and os.time/os.clock; a memory limit per VM and an instruction
 //! budget per call. One VM per target, so `state` and limits are per target.
 
+mod bounded;
 mod examples;
+pub mod pattern;
 
 pub use examples::{run_examples, ExampleOutcome};
 
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bounded::Deadline;
 use mlua::chunk::ChunkMode;
 use mlua::state::{GcGenParams, GcMode};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
@@ -53,13 +56,19 @@ const MAX_REASON: usize = 256;
 pub struct PolicyLimits {
     pub memory_bytes: usize,
     pub instruction_budget: u64,
+    /// Wall-clock time of one call (load, `init`, `decide`).
+    pub timeout: std::time::Duration,
 }
+
+/// The wall-clock budget of one policy call unless configured.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Default for PolicyLimits {
     fn default() -> Self {
         Self {
             memory_bytes: 16 << 20,
             instruction_budget: 1_000_000,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -71,15 +80,18 @@ pub enum PolicyErrorKind {
     Budget,
     Memory,
     InvalidReturn,
+    /// The call ran past its wall-clock deadline.
+    Timeout,
 }
 
 impl PolicyErrorKind {
-    pub const ALL: [PolicyErrorKind; 5] = [
+    pub const ALL: [PolicyErrorKind; 6] = [
         PolicyErrorKind::Load,
         PolicyErrorKind::Runtime,
         PolicyErrorKind::Budget,
         PolicyErrorKind::Memory,
         PolicyErrorKind::InvalidReturn,
+        PolicyErrorKind::Timeout,
     ];
 
     pub fn code(self) -> &'static str {
@@ -89,6 +101,7 @@ impl PolicyErrorKind {
             PolicyErrorKind::Budget => "budget",
             PolicyErrorKind::Memory => "memory",
             PolicyErrorKind::InvalidReturn => "invalid_return",
+            PolicyErrorKind::Timeout => "timeout",
         }
     }
 }
@@ -171,6 +184,7 @@ pub struct LuaPolicy {
     /// `ctx.schedule` is set (so it is cleared when none is active).
     has_schedule: bool,
     used: Arc<AtomicU64>,
+    deadline: Arc<Deadline>,
     limits: PolicyLimits,
     version: String,
 }
@@ -198,15 +212,18 @@ impl LuaPolicy {
             message: e.to_string(),
         };
         let used = Arc::new(AtomicU64::new(0));
-        let lua = sandbox(limits, used.clone()).map_err(|e| err(PolicyErrorKind::Load, e))?;
+        let deadline = Arc::new(Deadline::new(limits.timeout));
+        let lua = sandbox(limits, used.clone(), deadline.clone())
+            .map_err(|e| err(PolicyErrorKind::Load, e))?;
         let chunk_name = format!("@{}", source.path.display());
         used.store(0, Ordering::Relaxed);
+        deadline.arm();
         let module: Value = lua
             .load(&source.text)
             .set_name(chunk_name)
             .set_mode(ChunkMode::Text)
             .eval()
-            .map_err(|e| err(classify(&e, &used, limits), e))?;
+            .map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
         let Value::Table(module) = module else {
             return Err(PolicyError {
                 kind: PolicyErrorKind::Load,
@@ -237,7 +254,7 @@ impl LuaPolicy {
                 .call::<(Function, Function)>((ctx.clone(), decide.clone()))?;
             Ok((ctx, run_decide, run_with))
         })()
-        .map_err(|e| err(classify(&e, &used, limits), e))?;
+        .map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
         Ok(Self {
             lua,
             module,
@@ -247,6 +264,7 @@ impl LuaPolicy {
             target: String::new(),
             has_schedule: false,
             used,
+            deadline,
             limits,
             version,
         })
@@ -386,6 +404,7 @@ impl LuaPolicy {
         self.set_target(input)
             .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
         self.used.store(0, Ordering::Relaxed);
+        self.deadline.arm();
         let (now, replicas, min, max) = Self::args(input);
         self.run_with
             .call::<Value>((init, now, replicas, min, max))
@@ -394,7 +413,7 @@ impl LuaPolicy {
     }
 
     fn fail(&self, e: mlua::Error) -> PolicyError {
-        let kind = classify(&e, &self.used, self.limits);
+        let kind = classify(&e, &self.used, &self.deadline, self.limits);
         if kind == PolicyErrorKind::Memory {
             // Give the next call the memory the failed one held.
             let _ = self.lua.gc_collect();
@@ -406,6 +425,7 @@ impl LuaPolicy {
     pub fn decide(&mut self, input: &CallInput) -> Result<Proposal, PolicyError> {
         self.set_target(input).map_err(|e| self.fail(e))?;
         self.used.store(0, Ordering::Relaxed);
+        self.deadline.arm();
         let out = self
             .run_decide
             .call::<Value>(Self::args(input))
@@ -433,7 +453,11 @@ impl LuaPolicy {
 
 /// A fresh VM with only the allowed libraries, the prelude, the memory limit
 /// and the instruction hook.
-fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
+fn sandbox(
+    limits: PolicyLimits,
+    used: Arc<AtomicU64>,
+    deadline: Arc<Deadline>,
+) -> mlua::Result<Lua> {
     let lua = Lua::new_with(
         StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::OS,
         LuaOptions::new(),
@@ -460,6 +484,7 @@ fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
     ] {
         g.set(name, Value::Nil)?;
     }
+    bounded::install(&lua, &deadline, limits.memory_bytes)?;
     let budget = limits.instruction_budget;
     let spent = used.clone();
     let exhausted = lua.create_function(move |_, ()| Ok(spent.load(Ordering::Relaxed) > budget))?;
@@ -472,9 +497,18 @@ fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
         .call::<()>((exhausted, raw_load, log))?;
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-        move |_, _| {
+        move |_, debug| {
             let n =
                 used.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed) + u64::from(HOOK_EVERY);
+            if deadline.check() {
+                let src = debug.source();
+                let place = format!(
+                    "at {}:{}",
+                    src.short_src.as_deref().unwrap_or("?"),
+                    debug.current_line().unwrap_or(0)
+                );
+                return Err(deadline.overrun(&place));
+            }
             if n > budget {
                 Err(mlua::Error::runtime(format!(
                     "instruction budget of {budget} exceeded"
@@ -491,7 +525,15 @@ fn sandbox(limits: PolicyLimits, used: Arc<AtomicU64>) -> mlua::Result<Lua> {
     Ok(lua)
 }
 
-fn classify(e: &mlua::Error, used: &AtomicU64, limits: PolicyLimits) -> PolicyErrorKind {
+fn classify(
+    e: &mlua::Error,
+    used: &AtomicU64,
+    deadline: &Deadline,
+    limits: PolicyLimits,
+) -> PolicyErrorKind {
+    if deadline.passed() {
+        return PolicyErrorKind::Timeout;
+    }
     if used.load(Ordering::Relaxed) > limits.instruction_budget {
         return PolicyErrorKind::Budget;
     }

@@ -49,6 +49,7 @@ fn small_limits() -> PolicyLimits {
     PolicyLimits {
         memory_bytes: 4 << 20,
         instruction_budget: 200_000,
+        timeout: std::time::Duration::from_secs(5),
     }
 }
 
@@ -394,4 +395,195 @@ fn examples_run_and_report() {
     assert!(out[0].passed() && out[1].passed());
     assert!(!out[2].passed());
     assert_eq!(out[2].got, Ok(Some(3)));
+}
+
+/// Runs `chunk` in a plain Lua (the C library) and in the sandbox (the
+/// bounded Rust replacements), returning what each gives as text.
+fn both(chunk: &str) -> (String, String) {
+    let ser = r##"
+        local function ser(...)
+          local n, out = select("#", ...), {}
+          for i = 1, n do
+            local v = select(i, ...)
+            if type(v) == "table" then
+              local parts = {}
+              for k = 1, #v do parts[#parts + 1] = tostring(v[k]) end
+              out[#out + 1] = "{" .. table.concat(parts, " ") .. "}"
+            else
+              out[#out + 1] = type(v) .. ":" .. tostring(v)
+            end
+          end
+          return table.concat(out, ",")
+        end
+        local ok, r = pcall(function() return ser(CHUNK) end)
+        return ok and r or "error"
+    "##;
+    let code = ser.replace("CHUNK", chunk);
+    let plain = Lua::new().load(&code).eval::<String>().unwrap();
+    let deadline = Arc::new(Deadline::new(std::time::Duration::from_secs(5)));
+    let lua = sandbox(small_limits(), Arc::default(), deadline.clone()).unwrap();
+    deadline.arm();
+    let sandboxed = lua.load(&code).eval::<String>().unwrap();
+    (plain, sandboxed)
+}
+
+#[test]
+fn the_bounded_library_answers_as_lua_s_own() {
+    let cases = [
+        r#"string.find("hello world", "o", 5)"#,
+        r#"string.find("hello world", "o", -3)"#,
+        r#"string.find("hello world", "l+")"#,
+        r#"string.find("hello world", "(l)(l)")"#,
+        r#"string.find("hello", "xyz")"#,
+        r#"string.find("hello", "", 20)"#,
+        r#"string.find("hello", "", 6)"#,
+        r#"string.find("a.b", ".", 1, true)"#,
+        r#"("a+b"):find("+", 1, true)"#,
+        r#"string.find("x = 1", "%s")"#,
+        r#"string.match("key=val", "(%w+)=(%w+)")"#,
+        r#"string.match("  trim me  ", "^%s*(.-)%s*$")"#,
+        r#"string.match("2024-01-02", "(%d+)-(%d+)-(%d+)")"#,
+        r#"string.match("abc", "()b()")"#,
+        r#"string.match("abc", "x")"#,
+        r#"string.match("hello", ".", -1)"#,
+        r#"string.match("f(a(b)c)d", "%b()")"#,
+        r#"string.match("THE (quick) fox", "%f[%a]%a+", 5)"#,
+        r#"string.gsub("hello world", "o", "0")"#,
+        r#"string.gsub("hello", "", "-")"#,
+        r#"string.gsub("abc", "%w", "%0%0")"#,
+        r#"string.gsub("hello world", "(%w+)", "<%1>")"#,
+        r#"string.gsub("abc", "b", {b = "B"})"#,
+        r#"string.gsub("abc", "%w", function(c) return c:upper() end)"#,
+        r#"string.gsub("abc", "%w", function() return nil end)"#,
+        r#"string.gsub("a,b,c", ",", ";", 1)"#,
+        r#"string.gsub("abc", "^a", "X")"#,
+        r#"string.gsub("abc", "b", 5)"#,
+        r#"string.gsub("abc", "()", "%1")"#,
+        r#"string.gsub("abc", "b", "%2")"#,
+        r#"string.gsub("abc", "b", "%")"#,
+        r#"(function() local t = {} for w in ("one two  three"):gmatch("%a+") do t[#t+1] = w end return t end)()"#,
+        r#"(function() local t = {} for k, v in ("k=v, a=b"):gmatch("(%w+)=(%w+)") do t[#t+1] = k .. v end return t end)()"#,
+        r#"(function() local t = {} for p in ("abc"):gmatch("()") do t[#t+1] = p end return t end)()"#,
+        r#"(function() local t = {} for w in ("hello"):gmatch("l", 4) do t[#t+1] = w end return t end)()"#,
+        r#"(function() local t = {} for w in ("abc"):gmatch("x*") do t[#t+1] = "[" .. w .. "]" end return t end)()"#,
+        r#"string.rep("ab", 3, ",")"#,
+        r#"string.rep("x", 0)"#,
+        r#"string.rep("", 5)"#,
+        r#"string.rep("ab", 2)"#,
+        r#"(function() local t = {1, 2, 3} table.insert(t, 4) table.insert(t, 1, 0) return t end)()"#,
+        r#"(function() local t = {1, 2, 3} table.insert(t, 5, 9) return t end)()"#,
+        r#"(function() local t = {1, 2, 3} return table.remove(t), t end)()"#,
+        r#"(function() local t = {1, 2, 3} return table.remove(t, 1), t end)()"#,
+        r#"(function() local t = {} return table.remove(t), #t end)()"#,
+        r#"(function() local t = {1, 2} return table.remove(t, 3), t end)()"#,
+        r#"(function() local t = {1, 2} return table.remove(t, 4) end)()"#,
+        r#"table.move({1, 2, 3, 4, 5}, 2, 4, 1)"#,
+        r#"table.move({1, 2, 3, 4, 5}, 1, 3, 3)"#,
+        r#"table.move({1, 2, 3}, 1, 3, 2, {9, 9, 9, 9})"#,
+        r#"table.move({1, 2, 3}, 3, 1, 1)"#,
+        r#"(function() local t = {3, 1, 2} table.sort(t) return t end)()"#,
+        r#"(function() local t = {"b", "a", "C"} table.sort(t) return t end)()"#,
+        r#"(function() local t = {3, 1, 2, 5, 4} table.sort(t, function(a, b) return a > b end) return t end)()"#,
+        r#"(function() local t = {3, 1.5, 2} table.sort(t) return t end)()"#,
+        r#"(function() local t = {3, "x"} table.sort(t) return t end)()"#,
+        r#"table.concat({1, 2.5, "x"}, "-")"#,
+        r#"table.concat({}, ",")"#,
+        r#"table.concat({1, 2, 3}, ",", 2, 3)"#,
+        r#"table.concat({1, {}, 3})"#,
+        r#"table.concat({1, 2, 3}, ", ", 3, 2)"#,
+    ];
+    for case in cases {
+        let (plain, sandboxed) = both(case);
+        assert_eq!(plain, sandboxed, "{case}");
+    }
+}
+
+fn timed_policy(body: &str) -> LuaPolicy {
+    let src = PolicySource::from_text(Path::new("bomb.lua"), body.to_owned());
+    let limits = PolicyLimits {
+        memory_bytes: 16 << 20,
+        instruction_budget: u64::MAX / 2,
+        timeout: std::time::Duration::from_millis(50),
+    };
+    let p = LuaPolicy::load(&src, &serde_json::Value::Null, limits).unwrap();
+    p.bind(Arc::new(Mutex::new(NoData))).unwrap();
+    p
+}
+
+#[test]
+fn no_call_outlives_its_deadline_in_c_or_in_lua() {
+    let bombs = [
+        // The pattern of issue 16: hours of backtracking in C.
+        r#"("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b")"#,
+        r#"for _ in ("a"):rep(40000):gmatch(".-.-.-.-.-.-.-.-.-.-b") do end"#,
+        r#"("a"):rep(40000):gsub(".-.-.-.-.-.-.-.-.-.-b", "")"#,
+        // A length that a metamethod makes up, elements from a C function:
+        // nothing allocates, nothing returns to Lua.
+        r#"table.insert(setmetatable({}, {__len = function() return 2^40 end, __index = type}), 1, "x")"#,
+        r#"table.remove(setmetatable({}, {__len = function() return 2^40 end, __index = type}), 1)"#,
+        r#"table.move(setmetatable({}, {__index = type}), 1, 2^40, 2, {})"#,
+        r#"table.concat(setmetatable({}, {__index = function() return "" end}), "", 1, 2^40)"#,
+        // Plain Lua: the instruction budget is out of reach here, the clock is not.
+        "while true do end",
+    ];
+    for bomb in bombs {
+        let mut p = timed_policy(&format!(
+            "local P = {{}}\nfunction P.decide(ctx)\n  if ctx.state.done then return 2 end\n  ctx.state.done = true\n  {bomb}\n  return 1\nend\nreturn P"
+        ));
+        let started = std::time::Instant::now();
+        let e = p.decide(&input()).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.kind, PolicyErrorKind::Timeout, "{bomb}: {e}");
+        assert!(e.message.contains("deadline of 50ms"), "{bomb}: {e}");
+        // Past the deadline by at most a few clock checks, never by the
+        // hours the bomb would take.
+        assert!(took < std::time::Duration::from_secs(2), "{bomb}: {took:?}");
+        // The VM is still usable: the next call decides.
+        assert_eq!(p.decide(&input()).unwrap().replicas, Some(2), "{bomb}");
+    }
+}
+
+#[test]
+fn unbounded_results_are_refused_before_they_start() {
+    // An empty string repeated 10^12 times allocates nothing and, in C,
+    // loops 10^12 times.
+    assert_eq!(
+        decide(r#"return {replicas = 1, reason = "[" .. string.rep("", 1e12) .. "]"}"#)
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("[]")
+    );
+    assert_eq!(
+        decide(r#"return {replicas = #string.rep("", 1e12, "")}"#)
+            .unwrap()
+            .replicas,
+        Some(0)
+    );
+    assert_eq!(
+        kind(r#"return #string.rep("x", 1e9)"#),
+        PolicyErrorKind::Memory
+    );
+    assert_eq!(
+        kind(r#"return #string.rep("x", 1e6, ("y"):rep(1000))"#),
+        PolicyErrorKind::Memory
+    );
+    assert_eq!(
+        kind(r#"return #(("x"):rep(1e6):gsub(".", ("y"):rep(100)))"#),
+        PolicyErrorKind::Memory
+    );
+}
+
+#[test]
+fn a_bomb_at_load_time_is_a_timeout_not_a_hang() {
+    let src = PolicySource::from_text(
+        Path::new("bomb.lua"),
+        r#"local x = ("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b")
+return { decide = function() return 1 end }"#
+            .to_owned(),
+    );
+    let started = std::time::Instant::now();
+    let e = LuaPolicy::load(&src, &serde_json::Value::Null, PolicyLimits::default()).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     policy_errors: IntCounterVec,
     policy_seconds: HistogramVec,
     policy_reloads: IntCounterVec,
+    policy_quarantined: IntGaugeVec,
     decisions: IntCounterVec,
     decision_holds: IntCounterVec,
     commands_issued: IntCounterVec,
@@ -181,6 +182,12 @@ impl Metrics {
                 "tidewatch_policy_reloads_total",
                 "Policy file reloads, by result (ok or failed).",
                 &["target", "result"],
+            ),
+            policy_quarantined: int_gauge(
+                &r,
+                "tidewatch_policy_quarantined",
+                "1 while a target's policy is not called because its calls ran past engine.policy_timeout repeatedly; cleared when the policy file changes.",
+                &["target"],
             ),
             decisions: counter(
                 &r,
@@ -351,6 +358,7 @@ impl Metrics {
         for kind in crate::policy::PolicyErrorKind::ALL {
             self.policy_errors.with_label_values(&[target, kind.code()]);
         }
+        self.policy_quarantined.with_label_values(&[target]).set(0);
     }
 
     /// The scaler's status labels known at start: results by status.
@@ -581,6 +589,27 @@ impl Metrics {
             .with_label_values(&[target, e.kind.code()])
             .inc();
         tracing::warn!(target_name = target, kind = e.kind.code(), error = %e, "policy failed");
+    }
+
+    /// A target's policy is quarantined (its calls ran past the deadline
+    /// `overruns` times in a row) or released (its file changed).
+    pub fn policy_quarantined(&self, target: &str, version: &str, overruns: Option<u32>) {
+        self.policy_quarantined
+            .with_label_values(&[target])
+            .set(i64::from(overruns.is_some()));
+        match overruns {
+            Some(n) => tracing::error!(
+                target_name = target,
+                version,
+                "policy quarantined: {n} calls in a row ran past engine.policy_timeout; it is \
+                 not called (the target falls back or holds) until its file changes"
+            ),
+            None => tracing::info!(
+                target_name = target,
+                version,
+                "policy released from quarantine"
+            ),
+        }
     }
 
     pub fn policy_reloaded(&self, target: &str, version: &str, result: Result<(), &PolicyError>) {
