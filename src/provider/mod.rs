@@ -110,6 +110,7 @@ pub fn build(
     provider: &str,
     settings: &ProviderSettings,
     timeout: Duration,
+    metrics: &Arc<crate::telemetry::Metrics>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     let fail = |k: &str, m: &dyn std::fmt::Display| BuildError {
         key: format!("targets.{target}.{k}"),
@@ -136,8 +137,14 @@ pub fn build(
         "process" => {
             let p = settings.process.as_ref().ok_or_else(missing)?;
             Arc::new(
-                process::ProcessProvider::new(target, p.command.clone(), p.grace, p.dir.clone())
-                    .map_err(|m| fail("process.command", &m))?,
+                process::ProcessProvider::new(
+                    target,
+                    p.command.clone(),
+                    p.grace,
+                    p.dir.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|m| fail("process.command", &m))?,
             )
         }
         "kubernetes" => {

@@ -2,7 +2,9 @@
 //! running, so tidewatch can scale real local workers. Scaling up spawns;
 //! scaling down sends SIGTERM to the newest children and SIGKILL to those
 //! still alive after the grace period; a supervisor replaces children that
-//! exit on their own. Children get SIGTERM when the worker dies
+//! exit on their own, backing off as Kubernetes' CrashLoopBackOff does
+//! when they keep exiting (1 s, doubling to 5 min, reset once a child has
+//! run for 10 min). Children get SIGTERM when the worker dies
 //! (`PR_SET_PDEATHSIG` on Linux), so a killed worker leaves no orphans, and
 //! the worker restores the last applied count when it starts again.
 
@@ -17,6 +19,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::telemetry::Metrics;
 
 use super::exec::CommandLineError;
 use super::{Provider, ProviderError, ProviderFuture, ScaleCommand};
@@ -41,14 +46,78 @@ pub fn check_command(argv: &[String]) -> Result<(), CommandLineError> {
     Ok(())
 }
 
+/// The first wait before a child that exited is replaced.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait (Kubernetes' cap).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A child that ran this long without exiting resets the back-off
+/// (Kubernetes resets after 10 minutes).
+pub const STEADY_AFTER: Duration = Duration::from_secs(600);
+
+/// The back-off of one target's children: each round of exits after a
+/// short run doubles the wait before replacements start, from
+/// [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]; an exit after [`STEADY_AFTER`]
+/// starts over. The time is a parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashLoop {
+    wait: Duration,
+    until: Option<Instant>,
+}
+
+impl CrashLoop {
+    /// Children exited at `now`, the longest-lived after running `ran`;
+    /// returns the wait before replacements.
+    pub fn exited(&mut self, ran: Duration, now: Instant) -> Duration {
+        if ran >= STEADY_AFTER {
+            self.wait = Duration::ZERO;
+        }
+        self.wait = if self.wait.is_zero() {
+            FIRST_BACKOFF
+        } else {
+            (self.wait * 2).min(MAX_BACKOFF)
+        };
+        self.until = Some(now + self.wait);
+        self.wait
+    }
+
+    /// Whether a child may be started at `now`.
+    pub fn may_start(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    /// What is left of the wait at `now` (zero when children may start).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+    }
+}
+
+struct Running {
+    child: Child,
+    started: Instant,
+}
+
 #[derive(Default)]
 struct Pool {
     desired: u32,
-    children: Vec<Child>,
+    children: Vec<Running>,
     /// Children that exited on their own and were replaced.
     replaced: u64,
     /// The last spawn error, so a command that cannot start is reported.
     spawn_error: Option<String>,
+    crash: CrashLoop,
+}
+
+impl Pool {
+    /// The children still running (exited ones are reaped on the next
+    /// supervisor pass).
+    fn alive(&mut self) -> u32 {
+        self.children
+            .iter_mut()
+            .map(|r| r.child.try_wait())
+            .filter(|w| matches!(w, Ok(None)))
+            .count() as u32
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -77,6 +146,14 @@ pub struct ProcessProvider {
     supervisor: tokio::task::JoinHandle<()>,
 }
 
+/// What the supervisor needs besides the pool.
+struct Supervised {
+    argv: Vec<String>,
+    dir: Option<PathBuf>,
+    target: String,
+    metrics: Arc<Metrics>,
+}
+
 impl Drop for ProcessProvider {
     fn drop(&mut self) {
         self.supervisor.abort();
@@ -90,6 +167,7 @@ impl ProcessProvider {
         argv: Vec<String>,
         grace: Duration,
         dir: Option<PathBuf>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, CommandLineError> {
         check_command(&argv)?;
         let argv: Vec<String> = argv
@@ -105,9 +183,12 @@ impl ProcessProvider {
         let pool = Arc::new(Mutex::new(Pool::default()));
         let supervisor = tokio::spawn(supervise(
             pool.clone(),
-            argv.clone(),
-            dir.clone(),
-            target.to_owned(),
+            Supervised {
+                argv: argv.clone(),
+                dir: dir.clone(),
+                target: target.to_owned(),
+                metrics,
+            },
         ));
         Ok(Self {
             argv,
@@ -126,7 +207,7 @@ impl ProcessProvider {
             .await
             .children
             .iter()
-            .filter_map(Child::id)
+            .filter_map(|r| r.child.id())
             .collect()
     }
 
@@ -135,14 +216,27 @@ impl ProcessProvider {
         self.pool.lock().await.replaced
     }
 
+    /// The current back-off: what is left of the wait before exited
+    /// children are replaced.
+    pub async fn backoff(&self) -> Duration {
+        self.pool.lock().await.crash.remaining(Instant::now())
+    }
+
+    /// Sets the number of children; answers how many are running. In a
+    /// crash loop the missing ones are started by the supervisor when the
+    /// back-off allows, not here, so the answer says how many really run.
     async fn set(&self, n: u32) -> Result<u32, ProviderError> {
         let doomed = {
             let mut pool = self.pool.lock().await;
             pool.desired = n;
             pool.spawn_error = None;
-            while pool.children.len() < n as usize {
+            let may_start = pool.crash.may_start(Instant::now());
+            while may_start && pool.children.len() < n as usize {
                 match spawn(&self.argv, self.dir.as_ref()) {
-                    Ok(c) => pool.children.push(c),
+                    Ok(child) => pool.children.push(Running {
+                        child,
+                        started: Instant::now(),
+                    }),
                     Err(e) => {
                         return Err(ProviderError {
                             message: format!(
@@ -162,8 +256,8 @@ impl ProcessProvider {
             }
         };
         let grace = self.grace;
-        futures::future::join_all(doomed.into_iter().map(|c| terminate(c, grace))).await;
-        Ok(self.pool.lock().await.children.len() as u32)
+        futures::future::join_all(doomed.into_iter().map(|r| terminate(r.child, grace))).await;
+        Ok(self.pool.lock().await.alive())
     }
 }
 
@@ -202,28 +296,43 @@ async fn terminate(mut c: Child, grace: Duration) {
     }
 }
 
-async fn supervise(
-    pool: Arc<Mutex<Pool>>,
-    argv: Vec<String>,
-    dir: Option<PathBuf>,
-    target: String,
-) {
+async fn supervise(pool: Arc<Mutex<Pool>>, s: Supervised) {
+    let Supervised {
+        argv,
+        dir,
+        target,
+        metrics,
+    } = s;
     loop {
         tokio::time::sleep(SUPERVISE_EVERY).await;
         let mut pool = pool.lock().await;
-        let mut exited = 0;
-        pool.children.retain_mut(|c| match c.try_wait() {
+        let now = Instant::now();
+        let mut longest: Option<Duration> = None;
+        let mut statuses = Vec::new();
+        pool.children.retain_mut(|r| match r.child.try_wait() {
             Ok(Some(status)) => {
-                tracing::warn!(target_name = %target, pid = ?c.id(), %status, "process exited; replacing it");
-                exited += 1;
+                let ran = now - r.started;
+                longest = Some(longest.map_or(ran, |l| l.max(ran)));
+                statuses.push(format!("{status} after {ran:?}"));
                 false
             }
             _ => true,
         });
-        pool.replaced += exited;
+        if let Some(ran) = longest {
+            let wait = pool.crash.exited(ran, now);
+            pool.replaced += statuses.len() as u64;
+            metrics.process_exited(&target, &statuses.join(", "), statuses.len(), wait);
+        }
+        if !pool.crash.may_start(now) {
+            continue;
+        }
+        metrics.process_backoff(&target, Duration::ZERO);
         while pool.children.len() < pool.desired as usize {
             match spawn(&argv, dir.as_ref()) {
-                Ok(c) => pool.children.push(c),
+                Ok(child) => pool.children.push(Running {
+                    child,
+                    started: Instant::now(),
+                }),
                 Err(e) => {
                     let e = e.to_string();
                     if pool.spawn_error.as_deref() != Some(e.as_str()) {
@@ -327,6 +436,7 @@ pub(crate) mod tests {
             vec!["/bin/sh".into(), "-c".into(), script],
             Duration::from_millis(300),
             None,
+            Arc::new(Metrics::new()),
         )
         .unwrap();
         let c = |n| crate::provider::tests::command("web", n);
@@ -370,6 +480,7 @@ pub(crate) mod tests {
             ],
             Duration::from_secs(20),
             None,
+            Arc::new(Metrics::new()),
         )
         .unwrap();
         let c = |n| crate::provider::tests::command("web", n);
@@ -388,6 +499,7 @@ pub(crate) mod tests {
             vec!["/no/such/program".into()],
             Duration::from_secs(1),
             None,
+            Arc::new(Metrics::new()),
         )
         .unwrap();
         let e = bad.scale(&c(1)).await.unwrap_err();
@@ -395,5 +507,90 @@ pub(crate) mod tests {
             !e.retryable && e.message.contains("/no/such/program"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn the_back_off_doubles_to_five_minutes_and_resets_after_a_steady_run() {
+        let t0 = Instant::now();
+        let mut c = CrashLoop::default();
+        assert!(c.may_start(t0));
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let w = c.exited(Duration::from_millis(5), now);
+            assert!(!c.may_start(now) && c.may_start(now + w));
+            waits.push(w.as_secs());
+            now += w;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(
+            c.remaining(now - Duration::from_secs(100)),
+            Duration::from_secs(100)
+        );
+        // A child that ran 10 minutes starts the count over.
+        assert_eq!(c.exited(STEADY_AFTER, now), FIRST_BACKOFF);
+    }
+
+    /// A child that exits at once, for 7.5 s of real time: started at
+    /// 0 s, then after 1, 2 and 4 s of back-off (4 starts), where a tight
+    /// loop starts one every supervisor pass (about 35). The result counts
+    /// only what runs. Once the child can run, it is started after the
+    /// current back-off and kept.
+    #[tokio::test]
+    async fn a_crash_loop_backs_off_and_a_recovered_child_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("healthy");
+        let script = format!("test -e {} || exit 3; exec sleep 100000", flag.display());
+        let metrics = Arc::new(Metrics::new());
+        let p = ProcessProvider::new(
+            "web",
+            vec!["/bin/sh".into(), "-c".into(), script],
+            Duration::from_secs(1),
+            None,
+            metrics.clone(),
+        )
+        .unwrap();
+        let c = |n| crate::provider::tests::command("web", n);
+        p.scale(&c(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(7500)).await;
+        let starts = 1 + p.replaced().await;
+        assert!(
+            (3..=6).contains(&starts),
+            "{starts} starts in 7.5 s of a crash loop"
+        );
+        let restarts = crate::telemetry::sum(
+            &metrics,
+            "tidewatch_process_restarts_total",
+            &[("target", "web")],
+        );
+        assert_eq!(restarts as u64, p.replaced().await);
+        // In back-off (the 4 s wait): a command answers what runs.
+        assert!(p.backoff().await > Duration::ZERO, "in back-off");
+        assert_eq!(p.scale(&c(1)).await.unwrap(), Some(0));
+        assert!(
+            crate::telemetry::sum(
+                &metrics,
+                "tidewatch_process_backoff_seconds",
+                &[("target", "web")]
+            ) >= 4.0
+        );
+
+        // Healthy from now on: started when the back-off ends, then kept.
+        std::fs::write(&flag, "").unwrap();
+        let mut pids = Vec::new();
+        for _ in 0..120 {
+            pids = p.pids().await;
+            if !pids.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pids.len(), 1);
+        let replaced = p.replaced().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(p.pids().await, pids, "the recovered child is kept");
+        assert_eq!(p.replaced().await, replaced);
+        assert_eq!(p.scale(&c(1)).await.unwrap(), Some(1));
+        p.stop().await;
     }
 }

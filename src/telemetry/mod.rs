@@ -51,6 +51,8 @@ pub struct Metrics {
     provider_calls: IntCounterVec,
     provider_seconds: HistogramVec,
     worker_results: IntCounterVec,
+    process_restarts: IntCounterVec,
+    process_backoff: GaugeVec,
     _build_info: Gauge,
     names: Vec<String>,
 }
@@ -307,6 +309,18 @@ impl Metrics {
                 "Results a worker published, by target and status.",
                 &["target", "status"],
             ),
+            process_restarts: counter(
+                &r,
+                "tidewatch_process_restarts_total",
+                "Children of a process target that exited on their own and were replaced.",
+                &["target"],
+            ),
+            process_backoff: gauge(
+                &r,
+                "tidewatch_process_backoff_seconds",
+                "The wait before a process target's exited children are replaced (0 when they start at once).",
+                &["target"],
+            ),
             _build_info: build_info,
             names: r.names.into_inner(),
             registry: r.registry,
@@ -376,6 +390,10 @@ impl Metrics {
         }
         for outcome in ["ok", "error", "timeout"] {
             self.provider_calls.with_label_values(&[provider, outcome]);
+        }
+        if provider == "process" {
+            self.process_restarts.with_label_values(&[target]);
+            self.process_backoff.with_label_values(&[target]).set(0.0);
         }
     }
 
@@ -552,6 +570,25 @@ impl Metrics {
             component,
             "lost the broker ({cause}); reconnecting"
         );
+    }
+
+    /// `n` children of a `process` target exited on their own (`how`:
+    /// their statuses and run times); replacements wait `wait`.
+    pub fn process_exited(&self, target: &str, how: &str, n: usize, wait: std::time::Duration) {
+        self.process_restarts
+            .with_label_values(&[target])
+            .inc_by(n as u64);
+        self.process_backoff
+            .with_label_values(&[target])
+            .set(wait.as_secs_f64());
+        tracing::warn!(target_name = %target, exited = %how, "process exited; replacing it in {wait:?}");
+    }
+
+    /// The back-off of a `process` target's replacements now.
+    pub fn process_backoff(&self, target: &str, wait: std::time::Duration) {
+        self.process_backoff
+            .with_label_values(&[target])
+            .set(wait.as_secs_f64());
     }
 
     /// A provider call ended: `outcome` ok, error or timeout.

@@ -134,7 +134,7 @@ pub async fn run(
         let timeout = cfg.timeout_of(t);
         let provider = match providers.remove(&t.name) {
             Some(p) => p,
-            None => crate::provider::build(&t.name, &t.provider, &t.settings, timeout)
+            None => crate::provider::build(&t.name, &t.provider, &t.settings, timeout, &metrics)
                 .map_err(StartError::usage)?,
         };
         if let Some(n) = ledger.replicas(&t.name) {
