@@ -126,37 +126,90 @@ impl Provider for ExecProvider {
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
+                // Its own process group, so a timeout ends its children too.
+                .process_group(0)
                 .kill_on_drop(true);
-            let child = cmd.spawn().map_err(|e| ProviderError {
+            #[cfg(target_os = "linux")]
+            #[allow(unsafe_code)]
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                // A worker killed with -9 takes its in-flight command with it:
+                // an older command must not finish after a newer one.
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().map_err(|e| ProviderError {
                 message: format!("exec {:?}: cannot start: {e}", argv[0]),
                 retryable: false,
             })?;
-            let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            let group = child.id();
+            let stderr = tokio::spawn(read_bounded(child.stderr.take()));
+            let status = match tokio::time::timeout(self.timeout, child.wait()).await {
                 Ok(r) => r.map_err(|e| ProviderError {
                     message: format!("exec {:?}: {e}", argv[0]),
                     retryable: true,
                 })?,
                 Err(_) => {
+                    kill_group(group);
+                    let _ = child.wait().await;
                     return Err(ProviderError {
                         message: format!(
-                            "exec {:?}: no exit within {:?}; killed",
+                            "exec {:?}: no exit within {:?}; killed with its process group",
                             argv[0], self.timeout
                         ),
                         retryable: true,
-                    })
+                    });
                 }
             };
-            if out.status.success() {
+            if status.success() {
                 Ok(None)
             } else {
-                let stderr = String::from_utf8_lossy(&out.stderr);
+                let stderr = stderr.await.unwrap_or_default();
+                let stderr = String::from_utf8_lossy(&stderr);
                 let stderr: String = stderr.trim().chars().take(2000).collect();
                 Err(ProviderError {
-                    message: format!("exec {:?}: {}: {stderr}", argv[0], out.status),
+                    message: format!("exec {:?}: {status}: {stderr}", argv[0]),
                     retryable: true,
                 })
             }
         })
+    }
+}
+
+/// What a command's stderr said, at most [`MAX_STDERR`] bytes; the rest
+/// is read and dropped, so a chatty command neither blocks on a full pipe
+/// nor fills the worker's memory.
+async fn read_bounded(pipe: Option<tokio::process::ChildStderr>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = MAX_STDERR.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Stderr kept for the error message.
+pub const MAX_STDERR: usize = 64 << 10;
+
+fn kill_group(group: Option<u32>) {
+    if let Some(pid) = group {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on the process group the child leads.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+        }
     }
 }
 
@@ -251,5 +304,69 @@ mod tests {
             !e.retryable && e.message.contains("/no/such/binary"),
             "{e:?}"
         );
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit(") ").next().map(|r| !r.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    /// Issue 16, finding 6: a timeout killed `sh` and left its children
+    /// running. The whole process group goes now.
+    #[tokio::test]
+    async fn a_timeout_ends_the_command_and_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let script = format!(
+            "for i in 1 2 3 4 5; do sleep 300 & echo $! >> {}; done; wait",
+            pids.display()
+        );
+        let p = ExecProvider::new(
+            argv(&["/bin/sh", "-c", &script]),
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let e = p
+            .scale(&crate::provider::tests::command("web", 1))
+            .await
+            .unwrap_err();
+        assert!(e.retryable && e.message.contains("killed"), "{e:?}");
+        let started: Vec<u32> = std::fs::read_to_string(&pids)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(started.len(), 5);
+        for _ in 0..50 {
+            if started.iter().all(|&p| !alive(p)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<u32> = started.into_iter().filter(|&p| alive(p)).collect();
+        assert!(left.is_empty(), "still running: {left:?}");
+    }
+
+    /// A command that writes without end to stderr: the worker keeps the
+    /// first 64 KiB, and the failure still names its status.
+    #[tokio::test]
+    async fn a_flood_on_stderr_is_bounded() {
+        let p = ExecProvider::new(
+            argv(&["/bin/sh", "-c", "head -c 50000000 /dev/zero >&2; exit 4"]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        let e = p
+            .scale(&crate::provider::tests::command("web", 1))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("exit status: 4"),
+            "{}",
+            &e.message[..200.min(e.message.len())]
+        );
+        assert!(e.message.len() < 10_000);
     }
 }

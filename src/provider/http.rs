@@ -95,7 +95,10 @@ impl Provider for HttpProvider {
                 retryable: true,
             })?;
             let status = resp.status();
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = read_bounded(resp).await.map_err(|e| ProviderError {
+                retryable: matches!(e, BodyError::Read(_)),
+                message: format!("http {shown}: {status}: {e}"),
+            })?;
             if !status.is_success() {
                 let text: String = String::from_utf8_lossy(&body).chars().take(500).collect();
                 return Err(ProviderError {
@@ -110,6 +113,38 @@ impl Provider for HttpProvider {
             Ok(observed)
         })
     }
+}
+
+/// The most of an answer's body the worker reads: an `observed_replicas`
+/// or an error text fits many times over.
+pub const MAX_BODY: usize = 64 << 10;
+
+/// The body, or an error when it is longer than [`MAX_BODY`] or breaks
+/// off: a stream without end must not fill the worker's memory, and a
+/// body that cannot be read is not an answer.
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(BodyError::TooLong);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::Read(crate::broker::amqp::redact(&e.to_string()))),
+        }
+    }
+}
+
+/// Why an answer's body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer's body is longer than {MAX_BODY} bytes; tidewatch reads no more")]
+    TooLong,
+    #[error("reading the answer: {0}")]
+    Read(String),
 }
 
 #[cfg(test)]
@@ -180,5 +215,48 @@ mod tests {
         .unwrap();
         assert!(gone.scale(&c).await.unwrap_err().retryable);
         assert!(HttpProvider::new("ftp://x", None, Duration::from_secs(1)).is_err());
+    }
+
+    /// Issue 16, finding 5: an endpoint that answers 200 and streams a body
+    /// without end drove the worker to 3.3 GB and then reported `applied`.
+    #[tokio::test]
+    async fn an_endless_body_is_a_failure_not_an_out_of_memory() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = sock.read(&mut req).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+            while sock.write_all(chunk.as_bytes()).await.is_ok() {
+                counter.fetch_add(0x4000, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let p = HttpProvider::new(
+            &format!("http://{addr}/scale"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let e = p
+            .scale(&crate::provider::tests::command("web", 2))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("longer than 65536 bytes"), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The worker stopped reading: the server could send little more
+        // than the socket buffers hold.
+        assert!(
+            sent.load(std::sync::atomic::Ordering::Relaxed) < 64 << 20,
+            "{} bytes sent",
+            sent.load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 }
