@@ -205,7 +205,7 @@ fn config_check(file: &std::path::Path) -> ExitCode {
         )
     } else {
         (
-            Config::load(file).map(|(c, w)| (c.targets.len(), w)),
+            Config::load_for_run(file).map(|(c, w)| (c.targets.len(), w)),
             "scaler",
         )
     };
@@ -310,7 +310,7 @@ where
 }
 
 fn run(file: &std::path::Path) -> ExitCode {
-    serve(file, Config::load, |cfg| async {
+    serve(file, Config::load_for_run, |cfg| async {
         tidewatch::scaler::run(
             cfg,
             tidewatch::scaler::RunOptions::default(),

@@ -266,3 +266,82 @@ fn simulate_rejects_bad_input_by_name() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("capacity 0"), "{err}");
 }
+
+/// Issue 16, finding 8: settings that `config check` accepted and that
+/// made a scaler useless or unbounded. Each is refused by name now.
+#[test]
+fn foot_guns_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.lua");
+    std::fs::write(&policy, "return { decide = function(ctx) return 1 end }").unwrap();
+    let check = |name: &str, engine: &str, target: &str, rest: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "{rest}\n[engine]\n{engine}\n\n[[targets]]\nname = \"web\"\npolicy = \"p.lua\"\nmax_replicas = 5\n{target}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["config", "check", path.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sink = "[commands]\nkind = \"kafka\"\n[commands.kafka]\nbrokers = \"127.0.0.1:9\"\n";
+    let (code, err) = check("sane", "", "", sink, &[]);
+    assert_eq!(code, 0, "{err}");
+    for (name, engine, target, rest, env, want) in [
+        (
+            "ttl",
+            "command_ttl = \"0s\"",
+            "",
+            sink,
+            vec![],
+            "engine.command_ttl: 0s: give at least 1s",
+        ),
+        (
+            "age",
+            "max_event_age = \"0s\"",
+            "",
+            sink,
+            vec![],
+            "engine.max_event_age: 0s",
+        ),
+        (
+            "batch",
+            "",
+            "",
+            sink,
+            vec![("TIDEWATCH__ENGINE__MAX_BATCH", "1e999")],
+            "engine.max_batch",
+        ),
+        (
+            "history",
+            "",
+            "history_step = \"1ms\"\nhistory_span = \"3650days\"",
+            sink,
+            vec![],
+            "is 315360000000 points per metric; at most 200000",
+        ),
+        ("nothing", "", "", "", vec![], "nothing feeds the engine"),
+    ] {
+        let (code, err) = check(name, engine, target, rest, &env);
+        assert_eq!(code, 64, "{name}: {err}");
+        assert!(err.contains(want), "{name}: wanted {want:?} in {err}");
+    }
+    let path = dir.path().join("zero.toml");
+    std::fs::write(
+        &path,
+        format!("{sink}\n[[targets]]\nname = \"web\"\npolicy = \"/dev/zero\"\nmax_replicas = 5\n"),
+    )
+    .unwrap();
+    let (code, _, err) = tidewatch(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/dev/zero is not a regular file"), "{err}");
+}

@@ -66,6 +66,34 @@ impl Config {
         ConfigError::check(cfg, problems)
     }
 
+    /// [`Config::load`], and the problems that stop a scaler that runs
+    /// (`tidewatch run` and `config check`): something must feed the
+    /// engine or take its commands, else it stops at once and nothing is
+    /// ever evaluated.
+    pub fn load_for_run(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let (cfg, warnings) = Self::load(path)?;
+        let mut problems = warnings;
+        problems.extend(cfg.runnable());
+        ConfigError::check(cfg, problems)
+    }
+
+    /// What a running scaler needs beyond [`Config::check`].
+    pub fn runnable(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.source.kind == BrokerKind::None
+            && self.probes.is_empty()
+            && self.commands.kind == BrokerKind::None
+        {
+            out.push(problem(
+                "source",
+                "no [source], no [[probes]] and no [commands]: nothing feeds the engine and \
+                 nothing takes its commands, so the scaler would stop at once; configure a \
+                 source (or probes) and a command channel",
+            ));
+        }
+        out
+    }
+
     /// Every section's checks and those across sections; policies are
     /// loaded in the sandbox.
     pub fn check(&self) -> Vec<Problem> {

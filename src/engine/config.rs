@@ -120,11 +120,36 @@ impl EngineConfig {
         if e.tick.is_zero() {
             out.push(problem("engine.tick", "must be above zero"));
         }
-        if e.max_batch == 0 || e.max_samples == 0 || e.max_message_bytes == 0 {
-            out.push(problem(
-                "engine",
-                "max_batch, max_samples and max_message_bytes must be above zero",
-            ));
+        for (name, value, most) in [
+            ("max_batch", e.max_batch, MAX_BATCH),
+            ("max_samples", e.max_samples, MAX_SAMPLES),
+            ("max_message_bytes", e.max_message_bytes, MAX_MESSAGE_BYTES),
+        ] {
+            if value == 0 || value > most {
+                out.push(problem(
+                    format!("engine.{name}"),
+                    format!("{value}: give 1 to {most}"),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("command_ttl", e.command_ttl),
+            ("max_event_age", e.max_event_age),
+        ] {
+            if value < Duration::from_secs(1) {
+                out.push(problem(
+                    format!("engine.{name}"),
+                    format!(
+                        "{}: give at least 1s (shorter, every {} is refused at once)",
+                        humantime::format_duration(value),
+                        if name == "command_ttl" {
+                            "command"
+                        } else {
+                            "signal"
+                        }
+                    ),
+                ));
+            }
         }
         if e.policy_memory_mb == 0 || e.policy_instruction_budget < 1000 {
             out.push(problem(
@@ -176,6 +201,15 @@ fn default_max_event_age() -> Duration {
 fn default_max_clock_skew() -> Duration {
     Duration::from_secs(30)
 }
+
+/// Upper bounds of the engine's sizes: above them a typo (or `1e999`
+/// through an environment variable) would let one message hold the
+/// engine for minutes or take its memory.
+pub const MAX_BATCH: usize = 100_000;
+pub const MAX_SAMPLES: usize = 1_000_000;
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Points of one metric's minute history (200,000: 138 days of minutes).
+pub const MAX_HISTORY_POINTS: usize = 200_000;
 
 fn default_max_message_bytes() -> usize {
     1 << 20
@@ -403,6 +437,18 @@ impl TargetConfig {
             out.push(problem(
                 key("history_step"),
                 "must be above zero and at most history_span",
+            ));
+        } else if t.history_span.as_millis() / t.history_step.as_millis().max(1)
+            > MAX_HISTORY_POINTS as u128
+        {
+            out.push(problem(
+                key("history_step"),
+                format!(
+                    "{} over {} is {} points per metric; at most {MAX_HISTORY_POINTS} (a longer step or a shorter span)",
+                    humantime::format_duration(t.history_step),
+                    humantime::format_duration(t.history_span),
+                    t.history_span.as_millis() / t.history_step.as_millis().max(1)
+                ),
             ));
         }
         if let Err(e) = crate::forecast::builtin::Season::parse(&t.forecast_season) {

@@ -60,6 +60,9 @@ pub struct PolicyLimits {
     pub timeout: std::time::Duration,
 }
 
+/// The largest policy file read.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
 /// The wall-clock budget of one policy call unless configured.
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -148,12 +151,33 @@ pub struct PolicySource {
 }
 
 impl PolicySource {
+    /// Reads a policy file: a regular file of at most [`MAX_POLICY_BYTES`]
+    /// (`/dev/zero` or a FIFO would be read until memory runs out).
     pub fn read(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        use std::io::Read;
+        let fail = |message: String| PolicyError {
             kind: PolicyErrorKind::Load,
             policy: path.display().to_string(),
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
+            message,
+        };
+        let cannot = |e: std::io::Error| fail(format!("cannot read {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        let meta = file.metadata().map_err(cannot)?;
+        if !meta.is_file() {
+            return Err(fail(format!("{} is not a regular file", path.display())));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_POLICY_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() > MAX_POLICY_BYTES {
+            return Err(fail(format!(
+                "{} is larger than {MAX_POLICY_BYTES} bytes",
+                path.display()
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| fail(format!("{} is not UTF-8: {e}", path.display())))?;
         Ok(Self::from_text(path, text))
     }
 
