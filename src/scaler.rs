@@ -123,10 +123,20 @@ pub async fn run(
             .map_or(300_000, |d| d.as_millis() as i64);
         let source =
             KafkaSource::new(k, ctx.clone(), ownership, longest).map_err(StartError::fault)?;
-        inputs.push(tokio::spawn(source.run()));
+        inputs.push(watched(
+            "the kafka source",
+            source.run(),
+            &metrics,
+            &stop_rx,
+        ));
     }
     if let Some((source, first)) = amqp_source {
-        inputs.push(tokio::spawn(source.run(first)));
+        inputs.push(watched(
+            "the amqp source",
+            source.run(first),
+            &metrics,
+            &stop_rx,
+        ));
     }
 
     for (i, p) in cfg.probes.iter().enumerate() {
@@ -135,12 +145,22 @@ pub async fn run(
                 let settings = crate::source::probe::settings(p, i, cfg.source.kafka.as_ref())
                     .map_err(StartError::usage)?;
                 let probe = KafkaLagProbe::new(p, settings).map_err(StartError::fault)?;
-                tokio::spawn(run_probe(probe, ctx.clone()))
+                watched(
+                    "a kafka lag probe",
+                    run_probe(probe, ctx.clone()),
+                    &metrics,
+                    &stop_rx,
+                )
             }
             ProbeKind::AmqpQueue => {
                 let probe = AmqpQueueProbe::new(p, i, cfg.source.amqp.as_ref())
                     .map_err(StartError::usage)?;
-                tokio::spawn(run_probe(probe, ctx.clone()))
+                watched(
+                    "an amqp queue probe",
+                    run_probe(probe, ctx.clone()),
+                    &metrics,
+                    &stop_rx,
+                )
             }
         });
     }
@@ -153,7 +173,12 @@ pub async fn run(
                 .as_ref()
                 .ok_or_else(|| StartError::Usage("[commands.kafka] is missing".into()))?;
             let results = KafkaResults::new(k, metrics.clone()).map_err(StartError::fault)?;
-            inputs.push(tokio::spawn(results.run(in_tx.clone(), stop_rx.clone())));
+            inputs.push(watched(
+                "the kafka results reader",
+                results.run(in_tx.clone(), stop_rx.clone()),
+                &metrics,
+                &stop_rx,
+            ));
             let publisher = KafkaPublisher::new(k, metrics.clone()).map_err(StartError::fault)?;
             // A weak sender: acknowledgements must not keep the engine's input open.
             tokio::spawn(publisher.run(cmd_rx, in_tx.downgrade()))
@@ -161,13 +186,19 @@ pub async fn run(
         BrokerKind::Amqp => {
             let (publisher, first, results) =
                 amqp_publisher.expect("opened above for commands.kind amqp");
-            inputs.push(tokio::spawn(results.run(in_tx.clone(), stop_rx.clone())));
+            inputs.push(watched(
+                "the amqp results reader",
+                results.run(in_tx.clone(), stop_rx.clone()),
+                &metrics,
+                &stop_rx,
+            ));
             tokio::spawn(publisher.run(first, cmd_rx, in_tx.downgrade()))
         }
         // No command transport: commands are logged (a dry run of the whole scaler).
         _ => tokio::spawn(log_commands(cmd_rx)),
     };
     drop(in_tx);
+    metrics.expect_engine_ticks(cfg.engine.tick, std::time::Instant::now());
     let engine_task = tokio::spawn(drive(
         engine,
         in_rx,
@@ -226,4 +257,21 @@ async fn log_commands(mut rx: mpsc::Receiver<ScaleCommand>) {
             "command (no commands transport configured): {}", String::from_utf8_lossy(&c.to_json())
         );
     }
+}
+
+/// Spawns an input; if it ends before the scaler is told to stop, the
+/// process is no longer alive (`/healthz` says which input ended).
+fn watched(
+    name: &'static str,
+    input: impl std::future::Future<Output = ()> + Send + 'static,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (metrics, stop) = (metrics.clone(), stop.clone());
+    tokio::spawn(async move {
+        input.await;
+        if !*stop.borrow() {
+            metrics.input_lost(name);
+        }
+    })
 }

@@ -655,7 +655,10 @@ pub async fn drive(
         let out = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = ticker.tick() => engine.tick(clock.now_ms()),
+            _ = ticker.tick() => {
+                engine.metrics().engine_ticked(std::time::Instant::now());
+                engine.tick(clock.now_ms())
+            }
             msg = input.recv() => match msg {
                 None => break,
                 Some(EngineInput::Batch { source, messages, done }) => {

@@ -2,6 +2,8 @@
 //! `/healthz`, `/readyz`); logging. Observable events go through `emit`
 //! functions here so that a log line and its metric never drift apart.
 
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,6 +57,20 @@ pub struct Metrics {
     process_backoff: GaugeVec,
     _build_info: Gauge,
     names: Vec<String>,
+    health: Health,
+}
+
+/// What `/healthz` answers: alive while the engine ticks (when the
+/// process has one) and no input ended on its own. A policy, a deadlock
+/// or a dead source task that stops the scaler turns it to 503, so
+/// Kubernetes restarts it.
+#[derive(Debug, Default)]
+struct Health {
+    /// The engine's last tick and the longest gap that is still alive;
+    /// `None`: no engine (a worker).
+    engine: std::sync::Mutex<Option<(std::time::Instant, std::time::Duration)>>,
+    /// Inputs (sources, probes, results readers) that ended on their own.
+    lost: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -323,6 +339,7 @@ impl Metrics {
             ),
             _build_info: build_info,
             names: r.names.into_inner(),
+            health: Health::default(),
             registry: r.registry,
         }
     }
@@ -591,6 +608,60 @@ impl Metrics {
             .set(wait.as_secs_f64());
     }
 
+    /// The process has an engine that ticks every `tick`: from now on it
+    /// is alive only while ticks come (a gap of 5 ticks, at least 15 s,
+    /// is not).
+    pub fn expect_engine_ticks(&self, tick: std::time::Duration, now: std::time::Instant) {
+        let gap = (tick * 5).max(std::time::Duration::from_secs(15));
+        *self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, gap));
+    }
+
+    /// The engine ticked.
+    pub fn engine_ticked(&self, now: std::time::Instant) {
+        if let Some((last, _)) = self
+            .health
+            .engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            *last = now;
+        }
+    }
+
+    /// An input task ended while the process was not stopping.
+    pub fn input_lost(&self, input: &str) {
+        tracing::error!(
+            input,
+            "an input ended on its own: the process is no longer alive"
+        );
+        self.health
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(input.to_owned());
+    }
+
+    /// Alive at `now`, or why not.
+    pub fn alive(&self, now: std::time::Instant) -> Result<(), String> {
+        if let Some(lost) = self
+            .health
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+        {
+            return Err(format!("{lost} ended"));
+        }
+        if let Some((last, gap)) = *self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) {
+            let since = now.saturating_duration_since(last);
+            if since > gap {
+                return Err(format!("the engine has not ticked for {since:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// A provider call ended: `outcome` ok, error or timeout.
     pub fn provider_called(&self, provider: &str, outcome: &str, seconds: f64) {
         self.provider_seconds
@@ -726,9 +797,12 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, ready))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener::GuardedListener::new(listener, listener::Limits::default()),
+        router(metrics, ready),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The HTTP endpoint of a running process, until `stop`.
@@ -772,6 +846,7 @@ impl Server {
 pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
+    let health = metrics.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -788,7 +863,23 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get({
+                move || {
+                    let alive = health.alive(std::time::Instant::now());
+                    async move {
+                        match alive {
+                            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                            Err(why) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not alive: {why}\n"),
+                            ),
+                        }
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
@@ -951,6 +1042,34 @@ mod tests {
             503
         );
         ready.store(true, Ordering::Relaxed);
-        assert_eq!(app.oneshot(get("/readyz")).await.unwrap().status(), 200);
+        assert_eq!(
+            app.clone().oneshot(get("/readyz")).await.unwrap().status(),
+            200
+        );
+        // An input that ended on its own: not alive, and it says which.
+        m.input_lost("the kafka source");
+        let res = app.oneshot(get("/healthz")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"not alive: the kafka source ended\n");
+    }
+
+    /// Issue 16, finding 1: `/healthz` was a fixed "ok" while every target
+    /// was frozen. Alive means the engine ticks.
+    #[test]
+    fn alive_while_the_engine_ticks() {
+        let m = Metrics::new();
+        let t0 = std::time::Instant::now();
+        assert!(m.alive(t0).is_ok(), "no engine (a worker): alive");
+        m.expect_engine_ticks(std::time::Duration::from_secs(1), t0);
+        let at = |s| t0 + std::time::Duration::from_secs(s);
+        assert!(m.alive(at(14)).is_ok());
+        let e = m.alive(at(16)).unwrap_err();
+        assert!(e.contains("has not ticked for 16"), "{e}");
+        m.engine_ticked(at(16));
+        assert!(m.alive(at(20)).is_ok());
+        // A slow tick: five ticks without one.
+        m.expect_engine_ticks(std::time::Duration::from_secs(10), at(20));
+        assert!(m.alive(at(69)).is_ok() && m.alive(at(71)).is_err());
     }
 }
