@@ -56,7 +56,7 @@ fn python() -> String {
 fn pika_publish(url: &str, exchange: &str, messages: &[(&str, &str)]) {
     const SCRIPT: &str = r#"
 import json, sys, pika
-url, exchange, messages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+url, exchange, messages = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
 conn = pika.BlockingConnection(pika.URLParameters(url))
 ch = conn.channel()
 ch.confirm_delivery()
@@ -67,11 +67,23 @@ for key, body in messages:
 conn.close()
 print(len(messages))
 "#;
+    use std::io::Write;
     let json = serde_json::to_string(messages).unwrap();
-    let out = std::process::Command::new(python())
-        .args(["-c", SCRIPT, url, exchange, &json])
-        .output()
+    // The messages on stdin: a batch is larger than an argument may be.
+    let mut child = std::process::Command::new(python())
+        .args(["-c", SCRIPT, url, exchange])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("python3 runs (scripts/test installs python3-pika)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "pika failed: {}",
@@ -655,4 +667,70 @@ async fn unroutable_and_nacked_commands_are_retried_until_confirmed() {
         1.0
     );
     n.delete(&ch).await;
+}
+
+/// Issue 16, finding 2: a batch of 1,000 signals, 990 with a bad `ts`:
+/// the dead letter's rejections header outgrew the broker's frame, the
+/// channel dropped, and the unacked batch was redelivered and applied
+/// again about 9 times a second. Now the header is bounded: one dead
+/// letter, and the 10 good signals applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_batch_is_dead_lettered_once_and_applied_once() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{}{ENGINE}{}", n.toml(&url), targets(&["web"])),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let bad_ts = format!("not a time {}", "x".repeat(200));
+    let mut batch: Vec<serde_json::Value> = (0..990)
+        .map(|i| {
+            serde_json::json!({"type": "queue_depth", "target": "web", "queue": format!("q{i}"),
+                "depth": 5, "ts": bad_ts})
+        })
+        .collect();
+    for i in 0..10 {
+        batch.push(serde_json::from_str(&mq::depth_signal("web", 100 + i)).unwrap());
+    }
+    let body = serde_json::to_string(&batch).unwrap();
+    assert!(body.len() > 250_000, "{}", body.len());
+    pika_publish(&url, &n.signals, &[("queue_depth.web", &body)]);
+    let dead = mq::read_until(&conn, &n.deadletter, Duration::from_secs(20), |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        mq::header(&dead[0], "x-tidewatch-rejections-total").as_deref(),
+        Some("990")
+    );
+    // Long enough for several redeliveries, had there been any.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("source", "amqp")]
+        ),
+        10.0,
+        "applied once"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tidewatch_dead_letters_total",
+            &[("source", "amqp")]
+        ),
+        1.0
+    );
+    let more = mq::read_until(&conn, &n.deadletter, Duration::from_millis(500), |_| false).await;
+    assert!(more.is_empty(), "a second dead letter: {}", more.len());
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
 }

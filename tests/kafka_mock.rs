@@ -395,3 +395,44 @@ async fn lag_probe_feeds_queue_depth() {
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Issue 16, finding 3: a malformed message of about 1 MB made a dead
+/// letter of about 2 MB (JSON escaping doubles it), which the producer
+/// refused with MessageSizeTooLarge and retried for ever: the partition
+/// stalled, across restarts. Now the dead letter carries the first 64 KiB
+/// and where the original is, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_poison_message_does_not_stall_the_partition() {
+    let mock = MockCluster::new(1).unwrap();
+    let s = stack(&mock);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
+    let deadletters = consumer(&s.brokers, &format!("deadletter-{}", s.suffix));
+    let signals = format!("signals-{}", s.suffix);
+    let poison = format!("[{}", "\"".repeat(1_000_000));
+    send(&p, &signals, "web", poison.as_bytes()).await;
+    send(&p, &signals, "web", &depth(730)).await;
+    let c = next_command(&commands, Duration::from_secs(60)).await;
+    assert_eq!(
+        c.desired_replicas, 8,
+        "the signal after the poison was applied"
+    );
+    let dl = tokio::time::timeout(Duration::from_secs(30), deadletters.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = dl.payload().unwrap();
+    assert!(raw.len() < 200_000, "{} bytes", raw.len());
+    let dl: DeadLetter = common::schema::parse("deadletter", raw);
+    assert_eq!(dl.reason, "malformed_json");
+    assert_eq!(dl.payload_truncated_from, Some(poison.len()));
+    assert!(dl.offset.is_some());
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}

@@ -139,8 +139,8 @@ impl Sink {
                         tracing::warn!(%e, ?wait, %topic, "loadgen: publish failed, retrying (does the topic exist?)")
                     },
                 )
-                .await;
-                Ok(())
+                .await
+                .map_err(|e| StartError::Fault(format!("loadgen: topic {topic}: {e}")))
             }
             Sink::Amqp {
                 channel, exchange, ..

@@ -98,7 +98,7 @@ pub async fn produce_until_acked(
     key: Option<&[u8]>,
     payload: &[u8],
     mut on_retry: impl FnMut(&KafkaError, Duration),
-) {
+) -> Result<(), KafkaError> {
     let mut backoff = crate::retry::Backoff::default();
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
@@ -106,7 +106,8 @@ pub async fn produce_until_acked(
             record = record.key(k);
         }
         match producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err((e, _)) if permanent(&e) => return Err(e),
             Err((e, _)) => {
                 let wait = backoff.next_wait();
                 on_retry(&e, wait);
@@ -114,6 +115,23 @@ pub async fn produce_until_acked(
             }
         }
     }
+}
+
+/// An error that no retry of the same record can cure: the record is too
+/// large or malformed for the broker, or the topic name is invalid.
+pub fn permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+                | C::InvalidTopic
+        )
+    )
 }
 
 #[cfg(test)]

@@ -44,7 +44,32 @@ pub struct DeadLetter {
     /// The original bytes in base64, when they are not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// When only the first [`MAX_PAYLOAD_COPY`] bytes are copied: the
+    /// original's length (it stays at `topic`/`partition`/`offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_truncated_from: Option<usize>,
+    /// When only the first [`MAX_REJECTIONS`] rejections are listed: how
+    /// many there were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejections_total: Option<usize>,
     pub received_at: String,
+}
+
+/// The most of the original bytes a dead letter copies: with JSON
+/// escaping, a dead letter stays far under a broker's message limit
+/// (Kafka's default is 1 MB) and a RabbitMQ frame.
+pub const MAX_PAYLOAD_COPY: usize = 64 << 10;
+/// The most rejections a dead letter lists, each detail cut to
+/// [`MAX_DETAIL`] characters (a batch of 1,000 bad elements made a
+/// RabbitMQ header larger than the frame).
+pub const MAX_REJECTIONS: usize = 20;
+pub const MAX_DETAIL: usize = 300;
+
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -70,7 +95,7 @@ impl DeadLetter {
             .map(|(i, r)| RejectionRecord {
                 index: *i,
                 reason: r.reason.code().to_owned(),
-                detail: r.detail.clone(),
+                detail: cut(&r.detail, MAX_DETAIL),
             })
             .collect();
         if rejections.is_empty() {
@@ -91,7 +116,7 @@ impl DeadLetter {
         let r = RejectionRecord {
             index: 0,
             reason: reason.to_owned(),
-            detail: detail.to_owned(),
+            detail: cut(detail, MAX_DETAIL),
         };
         Self::with(source, origin, bytes, vec![r], now)
     }
@@ -100,17 +125,29 @@ impl DeadLetter {
         source: &str,
         origin: &Origin,
         bytes: &[u8],
-        rejections: Vec<RejectionRecord>,
+        mut rejections: Vec<RejectionRecord>,
         now: Millis,
     ) -> DeadLetter {
         let first = rejections[0].clone();
-        let (payload, payload_base64) = match std::str::from_utf8(bytes) {
+        let rejections_total = (rejections.len() > MAX_REJECTIONS).then_some(rejections.len());
+        rejections.truncate(MAX_REJECTIONS);
+        let payload_truncated_from = (bytes.len() > MAX_PAYLOAD_COPY).then_some(bytes.len());
+        let mut copy = &bytes[..bytes.len().min(MAX_PAYLOAD_COPY)];
+        if payload_truncated_from.is_some() {
+            // Cut at a character boundary when the bytes are text.
+            if let Err(e) = std::str::from_utf8(copy) {
+                if e.error_len().is_none() {
+                    copy = &copy[..e.valid_up_to()];
+                }
+            }
+        }
+        let (payload, payload_base64) = match std::str::from_utf8(copy) {
             Ok(s) => (Some(s.to_owned()), None),
             Err(_) => {
                 use base64::Engine as _;
                 (
                     None,
-                    Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    Some(base64::engine::general_purpose::STANDARD.encode(copy)),
                 )
             }
         };
@@ -129,6 +166,8 @@ impl DeadLetter {
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             payload,
             payload_base64,
+            payload_truncated_from,
+            rejections_total,
             received_at: rfc3339(now),
         }
     }
@@ -178,5 +217,44 @@ mod tests {
         assert_eq!(binary.payload_base64.as_deref(), Some("/wA="));
         let only_unknown = vec![(0, rej(Reason::UnknownTarget))];
         assert!(DeadLetter::of("kafka", &origin, b"x", &only_unknown, 0).is_none());
+    }
+
+    /// Issue 16, finding 3: a 1 MB malformed message made a 2 MB dead
+    /// letter that Kafka refused for ever. The copy is bounded, and says
+    /// where the whole original is.
+    #[test]
+    fn large_originals_and_many_rejections_are_cut() {
+        let origin = Origin {
+            topic: "signals".into(),
+            partition: Some(3),
+            offset: Some(99),
+            ..Origin::default()
+        };
+        let big = format!(
+            "{{\"type\": \"queue_depth\", \"x\": \"{}\"",
+            "\\\"".repeat(400_000)
+        );
+        let dl = DeadLetter::single(
+            "kafka",
+            &origin,
+            big.as_bytes(),
+            "malformed_json",
+            &"d".repeat(5000),
+            0,
+        );
+        assert_eq!(dl.payload_truncated_from, Some(big.len()));
+        assert!(dl.payload.as_ref().unwrap().len() <= MAX_PAYLOAD_COPY);
+        assert!(dl.detail.chars().count() <= MAX_DETAIL + 3);
+        assert!(dl.to_json().len() < 200_000, "{}", dl.to_json().len());
+        assert_eq!((dl.partition, dl.offset), (Some(3), Some(99)));
+        let many: Vec<(usize, Rejection)> = (0..1000).map(|i| (i, rej(Reason::TooOld))).collect();
+        let dl = DeadLetter::of("amqp", &origin, b"[]", &many, 0).unwrap();
+        assert_eq!(dl.rejections.len(), MAX_REJECTIONS);
+        assert_eq!(dl.rejections_total, Some(1000));
+        // A small one is copied whole, with no new fields.
+        let dl = DeadLetter::single("kafka", &origin, b"oops", "malformed_json", "d", 0);
+        let v: serde_json::Value = serde_json::from_slice(&dl.to_json()).unwrap();
+        assert_eq!(v["payload"], "oops");
+        assert!(v.get("payload_truncated_from").is_none() && v.get("rejections_total").is_none());
     }
 }

@@ -52,7 +52,7 @@ impl KafkaPublisher {
     /// Publishes one command, retrying with exponential backoff (capped at
     /// 5 s between attempts) until the broker acknowledges it.
     pub async fn publish(&self, c: &ScaleCommand) {
-        produce_until_acked(
+        let sent = produce_until_acked(
             &self.producer,
             &self.topic,
             Some(c.target.as_bytes()),
@@ -66,6 +66,14 @@ impl KafkaPublisher {
             },
         )
         .await;
+        if let Err(e) = sent {
+            // Not retried: the same record would fail the same way.
+            self.metrics.command_publish_failed(
+                "commands.kafka.topic",
+                c,
+                &format_args!("topic {}: {e}; dropped, not retried", self.topic),
+            );
+        }
     }
 
     /// Publishes every command from `rx` in order until it closes, telling

@@ -357,6 +357,9 @@ impl AmqpSource {
         put("x-original-routing-key", d.routing_key.as_str());
         let reasons = serde_json::to_string(&dl.rejections).unwrap_or_default();
         put("x-tidewatch-rejections", &reasons);
+        if let Some(total) = dl.rejections_total {
+            put("x-tidewatch-rejections-total", &total.to_string());
+        }
         let props = d
             .properties
             .clone()

@@ -384,9 +384,13 @@ pub async fn produce_dead_letter(
     metrics: &Metrics,
 ) {
     let key = dl.key.as_ref().map(String::as_bytes);
-    produce_until_acked(producer, topic, key, &dl.to_json(), |e, wait| {
+    let sent = produce_until_acked(producer, topic, key, &dl.to_json(), |e, wait| {
         tracing::warn!(setting = "source.kafka.deadletter_topic", topic, error = %e, "dead letter not accepted; retrying in {wait:?}");
     })
     .await;
-    metrics.dead_lettered(&dl.source, &dl.reason);
+    match sent {
+        Ok(()) => metrics.dead_lettered(&dl.source, &dl.reason),
+        // The partition goes on: the original stays at its offset.
+        Err(e) => metrics.dead_letter_lost(&dl.source, topic, &e),
+    }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     commands_published: IntCounterVec,
     event_to_command_seconds: HistogramVec,
     dead_letters: IntCounterVec,
+    dead_letters_lost: IntCounterVec,
     command_publish_failures: IntCounterVec,
     results_received: IntCounterVec,
     probe_errors: IntCounterVec,
@@ -243,6 +244,12 @@ impl Metrics {
                 "tidewatch_dead_letters_total",
                 "Messages sent to the dead-letter destination, by source and first reason.",
                 &["source", "reason"],
+            ),
+            dead_letters_lost: counter(
+                &r,
+                "tidewatch_dead_letters_lost_total",
+                "Dead letters the broker refused for good (too large, invalid), dropped so the source goes on.",
+                &["source"],
             ),
             command_publish_failures: counter(
                 &r,
@@ -606,6 +613,13 @@ impl Metrics {
         self.process_backoff
             .with_label_values(&[target])
             .set(wait.as_secs_f64());
+    }
+
+    /// A dead letter the broker refused for good (too large, invalid):
+    /// dropped, so that the source goes on.
+    pub fn dead_letter_lost(&self, source: &str, topic: &str, e: &dyn std::fmt::Display) {
+        self.dead_letters_lost.with_label_values(&[source]).inc();
+        tracing::error!(source, topic, error = %e, "dead letter refused by the broker; dropped (the original stays at its offset)");
     }
 
     /// The process has an engine that ticks every `tick`: from now on it

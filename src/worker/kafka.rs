@@ -95,7 +95,8 @@ impl Outbox for KafkaOutbox {
             produce_until_acked(&self.producer, &self.results_topic, Some(r.target.as_bytes()), &bytes, |e, wait| {
                 tracing::warn!(setting = "commands.kafka.results_topic", topic = %self.results_topic, error = %e, "result not acknowledged; retrying in {wait:?}");
             })
-            .await;
+            .await
+            .unwrap_or_else(|e| tracing::error!(setting = "commands.kafka.results_topic", topic = %self.results_topic, error = %e, "result refused by the broker; dropped"));
         }
         .boxed()
     }
@@ -106,7 +107,8 @@ impl Outbox for KafkaOutbox {
             produce_until_acked(&self.producer, &self.deadletter_topic, key, &dl.to_json(), |e, wait| {
                 tracing::warn!(setting = "commands.kafka.deadletter_topic", topic = %self.deadletter_topic, error = %e, "dead letter not accepted; retrying in {wait:?}");
             })
-            .await;
+            .await
+            .unwrap_or_else(|e| tracing::error!(setting = "commands.kafka.deadletter_topic", topic = %self.deadletter_topic, error = %e, "dead letter refused by the broker; dropped"));
         }
         .boxed()
     }
