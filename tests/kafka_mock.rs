@@ -436,3 +436,57 @@ async fn an_oversized_poison_message_does_not_stall_the_partition() {
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Issue 16, finding 4: a broker that lost the idempotent producer's state
+/// (tansu restarted with empty storage answered `UnknownProducerId`, then
+/// every record of that producer timed out) and no command was published
+/// again. Here the mock broker answers the next produce requests with
+/// `UnknownProducerId` and `OutOfOrderSequenceNumber`, which put an
+/// idempotent producer in a state it cannot leave; the publisher replaces
+/// it, and the commands flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_cannot_recover_is_replaced() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let s = stack(&mock);
+    // Commands on the tick only, so that the test's own signal is sent
+    // before the errors are armed and the scaler's command meets them.
+    let mut cfg = s.cfg.clone();
+    cfg.engine.evaluate_on_event = false;
+    cfg.engine.tick = Duration::from_secs(2);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let p = producer(&s.brokers);
+    let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
+    let signals = format!("signals-{}", s.suffix);
+    send(&p, &signals, "web", &depth(730)).await;
+    assert_eq!(
+        next_command(&commands, Duration::from_secs(60))
+            .await
+            .desired_replicas,
+        8
+    );
+    send(&p, &signals, "web", &depth(1800)).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ],
+    );
+    let c = next_command(&commands, Duration::from_secs(120)).await;
+    assert_eq!(c.desired_replicas, 18, "the commands flow again");
+    assert!(
+        counter(
+            &metrics,
+            "tidewatch_command_publish_failures_total",
+            &[("target", "web")]
+        ) >= 1.0,
+        "the injected errors were met"
+    );
+    stop.send(()).unwrap();
+    let report = task.await.unwrap();
+    assert!(report.drained);
+}

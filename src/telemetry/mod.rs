@@ -72,6 +72,8 @@ struct Health {
     engine: std::sync::Mutex<Option<(std::time::Instant, std::time::Duration)>>,
     /// Inputs (sources, probes, results readers) that ended on their own.
     lost: std::sync::Mutex<Vec<String>>,
+    /// Publishers with a command unacknowledged for too long.
+    stalled: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -643,6 +645,35 @@ impl Metrics {
         }
     }
 
+    /// Whether `component` (a command publisher) has had a command
+    /// unacknowledged for too long; while it has, the process is not
+    /// ready.
+    pub fn publisher_stalled(&self, component: &str, stalled: bool) {
+        let mut set = self
+            .health
+            .stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if stalled && set.insert(component.to_owned()) {
+            tracing::error!(
+                component,
+                "commands are not acknowledged: not ready until they are"
+            );
+        } else if !stalled && set.remove(component) {
+            tracing::info!(component, "commands are acknowledged again");
+        }
+    }
+
+    /// Why the process is not ready although its source consumes.
+    pub fn not_ready(&self) -> Option<String> {
+        let set = self
+            .health
+            .stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.first().map(|c| format!("the {c} publisher is stalled"))
+    }
+
     /// An input task ended while the process was not stopping.
     pub fn input_lost(&self, input: &str) {
         tracing::error!(
@@ -861,6 +892,7 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let health = metrics.clone();
+    let readiness = metrics.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -898,11 +930,15 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
             "/readyz",
             get(move || {
                 let r = ready.load(Ordering::Relaxed);
+                let why = readiness.not_ready();
                 async move {
-                    if r {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    match (r, why) {
+                        (true, None) => (StatusCode::OK, "ready\n".to_string()),
+                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+                        (true, Some(why)) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),
@@ -1056,6 +1092,17 @@ mod tests {
             503
         );
         ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            app.clone().oneshot(get("/readyz")).await.unwrap().status(),
+            200
+        );
+        // A publisher that cannot get its commands acknowledged: not ready.
+        m.publisher_stalled("commands", true);
+        let res = app.clone().oneshot(get("/readyz")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"not ready: the commands publisher is stalled\n");
+        m.publisher_stalled("commands", false);
         assert_eq!(
             app.clone().oneshot(get("/readyz")).await.unwrap().status(),
             200
