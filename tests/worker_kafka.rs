@@ -216,3 +216,97 @@ async fn the_bundled_worker_config_runs() {
     assert!(st.success(), "{st:?}");
     assert_eq!(children(pid, &["sleep", "infinity"]), 0);
 }
+
+/// Issue 16, finding 6: after `kill -9` of a worker, an exec command in
+/// flight went on and finished after the next worker had applied a newer
+/// one, leaving the platform at the older count. The exec child dies with
+/// the worker now (`PR_SET_PDEATHSIG`): what it had left to do never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_command_dies_with_its_worker() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("d{n}-{suffix}");
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&t("commands"), 1),
+            (&t("results"), 1),
+            (&t("deadletter"), 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pidfile, applied) = (dir.path().join("pid"), dir.path().join("applied"));
+    let script = format!(
+        "echo $$ > {}; sleep 5; echo \"$1\" > {}",
+        pidfile.display(),
+        applied.display()
+    );
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}", deadletter_topic = "{}", group_id = "{}" }}
+
+[worker]
+state_file = "{}"
+timeout = "30s"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[targets]]
+name = "web"
+provider = "exec"
+exec = {{ command = ["/bin/sh", "-c", {script:?}, "sh", "{{replicas}}"] }}
+"#,
+            t("commands"),
+            t("results"),
+            t("deadletter"),
+            t("workers"),
+            dir.path().join("state.json").display(),
+        ),
+    )
+    .unwrap();
+    let mut worker = common::worker::spawn_worker(&config);
+    let c = common::worker::command("web", "exec", 1, 4, 600_000);
+    common::kafka::producer(&brokers)
+        .send(
+            FutureRecord::to(&t("commands"))
+                .key("web")
+                .payload(&c.to_json()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    common::worker::eventually("the exec command to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    worker.0.kill().unwrap();
+    worker.0.wait().unwrap();
+    common::worker::eventually(
+        "the exec child to die with the worker",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |s| {
+                s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !applied.exists(),
+        "the killed worker's command finished after it"
+    );
+}

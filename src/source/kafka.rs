@@ -298,7 +298,7 @@ impl KafkaSource {
                     self.ctx.metrics.source_error(
                         "kafka",
                         &e,
-                        failures == 1 || failures % 100 == 0,
+                        failures == 1 || failures.is_multiple_of(100),
                     );
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,

@@ -289,9 +289,16 @@ exec = { command = ["kubectl", "scale", "deployment/web", "--replicas", "{replic
         let e = load(&bad).unwrap_err().join("\n");
         assert!(e.contains("targets[0].http"), "{e}");
         assert!(e.contains("targets[0].kubernetes"), "{e}");
-        let bad = GOOD.replace("kind = \"Deployment\"", "kind = \"ReplicaSet\"");
+        // Any kind with a scale subresource, but outside apps/v1 only
+        // with its api_version.
+        let ok = GOOD.replace("kind = \"Deployment\"", "kind = \"ReplicaSet\"");
+        assert!(load(&ok).is_ok());
+        let bad = GOOD.replace("kind = \"Deployment\"", "kind = \"Rollout\"");
         let e = load(&bad).unwrap_err().join("\n");
-        assert!(e.contains("targets[0].kubernetes.kind"), "{e}");
+        assert!(
+            e.contains("targets[0].kubernetes.kind") && e.contains("api_version"),
+            "{e}"
+        );
         let bad = GOOD.replace("kind = \"kafka\"", "kind = \"none\"");
         assert!(load(&bad).unwrap_err().join("\n").contains("commands.kind"));
         let e = load(&format!("{GOOD}\n[engine]\ntick = \"1s\"\n"))

@@ -183,7 +183,7 @@ async fn consume(
             Ok(m) => m,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 100 == 0 {
+                if failures == 1 || failures.is_multiple_of(100) {
                     tracing::warn!(setting = "commands.kafka", error = %e, failures, "kafka consume error; retrying");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
