@@ -386,64 +386,227 @@ async fn token_files_are_read() {
     );
 }
 
-/// Client certificates with a PKCS#1 RSA key and an EC key: the old
-/// client took PKCS#8 only and refused these when it was built.
-#[tokio::test]
-async fn client_keys_of_any_type_are_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&["genrsa", "-traditional", "-out", "rsa.key", "2048"]);
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ec.key",
-    ]);
-    for (key, header) in [
-        ("rsa.key", "BEGIN RSA PRIVATE KEY"),
-        ("ec.key", "BEGIN EC PRIVATE KEY"),
-    ] {
-        let pem = std::fs::read_to_string(dir.path().join(key)).unwrap();
-        assert!(pem.contains(header), "{key}: {pem}");
-        let cert = format!("{key}.crt");
-        openssl(&[
+/// Runs `openssl` in `dir`; fails the test with its message.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate for `key` signed by the test CA, with `san` as its name.
+fn signed(dir: &Path, key: &str, cn: &str, san: Option<&str>) -> String {
+    let (csr, crt) = (format!("{key}.csr"), format!("{key}.crt"));
+    openssl(
+        dir,
+        &[
             "req",
             "-new",
-            "-x509",
             "-key",
             key,
             "-out",
-            &cert,
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "1",
+    ];
+    let ext = format!("{key}.ext");
+    if let Some(san) = san {
+        std::fs::write(dir.join(&ext), format!("subjectAltName=DNS:{san}\n")).unwrap();
+        args.extend(["-extfile", &ext]);
+    }
+    openssl(dir, &args);
+    crt
+}
+
+/// A stand-in API server over mutual TLS, as a real one is: its
+/// certificate names `kubernetes.internal` (not 127.0.0.1, so only
+/// `tls-server-name` makes it verify), and it requires a client
+/// certificate from the test CA. It answers one Scale per connection and
+/// records the client certificate's common name. Blocking, on a thread.
+fn mtls_api_server(dir: &Path) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+    use std::io::{Read, Write};
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    b.set_private_key_file(dir.join("server.key"), SslFiletype::PEM)
+        .unwrap();
+    b.set_certificate_chain_file(dir.join("server.key.crt"))
+        .unwrap();
+    b.set_ca_file(dir.join("ca.crt")).unwrap();
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    let acceptor = b.build();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let clients: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = clients.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let Ok(mut tls) = acceptor.accept(stream) else {
+                continue;
+            };
+            let cn = tls
+                .ssl()
+                .peer_certificate()
+                .and_then(|c| {
+                    c.subject_name()
+                        .entries()
+                        .next()
+                        .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+                })
+                .unwrap_or_default();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let Ok(n) = tls.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + len {
+                        break Some(text[end + 4..end + 4 + len].to_owned());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen.lock().unwrap().push(cn);
+            let n = serde_json::from_str::<serde_json::Value>(&body).unwrap()["spec"]["replicas"]
+                .as_u64()
+                .unwrap();
+            let answer = serde_json::json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": "checkout", "namespace": "shop"},
+                "spec": {"replicas": n}, "status": {"replicas": 1}})
+            .to_string();
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = tls.shutdown();
+        }
+    });
+    (port, clients)
+}
+
+/// Client certificates with a PKCS#1 RSA key and with an EC key (the old
+/// client took PKCS#8 only and refused both), against a mutual-TLS
+/// stand-in whose certificate only `tls-server-name` makes valid.
+#[tokio::test]
+async fn client_keys_of_any_type_and_tls_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
             "-days",
             "1",
             "-subj",
-            "/CN=worker",
-        ]);
+            "/CN=test-ca",
+        ],
+    );
+    openssl(d, &["genrsa", "-out", "server.key", "2048"]);
+    signed(
+        d,
+        "server.key",
+        "kubernetes.internal",
+        Some("kubernetes.internal"),
+    );
+    openssl(d, &["genrsa", "-traditional", "-out", "rsa.key", "2048"]);
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.key",
+        ],
+    );
+    let (port, clients) = mtls_api_server(d);
+    let c = crate::provider::tests::command("checkout", 9);
+    for (key, header, cn) in [
+        ("rsa.key", "BEGIN RSA PRIVATE KEY", "worker-rsa"),
+        ("ec.key", "BEGIN EC PRIVATE KEY", "worker-ec"),
+    ] {
+        let pem = std::fs::read_to_string(d.join(key)).unwrap();
+        assert!(pem.contains(header), "{key}: {pem}");
+        let crt = signed(d, key, cn, None);
+        let cluster = format!(
+            "https://127.0.0.1:{port}\n    certificate-authority: {}\n    tls-server-name: kubernetes.internal",
+            d.join("ca.crt").display()
+        );
         let user = format!(
             "    client-certificate: {}\n    client-key: {}",
-            dir.path().join(&cert).display(),
-            dir.path().join(key).display()
+            d.join(&crt).display(),
+            d.join(key).display()
         );
-        let kc = kubeconfig(dir.path(), "https://127.0.0.1:1", None, &user);
+        let kc = kubeconfig(d, &cluster, None, &user);
         let p =
             KubernetesProvider::connect(&target(&kc, "shop", "Deployment", "checkout"), TIMEOUT)
-                .await;
-        assert!(p.is_ok(), "{key}: {}", p.err().unwrap());
+                .await
+                .unwrap();
+        assert_eq!(p.scale(&c).await.unwrap(), Some(9), "{key}");
+        assert_eq!(clients.lock().unwrap().last().map(String::as_str), Some(cn));
     }
+    // Without tls-server-name the server's name does not match 127.0.0.1.
+    let crt = signed(d, "ec.key", "worker-ec", None);
+    let cluster = format!(
+        "https://127.0.0.1:{port}\n    certificate-authority: {}",
+        d.join("ca.crt").display()
+    );
+    let user = format!(
+        "    client-certificate: {}\n    client-key: {}",
+        d.join(&crt).display(),
+        d.join("ec.key").display()
+    );
+    let kc = kubeconfig(d, &cluster, None, &user);
+    let p = KubernetesProvider::connect(&target(&kc, "shop", "Deployment", "checkout"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(p.scale(&c).await.unwrap_err().retryable);
 }
 
 #[tokio::test]
