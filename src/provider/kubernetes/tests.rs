@@ -472,7 +472,7 @@ fn mtls_api_server(dir: &Path) -> (u16, Arc<Mutex<Vec<String>>>) {
                     c.subject_name()
                         .entries()
                         .next()
-                        .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+                        .and_then(|e| e.data().to_string().ok())
                 })
                 .unwrap_or_default();
             let mut request = Vec::new();
