@@ -117,6 +117,21 @@ pub async fn produce_until_acked(
     }
 }
 
+/// Drops a consumer on a thread of its own. librdkafka's close can wait for
+/// ever: rdkafka's drop serves a rebalance that arrives during the close,
+/// and its `rd_kafka_assign` waits on the group thread (seen with the
+/// results reader after a broker outage). That must not hold one of the
+/// runtime's threads, nor the runtime's shutdown: the process exits
+/// anyway, and a thread blocked there goes with it.
+pub fn close_in_background<C: Send + 'static>(consumer: C) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to close a Kafka consumer");
+    }
+}
+
 /// An error that no retry of the same record can cure: the record is too
 /// large or malformed for the broker, or the topic name is invalid.
 pub fn permanent(e: &KafkaError) -> bool {

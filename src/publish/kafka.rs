@@ -252,6 +252,11 @@ impl KafkaResults {
     }
 
     pub async fn run(self, engine: EngineHandle, mut stop: watch::Receiver<bool>) {
+        self.read(engine, &mut stop).await;
+        crate::broker::kafka::close_in_background(self.consumer);
+    }
+
+    async fn read(&self, engine: EngineHandle, stop: &mut watch::Receiver<bool>) {
         loop {
             let m = tokio::select! {
                 biased;

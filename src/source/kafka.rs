@@ -321,6 +321,7 @@ impl KafkaSource {
             tracing::debug!(error = %e, "final commit");
         }
         tracing::info!("kafka source stopped; offsets committed");
+        crate::broker::kafka::close_in_background(self.consumer);
     }
 
     /// Applies a batch, dead-letters what was refused, then stores offsets.
