@@ -124,6 +124,11 @@ impl AmqpPublisher {
         let mut session = first;
         let mut closed = false;
         let mut backoff = Backoff::default();
+        let stall = crate::publish::StallWatch::start(
+            "commands",
+            self.metrics.clone(),
+            crate::publish::kafka::STALLED_AFTER,
+        );
         loop {
             if pending.0.is_empty() {
                 if closed {
@@ -140,6 +145,7 @@ impl AmqpPublisher {
             while let Ok(c) = rx.try_recv() {
                 pending.put(c);
             }
+            stall.waiting();
             let s = match &session {
                 Some(s) => s,
                 None => {
@@ -175,11 +181,13 @@ impl AmqpPublisher {
             .await;
             let mut retry = false;
             let mut lost = None;
+            let mut acknowledged = false;
             for (c, outcome) in batch.iter().zip(outcomes) {
                 match outcome {
                     Ok(true) => {
                         pending.done(c);
                         confirmed(c, &self.metrics, &engine);
+                        acknowledged = true;
                     }
                     Ok(false) => {
                         retry = true;
@@ -200,6 +208,9 @@ impl AmqpPublisher {
                         lost = Some(e);
                     }
                 }
+            }
+            if acknowledged {
+                stall.acknowledged(!pending.0.is_empty());
             }
             if let Some(e) = lost {
                 self.metrics.broker_reconnecting(
