@@ -235,6 +235,8 @@ async fn consume(
         }
     })
     .await;
+    // Closing may wait for ever on a rebalance (see close_in_background).
+    crate::broker::kafka::close_in_background(consumer);
     drained
 }
 
