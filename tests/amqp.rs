@@ -47,6 +47,36 @@ fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     common::metric(m, name, labels)
 }
 
+/// A scaler with one target, "web", on this test's names, and the test's
+/// own connection, once the scaler's queue exists.
+struct Scaler {
+    _dir: tempfile::TempDir,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
+    conn: lapin::Connection,
+}
+
+async fn scaler(url: &str, n: &Names) -> Scaler {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{}{ENGINE}{}", n.toml(url), targets(&["web"])),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    Scaler {
+        _dir: dir,
+        metrics,
+        stop,
+        task,
+        conn,
+    }
+}
+
 fn python() -> String {
     std::env::var("TIDEWATCH_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
 }
@@ -99,16 +129,13 @@ print(len(messages))
 async fn pika_signals_become_commands_and_poison_is_dead_lettered() {
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = mq::load(
-        dir.path(),
-        &format!("{}{ENGINE}{}", n.toml(&url), targets(&["web"])),
-        POLICY,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let conn = mq::connect(&url).await;
-    mq::wait_for_queue(&conn, &n.queue).await;
+    let Scaler {
+        _dir,
+        metrics,
+        stop,
+        task,
+        conn,
+    } = scaler(&url, &n).await;
 
     let good = mq::depth_signal("web", 750);
     let negative = mq::depth_signal("web", -5);
@@ -678,16 +705,13 @@ async fn unroutable_and_nacked_commands_are_retried_until_confirmed() {
 async fn a_poison_batch_is_dead_lettered_once_and_applied_once() {
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = mq::load(
-        dir.path(),
-        &format!("{}{ENGINE}{}", n.toml(&url), targets(&["web"])),
-        POLICY,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let conn = mq::connect(&url).await;
-    mq::wait_for_queue(&conn, &n.queue).await;
+    let Scaler {
+        _dir,
+        metrics,
+        stop,
+        task,
+        conn,
+    } = scaler(&url, &n).await;
     let bad_ts = format!("not a time {}", "x".repeat(200));
     let mut batch: Vec<serde_json::Value> = (0..990)
         .map(|i| {

@@ -193,6 +193,21 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The endpoint on a free port with `limits`.
+    async fn serve(limits: Limits) -> SocketAddr {
+        let metrics = Arc::new(super::super::Metrics::new());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                GuardedListener::new(listener, limits),
+                super::super::router(metrics, Arc::new(AtomicBool::new(true))),
+            )
+            .await
+        });
+        addr
+    }
+
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(
@@ -211,21 +226,12 @@ mod tests {
     /// probe is answered.
     #[tokio::test]
     async fn idle_floods_are_capped_and_probes_answered() {
-        let metrics = Arc::new(super::super::Metrics::new());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
+        let addr = serve(Limits {
             max: 128,
             idle: Duration::from_secs(60),
             life: Duration::from_secs(600),
-        };
-        tokio::spawn(async move {
-            axum::serve(
-                GuardedListener::new(listener, limits),
-                super::super::router(metrics, Arc::new(AtomicBool::new(true))),
-            )
-            .await
-        });
+        })
+        .await;
         let mut idle = Vec::new();
         for _ in 0..300 {
             idle.push(TcpStream::connect(addr).await.unwrap());
@@ -250,21 +256,12 @@ mod tests {
 
     #[tokio::test]
     async fn idle_and_trickling_connections_are_closed() {
-        let metrics = Arc::new(super::super::Metrics::new());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
+        let addr = serve(Limits {
             max: 16,
             idle: Duration::from_millis(300),
             life: Duration::from_millis(1500),
-        };
-        tokio::spawn(async move {
-            axum::serve(
-                GuardedListener::new(listener, limits),
-                super::super::router(metrics, Arc::new(AtomicBool::new(true))),
-            )
-            .await
-        });
+        })
+        .await;
         let mut quiet = TcpStream::connect(addr).await.unwrap();
         let mut b = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut b)).await;
