@@ -491,8 +491,9 @@ fn default_windows() -> Vec<Duration> {
     [10, 60, 300].map(Duration::from_secs).to_vec()
 }
 
+/// The guard's own default: one value for the guard and the key.
 fn default_stabilization() -> Duration {
-    Duration::from_secs(300)
+    GuardConfig::default().stabilization_down
 }
 
 fn default_history_span() -> Duration {

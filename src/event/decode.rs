@@ -282,22 +282,7 @@ fn decode_depth(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection>
             format!("field `queue` is {} bytes long, limit 255", queue.len()),
         ));
     }
-    let depth = obj.num_req("depth")?;
-    if depth < 0.0 {
-        return Err(Rejection::new(
-            Reason::Negative,
-            format!("field `depth` is {depth}, must not be negative"),
-        ));
-    }
-    if depth > limits.max_depth {
-        return Err(Rejection::new(
-            Reason::Absurd,
-            format!(
-                "field `depth` is {depth}, above the limit {}",
-                limits.max_depth
-            ),
-        ));
-    }
+    let depth = in_range("depth", obj.num_req("depth")?, limits.max_depth)?;
     let consumers = obj.count_opt("consumers", 1e6)?;
     let ts_ms = event_time(obj, at, limits)?;
     Ok(Signal::QueueDepth(QueueDepth {
@@ -310,20 +295,21 @@ fn decode_depth(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection>
 }
 
 fn check_latency(key: &str, v: f64, limits: &Limits) -> Result<f64, Rejection> {
-    let v = finite(key, v)?;
+    in_range(key, finite(key, v)?, limits.max_latency_ms)
+}
+
+/// `v` of field `key` when it is in `0..=max`; else `negative` or `absurd`.
+fn in_range(key: &str, v: f64, max: f64) -> Result<f64, Rejection> {
     if v < 0.0 {
         return Err(Rejection::new(
             Reason::Negative,
             format!("field `{key}` is {v}, must not be negative"),
         ));
     }
-    if v > limits.max_latency_ms {
+    if v > max {
         return Err(Rejection::new(
             Reason::Absurd,
-            format!(
-                "field `{key}` is {v}, above the limit {}",
-                limits.max_latency_ms
-            ),
+            format!("field `{key}` is {v}, above the limit {max}"),
         ));
     }
     Ok(v)

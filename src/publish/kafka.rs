@@ -2,7 +2,7 @@
 //! command keyed by target and retries with backoff until the broker
 //! acknowledges it; a consumer reads workers' results for the closed loop.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,12 +110,14 @@ impl KafkaPublisher {
     pub async fn run(mut self, mut rx: mpsc::Receiver<ScaleCommand>, engine: WeakEngineHandle) {
         // Per target: the commands to publish, in order, and when the first may be tried.
         let mut waiting: BTreeMap<String, (VecDeque<ScaleCommand>, Instant)> = BTreeMap::new();
-        let mut since: HashMap<String, Instant> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut inflight: FuturesUnordered<Attempt> = FuturesUnordered::new();
         let mut backoff = crate::retry::Backoff::default();
         let mut failures = 0u32;
         let mut open = true;
+        let stall =
+            crate::publish::StallWatch::start("commands", self.metrics.clone(), STALLED_AFTER);
+        // Wakes the loop to start retries whose wait is over.
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let now = Instant::now();
@@ -134,17 +136,13 @@ impl KafkaPublisher {
                 busy.insert(t);
                 inflight.push(self.attempt(c));
             }
-            let stalled = since
-                .values()
-                .any(|s| now.duration_since(*s) > STALLED_AFTER);
-            self.metrics.publisher_stalled("commands", stalled);
             if !open && waiting.is_empty() && inflight.is_empty() {
                 break;
             }
             tokio::select! {
                 c = rx.recv(), if open => match c {
                     Some(c) => {
-                        since.entry(c.target.clone()).or_insert(now);
+                        stall.waiting();
                         waiting
                             .entry(c.target.clone())
                             .or_insert_with(|| (VecDeque::new(), now))
@@ -159,11 +157,7 @@ impl KafkaPublisher {
                         Ok(()) => {
                             failures = 0;
                             backoff.reset();
-                            if waiting.contains_key(&c.target) {
-                                since.insert(c.target.clone(), Instant::now());
-                            } else {
-                                since.remove(&c.target);
-                            }
+                            stall.acknowledged(!waiting.is_empty() || !inflight.is_empty());
                             confirmed(&c, &self.metrics, &engine);
                         }
                         Err(e) if crate::broker::kafka::permanent(&e) => {
@@ -173,9 +167,7 @@ impl KafkaPublisher {
                                 &c,
                                 &format_args!("topic {}: {e}; dropped, not retried", self.topic),
                             );
-                            if !waiting.contains_key(&c.target) {
-                                since.remove(&c.target);
-                            }
+                            stall.acknowledged(!waiting.is_empty() || !inflight.is_empty());
                         }
                         Err(e) => {
                             failures += 1;
@@ -205,7 +197,7 @@ impl KafkaPublisher {
                 _ = check.tick() => {}
             }
         }
-        self.metrics.publisher_stalled("commands", false);
+        drop(stall);
         let producer = self.producer;
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;

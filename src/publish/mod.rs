@@ -34,9 +34,10 @@ pub async fn deliver_result(bytes: &[u8], metrics: &Metrics, engine: &EngineHand
     }
 }
 
-/// How long a publisher has had commands without an acknowledgement: past
-/// `after`, the process is not ready (`/readyz` says which publisher)
-/// until one is acknowledged. Checked every second on a task of its own,
+/// How long a publisher has had commands waiting with no acknowledgement
+/// at all: past `after`, the process is not ready (`/readyz` says which
+/// publisher) until one is acknowledged. The Kafka and the RabbitMQ
+/// publisher share it. Checked every second on a task of its own,
 /// so it also sees a publisher that is waiting for its broker.
 pub struct StallWatch {
     component: &'static str,
