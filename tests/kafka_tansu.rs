@@ -29,6 +29,7 @@ struct Stack {
     signals: String,
     commands: String,
     results: String,
+    deadletter: String,
 }
 
 async fn stack(
@@ -85,6 +86,7 @@ max_replicas = 50
         signals,
         commands,
         results,
+        deadletter,
     }
 }
 
@@ -323,4 +325,61 @@ async fn forecast_events_reach_the_policy_over_tansu() {
     assert_eq!(rejected, 1.0, "the forecast about the past is rejected");
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
+}
+
+/// Issue 16, finding 3, on the broker where it was found: a malformed
+/// message of about 1 MB made a dead letter of about 2 MB that tansu
+/// refused (`MessageSizeTooLarge`), retried for ever, and the partition
+/// stalled. The dead letter now copies the first 64 KiB and says where the
+/// original is, and the signal after the poison is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_poison_message_does_not_stall_tansu() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let st = stack(
+        &brokers,
+        1,
+        DEPTH_POLICY,
+        "",
+        "",
+        "stabilization_down = \"0s\"",
+    )
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let poison = format!("[{}", "\"".repeat(1_000_000));
+    let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
+    for payload in [poison.as_bytes(), &signal[..]] {
+        producer
+            .send(
+                FutureRecord::to(&st.signals).key("orders").payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let commands = common::kafka::reader(&brokers, &st.commands);
+    let m = tokio::time::timeout(Duration::from_secs(90), commands.recv())
+        .await
+        .expect("the signal after the poison was applied")
+        .unwrap();
+    let c: ScaleCommand = common::schema::parse("scale_command", m.payload().unwrap());
+    assert_eq!(c.desired_replicas, 10);
+    let dead = common::kafka::reader(&brokers, &st.deadletter);
+    let m = tokio::time::timeout(Duration::from_secs(30), dead.recv())
+        .await
+        .expect("a dead letter in time")
+        .unwrap();
+    let raw = m.payload().unwrap();
+    assert!(raw.len() < 200_000, "{} bytes", raw.len());
+    let dl: tidewatch::event::DeadLetter = common::schema::parse("deadletter", raw);
+    assert_eq!(dl.payload_truncated_from, Some(poison.len()));
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
 }
