@@ -122,7 +122,46 @@ pub struct Guard {
     recent: VecDeque<(Millis, u32)>,
 }
 
+/// What a state snapshot keeps of a [`Guard`]: the last changes per
+/// direction and the stabilization window's recommendations.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GuardState {
+    pub last_up_ms: Option<Millis>,
+    pub last_change_ms: Option<Millis>,
+    /// (time, recommendation), times rising, recommendations falling.
+    pub recent: Vec<(Millis, u32)>,
+}
+
+/// Recommendations a snapshot keeps at most (the window keeps only falling
+/// ones, so this is reached only by a long stabilization with many steps).
+pub const MAX_RECENT: usize = 4096;
+
 impl Guard {
+    pub fn export(&self) -> GuardState {
+        GuardState {
+            last_up_ms: self.last_up,
+            last_change_ms: self.last_change,
+            recent: self.recent.iter().rev().take(MAX_RECENT).rev().copied().collect(),
+        }
+    }
+
+    /// A guard in the state a snapshot kept. Recommendations out of order
+    /// (a damaged or foreign snapshot) are dropped, so the window's
+    /// invariant holds.
+    pub fn import(s: &GuardState) -> Guard {
+        let mut recent: VecDeque<(Millis, u32)> = VecDeque::new();
+        for &(t, r) in s.recent.iter().take(MAX_RECENT) {
+            if recent.back().is_none_or(|&(bt, br)| t >= bt && r < br) {
+                recent.push_back((t, r));
+            }
+        }
+        Guard {
+            last_up: s.last_up_ms,
+            last_change: s.last_change_ms,
+            recent,
+        }
+    }
+
     /// Decides from `current` replicas and the policy's recommendation at `now`.
     pub fn decide(
         &mut self,

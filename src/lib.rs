@@ -24,6 +24,9 @@ pub mod broker;
 pub mod command;
 pub mod telemetry;
 
+// Target state that outlives a process: snapshots and their stores.
+pub mod state;
+
 // The scaler: the engine, what feeds it, what takes its commands away.
 pub mod engine;
 pub mod publish;

@@ -14,12 +14,15 @@ use crate::broker::amqp::ConnectError;
 use crate::clock::Clock;
 use crate::command::ScaleCommand;
 use crate::config::{BrokerKind, Config, ProbeKind};
-use crate::engine::{drive, Engine, EngineHandle, TargetStatus};
+use crate::engine::{drive, Engine, EngineHandle, Restored, TargetStatus};
 use crate::lifecycle::StartError;
 use crate::publish::amqp::{AmqpPublisher, AmqpResults};
 use crate::publish::kafka::{KafkaPublisher, KafkaResults};
 use crate::source::amqp::AmqpSource;
-use crate::source::kafka::KafkaSource;
+use crate::source::kafka::{KafkaSource, StateHook};
+use crate::state::dir::DirStore;
+use crate::state::kafka::KafkaStore;
+use crate::state::{decode_all, StateHandle, StateStore, StoreKind};
 use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
 use crate::source::SourceContext;
 use crate::telemetry::Metrics;
@@ -66,6 +69,11 @@ pub async fn run(
     metrics.scaler_started();
     let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
         .map_err(|e| StartError::Usage(e.to_string()))?;
+    let state = open_state(&cfg, &metrics)?;
+    if let Some((handle, _)) = &state {
+        engine.keep_state(handle.clone(), cfg.state.interval);
+        restore_at_start(&mut engine, handle, &metrics).await;
+    }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
     let (in_tx, in_rx) = EngineHandle::channel(64);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -115,14 +123,35 @@ pub async fn run(
         // Several scalers in one group split the partitions, so the targets.
         let ownership = crate::engine::SharedOwnership::default();
         engine.track_ownership(ownership.clone());
+        // With a state store, an assignment goes live after a restore.
+        let hook = state.as_ref().map(|(handle, _)| {
+            ownership
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wait_for_state();
+            let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+            inputs.push(tokio::spawn(crate::source::kafka::restore_on_assignment(
+                woken,
+                engine.target_names(),
+                handle.clone(),
+                ctx.clone(),
+                ownership.clone(),
+            )));
+            StateHook {
+                engine: in_tx.clone(),
+                state: handle.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                restore: wake,
+            }
+        });
         let longest = cfg
             .targets
             .iter()
             .flat_map(|t| t.windows.iter())
             .max()
             .map_or(300_000, |d| d.as_millis() as i64);
-        let source =
-            KafkaSource::new(k, ctx.clone(), ownership, longest).map_err(StartError::fault)?;
+        let source = KafkaSource::new(k, ctx.clone(), ownership, longest, hook)
+            .map_err(StartError::fault)?;
         inputs.push(watched(
             "the kafka source",
             source.run(),
@@ -223,18 +252,98 @@ pub async fn run(
         let _ = publisher.await;
         engine
     };
-    let (engine, drained) = match tokio::time::timeout(cfg.engine.drain_timeout, drain).await {
+    let (mut engine, drained) = match tokio::time::timeout(cfg.engine.drain_timeout, drain).await {
         Ok(e) => (e, true),
         Err(_) => {
             tracing::warn!("drain deadline passed; exiting with work unfinished");
             (None, false)
         }
     };
+    // The last word on every target this scaler still keeps (with Kafka,
+    // revocation already wrote the partitions it gave away).
+    if let (Some(e), Some((handle, thread))) = (engine.as_mut(), state) {
+        let n = e.snapshot_all(clock.now_ms());
+        match tokio::time::timeout(cfg.engine.drain_timeout, handle.flush()).await {
+            Ok(Ok(Ok(()))) => tracing::info!(snapshots = n, "state written"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "state not written at shutdown"),
+            _ => tracing::warn!("state not written within engine.drain_timeout"),
+        }
+        drop(handle);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     http.stop().await;
     Ok(RunReport {
         targets: engine.map(|e| e.status()).unwrap_or_default(),
         drained,
     })
+}
+
+/// The state store `[state]` asks for, on its own thread. A store that
+/// cannot be opened stops the start (a scaler told to keep state that
+/// silently forgets it would mislead); a topic that is not compacted is a
+/// warning.
+fn open_state(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(StateHandle, std::thread::JoinHandle<()>)>, StartError> {
+    let store: Box<dyn StateStore> = match cfg.state.resolved(cfg.source.kind == BrokerKind::Kafka) {
+        StoreKind::Dir => {
+            let dir = cfg
+                .state
+                .dir
+                .as_ref()
+                .ok_or_else(|| StartError::Usage("state.dir: not set".into()))?;
+            Box::new(DirStore::open(dir).map_err(|e| StartError::Usage(e.to_string()))?)
+        }
+        StoreKind::Kafka => {
+            let k = cfg
+                .source
+                .kafka
+                .as_ref()
+                .ok_or_else(|| StartError::Usage("[source.kafka] is missing".into()))?;
+            Box::new(
+                KafkaStore::open(&k.client_settings(), &cfg.state.topic)
+                    .map_err(|e| StartError::Fault(e.to_string()))?,
+            )
+        }
+        StoreKind::None | StoreKind::Auto => {
+            tracing::info!("no state store: a restart starts every target cold (set state.dir, or use a Kafka source)");
+            return Ok(None);
+        }
+    };
+    Ok(Some(StateHandle::start(store, metrics.clone())))
+}
+
+/// Gives every target its snapshot before anything runs; counts each
+/// target's outcome.
+async fn restore_at_start(engine: &mut Engine, handle: &StateHandle, metrics: &Metrics) {
+    let started = std::time::Instant::now();
+    let names = engine.target_names();
+    let stored = handle.read(names.clone()).await;
+    let present: Option<std::collections::HashSet<String>> = stored
+        .as_ref()
+        .ok()
+        .map(|v| v.iter().map(|(n, _)| n.clone()).collect());
+    let snapshots = decode_all(&names, stored, metrics);
+    let mut restored = std::collections::HashSet::new();
+    for s in &snapshots {
+        if engine.restore(s) == Restored::Applied {
+            metrics.state_restored(&s.target, "restored", None);
+            restored.insert(s.target.clone());
+        }
+    }
+    if let Some(present) = present {
+        for n in names.iter().filter(|n| !present.contains(*n)) {
+            metrics.state_restored(n, "cold", None);
+        }
+    }
+    tracing::info!(
+        store = handle.kind(),
+        restored = restored.len(),
+        targets = names.len(),
+        took = ?started.elapsed(),
+        "state restored"
+    );
 }
 
 /// The first connection of a RabbitMQ component: fatal when retrying

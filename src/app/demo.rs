@@ -186,6 +186,7 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
         source: SourceConfig {
             kind: BrokerKind::Kafka,
             kafka: Some(KafkaSourceConfig {
+                instance_id: None,
                 brokers: brokers.into(),
                 topics: vec!["tidewatch.signals".into()],
                 group_id: "tidewatch-scaler".into(),

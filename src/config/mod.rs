@@ -15,6 +15,7 @@ pub use crate::settings::{parse_duration, ConfigError, Problem};
 pub use crate::source::probe::{NoOffsetRule, ProbeConfig, ProbeKind};
 pub use crate::source::{AmqpSourceConfig, KafkaSourceConfig, SourceConfig};
 use crate::telemetry::check_listen;
+use crate::state::StateConfig;
 pub use crate::telemetry::MetricsConfig;
 
 use crate::engine::config::resolve_policy_path;
@@ -29,6 +30,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub targets: Vec<TargetConfig>,
     pub probes: Vec<ProbeConfig>,
+    pub state: StateConfig,
 }
 
 impl Config {
@@ -43,10 +45,11 @@ impl Config {
         let metrics = typed(&raw, "metrics", &mut problems);
         let targets = array::<TargetConfig>(&raw, "targets", &mut problems);
         let probes = array::<ProbeConfig>(&raw, "probes", &mut problems);
+        let state = typed(&raw, "state", &mut problems);
         unknown_sections(
             &raw,
             &[
-                "source", "commands", "engine", "metrics", "targets", "probes",
+                "source", "commands", "engine", "metrics", "targets", "probes", "state",
             ],
             &mut problems,
         );
@@ -57,6 +60,7 @@ impl Config {
             metrics,
             targets,
             probes,
+            state,
         };
         let base = path.parent().unwrap_or(Path::new("."));
         for t in &mut cfg.targets {
@@ -102,6 +106,8 @@ impl Config {
         check_listen(&self.metrics.listen, "127.0.0.1:9898", &mut out);
         self.source.check(&mut out);
         self.commands.check(&mut out);
+        self.state
+            .check(self.source.kind == BrokerKind::Kafka, &mut out);
         for (i, p) in self.probes.iter().enumerate() {
             if !self.targets.iter().any(|t| t.name == p.target) {
                 out.push(problem(

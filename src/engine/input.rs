@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::ScaleResult;
+use crate::engine::Restored;
 use crate::event::{Origin, Rejection, Signal};
+use crate::state::TargetSnapshot;
 
 /// The outcome of one message.
 #[derive(Debug, Default)]
@@ -35,6 +37,15 @@ pub enum EngineInput {
     Result(ScaleResult),
     /// The broker acknowledged the command of this generation.
     Published { target: String, generation: i64 },
+    /// Snapshots read from the state store: each target takes its own
+    /// unless what the engine holds is newer; `done` learns the outcomes.
+    Restore {
+        snapshots: Vec<TargetSnapshot>,
+        done: oneshot::Sender<Vec<(String, Restored)>>,
+    },
+    /// Queue a snapshot of every target this engine keeps (before a
+    /// partition is revoked); `done` learns how many.
+    SnapshotNow { done: oneshot::Sender<usize> },
 }
 
 /// The engine's input channel as sources and publishers use it.
@@ -94,6 +105,23 @@ impl EngineHandle {
     /// A worker's result (the closed loop).
     pub async fn result(&self, r: ScaleResult) -> Result<(), EngineGone> {
         self.send(EngineInput::Result(r)).await
+    }
+
+    /// Gives the engine snapshots read from the store; the outcome of each.
+    pub async fn restore(
+        &self,
+        snapshots: Vec<TargetSnapshot>,
+    ) -> Result<Vec<(String, Restored)>, EngineGone> {
+        let (done, outcome) = oneshot::channel();
+        self.send(EngineInput::Restore { snapshots, done }).await?;
+        outcome.await.map_err(|_| EngineGone)
+    }
+
+    /// Has the engine queue a snapshot of every target it keeps.
+    pub async fn snapshot_now(&self) -> Result<usize, EngineGone> {
+        let (done, outcome) = oneshot::channel();
+        self.send(EngineInput::SnapshotNow { done }).await?;
+        outcome.await.map_err(|_| EngineGone)
     }
 
     /// Any input, waiting for room.

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod input;
 pub mod ownership;
+mod persist;
 mod target;
 
 use std::collections::HashMap;
@@ -23,12 +24,14 @@ use crate::guard::{Decision, Guard, Recommendation};
 use crate::policy::{
     run_examples, CallInput, PolicyError, PolicyErrorKind, PolicySource, SignalView,
 };
+use crate::state::{ControlState, StateHandle};
 use crate::telemetry::Metrics;
 use crate::window::{TargetWindows, WindowStats};
 
 pub use config::{EngineConfig, TargetConfig};
 pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, WeakEngineHandle};
 pub use ownership::{Ownership, SharedOwnership};
+pub use persist::Restored;
 pub use target::TargetData;
 
 use target::{load_policy, FileStamp, TargetRuntime, QUARANTINE_AFTER};
@@ -54,6 +57,10 @@ pub struct Engine {
     last_reload_check: Millis,
     /// None: every target is ours (one scaler, or no Kafka source).
     ownership: Option<SharedOwnership>,
+    /// Where snapshots go, how often each changed target is written, and
+    /// where the round of the periodic snapshots is.
+    state: Option<(StateHandle, Duration)>,
+    snapshot_cursor: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -104,6 +111,8 @@ impl Engine {
                 schedules: t.parsed_schedules(),
                 overruns: 0,
                 quarantined: false,
+                dirty: false,
+                control: ControlState::default(),
             });
         }
         Ok(Self {
@@ -114,6 +123,8 @@ impl Engine {
             metrics,
             last_reload_check: now_ms,
             ownership: None,
+            state: None,
+            snapshot_cursor: 0,
         })
     }
 
@@ -217,9 +228,12 @@ impl Engine {
             return;
         }
         if t.partition.is_some() {
+            // The replay refills the windows; the history is days long and
+            // stays (a snapshot of the previous owner may replace it).
             let mut data = t.data.lock().unwrap_or_else(|p| p.into_inner());
             data.windows =
-                TargetWindows::new(&t.cfg.windows, t.cfg.history_span, t.cfg.history_step);
+                data.windows
+                    .renewed(&t.cfg.windows, t.cfg.history_span, t.cfg.history_step);
         }
         t.partition = Some((key.clone(), epoch));
         t.pending_since = None;
@@ -266,6 +280,7 @@ impl Engine {
         if !matches!(s, Signal::Forecast(_)) && !replay {
             t.pending_since.get_or_insert(received_ms);
         }
+        t.dirty = true;
         Ok(())
     }
 
@@ -324,6 +339,7 @@ impl Engine {
             }
         }
         self.export_gauges(now_ms);
+        self.snapshot_some(now_ms);
         out
     }
 
@@ -504,6 +520,7 @@ impl Engine {
         }
         metrics.decided(name, &decision);
         let pending = t.pending_since.take();
+        t.dirty = true;
         let command = if decision.held.is_none() {
             let generation = now_ms.max(t.last_generation + 1);
             t.last_generation = generation;
@@ -546,6 +563,7 @@ impl Engine {
         match r.observed_replicas {
             Some(n) if r.generation >= t.last_generation => {
                 t.current = n;
+                t.dirty = true;
                 self.metrics.target_observed(&r.target, n);
                 true
             }
@@ -686,6 +704,19 @@ pub async fn drive(
                 }
                 Some(EngineInput::Published { target, generation }) => {
                     engine.published(&target, generation);
+                    Vec::new()
+                }
+                Some(EngineInput::Restore { snapshots, done }) => {
+                    let outcomes = snapshots
+                        .iter()
+                        .map(|s| (s.target.clone(), engine.restore(s)))
+                        .collect();
+                    let _ = done.send(outcomes);
+                    Vec::new()
+                }
+                Some(EngineInput::SnapshotNow { done }) => {
+                    let n = engine.snapshot_all(clock.now_ms());
+                    let _ = done.send(n);
                     Vec::new()
                 }
             },

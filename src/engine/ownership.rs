@@ -14,6 +14,10 @@ pub struct Ownership {
     /// The highest offset applied per partition.
     processed: HashMap<(String, i32), i64>,
     epoch: u64,
+    /// Targets take their state from a store after an assignment: no
+    /// partition is live before the restore that followed its assignment.
+    needs_state: bool,
+    restored_through: u64,
 }
 
 pub type SharedOwnership = Arc<Mutex<Ownership>>;
@@ -50,11 +54,30 @@ impl Ownership {
         *e = (*e).max(offset);
     }
 
-    /// Owned and caught up.
+    /// Owned, restored and caught up.
     pub(super) fn live(&self, key: &(String, i32)) -> Option<u64> {
         let (live_from, _, epoch) = self.assigned.get(key)?;
+        if self.needs_state && *epoch > self.restored_through {
+            return None;
+        }
         let done = self.processed.get(key).map_or(i64::MIN, |o| o + 1);
         (done >= *live_from).then_some(*epoch)
+    }
+
+    /// From now on a partition goes live only once the state restore that
+    /// followed its assignment is done ([`Ownership::restored`]).
+    pub fn wait_for_state(&mut self) {
+        self.needs_state = true;
+    }
+
+    /// The latest assignment.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The state of every assignment up to `epoch` is restored.
+    pub fn restored(&mut self, epoch: u64) {
+        self.restored_through = self.restored_through.max(epoch);
     }
 
     pub fn assigned_count(&self) -> usize {

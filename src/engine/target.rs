@@ -14,6 +14,7 @@ use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig};
 use crate::policy::{LuaPolicy, PolicyError, PolicySource, SignalView};
 use crate::schedule::Schedule;
+use crate::state::ControlState;
 use crate::window::{SpanTooLong, TargetWindows, WindowStats};
 
 /// What a policy of one target reads.
@@ -128,6 +129,10 @@ pub(super) struct TargetRuntime {
     pub(super) overruns: u32,
     /// Not called until the policy file changes.
     pub(super) quarantined: bool,
+    /// Changed since its last snapshot.
+    pub(super) dirty: bool,
+    /// Pause and pin at run time (kept in snapshots).
+    pub(super) control: ControlState,
 }
 
 /// Calls in a row past the deadline before a policy is quarantined: each

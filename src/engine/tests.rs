@@ -716,3 +716,113 @@ return { decide = function(ctx) return 9 end }"#,
         1.0
     );
 }
+
+/// Two engines over one configuration: a daily-seasonal history, a
+/// scale-down held by stabilization and a policy's `state`, carried from
+/// the first to the second by a snapshot (encoded and decoded, as a store
+/// keeps it).
+#[test]
+fn a_snapshot_carries_forecasts_guard_and_policy_state_to_a_new_engine() {
+    let policy = r#"return { decide = function(ctx)
+        ctx.state.calls = (ctx.state.calls or 0) + 1
+        local f = ctx.forecast("queue_depth", 600)
+        local d = ctx.window("queue_depth", "10s")
+        if not d then return nil end
+        local why = f and string.format("%s %.6f", f.source, f.value) or "none"
+        return { replicas = math.ceil(d.last / 100), reason = why .. " calls " .. ctx.state.calls }
+    end }"#;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", policy);
+    write(
+        dir.path(),
+        "c.toml",
+        r#"
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 50
+initial_replicas = 2
+stabilization_down = "300s"
+"#,
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let build = || {
+        let mut e = Engine::new(&cfg.engine, &cfg.targets, Arc::new(Metrics::new()), T0).unwrap();
+        e.set_refit_mode(RefitMode::Inline);
+        e
+    };
+    let mut a = build();
+    // three days of a daily cycle, a report a minute
+    let day = 86_400_000.0;
+    let load = |t: Millis| 300.0 + 200.0 * (2.0 * std::f64::consts::PI * (t - T0) as f64 / day).sin();
+    let mut now = T0;
+    while now < T0 + 3 * 86_400_000 {
+        a.ingest("t", &depth("web", load(now), now), now);
+        a.evaluate(0, now);
+        now += 60_000;
+    }
+    a.ingest("t", &depth("web", 1000.0, now), now);
+    let up = a.evaluate(0, now).expect("a scale-up to 10");
+    assert_eq!(up.desired_replicas, 10);
+    now += 30_000;
+    a.ingest("t", &depth("web", 500.0, now), now);
+    assert!(a.evaluate(0, now).is_none(), "held by stabilization");
+    let reason_a = a.status()[0].last_decision.clone().unwrap().reason;
+    assert!(reason_a.starts_with("holt_winters"), "{reason_a}");
+
+    let bytes = a.snapshot_of(0, now, "first").encode();
+    let snap = crate::state::TargetSnapshot::decode("web", &bytes).unwrap();
+
+    // the restarted engine: same forecast, same hold, the policy's count goes on
+    let mut b = build();
+    assert_eq!(b.restore(&snap), Restored::Applied);
+    let fa = a.forecast("web", Metric::QueueDepth, now, 600_000).unwrap();
+    let fb = b.forecast("web", Metric::QueueDepth, now, 600_000).unwrap();
+    assert_eq!(fa, fb);
+    let later = now + 10_000;
+    for e in [&mut a, &mut b] {
+        e.ingest("t", &depth("web", 500.0, later), later);
+    }
+    assert!(a.evaluate(0, later).is_none());
+    assert!(b.evaluate(0, later).is_none(), "still held after the restore");
+    let (da, db) = (
+        a.status()[0].last_decision.clone().unwrap(),
+        b.status()[0].last_decision.clone().unwrap(),
+    );
+    assert_eq!(db.held, Some(crate::guard::HoldReason::Stabilization));
+    assert_eq!(da.reason, db.reason, "same forecast, same policy state");
+    assert_eq!(b.status()[0].replicas, 10);
+    assert!(b.status()[0].generation >= up.generation);
+
+    // without the snapshot the same signal scales down at once (the bug)
+    let mut cold = build();
+    cold.ingest("t", &depth("web", 500.0, later), later);
+    assert_eq!(cold.evaluate(0, later).map(|c| c.desired_replicas), Some(5));
+}
+
+#[test]
+fn a_snapshot_of_an_unknown_target_changes_nothing() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    let mut snap = s.engine.snapshot_of(0, T0, "x");
+    snap.target = "gone".into();
+    assert_eq!(s.engine.restore(&snap), Restored::NotConfigured);
+}
+
+#[test]
+fn a_policy_state_with_a_function_is_reported_and_the_rest_kept() {
+    let policy = r#"return { decide = function(ctx)
+        ctx.state.n = 7
+        ctx.state.cb = function() end
+        return nil end }"#;
+    let mut s = setup(policy, "", "");
+    s.engine.evaluate(0, T0);
+    let snap = s.engine.snapshot_of(0, T0, "x");
+    assert_eq!(
+        counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "state")]),
+        1.0
+    );
+    let crate::policy::Plain::Table(pairs) = &snap.policy_state else {
+        panic!("a table")
+    };
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+}

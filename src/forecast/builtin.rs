@@ -199,10 +199,50 @@ impl Builtin {
         })
     }
 
+    /// The fitted state of `metric`'s forecaster, for a state snapshot;
+    /// `None` when no policy asked for it.
+    pub fn export(&self, metric: Metric) -> Option<ForecasterState> {
+        let slot = &self.slots[metric as usize];
+        slot.wanted.get().then(|| ForecasterState {
+            model: slot.model.clone().filter(HoltWinters::is_sound),
+            next_step: slot.next_step,
+            fitted_at_ms: slot.fitted_at,
+            fitted_len: slot.fitted_len,
+            last: slot.last,
+        })
+    }
+
+    /// Takes a snapshot's forecaster for `metric`: it answers at once and
+    /// catches up on the history points since it was taken; the next refit
+    /// falls due when it would have. An unsound model is dropped (refitted
+    /// at the next sync).
+    pub fn import(&mut self, metric: Metric, s: &ForecasterState) {
+        let slot = &mut self.slots[metric as usize];
+        slot.wanted.set(true);
+        slot.model = s.model.clone().filter(HoltWinters::is_sound);
+        slot.next_step = s.next_step;
+        slot.fitted_at = if slot.model.is_some() { s.fitted_at_ms } else { None };
+        slot.fitted_len = s.fitted_len;
+        slot.pending = None;
+        slot.last = if s.last.is_finite() { s.last } else { 0.0 };
+    }
+
     /// Whether a policy asked for a forecast of `metric`.
     pub fn wanted(&self, metric: Metric) -> bool {
         self.slots[metric as usize].wanted.get()
     }
+}
+
+/// What a state snapshot keeps of one metric's built-in forecaster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ForecasterState {
+    pub model: Option<HoltWinters>,
+    /// The history step the model takes next.
+    pub next_step: i64,
+    pub fitted_at_ms: Option<Millis>,
+    pub fitted_len: usize,
+    /// The last finite value (fills gaps before a fit).
+    pub last: f64,
 }
 
 /// Chooses the season and fits on the most recent points of `series`.

@@ -16,8 +16,9 @@ pub struct Point {
     pub upper: f64,
 }
 
-/// A fitted forecaster, updated one observation at a time.
-#[derive(Debug, Clone)]
+/// A fitted forecaster, updated one observation at a time. Serializable:
+/// a state snapshot carries it, so a restarted scaler forecasts at once.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HoltWinters {
     pub alpha: f64,
     pub beta: f64,
@@ -204,6 +205,19 @@ impl HoltWinters {
             self.seasonals[self.pos] = self.gamma * (y - self.level) + (1.0 - self.gamma) * s;
             self.pos = (self.pos + 1) % self.season;
         }
+    }
+
+    /// Whether a model read back from a snapshot is one this code can run:
+    /// finite numbers and arrays of the lengths its season implies.
+    pub fn is_sound(&self) -> bool {
+        let finite = [self.alpha, self.beta, self.gamma, self.phi, self.level, self.trend, self.mse]
+            .iter()
+            .all(|x| x.is_finite());
+        finite
+            && self.seasonals.len() == self.season
+            && self.seasonals.iter().all(|x| x.is_finite())
+            && (self.season == 0 || self.pos < self.season)
+            && self.slot_mse.len() == if self.season > 0 { SLOTS.min(self.season) } else { 0 }
     }
 
     /// The forecast `h` steps ahead (h >= 1) with a 90% interval.

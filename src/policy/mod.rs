@@ -5,8 +5,10 @@
 mod bounded;
 mod examples;
 pub mod pattern;
+pub mod state;
 
 pub use examples::{run_examples, ExampleOutcome};
+pub use state::Plain;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,16 +87,19 @@ pub enum PolicyErrorKind {
     InvalidReturn,
     /// The call ran past its wall-clock deadline.
     Timeout,
+    /// `ctx.state` holds a value a state snapshot cannot keep.
+    State,
 }
 
 impl PolicyErrorKind {
-    pub const ALL: [PolicyErrorKind; 6] = [
+    pub const ALL: [PolicyErrorKind; 7] = [
         PolicyErrorKind::Load,
         PolicyErrorKind::Runtime,
         PolicyErrorKind::Budget,
         PolicyErrorKind::Memory,
         PolicyErrorKind::InvalidReturn,
         PolicyErrorKind::Timeout,
+        PolicyErrorKind::State,
     ];
 
     pub fn code(self) -> &'static str {
@@ -105,6 +110,7 @@ impl PolicyErrorKind {
             PolicyErrorKind::Memory => "memory",
             PolicyErrorKind::InvalidReturn => "invalid_return",
             PolicyErrorKind::Timeout => "timeout",
+            PolicyErrorKind::State => "state",
         }
     }
 }
@@ -459,6 +465,31 @@ impl LuaPolicy {
             policy: self.version.clone(),
             message: e.to_string(),
         })
+    }
+
+    /// The plain part of `ctx.state` for a snapshot; what had to be left
+    /// out (a function, userdata) is a policy error of kind `state`,
+    /// returned beside the rest.
+    pub fn export_state(&self) -> (state::Plain, Option<PolicyError>) {
+        let Ok(Value::Table(t)) = self.ctx.raw_get::<Value>("state") else {
+            return (state::Plain::Table(Vec::new()), None);
+        };
+        let (plain, dropped) = state::export(&t);
+        let err = (!dropped.is_empty()).then(|| PolicyError {
+            kind: PolicyErrorKind::State,
+            policy: self.version.clone(),
+            message: state::NotPlain(dropped).to_string(),
+        });
+        (plain, err)
+    }
+
+    /// Replaces `ctx.state` with a snapshot's.
+    pub fn import_state(&self, plain: &state::Plain) -> Result<(), PolicyError> {
+        let v = state::import(&self.lua, plain).map_err(|e| self.fail(e))?;
+        if let Value::Table(_) = v {
+            self.ctx.raw_set("state", v).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
     }
 
     /// Copies plain data (numbers, strings, booleans, tables of them) of

@@ -22,7 +22,8 @@ use crate::broker::default_deadletter;
 use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::broker::BrokerError;
 use crate::clock::Clock;
-use crate::engine::SharedOwnership;
+use crate::engine::{EngineHandle, Restored, SharedOwnership};
+use crate::state::StateHandle;
 use crate::event::{DeadLetter, Origin};
 use crate::secret::{SaslPassword, Secret};
 use crate::settings::{problem, Problem};
@@ -44,6 +45,13 @@ pub struct KafkaSourceConfig {
     /// at most this many messages before the committed offset are re-read.
     #[serde(default = "default_max_replay")]
     pub max_replay_messages: u64,
+    /// Static group membership (KIP-345, `group.instance.id`): a stable
+    /// identity per scaler, for example the pod name
+    /// (`TIDEWATCH__SOURCE__KAFKA__INSTANCE_ID` from the downward API). A
+    /// scaler restarted with the same identity gets its partitions back at
+    /// once instead of after the session timeout. Unique per scaler.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Passed to librdkafka as they are (TLS, SASL and tuning settings).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -70,6 +78,14 @@ impl KafkaSourceConfig {
                 "source.kafka.topics",
                 "must name at least one topic",
             ));
+        }
+        if let Some(id) = &self.instance_id {
+            if id.trim().is_empty() || id.len() > 249 {
+                out.push(problem(
+                    "source.kafka.instance_id",
+                    format!("{id:?} is not a usable group.instance.id (1 to 249 characters)"),
+                ));
+            }
         }
     }
 }
@@ -98,7 +114,61 @@ pub struct AssignmentContext {
     clock: Arc<dyn Clock>,
     longest_window_ms: i64,
     max_replay: i64,
+    state: Option<StateHook>,
 }
+
+/// What the source does for the state store around a rebalance: before
+/// partitions are revoked, the engine's snapshots are written and flushed
+/// (so the next owner reads them); after an assignment, a restore runs
+/// and readiness waits for it.
+#[derive(Clone)]
+pub struct StateHook {
+    pub engine: EngineHandle,
+    pub state: StateHandle,
+    pub runtime: tokio::runtime::Handle,
+    /// Wakes the restorer task ([`restore_on_assignment`]).
+    pub restore: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl StateHook {
+    /// Snapshots and flushes, waiting at most `REVOKE_FLUSH`. Runs inside
+    /// librdkafka's rebalance callback, which blocks the consumer: on a
+    /// runtime thread it steps aside with `block_in_place` (a current-thread
+    /// runtime cannot, and runs no engine meanwhile: skipped).
+    fn snapshot_before_revoke(&self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let work = async {
+            let n = self.engine.snapshot_now().await.unwrap_or(0);
+            let flushed = self.state.flush().await;
+            (n, flushed)
+        };
+        let run = || {
+            self.runtime
+                .block_on(tokio::time::timeout(REVOKE_FLUSH, work))
+        };
+        let out = match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::CurrentThread => {
+                tracing::debug!("current-thread runtime: no snapshot before revocation");
+                return;
+            }
+            Ok(_) => tokio::task::block_in_place(run),
+            Err(_) => run(),
+        };
+        match out {
+            Ok((n, Ok(Ok(())))) => {
+                tracing::info!(snapshots = n, "state written before the partitions are revoked")
+            }
+            Ok((_, Ok(Err(e)))) => tracing::warn!(error = %e, "state not written before revocation"),
+            Ok((_, Err(_))) => tracing::warn!("state thread gone before revocation"),
+            Err(_) => tracing::warn!(
+                "state not flushed within {REVOKE_FLUSH:?} before revocation; the next owner may start from an older snapshot"
+            ),
+        }
+    }
+}
+
+/// The longest a revocation waits for the state to be stored.
+const REVOKE_FLUSH: Duration = Duration::from_secs(10);
 
 impl AssignmentContext {
     /// Sets each newly assigned partition's start offset to the first message
@@ -182,6 +252,9 @@ impl ConsumerContext for AssignmentContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                if let Some(hook) = &self.state {
+                    hook.snapshot_before_revoke();
+                }
                 // Messages are applied before their offsets are stored and the
                 // source handles one batch at a time: what is stored is done.
                 if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -205,7 +278,13 @@ impl ConsumerContext for AssignmentContext {
             .assigned_count();
         self.metrics.partitions_assigned(n);
         if let Rebalance::Assign(_) = rebalance {
-            self.ready.store(true, Ordering::Relaxed);
+            match &self.state {
+                // ready once the restore after this assignment is done
+                Some(hook) => {
+                    let _ = hook.restore.send(());
+                }
+                None => self.ready.store(true, Ordering::Relaxed),
+            }
         }
     }
 }
@@ -224,6 +303,7 @@ impl KafkaSource {
         ctx: SourceContext,
         ownership: SharedOwnership,
         longest_window_ms: i64,
+        state: Option<StateHook>,
     ) -> Result<Self, BrokerError> {
         let s = cfg.client_settings();
         let mut c = s.client_config()?;
@@ -234,6 +314,9 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             // Bounds what librdkafka prefetches: memory stays flat under any rate.
             .set("queued.max.messages.kbytes", "16384");
+        if let Some(id) = &cfg.instance_id {
+            c.set("group.instance.id", id);
+        }
         if !cfg.options.contains_key("statistics.interval.ms") {
             // for tidewatch_source_consumer_lag_messages
             c.set("statistics.interval.ms", "5000");
@@ -251,6 +334,7 @@ impl KafkaSource {
                 clock: ctx.clock.clone(),
                 longest_window_ms,
                 max_replay: cfg.max_replay_messages as i64,
+                state,
             })
             .map_err(|e| {
                 BrokerError::new("source.kafka", format!("cannot create the consumer: {e}"))
@@ -393,5 +477,41 @@ pub async fn produce_dead_letter(
         Ok(()) => metrics.dead_lettered(&dl.source, &dl.reason),
         // The partition goes on: the original stays at its offset.
         Err(e) => metrics.dead_letter_lost(&dl.source, topic, &e),
+    }
+}
+
+/// After each assignment: reads the state store, gives the engine every
+/// snapshot (each target takes its own unless it is live here), then lets
+/// the assigned partitions go live and the scaler report ready. Ends when
+/// the source's hook is dropped.
+pub async fn restore_on_assignment(
+    mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
+    targets: Vec<String>,
+    state: StateHandle,
+    ctx: SourceContext,
+    ownership: SharedOwnership,
+) {
+    while wake.recv().await.is_some() {
+        while wake.try_recv().is_ok() {}
+        let epoch = ownership.lock().unwrap_or_else(|p| p.into_inner()).epoch();
+        let started = std::time::Instant::now();
+        let stored = state.read(targets.clone()).await;
+        let snapshots = crate::state::decode_all(&targets, stored, &ctx.metrics);
+        let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
+            return;
+        };
+        let mut restored = 0;
+        for (name, r) in outcomes {
+            if r == Restored::Applied {
+                restored += 1;
+                ctx.metrics.state_restored(&name, "restored", None);
+            }
+        }
+        ownership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restored(epoch);
+        ctx.ready.store(true, Ordering::Relaxed);
+        tracing::info!(restored, took = ?started.elapsed(), "state restored after an assignment");
     }
 }

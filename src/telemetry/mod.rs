@@ -34,6 +34,11 @@ pub struct Metrics {
     policy_seconds: HistogramVec,
     policy_reloads: IntCounterVec,
     policy_quarantined: IntGaugeVec,
+    state_snapshots: IntCounterVec,
+    state_snapshot_bytes: HistogramVec,
+    state_restores: IntCounterVec,
+    state_store_warnings: IntCounterVec,
+    config_reloads: IntCounterVec,
     decisions: IntCounterVec,
     decision_holds: IntCounterVec,
     commands_issued: IntCounterVec,
@@ -209,6 +214,37 @@ impl Metrics {
                 "tidewatch_policy_quarantined",
                 "1 while a target's policy is not called because its calls ran past engine.policy_timeout repeatedly; cleared when the policy file changes.",
                 &["target"],
+            ),
+            state_snapshots: counter(
+                &r,
+                "tidewatch_state_snapshots_total",
+                "Target snapshots written to the state store, by store and result (ok or failed).",
+                &["store", "result"],
+            ),
+            state_snapshot_bytes: histogram(
+                &r,
+                "tidewatch_state_snapshot_bytes",
+                "Encoded size of the target snapshots written (the sum is the bytes written).",
+                &["store"],
+                vec![1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0],
+            ),
+            state_restores: counter(
+                &r,
+                "tidewatch_state_restores_total",
+                "Targets restored from the state store, by outcome: restored, cold (no snapshot), incompatible (a format this version cannot read), corrupt, failed (the store could not be read).",
+                &["target", "outcome"],
+            ),
+            state_store_warnings: counter(
+                &r,
+                "tidewatch_state_store_warnings_total",
+                "Problems with the state store that do not stop the scaler (a state topic that is not compacted, a store that cannot be read).",
+                &["store"],
+            ),
+            config_reloads: counter(
+                &r,
+                "tidewatch_config_reloads_total",
+                "Configuration reloads (SIGHUP or engine.watch_config), by result: applied, refused (the file has errors; the running configuration stays), restart_needed (applied, but source, commands or metrics settings changed and wait for a restart).",
+                &["result"],
             ),
             decisions: counter(
                 &r,
@@ -402,7 +438,55 @@ impl Metrics {
     }
 
     /// The scaler's status labels known at start: results by status.
+    /// A snapshot written (its encoded size) or not written.
+    pub fn state_snapshot(&self, store: &str, written: Result<usize, &dyn std::fmt::Display>) {
+        match written {
+            Ok(bytes) => {
+                self.state_snapshots.with_label_values(&[store, "ok"]).inc();
+                self.state_snapshot_bytes
+                    .with_label_values(&[store])
+                    .observe(bytes as f64);
+            }
+            Err(e) => {
+                self.state_snapshots
+                    .with_label_values(&[store, "failed"])
+                    .inc();
+                tracing::warn!(store, error = %e, "snapshot not stored; the scaler keeps its state in memory and tries again");
+            }
+        }
+    }
+
+    /// How a target's state came back: `restored`, `cold` (no snapshot),
+    /// `incompatible`, `corrupt` or `failed` (with why).
+    pub fn state_restored(&self, target: &str, outcome: &str, why: Option<&dyn std::fmt::Display>) {
+        self.state_restores
+            .with_label_values(&[target, outcome])
+            .inc();
+        match why {
+            Some(e) => tracing::warn!(target_name = target, outcome, error = %e, "target starts cold"),
+            None => tracing::debug!(target_name = target, outcome, "target state"),
+        }
+    }
+
+    /// A problem with the state store that does not stop the scaler.
+    pub fn state_store_warning(&self, store: &str, text: &str) {
+        self.state_store_warnings.with_label_values(&[store]).inc();
+        tracing::warn!(store, "{text}");
+    }
+
+    /// A configuration reload: `applied`, `refused` or `restart_needed`.
+    pub fn config_reloaded(&self, result: &str, detail: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+        match result {
+            "applied" => tracing::info!(result, "configuration reloaded: {detail}"),
+            _ => tracing::warn!(result, "configuration reload: {detail}"),
+        }
+    }
+
     pub fn scaler_started(&self) {
+        for r in ["applied", "refused", "restart_needed"] {
+            self.config_reloads.with_label_values(&[r]);
+        }
         for s in ResultStatus::ALL {
             self.results_received.with_label_values(&[s.as_str()]);
         }

@@ -111,6 +111,46 @@ impl History {
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
+
+    /// The closed points, for a state snapshot (the open step is left out:
+    /// a Kafka source re-reads its messages, and elsewhere it is at most
+    /// one step of data).
+    pub fn export(&self) -> HistoryState {
+        HistoryState {
+            step_ms: self.step_ms,
+            first_step: self.first_step,
+            points: self.points.iter().copied().collect(),
+        }
+    }
+
+    /// Replaces the closed points with a snapshot's, keeping the newest
+    /// that fit; the step after them opens. Refused (false, nothing
+    /// changed) when the snapshot's step is not this history's.
+    pub fn import(&mut self, s: &HistoryState) -> bool {
+        if s.step_ms != self.step_ms {
+            return false;
+        }
+        let skip = s.points.len().saturating_sub(self.capacity);
+        self.points = s.points[skip..].iter().copied().collect();
+        self.first_step = s.first_step + skip as i64;
+        self.open_step = if s.points.is_empty() {
+            i64::MIN
+        } else {
+            self.next_step()
+        };
+        self.open_sum = 0.0;
+        self.open_count = 0;
+        true
+    }
+}
+
+/// What a state snapshot keeps of a [`History`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryState {
+    pub step_ms: i64,
+    /// The step number (time / step) of the first point.
+    pub first_step: i64,
+    pub points: Vec<f32>,
 }
 
 #[cfg(test)]
@@ -139,6 +179,28 @@ mod tests {
         let (start, pts) = h.points();
         assert_eq!(pts.last(), Some(98.0));
         assert_eq!(start, t0 + 94 * 60_000);
+    }
+
+    #[test]
+    fn export_and_import_keep_closed_points_and_refuse_another_step() {
+        let mut h = History::new(Duration::from_secs(600), Duration::from_secs(60), false);
+        for i in 0..8 {
+            h.record(i * 60_000, i as f64);
+        }
+        let s = h.export();
+        assert_eq!(s.points.len(), 7, "the open step is not in it");
+        let mut small = History::new(Duration::from_secs(300), Duration::from_secs(60), false);
+        assert!(small.import(&s));
+        let (start, pts) = small.points();
+        assert_eq!(pts.collect::<Vec<_>>(), vec![2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(start, 2 * 60_000);
+        // the next record goes into the step after the last point
+        small.record(7 * 60_000 + 5, 70.0);
+        small.record(8 * 60_000, 0.0);
+        assert_eq!(small.points().1.last(), Some(70.0));
+        let mut other = History::new(Duration::from_secs(600), Duration::from_secs(30), false);
+        assert!(!other.import(&s));
+        assert!(other.is_empty());
     }
 
     #[test]

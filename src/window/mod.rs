@@ -5,7 +5,7 @@
 mod history;
 pub mod sketch;
 
-pub use history::History;
+pub use history::{History, HistoryState};
 
 use std::time::Duration;
 
@@ -336,6 +336,22 @@ impl TargetWindows {
 
     pub fn metric(&self, m: Metric) -> &MetricWindows {
         &self.metrics[m as usize]
+    }
+
+    /// The downsampled history of `m`, to restore it from a snapshot.
+    pub fn history_mut(&mut self, m: Metric) -> &mut History {
+        &mut self.metrics[m as usize].history
+    }
+
+    /// Fresh windows over `spans`, keeping every metric's history (when its
+    /// step is unchanged): a replay or a changed window list refills the
+    /// windows, but the history holds days nobody can re-read.
+    pub fn renewed(&self, spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
+        let mut fresh = Self::new(spans, history_span, history_step);
+        for m in Metric::ALL {
+            fresh.history_mut(m).import(&self.metric(m).history.export());
+        }
+        fresh
     }
 
     fn metric_mut(&mut self, m: Metric) -> &mut MetricWindows {

@@ -187,16 +187,6 @@ impl StateFile {
 
     /// Replaces the file with `bytes`: temporary file, fsync, rename.
     pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(())
+        crate::state::dir::replace_file(&self.path, bytes)
     }
 }

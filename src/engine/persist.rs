@@ -1,0 +1,166 @@
+//! The engine's side of state that outlives the process: making a
+//! target's snapshot, pacing the periodic ones, and taking one back.
+
+use std::time::Duration;
+
+use crate::clock::Millis;
+use crate::event::Metric;
+use crate::guard::Guard;
+use crate::state::{StateHandle, TargetSnapshot};
+
+use super::Engine;
+
+/// What became of a snapshot given to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Its state is the target's now.
+    Applied,
+    /// This process wrote it, or decides the target now: what the engine
+    /// holds is newer.
+    Newer,
+    /// No such target is configured (its snapshot stays in the store).
+    NotConfigured,
+}
+
+impl Engine {
+    /// Keeps snapshots in `state`: each changed target at least every
+    /// `interval` (spread over the ticks), all of them on request.
+    pub fn keep_state(&mut self, state: StateHandle, interval: Duration) {
+        self.state = Some((state, interval));
+    }
+
+    /// Whether this engine's state for target `idx` is the one to keep:
+    /// every target without Kafka ownership; with it, only targets on a
+    /// partition this scaler owns, has caught up on and has restored (a
+    /// stale copy must never overwrite its owner's snapshot).
+    fn writable(&self, idx: usize) -> bool {
+        self.ownership.is_none() || (self.targets[idx].partition.is_some() && self.owned(idx))
+    }
+
+    /// The snapshot of target `idx` at `now`; a `ctx.state` value that
+    /// cannot be kept is reported as a policy error (the rest is kept).
+    pub(super) fn snapshot_of(&mut self, idx: usize, now_ms: Millis, writer: &str) -> TargetSnapshot {
+        let t = &mut self.targets[idx];
+        t.dirty = false;
+        let (policy_state, err) = t.policy.export_state();
+        if let Some(e) = err {
+            self.metrics.policy_failed(&t.cfg.name, &e);
+        }
+        let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+        TargetSnapshot {
+            target: t.cfg.name.clone(),
+            taken_at_ms: now_ms,
+            writer: writer.to_owned(),
+            current: t.current,
+            last_generation: t.last_generation,
+            published_generation: t.published_generation,
+            unanswered_generation: t.unanswered.as_ref().map(|(c, _)| c.generation),
+            guard: t.guard.export(),
+            policy: t.policy.version().to_owned(),
+            policy_state,
+            control: t.control.clone(),
+            histories: Metric::ALL
+                .iter()
+                .map(|&m| (m, data.windows.metric(m).history().export()))
+                .filter(|(_, h)| !h.points.is_empty())
+                .collect(),
+            forecasters: Metric::ALL
+                .iter()
+                .filter_map(|&m| data.builtin.export(m).map(|f| (m, f)))
+                .collect(),
+        }
+    }
+
+    /// The periodic snapshots of one tick: changed targets, round robin,
+    /// as many as make every target's turn come once per interval, and no
+    /// more than the state thread has room for.
+    pub(super) fn snapshot_some(&mut self, now_ms: Millis) {
+        let Some((state, interval)) = self.state.clone() else {
+            return;
+        };
+        let n = self.targets.len();
+        if n == 0 {
+            return;
+        }
+        let ticks = (interval.as_millis() / self.cfg.tick.as_millis().max(1)).max(1) as usize;
+        let mut budget = n.div_ceil(ticks).min(state.room());
+        let mut batch = Vec::new();
+        let mut looked = 0;
+        while budget > 0 && looked < n.div_ceil(ticks) {
+            let i = self.snapshot_cursor % n;
+            self.snapshot_cursor = (i + 1) % n;
+            looked += 1;
+            if self.targets[i].dirty && self.writable(i) {
+                batch.push(self.snapshot_of(i, now_ms, state.writer()));
+                budget -= 1;
+            }
+        }
+        state.write(batch);
+    }
+
+    /// Snapshots of every target whose state is this engine's to keep
+    /// (changed or not), queued now: on shutdown, on revocation, before a
+    /// target is removed. Returns how many.
+    pub fn snapshot_all(&mut self, now_ms: Millis) -> usize {
+        let Some((state, _)) = self.state.clone() else {
+            return 0;
+        };
+        let mut batch = Vec::new();
+        for i in 0..self.targets.len() {
+            if self.writable(i) {
+                batch.push(self.snapshot_of(i, now_ms, state.writer()));
+            }
+        }
+        let n = batch.len();
+        state.write(batch);
+        n
+    }
+
+    /// Takes a target's state from its snapshot: history, forecasters,
+    /// guard, replicas and generations, the policy's `state` table and the
+    /// controls. The windows are not in it: a Kafka source re-reads them,
+    /// elsewhere new signals fill them. A snapshot this process wrote, or
+    /// of a target it decides now, is left alone (what it holds is newer).
+    pub fn restore(&mut self, s: &TargetSnapshot) -> Restored {
+        let Some(&idx) = self.by_name.get(&s.target) else {
+            return Restored::NotConfigured;
+        };
+        let ours = self.state.as_ref().is_some_and(|(h, _)| h.writer() == s.writer);
+        let live = self.ownership.is_some() && self.targets[idx].partition.is_some() && self.owned(idx);
+        if ours || live {
+            return Restored::Newer;
+        }
+        let metrics = self.metrics.clone();
+        let t = &mut self.targets[idx];
+        {
+            let mut data = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            for (m, h) in &s.histories {
+                if !data.windows.history_mut(*m).import(h) {
+                    tracing::warn!(
+                        target_name = %s.target, metric = m.name(), step_ms = h.step_ms,
+                        "the snapshot's history has another step than history_step; this metric's history starts cold"
+                    );
+                }
+            }
+            for (m, f) in &s.forecasters {
+                data.builtin.import(*m, f);
+            }
+        }
+        t.guard = Guard::import(&s.guard);
+        t.current = s.current;
+        t.last_generation = t.last_generation.max(s.last_generation);
+        t.published_generation = t.published_generation.max(s.published_generation);
+        t.control = s.control.clone();
+        t.dirty = false;
+        if let Err(e) = t.policy.import_state(&s.policy_state) {
+            metrics.policy_failed(&t.cfg.name, &e);
+        }
+        metrics.target_observed(&t.cfg.name, t.current);
+        Restored::Applied
+    }
+
+    /// Every configured target's name.
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.cfg.name.clone()).collect()
+    }
+}

@@ -1,0 +1,52 @@
+//! State that outlives a scaler process: one snapshot per target
+//! ([`snapshot`]) kept in a [`StateStore`]: a directory of atomic files
+//! ([`dir`]) or a compacted Kafka topic ([`kafka`]). The engine makes the
+//! snapshots and takes them back; the store only keeps bytes by target.
+
+pub mod config;
+pub mod dir;
+pub mod kafka;
+pub mod snapshot;
+pub mod writer;
+
+pub use config::{StateConfig, StoreKind};
+pub use snapshot::{ControlState, SnapshotError, TargetSnapshot};
+pub use writer::{decode_all, StateHandle};
+
+/// A store failed; the text names the setting and the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct StoreError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where snapshots are kept, by target name. Blocking: the scaler calls
+/// it from a thread of its own, never from the engine.
+pub trait StateStore: Send {
+    /// "dir" or "kafka", for metrics and logs.
+    fn kind(&self) -> &'static str;
+    /// Stores the latest snapshot of `target` (it may be buffered until
+    /// [`StateStore::flush`]).
+    fn write(&mut self, target: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Returns once everything written is stored.
+    fn flush(&mut self) -> Result<(), StoreError>;
+    /// The latest snapshot of each of `targets` that has one. A snapshot
+    /// of a target not in `targets` is left alone (it stays stored, so
+    /// adding the target back resumes it).
+    fn read(&mut self, targets: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Problems with the store that do not stop it (a state topic that is
+    /// not compacted): logged and counted once at start.
+    fn warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}

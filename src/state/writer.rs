@@ -1,0 +1,176 @@
+//! The state thread: encodes snapshots and talks to the store, so neither
+//! the engine nor a source ever waits for a disk or a broker. Writes come
+//! in batches the engine paces; flushes and reads are answered in order
+//! after every write sent before them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use tokio::sync::oneshot;
+
+use crate::state::{SnapshotError, StateStore, StoreError, TargetSnapshot};
+use crate::telemetry::Metrics;
+
+/// Snapshots waiting to be encoded at most; past it the engine keeps its
+/// targets dirty and tries at a later tick (memory stays bounded when the
+/// store is slow or down).
+pub const MAX_QUEUED: usize = 256;
+
+type Stored = Vec<(String, Vec<u8>)>;
+
+enum Job {
+    Write(Vec<TargetSnapshot>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Read(Vec<String>, oneshot::Sender<Result<Stored, StoreError>>),
+}
+
+/// The engine's and the scaler's way to the state thread. Cheap to clone.
+#[derive(Clone)]
+pub struct StateHandle {
+    tx: mpsc::Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    kind: &'static str,
+    /// This process's writer id: a snapshot carrying it was made here.
+    writer: Arc<str>,
+}
+
+impl std::fmt::Debug for StateHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateHandle").field("kind", &self.kind).finish()
+    }
+}
+
+impl StateHandle {
+    /// Starts the state thread over `store`. It ends when every handle is
+    /// dropped, after the jobs already sent.
+    pub fn start(
+        mut store: Box<dyn StateStore>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let kind = store.kind();
+        for w in store.warnings() {
+            metrics.state_store_warning(kind, &w);
+        }
+        let q = queued.clone();
+        let thread = std::thread::Builder::new()
+            .name("tidewatch-state".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Write(batch) => {
+                            let n = batch.len();
+                            for s in batch {
+                                let bytes = s.encode();
+                                let r = store.write(&s.target, &bytes);
+                                metrics.state_snapshot(
+                                    kind,
+                                    r.as_ref().map(|_| bytes.len()).map_err(|e| e as _),
+                                );
+                            }
+                            q.fetch_sub(n, Ordering::Relaxed);
+                        }
+                        Job::Flush(done) => {
+                            let r = store.flush();
+                            if let Err(e) = &r {
+                                metrics.state_snapshot(kind, Err(e));
+                            }
+                            let _ = done.send(r);
+                        }
+                        Job::Read(targets, done) => {
+                            let _ = done.send(store.read(&targets));
+                        }
+                    }
+                }
+            })
+            .expect("the state thread starts");
+        let writer: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        (
+            Self {
+                tx,
+                queued,
+                kind,
+                writer,
+            },
+            thread,
+        )
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Room for this many more snapshots now.
+    pub fn room(&self) -> usize {
+        MAX_QUEUED.saturating_sub(self.queued.load(Ordering::Relaxed))
+    }
+
+    /// Queues snapshots to be written (never waits).
+    pub fn write(&self, batch: Vec<TargetSnapshot>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.queued.fetch_add(batch.len(), Ordering::Relaxed);
+        let n = batch.len();
+        if self.tx.send(Job::Write(batch)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when everything queued before it is stored (or failed).
+    pub fn flush(&self) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Job::Flush(done))) = self.tx.send(Job::Flush(done)) {
+            let _ = done.send(Err(StoreError::new("state", "the state thread has stopped")));
+        }
+        rx
+    }
+
+    /// The stored bytes of each of `targets` that has a snapshot.
+    pub async fn read(&self, targets: Vec<String>) -> Result<Stored, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Read(targets, done))
+            .map_err(|_| StoreError::new("state", "the state thread has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::new("state", "the state thread has stopped"))?
+    }
+}
+
+/// Decodes what a store returned for `targets`; a snapshot that does not
+/// decode is counted (corrupt, incompatible) and costs its target its
+/// state, nothing else. A store that cannot be read counts every target as
+/// `failed`. Targets without a snapshot are the caller's to count.
+pub fn decode_all(
+    targets: &[String],
+    stored: Result<Stored, StoreError>,
+    metrics: &Metrics,
+) -> Vec<TargetSnapshot> {
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            metrics.state_store_warning("state", &e.to_string());
+            for t in targets {
+                metrics.state_restored(t, "failed", Some(&e));
+            }
+            return Vec::new();
+        }
+    };
+    let mut by_name: std::collections::HashMap<String, Vec<u8>> = stored.into_iter().collect();
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(bytes) = by_name.remove(t) else {
+            continue;
+        };
+        match TargetSnapshot::decode(t, &bytes) {
+            Ok(s) => out.push(s),
+            Err(e) => metrics.state_restored(t, e.code(), Some(&e as &SnapshotError)),
+        }
+    }
+    out
+}
