@@ -141,7 +141,14 @@ impl Guard {
         GuardState {
             last_up_ms: self.last_up,
             last_change_ms: self.last_change,
-            recent: self.recent.iter().rev().take(MAX_RECENT).rev().copied().collect(),
+            recent: self
+                .recent
+                .iter()
+                .rev()
+                .take(MAX_RECENT)
+                .rev()
+                .copied()
+                .collect(),
         }
     }
 

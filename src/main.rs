@@ -313,7 +313,10 @@ fn run(file: &std::path::Path) -> ExitCode {
     serve(file, Config::load_for_run, |cfg| async {
         tidewatch::scaler::run(
             cfg,
-            tidewatch::scaler::RunOptions::default(),
+            tidewatch::scaler::RunOptions {
+                config_path: Some(file.to_owned()),
+                ..Default::default()
+            },
             tidewatch::lifecycle::shutdown_signal(),
         )
         .await

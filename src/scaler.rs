@@ -20,11 +20,11 @@ use crate::publish::amqp::{AmqpPublisher, AmqpResults};
 use crate::publish::kafka::{KafkaPublisher, KafkaResults};
 use crate::source::amqp::AmqpSource;
 use crate::source::kafka::{KafkaSource, StateHook};
+use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
+use crate::source::SourceContext;
 use crate::state::dir::DirStore;
 use crate::state::kafka::KafkaStore;
 use crate::state::{decode_all, StateHandle, StateStore, StoreKind};
-use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
-use crate::source::SourceContext;
 use crate::telemetry::Metrics;
 
 /// What `run` leaves behind, for tests and logs.
@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub metrics: Arc<Metrics>,
     /// Serve metrics here instead of binding `metrics.listen`.
     pub listener: Option<tokio::net::TcpListener>,
+    /// The configuration file, re-read on SIGHUP (and when it changes,
+    /// with `engine.watch_config`); `None`: no reloads.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             clock: Arc::new(crate::clock::SystemClock),
             metrics: Arc::new(Metrics::new()),
             listener: None,
+            config_path: None,
         }
     }
 }
@@ -62,6 +66,7 @@ pub async fn run(
         clock,
         metrics,
         listener,
+        config_path,
     } = opts;
     let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
         .await
@@ -69,12 +74,14 @@ pub async fn run(
     metrics.scaler_started();
     let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
         .map_err(|e| StartError::Usage(e.to_string()))?;
-    let state = open_state(&cfg, &metrics)?;
+    let state = open_state(&cfg, &metrics).await?;
     if let Some((handle, _)) = &state {
         engine.keep_state(handle.clone(), cfg.state.interval);
         restore_at_start(&mut engine, handle, &metrics).await;
     }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
+    // The configured targets' names, as reloads change them.
+    let names = Arc::new(std::sync::RwLock::new(engine.target_names()));
     let (in_tx, in_rx) = EngineHandle::channel(64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = SourceContext {
@@ -132,7 +139,7 @@ pub async fn run(
             let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
             inputs.push(tokio::spawn(crate::source::kafka::restore_on_assignment(
                 woken,
-                engine.target_names(),
+                names.clone(),
                 handle.clone(),
                 ctx.clone(),
                 ownership.clone(),
@@ -140,7 +147,6 @@ pub async fn run(
             StateHook {
                 engine: in_tx.clone(),
                 state: handle.clone(),
-                runtime: tokio::runtime::Handle::current(),
                 restore: wake,
             }
         });
@@ -226,6 +232,18 @@ pub async fn run(
         // No command transport: commands are logged (a dry run of the whole scaler).
         _ => tokio::spawn(log_commands(cmd_rx)),
     };
+    if let Some(path) = config_path {
+        let reloader = Reloader {
+            path,
+            running: cfg.clone(),
+            engine: in_tx.clone(),
+            state: state.as_ref().map(|(h, _)| h.clone()),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            names: names.clone(),
+        };
+        inputs.push(tokio::spawn(reloader.run(stop_rx.clone())));
+    }
     drop(in_tx);
     metrics.expect_engine_ticks(cfg.engine.tick, std::time::Instant::now());
     let engine_task = tokio::spawn(drive(
@@ -261,15 +279,14 @@ pub async fn run(
     };
     // The last word on every target this scaler still keeps (with Kafka,
     // revocation already wrote the partitions it gave away).
-    if let (Some(e), Some((handle, thread))) = (engine.as_mut(), state) {
+    // (The state thread ends by itself once the last handle is gone.)
+    if let (Some(e), Some((handle, _thread))) = (engine.as_mut(), state) {
         let n = e.snapshot_all(clock.now_ms());
         match tokio::time::timeout(cfg.engine.drain_timeout, handle.flush()).await {
             Ok(Ok(Ok(()))) => tracing::info!(snapshots = n, "state written"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "state not written at shutdown"),
             _ => tracing::warn!("state not written within engine.drain_timeout"),
         }
-        drop(handle);
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     http.stop().await;
     Ok(RunReport {
@@ -278,15 +295,178 @@ pub async fn run(
     })
 }
 
+/// Re-reads the configuration on SIGHUP (and on change with
+/// `engine.watch_config`) and hands the engine what passes every check; a
+/// bad file is refused and the running configuration stays, as
+/// `nginx -s reload` does.
+struct Reloader {
+    path: std::path::PathBuf,
+    /// The configuration running now.
+    running: Config,
+    engine: EngineHandle,
+    state: Option<StateHandle>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    names: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Reloader {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: no configuration reloads");
+                None
+            }
+        };
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = stamp(&self.path);
+        loop {
+            let watch = self.running.engine.watch_config;
+            let poll = self.running.engine.reload_interval;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!(file = %self.path.display(), "SIGHUP: reloading the configuration");
+                }
+                _ = tokio::time::sleep(poll), if watch => {
+                    let now = stamp(&self.path);
+                    if now == seen {
+                        continue;
+                    }
+                    tracing::info!(file = %self.path.display(), "the configuration file changed: reloading");
+                }
+            }
+            seen = stamp(&self.path);
+            if !self.reload().await {
+                return;
+            }
+        }
+    }
+
+    /// One reload; false when the engine is gone.
+    async fn reload(&mut self) -> bool {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load_for_run(&path)).await;
+        let new = match loaded {
+            Ok(Ok((c, _warnings))) => c,
+            Ok(Err(e)) => {
+                self.metrics.config_reloaded(
+                    "refused",
+                    &format!(
+                        "{}: {e}; the running configuration stays",
+                        self.path.display()
+                    ),
+                );
+                return true;
+            }
+            Err(e) => {
+                self.metrics.config_reloaded("refused", &e.to_string());
+                return true;
+            }
+        };
+        let mut restart = Vec::new();
+        let old = &self.running;
+        for (name, differs) in [
+            ("source", new.source != old.source),
+            ("commands", new.commands != old.commands),
+            ("metrics", new.metrics != old.metrics),
+            ("state", new.state != old.state),
+            ("probes", new.probes != old.probes),
+            ("engine.tick", new.engine.tick != old.engine.tick),
+        ] {
+            if differs {
+                restart.push(name);
+            }
+        }
+        let running: std::collections::HashSet<&str> =
+            old.targets.iter().map(|t| t.name.as_str()).collect();
+        let fresh: Vec<crate::engine::TargetConfig> = new
+            .targets
+            .iter()
+            .filter(|t| !running.contains(t.name.as_str()))
+            .cloned()
+            .collect();
+        let (engine_cfg, metrics, now) = (
+            new.engine.clone(),
+            self.metrics.clone(),
+            self.clock.now_ms(),
+        );
+        let to_build = fresh.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            crate::engine::Prepared::build(&engine_cfg, &to_build, &metrics, now)
+        })
+        .await;
+        let prepared = match prepared {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.metrics.config_reloaded("refused", &e.to_string());
+                return true;
+            }
+            Err(e) => {
+                self.metrics.config_reloaded("refused", &e.to_string());
+                return true;
+            }
+        };
+        let fresh_names: Vec<String> = fresh.iter().map(|t| t.name.clone()).collect();
+        let snapshots = match &self.state {
+            Some(h) if !fresh_names.is_empty() => decode_all(
+                &fresh_names,
+                h.read(fresh_names.clone()).await,
+                &self.metrics,
+            ),
+            _ => Vec::new(),
+        };
+        let (done, report) = tokio::sync::oneshot::channel();
+        let input = crate::engine::EngineInput::Reconfigure(Box::new(crate::engine::Reconfigure {
+            engine: new.engine.clone(),
+            targets: new.targets.clone(),
+            prepared,
+            snapshots,
+            done,
+        }));
+        if self.engine.send(input).await.is_err() {
+            return false;
+        }
+        let Ok(report) = report.await else {
+            return false;
+        };
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) =
+            new.targets.iter().map(|t| t.name.clone()).collect();
+        // What needs a restart keeps running as it was, and keeps being reported.
+        self.running.engine = new.engine;
+        self.running.targets = new.targets;
+        if restart.is_empty() {
+            self.metrics.config_reloaded("applied", &report.summary());
+        } else {
+            self.metrics.config_reloaded(
+                "restart_needed",
+                &format!(
+                    "{}; changed settings that need a restart, still running as before: {}",
+                    report.summary(),
+                    restart.join(", ")
+                ),
+            );
+        }
+        true
+    }
+}
+
 /// The state store `[state]` asks for, on its own thread. A store that
 /// cannot be opened stops the start (a scaler told to keep state that
 /// silently forgets it would mislead); a topic that is not compacted is a
 /// warning.
-fn open_state(
+async fn open_state(
     cfg: &Config,
     metrics: &Arc<Metrics>,
 ) -> Result<Option<(StateHandle, std::thread::JoinHandle<()>)>, StartError> {
-    let store: Box<dyn StateStore> = match cfg.state.resolved(cfg.source.kind == BrokerKind::Kafka) {
+    let store: Box<dyn StateStore> = match cfg.state.resolved(cfg.source.kind == BrokerKind::Kafka)
+    {
         StoreKind::Dir => {
             let dir = cfg
                 .state
@@ -301,10 +481,12 @@ fn open_state(
                 .kafka
                 .as_ref()
                 .ok_or_else(|| StartError::Usage("[source.kafka] is missing".into()))?;
-            Box::new(
-                KafkaStore::open(&k.client_settings(), &cfg.state.topic)
-                    .map_err(|e| StartError::Fault(e.to_string()))?,
-            )
+            let (settings, topic) = (k.client_settings(), cfg.state.topic.clone());
+            // it talks to the broker and blocks: off the runtime's threads
+            let store = tokio::task::spawn_blocking(move || KafkaStore::open(&settings, &topic))
+                .await
+                .map_err(|e| StartError::Fault(e.to_string()))?;
+            Box::new(store.map_err(|e| StartError::Fault(e.to_string()))?)
         }
         StoreKind::None | StoreKind::Auto => {
             tracing::info!("no state store: a restart starts every target cold (set state.dir, or use a Kafka source)");

@@ -377,3 +377,150 @@ amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" 
     assert!(task.await.unwrap().drained);
     n.delete(&conn.create_channel().await.unwrap()).await;
 }
+
+const STATEFUL: &str = r#"return { decide = function(ctx)
+  ctx.state.calls = (ctx.state.calls or 0) + 1
+  local f = ctx.forecast("queue_depth", 600)
+  local d = ctx.window("queue_depth", "5s")
+  if not d then return nil end
+  local fc = f and f.source or "none"
+  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
+end }"#;
+
+fn calls_in(reason: &str) -> u64 {
+    let at = reason.find("calls ").expect("calls in the reason") + 6;
+    reason[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// RabbitMQ keeps no history for anyone: with `state.dir` the scaler does.
+/// A scaler holds a scale-down by stabilization and stops; RabbitMQ
+/// restarts; a new scaler on the same directory holds it too, forecasts
+/// with the model learnt before either ran, and the policy's count goes
+/// on. Without the directory, the new scaler would scale down at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_keeps_guard_forecasts_and_policy_state_across_restarts() {
+    let Some(url) = mq::broker() else { return };
+    let _turn = BROKER.lock().await;
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let toml = format!(
+        r#"{}
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "30s"
+
+[state]
+dir = "{}"
+interval = "1h"
+
+[[targets]]
+name = "web"
+policy = "p.lua"
+provider = "exec"
+max_replicas = 1000
+windows = ["5s"]
+stabilization_down = "300s"
+"#,
+        n.toml(&url),
+        state.display()
+    );
+    let cfg = mq::load(dir.path(), &toml, STATEFUL);
+    // days of history and a fitted daily model, from before the first run
+    let seed = common::state::seasonal_snapshot(&cfg, "web", chrono::Utc::now().timestamp_millis());
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("web.tws"), seed).unwrap();
+
+    let restored = |m: &Metrics| {
+        counter(
+            m,
+            "tidewatch_state_restores_total",
+            &[("target", "web"), ("outcome", "restored")],
+        )
+    };
+    let held = |m: &Metrics| {
+        counter(
+            m,
+            "tidewatch_decision_holds_total",
+            &[("target", "web"), ("reason", "stabilization")],
+        )
+    };
+    let wait = |what: &'static str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let m1 = Arc::new(Metrics::new());
+    let (stop1, task1) = common::start_run(cfg.clone(), m1.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let ch = mq::confirm_channel(&conn).await;
+    assert_eq!(restored(&m1), 1.0, "the seed");
+    mq::publish(&ch, &n.signals, "queue_depth.web", signal(3000).as_bytes())
+        .await
+        .unwrap();
+    let up = commands_until(&conn, &n.workers, 30).await.pop().unwrap();
+    assert!(up.reason.contains("fc holt_winters"), "{}", up.reason);
+    let calls_before = calls_in(&up.reason);
+    for _ in 0..60 {
+        mq::publish(&ch, &n.signals, "queue_depth.web", signal(1000).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::block_in_place(|| wait("the scale-down held", &|| held(&m1) > 0.0));
+    stop1.send(()).unwrap();
+    assert!(task1.await.unwrap().drained);
+    drop(ch);
+    drop(conn);
+
+    restart_broker(Duration::from_secs(1)).await;
+
+    let m2 = Arc::new(Metrics::new());
+    let (stop2, task2) = common::start_run(cfg, m2.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let ch = mq::confirm_channel(&conn).await;
+    assert_eq!(restored(&m2), 1.0, "the first scaler's last snapshot");
+    for _ in 0..20 {
+        mq::publish(&ch, &n.signals, "queue_depth.web", signal(1000).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::block_in_place(|| {
+        wait("the new scaler to hold the scale-down", &|| held(&m2) > 0.0)
+    });
+    mq::publish(&ch, &n.signals, "queue_depth.web", signal(4000).as_bytes())
+        .await
+        .unwrap();
+    let after = commands_until(&conn, &n.workers, 40).await;
+    assert!(
+        after.iter().all(|c| c.desired_replicas != 10),
+        "a scale-down the stabilization held: {:?}",
+        after.iter().map(|c| c.desired_replicas).collect::<Vec<_>>()
+    );
+    let last = after.last().unwrap();
+    assert!(last.generation > up.generation, "generations keep rising");
+    assert!(last.reason.contains("fc holt_winters"), "{}", last.reason);
+    assert!(
+        calls_in(&last.reason) > calls_before + 10,
+        "{} then {}",
+        up.reason,
+        last.reason
+    );
+    stop2.send(()).unwrap();
+    assert!(task2.await.unwrap().drained);
+    n.delete(&ch).await;
+}

@@ -38,6 +38,7 @@ fn stack(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>)
         ("commands", 1),
         ("results", 1),
         ("deadletter", 1),
+        ("state", 1),
     ] {
         mock.create_topic(&format!("{t}-{suffix}"), parts, 1)
             .unwrap();
@@ -64,6 +65,9 @@ policy = "p.lua"
 provider = "exec"
 max_replicas = 1000
 stabilization_down = "0s"
+
+[state]
+topic = "state-{suffix}"
 "#
     );
     std::fs::write(dir.path().join("c.toml"), toml).unwrap();

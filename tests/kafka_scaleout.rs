@@ -61,7 +61,12 @@ async fn two_scalers_split_targets_and_take_over_cleanly() {
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     mock.create_topic("signals", 2, 1).unwrap();
-    for t in ["commands", "results", "tidewatch.deadletter"] {
+    for t in [
+        "commands",
+        "results",
+        "tidewatch.deadletter",
+        "tidewatch.state",
+    ] {
         mock.create_topic(t, 1, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -200,4 +205,242 @@ stabilization_down = "0s"
     stop_other.send(()).unwrap();
     let report = task_other.await.unwrap();
     assert!(report.drained);
+}
+
+// The window's highest depth of the last 5 s, the forecast and a count
+// kept in `ctx.state`, all in the reason.
+const STATEFUL: &str = r#"return { decide = function(ctx)
+  ctx.state.calls = (ctx.state.calls or 0) + 1
+  local f = ctx.forecast("queue_depth", 600)
+  local d = ctx.window("queue_depth", "5s")
+  if not d then return nil end
+  local fc = f and string.format("%s %.3f", f.source, f.value) or "none"
+  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
+end }"#;
+
+fn reason_part<'a>(reason: &'a str, key: &str) -> &'a str {
+    let at = reason
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} in {reason:?}"))
+        + key.len();
+    let rest = &reason[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// When the owner of a target stops, the other scaler continues it with
+/// its state: the forecaster (a daily season learnt before either started,
+/// from the state topic), the guard (a scale-down held by stabilization
+/// stays held) and the policy's `state` (its count goes on). Before this
+/// state moved, the new owner commanded 10 at once: its guard had never
+/// seen the 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_keeps_forecasts_guard_and_policy_state() {
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("signals", 2, 1).unwrap();
+    for t in [
+        "commands",
+        "results",
+        "tidewatch.deadletter",
+        "tidewatch.state",
+    ] {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "20s"
+# only the snapshots written when the partitions are revoked count here
+[state]
+interval = "1h"
+[[targets]]
+name = "a"
+policy = "p.lua"
+max_replicas = 100
+windows = ["5s"]
+stabilization_down = "300s"
+[[targets]]
+name = "b"
+policy = "p.lua"
+max_replicas = 100
+windows = ["5s"]
+[[targets]]
+name = "c"
+policy = "p.lua"
+max_replicas = 100
+windows = ["5s"]
+stabilization_down = "0s"
+history_step = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    // a's history and model, from days before either scaler started
+    let now = chrono::Utc::now().timestamp_millis();
+    let producer = common::kafka::producer(&brokers);
+    for t in ["a", "c"] {
+        let seed = common::state::seasonal_snapshot(&cfg, t, now);
+        producer
+            .send(
+                FutureRecord::to("tidewatch.state").key(t).payload(&seed),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let (m1, stop1, task1) = scaler(cfg.clone());
+    let (m2, stop2, task2) = scaler(cfg);
+    wait_for(
+        "each scaler to own one partition",
+        Duration::from_secs(60),
+        || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
+    )
+    .await;
+    let send = |target: &'static str, partition: i32, depth: u32| {
+        let p = producer.clone();
+        async move {
+            let body = format!(
+                r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#
+            );
+            p.send(
+                FutureRecord::to("signals")
+                    .partition(partition)
+                    .key(target)
+                    .payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let commands = common::kafka::reader(&brokers, "commands");
+    let next = |target: &'static str| {
+        let commands = &commands;
+        async move {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(60), commands.recv())
+                    .await
+                    .expect("a command in time")
+                    .unwrap();
+                let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if c.target == target {
+                    return c;
+                }
+            }
+        }
+    };
+    // c's history takes a point an hour: within one hour its forecast
+    // stays exactly what its model says, wherever the model runs
+    let hour = || chrono::Utc::now().timestamp_millis() / 3_600_000;
+    // a scales to 30, then its depth falls to 1000 for longer than its
+    // window: the scale-down to 10 is held by stabilization
+    send("a", 0, 3000).await;
+    send("b", 1, 500).await;
+    let up = next("a").await;
+    assert_eq!(up.desired_replicas, 30);
+    let calls_before: u64 = reason_part(&up.reason, "calls ").parse().unwrap();
+    eprintln!("a scaled up: {}", up.reason);
+    let hour_before = hour();
+    send("c", 0, 2500).await;
+    let c_before = next("c").await;
+    let forecast_before: f64 = reason_part(&c_before.reason, "fc holt_winters ")
+        .parse()
+        .unwrap();
+    let (owner, m_owner, stop_owner, task_owner, m_other, stop_other, task_other) =
+        if issued(&m1, "a") > 0 {
+            ("first", m1.clone(), stop1, task1, m2.clone(), stop2, task2)
+        } else {
+            ("second", m2.clone(), stop2, task2, m1.clone(), stop1, task1)
+        };
+    let held = |m: &Metrics| {
+        tidewatch::telemetry::sum(
+            m,
+            "tidewatch_decision_holds_total",
+            &[("target", "a"), ("reason", "stabilization")],
+        )
+    };
+    for _ in 0..70 {
+        send("a", 0, 1000).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("the scale-down held", Duration::from_secs(30), || {
+        held(&m_owner) > 0.0
+    })
+    .await;
+    eprintln!("the {owner} scaler owns a; stopping it");
+    stop_owner.send(()).unwrap();
+    assert!(task_owner.await.unwrap().drained);
+    wait_for(
+        "the other scaler to own both partitions",
+        Duration::from_secs(60),
+        || m_other.assigned_partitions() == 2,
+    )
+    .await;
+    assert_eq!(
+        tidewatch::telemetry::sum(
+            &m_other,
+            "tidewatch_state_restores_total",
+            &[("target", "a"), ("outcome", "restored")]
+        ),
+        2.0,
+        "the seed at start, the owner's snapshot at the takeover"
+    );
+    // the new owner holds the scale-down too ...
+    let held_before = held(&m_other);
+    for _ in 0..20 {
+        send("a", 0, 1000).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(
+        "the new owner to hold the scale-down",
+        Duration::from_secs(30),
+        || held(&m_other) > held_before,
+    )
+    .await;
+    // ... and its first command continues the count
+    send("a", 0, 4000).await;
+    let c = next("a").await;
+    assert_eq!(
+        c.desired_replicas, 40,
+        "the first command after the takeover is the spike's, never 10: {c:?}"
+    );
+    assert!(c.generation > up.generation);
+    let calls_after: u64 = reason_part(&c.reason, "calls ").parse().unwrap();
+    // c's forecast goes on from the model its old owner had
+    send("c", 0, 5500).await;
+    let c_after = next("c").await;
+    let same_hour = hour() == hour_before;
+    assert!(c_after.generation > c_before.generation);
+    let forecast_after: f64 = reason_part(&c_after.reason, "fc holt_winters ")
+        .parse()
+        .unwrap();
+    // the same model on the other scaler: the same forecast (printed to
+    // three decimals), unless an hour turned meanwhile and it took a point
+    if same_hour {
+        assert_eq!(forecast_after, forecast_before, "the forecast of c");
+    } else {
+        eprintln!("an hour turned during the test: c's model took a point");
+    }
+    assert!(
+        calls_after > calls_before + 10,
+        "the policy's count went on: {calls_before} then {calls_after}"
+    );
+    stop_other.send(()).unwrap();
+    assert!(task_other.await.unwrap().drained);
 }

@@ -228,6 +228,11 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
                 40,
             )
         }],
+        // a fresh embedded cluster every run: nothing to keep
+        state: crate::state::StateConfig {
+            store: crate::state::StoreKind::None,
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
@@ -385,6 +390,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
                     .await
                     .map_err(io)?,
             ),
+            config_path: None,
         },
         async {
             let _ = scaler_stopped.await;

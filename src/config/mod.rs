@@ -14,8 +14,8 @@ pub use crate::engine::config::{EngineConfig, TargetConfig, DEFAULT_FORECAST_REF
 pub use crate::settings::{parse_duration, ConfigError, Problem};
 pub use crate::source::probe::{NoOffsetRule, ProbeConfig, ProbeKind};
 pub use crate::source::{AmqpSourceConfig, KafkaSourceConfig, SourceConfig};
-use crate::telemetry::check_listen;
 use crate::state::StateConfig;
+use crate::telemetry::check_listen;
 pub use crate::telemetry::MetricsConfig;
 
 use crate::engine::config::resolve_policy_path;

@@ -68,6 +68,10 @@ pub struct EngineConfig {
     /// "0s" never re-issues.
     #[serde(default = "default_reissue_after", deserialize_with = "de_duration")]
     pub reissue_after: Duration,
+    /// Reload the configuration when its file changes (checked every
+    /// `reload_interval`), as on SIGHUP.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +93,7 @@ impl Default for EngineConfig {
             forecast_freshness: default_forecast_freshness(),
             forecast_refit: default_forecast_refit(),
             drain_timeout: default_drain_timeout(),
+            watch_config: false,
             reissue_after: default_reissue_after(),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::ScaleResult;
-use crate::engine::Restored;
+use crate::engine::{EngineConfig, Prepared, ReloadReport, Restored, TargetConfig};
 use crate::event::{Origin, Rejection, Signal};
 use crate::state::TargetSnapshot;
 
@@ -46,6 +46,18 @@ pub enum EngineInput {
     /// Queue a snapshot of every target this engine keeps (before a
     /// partition is revoked); `done` learns how many.
     SnapshotNow { done: oneshot::Sender<usize> },
+    /// A reloaded, checked configuration ([`Engine::reconfigure`]).
+    Reconfigure(Box<Reconfigure>),
+}
+
+/// What a reload hands the engine.
+#[derive(Debug)]
+pub struct Reconfigure {
+    pub engine: EngineConfig,
+    pub targets: Vec<TargetConfig>,
+    pub prepared: Prepared,
+    pub snapshots: Vec<TargetSnapshot>,
+    pub done: oneshot::Sender<ReloadReport>,
 }
 
 /// The engine's input channel as sources and publishers use it.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod input;
 pub mod ownership;
 mod persist;
+mod reload;
 mod target;
 
 use std::collections::HashMap;
@@ -29,9 +30,10 @@ use crate::telemetry::Metrics;
 use crate::window::{TargetWindows, WindowStats};
 
 pub use config::{EngineConfig, TargetConfig};
-pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, WeakEngineHandle};
+pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, Reconfigure, WeakEngineHandle};
 pub use ownership::{Ownership, SharedOwnership};
 pub use persist::Restored;
+pub use reload::{Prepared, ReloadReport};
 pub use target::TargetData;
 
 use target::{load_policy, FileStamp, TargetRuntime, QUARANTINE_AFTER};
@@ -82,38 +84,8 @@ impl Engine {
         let mut targets = Vec::with_capacity(configured.len());
         let mut by_name = HashMap::new();
         for t in configured {
-            let mut d = TargetData::new(
-                TargetWindows::new(&t.windows, t.history_span, t.history_step),
-                now_ms,
-                engine.forecast_freshness.as_millis() as i64,
-            );
-            d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
-            d.forecast.refit_ms = engine.forecast_refit.as_millis() as i64;
-            let data = Arc::new(Mutex::new(d));
-            let policy = load_policy(t, &data, engine)?;
-            metrics.target_configured(&t.name, t.initial());
             by_name.insert(t.name.clone(), targets.len());
-            targets.push(TargetRuntime {
-                guard_cfg: t.guard(),
-                guard: Guard::default(),
-                stamp: FileStamp::read(&t.policy),
-                current: t.initial(),
-                cfg: t.clone(),
-                data,
-                policy,
-                last_generation: 0,
-                published_generation: 0,
-                last_event_eval_ms: None,
-                pending_since: None,
-                last_decision: None,
-                unanswered: None,
-                partition: None,
-                schedules: t.parsed_schedules(),
-                overruns: 0,
-                quarantined: false,
-                dirty: false,
-                control: ControlState::default(),
-            });
+            targets.push(build_target(t, engine, &metrics, now_ms)?);
         }
         Ok(Self {
             targets,
@@ -651,6 +623,46 @@ impl Engine {
     }
 }
 
+/// One target as configured, its policy loaded and initialized.
+fn build_target(
+    t: &TargetConfig,
+    engine: &EngineConfig,
+    metrics: &Metrics,
+    now_ms: Millis,
+) -> Result<TargetRuntime, PolicyError> {
+    let mut d = TargetData::new(
+        TargetWindows::new(&t.windows, t.history_span, t.history_step),
+        now_ms,
+        engine.forecast_freshness.as_millis() as i64,
+    );
+    d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
+    d.forecast.refit_ms = engine.forecast_refit.as_millis() as i64;
+    let data = Arc::new(Mutex::new(d));
+    let policy = load_policy(t, &data, engine)?;
+    metrics.target_configured(&t.name, t.initial());
+    Ok(TargetRuntime {
+        guard_cfg: t.guard(),
+        guard: Guard::default(),
+        stamp: FileStamp::read(&t.policy),
+        current: t.initial(),
+        cfg: t.clone(),
+        data,
+        policy,
+        last_generation: 0,
+        published_generation: 0,
+        last_event_eval_ms: None,
+        pending_since: None,
+        last_decision: None,
+        unanswered: None,
+        partition: None,
+        schedules: t.parsed_schedules(),
+        overruns: 0,
+        quarantined: false,
+        dirty: false,
+        control: ControlState::default(),
+    })
+}
+
 /// Runs the engine: a tick, evaluation right after events (rate-limited per
 /// target), commands into `commands`. Returns when `shutdown` resolves or
 /// every input sender is gone.
@@ -712,6 +724,12 @@ pub async fn drive(
                         .map(|s| (s.target.clone(), engine.restore(s)))
                         .collect();
                     let _ = done.send(outcomes);
+                    Vec::new()
+                }
+                Some(EngineInput::Reconfigure(r)) => {
+                    let Reconfigure { engine: cfg, targets, prepared, snapshots, done } = *r;
+                    let report = engine.reconfigure(cfg, targets, prepared, snapshots, clock.now_ms());
+                    let _ = done.send(report);
                     Vec::new()
                 }
                 Some(EngineInput::SnapshotNow { done }) => {

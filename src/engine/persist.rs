@@ -33,13 +33,18 @@ impl Engine {
     /// every target without Kafka ownership; with it, only targets on a
     /// partition this scaler owns, has caught up on and has restored (a
     /// stale copy must never overwrite its owner's snapshot).
-    fn writable(&self, idx: usize) -> bool {
+    pub(super) fn writable(&self, idx: usize) -> bool {
         self.ownership.is_none() || (self.targets[idx].partition.is_some() && self.owned(idx))
     }
 
     /// The snapshot of target `idx` at `now`; a `ctx.state` value that
     /// cannot be kept is reported as a policy error (the rest is kept).
-    pub(super) fn snapshot_of(&mut self, idx: usize, now_ms: Millis, writer: &str) -> TargetSnapshot {
+    pub(super) fn snapshot_of(
+        &mut self,
+        idx: usize,
+        now_ms: Millis,
+        writer: &str,
+    ) -> TargetSnapshot {
         let t = &mut self.targets[idx];
         t.dirty = false;
         let (policy_state, err) = t.policy.export_state();
@@ -125,8 +130,12 @@ impl Engine {
         let Some(&idx) = self.by_name.get(&s.target) else {
             return Restored::NotConfigured;
         };
-        let ours = self.state.as_ref().is_some_and(|(h, _)| h.writer() == s.writer);
-        let live = self.ownership.is_some() && self.targets[idx].partition.is_some() && self.owned(idx);
+        let ours = self
+            .state
+            .as_ref()
+            .is_some_and(|(h, _)| h.writer() == s.writer);
+        let live =
+            self.ownership.is_some() && self.targets[idx].partition.is_some() && self.owned(idx);
         if ours || live {
             return Restored::Newer;
         }
@@ -157,6 +166,18 @@ impl Engine {
         }
         metrics.target_observed(&t.cfg.name, t.current);
         Restored::Applied
+    }
+
+    /// The snapshot of `target` now, as `writer` (tools and tests that
+    /// prepare state for a scaler).
+    pub fn snapshot(
+        &mut self,
+        target: &str,
+        now_ms: Millis,
+        writer: &str,
+    ) -> Option<TargetSnapshot> {
+        let idx = *self.by_name.get(target)?;
+        Some(self.snapshot_of(idx, now_ms, writer))
     }
 
     /// Every configured target's name.

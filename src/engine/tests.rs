@@ -754,7 +754,8 @@ stabilization_down = "300s"
     let mut a = build();
     // three days of a daily cycle, a report a minute
     let day = 86_400_000.0;
-    let load = |t: Millis| 300.0 + 200.0 * (2.0 * std::f64::consts::PI * (t - T0) as f64 / day).sin();
+    let load =
+        |t: Millis| 300.0 + 200.0 * (2.0 * std::f64::consts::PI * (t - T0) as f64 / day).sin();
     let mut now = T0;
     while now < T0 + 3 * 86_400_000 {
         a.ingest("t", &depth("web", load(now), now), now);
@@ -784,7 +785,10 @@ stabilization_down = "300s"
         e.ingest("t", &depth("web", 500.0, later), later);
     }
     assert!(a.evaluate(0, later).is_none());
-    assert!(b.evaluate(0, later).is_none(), "still held after the restore");
+    assert!(
+        b.evaluate(0, later).is_none(),
+        "still held after the restore"
+    );
     let (da, db) = (
         a.status()[0].last_decision.clone().unwrap(),
         b.status()[0].last_decision.clone().unwrap(),
@@ -818,7 +822,11 @@ fn a_policy_state_with_a_function_is_reported_and_the_rest_kept() {
     s.engine.evaluate(0, T0);
     let snap = s.engine.snapshot_of(0, T0, "x");
     assert_eq!(
-        counter(&s.metrics, "tidewatch_policy_errors_total", &[("target", "web"), ("kind", "state")]),
+        counter(
+            &s.metrics,
+            "tidewatch_policy_errors_total",
+            &[("target", "web"), ("kind", "state")]
+        ),
         1.0
     );
     let crate::policy::Plain::Table(pairs) = &snap.policy_state else {

@@ -221,7 +221,11 @@ impl Builtin {
         slot.wanted.set(true);
         slot.model = s.model.clone().filter(HoltWinters::is_sound);
         slot.next_step = s.next_step;
-        slot.fitted_at = if slot.model.is_some() { s.fitted_at_ms } else { None };
+        slot.fitted_at = if slot.model.is_some() {
+            s.fitted_at_ms
+        } else {
+            None
+        };
         slot.fitted_len = s.fitted_len;
         slot.pending = None;
         slot.last = if s.last.is_finite() { s.last } else { 0.0 };

@@ -210,14 +210,21 @@ impl HoltWinters {
     /// Whether a model read back from a snapshot is one this code can run:
     /// finite numbers and arrays of the lengths its season implies.
     pub fn is_sound(&self) -> bool {
-        let finite = [self.alpha, self.beta, self.gamma, self.phi, self.level, self.trend, self.mse]
-            .iter()
-            .all(|x| x.is_finite());
+        let finite = [
+            self.alpha, self.beta, self.gamma, self.phi, self.level, self.trend, self.mse,
+        ]
+        .iter()
+        .all(|x| x.is_finite());
         finite
             && self.seasonals.len() == self.season
             && self.seasonals.iter().all(|x| x.is_finite())
             && (self.season == 0 || self.pos < self.season)
-            && self.slot_mse.len() == if self.season > 0 { SLOTS.min(self.season) } else { 0 }
+            && self.slot_mse.len()
+                == if self.season > 0 {
+                    SLOTS.min(self.season)
+                } else {
+                    0
+                }
     }
 
     /// The forecast `h` steps ahead (h >= 1) with a 90% interval.

@@ -46,7 +46,13 @@ pub fn export(state: &Table) -> (Plain, Vec<String>) {
     (v, dropped)
 }
 
-fn table(t: &Table, path: &str, depth: usize, budget: &mut usize, dropped: &mut Vec<String>) -> Plain {
+fn table(
+    t: &Table,
+    path: &str,
+    depth: usize,
+    budget: &mut usize,
+    dropped: &mut Vec<String>,
+) -> Plain {
     let mut out = Vec::new();
     for pair in t.pairs::<Value, Value>() {
         let Ok((k, v)) = pair else { continue };
@@ -182,11 +188,20 @@ mod tests {
             panic!("a table")
         };
         assert_eq!(t2.get::<i64>("peak").unwrap(), 12);
-        assert!(matches!(t2.get::<Value>("peak").unwrap(), Value::Integer(_)));
+        assert!(matches!(
+            t2.get::<Value>("peak").unwrap(),
+            Value::Integer(_)
+        ));
         assert_eq!(t2.get::<f64>("ratio").unwrap(), 0.5);
         assert_eq!(t2.get::<f64>("big").unwrap(), f64::INFINITY);
         assert_eq!(t2.get::<String>(3).unwrap(), "three");
-        assert_eq!(t2.get::<mlua::LuaString>("raw").unwrap().as_bytes().to_vec(), b"\xff\0");
+        assert_eq!(
+            t2.get::<mlua::LuaString>("raw")
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            b"\xff\0"
+        );
         let deeper: Table = t2.get::<Table>("nested").unwrap().get("deeper").unwrap();
         assert_eq!(deeper.raw_len(), 3);
         assert!(t2.get::<Value>("fn").unwrap().is_nil());

@@ -23,11 +23,11 @@ use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::broker::BrokerError;
 use crate::clock::Clock;
 use crate::engine::{EngineHandle, Restored, SharedOwnership};
-use crate::state::StateHandle;
 use crate::event::{DeadLetter, Origin};
 use crate::secret::{SaslPassword, Secret};
 use crate::settings::{problem, Problem};
 use crate::source::SourceContext;
+use crate::state::StateHandle;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -125,7 +125,6 @@ pub struct AssignmentContext {
 pub struct StateHook {
     pub engine: EngineHandle,
     pub state: StateHandle,
-    pub runtime: tokio::runtime::Handle,
     /// Wakes the restorer task ([`restore_on_assignment`]).
     pub restore: tokio::sync::mpsc::UnboundedSender<()>,
 }
@@ -137,22 +136,34 @@ impl StateHook {
     /// runtime cannot, and runs no engine meanwhile: skipped).
     fn snapshot_before_revoke(&self) {
         use tokio::runtime::{Handle, RuntimeFlavor};
-        let work = async {
-            let n = self.engine.snapshot_now().await.unwrap_or(0);
-            let flushed = self.state.flush().await;
-            (n, flushed)
-        };
-        let run = || {
-            self.runtime
-                .block_on(tokio::time::timeout(REVOKE_FLUSH, work))
-        };
+        let (engine, state) = (self.engine.clone(), self.state.clone());
+        // The work runs on a helper thread with a runtime-free executor (the
+        // callback may run on librdkafka's closing thread, after the
+        // runtime is gone); this thread waits for it at most REVOKE_FLUSH.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let helper = std::thread::Builder::new()
+            .name("tidewatch-revoke".into())
+            .spawn(move || {
+                let out = futures::executor::block_on(async {
+                    let n = engine.snapshot_now().await.unwrap_or(0);
+                    let flushed = state.flush().await;
+                    (n, flushed)
+                });
+                let _ = tx.send(out);
+            });
+        if helper.is_err() {
+            tracing::warn!("cannot start a thread to write the state before revocation");
+            return;
+        }
+        let wait = || rx.recv_timeout(REVOKE_FLUSH);
         let out = match Handle::try_current() {
             Ok(h) if h.runtime_flavor() == RuntimeFlavor::CurrentThread => {
+                // the engine shares this thread: waiting would deadlock
                 tracing::debug!("current-thread runtime: no snapshot before revocation");
                 return;
             }
-            Ok(_) => tokio::task::block_in_place(run),
-            Err(_) => run(),
+            Ok(_) => tokio::task::block_in_place(wait),
+            Err(_) => wait(),
         };
         match out {
             Ok((n, Ok(Ok(())))) => {
@@ -161,7 +172,7 @@ impl StateHook {
             Ok((_, Ok(Err(e)))) => tracing::warn!(error = %e, "state not written before revocation"),
             Ok((_, Err(_))) => tracing::warn!("state thread gone before revocation"),
             Err(_) => tracing::warn!(
-                "state not flushed within {REVOKE_FLUSH:?} before revocation; the next owner may start from an older snapshot"
+                "state not stored within {REVOKE_FLUSH:?} before revocation; the next owner may start from an older snapshot"
             ),
         }
     }
@@ -486,7 +497,7 @@ pub async fn produce_dead_letter(
 /// the source's hook is dropped.
 pub async fn restore_on_assignment(
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
-    targets: Vec<String>,
+    targets: Arc<std::sync::RwLock<Vec<String>>>,
     state: StateHandle,
     ctx: SourceContext,
     ownership: SharedOwnership,
@@ -495,6 +506,7 @@ pub async fn restore_on_assignment(
         while wake.try_recv().is_ok() {}
         let epoch = ownership.lock().unwrap_or_else(|p| p.into_inner()).epoch();
         let started = std::time::Instant::now();
+        let targets = targets.read().unwrap_or_else(|p| p.into_inner()).clone();
         let stored = state.read(targets.clone()).await;
         let snapshots = crate::state::decode_all(&targets, stored, &ctx.metrics);
         let Ok(outcomes) = ctx.engine.restore(snapshots).await else {

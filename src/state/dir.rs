@@ -18,7 +18,8 @@ pub struct DirStore {
 impl DirStore {
     /// Creates the directory if needed; fails when it cannot be written.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let err = |e: std::io::Error| StoreError::new("state.dir", format!("{}: {e}", dir.display()));
+        let err =
+            |e: std::io::Error| StoreError::new("state.dir", format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(err)?;
         let probe = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
         drop(probe);

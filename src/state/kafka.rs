@@ -47,7 +47,7 @@ pub struct KafkaStore {
     topic: String,
     producer: ThreadedProducer<Deliveries>,
     deliveries: Deliveries,
-    warnings: Vec<String>,
+    warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl KafkaStore {
@@ -61,7 +61,10 @@ impl KafkaStore {
         pc.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.type", "none") // snapshots are zstd already
-            .set("message.max.bytes", (crate::state::snapshot::MAX_ENCODED + 4096).to_string())
+            .set(
+                "message.max.bytes",
+                (crate::state::snapshot::MAX_ENCODED + 4096).to_string(),
+            )
             .set("linger.ms", "20");
         let deliveries = Deliveries::default();
         let producer: ThreadedProducer<Deliveries> = pc
@@ -72,66 +75,130 @@ impl KafkaStore {
             topic: topic.to_owned(),
             producer,
             deliveries,
-            warnings: Vec::new(),
+            warnings: Arc::default(),
         };
         store.ensure_topic();
         Ok(store)
     }
 
-    /// Creates the topic compacted when it is missing; warns (naming the
-    /// setting) when it exists and is not compacted or cannot be checked.
+    /// Creates the topic compacted when it is missing (a metadata lookup
+    /// first, so a broker without the admin API, or without the right to
+    /// use it, costs nothing when the topic exists); whether an existing
+    /// topic is compacted is checked on a thread of its own, and a warning
+    /// naming the setting comes from [`StateStore::warnings`].
     fn ensure_topic(&mut self) {
-        let Ok(ac) = self.settings.client_config() else { return };
+        let topic = self.topic.clone();
+        let exists = self
+            .settings
+            .client_config()
+            .ok()
+            .and_then(|c| c.create::<BaseConsumer>().ok())
+            .and_then(|c| c.fetch_metadata(Some(&topic), META).ok())
+            .is_some_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            });
+        let Ok(ac) = self.settings.client_config() else {
+            return;
+        };
         let admin: AdminClient<DefaultClientContext> = match ac.create() {
             Ok(a) => a,
             Err(e) => {
-                self.warnings.push(format!("cannot create an admin client: {e}"));
+                self.push_warning(format!(
+                    "state.topic {topic}: cannot create an admin client: {e}"
+                ));
                 return;
             }
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let Ok(rt) = rt else { return };
-        let opts = AdminOptions::new().request_timeout(Some(META));
-        let topic = self.topic.clone();
-        let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact");
-        match rt.block_on(admin.create_topics([&new], &opts)) {
-            Ok(r) => match r.first() {
-                Some(Ok(_)) => {
-                    tracing::info!(setting = "state.topic", topic = %topic, "created the compacted state topic");
+        if !exists {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(rt) = rt else { return };
+            let opts = AdminOptions::new().request_timeout(Some(META));
+            // -1: the broker's default replication (KIP-464); a broker that
+            // does not know it gets 1
+            let create = |replicas: i32| {
+                let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(replicas))
+                    .set("cleanup.policy", "compact");
+                rt.block_on(admin.create_topics([&new], &opts))
+            };
+            let created = match create(-1) {
+                Ok(r)
+                    if matches!(
+                        r.first(),
+                        Some(Err((
+                            _,
+                            rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor
+                        )))
+                    ) =>
+                {
+                    create(1)
+                }
+                other => other,
+            };
+            match created {
+                Ok(r) => match r.first() {
+                    Some(Ok(_)) => {
+                        tracing::info!(setting = "state.topic", topic = %topic, "created the compacted state topic");
+                        return;
+                    }
+                    Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) | None => {
+                    }
+                    Some(Err((_, code))) => {
+                        self.push_warning(format!(
+                            "state.topic {topic} does not exist and cannot be created ({code}): \
+                             create it with cleanup.policy=compact, or snapshots are not kept"
+                        ));
+                        return;
+                    }
+                },
+                Err(e) => {
+                    self.push_warning(format!(
+                        "state.topic {topic} does not exist and cannot be created ({e}): \
+                         create it with cleanup.policy=compact, or snapshots are not kept"
+                    ));
                     return;
                 }
-                Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {}
-                Some(Err((_, code))) => {
-                    self.warnings.push(format!("state.topic {topic}: cannot create it: {code}"));
-                    return;
-                }
-                None => {}
-            },
-            Err(e) => {
-                self.warnings.push(format!("state.topic {topic}: cannot create it: {e}"));
-                return;
             }
         }
-        let resource = ResourceSpecifier::Topic(&topic);
-        let policy = rt
-            .block_on(admin.describe_configs([&resource], &opts))
-            .ok()
-            .and_then(|r| r.into_iter().next())
-            .and_then(|r| r.ok())
-            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
-        match policy {
-            Some(p) if p.split(',').any(|x| x.trim() == "compact") => {}
-            Some(p) => self.warnings.push(format!(
-                "state.topic {topic} has cleanup.policy={p}: the broker will delete snapshots \
-                 after its retention and targets will start cold; set cleanup.policy=compact \
-                 on the topic"
-            )),
-            None => self.warnings.push(format!(
-                "state.topic {topic}: cannot read its cleanup.policy; make sure it is compact, \
-                 or snapshots are deleted after the topic's retention"
-            )),
-        }
+        let warnings = self.warnings.clone();
+        let _ = std::thread::Builder::new()
+            .name("tidewatch-state-check".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
+                let opts = AdminOptions::new().request_timeout(Some(META));
+                let resource = ResourceSpecifier::Topic(&topic);
+                let policy = rt
+                    .block_on(admin.describe_configs([&resource], &opts))
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
+                    .and_then(|r| r.ok())
+                    .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+                let warning = match policy {
+                    Some(p) if p.split(',').any(|x| x.trim() == "compact") => return,
+                    Some(p) => format!(
+                        "state.topic {topic} has cleanup.policy={p}: the broker will delete snapshots \
+                         after its retention and targets will start cold; set cleanup.policy=compact \
+                         on the topic"
+                    ),
+                    None => format!(
+                        "state.topic {topic}: cannot read its cleanup.policy; make sure it is compact, \
+                         or snapshots are deleted after the topic's retention"
+                    ),
+                };
+                warnings.lock().unwrap_or_else(|p| p.into_inner()).push(warning);
+            });
+    }
+
+    fn push_warning(&self, w: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(w);
     }
 }
 
@@ -167,15 +234,28 @@ impl StateStore for KafkaStore {
     fn flush(&mut self) -> Result<(), StoreError> {
         use rdkafka::producer::Producer;
         let flushed = self.producer.flush(Duration::from_secs(30));
-        let failed: Vec<String> =
-            std::mem::take(&mut *self.deliveries.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let failed: Vec<String> = std::mem::take(
+            &mut *self
+                .deliveries
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         if let Err(e) = flushed {
-            return Err(StoreError::new("state.topic", format!("{}: flush: {e}", self.topic)));
+            return Err(StoreError::new(
+                "state.topic",
+                format!("{}: flush: {e}", self.topic),
+            ));
         }
         if !failed.is_empty() {
             return Err(StoreError::new(
                 "state.topic",
-                format!("{}: {} snapshots not stored: {}", self.topic, failed.len(), failed.join("; ")),
+                format!(
+                    "{}: {} snapshots not stored: {}",
+                    self.topic,
+                    failed.len(),
+                    failed.join("; ")
+                ),
             ));
         }
         Ok(())
@@ -190,7 +270,10 @@ impl StateStore for KafkaStore {
         cc.set("group.id", "tidewatch-state-reader") // never joins: partitions are assigned
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("fetch.message.max.bytes", (crate::state::snapshot::MAX_ENCODED + 4096).to_string());
+            .set(
+                "fetch.message.max.bytes",
+                (crate::state::snapshot::MAX_ENCODED + 4096).to_string(),
+            );
         let consumer: BaseConsumer = cc
             .create()
             .map_err(|e| err(format!("cannot create a reader: {e}")))?;
@@ -270,6 +353,6 @@ impl StateStore for KafkaStore {
     }
 
     fn warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -309,7 +309,13 @@ mod tests {
 
     fn sample() -> TargetSnapshot {
         let points: Vec<f32> = (0..11_520)
-            .map(|i| if i % 500 == 7 { f32::NAN } else { 100.0 + (i as f32 / 60.0).sin() * 40.0 })
+            .map(|i| {
+                if i % 500 == 7 {
+                    f32::NAN
+                } else {
+                    100.0 + (i as f32 / 60.0).sin() * 40.0
+                }
+            })
             .collect();
         TargetSnapshot {
             target: "checkout".into(),
@@ -395,7 +401,10 @@ mod tests {
         let e = TargetSnapshot::decode("checkout", &bytes).unwrap_err();
         assert_eq!(e.code(), "incompatible");
         let text = e.to_string();
-        assert!(text.contains(&format!("version {}", FORMAT_VERSION + 1)), "{text}");
+        assert!(
+            text.contains(&format!("version {}", FORMAT_VERSION + 1)),
+            "{text}"
+        );
     }
 
     #[test]

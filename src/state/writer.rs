@@ -36,7 +36,9 @@ pub struct StateHandle {
 
 impl std::fmt::Debug for StateHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateHandle").field("kind", &self.kind).finish()
+        f.debug_struct("StateHandle")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -50,14 +52,14 @@ impl StateHandle {
         let (tx, rx) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let kind = store.kind();
-        for w in store.warnings() {
-            metrics.state_store_warning(kind, &w);
-        }
         let q = queued.clone();
         let thread = std::thread::Builder::new()
             .name("tidewatch-state".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
+                    for w in store.warnings() {
+                        metrics.state_store_warning(kind, &w);
+                    }
                     match job {
                         Job::Write(batch) => {
                             let n = batch.len();
@@ -126,7 +128,10 @@ impl StateHandle {
     pub fn flush(&self) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Job::Flush(done))) = self.tx.send(Job::Flush(done)) {
-            let _ = done.send(Err(StoreError::new("state", "the state thread has stopped")));
+            let _ = done.send(Err(StoreError::new(
+                "state",
+                "the state thread has stopped",
+            )));
         }
         rx
     }

@@ -463,7 +463,9 @@ impl Metrics {
             .with_label_values(&[target, outcome])
             .inc();
         match why {
-            Some(e) => tracing::warn!(target_name = target, outcome, error = %e, "target starts cold"),
+            Some(e) => {
+                tracing::warn!(target_name = target, outcome, error = %e, "target starts cold")
+            }
             None => tracing::debug!(target_name = target, outcome, "target state"),
         }
     }

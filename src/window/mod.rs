@@ -346,10 +346,17 @@ impl TargetWindows {
     /// Fresh windows over `spans`, keeping every metric's history (when its
     /// step is unchanged): a replay or a changed window list refills the
     /// windows, but the history holds days nobody can re-read.
-    pub fn renewed(&self, spans: &[Duration], history_span: Duration, history_step: Duration) -> Self {
+    pub fn renewed(
+        &self,
+        spans: &[Duration],
+        history_span: Duration,
+        history_step: Duration,
+    ) -> Self {
         let mut fresh = Self::new(spans, history_span, history_step);
         for m in Metric::ALL {
-            fresh.history_mut(m).import(&self.metric(m).history.export());
+            fresh
+                .history_mut(m)
+                .import(&self.metric(m).history.export());
         }
         fresh
     }

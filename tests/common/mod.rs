@@ -35,6 +35,7 @@ pub mod amqp;
 pub mod bench;
 pub mod kafka;
 pub mod schema;
+pub mod state;
 pub mod worker;
 
 /// A child process killed when the test ends, passing or not.
