@@ -81,6 +81,7 @@ async fn create_scaler_topics(brokers: &str, signals: &str, suffix: &str) {
         (format!("commands-{suffix}"), 1),
         (format!("results-{suffix}"), 1),
         (format!("dl-{suffix}"), 1),
+        (format!("state-{suffix}"), 1),
     ];
     create_topics(brokers, &topics).await;
 }
@@ -112,8 +113,13 @@ kafka = {{ brokers = "{brokers}", topic = "commands-{suffix}", results_topic = "
 min_eval_interval = "0s"
 drain_timeout = "30s"
 max_event_age = "30m"
+[state]
+topic = "state-{suffix}"
 "#
     );
+    if std::env::var("BENCH_STATE").as_deref() == Ok("off") {
+        toml.push_str("store = \"none\"\n");
+    }
     toml.push_str(&bench::targets_toml());
     std::fs::write(dir.join("c.toml"), toml).unwrap();
     Config::load(&dir.join("c.toml")).unwrap().0

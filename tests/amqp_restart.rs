@@ -292,6 +292,8 @@ async fn commands_decided_while_rabbitmq_is_down_are_published_when_it_is_back()
     let brokers = mock.bootstrap_servers();
     let topic = format!("signals-{}", mq::suffix());
     mock.create_topic(&topic, 1, 1).unwrap();
+    // the mock has no admin API: the state topic is made here
+    mock.create_topic("tidewatch.state", 1, 1).unwrap();
     let n = Names::new();
     let toml = format!(
         r#"

@@ -38,6 +38,7 @@ async fn kcat_publishes_signals_and_reads_commands() {
         ("commands", 1),
         ("results", 1),
         ("tidewatch.deadletter", 1),
+        ("tidewatch.state", 1),
     ] {
         mock.create_topic(t, p, 1).unwrap();
     }

@@ -69,13 +69,16 @@ kafka = {{ brokers = "{brokers}", topic = "{commands}", results_topic = "{result
 [engine]
 min_eval_interval = "0s"
 {engine}
+[state]
+topic = "{}"
 [[targets]]
 name = "orders"
 policy = "p.lua"
 max_replicas = 50
 {target}
 "#,
-            t("scaler")
+            t("scaler"),
+            t("state")
         ),
     )
     .unwrap();
@@ -382,4 +385,270 @@ async fn an_oversized_poison_message_does_not_stall_tansu() {
     assert_eq!(dl.payload_truncated_from, Some(poison.len()));
     stop.send(()).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+}
+
+const STATEFUL: &str = r#"return { decide = function(ctx)
+  ctx.state.calls = (ctx.state.calls or 0) + 1
+  local f = ctx.forecast("queue_depth", 600)
+  local d = ctx.window("queue_depth", "5s")
+  if not d then return nil end
+  local fc = f and string.format("%s %.3f", f.source, f.value) or "none"
+  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
+end }"#;
+
+fn part<'a>(reason: &'a str, key: &str) -> &'a str {
+    let at = reason
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} in {reason:?}"))
+        + key.len();
+    let rest = &reason[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// `tidewatch run` killed with -9 and started again on tansu: the new
+/// process takes the target's state from the state topic (written every
+/// second by the first), so its first decisions are the old one's: the
+/// same forecast from the same model (one the first process restored from
+/// a snapshot of three days of history), a scale-down still held by the
+/// stabilization, and the policy's count going on. Without it the restart
+/// commanded 10 at once (the issue's measurement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_killed_and_restarted_keeps_forecast_guard_and_policy_state() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("{n}-{suffix}");
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&t("signals"), 1),
+            (&t("commands"), 1),
+            (&t("results"), 1),
+            (&t("deadletter"), 1),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
+    let port = common::free_port();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{}"], group_id = "{}", deadletter_topic = "{}", instance_id = "{}", options = {{ "session.timeout.ms" = "10000", "fetch.wait.max.ms" = "10" }} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
+[metrics]
+listen = "127.0.0.1:{port}"
+[engine]
+min_eval_interval = "0s"
+[state]
+topic = "{}"
+interval = "1s"
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 100
+windows = ["5s"]
+stabilization_down = "300s"
+history_step = "1h"
+"#,
+            t("signals"),
+            t("scaler"),
+            t("deadletter"),
+            t("instance"),
+            t("commands"),
+            t("results"),
+            t("state")
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&path).unwrap();
+    // Days of history and a fitted daily model: a snapshot the store keeps
+    // as if a scaler had run for three days.
+    let seed = common::state::seasonal_snapshot(&cfg, "web", chrono::Utc::now().timestamp_millis());
+    let settings = cfg.source.kafka.as_ref().unwrap().client_settings();
+    let state_topic = t("state");
+    tokio::task::spawn_blocking(move || {
+        use tidewatch::state::StateStore;
+        let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &state_topic).unwrap();
+        store.write("web", &seed).unwrap();
+        store.flush().unwrap();
+    })
+    .await
+    .unwrap();
+
+    let spawn = || {
+        common::Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+                .args(["run", "--config", path.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.path().join("scaler.log"))
+                        .map(std::process::Stdio::from)
+                        .unwrap_or_else(|_| std::process::Stdio::null()),
+                )
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let log_path = dir.path().join("scaler.log");
+    let show_log = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::write("/tmp/scaler-debug.log", &text);
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("decision held") && !l.contains("CONFWARN"))
+            .rev()
+            .take(40)
+            .collect();
+        eprintln!(
+            "scaler log (last lines):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    let metric = |name: &str, labels: &[(&str, &str)]| {
+        common::scrape(port).map_or(0.0, |t| common::scraped(&t, name, labels))
+    };
+    let wait = |what: &str, within: Duration, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + within;
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let restored = || {
+        metric(
+            "tidewatch_state_restores_total",
+            &[("target", "web"), ("outcome", "restored")],
+        )
+    };
+    let held = || {
+        metric(
+            "tidewatch_decision_holds_total",
+            &[("target", "web"), ("reason", "stabilization")],
+        )
+    };
+    let producer = common::kafka::producer(&brokers);
+    let signals = t("signals");
+    let send = |depth: u32| {
+        let (p, topic) = (producer.clone(), signals.clone());
+        async move {
+            let body = format!(
+                r#"{{"type":"queue_depth","target":"web","queue":"q","depth":{depth},"ts":{}}}"#,
+                chrono::Utc::now().timestamp_millis()
+            );
+            p.send(
+                FutureRecord::to(&topic).key("web").payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let commands = common::kafka::reader(&brokers, &t("commands"));
+    let next = || async {
+        let m = tokio::time::timeout(Duration::from_secs(90), commands.recv())
+            .await
+            .expect("a command in time")
+            .unwrap();
+        serde_json::from_slice::<ScaleCommand>(m.payload().unwrap()).unwrap()
+    };
+    let hour = || chrono::Utc::now().timestamp_millis() / 3_600_000;
+
+    let mut first = spawn();
+    // ready: the partition is assigned and its state restored
+    tokio::task::block_in_place(|| {
+        wait("the first scaler ready", Duration::from_secs(60), &|| {
+            common::ready(port)
+        })
+    });
+    assert!(restored() >= 1.0, "the seed restored");
+    let hour_before = hour();
+    send(3000).await;
+    let up = match tokio::time::timeout(Duration::from_secs(60), next()).await {
+        Ok(c) => c,
+        Err(_) => {
+            show_log();
+            let m = common::scrape(port).unwrap_or_default();
+            for l in m
+                .lines()
+                .filter(|l| l.contains("event") || l.contains("partition") || l.contains("lag"))
+            {
+                eprintln!("{l}");
+            }
+            panic!("no command for the first signal");
+        }
+    };
+    assert_eq!(up.desired_replicas, 30, "{up:?}");
+    let forecast_before: f64 = part(&up.reason, "fc holt_winters ").parse().unwrap();
+    let calls_before: u64 = part(&up.reason, "calls ").parse().unwrap();
+    for _ in 0..60 {
+        send(1000).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::block_in_place(|| {
+        wait("the scale-down held", Duration::from_secs(30), &|| {
+            held() >= 1.0
+        })
+    });
+    // at least two snapshot periods after the hold
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+
+    let _second = spawn();
+    tokio::task::block_in_place(|| {
+        wait("the restart restored", Duration::from_secs(60), &|| {
+            restored() >= 1.0
+        })
+    });
+    // the first signals after the restart: the scale-down stays held
+    let mut decided = None;
+    for _ in 0..600 {
+        send(1000).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if held() >= 1.0 {
+            decided = Some(killed_at.elapsed());
+            break;
+        }
+    }
+    let decided = decided.expect("the restarted scaler decides within a minute");
+    eprintln!("from kill -9 to the first decision of the restarted scaler: {decided:?}");
+    send(4000).await;
+    let c = next().await;
+    assert_eq!(
+        c.desired_replicas, 40,
+        "the first command after the restart is the spike's, never 10: {c:?}"
+    );
+    assert!(c.generation > up.generation);
+    assert!(
+        part(&c.reason, "calls ").parse::<u64>().unwrap() > calls_before + 10,
+        "{}",
+        c.reason
+    );
+    let forecast_after: f64 = part(&c.reason, "fc holt_winters ").parse().unwrap();
+    if hour() == hour_before {
+        assert_eq!(
+            forecast_after, forecast_before,
+            "the same model, the same forecast"
+        );
+    } else {
+        eprintln!("an hour turned during the test: the model took a point");
+    }
 }

@@ -62,3 +62,41 @@ pub fn free_port() -> u16 {
 pub fn metric(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     tidewatch::telemetry::sum(m, name, labels)
 }
+
+/// `GET path` of a process serving on `port` (plain HTTP/1.0): the whole
+/// response, status line first.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// `GET /metrics` of a process serving on `port`.
+pub fn scrape(port: u16) -> Option<String> {
+    http_get(port, "/metrics")
+}
+
+/// Whether `/readyz` of a process serving on `port` answers 200.
+pub fn ready(port: u16) -> bool {
+    http_get(port, "/readyz").is_some_and(|r| r.split(' ').nth(1) == Some("200"))
+}
+
+/// The sum of a metric's samples in a scrape whose labels include `labels`.
+pub fn scraped(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
