@@ -84,3 +84,72 @@ impl StateStore for DirStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_whole_files_and_reads_only_what_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DirStore::open(&dir.path().join("state")).unwrap();
+        s.write("web", b"one").unwrap();
+        s.write("web", b"two").unwrap();
+        s.write("gone", b"kept").unwrap();
+        let got = s.read(&["web".into(), "new".into()]).unwrap();
+        assert_eq!(got, vec![("web".to_string(), b"two".to_vec())]);
+        // the snapshot of a target no longer configured stays
+        assert!(s.path_of("gone").exists());
+        // no temporary files left behind
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_refused_at_open_by_name() {
+        let e = DirStore::open(Path::new("/proc/tidewatch-state")).unwrap_err();
+        assert_eq!(e.setting, "state.dir");
+        assert!(e.message.contains("/proc/tidewatch-state"), "{e}");
+    }
+
+    /// A real full disk (a 64 KiB tmpfs): the write fails with the path
+    /// in the error, and the previous snapshot is whole. Needs root for
+    /// the mount, as the test machines have.
+    #[test]
+    fn a_full_disk_keeps_the_last_good_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount a small tmpfs (root is needed) to test a full disk"
+            );
+            eprintln!("skipped: cannot mount a tmpfs (not root)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let mut s = DirStore::open(dir.path()).unwrap();
+        let good = vec![7u8; 20_000];
+        s.write("web", &good).unwrap();
+        let e = s.write("web", &vec![9u8; 100_000]).unwrap_err();
+        assert_eq!(e.setting, "state.dir");
+        assert!(e.message.contains("web.tws"), "{e}");
+        assert_eq!(
+            s.read(&["web".into()]).unwrap(),
+            vec![("web".to_string(), good)]
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! State benchmarks (a bench binary; medians of repeated runs, printed):
+//! the snapshot of a target with 8 days of minute history on 4 metrics
+//! (size, encode, decode), the restore of 10,000 such targets (decode and
+//! give each to the engine), writing them to a state directory, and the
+//! reload of a 1,000-target configuration.
+//! Run: cargo bench --bench state
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidewatch::config::{Config, TargetConfig};
+use tidewatch::engine::{Engine, Prepared};
+use tidewatch::event::Metric;
+use tidewatch::forecast::builtin::RefitMode;
+use tidewatch::state::{StateStore, TargetSnapshot};
+use tidewatch::telemetry::Metrics;
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_764_000_000_000;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn policy_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.lua"),
+        r#"return { decide = function(ctx)
+             local f = ctx.forecast("queue_depth", 600)
+             local d = ctx.window("queue_depth", "60s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn target(dir: &Path, name: &str) -> TargetConfig {
+    TargetConfig {
+        windows: [10, 60, 300].map(Duration::from_secs).to_vec(),
+        ..TargetConfig::new(name, dir.join("p.lua"), "log", 1, 100)
+    }
+}
+
+/// 8 days of minute history on all four metrics (a daily cycle with
+/// noise), and a fitted daily model for the queue depth.
+fn full_target(dir: &Path) -> TargetSnapshot {
+    let t = target(dir, "checkout");
+    let cfg = Config {
+        targets: vec![t],
+        ..Config::default()
+    };
+    let end = T0 + 8 * DAY;
+    let mut e = Engine::new(&cfg.engine, &cfg.targets, Arc::new(Metrics::new()), end).unwrap();
+    e.set_refit_mode(RefitMode::Inline);
+    let mut seed: u64 = 42;
+    let mut noise = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+    };
+    let mut ts = T0;
+    while ts < end {
+        let cycle = 1.0 + 0.6 * (2.0 * std::f64::consts::PI * (ts % DAY) as f64 / DAY as f64).sin();
+        e.record(
+            "checkout",
+            Metric::QueueDepth,
+            ts,
+            (300.0 * cycle + 40.0 * noise()).max(0.0),
+        );
+        e.record(
+            "checkout",
+            Metric::LatencyMs,
+            ts,
+            80.0 * cycle + 10.0 * noise(),
+        );
+        e.record(
+            "checkout",
+            Metric::Requests,
+            ts,
+            (50.0 * cycle + 5.0 * noise()).round().max(0.0),
+        );
+        e.record(
+            "checkout",
+            Metric::Errors,
+            ts,
+            (0.5 + noise()).round().max(0.0),
+        );
+        ts += 60_000;
+    }
+    // the policy asks for the forecast: the model is fitted on the history
+    e.evaluate(0, end);
+    e.evaluate(0, end + 1);
+    e.snapshot("checkout", end, "bench").unwrap()
+}
+
+fn main() {
+    let dir = policy_dir();
+    let snap = full_target(dir.path());
+    let points: usize = snap.histories.iter().map(|(_, h)| h.points.len()).sum();
+    let model = snap
+        .forecasters
+        .iter()
+        .filter_map(|(_, f)| f.model.as_ref())
+        .map(|m| m.season)
+        .max()
+        .unwrap_or(0);
+    let bytes = snap.encode();
+    println!(
+        "snapshot: {} history points on {} metrics ({} bytes as f32), a model with a season of {model} steps",
+        points,
+        snap.histories.len(),
+        points * 4
+    );
+    println!(
+        "snapshot: {} bytes encoded ({:.2} of the raw f32 history)",
+        bytes.len(),
+        bytes.len() as f64 / (points * 4) as f64
+    );
+    let runs = 21;
+    let enc = median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(snap.encode());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    let dec = median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(TargetSnapshot::decode("checkout", &bytes).unwrap());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    println!("snapshot: encode {enc:.2} ms, decode {dec:.2} ms (medians of {runs})");
+
+    // 10,000 targets
+    let n: usize = std::env::var("BENCH_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let targets: Vec<TargetConfig> = (0..n)
+        .map(|i| target(dir.path(), &format!("t{i}")))
+        .collect();
+    let cfg = Config {
+        targets: targets.clone(),
+        ..Config::default()
+    };
+    let t = Instant::now();
+    let encoded: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let mut s = snap.clone();
+            s.target = format!("t{i}");
+            (s.target.clone(), s.encode())
+        })
+        .collect();
+    let encode_all = t.elapsed();
+    let state = tempfile::tempdir().unwrap();
+    let mut store = tidewatch::state::dir::DirStore::open(state.path()).unwrap();
+    let t = Instant::now();
+    for (name, b) in &encoded {
+        store.write(name, b).unwrap();
+    }
+    let write_all = t.elapsed();
+    let mut engine = Engine::new(
+        &cfg.engine,
+        &cfg.targets,
+        Arc::new(Metrics::new()),
+        T0 + 8 * DAY,
+    )
+    .unwrap();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let t = Instant::now();
+    let read = store.read(&names).unwrap();
+    let read_all = t.elapsed();
+    let t = Instant::now();
+    let metrics = Metrics::new();
+    let decoded = tidewatch::state::decode_all(&names, Ok(read), &metrics);
+    let restored = decoded
+        .iter()
+        .filter(|s| engine.restore(s) == tidewatch::engine::Restored::Applied)
+        .count();
+    let restore_all = t.elapsed();
+    assert_eq!(restored, n);
+    println!(
+        "{n} targets: encode {:.2} s, write to a state directory (fsync each) {:.2} s, read {:.2} s, decode and restore {:.2} s",
+        encode_all.as_secs_f64(),
+        write_all.as_secs_f64(),
+        read_all.as_secs_f64(),
+        restore_all.as_secs_f64()
+    );
+    drop(engine);
+
+    // reload of 1,000 targets: load and check the file (every policy), build
+    // the new ones off the engine, apply; one added, one removed, one changed
+    let m = 1000;
+    let toml = |extra: &str, skip: usize| {
+        let mut s = String::from("[engine]\ntick = \"1s\"\n");
+        for i in 0..m {
+            if i == skip {
+                continue;
+            }
+            s.push_str(&format!(
+                "[[targets]]\nname = \"t{i}\"\npolicy = \"p.lua\"\nmax_replicas = {}\n",
+                if i == 1 && !extra.is_empty() { 50 } else { 100 }
+            ));
+        }
+        s.push_str(extra);
+        s
+    };
+    std::fs::write(dir.path().join("c.toml"), toml("", usize::MAX)).unwrap();
+    let (old, _) = Config::load_for_run(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = Engine::new(&old.engine, &old.targets, metrics.clone(), T0).unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        toml(
+            "[[targets]]\nname = \"added\"\npolicy = \"p.lua\"\nmax_replicas = 10\n",
+            2,
+        ),
+    )
+    .unwrap();
+    let mut load = Vec::new();
+    let mut apply = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (new, _) = Config::load_for_run(&dir.path().join("c.toml")).unwrap();
+        let fresh: Vec<TargetConfig> = engine
+            .new_targets(&new.targets)
+            .into_iter()
+            .cloned()
+            .collect();
+        let prepared = Prepared::build(&new.engine, &fresh, &metrics, T0).unwrap();
+        load.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let report = engine.reconfigure(
+            new.engine.clone(),
+            new.targets.clone(),
+            prepared,
+            Vec::new(),
+            T0,
+        );
+        apply.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(report);
+        // back to the first file for the next round
+        let prepared = Prepared::build(
+            &old.engine,
+            &engine
+                .new_targets(&old.targets)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>(),
+            &metrics,
+            T0,
+        )
+        .unwrap();
+        engine.reconfigure(
+            old.engine.clone(),
+            old.targets.clone(),
+            prepared,
+            Vec::new(),
+            T0,
+        );
+    }
+    println!(
+        "reload of {m} targets (1 added, 1 removed, 1 changed): read and check the file, build the new {:.0} ms; apply on the engine task {:.2} ms (medians of 5)",
+        median(load),
+        median(apply)
+    );
+}
