@@ -115,6 +115,8 @@ drain_timeout = "30s"
 max_event_age = "30m"
 [state]
 topic = "state-{suffix}"
+# every target every second: the most snapshot work a run can do
+interval = "1s"
 "#
     );
     if std::env::var("BENCH_STATE").as_deref() == Ok("off") {

@@ -249,6 +249,33 @@ async fn a_takeover_keeps_forecasts_guard_and_policy_state() {
     ] {
         mock.create_topic(t, 1, 1).unwrap();
     }
+    takeover(&brokers, "").await;
+}
+
+/// The same takeover on tansu, a real broker (its own topics and group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_on_tansu_keeps_forecasts_guard_and_policy_state() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let sfx = format!("-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let n = |t: &str| format!("{t}{sfx}");
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&n("signals"), 2),
+            (&n("commands"), 1),
+            (&n("results"), 1),
+            (&n("tidewatch.deadletter"), 1),
+            (&n("tidewatch.state"), 1),
+        ],
+    )
+    .await;
+    takeover(&brokers, &sfx).await;
+}
+
+/// Two scalers in one group on topics named with `sfx`.
+async fn takeover(brokers: &str, sfx: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
     std::fs::write(
@@ -257,15 +284,16 @@ async fn a_takeover_keeps_forecasts_guard_and_policy_state() {
             r#"
 [source]
 kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
+kafka = {{ brokers = "{brokers}", topics = ["signals{sfx}"], group_id = "scalers{sfx}", deadletter_topic = "tidewatch.deadletter{sfx}", options = {{ "session.timeout.ms" = "6000" }} }}
 [commands]
 kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
+kafka = {{ brokers = "{brokers}", topic = "commands{sfx}", results_topic = "results{sfx}" }}
 [engine]
 min_eval_interval = "0s"
 drain_timeout = "20s"
 # only the snapshots written when the partitions are revoked count here
 [state]
+topic = "tidewatch.state{sfx}"
 interval = "1h"
 [[targets]]
 name = "a"
@@ -292,12 +320,14 @@ history_step = "1h"
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     // a's history and model, from days before either scaler started
     let now = chrono::Utc::now().timestamp_millis();
-    let producer = common::kafka::producer(&brokers);
+    let producer = common::kafka::producer(brokers);
     for t in ["a", "c"] {
         let seed = common::state::seasonal_snapshot(&cfg, t, now);
         producer
             .send(
-                FutureRecord::to("tidewatch.state").key(t).payload(&seed),
+                FutureRecord::to(&format!("tidewatch.state{sfx}"))
+                    .key(t)
+                    .payload(&seed),
                 Duration::from_secs(10),
             )
             .await
@@ -319,7 +349,7 @@ history_step = "1h"
                 r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#
             );
             p.send(
-                FutureRecord::to("signals")
+                FutureRecord::to(&format!("signals{sfx}"))
                     .partition(partition)
                     .key(target)
                     .payload(&body),
@@ -329,7 +359,7 @@ history_step = "1h"
             .unwrap();
         }
     };
-    let commands = common::kafka::reader(&brokers, "commands");
+    let commands = common::kafka::reader(brokers, &format!("commands{sfx}"));
     let next = |target: &'static str| {
         let commands = &commands;
         async move {
