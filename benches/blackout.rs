@@ -2,7 +2,8 @@
 //! the first command the restarted one publishes for a new signal, with
 //! and without static membership (`source.kafka.instance_id`). Against
 //! tansu (TIDEWATCH_TEST_KAFKA), or with BENCH_BROKER=mock librdkafka's
-//! mock cluster in this process. Medians of BENCH_RUNS (3) kills each.
+//! mock cluster in this process. Medians of BENCH_RUNS (3) kills each;
+//! BENCH_MEMBERSHIP=static or dynamic measures only one of the two.
 //! Run: cargo build --release && TIDEWATCH_TEST_KAFKA=127.0.0.1:PORT cargo bench --bench blackout
 
 #[path = "../tests/common/mod.rs"]
@@ -126,7 +127,7 @@ stabilization_down = "0s"
         let commands = &commands;
         let send = &send;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
+            let deadline = Instant::now() + Duration::from_secs(300);
             loop {
                 assert!(Instant::now() < deadline, "no command for {depth}");
                 send(depth).await;
@@ -172,7 +173,12 @@ async fn main() {
     } else {
         "tansu"
     };
+    // BENCH_MEMBERSHIP=static or dynamic: only that one
+    let which = std::env::var("BENCH_MEMBERSHIP").unwrap_or_default();
     for static_membership in [true, false] {
+        if (which == "static" && !static_membership) || (which == "dynamic" && static_membership) {
+            continue;
+        }
         let mut xs = Vec::new();
         for _ in 0..runs {
             xs.push(once(mock.as_ref(), &brokers, static_membership).await);

@@ -181,20 +181,27 @@ fn main() {
     let t = Instant::now();
     let read = store.read(&names).unwrap();
     let read_all = t.elapsed();
-    let t = Instant::now();
+    drop(encoded);
     let metrics = Metrics::new();
-    let decoded = tidewatch::state::decode_all(&names, Ok(read), &metrics);
-    let restored = decoded
-        .iter()
-        .filter(|s| engine.restore(s) == tidewatch::engine::Restored::Applied)
-        .count();
+    let t = Instant::now();
+    tidewatch::state::restore_in_chunks(&names, Ok(read.clone()), &metrics, drop);
+    let decode_only = t.elapsed();
+    let t = Instant::now();
+    let mut restored = 0;
+    tidewatch::state::restore_in_chunks(&names, Ok(read), &metrics, |batch| {
+        restored += batch
+            .iter()
+            .filter(|s| engine.restore(s) == tidewatch::engine::Restored::Applied)
+            .count();
+    });
     let restore_all = t.elapsed();
     assert_eq!(restored, n);
     println!(
-        "{n} targets: encode {:.2} s, write to a state directory (fsync each) {:.2} s, read {:.2} s, decode and restore {:.2} s",
+        "{n} targets: encode {:.2} s, write to a state directory (fsync each) {:.2} s, read {:.2} s, decode {:.2} s, decode and restore {:.2} s",
         encode_all.as_secs_f64(),
         write_all.as_secs_f64(),
         read_all.as_secs_f64(),
+        decode_only.as_secs_f64(),
         restore_all.as_secs_f64()
     );
     drop(engine);
@@ -217,7 +224,7 @@ fn main() {
         s
     };
     std::fs::write(dir.path().join("c.toml"), toml("", usize::MAX)).unwrap();
-    let (old, _) = Config::load_for_run(&dir.path().join("c.toml")).unwrap();
+    let (old, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(&old.engine, &old.targets, metrics.clone(), T0).unwrap();
     std::fs::write(
@@ -232,7 +239,7 @@ fn main() {
     let mut apply = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let (new, _) = Config::load_for_run(&dir.path().join("c.toml")).unwrap();
+        let (new, _) = Config::load(&dir.path().join("c.toml")).unwrap();
         let fresh: Vec<TargetConfig> = engine
             .new_targets(&new.targets)
             .into_iter()

@@ -24,7 +24,7 @@ use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
 use crate::source::SourceContext;
 use crate::state::dir::DirStore;
 use crate::state::kafka::KafkaStore;
-use crate::state::{decode_all, StateHandle, StateStore, StoreKind};
+use crate::state::{decode_all, restore_in_chunks, StateHandle, StateStore, StoreKind};
 use crate::telemetry::Metrics;
 
 /// What `run` leaves behind, for tests and logs.
@@ -506,14 +506,15 @@ async fn restore_at_start(engine: &mut Engine, handle: &StateHandle, metrics: &M
         .as_ref()
         .ok()
         .map(|v| v.iter().map(|(n, _)| n.clone()).collect());
-    let snapshots = decode_all(&names, stored, metrics);
     let mut restored = std::collections::HashSet::new();
-    for s in &snapshots {
-        if engine.restore(s) == Restored::Applied {
-            metrics.state_restored(&s.target, "restored", None);
-            restored.insert(s.target.clone());
+    restore_in_chunks(&names, stored, metrics, |batch| {
+        for s in batch {
+            if engine.restore(&s) == Restored::Applied {
+                metrics.state_restored(&s.target, "restored", None);
+                restored.insert(s.target);
+            }
         }
-    }
+    });
     if let Some(present) = present {
         for n in names.iter().filter(|n| !present.contains(*n)) {
             metrics.state_restored(n, "cold", None);

@@ -508,17 +508,28 @@ pub async fn restore_on_assignment(
         let started = std::time::Instant::now();
         let targets = targets.read().unwrap_or_else(|p| p.into_inner()).clone();
         let stored = state.read(targets.clone()).await;
-        let snapshots = crate::state::decode_all(&targets, stored, &ctx.metrics);
-        let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
-            return;
-        };
+        // decoded in chunks (on every core, off the engine), applied by
+        // the engine chunk by chunk so decisions of live targets go on
+        let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
+        let metrics = ctx.metrics.clone();
+        let decoding = tokio::task::spawn_blocking(move || {
+            crate::state::restore_in_chunks(&targets, stored, &metrics, |b| {
+                let _ = tx.blocking_send(b);
+            });
+        });
         let mut restored = 0;
-        for (name, r) in outcomes {
-            if r == Restored::Applied {
-                restored += 1;
-                ctx.metrics.state_restored(&name, "restored", None);
+        while let Some(snapshots) = chunks.recv().await {
+            let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
+                return;
+            };
+            for (name, r) in outcomes {
+                if r == Restored::Applied {
+                    restored += 1;
+                    ctx.metrics.state_restored(&name, "restored", None);
+                }
             }
         }
+        let _ = decoding.await;
         ownership
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -11,7 +11,7 @@ pub mod writer;
 
 pub use config::{StateConfig, StoreKind};
 pub use snapshot::{ControlState, SnapshotError, TargetSnapshot};
-pub use writer::{decode_all, StateHandle};
+pub use writer::{decode_all, restore_in_chunks, StateHandle};
 
 /// A store failed; the text names the setting and the value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -179,3 +179,65 @@ pub fn decode_all(
     }
     out
 }
+
+/// Snapshots decoded at once, at most: decoded history is about four
+/// times its encoded size, so a restore of many targets holds a chunk,
+/// not all of them.
+pub const RESTORE_CHUNK: usize = 256;
+
+/// [`decode_all`] in chunks of [`RESTORE_CHUNK`], each decoded on every
+/// core and handed to `apply` before the next is decoded.
+pub fn restore_in_chunks(
+    targets: &[String],
+    stored: Result<Stored, StoreError>,
+    metrics: &Metrics,
+    mut apply: impl FnMut(Vec<TargetSnapshot>),
+) {
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            decode_all(targets, Err(e), metrics);
+            return;
+        }
+    };
+    let wanted: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+    let stored: Vec<(String, Vec<u8>)> = stored
+        .into_iter()
+        .filter(|(n, _)| wanted.contains(n.as_str()))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for chunk in stored.chunks(RESTORE_CHUNK) {
+        let per = chunk.len().div_ceil(threads).max(1);
+        let decoded: Vec<Vec<Result<TargetSnapshot, SnapshotError>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|(n, b)| TargetSnapshot::decode(n, b))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let mut ok = Vec::with_capacity(chunk.len());
+        for r in decoded.into_iter().flatten() {
+            match r {
+                Ok(s) => ok.push(s),
+                Err(e) => {
+                    let target = match &e {
+                        SnapshotError::Corrupt { target, .. }
+                        | SnapshotError::Incompatible { target, .. }
+                        | SnapshotError::TooLarge { target, .. } => target.clone(),
+                    };
+                    metrics.state_restored(&target, e.code(), Some(&e));
+                }
+            }
+        }
+        apply(ok);
+    }
+}
