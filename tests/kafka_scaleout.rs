@@ -207,29 +207,6 @@ stabilization_down = "0s"
     assert!(report.drained);
 }
 
-// The window's highest depth of the last 5 s, the forecast and a count
-// kept in `ctx.state`, all in the reason.
-const STATEFUL: &str = r#"return { decide = function(ctx)
-  ctx.state.calls = (ctx.state.calls or 0) + 1
-  local f = ctx.forecast("queue_depth", 600)
-  local d = ctx.window("queue_depth", "5s")
-  if not d then return nil end
-  local fc = f and string.format("%s %.3f", f.source, f.value) or "none"
-  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
-end }"#;
-
-fn reason_part<'a>(reason: &'a str, key: &str) -> &'a str {
-    let at = reason
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} in {reason:?}"))
-        + key.len();
-    let rest = &reason[at..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(rest.len());
-    &rest[..end]
-}
-
 /// When the owner of a target stops, the other scaler continues it with
 /// its state: the forecaster (a daily season learnt before either started,
 /// from the state topic), the guard (a scale-down held by stabilization
@@ -277,7 +254,7 @@ async fn a_takeover_on_tansu_keeps_forecasts_guard_and_policy_state() {
 /// Two scalers in one group on topics named with `sfx`.
 async fn takeover(brokers: &str, sfx: &str) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
+    std::fs::write(dir.path().join("p.lua"), common::state::STATEFUL).unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
         format!(
@@ -384,12 +361,14 @@ history_step = "1h"
     send("b", 1, 500).await;
     let up = next("a").await;
     assert_eq!(up.desired_replicas, 30);
-    let calls_before: u64 = reason_part(&up.reason, "calls ").parse().unwrap();
+    let calls_before: u64 = common::state::reason_part(&up.reason, "calls ")
+        .parse()
+        .unwrap();
     eprintln!("a scaled up: {}", up.reason);
     let hour_before = hour();
     send("c", 0, 2500).await;
     let c_before = next("c").await;
-    let forecast_before: f64 = reason_part(&c_before.reason, "fc holt_winters ")
+    let forecast_before: f64 = common::state::reason_part(&c_before.reason, "fc holt_winters ")
         .parse()
         .unwrap();
     let (owner, m_owner, stop_owner, task_owner, m_other, stop_other, task_other) =
@@ -451,13 +430,15 @@ history_step = "1h"
         "the first command after the takeover is the spike's, never 10: {c:?}"
     );
     assert!(c.generation > up.generation);
-    let calls_after: u64 = reason_part(&c.reason, "calls ").parse().unwrap();
+    let calls_after: u64 = common::state::reason_part(&c.reason, "calls ")
+        .parse()
+        .unwrap();
     // c's forecast goes on from the model its old owner had
     send("c", 0, 5500).await;
     let c_after = next("c").await;
     let same_hour = hour() == hour_before;
     assert!(c_after.generation > c_before.generation);
-    let forecast_after: f64 = reason_part(&c_after.reason, "fc holt_winters ")
+    let forecast_after: f64 = common::state::reason_part(&c_after.reason, "fc holt_winters ")
         .parse()
         .unwrap();
     // the same model on the other scaler: the same forecast (printed to

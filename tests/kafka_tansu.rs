@@ -387,27 +387,6 @@ async fn an_oversized_poison_message_does_not_stall_tansu() {
     let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
 }
 
-const STATEFUL: &str = r#"return { decide = function(ctx)
-  ctx.state.calls = (ctx.state.calls or 0) + 1
-  local f = ctx.forecast("queue_depth", 600)
-  local d = ctx.window("queue_depth", "5s")
-  if not d then return nil end
-  local fc = f and string.format("%s %.3f", f.source, f.value) or "none"
-  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
-end }"#;
-
-fn part<'a>(reason: &'a str, key: &str) -> &'a str {
-    let at = reason
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} in {reason:?}"))
-        + key.len();
-    let rest = &reason[at..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(rest.len());
-    &rest[..end]
-}
-
 /// `tidewatch run` killed with -9 and started again on tansu: the new
 /// process takes the target's state from the state topic (written every
 /// second by the first), so its first decisions are the old one's: the
@@ -433,7 +412,7 @@ async fn a_scaler_killed_and_restarted_keeps_forecast_guard_and_policy_state() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
+    std::fs::write(dir.path().join("p.lua"), common::state::STATEFUL).unwrap();
     let port = common::free_port();
     let path = dir.path().join("c.toml");
     std::fs::write(
@@ -595,8 +574,12 @@ history_step = "1h"
         }
     };
     assert_eq!(up.desired_replicas, 30, "{up:?}");
-    let forecast_before: f64 = part(&up.reason, "fc holt_winters ").parse().unwrap();
-    let calls_before: u64 = part(&up.reason, "calls ").parse().unwrap();
+    let forecast_before: f64 = common::state::reason_part(&up.reason, "fc holt_winters ")
+        .parse()
+        .unwrap();
+    let calls_before: u64 = common::state::reason_part(&up.reason, "calls ")
+        .parse()
+        .unwrap();
     for _ in 0..60 {
         send(1000).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -638,11 +621,16 @@ history_step = "1h"
     );
     assert!(c.generation > up.generation);
     assert!(
-        part(&c.reason, "calls ").parse::<u64>().unwrap() > calls_before + 10,
+        common::state::reason_part(&c.reason, "calls ")
+            .parse::<u64>()
+            .unwrap()
+            > calls_before + 10,
         "{}",
         c.reason
     );
-    let forecast_after: f64 = part(&c.reason, "fc holt_winters ").parse().unwrap();
+    let forecast_after: f64 = common::state::reason_part(&c.reason, "fc holt_winters ")
+        .parse()
+        .unwrap();
     if hour() == hour_before {
         assert_eq!(
             forecast_after, forecast_before,

@@ -9,6 +9,31 @@ use tidewatch::engine::Engine;
 use tidewatch::forecast::builtin::RefitMode;
 use tidewatch::telemetry::Metrics;
 
+/// A policy for state tests: the window's highest depth of the last 5 s
+/// sizes the target; the forecast (source and value) and a count kept in
+/// `ctx.state` go into the reason, where a test reads them.
+pub const STATEFUL: &str = r#"return { decide = function(ctx)
+  ctx.state.calls = (ctx.state.calls or 0) + 1
+  local f = ctx.forecast("queue_depth", 600)
+  local d = ctx.window("queue_depth", "5s")
+  if not d then return nil end
+  local fc = f and string.format("%s %.3f", f.source, f.value) or "none"
+  return { replicas = math.ceil(d.max / 100), reason = "fc " .. fc .. " calls " .. ctx.state.calls }
+end }"#;
+
+/// The number after `key` in a command's reason (`"calls "` -> `"42"`).
+pub fn reason_part<'a>(reason: &'a str, key: &str) -> &'a str {
+    let at = reason
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} in {reason:?}"))
+        + key.len();
+    let rest = &reason[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
 /// The depth of the daily cycle at `t` (ms): 300 +- 200.
 pub fn daily_depth(t: i64) -> f64 {
     300.0 + 200.0 * (2.0 * std::f64::consts::PI * t as f64 / 86_400_000.0).sin()
