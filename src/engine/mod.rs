@@ -659,6 +659,7 @@ fn build_target(
         overruns: 0,
         quarantined: false,
         dirty: false,
+        snapshot_at: None,
         control: ControlState::default(),
     })
 }

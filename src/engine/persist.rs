@@ -47,6 +47,7 @@ impl Engine {
     ) -> TargetSnapshot {
         let t = &mut self.targets[idx];
         t.dirty = false;
+        t.snapshot_at = Some(now_ms);
         let (policy_state, err) = t.policy.export_state();
         if let Some(e) = err {
             self.metrics.policy_failed(&t.cfg.name, &e);
@@ -76,9 +77,10 @@ impl Engine {
         }
     }
 
-    /// The periodic snapshots of one tick: changed targets, round robin,
-    /// as many as make every target's turn come once per interval, and no
-    /// more than the state thread has room for.
+    /// The periodic snapshots of one tick: targets changed since their
+    /// last snapshot and not written for an interval, round robin, as many
+    /// as make every target's turn come once per interval, and no more
+    /// than the state thread has room for.
     pub(super) fn snapshot_some(&mut self, now_ms: Millis) {
         let Some((state, interval)) = self.state.clone() else {
             return;
@@ -95,7 +97,10 @@ impl Engine {
             let i = self.snapshot_cursor % n;
             self.snapshot_cursor = (i + 1) % n;
             looked += 1;
-            if self.targets[i].dirty && self.writable(i) {
+            let due = self.targets[i]
+                .snapshot_at
+                .is_none_or(|at| now_ms - at >= interval.as_millis() as i64);
+            if due && self.targets[i].dirty && self.writable(i) {
                 batch.push(self.snapshot_of(i, now_ms, state.writer()));
                 budget -= 1;
             }
@@ -161,6 +166,7 @@ impl Engine {
         t.published_generation = t.published_generation.max(s.published_generation);
         t.control = s.control.clone();
         t.dirty = false;
+        t.snapshot_at = Some(s.taken_at_ms);
         if let Err(e) = t.policy.import_state(&s.policy_state) {
             metrics.policy_failed(&t.cfg.name, &e);
         }

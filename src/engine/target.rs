@@ -131,6 +131,8 @@ pub(super) struct TargetRuntime {
     pub(super) quarantined: bool,
     /// Changed since its last snapshot.
     pub(super) dirty: bool,
+    /// When its last snapshot was taken (or restored).
+    pub(super) snapshot_at: Option<Millis>,
     /// Pause and pin at run time (kept in snapshots).
     pub(super) control: ControlState,
 }

@@ -834,3 +834,35 @@ fn a_policy_state_with_a_function_is_reported_and_the_rest_kept() {
     };
     assert_eq!(pairs.len(), 1, "{pairs:?}");
 }
+
+/// Each changed target is written at most once per `state.interval`,
+/// however few targets there are (the round robin alone wrote a target
+/// every N ticks).
+#[test]
+fn periodic_snapshots_keep_to_the_interval() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::dir::DirStore::open(dir.path()).unwrap();
+    let (handle, _thread) = crate::state::StateHandle::start(Box::new(store), s.metrics.clone());
+    s.engine.keep_state(handle.clone(), Duration::from_secs(10));
+    // 30 s of ticks, a signal every second: both targets change every tick
+    for i in 0..30 {
+        let now = T0 + i * 1000;
+        s.engine
+            .ingest("t", &depth("web", 100.0 + i as f64, now), now);
+        s.engine
+            .ingest("t", &depth("other", 100.0 + i as f64, now), now);
+        s.engine.tick(now);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(handle.flush()).unwrap().unwrap();
+    let written = counter(
+        &s.metrics,
+        "tidewatch_state_snapshots_total",
+        &[("store", "dir"), ("result", "ok")],
+    );
+    // at 0 s, 10 s and 20 s for each of the two targets
+    assert_eq!(written, 6.0);
+}
