@@ -680,7 +680,9 @@ pub async fn drive(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let wake = engine.next_event_eval().map(|at| {
-            let wait = (at - clock.now_ms()).max(0) as u64;
+            // `at` is Millis::MIN for "now" (a target that became live with
+            // signals waiting, after a restore): saturate, never overflow
+            let wait = at.saturating_sub(clock.now_ms()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait)
         });
         let out = tokio::select! {
