@@ -95,16 +95,7 @@ stabilization_down = "0s"
         ),
     )
     .unwrap();
-    let spawn = || {
-        common::Killed(
-            std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-                .args(["run", "--config", path.to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let spawn = || common::spawn_run(&path, None);
     let producer = common::kafka::producer(brokers);
     let commands = common::kafka::reader(brokers, &t("commands"));
     let send = |depth: u32| {

@@ -510,7 +510,6 @@ async fn restore_at_start(engine: &mut Engine, handle: &StateHandle, metrics: &M
     restore_in_chunks(&names, stored, metrics, |batch| {
         for s in batch {
             if engine.restore(&s) == Restored::Applied {
-                metrics.state_restored(&s.target, "restored", None);
                 restored.insert(s.target);
             }
         }

@@ -23,6 +23,26 @@ const POLICY: &str = r#"return { decide = function(ctx)
   return { replicas = math.ceil(d.max / 100), reason = "max " .. d.max }
 end }"#;
 
+/// A mock cluster with the scalers' topics: two signal partitions. It has
+/// no admin API, so the state topic is made here too.
+fn mock_cluster() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("signals", 2, 1).unwrap();
+    for t in [
+        "commands",
+        "results",
+        "tidewatch.deadletter",
+        "tidewatch.state",
+    ] {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    let brokers = mock.bootstrap_servers();
+    (mock, brokers)
+}
+
 fn scaler(
     cfg: Config,
 ) -> (
@@ -58,17 +78,7 @@ async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scalers_split_targets_and_take_over_cleanly() {
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("signals", 2, 1).unwrap();
-    for t in [
-        "commands",
-        "results",
-        "tidewatch.deadletter",
-        "tidewatch.state",
-    ] {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
+    let (_mock, brokers) = mock_cluster();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
     std::fs::write(
@@ -215,17 +225,7 @@ stabilization_down = "0s"
 /// seen the 30.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_keeps_forecasts_guard_and_policy_state() {
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("signals", 2, 1).unwrap();
-    for t in [
-        "commands",
-        "results",
-        "tidewatch.deadletter",
-        "tidewatch.state",
-    ] {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
+    let (_mock, brokers) = mock_cluster();
     takeover(&brokers, "").await;
 }
 
@@ -465,17 +465,7 @@ history_step = "1h"
 /// alone it would scale up to 25.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaler_that_joins_takes_the_latest_state_of_the_partition_it_gets() {
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("signals", 2, 1).unwrap();
-    for t in [
-        "commands",
-        "results",
-        "tidewatch.deadletter",
-        "tidewatch.state",
-    ] {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
+    let (_mock, brokers) = mock_cluster();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.lua"), common::state::STATEFUL).unwrap();
     let targets: String = ["a", "b"]

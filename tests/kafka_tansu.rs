@@ -465,27 +465,10 @@ history_step = "1h"
     .await
     .unwrap();
 
-    let spawn = || {
-        common::Killed(
-            std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-                .args(["run", "--config", path.to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .stderr(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.path().join("scaler.log"))
-                        .map(std::process::Stdio::from)
-                        .unwrap_or_else(|_| std::process::Stdio::null()),
-                )
-                .spawn()
-                .unwrap(),
-        )
-    };
     let log_path = dir.path().join("scaler.log");
+    let spawn = || common::spawn_run(&path, Some(&log_path));
     let show_log = || {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let _ = std::fs::write("/tmp/scaler-debug.log", &text);
         let tail: Vec<&str> = text
             .lines()
             .filter(|l| !l.contains("decision held") && !l.contains("CONFWARN"))

@@ -85,14 +85,8 @@ async fn sighup_reloads_targets_under_load_and_refuses_a_bad_file() {
         ),
     );
     std::fs::write(&path, &first).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let _child = common::Killed(child);
+    let child = common::spawn_run(&path, None);
+    let pid = child.0.id();
     let conn = mq::connect(&url).await;
     mq::wait_for_queue(&conn, &n.queue).await;
     mq::wait_for_queue(&conn, &n.workers).await;

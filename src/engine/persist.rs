@@ -131,6 +131,7 @@ impl Engine {
     /// controls. The windows are not in it: a Kafka source re-reads them,
     /// elsewhere new signals fill them. A snapshot this process wrote, or
     /// of a target it decides now, is left alone (what it holds is newer).
+    /// A restore is counted (`tidewatch_state_restores_total`) here, once.
     pub fn restore(&mut self, s: &TargetSnapshot) -> Restored {
         let Some(&idx) = self.by_name.get(&s.target) else {
             return Restored::NotConfigured;
@@ -171,6 +172,7 @@ impl Engine {
             metrics.policy_failed(&t.cfg.name, &e);
         }
         metrics.target_observed(&t.cfg.name, t.current);
+        metrics.state_restored(&t.cfg.name, "restored", None);
         Restored::Applied
     }
 

@@ -153,7 +153,6 @@ impl Engine {
         self.snapshot_cursor = 0;
         for s in &snapshots {
             if report.added.contains(&s.target) && self.restore(s) == Restored::Applied {
-                self.metrics.state_restored(&s.target, "restored", None);
                 report.resumed.push(s.target.clone());
             }
         }

@@ -522,12 +522,10 @@ pub async fn restore_on_assignment(
             let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
                 return;
             };
-            for (name, r) in outcomes {
-                if r == Restored::Applied {
-                    restored += 1;
-                    ctx.metrics.state_restored(&name, "restored", None);
-                }
-            }
+            restored += outcomes
+                .iter()
+                .filter(|(_, r)| *r == Restored::Applied)
+                .count();
         }
         let _ = decoding.await;
         ownership

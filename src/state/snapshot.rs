@@ -82,6 +82,15 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// The target whose snapshot it is.
+    pub fn target(&self) -> &str {
+        match self {
+            SnapshotError::Corrupt { target, .. }
+            | SnapshotError::Incompatible { target, .. }
+            | SnapshotError::TooLarge { target, .. } => target,
+        }
+    }
+
     /// The restore outcome label.
     pub fn code(&self) -> &'static str {
         match self {

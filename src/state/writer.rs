@@ -147,36 +147,15 @@ impl StateHandle {
     }
 }
 
-/// Decodes what a store returned for `targets`; a snapshot that does not
-/// decode is counted (corrupt, incompatible) and costs its target its
-/// state, nothing else. A store that cannot be read counts every target as
-/// `failed`. Targets without a snapshot are the caller's to count.
+/// Decodes what a store returned for `targets`, all at once (for a few
+/// targets: a reload's new ones); see [`restore_in_chunks`].
 pub fn decode_all(
     targets: &[String],
     stored: Result<Stored, StoreError>,
     metrics: &Metrics,
 ) -> Vec<TargetSnapshot> {
-    let stored = match stored {
-        Ok(s) => s,
-        Err(e) => {
-            metrics.state_store_warning("state", &e.to_string());
-            for t in targets {
-                metrics.state_restored(t, "failed", Some(&e));
-            }
-            return Vec::new();
-        }
-    };
-    let mut by_name: std::collections::HashMap<String, Vec<u8>> = stored.into_iter().collect();
     let mut out = Vec::new();
-    for t in targets {
-        let Some(bytes) = by_name.remove(t) else {
-            continue;
-        };
-        match TargetSnapshot::decode(t, &bytes) {
-            Ok(s) => out.push(s),
-            Err(e) => metrics.state_restored(t, e.code(), Some(&e as &SnapshotError)),
-        }
-    }
+    restore_in_chunks(targets, stored, metrics, |b| out.extend(b));
     out
 }
 
@@ -185,8 +164,12 @@ pub fn decode_all(
 /// not all of them.
 pub const RESTORE_CHUNK: usize = 256;
 
-/// [`decode_all`] in chunks of [`RESTORE_CHUNK`], each decoded on every
-/// core and handed to `apply` before the next is decoded.
+/// Decodes what a store returned for `targets` in chunks of
+/// [`RESTORE_CHUNK`], each on every core, and hands each chunk to `apply`
+/// before the next is decoded. A snapshot that does not decode is counted
+/// (corrupt, incompatible) and costs its target its state, nothing else;
+/// a store that cannot be read counts every target as `failed`. Targets
+/// without a snapshot are the caller's to count.
 pub fn restore_in_chunks(
     targets: &[String],
     stored: Result<Stored, StoreError>,
@@ -196,7 +179,10 @@ pub fn restore_in_chunks(
     let stored = match stored {
         Ok(s) => s,
         Err(e) => {
-            decode_all(targets, Err(e), metrics);
+            metrics.state_store_warning("state", &e.to_string());
+            for t in targets {
+                metrics.state_restored(t, "failed", Some(&e));
+            }
             return;
         }
     };
@@ -228,14 +214,7 @@ pub fn restore_in_chunks(
         for r in decoded.into_iter().flatten() {
             match r {
                 Ok(s) => ok.push(s),
-                Err(e) => {
-                    let target = match &e {
-                        SnapshotError::Corrupt { target, .. }
-                        | SnapshotError::Incompatible { target, .. }
-                        | SnapshotError::TooLarge { target, .. } => target.clone(),
-                    };
-                    metrics.state_restored(&target, e.code(), Some(&e));
-                }
+                Err(e) => metrics.state_restored(e.target(), e.code(), Some(&e)),
             }
         }
         apply(ok);

@@ -48,6 +48,29 @@ impl Drop for Killed {
     }
 }
 
+/// `tidewatch run --config path` as a child process, killed when the
+/// returned value is dropped; its stderr appended to `log` when given.
+pub fn spawn_run(path: &std::path::Path, log: Option<&std::path::Path>) -> Killed {
+    let stderr = log
+        .and_then(|l| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(l)
+                .ok()
+        })
+        .map_or_else(std::process::Stdio::null, std::process::Stdio::from);
+    Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
