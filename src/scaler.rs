@@ -131,19 +131,14 @@ pub async fn run(
         let ownership = crate::engine::SharedOwnership::default();
         engine.track_ownership(ownership.clone());
         // With a state store, an assignment goes live after a restore.
+        let mut restorer = None;
         let hook = state.as_ref().map(|(handle, _)| {
             ownership
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .wait_for_state();
             let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
-            inputs.push(tokio::spawn(crate::source::kafka::restore_on_assignment(
-                woken,
-                names.clone(),
-                handle.clone(),
-                ctx.clone(),
-                ownership.clone(),
-            )));
+            restorer = Some((woken, handle.clone()));
             StateHook {
                 engine: in_tx.clone(),
                 state: handle.clone(),
@@ -156,8 +151,18 @@ pub async fn run(
             .flat_map(|t| t.windows.iter())
             .max()
             .map_or(300_000, |d| d.as_millis() as i64);
-        let source = KafkaSource::new(k, ctx.clone(), ownership, longest, hook)
+        let source = KafkaSource::new(k, ctx.clone(), ownership.clone(), longest, hook)
             .map_err(StartError::fault)?;
+        if let Some((woken, handle)) = restorer {
+            inputs.push(tokio::spawn(crate::source::kafka::restore_on_assignment(
+                woken,
+                names.clone(),
+                handle,
+                ctx.clone(),
+                ownership,
+                source.releaser(),
+            )));
+        }
         inputs.push(watched(
             "the kafka source",
             source.run(),

@@ -623,3 +623,132 @@ history_step = "1h"
         eprintln!("an hour turned during the test: the model took a point");
     }
 }
+
+/// A restored target needs the signals since its snapshot, not only its
+/// windows': the restore holds the partition back, then replays it from
+/// the snapshot's first missing history step. Without that the history
+/// has a hole from the snapshot to the window's start (NaN steps), and a
+/// restart after a quiet snapshot period forgets them for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_target_replays_the_signals_since_its_snapshot() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let s = stack(
+        &brokers,
+        1,
+        r#"return { decide = function(ctx)
+             local d = ctx.window("queue_depth", "2s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }"#,
+        "",
+        "",
+        "windows = [\"2s\"]\nhistory_step = \"1s\"\nhistory_span = \"1h\"",
+    )
+    .await;
+    let wall = || chrono::Utc::now().timestamp_millis();
+    let depth = |ts: i64| 100 + (ts / 1000) % 50;
+    let signal = |ts: i64| {
+        format!(
+            r#"{{"type":"queue_depth","target":"orders","queue":"q","depth":{},"ts":{ts}}}"#,
+            depth(ts)
+        )
+    };
+    // A snapshot taken now, after a minute of signals...
+    let seed_at = wall() - wall().rem_euclid(1000);
+    let mut e = tidewatch::engine::Engine::new(
+        &s.cfg.engine,
+        &s.cfg.targets,
+        Arc::new(Metrics::new()),
+        seed_at - 60_000,
+    )
+    .unwrap();
+    for ts in (seed_at - 60_000..seed_at).step_by(1000) {
+        e.ingest("seed", signal(ts).as_bytes(), ts);
+    }
+    let seed = e.snapshot("orders", seed_at, "seed").unwrap();
+    let resume = seed.resume_ms();
+    assert!(resume <= seed_at && resume > seed_at - 5_000, "{resume}");
+    let settings = s.cfg.source.kafka.as_ref().unwrap().client_settings();
+    let state_topic = s.cfg.state.topic.clone();
+    let read_back = {
+        let (settings, topic) = (settings.clone(), state_topic.clone());
+        move || {
+            use tidewatch::state::StateStore;
+            let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
+            let stored = store.read(&["orders".to_owned()]).unwrap();
+            let (_, bytes) = stored.into_iter().last().expect("a snapshot of orders");
+            tidewatch::state::TargetSnapshot::decode("orders", &bytes).unwrap()
+        }
+    };
+    let encoded = seed.encode();
+    tokio::task::spawn_blocking(move || {
+        use tidewatch::state::StateStore;
+        let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &state_topic).unwrap();
+        store.write("orders", &encoded).unwrap();
+        store.flush().unwrap();
+    })
+    .await
+    .unwrap();
+    // ...and the signals since, 12 s of them, sent as they happen (the
+    // broker looks offsets up by the time it appended them): a window of
+    // 2 s alone would replay the last few.
+    let producer = common::kafka::producer(&brokers);
+    let mut sent = 0.0;
+    let mut steps = std::collections::BTreeSet::new();
+    while wall() < seed_at + 12_000 {
+        let ts = wall();
+        steps.insert(ts / 1000);
+        producer
+            .send(
+                FutureRecord::to(&s.signals)
+                    .key("orders")
+                    .payload(&signal(ts)),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        sent += 1.0;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(s.cfg.clone(), metrics.clone());
+    let received = || {
+        common::metric(
+            &metrics,
+            "tidewatch_events_received_total",
+            &[("type", "queue_depth")],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while received() < sent && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replayed = received();
+    // the drain writes the final snapshot
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let after = tokio::task::spawn_blocking(read_back).await.unwrap();
+    assert_ne!(after.writer, "seed", "the scaler wrote its own snapshot");
+    let (_, h) = after
+        .histories
+        .iter()
+        .find(|(m, _)| *m == tidewatch::event::Metric::QueueDepth)
+        .expect("a queue_depth history");
+    let at = |step: i64| h.points.get((step - h.first_step) as usize).copied();
+    // every step of the seed's, and every step a signal was sent in but
+    // the last (still open at the drain)
+    let last = *steps.last().unwrap();
+    let holes: Vec<i64> = ((seed_at - 50_000) / 1000..seed_at / 1000 - 1)
+        .chain(steps.into_iter().filter(|&s| s < last))
+        .filter(|&step| at(step).is_none_or(f32::is_nan))
+        .collect();
+    assert!(
+        holes.is_empty(),
+        "{replayed} signals replayed; steps without history between the seed and the restart: {} (first {:?})",
+        holes.len(),
+        holes.first()
+    );
+    let step = (seed_at - 30_000) / 1000;
+    assert_eq!(at(step), Some(depth(step * 1000) as f32), "step {step}");
+}

@@ -285,3 +285,156 @@ async fn sighup_reloads_targets_under_load_and_refuses_a_bad_file() {
     );
     n.delete(&ch).await;
 }
+
+/// Counts its calls in `ctx.state`, and says so in the reason.
+const COUNTING: &str = r#"return { decide = function(ctx)
+  ctx.state.calls = (ctx.state.calls or 0) + 1
+  local d = ctx.window("queue_depth", "10s")
+  if not d then return nil end
+  return { replicas = math.ceil(d.last / 100), reason = "calls " .. ctx.state.calls }
+end }"#;
+
+/// With `engine.watch_config` a changed file is reloaded without a
+/// signal; a target removed and added back resumes from the snapshot its
+/// removal wrote (`state.dir`); a change that needs a restart is applied
+/// where it can be and reported as `restart_needed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_file_readded_target_resumes_and_restart_settings_are_reported() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let path = dir.path().join("c.toml");
+    std::fs::write(dir.path().join("p.lua"), COUNTING).unwrap();
+    let state_dir = dir.path().join("state");
+    let write = |targets: &[&str], state_interval: &str| {
+        let toml = format!(
+            r#"{}
+[metrics]
+listen = "127.0.0.1:{port}"
+
+[engine]
+min_eval_interval = "0s"
+watch_config = true
+reload_interval = "200ms"
+
+[state]
+store = "dir"
+dir = "{}"
+interval = "{state_interval}"
+{}"#,
+            n.toml(&url),
+            state_dir.display(),
+            targets.iter().map(|t| target(t, 100)).collect::<String>()
+        );
+        std::fs::write(&path, toml).unwrap();
+    };
+    write(&["a", "b"], "30s");
+    let _child = common::spawn_run(&path, None);
+    let conn = Arc::new(mq::connect(&url).await);
+    mq::wait_for_queue(&conn, &n.queue).await;
+    mq::wait_for_queue(&conn, &n.workers).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let send = |t: &'static str, depth: i64| {
+        let (ch, exchange) = (ch.clone(), n.signals.clone());
+        async move {
+            mq::publish(
+                &ch,
+                &exchange,
+                &format!("queue_depth.{t}"),
+                mq::depth_signal(t, depth).as_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let command = |t: &'static str, replicas: u32| {
+        let (conn, queue) = (conn.clone(), n.workers.clone());
+        async move {
+            let got = mq::read_until(&conn, &queue, Duration::from_secs(30), |g| {
+                g.iter().any(|g| {
+                    serde_json::from_slice::<ScaleCommand>(&g.body)
+                        .is_ok_and(|c| c.target == t && c.desired_replicas == replicas)
+                })
+            })
+            .await;
+            got.iter()
+                .filter_map(|g| serde_json::from_slice::<ScaleCommand>(&g.body).ok())
+                .find(|c| c.target == t && c.desired_replicas == replicas)
+                .unwrap_or_else(|| panic!("a command of {replicas} for {t}"))
+        }
+    };
+    let calls = |c: &ScaleCommand| -> u64 {
+        common::state::reason_part(&c.reason, "calls ")
+            .parse()
+            .unwrap()
+    };
+    for _ in 0..5 {
+        send("b", 900).await;
+    }
+    let before = command("b", 9).await;
+
+    // removed by editing the file, no SIGHUP
+    write(&["a"], "30s");
+    tokio::task::block_in_place(|| {
+        wait_metric(
+            port,
+            "tidewatch_config_reloads_total",
+            &[("result", "applied")],
+            1.0,
+        )
+    });
+    assert!(
+        std::fs::read_dir(&state_dir).unwrap().count() >= 1,
+        "the removed target's snapshot is written"
+    );
+    // and back: it resumes from that snapshot
+    write(&["a", "b"], "30s");
+    tokio::task::block_in_place(|| {
+        wait_metric(
+            port,
+            "tidewatch_config_reloads_total",
+            &[("result", "applied")],
+            2.0,
+        );
+        wait_metric(
+            port,
+            "tidewatch_state_restores_total",
+            &[("target", "b"), ("outcome", "restored")],
+            1.0,
+        )
+    });
+    send("b", 1500).await;
+    let after = command("b", 15).await;
+    assert!(
+        calls(&after) > calls(&before),
+        "the policy state came back: {} then {}",
+        before.reason,
+        after.reason
+    );
+    assert!(after.generation > before.generation);
+
+    // A new target and a state setting: the target starts, the state
+    // setting waits for a restart, and the reload says so.
+    write(&["a", "b", "c"], "10s");
+    tokio::task::block_in_place(|| {
+        wait_metric(
+            port,
+            "tidewatch_config_reloads_total",
+            &[("result", "restart_needed")],
+            1.0,
+        )
+    });
+    send("c", 300).await;
+    command("c", 3).await;
+    let text = common::scrape(port).unwrap();
+    assert_eq!(
+        common::scraped(
+            &text,
+            "tidewatch_config_reloads_total",
+            &[("result", "refused")]
+        ),
+        0.0
+    );
+    n.delete(&ch).await;
+}

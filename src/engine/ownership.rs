@@ -18,6 +18,25 @@ pub struct Ownership {
     /// partition is live before the restore that followed its assignment.
     needs_state: bool,
     restored_through: u64,
+    /// Partitions held back (paused) until the restore after their
+    /// assignment chooses where their replay starts.
+    held: Vec<Held>,
+    /// The group gave this scaler an assignment (perhaps empty).
+    joined: bool,
+}
+
+/// A partition held back after its assignment ([`Ownership::take_held`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub topic: String,
+    pub partition: i32,
+    /// Where the replay starts for the windows alone (None: the
+    /// consumer's own reset position).
+    pub start: Option<i64>,
+    /// Where the previous owner stopped, or the end of the partition at
+    /// assignment (i64::MIN: unknown).
+    pub live_from: i64,
+    pub epoch: u64,
 }
 
 pub type SharedOwnership = Arc<Mutex<Ownership>>;
@@ -26,19 +45,79 @@ impl Ownership {
     /// `live_from`: no evaluation for this partition's targets before its
     /// messages up to there are applied. `committed`: where a previous
     /// owner stopped; messages below it were already handled by it.
-    pub fn assign(&mut self, topic: &str, partition: i32, live_from: i64, committed: Option<i64>) {
+    /// `start`: where its replay starts; a partition with nothing to
+    /// replay (`start` at or after `live_from`) is live at once. Under
+    /// [`Ownership::wait_for_state`] the partition is also held back.
+    pub fn assign(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: Option<i64>,
+        live_from: i64,
+        committed: Option<i64>,
+    ) {
         self.epoch += 1;
         let done_before = committed.unwrap_or(i64::MIN);
+        let raw_live_from = live_from;
+        let live_from = if start.is_some_and(|s| s >= live_from) {
+            i64::MIN
+        } else {
+            live_from
+        };
         self.assigned.insert(
             (topic.to_owned(), partition),
             (live_from, done_before, self.epoch),
         );
         self.processed.remove(&(topic.to_owned(), partition));
+        self.held
+            .retain(|h| (h.topic.as_str(), h.partition) != (topic, partition));
+        if self.needs_state {
+            self.held.push(Held {
+                topic: topic.to_owned(),
+                partition,
+                start,
+                live_from: raw_live_from,
+                epoch: self.epoch,
+            });
+        }
     }
 
     pub fn revoke(&mut self, topic: &str, partition: i32) {
         self.assigned.remove(&(topic.to_owned(), partition));
         self.processed.remove(&(topic.to_owned(), partition));
+        self.held
+            .retain(|h| (h.topic.as_str(), h.partition) != (topic, partition));
+    }
+
+    /// The held-back partitions assigned up to `epoch`, to be released.
+    pub fn take_held(&mut self, epoch: u64) -> Vec<Held> {
+        let (out, keep) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.epoch <= epoch);
+        self.held = keep;
+        out
+    }
+
+    /// A held-back partition's replay starts earlier (at a snapshot's
+    /// time): it goes live at `live_from` at the latest, and messages
+    /// before that point are not decided on.
+    pub fn replay_from(&mut self, topic: &str, partition: i32, live_from: i64) {
+        if let Some(e) = self.assigned.get_mut(&(topic.to_owned(), partition)) {
+            e.0 = e.0.max(live_from);
+        }
+    }
+
+    /// The group gave this scaler an assignment, perhaps of nothing.
+    pub fn joined(&mut self) {
+        self.joined = true;
+    }
+
+    /// Assigned at least once, restored, and every assigned partition
+    /// caught up: what `/readyz` reports for a Kafka source.
+    pub fn ready(&self) -> bool {
+        self.joined
+            && (!self.needs_state || self.restored_through >= self.epoch)
+            && self.assigned.keys().all(|k| self.live(k).is_some())
     }
 
     /// A message its previous owner already handled (dead-lettered,
@@ -86,5 +165,67 @@ impl Ownership {
 
     pub(super) fn epoch_of(&self, key: &(String, i32)) -> Option<u64> {
         self.assigned.get(key).map(|(_, _, e)| *e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_joined_restored_and_caught_up() {
+        let mut o = Ownership::default();
+        o.wait_for_state();
+        assert!(!o.ready(), "not before the group answered");
+        o.joined();
+        assert!(o.ready(), "an empty assignment is ready");
+        o.assign("s", 0, Some(10), 20, Some(20));
+        let key = ("s".to_owned(), 0);
+        assert!(!o.ready(), "not restored");
+        o.restored(o.epoch());
+        assert!(!o.ready(), "restored, replay not caught up");
+        o.processed(&key, 18);
+        assert!(!o.ready());
+        o.processed(&key, 19);
+        assert!(o.ready(), "caught up to where the previous owner stopped");
+    }
+
+    #[test]
+    fn nothing_to_replay_is_live_at_once_and_held_partitions_are_released_by_epoch() {
+        let mut o = Ownership::default();
+        o.wait_for_state();
+        o.joined();
+        // the previous owner stopped at the end of what is there
+        o.assign("s", 0, Some(7), 7, Some(7));
+        let first = o.epoch();
+        o.assign("s", 1, None, i64::MIN, None);
+        o.restored(o.epoch());
+        assert!(o.ready());
+        let held = o.take_held(first);
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            (held[0].partition, held[0].start, held[0].live_from),
+            (0, Some(7), 7)
+        );
+        o.revoke("s", 1);
+        assert!(
+            o.take_held(u64::MAX).is_empty(),
+            "a revoked partition is not released"
+        );
+    }
+
+    #[test]
+    fn a_longer_replay_moves_where_the_partition_goes_live() {
+        let mut o = Ownership::default();
+        o.wait_for_state();
+        o.joined();
+        o.assign("s", 0, None, i64::MIN, None);
+        o.restored(o.epoch());
+        assert!(o.ready());
+        // replayed from a snapshot's time: nothing decided before the end
+        o.replay_from("s", 0, 50);
+        assert!(!o.ready());
+        o.processed(&("s".to_owned(), 0), 49);
+        assert!(o.ready());
     }
 }

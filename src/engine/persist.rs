@@ -145,6 +145,13 @@ impl Engine {
         if ours || live {
             return Restored::Newer;
         }
+        self.apply_snapshot(idx, s)
+    }
+
+    /// Target `idx` takes its state from `s`, whoever wrote it (a target
+    /// just added holds nothing newer, even when this process wrote `s`
+    /// before the target was removed).
+    pub(super) fn apply_snapshot(&mut self, idx: usize, s: &TargetSnapshot) -> Restored {
         let metrics = self.metrics.clone();
         let t = &mut self.targets[idx];
         {

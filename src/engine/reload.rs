@@ -152,7 +152,11 @@ impl Engine {
             .collect();
         self.snapshot_cursor = 0;
         for s in &snapshots {
-            if report.added.contains(&s.target) && self.restore(s) == Restored::Applied {
+            let Some(&idx) = self.by_name.get(&s.target) else {
+                continue;
+            };
+            if report.added.contains(&s.target) && self.apply_snapshot(idx, s) == Restored::Applied
+            {
                 report.resumed.push(s.target.clone());
             }
         }

@@ -5,7 +5,7 @@
 //! partition revocation.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,6 @@ pub const MAX_BATCH: usize = 500;
 pub struct AssignmentContext {
     inner: LoggingContext,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
     ownership: SharedOwnership,
     clock: Arc<dyn Clock>,
     longest_window_ms: i64,
@@ -203,6 +202,7 @@ impl AssignmentContext {
                 })
         };
         let mut ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner());
+        ownership.joined();
         for mut e in tpl.elements() {
             let (topic, p) = (e.topic().to_owned(), e.partition());
             let c = offset_in(&committed, &topic, p);
@@ -232,7 +232,7 @@ impl AssignmentContext {
                 let _ = e.set_offset(Offset::Offset(start));
             }
             tracing::info!(topic = %topic, partition = p, start = ?start, live_from, "partition assigned; rebuilding windows");
-            ownership.assign(&topic, p, live_from, c);
+            ownership.assign(&topic, p, start, live_from, c);
         }
     }
 }
@@ -280,7 +280,7 @@ impl ConsumerContext for AssignmentContext {
             Rebalance::Error(_) => {}
         }
     }
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(setting = %self.inner.key, "kafka source rebalance: {rebalance:?}");
         let n = self
             .ownership
@@ -288,21 +288,23 @@ impl ConsumerContext for AssignmentContext {
             .unwrap_or_else(|p| p.into_inner())
             .assigned_count();
         self.metrics.partitions_assigned(n);
-        if let Rebalance::Assign(_) = rebalance {
-            match &self.state {
-                // ready once the restore after this assignment is done
-                Some(hook) => {
-                    let _ = hook.restore.send(());
+        if let (Rebalance::Assign(tpl), Some(hook)) = (rebalance, &self.state) {
+            // Held back until the restore says from when to replay
+            // ([`Releaser::release`]); readiness follows the catch-up.
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "cannot hold the assigned partitions back for the restore");
                 }
-                None => self.ready.store(true, Ordering::Relaxed),
             }
+            let _ = hook.restore.send(());
         }
     }
 }
 
 pub struct KafkaSource {
-    consumer: StreamConsumer<AssignmentContext>,
+    consumer: Arc<StreamConsumer<AssignmentContext>>,
     ownership: SharedOwnership,
+    max_replay: i64,
     deadletter: FutureProducer<LoggingContext>,
     deadletter_topic: String,
     ctx: SourceContext,
@@ -340,7 +342,6 @@ impl KafkaSource {
             .create_with_context(AssignmentContext {
                 inner: log.clone(),
                 metrics: ctx.metrics.clone(),
-                ready: ctx.ready.clone(),
                 ownership: ownership.clone(),
                 clock: ctx.clock.clone(),
                 longest_window_ms,
@@ -363,8 +364,9 @@ impl KafkaSource {
             )
         })?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             ownership,
+            max_replay: cfg.max_replay_messages as i64,
             deadletter,
             deadletter_topic: cfg.deadletter_topic.clone(),
             ctx,
@@ -376,10 +378,16 @@ impl KafkaSource {
     pub async fn run(self) {
         let mut stop = self.ctx.stop.clone();
         let mut failures = 0u32;
+        let mut readiness = tokio::time::interval(READINESS_CHECK);
+        readiness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
+                _ = readiness.tick() => {
+                    self.update_readiness();
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             let mut batch: Vec<(Origin, Vec<u8>)> = Vec::new();
@@ -411,12 +419,34 @@ impl KafkaSource {
             if !self.handle(batch).await {
                 break;
             }
+            self.update_readiness();
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit");
         }
         tracing::info!("kafka source stopped; offsets committed");
         crate::broker::kafka::close_in_background(self.consumer);
+    }
+
+    /// Ready once assigned, restored and caught up on every partition it
+    /// owns ([`crate::engine::Ownership::ready`]).
+    fn update_readiness(&self) {
+        let ready = self
+            .ownership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ready();
+        self.ctx.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// What lets the partitions held back after an assignment go, once
+    /// the restore is done.
+    pub fn releaser(&self) -> Releaser {
+        Releaser {
+            consumer: Arc::downgrade(&self.consumer),
+            ownership: self.ownership.clone(),
+            max_replay: self.max_replay,
+        }
     }
 
     /// Applies a batch, dead-letters what was refused, then stores offsets.
@@ -472,6 +502,95 @@ impl KafkaSource {
     }
 }
 
+/// How often readiness is re-checked while no message arrives.
+const READINESS_CHECK: Duration = Duration::from_millis(200);
+
+/// Releases the partitions held back after an assignment (paused in the
+/// rebalance callback) once their targets' state is restored, each from
+/// where the restored state needs its signals again.
+#[derive(Clone)]
+pub struct Releaser {
+    /// Weak: the consumer's context holds the restorer's wake-up sender,
+    /// and the consumer must close when the source ends.
+    consumer: std::sync::Weak<StreamConsumer<AssignmentContext>>,
+    ownership: SharedOwnership,
+    max_replay: i64,
+}
+
+impl Releaser {
+    /// Releases the partitions assigned up to `epoch`. A partition whose
+    /// window replay starts after `since_ms` (the oldest restored
+    /// snapshot's first missing step) replays from there instead, at most
+    /// `max_replay_messages` before its end, so the history has no hole
+    /// between the snapshot and the window. Blocking (broker lookups).
+    pub fn release(&self, epoch: u64, since_ms: Option<crate::clock::Millis>) {
+        const T: Duration = Duration::from_secs(5);
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        let held = self
+            .ownership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_held(epoch);
+        if held.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for h in &held {
+            tpl.add_partition(&h.topic, h.partition);
+        }
+        let by_time = since_ms.and_then(|t| {
+            let q = tpl.clone();
+            for mut e in q.elements() {
+                let _ = e.set_offset(Offset::Offset(t));
+            }
+            consumer.offsets_for_times(q, T).ok()
+        });
+        for h in &held {
+            let mut start = h.start;
+            let earlier = by_time
+                .as_ref()
+                .and_then(|l| l.find_partition(&h.topic, h.partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                });
+            if let Some(e) = earlier.filter(|e| h.start.is_none_or(|s| *e < s)) {
+                match consumer.fetch_watermarks(&h.topic, h.partition, T) {
+                    Ok((low, high)) => {
+                        let live_from = if h.live_from == i64::MIN {
+                            high
+                        } else {
+                            h.live_from
+                        };
+                        let from = e.max(low).max(live_from - self.max_replay);
+                        if h.start.is_none_or(|s| from < s) && from < live_from {
+                            start = Some(from);
+                            self.ownership
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .replay_from(&h.topic, h.partition, live_from);
+                            tracing::info!(topic = %h.topic, partition = h.partition, from, window_start = ?h.start, "replaying from the restored state's time");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %h.topic, partition = h.partition, error = %e, "cannot look up the partition's offsets; replaying the longest window only")
+                    }
+                }
+            }
+            if let Some(start) = start {
+                if let Err(e) = consumer.seek(&h.topic, h.partition, Offset::Offset(start), T) {
+                    tracing::warn!(topic = %h.topic, partition = h.partition, start, error = %e, "cannot seek the assigned partition");
+                }
+            }
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "cannot release the assigned partitions");
+        }
+    }
+}
+
 /// Produces a dead-letter record, retrying until the broker takes it.
 pub async fn produce_dead_letter(
     producer: &FutureProducer<LoggingContext>,
@@ -501,8 +620,14 @@ pub async fn restore_on_assignment(
     state: StateHandle,
     ctx: SourceContext,
     ownership: SharedOwnership,
+    releaser: Releaser,
 ) {
-    while wake.recv().await.is_some() {
+    let mut stop = ctx.stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            woken = wake.recv() => if woken.is_none() { return },
+        }
         while wake.try_recv().is_ok() {}
         let epoch = ownership.lock().unwrap_or_else(|p| p.into_inner()).epoch();
         let started = std::time::Instant::now();
@@ -518,21 +643,32 @@ pub async fn restore_on_assignment(
             });
         });
         let mut restored = 0;
+        // the oldest point a restored target needs its signals from again
+        let mut since: Option<crate::clock::Millis> = None;
         while let Some(snapshots) = chunks.recv().await {
+            let needs: std::collections::HashMap<String, crate::clock::Millis> = snapshots
+                .iter()
+                .map(|s| (s.target.clone(), s.resume_ms()))
+                .collect();
             let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
                 return;
             };
-            restored += outcomes
-                .iter()
-                .filter(|(_, r)| *r == Restored::Applied)
-                .count();
+            for (name, r) in &outcomes {
+                if *r == Restored::Applied {
+                    restored += 1;
+                    if let Some(&t) = needs.get(name) {
+                        since = Some(since.map_or(t, |s| s.min(t)));
+                    }
+                }
+            }
         }
         let _ = decoding.await;
+        let r = releaser.clone();
+        let _ = tokio::task::spawn_blocking(move || r.release(epoch, since)).await;
         ownership
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .restored(epoch);
-        ctx.ready.store(true, Ordering::Relaxed);
-        tracing::info!(restored, took = ?started.elapsed(), "state restored after an assignment");
+        tracing::info!(restored, took = ?started.elapsed(), replay_since = ?since, "state restored after an assignment");
     }
 }

@@ -138,6 +138,20 @@ struct HistoryHeader {
 }
 
 impl TargetSnapshot {
+    /// From when this state needs signals again: the first step missing
+    /// from its histories (the open step was not kept), or when it was
+    /// taken if it has no history.
+    pub fn resume_ms(&self) -> Millis {
+        self.histories
+            .iter()
+            .map(|(_, h)| h)
+            .filter(|h| !h.points.is_empty())
+            .map(|h| (h.first_step + h.points.len() as i64).saturating_mul(h.step_ms))
+            .min()
+            .unwrap_or(self.taken_at_ms)
+            .min(self.taken_at_ms)
+    }
+
     /// The encoded bytes (see the module's documentation).
     pub fn encode(&self) -> Vec<u8> {
         let header = Header {

@@ -58,8 +58,11 @@ impl History {
     fn close_until(&mut self, step: i64) {
         let value = if self.counter {
             self.open_sum * 1000.0 / self.step_ms as f64
+        } else if self.open_count == 0 {
+            // opened by an import and never reached: a gap, not a zero
+            f64::NAN
         } else {
-            self.open_sum / self.open_count.max(1) as f64
+            self.open_sum / self.open_count as f64
         };
         self.push(value as f32);
         // Steps with no data at all; at most a full history of them.
@@ -201,6 +204,23 @@ mod tests {
         let mut other = History::new(Duration::from_secs(600), Duration::from_secs(30), false);
         assert!(!other.import(&s));
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_step_opened_by_an_import_and_never_reached_is_a_gap_not_a_zero() {
+        let mut h = History::new(Duration::from_secs(600), Duration::from_secs(60), false);
+        for i in 0..4 {
+            h.record(i * 60_000, 10.0);
+        }
+        let mut restored = History::new(Duration::from_secs(600), Duration::from_secs(60), false);
+        assert!(restored.import(&h.export()));
+        // the signals of step 3 are lost with the process; step 5's arrive
+        restored.record(5 * 60_000, 20.0);
+        restored.record(6 * 60_000, 20.0);
+        let pts: Vec<f32> = restored.points().1.collect();
+        assert_eq!(pts.len(), 6);
+        assert!(pts[3].is_nan() && pts[4].is_nan(), "{pts:?}");
+        assert_eq!(pts[5], 20.0);
     }
 
     #[test]
