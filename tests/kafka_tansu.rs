@@ -752,3 +752,74 @@ async fn a_restored_target_replays_the_signals_since_its_snapshot() {
     let step = (seed_at - 30_000) / 1000;
     assert_eq!(at(step), Some(depth(step * 1000) as f32), "step {step}");
 }
+
+/// The state topic: created compacted when missing; an existing one that
+/// deletes (the broker's default policy) is kept but warned about, by
+/// setting and policy, since its snapshots would vanish with retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_state_topic_is_created_compacted_and_a_deleting_one_is_warned_about() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+    use tidewatch::state::StateStore;
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let (missing, deleting) = (format!("state-new-{suffix}"), format!("state-del-{suffix}"));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&deleting, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "delete")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let settings = tidewatch::broker::kafka::ClientSettings {
+        key: "source.kafka.brokers".into(),
+        brokers: brokers.clone(),
+        options: Default::default(),
+        sasl_password: Default::default(),
+    };
+    // `wait`: an existing topic's check runs beside the start; creating
+    // one is done when `open` returns
+    let warnings_of = |topic: String, wait: u64| {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+            let mut got = store.warnings();
+            while got.is_empty() && std::time::Instant::now() < deadline {
+                got = store.warnings();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            got
+        })
+    };
+    let w = warnings_of(deleting.clone(), 20).await.unwrap();
+    assert!(
+        w.iter().any(|w| w.contains("state.topic")
+            && w.contains(&deleting)
+            && w.contains("cleanup.policy=delete")),
+        "{w:?}"
+    );
+    let w = warnings_of(missing.clone(), 0).await.unwrap();
+    assert!(w.is_empty(), "a topic it created itself: {w:?}");
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&missing)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let policy = described[0]
+        .as_ref()
+        .unwrap()
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+}
