@@ -138,12 +138,15 @@ pub async fn run(
                 .unwrap_or_else(|p| p.into_inner())
                 .wait_for_state();
             let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
-            restorer = Some((woken, handle.clone()));
-            StateHook {
+            let hook = StateHook {
                 engine: in_tx.clone(),
                 state: handle.clone(),
+                targets: names.clone(),
+                metrics: metrics.clone(),
                 restore: wake,
-            }
+            };
+            restorer = Some((woken, hook.clone()));
+            hook
         });
         let longest = cfg
             .targets
@@ -153,11 +156,10 @@ pub async fn run(
             .map_or(300_000, |d| d.as_millis() as i64);
         let source = KafkaSource::new(k, ctx.clone(), ownership.clone(), longest, hook)
             .map_err(StartError::fault)?;
-        if let Some((woken, handle)) = restorer {
+        if let Some((woken, hook)) = restorer {
             inputs.push(tokio::spawn(crate::source::kafka::restore_on_assignment(
                 woken,
-                names.clone(),
-                handle,
+                hook,
                 ctx.clone(),
                 ownership,
                 source.releaser(),

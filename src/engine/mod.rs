@@ -31,7 +31,7 @@ use crate::window::{TargetWindows, WindowStats};
 
 pub use config::{EngineConfig, TargetConfig};
 pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, Reconfigure, WeakEngineHandle};
-pub use ownership::{Ownership, SharedOwnership};
+pub use ownership::{Held, Ownership, SharedOwnership};
 pub use persist::Restored;
 pub use reload::{Prepared, ReloadReport};
 pub use target::TargetData;

@@ -22,7 +22,7 @@ use crate::broker::default_deadletter;
 use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::broker::BrokerError;
 use crate::clock::Clock;
-use crate::engine::{EngineHandle, Restored, SharedOwnership};
+use crate::engine::{EngineHandle, Held, Restored, SharedOwnership};
 use crate::event::{DeadLetter, Origin};
 use crate::secret::{SaslPassword, Secret};
 use crate::settings::{problem, Problem};
@@ -124,11 +124,56 @@ pub struct AssignmentContext {
 pub struct StateHook {
     pub engine: EngineHandle,
     pub state: StateHandle,
+    /// The configured targets (a reload changes them).
+    pub targets: Arc<std::sync::RwLock<Vec<String>>>,
+    pub metrics: Arc<Metrics>,
     /// Wakes the restorer task ([`restore_on_assignment`]).
     pub restore: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 impl StateHook {
+    /// Reads the store and gives the engine every configured target's
+    /// snapshot (each target takes its own unless it is live here),
+    /// decoded in chunks on every core, off the engine, and applied chunk
+    /// by chunk so decisions of live targets go on. Returns how many were
+    /// restored and the oldest point they need signals from again.
+    pub async fn restore(
+        &self,
+    ) -> Result<(usize, Option<crate::clock::Millis>), crate::engine::EngineGone> {
+        let targets = self
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stored = self.state.read(targets.clone()).await;
+        let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
+        let metrics = self.metrics.clone();
+        let decoding = tokio::task::spawn_blocking(move || {
+            crate::state::restore_in_chunks(&targets, stored, &metrics, |b| {
+                let _ = tx.blocking_send(b);
+            });
+        });
+        let mut restored = 0;
+        let mut since: Option<crate::clock::Millis> = None;
+        while let Some(snapshots) = chunks.recv().await {
+            let needs: std::collections::HashMap<String, crate::clock::Millis> = snapshots
+                .iter()
+                .map(|s| (s.target.clone(), s.resume_ms()))
+                .collect();
+            let outcomes = self.engine.restore(snapshots).await?;
+            for (name, r) in &outcomes {
+                if *r == Restored::Applied {
+                    restored += 1;
+                    if let Some(&t) = needs.get(name) {
+                        since = Some(since.map_or(t, |s| s.min(t)));
+                    }
+                }
+            }
+        }
+        let _ = decoding.await;
+        Ok((restored, since))
+    }
+
     /// Snapshots and flushes, waiting at most `REVOKE_FLUSH`. Runs inside
     /// librdkafka's rebalance callback, which blocks the consumer: on a
     /// runtime thread it steps aside with `block_in_place` (a current-thread
@@ -276,7 +321,15 @@ impl ConsumerContext for AssignmentContext {
                     ownership.revoke(e.topic(), e.partition());
                 }
             }
-            Rebalance::Assign(tpl) => self.seek_to_window(consumer, tpl),
+            Rebalance::Assign(tpl) => {
+                self.seek_to_window(consumer, tpl);
+                let n = self
+                    .ownership
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .assigned_count();
+                self.metrics.partitions_assigned(n);
+            }
             Rebalance::Error(_) => {}
         }
     }
@@ -289,7 +342,7 @@ impl ConsumerContext for AssignmentContext {
             .assigned_count();
         self.metrics.partitions_assigned(n);
         if let (Rebalance::Assign(tpl), Some(hook)) = (rebalance, &self.state) {
-            // Held back until the restore says from when to replay
+            // Held back until the restorer task says from when to replay
             // ([`Releaser::release`]); readiness follows the catch-up.
             if tpl.count() > 0 {
                 if let Err(e) = consumer.pause(tpl) {
@@ -518,11 +571,9 @@ pub struct Releaser {
 }
 
 impl Releaser {
-    /// Releases the partitions assigned up to `epoch`. A partition whose
-    /// window replay starts after `since_ms` (the oldest restored
-    /// snapshot's first missing step) replays from there instead, at most
-    /// `max_replay_messages` before its end, so the history has no hole
-    /// between the snapshot and the window. Blocking (broker lookups).
+    /// Releases the partitions held back after the assignments up to
+    /// `epoch` (paused), each from where [`replay_starts`] says.
+    /// Blocking (broker lookups).
     pub fn release(&self, epoch: u64, since_ms: Option<crate::clock::Millis>) {
         const T: Duration = Duration::from_secs(5);
         let Some(consumer) = self.consumer.upgrade() else {
@@ -537,48 +588,14 @@ impl Releaser {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for h in &held {
+        for (h, start) in replay_starts(
+            &*consumer,
+            &held,
+            since_ms,
+            self.max_replay,
+            &self.ownership,
+        ) {
             tpl.add_partition(&h.topic, h.partition);
-        }
-        let by_time = since_ms.and_then(|t| {
-            let q = tpl.clone();
-            for mut e in q.elements() {
-                let _ = e.set_offset(Offset::Offset(t));
-            }
-            consumer.offsets_for_times(q, T).ok()
-        });
-        for h in &held {
-            let mut start = h.start;
-            let earlier = by_time
-                .as_ref()
-                .and_then(|l| l.find_partition(&h.topic, h.partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Some(o),
-                    _ => None,
-                });
-            if let Some(e) = earlier.filter(|e| h.start.is_none_or(|s| *e < s)) {
-                match consumer.fetch_watermarks(&h.topic, h.partition, T) {
-                    Ok((low, high)) => {
-                        let live_from = if h.live_from == i64::MIN {
-                            high
-                        } else {
-                            h.live_from
-                        };
-                        let from = e.max(low).max(live_from - self.max_replay);
-                        if h.start.is_none_or(|s| from < s) && from < live_from {
-                            start = Some(from);
-                            self.ownership
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .replay_from(&h.topic, h.partition, live_from);
-                            tracing::info!(topic = %h.topic, partition = h.partition, from, window_start = ?h.start, "replaying from the restored state's time");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %h.topic, partition = h.partition, error = %e, "cannot look up the partition's offsets; replaying the longest window only")
-                    }
-                }
-            }
             if let Some(start) = start {
                 if let Err(e) = consumer.seek(&h.topic, h.partition, Offset::Offset(start), T) {
                     tracing::warn!(topic = %h.topic, partition = h.partition, start, error = %e, "cannot seek the assigned partition");
@@ -588,7 +605,77 @@ impl Releaser {
         if let Err(e) = consumer.resume(&tpl) {
             tracing::warn!(error = %e, "cannot release the assigned partitions");
         }
+        // librdkafka's broker thread notices a resume only at its next
+        // wake-up (up to a second later); a request to the partition's
+        // leader wakes it now
+        if let Some(h) = held.first() {
+            let _ = consumer.fetch_watermarks(&h.topic, h.partition, T);
+        }
     }
+}
+
+/// Where each held-back partition's replay starts: where its window
+/// starts, or earlier when `since_ms` (the oldest restored snapshot's
+/// first missing history step) is earlier, at most `max_replay` messages
+/// before where the partition goes live, so the history has no hole
+/// between the snapshot and the window. A partition replayed from
+/// earlier goes live no sooner than where its previous owner stopped (or
+/// its end at assignment). Blocking (broker lookups).
+fn replay_starts<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    held: &[Held],
+    since_ms: Option<crate::clock::Millis>,
+    max_replay: i64,
+    ownership: &SharedOwnership,
+) -> Vec<(Held, Option<i64>)> {
+    const T: Duration = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    for h in held {
+        tpl.add_partition(&h.topic, h.partition);
+    }
+    let by_time = since_ms.and_then(|t| {
+        let q = tpl.clone();
+        for mut e in q.elements() {
+            let _ = e.set_offset(Offset::Offset(t));
+        }
+        consumer.offsets_for_times(q, T).ok()
+    });
+    let mut out = Vec::with_capacity(held.len());
+    for h in held {
+        let mut start = h.start;
+        let earlier = by_time
+            .as_ref()
+            .and_then(|l| l.find_partition(&h.topic, h.partition))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            });
+        if let Some(e) = earlier.filter(|e| h.start.is_none_or(|s| *e < s)) {
+            match consumer.fetch_watermarks(&h.topic, h.partition, T) {
+                Ok((low, high)) => {
+                    let live_from = if h.live_from == i64::MIN {
+                        high
+                    } else {
+                        h.live_from
+                    };
+                    let from = e.max(low).max(live_from - max_replay);
+                    if h.start.is_none_or(|s| from < s) && from < live_from {
+                        start = Some(from);
+                        ownership
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .replay_from(&h.topic, h.partition, live_from);
+                        tracing::info!(topic = %h.topic, partition = h.partition, from, window_start = ?h.start, "replaying from the restored state's time");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %h.topic, partition = h.partition, error = %e, "cannot look up the partition's offsets; replaying the longest window only")
+                }
+            }
+        }
+        out.push((h.clone(), start));
+    }
+    out
 }
 
 /// Produces a dead-letter record, retrying until the broker takes it.
@@ -616,8 +703,7 @@ pub async fn produce_dead_letter(
 /// the source's hook is dropped.
 pub async fn restore_on_assignment(
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
-    targets: Arc<std::sync::RwLock<Vec<String>>>,
-    state: StateHandle,
+    hook: StateHook,
     ctx: SourceContext,
     ownership: SharedOwnership,
     releaser: Releaser,
@@ -631,38 +717,9 @@ pub async fn restore_on_assignment(
         while wake.try_recv().is_ok() {}
         let epoch = ownership.lock().unwrap_or_else(|p| p.into_inner()).epoch();
         let started = std::time::Instant::now();
-        let targets = targets.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let stored = state.read(targets.clone()).await;
-        // decoded in chunks (on every core, off the engine), applied by
-        // the engine chunk by chunk so decisions of live targets go on
-        let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
-        let metrics = ctx.metrics.clone();
-        let decoding = tokio::task::spawn_blocking(move || {
-            crate::state::restore_in_chunks(&targets, stored, &metrics, |b| {
-                let _ = tx.blocking_send(b);
-            });
-        });
-        let mut restored = 0;
-        // the oldest point a restored target needs its signals from again
-        let mut since: Option<crate::clock::Millis> = None;
-        while let Some(snapshots) = chunks.recv().await {
-            let needs: std::collections::HashMap<String, crate::clock::Millis> = snapshots
-                .iter()
-                .map(|s| (s.target.clone(), s.resume_ms()))
-                .collect();
-            let Ok(outcomes) = ctx.engine.restore(snapshots).await else {
-                return;
-            };
-            for (name, r) in &outcomes {
-                if *r == Restored::Applied {
-                    restored += 1;
-                    if let Some(&t) = needs.get(name) {
-                        since = Some(since.map_or(t, |s| s.min(t)));
-                    }
-                }
-            }
-        }
-        let _ = decoding.await;
+        let Ok((restored, since)) = hook.restore().await else {
+            return;
+        };
         let r = releaser.clone();
         let _ = tokio::task::spawn_blocking(move || r.release(epoch, since)).await;
         ownership
