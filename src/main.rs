@@ -13,6 +13,9 @@ use tidewatch::worker::config::WorkerConfig;
 
 use tidewatch::lifecycle::{StartError, EX_USAGE};
 
+/// sysexits.h: the input data was incorrect.
+const EX_DATAERR: u8 = 65;
+
 #[derive(Parser)]
 #[command(
     name = "tidewatch",
@@ -48,6 +51,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         action: PolicyAction,
+    },
+    /// Work with signal messages.
+    Signals {
+        #[command(subcommand)]
+        action: SignalsAction,
     },
     /// The engine on a simulated service, in one process, no setup.
     Demo {
@@ -186,6 +194,26 @@ enum ConfigAction {
     /// Check a scaler or worker configuration (and every policy it names);
     /// exit 64 when bad.
     Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SignalsAction {
+    /// Decode sample messages with a configured input's format and print
+    /// the signal each record becomes, or why it becomes none; exit 65
+    /// when any record is refused or matches no configured target.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The input: its index in [[source.inputs]], its topic or its
+        /// routing-key pattern (default: tidewatch's own messages).
+        #[arg(long)]
+        input: Option<String>,
+        /// One message per line (a log or a broker dump) instead of one per file.
+        #[arg(long)]
+        lines: bool,
+        #[arg(required = true)]
+        samples: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -372,6 +400,30 @@ fn main() -> ExitCode {
             action: PolicyAction::Check { files },
         } => policy_check(&files),
         Command::Simulate(a) => simulate(&a),
+        Command::Signals {
+            action:
+                SignalsAction::Check {
+                    config,
+                    input,
+                    lines,
+                    samples,
+                },
+        } => {
+            let opts = tidewatch::app::signals::CheckOptions {
+                config,
+                input,
+                samples,
+                lines,
+            };
+            match tidewatch::app::signals::check(&opts, &mut std::io::stdout()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(EX_DATAERR),
+                Err(tidewatch::app::signals::Usage(e)) => {
+                    eprintln!("signals check: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
         Command::Loadgen {
             config,
             targets,

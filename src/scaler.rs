@@ -74,6 +74,10 @@ pub async fn run(
     metrics.scaler_started();
     let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
         .map_err(|e| StartError::Usage(e.to_string()))?;
+    engine.set_inputs(Arc::new(crate::source::inputs::compile(
+        &cfg.source.inputs,
+        &cfg.engine.limits(),
+    )));
     let state = open_state(&cfg, &metrics).await?;
     if let Some((handle, _)) = &state {
         engine.keep_state(handle.clone(), cfg.state.interval);
@@ -96,7 +100,12 @@ pub async fn run(
     // one clear error; an unreachable broker is waited for in the background.
     let amqp_source = match (&cfg.source.kind, &cfg.source.amqp) {
         (BrokerKind::Amqp, Some(a)) => {
-            let source = AmqpSource::new(a, ctx.clone());
+            // the inputs' routing keys are bound with the configured ones
+            let a = crate::source::AmqpSourceConfig {
+                binding_keys: cfg.source.amqp_bindings(),
+                ..a.clone()
+            };
+            let source = AmqpSource::new(&a, ctx.clone());
             let first = first_session(source.open().await)?;
             Some((source, first))
         }
@@ -154,6 +163,11 @@ pub async fn run(
             .flat_map(|t| t.windows.iter())
             .max()
             .map_or(300_000, |d| d.as_millis() as i64);
+        // the inputs' topics are subscribed with the configured ones
+        let k = &crate::source::KafkaSourceConfig {
+            topics: cfg.source.kafka_topics(),
+            ..k.clone()
+        };
         let source = KafkaSource::new(k, ctx.clone(), ownership.clone(), longest, hook)
             .map_err(StartError::fault)?;
         if let Some((woken, hook)) = restorer {

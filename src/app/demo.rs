@@ -196,6 +196,7 @@ fn demo_config(policy_dir: &Path, brokers: &str, tick: Duration) -> Config {
                 sasl_password: Default::default(),
             }),
             amqp: None,
+            inputs: Vec::new(),
         },
         commands: CommandsConfig {
             kind: BrokerKind::Kafka,

@@ -63,6 +63,8 @@ pub struct Engine {
     /// where the round of the periodic snapshots is.
     state: Option<(StateHandle, Duration)>,
     snapshot_cursor: usize,
+    /// Which messages are in which format (`[[source.inputs]]`).
+    inputs: Arc<crate::event::Inputs>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,6 +99,7 @@ impl Engine {
             ownership: None,
             state: None,
             snapshot_cursor: 0,
+            inputs: Arc::default(),
         })
     }
 
@@ -136,6 +139,7 @@ impl Engine {
         now_ms: Millis,
         origin: &Origin,
     ) -> Ingested {
+        use crate::event::Decoded;
         let mut out = Ingested::default();
         let at = crate::event::At {
             now_ms,
@@ -148,20 +152,45 @@ impl Engine {
             .as_ref()
             .and(origin.partition)
             .map(|p| (origin.topic.clone(), p));
-        for (i, item) in crate::event::decode_at(bytes, at, &self.limits)
-            .into_iter()
-            .enumerate()
-        {
-            let applied = item.and_then(|s| {
-                if let Some(key) = &partition {
-                    self.place(s.target(), key);
+        let inputs = self.inputs.clone();
+        let input = inputs.find(source, origin);
+        let decoded = match input {
+            Some(i) => i.decode(bytes, at),
+            None => crate::event::decode_at(bytes, at, &self.limits)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(s) => Decoded::Signal(s),
+                    Err(e) => Decoded::Rejected(e),
+                })
+                .collect(),
+        };
+        let mapped = input.filter(|i| i.is_mapped());
+        for (i, item) in decoded.into_iter().enumerate() {
+            let applied = match item {
+                Decoded::Signal(s) => {
+                    if let Some(key) = &partition {
+                        self.place(s.target(), key);
+                    }
+                    self.apply_as(&s, now_ms, origin.replay).map(|()| s.kind())
                 }
-                self.apply_as(&s, now_ms, origin.replay).map(|()| s.kind())
-            });
+                Decoded::Rejected(r) => Err(r),
+                Decoded::Skipped(skip) => {
+                    if let Some(input) = mapped {
+                        self.unmatched(source, input, skip.code(), i, origin.replay, &mut out);
+                    }
+                    continue;
+                }
+            };
             match applied {
                 Ok(kind) => {
                     out.applied += 1;
                     self.metrics.event_received(source, kind);
+                }
+                // a gateway names many services tidewatch does not scale
+                Err(r) if r.reason == Reason::UnknownTarget && mapped.is_some() => {
+                    if let Some(input) = mapped {
+                        self.unmatched(source, input, "unknown_target", i, origin.replay, &mut out);
+                    }
                 }
                 Err(r) => {
                     // A replay re-reads what its previous owner counted.
@@ -178,6 +207,37 @@ impl Engine {
                 .processed(key, offset);
         }
         out
+    }
+
+    /// A gateway record that became no signal: counted per input, and
+    /// dead-lettered when its input asks for that.
+    fn unmatched(
+        &self,
+        source: &str,
+        input: &crate::event::Input,
+        reason: &str,
+        index: usize,
+        replay: bool,
+        out: &mut Ingested,
+    ) {
+        if replay {
+            return;
+        }
+        self.metrics.event_unmatched(source, &input.name, reason);
+        if input.deadletter_unmatched {
+            out.rejected.push((
+                index,
+                Rejection::unmatched(format!(
+                    "record {index} of input {:?}: {reason}",
+                    input.name
+                )),
+            ));
+        }
+    }
+
+    /// Which messages are in which format (`[[source.inputs]]`, compiled).
+    pub fn set_inputs(&mut self, inputs: Arc<crate::event::Inputs>) {
+        self.inputs = inputs;
     }
 
     /// Records the partition of a target's signals; under a new assignment

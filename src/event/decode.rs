@@ -228,7 +228,12 @@ fn event_time(obj: &Obj, at: At, limits: &Limits) -> Result<Millis, Rejection> {
     Ok(ts)
 }
 
-fn check_time(key: &str, ts: Millis, now_ms: Millis, limits: &Limits) -> Result<(), Rejection> {
+pub(super) fn check_time(
+    key: &str,
+    ts: Millis,
+    now_ms: Millis,
+    limits: &Limits,
+) -> Result<(), Rejection> {
     if ts < now_ms.saturating_sub(limits.max_event_age_ms) {
         return Err(Rejection::new(
             Reason::TooOld,

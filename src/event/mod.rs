@@ -7,7 +7,10 @@
 
 mod deadletter;
 mod decode;
+mod inputs;
 mod json;
+pub mod mapping;
+pub mod presets;
 
 use std::fmt;
 
@@ -15,6 +18,7 @@ use crate::clock::Millis;
 
 pub use deadletter::{DeadLetter, Origin, RejectionRecord};
 pub use decode::{decode, decode_at, At, MAX_FORECAST_VALUE};
+pub use inputs::{binding_matches, Decoded, Decoder, Input, Inputs, Matcher};
 
 /// Why a message (or one element of a batch) was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +41,9 @@ pub enum Reason {
     InvalidForecast,
     UnknownTarget,
     TooManyQueues,
+    /// A gateway's record that maps to no configured target (or that a
+    /// filter drops), dead-lettered because its input asks for that.
+    Unmatched,
 }
 
 impl Reason {
@@ -61,6 +68,7 @@ impl Reason {
             Reason::InvalidForecast => "invalid_forecast",
             Reason::UnknownTarget => "unknown_target",
             Reason::TooManyQueues => "too_many_queues",
+            Reason::Unmatched => "unmatched",
         }
     }
 
@@ -94,6 +102,11 @@ impl Rejection {
             kind: "unknown",
         }
     }
+    /// A gateway record dead-lettered because it maps to no target.
+    pub fn unmatched(detail: impl Into<String>) -> Self {
+        Self::new(Reason::Unmatched, detail)
+    }
+
     pub fn with_kind(mut self, kind: &'static str) -> Self {
         self.kind = kind;
         self

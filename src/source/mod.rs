@@ -3,6 +3,7 @@
 //! offsets (or acks) only after the engine has applied them.
 
 pub mod amqp;
+pub mod inputs;
 pub mod kafka;
 pub mod probe;
 
@@ -35,6 +36,10 @@ pub struct SourceConfig {
     pub kafka: Option<KafkaSourceConfig>,
     #[serde(default)]
     pub amqp: Option<AmqpSourceConfig>,
+    /// Which topic or routing keys carry which format (gateways' access
+    /// logs); messages no input names are tidewatch messages.
+    #[serde(default)]
+    pub inputs: Vec<inputs::InputConfig>,
 }
 
 impl SourceConfig {
@@ -47,5 +52,42 @@ impl SourceConfig {
             BrokerKind::Amqp => section(out, "source", "amqp", &self.amqp, |a, out| a.check(out)),
             BrokerKind::None => {}
         }
+        inputs::check(&self.inputs, self.kind, out);
+    }
+
+    /// The Kafka topics to subscribe: `source.kafka.topics` and every
+    /// input's.
+    pub fn kafka_topics(&self) -> Vec<String> {
+        let mut t = self
+            .kafka
+            .as_ref()
+            .map(|k| k.topics.clone())
+            .unwrap_or_default();
+        for i in &self.inputs {
+            if let Some(topic) = &i.topic {
+                if !t.contains(topic) {
+                    t.push(topic.clone());
+                }
+            }
+        }
+        t
+    }
+
+    /// The routing keys to bind: `source.amqp.binding_keys` and every
+    /// input's pattern.
+    pub fn amqp_bindings(&self) -> Vec<String> {
+        let mut b = self
+            .amqp
+            .as_ref()
+            .map(|a| a.binding_keys.clone())
+            .unwrap_or_default();
+        for i in &self.inputs {
+            if let Some(k) = &i.binding {
+                if !b.contains(k) {
+                    b.push(k.clone());
+                }
+            }
+        }
+        b
     }
 }

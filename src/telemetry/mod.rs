@@ -25,6 +25,7 @@ pub struct Metrics {
     registry: Registry,
     events_received: IntCounterVec,
     events_rejected: IntCounterVec,
+    events_unmatched: IntCounterVec,
     target_queue_depth: GaugeVec,
     target_latency_p95: GaugeVec,
     target_desired_replicas: IntGaugeVec,
@@ -159,6 +160,12 @@ impl Metrics {
                 "tidewatch_events_rejected_total",
                 "Signal events rejected, by reason.",
                 &["source", "type", "reason"],
+            ),
+            events_unmatched: counter(
+                &r,
+                "tidewatch_events_unmatched_total",
+                "Gateway log records that became no signal: no target (no_target), a name that is not a target name (invalid_target), a target this scaler does not configure (unknown_target), or dropped by a filter (filtered). Counted per input (topic or routing-key pattern); dropped unless the input dead-letters them.",
+                &["source", "input", "reason"],
             ),
             target_queue_depth: gauge(
                 &r,
@@ -813,6 +820,14 @@ impl Metrics {
     pub fn event_received(&self, source: &str, kind: &str) {
         self.events_received
             .with_label_values(&[source, kind])
+            .inc();
+    }
+
+    /// A gateway's record that became no signal (`reason`: no_target,
+    /// invalid_target, unknown_target, filtered).
+    pub fn event_unmatched(&self, source: &str, input: &str, reason: &str) {
+        self.events_unmatched
+            .with_label_values(&[source, input, reason])
             .inc();
     }
 
