@@ -13,7 +13,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::decode::{check_time, At};
-use super::json::Any;
+use super::json::{Any, Needed, Records as RecordsSeed};
 use super::{valid_target_name, GatewayLatency, Limits, Reason, Rejection, Signal};
 use crate::clock::Millis;
 
@@ -446,6 +446,8 @@ pub struct Mapping {
     route: Option<Template>,
     target: TargetRule,
     filters: Vec<Filter>,
+    /// What of a record the pointers read (the rest is skipped unparsed).
+    needed: Needed,
 }
 
 /// Why a record became no signal, when that is not an error in it.
@@ -591,6 +593,26 @@ impl Mapping {
                 format!("{error_status} is not an HTTP status (100 to 999)"),
             ));
         }
+        let mut needed = Needed::default();
+        {
+            let mut need = |p: &Pointer| needed.add(&p.tokens);
+            for f in latency.iter().chain(upstream.iter()) {
+                need(&f.ptr);
+            }
+            for p in status.iter().chain(time.iter().map(|(p, _)| p)) {
+                need(p);
+            }
+            for t in route.iter().chain(target.iter().map(|t| &t.from)) {
+                for part in &t.parts {
+                    if let Part::Field(p) = part {
+                        need(p);
+                    }
+                }
+            }
+            for f in &filters {
+                need(&f.ptr);
+            }
+        }
         match (latency, target) {
             (Some(latency), Some(target)) if errors.is_empty() => Ok(Mapping {
                 records: spec.records.unwrap_or_default(),
@@ -603,6 +625,7 @@ impl Mapping {
                 route,
                 target,
                 filters,
+                needed,
             }),
             _ => Err(errors),
         }
@@ -626,7 +649,18 @@ impl Mapping {
                 ),
             ))];
         }
-        let value: Any = match serde_json::from_slice(bytes) {
+        let parsed = match self.records {
+            // OTLP's records are found by walking the whole message
+            Records::Otlp => serde_json::from_slice::<Any>(bytes),
+            Records::Auto => {
+                use serde::de::DeserializeSeed;
+                let mut d = serde_json::Deserializer::from_slice(bytes);
+                RecordsSeed(&self.needed)
+                    .deserialize(&mut d)
+                    .and_then(|v| d.end().map(|()| v))
+            }
+        };
+        let value: Any = match parsed {
             Ok(v) => v,
             Err(e) => return vec![Err(Rejection::new(Reason::MalformedJson, e.to_string()))],
         };
@@ -1197,6 +1231,35 @@ target = { from = "{/route_id}", lookup = { "1" = "checkout", "2" = "search" }, 
             one(&m, r#"{"d":1,"svc":"Not A Name"}"#).unwrap(),
             Err(Skipped::InvalidTarget)
         );
+    }
+
+    #[test]
+    fn only_the_fields_read_are_parsed_and_array_indices_still_work() {
+        let m = Mapping::compile(
+            &spec(
+                r#"
+latency = "/l/1"
+route = "{/tries/0/ip}"
+target = { from = "{/svc/name}" }
+"#,
+            ),
+            LatencyChoice::Total,
+            "m",
+        )
+        .unwrap();
+        let msg = r#"{"junk":{"deep":[1,2,{"x":"y"}]},"l":[9,12.5],"tries":[{"ip":"10.0.0.1","port":80},{"ip":"x"}],
+                      "svc":{"id":"u","name":"web","name":"later"},"svc":{"name":"second"}}"#;
+        let l = latency(one(&m, msg));
+        assert_eq!(
+            (l.target.as_str(), l.samples_ms.clone()),
+            ("web", vec![12.5])
+        );
+        assert_eq!(l.route.as_deref(), Some("10.0.0.1"));
+        // a syntax error in a skipped part is still an error
+        let e = one(&m, r#"{"junk":[1,2,,],"l":[1,2],"svc":{"name":"web"}}"#).unwrap_err();
+        assert_eq!(e.reason, Reason::MalformedJson);
+        let e = one(&m, r#"{"l":[1,2],"svc":{"name":"web"}} trailing"#).unwrap_err();
+        assert_eq!(e.reason, Reason::MalformedJson);
     }
 
     #[test]
