@@ -96,6 +96,7 @@ fn latency_samples(c: &mut Criterion) {
                     route: None,
                     samples_ms: samples.clone(),
                     errors: 0,
+                    requests: None,
                     ts_ms: ts,
                 }
             },
@@ -128,6 +129,7 @@ fn filled_data() -> Arc<Mutex<TargetData>> {
             route: None,
             samples_ms: (0..50).map(|i| 20.0 + (i * 13 % 300) as f64).collect(),
             errors: 1,
+            requests: None,
             ts_ms: ts,
         });
     }

@@ -371,12 +371,25 @@ fn decode_latency(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejectio
         // A single sample with a 5xx status counts as an error.
         None => u32::from(status.is_some_and(|s| s >= 500)),
     };
+    let requests = obj.count_opt("requests", 1e9)?;
+    if let Some(r) = requests {
+        if (r as usize) < samples.len() {
+            return Err(Rejection::new(
+                Reason::Absurd,
+                format!(
+                    "field `requests` is {r}, fewer than the {} samples",
+                    samples.len()
+                ),
+            ));
+        }
+    }
     let ts_ms = event_time(obj, at, limits)?;
     Ok(Signal::Latency(GatewayLatency {
         target,
         route,
         samples_ms: samples,
         errors,
+        requests,
         ts_ms,
     }))
 }
@@ -530,6 +543,24 @@ mod tests {
             Ok(s) => panic!("accepted {json}: {s:?}"),
             Err(r) => r.reason,
         }
+    }
+
+    #[test]
+    fn requests_may_stand_for_more_than_the_samples_never_fewer() {
+        match one(
+            r#"{"type":"gateway_latency","target":"a","samples_ms":[1,2],"requests":900,"ts":1764000000000}"#,
+        ) {
+            Ok(Signal::Latency(l)) => assert_eq!(l.requests, Some(900)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reason(r#"{"type":"gateway_latency","target":"a","samples_ms":[1,2],"requests":1}"#),
+            Reason::Absurd
+        );
+        assert_eq!(
+            reason(r#"{"type":"gateway_latency","target":"a","latency_ms":1,"requests":"many"}"#),
+            Reason::WrongType
+        );
     }
 
     #[test]

@@ -764,6 +764,7 @@ impl Mapping {
             route,
             samples_ms: sample.into_iter().collect(),
             errors,
+            requests: None,
             ts_ms,
         })))
     }

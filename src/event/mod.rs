@@ -137,6 +137,9 @@ pub struct GatewayLatency {
     pub samples_ms: Vec<f64>,
     /// Failed requests among (or in addition to) the samples.
     pub errors: u32,
+    /// The requests the samples stand for, when they are a sample of
+    /// more; `None`: one per sample.
+    pub requests: Option<u32>,
     pub ts_ms: Millis,
 }
 

@@ -419,7 +419,7 @@ impl TargetWindows {
     pub fn apply_latency(&mut self, l: &GatewayLatency) {
         self.metric_mut(Metric::LatencyMs)
             .record(l.ts_ms, &l.samples_ms);
-        let requests = l.samples_ms.len() as f64;
+        let requests = l.requests.map_or(l.samples_ms.len() as f64, f64::from);
         self.metric_mut(Metric::Requests)
             .record(l.ts_ms, &[requests.max(f64::from(l.errors))]);
         if l.errors > 0 {
@@ -590,6 +590,7 @@ mod tests {
                 route: None,
                 samples_ms: samples,
                 errors: 2,
+                requests: None,
                 ts_ms: T0 + s * 1000,
             });
         }
@@ -612,6 +613,31 @@ mod tests {
         assert!((err.rate - 2.0).abs() < 0.05, "errors/s {}", err.rate);
     }
 
+    #[test]
+    fn a_sample_of_a_busy_second_counts_the_requests_it_stands_for() {
+        let mut t = target();
+        t.apply_latency(&GatewayLatency {
+            target: "t".into(),
+            route: None,
+            samples_ms: vec![10.0, 20.0],
+            errors: 3,
+            requests: Some(5000),
+            ts_ms: T0,
+        });
+        let now = T0 + 1000;
+        assert_eq!(
+            t.stats(Metric::Requests, now, 10_000).unwrap().unwrap().sum,
+            5000.0
+        );
+        assert_eq!(
+            t.stats(Metric::LatencyMs, now, 10_000)
+                .unwrap()
+                .unwrap()
+                .count,
+            2
+        );
+    }
+
     /// The memory budget of DESIGN/issue: 3 metrics x 3 windows under 64 KiB,
     /// measured as heap bytes after the worst case (every bucket of every
     /// window holding a full-width sketch).
@@ -627,6 +653,7 @@ mod tests {
                 route: None,
                 samples_ms: samples.clone(),
                 errors: 1,
+                requests: None,
                 ts_ms: ts,
             });
             for v in samples.iter().step_by(10) {
