@@ -306,11 +306,18 @@ impl AmqpSource {
     /// Applies a batch and dead-letters what was refused; returns the
     /// acker of its last delivery, to ack it all.
     async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Result<Acker, Ended> {
-        // The engine needs no origin from RabbitMQ (no partitions, no
-        // broker timestamp); a dead letter takes it from the delivery.
+        // The routing key says which input (format) a message is in; a
+        // dead letter takes the rest from the delivery.
         let messages: Vec<(Origin, Vec<u8>)> = batch
             .iter_mut()
-            .map(|d| (Origin::default(), std::mem::take(&mut d.data)))
+            .map(|d| {
+                let origin = Origin {
+                    topic: d.exchange.to_string(),
+                    key: Some(d.routing_key.as_str().as_bytes().to_vec()),
+                    ..Origin::default()
+                };
+                (origin, std::mem::take(&mut d.data))
+            })
             .collect();
         let messages = Arc::new(messages);
         let Ok(outcomes) = self.ctx.engine.apply_batch("amqp", messages.clone()).await else {
