@@ -7,6 +7,11 @@
 //!    `run`, as a ratio to a bare lapin consumer that only decodes the same
 //!    messages (same prefetch, acks every 500), from an identical queue.
 //!
+//! BENCH_FORMAT=kong sends Kong's per-request log messages instead (one
+//! request each, `tests/fixtures/gateways/kong.json` with the target as
+//! the service and the depth as the latency), read by a `kong` input;
+//! BENCH_RATES=20000 sets the reaction rates (default 1000,5000).
+//!
 //! Run: scripts/bench-amqp   (or: cargo bench --bench amqp -- [reaction|drain])
 
 #[path = "../tests/common/mod.rs"]
@@ -29,8 +34,20 @@ use tidewatch::telemetry::Metrics;
 
 const PREFETCH: u16 = 500;
 
+/// The routing key of a signal for `target`.
+fn key(target: &str) -> String {
+    if bench::kong() {
+        format!("kong.{target}")
+    } else {
+        format!("queue_depth.{target}")
+    }
+}
+
 fn config(dir: &std::path::Path, url: &str, n: &Names, min_eval_interval: &str) -> Config {
     let mut toml = n.toml(url);
+    if bench::kong() {
+        toml.push_str("\n[[source.inputs]]\nbinding = \"kong.#\"\nformat = \"kong\"\n");
+    }
     toml.push_str(&format!(
         r#"
 [engine]
@@ -40,18 +57,7 @@ max_event_age = "30m"
 "#
     ));
     toml.push_str(&bench::targets_toml());
-    mq::load(
-        dir,
-        &toml,
-        r#"return { decide = function(ctx)
-             local d = ctx.window("queue_depth", "10s")
-             if not d then return nil end
-             return math.ceil(d.last / 100) end }"#,
-    )
-}
-
-fn signal(target: &str, depth: u64) -> String {
-    format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#)
+    mq::load(dir, &toml, &bench::policy())
 }
 
 async fn reaction(url: &str, rate: u64, seconds: u64) {
@@ -83,9 +89,9 @@ async fn reaction(url: &str, rate: u64, seconds: u64) {
             let _ = load
                 .basic_publish(
                     &exchange,
-                    &format!("queue_depth.{target}"),
+                    &key(&target),
                     Default::default(),
-                    signal(&target, depth).as_bytes(),
+                    bench::signal(&target, depth).as_bytes(),
                     BasicProperties::default(),
                 )
                 .await;
@@ -146,7 +152,7 @@ async fn drain_with_run(
         sum(
             &metrics,
             "tidewatch_events_received_total",
-            &[("source", "amqp"), ("type", "queue_depth")],
+            &[("source", "amqp"), ("type", bench::signal_type())],
         ) as u64
     };
     // Timed from when the source consumes, as the bare consumer is timed
@@ -203,9 +209,9 @@ async fn drain(url: &str, total: u64) {
         let confirm = ch
             .basic_publish(
                 &n.signals,
-                &format!("queue_depth.{target}"),
+                &key(&target),
                 Default::default(),
-                signal(&target, 100 + i % 1000).as_bytes(),
+                bench::signal(&target, 100 + i % 1000).as_bytes(),
                 BasicProperties::default(),
             )
             .await
@@ -249,10 +255,15 @@ async fn drain(url: &str, total: u64) {
     while seen < total {
         let d = consumer.next().await.unwrap().unwrap();
         let now = chrono::Utc::now().timestamp_millis();
-        ok += decode(&d.data, now, &limits)
-            .iter()
-            .filter(|r| r.is_ok())
-            .count() as u64;
+        ok += if bench::kong() {
+            // decoding only: the JSON parsed, nothing applied
+            u64::from(serde_json::from_slice::<serde_json::Value>(&d.data).is_ok())
+        } else {
+            decode(&d.data, now, &limits)
+                .iter()
+                .filter(|r| r.is_ok())
+                .count() as u64
+        };
         seen += 1;
         if seen % 500 == 0 || seen == total {
             d.acker
@@ -295,7 +306,11 @@ fn main() {
         .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-amqp starts RabbitMQ)");
     rt.block_on(async {
         if all || which.iter().any(|w| w == "reaction") {
-            for rate in [1_000, 5_000] {
+            let rates: Vec<u64> = std::env::var("BENCH_RATES")
+                .ok()
+                .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1_000, 5_000]);
+            for rate in rates {
                 reaction(&url, rate, 10).await;
             }
         }

@@ -93,14 +93,7 @@ fn config(
     signals: &str,
     group: &str,
 ) -> Config {
-    std::fs::write(
-        dir.join("p.lua"),
-        r#"return { decide = function(ctx)
-             local d = ctx.window("queue_depth", "10s")
-             if not d then return nil end
-             return math.ceil(d.last / 100) end }"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("p.lua"), bench::policy()).unwrap();
     let mut toml = format!(
         r#"
 [source]
@@ -119,6 +112,11 @@ topic = "state-{suffix}"
 interval = "1s"
 "#
     );
+    if bench::kong() {
+        toml.push_str(&format!(
+            "[[source.inputs]]\ntopic = \"{signals}\"\nformat = \"kong\"\n"
+        ));
+    }
     if std::env::var("BENCH_STATE").as_deref() == Ok("off") {
         toml.push_str("store = \"none\"\n");
     }
@@ -162,8 +160,7 @@ async fn reaction(brokers: &str, rate: u64, seconds: u64) {
         .unwrap();
     let p = producer(brokers, "0");
     let send = |target: String, depth: u64| {
-        let body =
-            format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#);
+        let body = bench::signal(&target, depth);
         let _ = p.send_result(FutureRecord::to(&signals).key(&target).payload(&body));
     };
     // Warm up: every target gets its first command, both groups are joined.
@@ -247,10 +244,7 @@ async fn drain(brokers: &str, n: u64) {
     let mut pending = Vec::new();
     for i in 0..n {
         let target = format!("t{}", i % TARGETS as u64);
-        let body = format!(
-            r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{}}}"#,
-            100 + i % 1000
-        );
+        let body = bench::signal(&target, 100 + i % 1000);
         loop {
             match p.send_result(FutureRecord::to(&signals).key(&target).payload(&body)) {
                 Ok(d) => {
@@ -330,10 +324,18 @@ async fn drain(brokers: &str, n: u64) {
                 }
             };
             let now = chrono::Utc::now().timestamp_millis();
-            ok += decode(m.payload().unwrap_or_default(), now, &limits)
-                .iter()
-                .filter(|r| r.is_ok())
-                .count() as u64;
+            ok += if bench::kong() {
+                // decoding only: the JSON parsed, nothing applied
+                u64::from(
+                    serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
+                        .is_ok(),
+                )
+            } else {
+                decode(m.payload().unwrap_or_default(), now, &limits)
+                    .iter()
+                    .filter(|r| r.is_ok())
+                    .count() as u64
+            };
             seen += 1;
         }
         assert_eq!(ok, n);
@@ -354,7 +356,7 @@ async fn drain(brokers: &str, n: u64) {
     let t = Instant::now();
     let (stop, task) = common::start_run(cfg, metrics.clone());
     let received = || -> u64 {
-        ["queue_depth"]
+        [bench::signal_type()]
             .iter()
             .map(|k| {
                 tidewatch::telemetry::sum(
@@ -393,7 +395,11 @@ fn main() {
     let b = brokers();
     rt.block_on(async {
         if all || which.iter().any(|w| w == "reaction") {
-            for rate in [1_000, 5_000, 10_000] {
+            let rates: Vec<u64> = std::env::var("BENCH_RATES")
+                .ok()
+                .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
+            for rate in rates {
                 reaction(&b, rate, 10).await;
             }
         }

@@ -80,7 +80,15 @@ end
 -- seconds, possibly "0.010, 0.020" (retries) or "0.010 : 0.020"
 -- (redirects): summed; "-" parts are none
 local function seconds(text)
-  if not text or text == "" or text == "-" then
+  if not text then
+    return nil
+  end
+  -- one upstream, the common case: no pattern matching
+  local v = tonumber(text)
+  if v then
+    return v
+  end
+  if text == "" or text == "-" then
     return nil
   end
   local sum, any = 0, false

@@ -650,8 +650,11 @@ mod tests {
     /// worker: replicas follow the load.
     #[test]
     fn replicas_follow_the_load() {
+        // 100 virtual seconds a real one: the loop keeps up while the other
+        // tests share the two cores (at 150 it lagged behind in 1 of 3 full
+        // runs of the library tests)
         let opts = DemoOptions {
-            speed: 150.0,
+            speed: 100.0,
             duration: Duration::from_secs(1200),
             ..DemoOptions::default()
         };

@@ -98,3 +98,64 @@ pub fn report(rate: u64, seconds: u64, d: &Driven, lat: &[f64]) {
         lat.last().copied().unwrap_or(f64::NAN)
     );
 }
+
+/// BENCH_FORMAT=kong: the benchmarks send Kong's access-log messages (one
+/// request each) instead of tidewatch's queue depths.
+pub fn kong() -> bool {
+    std::env::var("BENCH_FORMAT").as_deref() == Ok("kong")
+}
+
+/// A Kong log message (the shape of tests/fixtures/gateways/kong.json)
+/// with three marks to replace.
+fn kong_template() -> &'static str {
+    static T: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gateways/kong.json"
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v["service"]["name"] = "TARGET_MARK".into();
+        v["latencies"]["request"] = 123_456_789u64.into();
+        v["started_at"] = 987_654_321_987u64.into();
+        v.to_string()
+    })
+}
+
+/// A signal asking `target` for `depth / 100` replicas (of a policy on
+/// the last value): a queue depth, or with BENCH_FORMAT=kong a request
+/// that took `depth` ms.
+pub fn signal(target: &str, depth: u64) -> String {
+    if kong() {
+        kong_template()
+            .replace("TARGET_MARK", target)
+            .replace("123456789", &depth.to_string())
+            .replace(
+                "987654321987",
+                &chrono::Utc::now().timestamp_millis().to_string(),
+            )
+    } else {
+        format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#)
+    }
+}
+
+/// The policy of the benchmarks: `depth / 100` replicas of the last value.
+pub fn policy() -> String {
+    let metric = if kong() { "latency_ms" } else { "queue_depth" };
+    format!(
+        r#"return {{ decide = function(ctx)
+             local d = ctx.window("{metric}", "10s")
+             if not d then return nil end
+             return math.ceil(d.last / 100) end }}"#
+    )
+}
+
+/// The signal type the benchmarks' messages become.
+pub fn signal_type() -> &'static str {
+    if kong() {
+        "gateway_latency"
+    } else {
+        "queue_depth"
+    }
+}
