@@ -156,13 +156,7 @@ impl Engine {
         let input = inputs.find(source, origin);
         let decoded = match input {
             Some(i) => i.decode(bytes, at),
-            None => crate::event::decode_at(bytes, at, &self.limits)
-                .into_iter()
-                .map(|r| match r {
-                    Ok(s) => Decoded::Signal(s),
-                    Err(e) => Decoded::Rejected(e),
-                })
-                .collect(),
+            None => crate::event::decode_tidewatch(bytes, at, &self.limits),
         };
         let mapped = input.filter(|i| i.is_mapped());
         for (i, item) in decoded.into_iter().enumerate() {

@@ -26,17 +26,36 @@ pub fn decode(bytes: &[u8], now_ms: Millis, limits: &Limits) -> Vec<Result<Signa
     )
 }
 
-/// `decode` with a receive time other than now for signals without `ts`.
-pub fn decode_at(bytes: &[u8], at: At, limits: &Limits) -> Vec<Result<Signal, Rejection>> {
+/// A message no larger than `max_message_bytes` (any format).
+pub(super) fn check_size(bytes: &[u8], limits: &Limits) -> Result<(), Rejection> {
     if bytes.len() > limits.max_message_bytes {
-        return vec![Err(Rejection::new(
+        return Err(Rejection::new(
             Reason::MessageTooLarge,
             format!(
                 "message of {} bytes exceeds max_message_bytes {}",
                 bytes.len(),
                 limits.max_message_bytes
             ),
-        ))];
+        ));
+    }
+    Ok(())
+}
+
+/// A batch of no more than `max_batch` records (any format).
+pub(super) fn check_batch(n: usize, limits: &Limits) -> Result<(), Rejection> {
+    if n > limits.max_batch {
+        return Err(Rejection::new(
+            Reason::BatchTooLarge,
+            format!("batch of {n} exceeds max_batch {}", limits.max_batch),
+        ));
+    }
+    Ok(())
+}
+
+/// `decode` with a receive time other than now for signals without `ts`.
+pub fn decode_at(bytes: &[u8], at: At, limits: &Limits) -> Vec<Result<Signal, Rejection>> {
+    if let Err(e) = check_size(bytes, limits) {
+        return vec![Err(e)];
     }
     let value: Any = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -45,15 +64,8 @@ pub fn decode_at(bytes: &[u8], at: At, limits: &Limits) -> Vec<Result<Signal, Re
     match value {
         Any::Object(fields) => vec![decode_object(&fields, at, limits)],
         Any::Array(items) => {
-            if items.len() > limits.max_batch {
-                return vec![Err(Rejection::new(
-                    Reason::BatchTooLarge,
-                    format!(
-                        "batch of {} exceeds max_batch {}",
-                        items.len(),
-                        limits.max_batch
-                    ),
-                ))];
+            if let Err(e) = check_batch(items.len(), limits) {
+                return vec![Err(e)];
             }
             items
                 .iter()

@@ -84,13 +84,7 @@ impl Input {
     /// Decodes one message of this input.
     pub fn decode(&self, bytes: &[u8], at: At) -> Vec<Decoded> {
         match &self.decoder {
-            Decoder::Tidewatch => decode_at(bytes, at, &self.limits)
-                .into_iter()
-                .map(|r| match r {
-                    Ok(s) => Decoded::Signal(s),
-                    Err(e) => Decoded::Rejected(e),
-                })
-                .collect(),
+            Decoder::Tidewatch => decode_tidewatch(bytes, at, &self.limits),
             Decoder::Mapped(m) => m
                 .decode(bytes, at, &self.limits)
                 .into_iter()
@@ -109,6 +103,17 @@ impl Input {
     pub fn is_mapped(&self) -> bool {
         matches!(self.decoder, Decoder::Mapped(_))
     }
+}
+
+/// tidewatch's own messages, as [`Decoded`] records.
+pub fn decode_tidewatch(bytes: &[u8], at: At, limits: &Limits) -> Vec<Decoded> {
+    decode_at(bytes, at, limits)
+        .into_iter()
+        .map(|r| match r {
+            Ok(s) => Decoded::Signal(s),
+            Err(e) => Decoded::Rejected(e),
+        })
+        .collect()
 }
 
 /// A source's inputs.

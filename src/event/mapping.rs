@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::decode::{check_time, At};
+use super::decode::{check_batch, check_size, check_time, At};
 use super::json::{Any, Needed, Records as RecordsSeed};
 use super::{valid_target_name, GatewayLatency, Limits, Reason, Rejection, Signal};
 use crate::clock::Millis;
@@ -639,15 +639,8 @@ impl Mapping {
         at: At,
         limits: &Limits,
     ) -> Vec<Result<Result<Signal, Skipped>, Rejection>> {
-        if bytes.len() > limits.max_message_bytes {
-            return vec![Err(Rejection::new(
-                Reason::MessageTooLarge,
-                format!(
-                    "message of {} bytes exceeds max_message_bytes {}",
-                    bytes.len(),
-                    limits.max_message_bytes
-                ),
-            ))];
+        if let Err(e) = check_size(bytes, limits) {
+            return vec![Err(e)];
         }
         let parsed = match self.records {
             // OTLP's records are found by walking the whole message
@@ -681,15 +674,8 @@ impl Mapping {
                 ))]
             }
         };
-        if records.len() > limits.max_batch {
-            return vec![Err(Rejection::new(
-                Reason::BatchTooLarge,
-                format!(
-                    "batch of {} records exceeds max_batch {}",
-                    records.len(),
-                    limits.max_batch
-                ),
-            ))];
+        if let Err(e) = check_batch(records.len(), limits) {
+            return vec![Err(e)];
         }
         records
             .iter()

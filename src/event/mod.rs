@@ -18,7 +18,7 @@ use crate::clock::Millis;
 
 pub use deadletter::{DeadLetter, Origin, RejectionRecord};
 pub use decode::{decode, decode_at, At, MAX_FORECAST_VALUE};
-pub use inputs::{binding_matches, Decoded, Decoder, Input, Inputs, Matcher};
+pub use inputs::{binding_matches, decode_tidewatch, Decoded, Decoder, Input, Inputs, Matcher};
 
 /// Why a message (or one element of a batch) was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
