@@ -268,6 +268,81 @@ async fn unanswered_commands_are_reissued_until_a_result_arrives() {
     assert!(task.await.unwrap().drained);
 }
 
+/// A command no worker answered is in the snapshot the scaler writes as
+/// it stops; the next scaler re-issues it after `reissue_after`, with the
+/// same desired replicas. Without it the restarted scaler replays the
+/// signal, finds the target already at 10 and stays silent: the lost
+/// command is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_command_is_reissued_by_the_restarted_scaler() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let st = stack(
+        &brokers,
+        1,
+        DEPTH_POLICY,
+        r#", options = { "fetch.wait.max.ms" = "5" }"#,
+        r#"reissue_after = "8s""#,
+        "",
+    )
+    .await;
+    let producer = common::kafka::producer(&brokers);
+    let commands = common::kafka::reader(&brokers, &st.commands);
+    let next = |wait: u64| {
+        let commands = &commands;
+        async move {
+            let m = tokio::time::timeout(Duration::from_secs(wait), commands.recv()).await;
+            m.ok().map(|m| {
+                serde_json::from_slice::<ScaleCommand>(m.unwrap().payload().unwrap()).unwrap()
+            })
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let signal = br#"{"type":"queue_depth","target":"orders","queue":"orders","depth":950}"#;
+    producer
+        .send(
+            FutureRecord::to(&st.signals)
+                .key("orders")
+                .payload(&signal[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let first = next(90).await.expect("the first command");
+    assert_eq!(first.desired_replicas, 10);
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    // the last command the first scaler sent (a re-issue if it was slow to stop)
+    let mut last = first;
+    while let Some(c) = next(1).await {
+        last = c;
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(st.cfg.clone(), metrics.clone());
+    let again = next(90)
+        .await
+        .expect("the restarted scaler re-issues the unanswered command");
+    assert_eq!(again.desired_replicas, 10, "{again:?}");
+    assert!(again.generation > last.generation, "{again:?}");
+    assert!(
+        again.reason.contains("re-issued") && again.reason.contains(&last.generation.to_string()),
+        "{}",
+        again.reason
+    );
+    assert!(
+        common::metric(
+            &metrics,
+            "tidewatch_state_restores_total",
+            &[("target", "orders"), ("outcome", "restored")]
+        ) >= 1.0
+    );
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}
+
 /// Forecast events on the real broker: a valid one reaches `ctx.forecast`
 /// with its source, one with points in the past is rejected with its
 /// reason and the scaler goes on.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::clock::Millis;
 use crate::event::Metric;
 use crate::guard::Guard;
-use crate::state::{StateHandle, TargetSnapshot};
+use crate::state::{StateHandle, TargetSnapshot, Unanswered};
 
 use super::Engine;
 
@@ -61,6 +61,10 @@ impl Engine {
             last_generation: t.last_generation,
             published_generation: t.published_generation,
             unanswered_generation: t.unanswered.as_ref().map(|(c, _)| c.generation),
+            unanswered: t.unanswered.as_ref().map(|(c, at)| Unanswered {
+                command: c.clone(),
+                sent_ms: *at,
+            }),
             guard: t.guard.export(),
             policy: t.policy.version().to_owned(),
             policy_state,
@@ -173,6 +177,13 @@ impl Engine {
         t.last_generation = t.last_generation.max(s.last_generation);
         t.published_generation = t.published_generation.max(s.published_generation);
         t.control = s.control.clone();
+        // An unanswered command goes on waiting for its answer here, and is
+        // re-issued after `reissue_after` from when it was last sent.
+        t.unanswered = s
+            .unanswered
+            .as_ref()
+            .filter(|u| u.command.generation >= t.last_generation)
+            .map(|u| (u.command.clone(), u.sent_ms));
         t.dirty = false;
         t.snapshot_at = Some(s.taken_at_ms);
         if let Err(e) = t.policy.import_state(&s.policy_state) {

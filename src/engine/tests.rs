@@ -804,6 +804,51 @@ stabilization_down = "300s"
     assert_eq!(cold.evaluate(0, later).map(|c| c.desired_replicas), Some(5));
 }
 
+/// A command no worker answered before the restart is re-issued by the
+/// new owner when `reissue_after` has passed since it went out, with the
+/// same desired replicas and a new generation; an answer to it stops that.
+#[test]
+fn an_unanswered_command_survives_a_snapshot_and_is_reissued_by_the_new_owner() {
+    let mut a = setup(DEPTH_POLICY, "", "reissue_after = \"10s\"");
+    a.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    let c = a.engine.on_events(T0).pop().unwrap();
+    assert_eq!(c.desired_replicas, 5);
+    let bytes = a.engine.snapshot_of(0, T0 + 2_000, "first").encode();
+    let snap = crate::state::TargetSnapshot::decode("web", &bytes).unwrap();
+
+    let mut b = setup(DEPTH_POLICY, "", "reissue_after = \"10s\"");
+    assert_eq!(b.engine.restore(&snap), Restored::Applied);
+    assert!(b.engine.tick(T0 + 9_000).is_empty(), "not yet due");
+    let again = b.engine.tick(T0 + 10_000);
+    assert_eq!(again.len(), 1, "re-issued after the restart: {again:?}");
+    let r = &again[0];
+    assert_eq!((r.target.as_str(), r.desired_replicas), ("web", 5));
+    assert_eq!(r.current_replicas, c.current_replicas);
+    assert!(r.generation > c.generation && r.id != c.id, "{r:?}");
+    assert!(r.reason.contains(&c.generation.to_string()), "{}", r.reason);
+
+    // an answer that came before the snapshot: nothing to re-issue
+    let mut a2 = setup(DEPTH_POLICY, "", "reissue_after = \"10s\"");
+    a2.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    let c2 = a2.engine.on_events(T0).pop().unwrap();
+    a2.engine.observe(&ScaleResult {
+        version: 1,
+        command_id: c2.id.clone(),
+        target: "web".into(),
+        generation: c2.generation,
+        status: crate::command::ResultStatus::Applied,
+        observed_replicas: Some(5),
+        error: None,
+        worker: "w".into(),
+        finished_at: String::new(),
+    });
+    let snap2 = a2.engine.snapshot_of(0, T0 + 2_000, "first");
+    assert!(snap2.unanswered.is_none());
+    let mut b2 = setup(DEPTH_POLICY, "", "reissue_after = \"10s\"");
+    b2.engine.restore(&snap2);
+    assert!(b2.engine.tick(T0 + 10_000).is_empty());
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");

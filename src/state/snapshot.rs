@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+use crate::command::ScaleCommand;
 use crate::event::Metric;
 use crate::forecast::builtin::ForecasterState;
 use crate::guard::GuardState;
@@ -46,6 +47,13 @@ pub struct ControlState {
     pub pinned: Option<u32>,
 }
 
+/// A command no worker has answered yet, and when it was last sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unanswered {
+    pub command: ScaleCommand,
+    pub sent_ms: Millis,
+}
+
 /// One target's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSnapshot {
@@ -59,6 +67,10 @@ pub struct TargetSnapshot {
     pub published_generation: i64,
     /// The generation of a command no worker has answered yet.
     pub unanswered_generation: Option<i64>,
+    /// That command and when it (or its last re-issue) went out, so a new
+    /// owner re-issues it after `reissue_after` as this one would have.
+    /// Snapshots written before it was kept have only the generation.
+    pub unanswered: Option<Unanswered>,
     pub guard: GuardState,
     pub policy: String,
     pub policy_state: Plain,
@@ -110,6 +122,8 @@ struct Header {
     published_generation: i64,
     #[serde(default)]
     unanswered_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unanswered: Option<Unanswered>,
     #[serde(default)]
     guard: GuardState,
     #[serde(default)]
@@ -162,6 +176,7 @@ impl TargetSnapshot {
             last_generation: self.last_generation,
             published_generation: self.published_generation,
             unanswered_generation: self.unanswered_generation,
+            unanswered: self.unanswered.clone(),
             guard: self.guard.clone(),
             policy: self.policy.clone(),
             policy_state: self.policy_state.clone(),
@@ -294,6 +309,9 @@ impl TargetSnapshot {
             .into_iter()
             .map(|(m, f)| Ok((metric(&m)?, f)))
             .collect::<Result<_, SnapshotError>>()?;
+        let unanswered = h.unanswered.filter(|u| {
+            Some(u.command.generation) == h.unanswered_generation && u.command.target == h.target
+        });
         Ok(TargetSnapshot {
             target: h.target,
             taken_at_ms: h.taken_at_ms,
@@ -302,6 +320,7 @@ impl TargetSnapshot {
             last_generation: h.last_generation,
             published_generation: h.published_generation,
             unanswered_generation: h.unanswered_generation,
+            unanswered,
             guard: h.guard,
             policy: h.policy,
             policy_state: h.policy_state,
@@ -348,6 +367,23 @@ mod tests {
             last_generation: 41,
             published_generation: 40,
             unanswered_generation: Some(41),
+            unanswered: Some(Unanswered {
+                command: ScaleCommand::issue(
+                    crate::command::Order {
+                        target: "checkout",
+                        provider: "k8s",
+                        policy: "p.lua@abc",
+                        current: 7,
+                        desired: 10,
+                        reason: "depth".into(),
+                        dry_run: false,
+                    },
+                    41,
+                    1_763_999_990_000,
+                    60_000,
+                ),
+                sent_ms: 1_763_999_990_000,
+            }),
             guard: GuardState {
                 last_up_ms: Some(1),
                 last_change_ms: Some(2),
@@ -392,6 +428,60 @@ mod tests {
         assert!(same(&s, &back));
         // 11,520 floats are 46,080 bytes raw
         assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+    }
+
+    /// Re-encodes `s` with its JSON header changed by `edit`.
+    fn with_header(s: &TargetSnapshot, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let bytes = s.encode();
+        let body = decompress(&bytes[6..]).unwrap();
+        let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&body[4..4 + n]).unwrap();
+        edit(&mut header);
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut new = (json.len() as u32).to_le_bytes().to_vec();
+        new.extend_from_slice(&json);
+        new.extend_from_slice(&body[4 + n..]);
+        let mut out = bytes[..6].to_vec();
+        out.extend(zstd::encode_all(&new[..], 3).unwrap());
+        out
+    }
+
+    #[test]
+    fn the_unanswered_command_is_kept_and_an_older_snapshot_without_it_still_reads() {
+        let s = sample();
+        let back = TargetSnapshot::decode("checkout", &s.encode()).unwrap();
+        let u = back.unanswered.expect("the unanswered command is kept");
+        assert_eq!(u.command.desired_replicas, 10);
+        assert_eq!(u.command.generation, 41);
+        assert_eq!(u.sent_ms, 1_763_999_990_000);
+        // written before the command was kept: only the generation
+        let old = with_header(&s, |h| {
+            h.as_object_mut().unwrap().remove("unanswered");
+        });
+        let back = TargetSnapshot::decode("checkout", &old).unwrap();
+        assert_eq!(back.unanswered_generation, Some(41));
+        assert!(back.unanswered.is_none());
+        // a command that is not the unanswered generation, or of another
+        // target, is not taken
+        for (key, value) in [
+            ("unanswered_generation", serde_json::json!(40)),
+            ("unanswered_generation", serde_json::Value::Null),
+        ] {
+            let odd = with_header(&s, |h| {
+                h[key] = value;
+            });
+            assert!(TargetSnapshot::decode("checkout", &odd)
+                .unwrap()
+                .unanswered
+                .is_none());
+        }
+        let odd = with_header(&s, |h| {
+            h["unanswered"]["command"]["target"] = serde_json::json!("payments");
+        });
+        assert!(TargetSnapshot::decode("checkout", &odd)
+            .unwrap()
+            .unanswered
+            .is_none());
     }
 
     #[test]
