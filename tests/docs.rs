@@ -190,6 +190,24 @@ fn dashboard_and_alerts_query_only_metrics_tidewatch_exports() {
             "the dashboard shows no {want}"
         );
     }
+    // the gateway's p95 next to the replicas, in one panel
+    assert!(
+        panels.iter().any(|p| {
+            let exprs: Vec<&str> = p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap())
+                .collect();
+            exprs
+                .iter()
+                .any(|e| e.contains("tidewatch_target_latency_p95_seconds"))
+                && exprs
+                    .iter()
+                    .any(|e| e.contains("tidewatch_target_desired_replicas"))
+        }),
+        "no panel shows the gateway p95 next to the replicas"
+    );
     let var = d["templating"]["list"][0]["definition"].as_str().unwrap();
     for n in metric_names(var) {
         assert!(exported.contains(&n), "{n}");
@@ -213,11 +231,19 @@ fn dashboard_and_alerts_query_only_metrics_tidewatch_exports() {
 
 #[test]
 fn compose_stacks_follow_the_conventions() {
-    for (file, broker) in [
-        ("compose/kafka.yaml", "kafka"),
-        ("compose/rabbitmq.yaml", "rabbitmq"),
+    // the gateway stack's load comes from OpenResty, not `tidewatch loadgen`
+    for (file, broker, extra, tidewatch_loadgen) in [
+        ("compose/kafka.yaml", "kafka", &[][..], true),
+        ("compose/rabbitmq.yaml", "rabbitmq", &[][..], true),
+        (
+            "compose/gateway.yaml",
+            "rabbitmq",
+            &["gateway", "service"][..],
+            false,
+        ),
     ] {
-        let c: serde_yaml::Value = serde_yaml::from_str(&read(file)).unwrap();
+        let mut c: serde_yaml::Value = serde_yaml::from_str(&read(file)).unwrap();
+        c.apply_merge().unwrap();
         let services = c["services"].as_mapping().unwrap();
         for s in [
             broker,
@@ -226,7 +252,10 @@ fn compose_stacks_follow_the_conventions() {
             "loadgen",
             "prometheus",
             "grafana",
-        ] {
+        ]
+        .iter()
+        .chain(extra)
+        {
             assert!(services.contains_key(s), "{file}: no service {s}");
         }
         let volumes = c["volumes"].as_mapping().unwrap();
@@ -279,6 +308,9 @@ fn compose_stacks_follow_the_conventions() {
             ("worker", "worker"),
             ("loadgen", "loadgen"),
         ] {
+            if svc == "loadgen" && !tidewatch_loadgen {
+                continue;
+            }
             let cmd: Vec<&str> = services[svc]["command"]
                 .as_sequence()
                 .unwrap()
@@ -297,11 +329,42 @@ fn compose_stacks_follow_the_conventions() {
         k["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"],
         "broker,controller"
     );
-    let r: serde_yaml::Value = serde_yaml::from_str(&read("compose/rabbitmq.yaml")).unwrap();
-    assert!(r["services"]["rabbitmq"]["image"]
-        .as_str()
-        .unwrap()
-        .ends_with("-management"));
+    for file in ["compose/rabbitmq.yaml", "compose/gateway.yaml"] {
+        let r: serde_yaml::Value = serde_yaml::from_str(&read(file)).unwrap();
+        assert!(r["services"]["rabbitmq"]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("-management"));
+    }
+    // the gateway stack: OpenResty with the emitter in front of the demo
+    // service, the worker scaling it over HTTP
+    let mut g: serde_yaml::Value = serde_yaml::from_str(&read("compose/gateway.yaml")).unwrap();
+    g.apply_merge().unwrap();
+    let mounts = |svc: &str| -> Vec<String> {
+        g["services"][svc]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(mounts("gateway")
+        .iter()
+        .any(|m| m.starts_with("../gateway/nginx/tidewatch.lua:")));
+    for svc in ["gateway", "service", "loadgen"] {
+        assert!(g["services"][svc]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("openresty/openresty:"));
+        assert!(mounts(svc)
+            .iter()
+            .any(|m| m.starts_with(&format!("./gateway/{svc}.conf:"))
+                && m.contains("/usr/local/openresty/nginx/conf/nginx.conf")));
+    }
+    let worker = read("compose/tidewatch/worker-gateway.toml");
+    assert!(worker.contains("http://service:8080/scale"));
+    assert!(read("compose/gateway/gateway.conf").contains("server service:8080;"));
+    assert!(read("compose/gateway/loadgen.conf").contains("\"gateway\", 8080"));
 }
 
 #[test]

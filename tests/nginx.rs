@@ -369,3 +369,261 @@ http {{
     );
     n.delete(&mq::confirm_channel(&conn).await).await;
 }
+
+/// Runs one of compose/gateway/'s OpenResty configurations with Debian's
+/// nginx: its modules loaded, `listen 8080` on `port`, and `subs` (the
+/// container names and settings of the stack) replaced.
+fn run_stack_conf(
+    nginx_bin: &str,
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    subs: &[(&str, String)],
+) -> Nginx {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut conf = std::fs::read_to_string(format!("{root}/compose/gateway/{name}.conf")).unwrap();
+    for (from, to) in subs
+        .iter()
+        .map(|(f, t)| (*f, t.clone()))
+        .chain([("listen 8080;", format!("listen 127.0.0.1:{port};"))])
+    {
+        assert!(
+            conf.contains(from),
+            "compose/gateway/{name}.conf has no {from:?}"
+        );
+        conf = conf.replace(from, &to);
+    }
+    let paths = if conf.contains("lua_package_path") {
+        format!("lua_package_cpath \"{CJSON_DIR}/?.so;;\";")
+    } else {
+        format!(
+            "lua_package_path \"/usr/share/lua/5.1/?.lua;;\"; lua_package_cpath \"{CJSON_DIR}/?.so;;\";"
+        )
+    };
+    let conf = format!(
+        "load_module {NDK_MODULE};\nload_module {LUA_MODULE};\ndaemon off;\n{}",
+        conf.replacen("http {", &format!("http {{\n  {paths}"), 1)
+    );
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+    let err = std::fs::File::create(prefix.join("stderr.log")).unwrap();
+    Nginx(
+        std::process::Command::new(nginx_bin)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .arg("-p")
+            .arg(&prefix)
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn json_of(port: u16, path: &str) -> serde_json::Value {
+    common::http_get(port, path)
+        .and_then(|r| r.split("\r\n\r\n").nth(1).map(str::to_owned))
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// compose/gateway.yaml without Docker: its three OpenResty
+/// configurations (the demo service, the gateway with the emitter, the
+/// open-loop load) run with Debian's nginx, and its scaler and worker
+/// configurations with this build, on loopback (container names replaced
+/// by ports, the broker's names by this test's). The load overwhelms one
+/// replica; the emitter's latency reaches the scaler through RabbitMQ,
+/// the scaler commands more replicas, the worker's `http` provider
+/// scales the service, and its latency comes back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_stack_scales_its_demo_service_by_the_gateways_latency() {
+    let Some(url) = mq::broker() else { return };
+    let Some(nginx_bin) = nginx() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, gw, load) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (scaler_port, worker_port) = (common::free_port(), common::free_port());
+    let (mhost, mport, muser, mpass) = management();
+
+    // the scaler and the worker: the stack's files, pointed at this test
+    let tidewatch_conf = |file: &str, subs: &[(&str, String)]| {
+        let mut text = std::fs::read_to_string(format!("{root}/compose/tidewatch/{file}")).unwrap();
+        for (from, to) in subs {
+            assert!(text.contains(from), "{file} has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let amqp_subs = || {
+        vec![
+            (
+                "url_env = \"TIDEWATCH_AMQP_URL\"",
+                format!("url = \"{url}\""),
+            ),
+            ("\"tidewatch.signals\"", format!("\"{}\"", n.signals)),
+            ("\"tidewatch.scaler\"", format!("\"{}\"", n.queue)),
+            ("\"tidewatch.commands\"", format!("\"{}\"", n.commands)),
+            ("\"tidewatch.results\"", format!("\"{}\"", n.results)),
+            ("\"tidewatch.workers\"", format!("\"{}\"", n.workers)),
+        ]
+    };
+    let mut subs = amqp_subs();
+    subs.retain(|(f, _)| *f != "\"tidewatch.workers\"");
+    subs.push(("0.0.0.0:9898", format!("127.0.0.1:{scaler_port}")));
+    subs.push((
+        "\"policies/latency_slo.lua\"",
+        format!("\"{root}/policies/latency_slo.lua\""),
+    ));
+    let scaler_cfg = tidewatch_conf("scaler-gateway.toml", &subs);
+    let mut subs = amqp_subs();
+    subs.retain(|(f, _)| *f != "\"tidewatch.signals\"" && *f != "\"tidewatch.scaler\"");
+    subs.push(("0.0.0.0:9899", format!("127.0.0.1:{worker_port}")));
+    subs.push((
+        "/var/lib/tidewatch/worker.state.json",
+        dir.path().join("worker.state.json").display().to_string(),
+    ));
+    subs.push(("http://service:8080", format!("http://127.0.0.1:{svc}")));
+    let worker_cfg = tidewatch_conf("worker-gateway.toml", &subs);
+    let _scaler = common::spawn_run(&scaler_cfg, Some(&dir.path().join("scaler.log")));
+    let _worker = common::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["worker", "--config"])
+            .arg(&worker_cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("worker.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    mq::wait_for_queue(&conn, &n.workers).await;
+
+    // replicas that start in 2 s instead of 10 (a shorter test)
+    let _service = run_stack_conf(
+        nginx_bin,
+        dir.path(),
+        "service",
+        svc,
+        &[("START_S = 10 ", "START_S = 2 ".into())],
+    );
+    let _gateway = run_stack_conf(
+        nginx_bin,
+        dir.path(),
+        "gateway",
+        gw,
+        &[
+            (
+                "/etc/tidewatch/lua/?.lua;;",
+                format!("{root}/gateway/nginx/?.lua;/usr/share/lua/5.1/?.lua;;"),
+            ),
+            (
+                r#"host = "rabbitmq", port = 15672, user = "guest", password = "guest""#,
+                format!(
+                    r#"host = "{mhost}", port = {mport}, user = "{muser}", password = "{mpass}""#
+                ),
+            ),
+            ("\"tidewatch.signals\"", format!("\"{}\"", n.signals)),
+            ("server service:8080;", format!("server 127.0.0.1:{svc};")),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while json_of(svc, "/state").is_null() || common::http_get(gw, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a steady 60 requests/s: three replicas' capacity, one replica's
+    // latency far over the 100 ms SLO
+    let _load = run_stack_conf(
+        nginx_bin,
+        dir.path(),
+        "loadgen",
+        load,
+        &[
+            (
+                "BASE, CREST, SPIKE, PERIOD = 10, 150, 300, 600",
+                "BASE, CREST, SPIKE, PERIOD = 60, 60, 60, 600".into(),
+            ),
+            (
+                "TARGET_HOST, TARGET_PORT = \"gateway\", 8080",
+                format!("TARGET_HOST, TARGET_PORT = \"127.0.0.1\", {gw}"),
+            ),
+        ],
+    );
+    let diag = |dir: &std::path::Path| {
+        format!(
+            "service {}\nload {}\ngateway: {}\nscaler log:\n{}\nworker log:\n{}\ngateway stderr:\n{}\nload stderr:\n{}",
+            json_of(svc, "/state"),
+            json_of(load, "/state"),
+            common::http_get(gw, "/tidewatch").unwrap_or_default(),
+            tail(&dir.join("scaler.log")),
+            tail(&dir.join("worker.log")),
+            tail(&dir.join("gateway/stderr.log")),
+            tail(&dir.join("loadgen/stderr.log")),
+        )
+    };
+    let p95 = || {
+        common::scrape(scaler_port).map_or(f64::NAN, |t| {
+            common::scraped(
+                &t,
+                "tidewatch_target_latency_p95_seconds",
+                &[("target", "checkout")],
+            )
+        })
+    };
+    // the service is scaled by the worker: at least three ready replicas
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut worst = 0.0f64;
+    loop {
+        let s = json_of(svc, "/state");
+        worst = worst.max(p95());
+        if s["ready"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service was never scaled to 3 (worst p95 {worst} s)\n{}",
+            diag(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "scaled to 3 after {:?} (worst p95 {worst} s)",
+        started.elapsed()
+    );
+    assert!(worst > 0.1, "one replica was over the SLO: p95 {worst} s");
+    // ...and with the replicas the gateway's p95 comes back under the SLO
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while p95().is_nan() || p95() > 0.1 {
+        assert!(
+            Instant::now() < deadline,
+            "p95 stayed {} s over the 100 ms SLO\n{}",
+            p95(),
+            diag(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "p95 under the SLO after {:?}: {}",
+        started.elapsed(),
+        json_of(svc, "/state")
+    );
+    let text = common::scrape(worker_port).unwrap_or_default();
+    assert!(
+        common::scraped(
+            &text,
+            "tidewatch_provider_calls_total",
+            &[("provider", "http")]
+        ) >= 1.0,
+        "the worker's http provider scaled the service"
+    );
+    n.delete(&mq::confirm_channel(&conn).await).await;
+}
