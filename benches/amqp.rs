@@ -12,7 +12,11 @@
 //! the service and the depth as the latency), read by a `kong` input;
 //! BENCH_RATES=20000 sets the reaction rates (default 1000,5000).
 //!
-//! Run: scripts/bench-amqp   (or: cargo bench --bench amqp -- [reaction|drain])
+//! 3. `reaction-bare` (only when named): the same load and probes with no
+//!    scaler, a bare lapin consumer noting when each probe arrives: the
+//!    broker's and the machine's floor under the reaction time.
+//!
+//! Run: scripts/bench-amqp   (or: cargo bench --bench amqp -- [reaction|drain|reaction-bare])
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -131,6 +135,74 @@ async fn reaction(url: &str, rate: u64, seconds: u64) {
     stop.send(()).unwrap();
     task.await.unwrap();
     n.delete(&conn.create_channel().await.unwrap()).await;
+}
+
+/// The same load and probes as [`reaction`] with no scaler: a bare lapin
+/// consumer (same prefetch, acks every 500) that parses each message and
+/// notes when each probe arrives. What the broker, the publisher and one
+/// consumer cost on this machine at `rate`: the floor under tidewatch's
+/// reaction time.
+async fn reaction_bare(url: &str, rate: u64, seconds: u64) {
+    let n = Names::new();
+    let conn = mq::connect(url).await;
+    let setup = mq::confirm_channel(&conn).await;
+    mq::exchange_and_queue(&setup, &n.signals, &n.queue).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            &n.queue,
+            "bare-reaction",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let probe_key = key("probe");
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut seen = 0u64;
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        {
+            let at = Instant::now();
+            let ok = serde_json::from_slice::<serde_json::Value>(&d.data).is_ok();
+            if ok && d.routing_key.as_str() == probe_key {
+                // probes are sent in order, 3, 4, 5, ...
+                got.push((3 + got.len() as u32, at));
+            }
+            seen += 1;
+            if seen % 500 == 0 {
+                let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
+            }
+        }
+        got
+    });
+    let load = conn.create_channel().await.unwrap();
+    let publish = |target: String, depth: u64| {
+        let load = load.clone();
+        let exchange = n.signals.clone();
+        async move {
+            let _ = load
+                .basic_publish(
+                    &exchange,
+                    &key(&target),
+                    Default::default(),
+                    bench::signal(&target, depth).as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await;
+        }
+    };
+    let driven = bench::drive(rate, seconds, publish).await;
+    let got = reader.await.unwrap();
+    let lat = bench::reaction_ms(&driven.probes, &got);
+    assert!(!lat.is_empty(), "no probe arrived");
+    print!("bare consumer, no scaler: ");
+    bench::report(rate, seconds, &driven, &lat);
+    n.delete(&setup).await;
 }
 
 /// `tidewatch run` on a queue holding the backlog, until every signal is
@@ -312,6 +384,15 @@ fn main() {
                 .unwrap_or_else(|| vec![1_000, 5_000]);
             for rate in rates {
                 reaction(&url, rate, 10).await;
+            }
+        }
+        if which.iter().any(|w| w == "reaction-bare") {
+            let rates: Vec<u64> = std::env::var("BENCH_RATES")
+                .ok()
+                .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1_000, 5_000]);
+            for rate in rates {
+                reaction_bare(&url, rate, 10).await;
             }
         }
         if all || which.iter().any(|w| w == "drain") {
