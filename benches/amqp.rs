@@ -174,7 +174,7 @@ async fn reaction_bare(url: &str, rate: u64, seconds: u64) {
                 got.push((3 + got.len() as u32, at));
             }
             seen += 1;
-            if seen % 500 == 0 {
+            if seen.is_multiple_of(500) {
                 let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
             }
         }
