@@ -329,6 +329,22 @@ fn foot_guns_are_refused_by_name() {
             vec![],
             "is 315360000000 points per metric; at most 200000",
         ),
+        (
+            "behavior and steps",
+            "",
+            "max_step_up = 4\n[targets.behavior.scale_up]\nstabilization = \"30s\"",
+            sink,
+            vec![],
+            "targets[0].max_step_up: 4 limits each decision; with [targets.behavior] write behavior.scale_up.policies",
+        ),
+        (
+            "behavior select",
+            "",
+            "[targets.behavior.scale_down]\nselect = \"never\"",
+            sink,
+            vec![],
+            "targets[0].behavior.scale_down.select: \"never\" is not",
+        ),
         ("nothing", "", "", "", vec![], "nothing feeds the engine"),
     ] {
         let (code, err) = check(name, engine, target, rest, &env);

@@ -312,6 +312,9 @@ pub struct TargetConfig {
     /// Scheduled min/max overrides (`[[targets.schedules]]`).
     #[serde(default)]
     pub schedules: Vec<crate::schedule::ScheduleConfig>,
+    /// The HPA's behavior (`[targets.behavior.scale_up]`, `.scale_down`).
+    #[serde(default)]
+    pub behavior: Option<crate::guard::config::BehaviorConfig>,
 }
 
 impl TargetConfig {
@@ -339,6 +342,7 @@ impl TargetConfig {
             history_step: default_history_step(),
             forecast_season: default_season(),
             schedules: Vec::new(),
+            behavior: None,
         }
     }
 
@@ -368,6 +372,7 @@ impl TargetConfig {
             paused: self.paused,
             dry_run: self.dry_run,
             fallback_replicas: self.fallback_replicas,
+            behavior: self.behavior.as_ref().map(|b| b.resolve()),
         }
     }
 
@@ -455,6 +460,35 @@ impl TargetConfig {
                     t.history_span.as_millis() / t.history_step.as_millis().max(1)
                 ),
             ));
+        }
+        if let Some(b) = &t.behavior {
+            b.check(&key("behavior"), out);
+            // The step keys mean something else; with a behavior they
+            // would be silently ignored, so giving both is refused.
+            if t.stabilization_down != default_stabilization() {
+                out.push(problem(
+                    key("stabilization_down"),
+                    "with [targets.behavior] set behavior.scale_down.stabilization instead (both are given)",
+                ));
+            }
+            for (name, n) in [
+                ("max_step_up", t.max_step_up),
+                ("max_step_down", t.max_step_down),
+            ] {
+                if n > 0 {
+                    let dir = if name == "max_step_up" {
+                        "scale_up"
+                    } else {
+                        "scale_down"
+                    };
+                    out.push(problem(
+                        key(name),
+                        format!(
+                            "{n} limits each decision; with [targets.behavior] write behavior.{dir}.policies = [{{ type = \"pods\", value = {n}, period = \"15s\" }}] instead (both are given)"
+                        ),
+                    ));
+                }
+            }
         }
         if let Err(e) = crate::forecast::builtin::Season::parse(&t.forecast_season) {
             out.push(problem(key("forecast_season"), e.to_string()));

@@ -849,6 +849,68 @@ fn an_unanswered_command_survives_a_snapshot_and_is_reissued_by_the_new_owner() 
     assert!(b2.engine.tick(T0 + 10_000).is_empty());
 }
 
+/// `[targets.behavior]` from the configuration file reaches the guard:
+/// with "4 pods per 15 s" a target evaluated on 100 signals a second for
+/// two virtual minutes gains 4 replicas per 15 s, no more, and the holds
+/// are counted as `scale_policy`.
+#[test]
+fn a_configured_behavior_limits_per_period_at_any_event_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", DEPTH_POLICY);
+    write(
+        dir.path(),
+        "c.toml",
+        r#"
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 50
+initial_replicas = 2
+params = { per = 100 }
+[targets.behavior.scale_up]
+policies = [{ type = "pods", value = 4, period = "15s" }]
+"#,
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut s = Setup {
+        dir,
+        engine: Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), T0).unwrap(),
+        metrics,
+    };
+    let mut added: Vec<(Millis, u32)> = Vec::new();
+    let mut current = 2;
+    for i in 0..12_000 {
+        let now = T0 + i * 10;
+        s.engine.ingest("t", &depth("web", 4_000.0, now), now);
+        for c in s.engine.on_events(now) {
+            if c.target == "web" {
+                added.push((now, c.desired_replicas - current));
+                current = c.desired_replicas;
+            }
+        }
+    }
+    for &(t, _) in &added {
+        let in_period: u32 = added
+            .iter()
+            .filter(|(u, _)| *u >= t && *u < t + 15_000)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            in_period <= 4,
+            "{in_period} added within 15 s of {t}: {added:?}"
+        );
+    }
+    assert_eq!(current, 2 + 4 * 8, "120 s at 4 per 15 s: {added:?}");
+    assert!(
+        counter(
+            &s.metrics,
+            "tidewatch_decision_holds_total",
+            &[("target", "web"), ("reason", "scale_policy")]
+        ) > 1000.0
+    );
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");

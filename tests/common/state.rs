@@ -57,7 +57,11 @@ pub fn seasonal_snapshot(cfg: &Config, target: &str, end_ms: i64) -> Vec<u8> {
         e.evaluate(idx, now);
         now += 60_000;
     }
-    let s = e.snapshot(target, end_ms, "seed").unwrap();
+    let mut s = e.snapshot(target, end_ms, "seed").unwrap();
+    // a scaler that ran for three days had its commands answered: without
+    // this, the new owner would re-issue the seed's last command at once
+    s.unanswered = None;
+    s.unanswered_generation = None;
     assert!(
         s.forecasters
             .iter()

@@ -2,6 +2,12 @@
 //! and down cooldowns, scale-down stabilization (the HPA's "highest
 //! recommendation of the last N seconds"), step limits, tolerance, pause,
 //! dry run and a fallback on policy failure. Every decision says why.
+//! With a `behavior` ([`behavior::Behavior`]) the rate and stabilization
+//! are the Kubernetes HPA's instead of the step limits and the scale-down
+//! window.
+
+pub mod behavior;
+pub mod config;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +32,9 @@ pub struct GuardConfig {
     pub paused: bool,
     pub dry_run: bool,
     pub fallback_replicas: Option<u32>,
+    /// The HPA's behavior; when set, it replaces `stabilization_down` and
+    /// the `max_step_*` limits.
+    pub behavior: Option<behavior::Behavior>,
 }
 
 impl Default for GuardConfig {
@@ -42,6 +51,7 @@ impl Default for GuardConfig {
             paused: false,
             dry_run: false,
             fallback_replicas: None,
+            behavior: None,
         }
     }
 }
@@ -85,6 +95,9 @@ pub enum HoldReason {
     CooldownUp,
     CooldownDown,
     AtBound,
+    /// A behavior's rate policies (or `select = "disabled"`) allow no
+    /// change now.
+    ScalePolicy,
 }
 
 impl HoldReason {
@@ -98,6 +111,7 @@ impl HoldReason {
             HoldReason::CooldownUp => "cooldown_up",
             HoldReason::CooldownDown => "cooldown_down",
             HoldReason::AtBound => "at_bound",
+            HoldReason::ScalePolicy => "scale_policy",
         }
     }
 }
@@ -120,6 +134,12 @@ pub struct Guard {
     /// (time, recommendation), times rising and recommendations falling:
     /// the front is the highest recommendation still inside the window.
     recent: VecDeque<(Millis, u32)>,
+    /// The same for a behavior's scale-up window, recommendations rising:
+    /// the front is the lowest.
+    recent_up: VecDeque<(Millis, u32)>,
+    /// A behavior's scale events within its longest period.
+    up_events: Vec<behavior::ScaleEvent>,
+    down_events: Vec<behavior::ScaleEvent>,
 }
 
 /// What a state snapshot keeps of a [`Guard`]: the last changes per
@@ -130,6 +150,14 @@ pub struct GuardState {
     pub last_change_ms: Option<Millis>,
     /// (time, recommendation), times rising, recommendations falling.
     pub recent: Vec<(Millis, u32)>,
+    /// A behavior's scale-up window: times and recommendations rising.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_up: Vec<(Millis, u32)>,
+    /// A behavior's scale events (time, replicas added or removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub up_events: Vec<(Millis, u32)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down_events: Vec<(Millis, u32)>,
 }
 
 /// Recommendations a snapshot keeps at most (the window keeps only falling
@@ -149,6 +177,16 @@ impl Guard {
                 .rev()
                 .copied()
                 .collect(),
+            recent_up: self
+                .recent_up
+                .iter()
+                .rev()
+                .take(MAX_RECENT)
+                .rev()
+                .copied()
+                .collect(),
+            up_events: last(&self.up_events),
+            down_events: last(&self.down_events),
         }
     }
 
@@ -162,10 +200,19 @@ impl Guard {
                 recent.push_back((t, r));
             }
         }
+        let mut recent_up: VecDeque<(Millis, u32)> = VecDeque::new();
+        for &(t, r) in s.recent_up.iter().take(MAX_RECENT) {
+            if recent_up.back().is_none_or(|&(bt, br)| t >= bt && r > br) {
+                recent_up.push_back((t, r));
+            }
+        }
         Guard {
             last_up: s.last_up_ms,
             last_change: s.last_change_ms,
             recent,
+            recent_up,
+            up_events: last(&s.up_events),
+            down_events: last(&s.down_events),
         }
     }
 
@@ -189,7 +236,7 @@ impl Guard {
         if cfg.paused {
             return hold(HoldReason::Paused, "paused".into());
         }
-        let mut want = match rec {
+        let want = match rec {
             Recommendation::Replicas(n) => *n,
             Recommendation::Hold => {
                 if current < cfg.min || current > cfg.max {
@@ -227,51 +274,13 @@ impl Guard {
                 }
             }
         }
-        // Stabilization: scale down only to the highest recommendation of the window.
-        let window_ms = cfg.stabilization_down.as_millis() as i64;
-        while self
-            .recent
-            .front()
-            .is_some_and(|&(t, _)| t <= now - window_ms)
-        {
-            self.recent.pop_front();
-        }
-        while self.recent.back().is_some_and(|&(_, r)| r <= want) {
-            self.recent.pop_back();
-        }
-        self.recent.push_back((now, want));
-        if want < current && window_ms > 0 {
-            // Never above the current count: stabilization only slows a scale-down.
-            let highest = self.recent.front().map_or(want, |&(_, r)| r).min(current);
-            if highest > want {
-                notes.push(format!(
-                    "stabilized to {highest}, the highest of the last {}",
-                    humantime::format_duration(cfg.stabilization_down)
-                ));
-                want = highest;
-            }
-        }
-        let clamped = want.clamp(cfg.min, cfg.max);
-        if clamped != want {
-            notes.push(format!("clamped to [{}, {}]", cfg.min, cfg.max));
-            want = clamped;
-        }
-        if want > current && cfg.max_step_up > 0 && want - current > cfg.max_step_up {
-            want = current + cfg.max_step_up;
-            notes.push(format!("max_step_up {}", cfg.max_step_up));
-        }
-        if want < current && cfg.max_step_down > 0 && current - want > cfg.max_step_down {
-            want = current - cfg.max_step_down;
-            notes.push(format!("max_step_down {}", cfg.max_step_down));
-        }
+        let (want, same) = match &cfg.behavior {
+            None => self.steps(cfg, now, current, want, &mut notes),
+            Some(b) => self.behave(cfg, b, now, current, want, &mut notes),
+        };
         let text = notes.join("; ");
         if want == current {
-            let why = if text.contains("stabilized") {
-                HoldReason::Stabilization
-            } else {
-                HoldReason::AtBound
-            };
-            return hold(why, text);
+            return hold(same, text);
         }
         // Cooldowns apply only to real moves, and never keep a target out of bounds.
         let in_bounds = (cfg.min..=cfg.max).contains(&current);
@@ -300,6 +309,22 @@ impl Guard {
             self.last_up = Some(now);
         }
         self.last_change = Some(now);
+        if let Some(b) = &cfg.behavior {
+            match direction {
+                Direction::Up => behavior::record_event(
+                    &mut self.up_events,
+                    b.scale_up.longest_period(),
+                    now,
+                    want - current,
+                ),
+                _ => behavior::record_event(
+                    &mut self.down_events,
+                    b.scale_down.longest_period(),
+                    now,
+                    current - want,
+                ),
+            }
+        }
         Decision {
             current,
             desired: want,
@@ -309,6 +334,162 @@ impl Guard {
             reason: text,
         }
     }
+}
+
+impl Guard {
+    /// The step rules: scale-down stabilization, bounds, `max_step_*`.
+    /// Returns the count and why it would equal `current`.
+    fn steps(
+        &mut self,
+        cfg: &GuardConfig,
+        now: Millis,
+        current: u32,
+        mut want: u32,
+        notes: &mut Vec<String>,
+    ) -> (u32, HoldReason) {
+        // Stabilization: scale down only to the highest recommendation of the window.
+        let highest = behavior::window_push(
+            &mut self.recent,
+            behavior::Keep::Highest,
+            cfg.stabilization_down,
+            now,
+            want,
+        );
+        let mut stabilized = false;
+        if want < current && !cfg.stabilization_down.is_zero() {
+            // Never above the current count: stabilization only slows a scale-down.
+            let highest = highest.min(current);
+            if highest > want {
+                notes.push(format!(
+                    "stabilized to {highest}, the highest of the last {}",
+                    humantime::format_duration(cfg.stabilization_down)
+                ));
+                want = highest;
+                stabilized = true;
+            }
+        }
+        let clamped = want.clamp(cfg.min, cfg.max);
+        if clamped != want {
+            notes.push(format!("clamped to [{}, {}]", cfg.min, cfg.max));
+            want = clamped;
+        }
+        if want > current && cfg.max_step_up > 0 && want - current > cfg.max_step_up {
+            want = current + cfg.max_step_up;
+            notes.push(format!("max_step_up {}", cfg.max_step_up));
+        }
+        if want < current && cfg.max_step_down > 0 && current - want > cfg.max_step_down {
+            want = current - cfg.max_step_down;
+            notes.push(format!("max_step_down {}", cfg.max_step_down));
+        }
+        let same = if stabilized {
+            HoldReason::Stabilization
+        } else {
+            HoldReason::AtBound
+        };
+        (want, same)
+    }
+
+    /// The HPA's behavior: out of bounds straight to the bound (as the
+    /// HPA does before any behavior), else the stabilization windows,
+    /// then the rate policies and the bounds.
+    fn behave(
+        &mut self,
+        cfg: &GuardConfig,
+        b: &behavior::Behavior,
+        now: Millis,
+        current: u32,
+        want: u32,
+        notes: &mut Vec<String>,
+    ) -> (u32, HoldReason) {
+        if current > cfg.max || current < cfg.min {
+            let to = current.clamp(cfg.min, cfg.max);
+            notes.push(format!(
+                "{current} is outside [{}, {}]: to {to}",
+                cfg.min, cfg.max
+            ));
+            return (to, HoldReason::AtBound);
+        }
+        let stabilized =
+            behavior::stabilize(&mut self.recent_up, &mut self.recent, b, now, current, want);
+        if stabilized != want {
+            let (dir, window) = if want > current {
+                ("scale-up", b.scale_up.stabilization)
+            } else {
+                ("scale-down", b.scale_down.stabilization)
+            };
+            notes.push(format!(
+                "stabilized to {stabilized} by the {dir} window of {}",
+                humantime::format_duration(window)
+            ));
+        }
+        let (limited, why) = behavior::limit_rate(
+            b,
+            &self.up_events,
+            &self.down_events,
+            cfg.min,
+            cfg.max,
+            current,
+            stabilized,
+            now,
+        );
+        use behavior::Limited;
+        match why {
+            Limited::DesiredWithinRange => {}
+            Limited::TooManyReplicas | Limited::TooFewReplicas => {
+                notes.push(format!("clamped to [{}, {}]", cfg.min, cfg.max));
+            }
+            Limited::ScaleUpLimit | Limited::ScaleDownLimit => {
+                let (dir, rules) = if why == Limited::ScaleUpLimit {
+                    ("scale_up", &b.scale_up)
+                } else {
+                    ("scale_down", &b.scale_down)
+                };
+                notes.push(format!(
+                    "behavior.{dir} allows {limited} now ({})",
+                    describe(rules)
+                ));
+            }
+        }
+        let same = match why {
+            Limited::ScaleUpLimit | Limited::ScaleDownLimit => HoldReason::ScalePolicy,
+            Limited::TooManyReplicas | Limited::TooFewReplicas => HoldReason::AtBound,
+            Limited::DesiredWithinRange if stabilized == current && want != current => {
+                HoldReason::Stabilization
+            }
+            Limited::DesiredWithinRange => HoldReason::AtBound,
+        };
+        (limited, same)
+    }
+}
+
+/// A direction's rules in a reason: "select max of 4 pods per 15s, 100% per 15s".
+fn describe(r: &behavior::ScalingRules) -> String {
+    use behavior::{PolicyKind, Select};
+    if r.select == Select::Disabled {
+        return "select disabled".into();
+    }
+    let policies: Vec<String> = r
+        .policies
+        .iter()
+        .map(|p| {
+            let per = humantime::format_duration(p.period);
+            match p.kind {
+                PolicyKind::Pods => format!("{} pods per {per}", p.value),
+                PolicyKind::Percent => format!("{}% per {per}", p.value),
+            }
+        })
+        .collect();
+    let select = if r.select == Select::Min {
+        "min"
+    } else {
+        "max"
+    };
+    format!("select {select} of {}", policies.join(", "))
+}
+
+/// The newest `MAX_RECENT` of a list (what a snapshot keeps).
+fn last<T: Copy>(v: &[T]) -> Vec<T> {
+    v[v.len().saturating_sub(MAX_RECENT)..].to_vec()
 }
 
 fn left(since: Option<Millis>, cooldown: Duration, now: Millis) -> Option<i64> {
@@ -477,5 +658,144 @@ mod tests {
         assert!(d.reason.contains("fallback_replicas 8"));
         let d = g.decide(&cfg(), 0, 4, &Hold);
         assert_eq!(d.held, Some(HoldReason::Policy));
+    }
+
+    fn behavior_cfg(b: behavior::Behavior) -> GuardConfig {
+        GuardConfig {
+            min: 1,
+            max: 1000,
+            behavior: Some(b),
+            ..GuardConfig::default()
+        }
+    }
+
+    fn pods_per(n: u32, secs: u64) -> behavior::ScalingRules {
+        behavior::ScalingRules {
+            stabilization: Duration::ZERO,
+            select: behavior::Select::Max,
+            policies: vec![behavior::ScalingPolicy {
+                kind: behavior::PolicyKind::Pods,
+                value: n,
+                period: Duration::from_secs(secs),
+            }],
+        }
+    }
+
+    /// The issue's test: "4 pods per 15 s" holds however often the target
+    /// is evaluated (here 100 times a second for ten virtual minutes),
+    /// where `max_step_up = 4` limits each decision and lets the target
+    /// grow by hundreds a second.
+    #[test]
+    fn a_pods_policy_limits_per_period_whatever_the_event_rate() {
+        let c = behavior_cfg(behavior::Behavior {
+            scale_up: pods_per(4, 15),
+            ..behavior::Behavior::default()
+        });
+        let mut g = Guard::default();
+        let mut current = 2;
+        let mut moves: Vec<(Millis, u32)> = Vec::new();
+        for i in 0..60_000 {
+            let now = i * 10;
+            let d = g.decide(&c, now, current, &Replicas(1000));
+            if d.held.is_none() {
+                moves.push((now, d.desired - current));
+                current = d.desired;
+            } else {
+                assert_eq!(d.held, Some(HoldReason::ScalePolicy), "{}", d.reason);
+            }
+        }
+        // every 15 s window holds at most 4 new replicas
+        for &(t, _) in &moves {
+            let added: u32 = moves
+                .iter()
+                .filter(|(u, _)| *u >= t && *u < t + 15_000)
+                .map(|(_, n)| n)
+                .sum();
+            assert!(added <= 4, "{added} added in the 15 s from {t} ms");
+        }
+        // ...and the target does grow at that rate: 4 per 15 s for 600 s
+        assert_eq!(current, 2 + 4 * 40, "{moves:?}");
+        // the step limit alone, for comparison: hundreds a second
+        let steps = GuardConfig {
+            max_step_up: 4,
+            stabilization_down: Duration::ZERO,
+            ..behavior_cfg(behavior::Behavior::default())
+        };
+        let steps = GuardConfig {
+            behavior: None,
+            ..steps
+        };
+        let mut g = Guard::default();
+        let mut n = 2;
+        for i in 0..100 {
+            n = g.decide(&steps, i * 10, n, &Replicas(1000)).desired;
+        }
+        assert_eq!(n, 402, "the step limit is per decision");
+    }
+
+    /// A scale-down with the HPA's defaults waits out the 300 s window,
+    /// then goes at most 100% per 15 s; a scale-up is at most the larger of
+    /// 4 pods and 100% per 15 s; "disabled" never moves that way; and the
+    /// reason names the rule.
+    #[test]
+    fn the_hpa_defaults_and_disabled() {
+        let c = behavior_cfg(behavior::Behavior::default());
+        let mut g = Guard::default();
+        let d = g.decide(&c, 0, 3, &Replicas(100));
+        assert_eq!(d.desired, 7, "max(3 + 4, 3 * 2): {}", d.reason);
+        assert!(
+            d.reason.contains("behavior.scale_up allows 7"),
+            "{}",
+            d.reason
+        );
+        let d = g.decide(&c, 15_001, 7, &Replicas(100));
+        assert_eq!(d.desired, 14);
+        // the load goes: held by the scale-down window for 300 s
+        let d = g.decide(&c, 20_000, 14, &Replicas(2));
+        assert_eq!((d.desired, d.held), (14, Some(HoldReason::Stabilization)));
+        assert!(d.reason.contains("scale-down window of 5m"), "{}", d.reason);
+        let d = g.decide(&c, 15_001 + 300_000, 14, &Replicas(2));
+        assert_eq!(d.desired, 2, "{}", d.reason);
+        // disabled scale-down
+        let mut off = behavior::Behavior::default();
+        off.scale_down.select = behavior::Select::Disabled;
+        off.scale_down.stabilization = Duration::ZERO;
+        let c = behavior_cfg(off);
+        let mut g = Guard::default();
+        let d = g.decide(&c, 0, 10, &Replicas(1));
+        assert_eq!((d.desired, d.held), (10, Some(HoldReason::ScalePolicy)));
+        assert!(d.reason.contains("select disabled"), "{}", d.reason);
+        assert_eq!(g.decide(&c, 1, 10, &Replicas(12)).desired, 12);
+    }
+
+    /// The behavior's windows and events go through a snapshot: a
+    /// restored guard limits as the old one would have.
+    #[test]
+    fn behavior_state_survives_export_and_import() {
+        let c = behavior_cfg(behavior::Behavior {
+            scale_up: behavior::ScalingRules {
+                stabilization: Duration::from_secs(60),
+                ..pods_per(4, 60)
+            },
+            ..behavior::Behavior::default()
+        });
+        let mut g = Guard::default();
+        // recommendations 9 then 6 inside the scale-up window
+        assert_eq!(g.decide(&c, 0, 2, &Replicas(9)).desired, 6);
+        let json = serde_json::to_string(&g.export()).unwrap();
+        let mut h = Guard::import(&serde_json::from_str(&json).unwrap());
+        let live = g.decide(&c, 30_000, 6, &Replicas(20));
+        let restored = h.decide(&c, 30_000, 6, &Replicas(20));
+        for (d, who) in [(live, "live"), (restored, "restored")] {
+            // 4 pods per 60 s were used at 0: no more until 60 s
+            assert_eq!(
+                (d.desired, d.held),
+                (6, Some(HoldReason::ScalePolicy)),
+                "{who}: {}",
+                d.reason
+            );
+        }
+        let d = h.decide(&c, 60_001, 6, &Replicas(20));
+        assert_eq!(d.desired, 10, "{}", d.reason);
     }
 }
