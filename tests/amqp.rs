@@ -758,3 +758,84 @@ async fn a_poison_batch_is_dead_lettered_once_and_applied_once() {
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Signals stop on a real broker: after `stale_after` the fallback command
+/// arrives, with the reason; when signals resume the policy decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_signals_on_rabbitmq_fall_back_and_recover() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!(
+            "{}{ENGINE}tick = \"200ms\"\nreissue_after = \"0s\"\n{}stale_after = \"2s\"\non_stale = \"fallback\"\nfallback_replicas = 7\n",
+            n.toml(&url),
+            targets(&["web"])
+        ),
+        POLICY,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let commands = |want: usize| {
+        let conn = &conn;
+        let workers = n.workers.clone();
+        async move {
+            mq::read_until(conn, &workers, Duration::from_secs(20), |g| g.len() >= want)
+                .await
+                .iter()
+                .map(|g| serde_json::from_slice::<ScaleCommand>(&g.body).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    mq::publish(
+        &ch,
+        &n.signals,
+        "queue_depth.web",
+        mq::depth_signal("web", 300).as_bytes(),
+    )
+    .await
+    .unwrap();
+    let first = commands(1).await;
+    assert_eq!(first[0].desired_replicas, 3, "{first:?}");
+    // nothing more: after 2 s without a sample, the fallback
+    let started = std::time::Instant::now();
+    let fallback = commands(1).await;
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert_eq!(fallback[0].desired_replicas, 7);
+    assert!(
+        fallback[0].reason.contains("stale_after 2s"),
+        "{}",
+        fallback[0].reason
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(
+        counter(&metrics, "tidewatch_target_stale", &[("target", "web")]),
+        1.0
+    );
+    mq::publish(
+        &ch,
+        &n.signals,
+        "queue_depth.web",
+        mq::depth_signal("web", 500).as_bytes(),
+    )
+    .await
+    .unwrap();
+    let again = commands(1).await;
+    assert_eq!(again[0].desired_replicas, 5, "{again:?}");
+    assert!(
+        again[0].reason.starts_with("last 500"),
+        "{}",
+        again[0].reason
+    );
+    assert_eq!(
+        counter(&metrics, "tidewatch_target_stale", &[("target", "web")]),
+        0.0
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    n.delete(&ch).await;
+}

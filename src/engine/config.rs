@@ -315,6 +315,17 @@ pub struct TargetConfig {
     /// The HPA's behavior (`[targets.behavior.scale_up]`, `.scale_down`).
     #[serde(default)]
     pub behavior: Option<crate::guard::config::BehaviorConfig>,
+    /// Stale after this long without a sample of any metric the policy
+    /// read (none: never stale by time).
+    #[serde(default, deserialize_with = "crate::settings::de_opt_duration")]
+    pub stale_after: Option<Duration>,
+    /// With stale signals: `"hold"` or `"fallback"` (to `fallback_replicas`).
+    #[serde(default = "default_on_stale")]
+    pub on_stale: String,
+    /// Probe failures in a row that make the target stale (KEDA's
+    /// `fallback.failureThreshold`).
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
 }
 
 impl TargetConfig {
@@ -343,6 +354,9 @@ impl TargetConfig {
             forecast_season: default_season(),
             schedules: Vec::new(),
             behavior: None,
+            stale_after: None,
+            on_stale: default_on_stale(),
+            failure_threshold: default_failure_threshold(),
         }
     }
 
@@ -372,6 +386,7 @@ impl TargetConfig {
             paused: self.paused,
             dry_run: self.dry_run,
             fallback_replicas: self.fallback_replicas,
+            on_stale_fallback: self.on_stale == "fallback",
             behavior: self.behavior.as_ref().map(|b| b.resolve()),
         }
     }
@@ -461,6 +476,24 @@ impl TargetConfig {
                 ),
             ));
         }
+        match t.on_stale.as_str() {
+            "hold" => {}
+            "fallback" if t.fallback_replicas.is_none() => out.push(problem(
+                key("on_stale"),
+                "\"fallback\" needs fallback_replicas",
+            )),
+            "fallback" => {}
+            other => out.push(problem(
+                key("on_stale"),
+                format!("{other:?} is not \"hold\" or \"fallback\""),
+            )),
+        }
+        if t.stale_after.is_some_and(|d| d < Duration::from_secs(1)) {
+            out.push(problem(key("stale_after"), "give at least 1s"));
+        }
+        if t.failure_threshold == 0 {
+            out.push(problem(key("failure_threshold"), "must be at least 1"));
+        }
         if let Some(b) = &t.behavior {
             b.check(&key("behavior"), out);
             // The step keys mean something else; with a behavior they
@@ -516,6 +549,14 @@ impl TargetConfig {
             out.push(problem(key("policy"), err.to_string()));
         }
     }
+}
+
+fn default_on_stale() -> String {
+    "hold".into()
+}
+
+fn default_failure_threshold() -> u32 {
+    3
 }
 
 fn default_provider() -> String {

@@ -33,6 +33,8 @@ pub enum EngineInput {
     },
     /// A signal a probe measured itself.
     Signal(Signal),
+    /// A probe of this target could not measure.
+    ProbeFailed { target: String },
     /// A worker's result (the closed loop).
     Result(ScaleResult),
     /// The broker acknowledged the command of this generation.
@@ -112,6 +114,12 @@ impl EngineHandle {
     /// A signal a probe measured.
     pub async fn signal(&self, s: Signal) -> Result<(), EngineGone> {
         self.send(EngineInput::Signal(s)).await
+    }
+
+    /// A probe of `target` failed to measure (counted toward its
+    /// `failure_threshold`).
+    pub async fn probe_failed(&self, target: String) -> Result<(), EngineGone> {
+        self.send(EngineInput::ProbeFailed { target }).await
     }
 
     /// A worker's result (the closed loop).

@@ -537,6 +537,22 @@ impl Engine {
                 }
             }
         };
+        let stale = {
+            let mut d = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            let reads = std::mem::take(&mut d.reads);
+            if reads != 0 {
+                t.read_mask = reads;
+            }
+            staleness(t, &d, now_ms)
+        };
+        if stale.is_some() != t.stale {
+            t.stale = stale.is_some();
+            metrics.target_stale(name, t.stale, stale.as_deref().unwrap_or(""));
+        }
+        let rec = match stale {
+            Some(why) => Recommendation::Stale(why),
+            None => rec,
+        };
         let mut decision = t.guard.decide(&guard_cfg, now_ms, t.current, &rec);
         if let Some(a) = &active {
             decision.reason = format!("{}; schedule {}", decision.reason, a.name);
@@ -570,6 +586,19 @@ impl Engine {
         };
         t.last_decision = Some(decision);
         command
+    }
+
+    /// A probe of `target` measured (`ok`) or failed: failures in a row
+    /// count toward its `failure_threshold`.
+    pub fn probe_measured(&mut self, target: &str, ok: bool) {
+        if let Some(&idx) = self.by_name.get(target) {
+            let t = &mut self.targets[idx];
+            t.probe_failures = if ok {
+                0
+            } else {
+                t.probe_failures.saturating_add(1)
+            };
+        }
     }
 
     /// The closed loop: a worker's report of the latest command sets the
@@ -715,6 +744,44 @@ fn build_target(
         dirty: false,
         snapshot_at: None,
         control: ControlState::default(),
+        read_mask: 0,
+        since_ms: now_ms,
+        probe_failures: 0,
+        stale: false,
+    })
+}
+
+/// Why target `t`'s signals are stale at `now_ms`, if they are: its probe
+/// failed `failure_threshold` times in a row, or no metric the policy
+/// read (any metric, before it read one) has had a sample for
+/// `stale_after` (counted from when this engine got the target at the
+/// earliest).
+fn staleness(t: &TargetRuntime, d: &TargetData, now_ms: Millis) -> Option<String> {
+    if t.probe_failures >= t.cfg.failure_threshold {
+        return Some(format!(
+            "{} probe measurements failed in a row (failure_threshold {})",
+            t.probe_failures, t.cfg.failure_threshold
+        ));
+    }
+    let after = t.cfg.stale_after?;
+    let read: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|&m| t.read_mask == 0 || t.read_mask & (1 << (m as u8)) != 0)
+        .collect();
+    let newest = read
+        .iter()
+        .filter_map(|&m| d.windows.metric(m).last_seen())
+        .max();
+    let since = newest.unwrap_or(Millis::MIN).max(t.since_ms);
+    let age = now_ms - since;
+    (age > after.as_millis() as i64).then(|| {
+        let names: Vec<&str> = read.iter().map(|m| m.name()).collect();
+        format!(
+            "no sample of {} for {}s (stale_after {})",
+            names.join(", "),
+            age / 1000,
+            humantime::format_duration(after)
+        )
     })
 }
 
@@ -761,11 +828,16 @@ pub async fn drive(
                 }
                 Some(EngineInput::Signal(s)) => {
                     let now = clock.now_ms();
+                    engine.probe_measured(s.target(), true);
                     match engine.apply(&s, now) {
                         Ok(()) => engine.metrics().event_received("probe", s.kind()),
                         Err(r) => engine.metrics().event_rejected("probe", &r),
                     }
                     engine.on_events(now)
+                }
+                Some(EngineInput::ProbeFailed { target }) => {
+                    engine.probe_measured(&target, false);
+                    Vec::new()
                 }
                 Some(EngineInput::Result(r)) => {
                     engine.observe(&r);

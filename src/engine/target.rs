@@ -26,6 +26,9 @@ pub struct TargetData {
     pub forecast: ForecastSettings,
     pub now_ms: Millis,
     pub freshness_ms: i64,
+    /// The metrics the policy read since the engine last took this (a bit
+    /// per `Metric`).
+    pub reads: u8,
 }
 
 impl TargetData {
@@ -43,6 +46,7 @@ impl TargetData {
             },
             now_ms,
             freshness_ms,
+            reads: 0,
         }
     }
 
@@ -74,6 +78,15 @@ impl SignalView for TargetData {
         self.forecasts
             .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
             .or(builtin)
+    }
+    fn age_ms(&self, metric: Metric) -> Option<i64> {
+        self.windows
+            .metric(metric)
+            .last_seen()
+            .map(|t| self.now_ms - t)
+    }
+    fn note_read(&mut self, metric: Metric) {
+        self.reads |= 1 << (metric as u8);
     }
 }
 
@@ -135,6 +148,15 @@ pub(super) struct TargetRuntime {
     pub(super) snapshot_at: Option<Millis>,
     /// Pause and pin at run time (kept in snapshots).
     pub(super) control: ControlState,
+    /// The metrics the policy last read (a bit per `Metric`; 0: none yet).
+    pub(super) read_mask: u8,
+    /// Since when this engine has had the target (a target is not stale
+    /// before `stale_after` has passed once).
+    pub(super) since_ms: Millis,
+    /// Probe measurements of it that failed in a row.
+    pub(super) probe_failures: u32,
+    /// Whether its signals are stale now.
+    pub(super) stale: bool,
 }
 
 /// Calls in a row past the deadline before a policy is quarantined: each

@@ -911,6 +911,135 @@ policies = [{ type = "pods", value = 4, period = "15s" }]
     );
 }
 
+/// Signals stop: after `stale_after` the target goes to
+/// `fallback_replicas` (on_stale = "fallback"), flagged and counted; when
+/// they resume the policy decides again. `ctx.age` tells the policy how
+/// old the newest sample is. With on_stale = "hold" nothing is commanded;
+/// probe failures past `failure_threshold` make a target stale too.
+#[test]
+fn stale_signals_fall_back_and_recover() {
+    let policy = r#"return { decide = function(ctx)
+        local d = ctx.window("queue_depth", "10s")
+        if not d then return nil end
+        return { replicas = math.ceil(d.last / 100), reason = string.format("age %.1f", ctx.age("queue_depth")) }
+    end }"#;
+    let mut s = setup(
+        policy,
+        "stale_after = \"30s\"\non_stale = \"fallback\"\nfallback_replicas = 3",
+        "reissue_after = \"0s\"",
+    );
+    let stale = |s: &Setup| counter(&s.metrics, "tidewatch_target_stale", &[("target", "web")]);
+    s.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    let c = s.engine.on_events(T0).pop().unwrap();
+    assert_eq!(c.desired_replicas, 5);
+    assert!(c.reason.starts_with("age 0.0"), "{}", c.reason);
+    // 30 s without a sample: still fresh (the window still holds it)
+    let at = |ms: i64| T0 + ms;
+    assert!(s.engine.tick(at(30_000)).iter().all(|c| c.target != "web"));
+    assert_eq!(stale(&s), 0.0);
+    // past it: the fallback
+    let c: Vec<_> = s
+        .engine
+        .tick(at(31_000))
+        .into_iter()
+        .filter(|c| c.target == "web")
+        .collect();
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].desired_replicas, 3);
+    assert!(
+        c[0].reason.contains("no sample of queue_depth for 31s"),
+        "{}",
+        c[0].reason
+    );
+    assert!(
+        c[0].reason.contains("fallback_replicas 3"),
+        "{}",
+        c[0].reason
+    );
+    assert_eq!(stale(&s), 1.0);
+    // held there while stale (no repeated commands)
+    assert!(s.engine.tick(at(40_000)).iter().all(|c| c.target != "web"));
+    // signals resume: the policy decides again
+    s.engine
+        .ingest("t", &depth("web", 900.0, at(41_000)), at(41_000));
+    let c = s
+        .engine
+        .on_events(at(41_000))
+        .pop()
+        .expect("a decision on the fresh signal");
+    assert_eq!(c.desired_replicas, 9);
+    assert_eq!(stale(&s), 0.0);
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_target_stale_changes_total",
+            &[("target", "web"), ("to", "stale")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_target_stale_changes_total",
+            &[("target", "web"), ("to", "fresh")]
+        ),
+        1.0
+    );
+
+    // on_stale = "hold": the count stays, the hold says why
+    let mut h = setup(
+        DEPTH_POLICY,
+        "stale_after = \"30s\"",
+        "reissue_after = \"0s\"",
+    );
+    h.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    assert_eq!(h.engine.on_events(T0).pop().unwrap().desired_replicas, 5);
+    assert!(h.engine.tick(at(60_000)).iter().all(|c| c.target != "web"));
+    let d = h.engine.status()[0].last_decision.clone().unwrap();
+    assert_eq!(d.held, Some(crate::guard::HoldReason::Stale));
+    assert!(d.reason.contains("on_stale hold"), "{}", d.reason);
+
+    // a probe that fails failure_threshold (3) times in a row
+    let mut p = setup(
+        DEPTH_POLICY,
+        "on_stale = \"fallback\"\nfallback_replicas = 4",
+        "reissue_after = \"0s\"",
+    );
+    p.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    assert_eq!(p.engine.on_events(T0).pop().unwrap().desired_replicas, 5);
+    for _ in 0..2 {
+        p.engine.probe_measured("web", false);
+    }
+    assert!(
+        p.engine.tick(at(1_000)).iter().all(|c| c.target != "web"),
+        "two failures are not three"
+    );
+    p.engine.probe_measured("web", false);
+    let c: Vec<_> = p
+        .engine
+        .tick(at(2_000))
+        .into_iter()
+        .filter(|c| c.target == "web")
+        .collect();
+    assert_eq!(c[0].desired_replicas, 4, "{c:?}");
+    assert!(
+        c[0].reason.contains("3 probe measurements failed in a row"),
+        "{}",
+        c[0].reason
+    );
+    p.engine.probe_measured("web", true);
+    p.engine
+        .ingest("t", &depth("web", 500.0, at(3_000)), at(3_000));
+    assert_eq!(
+        p.engine
+            .on_events(at(3_000))
+            .pop()
+            .unwrap()
+            .desired_replicas,
+        5
+    );
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");

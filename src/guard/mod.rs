@@ -32,6 +32,8 @@ pub struct GuardConfig {
     pub paused: bool,
     pub dry_run: bool,
     pub fallback_replicas: Option<u32>,
+    /// With stale signals: go to `fallback_replicas` (true) or hold.
+    pub on_stale_fallback: bool,
     /// The HPA's behavior; when set, it replaces `stabilization_down` and
     /// the `max_step_*` limits.
     pub behavior: Option<behavior::Behavior>,
@@ -51,6 +53,7 @@ impl Default for GuardConfig {
             paused: false,
             dry_run: false,
             fallback_replicas: None,
+            on_stale_fallback: false,
             behavior: None,
         }
     }
@@ -65,6 +68,8 @@ pub enum Recommendation {
     Hold,
     /// The policy failed; the text says how.
     Failed(String),
+    /// The target's signals are stale; the text says since when.
+    Stale(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +103,8 @@ pub enum HoldReason {
     /// A behavior's rate policies (or `select = "disabled"`) allow no
     /// change now.
     ScalePolicy,
+    /// The signals are stale and `on_stale = "hold"`.
+    Stale,
 }
 
 impl HoldReason {
@@ -112,6 +119,7 @@ impl HoldReason {
             HoldReason::CooldownDown => "cooldown_down",
             HoldReason::AtBound => "at_bound",
             HoldReason::ScalePolicy => "scale_policy",
+            HoldReason::Stale => "stale",
         }
     }
 }
@@ -257,6 +265,13 @@ impl Guard {
                         format!("policy failed ({why}); holding"),
                     )
                 }
+            },
+            Recommendation::Stale(why) => match cfg.fallback_replicas {
+                Some(f) if cfg.on_stale_fallback => {
+                    notes.push(format!("{why}; on_stale fallback to fallback_replicas {f}"));
+                    f
+                }
+                _ => return hold(HoldReason::Stale, format!("{why}; on_stale hold")),
             },
         };
         if matches!(rec, Recommendation::Replicas(_)) {

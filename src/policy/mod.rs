@@ -27,7 +27,10 @@ use crate::window::{SpanTooLong, WindowStats};
 const PRELUDE: &str = include_str!("prelude.lua");
 /// `ctx.window` and `ctx.forecast` over the raw Rust lookups.
 const BINDER: &str = r#"
-local ctx, raw_window, raw_forecast = ...
+local ctx, raw_window, raw_forecast, raw_age = ...
+ctx.age = function(metric)
+  return raw_age(metric)
+end
 ctx.window = function(metric, span)
   local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(metric, span)
   if count == nil then return nil end
@@ -134,6 +137,14 @@ pub struct Proposal {
 pub trait SignalView: Send + 'static {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong>;
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
+    /// How long ago the newest sample of `metric` was taken, in ms
+    /// (`ctx.age`); None before any.
+    fn age_ms(&self, _metric: Metric) -> Option<i64> {
+        None
+    }
+    /// The policy read `metric` (through `ctx.window` or `ctx.age`): the
+    /// metrics a target's staleness is judged on.
+    fn note_read(&mut self, _metric: Metric) {}
 }
 
 /// Per-call facts for `ctx`.
@@ -321,18 +332,19 @@ impl LuaPolicy {
     /// returns plain values and a Lua table constructor packs them: far
     /// cheaper than filling a table field by field through the API.
     pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
-        let (v1, v2) = (view.clone(), view);
+        let (v1, v2, v3) = (view.clone(), view.clone(), view);
         (|| -> mlua::Result<()> {
             let raw_window =
                 self.lua
                     .create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
                         let metric = parse_metric(&metric)?;
                         let span_ms = span_ms(&span)?;
-                        let stats = v1
+                        let mut view = v1
                             .lock()
-                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                            .window(metric, span_ms)
-                            .map_err(mlua::Error::runtime)?;
+                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
+                        view.note_read(metric);
+                        let stats = view.window(metric, span_ms).map_err(mlua::Error::runtime)?;
+                        drop(view);
                         Ok(match stats {
                             None => (
                                 None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
@@ -374,10 +386,21 @@ impl LuaPolicy {
                             Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
                         })
                     })?;
+            let raw_age = self
+                .lua
+                .create_function(move |_, metric: mlua::LuaString| {
+                    let metric = parse_metric(&metric)?;
+                    let mut view = v3
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
+                    view.note_read(metric);
+                    Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
+                })?;
             self.lua.load(BINDER).set_name("=bind").call::<()>((
                 self.ctx.clone(),
                 raw_window,
                 raw_forecast,
+                raw_age,
             ))
         })()
         .map_err(|e| self.error(PolicyErrorKind::Load, e))

@@ -364,6 +364,9 @@ pub async fn run_probe<M: Measure>(mut probe: M, ctx: SourceContext) {
             }
             Err(e) => {
                 metrics.probe_failed(&target, M::KIND, &queue, &e);
+                if engine.probe_failed(target.clone()).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -30,6 +30,8 @@ pub struct Metrics {
     target_latency_p95: GaugeVec,
     target_desired_replicas: IntGaugeVec,
     target_observed_replicas: IntGaugeVec,
+    target_stale: IntGaugeVec,
+    target_stale_changes: IntCounterVec,
     policy_evaluations: IntCounterVec,
     policy_errors: IntCounterVec,
     policy_seconds: HistogramVec,
@@ -190,6 +192,18 @@ impl Metrics {
                 "tidewatch_target_observed_replicas",
                 "Replicas as last reported by a worker (or assumed).",
                 &["target"],
+            ),
+            target_stale: int_gauge(
+                &r,
+                "tidewatch_target_stale",
+                "1 while a target's signals are stale (stale_after, or failure_threshold probe failures in a row).",
+                &["target"],
+            ),
+            target_stale_changes: counter(
+                &r,
+                "tidewatch_target_stale_changes_total",
+                "A target's signals went stale (to=stale) or recovered (to=fresh).",
+                &["target", "to"],
             ),
             policy_evaluations: counter(
                 &r,
@@ -427,6 +441,7 @@ impl Metrics {
         self.commands_unacknowledged
             .with_label_values(&[target])
             .set(0);
+        self.target_stale.with_label_values(&[target]).set(0);
         for c in [
             &self.policy_evaluations,
             &self.commands_reissued,
@@ -624,6 +639,23 @@ impl Metrics {
     /// A message (or batch elements) went to the dead-letter destination.
     pub fn dead_lettered(&self, source: &str, reason: &str) {
         self.dead_letters.with_label_values(&[source, reason]).inc();
+    }
+
+    /// `target`'s signals went stale (`why` says since when and what), or
+    /// recovered.
+    pub fn target_stale(&self, target: &str, stale: bool, why: &str) {
+        self.target_stale
+            .with_label_values(&[target])
+            .set(i64::from(stale));
+        let to = if stale { "stale" } else { "fresh" };
+        self.target_stale_changes
+            .with_label_values(&[target, to])
+            .inc();
+        if stale {
+            tracing::warn!(target_name = %target, "signals are stale: {why}");
+        } else {
+            tracing::info!(target_name = %target, "signals are fresh again");
+        }
     }
 
     /// A probe of `target` could not measure.

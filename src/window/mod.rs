@@ -220,6 +220,8 @@ pub struct MetricWindows {
     /// Ascending by span.
     windows: Vec<Window>,
     first_seen: Millis,
+    /// The newest sample's time (`Millis::MIN` before any).
+    last_seen: Millis,
     history: History,
     keys: Vec<Option<i32>>,
 }
@@ -241,6 +243,7 @@ impl MetricWindows {
                 .map(|s| Window::new(s, !metric.is_counter()))
                 .collect(),
             first_seen: Millis::MAX,
+            last_seen: Millis::MIN,
             history: History::new(history_span, history_step, metric.is_counter()),
             keys: Vec::new(),
         }
@@ -252,6 +255,7 @@ impl MetricWindows {
             return;
         }
         self.first_seen = self.first_seen.min(ts);
+        self.last_seen = self.last_seen.max(ts);
         if self.metric.is_counter() {
             for w in &mut self.windows {
                 if let Some((b, dt)) = w.bucket(ts) {
@@ -293,6 +297,11 @@ impl MetricWindows {
 
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// When its newest sample was taken, if it has one.
+    pub fn last_seen(&self) -> Option<Millis> {
+        (self.last_seen != Millis::MIN).then_some(self.last_seen)
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -357,6 +366,8 @@ impl TargetWindows {
             fresh
                 .history_mut(m)
                 .import(&self.metric(m).history.export());
+            // how old the newest sample is does not change with the windows
+            fresh.metric_mut(m).last_seen = self.metric(m).last_seen;
         }
         fresh
     }
