@@ -326,6 +326,9 @@ pub struct TargetConfig {
     /// `fallback.failureThreshold`).
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
+    /// KEDA's activation (`[targets.activation]`).
+    #[serde(default)]
+    pub activation: Option<ActivationConfig>,
 }
 
 impl TargetConfig {
@@ -357,6 +360,7 @@ impl TargetConfig {
             stale_after: None,
             on_stale: default_on_stale(),
             failure_threshold: default_failure_threshold(),
+            activation: None,
         }
     }
 
@@ -494,6 +498,9 @@ impl TargetConfig {
         if t.failure_threshold == 0 {
             out.push(problem(key("failure_threshold"), "must be at least 1"));
         }
+        if let Some(a) = &t.activation {
+            a.check(&key("activation"), &t.windows, t.min_replicas, out);
+        }
         if let Some(b) = &t.behavior {
             b.check(&key("behavior"), out);
             // The step keys mean something else; with a behavior they
@@ -599,5 +606,96 @@ pub fn resolve_policy_path(config_dir: &Path, p: &Path) -> PathBuf {
         p.to_owned()
     } else {
         config_dir.join(p)
+    }
+}
+
+/// `[targets.activation]`: KEDA's `activationThreshold` for targets that
+/// go to zero. While at zero the target stays there until `metric`'s
+/// `stat` over `window` is above `threshold`; while it has replicas, the
+/// policy sizes it (at least 1); after `idle_after` at or below the
+/// threshold it goes to zero, whatever the policy says.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationConfig {
+    pub metric: String,
+    #[serde(default = "default_stat")]
+    pub stat: String,
+    #[serde(default, deserialize_with = "crate::settings::de_opt_duration")]
+    pub window: Option<Duration>,
+    pub threshold: f64,
+    #[serde(
+        default = "default_idle_after",
+        deserialize_with = "crate::settings::de_duration"
+    )]
+    pub idle_after: Duration,
+}
+
+fn default_stat() -> String {
+    "last".into()
+}
+
+fn default_idle_after() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl ActivationConfig {
+    /// Problems under `key` ("targets[0].activation"); `windows` are the
+    /// target's, `min_replicas` its lower bound.
+    pub fn check(
+        &self,
+        key: &str,
+        windows: &[Duration],
+        min_replicas: u32,
+        out: &mut Vec<Problem>,
+    ) {
+        if crate::event::Metric::parse(&self.metric).is_none() {
+            out.push(problem(
+                format!("{key}.metric"),
+                format!(
+                    "{:?} is not a metric (queue_depth, latency_ms, requests, errors)",
+                    self.metric
+                ),
+            ));
+        }
+        if !crate::window::STAT_NAMES.contains(&self.stat.as_str()) {
+            out.push(problem(
+                format!("{key}.stat"),
+                format!(
+                    "{:?} is not one of {}",
+                    self.stat,
+                    crate::window::STAT_NAMES.join(", ")
+                ),
+            ));
+        }
+        let longest = windows.iter().max().copied().unwrap_or_default();
+        if let Some(w) = self.window.filter(|w| *w > longest) {
+            out.push(problem(
+                format!("{key}.window"),
+                format!(
+                    "{} is longer than the target's longest window {}",
+                    humantime::format_duration(w),
+                    humantime::format_duration(longest)
+                ),
+            ));
+        }
+        if !self.threshold.is_finite() {
+            out.push(problem(
+                format!("{key}.threshold"),
+                "must be a finite number",
+            ));
+        }
+        if min_replicas != 0 {
+            out.push(problem(
+                format!("{key}"),
+                format!("activation takes a target to and from zero: set min_replicas = 0 (it is {min_replicas})"),
+            ));
+        }
+    }
+
+    /// The window it reads: `window`, else the target's shortest.
+    pub fn span(&self, windows: &[Duration]) -> Duration {
+        self.window
+            .or_else(|| windows.iter().min().copied())
+            .unwrap_or(Duration::from_secs(10))
     }
 }

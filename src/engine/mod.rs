@@ -537,21 +537,35 @@ impl Engine {
                 }
             }
         };
-        let stale = {
+        let (stale, activation) = {
             let mut d = t.data.lock().unwrap_or_else(|p| p.into_inner());
             let reads = std::mem::take(&mut d.reads);
             if reads != 0 {
                 t.read_mask = reads;
             }
-            staleness(t, &d, now_ms)
+            let value = t.cfg.activation.as_ref().map(|a| {
+                let span = a.span(&t.cfg.windows).as_millis() as i64;
+                Metric::parse(&a.metric)
+                    .and_then(|m| d.windows.stats(m, now_ms, span).ok().flatten())
+                    .and_then(|s| s.get(&a.stat))
+            });
+            (staleness(t, &d, now_ms), value)
         };
         if stale.is_some() != t.stale {
             t.stale = stale.is_some();
             metrics.target_stale(name, t.stale, stale.as_deref().unwrap_or(""));
         }
-        let rec = match stale {
-            Some(why) => Recommendation::Stale(why),
-            None => rec,
+        let rec = match (stale, activation) {
+            (Some(why), _) => Recommendation::Stale(why),
+            (None, Some(value)) => activate(
+                t.cfg.activation.as_ref(),
+                t.current,
+                &mut t.idle_since,
+                value,
+                now_ms,
+                rec,
+            ),
+            (None, None) => rec,
         };
         let mut decision = t.guard.decide(&guard_cfg, now_ms, t.current, &rec);
         if let Some(a) = &active {
@@ -748,7 +762,64 @@ fn build_target(
         since_ms: now_ms,
         probe_failures: 0,
         stale: false,
+        idle_since: None,
     })
+}
+
+/// KEDA's activation over the policy's recommendation: at zero, stay
+/// there until the metric (`value`, None without samples) is above the
+/// threshold, then at least 1; with replicas, at least 1, until the metric
+/// has been at or below the threshold for `idle_after`: then zero.
+fn activate(
+    activation: Option<&crate::engine::config::ActivationConfig>,
+    current: u32,
+    idle_since: &mut Option<Millis>,
+    value: Option<f64>,
+    now_ms: Millis,
+    rec: Recommendation,
+) -> Recommendation {
+    let Some(a) = activation else {
+        return rec;
+    };
+    let above = value.is_some_and(|v| v > a.threshold);
+    let shown = value.map_or("no samples".to_owned(), |v| format!("{} {v}", a.stat));
+    if above {
+        *idle_since = None;
+    } else {
+        idle_since.get_or_insert(now_ms);
+    }
+    if current == 0 {
+        if !above {
+            return Recommendation::Inactive(format!(
+                "inactive: {} {shown}, activation threshold {}",
+                a.metric, a.threshold
+            ));
+        }
+        return match rec {
+            Recommendation::Replicas(n) if n >= 1 => Recommendation::Replicas(n),
+            Recommendation::Failed(why) => Recommendation::Failed(why),
+            _ => Recommendation::Forced(
+                1,
+                format!("activated: {} {shown} > {}", a.metric, a.threshold),
+            ),
+        };
+    }
+    let idle_ms = idle_since.map_or(0, |s| now_ms - s);
+    if idle_ms >= a.idle_after.as_millis() as i64 {
+        return Recommendation::Idle(format!(
+            "idle: {} {shown}, at or below {} for {}s (idle_after {})",
+            a.metric,
+            a.threshold,
+            idle_ms / 1000,
+            humantime::format_duration(a.idle_after)
+        ));
+    }
+    match rec {
+        Recommendation::Replicas(0) => {
+            Recommendation::Forced(1, "active: at least 1 until idle_after".into())
+        }
+        other => other,
+    }
 }
 
 /// Why target `t`'s signals are stale at `now_ms`, if they are: its probe

@@ -157,6 +157,9 @@ pub(super) struct TargetRuntime {
     pub(super) probe_failures: u32,
     /// Whether its signals are stale now.
     pub(super) stale: bool,
+    /// Activation: since when its metric has been at or below the
+    /// threshold (None: above it, or never measured).
+    pub(super) idle_since: Option<Millis>,
 }
 
 /// Calls in a row past the deadline before a policy is quarantined: each

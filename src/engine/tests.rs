@@ -1040,6 +1040,84 @@ fn stale_signals_fall_back_and_recover() {
     );
 }
 
+/// KEDA's activation: a target at zero stays there below the threshold,
+/// whatever the policy says; above it, the policy sizes it; after
+/// `idle_after` at or below the threshold it goes straight to zero.
+#[test]
+fn activation_holds_zero_until_the_threshold_and_returns_to_zero_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", DEPTH_POLICY);
+    write(
+        dir.path(),
+        "c.toml",
+        r#"
+[engine]
+reissue_after = "0s"
+[[targets]]
+name = "web"
+policy = "p.lua"
+min_replicas = 0
+max_replicas = 50
+stabilization_down = "0s"
+params = { per = 100 }
+[targets.activation]
+metric = "queue_depth"
+threshold = 10
+idle_after = "60s"
+"#,
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut e = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), T0).unwrap();
+    let mut at = |e: &mut Engine, ms: i64, d: f64| {
+        e.ingest("t", &depth("web", d, T0 + ms), T0 + ms);
+        e.on_events(T0 + ms).pop()
+    };
+    // below the threshold: the policy would ask for 1, the target stays at 0
+    assert!(at(&mut e, 0, 5.0).is_none());
+    let d = e.status()[0].last_decision.clone().unwrap();
+    assert_eq!(d.held, Some(crate::guard::HoldReason::Inactive));
+    assert!(
+        d.reason.contains("inactive: queue_depth last 5"),
+        "{}",
+        d.reason
+    );
+    // above it: activated, and then sized by the policy
+    assert_eq!(at(&mut e, 1_000, 11.0).unwrap().desired_replicas, 1);
+    assert_eq!(at(&mut e, 2_000, 300.0).unwrap().desired_replicas, 3);
+    // quiet: the policy sizes down, but not to zero before idle_after
+    assert_eq!(at(&mut e, 3_000, 5.0).unwrap().desired_replicas, 1);
+    assert!(at(&mut e, 50_000, 5.0).is_none());
+    let zero = at(&mut e, 63_000, 5.0).expect("idle for 60 s: to zero");
+    assert_eq!(zero.desired_replicas, 0);
+    assert!(
+        zero.reason
+            .contains("idle: queue_depth last 5, at or below 10 for 60s"),
+        "{}",
+        zero.reason
+    );
+    // at zero it stays; a burst above the threshold wakes it
+    assert!(at(&mut e, 64_000, 8.0).is_none());
+    assert_eq!(at(&mut e, 65_000, 40.0).unwrap().desired_replicas, 1);
+
+    // config check: activation needs min_replicas = 0 and a real metric
+    write(
+        dir.path(),
+        "bad.toml",
+        "[[targets]]\nname = \"web\"\npolicy = \"p.lua\"\nmax_replicas = 5\n[targets.activation]\nmetric = \"depth\"\nstat = \"median\"\nthreshold = 1\n",
+    );
+    let err = Config::load(&dir.path().join("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "targets[0].activation.metric: \"depth\" is not a metric",
+        "targets[0].activation.stat: \"median\" is not one of",
+        "set min_replicas = 0 (it is 1)",
+    ] {
+        assert!(err.contains(want), "no {want:?} in {err}");
+    }
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");

@@ -70,6 +70,14 @@ pub enum Recommendation {
     Failed(String),
     /// The target's signals are stale; the text says since when.
     Stale(String),
+    /// Activation: at zero and below the threshold; stays at zero.
+    Inactive(String),
+    /// Activation: this many replicas whatever the policy said (the
+    /// text says why): at least 1 when activated or active.
+    Forced(u32, String),
+    /// Activation: idle for `idle_after`; straight to zero (no
+    /// stabilization or rate limit holds it, as KEDA's cooldown).
+    Idle(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,6 +113,8 @@ pub enum HoldReason {
     ScalePolicy,
     /// The signals are stale and `on_stale = "hold"`.
     Stale,
+    /// At zero, below the activation threshold.
+    Inactive,
 }
 
 impl HoldReason {
@@ -120,6 +130,7 @@ impl HoldReason {
             HoldReason::AtBound => "at_bound",
             HoldReason::ScalePolicy => "scale_policy",
             HoldReason::Stale => "stale",
+            HoldReason::Inactive => "inactive",
         }
     }
 }
@@ -266,6 +277,33 @@ impl Guard {
                     )
                 }
             },
+            Recommendation::Inactive(why) => return hold(HoldReason::Inactive, why.clone()),
+            Recommendation::Forced(n, why) => {
+                notes.push(why.clone());
+                *n
+            }
+            Recommendation::Idle(why) => {
+                if current == 0 {
+                    return hold(HoldReason::Inactive, why.clone());
+                }
+                self.last_change = Some(now);
+                if let Some(b) = &cfg.behavior {
+                    behavior::record_event(
+                        &mut self.down_events,
+                        b.scale_down.longest_period(),
+                        now,
+                        current,
+                    );
+                }
+                return Decision {
+                    current,
+                    desired: 0,
+                    direction: Direction::Down,
+                    held: None,
+                    dry_run: cfg.dry_run,
+                    reason: why.clone(),
+                };
+            }
             Recommendation::Stale(why) => match cfg.fallback_replicas {
                 Some(f) if cfg.on_stale_fallback => {
                     notes.push(format!("{why}; on_stale fallback to fallback_replicas {f}"));

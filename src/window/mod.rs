@@ -37,6 +37,34 @@ pub struct WindowStats {
 
 pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
 
+/// The statistics a rule outside a policy can name (`ctx.window`'s fields).
+pub const STAT_NAMES: [&str; 12] = [
+    "count", "sum", "mean", "min", "max", "last", "p50", "p90", "p95", "p99", "rate", "slope",
+];
+
+impl WindowStats {
+    /// The statistic called `name` ([`STAT_NAMES`]); None for an unknown
+    /// name or a quantile of a counter.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        let q = |i: usize| self.quantiles.map(|q| q[i]);
+        match name {
+            "count" => Some(self.count as f64),
+            "sum" => Some(self.sum),
+            "mean" => Some(self.mean),
+            "min" => Some(self.min),
+            "max" => Some(self.max),
+            "last" => Some(self.last),
+            "p50" => q(0),
+            "p90" => q(1),
+            "p95" => q(2),
+            "p99" => q(3),
+            "rate" => Some(self.rate),
+            "slope" => Some(self.slope),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Bucket {
     /// Which bucket of time this slot holds (event time / width); -1 = none.
