@@ -686,7 +686,7 @@ impl ActivationConfig {
         }
         if min_replicas != 0 {
             out.push(problem(
-                format!("{key}"),
+                key.to_string(),
                 format!("activation takes a target to and from zero: set min_replicas = 0 (it is {min_replicas})"),
             ));
         }
