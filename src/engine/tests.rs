@@ -1069,7 +1069,7 @@ idle_after = "60s"
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let mut e = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), T0).unwrap();
-    let mut at = |e: &mut Engine, ms: i64, d: f64| {
+    let at = |e: &mut Engine, ms: i64, d: f64| {
         e.ingest("t", &depth("web", d, T0 + ms), T0 + ms);
         e.on_events(T0 + ms).pop()
     };
