@@ -169,5 +169,15 @@ pub fn describe(s: &Signal) -> String {
             f.source,
             f.points.len()
         ),
+        Signal::Control(c) => format!(
+            "control target={} action={} replicas={} until={} by={} reason={:?} ts={}",
+            c.target,
+            c.action.code(),
+            c.replicas.map_or("-".into(), |n| n.to_string()),
+            c.until_ms.map_or("-".into(), when),
+            c.by.as_deref().unwrap_or("-"),
+            c.reason.as_deref().unwrap_or(""),
+            when(c.ts_ms)
+        ),
     }
 }

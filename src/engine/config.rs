@@ -391,6 +391,8 @@ impl TargetConfig {
             dry_run: self.dry_run,
             fallback_replicas: self.fallback_replicas,
             on_stale_fallback: self.on_stale == "fallback",
+            pause_scale_in: false,
+            pause_scale_out: false,
             behavior: self.behavior.as_ref().map(|b| b.resolve()),
         }
     }

@@ -4,6 +4,7 @@
 //! and on events, with bounded channels on both sides.
 
 pub mod config;
+mod control;
 pub mod input;
 pub mod ownership;
 mod persist;
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::{Clock, Millis};
 use crate::command::{Order, ScaleCommand, ScaleResult};
-use crate::event::{Limits, Metric, Origin, Reason, Rejection, Signal};
+use crate::event::{ControlAction, Limits, Metric, Origin, Reason, Rejection, Signal};
 use crate::forecast::builtin::{RefitMode, Season};
 use crate::forecast::ForecastValue;
 use crate::guard::{Decision, Guard, Recommendation};
@@ -288,6 +289,19 @@ impl Engine {
             });
         };
         let t = &mut self.targets[idx];
+        if let Signal::Control(c) = s {
+            let min = t.cfg.min_replicas;
+            let max = t.cfg.max_replicas;
+            if control::apply(&mut t.control, c, min, max)? == control::Applied::Applied {
+                self.metrics.control_applied(c);
+                self.metrics.controls_in_force(&t.cfg.name, &t.control);
+                if !replay {
+                    t.pending_since.get_or_insert(received_ms);
+                }
+                t.dirty = true;
+            }
+            return Ok(());
+        }
         {
             let mut data = t.data.lock().unwrap_or_else(|p| p.into_inner());
             match s {
@@ -301,6 +315,7 @@ impl Engine {
                     })?;
                     data.forecasts.insert(metric, f.clone());
                 }
+                Signal::Control(_) => {}
             }
         }
         if !matches!(s, Signal::Forecast(_)) && !replay {
@@ -378,6 +393,15 @@ impl Engine {
         let after = self.cfg.reissue_after.as_millis() as i64;
         let ttl_ms = self.cfg.command_ttl.as_millis() as i64;
         let t = &mut self.targets[idx];
+        let paused = t
+            .control
+            .mode
+            .as_ref()
+            .and_then(control::action)
+            .is_some_and(|a| a == ControlAction::Pause);
+        if paused || t.cfg.paused {
+            return None;
+        }
         let (old, since) = t.unanswered.as_ref()?;
         if after == 0 || now_ms - since < after {
             return None;
@@ -494,6 +518,27 @@ impl Engine {
             guard_cfg.min = a.min.unwrap_or(guard_cfg.min);
             guard_cfg.max = guard_cfg.max.max(guard_cfg.min);
         }
+        // Run-time controls: those past their `until` lift themselves.
+        let expired = control::expire(&mut t.control, now_ms);
+        if !expired.is_empty() {
+            for r in &expired {
+                metrics.control_expired(name, &control::describe(r));
+            }
+            metrics.controls_in_force(name, &t.control);
+            t.dirty = true;
+        }
+        let mode = t.control.mode.as_ref().and_then(control::action);
+        match mode {
+            Some(ControlAction::Pause) => guard_cfg.paused = true,
+            Some(ControlAction::PauseScaleIn) => guard_cfg.pause_scale_in = true,
+            Some(ControlAction::PauseScaleOut) => guard_cfg.pause_scale_out = true,
+            _ => {}
+        }
+        match t.control.dry_run.as_ref().and_then(control::action) {
+            Some(ControlAction::DryRunOn) => guard_cfg.dry_run = true,
+            Some(ControlAction::DryRunOff) => guard_cfg.dry_run = false,
+            _ => {}
+        }
         let input = CallInput {
             target: name,
             now_ms,
@@ -567,12 +612,50 @@ impl Engine {
             ),
             (None, None) => rec,
         };
-        let mut decision = t.guard.decide(&guard_cfg, now_ms, t.current, &rec);
+        let pin = match (mode, t.control.mode.as_mut()) {
+            (Some(ControlAction::Pin), Some(r)) => Some(r),
+            _ => None,
+        };
+        let mut decision = match pin {
+            // A pin: one command to its count, past every guard rule, then
+            // nothing until it is lifted.
+            Some(r) => {
+                let n = r.replicas.unwrap_or(t.current);
+                let first = !r.done;
+                r.done = true;
+                let direction = match n.cmp(&t.current) {
+                    std::cmp::Ordering::Greater => crate::guard::Direction::Up,
+                    std::cmp::Ordering::Less => crate::guard::Direction::Down,
+                    std::cmp::Ordering::Equal => crate::guard::Direction::Hold,
+                };
+                let moves = first && direction != crate::guard::Direction::Hold;
+                crate::guard::Decision {
+                    current: t.current,
+                    desired: if moves { n } else { t.current },
+                    direction: if moves {
+                        direction
+                    } else {
+                        crate::guard::Direction::Hold
+                    },
+                    held: (!moves).then_some(crate::guard::HoldReason::Paused),
+                    dry_run: guard_cfg.dry_run,
+                    reason: if moves {
+                        format!("pinned to {n}")
+                    } else {
+                        format!("pinned at {n}")
+                    },
+                }
+            }
+            None => t.guard.decide(&guard_cfg, now_ms, t.current, &rec),
+        };
         if let Some(a) = &active {
             decision.reason = format!("{}; schedule {}", decision.reason, a.name);
         }
         if let Some(r) = policy_reason {
             decision.reason = format!("{r}; {}", decision.reason);
+        }
+        if let Some(c) = control::summary(&t.control) {
+            decision.reason = format!("{}; {c}", decision.reason);
         }
         metrics.decided(name, &decision);
         let pending = t.pending_since.take();

@@ -280,14 +280,71 @@ fn decode_object(fields: &[(Cow<str>, Any)], at: At, limits: &Limits) -> Result<
             decode_latency(&obj, at, limits).map_err(|r| r.with_kind("gateway_latency"))
         }
         "forecast" => decode_forecast(&obj, at, limits).map_err(|r| r.with_kind("forecast")),
+        "control" => decode_control(&obj, at, limits).map_err(|r| r.with_kind("control")),
         other => Err(Rejection::new(
             Reason::UnknownType,
             format!(
-                "type {:?} is not queue_depth, gateway_latency or forecast",
+                "type {:?} is not queue_depth, gateway_latency, forecast or control",
                 truncate(other, 64)
             ),
         )),
     }
+}
+
+/// The most replicas a pin may name (a bound of the message, before the
+/// target's own `max_replicas`).
+const MAX_PIN: f64 = 1_000_000.0;
+
+fn decode_control(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {
+    let target = check_target(obj.str_req("target")?)?;
+    let name = obj.str_req("action")?;
+    let action = crate::event::ControlAction::parse(name).ok_or_else(|| {
+        let all: Vec<&str> = crate::event::ControlAction::ALL
+            .iter()
+            .map(|a| a.code())
+            .collect();
+        Rejection::new(
+            Reason::InvalidControl,
+            format!(
+                "action {:?} is not one of {}",
+                truncate(name, 64),
+                all.join(", ")
+            ),
+        )
+    })?;
+    let replicas = obj.count_opt("replicas", MAX_PIN)?;
+    if action == crate::event::ControlAction::Pin && replicas.is_none() {
+        return Err(Rejection::new(
+            Reason::MissingField,
+            "field `replicas` is required for action \"pin\"",
+        ));
+    }
+    let ts_ms = event_time(obj, at, limits)?;
+    let until_ms = parse_ts("until", obj.get("until"))?;
+    if let Some(u) = until_ms.filter(|u| *u <= at.now_ms.max(ts_ms)) {
+        return Err(Rejection::new(
+            Reason::InvalidControl,
+            format!("field `until` {} is in the past", crate::clock::rfc3339(u)),
+        ));
+    }
+    let text = |key: &str, max: usize| -> Result<Option<String>, Rejection> {
+        match obj.str_opt(key)? {
+            Some(s) if s.len() > max => Err(Rejection::new(
+                Reason::Absurd,
+                format!("field `{key}` is {} bytes long, limit {max}", s.len()),
+            )),
+            other => Ok(other.map(str::to_owned)),
+        }
+    };
+    Ok(Signal::Control(crate::event::Control {
+        target,
+        action,
+        replicas,
+        until_ms,
+        by: text("by", 128)?,
+        reason: text("reason", 256)?,
+        ts_ms,
+    }))
 }
 
 fn decode_depth(obj: &Obj, at: At, limits: &Limits) -> Result<Signal, Rejection> {

@@ -44,6 +44,9 @@ pub enum Reason {
     /// A gateway's record that maps to no configured target (or that a
     /// filter drops), dead-lettered because its input asks for that.
     Unmatched,
+    /// A control message that cannot be applied (an unknown action, a pin
+    /// outside the bounds, an `until` in the past).
+    InvalidControl,
 }
 
 impl Reason {
@@ -63,6 +66,7 @@ impl Reason {
             Reason::InvalidTarget => "invalid_target",
             Reason::InvalidTimestamp => "invalid_timestamp",
             Reason::TooOld => "too_old",
+            Reason::InvalidControl => "invalid_control",
             Reason::TooFarAhead => "too_far_ahead",
             Reason::TooManySamples => "too_many_samples",
             Reason::InvalidForecast => "invalid_forecast",
@@ -161,11 +165,72 @@ pub struct Forecast {
     pub points: Vec<ForecastPoint>,
 }
 
+/// What a control message asks (docs/messages.md, "Control").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    /// No commands (decisions are still made and logged).
+    Pause,
+    /// No scale-downs.
+    PauseScaleIn,
+    /// No scale-ups.
+    PauseScaleOut,
+    /// One command to `replicas`, then nothing.
+    Pin,
+    /// Commands carry `dry_run = true`.
+    DryRunOn,
+    /// Commands carry `dry_run = false` (whatever the configuration says).
+    DryRunOff,
+    /// Back to the configuration: every control above lifted.
+    Resume,
+}
+
+impl ControlAction {
+    pub const ALL: [ControlAction; 7] = [
+        ControlAction::Pause,
+        ControlAction::PauseScaleIn,
+        ControlAction::PauseScaleOut,
+        ControlAction::Pin,
+        ControlAction::DryRunOn,
+        ControlAction::DryRunOff,
+        ControlAction::Resume,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::PauseScaleIn => "pause_scale_in",
+            ControlAction::PauseScaleOut => "pause_scale_out",
+            ControlAction::Pin => "pin",
+            ControlAction::DryRunOn => "dry_run_on",
+            ControlAction::DryRunOff => "dry_run_off",
+            ControlAction::Resume => "resume",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.code() == s)
+    }
+}
+
+/// A run-time control of one target, with who asked, why and until when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub target: String,
+    pub action: ControlAction,
+    /// For `pin`.
+    pub replicas: Option<u32>,
+    pub until_ms: Option<Millis>,
+    pub by: Option<String>,
+    pub reason: Option<String>,
+    pub ts_ms: Millis,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Signal {
     QueueDepth(QueueDepth),
     Latency(GatewayLatency),
     Forecast(Forecast),
+    Control(Control),
 }
 
 impl Signal {
@@ -174,6 +239,7 @@ impl Signal {
             Signal::QueueDepth(s) => &s.target,
             Signal::Latency(s) => &s.target,
             Signal::Forecast(s) => &s.target,
+            Signal::Control(s) => &s.target,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -181,6 +247,7 @@ impl Signal {
             Signal::QueueDepth(_) => "queue_depth",
             Signal::Latency(_) => "gateway_latency",
             Signal::Forecast(_) => "forecast",
+            Signal::Control(_) => "control",
         }
     }
 }

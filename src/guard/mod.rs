@@ -34,6 +34,10 @@ pub struct GuardConfig {
     pub fallback_replicas: Option<u32>,
     /// With stale signals: go to `fallback_replicas` (true) or hold.
     pub on_stale_fallback: bool,
+    /// No scale-downs (a run-time control).
+    pub pause_scale_in: bool,
+    /// No scale-ups (a run-time control).
+    pub pause_scale_out: bool,
     /// The HPA's behavior; when set, it replaces `stabilization_down` and
     /// the `max_step_*` limits.
     pub behavior: Option<behavior::Behavior>,
@@ -54,6 +58,8 @@ impl Default for GuardConfig {
             dry_run: false,
             fallback_replicas: None,
             on_stale_fallback: false,
+            pause_scale_in: false,
+            pause_scale_out: false,
             behavior: None,
         }
     }
@@ -334,6 +340,12 @@ impl Guard {
         let text = notes.join("; ");
         if want == current {
             return hold(same, text);
+        }
+        if want < current && cfg.pause_scale_in {
+            return hold(HoldReason::Paused, format!("{text}; scale-in paused"));
+        }
+        if want > current && cfg.pause_scale_out {
+            return hold(HoldReason::Paused, format!("{text}; scale-out paused"));
         }
         // Cooldowns apply only to real moves, and never keep a target out of bounds.
         let in_bounds = (cfg.min..=cfg.max).contains(&current);

@@ -10,7 +10,7 @@ pub mod snapshot;
 pub mod writer;
 
 pub use config::{StateConfig, StoreKind};
-pub use snapshot::{ControlState, SnapshotError, TargetSnapshot, Unanswered};
+pub use snapshot::{ControlRecord, ControlState, SnapshotError, TargetSnapshot, Unanswered};
 pub use writer::{decode_all, restore_in_chunks, StateHandle};
 
 /// A store failed; the text names the setting and the value.

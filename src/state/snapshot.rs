@@ -37,14 +37,38 @@ pub const OLDEST_READABLE: u16 = 1;
 pub const MAX_ENCODED: usize = 16 << 20;
 pub const MAX_DECODED: usize = 64 << 20;
 
-/// The run-time controls of a target (pause, pin), kept across restarts.
-/// Empty until the controls exist; kept in the format from version 1.
+/// The run-time controls of a target (control messages, `tidewatch ctl`),
+/// kept across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControlState {
+    /// `pause`, `pause_scale_in`, `pause_scale_out` or `pin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused: Option<bool>,
+    pub mode: Option<ControlRecord>,
+    /// `dry_run_on` or `dry_run_off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned: Option<u32>,
+    pub dry_run: Option<ControlRecord>,
+    /// The message time of the newest control applied: a control re-read
+    /// (a Kafka replay) that is not newer changes nothing.
+    #[serde(default)]
+    pub applied_ms: Millis,
+}
+
+/// One control in force: the action, who asked, why, until when.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at_ms: Millis,
+    /// A pin's one command was issued.
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// A command no worker has answered yet, and when it was last sent.

@@ -31,6 +31,8 @@ pub struct Metrics {
     target_desired_replicas: IntGaugeVec,
     target_observed_replicas: IntGaugeVec,
     target_stale: IntGaugeVec,
+    target_paused: IntGaugeVec,
+    controls: IntCounterVec,
     target_stale_changes: IntCounterVec,
     policy_evaluations: IntCounterVec,
     policy_errors: IntCounterVec,
@@ -108,6 +110,16 @@ impl Reg {
         c
     }
 }
+
+/// The `mode` labels of `tidewatch_target_paused`.
+const CONTROL_MODES: [&str; 6] = [
+    "paused",
+    "paused_scale_in",
+    "paused_scale_out",
+    "pinned",
+    "dry_run_on",
+    "dry_run_off",
+];
 
 fn counter(r: &Reg, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -198,6 +210,18 @@ impl Metrics {
                 "tidewatch_target_stale",
                 "1 while a target's signals are stale (stale_after, or failure_threshold probe failures in a row).",
                 &["target"],
+            ),
+            target_paused: int_gauge(
+                &r,
+                "tidewatch_target_paused",
+                "1 for each run-time control in force on a target (mode: paused, paused_scale_in, paused_scale_out, pinned, dry_run_on, dry_run_off).",
+                &["target", "mode"],
+            ),
+            controls: counter(
+                &r,
+                "tidewatch_controls_total",
+                "Control messages applied, by target and action.",
+                &["target", "action"],
             ),
             target_stale_changes: counter(
                 &r,
@@ -442,6 +466,9 @@ impl Metrics {
             .with_label_values(&[target])
             .set(0);
         self.target_stale.with_label_values(&[target]).set(0);
+        for mode in CONTROL_MODES {
+            self.target_paused.with_label_values(&[target, mode]).set(0);
+        }
         for c in [
             &self.policy_evaluations,
             &self.commands_reissued,
@@ -655,6 +682,47 @@ impl Metrics {
             tracing::warn!(target_name = %target, "signals are stale: {why}");
         } else {
             tracing::info!(target_name = %target, "signals are fresh again");
+        }
+    }
+
+    /// A control message was applied (logged with who, why and until).
+    pub fn control_applied(&self, c: &crate::event::Control) {
+        self.controls
+            .with_label_values(&[&c.target, c.action.code()])
+            .inc();
+        tracing::warn!(
+            target_name = %c.target,
+            action = c.action.code(),
+            replicas = ?c.replicas,
+            by = c.by.as_deref().unwrap_or("-"),
+            reason = c.reason.as_deref().unwrap_or("-"),
+            until = %c.until_ms.map(crate::clock::rfc3339).unwrap_or_else(|| "-".into()),
+            "control applied"
+        );
+    }
+
+    /// A control of `target` reached its `until` and was lifted.
+    pub fn control_expired(&self, target: &str, what: &str) {
+        tracing::warn!(target_name = %target, "control lifted at its until: {what}");
+    }
+
+    /// The controls in force on `target` now, as `tidewatch_target_paused`.
+    pub fn controls_in_force(&self, target: &str, state: &crate::state::ControlState) {
+        let on: Vec<&str> = [&state.mode, &state.dry_run]
+            .into_iter()
+            .flatten()
+            .map(|r| match r.action.as_str() {
+                "pause" => "paused",
+                "pause_scale_in" => "paused_scale_in",
+                "pause_scale_out" => "paused_scale_out",
+                "pin" => "pinned",
+                other => other,
+            })
+            .collect();
+        for mode in CONTROL_MODES {
+            self.target_paused
+                .with_label_values(&[target, mode])
+                .set(i64::from(on.contains(&mode)));
         }
     }
 
