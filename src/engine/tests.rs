@@ -1118,6 +1118,162 @@ idle_after = "60s"
     }
 }
 
+fn control(action: &str, extra: &str, ts: Millis) -> Vec<u8> {
+    format!(
+        r#"{{"type":"control","target":"web","action":"{action}","by":"alice","reason":"incident 4411","ts":{ts}{extra}}}"#
+    )
+    .into_bytes()
+}
+
+/// Control messages with the signals: pause (no commands, reasons say
+/// who and why), pause scale-in only, pin (one command past every guard
+/// rule, then nothing), dry run, resume, an `until` that lifts itself, and
+/// the state through a snapshot. Bad ones are rejected with a reason.
+#[test]
+fn control_messages_pause_pin_and_resume() {
+    let eng = "reissue_after = \"0s\"\nmin_eval_interval = \"0s\"";
+    let mut s = setup(DEPTH_POLICY, "", eng);
+    let paused = |s: &Setup, mode: &str| {
+        counter(
+            &s.metrics,
+            "tidewatch_target_paused",
+            &[("target", "web"), ("mode", mode)],
+        )
+    };
+    let web = |cs: Vec<ScaleCommand>| {
+        cs.into_iter()
+            .filter(|c| c.target == "web")
+            .collect::<Vec<_>>()
+    };
+    s.engine.ingest("t", &depth("web", 500.0, T0), T0);
+    assert_eq!(web(s.engine.on_events(T0))[0].desired_replicas, 5);
+    // pause: the policy still decides, nothing is commanded
+    let r = s.engine.ingest("t", &control("pause", "", T0 + 1), T0 + 1);
+    assert_eq!(r.applied, 1, "{r:?}");
+    assert_eq!(paused(&s, "paused"), 1.0);
+    s.engine.ingest("t", &depth("web", 900.0, T0 + 2), T0 + 2);
+    assert!(web(s.engine.on_events(T0 + 2)).is_empty());
+    let d = s.engine.status()[0].last_decision.clone().unwrap();
+    assert_eq!(d.held, Some(crate::guard::HoldReason::Paused));
+    assert!(
+        d.reason.contains("control: pause by alice (incident 4411)"),
+        "{}",
+        d.reason
+    );
+    // pause scale-in only: up goes, down does not
+    s.engine
+        .ingest("t", &control("pause_scale_in", "", T0 + 3), T0 + 3);
+    assert_eq!(paused(&s, "paused"), 0.0);
+    assert_eq!(paused(&s, "paused_scale_in"), 1.0);
+    s.engine.ingest("t", &depth("web", 900.0, T0 + 4), T0 + 4);
+    let up = web(s.engine.on_events(T0 + 4));
+    assert_eq!(up[0].desired_replicas, 9);
+    assert!(
+        up[0].reason.contains("control: pause scale in by alice"),
+        "{}",
+        up[0].reason
+    );
+    s.engine.ingest("t", &depth("web", 100.0, T0 + 5), T0 + 5);
+    assert!(
+        web(s.engine.on_events(T0 + 5)).is_empty(),
+        "scale-in paused"
+    );
+    // pin: one command to 12 whatever the policy says, then nothing
+    s.engine
+        .ingest("t", &control("pin", r#","replicas":12"#, T0 + 6), T0 + 6);
+    let pin = web(s.engine.on_events(T0 + 6));
+    assert_eq!(pin.len(), 1);
+    assert_eq!(pin[0].desired_replicas, 12);
+    assert!(
+        pin[0].reason.contains("pinned to 12 by alice"),
+        "{}",
+        pin[0].reason
+    );
+    s.engine.ingest("t", &depth("web", 100.0, T0 + 7), T0 + 7);
+    assert!(web(s.engine.on_events(T0 + 7)).is_empty(), "pinned");
+    // dry run on, then resume: commands again, dry_run off
+    s.engine
+        .ingest("t", &control("dry_run_on", "", T0 + 8), T0 + 8);
+    s.engine.ingest("t", &control("resume", "", T0 + 9), T0 + 9);
+    assert_eq!(paused(&s, "pinned"), 0.0);
+    s.engine.ingest("t", &depth("web", 300.0, T0 + 10), T0 + 10);
+    let back = web(s.engine.on_events(T0 + 10));
+    assert_eq!(back[0].desired_replicas, 3);
+    assert!(
+        !back[0].dry_run && !back[0].reason.contains("control:"),
+        "{:?}",
+        back[0]
+    );
+    // dry run alone: commands carry dry_run
+    s.engine
+        .ingest("t", &control("dry_run_on", "", T0 + 11), T0 + 11);
+    s.engine.ingest("t", &depth("web", 700.0, T0 + 12), T0 + 12);
+    assert!(web(s.engine.on_events(T0 + 12))[0].dry_run);
+    // a pause until a time lifts itself then; it survives a snapshot
+    let until = T0 + 60_000;
+    s.engine.ingest(
+        "t",
+        &control("pause", &format!(r#","until":{until}"#), T0 + 13),
+        T0 + 13,
+    );
+    let snap = crate::state::TargetSnapshot::decode(
+        "web",
+        &s.engine.snapshot_of(0, T0 + 14, "first").encode(),
+    )
+    .unwrap();
+    let mut b = setup(DEPTH_POLICY, "", eng);
+    assert_eq!(b.engine.restore(&snap), Restored::Applied);
+    b.engine
+        .ingest("t", &depth("web", 100.0, T0 + 20_000), T0 + 20_000);
+    assert!(
+        web(b.engine.on_events(T0 + 20_000)).is_empty(),
+        "paused after the restart"
+    );
+    assert_eq!(paused(&b, "paused"), 1.0);
+    b.engine.ingest("t", &depth("web", 100.0, until), until);
+    let lifted = web(b.engine.on_events(until));
+    assert_eq!(lifted[0].desired_replicas, 1, "resumed by itself at until");
+    assert_eq!(paused(&b, "paused"), 0.0);
+    // a re-read older control (a replay) changes nothing
+    b.engine
+        .ingest("t", &control("pause", "", T0 + 5), until + 1);
+    assert_eq!(paused(&b, "paused"), 0.0);
+
+    // bad ones: each rejected with its reason
+    let now = T0 + 100_000;
+    for (msg, reason, detail) in [
+        (
+            control("explode", "", now),
+            "invalid_control",
+            "action \"explode\" is not one of",
+        ),
+        (
+            control("pin", r#","replicas":80"#, now),
+            "invalid_control",
+            "outside [min_replicas 1, max_replicas 50]",
+        ),
+        (
+            control("pin", "", now),
+            "missing_field",
+            "`replicas` is required",
+        ),
+        (
+            control("pause", &format!(r#","until":{}"#, now - 1000), now),
+            "invalid_control",
+            "is in the past",
+        ),
+    ] {
+        let r = b.engine.ingest("t", &msg, now);
+        assert_eq!(r.applied, 0);
+        let (_, rej) = &r.rejected[0];
+        assert_eq!(rej.reason.code(), reason, "{rej}");
+        assert!(rej.detail.contains(detail), "{rej}");
+    }
+    let unknown = br#"{"type":"control","target":"nope","action":"pause"}"#;
+    let r = b.engine.ingest("t", unknown, now);
+    assert_eq!(r.rejected[0].1.reason, Reason::UnknownTarget);
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");
