@@ -77,6 +77,15 @@ pub fn expire(state: &mut ControlState, now_ms: Millis) -> Vec<ControlRecord> {
     out
 }
 
+/// The action codes in force.
+pub fn actions(state: &ControlState) -> Vec<&str> {
+    [&state.mode, &state.dry_run]
+        .into_iter()
+        .flatten()
+        .map(|r| r.action.as_str())
+        .collect()
+}
+
 /// The action of a record in force.
 pub fn action(r: &ControlRecord) -> Option<ControlAction> {
     ControlAction::parse(&r.action)

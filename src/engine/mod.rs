@@ -294,7 +294,7 @@ impl Engine {
             let max = t.cfg.max_replicas;
             if control::apply(&mut t.control, c, min, max)? == control::Applied::Applied {
                 self.metrics.control_applied(c);
-                self.metrics.controls_in_force(&t.cfg.name, &t.control);
+                self.metrics.controls_in_force(&t.cfg.name, &control::actions(&t.control));
                 if !replay {
                     t.pending_since.get_or_insert(received_ms);
                 }
@@ -524,7 +524,7 @@ impl Engine {
             for r in &expired {
                 metrics.control_expired(name, &control::describe(r));
             }
-            metrics.controls_in_force(name, &t.control);
+            metrics.controls_in_force(name, &control::actions(&t.control));
             t.dirty = true;
         }
         let mode = t.control.mode.as_ref().and_then(control::action);

@@ -190,7 +190,7 @@ impl Engine {
             metrics.policy_failed(&t.cfg.name, &e);
         }
         metrics.target_observed(&t.cfg.name, t.current);
-        metrics.controls_in_force(&t.cfg.name, &t.control);
+        metrics.controls_in_force(&t.cfg.name, &super::control::actions(&t.control));
         metrics.state_restored(&t.cfg.name, "restored", None);
         Restored::Applied
     }

@@ -707,11 +707,11 @@ impl Metrics {
     }
 
     /// The controls in force on `target` now, as `tidewatch_target_paused`.
-    pub fn controls_in_force(&self, target: &str, state: &crate::state::ControlState) {
-        let on: Vec<&str> = [&state.mode, &state.dry_run]
-            .into_iter()
-            .flatten()
-            .map(|r| match r.action.as_str() {
+    /// `actions`: the action codes in force (`pause`, `pin`, ...).
+    pub fn controls_in_force(&self, target: &str, actions: &[&str]) {
+        let on: Vec<&str> = actions
+            .iter()
+            .map(|a| match *a {
                 "pause" => "paused",
                 "pause_scale_in" => "paused_scale_in",
                 "pause_scale_out" => "paused_scale_out",
