@@ -57,6 +57,15 @@ enum Command {
         #[command(subcommand)]
         action: SignalsAction,
     },
+    /// Steer a running scaler's targets (control messages published where
+    /// it reads signals) and read their state (its status endpoint).
+    Ctl {
+        /// The scaler's configuration: its source and metrics address.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// The engine on a simulated service, in one process, no setup.
     Demo {
         /// Virtual seconds per real second (above 0, at most 200).
@@ -187,6 +196,74 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Who, why and until when, for every control action.
+#[derive(clap::Args, Debug, Clone)]
+struct CtlMeta {
+    /// When the control lifts itself: a duration from now ("30m") or an
+    /// RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Why (shown in every command's reason while it is in force).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// No commands for the target.
+    Pause {
+        target: String,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// No scale-downs.
+    PauseScaleIn {
+        target: String,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// No scale-ups.
+    PauseScaleOut {
+        target: String,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// One command to REPLICAS, then nothing.
+    Pin {
+        target: String,
+        replicas: u32,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// Commands carry dry_run = true (on) or false (off).
+    DryRun {
+        target: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// Lift every control of the target.
+    Resume {
+        target: String,
+        #[command(flatten)]
+        meta: CtlMeta,
+    },
+    /// Each target's replicas, last decision, controls and staleness.
+    Status {
+        target: Option<String>,
+        /// The scaler's address (default: from metrics.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// The JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +456,67 @@ fn loadgen(file: &std::path::Path, o: tidewatch::app::loadgen::LoadgenOptions) -
     })
 }
 
+fn ctl(config: Option<PathBuf>, action: CtlAction) -> ExitCode {
+    use tidewatch::app::ctl;
+    use tidewatch::event::ControlAction as A;
+    let Some(file) = config else {
+        eprintln!("ctl: give the scaler's configuration with --config");
+        return ExitCode::from(EX_USAGE);
+    };
+    let (action, target, replicas, meta) = match action {
+        CtlAction::Status { target, url, json } => {
+            return serve(&file, Config::load, |cfg| async move {
+                let base = url.unwrap_or_else(|| ctl::status_url(&cfg));
+                let v = ctl::status(&base, target.as_deref()).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print!("{}", ctl::table(&v));
+                }
+                Ok(true)
+            })
+        }
+        CtlAction::Pause { target, meta } => (A::Pause, target, None, meta),
+        CtlAction::PauseScaleIn { target, meta } => (A::PauseScaleIn, target, None, meta),
+        CtlAction::PauseScaleOut { target, meta } => (A::PauseScaleOut, target, None, meta),
+        CtlAction::Pin {
+            target,
+            replicas,
+            meta,
+        } => (A::Pin, target, Some(replicas), meta),
+        CtlAction::DryRun {
+            target,
+            state,
+            meta,
+        } => {
+            let a = if state == "on" {
+                A::DryRunOn
+            } else {
+                A::DryRunOff
+            };
+            (a, target, None, meta)
+        }
+        CtlAction::Resume { target, meta } => (A::Resume, target, None, meta),
+    };
+    let order = ctl::Order {
+        action,
+        target,
+        replicas,
+        until: meta.until,
+        by: meta.by.or_else(|| std::env::var("USER").ok()),
+        reason: meta.reason,
+    };
+    serve(&file, Config::load, |cfg| async move {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (m, routed) = ctl::publish(&cfg, &order, now).await?;
+        println!("{m}");
+        if !routed {
+            eprintln!("ctl: the broker routed the control to no queue: is the scaler running?");
+        }
+        Ok(routed)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view is on stdout; its components log warnings only
@@ -396,6 +534,7 @@ fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Check { file },
         } => config_check(&file),
+        Command::Ctl { config, action } => ctl(config, action),
         Command::Policy {
             action: PolicyAction::Check { files },
         } => policy_check(&files),

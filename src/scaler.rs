@@ -125,7 +125,15 @@ pub async fn run(
         }
         _ => None,
     };
-    let http = crate::telemetry::Server::start(listener, metrics.clone(), ready.clone());
+    let status: crate::telemetry::StatusFn = {
+        let weak = in_tx.downgrade();
+        std::sync::Arc::new(move |target: Option<String>| {
+            let weak = weak.clone();
+            Box::pin(async move { weak.status(target).await })
+        })
+    };
+    let http =
+        crate::telemetry::Server::start(listener, metrics.clone(), ready.clone(), Some(status));
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<ScaleCommand>(1024);
     let mut inputs: Vec<JoinHandle<()>> = Vec::new();

@@ -839,3 +839,156 @@ async fn stale_signals_on_rabbitmq_fall_back_and_recover() {
     task.await.unwrap();
     n.delete(&ch).await;
 }
+
+/// `tidewatch ctl` with `tidewatch run` on RabbitMQ: pause with who, why
+/// and until, the status endpoint shows it, the pause survives a restart
+/// (state.dir), an outside client (pika) resumes with a control message,
+/// and ctl refuses a pin outside the bounds and an unknown target by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_and_pika_steer_a_scaler_and_a_pause_survives_a_restart() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
+    let cfg_path = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{}{ENGINE}reissue_after = \"0s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n{}",
+            n.toml(&url),
+            dir.path().join("state").display(),
+            targets(&["web"])
+        ),
+    )
+    .unwrap();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .arg("ctl")
+            .args(args)
+            .args(["--config", cfg_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let log = dir.path().join("scaler.log");
+    let wait_ready = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !common::ready(port) {
+            assert!(std::time::Instant::now() < deadline, "scaler not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut scaler = common::spawn_run(&cfg_path, Some(&log));
+    wait_ready().await;
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let depth = |d: i64| mq::depth_signal("web", d);
+    let commands = |secs: u64| {
+        let (conn, workers) = (&conn, n.workers.clone());
+        async move {
+            mq::read_until(conn, &workers, Duration::from_secs(secs), |g| !g.is_empty())
+                .await
+                .iter()
+                .map(|g| serde_json::from_slice::<ScaleCommand>(&g.body).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    mq::publish(&ch, &n.signals, "queue_depth.web", depth(300).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(commands(20).await[0].desired_replicas, 3);
+
+    let (code, out, err) = ctl(&[
+        "pause",
+        "web",
+        "--reason",
+        "incident 4411",
+        "--by",
+        "alice",
+        "--until",
+        "1h",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (m["action"].as_str(), m["by"].as_str()),
+        (Some("pause"), Some("alice"))
+    );
+    assert!(common::schema::errors("control", &m).is_empty(), "{m}");
+    // the pause is in force once the status shows it
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = ctl(&["status", "web", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if v["control"]["mode"]["action"] == "pause" {
+            assert_eq!(v["control"]["mode"]["by"], "alice");
+            assert!(v["control"]["mode"]["until"].is_string(), "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pause never showed: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, table, _) = ctl(&["status"]);
+    assert!(table.contains("pause by alice until"), "{table}");
+    mq::publish(&ch, &n.signals, "queue_depth.web", depth(900).as_bytes())
+        .await
+        .unwrap();
+    assert!(commands(2).await.is_empty(), "paused: no command");
+
+    // a graceful restart keeps the pause (state.dir)
+    unsafe {
+        libc::kill(scaler.0.id() as i32, libc::SIGTERM);
+    }
+    let _ = scaler.0.wait();
+    let _scaler = common::spawn_run(&cfg_path, Some(&log));
+    wait_ready().await;
+    mq::publish(&ch, &n.signals, "queue_depth.web", depth(900).as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        commands(3).await.is_empty(),
+        "still paused after the restart"
+    );
+    let (_, out, _) = ctl(&["status", "web", "--json"]);
+    assert!(out.contains("\"incident 4411\""), "{out}");
+
+    // an outside client resumes
+    pika_publish(
+        &url,
+        &n.signals,
+        &[(
+            "control.web",
+            r#"{"type": "control", "target": "web", "action": "resume", "by": "pika"}"#,
+        )],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mq::publish(&ch, &n.signals, "queue_depth.web", depth(900).as_bytes())
+        .await
+        .unwrap();
+    let c = commands(20).await;
+    assert_eq!(c[0].desired_replicas, 9, "{c:?}");
+    assert!(!c[0].reason.contains("control:"), "{}", c[0].reason);
+
+    // refused by name before anything is published
+    let (code, _, err) = ctl(&["pin", "web", "5000"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("pin 5000: \"web\" is bounded to [1, 1000]"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&["pause", "nope"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("target \"nope\" is not in this configuration"),
+        "{err}"
+    );
+    n.delete(&ch).await;
+}

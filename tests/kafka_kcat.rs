@@ -125,6 +125,59 @@ max_replicas = 50
         "1520/100 -> 16, +1 for p95 over 200 ms"
     );
     assert_eq!(command.reason.split(';').next(), Some("kcat"));
+    // A control message from the same outside client: pin to 30.
+    let mut child = Command::new(kcat)
+        .args(["-P", "-b", &brokers, "-t", "signals", "-K", "|"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            concat!(
+                r#"checkout|{"type": "control", "target": "checkout", "action": "pin", "replicas": 30, "by": "kcat", "reason": "drill"}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "kcat produced the control");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pinned = loop {
+        assert!(Instant::now() < deadline, "no pinned command");
+        let out = Command::new(kcat)
+            .args([
+                "-C",
+                "-b",
+                &brokers,
+                "-t",
+                "commands",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%s\n",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(c) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<ScaleCommand>(l).ok())
+            .find(|c| c.desired_replicas == 30)
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        pinned.reason.contains("pinned to 30 by kcat (drill)"),
+        "{}",
+        pinned.reason
+    );
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }

@@ -12,11 +12,9 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
-
-use crate::broker::kafka::LoggingContext;
+use crate::app::sink::Sink;
 use crate::clock::{Clock, Millis};
-use crate::config::{BrokerKind, Config};
+use crate::config::Config;
 use crate::lifecycle::StartError;
 
 #[derive(Debug, Clone)]
@@ -65,111 +63,6 @@ pub fn signal(target: &str, depth: f64, now_ms: Millis) -> Vec<u8> {
     .into_bytes()
 }
 
-enum Sink {
-    Kafka {
-        producer: FutureProducer<LoggingContext>,
-        topic: String,
-    },
-    Amqp {
-        channel: lapin::Channel,
-        exchange: String,
-        _conn: Box<lapin::Connection>,
-    },
-}
-
-impl Sink {
-    async fn open(cfg: &Config) -> Result<Self, StartError> {
-        match cfg.source.kind {
-            BrokerKind::None => Err(StartError::usage(
-                "source.kind = \"none\": this configuration reads no signals, so there is nowhere to publish them",
-            )),
-            BrokerKind::Kafka => {
-                let k = cfg
-                    .source
-                    .kafka
-                    .as_ref()
-                    .ok_or_else(|| StartError::usage("source.kafka: missing for kind = \"kafka\""))?;
-                let settings = k.client_settings();
-                let mut c = settings.client_config().map_err(StartError::usage)?;
-                c.set("acks", "all");
-                let producer = c
-                    .create_with_context(LoggingContext {
-                        key: settings.key.clone(),
-                        brokers: settings.brokers.clone(),
-                    })
-                    .map_err(|e| StartError::fault(format!("{}: {e}", settings.key)))?;
-                let topic = k
-                    .topics
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| StartError::usage("source.kafka.topics: empty"))?;
-                Ok(Sink::Kafka { producer, topic })
-            }
-            BrokerKind::Amqp => {
-                let a = cfg
-                    .source
-                    .amqp
-                    .as_ref()
-                    .ok_or_else(|| StartError::usage("source.amqp: missing for kind = \"amqp\""))?;
-                let conn = a.settings().connect("loadgen").await?;
-                let channel = crate::broker::amqp::confirm_channel(&conn, |e| {
-                    crate::broker::amqp::ConnectError::Unreachable(e.to_string())
-                })
-                .await?;
-                crate::broker::amqp::exchange(&channel, &a.exchange, "source.amqp.exchange", a.declare)
-                    .await?;
-                Ok(Sink::Amqp {
-                    channel,
-                    exchange: a.exchange.clone(),
-                    _conn: Box::new(conn),
-                })
-            }
-        }
-    }
-
-    async fn send(&self, target: &str, payload: &[u8]) -> Result<(), StartError> {
-        match self {
-            Sink::Kafka { producer, topic } => {
-                crate::broker::kafka::produce_until_acked(
-                    producer,
-                    topic,
-                    Some(target.as_bytes()),
-                    payload,
-                    |e, wait| {
-                        tracing::warn!(%e, ?wait, %topic, "loadgen: publish failed, retrying (does the topic exist?)")
-                    },
-                )
-                .await
-                .map_err(|e| StartError::Fault(format!("loadgen: topic {topic}: {e}")))
-            }
-            Sink::Amqp {
-                channel, exchange, ..
-            } => {
-                let key = format!("queue_depth.{target}");
-                match crate::broker::amqp::publish_confirmed(
-                    channel,
-                    exchange,
-                    &key,
-                    payload,
-                    crate::broker::amqp::persistent_json(),
-                )
-                .await
-                {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        tracing::warn!(%exchange, %key, "loadgen: no queue is bound for this signal yet (is the scaler running?)");
-                        Ok(())
-                    }
-                    // A fault of the running publisher, not of its configuration.
-                    Err(e) => Err(StartError::fault(format!(
-                        "source.amqp: publish to {exchange:?}: {e}"
-                    ))),
-                }
-            }
-        }
-    }
-}
-
 /// Publishes until `shutdown` completes or the rounds are done. Returns
 /// the number of signals published.
 pub async fn run(
@@ -205,7 +98,7 @@ pub async fn run(
             "the configuration has no [[targets]] to publish for",
         ));
     }
-    let sink = Sink::open(cfg).await?;
+    let sink = Sink::open(cfg, "loadgen").await?;
     let start = clock.now_ms();
     let mut sent = 0;
     let mut tick = tokio::time::interval(o.every);
@@ -223,7 +116,7 @@ pub async fn run(
         for t in &targets {
             let payload = signal(t, depth, now);
             tokio::select! {
-                r = sink.send(t, &payload) => r?,
+                r = sink.send("queue_depth", t, &payload) => { r?; }
                 // a broker that does not take the signal must not keep
                 // SIGTERM waiting
                 _ = &mut shutdown => return Ok(sent),

@@ -35,6 +35,11 @@ pub enum EngineInput {
     Signal(Signal),
     /// A probe of this target could not measure.
     ProbeFailed { target: String },
+    /// The status document of one target or of all (`/v1/targets`).
+    Status {
+        target: Option<String>,
+        done: oneshot::Sender<Option<serde_json::Value>>,
+    },
     /// A worker's result (the closed loop).
     Result(ScaleResult),
     /// The broker acknowledged the command of this generation.
@@ -73,6 +78,17 @@ pub struct EngineHandle {
 #[derive(Debug, Clone)]
 pub struct WeakEngineHandle {
     tx: mpsc::WeakSender<EngineInput>,
+}
+
+impl WeakEngineHandle {
+    /// The status document of `target` (or of every target), while the
+    /// engine runs; None when it has stopped or the target is unknown.
+    pub async fn status(&self, target: Option<String>) -> Option<serde_json::Value> {
+        let tx = self.tx.upgrade()?;
+        let (done, answer) = oneshot::channel();
+        tx.send(EngineInput::Status { target, done }).await.ok()?;
+        answer.await.ok().flatten()
+    }
 }
 
 /// The engine task has ended (shutdown): nothing more can be applied.

@@ -9,6 +9,7 @@ pub mod input;
 pub mod ownership;
 mod persist;
 mod reload;
+mod status;
 mod target;
 
 use std::collections::HashMap;
@@ -294,7 +295,8 @@ impl Engine {
             let max = t.cfg.max_replicas;
             if control::apply(&mut t.control, c, min, max)? == control::Applied::Applied {
                 self.metrics.control_applied(c);
-                self.metrics.controls_in_force(&t.cfg.name, &control::actions(&t.control));
+                self.metrics
+                    .controls_in_force(&t.cfg.name, &control::actions(&t.control));
                 if !replay {
                     t.pending_since.get_or_insert(received_ms);
                 }
@@ -1013,6 +1015,10 @@ pub async fn drive(
                     let Reconfigure { engine: cfg, targets, prepared, snapshots, done } = *r;
                     let report = engine.reconfigure(cfg, targets, prepared, snapshots, clock.now_ms());
                     let _ = done.send(report);
+                    Vec::new()
+                }
+                Some(EngineInput::Status { target, done }) => {
+                    let _ = done.send(engine.status_json(target.as_deref(), clock.now_ms()));
                     Vec::new()
                 }
                 Some(EngineInput::SnapshotNow { done }) => {

@@ -201,7 +201,7 @@ mod tests {
         tokio::spawn(async move {
             axum::serve(
                 GuardedListener::new(listener, limits),
-                super::super::router(metrics, Arc::new(AtomicBool::new(true))),
+                super::super::router(metrics, Arc::new(AtomicBool::new(true)), None),
             )
             .await
         });

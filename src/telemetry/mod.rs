@@ -1036,16 +1036,29 @@ pub fn check_listen(listen: &str, example: &str, out: &mut Vec<Problem>) {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+/// The scaler's status documents for `/v1/targets` (None: all targets)
+/// and `/v1/targets/{name}`; None when there is no such target.
+pub type StatusFn = Arc<
+    dyn Fn(
+            Option<String>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<serde_json::Value>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves `/metrics`, `/healthz`, `/readyz` (and `/v1/targets` with a
+/// `status`) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    status: Option<StatusFn>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener::GuardedListener::new(listener, listener::Limits::default()),
-        router(metrics, ready),
+        router(metrics, ready, status),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -1075,9 +1088,10 @@ impl Server {
         listener: tokio::net::TcpListener,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
+        status: Option<StatusFn>,
     ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, metrics, ready, async {
+        let task = tokio::spawn(serve(listener, metrics, ready, status, async {
             let _ = stopped.await;
         }));
         Self { stop, task }
@@ -1089,61 +1103,105 @@ impl Server {
     }
 }
 
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    status: Option<StatusFn>,
+) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let health = metrics.clone();
     let readiness = metrics.clone();
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get({
-                move || {
-                    let alive = health.alive(std::time::Instant::now());
+    let mut app = axum::Router::new();
+    if let Some(status) = status {
+        let json = |v: serde_json::Value| {
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            )
+        };
+        let all = status.clone();
+        app = app
+            .route(
+                "/v1/targets",
+                get(move || {
+                    let all = all.clone();
                     async move {
-                        match alive {
-                            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                            Err(why) => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                format!("not alive: {why}\n"),
-                            ),
+                        match all(None).await {
+                            Some(v) => Ok(json(v)),
+                            None => {
+                                Err((StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped\n"))
+                            }
                         }
                     }
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let r = ready.load(Ordering::Relaxed);
-                let why = readiness.not_ready();
+                }),
+            )
+            .route(
+                "/v1/targets/{name}",
+                get(
+                    move |axum::extract::Path(name): axum::extract::Path<String>| {
+                        let one = status.clone();
+                        async move {
+                            match one(Some(name.clone())).await {
+                                Some(v) => Ok(json(v)),
+                                None => {
+                                    Err((StatusCode::NOT_FOUND, format!("no target {name:?}\n")))
+                                }
+                            }
+                        }
+                    },
+                ),
+            );
+    }
+    app.route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    )
+    .route(
+        "/healthz",
+        get({
+            move || {
+                let alive = health.alive(std::time::Instant::now());
                 async move {
-                    match (r, why) {
-                        (true, None) => (StatusCode::OK, "ready\n".to_string()),
-                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
-                        (true, Some(why)) => (
+                    match alive {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}\n"),
+                            format!("not alive: {why}\n"),
                         ),
                     }
                 }
-            }),
-        )
+            }
+        }),
+    )
+    .route(
+        "/readyz",
+        get(move || {
+            let r = ready.load(Ordering::Relaxed);
+            let why = readiness.not_ready();
+            async move {
+                match (r, why) {
+                    (true, None) => (StatusCode::OK, "ready\n".to_string()),
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+                    (true, Some(why)) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                }
+            }
+        }),
+    )
 }
 
 /// Why the metrics address cannot be listened on; names the address.
@@ -1245,9 +1303,15 @@ mod tests {
         let listener = bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, m, Arc::new(AtomicBool::new(true)), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            m,
+            Arc::new(AtomicBool::new(true)),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
@@ -1271,7 +1335,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.event_received("kafka", "queue_depth");
         let ready = Arc::new(AtomicBool::new(false));
-        let app = router(m.clone(), ready.clone());
+        let app = router(m.clone(), ready.clone(), None);
         let get = |path: &'static str| Request::builder().uri(path).body(Body::empty()).unwrap();
         let res = app.clone().oneshot(get("/metrics")).await.unwrap();
         assert_eq!(res.status(), 200);

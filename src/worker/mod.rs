@@ -164,7 +164,7 @@ pub async fn run(
         usize::from(cfg.worker.prefetch),
     ));
     let ready = Arc::new(AtomicBool::new(true));
-    let http = crate::telemetry::Server::start(listener, metrics.clone(), ready);
+    let http = crate::telemetry::Server::start(listener, metrics.clone(), ready, None);
     tracing::info!(worker = %name, targets = cfg.targets.len(), "worker started");
     let mut consume = tokio::spawn((started.consume)(dispatcher));
     tokio::pin!(shutdown);
