@@ -3,8 +3,12 @@
 --   desired = ceil(value / target_per_replica), unchanged while
 --   value / (current * target_per_replica) is within `tolerance` of 1;
 --   evaluated every `period` seconds (the controller's 15 s sync);
---   a scale-up adds at most max(100%, 4 pods) per period;
---   scale-down stabilization (300 s) is the guard's `stabilization_down`.
+--   a scale-up adds at most max(100%, 4 pods) per period, unless the
+--   target has a [targets.behavior] block: then the guard applies the
+--   HPA's rate policies exactly (ctx.behavior is true) and this policy
+--   leaves its own limit out;
+--   scale-down stabilization (300 s) is the guard's `stabilization_down`
+--   (or behavior.scale_down.stabilization).
 -- params: target_per_replica, or capacity * target_utilization (default
 --         0.8); metric (default "requests"), stat (default "rate" for the
 --         counters requests and errors, else "mean"), window ("60s"),
@@ -20,7 +24,9 @@ function P.decide(ctx)
   local per_replica = current > 0 and value / current or value
   local target = tw.per_replica_target(p, 0.8)
   local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
-  want = math.min(want, tw.hpa_scale_up_limit(current))
+  if not ctx.behavior then
+    want = math.min(want, tw.hpa_scale_up_limit(current))
+  end
   return { replicas = want,
            reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
              value, per_replica, target) }

@@ -174,6 +174,15 @@ pub(super) fn load_policy(
 ) -> Result<LuaPolicy, PolicyError> {
     let src = PolicySource::read(&t.policy)?;
     let mut p = LuaPolicy::load(&src, &t.params_json(), cfg.policy_limits())?;
+    // `ctx.behavior`: the guard limits the rate as the HPA does, so a
+    // policy need not (hpa.lua leaves its own scale-up limit out then)
+    p.ctx()
+        .raw_set("behavior", t.behavior.is_some())
+        .map_err(|e| PolicyError {
+            kind: crate::policy::PolicyErrorKind::Load,
+            policy: src.version.clone(),
+            message: e.to_string(),
+        })?;
     p.bind(data.clone())?;
     p.init(&t.init_input())?;
     Ok(p)

@@ -1274,6 +1274,45 @@ fn control_messages_pause_pin_and_resume() {
     assert_eq!(r.rejected[0].1.reason, Reason::UnknownTarget);
 }
 
+/// `ctx.behavior` says whether the guard applies the HPA's behavior, and
+/// `policies/hpa.lua` leaves its own scale-up limit out then: from 2
+/// replicas at 10 times its load it asks for 6 alone (max(+100%, +4)), but
+/// for the whole 20 when the guard limits the rate.
+#[test]
+fn hpa_lua_leaves_the_rate_to_a_configured_behavior() {
+    let dir = tempfile::tempdir().unwrap();
+    let hpa = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/hpa.lua");
+    let target = |name: &str, behavior: &str| {
+        format!(
+            "[[targets]]\nname = \"{name}\"\npolicy = \"{hpa}\"\nmax_replicas = 100\ninitial_replicas = 2\nstabilization_down = \"300s\"\nparams = {{ target_per_replica = 100, metric = \"queue_depth\", stat = \"last\", window = \"10s\" }}\n{behavior}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[engine]\nmin_eval_interval = \"0s\"\n{}{}",
+            target("plain", ""),
+            target(
+                "guarded",
+                "[targets.behavior.scale_up]\npolicies = [{ type = \"pods\", value = 100, period = \"15s\" }]"
+            )
+        ),
+    );
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let mut e = Engine::new(&cfg.engine, &cfg.targets, Arc::new(Metrics::new()), T0).unwrap();
+    for t in ["plain", "guarded"] {
+        e.ingest("t", &depth(t, 2000.0, T0), T0);
+    }
+    let mut out: Vec<(String, u32)> = e
+        .on_events(T0)
+        .into_iter()
+        .map(|c| (c.target, c.desired_replicas))
+        .collect();
+    out.sort();
+    assert_eq!(out, vec![("guarded".into(), 20), ("plain".into(), 6)]);
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");
