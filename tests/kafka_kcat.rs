@@ -178,6 +178,69 @@ max_replicas = 50
         "{}",
         pinned.reason
     );
+    // `tidewatch ctl` publishes to Kafka from the same configuration file:
+    // a resume, then the policy decides again on the next signal.
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["ctl", "resume", "checkout", "--by", "ctl-test", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["action"], "resume");
+    let mut child = Command::new(kcat)
+        .args(["-P", "-b", &brokers, "-t", "signals", "-K", "|"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            concat!(
+                r#"checkout|{"type": "queue_depth", "target": "checkout", "queue": "orders", "depth": 4400}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no command after the resume");
+        let out = Command::new(kcat)
+            .args([
+                "-C",
+                "-b",
+                &brokers,
+                "-t",
+                "commands",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%s\n",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(c) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<ScaleCommand>(l).ok())
+            .find(|c| c.desired_replicas >= 44)
+        {
+            assert!(!c.reason.contains("control:"), "{}", c.reason);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
