@@ -150,6 +150,14 @@ struct SimulateArgs {
     /// A policy parameter for every policy, KEY=VALUE (VALUE as JSON, else a string).
     #[arg(long = "param")]
     params: Vec<String>,
+    /// Frontier scoring: run every policy at each value of one parameter,
+    /// KEY=V1,V2,... (values as JSON, else strings).
+    #[arg(long)]
+    sweep: Option<String>,
+    /// With --sweep: the policy the others are compared with, at its
+    /// default setting (default: the first --policy).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -185,7 +193,33 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
         plot: a.plot.clone(),
         progress: !a.quiet,
     };
-    match tidewatch::simulate::main(&o, &out, &mut std::io::stdout()) {
+    let result = match &a.sweep {
+        Some(sweep) => {
+            let Some((key, values)) = sweep.split_once('=') else {
+                eprintln!("--sweep {sweep:?}: give KEY=V1,V2,...");
+                return ExitCode::from(EX_USAGE);
+            };
+            let values: Vec<serde_json::Value> = values
+                .split(',')
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    serde_json::from_str(v.trim())
+                        .unwrap_or_else(|_| serde_json::Value::String(v.trim().into()))
+                })
+                .collect();
+            let baseline = a.baseline.clone().unwrap_or_else(|| a.policies[0].clone());
+            tidewatch::simulate::main_sweep(
+                &o,
+                &out,
+                key,
+                &values,
+                &baseline,
+                &mut std::io::stdout(),
+            )
+        }
+        None => tidewatch::simulate::main(&o, &out, &mut std::io::stdout()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(tidewatch::simulate::Failure::Usage(e)) => {
             eprintln!("simulate: {e}");

@@ -241,6 +241,100 @@ fn simulate_scores_policies_side_by_side() {
     assert_eq!(&std::fs::read(&plot).unwrap()[..4], b"\x89PNG");
 }
 
+/// `--sweep`: every policy at every value, the baseline at its default,
+/// the frontiers (Pareto points marked) and the comparison, in the table,
+/// the JSON report and a frontier chart.
+#[test]
+fn simulate_sweeps_a_parameter_into_frontiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daily.csv");
+    daily_burst_trace(&trace);
+    let report = dir.path().join("sweep.json");
+    let plot = dir.path().join("frontier.svg");
+    let (code, out, err) = tidewatch(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--policy",
+        "policies/predictive.lua",
+        "--capacity",
+        "20",
+        "--warmup",
+        "3d",
+        "--span",
+        "1d",
+        "--step",
+        "60s",
+        "--sweep",
+        "target_utilization=0.6,0.8,1.0",
+        "--report",
+        report.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("baseline policies/hpa.lua at its default")
+            || out.contains("baseline hpa.lua at its default"),
+        "{out}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["key"], "target_utilization");
+    let frontiers = r["frontiers"].as_array().unwrap();
+    assert_eq!(frontiers.len(), 2);
+    for f in frontiers {
+        let points = f["points"].as_array().unwrap();
+        assert_eq!(points.len(), 3, "{f}");
+        // cheapest first; a lower utilization target costs more
+        let cost: Vec<f64> = points
+            .iter()
+            .map(|p| p["replica_hours"].as_f64().unwrap())
+            .collect();
+        assert!(cost.windows(2).all(|w| w[0] <= w[1]), "{cost:?}");
+        assert_eq!(points[0]["value"], 1.0);
+        assert!(!f["pareto"].as_array().unwrap().is_empty());
+    }
+    // hpa.lua's default utilization is 0.8: its default point is its 0.8 point
+    let base = &r["baseline_default"];
+    let hpa08 = frontiers[0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["value"] == 0.8)
+        .unwrap();
+    assert_eq!(base["replica_hours"], hpa08["replica_hours"]);
+    let cmp = &r["comparisons"].as_array().unwrap()[0];
+    assert!(
+        (cmp["share_at_baseline_cost"].as_f64().unwrap()
+            - base["under_provisioned_share"].as_f64().unwrap())
+        .abs()
+            < 1e-9,
+        "{cmp}"
+    );
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    // a sweep without values is refused by name
+    let (code, _, err) = tidewatch(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--capacity",
+        "20",
+        "--sweep",
+        "target_utilization=",
+        "--quiet",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--sweep target_utilization: give at least one value"),
+        "{err}"
+    );
+}
+
 #[test]
 fn simulate_rejects_bad_input_by_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@
 //! and for policies that forecast the load, the MASE of the forecast at
 //! the start-up lead time (against the naive "same as now" forecast).
 
+pub mod frontier;
 pub mod plot;
 pub mod report;
 pub mod trace;
@@ -540,6 +541,53 @@ pub enum SimulateError {
 pub enum Failure {
     Usage(SimulateError),
     Other(SimulateError),
+}
+
+/// `tidewatch simulate --sweep KEY=V1,...`: every policy at every value,
+/// the baseline at its default; prints the frontiers and the comparisons,
+/// writes the JSON report and the frontier chart.
+pub fn main_sweep(
+    opts: &Options,
+    out: &Output,
+    key: &str,
+    values: &[serde_json::Value],
+    baseline: &std::path::Path,
+    w: &mut impl std::io::Write,
+) -> Result<(), Failure> {
+    opts.check().map_err(Failure::Usage)?;
+    if values.is_empty() {
+        return Err(Failure::Usage(SimulateError::Options(format!(
+            "--sweep {key}: give at least one value"
+        ))));
+    }
+    let trace = Trace::load(&opts.trace).map_err(Failure::Usage)?;
+    let r = frontier::sweep(opts, &trace, key, values, &baseline.to_path_buf())
+        .map_err(Failure::Usage)?;
+    let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
+    writeln!(
+        w,
+        "{}: {} swept over {} values, baseline {}",
+        r.trace,
+        key,
+        values.len(),
+        r.baseline
+    )
+    .map_err(io)?;
+    write!(w, "{}", r.table()).map_err(io)?;
+    if let Some(p) = &out.report {
+        std::fs::write(p, r.to_json() + "\n").map_err(|source| {
+            Failure::Other(SimulateError::Write {
+                path: p.clone(),
+                source,
+            })
+        })?;
+    }
+    if let Some(p) = &out.plot {
+        if let Some(note) = plot::write_frontier(p, &r).map_err(Failure::Other)? {
+            eprintln!("{note}");
+        }
+    }
+    Ok(())
 }
 
 /// `tidewatch simulate`: loads the trace, runs, prints the table, writes

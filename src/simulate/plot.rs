@@ -193,3 +193,154 @@ where
     }
     Ok(())
 }
+
+/// Writes the frontier chart of a sweep: replica-hours against the
+/// under-provisioned share, one curve per policy through its points
+/// (Pareto points filled), the baseline's default setting marked with a
+/// cross. Returns a note when it had to leave out the text.
+pub fn write_frontier(
+    path: &Path,
+    r: &super::frontier::SweepReport,
+) -> Result<Option<String>, SimulateError> {
+    let text = font();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let size = (1000, 700);
+    let err = |detail: String| SimulateError::Plot {
+        path: path.to_owned(),
+        detail,
+    };
+    match ext.as_str() {
+        "png" => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw_frontier(&root, r, text).map_err(|e| err(e.0))?;
+            root.present().map_err(|e| err(e.to_string()))?;
+        }
+        "svg" => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw_frontier(&root, r, text).map_err(|e| err(e.0))?;
+            root.present().map_err(|e| err(e.to_string()))?;
+        }
+        other => {
+            return Err(SimulateError::PlotExtension {
+                path: path.to_owned(),
+                ext: other.to_owned(),
+            })
+        }
+    }
+    Ok((!text).then(|| {
+        "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text".into()
+    }))
+}
+
+fn draw_frontier<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    r: &super::frontier::SweepReport,
+    text: bool,
+) -> Result<(), DrawError>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| DrawError(x.to_string());
+    root.fill(&WHITE).map_err(e)?;
+    let b = &r.baseline_default;
+    let all = r
+        .frontiers
+        .iter()
+        .flat_map(|f| f.points.iter())
+        .chain(std::iter::once(b));
+    let (mut x0, mut x1, mut y1) = (f64::INFINITY, 0.0_f64, 0.0_f64);
+    for p in all {
+        x0 = x0.min(p.replica_hours);
+        x1 = x1.max(p.replica_hours);
+        y1 = y1.max(100.0 * p.under_provisioned_share);
+    }
+    let pad = ((x1 - x0) * 0.05).max(1.0);
+    let mut cb = ChartBuilder::on(root);
+    cb.margin(12);
+    if text {
+        cb.caption(
+            format!(
+                "cost and safety over {} = {}",
+                r.key,
+                r.values
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ("sans-serif", 20).into_font(),
+        )
+        .x_label_area_size(40)
+        .y_label_area_size(56);
+    }
+    let mut chart = cb
+        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0.0..(y1 * 1.1).max(1.0))
+        .map_err(e)?;
+    if text {
+        chart
+            .configure_mesh()
+            .x_desc("replica-hours")
+            .y_desc("under-provisioned time, %")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+    } else {
+        chart
+            .configure_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(e)?;
+    }
+    for (k, f) in r.frontiers.iter().enumerate() {
+        let c = Palette99::pick(k).to_rgba();
+        let pts: Vec<(f64, f64)> = f
+            .points
+            .iter()
+            .map(|p| (p.replica_hours, 100.0 * p.under_provisioned_share))
+            .collect();
+        let name = Path::new(&f.policy)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| f.policy.clone());
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(e)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+        chart
+            .draw_series(pts.iter().enumerate().map(|(i, &p)| {
+                let filled = f.pareto.contains(&i);
+                Circle::new(
+                    p,
+                    4,
+                    if filled {
+                        c.filled()
+                    } else {
+                        c.stroke_width(1)
+                    },
+                )
+            }))
+            .map_err(e)?;
+    }
+    let base = (b.replica_hours, 100.0 * b.under_provisioned_share);
+    chart
+        .draw_series(std::iter::once(Cross::new(base, 8, BLACK.stroke_width(3))))
+        .map_err(e)?
+        .label("baseline at its default")
+        .legend(|(x, y)| Cross::new((x + 9, y), 6, BLACK.stroke_width(2)));
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(e)?;
+    }
+    Ok(())
+}

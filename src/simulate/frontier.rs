@@ -1,0 +1,376 @@
+//! Frontier scoring (`simulate --sweep KEY=V1,V2,...`): each policy runs
+//! at every value of one parameter, and is judged by its frontier of cost
+//! (replica-hours) against safety (under-provisioned share), not at one
+//! setting. Against a baseline policy at its default setting it reports
+//! the under-provisioned share the policy reaches at the baseline's cost,
+//! and the cost at which it is as safe as the baseline, both read off the
+//! policy's frontier by linear interpolation between its Pareto points.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{run, Options, PolicyReport, SimulateError, Trace};
+
+/// One run of one policy: the value swept (None: its default setting).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub value: Option<serde_json::Value>,
+    pub replica_hours: f64,
+    pub under_provisioned_share: f64,
+    pub under_provisioned_depth: f64,
+    pub slo_violation_share: f64,
+    pub cost_ratio: f64,
+}
+
+impl Point {
+    fn of(value: Option<serde_json::Value>, r: &PolicyReport) -> Self {
+        Self {
+            value,
+            replica_hours: r.replica_hours,
+            under_provisioned_share: r.under_provisioned_share,
+            under_provisioned_depth: r.under_provisioned_depth,
+            slo_violation_share: r.slo_violation_share,
+            cost_ratio: r.cost_ratio,
+        }
+    }
+}
+
+/// A policy's points, cheapest first, and which of them are Pareto
+/// points (no other point is both cheaper and safer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Frontier {
+    pub policy: String,
+    pub points: Vec<Point>,
+    pub pareto: Vec<usize>,
+}
+
+impl Frontier {
+    pub fn new(policy: String, mut points: Vec<Point>) -> Self {
+        points.sort_by(|a, b| {
+            a.replica_hours.total_cmp(&b.replica_hours).then(
+                a.under_provisioned_share
+                    .total_cmp(&b.under_provisioned_share),
+            )
+        });
+        let mut pareto = Vec::new();
+        let mut best = f64::INFINITY;
+        for (i, p) in points.iter().enumerate() {
+            if p.under_provisioned_share < best {
+                best = p.under_provisioned_share;
+                pareto.push(i);
+            }
+        }
+        Self {
+            policy,
+            points,
+            pareto,
+        }
+    }
+
+    /// (cost, under-provisioned share) of the Pareto points, cost rising
+    /// and share falling.
+    pub fn curve(&self) -> Vec<(f64, f64)> {
+        self.pareto
+            .iter()
+            .map(|&i| {
+                let p = &self.points[i];
+                (p.replica_hours, p.under_provisioned_share)
+            })
+            .collect()
+    }
+}
+
+/// The under-provisioned share on `curve` at `cost`: linear between the
+/// two points around it; None outside the curve's cost range (a frontier
+/// says nothing about costs nobody ran).
+pub fn share_at_cost(curve: &[(f64, f64)], cost: f64) -> Option<f64> {
+    let (first, last) = (curve.first()?, curve.last()?);
+    if cost < first.0 || cost > last.0 {
+        return None;
+    }
+    curve
+        .windows(2)
+        .find(|w| cost >= w[0].0 && cost <= w[1].0)
+        .map(|w| lerp(w[0], w[1], cost))
+        .or(Some(first.1))
+}
+
+/// The cost on `curve` at which the share is `share`; None when the curve
+/// never gets that safe, or is safer even at its cheapest point (then the
+/// needed cost is below what was run).
+pub fn cost_at_share(curve: &[(f64, f64)], share: f64) -> Option<f64> {
+    let (first, last) = (curve.first()?, curve.last()?);
+    if share > first.1 || share < last.1 {
+        return None;
+    }
+    if curve.len() == 1 || share == first.1 {
+        return Some(first.0);
+    }
+    curve
+        .windows(2)
+        .find(|w| share <= w[0].1 && share >= w[1].1)
+        .map(|w| {
+            let (a, b) = (w[0], w[1]);
+            if a.1 == b.1 {
+                a.0
+            } else {
+                a.0 + (b.0 - a.0) * (a.1 - share) / (a.1 - b.1)
+            }
+        })
+}
+
+fn lerp(a: (f64, f64), b: (f64, f64), x: f64) -> f64 {
+    if b.0 == a.0 {
+        a.1.min(b.1)
+    } else {
+        a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0)
+    }
+}
+
+/// A policy against the baseline at its default setting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub policy: String,
+    /// Its under-provisioned share at the baseline's cost.
+    pub share_at_baseline_cost: Option<f64>,
+    /// 1 - that share / the baseline's share (0.5: half the time short).
+    pub share_reduction: Option<f64>,
+    /// The replica-hours it needs to be as safe as the baseline.
+    pub cost_to_match: Option<f64>,
+    /// That cost over the baseline's.
+    pub cost_ratio_to_match: Option<f64>,
+    /// Safer than the baseline even at its cheapest point (the cost to
+    /// match lies below what was run).
+    pub safer_at_its_cheapest: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepReport {
+    pub trace: String,
+    pub key: String,
+    pub values: Vec<serde_json::Value>,
+    pub baseline: String,
+    pub baseline_default: Point,
+    pub frontiers: Vec<Frontier>,
+    pub comparisons: Vec<Comparison>,
+}
+
+/// Compares `f` with the baseline's default point `base`.
+pub fn compare(f: &Frontier, base: &Point) -> Comparison {
+    let curve = f.curve();
+    let share = share_at_cost(&curve, base.replica_hours);
+    let cost = cost_at_share(&curve, base.under_provisioned_share);
+    Comparison {
+        policy: f.policy.clone(),
+        share_at_baseline_cost: share,
+        share_reduction: share
+            .filter(|_| base.under_provisioned_share > 0.0)
+            .map(|s| 1.0 - s / base.under_provisioned_share),
+        cost_to_match: cost,
+        cost_ratio_to_match: cost
+            .filter(|_| base.replica_hours > 0.0)
+            .map(|c| c / base.replica_hours),
+        safer_at_its_cheapest: curve
+            .first()
+            .is_some_and(|p| p.1 < base.under_provisioned_share),
+    }
+}
+
+/// Runs every policy of `opts` at every value of `key`, and `baseline` at
+/// its default setting; the runs go on every core.
+pub fn sweep(
+    opts: &Options,
+    trace: &Trace,
+    key: &str,
+    values: &[serde_json::Value],
+    baseline: &PathBuf,
+) -> Result<SweepReport, SimulateError> {
+    let mut jobs: Vec<(Option<serde_json::Value>, Options)> = values
+        .iter()
+        .map(|v| {
+            let mut o = opts.clone();
+            o.params.insert(key.to_owned(), v.clone());
+            (Some(v.clone()), o)
+        })
+        .collect();
+    let mut default = opts.clone();
+    default.policies = vec![baseline.clone()];
+    default.params.remove(key);
+    jobs.push((None, default));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<super::Report, SimulateError>>>> =
+        std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(jobs.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((_, o)) = jobs.get(i) else { break };
+                let r = run(o, trace, |_, _| {}).map(|(r, _)| r);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut reports = Vec::with_capacity(jobs.len());
+    for r in results {
+        reports
+            .push(r.ok_or_else(|| SimulateError::Options("a sweep run did not finish".into()))??);
+    }
+    let default_report = reports.pop().expect("the default run");
+    let base_default = Point::of(None, &default_report.policies[0]);
+    let names: Vec<String> = opts
+        .policies
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let frontiers: Vec<Frontier> = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let points = jobs
+                .iter()
+                .zip(&reports)
+                .map(|((v, _), r)| Point::of(v.clone(), &r.policies[k]))
+                .collect();
+            Frontier::new(name.clone(), points)
+        })
+        .collect();
+    let comparisons = frontiers
+        .iter()
+        .map(|f| compare(f, &base_default))
+        .collect();
+    Ok(SweepReport {
+        trace: default_report.trace.clone(),
+        key: key.to_owned(),
+        values: values.to_vec(),
+        baseline: baseline.display().to_string(),
+        baseline_default: base_default,
+        frontiers,
+        comparisons,
+    })
+}
+
+impl SweepReport {
+    pub fn to_json(&self) -> String {
+        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+
+    /// Each policy's points, then the comparisons with the baseline.
+    pub fn table(&self) -> String {
+        let short = |p: &str| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.to_owned())
+        };
+        let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.2}", 100.0 * x));
+        let mut out = format!(
+            "{:<24} {:>10} {:>9} {:>7} {:>7} {:>7}  {}\n",
+            "policy", self.key, "rep-h", "under%", "depth%", "slo%", "pareto"
+        );
+        for f in &self.frontiers {
+            for (i, p) in f.points.iter().enumerate() {
+                out.push_str(&format!(
+                    "{:<24} {:>10} {:>9.1} {:>7.2} {:>7.2} {:>7.2}  {}\n",
+                    short(&f.policy),
+                    p.value.as_ref().map_or("default".into(), |v| v.to_string()),
+                    p.replica_hours,
+                    100.0 * p.under_provisioned_share,
+                    100.0 * p.under_provisioned_depth,
+                    100.0 * p.slo_violation_share,
+                    if f.pareto.contains(&i) { "*" } else { "" }
+                ));
+            }
+        }
+        let b = &self.baseline_default;
+        out.push_str(&format!(
+            "\nbaseline {} at its default: {:.1} replica-hours, under-provisioned {:.2}%\n",
+            short(&self.baseline),
+            b.replica_hours,
+            100.0 * b.under_provisioned_share
+        ));
+        out.push_str(&format!(
+            "{:<24} {:>18} {:>10} {:>16} {:>10}\n",
+            "policy", "under% @ its cost", "reduction", "rep-h to match", "cost x"
+        ));
+        for (c, f) in self.comparisons.iter().zip(&self.frontiers) {
+            let cheapest = f.curve().first().map_or(0.0, |p| p.0);
+            let (to_match, ratio) = match (c.cost_to_match, c.safer_at_its_cheapest) {
+                (Some(x), _) => (
+                    format!("{x:.1}"),
+                    format!("{:.3}", c.cost_ratio_to_match.unwrap_or(f64::NAN)),
+                ),
+                (None, true) => (
+                    format!("< {cheapest:.1}"),
+                    format!(
+                        "< {:.3}",
+                        cheapest / self.baseline_default.replica_hours.max(1e-9)
+                    ),
+                ),
+                (None, false) => ("-".into(), "-".into()),
+            };
+            out.push_str(&format!(
+                "{:<24} {:>18} {:>10} {:>16} {:>10}\n",
+                short(&c.policy),
+                pct(c.share_at_baseline_cost),
+                pct(c.share_reduction),
+                to_match,
+                ratio,
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(cost: f64, share: f64) -> Point {
+        Point {
+            value: None,
+            replica_hours: cost,
+            under_provisioned_share: share,
+            under_provisioned_depth: 0.0,
+            slo_violation_share: 0.0,
+            cost_ratio: 0.0,
+        }
+    }
+
+    /// A frontier computed by hand: (100, 20%), (150, 10%), (200, 5%),
+    /// and (160, 12%), which (150, 10%) dominates.
+    #[test]
+    fn interpolation_on_a_hand_computed_frontier() {
+        let f = Frontier::new(
+            "p".into(),
+            vec![
+                point(200.0, 0.05),
+                point(160.0, 0.12),
+                point(100.0, 0.20),
+                point(150.0, 0.10),
+            ],
+        );
+        assert_eq!(f.curve(), vec![(100.0, 0.20), (150.0, 0.10), (200.0, 0.05)]);
+        let c = f.curve();
+        // halfway between 100 and 150: halfway between 20% and 10%
+        assert!((share_at_cost(&c, 125.0).unwrap() - 0.15).abs() < 1e-12);
+        assert!((share_at_cost(&c, 180.0).unwrap() - 0.07).abs() < 1e-12);
+        assert_eq!(share_at_cost(&c, 150.0), Some(0.10));
+        assert_eq!(share_at_cost(&c, 99.0), None, "cheaper than anything run");
+        assert_eq!(share_at_cost(&c, 201.0), None);
+        // 7.5% lies between 150 (10%) and 200 (5%): 175
+        assert!((cost_at_share(&c, 0.075).unwrap() - 175.0).abs() < 1e-9);
+        assert!((cost_at_share(&c, 0.15).unwrap() - 125.0).abs() < 1e-9);
+        assert_eq!(cost_at_share(&c, 0.01), None, "never that safe");
+        assert_eq!(cost_at_share(&c, 0.30), None, "safer at its cheapest");
+        // against a baseline at (150, 16%): at 150 the policy has 10%, a
+        // 37.5% reduction; it is as safe (16%) at 120 replica-hours
+        let cmp = compare(&f, &point(150.0, 0.16));
+        assert!((cmp.share_reduction.unwrap() - 0.375).abs() < 1e-12);
+        assert!((cmp.cost_to_match.unwrap() - 120.0).abs() < 1e-9, "{cmp:?}");
+        assert!((cmp.cost_ratio_to_match.unwrap() - 0.8).abs() < 1e-12);
+    }
+}
