@@ -6,7 +6,7 @@
 //! and the cost at which it is as safe as the baseline, both read off the
 //! policy's frontier by linear interpolation between its Pareto points.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -184,7 +184,7 @@ pub fn sweep(
     trace: &Trace,
     key: &str,
     values: &[serde_json::Value],
-    baseline: &PathBuf,
+    baseline: &Path,
 ) -> Result<SweepReport, SimulateError> {
     let mut jobs: Vec<(Option<serde_json::Value>, Options)> = values
         .iter()
@@ -195,7 +195,7 @@ pub fn sweep(
         })
         .collect();
     let mut default = opts.clone();
-    default.policies = vec![baseline.clone()];
+    default.policies = vec![baseline.to_path_buf()];
     default.params.remove(key);
     jobs.push((None, default));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

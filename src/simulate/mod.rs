@@ -561,7 +561,7 @@ pub fn main_sweep(
         ))));
     }
     let trace = Trace::load(&opts.trace).map_err(Failure::Usage)?;
-    let r = frontier::sweep(opts, &trace, key, values, &baseline.to_path_buf())
+    let r = frontier::sweep(opts, &trace, key, values, baseline)
         .map_err(Failure::Usage)?;
     let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
     writeln!(
