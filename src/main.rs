@@ -114,14 +114,29 @@ enum Command {
 #[derive(clap::Args)]
 struct SimulateArgs {
     /// CSV `ts,value` (unix seconds or ms; a load level per second).
-    #[arg(long)]
-    trace: PathBuf,
+    #[arg(long, required_unless_present_any = ["corpus", "generate"])]
+    trace: Option<PathBuf>,
+    /// Score every `*.csv` in this directory under the corpus protocol
+    /// (capacity = peak / 30, start-up 2m, step 60s, warm-up 14d or 7d),
+    /// with --sweep; per trace and medians over seasonal and bursty.
+    #[arg(long, requires = "sweep")]
+    corpus: Option<PathBuf>,
+    /// With the corpus: also N generated traces of each kind (seeds
+    /// --seed to --seed + N - 1).
+    #[arg(long, default_value_t = 0, requires = "sweep")]
+    generate: u32,
+    /// The first seed of the generated traces.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Days of each generated trace.
+    #[arg(long, default_value_t = 28)]
+    days: u32,
     /// A Lua policy; repeat to compare several in one run.
     #[arg(long = "policy", required = true)]
     policies: Vec<PathBuf>,
-    /// Load units one replica serves per second.
-    #[arg(long)]
-    capacity: f64,
+    /// Load units one replica serves per second (the corpus sets it per trace).
+    #[arg(long, required_unless_present_any = ["corpus", "generate"])]
+    capacity: Option<f64>,
     /// Seconds until a new replica is ready.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     startup: Duration,
@@ -170,7 +185,11 @@ struct SimulateArgs {
 }
 
 fn simulate(a: &SimulateArgs) -> ExitCode {
-    let mut o = tidewatch::simulate::Options::new(a.trace.clone(), a.policies.clone(), a.capacity);
+    let mut o = tidewatch::simulate::Options::new(
+        a.trace.clone().unwrap_or_default(),
+        a.policies.clone(),
+        a.capacity.unwrap_or(1.0),
+    );
     o.startup = a.startup;
     o.warmup = a.warmup;
     o.span = a.span;
@@ -208,14 +227,18 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
                 })
                 .collect();
             let baseline = a.baseline.clone().unwrap_or_else(|| a.policies[0].clone());
-            tidewatch::simulate::main_sweep(
-                &o,
-                &out,
-                key,
-                &values,
-                &baseline,
-                &mut std::io::stdout(),
-            )
+            let stdout = &mut std::io::stdout();
+            if a.corpus.is_some() || a.generate > 0 {
+                let c = tidewatch::simulate::corpus::Corpus {
+                    dir: a.corpus.clone(),
+                    generated: a.generate,
+                    first_seed: a.seed,
+                    days: a.days,
+                };
+                tidewatch::simulate::main_corpus(&o, &out, &c, key, &values, &baseline, stdout)
+            } else {
+                tidewatch::simulate::main_sweep(&o, &out, key, &values, &baseline, stdout)
+            }
         }
         None => tidewatch::simulate::main(&o, &out, &mut std::io::stdout()),
     };

@@ -24,7 +24,9 @@
 //! and for policies that forecast the load, the MASE of the forecast at
 //! the start-up lead time (against the naive "same as now" forecast).
 
+pub mod corpus;
 pub mod frontier;
+pub mod generate;
 pub mod plot;
 pub mod report;
 pub mod trace;
@@ -561,8 +563,7 @@ pub fn main_sweep(
         ))));
     }
     let trace = Trace::load(&opts.trace).map_err(Failure::Usage)?;
-    let r = frontier::sweep(opts, &trace, key, values, baseline)
-        .map_err(Failure::Usage)?;
+    let r = frontier::sweep(opts, &trace, key, values, baseline).map_err(Failure::Usage)?;
     let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
     writeln!(
         w,
@@ -586,6 +587,56 @@ pub fn main_sweep(
         if let Some(note) = plot::write_frontier(p, &r).map_err(Failure::Other)? {
             eprintln!("{note}");
         }
+    }
+    Ok(())
+}
+
+/// `tidewatch simulate --corpus DIR --generate N --sweep ...`: the frontier
+/// comparison over every trace, a line per trace and policy as each is
+/// done, then the medians; the JSON report has every point.
+#[allow(clippy::too_many_arguments)]
+pub fn main_corpus(
+    opts: &Options,
+    out: &Output,
+    c: &corpus::Corpus,
+    key: &str,
+    values: &[serde_json::Value],
+    baseline: &std::path::Path,
+    w: &mut impl std::io::Write,
+) -> Result<(), Failure> {
+    let mut o = opts.clone();
+    o.capacity = 1.0;
+    o.check().map_err(Failure::Usage)?;
+    if values.is_empty() {
+        return Err(Failure::Usage(SimulateError::Options(format!(
+            "--sweep {key}: give at least one value"
+        ))));
+    }
+    if c.dir.is_none() && c.generated == 0 {
+        return Err(Failure::Usage(SimulateError::Options(
+            "give --corpus DIR, --generate N, or both".into(),
+        )));
+    }
+    let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
+    write!(w, "{}", corpus::header()).map_err(io)?;
+    let mut failed = None;
+    let report = corpus::run_corpus(&o, c, key, values, baseline, |r| {
+        if let Err(e) = write!(w, "{}", r.lines()).and_then(|()| w.flush()) {
+            failed.get_or_insert(e);
+        }
+    })
+    .map_err(Failure::Usage)?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    write!(w, "\n{}", report.medians_table()).map_err(io)?;
+    if let Some(p) = &out.report {
+        std::fs::write(p, report.to_json() + "\n").map_err(|source| {
+            Failure::Other(SimulateError::Write {
+                path: p.clone(),
+                source,
+            })
+        })?;
     }
     Ok(())
 }
