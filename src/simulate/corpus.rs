@@ -41,6 +41,9 @@ pub struct Median {
     pub kind: &'static str,
     pub policy: String,
     pub traces: usize,
+    /// Traces where the reduction could be read: the baseline's default
+    /// cost lies on the policy's frontier and the baseline is ever short.
+    pub measured: usize,
     /// Median of 1 - share at the baseline's cost / the baseline's share.
     pub share_reduction: Option<f64>,
     /// The worst trace's reduction (negative: worse than the baseline).
@@ -165,6 +168,7 @@ pub fn run_corpus(
                 kind,
                 policy: policy.display().to_string(),
                 traces: results.iter().filter(|r| r.kind == kind).count(),
+                measured: red.len(),
                 share_reduction: median(&red),
                 worst_reduction: red.first().copied(),
             });
@@ -235,8 +239,8 @@ impl CorpusReport {
 
     pub fn medians_table(&self) -> String {
         let mut out = format!(
-            "{:<9} {:<18} {:>6} {:>16} {:>16}\n",
-            "kind", "policy", "traces", "median reduct%", "worst reduct%"
+            "{:<9} {:<18} {:>9} {:>16} {:>16}\n",
+            "kind", "policy", "measured", "median reduct%", "worst reduct%"
         );
         for m in &self.medians {
             let policy = Path::new(&m.policy)
@@ -244,10 +248,10 @@ impl CorpusReport {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.1}", 100.0 * x));
             out.push_str(&format!(
-                "{:<9} {:<18} {:>6} {:>16} {:>16}\n",
+                "{:<9} {:<18} {:>9} {:>16} {:>16}\n",
                 m.kind,
                 policy,
-                m.traces,
+                format!("{}/{}", m.measured, m.traces),
                 pct(m.share_reduction),
                 pct(m.worst_reduction)
             ));
