@@ -274,6 +274,23 @@ pub async fn run(
         inputs.push(tokio::spawn(reloader.run(stop_rx.clone())));
     }
     drop(in_tx);
+    // Own forecasts: the engine hands them to a task that publishes them
+    // (ended when the engine is dropped, closing the channel).
+    if cfg.forecasts.publish {
+        let (tx, rx) = mpsc::channel(1024);
+        engine.publish_forecasts(
+            tx,
+            cfg.forecasts.period,
+            cfg.forecasts.horizon,
+            cfg.forecasts.step,
+        );
+        tokio::spawn(crate::publish::forecasts::run(
+            cfg.forecasts.clone(),
+            cfg.source.clone(),
+            rx,
+            metrics.clone(),
+        ));
+    }
     metrics.expect_engine_ticks(cfg.engine.tick, std::time::Instant::now());
     let engine_task = tokio::spawn(drive(
         engine,

@@ -526,3 +526,85 @@ stabilization_down = "300s"
     assert!(task2.await.unwrap().drained);
     n.delete(&ch).await;
 }
+
+/// tidewatch's own forecasts on RabbitMQ: with `[forecasts] publish`, the
+/// model restored from a snapshot (a daily season learnt over three days)
+/// goes out as `forecast` messages (the schema other systems publish to
+/// tidewatch) on its own exchange, a point a minute for ten minutes,
+/// source `tidewatch`, keyed `forecast.<target>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_forecasts_are_published_on_rabbitmq() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let exchange = format!("fc-{}", mq::suffix());
+    let toml = format!(
+        r#"{}
+[engine]
+tick = "200ms"
+[state]
+dir = "{}"
+[forecasts]
+publish = true
+period = "1s"
+horizon = "10m"
+step = "1m"
+exchange = "{exchange}"
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 1000
+windows = ["5s"]
+history_step = "1h"
+"#,
+        n.toml(&url),
+        state.display()
+    );
+    let cfg = mq::load(dir.path(), &toml, common::state::STATEFUL);
+    let seed = common::state::seasonal_snapshot(&cfg, "web", chrono::Utc::now().timestamp_millis());
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("web.tws"), seed).unwrap();
+    // a queue on the forecasts exchange before the scaler publishes
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let queue = format!("fcq-{}", mq::suffix());
+    mq::exchange_and_queue(&ch, &exchange, &queue).await;
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let got = mq::read_until(&conn, &queue, Duration::from_secs(30), |g| !g.is_empty()).await;
+    assert!(!got.is_empty(), "no forecast published");
+    let g = &got[0];
+    assert_eq!(g.routing_key, "forecast.web");
+    let v: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+    assert!(common::schema::errors("forecast", &v).is_empty(), "{v}");
+    assert_eq!(
+        (
+            v["target"].as_str(),
+            v["metric"].as_str(),
+            v["source"].as_str()
+        ),
+        (Some("web"), Some("queue_depth"), Some("tidewatch"))
+    );
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 10, "{v}");
+    let ts: Vec<i64> = points.iter().map(|p| p["ts"].as_i64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[1] - w[0] == 60_000), "{ts:?}");
+    // the daily model's values, not a flat line at zero
+    assert!(
+        points.iter().all(|p| p["value"].as_f64().unwrap() > 0.0),
+        "{v}"
+    );
+    assert!(
+        common::metric(
+            &metrics,
+            "tidewatch_forecasts_published_total",
+            &[("target", "web")]
+        ) >= 1.0
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let _ = ch.exchange_delete(&exchange, Default::default()).await;
+    let _ = ch.queue_delete(&queue, Default::default()).await;
+    n.delete(&ch).await;
+}

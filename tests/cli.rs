@@ -505,6 +505,14 @@ fn foot_guns_are_refused_by_name() {
             vec![],
             "targets[0].behavior.scale_down.select: \"never\" is not",
         ),
+        (
+            "forecasts nowhere",
+            "",
+            "",
+            &*format!("{sink}\n[forecasts]\npublish = true\n"),
+            vec![],
+            "forecasts.publish: forecasts go to the source's broker",
+        ),
         ("nothing", "", "", "", vec![], "nothing feeds the engine"),
     ] {
         let (code, err) = check(name, engine, target, rest, &env);

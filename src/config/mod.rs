@@ -31,6 +31,8 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     pub probes: Vec<ProbeConfig>,
     pub state: StateConfig,
+    /// Publishing tidewatch's own forecasts (`[forecasts]`).
+    pub forecasts: crate::publish::forecasts::ForecastsConfig,
 }
 
 impl Config {
@@ -46,10 +48,18 @@ impl Config {
         let targets = array::<TargetConfig>(&raw, "targets", &mut problems);
         let probes = array::<ProbeConfig>(&raw, "probes", &mut problems);
         let state = typed(&raw, "state", &mut problems);
+        let forecasts = typed(&raw, "forecasts", &mut problems);
         unknown_sections(
             &raw,
             &[
-                "source", "commands", "engine", "metrics", "targets", "probes", "state",
+                "source",
+                "commands",
+                "engine",
+                "metrics",
+                "targets",
+                "probes",
+                "state",
+                "forecasts",
             ],
             &mut problems,
         );
@@ -61,6 +71,7 @@ impl Config {
             targets,
             probes,
             state,
+            forecasts,
         };
         let base = path.parent().unwrap_or(Path::new("."));
         for t in &mut cfg.targets {
@@ -108,6 +119,7 @@ impl Config {
         self.commands.check(&mut out);
         self.state
             .check(self.source.kind == BrokerKind::Kafka, &mut out);
+        self.forecasts.check(&self.source, &mut out);
         for (i, p) in self.probes.iter().enumerate() {
             if !self.targets.iter().any(|t| t.name == p.target) {
                 out.push(problem(

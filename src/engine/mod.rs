@@ -52,6 +52,16 @@ pub struct TargetStatus {
     pub published_generation: i64,
 }
 
+/// Where and how the engine publishes its own forecasts.
+#[derive(Debug)]
+struct ForecastsOut {
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    period_ms: i64,
+    horizon_ms: i64,
+    step_ms: i64,
+    next_ms: Millis,
+}
+
 pub struct Engine {
     targets: Vec<TargetRuntime>,
     by_name: HashMap<String, usize>,
@@ -67,6 +77,9 @@ pub struct Engine {
     snapshot_cursor: usize,
     /// Which messages are in which format (`[[source.inputs]]`).
     inputs: Arc<crate::event::Inputs>,
+    /// Own forecasts (`[forecasts]`): where they go, every how often,
+    /// how far and how fine, and when the next round is due.
+    forecasts_out: Option<ForecastsOut>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -101,6 +114,7 @@ impl Engine {
             ownership: None,
             state: None,
             snapshot_cursor: 0,
+            forecasts_out: None,
             inputs: Arc::default(),
         })
     }
@@ -383,7 +397,79 @@ impl Engine {
         }
         self.export_gauges(now_ms);
         self.snapshot_some(now_ms);
+        self.send_forecasts(now_ms);
         out
+    }
+
+    /// Publishes its own forecasts into `tx` every `period`: for each
+    /// owned target and metric its built-in forecaster models, a point
+    /// every `step` up to `horizon` (`[forecasts]`).
+    pub fn publish_forecasts(
+        &mut self,
+        tx: mpsc::Sender<(String, Vec<u8>)>,
+        period: Duration,
+        horizon: Duration,
+        step: Duration,
+    ) {
+        self.forecasts_out = Some(ForecastsOut {
+            tx,
+            period_ms: period.as_millis() as i64,
+            horizon_ms: horizon.as_millis() as i64,
+            step_ms: (step.as_millis() as i64).max(1000),
+            next_ms: Millis::MIN,
+        });
+    }
+
+    fn send_forecasts(&mut self, now_ms: Millis) {
+        let Some(out) = self.forecasts_out.as_mut() else {
+            return;
+        };
+        if now_ms < out.next_ms {
+            return;
+        }
+        out.next_ms = now_ms + out.period_ms;
+        let (horizon, step) = (out.horizon_ms, out.step_ms);
+        let mut messages = Vec::new();
+        for i in 0..self.targets.len() {
+            if !self.owned(i) {
+                continue;
+            }
+            let t = &self.targets[i];
+            let d = t.data.lock().unwrap_or_else(|p| p.into_inner());
+            for m in Metric::ALL {
+                let history = d.windows.metric(m).history();
+                let points: Vec<serde_json::Value> = (1..=horizon / step)
+                    .filter_map(|k| {
+                        let f = d.builtin.peek(m, history, now_ms, k * step)?;
+                        Some(serde_json::json!({
+                            "ts": now_ms + k * step,
+                            "value": f.value,
+                            "lower": f.lower.min(f.value),
+                            "upper": f.upper.max(f.value),
+                        }))
+                    })
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                let msg = serde_json::json!({
+                    "type": "forecast",
+                    "target": t.cfg.name,
+                    "metric": m.name(),
+                    "source": "tidewatch",
+                    "issued_at": now_ms,
+                    "points": points,
+                });
+                messages.push((t.cfg.name.clone(), msg.to_string().into_bytes()));
+            }
+        }
+        let out = self.forecasts_out.as_ref().expect("set above");
+        for (target, payload) in messages {
+            if out.tx.try_send((target.clone(), payload)).is_err() {
+                self.metrics
+                    .forecast_dropped(&target, "the publishing queue is full");
+            }
+        }
     }
 
     /// The closed loop's safety net: when no worker answered the latest

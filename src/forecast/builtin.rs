@@ -175,6 +175,23 @@ impl Builtin {
         }
     }
 
+    /// The forecast at `now + horizon` of a metric a policy already asked
+    /// for, without asking for it (publishing must not make the
+    /// forecaster model metrics nobody reads).
+    pub fn peek(
+        &self,
+        metric: Metric,
+        history: &History,
+        now_ms: Millis,
+        horizon_ms: i64,
+    ) -> Option<ForecastValue> {
+        let slot = &self.slots[metric as usize];
+        if !slot.wanted.get() || slot.model.is_none() {
+            return None;
+        }
+        self.lookup(metric, history, now_ms, horizon_ms)
+    }
+
     /// The built-in forecast at `now + horizon`, marking the metric wanted
     /// (its model is built at the next sync).
     pub fn lookup(

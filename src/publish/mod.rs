@@ -5,6 +5,7 @@
 //! (`command::config`), which the worker shares.
 
 pub mod amqp;
+pub mod forecasts;
 pub mod kafka;
 
 use crate::command::{ScaleCommand, ScaleResult};

@@ -32,6 +32,8 @@ pub struct Metrics {
     target_observed_replicas: IntGaugeVec,
     target_stale: IntGaugeVec,
     target_paused: IntGaugeVec,
+    forecasts_published: IntCounterVec,
+    forecasts_dropped: IntCounterVec,
     controls: IntCounterVec,
     target_stale_changes: IntCounterVec,
     policy_evaluations: IntCounterVec,
@@ -216,6 +218,18 @@ impl Metrics {
                 "tidewatch_target_paused",
                 "1 for each run-time control in force on a target (mode: paused, paused_scale_in, paused_scale_out, pinned, dry_run_on, dry_run_off).",
                 &["target", "mode"],
+            ),
+            forecasts_published: counter(
+                &r,
+                "tidewatch_forecasts_published_total",
+                "Own forecasts published ([forecasts]), per target.",
+                &["target"],
+            ),
+            forecasts_dropped: counter(
+                &r,
+                "tidewatch_forecasts_dropped_total",
+                "Own forecasts not published (queue full or broker error), per target.",
+                &["target"],
             ),
             controls: counter(
                 &r,
@@ -699,6 +713,17 @@ impl Metrics {
             until = %c.until_ms.map(crate::clock::rfc3339).unwrap_or_else(|| "-".into()),
             "control applied"
         );
+    }
+
+    /// An own forecast of `target` went out.
+    pub fn forecast_published(&self, target: &str) {
+        self.forecasts_published.with_label_values(&[target]).inc();
+    }
+
+    /// An own forecast of `target` was dropped.
+    pub fn forecast_dropped(&self, target: &str, why: &str) {
+        self.forecasts_dropped.with_label_values(&[target]).inc();
+        tracing::debug!(target_name = %target, "forecast not published: {why}");
     }
 
     /// A control of `target` reached its `until` and was lifted.
