@@ -258,8 +258,7 @@ impl HoltWinters {
             let err = y - predicted;
             self.n += 1;
             self.mse += (err * err - self.mse) / self.n as f64;
-            if self.season > 0 {
-                let slot = self.pos * self.slot_mse.len() / self.season;
+            if let Some(slot) = (self.pos * self.slot_mse.len()).checked_div(self.season) {
                 let (mse, n) = &mut self.slot_mse[slot];
                 *n += 1;
                 *mse += (err * err - *mse) / *n as f64;
