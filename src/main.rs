@@ -516,8 +516,40 @@ fn loadgen(file: &std::path::Path, o: tidewatch::app::loadgen::LoadgenOptions) -
 fn ctl(config: Option<PathBuf>, action: CtlAction) -> ExitCode {
     use tidewatch::app::ctl;
     use tidewatch::event::ControlAction as A;
+    // `status --url` needs no configuration file
+    if let (
+        None,
+        CtlAction::Status {
+            target,
+            url: Some(url),
+            json,
+        },
+    ) = (&config, &action)
+    {
+        let rt = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(ctl::status(url, target.as_deref())) {
+            Ok(v) if *json => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(v) => {
+                print!("{}", ctl::table(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ctl: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     let Some(file) = config else {
-        eprintln!("ctl: give the scaler's configuration with --config");
+        eprintln!("ctl: give the scaler's configuration with --config (or status --url)");
         return ExitCode::from(EX_USAGE);
     };
     let (action, target, replicas, meta) = match action {

@@ -938,6 +938,22 @@ async fn ctl_and_pika_steer_a_scaler_and_a_pause_survives_a_restart() {
     }
     let (_, table, _) = ctl(&["status"]);
     assert!(table.contains("pause by alice until"), "{table}");
+    // status by address alone, no configuration file (as the demo prints it)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "ctl",
+            "status",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pause by alice"));
     mq::publish(&ch, &n.signals, "queue_depth.web", depth(900).as_bytes())
         .await
         .unwrap();

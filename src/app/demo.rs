@@ -380,17 +380,30 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         downs: 0,
     }));
     let scaler_metrics = Arc::new(Metrics::new());
+    // Free ports, said out loud: where to look while the demo runs.
+    let scaler_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    let worker_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    let (scaler_at, worker_at) = (
+        scaler_listener.local_addr().map_err(io)?,
+        worker_listener.local_addr().map_err(io)?,
+    );
+    writeln!(
+        out,
+        "scaler: http://{scaler_at}/metrics, status http://{scaler_at}/v1/targets \
+         (or: tidewatch ctl status --url http://{scaler_at}); worker: http://{worker_at}/metrics"
+    )
+    .map_err(io)?;
     let (stop_scaler, scaler_stopped) = tokio::sync::oneshot::channel::<()>();
     let scaler = tokio::spawn(crate::scaler::run(
         cfg,
         crate::scaler::RunOptions {
             clock: clock.clone(),
             metrics: scaler_metrics.clone(),
-            listener: Some(
-                tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(io)?,
-            ),
+            listener: Some(scaler_listener),
             config_path: None,
         },
         async {
@@ -426,11 +439,7 @@ async fn run_loop(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary
         crate::worker::WorkerOptions {
             clock: clock.clone(),
             metrics: Arc::new(Metrics::new()),
-            listener: Some(
-                tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(io)?,
-            ),
+            listener: Some(worker_listener),
             providers: [("checkout".to_string(), provider)].into(),
         },
         async {
@@ -662,6 +671,13 @@ mod tests {
         let s = run(&opts, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("summary:"), "{text}");
+        // it says where its endpoints are
+        let status = text
+            .lines()
+            .find_map(|l| l.split("status http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .expect("the status address is printed");
+        assert!(status.parse::<std::net::SocketAddr>().is_ok(), "{status}");
         assert_eq!(s.events_rejected, 0);
         assert!(s.scale_ups > 0 && s.scale_downs > 0, "{s:?}");
         assert!(
