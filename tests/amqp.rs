@@ -835,6 +835,15 @@ async fn stale_signals_on_rabbitmq_fall_back_and_recover() {
         counter(&metrics, "tidewatch_target_stale", &[("target", "web")]),
         0.0
     );
+    // the engine's ticks are timed
+    let text = metrics.render();
+    let ticks: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tidewatch_engine_tick_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(ticks >= 5.0, "ticks timed: {ticks}");
     stop.send(()).unwrap();
     task.await.unwrap();
     n.delete(&ch).await;

@@ -336,6 +336,14 @@ impl Engine {
         }
         if !matches!(s, Signal::Forecast(_)) && !replay {
             t.pending_since.get_or_insert(received_ms);
+            let ts = match s {
+                Signal::QueueDepth(d) => Some(d.ts_ms),
+                Signal::Latency(l) => Some(l.ts_ms),
+                _ => None,
+            };
+            if let Some(ts) = ts {
+                t.pending_ts = Some(t.pending_ts.map_or(ts, |p| p.min(ts)));
+            }
         }
         t.dirty = true;
         Ok(())
@@ -747,6 +755,7 @@ impl Engine {
         }
         metrics.decided(name, &decision);
         let pending = t.pending_since.take();
+        let pending_ts = t.pending_ts.take();
         t.dirty = true;
         let command = if decision.held.is_none() {
             let generation = now_ms.max(t.last_generation + 1);
@@ -765,6 +774,9 @@ impl Engine {
             t.unanswered = Some((c.clone(), now_ms));
             let reaction = pending.map(|since| (now_ms - since).max(0) as f64 / 1000.0);
             metrics.command_issued(&c, decision.direction.code(), reaction);
+            if let Some(ts) = pending_ts {
+                metrics.signal_to_command(name, (now_ms - ts).max(0) as f64 / 1000.0);
+            }
             Some(c)
         } else {
             None
@@ -920,6 +932,7 @@ fn build_target(
         published_generation: 0,
         last_event_eval_ms: None,
         pending_since: None,
+        pending_ts: None,
         last_decision: None,
         unanswered: None,
         partition: None,
@@ -1052,8 +1065,11 @@ pub async fn drive(
             biased;
             _ = &mut shutdown => break,
             _ = ticker.tick() => {
-                engine.metrics().engine_ticked(std::time::Instant::now());
-                engine.tick(clock.now_ms())
+                let started = std::time::Instant::now();
+                engine.metrics().engine_ticked(started);
+                let out = engine.tick(clock.now_ms());
+                engine.metrics().engine_tick_took(started.elapsed().as_secs_f64());
+                out
             }
             msg = input.recv() => match msg {
                 None => break,

@@ -130,6 +130,8 @@ pub(super) struct TargetRuntime {
     pub(super) last_event_eval_ms: Option<Millis>,
     /// Receive time of the earliest event not evaluated yet.
     pub(super) pending_since: Option<Millis>,
+    /// The earliest own time (`ts`) of the signals not evaluated yet.
+    pub(super) pending_ts: Option<Millis>,
     pub(super) last_decision: Option<Decision>,
     /// The latest command and when it was (re-)issued, until a worker
     /// answers it (any result of its generation or a later one).

@@ -1313,6 +1313,28 @@ fn hpa_lua_leaves_the_rate_to_a_configured_behavior() {
     assert_eq!(out, vec![("guarded".into(), 20), ("plain".into(), 6)]);
 }
 
+/// `tidewatch_signal_to_command_seconds` runs from the signal's own time,
+/// not from when the engine received it: a signal taken 3 s before it
+/// arrived answers in 3 s, though the engine took no time at all.
+#[test]
+fn the_reaction_from_the_signals_own_time_is_measured() {
+    let mut s = setup(DEPTH_POLICY, "", "min_eval_interval = \"0s\"");
+    s.engine.ingest("t", &depth("web", 500.0, T0 - 3_000), T0);
+    assert_eq!(s.engine.on_events(T0).len(), 1);
+    let text = s.metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("target=\"web\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert_eq!(value("tidewatch_signal_to_command_seconds_count"), 1.0);
+    assert!((value("tidewatch_signal_to_command_seconds_sum") - 3.0).abs() < 1e-9);
+    // the engine's own part: received and decided at once
+    assert_eq!(value("tidewatch_event_to_command_seconds_sum"), 0.0);
+}
+
 #[test]
 fn a_snapshot_of_an_unknown_target_changes_nothing() {
     let mut s = setup(DEPTH_POLICY, "", "");

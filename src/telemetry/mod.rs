@@ -51,6 +51,8 @@ pub struct Metrics {
     commands_issued: IntCounterVec,
     commands_published: IntCounterVec,
     event_to_command_seconds: HistogramVec,
+    signal_to_command_seconds: HistogramVec,
+    engine_tick_seconds: prometheus::Histogram,
     dead_letters: IntCounterVec,
     dead_letters_lost: IntCounterVec,
     command_publish_failures: IntCounterVec,
@@ -136,6 +138,14 @@ fn gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 fn int_gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.add(g)
+}
+
+/// Seconds from a signal's own time to a command: milliseconds when all
+/// is well, seconds to minutes when a backlog builds.
+fn signal_reaction_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ]
 }
 
 fn histogram(r: &Reg, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -336,6 +346,24 @@ impl Metrics {
                 &["target"],
                 reaction,
             ),
+            signal_to_command_seconds: histogram(
+                &r,
+                "tidewatch_signal_to_command_seconds",
+                "From the time the triggering signal says it was taken (its ts, or the broker's timestamp) to the command: the reaction a user sees, including time spent in the broker and waiting for the engine.",
+                &["target"],
+                signal_reaction_buckets(),
+            ),
+            engine_tick_seconds: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tidewatch_engine_tick_seconds",
+                        "How long one engine tick took (every target's periodic evaluation, gauges, snapshots).",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid metric definition");
+                r.add(h)
+            },
             dead_letters: counter(
                 &r,
                 "tidewatch_dead_letters_total",
@@ -582,6 +610,18 @@ impl Metrics {
 
     /// The engine issued command `c` (`direction` up or down);
     /// `reaction_seconds`: from the first signal it answers to the command.
+    /// One engine tick took `seconds`.
+    pub fn engine_tick_took(&self, seconds: f64) {
+        self.engine_tick_seconds.observe(seconds);
+    }
+
+    /// A command of `target` answers a signal taken `seconds` ago.
+    pub fn signal_to_command(&self, target: &str, seconds: f64) {
+        self.signal_to_command_seconds
+            .with_label_values(&[target])
+            .observe(seconds);
+    }
+
     pub fn command_issued(&self, c: &ScaleCommand, direction: &str, reaction_seconds: Option<f64>) {
         let target = c.target.as_str();
         self.commands_unacknowledged
