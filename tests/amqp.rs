@@ -1017,3 +1017,66 @@ async fn ctl_and_pika_steer_a_scaler_and_a_pause_survives_a_restart() {
     );
     n.delete(&ch).await;
 }
+
+/// One binding per target, thousands of them: all declared (pipelined on
+/// the channel), as the management API lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_bindings_are_all_declared() {
+    let Some(url) = mq::broker() else { return };
+    let Ok(management) = std::env::var("TIDEWATCH_TEST_AMQP_MANAGEMENT") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the management API is needed under CI"
+        );
+        return;
+    };
+    let n = Names::new();
+    let keys: Vec<String> = (0..3000).map(|i| format!("\"queue_depth.t{i}\"")).collect();
+    let toml = n.toml(&url).replace(
+        "prefetch = 500",
+        &format!("prefetch = 500, binding_keys = [{}]", keys.join(", ")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{toml}{ENGINE}{}", targets(&["web"])),
+        POLICY,
+    );
+    let started = std::time::Instant::now();
+    let (stop, task) = common::start_run(cfg, Arc::new(Metrics::new()));
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &n.queue).await;
+    let u = reqwest::Url::parse(&management).unwrap();
+    let api = format!(
+        "http://{}:{}/api/bindings/%2F/e/{}/q/{}",
+        u.host_str().unwrap(),
+        u.port().unwrap_or(15672),
+        n.signals,
+        n.queue
+    );
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let count = loop {
+        let body = client
+            .get(&api)
+            .basic_auth(u.username(), u.password())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default();
+        let r: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let count = r.as_array().map_or(0, |a| a.len());
+        if count >= 3000 || std::time::Instant::now() > deadline {
+            break count;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("3000 bindings in place after {:?}", started.elapsed());
+    assert_eq!(count, 3000);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    n.delete(&mq::confirm_channel(&conn).await).await;
+}
