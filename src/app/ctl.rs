@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::app::sink::Sink;
 use crate::clock::{rfc3339, Millis};
 use crate::config::Config;
 use crate::event::ControlAction;
 use crate::lifecycle::StartError;
+use crate::source::sink::Sink;
 
 /// One control to publish.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ pub async fn publish(
     now_ms: Millis,
 ) -> Result<(Value, bool), StartError> {
     let m = message(cfg, order, now_ms)?;
-    let sink = Sink::open(cfg, "ctl").await?;
+    let sink = Sink::open(&cfg.source, "ctl", None).await?;
     let routed = sink
         .send("control", &order.target, m.to_string().as_bytes())
         .await?;

@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
-use crate::app::sink::Sink;
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::lifecycle::StartError;
+use crate::source::sink::Sink;
 
 #[derive(Debug, Clone)]
 pub struct LoadgenOptions {
@@ -98,7 +98,7 @@ pub async fn run(
             "the configuration has no [[targets]] to publish for",
         ));
     }
-    let sink = Sink::open(cfg, "loadgen").await?;
+    let sink = Sink::open(&cfg.source, "loadgen", None).await?;
     let start = clock.now_ms();
     let mut sent = 0;
     let mut tick = tokio::time::interval(o.every);

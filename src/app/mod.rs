@@ -4,12 +4,11 @@
 //! wave published where a scaler reads it) and `signals` (sample
 //! messages decoded offline with a configured input's format) and `ctl`
 //! (control messages and the status endpoint of a running scaler). A
-//! program uses the components (`sink`, `wave`); no program imports
-//! another program.
+//! program uses the components (and `wave`); no program imports another
+//! program.
 
 pub mod ctl;
 pub mod demo;
 pub mod loadgen;
 pub mod signals;
-pub mod sink;
 pub mod wave;

@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 
 use crate::clock::{rfc3339, Millis};
 use crate::event::Metric;
-use crate::policy::SignalView;
 
 use super::Engine;
 
@@ -46,20 +45,20 @@ impl Engine {
         };
         let guard = t.guard.export();
         let (ages, forecasts) = {
-            let mut d = t.data.lock().unwrap_or_else(|p| p.into_inner());
-            let saved = d.now_ms;
-            d.now_ms = now_ms;
+            let d = t.data.lock().unwrap_or_else(|p| p.into_inner());
             let mut ages = serde_json::Map::new();
             let mut forecasts = serde_json::Map::new();
             for m in Metric::ALL {
-                if let Some(a) = d.age_ms(m) {
-                    ages.insert(m.name().into(), json!(a.max(0) as f64 / 1000.0));
+                if let Some(seen) = d.windows.metric(m).last_seen() {
+                    ages.insert(
+                        m.name().into(),
+                        json!((now_ms - seen).max(0) as f64 / 1000.0),
+                    );
                 }
-                if let Some(f) = d.forecast(m, 0) {
-                    forecasts.insert(m.name().into(), json!(f.source));
+                if let Some(source) = d.forecast_source(m, now_ms) {
+                    forecasts.insert(m.name().into(), json!(source));
                 }
             }
-            d.now_ms = saved;
             (ages, forecasts)
         };
         json!({

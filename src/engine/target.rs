@@ -63,6 +63,21 @@ impl TargetData {
     }
 }
 
+impl TargetData {
+    /// Where `metric`'s forecast at `now_ms` would come from (an external
+    /// forecaster's name, or the built-in model's), without asking the
+    /// built-in forecaster to model it (a status read changes nothing).
+    pub fn forecast_source(&self, metric: Metric, now_ms: Millis) -> Option<String> {
+        self.forecasts
+            .lookup(metric, now_ms, 0, self.freshness_ms)
+            .or_else(|| {
+                self.builtin
+                    .peek(metric, self.windows.metric(metric).history(), now_ms, 0)
+            })
+            .map(|f| f.source)
+    }
+}
+
 impl SignalView for TargetData {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         self.windows.stats(metric, self.now_ms, span_ms)

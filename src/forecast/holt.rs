@@ -123,73 +123,22 @@ impl HoltWinters {
     /// least two seasons of data: Holt-Winters; otherwise damped Holt.
     /// None for fewer than 3 points or a non-finite value.
     pub fn fit(series: &[f64], season: usize) -> Option<Self> {
-        if series.len() < 3 || series.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
-        let season = if season >= 2 && series.len() >= 2 * season {
-            season
-        } else {
-            0
-        };
-        let gammas: &[f64] = if season > 0 { &GAMMAS } else { &[0.0] };
-        let init = Self::initial(series, season);
-        // A typical model first, only for its sum of squared errors: a
-        // tight bound from the start lets the search below skip most
-        // candidates early (it still chooses in grid order, as before).
-        let guess = {
-            let mut m = Self::start(
-                &init,
-                season,
-                0.2,
-                0.01,
-                gammas[gammas.len().min(2) - 1],
-                0.98,
-            );
-            for &y in series {
-                m.update(y);
-            }
-            m.mse * m.n as f64
-        };
-        let mut best: Option<(f64, Self)> = None;
-        for &alpha in &ALPHAS {
-            for &beta in &BETAS {
-                for &gamma in gammas {
-                    for &phi in &PHIS {
-                        let mut m = Self::start(&init, season, alpha, beta, gamma, phi);
-                        // The sum of squared errors only grows: once it is
-                        // past the best model's whole sum (or the guess's),
-                        // this one cannot win (the margin covers the
-                        // running mean's rounding), so the rest of the
-                        // series is skipped. The chosen model is the full
-                        // search's.
-                        let bound = best
-                            .as_ref()
-                            .map_or(f64::INFINITY, |(_, b)| b.mse * b.n as f64)
-                            .min(guess)
-                            * (1.0 + 1e-6);
-                        let mut beaten = false;
-                        for chunk in series.chunks(256) {
-                            for &y in chunk {
-                                m.update(y);
-                            }
-                            if m.mse * m.n as f64 > bound {
-                                beaten = true;
-                                break;
-                            }
-                        }
-                        if !beaten && best.as_ref().is_none_or(|(e, _)| m.mse < *e) {
-                            best = Some((m.mse, m));
-                        }
-                    }
-                }
-            }
-        }
-        best.map(|(_, m)| m)
+        Self::search(series, season, true)
     }
 
     /// The search without skipping: what [`fit`](Self::fit) must equal.
     #[cfg(test)]
     pub(crate) fn fit_exhaustive(series: &[f64], season: usize) -> Option<Self> {
+        Self::search(series, season, false)
+    }
+
+    /// The grid search over the smoothing parameters, the lowest mean
+    /// squared one-step error winning (the first in grid order on a tie).
+    /// With `prune`, a candidate stops once its sum of squared errors
+    /// passes the best model's whole sum, or that of a typical grid point
+    /// computed first (the sum only grows, so it cannot win; the margin
+    /// covers the running mean's rounding): the same model, far sooner.
+    fn search(series: &[f64], season: usize, prune: bool) -> Option<Self> {
         if series.len() < 3 || series.iter().any(|v| !v.is_finite()) {
             return None;
         }
@@ -200,23 +149,50 @@ impl HoltWinters {
         };
         let gammas: &[f64] = if season > 0 { &GAMMAS } else { &[0.0] };
         let init = Self::initial(series, season);
-        let mut best: Option<(f64, Self)> = None;
+        let run = |alpha, beta, gamma, phi, bound: f64| {
+            let mut m = Self::start(&init, season, alpha, beta, gamma, phi);
+            for chunk in series.chunks(256) {
+                for &y in chunk {
+                    m.update(y);
+                }
+                if m.mse * m.n as f64 > bound {
+                    return None;
+                }
+            }
+            Some(m)
+        };
+        let guess = match prune {
+            true => run(
+                0.2,
+                0.01,
+                gammas[gammas.len().min(2) - 1],
+                0.98,
+                f64::INFINITY,
+            )
+            .map_or(f64::INFINITY, |m| m.mse * m.n as f64),
+            false => f64::INFINITY,
+        };
+        let mut best: Option<Self> = None;
         for &alpha in &ALPHAS {
             for &beta in &BETAS {
                 for &gamma in gammas {
                     for &phi in &PHIS {
-                        let mut m = Self::start(&init, season, alpha, beta, gamma, phi);
-                        for &y in series {
-                            m.update(y);
-                        }
-                        if best.as_ref().is_none_or(|(e, _)| m.mse < *e) {
-                            best = Some((m.mse, m));
+                        let bound = best
+                            .as_ref()
+                            .map_or(f64::INFINITY, |b| b.mse * b.n as f64)
+                            .min(guess)
+                            * (1.0 + 1e-6);
+                        let bound = if prune { bound } else { f64::INFINITY };
+                        if let Some(m) = run(alpha, beta, gamma, phi, bound) {
+                            if best.as_ref().is_none_or(|b| m.mse < b.mse) {
+                                best = Some(m);
+                            }
                         }
                     }
                 }
             }
         }
-        best.map(|(_, m)| m)
+        best
     }
 
     fn seasonal(&self, ahead: usize) -> f64 {

@@ -126,6 +126,18 @@ pub fn change_in_period(period: Duration, events: &[ScaleEvent], now: Millis) ->
         .sum()
 }
 
+/// The replicas when `p`'s period began: `current`, minus what was added
+/// and plus what was removed within it.
+fn period_start(
+    current: i64,
+    p: &ScalingPolicy,
+    up: &[ScaleEvent],
+    down: &[ScaleEvent],
+    now: Millis,
+) -> i64 {
+    current - change_in_period(p.period, up, now) + change_in_period(p.period, down, now)
+}
+
 /// The most replicas the scale-up rules allow now, from the replicas at
 /// each policy's period start (current, minus what was added, plus what
 /// was removed within the period).
@@ -143,8 +155,7 @@ pub fn scale_up_limit(
         Select::Max => (i64::MIN, i64::max),
     };
     for p in &rules.policies {
-        let start =
-            current - change_in_period(p.period, up, now) + change_in_period(p.period, down, now);
+        let start = period_start(current, p, up, down, now);
         let proposed = match p.kind {
             PolicyKind::Pods => start + i64::from(p.value),
             // rounded up, or a small target could never grow
@@ -172,8 +183,7 @@ pub fn scale_down_limit(
         Select::Max => (i64::MAX, i64::min),
     };
     for p in &rules.policies {
-        let start =
-            current - change_in_period(p.period, up, now) + change_in_period(p.period, down, now);
+        let start = period_start(current, p, up, down, now);
         let proposed = match p.kind {
             PolicyKind::Pods => start - i64::from(p.value),
             // truncated toward zero, as Go's int32(float64)

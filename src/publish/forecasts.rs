@@ -4,17 +4,17 @@
 //! publish to tidewatch) with a point every `step` up to `horizon`, source
 //! `tidewatch`. It goes to its own topic or exchange on the source's
 //! broker, never the signal one (tidewatch would read its own forecasts
-//! back as external ones). Best effort: a full queue or a broker error
-//! drops a round (counted), never a decision.
+//! back as external ones). Best effort: rounds that find the publishing
+//! queue full (the broker down or slow) are dropped and counted; a
+//! decision never waits for them.
 
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::broker::kafka::LoggingContext;
 use crate::settings::{de_duration, problem, Problem};
+use crate::source::sink::{Destination, Sink};
 use crate::source::SourceConfig;
 use crate::telemetry::Metrics;
 
@@ -122,102 +122,42 @@ impl ForecastsConfig {
 /// One forecast message of one target.
 pub type Outgoing = (String, Vec<u8>);
 
-enum Out {
-    Kafka {
-        producer: FutureProducer<LoggingContext>,
-        topic: String,
-    },
-    Amqp {
-        channel: lapin::Channel,
-        exchange: String,
-        _conn: Box<lapin::Connection>,
-    },
-}
-
-/// Publishes what the engine hands it until the channel closes.
+/// Publishes what the engine hands it until the channel closes; a
+/// connection lost is opened again with the next message.
 pub async fn run(
     cfg: ForecastsConfig,
     source: SourceConfig,
     mut rx: mpsc::Receiver<Outgoing>,
     metrics: std::sync::Arc<Metrics>,
 ) {
-    let mut out: Option<Out> = None;
+    let to = match source.kind {
+        crate::broker::BrokerKind::Amqp => Destination {
+            name: &cfg.exchange,
+            key: "forecasts.exchange",
+        },
+        _ => Destination {
+            name: &cfg.topic,
+            key: "forecasts.topic",
+        },
+    };
+    let mut out: Option<Sink> = None;
     while let Some((target, payload)) = rx.recv().await {
         if out.is_none() {
-            out = open(&cfg, &source).await;
-        }
-        let sent = match &out {
-            Some(Out::Kafka { producer, topic }) => {
-                let record = rdkafka::producer::FutureRecord::to(topic)
-                    .key(target.as_bytes())
-                    .payload(&payload);
-                producer
-                    .send(record, Duration::from_secs(10))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e.to_string())
-            }
-            Some(Out::Amqp {
-                channel, exchange, ..
-            }) => crate::broker::amqp::publish_confirmed(
-                channel,
-                exchange,
-                &format!("forecast.{target}"),
-                &payload,
-                crate::broker::amqp::persistent_json(),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-            None => Err("not connected".into()),
-        };
-        match sent {
-            Ok(()) => metrics.forecast_published(&target),
-            Err(e) => {
-                metrics.forecast_dropped(&target, &e);
-                if matches!(out, Some(Out::Amqp { .. })) {
-                    out = None; // reconnect with the next one
+            match Sink::open(&source, "forecasts", Some(to)).await {
+                Ok(s) => out = Some(s),
+                Err(e) => {
+                    metrics.forecast_dropped(&target, &e.to_string());
+                    continue;
                 }
             }
         }
-    }
-}
-
-async fn open(cfg: &ForecastsConfig, source: &SourceConfig) -> Option<Out> {
-    match source.kind {
-        crate::broker::BrokerKind::Kafka => {
-            let k = source.kafka.as_ref()?;
-            let settings = k.client_settings();
-            let producer = settings
-                .client_config()
-                .ok()?
-                .create_with_context(LoggingContext {
-                    key: "forecasts.topic".into(),
-                    brokers: settings.brokers.clone(),
-                })
-                .ok()?;
-            Some(Out::Kafka {
-                producer,
-                topic: cfg.topic.clone(),
-            })
+        let Some(sink) = &out else { continue };
+        match sink.send("forecast", &target, &payload).await {
+            Ok(_) => metrics.forecast_published(&target),
+            Err(e) => {
+                metrics.forecast_dropped(&target, &e.to_string());
+                out = None;
+            }
         }
-        crate::broker::BrokerKind::Amqp => {
-            let a = source.amqp.as_ref()?;
-            let conn = a.settings().connect("forecasts").await.ok()?;
-            let channel = crate::broker::amqp::confirm_channel(&conn, |e| {
-                crate::broker::amqp::ConnectError::Unreachable(e.to_string())
-            })
-            .await
-            .ok()?;
-            crate::broker::amqp::exchange(&channel, &cfg.exchange, "forecasts.exchange", true)
-                .await
-                .ok()?;
-            Some(Out::Amqp {
-                channel,
-                exchange: cfg.exchange.clone(),
-                _conn: Box::new(conn),
-            })
-        }
-        crate::broker::BrokerKind::None => None,
     }
 }

@@ -233,8 +233,7 @@ pub fn header() -> String {
 
 impl CorpusReport {
     pub fn to_json(&self) -> String {
-        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        super::report::pretty_json(self)
     }
 
     pub fn medians_table(&self) -> String {

@@ -254,8 +254,7 @@ pub fn sweep(
 
 impl SweepReport {
     pub fn to_json(&self) -> String {
-        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        super::report::pretty_json(self)
     }
 
     /// Each policy's points, then the comparisons with the baseline.

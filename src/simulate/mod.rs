@@ -485,6 +485,21 @@ pub struct Output {
     pub progress: bool,
 }
 
+impl Output {
+    /// Writes a report's JSON to `--report`, when it was given.
+    fn write_report(&self, json: &str) -> Result<(), Failure> {
+        let Some(p) = &self.report else {
+            return Ok(());
+        };
+        std::fs::write(p, format!("{json}\n")).map_err(|source| {
+            Failure::Other(SimulateError::Write {
+                path: p.clone(),
+                source,
+            })
+        })
+    }
+}
+
 /// Why a simulation cannot run or its output cannot be written; names the
 /// bad option, file or step.
 #[derive(Debug, thiserror::Error)]
@@ -575,14 +590,7 @@ pub fn main_sweep(
     )
     .map_err(io)?;
     write!(w, "{}", r.table()).map_err(io)?;
-    if let Some(p) = &out.report {
-        std::fs::write(p, r.to_json() + "\n").map_err(|source| {
-            Failure::Other(SimulateError::Write {
-                path: p.clone(),
-                source,
-            })
-        })?;
-    }
+    out.write_report(&r.to_json())?;
     if let Some(p) = &out.plot {
         if let Some(note) = plot::write_frontier(p, &r).map_err(Failure::Other)? {
             eprintln!("{note}");
@@ -630,14 +638,7 @@ pub fn main_corpus(
         return Err(io(e));
     }
     write!(w, "\n{}", report.medians_table()).map_err(io)?;
-    if let Some(p) = &out.report {
-        std::fs::write(p, report.to_json() + "\n").map_err(|source| {
-            Failure::Other(SimulateError::Write {
-                path: p.clone(),
-                source,
-            })
-        })?;
-    }
+    out.write_report(&report.to_json())?;
     Ok(())
 }
 
@@ -677,14 +678,7 @@ pub fn main(opts: &Options, out: &Output, w: &mut impl std::io::Write) -> Result
     )
     .map_err(io)?;
     write!(w, "{}", report.table()).map_err(io)?;
-    if let Some(p) = &out.report {
-        std::fs::write(p, report.to_json() + "\n").map_err(|source| {
-            Failure::Other(SimulateError::Write {
-                path: p.clone(),
-                source,
-            })
-        })?;
-    }
+    out.write_report(&report.to_json())?;
     if let Some(p) = &out.plot {
         let names: Vec<String> = opts
             .policies

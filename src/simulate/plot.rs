@@ -41,6 +41,46 @@ fn font() -> bool {
     })
 }
 
+/// Draws with `$draw` (a function of the drawing area and whether there
+/// is text) into a PNG or an SVG by `$path`'s extension; returns the note
+/// when the text had to be left out.
+macro_rules! render {
+    ($path:expr, $size:expr, $draw:expr) => {{
+        let path: &Path = $path;
+        let text = font();
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let err = |detail: String| SimulateError::Plot {
+            path: path.to_owned(),
+            detail,
+        };
+        match ext.as_str() {
+            "png" => {
+                let root = BitMapBackend::new(path, $size).into_drawing_area();
+                $draw(&root, text).map_err(|e: DrawError| err(e.0))?;
+                root.present().map_err(|e| err(e.to_string()))?;
+            }
+            "svg" => {
+                let root = SVGBackend::new(path, $size).into_drawing_area();
+                $draw(&root, text).map_err(|e: DrawError| err(e.0))?;
+                root.present().map_err(|e| err(e.to_string()))?;
+            }
+            other => {
+                return Err(SimulateError::PlotExtension {
+                    path: path.to_owned(),
+                    ext: other.to_owned(),
+                })
+            }
+        }
+        Ok((!text).then(|| {
+            "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text"
+                .into()
+        }))
+    }};
+}
+
 /// Writes the plot; returns a note when it had to leave out the text.
 pub fn write(
     path: &Path,
@@ -51,37 +91,9 @@ pub fn write(
     if series.ts.is_empty() {
         return Err(SimulateError::NothingToPlot);
     }
-    let text = font();
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let size = (1400, 700);
-    let err = |detail: String| SimulateError::Plot {
-        path: path.to_owned(),
-        detail,
-    };
-    match ext.as_str() {
-        "png" => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, series, names, capacity, text).map_err(|e| err(e.0))?;
-            root.present().map_err(|e| err(e.to_string()))?;
-        }
-        "svg" => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(&root, series, names, capacity, text).map_err(|e| err(e.0))?;
-            root.present().map_err(|e| err(e.to_string()))?;
-        }
-        other => {
-            return Err(SimulateError::PlotExtension {
-                path: path.to_owned(),
-                ext: other.to_owned(),
-            })
-        }
-    }
-    Ok((!text).then(|| {
-        "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text".into()
-    }))
+    render!(path, (1400, 700), |root, text| draw(
+        root, series, names, capacity, text
+    ))
 }
 
 /// A drawing backend's error, as its text (the backends' error types differ).
@@ -202,37 +214,7 @@ pub fn write_frontier(
     path: &Path,
     r: &super::frontier::SweepReport,
 ) -> Result<Option<String>, SimulateError> {
-    let text = font();
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let size = (1000, 700);
-    let err = |detail: String| SimulateError::Plot {
-        path: path.to_owned(),
-        detail,
-    };
-    match ext.as_str() {
-        "png" => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw_frontier(&root, r, text).map_err(|e| err(e.0))?;
-            root.present().map_err(|e| err(e.to_string()))?;
-        }
-        "svg" => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            draw_frontier(&root, r, text).map_err(|e| err(e.0))?;
-            root.present().map_err(|e| err(e.to_string()))?;
-        }
-        other => {
-            return Err(SimulateError::PlotExtension {
-                path: path.to_owned(),
-                ext: other.to_owned(),
-            })
-        }
-    }
-    Ok((!text).then(|| {
-        "no TrueType font found (set TIDEWATCH_FONT to a .ttf file): the plot has no text".into()
-    }))
+    render!(path, (1000, 700), |root, text| draw_frontier(root, r, text))
 }
 
 fn draw_frontier<DB: DrawingBackend>(

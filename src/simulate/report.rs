@@ -22,6 +22,13 @@ pub struct PolicyReport {
     pub policy_errors: u64,
 }
 
+/// Any report as indented JSON; NaN (a cost ratio with no load at all)
+/// is not JSON: null instead (through `Value`).
+pub fn pretty_json(report: &impl Serialize) -> String {
+    let v = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub trace: String,
@@ -37,9 +44,7 @@ pub struct Report {
 
 impl Report {
     pub fn to_json(&self) -> String {
-        // NaN (a cost ratio with no load at all) is not JSON: null instead.
-        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        pretty_json(self)
     }
 
     /// A fixed-width table, one row per policy.

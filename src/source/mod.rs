@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod inputs;
 pub mod kafka;
 pub mod probe;
+pub mod sink;
 
 use serde::Deserialize;
 

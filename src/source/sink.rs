@@ -1,13 +1,25 @@
-//! Publishing where a scaler reads its signals, from its configuration:
-//! the first topic of `[source.kafka]` (key = target, acks=all, retried),
-//! or the exchange of `[source.amqp]` (routing key `<type>.<target>`,
-//! persistent, publisher confirms). `loadgen` and `ctl` use it.
+//! Publishing on the source's broker, from its configuration: where a
+//! scaler reads its signals (the first topic of `[source.kafka]`, or the
+//! exchange of `[source.amqp]`), or another topic or exchange there. Kafka:
+//! key = target, acks=all, retried; RabbitMQ: routing key
+//! `<type>.<target>`, persistent, publisher confirms. `loadgen` and `ctl`
+//! publish signals and controls with it, the scaler its own forecasts.
 
 use rdkafka::producer::FutureProducer;
 
 use crate::broker::kafka::LoggingContext;
-use crate::config::{BrokerKind, Config};
+use crate::broker::BrokerKind;
 use crate::lifecycle::StartError;
+
+use super::SourceConfig;
+
+/// Another destination than the signals' on the source's broker: its
+/// name (a topic or an exchange, declared) and the key that sets it.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub name: &'a str,
+    pub key: &'a str,
+}
 
 pub enum Sink {
     Kafka {
@@ -22,15 +34,18 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// A publisher to where `cfg`'s scaler reads signals.
-    pub async fn open(cfg: &Config, who: &str) -> Result<Self, StartError> {
-        match cfg.source.kind {
+    /// A publisher to where `source`'s scaler reads signals, or to `to`.
+    pub async fn open(
+        source: &SourceConfig,
+        who: &str,
+        to: Option<Destination<'_>>,
+    ) -> Result<Self, StartError> {
+        match source.kind {
             BrokerKind::None => Err(StartError::usage(
                 "source.kind = \"none\": this configuration reads no signals, so there is nowhere to publish them",
             )),
             BrokerKind::Kafka => {
-                let k = cfg
-                    .source
+                let k = source
                     .kafka
                     .as_ref()
                     .ok_or_else(|| StartError::usage("source.kafka: missing for kind = \"kafka\""))?;
@@ -43,16 +58,18 @@ impl Sink {
                         brokers: settings.brokers.clone(),
                     })
                     .map_err(|e| StartError::fault(format!("{}: {e}", settings.key)))?;
-                let topic = k
-                    .topics
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| StartError::usage("source.kafka.topics: empty"))?;
+                let topic = match to {
+                    Some(d) => d.name.to_owned(),
+                    None => k
+                        .topics
+                        .first()
+                        .cloned()
+                        .ok_or_else(|| StartError::usage("source.kafka.topics: empty"))?,
+                };
                 Ok(Sink::Kafka { producer, topic })
             }
             BrokerKind::Amqp => {
-                let a = cfg
-                    .source
+                let a = source
                     .amqp
                     .as_ref()
                     .ok_or_else(|| StartError::usage("source.amqp: missing for kind = \"amqp\""))?;
@@ -61,11 +78,14 @@ impl Sink {
                     crate::broker::amqp::ConnectError::Unreachable(e.to_string())
                 })
                 .await?;
-                crate::broker::amqp::exchange(&channel, &a.exchange, "source.amqp.exchange", a.declare)
-                    .await?;
+                let (exchange, key, declare) = match to {
+                    Some(d) => (d.name, d.key, true),
+                    None => (a.exchange.as_str(), "source.amqp.exchange", a.declare),
+                };
+                crate::broker::amqp::exchange(&channel, exchange, key, declare).await?;
                 Ok(Sink::Amqp {
                     channel,
-                    exchange: a.exchange.clone(),
+                    exchange: exchange.to_owned(),
                     _conn: Box::new(conn),
                 })
             }
