@@ -128,6 +128,9 @@ struct SimulateArgs {
     /// The first seed of the generated traces.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// With --generate: also write each generated trace to DIR/NAME.csv.
+    #[arg(long, value_name = "DIR", requires = "generate")]
+    write_generated: Option<PathBuf>,
     /// Days of each generated trace.
     #[arg(long, default_value_t = 28)]
     days: u32,
@@ -179,6 +182,10 @@ struct SimulateArgs {
     /// Write a plot here (.png or .svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write every scored step here as CSV: ts, load, need, and each
+    /// policy's ready replicas (not with --sweep).
+    #[arg(long, conflicts_with = "sweep")]
+    series: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -210,6 +217,7 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
     let out = tidewatch::simulate::Output {
         report: a.report.clone(),
         plot: a.plot.clone(),
+        series: a.series.clone(),
         progress: !a.quiet,
     };
     let result = match &a.sweep {
@@ -234,6 +242,7 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
                     generated: a.generate,
                     first_seed: a.seed,
                     days: a.days,
+                    write_generated: a.write_generated.clone(),
                 };
                 tidewatch::simulate::main_corpus(&o, &out, &c, key, &values, &baseline, stdout)
             } else {

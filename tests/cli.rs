@@ -341,10 +341,14 @@ fn simulate_sweeps_a_parameter_into_frontiers() {
 #[test]
 fn simulate_scores_a_generated_corpus() {
     let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join("generated");
+    std::fs::create_dir(&written).unwrap();
     let run = |name: &str| {
         let report = dir.path().join(name);
         let (code, out, err) = tidewatch(&[
             "simulate",
+            "--write-generated",
+            written.to_str().unwrap(),
             "--policy",
             "policies/hpa.lua",
             "--policy",
@@ -389,6 +393,44 @@ fn simulate_scores_a_generated_corpus() {
     assert_eq!(r["medians"].as_array().unwrap().len(), 4);
     let (_, again) = run("b.json");
     assert_eq!(json, again, "deterministic per seed");
+    // a written trace runs on its own; --series has every scored step
+    let series = dir.path().join("series.csv");
+    let (code, out, err) = tidewatch(&[
+        "simulate",
+        "--trace",
+        written.join("generated-seasonal-5.csv").to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--capacity",
+        "20",
+        "--step",
+        "60s",
+        "--warmup",
+        "7d",
+        "--series",
+        series.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let csv = std::fs::read_to_string(&series).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("ts,load,need,hpa"));
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(
+        out.contains(&format!("{} scored steps", rows.len())),
+        "{out}"
+    );
+    // about two days scored at a minute; need = ceil(load / capacity)
+    assert!(
+        (2 * 1440 - 60..=2 * 1440).contains(&rows.len()),
+        "{}",
+        rows.len()
+    );
+    for r in &rows {
+        assert_eq!(r[2], (r[1] / 20.0 - 1e-9).ceil().max(0.0), "{r:?}");
+    }
     // the corpus needs a sweep
     let (code, _, err) = tidewatch(&[
         "simulate",

@@ -23,6 +23,9 @@ pub struct Corpus {
     pub generated: u32,
     pub first_seed: u64,
     pub days: u32,
+    /// Also write each generated trace here as `NAME.csv` (`ts,value`), so
+    /// that it can be run on its own with `simulate --trace`.
+    pub write_generated: Option<PathBuf>,
 }
 
 /// One trace's comparison.
@@ -133,11 +136,14 @@ pub fn run_corpus(
     }
     for seed in c.first_seed..c.first_seed + u64::from(c.generated) {
         for kind in [Kind::Seasonal, Kind::Bursty] {
-            traces.push((
-                format!("generated-{}-{seed}", kind.name()),
-                generate(kind, seed, c.days, 60),
-                true,
-            ));
+            let name = format!("generated-{}-{seed}", kind.name());
+            let t = generate(kind, seed, c.days, 60);
+            if let Some(dir) = &c.write_generated {
+                let path = dir.join(format!("{name}.csv"));
+                t.save(&path)
+                    .map_err(|source| SimulateError::TraceFile { path, source })?;
+            }
+            traces.push((name, t, true));
         }
     }
     let mut results = Vec::new();

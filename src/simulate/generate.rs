@@ -2,8 +2,11 @@
 //! on: a seed and a kind give the same trace on every machine.
 //!
 //! - **Seasonal**: a daily shape of a morning and an evening peak whose
-//!   heights, widths and hours are drawn per trace and whose timing
-//!   jitters by about 20 minutes from day to day, a weekend dip, a
+//!   heights, widths and hours are drawn per trace, on top of a working
+//!   day that opens sharply (the load steps up within 1 to 10 minutes,
+//!   as at 9:00 when a shop opens or a batch starts, like crane-input15's
+//!   19:01 jump) and closes gently; all its timing jitters by about 20
+//!   minutes from day to day; a weekend dip, a
 //!   trend, multiplicative noise, one or two holidays (a weekday that
 //!   looks like a Sunday), a level shift at a random day, a few bursts at
 //!   random hours, and gaps (missing rows).
@@ -76,6 +79,14 @@ pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
     // per-trace daily shape
     let (m_hour, m_height, m_width) = (r.range(8.0, 11.0), r.range(0.8, 2.5), r.range(0.6, 2.0));
     let (e_hour, e_height, e_width) = (r.range(17.0, 21.0), r.range(0.5, 2.0), r.range(0.8, 2.5));
+    // the working day: opens at `o_hour` within `o_ramp` hours, `o_height`
+    // above the rest, closes at `c_hour` over about an hour
+    let (o_hour, o_ramp, o_height) = (
+        r.range(7.0, 10.0),
+        r.range(1.0, 10.0) / 60.0,
+        r.range(0.5, 2.0),
+    );
+    let c_hour = r.range(16.0, 20.0);
     let weekend = r.range(0.35, 0.9);
     let trend = r.range(-0.25, 0.35);
     let cycle = match kind {
@@ -135,8 +146,12 @@ pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
         let hour = (t % DAY_S) as f64 / 3600.0 - jitter[day as usize];
         let weekday = day % 7; // day 0 is a Monday
         let off = weekday >= 5 || holidays.contains(&day);
-        let shape =
-            0.35 + m_height * bump(hour, m_hour, m_width) + e_height * bump(hour, e_hour, e_width);
+        let open =
+            ((hour - o_hour) / o_ramp).clamp(0.0, 1.0) * (1.0 - ((hour - c_hour).clamp(0.0, 1.0)));
+        let shape = 0.35
+            + m_height * bump(hour, m_hour, m_width)
+            + e_height * bump(hour, e_hour, e_width)
+            + o_height * open;
         let mut v = base * (1.0 + cycle * (shape - 1.0).max(-0.65));
         if off {
             v *= 1.0 - cycle * (1.0 - weekend);

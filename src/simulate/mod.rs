@@ -193,6 +193,36 @@ pub struct Series {
     pub ready: Vec<Vec<u32>>,
 }
 
+impl Series {
+    /// `ts,load,need,READY...` with a column per policy (its file name),
+    /// `ts` in unix seconds.
+    pub fn to_csv(&self, policies: &[PathBuf]) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from("ts,load,need");
+        for p in policies {
+            let name = p
+                .file_stem()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let _ = write!(out, ",{name}");
+        }
+        out.push('\n');
+        for i in 0..self.ts.len() {
+            let _ = write!(
+                out,
+                "{},{},{}",
+                self.ts[i] / 1000,
+                self.load[i],
+                self.need[i]
+            );
+            for r in &self.ready {
+                let _ = write!(out, ",{}", r.get(i).copied().unwrap_or(0));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
 /// Replicas needed to serve `load` at `capacity` each: `ceil(load /
 /// capacity)` (a hair of tolerance, so 2.0000000001 is 2).
 pub fn need(load: f64, capacity: f64) -> u32 {
@@ -481,6 +511,8 @@ fn mase(
 pub struct Output {
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// Every scored step as CSV: time, load, need, each policy's ready.
+    pub series: Option<PathBuf>,
     /// A progress bar on stderr (hidden when stderr is not a terminal).
     pub progress: bool,
 }
@@ -679,6 +711,15 @@ pub fn main(opts: &Options, out: &Output, w: &mut impl std::io::Write) -> Result
     .map_err(io)?;
     write!(w, "{}", report.table()).map_err(io)?;
     out.write_report(&report.to_json())?;
+    if let Some(p) = &out.series {
+        let csv = series.to_csv(&opts.policies);
+        std::fs::write(p, csv).map_err(|source| {
+            Failure::Other(SimulateError::Write {
+                path: p.clone(),
+                source,
+            })
+        })?;
+    }
     if let Some(p) = &out.plot {
         let names: Vec<String> = opts
             .policies
