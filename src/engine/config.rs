@@ -586,7 +586,7 @@ fn default_stabilization() -> Duration {
 }
 
 fn default_history_span() -> Duration {
-    Duration::from_secs(8 * 86_400)
+    Duration::from_secs(14 * 86_400)
 }
 
 fn default_history_step() -> Duration {

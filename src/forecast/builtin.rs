@@ -70,6 +70,16 @@ fn fit_span(season: usize, step_ms: i64) -> usize {
     (7 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
 }
 
+/// How often a model is refitted: `refit`, and for a season longer than
+/// a week's seventh (a weekly one) at most once per seventh of its
+/// season. A weekly model's parameters move little in a day, its state
+/// follows every point anyway, and its fit (two weeks of points) costs
+/// twice a daily one's.
+fn refit_period(model: Option<&HoltWinters>, step_ms: i64, settings: &Settings) -> i64 {
+    let season_ms = model.map_or(0, |m| m.season as i64 * step_ms);
+    settings.refit_ms.max(season_ms / 7)
+}
+
 #[derive(Debug)]
 struct Fitted {
     model: Option<HoltWinters>,
@@ -126,7 +136,7 @@ impl Builtin {
             && match slot.fitted_at {
                 None => true,
                 Some(at) => {
-                    now_ms - at >= settings.refit_ms
+                    now_ms - at >= refit_period(slot.model.as_ref(), history.step_ms(), settings)
                         // early on, refit as the history doubles
                         || (slot.model.as_ref().is_none_or(|m| m.season == 0)
                             && len >= 2 * slot.fitted_len)
@@ -292,6 +302,31 @@ fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A weekly model is refitted at most daily; a daily one every `refit`.
+    #[test]
+    fn a_weekly_model_is_refitted_at_most_once_a_day() {
+        let settings = Settings {
+            season: Season::Auto,
+            refit_ms: 6 * 3_600_000,
+            mode: RefitMode::Inline,
+        };
+        let wave = |season: usize| -> Vec<f64> {
+            (0..3 * season)
+                .map(|i| 100.0 + 50.0 * (i as f64 / season as f64 * std::f64::consts::TAU).sin())
+                .collect()
+        };
+        // at a 10-minute step a week is 1,008 steps and a day 144
+        let step_ms = 600_000;
+        let weekly = HoltWinters::fit(&wave(1008), 1008).unwrap();
+        let daily = HoltWinters::fit(&wave(144), 144).unwrap();
+        assert_eq!(refit_period(Some(&weekly), step_ms, &settings), 86_400_000);
+        assert_eq!(
+            refit_period(Some(&daily), step_ms, &settings),
+            6 * 3_600_000
+        );
+        assert_eq!(refit_period(None, step_ms, &settings), 6 * 3_600_000);
+    }
 
     fn settings(mode: RefitMode) -> Settings {
         Settings {
