@@ -389,11 +389,35 @@ impl Engine {
 
     /// The periodic evaluation of every target; also reloads changed policies.
     pub fn tick(&mut self, now_ms: Millis) -> Vec<ScaleCommand> {
-        if now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64 {
+        self.tick_part(now_ms, 0, 1)
+    }
+
+    /// How many slices `drive` spreads one tick over: about
+    /// [`TARGETS_PER_SLICE`] targets each, at most one slice per 5 ms of
+    /// the tick. A signal then waits behind one slice, not behind every
+    /// target's policy.
+    pub fn tick_parts(&self, tick: Duration) -> usize {
+        let by_size = self.targets.len().div_ceil(TARGETS_PER_SLICE).max(1);
+        let by_time = (tick.as_millis() / 5).max(1) as usize;
+        by_size.min(by_time)
+    }
+
+    /// One slice of a tick spread over `parts`: the owned targets whose
+    /// index modulo `parts` is `part`, so each is evaluated once per tick
+    /// at its own phase. The once-per-tick work (the reload check, gauges,
+    /// snapshots, own forecasts) goes with part 0.
+    pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
+        let parts = parts.max(1);
+        if part == 0
+            && now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64
+        {
             self.last_reload_check = now_ms;
             self.reload_changed();
         }
-        let owned: Vec<usize> = (0..self.targets.len()).filter(|&i| self.owned(i)).collect();
+        let owned: Vec<usize> = (part..self.targets.len())
+            .step_by(parts)
+            .filter(|&i| self.owned(i))
+            .collect();
         let mut out: Vec<ScaleCommand> = owned
             .iter()
             .filter_map(|&i| self.evaluate(i, now_ms))
@@ -403,9 +427,11 @@ impl Engine {
                 out.extend(self.reissue(i, now_ms));
             }
         }
-        self.export_gauges(now_ms);
-        self.snapshot_some(now_ms);
-        self.send_forecasts(now_ms);
+        if part == 0 {
+            self.export_gauges(now_ms);
+            self.snapshot_some(now_ms);
+            self.send_forecasts(now_ms);
+        }
         out
     }
 
@@ -1040,6 +1066,9 @@ fn staleness(t: &TargetRuntime, d: &TargetData, now_ms: Millis) -> Option<String
     })
 }
 
+/// Targets per slice of a spread tick (see [`Engine::tick_parts`]).
+pub const TARGETS_PER_SLICE: usize = 256;
+
 /// Runs the engine: a tick, evaluation right after events (rate-limited per
 /// target), commands into `commands`. Returns when `shutdown` resolves or
 /// every input sender is gone.
@@ -1052,8 +1081,17 @@ pub async fn drive(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Engine {
     tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // the tick is spread over `parts` slices, one every tick / parts
+    let slice_ticker = |parts: usize, first: tokio::time::Instant| {
+        let every = (tick / parts.max(1) as u32).max(Duration::from_millis(1));
+        let mut t = tokio::time::interval_at(first, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    };
+    let mut parts = engine.tick_parts(tick);
+    let mut part = 0usize;
+    let mut round = Duration::ZERO;
+    let mut ticker = slice_ticker(parts, tokio::time::Instant::now());
     loop {
         let wake = engine.next_event_eval().map(|at| {
             // `at` is Millis::MIN for "now" (a target that became live with
@@ -1066,9 +1104,24 @@ pub async fn drive(
             _ = &mut shutdown => break,
             _ = ticker.tick() => {
                 let started = std::time::Instant::now();
-                engine.metrics().engine_ticked(started);
-                let out = engine.tick(clock.now_ms());
-                engine.metrics().engine_tick_took(started.elapsed().as_secs_f64());
+                if part == 0 {
+                    engine.metrics().engine_ticked(started);
+                }
+                let out = engine.tick_part(clock.now_ms(), part, parts);
+                round += started.elapsed();
+                part += 1;
+                if part >= parts {
+                    // a whole tick: its slices' work, summed
+                    engine.metrics().engine_tick_took(round.as_secs_f64());
+                    round = Duration::ZERO;
+                    part = 0;
+                    let want = engine.tick_parts(tick);
+                    if want != parts {
+                        parts = want;
+                        let every = (tick / parts as u32).max(Duration::from_millis(1));
+                        ticker = slice_ticker(parts, tokio::time::Instant::now() + every);
+                    }
+                }
                 out
             }
             msg = input.recv() => match msg {

@@ -1397,3 +1397,93 @@ fn periodic_snapshots_keep_to_the_interval() {
     // at 0 s, 10 s and 20 s for each of the two targets
     assert_eq!(written, 6.0);
 }
+
+/// An engine of `n` targets `t0..t{n-1}` on DEPTH_POLICY, each with a
+/// queue depth of 420 already applied (no evaluation on the event yet).
+fn many_targets(n: usize) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.lua", DEPTH_POLICY);
+    let mut toml = String::from("[engine]\nevaluate_on_event = false\n");
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\npolicy = \"p.lua\"\nmax_replicas = 50\nparams = {{ per = 100 }}\n"
+        ));
+    }
+    write(dir.path(), "c.toml", &toml);
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let mut engine = Engine::new(&cfg.engine, &cfg.targets, Arc::new(Metrics::new()), T0).unwrap();
+    for i in 0..n {
+        assert_eq!(
+            engine
+                .ingest("t", &depth(&format!("t{i}"), 420.0, T0), T0)
+                .applied,
+            1
+        );
+    }
+    (dir, engine)
+}
+
+/// Issue 21: a tick is spread over slices of about 256 targets, each
+/// target evaluated once per tick at its own phase.
+#[test]
+fn a_spread_tick_evaluates_each_target_once_at_its_own_phase() {
+    let s = setup(DEPTH_POLICY, "", "");
+    assert_eq!(
+        s.engine.tick_parts(Duration::from_secs(1)),
+        1,
+        "two targets: one slice"
+    );
+    let (_dir, mut engine) = many_targets(600);
+    assert_eq!(engine.tick_parts(Duration::from_secs(1)), 3);
+    assert_eq!(
+        engine.tick_parts(Duration::from_millis(10)),
+        2,
+        "at most one slice per 5 ms"
+    );
+    let mut seen = std::collections::BTreeMap::new();
+    for part in 0..3 {
+        for c in engine.tick_part(T0 + 100 * part as i64, part, 3) {
+            let i: usize = c.target[1..].parse().unwrap();
+            assert_eq!(i % 3, part, "{} in slice {part}", c.target);
+            assert_eq!(c.desired_replicas, 5);
+            assert!(seen.insert(i, part).is_none(), "{} twice", c.target);
+        }
+    }
+    assert_eq!(seen.len(), 600, "every target once");
+}
+
+/// `drive` spreads the tick: 600 targets in three slices a third of a
+/// tick apart, all within the first tick.
+#[tokio::test(start_paused = true)]
+async fn drive_spreads_the_tick_over_slices() {
+    let (_dir, engine) = many_targets(600);
+    let clock = Arc::new(crate::clock::TokioClock::starting_at(T0));
+    let (_in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut out_rx) = mpsc::channel(1024);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(drive(
+        engine,
+        in_rx,
+        out_tx,
+        clock.clone(),
+        Duration::from_secs(1),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut at = std::collections::BTreeMap::<i64, usize>::new();
+    for _ in 0..600 {
+        let _c = out_rx.recv().await.unwrap();
+        *at.entry(clock.now_ms() - T0).or_default() += 1;
+    }
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+    let times: Vec<(i64, usize)> = at.into_iter().collect();
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert!(times.iter().all(|&(_, n)| n == 200), "{times:?}");
+    assert!(times[2].0 < 1000, "all within the first tick: {times:?}");
+    assert!(
+        (300..=340).contains(&(times[1].0 - times[0].0)),
+        "{times:?}"
+    );
+}
