@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::amqp::{self as mq, Names};
-use common::bench::{self, TARGETS};
+use common::bench;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -244,10 +244,13 @@ async fn drain_with_run(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let tw_s = t.elapsed().as_secs_f64();
-    println!("drain: tidewatch start-up (connect, declare, {TARGETS} policies) {startup_s:.2} s, not counted");
+    println!(
+        "drain: tidewatch start-up (connect, declare, {} policies) {startup_s:.2} s, not counted",
+        bench::targets()
+    );
     // Per target, so that only this run's targets count.
     let total = |name: &str| -> u64 {
-        (0..TARGETS)
+        (0..bench::targets())
             .map(|i| sum(&metrics, name, &[("target", &format!("t{i}"))]) as u64)
             .sum()
     };
@@ -276,8 +279,9 @@ async fn drain(url: &str, total: u64) {
     }
     let t = Instant::now();
     let mut pending = Vec::new();
+    let n_targets = bench::targets() as u64;
     for i in 0..total {
-        let target = format!("t{}", i % TARGETS as u64);
+        let target = format!("t{}", i % n_targets);
         let confirm = ch
             .basic_publish(
                 &n.signals,

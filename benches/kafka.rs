@@ -11,7 +11,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::bench::{self, TARGETS};
+use common::bench;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -242,8 +242,9 @@ async fn drain(brokers: &str, n: u64) {
         .unwrap();
     let t = Instant::now();
     let mut pending = Vec::new();
+    let n_targets = bench::targets() as u64;
     for i in 0..n {
-        let target = format!("t{}", i % TARGETS as u64);
+        let target = format!("t{}", i % n_targets);
         let body = bench::signal(&target, 100 + i % 1000);
         loop {
             match p.send_result(FutureRecord::to(&signals).key(&target).payload(&body)) {

@@ -1,16 +1,24 @@
 //! The reaction-time measurement both broker benchmarks share: a steady
-//! load over 100 targets, a probe signal every 20 ms that asks for more
+//! load over 100 targets (BENCH_TARGETS=n for another number), a probe signal every 20 ms that asks for more
 //! replicas than the one before, and each probe's time until the first
 //! command that reflects it.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub const TARGETS: usize = 100;
+/// The load's targets: `t0`..`t{n-1}`, 100 unless BENCH_TARGETS says.
+#[allow(dead_code)] // not every benchmark reads it
+pub fn targets() -> usize {
+    std::env::var("BENCH_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(100)
+}
 
-/// The `[[targets]]` of the benchmarks: t0..t99 and `probe`.
+/// The `[[targets]]` of the benchmarks: t0..t{n-1} and `probe`.
 pub fn targets_toml() -> String {
-    (0..TARGETS)
+    (0..targets())
         .map(|i| format!("t{i}"))
         .chain(["probe".to_string()])
         .map(|t| {
@@ -30,7 +38,7 @@ pub struct Driven {
 }
 
 /// Sends `rate` signals a second for `seconds` (`send(target, depth)`,
-/// targets `t0`..`t99` at depth 500), and every 20 ms a signal for target
+/// targets `t0`..`t{n-1}` at depth 500), and every 20 ms a signal for target
 /// `probe` at depth 300, 400, 500, ...
 pub async fn drive<F, Fut>(rate: u64, seconds: u64, mut send: F) -> Driven
 where
@@ -40,12 +48,13 @@ where
     let start = Instant::now();
     let mut sent = 0u64;
     let mut probes = Vec::new();
+    let n = targets() as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
-            send(format!("t{}", sent % TARGETS as u64), 500).await;
+            send(format!("t{}", sent % n), 500).await;
             sent += 1;
         }
         if start.elapsed() >= Duration::from_millis(20 * (probes.len() as u64 + 1)) {
