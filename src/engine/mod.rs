@@ -69,6 +69,8 @@ pub struct Engine {
     limits: Limits,
     metrics: Arc<Metrics>,
     last_reload_check: Millis,
+    /// This tick's slices check their policy files.
+    reload_round: bool,
     /// None: every target is ours (one scaler, or no Kafka source).
     ownership: Option<SharedOwnership>,
     /// Where snapshots go, how often each changed target is written, and
@@ -111,6 +113,7 @@ impl Engine {
             cfg: engine.clone(),
             metrics,
             last_reload_check: now_ms,
+            reload_round: false,
             ownership: None,
             state: None,
             snapshot_cursor: 0,
@@ -408,11 +411,16 @@ impl Engine {
     /// snapshots, own forecasts) goes with part 0.
     pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
         let parts = parts.max(1);
-        if part == 0
-            && now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64
-        {
-            self.last_reload_check = now_ms;
-            self.reload_changed();
+        if part == 0 {
+            self.reload_round =
+                now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64;
+            if self.reload_round {
+                self.last_reload_check = now_ms;
+            }
+        }
+        if self.reload_round {
+            // each slice looks at its own targets' files
+            self.reload_changed_in(part, parts);
         }
         let owned: Vec<usize> = (part..self.targets.len())
             .step_by(parts)
@@ -427,8 +435,8 @@ impl Engine {
                 out.extend(self.reissue(i, now_ms));
             }
         }
+        self.export_gauges_in(now_ms, part, parts);
         if part == 0 {
-            self.export_gauges(now_ms);
             self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }
@@ -541,8 +549,9 @@ impl Engine {
         Some(c)
     }
 
-    fn export_gauges(&self, now_ms: Millis) {
-        for t in &self.targets {
+    /// The window gauges of one slice's targets.
+    fn export_gauges_in(&self, now_ms: Millis, part: usize, parts: usize) {
+        for t in self.targets.iter().skip(part).step_by(parts.max(1)) {
             let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
             let shortest = t
                 .cfg
@@ -567,7 +576,12 @@ impl Engine {
     /// Reloads policy files that changed on disk. A file that fails to load,
     /// or whose declared examples fail, leaves the running version in place.
     pub fn reload_changed(&mut self) {
-        for t in &mut self.targets {
+        self.reload_changed_in(0, 1);
+    }
+
+    /// [`Engine::reload_changed`] for one slice's targets.
+    fn reload_changed_in(&mut self, part: usize, parts: usize) {
+        for t in self.targets.iter_mut().skip(part).step_by(parts.max(1)) {
             if !t.stamp.changed() {
                 continue;
             }
