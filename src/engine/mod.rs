@@ -69,6 +69,10 @@ pub struct Engine {
     limits: Limits,
     metrics: Arc<Metrics>,
     last_reload_check: Millis,
+    /// Targets that may have events waiting (a superset, cleaned as it is
+    /// read), so an event-driven evaluation looks at those, not at every
+    /// target.
+    waiting: Vec<usize>,
     /// This tick's slices check their policy files.
     reload_round: bool,
     /// None: every target is ours (one scaler, or no Kafka source).
@@ -113,6 +117,7 @@ impl Engine {
             cfg: engine.clone(),
             metrics,
             last_reload_check: now_ms,
+            waiting: Vec::new(),
             reload_round: false,
             ownership: None,
             state: None,
@@ -316,6 +321,10 @@ impl Engine {
                     .controls_in_force(&t.cfg.name, &control::actions(&t.control));
                 if !replay {
                     t.pending_since.get_or_insert(received_ms);
+                    if !t.queued {
+                        t.queued = true;
+                        self.waiting.push(idx);
+                    }
                 }
                 t.dirty = true;
             }
@@ -339,6 +348,10 @@ impl Engine {
         }
         if !matches!(s, Signal::Forecast(_)) && !replay {
             t.pending_since.get_or_insert(received_ms);
+            if !t.queued {
+                t.queued = true;
+                self.waiting.push(idx);
+            }
             let ts = match s {
                 Signal::QueueDepth(d) => Some(d.ts_ms),
                 Signal::Latency(l) => Some(l.ts_ms),
@@ -359,13 +372,22 @@ impl Engine {
             return Vec::new();
         }
         let gap = self.cfg.min_eval_interval.as_millis() as i64;
-        let due: Vec<usize> = (0..self.targets.len())
-            .filter(|&i| {
-                let t = &self.targets[i];
-                t.pending_since.is_some() && t.last_event_eval_ms.is_none_or(|l| now_ms - l >= gap)
-            })
-            .filter(|&i| self.owned(i))
-            .collect();
+        let mut due = Vec::new();
+        let mut still = Vec::new();
+        for i in std::mem::take(&mut self.waiting) {
+            let t = &self.targets[i];
+            if t.pending_since.is_none() {
+                self.targets[i].queued = false;
+            } else if t.last_event_eval_ms.is_none_or(|l| now_ms - l >= gap) && self.owned(i) {
+                self.targets[i].queued = false;
+                due.push(i);
+            } else {
+                still.push(i);
+            }
+        }
+        self.waiting = still;
+        // in target order, as before
+        due.sort_unstable();
         let mut out = Vec::new();
         for i in due {
             self.targets[i].last_event_eval_ms = Some(now_ms);
@@ -380,7 +402,9 @@ impl Engine {
             return None;
         }
         let gap = self.cfg.min_eval_interval.as_millis() as i64;
-        (0..self.targets.len())
+        self.waiting
+            .iter()
+            .copied()
             .filter(|&i| self.targets[i].pending_since.is_some() && self.owned(i))
             .map(|i| {
                 self.targets[i]
@@ -972,6 +996,7 @@ fn build_target(
         published_generation: 0,
         last_event_eval_ms: None,
         pending_since: None,
+        queued: false,
         pending_ts: None,
         last_decision: None,
         unanswered: None,

@@ -144,6 +144,14 @@ impl Engine {
             }
         }
         self.targets = next;
+        // indices moved: the waiting list is rebuilt from the targets
+        self.waiting.clear();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            t.queued = t.pending_since.is_some();
+            if t.queued {
+                self.waiting.push(i);
+            }
+        }
         self.by_name = self
             .targets
             .iter()

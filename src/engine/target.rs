@@ -145,6 +145,8 @@ pub(super) struct TargetRuntime {
     pub(super) last_event_eval_ms: Option<Millis>,
     /// Receive time of the earliest event not evaluated yet.
     pub(super) pending_since: Option<Millis>,
+    /// In the engine's list of targets with events waiting.
+    pub(super) queued: bool,
     /// The earliest own time (`ts`) of the signals not evaluated yet.
     pub(super) pending_ts: Option<Millis>,
     pub(super) last_decision: Option<Decision>,

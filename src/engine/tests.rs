@@ -1487,3 +1487,27 @@ async fn drive_spreads_the_tick_over_slices() {
         "{times:?}"
     );
 }
+
+/// Event-driven evaluation looks only at the targets that got events
+/// (issue 21: it scanned every target on each batch), in target order,
+/// and a target evaluated within `min_eval_interval` waits its turn.
+#[test]
+fn events_evaluate_only_the_targets_that_got_them() {
+    let s = setup(DEPTH_POLICY, "", "min_eval_interval = \"100ms\"");
+    let mut e = s.engine;
+    assert_eq!(e.next_event_eval(), None);
+    e.ingest("t", &depth("other", 300.0, T0), T0);
+    e.ingest("t", &depth("web", 300.0, T0), T0);
+    let names: Vec<String> = e.on_events(T0).into_iter().map(|c| c.target).collect();
+    assert_eq!(names, ["web", "other"], "in target order");
+    assert_eq!(e.next_event_eval(), None, "nothing waits");
+    assert!(e.on_events(T0 + 1).is_empty());
+    // web again 10 ms later: due at T0 + 100
+    e.ingest("t", &depth("web", 900.0, T0 + 10), T0 + 10);
+    assert!(e.on_events(T0 + 10).is_empty());
+    assert_eq!(e.next_event_eval(), Some(T0 + 100));
+    let c = e.on_events(T0 + 100);
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].target.as_str(), c[0].desired_replicas), ("web", 9));
+    assert_eq!(e.next_event_eval(), None);
+}
