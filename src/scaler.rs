@@ -71,6 +71,7 @@ pub async fn run(
     let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
         .await
         .map_err(StartError::usage)?;
+    metrics.set_per_target(cfg.metrics.per_target);
     metrics.scaler_started();
     let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
         .map_err(|e| StartError::Usage(e.to_string()))?;

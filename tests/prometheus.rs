@@ -213,8 +213,13 @@ provider = "log"
             "the loadgen's signals, counted by the scaler",
         ),
         (
-            "tidewatch_commands_published_total{job=\"tidewatch-scaler\",target=\"checkout\"} > 0",
+            // summed over the targets at the default metrics.per_target
+            "tidewatch_commands_published_total{job=\"tidewatch-scaler\",target=\"\"} > 0",
             "a scale command",
+        ),
+        (
+            "tidewatch_target_desired_replicas{job=\"tidewatch-scaler\",target=\"checkout\"} > 0",
+            "the target's desired replicas, kept per target",
         ),
         (
             "tidewatch_worker_results_total{job=\"tidewatch-worker\",target=\"checkout\",status=\"applied\"} > 0",

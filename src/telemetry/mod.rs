@@ -73,7 +73,38 @@ pub struct Metrics {
     _build_info: Gauge,
     names: Vec<String>,
     health: Health,
+    /// `metrics.per_target`, as [`PerTarget`] as u8.
+    per_target: std::sync::atomic::AtomicU8,
 }
+
+/// How much per-target detail the metrics carry (`metrics.per_target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerTarget {
+    /// Every series per target.
+    Full,
+    /// Per target: the gauges and counters dashboards and alerts read.
+    /// The latency histograms and the hold reasons are summed over the
+    /// targets, under `target=""` (in PromQL, no target label).
+    #[default]
+    Summary,
+    /// Nothing per target: counters and histograms summed under
+    /// `target=""`, the per-target gauges not exported.
+    None,
+}
+
+/// The gauge families that only mean something per target.
+const PER_TARGET_GAUGES: [&str; 9] = [
+    "tidewatch_target_observed_replicas",
+    "tidewatch_target_desired_replicas",
+    "tidewatch_commands_unacknowledged",
+    "tidewatch_target_stale",
+    "tidewatch_target_paused",
+    "tidewatch_policy_quarantined",
+    "tidewatch_target_queue_depth",
+    "tidewatch_target_latency_p95_seconds",
+    "tidewatch_process_backoff_seconds",
+];
 
 /// What `/healthz` answers: alive while the engine ticks (when the
 /// process has one) and no input ended on its own. A policy, a deadlock
@@ -472,6 +503,7 @@ impl Metrics {
             _build_info: build_info,
             names: r.names.into_inner(),
             health: Health::default(),
+            per_target: std::sync::atomic::AtomicU8::new(PerTarget::Full as u8),
             registry: r.registry,
         }
     }
@@ -484,11 +516,56 @@ impl Metrics {
         self.names.clone()
     }
 
+    /// Sets `metrics.per_target` (a fresh `Metrics` has every series,
+    /// `full`; `run` applies the configuration's, default `summary`).
+    pub fn set_per_target(&self, p: PerTarget) {
+        self.per_target
+            .store(p as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn per_target(&self) -> PerTarget {
+        match self.per_target.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => PerTarget::Full,
+            1 => PerTarget::Summary,
+            _ => PerTarget::None,
+        }
+    }
+
+    /// The target label of a series dashboards and alerts read: the
+    /// target, or "" (summed) with `none`.
+    fn key<'a>(&self, target: &'a str) -> &'a str {
+        if self.per_target() == PerTarget::None {
+            ""
+        } else {
+            target
+        }
+    }
+
+    /// The target label of a detail series (latency histograms, hold
+    /// reasons): the target only with `full`.
+    fn fine<'a>(&self, target: &'a str) -> &'a str {
+        if self.per_target() == PerTarget::Full {
+            target
+        } else {
+            ""
+        }
+    }
+
+    /// The target label of a per-target gauge; with `none` the family is
+    /// left out of the exposition.
+    fn gauge_key<'a>(&self, target: &'a str) -> &'a str {
+        self.key(target)
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
+        let mut families = self.registry.gather();
+        if self.per_target() == PerTarget::None {
+            families.retain(|f| !PER_TARGET_GAUGES.contains(&f.name()));
+        }
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&families, &mut buf)
             .expect("text encoding into a Vec does not fail");
         String::from_utf8(buf).unwrap_or_default()
     }
@@ -498,12 +575,19 @@ impl Metrics {
         &self.registry
     }
 
-    /// A scaler target at start: its assumed replicas, and every series
-    /// dashboards and alerts read at 0 (so they see 0, not "no data").
+    /// A scaler target at start: its assumed replicas and, with
+    /// `per_target = "full"`, every series dashboards and alerts read at 0
+    /// (so they see 0, not "no data"). With `summary` the per-target
+    /// gauges of trouble (stale, paused, unacknowledged, quarantined) and
+    /// the error counters appear when they first happen, so that a target
+    /// costs a few lines of a scrape, not dozens.
     pub fn target_configured(&self, target: &str, initial: u32) {
         self.target_observed_replicas
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(i64::from(initial));
+        if self.per_target() != PerTarget::Full {
+            return;
+        }
         self.commands_unacknowledged
             .with_label_values(&[target])
             .set(0);
@@ -551,7 +635,7 @@ impl Metrics {
     /// `incompatible`, `corrupt` or `failed` (with why).
     pub fn state_restored(&self, target: &str, outcome: &str, why: Option<&dyn std::fmt::Display>) {
         self.state_restores
-            .with_label_values(&[target, outcome])
+            .with_label_values(&[self.fine(target), outcome])
             .inc();
         match why {
             Some(e) => {
@@ -589,23 +673,28 @@ impl Metrics {
     /// A worker target at start: its results by status at 0.
     pub fn worker_target_configured(&self, target: &str, provider: &str) {
         for s in ResultStatus::ALL {
-            self.worker_results.with_label_values(&[target, s.as_str()]);
+            self.worker_results
+                .with_label_values(&[self.key(target), s.as_str()]);
         }
         for outcome in ["ok", "error", "timeout"] {
             self.provider_calls.with_label_values(&[provider, outcome]);
         }
         if provider == "process" {
-            self.process_restarts.with_label_values(&[target]);
-            self.process_backoff.with_label_values(&[target]).set(0.0);
+            self.process_restarts.with_label_values(&[self.key(target)]);
+            self.process_backoff
+                .with_label_values(&[self.gauge_key(target)])
+                .set(0.0);
         }
     }
 
     /// One policy call of `target` took `seconds`.
     pub fn policy_evaluated(&self, target: &str, seconds: f64) {
         self.policy_seconds
-            .with_label_values(&[target])
+            .with_label_values(&[self.fine(target)])
             .observe(seconds);
-        self.policy_evaluations.with_label_values(&[target]).inc();
+        self.policy_evaluations
+            .with_label_values(&[self.fine(target)])
+            .inc();
     }
 
     /// The engine issued command `c` (`direction` up or down);
@@ -618,21 +707,21 @@ impl Metrics {
     /// A command of `target` answers a signal taken `seconds` ago.
     pub fn signal_to_command(&self, target: &str, seconds: f64) {
         self.signal_to_command_seconds
-            .with_label_values(&[target])
+            .with_label_values(&[self.fine(target)])
             .observe(seconds);
     }
 
     pub fn command_issued(&self, c: &ScaleCommand, direction: &str, reaction_seconds: Option<f64>) {
         let target = c.target.as_str();
         self.commands_unacknowledged
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(0);
         self.commands_issued
-            .with_label_values(&[target, direction])
+            .with_label_values(&[self.fine(target), direction])
             .inc();
         if let Some(s) = reaction_seconds {
             self.event_to_command_seconds
-                .with_label_values(&[target])
+                .with_label_values(&[self.fine(target)])
                 .observe(s);
         }
     }
@@ -648,32 +737,38 @@ impl Metrics {
             "no worker answered the last command; re-issuing it"
         );
         self.commands_unacknowledged
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(1);
-        self.commands_reissued.with_label_values(&[target]).inc();
+        self.commands_reissued
+            .with_label_values(&[self.fine(target)])
+            .inc();
     }
 
     /// A worker answered the latest command of `target`.
     pub fn command_answered(&self, target: &str) {
         self.commands_unacknowledged
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(0);
     }
 
     /// A worker reported `replicas` for `target`'s latest command.
     pub fn target_observed(&self, target: &str, replicas: u32) {
         self.target_observed_replicas
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(i64::from(replicas));
     }
 
     /// The shortest window's depth and p95 latency (seconds) of `target`.
     pub fn target_windows(&self, target: &str, depth: Option<f64>, p95_seconds: Option<f64>) {
         if let Some(d) = depth {
-            self.target_queue_depth.with_label_values(&[target]).set(d);
+            self.target_queue_depth
+                .with_label_values(&[self.gauge_key(target)])
+                .set(d);
         }
         if let Some(l) = p95_seconds {
-            self.target_latency_p95.with_label_values(&[target]).set(l);
+            self.target_latency_p95
+                .with_label_values(&[self.gauge_key(target)])
+                .set(l);
         }
     }
 
@@ -685,7 +780,7 @@ impl Metrics {
             "down"
         };
         self.commands_published
-            .with_label_values(&[c.target.as_str(), dir])
+            .with_label_values(&[self.fine(c.target.as_str()), dir])
             .inc();
     }
 
@@ -698,7 +793,7 @@ impl Metrics {
         why: &dyn std::fmt::Display,
     ) {
         self.command_publish_failures
-            .with_label_values(&[c.target.as_str()])
+            .with_label_values(&[self.fine(c.target.as_str())])
             .inc();
         tracing::warn!(setting, target_name = %c.target, generation = c.generation,
             "command not published: {why}; retrying");
@@ -726,11 +821,11 @@ impl Metrics {
     /// recovered.
     pub fn target_stale(&self, target: &str, stale: bool, why: &str) {
         self.target_stale
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(i64::from(stale));
         let to = if stale { "stale" } else { "fresh" };
         self.target_stale_changes
-            .with_label_values(&[target, to])
+            .with_label_values(&[self.fine(target), to])
             .inc();
         if stale {
             tracing::warn!(target_name = %target, "signals are stale: {why}");
@@ -742,7 +837,7 @@ impl Metrics {
     /// A control message was applied (logged with who, why and until).
     pub fn control_applied(&self, c: &crate::event::Control) {
         self.controls
-            .with_label_values(&[&c.target, c.action.code()])
+            .with_label_values(&[self.fine(c.target.as_str()), c.action.code()])
             .inc();
         tracing::warn!(
             target_name = %c.target,
@@ -757,12 +852,16 @@ impl Metrics {
 
     /// An own forecast of `target` went out.
     pub fn forecast_published(&self, target: &str) {
-        self.forecasts_published.with_label_values(&[target]).inc();
+        self.forecasts_published
+            .with_label_values(&[self.fine(target)])
+            .inc();
     }
 
     /// An own forecast of `target` was dropped.
     pub fn forecast_dropped(&self, target: &str, why: &str) {
-        self.forecasts_dropped.with_label_values(&[target]).inc();
+        self.forecasts_dropped
+            .with_label_values(&[self.fine(target)])
+            .inc();
         tracing::debug!(target_name = %target, "forecast not published: {why}");
     }
 
@@ -786,7 +885,7 @@ impl Metrics {
             .collect();
         for mode in CONTROL_MODES {
             self.target_paused
-                .with_label_values(&[target, mode])
+                .with_label_values(&[self.gauge_key(target), mode])
                 .set(i64::from(on.contains(&mode)));
         }
     }
@@ -799,7 +898,9 @@ impl Metrics {
         queue: &str,
         error: &dyn std::fmt::Display,
     ) {
-        self.probe_errors.with_label_values(&[target, kind]).inc();
+        self.probe_errors
+            .with_label_values(&[self.fine(target), kind])
+            .inc();
         tracing::warn!(target_name = %target, queue = %queue, kind, "probe: {error}");
     }
 
@@ -860,10 +961,10 @@ impl Metrics {
     /// their statuses and run times); replacements wait `wait`.
     pub fn process_exited(&self, target: &str, how: &str, n: usize, wait: std::time::Duration) {
         self.process_restarts
-            .with_label_values(&[target])
+            .with_label_values(&[self.key(target)])
             .inc_by(n as u64);
         self.process_backoff
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(wait.as_secs_f64());
         tracing::warn!(target_name = %target, exited = %how, "process exited; replacing it in {wait:?}");
     }
@@ -871,7 +972,7 @@ impl Metrics {
     /// The back-off of a `process` target's replacements now.
     pub fn process_backoff(&self, target: &str, wait: std::time::Duration) {
         self.process_backoff
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(wait.as_secs_f64());
     }
 
@@ -978,7 +1079,7 @@ impl Metrics {
     /// A worker published result `r`.
     pub fn worker_result(&self, r: &ScaleResult) {
         self.worker_results
-            .with_label_values(&[r.target.as_str(), r.status.as_str()])
+            .with_label_values(&[self.key(r.target.as_str()), r.status.as_str()])
             .inc();
     }
 
@@ -1005,7 +1106,7 @@ impl Metrics {
 
     pub fn policy_failed(&self, target: &str, e: &PolicyError) {
         self.policy_errors
-            .with_label_values(&[target, e.kind.code()])
+            .with_label_values(&[self.key(target), e.kind.code()])
             .inc();
         tracing::warn!(target_name = target, kind = e.kind.code(), error = %e, "policy failed");
     }
@@ -1014,7 +1115,7 @@ impl Metrics {
     /// `overruns` times in a row) or released (its file changed).
     pub fn policy_quarantined(&self, target: &str, version: &str, overruns: Option<u32>) {
         self.policy_quarantined
-            .with_label_values(&[target])
+            .with_label_values(&[self.gauge_key(target)])
             .set(i64::from(overruns.is_some()));
         match overruns {
             Some(n) => tracing::error!(
@@ -1034,12 +1135,14 @@ impl Metrics {
     pub fn policy_reloaded(&self, target: &str, version: &str, result: Result<(), &PolicyError>) {
         match result {
             Ok(()) => {
-                self.policy_reloads.with_label_values(&[target, "ok"]).inc();
+                self.policy_reloads
+                    .with_label_values(&[self.key(target), "ok"])
+                    .inc();
                 tracing::info!(target_name = target, version, "policy reloaded");
             }
             Err(e) => {
                 self.policy_reloads
-                    .with_label_values(&[target, "failed"])
+                    .with_label_values(&[self.key(target), "failed"])
                     .inc();
                 tracing::warn!(target_name = target, error = %e, "policy reload failed; the previous version keeps running");
             }
@@ -1048,16 +1151,16 @@ impl Metrics {
 
     pub fn decided(&self, target: &str, d: &Decision) {
         self.decisions
-            .with_label_values(&[target, d.direction.code()])
+            .with_label_values(&[self.fine(target), d.direction.code()])
             .inc();
         if let Some(h) = d.held {
             self.decision_holds
-                .with_label_values(&[target, h.code()])
+                .with_label_values(&[self.fine(target), h.code()])
                 .inc();
             tracing::debug!(target_name = target, replicas = d.current, held = h.code(), reason = %d.reason, "decision held");
         } else {
             self.target_desired_replicas
-                .with_label_values(&[target])
+                .with_label_values(&[self.gauge_key(target)])
                 .set(i64::from(d.desired));
             tracing::info!(
                 target_name = target,
@@ -1077,12 +1180,16 @@ impl Metrics {
 pub struct MetricsConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How much per-target detail: `full`, `summary` (default), `none`.
+    #[serde(default)]
+    pub per_target: PerTarget,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            per_target: PerTarget::default(),
         }
     }
 }
@@ -1339,6 +1446,93 @@ mod tests {
     use axum::http::Request;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    /// `metrics.per_target` (issue 21): what a scrape carries per target
+    /// at each level, and how many bytes a target costs.
+    #[test]
+    fn per_target_detail_decides_what_a_scrape_carries() {
+        use crate::guard::{Decision, Direction};
+        let scrape = |p: PerTarget, n: usize| {
+            let m = Metrics::new();
+            m.set_per_target(p);
+            for i in 0..n {
+                let t = format!("target-{i:05}");
+                m.target_configured(&t, 2);
+                m.policy_evaluated(&t, 0.0001);
+                m.decided(
+                    &t,
+                    &Decision {
+                        current: 2,
+                        desired: 3,
+                        direction: Direction::Up,
+                        held: None,
+                        dry_run: false,
+                        reason: String::new(),
+                    },
+                );
+                let c = ScaleCommand {
+                    version: 1,
+                    id: String::new(),
+                    target: t.clone(),
+                    provider: "log".into(),
+                    desired_replicas: 3,
+                    current_replicas: 2,
+                    reason: String::new(),
+                    policy: String::new(),
+                    generation: 1,
+                    issued_at: String::new(),
+                    expires_at: String::new(),
+                    dry_run: false,
+                };
+                m.command_issued(&c, "up", Some(0.002));
+                m.signal_to_command(&t, 0.004);
+                m.command_published(&c);
+                m.target_windows(&t, Some(40.0), None);
+            }
+            m.render()
+        };
+        let full = scrape(PerTarget::Full, 1);
+        for want in [
+            "tidewatch_signal_to_command_seconds_bucket{target=\"target-00000\"",
+            "tidewatch_policy_evaluation_seconds_count{target=\"target-00000\"}",
+            "tidewatch_target_stale{target=\"target-00000\"} 0",
+            "tidewatch_target_desired_replicas{target=\"target-00000\"} 3",
+        ] {
+            assert!(full.contains(want), "full: no {want}");
+        }
+        let summary = scrape(PerTarget::Summary, 1);
+        for want in [
+            "tidewatch_target_desired_replicas{target=\"target-00000\"} 3",
+            "tidewatch_target_observed_replicas{target=\"target-00000\"} 2",
+            "tidewatch_target_queue_depth{target=\"target-00000\"} 40",
+            "tidewatch_signal_to_command_seconds_count{target=\"\"} 1",
+            "tidewatch_commands_issued_total{direction=\"up\",target=\"\"} 1",
+        ] {
+            assert!(summary.contains(want), "summary: no {want}\n{summary}");
+        }
+        for not in [
+            "tidewatch_signal_to_command_seconds_bucket{target=\"target-00000\"",
+            "tidewatch_target_stale{target=\"target-00000\"}",
+        ] {
+            assert!(!summary.contains(not), "summary has {not}");
+        }
+        let none = scrape(PerTarget::None, 1);
+        assert!(!none.contains("target-00000"), "{none}");
+        assert!(!none.contains("tidewatch_target_desired_replicas"));
+        assert!(none.contains("tidewatch_signal_to_command_seconds_count{target=\"\"} 1"));
+        // the bytes a target costs: 1,000 targets against 1
+        let per = |p: PerTarget| (scrape(p, 1001).len() - scrape(p, 1).len()) / 1000;
+        let (f, s, n) = (
+            per(PerTarget::Full),
+            per(PerTarget::Summary),
+            per(PerTarget::None),
+        );
+        println!("bytes per target: full {f}, summary {s}, none {n}");
+        assert!(s * 10 < f, "summary {s} B per target against full {f}");
+        // three gauges of about 78 bytes (desired, observed, depth)
+        assert!(s <= 240, "summary {s} B per target");
+        assert_eq!(n, 0);
+    }
 
     #[test]
     fn names_lists_every_registered_metric() {

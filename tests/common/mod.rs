@@ -16,6 +16,12 @@ pub fn start_run(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<RunReport>,
 ) {
+    // The tests read per-target series (commands, holds, restores of one
+    // target); the default `summary` sums those. It is tested on its own
+    // in telemetry's unit tests and, scraped by Prometheus, in
+    // tests/prometheus.rs.
+    let mut cfg = cfg;
+    cfg.metrics.per_target = tidewatch::telemetry::PerTarget::Full;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let opts = RunOptions {
