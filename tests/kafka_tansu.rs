@@ -502,6 +502,8 @@ kind = "kafka"
 kafka = {{ brokers = "{brokers}", topic = "{}", results_topic = "{}" }}
 [metrics]
 listen = "127.0.0.1:{port}"
+# the test reads per-target series
+per_target = "full"
 [engine]
 min_eval_interval = "0s"
 [state]

@@ -23,6 +23,8 @@ fn config(n: &Names, url: &str, port: u16, targets: &str) -> String {
         r#"{}
 [metrics]
 listen = "127.0.0.1:{port}"
+# the test reads per-target series
+per_target = "full"
 
 [engine]
 min_eval_interval = "0s"
@@ -312,6 +314,8 @@ async fn watched_file_readded_target_resumes_and_restart_settings_are_reported()
             r#"{}
 [metrics]
 listen = "127.0.0.1:{port}"
+# the test reads per-target series
+per_target = "full"
 
 [engine]
 min_eval_interval = "0s"

@@ -461,6 +461,9 @@ impl Engine {
         }
         self.export_gauges_in(now_ms, part, parts);
         if part == 0 {
+            let pool = crate::forecast::pool::pool();
+            self.metrics
+                .forecast_refits(pool.take_lag_seconds(), pool.running(), pool.deferred());
             self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }

@@ -70,6 +70,15 @@ fn fit_span(season: usize, step_ms: i64) -> usize {
     (7 * season).max((2 * 86_400_000 / step_ms.max(1)) as usize)
 }
 
+/// A phase in `[0, period)` for the next forecaster: successive calls are
+/// spread evenly (the golden ratio's low-discrepancy sequence).
+fn spread(period_ms: i64) -> i64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let frac = (k as f64 * 0.618_033_988_749_895).fract();
+    (frac * period_ms.max(0) as f64) as i64
+}
+
 /// How often a model is refitted: `refit`, and for a season longer than
 /// a week's seventh (a weekly one) at most once per seventh of its
 /// season. A weekly model's parameters move little in a day, its state
@@ -96,6 +105,8 @@ struct Slot {
     fitted_at: Option<Millis>,
     fitted_len: usize,
     pending: Option<mpsc::Receiver<Fitted>>,
+    /// When the pending refit fell due (for the refit lag).
+    due_ms: Millis,
     last: f64,
 }
 
@@ -119,6 +130,7 @@ impl Builtin {
                     slot.model = f.model;
                     slot.next_step = f.next_step;
                     slot.pending = None;
+                    super::pool::pool().record_lag((now_ms - slot.due_ms).max(0) as u64);
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
                 Err(mpsc::TryRecvError::Disconnected) => slot.pending = None,
@@ -145,7 +157,25 @@ impl Builtin {
         if !due {
             return;
         }
-        slot.fitted_at = Some(now_ms);
+        let background = settings.mode == RefitMode::Background;
+        if background && !super::pool::pool().has_room() {
+            // stays due: offered again at the next sync, before any copy
+            super::pool::pool().defer();
+            return;
+        }
+        let due_ms = match slot.fitted_at {
+            Some(at) if slot.model.is_some() => {
+                (at + refit_period(slot.model.as_ref(), history.step_ms(), settings)).min(now_ms)
+            }
+            _ => now_ms,
+        };
+        // In the background the first fit sets a phase of its own within
+        // the refit period, so the targets' refits do not fall due together.
+        slot.fitted_at = Some(match slot.fitted_at {
+            None if background => now_ms - spread(settings.refit_ms),
+            _ => now_ms,
+        });
+        slot.due_ms = due_ms;
         slot.fitted_len = len;
         let step_ms = history.step_ms();
         let mut last = slot.last;
@@ -171,15 +201,13 @@ impl Builtin {
             }
             RefitMode::Background => {
                 let (tx, rx) = mpsc::channel();
-                slot.pending = Some(rx);
-                let spawned = std::thread::Builder::new()
-                    .name("tidewatch-refit".into())
-                    .spawn(move || {
-                        let _ = tx.send(job());
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot start a forecaster refit thread");
-                    slot.pending = None;
+                if super::pool::pool().offer(Box::new(move || {
+                    let _ = tx.send(job());
+                })) {
+                    slot.pending = Some(rx);
+                } else {
+                    // taken since has_room: due again at the next sync
+                    slot.fitted_at = None;
                 }
             }
         }
@@ -302,6 +330,24 @@ fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forecasters' first phases spread over the refit period, so that
+    /// the refits of many targets do not fall due in the same tick.
+    #[test]
+    fn first_refit_phases_spread_over_the_period() {
+        let period = 6 * 3_600_000;
+        let mut phases: Vec<i64> = (0..64).map(|_| spread(period)).collect();
+        assert!(
+            phases.iter().all(|&p| (0..period).contains(&p)),
+            "{phases:?}"
+        );
+        phases.sort_unstable();
+        // 64 phases in 6 h: no hour holds more than a quarter of them
+        for h in 0..6 {
+            let n = phases.iter().filter(|&&p| p / 3_600_000 == h).count();
+            assert!(n <= 16, "hour {h}: {n} of 64");
+        }
+    }
 
     /// A weekly model is refitted at most daily; a daily one every `refit`.
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod holt;
+pub mod pool;
 
 use crate::clock::Millis;
 use crate::event::Forecast;

@@ -53,6 +53,9 @@ pub struct Metrics {
     event_to_command_seconds: HistogramVec,
     signal_to_command_seconds: HistogramVec,
     engine_tick_seconds: prometheus::Histogram,
+    refit_lag: Gauge,
+    refits_running: prometheus::IntGauge,
+    refits_deferred: prometheus::IntCounter,
     dead_letters: IntCounterVec,
     dead_letters_lost: IntCounterVec,
     command_publish_failures: IntCounterVec,
@@ -395,6 +398,27 @@ impl Metrics {
                 .expect("valid metric definition");
                 r.add(h)
             },
+            refit_lag: r.add(
+                Gauge::with_opts(Opts::new(
+                    "tidewatch_forecast_refit_lag_seconds",
+                    "The longest wait, over the last tick, from a forecaster's refit falling due to its new model being ready.",
+                ))
+                .expect("valid metric definition"),
+            ),
+            refits_running: r.add(
+                prometheus::IntGauge::with_opts(Opts::new(
+                    "tidewatch_forecast_refits_running",
+                    "Forecaster refits running now (at most the refit pool's threads).",
+                ))
+                .expect("valid metric definition"),
+            ),
+            refits_deferred: r.add(
+                prometheus::IntCounter::with_opts(Opts::new(
+                    "tidewatch_forecast_refits_deferred_total",
+                    "Refits that fell due while the refit pool's queue was full; each is offered again at its target's next evaluation.",
+                ))
+                .expect("valid metric definition"),
+            ),
             dead_letters: counter(
                 &r,
                 "tidewatch_dead_letters_total",
@@ -702,6 +726,17 @@ impl Metrics {
     /// One engine tick took `seconds`.
     pub fn engine_tick_took(&self, seconds: f64) {
         self.engine_tick_seconds.observe(seconds);
+    }
+
+    /// The refit pool's state: the longest lag since the last call, the
+    /// refits running, and the deferred count so far.
+    pub fn forecast_refits(&self, lag_seconds: f64, running: usize, deferred_total: u64) {
+        self.refit_lag.set(lag_seconds);
+        self.refits_running.set(running as i64);
+        let seen = self.refits_deferred.get();
+        if deferred_total > seen {
+            self.refits_deferred.inc_by(deferred_total - seen);
+        }
     }
 
     /// A command of `target` answers a signal taken `seconds` ago.

@@ -1,0 +1,187 @@
+//! The background refits of every target's forecasters: a fixed number of
+//! threads (cores - 1, at least one) and a short queue. A refit that finds
+//! the queue full stays due and is offered again at the target's next
+//! evaluation, so a wave of refits (every target due in the same tick, as
+//! after a start) is worked off a few at a time: never more refits at
+//! once than threads, never more than a few histories copied and waiting,
+//! and no decision ever waits for one (the old model answers meanwhile).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub struct RefitPool {
+    tx: Mutex<mpsc::SyncSender<Job>>,
+    threads: usize,
+    running: Arc<AtomicUsize>,
+    /// Jobs accepted and not yet taken by a thread.
+    queued: Arc<AtomicUsize>,
+    /// Refits offered while the queue was full (they wait for a later try).
+    deferred: AtomicU64,
+    /// The longest wait from a refit falling due to its model being ready,
+    /// in ms, since it was last read.
+    lag_ms: AtomicU64,
+}
+
+impl RefitPool {
+    /// `threads` workers and a queue of as many jobs again.
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(threads);
+        let rx = Arc::new(Mutex::new(rx));
+        let running = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let running = running.clone();
+            let queued = queued.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tidewatch-refit-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        rx.recv()
+                    };
+                    let Ok(job) = job else { return };
+                    running.fetch_add(1, Ordering::SeqCst);
+                    queued.fetch_sub(1, Ordering::SeqCst);
+                    job();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a forecaster refit thread");
+            }
+        }
+        Self {
+            tx: Mutex::new(tx),
+            threads,
+            running,
+            queued,
+            deferred: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a job offered now would be queued (checked before copying a
+    /// history for it).
+    pub fn has_room(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) < self.threads
+    }
+
+    /// Counts a refit that was not offered because there was no room.
+    pub fn defer(&self) {
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues `job`; false (and nothing queued) when the queue is full.
+    pub fn offer(&self, job: Job) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match tx.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.deferred.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Refits running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Refits turned away by a full queue so far.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::Relaxed)
+    }
+
+    /// A model became ready `ms` after its refit fell due.
+    pub fn record_lag(&self, ms: u64) {
+        self.lag_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The longest lag recorded since the last call, in seconds.
+    pub fn take_lag_seconds(&self) -> f64 {
+        self.lag_ms.swap(0, Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// The process's pool: one thread per core but one, at least one.
+pub fn pool() -> &'static RefitPool {
+    static POOL: OnceLock<RefitPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        RefitPool::new(cores.saturating_sub(1).max(1))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Never more refits at once than threads; a full queue turns a job
+    /// away instead of piling up copies of histories; every accepted job
+    /// runs.
+    #[test]
+    fn runs_at_most_its_threads_at_once_and_turns_away_when_full() {
+        let pool = RefitPool::new(2);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let job = || {
+            let (release_rx, peak, now, done) =
+                (release_rx.clone(), peak.clone(), now.clone(), done.clone());
+            Box::new(move || {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(5));
+                now.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+            }) as Job
+        };
+        // two run, two wait in the queue, the rest are turned away
+        let mut accepted = 0;
+        for _ in 0..10 {
+            if pool.offer(job()) {
+                accepted += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(accepted, 4, "2 running + 2 queued");
+        assert!(!pool.has_room());
+        assert_eq!(pool.deferred(), 6);
+        assert_eq!(pool.running(), 2);
+        for _ in 0..accepted {
+            release_tx.send(()).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while done.load(Ordering::SeqCst) < accepted && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(done.load(Ordering::SeqCst), accepted);
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            2,
+            "never more than the threads"
+        );
+        // lag: the longest since the last read
+        pool.record_lag(1500);
+        pool.record_lag(200);
+        assert_eq!(pool.take_lag_seconds(), 1.5);
+        assert_eq!(pool.take_lag_seconds(), 0.0);
+    }
+}
