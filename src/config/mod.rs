@@ -136,9 +136,10 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
+        let mut policies = crate::engine::config::PolicyChecks::default();
         for (i, t) in self.targets.iter().enumerate() {
             check_target_name(&t.name, &format!("targets[{i}].name"), &mut names, &mut out);
-            t.check(i, &self.engine, &mut out);
+            t.check(i, &self.engine, &mut policies, &mut out);
         }
         out
     }
@@ -161,6 +162,41 @@ mod tests {
             .write_all(text.as_bytes())
             .unwrap();
         p
+    }
+
+    /// 50,000 targets on one policy load it once at the check (issue 21:
+    /// every policy was loaded twice at start, here and in the engine); a
+    /// policy that fails is still reported for every target that uses it.
+    #[test]
+    fn targets_sharing_a_policy_are_checked_with_one_load() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.lua", POLICY);
+        write(dir.path(), "bad.lua", "return { decide = 42 }");
+        let targets: Vec<crate::engine::config::TargetConfig> = [
+            ("a", "p.lua", 1),
+            ("b", "p.lua", 1),
+            ("c", "p.lua", 2),
+            ("d", "bad.lua", 1),
+            ("e", "bad.lua", 1),
+        ]
+        .iter()
+        .map(|(name, policy, n)| {
+            toml::from_str(&format!(
+                "name = \"{name}\"\npolicy = \"{}\"\nmax_replicas = 5\nparams = {{ n = {n} }}\n",
+                dir.path().join(policy).display()
+            ))
+            .unwrap()
+        })
+        .collect();
+        let engine = crate::engine::config::EngineConfig::default();
+        let mut policies = crate::engine::config::PolicyChecks::default();
+        let mut out = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            t.check(i, &engine, &mut policies, &mut out);
+        }
+        assert_eq!(policies.loads(), 3, "p.lua with n = 1, with n = 2, bad.lua");
+        let bad: Vec<&str> = out.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(bad, ["targets[3].policy", "targets[4].policy"], "{out:?}");
     }
 
     fn good(dir: &Path) -> String {
