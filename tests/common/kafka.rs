@@ -14,7 +14,25 @@ use rdkafka::producer::FutureProducer;
 /// so and returns). Under CI=true a missing broker fails the test.
 pub fn broker() -> Option<String> {
     match std::env::var("TIDEWATCH_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => Some(b),
+        Ok(b) if !b.is_empty() => {
+            // set but nobody listening: fail at once and say so, rather
+            // than wait in librdkafka's retries until a test's timeout
+            let reachable = b.split(',').any(|a| {
+                use std::net::ToSocketAddrs;
+                a.trim()
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .is_some_and(|addr| {
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+                    })
+            });
+            assert!(
+                reachable,
+                "TIDEWATCH_TEST_KAFKA={b}: nothing listens there; start tansu (scripts/test does)"
+            );
+            Some(b)
+        }
         _ if std::env::var("CI").as_deref() == Ok("true") => {
             panic!(
                 "TIDEWATCH_TEST_KAFKA is not set under CI: scripts/test starts tansu and sets it"
