@@ -1124,9 +1124,9 @@ pub async fn drive(
 ) -> Engine {
     tokio::pin!(shutdown);
     // the tick is spread over `parts` slices, one every tick / parts
+    let every = |parts: usize| (tick / parts.max(1) as u32).max(Duration::from_millis(1));
     let slice_ticker = |parts: usize, first: tokio::time::Instant| {
-        let every = (tick / parts.max(1) as u32).max(Duration::from_millis(1));
-        let mut t = tokio::time::interval_at(first, every);
+        let mut t = tokio::time::interval_at(first, every(parts));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         t
     };
@@ -1160,8 +1160,7 @@ pub async fn drive(
                     let want = engine.tick_parts(tick);
                     if want != parts {
                         parts = want;
-                        let every = (tick / parts as u32).max(Duration::from_millis(1));
-                        ticker = slice_ticker(parts, tokio::time::Instant::now() + every);
+                        ticker = slice_ticker(parts, tokio::time::Instant::now() + every(parts));
                     }
                 }
                 out

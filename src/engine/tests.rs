@@ -409,15 +409,22 @@ fn forecasts_reach_the_policy() {
     assert!(c.reason.starts_with("prophet"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn drive_ticks_and_reacts_to_events() {
-    let s = setup(DEPTH_POLICY, "", "tick = \"1s\"");
+/// `drive` running on `engine` with a 1 s tick, in virtual time from T0.
+struct Driving {
+    clock: Arc<crate::clock::TokioClock>,
+    in_tx: mpsc::Sender<EngineInput>,
+    out_rx: mpsc::Receiver<ScaleCommand>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Engine>,
+}
+
+fn start_drive(engine: Engine, out_capacity: usize) -> Driving {
     let clock = Arc::new(crate::clock::TokioClock::starting_at(T0));
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (out_tx, mut out_rx) = mpsc::channel(16);
+    let (out_tx, out_rx) = mpsc::channel(out_capacity);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(drive(
-        s.engine,
+        engine,
         in_rx,
         out_tx,
         clock.clone(),
@@ -426,6 +433,25 @@ async fn drive_ticks_and_reacts_to_events() {
             let _ = stop_rx.await;
         },
     ));
+    Driving {
+        clock,
+        in_tx,
+        out_rx,
+        stop_tx,
+        task,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drive_ticks_and_reacts_to_events() {
+    let s = setup(DEPTH_POLICY, "", "tick = \"1s\"");
+    let Driving {
+        clock,
+        in_tx,
+        mut out_rx,
+        stop_tx,
+        task,
+    } = start_drive(s.engine, 16);
     // The first tick: no data, no command.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(out_rx.try_recv().is_err());
@@ -1457,20 +1483,13 @@ fn a_spread_tick_evaluates_each_target_once_at_its_own_phase() {
 #[tokio::test(start_paused = true)]
 async fn drive_spreads_the_tick_over_slices() {
     let (_dir, engine) = many_targets(600);
-    let clock = Arc::new(crate::clock::TokioClock::starting_at(T0));
-    let (_in_tx, in_rx) = mpsc::channel(16);
-    let (out_tx, mut out_rx) = mpsc::channel(1024);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(drive(
-        engine,
-        in_rx,
-        out_tx,
-        clock.clone(),
-        Duration::from_secs(1),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let Driving {
+        clock,
+        in_tx: _in_tx,
+        mut out_rx,
+        stop_tx,
+        task,
+    } = start_drive(engine, 1024);
     let mut at = std::collections::BTreeMap::<i64, usize>::new();
     for _ in 0..600 {
         let _c = out_rx.recv().await.unwrap();

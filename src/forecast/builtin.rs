@@ -143,12 +143,13 @@ impl Builtin {
             }
         }
         let len = history.len();
+        let period = refit_period(slot.model.as_ref(), history.step_ms(), settings);
         let due = slot.pending.is_none()
             && len >= 3
             && match slot.fitted_at {
                 None => true,
                 Some(at) => {
-                    now_ms - at >= refit_period(slot.model.as_ref(), history.step_ms(), settings)
+                    now_ms - at >= period
                         // early on, refit as the history doubles
                         || (slot.model.as_ref().is_none_or(|m| m.season == 0)
                             && len >= 2 * slot.fitted_len)
@@ -164,9 +165,7 @@ impl Builtin {
             return;
         }
         let due_ms = match slot.fitted_at {
-            Some(at) if slot.model.is_some() => {
-                (at + refit_period(slot.model.as_ref(), history.step_ms(), settings)).min(now_ms)
-            }
+            Some(at) if slot.model.is_some() => (at + period).min(now_ms),
             _ => now_ms,
         };
         // In the background the first fit sets a phase of its own within

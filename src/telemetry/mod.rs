@@ -575,12 +575,6 @@ impl Metrics {
         }
     }
 
-    /// The target label of a per-target gauge; with `none` the family is
-    /// left out of the exposition.
-    fn gauge_key<'a>(&self, target: &'a str) -> &'a str {
-        self.key(target)
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -607,7 +601,7 @@ impl Metrics {
     /// costs a few lines of a scrape, not dozens.
     pub fn target_configured(&self, target: &str, initial: u32) {
         self.target_observed_replicas
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(i64::from(initial));
         if self.per_target() != PerTarget::Full {
             return;
@@ -706,7 +700,7 @@ impl Metrics {
         if provider == "process" {
             self.process_restarts.with_label_values(&[self.key(target)]);
             self.process_backoff
-                .with_label_values(&[self.gauge_key(target)])
+                .with_label_values(&[self.key(target)])
                 .set(0.0);
         }
     }
@@ -749,7 +743,7 @@ impl Metrics {
     pub fn command_issued(&self, c: &ScaleCommand, direction: &str, reaction_seconds: Option<f64>) {
         let target = c.target.as_str();
         self.commands_unacknowledged
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(0);
         self.commands_issued
             .with_label_values(&[self.fine(target), direction])
@@ -772,7 +766,7 @@ impl Metrics {
             "no worker answered the last command; re-issuing it"
         );
         self.commands_unacknowledged
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(1);
         self.commands_reissued
             .with_label_values(&[self.fine(target)])
@@ -782,14 +776,14 @@ impl Metrics {
     /// A worker answered the latest command of `target`.
     pub fn command_answered(&self, target: &str) {
         self.commands_unacknowledged
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(0);
     }
 
     /// A worker reported `replicas` for `target`'s latest command.
     pub fn target_observed(&self, target: &str, replicas: u32) {
         self.target_observed_replicas
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(i64::from(replicas));
     }
 
@@ -797,12 +791,12 @@ impl Metrics {
     pub fn target_windows(&self, target: &str, depth: Option<f64>, p95_seconds: Option<f64>) {
         if let Some(d) = depth {
             self.target_queue_depth
-                .with_label_values(&[self.gauge_key(target)])
+                .with_label_values(&[self.key(target)])
                 .set(d);
         }
         if let Some(l) = p95_seconds {
             self.target_latency_p95
-                .with_label_values(&[self.gauge_key(target)])
+                .with_label_values(&[self.key(target)])
                 .set(l);
         }
     }
@@ -856,7 +850,7 @@ impl Metrics {
     /// recovered.
     pub fn target_stale(&self, target: &str, stale: bool, why: &str) {
         self.target_stale
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(i64::from(stale));
         let to = if stale { "stale" } else { "fresh" };
         self.target_stale_changes
@@ -920,7 +914,7 @@ impl Metrics {
             .collect();
         for mode in CONTROL_MODES {
             self.target_paused
-                .with_label_values(&[self.gauge_key(target), mode])
+                .with_label_values(&[self.key(target), mode])
                 .set(i64::from(on.contains(&mode)));
         }
     }
@@ -999,7 +993,7 @@ impl Metrics {
             .with_label_values(&[self.key(target)])
             .inc_by(n as u64);
         self.process_backoff
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(wait.as_secs_f64());
         tracing::warn!(target_name = %target, exited = %how, "process exited; replacing it in {wait:?}");
     }
@@ -1007,7 +1001,7 @@ impl Metrics {
     /// The back-off of a `process` target's replacements now.
     pub fn process_backoff(&self, target: &str, wait: std::time::Duration) {
         self.process_backoff
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(wait.as_secs_f64());
     }
 
@@ -1150,7 +1144,7 @@ impl Metrics {
     /// `overruns` times in a row) or released (its file changed).
     pub fn policy_quarantined(&self, target: &str, version: &str, overruns: Option<u32>) {
         self.policy_quarantined
-            .with_label_values(&[self.gauge_key(target)])
+            .with_label_values(&[self.key(target)])
             .set(i64::from(overruns.is_some()));
         match overruns {
             Some(n) => tracing::error!(
@@ -1195,7 +1189,7 @@ impl Metrics {
             tracing::debug!(target_name = target, replicas = d.current, held = h.code(), reason = %d.reason, "decision held");
         } else {
             self.target_desired_replicas
-                .with_label_values(&[self.gauge_key(target)])
+                .with_label_values(&[self.key(target)])
                 .set(i64::from(d.desired));
             tracing::info!(
                 target_name = target,

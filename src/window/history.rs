@@ -104,6 +104,10 @@ impl History {
     pub fn new(span: Duration, step: Duration, counter: bool) -> Self {
         let step_ms = (step.as_millis() as i64).max(1);
         let capacity = (span.as_millis() as i64 / step_ms).max(1) as usize;
+        Self::empty(step_ms, capacity, counter)
+    }
+
+    fn empty(step_ms: i64, capacity: usize, counter: bool) -> Self {
         Self {
             step_ms,
             capacity,
@@ -307,10 +311,7 @@ impl History {
         if s.step_ms != self.step_ms {
             return false;
         }
-        let mut fresh = History::new(Duration::ZERO, Duration::ZERO, self.counter);
-        fresh.step_ms = self.step_ms;
-        fresh.capacity = self.capacity;
-        fresh.fine_cap = self.fine_cap;
+        let mut fresh = History::empty(self.step_ms, self.capacity, self.counter);
         let skip = s.points.len().saturating_sub(self.capacity);
         for &v in &s.points[skip..] {
             fresh.push(v);
