@@ -41,6 +41,11 @@ pub struct EngineConfig {
     pub policy_memory_mb: usize,
     #[serde(default = "default_policy_budget")]
     pub policy_instruction_budget: u64,
+    /// How many targets running the same policy file share one Lua VM
+    /// (each with its own globals, module, `ctx` and `state`); 1 gives
+    /// every target a VM of its own.
+    #[serde(default = "default_targets_per_vm")]
+    pub targets_per_vm: usize,
     /// Wall-clock time a policy call may take (load, `init`, `decide`),
     /// including time inside library functions; past it the call is
     /// abandoned and the target falls back or holds.
@@ -88,6 +93,7 @@ impl Default for EngineConfig {
             command_ttl: default_command_ttl(),
             policy_memory_mb: default_policy_memory_mb(),
             policy_instruction_budget: default_policy_budget(),
+            targets_per_vm: default_targets_per_vm(),
             policy_timeout: default_policy_timeout(),
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
@@ -155,6 +161,12 @@ impl EngineConfig {
                     ),
                 ));
             }
+        }
+        if !(1..=MAX_TARGETS_PER_VM).contains(&e.targets_per_vm) {
+            out.push(problem(
+                "engine.targets_per_vm",
+                format!("{}: give 1 to {MAX_TARGETS_PER_VM}", e.targets_per_vm),
+            ));
         }
         if e.policy_memory_mb == 0 || e.policy_instruction_budget < 1000 {
             out.push(problem(
@@ -239,6 +251,14 @@ fn default_policy_memory_mb() -> usize {
 fn default_policy_budget() -> u64 {
     1_000_000
 }
+
+/// Targets per shared policy VM unless configured: a VM's heap stays a
+/// few MB, so its garbage collections stay short.
+fn default_targets_per_vm() -> usize {
+    256
+}
+
+const MAX_TARGETS_PER_VM: usize = 65_536;
 
 fn default_reload_interval() -> Duration {
     Duration::from_secs(2)

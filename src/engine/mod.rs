@@ -25,7 +25,7 @@ use crate::forecast::builtin::{RefitMode, Season};
 use crate::forecast::ForecastValue;
 use crate::guard::{Decision, Guard, Recommendation};
 use crate::policy::{
-    run_examples, CallInput, PolicyError, PolicyErrorKind, PolicySource, SignalView,
+    run_examples, CallInput, PolicyError, PolicyErrorKind, PolicySource, SignalView, VmPool,
 };
 use crate::state::{ControlState, StateHandle};
 use crate::telemetry::Metrics;
@@ -86,6 +86,9 @@ pub struct Engine {
     /// Own forecasts (`[forecasts]`): where they go, every how often,
     /// how far and how fine, and when the next round is due.
     forecasts_out: Option<ForecastsOut>,
+    /// The shared policy VMs that targets loaded from here (a reload or a
+    /// changed file) go into.
+    vms: Mutex<VmPool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -106,9 +109,10 @@ impl Engine {
     ) -> Result<Self, PolicyError> {
         let mut targets = Vec::with_capacity(configured.len());
         let mut by_name = HashMap::new();
+        let mut vms = VmPool::new(engine.targets_per_vm);
         for t in configured {
             by_name.insert(t.name.clone(), targets.len());
-            targets.push(build_target(t, engine, &metrics, now_ms)?);
+            targets.push(build_target(t, engine, &metrics, now_ms, &mut vms)?);
         }
         Ok(Self {
             targets,
@@ -124,6 +128,7 @@ impl Engine {
             snapshot_cursor: 0,
             forecasts_out: None,
             inputs: Arc::default(),
+            vms: Mutex::new(vms),
         })
     }
 
@@ -608,6 +613,7 @@ impl Engine {
 
     /// [`Engine::reload_changed`] for one slice's targets.
     fn reload_changed_in(&mut self, part: usize, parts: usize) {
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         for t in self.targets.iter_mut().skip(part).step_by(parts.max(1)) {
             if !t.stamp.changed() {
                 continue;
@@ -636,7 +642,7 @@ impl Engine {
                         message: failed.join("; "),
                     });
                 }
-                let p = load_policy(&t.cfg, &t.data, &self.cfg)?;
+                let p = load_policy(&t.cfg, &t.data, &self.cfg, &mut vms)?;
                 p.adopt_state(&t.policy)?;
                 Ok(Some(p))
             });
@@ -976,6 +982,7 @@ fn build_target(
     engine: &EngineConfig,
     metrics: &Metrics,
     now_ms: Millis,
+    vms: &mut VmPool,
 ) -> Result<TargetRuntime, PolicyError> {
     let mut d = TargetData::new(
         TargetWindows::new(&t.windows, t.history_span, t.history_step),
@@ -985,7 +992,7 @@ fn build_target(
     d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
     d.forecast.refit_ms = engine.forecast_refit.as_millis() as i64;
     let data = Arc::new(Mutex::new(d));
-    let policy = load_policy(t, &data, engine)?;
+    let policy = load_policy(t, &data, engine, vms)?;
     metrics.target_configured(&t.name, t.initial());
     Ok(TargetRuntime {
         guard_cfg: t.guard(),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use crate::clock::Millis;
 use crate::engine::config::{EngineConfig, TargetConfig};
 use crate::forecast::builtin::Season;
-use crate::policy::PolicyError;
+use crate::policy::{PolicyError, VmPool};
 use crate::state::TargetSnapshot;
 use crate::telemetry::Metrics;
 
@@ -35,8 +35,12 @@ impl Prepared {
         now_ms: Millis,
     ) -> Result<Self, PolicyError> {
         let mut out = HashMap::new();
+        let mut vms = VmPool::new(engine.targets_per_vm);
         for t in configs {
-            out.insert(t.name.clone(), build_target(t, engine, metrics, now_ms)?);
+            out.insert(
+                t.name.clone(),
+                build_target(t, engine, metrics, now_ms, &mut vms)?,
+            );
         }
         Ok(Self(out))
     }
@@ -121,6 +125,9 @@ impl Engine {
             .cloned()
             .collect();
         report.removed.sort();
+        if engine.targets_per_vm != self.cfg.targets_per_vm {
+            self.vms = std::sync::Mutex::new(VmPool::new(engine.targets_per_vm));
+        }
         self.cfg = engine;
         self.limits = self.cfg.limits();
         let mut next = Vec::with_capacity(targets.len());
@@ -192,7 +199,8 @@ impl Engine {
             data.freshness_ms = self.cfg.forecast_freshness.as_millis() as i64;
         }
         if (&t.cfg.policy, &t.cfg.params) != (&cfg.policy, &cfg.params) {
-            match load_policy(&cfg, &t.data, &self.cfg).and_then(|p| {
+            let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+            match load_policy(&cfg, &t.data, &self.cfg, &mut vms).and_then(|p| {
                 p.adopt_state(&t.policy)?;
                 Ok(p)
             }) {

@@ -57,7 +57,7 @@ return function(now, replicas, min, max) return call(decide, now, replicas, min,
 const HOOK_EVERY: u32 = 1000;
 const MAX_REASON: usize = 256;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyLimits {
     pub memory_bytes: usize,
     pub instruction_budget: u64,
@@ -213,39 +213,36 @@ impl PolicySource {
     }
 }
 
-pub struct LuaPolicy {
+/// A sandboxed VM with one policy file compiled in it, shared by the
+/// targets that run that file (up to `engine.targets_per_vm` of them).
+/// Each target runs the compiled file afresh with a globals table of its
+/// own, so file-level locals, the module table, globals and `ctx` are the
+/// target's; only the sandbox's libraries and the prelude are shared.
+pub struct PolicyVm {
     lua: Lua,
-    module: Table,
-    ctx: Table,
-    /// `decide` with the per-call fields set.
-    run_decide: Function,
-    /// Any function of `ctx` with the per-call fields set.
-    run_with: Function,
-    target: String,
-    /// `ctx.schedule` is set (so it is cleared when none is active).
-    has_schedule: bool,
+    /// The file compiled as a function of its `_ENV`.
+    factory: Function,
+    setter: Function,
+    binder: Function,
+    /// `{__index = sandbox globals}`, the metatable of each target's globals.
+    env_meta: Table,
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
     limits: PolicyLimits,
     version: String,
 }
 
-impl std::fmt::Debug for LuaPolicy {
+impl std::fmt::Debug for PolicyVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LuaPolicy")
+        f.debug_struct("PolicyVm")
             .field("version", &self.version)
             .finish()
     }
 }
 
-impl LuaPolicy {
-    /// Builds a sandboxed VM, runs the policy file in it and prepares `ctx`
-    /// with `params`. Does not call `init`.
-    pub fn load(
-        source: &PolicySource,
-        params: &serde_json::Value,
-        limits: PolicyLimits,
-    ) -> Result<Self, PolicyError> {
+impl PolicyVm {
+    /// A fresh sandbox with `source` compiled in it (not run yet).
+    pub fn new(source: &PolicySource, limits: PolicyLimits) -> Result<Arc<Self>, PolicyError> {
         let version = source.version.clone();
         let err = |kind, e: mlua::Error| PolicyError {
             kind,
@@ -256,19 +253,157 @@ impl LuaPolicy {
         let deadline = Arc::new(Deadline::new(limits.timeout));
         let lua = sandbox(limits, used.clone(), deadline.clone())
             .map_err(|e| err(PolicyErrorKind::Load, e))?;
-        let chunk_name = format!("@{}", source.path.display());
         used.store(0, Ordering::Relaxed);
         deadline.arm();
-        let module: Value = lua
-            .load(&source.text)
-            .set_name(chunk_name)
-            .set_mode(ChunkMode::Text)
-            .eval()
-            .map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
+        // On the file's first line, so line numbers stay the file's.
+        let text = format!("local _ENV = ...; {}", source.text);
+        let compiled = (|| -> mlua::Result<(Function, Function, Function, Table)> {
+            let factory = lua
+                .load(text)
+                .set_name(format!("@{}", source.path.display()))
+                .set_mode(ChunkMode::Text)
+                .into_function()?;
+            let setter = lua.load(SETTER).set_name("=ctx").into_function()?;
+            let binder = lua.load(BINDER).set_name("=bind").into_function()?;
+            let env_meta = lua.create_table()?;
+            env_meta.raw_set("__index", lua.globals())?;
+            Ok((factory, setter, binder, env_meta))
+        })();
+        let (factory, setter, binder, env_meta) =
+            compiled.map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
+        Ok(Arc::new(Self {
+            lua,
+            factory,
+            setter,
+            binder,
+            env_meta,
+            used,
+            deadline,
+            limits,
+            version,
+        }))
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Readies the VM for one call: the instruction count, the deadline,
+    /// and room for `memory_bytes` more than the VM holds now.
+    fn arm(&self) {
+        self.used.store(0, Ordering::Relaxed);
+        self.deadline.arm();
+        let room = self.lua.used_memory() + self.limits.memory_bytes;
+        let _ = self.lua.set_memory_limit(room);
+    }
+}
+
+/// Hands out VMs: the targets that run the same file (same path, same
+/// content, same limits) share one VM, up to `per_vm` targets each.
+#[derive(Debug)]
+pub struct VmPool {
+    per_vm: usize,
+    open: std::collections::HashMap<(PathBuf, String), (std::sync::Weak<PolicyVm>, usize)>,
+}
+
+impl VmPool {
+    pub fn new(per_vm: usize) -> Self {
+        Self {
+            per_vm: per_vm.max(1),
+            open: Default::default(),
+        }
+    }
+
+    /// A VM for `source` with room for one more target.
+    pub fn vm(
+        &mut self,
+        source: &PolicySource,
+        limits: PolicyLimits,
+    ) -> Result<Arc<PolicyVm>, PolicyError> {
+        if self.per_vm == 1 {
+            return PolicyVm::new(source, limits);
+        }
+        let key = (source.path.clone(), source.version.clone());
+        if let Some((weak, members)) = self.open.get_mut(&key) {
+            if let Some(vm) = weak.upgrade().filter(|vm| vm.limits == limits) {
+                if *members < self.per_vm {
+                    *members += 1;
+                    return Ok(vm);
+                }
+            }
+        }
+        let vm = PolicyVm::new(source, limits)?;
+        self.open.retain(|_, (weak, _)| weak.strong_count() > 0);
+        self.open.insert(key, (Arc::downgrade(&vm), 1));
+        Ok(vm)
+    }
+
+    /// `source` run for one more target, in a shared VM.
+    pub fn load(
+        &mut self,
+        source: &PolicySource,
+        params: &serde_json::Value,
+        limits: PolicyLimits,
+    ) -> Result<LuaPolicy, PolicyError> {
+        LuaPolicy::instantiate(self.vm(source, limits)?, params)
+    }
+}
+
+/// One target's run of a policy: its module table and `ctx` in a VM it may
+/// share with other targets running the same file.
+pub struct LuaPolicy {
+    vm: Arc<PolicyVm>,
+    module: Table,
+    ctx: Table,
+    /// `decide` with the per-call fields set.
+    run_decide: Function,
+    /// Any function of `ctx` with the per-call fields set.
+    run_with: Function,
+    target: String,
+    /// `ctx.schedule` is set (so it is cleared when none is active).
+    has_schedule: bool,
+}
+
+impl std::fmt::Debug for LuaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaPolicy")
+            .field("version", &self.vm.version)
+            .finish()
+    }
+}
+
+impl LuaPolicy {
+    /// Builds a sandboxed VM of its own, runs the policy file in it and
+    /// prepares `ctx` with `params`. Does not call `init`.
+    pub fn load(
+        source: &PolicySource,
+        params: &serde_json::Value,
+        limits: PolicyLimits,
+    ) -> Result<Self, PolicyError> {
+        Self::instantiate(PolicyVm::new(source, limits)?, params)
+    }
+
+    /// Runs the file compiled in `vm` for one more target: a globals table,
+    /// module and `ctx` of its own. Does not call `init`.
+    pub fn instantiate(vm: Arc<PolicyVm>, params: &serde_json::Value) -> Result<Self, PolicyError> {
+        let err = |kind, e: mlua::Error| PolicyError {
+            kind,
+            policy: vm.version.clone(),
+            message: e.to_string(),
+        };
+        vm.arm();
+        let lua = &vm.lua;
+        let module = (|| -> mlua::Result<Value> {
+            let env = lua.create_table()?;
+            env.set_metatable(Some(vm.env_meta.clone()))?;
+            env.raw_set("_G", &env)?;
+            vm.factory.call::<Value>(env)
+        })()
+        .map_err(|e| err(classify(&e, &vm.used, &vm.deadline, vm.limits), e))?;
         let Value::Table(module) = module else {
             return Err(PolicyError {
                 kind: PolicyErrorKind::Load,
-                policy: version,
+                policy: vm.version.clone(),
                 message: format!(
                     "the file must return a table with a decide function, it returned {}",
                     module.type_name()
@@ -280,39 +415,39 @@ impl LuaPolicy {
             _ => {
                 return Err(PolicyError {
                     kind: PolicyErrorKind::Load,
-                    policy: version,
+                    policy: vm.version.clone(),
                     message: "the returned table has no function `decide`".into(),
                 })
             }
         };
         let (ctx, run_decide, run_with) = (|| -> mlua::Result<(Table, Function, Function)> {
             let ctx = lua.create_table()?;
-            ctx.set("params", json_to_lua(&lua, params, 0)?)?;
+            ctx.set("params", json_to_lua(lua, params, 0)?)?;
             ctx.set("state", lua.create_table()?)?;
-            let (run_decide, run_with) = lua
-                .load(SETTER)
-                .set_name("=ctx")
+            let (run_decide, run_with) = vm
+                .setter
                 .call::<(Function, Function)>((ctx.clone(), decide.clone()))?;
             Ok((ctx, run_decide, run_with))
         })()
-        .map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
+        .map_err(|e| err(classify(&e, &vm.used, &vm.deadline, vm.limits), e))?;
         Ok(Self {
-            lua,
+            vm,
             module,
             ctx,
             run_decide,
             run_with,
             target: String::new(),
             has_schedule: false,
-            used,
-            deadline,
-            limits,
-            version,
         })
     }
 
     pub fn version(&self) -> &str {
-        &self.version
+        &self.vm.version
+    }
+
+    /// The VM it runs in (shared with the other targets of its file).
+    pub fn vm(&self) -> &Arc<PolicyVm> {
+        &self.vm
     }
 
     /// The policy's module table (for its declared `examples`).
@@ -321,7 +456,7 @@ impl LuaPolicy {
     }
 
     pub fn lua(&self) -> &Lua {
-        &self.lua
+        &self.vm.lua
     }
 
     pub fn ctx(&self) -> &Table {
@@ -334,59 +469,60 @@ impl LuaPolicy {
     pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
         let (v1, v2, v3) = (view.clone(), view.clone(), view);
         (|| -> mlua::Result<()> {
-            let raw_window =
-                self.lua
-                    .create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
-                        let metric = parse_metric(&metric)?;
-                        let span_ms = span_ms(&span)?;
-                        let mut view = v1
-                            .lock()
-                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
-                        view.note_read(metric);
-                        let stats = view.window(metric, span_ms).map_err(mlua::Error::runtime)?;
-                        drop(view);
-                        Ok(match stats {
-                            None => (
-                                None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
-                            ),
-                            Some(s) => {
-                                let q = s.quantiles;
-                                (
-                                    Some(s.count),
-                                    s.sum,
-                                    s.mean,
-                                    s.min,
-                                    s.max,
-                                    s.last,
-                                    q.map(|q| q[0]),
-                                    q.map(|q| q[1]),
-                                    q.map(|q| q[2]),
-                                    q.map(|q| q[3]),
-                                    s.rate,
-                                    s.slope,
-                                )
-                            }
-                        })
-                    })?;
-            let raw_forecast =
-                self.lua
-                    .create_function(move |_, (metric, horizon): (mlua::LuaString, f64)| {
-                        let metric = parse_metric(&metric)?;
-                        if !horizon.is_finite() || horizon < 0.0 {
-                            return Err(mlua::Error::runtime(format!(
-                                "forecast horizon must be non-negative seconds, got {horizon}"
-                            )));
+            let raw_window = self.vm.lua.create_function(
+                move |_, (metric, span): (mlua::LuaString, Value)| {
+                    let metric = parse_metric(&metric)?;
+                    let span_ms = span_ms(&span)?;
+                    let mut view = v1
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
+                    view.note_read(metric);
+                    let stats = view.window(metric, span_ms).map_err(mlua::Error::runtime)?;
+                    drop(view);
+                    Ok(match stats {
+                        None => (
+                            None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
+                        ),
+                        Some(s) => {
+                            let q = s.quantiles;
+                            (
+                                Some(s.count),
+                                s.sum,
+                                s.mean,
+                                s.min,
+                                s.max,
+                                s.last,
+                                q.map(|q| q[0]),
+                                q.map(|q| q[1]),
+                                q.map(|q| q[2]),
+                                q.map(|q| q[3]),
+                                s.rate,
+                                s.slope,
+                            )
                         }
-                        let f = v2
-                            .lock()
-                            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                            .forecast(metric, (horizon * 1000.0) as i64);
-                        Ok(match f {
-                            None => (None, 0.0, 0.0, None),
-                            Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
-                        })
-                    })?;
+                    })
+                },
+            )?;
+            let raw_forecast = self.vm.lua.create_function(
+                move |_, (metric, horizon): (mlua::LuaString, f64)| {
+                    let metric = parse_metric(&metric)?;
+                    if !horizon.is_finite() || horizon < 0.0 {
+                        return Err(mlua::Error::runtime(format!(
+                            "forecast horizon must be non-negative seconds, got {horizon}"
+                        )));
+                    }
+                    let f = v2
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                        .forecast(metric, (horizon * 1000.0) as i64);
+                    Ok(match f {
+                        None => (None, 0.0, 0.0, None),
+                        Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
+                    })
+                },
+            )?;
             let raw_age = self
+                .vm
                 .lua
                 .create_function(move |_, metric: mlua::LuaString| {
                     let metric = parse_metric(&metric)?;
@@ -396,12 +532,9 @@ impl LuaPolicy {
                     view.note_read(metric);
                     Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
                 })?;
-            self.lua.load(BINDER).set_name("=bind").call::<()>((
-                self.ctx.clone(),
-                raw_window,
-                raw_forecast,
-                raw_age,
-            ))
+            self.vm
+                .binder
+                .call::<()>((self.ctx.clone(), raw_window, raw_forecast, raw_age))
         })()
         .map_err(|e| self.error(PolicyErrorKind::Load, e))
     }
@@ -409,7 +542,7 @@ impl LuaPolicy {
     fn error(&self, kind: PolicyErrorKind, e: mlua::Error) -> PolicyError {
         PolicyError {
             kind,
-            policy: self.version.clone(),
+            policy: self.vm.version.clone(),
             message: e.to_string(),
         }
     }
@@ -421,7 +554,7 @@ impl LuaPolicy {
         }
         match input.schedule {
             Some(a) => {
-                let t = self.lua.create_table()?;
+                let t = self.vm.lua.create_table()?;
                 t.raw_set("name", a.name.as_str())?;
                 t.raw_set("min", a.min)?;
                 t.raw_set("max", a.max)?;
@@ -456,8 +589,7 @@ impl LuaPolicy {
         };
         self.set_target(input)
             .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
-        self.used.store(0, Ordering::Relaxed);
-        self.deadline.arm();
+        self.vm.arm();
         let (now, replicas, min, max) = Self::args(input);
         self.run_with
             .call::<Value>((init, now, replicas, min, max))
@@ -466,10 +598,10 @@ impl LuaPolicy {
     }
 
     fn fail(&self, e: mlua::Error) -> PolicyError {
-        let kind = classify(&e, &self.used, &self.deadline, self.limits);
+        let kind = classify(&e, &self.vm.used, &self.vm.deadline, self.vm.limits);
         if kind == PolicyErrorKind::Memory {
             // Give the next call the memory the failed one held.
-            let _ = self.lua.gc_collect();
+            let _ = self.vm.lua.gc_collect();
         }
         self.error(kind, e)
     }
@@ -477,15 +609,14 @@ impl LuaPolicy {
     /// One decision. Errors are contained: the VM stays usable.
     pub fn decide(&mut self, input: &CallInput) -> Result<Proposal, PolicyError> {
         self.set_target(input).map_err(|e| self.fail(e))?;
-        self.used.store(0, Ordering::Relaxed);
-        self.deadline.arm();
+        self.vm.arm();
         let out = self
             .run_decide
             .call::<Value>(Self::args(input))
             .map_err(|e| self.fail(e))?;
         proposal(&out).map_err(|e| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,
-            policy: self.version.clone(),
+            policy: self.vm.version.clone(),
             message: e.to_string(),
         })
     }
@@ -500,7 +631,7 @@ impl LuaPolicy {
         let (plain, dropped) = state::export(&t);
         let err = (!dropped.is_empty()).then(|| PolicyError {
             kind: PolicyErrorKind::State,
-            policy: self.version.clone(),
+            policy: self.vm.version.clone(),
             message: state::NotPlain(dropped).to_string(),
         });
         (plain, err)
@@ -508,7 +639,7 @@ impl LuaPolicy {
 
     /// Replaces `ctx.state` with a snapshot's.
     pub fn import_state(&self, plain: &state::Plain) -> Result<(), PolicyError> {
-        let v = state::import(&self.lua, plain).map_err(|e| self.fail(e))?;
+        let v = state::import(&self.vm.lua, plain).map_err(|e| self.fail(e))?;
         if let Value::Table(_) = v {
             self.ctx.raw_set("state", v).map_err(|e| self.fail(e))?;
         }
@@ -519,7 +650,7 @@ impl LuaPolicy {
     /// `ctx.state` from `old`, so a reload keeps what the policy learned.
     pub fn adopt_state(&self, old: &LuaPolicy) -> Result<(), PolicyError> {
         let state: Value = old.ctx.raw_get("state").map_err(|e| self.fail(e))?;
-        let copied = copy_plain(&self.lua, &state, 0).map_err(|e| self.fail(e))?;
+        let copied = copy_plain(&self.vm.lua, &state, 0).map_err(|e| self.fail(e))?;
         if let Value::Table(_) = copied {
             self.ctx
                 .raw_set("state", copied)

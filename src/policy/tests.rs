@@ -587,3 +587,162 @@ return { decide = function() return 1 end }"#
     assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
+
+/// A file with a file-level local, a global and `ctx.state`, each counting
+/// the calls they have seen.
+const COUNTERS: &str = r#"
+local calls = 0
+seen = 0
+local P = {}
+function P.decide(ctx)
+  calls = calls + 1
+  seen = seen + 1
+  _G.also = (_G.also or 0) + 1
+  ctx.state.n = (ctx.state.n or 0) + 1
+  return { replicas = calls * 100 + seen * 10 + ctx.state.n, reason = tostring(also) }
+end
+return P
+"#;
+
+fn counters() -> PolicySource {
+    PolicySource::from_text(Path::new("counters.lua"), COUNTERS.to_owned())
+}
+
+#[test]
+fn targets_sharing_a_vm_keep_their_own_locals_globals_and_state() {
+    let vm = PolicyVm::new(&counters(), small_limits()).unwrap();
+    let mut a = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
+    let mut b = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
+    assert!(Arc::ptr_eq(a.vm(), b.vm()));
+    for _ in 0..3 {
+        a.decide(&input()).unwrap();
+    }
+    // b has seen one call of its own, whatever a did before it
+    let got = b.decide(&input()).unwrap();
+    assert_eq!(got.replicas, Some(111), "{got:?}");
+    assert_eq!(got.reason.as_deref(), Some("1"));
+    let got = a.decide(&input()).unwrap();
+    assert_eq!(got.replicas, Some(444), "{got:?}");
+    assert_eq!(got.reason.as_deref(), Some("4"));
+    // the sandbox's own globals are not the targets'
+    let leaked: Value = vm.lua.globals().raw_get("seen").unwrap();
+    assert!(leaked.is_nil(), "{leaked:?}");
+}
+
+#[test]
+fn one_target_failing_in_a_shared_vm_leaves_the_others_running() {
+    let src = PolicySource::from_text(
+        Path::new("greedy.lua"),
+        r#"
+local P = {}
+function P.decide(ctx)
+  if ctx.params.greedy then
+    local t = {} local s = string.rep('x', 1024)
+    for i = 1, 1e9 do t[i] = s .. i end
+  end
+  if ctx.params.loop then while true do end end
+  if ctx.params.boom then error("boom " .. ctx.target) end
+  ctx.state.n = (ctx.state.n or 0) + 1
+  return ctx.state.n
+end
+return P
+"#
+        .to_owned(),
+    );
+    let limits = PolicyLimits {
+        instruction_budget: 100_000_000,
+        ..small_limits()
+    };
+    let vm = PolicyVm::new(&src, limits).unwrap();
+    let mut good = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({})).unwrap();
+    let mut greedy =
+        LuaPolicy::instantiate(vm.clone(), &serde_json::json!({"greedy": true})).unwrap();
+    let mut boom = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({"boom": true})).unwrap();
+    assert_eq!(good.decide(&input()).unwrap().replicas, Some(1));
+    for _ in 0..3 {
+        // each call may take policy_memory_mb more than the VM holds, no more
+        assert_eq!(
+            greedy.decide(&input()).unwrap_err().kind,
+            PolicyErrorKind::Memory
+        );
+        assert!(good.decide(&input()).unwrap().replicas.is_some());
+    }
+    let short = PolicyLimits {
+        instruction_budget: 50_000,
+        ..limits
+    };
+    let vm2 = PolicyVm::new(&src, short).unwrap();
+    let mut looping2 =
+        LuaPolicy::instantiate(vm2.clone(), &serde_json::json!({"loop": true})).unwrap();
+    let mut good2 = LuaPolicy::instantiate(vm2, &serde_json::json!({})).unwrap();
+    assert_eq!(
+        looping2.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Budget
+    );
+    assert_eq!(good2.decide(&input()).unwrap().replicas, Some(1));
+    let e = boom.decide(&input()).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::Runtime);
+    assert!(e.message.contains("boom t"), "{e}");
+    assert_eq!(good.decide(&input()).unwrap().replicas, Some(5));
+    // the VM did not keep what the failed calls allocated
+    vm.lua.gc_collect().unwrap();
+    assert!(vm.lua.used_memory() < 1 << 20, "{}", vm.lua.used_memory());
+}
+
+#[test]
+fn the_pool_shares_a_vm_per_file_up_to_its_size() {
+    let limits = small_limits();
+    let mut pool = VmPool::new(2);
+    let a = pool
+        .load(&counters(), &serde_json::Value::Null, limits)
+        .unwrap();
+    let b = pool
+        .load(&counters(), &serde_json::Value::Null, limits)
+        .unwrap();
+    let c = pool
+        .load(&counters(), &serde_json::Value::Null, limits)
+        .unwrap();
+    assert!(Arc::ptr_eq(a.vm(), b.vm()));
+    assert!(!Arc::ptr_eq(b.vm(), c.vm()), "a VM holds at most 2 targets");
+    // another content, or other limits: another VM
+    let other =
+        PolicySource::from_text(Path::new("counters.lua"), format!("{COUNTERS}\n-- changed"));
+    let d = pool.load(&other, &serde_json::Value::Null, limits).unwrap();
+    assert!(!Arc::ptr_eq(c.vm(), d.vm()));
+    let e = pool
+        .load(
+            &counters(),
+            &serde_json::Value::Null,
+            PolicyLimits {
+                instruction_budget: 300_000,
+                ..limits
+            },
+        )
+        .unwrap();
+    assert!(!Arc::ptr_eq(c.vm(), e.vm()));
+    // one VM each when the pool's size is 1
+    let mut single = VmPool::new(1);
+    let f = single
+        .load(&counters(), &serde_json::Value::Null, limits)
+        .unwrap();
+    let g = single
+        .load(&counters(), &serde_json::Value::Null, limits)
+        .unwrap();
+    assert!(!Arc::ptr_eq(f.vm(), g.vm()));
+}
+
+#[test]
+fn line_numbers_in_errors_are_the_files_own() {
+    let e = policy("local P = {}\nfunction P.decide(ctx)\n  error('here')\nend\nreturn P")
+        .unwrap()
+        .decide(&input())
+        .unwrap_err();
+    assert!(e.message.contains("test.lua:3:"), "{}", e.message);
+    let e = policy("local P = {}\n\nreturn P +").unwrap_err();
+    assert!(e.message.contains("test.lua:3:"), "{}", e.message);
+    let e = policy("local P = {}\nfunction P.decide(ctx) return undefined_fn() end\nreturn P")
+        .unwrap()
+        .decide(&input())
+        .unwrap_err();
+    assert!(e.message.contains("global 'undefined_fn'"), "{}", e.message);
+}
