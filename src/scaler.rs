@@ -106,7 +106,17 @@ pub async fn run(
                 binding_keys: cfg.source.amqp_bindings(),
                 ..a.clone()
             };
-            let source = AmqpSource::new(&a, ctx.clone());
+            // Slot queues: the targets of the slots RabbitMQ makes this
+            // scaler the active consumer of are this scaler's.
+            let slots = (a.slots > 0).then(|| {
+                let slots = Arc::new(crate::engine::slots::Slots::new(a.slots));
+                engine.track_slots(slots.clone());
+                crate::source::amqp::SlotMode {
+                    slots,
+                    names: names.clone(),
+                }
+            });
+            let source = AmqpSource::new(&a, ctx.clone(), slots);
             let first = first_session(source.open().await)?;
             Some((source, first))
         }

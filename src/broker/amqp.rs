@@ -87,34 +87,77 @@ pub async fn queue(
     declare: bool,
     bind: Option<(&str, &[String])>,
 ) -> Result<(u32, u32), ConnectError> {
+    let counts = queue_with(ch, name, key, declare, FieldTable::default()).await?;
+    if let (true, Some((exchange, keys))) = (declare, bind) {
+        bind_keys(ch, name, exchange, keys, key).await?;
+    }
+    Ok(counts)
+}
+
+/// Declares a durable queue with `args` (or checks that it exists).
+/// Returns its message and consumer counts.
+pub async fn queue_with(
+    ch: &Channel,
+    name: &str,
+    key: &str,
+    declare: bool,
+    args: FieldTable,
+) -> Result<(u32, u32), ConnectError> {
     let opts = QueueDeclareOptions {
         passive: !declare,
         durable: true,
         ..QueueDeclareOptions::default()
     };
     let q = ch
-        .queue_declare(name, opts, FieldTable::default())
+        .queue_declare(name, opts, args)
         .await
         .map_err(|e| topology_error("queue", name, key, declare, &e))?;
-    if let (true, Some((exchange, keys))) = (declare, bind) {
-        // Pipelined: up to BIND_IN_FLIGHT bindings wait for their reply at
-        // once on the channel, instead of one round trip each (one binding
-        // per target is thousands of them, on every reconnect).
-        for chunk in keys.chunks(BIND_IN_FLIGHT) {
-            futures::future::try_join_all(chunk.iter().map(|k| {
-                ch.queue_bind(
-                    name,
-                    exchange,
-                    k,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-            }))
-            .await
-            .map_err(|e| topology_error("binding of queue", name, key, declare, &e))?;
-        }
-    }
     Ok((q.message_count(), q.consumer_count()))
+}
+
+/// Binds queue `name` to `exchange` with each of `keys`, pipelined: up to
+/// BIND_IN_FLIGHT bindings wait for their reply at once on the channel,
+/// instead of one round trip each (one binding per target is thousands of
+/// them).
+pub async fn bind_keys(
+    ch: &Channel,
+    name: &str,
+    exchange: &str,
+    keys: &[String],
+    key: &str,
+) -> Result<(), ConnectError> {
+    for chunk in keys.chunks(BIND_IN_FLIGHT) {
+        futures::future::try_join_all(chunk.iter().map(|k| {
+            ch.queue_bind(
+                name,
+                exchange,
+                k,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+        }))
+        .await
+        .map_err(|e| topology_error("binding of queue", name, key, true, &e))?;
+    }
+    Ok(())
+}
+
+/// Whether queue `name` exists, asked on a channel of its own (a passive
+/// declare of a missing queue closes its channel).
+pub async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let opts = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match ch.queue_declare(name, opts, FieldTable::default()).await {
+        Ok(_) => {
+            let _ = ch.close(200, "checked").await;
+            Ok(true)
+        }
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The dead-letter exchange and, when declaring, a durable queue of the
@@ -170,6 +213,10 @@ pub async fn confirm_channel(
     Ok(ch)
 }
 
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
 fn topology_error(
     what: &str,
     name: &str,
@@ -190,7 +237,7 @@ fn topology_error(
         404 => ConnectError::Topology(format!("{key}: {what} {name:?}: {e}")),
         406 => ConnectError::Topology(format!(
             "{key}: {what} {name:?} exists with other properties than tidewatch declares \
-             (durable, topic exchange): {e}"
+             (durable, topic exchange; slot queues single-active-consumer): {e}"
         )),
         403 => ConnectError::Topology(format!(
             "{key}: {what} {name:?}: this user may not use it: {e}"

@@ -308,6 +308,42 @@ x = 1
     }
 
     #[test]
+    fn amqp_slots_are_checked_against_bindings_and_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.lua", POLICY);
+        let load = |amqp: &str, inputs: &str| {
+            let path = write(
+                dir.path(),
+                "c.toml",
+                &format!(
+                    "[source]\nkind = \"amqp\"\namqp = {{ url = \"amqp://127.0.0.1\", {amqp} }}\n{inputs}\n\
+                     [[targets]]\nname = \"a\"\npolicy = \"p.lua\"\nmax_replicas = 3\n"
+                ),
+            );
+            Config::load(&path).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(load("slots = 16", ""), Ok(()));
+        let e = load("slots = 2000", "").unwrap_err();
+        assert!(
+            e.contains("source.amqp.slots: 2000: give 0 (one queue) to 1024"),
+            "{e}"
+        );
+        let e = load("slots = 4, binding_keys = [\"*.a\"]", "").unwrap_err();
+        assert!(
+            e.contains("source.amqp.binding_keys: [\"*.a\"]: with slots"),
+            "{e}"
+        );
+        let kong = "[[source.inputs]]\nformat = \"kong\"\nbinding = \"kong.#\"\n";
+        assert_eq!(load("slots = 0", kong), Ok(()));
+        let e = load("slots = 4", kong).unwrap_err();
+        assert!(
+            e.contains("source.amqp.slots: slot queues route each message by the target"),
+            "{e}"
+        );
+        assert!(e.contains("\"kong.#\""), "{e}");
+    }
+
+    #[test]
     fn cross_field_checks() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "broken.lua", "return {");

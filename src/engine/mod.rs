@@ -9,6 +9,7 @@ pub mod input;
 pub mod ownership;
 mod persist;
 mod reload;
+pub mod slots;
 mod status;
 mod target;
 
@@ -77,6 +78,9 @@ pub struct Engine {
     reload_round: bool,
     /// None: every target is ours (one scaler, or no Kafka source).
     ownership: Option<SharedOwnership>,
+    /// RabbitMQ slot queues (`source.amqp.slots`): a target is ours while
+    /// its slot is.
+    slots: Option<Arc<slots::Slots>>,
     /// Where snapshots go, how often each changed target is written, and
     /// where the round of the periodic snapshots is.
     state: Option<(StateHandle, Duration)>,
@@ -124,6 +128,7 @@ impl Engine {
             waiting: Vec::new(),
             reload_round: false,
             ownership: None,
+            slots: None,
             state: None,
             snapshot_cursor: 0,
             forecasts_out: None,
@@ -150,6 +155,12 @@ impl Engine {
     /// Evaluates only targets on partitions `ownership` says are ours.
     pub fn track_ownership(&mut self, ownership: SharedOwnership) {
         self.ownership = Some(ownership);
+    }
+
+    /// Decides only for targets whose slot queue this scaler consumes as
+    /// RabbitMQ's single active consumer.
+    pub fn track_slots(&mut self, slots: Arc<slots::Slots>) {
+        self.slots = Some(slots);
     }
 
     /// Decodes one message and applies what is valid; every rejection is
@@ -297,6 +308,9 @@ impl Engine {
     /// Whether this scaler decides for target `idx` now. A target whose
     /// partition is unknown (fed only by probes) counts as ours.
     fn owned(&self, idx: usize) -> bool {
+        if let Some(s) = &self.slots {
+            return s.holds_target(&self.targets[idx].cfg.name);
+        }
         let (Some(o), Some((key, epoch))) = (&self.ownership, &self.targets[idx].partition) else {
             return true;
         };

@@ -5,6 +5,7 @@
 //! A lost connection or channel is reconnected with backoff; what was
 //! delivered but not acked is redelivered by the broker.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,13 +15,14 @@ use futures::{FutureExt, StreamExt};
 use lapin::acker::Acker;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::broker::amqp::{self, AmqpSettings, ConnectError};
 use crate::broker::{default_binding_keys, default_deadletter};
+use crate::engine::slots::Slots;
 use crate::event::{DeadLetter, Origin};
 use crate::retry::Backoff;
 use crate::secret::{Secret, Url};
@@ -51,6 +53,11 @@ pub struct AmqpSourceConfig {
     /// PEM CA file for `amqps://` (default: the system's trust store).
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// Scale-out: 0 reads one queue; N reads N slot queues `<queue>.<k>`,
+    /// each with a single active consumer, each target bound on the slot
+    /// its name hashes to. Scalers sharing the slots share the targets.
+    #[serde(default)]
+    pub slots: u16,
 }
 
 impl AmqpSourceConfig {
@@ -68,6 +75,22 @@ impl AmqpSourceConfig {
         if self.prefetch == 0 {
             out.push(problem("source.amqp.prefetch", "must be at least 1"));
         }
+        if self.slots > MAX_SLOTS {
+            out.push(problem(
+                "source.amqp.slots",
+                format!("{}: give 0 (one queue) to {MAX_SLOTS}", self.slots),
+            ));
+        }
+        if self.slots > 0 && self.binding_keys != crate::broker::default_binding_keys() {
+            out.push(problem(
+                "source.amqp.binding_keys",
+                format!(
+                    "{:?}: with slots, each slot queue is bound to its own targets' routing \
+                     keys; leave binding_keys out",
+                    self.binding_keys
+                ),
+            ));
+        }
     }
 }
 
@@ -81,6 +104,14 @@ fn default_prefetch() -> u16 {
     500
 }
 
+/// The name of slot queue `k` of `queue`.
+pub fn slot_queue(queue: &str, k: u16) -> String {
+    format!("{queue}.{k}")
+}
+
+/// The most slot queues.
+pub const MAX_SLOTS: u16 = 1024;
+
 /// How long a batch waits for more deliveries after its first.
 pub const LINGER: Duration = Duration::from_millis(1);
 
@@ -88,7 +119,28 @@ pub struct AmqpSource {
     cfg: AmqpSourceConfig,
     settings: AmqpSettings,
     ctx: SourceContext,
+    /// With `slots`: which slot queues this scaler is the active consumer
+    /// of, and the configured targets (each bound on its slot's queue).
+    slots: Option<SlotMode>,
+    /// The bindings this process made, per queue: a reconnect binds only
+    /// what is missing from a queue that still exists.
+    bound: std::sync::Mutex<HashMap<String, HashSet<String>>>,
 }
+
+/// The slot queues' side of a source with `slots`.
+pub struct SlotMode {
+    pub slots: Arc<Slots>,
+    /// The configured targets' names, as reloads change them.
+    pub names: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+/// How often each slot queue gets a heartbeat, so that a scaler learns it
+/// is a slot's active consumer even when its targets send nothing.
+pub const SLOT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Heartbeats between two looks at the share of slots.
+const REBALANCE_EVERY: u64 = 5;
+/// The header that marks a heartbeat (its value: the slot).
+const HEARTBEAT_HEADER: &str = "x-tidewatch-slot-heartbeat";
 
 /// Acks the latest acker sent (with `multiple`) until the sender is gone;
 /// a value sent before that is still acked.
@@ -107,9 +159,74 @@ async fn ack_latest(mut pending: watch::Receiver<Option<Acker>>) -> Result<(), l
 /// One connection's worth of state.
 pub struct Session {
     conn: Connection,
-    consumer: Consumer,
+    /// The consuming channel (heartbeats and new bindings go out on it).
+    ch: Channel,
+    /// Each consumer with its slot (None: the one queue).
+    consumers: Vec<(Option<u16>, Consumer)>,
     /// In confirm mode, for dead letters.
     deadletters: Channel,
+}
+
+/// Where a delivery came from: its slot and which of this session's
+/// consumers of that slot (a released slot is consumed anew).
+type From = Option<(u16, u32)>;
+
+type Deliveries = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (From, Option<Result<Delivery, lapin::Error>>)>,
+>;
+
+/// A consumer's deliveries tagged with where they come from, ending with
+/// a `None` delivery when the consumer ends.
+fn tagged(
+    from: From,
+    c: &Consumer,
+) -> futures::stream::BoxStream<'static, (From, Option<Result<Delivery, lapin::Error>>)> {
+    c.clone()
+        .map(move |d| (from, Some(d)))
+        .chain(futures::stream::once(async move { (from, None) }))
+        .boxed()
+}
+
+impl Session {
+    /// Every consumer's deliveries as one stream.
+    fn deliveries(&self) -> Deliveries {
+        futures::stream::select_all(
+            self.consumers
+                .iter()
+                .map(|(slot, c)| tagged(slot.map(|k| (k, 0)), c)),
+        )
+    }
+}
+
+/// The slot consumers of one session, as rebalancing replaces them.
+struct SlotConsumers {
+    /// Per slot: the consumer's generation and tag.
+    current: Vec<(u32, lapin::types::ShortString)>,
+}
+
+impl SlotConsumers {
+    fn of(s: &Session) -> Self {
+        Self {
+            current: s
+                .consumers
+                .iter()
+                .filter(|(slot, _)| slot.is_some())
+                .map(|(_, c)| (0, c.tag()))
+                .collect(),
+        }
+    }
+
+    /// A delivery or end from the slot's current consumer (not one this
+    /// scaler cancelled to hand the slot on).
+    fn is_current(&self, from: From) -> bool {
+        match from {
+            None => true,
+            Some((k, generation)) => self
+                .current
+                .get(usize::from(k))
+                .is_some_and(|(g, _)| *g == generation),
+        }
+    }
 }
 
 /// How a session ended.
@@ -121,12 +238,90 @@ enum Ended {
 }
 
 impl AmqpSource {
-    pub fn new(cfg: &AmqpSourceConfig, ctx: SourceContext) -> Self {
+    pub fn new(cfg: &AmqpSourceConfig, ctx: SourceContext, slots: Option<SlotMode>) -> Self {
         Self {
             settings: cfg.settings(),
             cfg: cfg.clone(),
             ctx,
+            slots,
+            bound: Default::default(),
         }
+    }
+
+    /// The queues to read, each with its slot and binding keys.
+    fn queues(&self) -> Vec<(String, Option<u16>, Vec<String>)> {
+        let c = &self.cfg;
+        let Some(mode) = &self.slots else {
+            return vec![(c.queue.clone(), None, c.binding_keys.clone())];
+        };
+        let n = mode.slots.count();
+        let mut keys: Vec<Vec<String>> = vec![Vec::new(); usize::from(n)];
+        for name in mode.names.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            keys[usize::from(mode.slots.slot_of(name))].push(format!("*.{name}"));
+        }
+        keys.into_iter()
+            .enumerate()
+            .map(|(k, keys)| (slot_queue(&c.queue, k as u16), Some(k as u16), keys))
+            .collect()
+    }
+
+    /// The keys of `keys` not bound to `queue` by this process yet.
+    fn missing(&self, queue: &str, keys: &[String]) -> Vec<String> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        match bound.get(queue) {
+            Some(have) => keys
+                .iter()
+                .filter(|k| !have.contains(*k))
+                .cloned()
+                .collect(),
+            None => keys.to_vec(),
+        }
+    }
+
+    fn note_bound(&self, queue: &str, keys: Vec<String>) {
+        self.ctx.metrics.bindings_declared(keys.len());
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.to_owned())
+            .or_default()
+            .extend(keys);
+    }
+
+    /// Declares `queue` and binds what it misses. A queue that did not
+    /// exist has none of its bindings, whatever this process made before.
+    async fn declare_queue(
+        &self,
+        conn: &Connection,
+        ch: &Channel,
+        (queue, slot, keys): &(String, Option<u16>, Vec<String>),
+    ) -> Result<(), ConnectError> {
+        let c = &self.cfg;
+        let key = if slot.is_some() {
+            "source.amqp.slots"
+        } else {
+            "source.amqp.queue"
+        };
+        if c.declare {
+            let lost = |e: lapin::Error| ConnectError::Unreachable(format!("{key} {queue:?}: {e}"));
+            if !amqp::queue_exists(conn, queue).await.map_err(lost)? {
+                self.bound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(queue.as_str());
+            }
+        }
+        let mut args = FieldTable::default();
+        if slot.is_some() {
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        amqp::queue_with(ch, queue, key, c.declare, args).await?;
+        if c.declare {
+            let missing = self.missing(queue, keys);
+            amqp::bind_keys(ch, queue, &c.exchange, &missing, key).await?;
+            self.note_bound(queue, missing);
+        }
+        Ok(())
     }
 
     /// Connects, declares (or checks) the exchanges and the queue, sets the
@@ -146,27 +341,25 @@ impl AmqpSource {
             c.declare,
         )
         .await?;
-        amqp::queue(
-            &ch,
-            &c.queue,
-            "source.amqp.queue",
-            c.declare,
-            Some((&c.exchange, &c.binding_keys)),
-        )
-        .await?;
-        let consumer = amqp::consume(
-            &ch,
-            &c.queue,
-            "source.amqp.queue",
-            c.prefetch,
-            "tidewatch",
-            lost,
-        )
-        .await?;
+        let queues = self.queues();
+        for q in &queues {
+            self.declare_queue(&conn, &ch, q).await?;
+        }
+        let mut consumers = Vec::with_capacity(queues.len());
+        for (queue, slot, _) in &queues {
+            let key = if slot.is_some() {
+                "source.amqp.slots"
+            } else {
+                "source.amqp.queue"
+            };
+            let consumer = amqp::consume(&ch, queue, key, c.prefetch, "tidewatch", lost).await?;
+            consumers.push((*slot, consumer));
+        }
         let deadletters = amqp::confirm_channel(&conn, lost).await?;
         Ok(Session {
             conn,
-            consumer,
+            ch,
+            consumers,
             deadletters,
         })
     }
@@ -201,6 +394,11 @@ impl AmqpSource {
             self.ctx.metrics.broker_connected("source", true);
             let ended = self.consume(&s, &mut stop).await;
             self.ctx.metrics.broker_connected("source", false);
+            if let Some(mode) = &self.slots {
+                // with the channel go the consumers: others are active now
+                mode.slots.lost_all();
+                self.ctx.metrics.partitions_assigned(0);
+            }
             match ended {
                 Ended::Stopped => {
                     let _ = s.conn.close(200, "tidewatch stopping").await;
@@ -260,7 +458,13 @@ impl AmqpSource {
         acks: &watch::Sender<Option<Acker>>,
         acker: &mut tokio::task::JoinHandle<Result<(), lapin::Error>>,
     ) -> Ended {
-        let mut consumer = s.consumer.clone();
+        let mut deliveries = s.deliveries();
+        let mut consumers = SlotConsumers::of(s);
+        // With slots: heartbeats into every slot queue, bindings for
+        // targets a reload added, and a fair share of the slots.
+        let mut beat = tokio::time::interval(SLOT_HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u64;
         loop {
             let first = tokio::select! {
                 biased;
@@ -269,32 +473,53 @@ impl AmqpSource {
                     Ok(Err(e)) => format!("ack: {e}"),
                     other => format!("ack task ended: {other:?}"),
                 }),
-                d = consumer.next() => d,
+                _ = beat.tick(), if self.slots.is_some() => None,
+                d = deliveries.next() => Some(d),
+            };
+            let Some(first) = first else {
+                beats += 1;
+                if let Err(e) = self.beat(s, beats).await {
+                    return Ended::Lost(e);
+                }
+                if beats.is_multiple_of(REBALANCE_EVERY) {
+                    if let Err(e) = self.rebalance(s, &mut consumers, &mut deliveries).await {
+                        return Ended::Lost(e);
+                    }
+                }
+                continue;
             };
             let mut batch = Vec::with_capacity(64);
             match first {
-                Some(Ok(d)) => batch.push(d),
-                Some(Err(e)) => return Ended::Lost(e.to_string()),
-                None => return Ended::Lost("the broker cancelled the consumer".into()),
+                Some((from, Some(Ok(d)))) => batch.push((from, d)),
+                Some((_, Some(Err(e)))) => return Ended::Lost(e.to_string()),
+                // a consumer this scaler cancelled itself has ended
+                Some((from, None)) if !consumers.is_current(from) => continue,
+                Some((_, None)) | None => {
+                    return Ended::Lost("the broker cancelled the consumer".into())
+                }
             }
             // Gather what else arrives within LINGER of the first: under
             // load, fewer and larger batches (each batch wakes the engine
             // and sends an ack); when idle, at most LINGER more latency.
             let until = tokio::time::Instant::now() + LINGER;
             while batch.len() < self.max_batch() {
-                let next = match consumer.next().now_or_never() {
+                let next = match deliveries.next().now_or_never() {
                     Some(d) => d,
-                    None => match tokio::time::timeout_at(until, consumer.next()).await {
+                    None => match tokio::time::timeout_at(until, deliveries.next()).await {
                         Ok(d) => d,
                         Err(_) => break,
                     },
                 };
                 match next {
-                    Some(Ok(d)) => batch.push(d),
-                    _ => break,
+                    Some((from, Some(Ok(d)))) => batch.push((from, d)),
+                    Some((_, Some(Err(e)))) => return Ended::Lost(e.to_string()),
+                    Some((from, None)) if !consumers.is_current(from) => continue,
+                    Some((_, None)) | None => {
+                        return Ended::Lost("the broker cancelled the consumer".into())
+                    }
                 }
             }
-            match self.handle(s, batch).await {
+            match self.handle(s, batch, &consumers).await {
                 Ok(last) => {
                     let _ = acks.send(Some(last));
                 }
@@ -303,9 +528,163 @@ impl AmqpSource {
         }
     }
 
+    /// Hands slots on while this scaler holds more than its share: the
+    /// slot queues' consumer count says how many scalers there are (each
+    /// consumes every slot), and a share is the slots over that, rounded
+    /// up. One slot a round: its consumer is cancelled (so RabbitMQ makes
+    /// the next waiting consumer, another scaler's, active) and consumed
+    /// anew at the back of the line.
+    async fn rebalance(
+        &self,
+        s: &Session,
+        consumers: &mut SlotConsumers,
+        deliveries: &mut Deliveries,
+    ) -> Result<(), String> {
+        let Some(mode) = &self.slots else {
+            return Ok(());
+        };
+        let first = slot_queue(&self.cfg.queue, 0);
+        let (_, scalers) = amqp::queue_with(
+            &s.ch,
+            &first,
+            "source.amqp.slots",
+            false,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let n = usize::from(mode.slots.count());
+        let share = n.div_ceil((scalers as usize).max(1));
+        if mode.slots.held_count() <= share {
+            return Ok(());
+        }
+        let Some(k) = (0..mode.slots.count()).rev().find(|&k| mode.slots.holds(k)) else {
+            return Ok(());
+        };
+        let queue = slot_queue(&self.cfg.queue, k);
+        let (generation, tag) = consumers.current[usize::from(k)].clone();
+        // not ours from this moment: what is in flight is still applied
+        mode.slots.release(k);
+        self.ctx
+            .metrics
+            .partitions_assigned(mode.slots.held_count());
+        s.ch.basic_cancel(tag.as_str(), lapin::options::BasicCancelOptions::default())
+            .await
+            .map_err(|e| format!("cancelling the consumer of {queue:?}: {e}"))?;
+        let lost = |e: lapin::Error| ConnectError::Unreachable(e.to_string());
+        let c = amqp::consume(
+            &s.ch,
+            &queue,
+            "source.amqp.slots",
+            self.cfg.prefetch,
+            "tidewatch",
+            lost,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        consumers.current[usize::from(k)] = (generation + 1, c.tag());
+        deliveries.push(tagged(Some((k, generation + 1)), &c));
+        tracing::info!(slot = k, queue = %queue, scalers, share, "amqp source: handed a slot on to another scaler");
+        Ok(())
+    }
+
+    /// One heartbeat into every slot queue (default exchange, expiring in
+    /// a few beats): whoever is its active consumer learns so. Every fifth
+    /// beat also binds the targets a reload added.
+    async fn beat(&self, s: &Session, beats: u64) -> Result<(), String> {
+        let Some(mode) = &self.slots else {
+            return Ok(());
+        };
+        let queues = self.queues();
+        for (queue, slot, keys) in &queues {
+            let slot = slot.unwrap_or_default();
+            let mut headers = FieldTable::default();
+            headers.insert(
+                HEARTBEAT_HEADER.into(),
+                AMQPValue::LongUInt(u32::from(slot)),
+            );
+            let props = lapin::BasicProperties::default()
+                .with_headers(headers)
+                .with_expiration((SLOT_HEARTBEAT.as_millis() as u64 * 5).to_string().into());
+            s.ch.basic_publish(
+                "",
+                queue,
+                lapin::options::BasicPublishOptions::default(),
+                &[],
+                props,
+            )
+            .await
+            .map_err(|e| format!("slot heartbeat to {queue:?}: {e}"))?;
+            if beats.is_multiple_of(REBALANCE_EVERY) && self.cfg.declare {
+                let missing = self.missing(queue, keys);
+                if !missing.is_empty() {
+                    amqp::bind_keys(
+                        &s.ch,
+                        queue,
+                        &self.cfg.exchange,
+                        &missing,
+                        "source.amqp.slots",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    tracing::info!(queue = %queue, bindings = missing.len(), "amqp source: bound new targets");
+                    self.note_bound(queue, missing);
+                }
+            }
+        }
+        self.ctx
+            .metrics
+            .partitions_assigned(mode.slots.held_count());
+        Ok(())
+    }
+
     /// Applies a batch and dead-letters what was refused; returns the
-    /// acker of its last delivery, to ack it all.
-    async fn handle(&self, s: &Session, mut batch: Vec<Delivery>) -> Result<Acker, Ended> {
+    /// acker of its last delivery, to ack it all. A delivery from a slot
+    /// queue shows this scaler is its active consumer; heartbeats stop here.
+    async fn handle(
+        &self,
+        s: &Session,
+        batch: Vec<(From, Delivery)>,
+        consumers: &SlotConsumers,
+    ) -> Result<Acker, Ended> {
+        let mut last = None;
+        let mut work = Vec::with_capacity(batch.len());
+        for (from, d) in batch {
+            // what a cancelled consumer still delivers is applied, but
+            // shows nothing about who is active now
+            let gained = match (&self.slots, from) {
+                (Some(mode), Some((k, _))) if consumers.is_current(from) => {
+                    mode.slots.gained(k).then_some((mode, k))
+                }
+                _ => None,
+            };
+            if let Some((mode, k)) = gained {
+                tracing::info!(slot = k, queue = %slot_queue(&self.cfg.queue, k), "amqp source: this scaler is now the slot's active consumer");
+                self.ctx
+                    .metrics
+                    .partitions_assigned(mode.slots.held_count());
+            }
+            let beat = d
+                .properties
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(HEARTBEAT_HEADER));
+            // the acker of the batch's last delivery acks it all
+            if beat {
+                last = Some(d.acker);
+            } else {
+                last = None;
+                work.push(d);
+            }
+        }
+        let applied = match work.is_empty() {
+            true => None,
+            false => Some(self.apply(s, work).await?),
+        };
+        Ok(last.or(applied).expect("a batch has a first delivery"))
+    }
+
+    async fn apply(&self, s: &Session, mut batch: Vec<Delivery>) -> Result<Acker, Ended> {
         // The routing key says which input (format) a message is in; a
         // dead letter takes the rest from the delivery.
         let messages: Vec<(Origin, Vec<u8>)> = batch

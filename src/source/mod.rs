@@ -53,6 +53,22 @@ impl SourceConfig {
             BrokerKind::Amqp => section(out, "source", "amqp", &self.amqp, |a, out| a.check(out)),
             BrokerKind::None => {}
         }
+        if let (BrokerKind::Amqp, Some(a)) = (self.kind, &self.amqp) {
+            if a.slots > 0 {
+                if let Some(i) = self.inputs.iter().find(|i| i.binding.is_some()) {
+                    out.push(crate::settings::problem(
+                        "source.amqp.slots",
+                        format!(
+                            "slot queues route each message by the target in its routing key; \
+                             input {:?} (binding {:?}) carries many targets per message: \
+                             use one queue (slots = 0) or a Kafka source for it",
+                            i.name(),
+                            i.binding.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
         inputs::check(&self.inputs, self.kind, out);
     }
 

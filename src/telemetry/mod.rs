@@ -66,6 +66,7 @@ pub struct Metrics {
     source_errors: IntCounterVec,
     broker_connected: IntGaugeVec,
     broker_reconnects: IntCounterVec,
+    bindings_declared: IntCounterVec,
     commands_unacknowledged: IntGaugeVec,
     commands_reissued: IntCounterVec,
     provider_calls: IntCounterVec,
@@ -452,7 +453,7 @@ impl Metrics {
             assigned_partitions: {
                 let g = prometheus::IntGauge::new(
                     "tidewatch_source_assigned_partitions",
-                    "Signal partitions this scaler owns (scale-out splits them).",
+                    "Signal partitions (Kafka) or slot queues (RabbitMQ) this scaler owns (scale-out splits them).",
                 )
                 .expect("valid metric definition");
                 r.add(g)
@@ -480,6 +481,12 @@ impl Metrics {
                 "tidewatch_broker_reconnects_total",
                 "RabbitMQ connections lost and reopened, by component.",
                 &["component"],
+            ),
+            bindings_declared: counter(
+                &r,
+                "tidewatch_source_bindings_declared_total",
+                "RabbitMQ queue bindings the source declared (a reconnect declares only missing ones).",
+                &[],
             ),
             commands_unacknowledged: int_gauge(
                 &r,
@@ -967,6 +974,20 @@ impl Metrics {
         self.broker_connected
             .with_label_values(&[component])
             .set(i64::from(connected));
+    }
+
+    /// The source declared `n` queue bindings.
+    pub fn bindings_declared(&self, n: usize) {
+        self.bindings_declared
+            .with_label_values(&[] as &[&str])
+            .inc_by(n as u64);
+    }
+
+    /// Queue bindings the source declared so far.
+    pub fn bindings_declared_total(&self) -> u64 {
+        self.bindings_declared
+            .with_label_values(&[] as &[&str])
+            .get()
     }
 
     /// `component` lost its broker connection (`setting` names the

@@ -1,0 +1,242 @@
+//! Scale-out on RabbitMQ (`source.amqp.slots`): two scalers share the slot
+//! queues (single active consumer each), split the targets between them by
+//! slot without any manual binding, and when one stops the other takes its
+//! slots, and so its targets, over.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::amqp::{self as mq, Names};
+use tidewatch::engine::slots::slot_of;
+use tidewatch::telemetry::Metrics;
+
+const POLICY: &str = r#"return { decide = function(ctx)
+  local d = ctx.window("queue_depth", "10s")
+  if not d then return nil end
+  return { replicas = math.ceil(d.last / 100), reason = "last " .. d.last }
+end }"#;
+
+const SLOTS: u16 = 4;
+
+fn issued(m: &Metrics, target: &str) -> u64 {
+    ["up", "down"]
+        .iter()
+        .map(|d| {
+            common::metric(
+                m,
+                "tidewatch_commands_issued_total",
+                &[("target", target), ("direction", d)],
+            ) as u64
+        })
+        .sum()
+}
+
+fn desired(m: &Metrics, target: &str) -> f64 {
+    common::metric(
+        m,
+        "tidewatch_target_desired_replicas",
+        &[("target", target)],
+    )
+}
+
+async fn rabbitmqctl(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .output()
+            .expect("rabbitmqctl runs (scripts/test installs rabbitmq-server)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let slots: Vec<u16> = names.iter().map(|t| slot_of(t, SLOTS)).collect();
+    assert!(
+        (0..SLOTS).all(|k| slots.contains(&k)),
+        "every slot has a target: {slots:?}"
+    );
+    let targets: String = names
+        .iter()
+        .map(|t| {
+            format!(
+                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nprovider = \"exec\"\n\
+                 max_replicas = 1000\nstabilization_down = \"0s\"\n"
+            )
+        })
+        .collect();
+    let toml = format!(
+        "{}\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"20s\"\n{targets}",
+        n.toml(&url).replace(
+            "prefetch = 500",
+            &format!("prefetch = 500, slots = {SLOTS}")
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(dir.path(), &toml, POLICY);
+    let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+    let (stop1, task1) = common::start_run(cfg.clone(), m1.clone());
+    let conn = mq::connect(&url).await;
+    for k in 0..SLOTS {
+        mq::wait_for_queue(&conn, &format!("{}.{k}", n.queue)).await;
+    }
+    let (stop2, task2) = common::start_run(cfg, m2.clone());
+    // The first scaler holds every slot at first; it hands on what is
+    // over its share (half, with two scalers on the queues).
+    wait_for(
+        "each scaler to hold two slots",
+        Duration::from_secs(60),
+        || m1.assigned_partitions() == 2 && m2.assigned_partitions() == 2,
+    )
+    .await;
+
+    let ch = mq::confirm_channel(&conn).await;
+    let send = |depth: i64| {
+        let ch = ch.clone();
+        let (names, signals) = (names.clone(), n.signals.clone());
+        async move {
+            for t in &names {
+                let body = mq::depth_signal(t, depth);
+                mq::publish(&ch, &signals, &format!("queue_depth.{t}"), body.as_bytes())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    send(1000).await;
+    wait_for(
+        "a command for every target",
+        Duration::from_secs(30),
+        || names.iter().all(|t| issued(&m1, t) + issued(&m2, t) > 0),
+    )
+    .await;
+    // Each target is decided by exactly one scaler, and the same one for
+    // all the targets of a slot.
+    let mut owner = vec![None; usize::from(SLOTS)];
+    for (t, &k) in names.iter().zip(&slots) {
+        let (a, b) = (issued(&m1, t) > 0, issued(&m2, t) > 0);
+        assert!(a ^ b, "target {t} commanded by both or neither");
+        let o = if a { 1 } else { 2 };
+        assert!(
+            owner[usize::from(k)].replace(o).is_none_or(|p| p == o),
+            "slot {k} split between scalers"
+        );
+    }
+    assert!(
+        owner.contains(&Some(1)) && owner.contains(&Some(2)),
+        "both scalers decide: {owner:?}"
+    );
+
+    // The first scaler stops: the second holds all the slots and decides
+    // for the first one's targets.
+    stop1.send(()).unwrap();
+    assert!(task1.await.unwrap().drained);
+    let before: Vec<u64> = names.iter().map(|t| issued(&m2, t)).collect();
+    wait_for(
+        "the second scaler to hold every slot",
+        Duration::from_secs(30),
+        || m2.assigned_partitions() == i64::from(SLOTS),
+    )
+    .await;
+    send(4000).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !names.iter().all(|t| desired(&m2, t) == 40.0) {
+        let now: Vec<f64> = names.iter().map(|t| desired(&m2, t)).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the second scaler does not command 40 for every target: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, t) in names.iter().enumerate() {
+        assert!(issued(&m2, t) > before[i], "{t}: no new command");
+    }
+
+    // Bindings are declared only when missing. The second scaler started
+    // on queues it had never bound (8 targets: 8 bindings); a lost
+    // connection binds nothing again, a queue deleted under it has lost
+    // its bindings and gets them back.
+    assert_eq!(m2.bindings_declared_total(), 8);
+    let reconnects = |m: &Metrics| {
+        common::metric(
+            m,
+            "tidewatch_broker_reconnects_total",
+            &[("component", "source")],
+        )
+    };
+    rabbitmqctl(&["close_all_connections", "test: a lost connection"]).await;
+    wait_for("the source to reconnect", Duration::from_secs(30), || {
+        reconnects(&m2) >= 1.0 && m2.assigned_partitions() == i64::from(SLOTS)
+    })
+    .await;
+    assert_eq!(
+        m2.bindings_declared_total(),
+        8,
+        "a reconnect binds nothing again"
+    );
+    let conn = mq::connect(&url).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(&format!("{}.0", n.queue), Default::default())
+        .await
+        .unwrap();
+    let in_slot0 = slots.iter().filter(|&&k| k == 0).count() as u64;
+    wait_for(
+        "slot 0's bindings to be declared again",
+        Duration::from_secs(30),
+        || m2.bindings_declared_total() == 8 + in_slot0,
+    )
+    .await;
+    let ch = mq::confirm_channel(&conn).await;
+    for (t, _) in names.iter().zip(&slots).filter(|(_, &k)| k == 0) {
+        let body = mq::depth_signal(t, 500);
+        mq::publish(
+            &ch,
+            &n.signals,
+            &format!("queue_depth.{t}"),
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    wait_for(
+        "slot 0's targets to be decided again",
+        Duration::from_secs(30),
+        || {
+            names
+                .iter()
+                .zip(&slots)
+                .filter(|(_, &k)| k == 0)
+                .all(|(t, _)| desired(&m2, t) == 5.0)
+        },
+    )
+    .await;
+    stop2.send(()).unwrap();
+    assert!(task2.await.unwrap().drained);
+    let ch = conn.create_channel().await.unwrap();
+    for k in 0..SLOTS {
+        let _ = ch
+            .queue_delete(&format!("{}.{k}", n.queue), Default::default())
+            .await;
+    }
+    n.delete(&ch).await;
+}
