@@ -76,7 +76,7 @@ pub async fn exchange(
 }
 
 /// Bindings declared at once on one channel.
-const BIND_IN_FLIGHT: usize = 512;
+pub const BIND_IN_FLIGHT: usize = 512;
 
 /// Declares a durable queue (or checks that it exists) and binds it to
 /// `exchange` with each binding key. Returns its message and consumer counts.

@@ -104,6 +104,14 @@ fn default_prefetch() -> u16 {
     500
 }
 
+/// The setting a queue comes from, for errors.
+fn setting_of(slot: Option<u16>) -> &'static str {
+    match slot {
+        Some(_) => "source.amqp.slots",
+        None => "source.amqp.queue",
+    }
+}
+
 /// The name of slot queue `k` of `queue`.
 pub fn slot_queue(queue: &str, k: u16) -> String {
     format!("{queue}.{k}")
@@ -137,6 +145,8 @@ pub struct SlotMode {
 /// How often each slot queue gets a heartbeat, so that a scaler learns it
 /// is a slot's active consumer even when its targets send nothing.
 pub const SLOT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Channels the slot queues are declared over at once.
+const DECLARE_CHANNELS: usize = 16;
 /// Heartbeats between two looks at the share of slots.
 const REBALANCE_EVERY: u64 = 5;
 /// The header that marks a heartbeat (its value: the slot).
@@ -288,20 +298,17 @@ impl AmqpSource {
             .extend(keys);
     }
 
-    /// Declares `queue` and binds what it misses. A queue that did not
-    /// exist has none of its bindings, whatever this process made before.
+    /// Declares `queue` (or checks it) and returns the bindings it misses.
+    /// A queue that did not exist has none of its bindings, whatever this
+    /// process made before.
     async fn declare_queue(
         &self,
         conn: &Connection,
         ch: &Channel,
         (queue, slot, keys): &(String, Option<u16>, Vec<String>),
-    ) -> Result<(), ConnectError> {
+    ) -> Result<Vec<String>, ConnectError> {
         let c = &self.cfg;
-        let key = if slot.is_some() {
-            "source.amqp.slots"
-        } else {
-            "source.amqp.queue"
-        };
+        let key = setting_of(*slot);
         if c.declare {
             let lost = |e: lapin::Error| ConnectError::Unreachable(format!("{key} {queue:?}: {e}"));
             if !amqp::queue_exists(conn, queue).await.map_err(lost)? {
@@ -316,10 +323,53 @@ impl AmqpSource {
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         }
         amqp::queue_with(ch, queue, key, c.declare, args).await?;
-        if c.declare {
-            let missing = self.missing(queue, keys);
-            amqp::bind_keys(ch, queue, &c.exchange, &missing, key).await?;
-            self.note_bound(queue, missing);
+        Ok(match c.declare {
+            true => self.missing(queue, keys),
+            false => Vec::new(),
+        })
+    }
+
+    /// Binds what the queues miss over a few channels at once (the broker
+    /// handles each channel's methods in turn), each pipelined.
+    async fn bind_missing(
+        &self,
+        conn: &Connection,
+        ch: &Channel,
+        missing: Vec<(String, Option<u16>, Vec<String>)>,
+    ) -> Result<(), ConnectError> {
+        let lost = |e: lapin::Error| {
+            ConnectError::Unreachable(format!("source.amqp {}: {e}", self.settings.shown_url()))
+        };
+        // (queue, slot, a chunk of its keys), dealt out over the lanes
+        let chunks: Vec<(&str, Option<u16>, &[String])> = missing
+            .iter()
+            .flat_map(|(q, slot, keys)| {
+                keys.chunks(amqp::BIND_IN_FLIGHT)
+                    .map(move |c| (q.as_str(), *slot, c))
+            })
+            .collect();
+        let lanes = chunks.len().clamp(1, DECLARE_CHANNELS);
+        let mut channels = vec![ch.clone()];
+        for _ in 1..lanes {
+            channels.push(conn.create_channel().await.map_err(lost)?);
+        }
+        let exchange = &self.cfg.exchange;
+        let bound = futures::future::try_join_all(channels.iter().enumerate().map(|(lane, lc)| {
+            let chunks = &chunks;
+            async move {
+                for (queue, slot, keys) in chunks.iter().skip(lane).step_by(lanes) {
+                    amqp::bind_keys(lc, queue, exchange, keys, setting_of(*slot)).await?;
+                }
+                Ok::<(), ConnectError>(())
+            }
+        }))
+        .await;
+        for extra in channels.iter().skip(1) {
+            let _ = extra.close(200, "bound").await;
+        }
+        bound?;
+        for (queue, _, keys) in missing {
+            self.note_bound(&queue, keys);
         }
         Ok(())
     }
@@ -342,17 +392,18 @@ impl AmqpSource {
         )
         .await?;
         let queues = self.queues();
+        let mut missing = Vec::new();
         for q in &queues {
-            self.declare_queue(&conn, &ch, q).await?;
+            let keys = self.declare_queue(&conn, &ch, q).await?;
+            if !keys.is_empty() {
+                missing.push((q.0.clone(), q.1, keys));
+            }
         }
+        self.bind_missing(&conn, &ch, missing).await?;
         let mut consumers = Vec::with_capacity(queues.len());
         for (queue, slot, _) in &queues {
-            let key = if slot.is_some() {
-                "source.amqp.slots"
-            } else {
-                "source.amqp.queue"
-            };
-            let consumer = amqp::consume(&ch, queue, key, c.prefetch, "tidewatch", lost).await?;
+            let consumer =
+                amqp::consume(&ch, queue, setting_of(*slot), c.prefetch, "tidewatch", lost).await?;
             consumers.push((*slot, consumer));
         }
         let deadletters = amqp::confirm_channel(&conn, lost).await?;
