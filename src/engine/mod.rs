@@ -469,13 +469,12 @@ impl Engine {
             .step_by(parts)
             .filter(|&i| self.owned(i))
             .collect();
-        let mut out: Vec<ScaleCommand> = owned
-            .iter()
-            .filter_map(|&i| self.evaluate(i, now_ms))
-            .collect();
+        let mut out = Vec::new();
         for i in owned {
-            if !out.iter().any(|c| c.target == self.targets[i].cfg.name) {
-                out.extend(self.reissue(i, now_ms));
+            // a target with a new command has nothing to re-issue
+            match self.evaluate(i, now_ms) {
+                Some(c) => out.push(c),
+                None => out.extend(self.reissue(i, now_ms)),
             }
         }
         self.export_gauges_in(now_ms, part, parts);

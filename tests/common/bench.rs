@@ -40,7 +40,16 @@ pub struct Driven {
 /// Sends `rate` signals a second for `seconds` (`send(target, depth)`,
 /// targets `t0`..`t{n-1}` at depth 500), and every 20 ms a signal for target
 /// `probe` at depth 300, 400, 500, ...
-pub async fn drive<F, Fut>(rate: u64, seconds: u64, mut send: F) -> Driven
+pub async fn drive<F, Fut>(rate: u64, seconds: u64, send: F) -> Driven
+where
+    F: FnMut(String, u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    drive_over(targets(), rate, seconds, send).await
+}
+
+/// [`drive`] over `n` load targets.
+pub async fn drive_over<F, Fut>(n: usize, rate: u64, seconds: u64, mut send: F) -> Driven
 where
     F: FnMut(String, u64) -> Fut,
     Fut: Future<Output = ()>,
@@ -48,7 +57,7 @@ where
     let start = Instant::now();
     let mut sent = 0u64;
     let mut probes = Vec::new();
-    let n = targets() as u64;
+    let n = n.max(1) as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;

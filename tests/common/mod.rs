@@ -22,6 +22,17 @@ pub fn start_run(
     // tests/prometheus.rs.
     let mut cfg = cfg;
     cfg.metrics.per_target = tidewatch::telemetry::PerTarget::Full;
+    start_run_as_configured(cfg, metrics)
+}
+
+/// [`start_run`] with the metrics' detail as configured.
+pub fn start_run_as_configured(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<RunReport>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let opts = RunOptions {

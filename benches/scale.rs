@@ -1,0 +1,626 @@
+//! Many targets on one scaler (issue 21), scripted and bounded. Run with
+//! `scripts/bench-scale` (or `cargo bench --bench scale -- PART...`):
+//!
+//! - `reaction-amqp`, `reaction-kafka`: for each N in SCALE_TARGETS
+//!   (default 1000,50000), one scaler with N targets on
+//!   `policies/queue_depth.lua` (three windows), the default metrics
+//!   detail, and 5,000 signals/s (SCALE_RATE) spread over the targets for
+//!   SCALE_SECONDS (default 20) on RabbitMQ (TIDEWATCH_TEST_AMQP) or the
+//!   librdkafka mock cluster. A probe target gets a signal every 20 ms
+//!   asking for more replicas than the one before; its reaction is from
+//!   publication to the command's arrival at another client. `/metrics`
+//!   is scraped every 2 s meanwhile. Reports start-up (to `/readyz`),
+//!   reaction p50/p90/p99/max, policy evaluations a second (every target
+//!   every tick is N a second), the tick's mean length, the largest
+//!   scrape and the process's RSS; then the p99 ratio of the largest N
+//!   to the smallest.
+//! - `memory`: RSS of an engine of N targets (the largest of
+//!   SCALE_TARGETS) after 8 days of queue-depth history, time-compressed:
+//!   one target is fed 8 days at a minute (virtual clock) and evaluated
+//!   hourly with its refits inline, and its snapshot (history and
+//!   forecaster) is restored into every target, as a restart after 8
+//!   days would; then one evaluation of every target.
+//! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
+//!   and `source.amqp.slots = 16` (one binding per target): seconds to
+//!   `/readyz`, on fresh queues and again with the bindings in place.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::amqp::{self as mq, Names};
+use common::bench;
+use futures::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use rdkafka::message::Message;
+use tidewatch::command::ScaleCommand;
+use tidewatch::config::Config;
+use tidewatch::telemetry::Metrics;
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn queue_depth_lua() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/policies/queue_depth.lua").to_owned()
+}
+
+/// N load targets on queue_depth.lua and the probe on the benchmarks'
+/// policy (`p.lua`: depth / 100 replicas of the last value).
+fn targets_toml(n: usize) -> String {
+    let mut out = String::with_capacity(n * 120);
+    let policy = queue_depth_lua();
+    for i in 0..n {
+        out.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\npolicy = \"{policy}\"\nmax_replicas = 10000\n\
+             params = {{ per_replica_depth = 100 }}\n"
+        ));
+    }
+    out.push_str(
+        "[[targets]]\nname = \"probe\"\npolicy = \"p.lua\"\nmax_replicas = 10000\nstabilization_down = \"0s\"\n",
+    );
+    out
+}
+
+const ENGINE: &str =
+    "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\n";
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The sum of every sample of `name` in a scrape.
+fn scraped_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Scrapes {
+    largest_bytes: usize,
+    slowest_ms: f64,
+    count: usize,
+}
+
+/// Scrapes `/metrics` every 2 s until `stop` turns true.
+async fn scrape_every_2s(port: u16, mut stop: tokio::sync::watch::Receiver<bool>) -> Scrapes {
+    let client = reqwest::Client::new();
+    let mut s = Scrapes {
+        largest_bytes: 0,
+        slowest_ms: 0.0,
+        count: 0,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return s,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        if std::env::var("SCALE_SCRAPE").as_deref() == Ok("0") {
+            continue;
+        }
+        let at = Instant::now();
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            if let Ok(body) = r.bytes().await {
+                s.largest_bytes = s.largest_bytes.max(body.len());
+                s.slowest_ms = s.slowest_ms.max(at.elapsed().as_secs_f64() * 1000.0);
+                s.count += 1;
+            }
+        }
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `tidewatch run` in a task with its metrics on `port`.
+async fn start(
+    cfg: Config,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let opts = tidewatch::scaler::RunOptions {
+            metrics: Arc::new(Metrics::new()),
+            listener: Some(listener),
+            ..Default::default()
+        };
+        tidewatch::scaler::run(cfg, opts, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    (port, stop, task)
+}
+
+async fn wait_ready(port: u16) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ok = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One row of the reaction table.
+struct Row {
+    n: usize,
+    ready_s: f64,
+    p: [f64; 4],
+    evaluations_per_s: f64,
+    tick_ms: f64,
+    scrapes: Scrapes,
+    rss_mb: f64,
+}
+
+/// A publisher of load signals and a reader of probe commands, on one
+/// broker.
+trait Rig {
+    fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// The measured part, the same on both brokers: warm-up, load with
+/// probes, scrapes beside, then the figures.
+async fn measure<R: Rig>(
+    n: usize,
+    rig: &R,
+    port: u16,
+    started: Instant,
+    mut probes_seen: tokio::sync::mpsc::UnboundedReceiver<(u32, Instant)>,
+) -> Row {
+    wait_ready(port).await;
+    let ready_s = started.elapsed().as_secs_f64();
+    // warm up: one probe command all the way round
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no warm-up command");
+        rig.publish("probe".into(), 200).await;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), probes_seen.recv()).await
+        {
+            break;
+        }
+    }
+    while probes_seen.try_recv().is_ok() {}
+    let before = scrape(port).await;
+    let (stop_scrapes, scrapes_stop) = tokio::sync::watch::channel(false);
+    let scrapes = tokio::spawn(scrape_every_2s(port, scrapes_stop));
+    let rate = env_u64("SCALE_RATE", 5000);
+    let seconds = env_u64("SCALE_SECONDS", 20);
+    let t0 = Instant::now();
+    let driven = bench::drive_over(n, rate, seconds, |t, d| rig.publish(t, d)).await;
+    let load_s = t0.elapsed().as_secs_f64();
+    let after = scrape(port).await;
+    let _ = stop_scrapes.send(true);
+    let scrapes = scrapes.await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(3), probes_seen.recv()).await {
+        got.push(g);
+    }
+    let mut lat = bench::reaction_ms(&driven.probes, &got);
+    assert!(!lat.is_empty(), "no probe command matched");
+    lat.sort_by(f64::total_cmp);
+    let q = |x| bench::percentile(&lat, x);
+    let delta = |name: &str| scraped_sum(&after, name) - scraped_sum(&before, name);
+    let row = Row {
+        n,
+        ready_s,
+        p: [q(0.5), q(0.9), q(0.99), *lat.last().unwrap()],
+        evaluations_per_s: delta("tidewatch_policy_evaluations_total") / load_s,
+        tick_ms: delta("tidewatch_engine_tick_seconds_sum")
+            / delta("tidewatch_engine_tick_seconds_count").max(1.0)
+            * 1000.0,
+        scrapes,
+        rss_mb: rss_mb(),
+    };
+    println!(
+        "targets={} ready {:.1} s; sent {:.0}/s; probes {} matched {}; reaction p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms; \
+         evaluations {:.0}/s; tick {:.1} ms; largest scrape {:.2} MB in {:.0} ms ({} scrapes); RSS {:.0} MB",
+        row.n,
+        row.ready_s,
+        driven.sent as f64 / driven.load_s,
+        driven.probes.len(),
+        lat.len(),
+        row.p[0],
+        row.p[1],
+        row.p[2],
+        row.p[3],
+        row.evaluations_per_s,
+        row.tick_ms,
+        row.scrapes.largest_bytes as f64 / 1e6,
+        row.scrapes.slowest_ms,
+        row.scrapes.count,
+        row.rss_mb
+    );
+    row
+}
+
+struct AmqpRig {
+    ch: lapin::Channel,
+    exchange: String,
+}
+
+impl Rig for AmqpRig {
+    fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()> {
+        let (ch, exchange) = (self.ch.clone(), self.exchange.clone());
+        Box::pin(async move {
+            let _ = ch
+                .basic_publish(
+                    &exchange,
+                    &format!("queue_depth.{target}"),
+                    Default::default(),
+                    bench::signal(&target, depth).as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await;
+        })
+    }
+}
+
+async fn reaction_amqp(n: usize) -> Row {
+    let url = std::env::var("TIDEWATCH_TEST_AMQP")
+        .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-scale starts RabbitMQ)");
+    let names = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(
+        dir.path(),
+        &format!("{}{ENGINE}{}", names.toml(&url), targets_toml(n)),
+        &bench::policy(),
+    );
+    let started = Instant::now();
+    let (port, stop, task) = start(cfg).await;
+    let conn = mq::connect(&url).await;
+    mq::wait_for_queue(&conn, &names.workers).await;
+    let reader = conn.create_channel().await.unwrap();
+    let mut commands = reader
+        .basic_consume(
+            &names.workers,
+            "bench-reader",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = commands.next().await {
+            let at = Instant::now();
+            let c: ScaleCommand = serde_json::from_slice(&d.data).unwrap();
+            if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
+                break;
+            }
+        }
+    });
+    let rig = AmqpRig {
+        ch: conn.create_channel().await.unwrap(),
+        exchange: names.signals.clone(),
+    };
+    let row = measure(n, &rig, port, started, probes_seen).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    names.delete(&conn.create_channel().await.unwrap()).await;
+    row
+}
+
+struct KafkaRig {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl Rig for KafkaRig {
+    fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()> {
+        let (p, topic) = (self.producer.clone(), self.topic.clone());
+        Box::pin(async move {
+            let body = bench::signal(&target, depth);
+            // queued, not awaited: a steady stream, as gateways produce
+            let _ = p.send_result(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&target)
+                    .payload(&body),
+            );
+        })
+    }
+}
+
+async fn reaction_kafka(n: usize) -> Row {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    for (t, parts) in [
+        ("signals", 3),
+        ("commands", 1),
+        ("results", 1),
+        ("tidewatch.deadletter", 1),
+        ("tidewatch.state", 1),
+    ] {
+        mock.create_topic(t, parts, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[source]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topics = [\"signals\"], group_id = \"scale\" }}\n\
+         [commands]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topic = \"commands\", results_topic = \"results\" }}\n\
+         [state]\nstore = \"none\"\n{ENGINE}{}",
+        targets_toml(n)
+    );
+    let cfg = mq::load(dir.path(), &toml, &bench::policy());
+    let started = Instant::now();
+    let (port, stop, task) = start(cfg).await;
+    let commands = common::kafka::reader(&brokers, "commands");
+    let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok(m) = commands.recv().await else {
+                continue;
+            };
+            let at = Instant::now();
+            let Some(body) = m.payload() else { continue };
+            let c: ScaleCommand = serde_json::from_slice(body).unwrap();
+            if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
+                break;
+            }
+        }
+    });
+    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let rig = KafkaRig {
+        producer,
+        topic: "signals".into(),
+    };
+    let row = measure(n, &rig, port, started, probes_seen).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    row
+}
+
+fn ratio(rows: &[Row]) {
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        if rows.len() > 1 {
+            println!(
+                "p99 at {} targets / p99 at {} targets = {:.2}",
+                last.n,
+                first.n,
+                last.p[2] / first.p[2]
+            );
+        }
+    }
+}
+
+/// 8 days of queue depth at a minute for one target, evaluated hourly
+/// with refits inline; its snapshot restored into N targets.
+fn memory(n: usize) {
+    use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
+    use tidewatch::event::Metric;
+    const MIN: i64 = 60_000;
+    let start_ms: i64 = 1_764_000_000_000;
+    let days = 8;
+    let mut t = TargetConfig::new("seed", queue_depth_lua().into(), "exec", 1, 10_000);
+    t.params
+        .insert("per_replica_depth".into(), serde_json::json!(100));
+    let engine_cfg = EngineConfig::default();
+    let t0 = Instant::now();
+    let mut seed = Engine::new(
+        &engine_cfg,
+        std::slice::from_ref(&t),
+        Arc::new(Metrics::new()),
+        start_ms,
+    )
+    .unwrap();
+    seed.set_refit_mode(tidewatch::forecast::builtin::RefitMode::Inline);
+    let end = start_ms + days * 24 * 60 * MIN;
+    let mut ts = start_ms;
+    let mut x: u64 = 1;
+    while ts < end {
+        let day = ((ts - start_ms) % (24 * 60 * MIN)) as f64 / (24.0 * 60.0 * MIN as f64);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let noise = (x >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
+        let depth = 1000.0 + 800.0 * (std::f64::consts::TAU * day).sin() + 100.0 * noise;
+        seed.record("seed", Metric::QueueDepth, ts, depth.max(0.0));
+        if (ts - start_ms) % (60 * MIN) == 0 {
+            seed.tick(ts);
+        }
+        ts += MIN;
+    }
+    seed.tick(end);
+    let snapshot = seed.snapshot("seed", end, "bench").unwrap();
+    let history_points: usize = snapshot.histories.iter().map(|(_, h)| h.points.len()).sum();
+    println!(
+        "memory: one target fed {days} days at a minute in {:.1} s (virtual clock); its snapshot holds {} history points and {} forecaster(s)",
+        t0.elapsed().as_secs_f64(),
+        history_points,
+        snapshot.forecasters.len()
+    );
+    drop(seed);
+    let rss0 = rss_mb();
+    let targets: Vec<TargetConfig> = (0..n)
+        .map(|i| {
+            let mut c = t.clone();
+            c.name = format!("t{i}");
+            c
+        })
+        .collect();
+    let t1 = Instant::now();
+    // the metrics' detail `run` has by default
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
+    let mut engine = Engine::new(&engine_cfg, &targets, metrics, end).unwrap();
+    let built_s = t1.elapsed().as_secs_f64();
+    let rss1 = rss_mb();
+    let t2 = Instant::now();
+    let mut s = snapshot;
+    for i in 0..n {
+        s.target = format!("t{i}");
+        engine.restore(&s);
+    }
+    let restored_s = t2.elapsed().as_secs_f64();
+    let rss2 = rss_mb();
+    // a signal each, so the policies have windows to read
+    for i in 0..n {
+        engine.record(&format!("t{i}"), Metric::QueueDepth, end, 1000.0);
+    }
+    let t3 = Instant::now();
+    engine.tick(end + 1000);
+    let tick_s = t3.elapsed().as_secs_f64();
+    let t4 = Instant::now();
+    for k in 2..12 {
+        engine.tick(end + k * 1000);
+    }
+    let ticks_s = t4.elapsed().as_secs_f64() / 10.0;
+    println!(
+        "memory: a tick of {n} targets with data: {:.0} ms ({:.1} us a target)",
+        ticks_s * 1000.0,
+        ticks_s * 1e6 / n as f64
+    );
+    let rss3 = rss_mb();
+    println!(
+        "memory: {n} targets: before {:.0} MB; built in {built_s:.1} s: {:.0} MB; 8 days of history restored into each in {restored_s:.1} s: {:.0} MB; \
+         one evaluation of every target in {tick_s:.1} s: {:.0} MB ({:.1} KB a target)",
+        rss0,
+        rss1,
+        rss2,
+        rss3,
+        (rss3 - rss0) * 1024.0 / n as f64
+    );
+}
+
+/// `tidewatch run` with N targets and one binding each (16 slots):
+/// seconds to `/readyz` on fresh queues, then with the bindings in place.
+async fn startup(n: usize) {
+    let url = std::env::var("TIDEWATCH_TEST_AMQP")
+        .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-scale starts RabbitMQ)");
+    let names = Names::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let toml = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}{ENGINE}{}",
+        names
+            .toml(&url)
+            .replace("prefetch = 500", "prefetch = 500, slots = 16"),
+        targets_toml(n)
+    );
+    std::fs::write(dir.path().join("p.lua"), bench::policy()).unwrap();
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    for round in ["fresh queues", "bindings in place"] {
+        let t0 = Instant::now();
+        let child = common::spawn_run(&dir.path().join("c.toml"), None);
+        wait_ready(port).await;
+        let ready = t0.elapsed().as_secs_f64();
+        let text = scrape(port).await;
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN);
+        println!(
+            "startup: {n} targets, one binding each ({round}): ready in {ready:.1} s; bindings declared {}; RSS {:.0} MB; idle scrape {:.2} MB",
+            scraped_sum(&text, "tidewatch_source_bindings_declared_total"),
+            rss / 1024.0,
+            text.len() as f64 / 1e6
+        );
+        drop(child);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let conn = mq::connect(&url).await;
+    let ch = conn.create_channel().await.unwrap();
+    for k in 0..16 {
+        let _ = ch
+            .queue_delete(&format!("{}.{k}", names.queue), Default::default())
+            .await;
+    }
+    names.delete(&ch).await;
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let all = which.is_empty();
+    let wants = |p: &str| all || which.iter().any(|w| w == p);
+    let ns = env_list("SCALE_TARGETS", "1000,50000");
+    let largest = ns.iter().copied().max().unwrap_or(50_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if wants("memory") {
+        memory(largest);
+    }
+    rt.block_on(async {
+        if wants("reaction-amqp") {
+            let mut rows = Vec::new();
+            for &n in &ns {
+                rows.push(reaction_amqp(n).await);
+            }
+            ratio(&rows);
+        }
+        if wants("reaction-kafka") {
+            let mut rows = Vec::new();
+            for &n in &ns {
+                rows.push(reaction_kafka(n).await);
+            }
+            ratio(&rows);
+        }
+        if wants("startup") {
+            startup(largest).await;
+        }
+    });
+}
