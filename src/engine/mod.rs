@@ -93,6 +93,8 @@ pub struct Engine {
     /// The shared policy VMs that targets loaded from here (a reload or a
     /// changed file) go into.
     vms: Mutex<VmPool>,
+    /// The policy files' stamps in this round of reload checks.
+    stamps: target::StampRound,
 }
 
 impl std::fmt::Debug for Engine {
@@ -134,6 +136,7 @@ impl Engine {
             forecasts_out: None,
             inputs: Arc::default(),
             vms: Mutex::new(vms),
+            stamps: Default::default(),
         })
     }
 
@@ -459,6 +462,7 @@ impl Engine {
                 now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64;
             if self.reload_round {
                 self.last_reload_check = now_ms;
+                self.stamps.clear();
             }
         }
         if self.reload_round {
@@ -621,6 +625,7 @@ impl Engine {
     /// Reloads policy files that changed on disk. A file that fails to load,
     /// or whose declared examples fail, leaves the running version in place.
     pub fn reload_changed(&mut self) {
+        self.stamps.clear();
         self.reload_changed_in(0, 1);
     }
 
@@ -628,10 +633,11 @@ impl Engine {
     fn reload_changed_in(&mut self, part: usize, parts: usize) {
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         for t in self.targets.iter_mut().skip(part).step_by(parts.max(1)) {
-            if !t.stamp.changed() {
+            let now = self.stamps.now(t.stamp.path());
+            if !t.stamp.differs(now) {
                 continue;
             }
-            t.stamp = FileStamp::read(&t.cfg.policy);
+            t.stamp = now.clone();
             let loaded = PolicySource::read(&t.cfg.policy).and_then(|src| {
                 if src.version == t.policy.version() {
                     return Ok(None);
@@ -1161,30 +1167,12 @@ pub async fn drive(
             let wait = at.saturating_sub(clock.now_ms()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait)
         });
+        // Signals first, then evaluations they made due, then the tick's
+        // next slice: under load a signal never waits behind the slices
+        // that have piled up, only behind the one running.
         let out = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = ticker.tick() => {
-                let started = std::time::Instant::now();
-                if part == 0 {
-                    engine.metrics().engine_ticked(started);
-                }
-                let out = engine.tick_part(clock.now_ms(), part, parts);
-                round += started.elapsed();
-                part += 1;
-                if part >= parts {
-                    // a whole tick: its slices' work, summed
-                    engine.metrics().engine_tick_took(round.as_secs_f64());
-                    round = Duration::ZERO;
-                    part = 0;
-                    let want = engine.tick_parts(tick);
-                    if want != parts {
-                        parts = want;
-                        ticker = slice_ticker(parts, tokio::time::Instant::now() + every(parts));
-                    }
-                }
-                out
-            }
             msg = input.recv() => match msg {
                 None => break,
                 Some(EngineInput::Batch { source, messages, done }) => {
@@ -1245,6 +1233,27 @@ pub async fn drive(
             },
             _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
                 engine.on_events(clock.now_ms())
+            }
+            _ = ticker.tick() => {
+                let started = std::time::Instant::now();
+                if part == 0 {
+                    engine.metrics().engine_ticked(started);
+                }
+                let out = engine.tick_part(clock.now_ms(), part, parts);
+                round += started.elapsed();
+                part += 1;
+                if part >= parts {
+                    // a whole tick: its slices' work, summed
+                    engine.metrics().engine_tick_took(round.as_secs_f64());
+                    round = Duration::ZERO;
+                    part = 0;
+                    let want = engine.tick_parts(tick);
+                    if want != parts {
+                        parts = want;
+                        ticker = slice_ticker(parts, tokio::time::Instant::now() + every(parts));
+                    }
+                }
+                out
             }
         };
         for c in out {

@@ -105,7 +105,7 @@ impl SignalView for TargetData {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct FileStamp {
     path: PathBuf,
     modified: Option<SystemTime>,
@@ -121,9 +121,30 @@ impl FileStamp {
             len: meta.map_or(0, |m| m.len()),
         }
     }
-    pub(super) fn changed(&self) -> bool {
-        let now = Self::read(&self.path);
+    /// Whether `now` (a fresh read of the same path) shows a change.
+    pub(super) fn differs(&self, now: &FileStamp) -> bool {
         now.modified != self.modified || now.len != self.len
+    }
+
+    pub(super) fn path(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
+/// Each policy file's stamp as read once in this round of checks: 50,000
+/// targets on one file are one `stat`, not 50,000.
+#[derive(Debug, Default)]
+pub(super) struct StampRound(std::collections::HashMap<PathBuf, FileStamp>);
+
+impl StampRound {
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub(super) fn now(&mut self, path: &PathBuf) -> &FileStamp {
+        self.0
+            .entry(path.clone())
+            .or_insert_with(|| FileStamp::read(path))
     }
 }
 
