@@ -6,7 +6,8 @@
 //!   `policies/queue_depth.lua` (three windows), the default metrics
 //!   detail, and 5,000 signals/s (SCALE_RATE) spread over the targets for
 //!   SCALE_SECONDS (default 20) on RabbitMQ (TIDEWATCH_TEST_AMQP) or the
-//!   librdkafka mock cluster. A probe target gets a signal every 20 ms
+//!   librdkafka mock cluster (the source with `fetch.wait.max.ms = 5`, as
+//!   in the Kafka benchmark). A probe target gets a signal every 20 ms
 //!   asking for more replicas than the one before; its reaction is from
 //!   publication to the command's arrival at another client. `/metrics`
 //!   is scraped every 2 s meanwhile. Reports start-up (to `/readyz`),
@@ -399,7 +400,7 @@ async fn reaction_kafka(n: usize) -> Row {
     }
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[source]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topics = [\"signals\"], group_id = \"scale\" }}\n\
+        "[source]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topics = [\"signals\"], group_id = \"scale\", options = {{ \"fetch.wait.max.ms\" = \"5\" }} }}\n\
          [commands]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topic = \"commands\", results_topic = \"results\" }}\n\
          [state]\nstore = \"none\"\n{ENGINE}{}",
         targets_toml(n)
