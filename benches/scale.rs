@@ -23,7 +23,9 @@
 //!   days would; then one evaluation of every target.
 //! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
-//!   `/readyz`, on fresh queues and again with the bindings in place.
+//!   `/readyz`, on fresh queues and again with the bindings in place
+//!   (listed through the management API when
+//!   TIDEWATCH_TEST_AMQP_MANAGEMENT is set).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -100,7 +102,8 @@ fn scraped_sum(text: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0
 }
 
 struct Scrapes {
@@ -558,11 +561,16 @@ async fn startup(n: usize) {
     let names = Names::new();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
+    // with the management API, a restart lists the bindings in place
+    let listed = std::env::var("TIDEWATCH_TEST_AMQP_MANAGEMENT")
+        .map(|m| format!(", management_url = \"{m}\""))
+        .unwrap_or_default();
     let toml = format!(
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}{ENGINE}{}",
-        names
-            .toml(&url)
-            .replace("prefetch = 500", "prefetch = 500, slots = 16"),
+        names.toml(&url).replace(
+            "prefetch = 500",
+            &format!("prefetch = 500, slots = 16{listed}")
+        ),
         targets_toml(n)
     );
     std::fs::write(dir.path().join("p.lua"), bench::policy()).unwrap();

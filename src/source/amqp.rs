@@ -25,7 +25,7 @@ use crate::broker::{default_binding_keys, default_deadletter};
 use crate::engine::slots::Slots;
 use crate::event::{DeadLetter, Origin};
 use crate::retry::Backoff;
-use crate::secret::{Secret, Url};
+use crate::secret::{ManagementUrl, Secret, Url};
 use crate::settings::{problem, yes, Problem};
 use crate::source::kafka::MAX_BATCH;
 use crate::source::SourceContext;
@@ -53,6 +53,11 @@ pub struct AmqpSourceConfig {
     /// PEM CA file for `amqps://` (default: the system's trust store).
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// The management HTTP API (`http://user:pass@host:15672`): at start,
+    /// the bindings a queue already has are listed there and not declared
+    /// again.
+    #[serde(flatten)]
+    pub management_url: Secret<ManagementUrl>,
     /// Scale-out: 0 reads one queue; N reads N slot queues `<queue>.<k>`,
     /// each with a single active consumer, each target bound on the slot
     /// its name hashes to. Scalers sharing the slots share the targets.
@@ -72,6 +77,7 @@ impl AmqpSourceConfig {
     /// Checks `[source.amqp]`.
     pub fn check(&self, out: &mut Vec<Problem>) {
         self.settings().check(out);
+        self.management_url.check("source.amqp.management_url", out);
         if self.prefetch == 0 {
             out.push(problem("source.amqp.prefetch", "must be at least 1"));
         }
@@ -102,6 +108,70 @@ fn default_scaler_queue() -> String {
 }
 fn default_prefetch() -> u16 {
     500
+}
+
+/// The virtual host an AMQP URL names: its path, percent-decoded; `/`
+/// when it has none.
+pub fn vhost_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.is_empty() {
+        return "/".into();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The routing keys `queue` is bound with from `exchange`, from the
+/// management API at `base`.
+async fn existing_bindings(
+    base: &str,
+    vhost: &str,
+    queue: &str,
+    exchange: &str,
+) -> Result<Vec<String>, String> {
+    let queue_url = crate::source::probe::management_queue_url(base, vhost, queue)
+        .map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let redact = |e: &dyn std::fmt::Display| amqp::redact(&e.to_string());
+    let resp = client
+        .get(format!("{queue_url}/bindings"))
+        .send()
+        .await
+        .map_err(|e| redact(&e))?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = resp.bytes().await.map_err(|e| redact(&e))?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|e| format!("not a list of bindings: {e}"))?;
+    Ok(list
+        .iter()
+        .filter(|b| b.get("source").and_then(|s| s.as_str()) == Some(exchange))
+        .filter_map(|b| b.get("routing_key")?.as_str().map(str::to_owned))
+        .collect())
 }
 
 /// The setting a queue comes from, for errors.
@@ -288,6 +358,64 @@ impl AmqpSource {
         }
     }
 
+    fn knows_nothing_of(&self, queue: &str) -> bool {
+        !self
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(queue)
+    }
+
+    /// With `management_url`: notes the bindings `queue` has on the signal
+    /// exchange as made, so that a new process declares only the missing
+    /// ones. A failure is logged, and everything is declared.
+    async fn list_bindings(&self, queue: &str) {
+        let base = match self
+            .cfg
+            .management_url
+            .resolve("source.amqp.management_url")
+        {
+            Ok(Some(base)) => base,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("{e}; declaring every binding");
+                return;
+            }
+        };
+        match existing_bindings(&base, &self.vhost(), queue, &self.cfg.exchange).await {
+            Ok(keys) => {
+                tracing::info!(
+                    queue,
+                    bindings = keys.len(),
+                    "amqp source: bindings already in place (management API)"
+                );
+                self.bound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(queue.to_owned())
+                    .or_default()
+                    .extend(keys);
+            }
+            Err(e) => tracing::warn!(
+                setting = "source.amqp.management_url",
+                queue,
+                "cannot list the queue's bindings ({e}); declaring every binding"
+            ),
+        }
+    }
+
+    /// The virtual host of the source's URL (`/` when it names none).
+    fn vhost(&self) -> String {
+        let url = self
+            .cfg
+            .url
+            .resolve("source.amqp.url")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        vhost_of(&url)
+    }
+
     fn note_bound(&self, queue: &str, keys: Vec<String>) {
         self.ctx.metrics.bindings_declared(keys.len());
         self.bound
@@ -316,6 +444,8 @@ impl AmqpSource {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(queue.as_str());
+            } else if self.knows_nothing_of(queue) {
+                self.list_bindings(queue).await;
             }
         }
         let mut args = FieldTable::default();
@@ -826,5 +956,22 @@ impl AmqpSource {
             .metrics
             .dead_lettered(dl.source.as_str(), dl.reason.as_str());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_vhost_is_the_urls_decoded_path() {
+        for (url, vhost) in [
+            ("amqp://guest:guest@127.0.0.1:5672/%2f", "/"),
+            ("amqp://guest:guest@127.0.0.1:5672/%2F", "/"),
+            ("amqp://127.0.0.1:5672", "/"),
+            ("amqps://u:p@h:5671/orders?heartbeat=10", "orders"),
+            ("amqp://h/a%2Fb", "a/b"),
+            ("amqp://h/100%", "100%"),
+        ] {
+            assert_eq!(super::vhost_of(url), vhost, "{url}");
+        }
     }
 }
