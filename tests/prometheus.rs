@@ -112,6 +112,8 @@ kind = "kafka"
 kafka = {{ brokers = "{brokers}", topic = "{commands}", results_topic = "{results}" }}
 [metrics]
 listen = "127.0.0.1:{scaler_port}"
+[state]
+topic = "prom-state-{s}"
 [[targets]]
 name = "checkout"
 policy = "{root}/policies/queue_depth.lua"

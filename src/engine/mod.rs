@@ -95,6 +95,8 @@ pub struct Engine {
     vms: Mutex<VmPool>,
     /// The policy files' stamps in this round of reload checks.
     stamps: target::StampRound,
+    /// Whether a policy version's declared examples pass, in this round.
+    examples: HashMap<String, Result<(), PolicyError>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,6 +139,7 @@ impl Engine {
             inputs: Arc::default(),
             vms: Mutex::new(vms),
             stamps: Default::default(),
+            examples: HashMap::new(),
         })
     }
 
@@ -463,6 +466,7 @@ impl Engine {
             if self.reload_round {
                 self.last_reload_check = now_ms;
                 self.stamps.clear();
+                self.examples.clear();
             }
         }
         if self.reload_round {
@@ -626,6 +630,7 @@ impl Engine {
     /// or whose declared examples fail, leaves the running version in place.
     pub fn reload_changed(&mut self) {
         self.stamps.clear();
+        self.examples.clear();
         self.reload_changed_in(0, 1);
     }
 
@@ -642,25 +647,12 @@ impl Engine {
                 if src.version == t.policy.version() {
                     return Ok(None);
                 }
-                let failed: Vec<String> = run_examples(&src, self.cfg.policy_limits())?
-                    .into_iter()
-                    .filter(|o| !o.passed())
-                    .map(|o| {
-                        format!(
-                            "example {:?} expected {:?}, got {}",
-                            o.name,
-                            o.expected,
-                            o.got_text()
-                        )
-                    })
-                    .collect();
-                if !failed.is_empty() {
-                    return Err(PolicyError {
-                        kind: PolicyErrorKind::Load,
-                        policy: src.version,
-                        message: failed.join("; "),
-                    });
-                }
+                // the examples of a version are run once, not per target
+                let limits = self.cfg.policy_limits();
+                self.examples
+                    .entry(src.version.clone())
+                    .or_insert_with(|| examples_pass(&src, limits))
+                    .clone()?;
                 let p = load_policy(&t.cfg, &t.data, &self.cfg, &mut vms)?;
                 p.adopt_state(&t.policy)?;
                 Ok(Some(p))
@@ -1131,6 +1123,34 @@ fn staleness(t: &TargetRuntime, d: &TargetData, now_ms: Millis) -> Option<String
             age / 1000,
             humantime::format_duration(after)
         )
+    })
+}
+
+/// Whether `src`'s declared examples pass; the error names each that
+/// fails.
+fn examples_pass(
+    src: &PolicySource,
+    limits: crate::policy::PolicyLimits,
+) -> Result<(), PolicyError> {
+    let failed: Vec<String> = run_examples(src, limits)?
+        .into_iter()
+        .filter(|o| !o.passed())
+        .map(|o| {
+            format!(
+                "example {:?} expected {:?}, got {}",
+                o.name,
+                o.expected,
+                o.got_text()
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(PolicyError {
+        kind: PolicyErrorKind::Load,
+        policy: src.version.clone(),
+        message: failed.join("; "),
     })
 }
 

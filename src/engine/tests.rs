@@ -1530,3 +1530,34 @@ fn events_evaluate_only_the_targets_that_got_them() {
     assert_eq!((c[0].target.as_str(), c[0].desired_replicas), ("web", 9));
     assert_eq!(e.next_event_eval(), None);
 }
+
+/// With RabbitMQ slot queues, the engine decides only for the targets of
+/// the slots this scaler holds, and stops when it loses them.
+#[test]
+fn slots_decide_which_targets_are_ours() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    let slots = Arc::new(slots::Slots::new(64));
+    let (web, other) = (slots.slot_of("web"), slots.slot_of("other"));
+    assert_ne!(web, other, "the two targets hash to different slots");
+    s.engine.track_slots(slots.clone());
+    for t in ["web", "other"] {
+        s.engine.ingest("amqp", &depth(t, 400.0, T0), T0);
+    }
+    let decided = |cmds: &[ScaleCommand]| {
+        let mut t: Vec<&str> = cmds.iter().map(|c| c.target.as_str()).collect();
+        t.sort();
+        t.join(",")
+    };
+    assert_eq!(decided(&s.engine.tick(T0 + 1000)), "", "no slot held");
+    slots.gained(web);
+    assert_eq!(decided(&s.engine.tick(T0 + 2000)), "web");
+    slots.gained(other);
+    s.engine
+        .ingest("amqp", &depth("web", 900.0, T0 + 2500), T0 + 2500);
+    assert_eq!(decided(&s.engine.tick(T0 + 3000)), "other,web");
+    slots.lost_all();
+    s.engine
+        .ingest("amqp", &depth("web", 1500.0, T0 + 3500), T0 + 3500);
+    assert_eq!(decided(&s.engine.tick(T0 + 4000)), "", "every slot lost");
+    assert!(s.engine.on_events(T0 + 4100).is_empty());
+}
