@@ -84,7 +84,12 @@ const ENGINE: &str =
     "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\n";
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_mb_of("self")
+}
+
+/// VmRSS of process `pid` ("self" for this one), in MB.
+fn rss_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -581,18 +586,11 @@ async fn startup(n: usize) {
         wait_ready(port).await;
         let ready = t0.elapsed().as_secs_f64();
         let text = scrape(port).await;
-        let rss = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .unwrap_or(f64::NAN);
+        let rss_mb = rss_mb_of(&child.0.id().to_string());
         println!(
             "startup: {n} targets, one binding each ({round}): ready in {ready:.1} s; bindings declared {}; RSS {:.0} MB; idle scrape {:.2} MB",
             scraped_sum(&text, "tidewatch_source_bindings_declared_total"),
-            rss / 1024.0,
+            rss_mb,
             text.len() as f64 / 1e6
         );
         drop(child);

@@ -35,28 +35,11 @@ stabilization_down = "0s"
 
 static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .output()
-            .expect("rabbitmqctl runs (scripts/test installs rabbitmq-server)")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn restart_broker(down_for: Duration) {
-    rabbitmqctl(&["stop_app"]).await;
+    mq::rabbitmqctl(&["stop_app"]).await;
     tokio::time::sleep(down_for).await;
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup"]).await;
+    mq::rabbitmqctl(&["start_app"]).await;
+    mq::rabbitmqctl(&["await_startup"]).await;
 }
 
 fn counter(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -337,7 +320,7 @@ amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" 
     assert_eq!(first.last().unwrap().desired_replicas, 3);
     drop(conn);
 
-    rabbitmqctl(&["stop_app"]).await;
+    mq::rabbitmqctl(&["stop_app"]).await;
     // Decided while the broker is away: 42, then 45 (the latest wins).
     send(4200).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -357,8 +340,8 @@ amqp = {{ url = "{url}", exchange = "{}", results_exchange = "{}", queue = "{}" 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup"]).await;
+    mq::rabbitmqctl(&["start_app"]).await;
+    mq::rabbitmqctl(&["await_startup"]).await;
 
     let conn = mq::connect(&url).await;
     let after = commands_until(&conn, &n.workers, 45).await;

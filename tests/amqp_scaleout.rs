@@ -41,31 +41,6 @@ fn desired(m: &Metrics, target: &str) -> f64 {
     )
 }
 
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .output()
-            .expect("rabbitmqctl runs (scripts/test installs rabbitmq-server)")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     let Some(url) = mq::broker() else { return };
@@ -113,7 +88,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     let (stop2, task2) = common::start_run(cfg, m2.clone());
     // The first scaler holds every slot at first; it hands on what is
     // over its share (half, with two scalers on the queues).
-    wait_for(
+    common::wait_for(
         "each scaler to hold two slots",
         Duration::from_secs(60),
         || m1.assigned_partitions() == 2 && m2.assigned_partitions() == 2,
@@ -134,7 +109,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
         }
     };
     send(1000).await;
-    wait_for(
+    common::wait_for(
         "a command for every target",
         Duration::from_secs(30),
         || names.iter().all(|t| issued(&m1, t) + issued(&m2, t) > 0),
@@ -162,7 +137,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     stop1.send(()).unwrap();
     assert!(task1.await.unwrap().drained);
     let before: Vec<u64> = names.iter().map(|t| issued(&m2, t)).collect();
-    wait_for(
+    common::wait_for(
         "the second scaler to hold every slot",
         Duration::from_secs(30),
         || m2.assigned_partitions() == i64::from(SLOTS),
@@ -197,8 +172,8 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
             &[("component", "source")],
         )
     };
-    rabbitmqctl(&["close_all_connections", "test: a lost connection"]).await;
-    wait_for("the source to reconnect", Duration::from_secs(30), || {
+    mq::rabbitmqctl(&["close_all_connections", "test: a lost connection"]).await;
+    common::wait_for("the source to reconnect", Duration::from_secs(30), || {
         reconnects(&m2) >= 1.0 && m2.assigned_partitions() == i64::from(SLOTS)
     })
     .await;
@@ -213,7 +188,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
         .await
         .unwrap();
     let in_slot0 = slots.iter().filter(|&&k| k == 0).count() as u64;
-    wait_for(
+    common::wait_for(
         "slot 0's bindings to be declared again",
         Duration::from_secs(30),
         || m2.bindings_declared_total() == at_start + in_slot0,
@@ -231,7 +206,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
         .await
         .unwrap();
     }
-    wait_for(
+    common::wait_for(
         "slot 0's targets to be decided again",
         Duration::from_secs(30),
         || {

@@ -68,14 +68,6 @@ fn issued(m: &Metrics, target: &str) -> u64 {
         .sum()
 }
 
-async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scalers_split_targets_and_take_over_cleanly() {
     let (_mock, brokers) = mock_cluster();
@@ -111,7 +103,7 @@ stabilization_down = "0s"
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let (m1, stop1, task1) = scaler(cfg.clone());
     let (m2, stop2, task2) = scaler(cfg);
-    wait_for(
+    common::wait_for(
         "each scaler to own one partition",
         Duration::from_secs(60),
         || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
@@ -143,7 +135,7 @@ stabilization_down = "0s"
         send("b", 1, 500).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for("commands for both targets", Duration::from_secs(30), || {
+    common::wait_for("commands for both targets", Duration::from_secs(30), || {
         issued(&m1, "a") + issued(&m2, "a") > 0 && issued(&m1, "b") + issued(&m2, "b") > 0
     })
     .await;
@@ -168,7 +160,7 @@ stabilization_down = "0s"
     // Every command of a so far came from the stopped owner (all published:
     // it drained); the reader skips those.
     let before = issued(&m_owner, "a") as usize;
-    wait_for(
+    common::wait_for(
         "the other scaler to own both partitions",
         Duration::from_secs(60),
         || other_metrics.assigned_partitions() == 2,
@@ -313,7 +305,7 @@ history_step = "1h"
 
     let (m1, stop1, task1) = scaler(cfg.clone());
     let (m2, stop2, task2) = scaler(cfg);
-    wait_for(
+    common::wait_for(
         "each scaler to own one partition",
         Duration::from_secs(60),
         || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
@@ -388,14 +380,14 @@ history_step = "1h"
         send("a", 0, 1000).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for("the scale-down held", Duration::from_secs(30), || {
+    common::wait_for("the scale-down held", Duration::from_secs(30), || {
         held(&m_owner) > 0.0
     })
     .await;
     eprintln!("the {owner} scaler owns a; stopping it");
     stop_owner.send(()).unwrap();
     assert!(task_owner.await.unwrap().drained);
-    wait_for(
+    common::wait_for(
         "the other scaler to own both partitions",
         Duration::from_secs(60),
         || m_other.assigned_partitions() == 2,
@@ -416,7 +408,7 @@ history_step = "1h"
         send("a", 0, 1000).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for(
+    common::wait_for(
         "the new owner to hold the scale-down",
         Duration::from_secs(30),
         || held(&m_other) > held_before,
@@ -525,7 +517,7 @@ interval = "1h"
     // The first scaler alone: both targets to 20 (their first snapshot is
     // taken then), then to 30.
     let (m1, stop1, task1) = scaler(cfg.clone());
-    wait_for(
+    common::wait_for(
         "the first scaler to own both partitions",
         Duration::from_secs(60),
         || m1.assigned_partitions() == 2,
@@ -533,7 +525,7 @@ interval = "1h"
     .await;
     send("a", 2000).await;
     send("b", 2000).await;
-    wait_for(
+    common::wait_for(
         "both at 20 and snapshotted",
         Duration::from_secs(30),
         || issued(&m1, "a") == 1 && issued(&m1, "b") == 1 && written(&m1) >= 2.0,
@@ -542,7 +534,7 @@ interval = "1h"
     tokio::time::sleep(Duration::from_secs(2)).await;
     send("a", 3000).await;
     send("b", 3000).await;
-    wait_for("both at 30", Duration::from_secs(30), || {
+    common::wait_for("both at 30", Duration::from_secs(30), || {
         issued(&m1, "a") == 2 && issued(&m1, "b") == 2
     })
     .await;
@@ -550,7 +542,7 @@ interval = "1h"
 
     // The second joins: one partition moves to it.
     let (m2, stop2, task2) = scaler(cfg);
-    wait_for("one partition each", Duration::from_secs(60), || {
+    common::wait_for("one partition each", Duration::from_secs(60), || {
         m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1
     })
     .await;
@@ -563,7 +555,7 @@ interval = "1h"
     }
     send("a", 4000).await;
     send("b", 5000).await;
-    wait_for("the spikes' commands", Duration::from_secs(30), || {
+    common::wait_for("the spikes' commands", Duration::from_secs(30), || {
         issued(&m1, "a") + issued(&m2, "a") >= 3 && issued(&m1, "b") + issued(&m2, "b") >= 3
     })
     .await;

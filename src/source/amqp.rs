@@ -389,12 +389,7 @@ impl AmqpSource {
                     bindings = keys.len(),
                     "amqp source: bindings already in place (management API)"
                 );
-                self.bound
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(queue.to_owned())
-                    .or_default()
-                    .extend(keys);
+                self.remember(queue, keys);
             }
             Err(e) => tracing::warn!(
                 setting = "source.amqp.management_url",
@@ -416,8 +411,14 @@ impl AmqpSource {
         vhost_of(&url)
     }
 
+    /// `keys` were declared on `queue` now.
     fn note_bound(&self, queue: &str, keys: Vec<String>) {
         self.ctx.metrics.bindings_declared(keys.len());
+        self.remember(queue, keys);
+    }
+
+    /// `queue` has the bindings `keys`.
+    fn remember(&self, queue: &str, keys: Vec<String>) {
         self.bound
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -297,3 +297,22 @@ pub async fn publish_result_until_applied(
         assert!(Instant::now() < deadline, "the result was never applied");
     }
 }
+
+/// Runs `rabbitmqctl` with `args` (scripts/test installs it); fails with
+/// its stderr.
+pub async fn rabbitmqctl(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .output()
+            .expect("rabbitmqctl runs (scripts/test installs rabbitmq-server)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
