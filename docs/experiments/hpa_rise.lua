@@ -1,0 +1,43 @@
+-- EXPERIMENT, not a shipped policy (docs/PREDICTIVE.md, "The split, and
+-- what was tried", the rows on `hpa_rise.lua`). `hpa.lua`'s target
+-- tracking (0.8, tolerance 10%, its scale-up limit) on the load expected
+-- when a replica started now is ready: now plus the forecast's rise at
+-- lead/2, lead and lead + period (lead = startup + period), counted only
+-- beyond k times the forecast's lower half-interval, and at one far
+-- horizon `far` (seconds) beyond kf times it. With no forecast it is
+-- hpa.lua exactly, so where forecasts add nothing it costs nothing.
+-- Measured with (tuning set):
+--   tidewatch simulate --policy policies/hpa.lua --policy docs/experiments/hpa_rise.lua \
+--     --corpus <dir with the crane-*.csv> --generate 3 --seed 0 --days 21 \
+--     --sweep target_utilization=0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.5 --quiet \
+--     --param k=1 --param far=1800 --param kf=0
+local P = {}
+function P.decide(ctx)
+  local p = ctx.params
+  if not tw.every(ctx, p.period or 15) then return nil end
+  local value, metric = tw.load_reading(ctx)
+  if not value then return nil end
+  local lead = (p.startup or 60) + (p.period or 15)
+  local load = value
+  local base = ctx.forecast(metric, 0)
+  if base then
+    local function consider(h, k)
+      local f = ctx.forecast(metric, h)
+      local rise = (f.value - base.value) - k * (f.value - f.lower)
+      if rise > 0 then load = math.max(load, value + rise) end
+    end
+    for _, h in ipairs({ lead / 2, lead, lead + (p.period or 15) }) do
+      consider(h, p.k or 0)
+    end
+    if p.far then consider(p.far, p.kf or 0) end
+  end
+  local current = ctx.replicas
+  local per_replica = current > 0 and load / current or load
+  local target = tw.per_replica_target(p, 0.8)
+  local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
+  if not ctx.behavior then
+    want = math.min(want, tw.hpa_scale_up_limit(current))
+  end
+  return { replicas = want, reason = "" }
+end
+return P
