@@ -1561,3 +1561,55 @@ fn slots_decide_which_targets_are_ours() {
     assert_eq!(decided(&s.engine.tick(T0 + 4000)), "", "every slot lost");
     assert!(s.engine.on_events(T0 + 4100).is_empty());
 }
+
+/// Signals go before the tick's next slice (issue 21), but a flood of them
+/// cannot stop the tick: the input channel yields to the ticker when
+/// tokio's budget for the task runs out, so the tick is late, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_inputs_does_not_stop_the_tick() {
+    let (_dir, engine) = many_targets(600);
+    let Driving {
+        clock: _clock,
+        in_tx,
+        mut out_rx,
+        stop_tx,
+        task,
+    } = start_drive(engine, 1024);
+    // batches of 2,000 signals: each costs the engine far more than the
+    // sender, so the input channel is never empty
+    let messages: Arc<Vec<(Origin, Vec<u8>)>> = Arc::new(
+        (0..2000)
+            .map(|i| {
+                (
+                    Origin::default(),
+                    depth(&format!("t{}", i % 600), 420.0, T0),
+                )
+            })
+            .collect(),
+    );
+    let flood = tokio::spawn(async move {
+        let mut sent = 0;
+        loop {
+            let msg = EngineInput::Batch {
+                source: "t",
+                messages: messages.clone(),
+                done: None,
+            };
+            if in_tx.send(msg).await.is_err() {
+                return sent;
+            }
+            sent += 1;
+        }
+    });
+    // the first tick's 600 commands (in slices) get out during the flood
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..600 {
+            out_rx.recv().await.unwrap();
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "the tick did not get through the flood");
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+    assert!(flood.await.unwrap() > 16, "the channel was kept full");
+}
