@@ -21,6 +21,10 @@
 //!   hourly with its refits inline, and its snapshot (history and
 //!   forecaster) is restored into every target, as a restart after 8
 //!   days would; then one evaluation of every target.
+//! - `refit-wave`: the same engine right after the restore, when every
+//!   forecaster falls due at once: for SCALE_SECONDS the tick runs in
+//!   slices and after each one target that just got a signal is decided;
+//!   the slices' and the decisions' times, while the refit pool works.
 //! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
 //!   `/readyz`, on fresh queues and again with the bindings in place
@@ -462,6 +466,96 @@ fn ratio(rows: &[Row]) {
 /// 8 days of queue depth at a minute for one target, evaluated hourly
 /// with refits inline; its snapshot restored into N targets.
 fn memory(n: usize) {
+    use tidewatch::event::Metric;
+    let (mut engine, end) = restored(n);
+    // a signal each, so the policies have windows to read
+    for i in 0..n {
+        engine.record(&format!("t{i}"), Metric::QueueDepth, end, 1000.0);
+    }
+    let t3 = Instant::now();
+    engine.tick(end + 1000);
+    let tick_s = t3.elapsed().as_secs_f64();
+    let t4 = Instant::now();
+    for k in 2..12 {
+        engine.tick(end + k * 1000);
+    }
+    let ticks_s = t4.elapsed().as_secs_f64() / 10.0;
+    println!(
+        "memory: a tick of {n} targets with data: {:.0} ms ({:.1} us a target)",
+        ticks_s * 1000.0,
+        ticks_s * 1e6 / n as f64
+    );
+    println!(
+        "memory: one evaluation of every target in {tick_s:.1} s: {:.0} MB",
+        rss_mb()
+    );
+}
+
+/// The refit wave: right after a restart every restored forecaster falls
+/// due at its first sync (the snapshots here are copies of one, so all at
+/// once). For SCALE_SECONDS of real time the engine runs its tick in
+/// slices, and after each slice decides one target that just got a
+/// signal; the times of both, and what the refit pool did meanwhile.
+fn refit_wave(n: usize) {
+    use tidewatch::event::Metric;
+    let (mut engine, end) = restored(n);
+    // six hours on: every restored model's refit is due (all were fitted
+    // at the same moment, being copies)
+    // (SCALE_WAVE=0: a minute on, nothing due, for comparison)
+    let wave = std::env::var("SCALE_WAVE").as_deref() != Ok("0");
+    let start = end + if wave { 6 * 3_600_000 } else { 0 } + 60_000;
+    for i in 0..n {
+        engine.record(&format!("t{i}"), Metric::QueueDepth, start, 1000.0);
+    }
+    let pool = tidewatch::forecast::pool::pool();
+    let deferred0 = pool.deferred();
+    let parts = engine.tick_parts(Duration::from_secs(1));
+    let step = 1000 / parts as i64;
+    let (mut slices, mut decisions) = (Vec::new(), Vec::new());
+    let seconds = env_u64("SCALE_SECONDS", 20);
+    let started = Instant::now();
+    let mut now = start + 1000;
+    let mut part = 0;
+    let mut depth = 1000;
+    let mut evaluated = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let t = Instant::now();
+        engine.tick_part(now, part, parts);
+        slices.push(t.elapsed().as_secs_f64() * 1000.0);
+        part = (part + 1) % parts;
+        depth += 100;
+        let probe = format!("t{}", (now / step) as usize % n);
+        let t = Instant::now();
+        engine.ingest("bench", bench::signal(&probe, depth).as_bytes(), now);
+        evaluated += engine.on_events(now).len();
+        decisions.push(t.elapsed().as_secs_f64() * 1000.0);
+        now += step;
+    }
+    let q = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (
+            bench::percentile(v, 0.5),
+            bench::percentile(v, 0.99),
+            *v.last().unwrap_or(&f64::NAN),
+        )
+    };
+    let (s50, s99, smax) = q(&mut slices);
+    let (d50, d99, dmax) = q(&mut decisions);
+    println!(
+        "refit wave: {n} targets, {}, {seconds} s: {} slices p50 {s50:.2} p99 {s99:.2} max {smax:.2} ms; \
+         a signal taken and decided p50 {d50:.3} p99 {d99:.3} max {dmax:.3} ms ({evaluated} commands); refits turned away meanwhile {} (queue full), running at the end {}",
+        if wave { "every forecaster due at once" } else { "no refit due (SCALE_WAVE=0)" },
+        slices.len(),
+        pool.deferred() - deferred0,
+        pool.running()
+    );
+}
+
+/// An engine of N targets on queue_depth.lua, each with 8 days of history
+/// and a fitted forecaster: one target fed 8 days at a minute and
+/// evaluated hourly (refits inline), its snapshot restored into all N.
+/// Returns the engine and the time the history ends.
+fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
     use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
     use tidewatch::event::Metric;
     const MIN: i64 = 60_000;
@@ -529,33 +623,11 @@ fn memory(n: usize) {
     }
     let restored_s = t2.elapsed().as_secs_f64();
     let rss2 = rss_mb();
-    // a signal each, so the policies have windows to read
-    for i in 0..n {
-        engine.record(&format!("t{i}"), Metric::QueueDepth, end, 1000.0);
-    }
-    let t3 = Instant::now();
-    engine.tick(end + 1000);
-    let tick_s = t3.elapsed().as_secs_f64();
-    let t4 = Instant::now();
-    for k in 2..12 {
-        engine.tick(end + k * 1000);
-    }
-    let ticks_s = t4.elapsed().as_secs_f64() / 10.0;
     println!(
-        "memory: a tick of {n} targets with data: {:.0} ms ({:.1} us a target)",
-        ticks_s * 1000.0,
-        ticks_s * 1e6 / n as f64
+        "memory: {n} targets: before {:.0} MB; built in {built_s:.1} s: {:.0} MB; 8 days of history restored into each in {restored_s:.1} s: {:.0} MB",
+        rss0, rss1, rss2
     );
-    let rss3 = rss_mb();
-    println!(
-        "memory: {n} targets: before {:.0} MB; built in {built_s:.1} s: {:.0} MB; 8 days of history restored into each in {restored_s:.1} s: {:.0} MB; \
-         one evaluation of every target in {tick_s:.1} s: {:.0} MB ({:.1} KB a target)",
-        rss0,
-        rss1,
-        rss2,
-        rss3,
-        (rss3 - rss0) * 1024.0 / n as f64
-    );
+    (engine, end)
 }
 
 /// `tidewatch run` with N targets and one binding each (16 slots):
@@ -622,6 +694,9 @@ fn main() {
         .unwrap();
     if wants("memory") {
         memory(largest);
+    }
+    if wants("refit-wave") {
+        refit_wave(largest);
     }
     rt.block_on(async {
         if wants("reaction-amqp") {
