@@ -117,11 +117,12 @@ impl Engine {
     ) -> Result<Self, PolicyError> {
         let mut targets = Vec::with_capacity(configured.len());
         let mut by_name = HashMap::new();
-        let mut vms = VmPool::new(engine.targets_per_vm);
+        let mut vms = VmPool::new(engine.targets_per_vm).reading_once();
         for t in configured {
             by_name.insert(t.name.clone(), targets.len());
             targets.push(build_target(t, engine, &metrics, now_ms, &mut vms)?);
         }
+        vms.fresh_reads();
         Ok(Self {
             targets,
             by_name,

@@ -35,7 +35,7 @@ impl Prepared {
         now_ms: Millis,
     ) -> Result<Self, PolicyError> {
         let mut out = HashMap::new();
-        let mut vms = VmPool::new(engine.targets_per_vm);
+        let mut vms = VmPool::new(engine.targets_per_vm).reading_once();
         for t in configs {
             out.insert(
                 t.name.clone(),

@@ -12,7 +12,7 @@ use crate::event::Metric;
 use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig};
-use crate::policy::{LuaPolicy, PolicyError, PolicySource, SignalView, VmPool};
+use crate::policy::{LuaPolicy, PolicyError, SignalView, VmPool};
 use crate::schedule::Schedule;
 use crate::state::ControlState;
 use crate::window::{SpanTooLong, TargetWindows, WindowStats};
@@ -213,7 +213,7 @@ pub(super) fn load_policy(
     cfg: &EngineConfig,
     vms: &mut VmPool,
 ) -> Result<LuaPolicy, PolicyError> {
-    let src = PolicySource::read(&t.policy)?;
+    let src = vms.read(&t.policy)?;
     let mut p = vms.load(&src, &t.params_json(), cfg.policy_limits())?;
     // `ctx.behavior`: the guard limits the rate as the HPA does, so a
     // policy need not (hpa.lua leaves its own scale-up limit out then)

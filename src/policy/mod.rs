@@ -304,6 +304,8 @@ impl PolicyVm {
 pub struct VmPool {
     per_vm: usize,
     open: std::collections::HashMap<(PathBuf, String), (std::sync::Weak<PolicyVm>, usize)>,
+    /// While building many targets at once: each file read once.
+    sources: Option<std::collections::HashMap<PathBuf, PolicySource>>,
 }
 
 impl VmPool {
@@ -311,7 +313,33 @@ impl VmPool {
         Self {
             per_vm: per_vm.max(1),
             open: Default::default(),
+            sources: None,
         }
+    }
+
+    /// Reads each policy file once until [`VmPool::fresh_reads`]: for
+    /// building a configuration's targets, not for noticing changes.
+    pub fn reading_once(mut self) -> Self {
+        self.sources = Some(Default::default());
+        self
+    }
+
+    /// Every read reads the file again (a running engine's reloads).
+    pub fn fresh_reads(&mut self) {
+        self.sources = None;
+    }
+
+    /// The policy file at `path`.
+    pub fn read(&mut self, path: &Path) -> Result<PolicySource, PolicyError> {
+        let Some(cache) = &mut self.sources else {
+            return PolicySource::read(path);
+        };
+        if let Some(src) = cache.get(path) {
+            return Ok(src.clone());
+        }
+        let src = PolicySource::read(path)?;
+        cache.insert(path.to_owned(), src.clone());
+        Ok(src)
     }
 
     /// A VM for `source` with room for one more target.

@@ -746,3 +746,28 @@ fn line_numbers_in_errors_are_the_files_own() {
         .unwrap_err();
     assert!(e.message.contains("global 'undefined_fn'"), "{}", e.message);
 }
+
+#[test]
+fn a_build_reads_each_policy_file_once_and_a_running_pool_reads_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.lua");
+    std::fs::write(&path, "return { decide = function() return 1 end }").unwrap();
+    let mut pool = VmPool::new(4).reading_once();
+    let first = pool.read(&path).unwrap();
+    std::fs::write(&path, "return { decide = function() return 2 end }").unwrap();
+    assert_eq!(
+        pool.read(&path).unwrap().version,
+        first.version,
+        "read once"
+    );
+    pool.fresh_reads();
+    assert_ne!(
+        pool.read(&path).unwrap().version,
+        first.version,
+        "read again"
+    );
+    // a missing file is an error that names it, cached or not
+    let missing = dir.path().join("gone.lua");
+    let e = VmPool::new(4).reading_once().read(&missing).unwrap_err();
+    assert!(e.message.contains("gone.lua"), "{e}");
+}
