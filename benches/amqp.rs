@@ -71,19 +71,7 @@ async fn reaction(url: &str, rate: u64, seconds: u64) {
     let (stop, task) = common::start_run(config(dir.path(), url, &n, "0s"), metrics.clone());
     let conn = mq::connect(url).await;
     mq::wait_for_queue(&conn, &n.workers).await;
-    let reader_ch = conn.create_channel().await.unwrap();
-    let mut commands = reader_ch
-        .basic_consume(
-            &n.workers,
-            "bench-reader",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut commands = mq::consume_no_ack(&conn, &n.workers, "bench-reader").await;
     // Load without confirms (a steady stream, as gateways publish).
     let load = conn.create_channel().await.unwrap();
     let publish = |target: String, depth: u64| {

@@ -40,8 +40,6 @@ use std::time::{Duration, Instant};
 use common::amqp::{self as mq, Names};
 use common::bench;
 use futures::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use rdkafka::message::Message;
 use tidewatch::command::ScaleCommand;
@@ -344,19 +342,7 @@ async fn reaction_amqp(n: usize) -> Row {
     let (port, stop, task) = start(cfg).await;
     let conn = mq::connect(&url).await;
     mq::wait_for_queue(&conn, &names.workers).await;
-    let reader = conn.create_channel().await.unwrap();
-    let mut commands = reader
-        .basic_consume(
-            &names.workers,
-            "bench-reader",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut commands = mq::consume_no_ack(&conn, &names.workers, "bench-reader").await;
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(d)) = commands.next().await {

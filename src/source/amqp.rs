@@ -777,9 +777,8 @@ impl AmqpSource {
         let Some(mode) = &self.slots else {
             return Ok(());
         };
-        let queues = self.queues();
-        for (queue, slot, keys) in &queues {
-            let slot = slot.unwrap_or_default();
+        for slot in 0..mode.slots.count() {
+            let queue = slot_queue(&self.cfg.queue, slot);
             let mut headers = FieldTable::default();
             headers.insert(
                 HEARTBEAT_HEADER.into(),
@@ -790,28 +789,32 @@ impl AmqpSource {
                 .with_expiration((SLOT_HEARTBEAT.as_millis() as u64 * 5).to_string().into());
             s.ch.basic_publish(
                 "",
-                queue,
+                &queue,
                 lapin::options::BasicPublishOptions::default(),
                 &[],
                 props,
             )
             .await
             .map_err(|e| format!("slot heartbeat to {queue:?}: {e}"))?;
-            if beats.is_multiple_of(REBALANCE_EVERY) && self.cfg.declare {
-                let missing = self.missing(queue, keys);
-                if !missing.is_empty() {
-                    amqp::bind_keys(
-                        &s.ch,
-                        queue,
-                        &self.cfg.exchange,
-                        &missing,
-                        "source.amqp.slots",
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    tracing::info!(queue = %queue, bindings = missing.len(), "amqp source: bound new targets");
-                    self.note_bound(queue, missing);
+        }
+        // the targets' binding keys only every few beats, not every second
+        if beats.is_multiple_of(REBALANCE_EVERY) && self.cfg.declare {
+            for (queue, _, keys) in self.queues() {
+                let missing = self.missing(&queue, &keys);
+                if missing.is_empty() {
+                    continue;
                 }
+                amqp::bind_keys(
+                    &s.ch,
+                    &queue,
+                    &self.cfg.exchange,
+                    &missing,
+                    "source.amqp.slots",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                tracing::info!(queue = %queue, bindings = missing.len(), "amqp source: bound new targets");
+                self.note_bound(&queue, missing);
             }
         }
         self.ctx

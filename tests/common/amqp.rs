@@ -316,3 +316,21 @@ pub async fn rabbitmqctl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A consumer of `queue` without acks (the benchmarks' command readers).
+pub async fn consume_no_ack(conn: &Connection, queue: &str, tag: &str) -> lapin::Consumer {
+    conn.create_channel()
+        .await
+        .unwrap()
+        .basic_consume(
+            queue,
+            tag,
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
