@@ -245,7 +245,7 @@ fn main() {
             .into_iter()
             .cloned()
             .collect();
-        let prepared = Prepared::build(&new.engine, &fresh, &metrics, T0).unwrap();
+        let prepared = Prepared::build(&new.engine, &fresh, &metrics, T0, 1).unwrap();
         load.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let report = engine.reconfigure(
@@ -267,6 +267,7 @@ fn main() {
                 .collect::<Vec<_>>(),
             &metrics,
             T0,
+            1,
         )
         .unwrap();
         engine.reconfigure(

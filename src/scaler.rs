@@ -73,21 +73,51 @@ pub async fn run(
         .map_err(StartError::usage)?;
     metrics.set_per_target(cfg.metrics.per_target);
     metrics.scaler_started();
-    let mut engine = Engine::new(&cfg.engine, &cfg.targets, metrics.clone(), clock.now_ms())
-        .map_err(|e| StartError::Usage(e.to_string()))?;
-    engine.set_inputs(Arc::new(crate::source::inputs::compile(
+    // The targets split over the engine's shards, each built on a thread.
+    let mut engines = {
+        let (engine_cfg, targets, metrics, now) = (
+            cfg.engine.clone(),
+            cfg.targets.clone(),
+            metrics.clone(),
+            clock.now_ms(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::engine::shards::build(&engine_cfg, &targets, &metrics, now)
+        })
+        .await
+        .map_err(|e| StartError::Fault(e.to_string()))?
+        .map_err(|e| StartError::Usage(e.to_string()))?
+    };
+    let inputs = Arc::new(crate::source::inputs::compile(
         &cfg.source.inputs,
         &cfg.engine.limits(),
-    )));
+    ));
+    for engine in &mut engines {
+        engine.set_inputs(inputs.clone());
+    }
     let state = open_state(&cfg, &metrics).await?;
     if let Some((handle, _)) = &state {
-        engine.keep_state(handle.clone(), cfg.state.interval);
-        restore_at_start(&mut engine, handle, &metrics).await;
+        for engine in &mut engines {
+            engine.keep_state(handle.clone(), cfg.state.interval);
+        }
+        restore_at_start(&mut engines, &cfg.targets, handle, &metrics).await;
     }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
     // The configured targets' names, as reloads change them.
-    let names = Arc::new(std::sync::RwLock::new(engine.target_names()));
-    let (in_tx, in_rx) = EngineHandle::channel(64);
+    let names = Arc::new(std::sync::RwLock::new(
+        cfg.targets
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>(),
+    ));
+    let (in_tx, in_rxs) = EngineHandle::sharded(
+        engines.len(),
+        64,
+        clock.clone(),
+        inputs,
+        cfg.engine.limits(),
+    );
+    in_tx.set_order(cfg.targets.iter().map(|t| t.name.as_str()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = SourceContext {
         engine: in_tx.clone(),
@@ -110,7 +140,9 @@ pub async fn run(
             // scaler the active consumer of are this scaler's.
             let slots = (a.slots > 0).then(|| {
                 let slots = Arc::new(crate::engine::slots::Slots::new(a.slots));
-                engine.track_slots(slots.clone());
+                for engine in &mut engines {
+                    engine.track_slots(slots.clone());
+                }
                 crate::source::amqp::SlotMode {
                     slots,
                     names: names.clone(),
@@ -157,7 +189,10 @@ pub async fn run(
             .ok_or_else(|| StartError::Usage("[source.kafka] is missing".into()))?;
         // Several scalers in one group split the partitions, so the targets.
         let ownership = crate::engine::SharedOwnership::default();
-        engine.track_ownership(ownership.clone());
+        for engine in &mut engines {
+            engine.track_ownership(ownership.clone());
+        }
+        in_tx.track_ownership(ownership.clone());
         // With a state store, an assignment goes live after a restore.
         let mut restorer = None;
         let hook = state.as_ref().map(|(handle, _)| {
@@ -289,12 +324,14 @@ pub async fn run(
     // (ended when the engine is dropped, closing the channel).
     if cfg.forecasts.publish {
         let (tx, rx) = mpsc::channel(1024);
-        engine.publish_forecasts(
-            tx,
-            cfg.forecasts.period,
-            cfg.forecasts.horizon,
-            cfg.forecasts.step,
-        );
+        for engine in &mut engines {
+            engine.publish_forecasts(
+                tx.clone(),
+                cfg.forecasts.period,
+                cfg.forecasts.horizon,
+                cfg.forecasts.step,
+            );
+        }
         tokio::spawn(crate::publish::forecasts::run(
             cfg.forecasts.clone(),
             cfg.source.clone(),
@@ -302,16 +339,24 @@ pub async fn run(
             metrics.clone(),
         ));
     }
-    metrics.expect_engine_ticks(cfg.engine.tick, std::time::Instant::now());
-    let engine_task = tokio::spawn(drive(
-        engine,
-        in_rx,
-        cmd_tx,
-        clock.clone(),
-        cfg.engine.tick,
-        std::future::pending::<()>(),
-    ));
-    tracing::info!(targets = cfg.targets.len(), "tidewatch running");
+    metrics.expect_engine_ticks(cfg.engine.tick, engines.len(), std::time::Instant::now());
+    let shards = engines.len();
+    let engine_tasks: Vec<JoinHandle<Engine>> = engines
+        .into_iter()
+        .zip(in_rxs)
+        .map(|(engine, rx)| {
+            tokio::spawn(drive(
+                engine,
+                rx,
+                cmd_tx.clone(),
+                clock.clone(),
+                cfg.engine.tick,
+                std::future::pending::<()>(),
+            ))
+        })
+        .collect();
+    drop(cmd_tx);
+    tracing::info!(targets = cfg.targets.len(), shards, "tidewatch running");
 
     shutdown.await;
     tracing::info!(deadline = ?cfg.engine.drain_timeout, "shutting down: draining");
@@ -321,24 +366,32 @@ pub async fn run(
         for h in inputs {
             let _ = h.await;
         }
-        // Every input sender is gone now: the engine finishes and closes the
+        // Every input sender is gone now: the shards finish and close the
         // command channel, and the publisher drains it.
-        let engine = engine_task.await.ok();
+        let mut engines = Vec::new();
+        for task in engine_tasks {
+            if let Ok(e) = task.await {
+                engines.push(e);
+            }
+        }
         let _ = publisher.await;
-        engine
+        engines
     };
-    let (mut engine, drained) = match tokio::time::timeout(cfg.engine.drain_timeout, drain).await {
+    let (mut engines, drained) = match tokio::time::timeout(cfg.engine.drain_timeout, drain).await {
         Ok(e) => (e, true),
         Err(_) => {
             tracing::warn!("drain deadline passed; exiting with work unfinished");
-            (None, false)
+            (Vec::new(), false)
         }
     };
     // The last word on every target this scaler still keeps (with Kafka,
     // revocation already wrote the partitions it gave away).
     // (The state thread ends by itself once the last handle is gone.)
-    if let (Some(e), Some((handle, _thread))) = (engine.as_mut(), state) {
-        let n = e.snapshot_all(clock.now_ms());
+    if let (false, Some((handle, _thread))) = (engines.is_empty(), state) {
+        let n: usize = engines
+            .iter_mut()
+            .map(|e| e.snapshot_all(clock.now_ms()))
+            .sum();
         match tokio::time::timeout(cfg.engine.drain_timeout, handle.flush()).await {
             Ok(Ok(Ok(()))) => tracing::info!(snapshots = n, "state written"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "state not written at shutdown"),
@@ -346,10 +399,15 @@ pub async fn run(
         }
     }
     http.stop().await;
-    Ok(RunReport {
-        targets: engine.map(|e| e.status()).unwrap_or_default(),
-        drained,
-    })
+    let mut targets: Vec<TargetStatus> = engines.iter().flat_map(|e| e.status()).collect();
+    let order: std::collections::HashMap<&str, usize> = cfg
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    targets.sort_by_key(|t| order.get(t.name.as_str()).copied().unwrap_or(usize::MAX));
+    Ok(RunReport { targets, drained })
 }
 
 /// Re-reads the configuration on SIGHUP (and on change with
@@ -436,6 +494,7 @@ impl Reloader {
             ("state", new.state != old.state),
             ("probes", new.probes != old.probes),
             ("engine.tick", new.engine.tick != old.engine.tick),
+            ("engine.shards", new.engine.shards != old.engine.shards),
         ] {
             if differs {
                 restart.push(name);
@@ -455,8 +514,9 @@ impl Reloader {
             self.clock.now_ms(),
         );
         let to_build = fresh.clone();
+        let shards = self.engine.shards();
         let prepared = tokio::task::spawn_blocking(move || {
-            crate::engine::Prepared::build(&engine_cfg, &to_build, &metrics, now)
+            crate::engine::Prepared::build(&engine_cfg, &to_build, &metrics, now, shards)
         })
         .await;
         let prepared = match prepared {
@@ -479,24 +539,22 @@ impl Reloader {
             ),
             _ => Vec::new(),
         };
-        let (done, report) = tokio::sync::oneshot::channel();
-        let input = crate::engine::EngineInput::Reconfigure(Box::new(crate::engine::Reconfigure {
-            engine: new.engine.clone(),
-            targets: new.targets.clone(),
-            prepared,
-            snapshots,
-            done,
-        }));
-        if self.engine.send(input).await.is_err() {
-            return false;
-        }
-        let Ok(report) = report.await else {
+        // The engine keeps its shard count until a restart.
+        let mut engine_cfg = new.engine.clone();
+        engine_cfg.shards = old.engine.shards;
+        let reconfigured = self
+            .engine
+            .reconfigure(engine_cfg, new.targets.clone(), prepared, snapshots)
+            .await;
+        let Ok(report) = reconfigured else {
             return false;
         };
         *self.names.write().unwrap_or_else(|p| p.into_inner()) =
             new.targets.iter().map(|t| t.name.clone()).collect();
         // What needs a restart keeps running as it was, and keeps being reported.
+        let shards = self.running.engine.shards;
         self.running.engine = new.engine;
+        self.running.engine.shards = shards;
         self.running.targets = new.targets;
         if restart.is_empty() {
             self.metrics.config_reloaded("applied", &report.summary());
@@ -555,9 +613,15 @@ async fn open_state(
 
 /// Gives every target its snapshot before anything runs; counts each
 /// target's outcome.
-async fn restore_at_start(engine: &mut Engine, handle: &StateHandle, metrics: &Metrics) {
+async fn restore_at_start(
+    engines: &mut [Engine],
+    targets: &[crate::engine::TargetConfig],
+    handle: &StateHandle,
+    metrics: &Metrics,
+) {
     let started = std::time::Instant::now();
-    let names = engine.target_names();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let shards = engines.len();
     let stored = handle.read(names.clone()).await;
     let present: Option<std::collections::HashSet<String>> = stored
         .as_ref()
@@ -566,7 +630,8 @@ async fn restore_at_start(engine: &mut Engine, handle: &StateHandle, metrics: &M
     let mut restored = std::collections::HashSet::new();
     restore_in_chunks(&names, stored, metrics, |batch| {
         for s in batch {
-            if engine.restore(&s) == Restored::Applied {
+            let k = crate::engine::shards::shard_of(&s.target, shards);
+            if engines[k].restore(&s) == Restored::Applied {
                 restored.insert(s.target);
             }
         }

@@ -559,3 +559,110 @@ history_step = "1h"
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Issue 21: the targets split over two engine shards. One message holds
+/// signals for every target (so for both shards) and a bad element: each
+/// target gets its own command, the bad element is dead-lettered once
+/// with its index, the status list keeps the configuration's order, and
+/// after a restart every target's state comes back from the store into
+/// its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_split_the_targets_and_each_keeps_its_own() {
+    let mock = MockCluster::new(1).unwrap();
+    let s = stack(&mock);
+    let names: Vec<String> = (0..8).map(|i| format!("svc{i}")).collect();
+    let mut cfg = s.cfg.clone();
+    cfg.engine.shards = 2;
+    let web = cfg.targets[0].clone();
+    cfg.targets = names
+        .iter()
+        .map(|n| tidewatch::engine::TargetConfig {
+            name: n.clone(),
+            ..web.clone()
+        })
+        .collect();
+    let on = |k: usize| {
+        names
+            .iter()
+            .filter(|n| tidewatch::engine::shards::shard_of(n, 2) == k)
+            .count()
+    };
+    assert!(on(0) > 0 && on(1) > 0, "the names land on both shards");
+
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg.clone(), metrics.clone());
+    let p = producer(&s.brokers);
+    let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
+    let deadletters = consumer(&s.brokers, &format!("deadletter-{}", s.suffix));
+    let signals = format!("signals-{}", s.suffix);
+    // target i at depth (i + 1) * 100 + 50: i + 2 replicas; element 3 is bad
+    let mut batch: Vec<serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({"type": "queue_depth", "target": n, "queue": "q",
+                "depth": (i as u64 + 1) * 100 + 50})
+        })
+        .collect();
+    batch.insert(
+        3,
+        serde_json::json!({"type": "queue_depth", "target": "svc1", "depth": -5}),
+    );
+    send(
+        &p,
+        &signals,
+        "mixed",
+        serde_json::Value::Array(batch).to_string().as_bytes(),
+    )
+    .await;
+
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < names.len() {
+        let c = next_command(&commands, Duration::from_secs(60)).await;
+        seen.insert(c.target.clone(), c.desired_replicas);
+    }
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(seen[n], i as u32 + 2, "{n}");
+    }
+    let dl = tokio::time::timeout(Duration::from_secs(30), deadletters.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let dl: DeadLetter = common::schema::parse("deadletter", dl.payload().unwrap());
+    assert_eq!(dl.rejections.len(), 1, "{dl:?}");
+    assert_eq!(dl.rejections[0].index, 3, "{dl:?}");
+    assert!(dl.rejections[0].detail.contains("-5"), "{dl:?}");
+    stop.send(()).unwrap();
+    let report = task.await.unwrap();
+    assert!(report.drained);
+    let listed: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(listed, names.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, t) in report.targets.iter().enumerate() {
+        assert_eq!(t.replicas, i as u32 + 2, "{}", t.name);
+    }
+    let rejected = counter(
+        &metrics,
+        "tidewatch_events_rejected_total",
+        &[("reason", dl.rejections[0].reason.as_str())],
+    );
+    assert_eq!(rejected, 1.0, "counted once, by one shard");
+
+    // A restart: each target's snapshot goes back into its own shard.
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    common::wait_for("every target restored", Duration::from_secs(60), || {
+        names.iter().all(|n| {
+            counter(
+                &metrics,
+                "tidewatch_state_restores_total",
+                &[("target", n), ("outcome", "restored")],
+            ) == 1.0
+        })
+    })
+    .await;
+    stop.send(()).unwrap();
+    let report = task.await.unwrap();
+    for (i, t) in report.targets.iter().enumerate() {
+        assert_eq!(t.replicas, i as u32 + 2, "{} restored", t.name);
+    }
+}

@@ -46,6 +46,10 @@ pub struct EngineConfig {
     /// every target a VM of its own.
     #[serde(default = "default_targets_per_vm")]
     pub targets_per_vm: usize,
+    /// Engines the targets are split over, each on its own task (0: one
+    /// per core).
+    #[serde(default)]
+    pub shards: usize,
     /// Wall-clock time a policy call may take (load, `init`, `decide`),
     /// including time inside library functions; past it the call is
     /// abandoned and the target falls back or holds.
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             policy_memory_mb: default_policy_memory_mb(),
             policy_instruction_budget: default_policy_budget(),
             targets_per_vm: default_targets_per_vm(),
+            shards: 0,
             policy_timeout: default_policy_timeout(),
             reload_interval: default_reload_interval(),
             forecast_freshness: default_forecast_freshness(),
@@ -166,6 +171,12 @@ impl EngineConfig {
             out.push(problem(
                 "engine.targets_per_vm",
                 format!("{}: give 1 to {MAX_TARGETS_PER_VM}", e.targets_per_vm),
+            ));
+        }
+        if e.shards > MAX_SHARDS {
+            out.push(problem(
+                "engine.shards",
+                format!("{}: give 0 (one per core) to {MAX_SHARDS}", e.shards),
             ));
         }
         if e.policy_memory_mb == 0 || e.policy_instruction_budget < 1000 {
@@ -259,6 +270,7 @@ fn default_targets_per_vm() -> usize {
 }
 
 const MAX_TARGETS_PER_VM: usize = 65_536;
+const MAX_SHARDS: usize = 256;
 
 fn default_reload_interval() -> Duration {
     Duration::from_secs(2)

@@ -9,6 +9,7 @@ pub mod input;
 pub mod ownership;
 mod persist;
 mod reload;
+pub mod shards;
 pub mod slots;
 mod status;
 mod target;
@@ -33,7 +34,10 @@ use crate::telemetry::Metrics;
 use crate::window::{TargetWindows, WindowStats};
 
 pub use config::{EngineConfig, TargetConfig};
-pub use input::{EngineGone, EngineHandle, EngineInput, Ingested, Reconfigure, WeakEngineHandle};
+pub use input::{
+    decode_message, mark_processed, DecodedMessage, EngineGone, EngineHandle, EngineInput,
+    Ingested, MappedInput, Reconfigure, WeakEngineHandle,
+};
 pub use ownership::{Held, Ownership, SharedOwnership};
 pub use persist::Restored;
 pub use reload::{Prepared, ReloadReport};
@@ -97,6 +101,8 @@ pub struct Engine {
     stamps: target::StampRound,
     /// Whether a policy version's declared examples pass, in this round.
     examples: HashMap<String, Result<(), PolicyError>>,
+    /// Which shard this engine is (`engine.shards`; 0 when unsharded).
+    shard: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,6 +147,7 @@ impl Engine {
             vms: Mutex::new(vms),
             stamps: Default::default(),
             examples: HashMap::new(),
+            shard: 0,
         })
     }
 
@@ -157,6 +164,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Which shard this engine is (0 when unsharded).
+    pub fn shard(&self) -> usize {
+        self.shard
     }
 
     /// Evaluates only targets on partitions `ownership` says are ours.
@@ -186,35 +198,38 @@ impl Engine {
         now_ms: Millis,
         origin: &Origin,
     ) -> Ingested {
+        let message = decode_message(&self.inputs, &self.limits, source, bytes, now_ms, origin);
+        let out = self.apply_decoded(source, &message, now_ms);
+        self.processed(origin);
+        out
+    }
+
+    /// Applies the items of one decoded message that are this engine's
+    /// (all of them, or a shard's part); counts each and returns the
+    /// outcome. The message's offset is not marked processed here (see
+    /// [`Engine::processed`]): with shards, only once every shard has its
+    /// part.
+    pub fn apply_decoded(&mut self, source: &str, m: &DecodedMessage, now_ms: Millis) -> Ingested {
         use crate::event::Decoded;
+        let origin = &m.origin;
         let mut out = Ingested::default();
-        let at = crate::event::At {
-            now_ms,
-            // A message without `ts` happened when the broker got it.
-            default_ts: origin.timestamp.unwrap_or(now_ms),
-        };
         // Partitions matter only when ownership is tracked (Kafka source).
         let partition = self
             .ownership
             .as_ref()
             .and(origin.partition)
             .map(|p| (origin.topic.clone(), p));
-        let inputs = self.inputs.clone();
-        let input = inputs.find(source, origin);
-        let decoded = match input {
-            Some(i) => i.decode(bytes, at),
-            None => crate::event::decode_tidewatch(bytes, at, &self.limits),
-        };
-        let mapped = input.filter(|i| i.is_mapped());
-        for (i, item) in decoded.into_iter().enumerate() {
+        let mapped = m.mapped.as_ref();
+        for (i, item) in &m.items {
+            let i = *i;
             let applied = match item {
                 Decoded::Signal(s) => {
                     if let Some(key) = &partition {
                         self.place(s.target(), key);
                     }
-                    self.apply_as(&s, now_ms, origin.replay).map(|()| s.kind())
+                    self.apply_as(s, now_ms, origin.replay).map(|()| s.kind())
                 }
-                Decoded::Rejected(r) => Err(r),
+                Decoded::Rejected(r) => Err(r.clone()),
                 Decoded::Skipped(skip) => {
                     if let Some(input) = mapped {
                         self.unmatched(source, input, skip.code(), i, origin.replay, &mut out);
@@ -242,12 +257,13 @@ impl Engine {
                 }
             }
         }
-        if let (Some(key), Some(offset), Some(o)) = (&partition, origin.offset, &self.ownership) {
-            o.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .processed(key, offset);
-        }
         out
+    }
+
+    /// Marks the message at `origin` processed: its partition goes live
+    /// once the replay reaches where the assignment started.
+    pub fn processed(&self, origin: &Origin) {
+        mark_processed(self.ownership.as_ref(), origin);
     }
 
     /// A gateway record that became no signal: counted per input, and
@@ -255,7 +271,7 @@ impl Engine {
     fn unmatched(
         &self,
         source: &str,
-        input: &crate::event::Input,
+        input: &MappedInput,
         reason: &str,
         index: usize,
         replay: bool,
@@ -605,6 +621,9 @@ impl Engine {
 
     /// The window gauges of one slice's targets.
     fn export_gauges_in(&self, now_ms: Millis, part: usize, parts: usize) {
+        if self.metrics.per_target() != crate::telemetry::PerTarget::Full {
+            return;
+        }
         for t in self.targets.iter().skip(part).step_by(parts.max(1)) {
             let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
             let shortest = t
@@ -856,6 +875,8 @@ impl Engine {
             };
             let c = ScaleCommand::issue(order, generation, now_ms, ttl_ms);
             t.current = decision.desired;
+            t.shown.1 = Some(decision.desired);
+            metrics.target_observed(name, t.shown.0, t.shown.1);
             t.unanswered = Some((c.clone(), now_ms));
             let reaction = pending.map(|since| (now_ms - since).max(0) as f64 / 1000.0);
             metrics.command_issued(&c, decision.direction.code(), reaction);
@@ -901,7 +922,8 @@ impl Engine {
             Some(n) if r.generation >= t.last_generation => {
                 t.current = n;
                 t.dirty = true;
-                self.metrics.target_observed(&r.target, n);
+                t.shown.0 = n;
+                self.metrics.target_observed(&r.target, n, t.shown.1);
                 true
             }
             _ => false,
@@ -1011,6 +1033,7 @@ fn build_target(
         guard: Guard::default(),
         stamp: FileStamp::read(&t.policy),
         current: t.initial(),
+        shown: (t.initial(), None),
         cfg: t.clone(),
         data,
         policy,
@@ -1207,6 +1230,15 @@ pub async fn drive(
                     }
                     engine.on_events(now)
                 }
+                Some(EngineInput::Decoded { source, messages, done }) => {
+                    let now = clock.now_ms();
+                    let outcomes = messages
+                        .iter()
+                        .map(|(k, m)| (*k, engine.apply_decoded(source, m, now)))
+                        .collect();
+                    let _ = done.send(outcomes);
+                    engine.on_events(now)
+                }
                 Some(EngineInput::Signal(s)) => {
                     let now = clock.now_ms();
                     engine.probe_measured(s.target(), true);
@@ -1258,7 +1290,7 @@ pub async fn drive(
             _ = ticker.tick() => {
                 let started = std::time::Instant::now();
                 if part == 0 {
-                    engine.metrics().engine_ticked(started);
+                    engine.metrics().engine_ticked(engine.shard(), started);
                 }
                 let out = engine.tick_part(clock.now_ms(), part, parts);
                 round += started.elapsed();

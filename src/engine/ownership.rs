@@ -128,7 +128,7 @@ impl Ownership {
             .is_some_and(|(_, done_before, _)| offset < *done_before)
     }
 
-    pub(super) fn processed(&mut self, key: &(String, i32), offset: i64) {
+    pub(crate) fn processed(&mut self, key: &(String, i32), offset: i64) {
         let e = self.processed.entry(key.clone()).or_insert(offset);
         *e = (*e).max(offset);
     }

@@ -189,7 +189,8 @@ impl Engine {
         if let Err(e) = t.policy.import_state(&s.policy_state) {
             metrics.policy_failed(&t.cfg.name, &e);
         }
-        metrics.target_observed(&t.cfg.name, t.current);
+        t.shown.0 = t.current;
+        metrics.target_observed(&t.cfg.name, t.current, t.shown.1);
         metrics.controls_in_force(&t.cfg.name, &super::control::actions(&t.control));
         metrics.state_restored(&t.cfg.name, "restored", None);
         Restored::Applied

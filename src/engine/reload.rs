@@ -18,6 +18,7 @@ use super::{build_target, Engine, Restored};
 
 /// Targets built for a reload away from the engine task (loading policies
 /// is the slow part), by name.
+#[derive(Default)]
 pub struct Prepared(HashMap<String, TargetRuntime>);
 
 impl std::fmt::Debug for Prepared {
@@ -27,22 +28,38 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// Builds the targets of `configs` (the new ones of a reload).
+    /// Builds the targets of `configs` (the new ones of a reload) for an
+    /// engine of `shards` shards: targets of different shards never share
+    /// a Lua VM.
     pub fn build(
         engine: &EngineConfig,
         configs: &[TargetConfig],
         metrics: &Metrics,
         now_ms: Millis,
+        shards: usize,
     ) -> Result<Self, PolicyError> {
         let mut out = HashMap::new();
-        let mut vms = VmPool::new(engine.targets_per_vm).reading_once();
+        let mut pools: Vec<VmPool> = (0..shards.max(1))
+            .map(|_| VmPool::new(engine.targets_per_vm).reading_once())
+            .collect();
         for t in configs {
+            let vms = &mut pools[super::shards::shard_of(&t.name, shards)];
             out.insert(
                 t.name.clone(),
-                build_target(t, engine, metrics, now_ms, &mut vms)?,
+                build_target(t, engine, metrics, now_ms, vms)?,
             );
         }
         Ok(Self(out))
+    }
+
+    /// Splits the targets by their shard among `shards`.
+    pub fn split(self, shards: usize) -> Vec<Prepared> {
+        let mut out: Vec<Prepared> = (0..shards.max(1)).map(|_| Prepared::default()).collect();
+        for (name, t) in self.0 {
+            let k = super::shards::shard_of(&name, shards);
+            out[k].0.insert(name, t);
+        }
+        out
     }
 }
 
@@ -60,6 +77,17 @@ pub struct ReloadReport {
 }
 
 impl ReloadReport {
+    /// Adds a shard's report to this one.
+    pub fn merge(&mut self, other: ReloadReport) {
+        self.added.extend(other.added);
+        self.resumed.extend(other.resumed);
+        self.removed.extend(other.removed);
+        self.removed.sort();
+        self.changed.extend(other.changed);
+        self.unchanged += other.unchanged;
+        self.failed.extend(other.failed);
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} added ({} resumed from a snapshot), {} removed, {} changed, {} unchanged{}",

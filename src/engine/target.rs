@@ -158,6 +158,9 @@ pub(super) struct TargetRuntime {
     pub(super) stamp: FileStamp,
     /// Replicas as last commanded, or as a worker last reported for the latest command.
     pub(super) current: u32,
+    /// What the metrics show as observed (a worker's last report, or the
+    /// assumed count before one) and as desired (the last command's).
+    pub(super) shown: (u32, Option<u32>),
     pub(super) last_generation: i64,
     /// The highest generation the broker acknowledged.
     pub(super) published_generation: i64,

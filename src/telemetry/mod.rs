@@ -116,9 +116,9 @@ const PER_TARGET_GAUGES: [&str; 9] = [
 /// Kubernetes restarts it.
 #[derive(Debug, Default)]
 struct Health {
-    /// The engine's last tick and the longest gap that is still alive;
-    /// `None`: no engine (a worker).
-    engine: std::sync::Mutex<Option<(std::time::Instant, std::time::Duration)>>,
+    /// Each engine shard's last tick and the longest gap that is still
+    /// alive; `None`: no engine (a worker).
+    engine: std::sync::Mutex<Option<(Vec<std::time::Instant>, std::time::Duration)>>,
     /// Inputs (sources, probes, results readers) that ended on their own.
     lost: std::sync::Mutex<Vec<String>>,
     /// Publishers with a command unacknowledged for too long.
@@ -797,14 +797,26 @@ impl Metrics {
     }
 
     /// A worker reported `replicas` for `target`'s latest command.
-    pub fn target_observed(&self, target: &str, replicas: u32) {
+    /// With `summary`, the observed series of a target exists only while
+    /// it differs from the desired one (`desired`: the last command's
+    /// count): a target at its desired count costs a scrape one line.
+    pub fn target_observed(&self, target: &str, replicas: u32, desired: Option<u32>) {
+        if self.per_target() == PerTarget::Summary && desired == Some(replicas) {
+            let _ = self.target_observed_replicas.remove_label_values(&[target]);
+            return;
+        }
         self.target_observed_replicas
             .with_label_values(&[self.key(target)])
             .set(i64::from(replicas));
     }
 
-    /// The shortest window's depth and p95 latency (seconds) of `target`.
+    /// The shortest window's depth and p95 latency (seconds) of `target`;
+    /// with `full` only (they are the inputs, which the broker and the
+    /// gateway report too).
     pub fn target_windows(&self, target: &str, depth: Option<f64>, p95_seconds: Option<f64>) {
+        if self.per_target() != PerTarget::Full {
+            return;
+        }
         if let Some(d) = depth {
             self.target_queue_depth
                 .with_label_values(&[self.key(target)])
@@ -1042,22 +1054,29 @@ impl Metrics {
         tracing::error!(source, topic, error = %e, "dead letter refused by the broker; dropped (the original stays at its offset)");
     }
 
-    /// The process has an engine that ticks every `tick`: from now on it
-    /// is alive only while ticks come (a gap of 5 ticks, at least 15 s,
-    /// is not).
-    pub fn expect_engine_ticks(&self, tick: std::time::Duration, now: std::time::Instant) {
+    /// The process has an engine of `shards` shards that tick every
+    /// `tick`: from now on it is alive only while each shard's ticks come
+    /// (a gap of 5 ticks, at least 15 s, is not).
+    pub fn expect_engine_ticks(
+        &self,
+        tick: std::time::Duration,
+        shards: usize,
+        now: std::time::Instant,
+    ) {
         let gap = (tick * 5).max(std::time::Duration::from_secs(15));
-        *self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, gap));
+        *self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((vec![now; shards.max(1)], gap));
     }
 
-    /// The engine ticked.
-    pub fn engine_ticked(&self, now: std::time::Instant) {
-        if let Some((last, _)) = self
+    /// Engine shard `shard` ticked.
+    pub fn engine_ticked(&self, shard: usize, now: std::time::Instant) {
+        if let Some(last) = self
             .health
             .engine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
+            .and_then(|(last, _)| last.get_mut(shard))
         {
             *last = now;
         }
@@ -1116,10 +1135,18 @@ impl Metrics {
         {
             return Err(format!("{lost} ended"));
         }
-        if let Some((last, gap)) = *self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) {
-            let since = now.saturating_duration_since(last);
-            if since > gap {
-                return Err(format!("the engine has not ticked for {since:?}"));
+        if let Some((last, gap)) = &*self.health.engine.lock().unwrap_or_else(|p| p.into_inner()) {
+            let shards = last.len();
+            for (shard, last) in last.iter().enumerate() {
+                let since = now.saturating_duration_since(*last);
+                if since > *gap {
+                    let which = if shards > 1 {
+                        format!("the engine's shard {shard}")
+                    } else {
+                        "the engine".to_owned()
+                    };
+                    return Err(format!("{which} has not ticked for {since:?}"));
+                }
             }
         }
         Ok(())
@@ -1598,6 +1625,8 @@ mod tests {
                 m.signal_to_command(&t, 0.004);
                 m.command_published(&c);
                 m.target_windows(&t, Some(40.0), None);
+                // the worker reached the desired count
+                m.target_observed(&t, 3, Some(3));
             }
             m.render()
         };
@@ -1610,11 +1639,10 @@ mod tests {
         ] {
             assert!(full.contains(want), "full: no {want}");
         }
+        assert!(full.contains("tidewatch_target_queue_depth{target=\"target-00000\"} 40"));
         let summary = scrape(PerTarget::Summary, 1);
         for want in [
             "tidewatch_target_desired_replicas{target=\"target-00000\"} 3",
-            "tidewatch_target_observed_replicas{target=\"target-00000\"} 2",
-            "tidewatch_target_queue_depth{target=\"target-00000\"} 40",
             "tidewatch_signal_to_command_seconds_count{target=\"\"} 1",
             "tidewatch_commands_issued_total{direction=\"up\",target=\"\"} 1",
         ] {
@@ -1624,9 +1652,26 @@ mod tests {
             "tidewatch_signal_to_command_seconds_bucket{target=\"target-00000\"",
             "tidewatch_target_stale{target=\"target-00000\"}",
             "tidewatch_commands_unacknowledged{target=\"target-00000\"}",
+            "tidewatch_target_queue_depth{target=\"target-00000\"}",
+            // observed equals desired
+            "tidewatch_target_observed_replicas{target=\"target-00000\"}",
         ] {
             assert!(!summary.contains(not), "summary has {not}");
         }
+        // the worker reports the desired count: the observed line goes,
+        // and comes back when the two part again
+        let m = Metrics::new();
+        m.set_per_target(PerTarget::Summary);
+        let line = "tidewatch_target_observed_replicas{target=\"web\"}";
+        m.target_configured("web", 2);
+        assert!(m.render().contains(&format!("{line} 2")));
+        m.target_observed("web", 3, Some(3));
+        assert!(!m.render().contains(line), "{}", m.render());
+        m.target_observed("web", 3, Some(5));
+        assert!(m.render().contains(&format!("{line} 3")));
+        m.set_per_target(PerTarget::Full);
+        m.target_observed("web", 5, Some(5));
+        assert!(m.render().contains(&format!("{line} 5")), "full keeps it");
         // a command no worker answers shows while it is unanswered
         let m = Metrics::new();
         m.set_per_target(PerTarget::Summary);
@@ -1651,8 +1696,8 @@ mod tests {
         );
         println!("bytes per target: full {f}, summary {s}, none {n}");
         assert!(s * 10 < f, "summary {s} B per target against full {f}");
-        // three gauges of about 58 bytes (desired, observed, depth)
-        assert!(s <= 180, "summary {s} B per target");
+        // one gauge of about 58 bytes (desired; observed equals it)
+        assert!(s <= 70, "summary {s} B per target");
         assert_eq!(n, 0);
     }
 
@@ -1799,15 +1844,23 @@ mod tests {
         let m = Metrics::new();
         let t0 = std::time::Instant::now();
         assert!(m.alive(t0).is_ok(), "no engine (a worker): alive");
-        m.expect_engine_ticks(std::time::Duration::from_secs(1), t0);
+        m.expect_engine_ticks(std::time::Duration::from_secs(1), 1, t0);
         let at = |s| t0 + std::time::Duration::from_secs(s);
         assert!(m.alive(at(14)).is_ok());
         let e = m.alive(at(16)).unwrap_err();
         assert!(e.contains("has not ticked for 16"), "{e}");
-        m.engine_ticked(at(16));
+        m.engine_ticked(0, at(16));
         assert!(m.alive(at(20)).is_ok());
         // A slow tick: five ticks without one.
-        m.expect_engine_ticks(std::time::Duration::from_secs(10), at(20));
+        m.expect_engine_ticks(std::time::Duration::from_secs(10), 1, at(20));
         assert!(m.alive(at(69)).is_ok() && m.alive(at(71)).is_err());
+        // Shards: one that stops ticking is enough to be not alive.
+        m.expect_engine_ticks(std::time::Duration::from_secs(1), 2, at(100));
+        m.engine_ticked(0, at(110));
+        m.engine_ticked(0, at(120));
+        let e = m.alive(at(120)).unwrap_err();
+        assert!(e.contains("shard 1 has not ticked for 20"), "{e}");
+        m.engine_ticked(1, at(120));
+        assert!(m.alive(at(121)).is_ok());
     }
 }
