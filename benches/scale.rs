@@ -10,7 +10,8 @@
 //!   in the Kafka benchmark). A probe target gets a signal every 20 ms
 //!   asking for more replicas than the one before; its reaction is from
 //!   publication to the command's arrival at another client. `/metrics`
-//!   is scraped every 2 s meanwhile. Reports start-up (to `/readyz`),
+//!   is scraped every 2 s meanwhile. A stand-in worker answers every
+//!   command with a result at its desired count. Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
 //!   scrape and the process's RSS; then the p99 ratio of the largest N
@@ -344,6 +345,7 @@ async fn reaction_amqp(n: usize) -> Row {
     mq::wait_for_queue(&conn, &names.workers).await;
     let mut commands = mq::consume_no_ack(&conn, &names.workers, "bench-reader").await;
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
+    let results = (conn.create_channel().await.unwrap(), names.results.clone());
     tokio::spawn(async move {
         while let Some(Ok(d)) = commands.next().await {
             let at = Instant::now();
@@ -351,6 +353,17 @@ async fn reaction_amqp(n: usize) -> Row {
             if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
                 break;
             }
+            // the stand-in worker: every command applied at once
+            let _ = results
+                .0
+                .basic_publish(
+                    &results.1,
+                    &format!("{}.{}", c.provider, c.target),
+                    Default::default(),
+                    &applied(&c),
+                    BasicProperties::default(),
+                )
+                .await;
         }
     });
     let rig = AmqpRig {
@@ -408,6 +421,7 @@ async fn reaction_kafka(n: usize) -> Row {
     let (port, stop, task) = start(cfg).await;
     let commands = common::kafka::reader(&brokers, "commands");
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
+    let results = common::kafka::producer(&brokers);
     tokio::spawn(async move {
         loop {
             let Ok(m) = commands.recv().await else {
@@ -419,6 +433,13 @@ async fn reaction_kafka(n: usize) -> Row {
             if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
                 break;
             }
+            // the stand-in worker: every command applied at once
+            let result = applied(&c);
+            let _ = results.send_result(
+                rdkafka::producer::FutureRecord::to("results")
+                    .key(&c.target)
+                    .payload(&result),
+            );
         }
     });
     let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
@@ -434,6 +455,17 @@ async fn reaction_kafka(n: usize) -> Row {
     stop.send(()).unwrap();
     task.await.unwrap();
     row
+}
+
+/// A stand-in worker's result for `c`: applied, at its desired count.
+fn applied(c: &ScaleCommand) -> Vec<u8> {
+    serde_json::json!({
+        "version": 1, "command_id": c.id, "target": c.target, "generation": c.generation,
+        "status": "applied", "observed_replicas": c.desired_replicas, "error": null,
+        "worker": "bench", "finished_at": "2026-12-02T00:00:00Z"
+    })
+    .to_string()
+    .into_bytes()
 }
 
 fn ratio(rows: &[Row]) {
