@@ -102,6 +102,52 @@ fn rss_mb_of(pid: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The buckets of histogram `name` in a scrape, summed over its series:
+/// (upper bound, cumulative count), by bound.
+fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut by_le: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    for l in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let Some(le) = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        let count: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0);
+        let e = by_le.entry(bound.to_bits()).or_insert((bound, 0.0));
+        e.1 += count;
+    }
+    let mut v: Vec<(f64, f64)> = by_le.into_values().collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// The bucket bound (ms) under which a share `q` of the observations of
+/// histogram `name` made between two scrapes fall: an upper bound of
+/// that quantile.
+fn quantile_between(before: &str, after: &str, name: &str, q: f64) -> f64 {
+    let (b, a) = (buckets(before, name), buckets(after, name));
+    let delta: Vec<(f64, f64)> = a
+        .iter()
+        .map(|&(le, n)| {
+            let was = b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, n - was)
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |x| x.1);
+    delta
+        .iter()
+        .find(|x| x.1 >= q * total)
+        .map_or(f64::NAN, |x| x.0 * 1000.0)
+}
+
 /// The sum of every sample of `name` in a scrape.
 fn scraped_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -253,6 +299,7 @@ async fn measure<R: Rig>(
         }
     }
     while probes_seen.try_recv().is_ok() {}
+    AFTER_ISSUE.lock().unwrap().clear();
     let before = scrape(port).await;
     let (stop_scrapes, scrapes_stop) = tokio::sync::watch::channel(false);
     let scrapes = tokio::spawn(scrape_every_2s(port, scrapes_stop));
@@ -267,6 +314,15 @@ async fn measure<R: Rig>(
     let mut got = Vec::new();
     while let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(3), probes_seen.recv()).await {
         got.push(g);
+    }
+    let mut issued: Vec<f64> = std::mem::take(&mut *AFTER_ISSUE.lock().unwrap());
+    issued.sort_by(f64::total_cmp);
+    if !issued.is_empty() {
+        println!(
+            "targets={n}: a probe's command from its issue to the reader p50 {:.0} p99 {:.0} ms (clock ms)",
+            bench::percentile(&issued, 0.5),
+            bench::percentile(&issued, 0.99)
+        );
     }
     let mut lat = bench::reaction_ms(&driven.probes, &got);
     assert!(!lat.is_empty(), "no probe command matched");
@@ -284,6 +340,16 @@ async fn measure<R: Rig>(
         scrapes,
         rss_mb: rss_mb(),
     };
+    // the scaler's part: from the signal's `ts` to the command's issue
+    let inside = "tidewatch_signal_to_command_seconds";
+    println!(
+        "targets={}: commands {:.0}/s, results {:.0}/s; signal ts -> command issued p50 <= {} ms, p99 <= {} ms",
+        n,
+        delta("tidewatch_commands_issued_total") / load_s,
+        delta("tidewatch_results_received_total") / load_s,
+        quantile_between(&before, &after, inside, 0.5),
+        quantile_between(&before, &after, inside, 0.99),
+    );
     println!(
         "targets={} ready {:.1} s; sent {:.0}/s; probes {} matched {}; reaction p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms; \
          evaluations {:.0}/s; tick {:.1} ms; largest scrape {:.2} MB of text, {:.2} MB gzipped, in {:.0} ms ({} scrapes); RSS {:.0} MB",
@@ -345,25 +411,34 @@ async fn reaction_amqp(n: usize) -> Row {
     mq::wait_for_queue(&conn, &names.workers).await;
     let mut commands = mq::consume_no_ack(&conn, &names.workers, "bench-reader").await;
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
-    let results = (conn.create_channel().await.unwrap(), names.results.clone());
+    // the stand-in worker, on a task of its own so that the reader only
+    // reads: every command applied at once, a result at its desired count
+    let (work, mut todo) = tokio::sync::mpsc::unbounded_channel::<ScaleCommand>();
+    let (results, exchange) = (conn.create_channel().await.unwrap(), names.results.clone());
     tokio::spawn(async move {
-        while let Some(Ok(d)) = commands.next().await {
-            let at = Instant::now();
-            let c: ScaleCommand = serde_json::from_slice(&d.data).unwrap();
-            if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
-                break;
-            }
-            // the stand-in worker: every command applied at once
+        while let Some(c) = todo.recv().await {
             let _ = results
-                .0
                 .basic_publish(
-                    &results.1,
+                    &exchange,
                     &format!("{}.{}", c.provider, c.target),
                     Default::default(),
                     &applied(&c),
                     BasicProperties::default(),
                 )
                 .await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = commands.next().await {
+            let at = Instant::now();
+            let c: ScaleCommand = serde_json::from_slice(&d.data).unwrap();
+            if c.target == "probe" {
+                after_issue(&c);
+                if seen.send((c.desired_replicas, at)).is_err() {
+                    break;
+                }
+            }
+            let _ = work.send(c);
         }
     });
     let rig = AmqpRig {
@@ -430,8 +505,11 @@ async fn reaction_kafka(n: usize) -> Row {
             let at = Instant::now();
             let Some(body) = m.payload() else { continue };
             let c: ScaleCommand = serde_json::from_slice(body).unwrap();
-            if c.target == "probe" && seen.send((c.desired_replicas, at)).is_err() {
-                break;
+            if c.target == "probe" {
+                after_issue(&c);
+                if seen.send((c.desired_replicas, at)).is_err() {
+                    break;
+                }
             }
             // the stand-in worker: every command applied at once
             let result = applied(&c);
@@ -455,6 +533,20 @@ async fn reaction_kafka(n: usize) -> Row {
     stop.send(()).unwrap();
     task.await.unwrap();
     row
+}
+
+/// Milliseconds from the issue of each probe command (its generation is
+/// the engine's clock at the issue) to its arrival at the reader.
+static AFTER_ISSUE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+fn after_issue(c: &ScaleCommand) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    AFTER_ISSUE
+        .lock()
+        .unwrap()
+        .push((now - c.generation) as f64);
 }
 
 /// A stand-in worker's result for `c`: applied, at its desired count.

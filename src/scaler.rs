@@ -14,7 +14,7 @@ use crate::broker::amqp::ConnectError;
 use crate::clock::Clock;
 use crate::command::ScaleCommand;
 use crate::config::{BrokerKind, Config, ProbeKind};
-use crate::engine::{drive, Engine, EngineHandle, Restored, TargetStatus};
+use crate::engine::{Engine, EngineHandle, Restored, TargetStatus};
 use crate::lifecycle::StartError;
 use crate::publish::amqp::{AmqpPublisher, AmqpResults};
 use crate::publish::kafka::{KafkaPublisher, KafkaResults};
@@ -341,20 +341,18 @@ pub async fn run(
     }
     metrics.expect_engine_ticks(cfg.engine.tick, engines.len(), std::time::Instant::now());
     let shards = engines.len();
-    let engine_tasks: Vec<JoinHandle<Engine>> = engines
-        .into_iter()
-        .zip(in_rxs)
-        .map(|(engine, rx)| {
-            tokio::spawn(drive(
-                engine,
-                rx,
-                cmd_tx.clone(),
-                clock.clone(),
-                cfg.engine.tick,
-                std::future::pending::<()>(),
-            ))
-        })
-        .collect();
+    let mut engine_tasks = Vec::with_capacity(shards);
+    for (engine, rx) in engines.into_iter().zip(in_rxs) {
+        let task = crate::engine::shards::spawn(
+            engine,
+            rx,
+            cmd_tx.clone(),
+            clock.clone(),
+            cfg.engine.tick,
+        )
+        .map_err(|e| StartError::Fault(format!("cannot start an engine shard: {e}")))?;
+        engine_tasks.push(task);
+    }
     drop(cmd_tx);
     tracing::info!(targets = cfg.targets.len(), shards, "tidewatch running");
 

@@ -88,6 +88,40 @@ pub fn build(
     built.into_iter().collect()
 }
 
+/// Runs shard `engine` on a thread of its own, with its own
+/// single-threaded runtime, until its input closes; the engine comes back
+/// through the returned receiver. A shard's slices are Lua calls that do
+/// not yield: on the shared runtime's workers they held the sources, the
+/// publisher and the results reader off a core until a slice ended, while
+/// on their own threads the kernel preempts them for the I/O tasks.
+pub fn spawn(
+    engine: Engine,
+    input: tokio::sync::mpsc::Receiver<super::EngineInput>,
+    commands: tokio::sync::mpsc::Sender<crate::command::ScaleCommand>,
+    clock: Arc<dyn crate::clock::Clock>,
+    tick: std::time::Duration,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<Engine>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let shard = engine.shard();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("tidewatch-shard-{shard}"))
+        .spawn(move || {
+            let engine = rt.block_on(super::drive(
+                engine,
+                input,
+                commands,
+                clock,
+                tick,
+                std::future::pending::<()>(),
+            ));
+            let _ = done.send(engine);
+        })?;
+    Ok(finished)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,11 @@ impl AmqpPublisher {
     }
 
     /// Publishes every command from `rx` until it closes and nothing is
-    /// pending, telling the engine about each confirmed one.
+    /// pending, telling the engine about each confirmed one. Each command
+    /// goes out as it arrives, while earlier ones wait for their confirms
+    /// (a window, not rounds: a round waited for its slowest confirm, a
+    /// persistent message's disk write, before the next command could
+    /// leave).
     pub async fn run(
         self,
         first: Option<PublisherSession>,
@@ -122,6 +126,14 @@ impl AmqpPublisher {
     ) {
         let mut pending = Pending::default();
         let mut session = first;
+        // Bumped at each new session: confirms of an older one are stale.
+        let mut epoch = 0u64;
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        // (target, generation) of every publish of this session in flight
+        let mut flying: std::collections::HashSet<(String, i64)> = Default::default();
+        // Commands in `pending` that have no publish in flight (a nack, a
+        // return, a lost connection): published again when `retry_at` is.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut closed = false;
         let mut backoff = Backoff::default();
         let stall = crate::publish::StallWatch::start(
@@ -129,113 +141,147 @@ impl AmqpPublisher {
             self.metrics.clone(),
             crate::publish::kafka::STALLED_AFTER,
         );
+        let publish = |ch: &Channel, c: ScaleCommand, epoch: u64| {
+            let (ch, exchange) = (ch.clone(), self.cfg.exchange.clone());
+            async move {
+                let outcome = amqp::publish_confirmed(
+                    &ch,
+                    &exchange,
+                    &routing_key(&c),
+                    &c.to_json(),
+                    amqp::persistent_json(),
+                )
+                .await;
+                (c, epoch, outcome)
+            }
+        };
         loop {
-            if pending.0.is_empty() {
-                if closed {
-                    break;
+            if closed && pending.0.is_empty() {
+                break;
+            }
+            if session.is_none() && (!pending.0.is_empty() || !closed) {
+                if pending.0.is_empty() {
+                    // nothing to publish: wait for a command first
+                    match rx.recv().await {
+                        Some(c) => pending.put(c),
+                        None => {
+                            closed = true;
+                            continue;
+                        }
+                    }
                 }
-                match rx.recv().await {
-                    Some(c) => pending.put(c),
-                    None => {
-                        closed = true;
+                stall.waiting();
+                let s = amqp::connect_with_retry(
+                    "commands.amqp.url",
+                    "amqp command publisher",
+                    &mut backoff,
+                    || self.open(),
+                    &mut Intake {
+                        rx: &mut rx,
+                        pending: &mut pending,
+                        closed: &mut closed,
+                    },
+                )
+                .await
+                .expect("the publisher retries until it connects");
+                tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher connected");
+                self.metrics.broker_connected("commands", true);
+                epoch += 1;
+                flying.clear();
+                for c in pending.0.values() {
+                    flying.insert((c.target.clone(), c.generation));
+                    inflight.push(publish(&s.channel, c.clone(), epoch));
+                }
+                retry_at = None;
+                session = Some(s);
+            }
+            let retry_due = retry_at.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                biased;
+                // a new command leaves at once, whatever waits for confirms
+                c = rx.recv(), if !closed => match c {
+                    Some(c) => {
+                        stall.waiting();
+                        pending.put(c.clone());
+                        if let Some(s) = &session {
+                            flying.insert((c.target.clone(), c.generation));
+                            inflight.push(publish(&s.channel, c, epoch));
+                        }
+                    }
+                    None => closed = true,
+                },
+                Some((c, at, outcome)) = inflight.next(), if !inflight.is_empty() => {
+                    if at != epoch {
+                        // its session is gone; the new one published it again
+                        if matches!(outcome, Ok(true)) {
+                            pending.done(&c);
+                        }
                         continue;
                     }
-                }
-            }
-            while let Ok(c) = rx.try_recv() {
-                pending.put(c);
-            }
-            stall.waiting();
-            let s = match &session {
-                Some(s) => s,
-                None => {
-                    let s = amqp::connect_with_retry(
-                        "commands.amqp.url",
-                        "amqp command publisher",
-                        &mut backoff,
-                        || self.open(),
-                        &mut Intake {
-                            rx: &mut rx,
-                            pending: &mut pending,
-                            closed: &mut closed,
-                        },
-                    )
-                    .await
-                    .expect("the publisher retries until it connects");
-                    tracing::info!(setting = "commands.amqp.url", url = %self.settings.shown_url(), pending = pending.0.len(), "amqp command publisher connected");
-                    self.metrics.broker_connected("commands", true);
-                    session.insert(s)
-                }
-            };
-            let batch: Vec<ScaleCommand> = pending.0.values().cloned().collect();
-            let outcomes = futures::future::join_all(batch.iter().map(|c| {
-                let json = c.to_json();
-                let key = routing_key(c);
-                let ch = &s.channel;
-                let exchange = self.cfg.exchange.as_str();
-                async move {
-                    amqp::publish_confirmed(ch, exchange, &key, &json, amqp::persistent_json())
-                        .await
-                }
-            }))
-            .await;
-            let mut retry = false;
-            let mut lost = None;
-            let mut acknowledged = false;
-            for (c, outcome) in batch.iter().zip(outcomes) {
-                match outcome {
-                    Ok(true) => {
-                        pending.done(c);
-                        confirmed(c, &self.metrics, &engine);
-                        acknowledged = true;
-                    }
-                    Ok(false) => {
-                        retry = true;
-                        self.metrics.command_publish_failed(
-                            "commands.amqp.exchange",
-                            c,
-                            &format_args!(
-                                "nacked or unroutable on exchange {:?} with routing key {:?} \
-                                 (is a queue bound for this routing key?)",
-                                self.cfg.exchange,
-                                routing_key(c)
-                            ),
-                        );
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .command_publish_failed("commands.amqp.url", c, &e);
-                        lost = Some(e);
+                    flying.remove(&(c.target.clone(), c.generation));
+                    match outcome {
+                        Ok(true) => {
+                            pending.done(&c);
+                            confirmed(&c, &self.metrics, &engine);
+                            stall.acknowledged(!pending.0.is_empty());
+                            backoff.reset();
+                        }
+                        Ok(false) => {
+                            self.metrics.command_publish_failed(
+                                "commands.amqp.exchange",
+                                &c,
+                                &format_args!(
+                                    "nacked or unroutable on exchange {:?} with routing key {:?} \
+                                     (is a queue bound for this routing key?)",
+                                    self.cfg.exchange,
+                                    routing_key(&c)
+                                ),
+                            );
+                            retry_at.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + backoff.next_wait()
+                            });
+                        }
+                        Err(e) => {
+                            self.metrics.command_publish_failed("commands.amqp.url", &c, &e);
+                            self.metrics.broker_reconnecting(
+                                "commands",
+                                "commands.amqp.url",
+                                &format_args!(
+                                    "{e} at {}; {} commands pending",
+                                    self.settings.shown_url(),
+                                    pending.0.len()
+                                ),
+                            );
+                            if let Some(s) = session.take() {
+                                let _ = s.conn.close(200, "reconnecting").await;
+                            }
+                            // a pause before the reconnect, taking commands in
+                            let wait = backoff.next_wait();
+                            Intake {
+                                rx: &mut rx,
+                                pending: &mut pending,
+                                closed: &mut closed,
+                            }
+                            .pause(wait)
+                            .await;
+                        }
                     }
                 }
-            }
-            if acknowledged {
-                stall.acknowledged(!pending.0.is_empty());
-            }
-            if let Some(e) = lost {
-                self.metrics.broker_reconnecting(
-                    "commands",
-                    "commands.amqp.url",
-                    &format_args!(
-                        "{e} at {}; {} commands pending",
-                        self.settings.shown_url(),
-                        pending.0.len()
-                    ),
-                );
-                session = None;
-                retry = true;
-            }
-            if retry {
-                let wait = backoff.next_wait();
-                Intake {
-                    rx: &mut rx,
-                    pending: &mut pending,
-                    closed: &mut closed,
+                _ = tokio::time::sleep_until(retry_due), if retry_at.is_some() => {
+                    retry_at = None;
+                    if let Some(s) = &session {
+                        // what is pending and not in flight goes again
+                        for c in pending.0.values() {
+                            if flying.insert((c.target.clone(), c.generation)) {
+                                inflight.push(publish(&s.channel, c.clone(), epoch));
+                            }
+                        }
+                    }
                 }
-                .pause(wait)
-                .await;
-            } else {
-                backoff.reset();
+                else => {
+                    // closed, nothing in flight, commands pending: again soon
+                    retry_at = Some(tokio::time::Instant::now() + backoff.next_wait());
+                }
             }
         }
         if let Some(s) = session {
