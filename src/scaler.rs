@@ -96,11 +96,17 @@ pub async fn run(
         engine.set_inputs(inputs.clone());
     }
     let state = open_state(&cfg, &metrics).await?;
+    // With RabbitMQ slots each slot's targets are restored when this
+    // scaler becomes the slot's active consumer, not all at start.
+    let slots_configured = cfg.source.kind == BrokerKind::Amqp
+        && cfg.source.amqp.as_ref().is_some_and(|a| a.slots > 0);
     if let Some((handle, _)) = &state {
         for engine in &mut engines {
             engine.keep_state(handle.clone(), cfg.state.interval);
         }
-        restore_at_start(&mut engines, &cfg.targets, handle, &metrics).await;
+        if !slots_configured {
+            restore_at_start(&mut engines, &cfg.targets, handle, &metrics).await;
+        }
     }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
     // The configured targets' names, as reloads change them.
@@ -140,12 +146,16 @@ pub async fn run(
             // scaler the active consumer of are this scaler's.
             let slots = (a.slots > 0).then(|| {
                 let slots = Arc::new(crate::engine::slots::Slots::new(a.slots));
+                if state.is_some() {
+                    slots.wait_for_state();
+                }
                 for engine in &mut engines {
                     engine.track_slots(slots.clone());
                 }
                 crate::source::amqp::SlotMode {
                     slots,
                     names: names.clone(),
+                    state: state.as_ref().map(|(h, _)| h.clone()),
                 }
             });
             let source = AmqpSource::new(&a, ctx.clone(), slots);

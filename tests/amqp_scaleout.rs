@@ -33,6 +33,14 @@ fn issued(m: &Metrics, target: &str) -> u64 {
         .sum()
 }
 
+fn policy_calls(m: &Metrics, target: &str) -> f64 {
+    common::metric(
+        m,
+        "tidewatch_policy_evaluations_total",
+        &[("target", target)],
+    )
+}
+
 fn desired(m: &Metrics, target: &str) -> f64 {
     common::metric(
         m,
@@ -220,6 +228,172 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     .await;
     stop2.send(()).unwrap();
     assert!(task2.await.unwrap().drained);
+    let ch = conn.create_channel().await.unwrap();
+    for k in 0..SLOTS {
+        let _ = ch
+            .queue_delete(&format!("{}.{k}", n.queue), Default::default())
+            .await;
+    }
+    n.delete(&ch).await;
+}
+
+/// A slot's targets move with what they learned: two scalers share a
+/// state directory (a shared volume), and each slot that changes hands is
+/// written by the scaler that gives it up (when it hands it on, or when
+/// it stops) and restored by the one that takes it before it decides. The
+/// policy remembers the highest depth it saw (`ctx.state`), so a target
+/// that starts cold shows up as a lower replica count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_changes_hands_takes_its_targets_state_along() {
+    const PEAK: &str = r#"return { decide = function(ctx)
+  local d = ctx.window("queue_depth", "10s")
+  if d then ctx.state.peak = math.max(ctx.state.peak or 0, d.last) end
+  if not ctx.state.peak then return nil end
+  return { replicas = math.ceil(ctx.state.peak / 100), reason = "peak " .. ctx.state.peak }
+end }"#;
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let targets: String = names
+        .iter()
+        .map(|t| {
+            format!(
+                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nprovider = \"exec\"\n\
+                 max_replicas = 1000\nstabilization_down = \"0s\"\n"
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let toml = format!(
+        "{}\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"20s\"\n\
+         [state]\nstore = \"dir\"\ndir = \"{}\"\ninterval = \"1h\"\n{targets}",
+        n.toml(&url).replace(
+            "prefetch = 500",
+            &format!("prefetch = 500, slots = {SLOTS}")
+        ),
+        state.display()
+    );
+    let cfg = mq::load(dir.path(), &toml, PEAK);
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let send = |depth: i64| {
+        let ch = ch.clone();
+        let (names, signals) = (names.clone(), n.signals.clone());
+        async move {
+            for t in &names {
+                let body = mq::depth_signal(t, depth);
+                mq::publish(&ch, &signals, &format!("queue_depth.{t}"), body.as_bytes())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let restored = |m: &Metrics, t: &str| {
+        common::metric(
+            m,
+            "tidewatch_state_restores_total",
+            &[("target", t), ("outcome", "restored")],
+        )
+    };
+
+    // The first scaler alone: every target peaks at 3000 (30 replicas).
+    let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+    let (stop1, task1) = common::start_run(cfg.clone(), m1.clone());
+    common::wait_for(
+        "the first scaler to hold every slot",
+        Duration::from_secs(60),
+        || m1.assigned_partitions() == i64::from(SLOTS),
+    )
+    .await;
+    send(3000).await;
+    common::wait_for(
+        "30 replicas for every target",
+        Duration::from_secs(30),
+        || names.iter().all(|t| desired(&m1, t) == 30.0),
+    )
+    .await;
+
+    // A second scaler: the first hands half the slots on, their state
+    // written first; the second restores it.
+    let (stop2, task2) = common::start_run(cfg, m2.clone());
+    common::wait_for(
+        "each scaler to hold two slots",
+        Duration::from_secs(60),
+        || m1.assigned_partitions() == 2 && m2.assigned_partitions() == 2,
+    )
+    .await;
+    // A depth under the peak each scaler has: had the second started its
+    // targets cold, it would command 20 for them; with the peak of 3000
+    // restored (and 30 replicas), it holds.
+    send(2000).await;
+    send(5000).await;
+    common::wait_for(
+        "50 replicas for every target",
+        Duration::from_secs(30),
+        || {
+            names
+                .iter()
+                .all(|t| desired(&m1, t) == 50.0 || desired(&m2, t) == 50.0)
+        },
+    )
+    .await;
+    let moved: Vec<&String> = names.iter().filter(|t| desired(&m2, t) == 50.0).collect();
+    assert!(
+        !moved.is_empty() && moved.len() < names.len(),
+        "both scalers decide: {moved:?}"
+    );
+    for t in &moved {
+        assert_eq!(restored(&m2, t), 1.0, "{t}: restored when its slot came");
+        assert_eq!(
+            issued(&m2, t),
+            1,
+            "{t}: only the command to 50 (no 20: not cold)"
+        );
+    }
+    send(200).await;
+
+    // The second stops: it writes its targets before its consumers go,
+    // and the first takes them back with the peak of 5000 they learned
+    // there.
+    let calls_before: Vec<f64> = moved.iter().map(|t| policy_calls(&m1, t)).collect();
+    stop2.send(()).unwrap();
+    let report2 = task2.await.unwrap();
+    assert!(report2.drained);
+    common::wait_for(
+        "the first scaler to hold every slot again",
+        Duration::from_secs(30),
+        || m1.assigned_partitions() == i64::from(SLOTS),
+    )
+    .await;
+    common::wait_for(
+        "the moved targets restored again",
+        Duration::from_secs(30),
+        || moved.iter().all(|t| restored(&m1, t) == 1.0),
+    )
+    .await;
+    // a signal under the peak: decided from what the second learned
+    send(300).await;
+    common::wait_for(
+        "the first scaler decides the moved targets",
+        Duration::from_secs(30),
+        || {
+            moved
+                .iter()
+                .zip(&calls_before)
+                .all(|(t, &before)| policy_calls(&m1, t) > before)
+        },
+    )
+    .await;
+    stop1.send(()).unwrap();
+    let report1 = task1.await.unwrap();
+    for t in &report1.targets {
+        assert_eq!(
+            t.replicas, 50,
+            "{}: the peak learned on either scaler",
+            t.name
+        );
+    }
     let ch = conn.create_channel().await.unwrap();
     for k in 0..SLOTS {
         let _ = ch

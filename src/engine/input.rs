@@ -127,8 +127,12 @@ pub enum EngineInput {
         done: oneshot::Sender<Vec<(String, Restored)>>,
     },
     /// Queue a snapshot of every target this engine keeps (before a
-    /// partition is revoked); `done` learns how many.
-    SnapshotNow { done: oneshot::Sender<usize> },
+    /// partition is revoked), or of those of one RabbitMQ slot (before it
+    /// is handed on); `done` learns how many.
+    SnapshotNow {
+        slot: Option<u16>,
+        done: oneshot::Sender<usize>,
+    },
     /// A reloaded, checked configuration ([`Engine::reconfigure`]).
     Reconfigure(Box<Reconfigure>),
 }
@@ -439,10 +443,20 @@ impl EngineHandle {
 
     /// Has every shard queue a snapshot of every target it keeps; how many.
     pub async fn snapshot_now(&self) -> Result<usize, EngineGone> {
+        self.snapshot(None).await
+    }
+
+    /// Has every shard queue a snapshot of the targets of RabbitMQ slot
+    /// `slot` it keeps; how many.
+    pub async fn snapshot_slot(&self, slot: u16) -> Result<usize, EngineGone> {
+        self.snapshot(Some(slot)).await
+    }
+
+    async fn snapshot(&self, slot: Option<u16>) -> Result<usize, EngineGone> {
         let mut waiting = Vec::new();
         for tx in self.shards.iter() {
             let (done, outcome) = oneshot::channel();
-            tx.send(EngineInput::SnapshotNow { done })
+            tx.send(EngineInput::SnapshotNow { slot, done })
                 .await
                 .map_err(|_| EngineGone)?;
             waiting.push(outcome);

@@ -332,7 +332,7 @@ impl Engine {
     /// partition is unknown (fed only by probes) counts as ours.
     fn owned(&self, idx: usize) -> bool {
         if let Some(s) = &self.slots {
-            return s.holds_target(&self.targets[idx].cfg.name);
+            return s.live_target(&self.targets[idx].cfg.name);
         }
         let (Some(o), Some((key, epoch))) = (&self.ownership, &self.targets[idx].partition) else {
             return true;
@@ -1278,8 +1278,11 @@ pub async fn drive(
                     let _ = done.send(engine.status_json(target.as_deref(), clock.now_ms()));
                     Vec::new()
                 }
-                Some(EngineInput::SnapshotNow { done }) => {
-                    let n = engine.snapshot_all(clock.now_ms());
+                Some(EngineInput::SnapshotNow { slot, done }) => {
+                    let n = match slot {
+                        None => engine.snapshot_all(clock.now_ms()),
+                        Some(k) => engine.snapshot_slot(k, clock.now_ms()),
+                    };
                     let _ = done.send(n);
                     Vec::new()
                 }

@@ -34,6 +34,10 @@ impl Engine {
     /// partition this scaler owns, has caught up on and has restored (a
     /// stale copy must never overwrite its owner's snapshot).
     pub(super) fn writable(&self, idx: usize) -> bool {
+        if self.slots.is_some() {
+            // another scaler's slot: its snapshot is that scaler's to write
+            return self.owned(idx);
+        }
         self.ownership.is_none() || (self.targets[idx].partition.is_some() && self.owned(idx))
     }
 
@@ -130,6 +134,23 @@ impl Engine {
         n
     }
 
+    /// Queues a snapshot of every target of RabbitMQ slot `slot` this
+    /// engine writes (before the slot is handed on); how many.
+    pub fn snapshot_slot(&mut self, slot: u16, now_ms: Millis) -> usize {
+        let (Some((state, _)), Some(slots)) = (self.state.clone(), self.slots.clone()) else {
+            return 0;
+        };
+        let mut batch = Vec::new();
+        for i in 0..self.targets.len() {
+            if slots.slot_of(&self.targets[i].cfg.name) == slot && self.writable(i) {
+                batch.push(self.snapshot_of(i, now_ms, state.writer()));
+            }
+        }
+        let n = batch.len();
+        state.write(batch);
+        n
+    }
+
     /// Takes a target's state from its snapshot: history, forecasters,
     /// guard, replicas and generations, the policy's `state` table and the
     /// controls. The windows are not in it: a Kafka source re-reads them,
@@ -144,8 +165,9 @@ impl Engine {
             .state
             .as_ref()
             .is_some_and(|(h, _)| h.writer() == s.writer);
-        let live =
-            self.ownership.is_some() && self.targets[idx].partition.is_some() && self.owned(idx);
+        let live = (self.ownership.is_some() && self.targets[idx].partition.is_some()
+            || self.slots.is_some())
+            && self.owned(idx);
         if ours || live {
             return Restored::Newer;
         }

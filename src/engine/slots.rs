@@ -10,14 +10,47 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug)]
 pub struct Slots {
     held: Vec<AtomicBool>,
+    /// With a state store: whether each held slot's targets have their
+    /// snapshots back (a slot is live only then).
+    restored: Vec<AtomicBool>,
+    needs_state: AtomicBool,
 }
 
 impl Slots {
     /// `count` slots, none held.
     pub fn new(count: u16) -> Self {
+        let flags = || (0..count.max(1)).map(|_| AtomicBool::new(false)).collect();
         Self {
-            held: (0..count.max(1)).map(|_| AtomicBool::new(false)).collect(),
+            held: flags(),
+            restored: flags(),
+            needs_state: AtomicBool::new(false),
         }
+    }
+
+    /// From now on a slot that is gained is live only once its targets'
+    /// snapshots are restored ([`Slots::restored`]): the scaler that had
+    /// it wrote what its targets learned.
+    pub fn wait_for_state(&self) {
+        self.needs_state.store(true, Ordering::Release);
+    }
+
+    /// The snapshots of `slot`'s targets are restored: it is live.
+    pub fn restored(&self, slot: u16) {
+        if let Some(r) = self.restored.get(usize::from(slot)) {
+            r.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether this scaler decides (and writes the state) for `target`
+    /// now: its slot is held and, with a state store, restored.
+    pub fn live_target(&self, target: &str) -> bool {
+        let k = self.slot_of(target);
+        self.holds(k)
+            && (!self.needs_state.load(Ordering::Acquire)
+                || self
+                    .restored
+                    .get(usize::from(k))
+                    .is_some_and(|r| r.load(Ordering::Acquire)))
     }
 
     pub fn count(&self) -> u16 {
@@ -37,7 +70,11 @@ impl Slots {
         let Some(h) = self.held.get(usize::from(slot)) else {
             return false;
         };
-        !h.swap(true, Ordering::AcqRel)
+        let news = !h.swap(true, Ordering::AcqRel);
+        if news {
+            self.restored[usize::from(slot)].store(false, Ordering::Release);
+        }
+        news
     }
 
     /// This scaler hands `slot` on (cancels its consumer of it).
@@ -59,11 +96,6 @@ impl Slots {
         self.held
             .get(usize::from(slot))
             .is_some_and(|h| h.load(Ordering::Acquire))
-    }
-
-    /// Whether this scaler decides for `target` now.
-    pub fn holds_target(&self, target: &str) -> bool {
-        self.holds(self.slot_of(target))
     }
 
     pub fn held_count(&self) -> usize {
@@ -108,18 +140,38 @@ mod tests {
             .map(|i| format!("t{i}"))
             .find(|n| s.slot_of(n) == 2)
             .unwrap();
-        assert!(!s.holds_target(&t));
+        assert!(!s.live_target(&t));
         assert!(s.gained(2));
         assert!(!s.gained(2), "not news the second time");
         assert!(!s.gained(9), "no such slot");
-        assert!(s.holds_target(&t));
+        assert!(s.live_target(&t));
         assert_eq!(s.held_count(), 1);
         s.release(2);
-        assert!(!s.holds_target(&t));
+        assert!(!s.live_target(&t));
         assert!(s.gained(2), "gained again after a release");
         s.gained(0);
         s.lost_all();
-        assert!(!s.holds_target(&t));
+        assert!(!s.live_target(&t));
         assert_eq!(s.held_count(), 0);
+    }
+
+    #[test]
+    fn with_a_state_store_a_gained_slot_is_live_once_restored() {
+        let s = Slots::new(4);
+        s.wait_for_state();
+        let t = (0..100)
+            .map(|i| format!("t{i}"))
+            .find(|n| s.slot_of(n) == 1)
+            .unwrap();
+        assert!(s.gained(1));
+        assert!(s.holds(1) && !s.live_target(&t), "held, not restored yet");
+        s.restored(1);
+        assert!(s.live_target(&t));
+        // handed on and gained again: restored again first
+        s.release(1);
+        assert!(s.gained(1));
+        assert!(!s.live_target(&t));
+        s.restored(1);
+        assert!(s.live_target(&t));
     }
 }

@@ -210,6 +210,27 @@ pub struct SlotMode {
     pub slots: Arc<Slots>,
     /// The configured targets' names, as reloads change them.
     pub names: Arc<std::sync::RwLock<Vec<String>>>,
+    /// The state store, when there is one: a slot gained from another
+    /// scaler goes live once its targets' snapshots are restored, and a
+    /// slot handed on is written first.
+    pub state: Option<crate::state::StateHandle>,
+}
+
+/// How long handing a slot on waits for its targets' snapshots to be
+/// written.
+const HAND_ON_FLUSH: Duration = Duration::from_secs(5);
+
+impl SlotMode {
+    /// The configured targets of `slot`.
+    fn targets_of(&self, slot: u16) -> Vec<String> {
+        self.names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|n| self.slots.slot_of(n) == slot)
+            .cloned()
+            .collect()
+    }
 }
 
 /// How often each slot queue gets a heartbeat, so that a scaler learns it
@@ -575,6 +596,10 @@ impl AmqpSource {
             self.ctx.ready.store(true, Ordering::Relaxed);
             self.ctx.metrics.broker_connected("source", true);
             let ended = self.consume(&s, &mut stop).await;
+            if matches!(ended, Ended::Stopped) {
+                // the scalers that take the slots over read this
+                self.write_held_state().await;
+            }
             self.ctx.metrics.broker_connected("source", false);
             if let Some(mode) = &self.slots {
                 // with the channel go the consumers: others are active now
@@ -600,6 +625,27 @@ impl AmqpSource {
             }
         }
         tracing::info!("amqp source stopped");
+    }
+
+    /// With slots and a state store: writes the snapshots of the targets
+    /// of every slot held, before the consumers go (at most
+    /// [`HAND_ON_FLUSH`]).
+    async fn write_held_state(&self) {
+        let Some(state) = self.slots.as_ref().and_then(|m| m.state.as_ref()) else {
+            return;
+        };
+        let written = async {
+            let n = self.ctx.engine.snapshot_now().await.unwrap_or(0);
+            let _ = state.flush().await;
+            n
+        };
+        match tokio::time::timeout(HAND_ON_FLUSH, written).await {
+            Ok(n) => tracing::info!(
+                snapshots = n,
+                "amqp source: the slots' state is written before their consumers go"
+            ),
+            Err(_) => tracing::warn!("amqp source: the slots' state was not written within 5 s"),
+        }
     }
 
     /// At most half the prefetch per batch: while the engine applies one
@@ -745,6 +791,19 @@ impl AmqpSource {
         };
         let queue = slot_queue(&self.cfg.queue, k);
         let (generation, tag) = consumers.current[usize::from(k)].clone();
+        // what its targets learned here goes to the store first, for the
+        // scaler that takes the slot
+        if let Some(state) = &mode.state {
+            let written = async {
+                let n = self.ctx.engine.snapshot_slot(k).await.unwrap_or(0);
+                let _ = state.flush().await;
+                n
+            };
+            match tokio::time::timeout(HAND_ON_FLUSH, written).await {
+                Ok(n) => tracing::info!(slot = k, snapshots = n, "amqp source: the slot's state is written before handing it on"),
+                Err(_) => tracing::warn!(slot = k, "amqp source: the slot's state was not written within 5 s; handing it on anyway"),
+            }
+        }
         // not ours from this moment: what is in flight is still applied
         mode.slots.release(k);
         self.ctx
@@ -848,6 +907,22 @@ impl AmqpSource {
                 self.ctx
                     .metrics
                     .partitions_assigned(mode.slots.held_count());
+                if let Some(state) = &mode.state {
+                    // live once its targets have what the last owner wrote
+                    let (engine, metrics) = (self.ctx.engine.clone(), self.ctx.metrics.clone());
+                    let (slots, names, state) =
+                        (mode.slots.clone(), mode.targets_of(k), state.clone());
+                    tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let restored =
+                            crate::source::restore_targets(&engine, &state, names, &metrics).await;
+                        if slots.holds(k) {
+                            slots.restored(k);
+                        }
+                        let restored = restored.map_or(0, |(n, _)| n);
+                        tracing::info!(slot = k, restored, took = ?started.elapsed(), "amqp source: the slot's targets restored; live");
+                    });
+                }
             }
             let beat = d
                 .properties

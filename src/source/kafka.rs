@@ -22,7 +22,7 @@ use crate::broker::default_deadletter;
 use crate::broker::kafka::{produce_until_acked, ClientSettings, LoggingContext};
 use crate::broker::BrokerError;
 use crate::clock::Clock;
-use crate::engine::{EngineHandle, Held, Restored, SharedOwnership};
+use crate::engine::{EngineHandle, Held, SharedOwnership};
 use crate::event::{DeadLetter, Origin};
 use crate::secret::{SaslPassword, Secret};
 use crate::settings::{problem, Problem};
@@ -145,33 +145,7 @@ impl StateHook {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let stored = self.state.read(targets.clone()).await;
-        let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
-        let metrics = self.metrics.clone();
-        let decoding = tokio::task::spawn_blocking(move || {
-            crate::state::restore_in_chunks(&targets, stored, &metrics, |b| {
-                let _ = tx.blocking_send(b);
-            });
-        });
-        let mut restored = 0;
-        let mut since: Option<crate::clock::Millis> = None;
-        while let Some(snapshots) = chunks.recv().await {
-            let needs: std::collections::HashMap<String, crate::clock::Millis> = snapshots
-                .iter()
-                .map(|s| (s.target.clone(), s.resume_ms()))
-                .collect();
-            let outcomes = self.engine.restore(snapshots).await?;
-            for (name, r) in &outcomes {
-                if *r == Restored::Applied {
-                    restored += 1;
-                    if let Some(&t) = needs.get(name) {
-                        since = Some(since.map_or(t, |s| s.min(t)));
-                    }
-                }
-            }
-        }
-        let _ = decoding.await;
-        Ok((restored, since))
+        super::restore_targets(&self.engine, &self.state, targets, &self.metrics).await
     }
 
     /// Snapshots and flushes, waiting at most `REVOKE_FLUSH`. Runs inside

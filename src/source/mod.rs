@@ -28,6 +28,46 @@ pub struct SourceContext {
 }
 pub use kafka::KafkaSourceConfig;
 
+/// Reads the snapshots of `targets` from the store and gives the engine
+/// each one (a target takes its own unless what it holds is newer),
+/// decoded in chunks off the runtime's workers and applied chunk by chunk
+/// so that decisions of live targets go on. How many were restored, and
+/// the oldest point they need signals from again.
+pub async fn restore_targets(
+    engine: &crate::engine::EngineHandle,
+    state: &crate::state::StateHandle,
+    targets: Vec<String>,
+    metrics: &std::sync::Arc<crate::telemetry::Metrics>,
+) -> Result<(usize, Option<crate::clock::Millis>), crate::engine::EngineGone> {
+    let stored = state.read(targets.clone()).await;
+    let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
+    let m = metrics.clone();
+    let decoding = tokio::task::spawn_blocking(move || {
+        crate::state::restore_in_chunks(&targets, stored, &m, |b| {
+            let _ = tx.blocking_send(b);
+        });
+    });
+    let mut restored = 0;
+    let mut since: Option<crate::clock::Millis> = None;
+    while let Some(snapshots) = chunks.recv().await {
+        let needs: std::collections::HashMap<String, crate::clock::Millis> = snapshots
+            .iter()
+            .map(|s| (s.target.clone(), s.resume_ms()))
+            .collect();
+        let outcomes = engine.restore(snapshots).await?;
+        for (name, r) in &outcomes {
+            if *r == crate::engine::Restored::Applied {
+                restored += 1;
+                if let Some(&t) = needs.get(name) {
+                    since = Some(since.map_or(t, |s| s.min(t)));
+                }
+            }
+        }
+    }
+    let _ = decoding.await;
+    Ok((restored, since))
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
