@@ -330,10 +330,15 @@ impl EngineHandle {
                     items,
                     mapped,
                 } = m;
-                let split = super::shards::split_by(items, n, |(_, d)| match d {
-                    Decoded::Signal(s) => s.target(),
-                    _ => "",
-                });
+                // a signal to its target's shard; the rest to shard 0
+                let mut split: Vec<Vec<(usize, Decoded)>> = (0..n).map(|_| Vec::new()).collect();
+                for (i, d) in items {
+                    let k = match &d {
+                        Decoded::Signal(s) => shard_of(s.target(), n),
+                        _ => 0,
+                    };
+                    split[k].push((i, d));
+                }
                 for (shard, items) in split.into_iter().enumerate() {
                     if !items.is_empty() {
                         parts[shard].push((

@@ -243,6 +243,10 @@ impl AmqpPublisher {
                         }
                         Err(e) => {
                             self.metrics.command_publish_failed("commands.amqp.url", &c, &e);
+                            if session.is_none() {
+                                // another publish of this session failed first
+                                continue;
+                            }
                             self.metrics.broker_reconnecting(
                                 "commands",
                                 "commands.amqp.url",
