@@ -560,8 +560,11 @@ impl Reloader {
         *self.names.write().unwrap_or_else(|p| p.into_inner()) =
             new.targets.iter().map(|t| t.name.clone()).collect();
         // What needs a restart keeps running as it was, and keeps being reported.
-        let shards = self.running.engine.shards;
+        // what needs a restart keeps its running value, so that the next
+        // reload still reports it
+        let (tick, shards) = (self.running.engine.tick, self.running.engine.shards);
         self.running.engine = new.engine;
+        self.running.engine.tick = tick;
         self.running.engine.shards = shards;
         self.running.targets = new.targets;
         if restart.is_empty() {

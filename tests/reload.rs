@@ -309,7 +309,7 @@ async fn watched_file_readded_target_resumes_and_restart_settings_are_reported()
     let path = dir.path().join("c.toml");
     std::fs::write(dir.path().join("p.lua"), COUNTING).unwrap();
     let state_dir = dir.path().join("state");
-    let write = |targets: &[&str], state_interval: &str| {
+    let write = |targets: &[&str], state_interval: &str, tick: &str| {
         let toml = format!(
             r#"{}
 [metrics]
@@ -321,6 +321,7 @@ per_target = "full"
 min_eval_interval = "0s"
 watch_config = true
 reload_interval = "200ms"
+tick = "{tick}"
 
 [state]
 store = "dir"
@@ -333,7 +334,7 @@ interval = "{state_interval}"
         );
         std::fs::write(&path, toml).unwrap();
     };
-    write(&["a", "b"], "30s");
+    write(&["a", "b"], "30s", "1s");
     let _child = common::spawn_run(&path, None);
     let conn = Arc::new(mq::connect(&url).await);
     mq::wait_for_queue(&conn, &n.queue).await;
@@ -379,7 +380,7 @@ interval = "{state_interval}"
     let before = command("b", 9).await;
 
     // removed by editing the file, no SIGHUP
-    write(&["a"], "30s");
+    write(&["a"], "30s", "1s");
     tokio::task::block_in_place(|| {
         wait_metric(
             port,
@@ -393,7 +394,7 @@ interval = "{state_interval}"
         "the removed target's snapshot is written"
     );
     // and back: it resumes from that snapshot
-    write(&["a", "b"], "30s");
+    write(&["a", "b"], "30s", "1s");
     tokio::task::block_in_place(|| {
         wait_metric(
             port,
@@ -420,7 +421,7 @@ interval = "{state_interval}"
 
     // A new target and a state setting: the target starts, the state
     // setting waits for a restart, and the reload says so.
-    write(&["a", "b", "c"], "10s");
+    write(&["a", "b", "c"], "10s", "1s");
     tokio::task::block_in_place(|| {
         wait_metric(
             port,
@@ -431,6 +432,26 @@ interval = "{state_interval}"
     });
     send("c", 300).await;
     command("c", 3).await;
+    // A tick change waits for a restart too, and is still reported at the
+    // next reload (the scaler still ticks at the old one).
+    write(&["a", "b", "c"], "30s", "2s");
+    tokio::task::block_in_place(|| {
+        wait_metric(
+            port,
+            "tidewatch_config_reloads_total",
+            &[("result", "restart_needed")],
+            2.0,
+        )
+    });
+    write(&["a", "b", "c", "d"], "30s", "2s");
+    tokio::task::block_in_place(|| {
+        wait_metric(
+            port,
+            "tidewatch_config_reloads_total",
+            &[("result", "restart_needed")],
+            3.0,
+        )
+    });
     let text = common::scrape(port).unwrap();
     assert_eq!(
         common::scraped(
