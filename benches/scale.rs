@@ -11,7 +11,9 @@
 //!   asking for more replicas than the one before; its reaction is from
 //!   publication to the command's arrival at another client. `/metrics`
 //!   is scraped every 2 s meanwhile. A stand-in worker answers every
-//!   command with a result at its desired count. Reports start-up (to `/readyz`),
+//!   command with a result at its desired count. The Kafka producer
+//!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
+//!   it). SCALE_TRACE=1 prints the worst reaction in each second. Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
 //!   scrape and the process's RSS; then the p99 ratio of the largest N
@@ -325,6 +327,14 @@ async fn measure<R: Rig>(
         );
     }
     let mut lat = bench::reaction_ms(&driven.probes, &got);
+    if std::env::var("SCALE_TRACE").is_ok() {
+        // the worst reaction in each second of load, in order
+        let per_s: Vec<String> = lat
+            .chunks(50)
+            .map(|c| format!("{:.0}", c.iter().cloned().fold(0.0, f64::max)))
+            .collect();
+        println!("targets={n}: worst per second: {}", per_s.join(" "));
+    }
     assert!(!lat.is_empty(), "no probe command matched");
     lat.sort_by(f64::total_cmp);
     let q = |x| bench::percentile(&lat, x);
@@ -522,7 +532,13 @@ async fn reaction_kafka(n: usize) -> Row {
     });
     let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "0")
+        // librdkafka's default linger (SCALE_LINGER_MS=0: a request per
+        // message, which the mock cluster serves ever slower: it finds a
+        // fetch's offset by a scan of every message set it keeps)
+        .set(
+            "linger.ms",
+            std::env::var("SCALE_LINGER_MS").as_deref().unwrap_or("5"),
+        )
         .create()
         .unwrap();
     let rig = KafkaRig {
