@@ -13,7 +13,9 @@
 //!   is scraped every 2 s meanwhile. A stand-in worker answers every
 //!   command with a result at its desired count. The Kafka producer
 //!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
-//!   it). SCALE_TRACE=1 prints the worst reaction in each second. Reports start-up (to `/readyz`),
+//!   it). SCALE_TRACE=1 prints the worst reaction in each second. The
+//!   measured part follows SCALE_WARMUP seconds (default 10) of the same
+//!   load without probes (0: measure from the first second of load). Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
 //!   scrape and the process's RSS; then the p99 ratio of the largest N
@@ -299,6 +301,21 @@ async fn measure<R: Rig>(
         {
             break;
         }
+    }
+    // the same load without probes first (SCALE_WARMUP seconds, default
+    // 10): the first seconds of load fill every target's windows for the
+    // first time (fresh memory, page faults) and are not the steady state
+    let warmup = env_u64("SCALE_WARMUP", 10);
+    if warmup > 0 {
+        let rate = env_u64("SCALE_RATE", 5000);
+        bench::drive_over(n, rate, warmup, |t, d| {
+            if t == "probe" {
+                Box::pin(async {}) as futures::future::BoxFuture<'static, ()>
+            } else {
+                rig.publish(t, d)
+            }
+        })
+        .await;
     }
     while probes_seen.try_recv().is_ok() {}
     AFTER_ISSUE.lock().unwrap().clear();
