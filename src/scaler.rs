@@ -122,8 +122,8 @@ pub async fn run(
         clock.clone(),
         inputs,
         cfg.engine.limits(),
+        names.clone(),
     );
-    in_tx.set_order(cfg.targets.iter().map(|t| t.name.as_str()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = SourceContext {
         engine: in_tx.clone(),
@@ -408,11 +408,12 @@ pub async fn run(
     }
     http.stop().await;
     let mut targets: Vec<TargetStatus> = engines.iter().flat_map(|e| e.status()).collect();
-    let order: std::collections::HashMap<&str, usize> = cfg
-        .targets
+    // in the configuration's order, as the last reload left it
+    let names = names.read().unwrap_or_else(|p| p.into_inner());
+    let order: std::collections::HashMap<&str, usize> = names
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
+        .map(|(i, n)| (n.as_str(), i))
         .collect();
     targets.sort_by_key(|t| order.get(t.name.as_str()).copied().unwrap_or(usize::MAX));
     Ok(RunReport { targets, drained })

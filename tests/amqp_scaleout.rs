@@ -33,6 +33,40 @@ fn issued(m: &Metrics, target: &str) -> u64 {
         .sum()
 }
 
+/// The `[[targets]]` of `names`, each on `p.lua`.
+fn targets_toml(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|t| {
+            format!(
+                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nprovider = \"exec\"\n\
+                 max_replicas = 1000\nstabilization_down = \"0s\"\n"
+            )
+        })
+        .collect()
+}
+
+/// A queue-depth signal of `depth` for each of `names`, confirmed.
+async fn send_depths(ch: &lapin::Channel, signals: &str, names: &[String], depth: i64) {
+    for t in names {
+        let body = mq::depth_signal(t, depth);
+        mq::publish(ch, signals, &format!("queue_depth.{t}"), body.as_bytes())
+            .await
+            .unwrap();
+    }
+}
+
+/// Removes the slot queues and what else the test declared.
+async fn delete_all(conn: &lapin::Connection, n: &Names) {
+    let ch = conn.create_channel().await.unwrap();
+    for k in 0..SLOTS {
+        let _ = ch
+            .queue_delete(&format!("{}.{k}", n.queue), Default::default())
+            .await;
+    }
+    n.delete(&ch).await;
+}
+
 fn policy_calls(m: &Metrics, target: &str) -> f64 {
     common::metric(
         m,
@@ -59,15 +93,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
         (0..SLOTS).all(|k| slots.contains(&k)),
         "every slot has a target: {slots:?}"
     );
-    let targets: String = names
-        .iter()
-        .map(|t| {
-            format!(
-                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nprovider = \"exec\"\n\
-                 max_replicas = 1000\nstabilization_down = \"0s\"\n"
-            )
-        })
-        .collect();
+    let targets = targets_toml(&names);
     // with the management API a scaler lists the bindings in place
     let management = std::env::var("TIDEWATCH_TEST_AMQP_MANAGEMENT").ok();
     assert!(
@@ -104,18 +130,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     .await;
 
     let ch = mq::confirm_channel(&conn).await;
-    let send = |depth: i64| {
-        let ch = ch.clone();
-        let (names, signals) = (names.clone(), n.signals.clone());
-        async move {
-            for t in &names {
-                let body = mq::depth_signal(t, depth);
-                mq::publish(&ch, &signals, &format!("queue_depth.{t}"), body.as_bytes())
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    let send = |depth: i64| send_depths(&ch, &n.signals, &names, depth);
     send(1000).await;
     common::wait_for(
         "a command for every target",
@@ -228,13 +243,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     .await;
     stop2.send(()).unwrap();
     assert!(task2.await.unwrap().drained);
-    let ch = conn.create_channel().await.unwrap();
-    for k in 0..SLOTS {
-        let _ = ch
-            .queue_delete(&format!("{}.{k}", n.queue), Default::default())
-            .await;
-    }
-    n.delete(&ch).await;
+    delete_all(&conn, &n).await;
 }
 
 /// A slot's targets move with what they learned: two scalers share a
@@ -254,15 +263,7 @@ end }"#;
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
-    let targets: String = names
-        .iter()
-        .map(|t| {
-            format!(
-                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nprovider = \"exec\"\n\
-                 max_replicas = 1000\nstabilization_down = \"0s\"\n"
-            )
-        })
-        .collect();
+    let targets = targets_toml(&names);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let toml = format!(
@@ -277,18 +278,7 @@ end }"#;
     let cfg = mq::load(dir.path(), &toml, PEAK);
     let conn = mq::connect(&url).await;
     let ch = mq::confirm_channel(&conn).await;
-    let send = |depth: i64| {
-        let ch = ch.clone();
-        let (names, signals) = (names.clone(), n.signals.clone());
-        async move {
-            for t in &names {
-                let body = mq::depth_signal(t, depth);
-                mq::publish(&ch, &signals, &format!("queue_depth.{t}"), body.as_bytes())
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    let send = |depth: i64| send_depths(&ch, &n.signals, &names, depth);
     let restored = |m: &Metrics, t: &str| {
         common::metric(
             m,
@@ -394,11 +384,5 @@ end }"#;
             t.name
         );
     }
-    let ch = conn.create_channel().await.unwrap();
-    for k in 0..SLOTS {
-        let _ = ch
-            .queue_delete(&format!("{}.{k}", n.queue), Default::default())
-            .await;
-    }
-    n.delete(&ch).await;
+    delete_all(&conn, &n).await;
 }

@@ -334,6 +334,17 @@ interval = "{state_interval}"
         );
         std::fs::write(&path, toml).unwrap();
     };
+    // waits until `result` reloads are counted
+    let reloads = |result: &str, count: f64| {
+        tokio::task::block_in_place(|| {
+            wait_metric(
+                port,
+                "tidewatch_config_reloads_total",
+                &[("result", result)],
+                count,
+            )
+        });
+    };
     write(&["a", "b"], "30s", "1s");
     let _child = common::spawn_run(&path, None);
     let conn = Arc::new(mq::connect(&url).await);
@@ -381,14 +392,7 @@ interval = "{state_interval}"
 
     // removed by editing the file, no SIGHUP
     write(&["a"], "30s", "1s");
-    tokio::task::block_in_place(|| {
-        wait_metric(
-            port,
-            "tidewatch_config_reloads_total",
-            &[("result", "applied")],
-            1.0,
-        )
-    });
+    reloads("applied", 1.0);
     assert!(
         std::fs::read_dir(&state_dir).unwrap().count() >= 1,
         "the removed target's snapshot is written"
@@ -422,36 +426,15 @@ interval = "{state_interval}"
     // A new target and a state setting: the target starts, the state
     // setting waits for a restart, and the reload says so.
     write(&["a", "b", "c"], "10s", "1s");
-    tokio::task::block_in_place(|| {
-        wait_metric(
-            port,
-            "tidewatch_config_reloads_total",
-            &[("result", "restart_needed")],
-            1.0,
-        )
-    });
+    reloads("restart_needed", 1.0);
     send("c", 300).await;
     command("c", 3).await;
     // A tick change waits for a restart too, and is still reported at the
     // next reload (the scaler still ticks at the old one).
     write(&["a", "b", "c"], "30s", "2s");
-    tokio::task::block_in_place(|| {
-        wait_metric(
-            port,
-            "tidewatch_config_reloads_total",
-            &[("result", "restart_needed")],
-            2.0,
-        )
-    });
+    reloads("restart_needed", 2.0);
     write(&["a", "b", "c", "d"], "30s", "2s");
-    tokio::task::block_in_place(|| {
-        wait_metric(
-            port,
-            "tidewatch_config_reloads_total",
-            &[("result", "restart_needed")],
-            3.0,
-        )
-    });
+    reloads("restart_needed", 3.0);
     let text = common::scrape(port).unwrap();
     assert_eq!(
         common::scraped(

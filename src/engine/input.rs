@@ -166,8 +166,9 @@ struct Router {
     /// Kafka partitions: a message's offset is marked processed once
     /// every shard has applied its part.
     ownership: RwLock<Option<SharedOwnership>>,
-    /// Each target's place in the configuration, for the status list.
-    order: RwLock<HashMap<String, usize>>,
+    /// The configured targets in order (a reload changes them), for the
+    /// status list.
+    names: Arc<RwLock<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -209,7 +210,12 @@ impl WeakEngineHandle {
             }
         }
         if self.shards.len() > 1 {
-            let order = self.router.order.read().unwrap_or_else(|p| p.into_inner());
+            let names = self.router.names.read().unwrap_or_else(|p| p.into_inner());
+            let order: HashMap<&str, usize> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i))
+                .collect();
             all.sort_by_key(|t| {
                 t.get("name")
                     .and_then(|n| n.as_str())
@@ -243,13 +249,16 @@ pub struct EngineGone;
 impl EngineHandle {
     /// A handle to `shards` engine shards and the receiver each shard's
     /// task reads (`capacity` inputs wait at most, per shard). Messages
-    /// are decoded with `inputs` and `limits` at `clock`'s time.
+    /// are decoded with `inputs` and `limits` at `clock`'s time; `names`
+    /// (the configured targets, as reloads change them) orders the status
+    /// list.
     pub fn sharded(
         shards: usize,
         capacity: usize,
         clock: Arc<dyn Clock>,
         inputs: Arc<Inputs>,
         limits: Limits,
+        names: Arc<RwLock<Vec<String>>>,
     ) -> (Self, Vec<mpsc::Receiver<EngineInput>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) =
             (0..shards.max(1)).map(|_| mpsc::channel(capacity)).unzip();
@@ -257,7 +266,7 @@ impl EngineHandle {
             clock,
             decoding: RwLock::new((inputs, limits)),
             ownership: RwLock::new(None),
-            order: RwLock::new(HashMap::new()),
+            names,
         };
         let handle = Self {
             shards: txs.into(),
@@ -285,15 +294,6 @@ impl EngineHandle {
             .ownership
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(ownership);
-    }
-
-    /// The configured targets in order (for the status list).
-    pub fn set_order<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        *self.router.order.write().unwrap_or_else(|p| p.into_inner()) = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_owned(), i))
-            .collect();
     }
 
     fn shard(&self, target: &str) -> &mpsc::Sender<EngineInput> {
@@ -331,14 +331,10 @@ impl EngineHandle {
                     mapped,
                 } = m;
                 // a signal to its target's shard; the rest to shard 0
-                let mut split: Vec<Vec<(usize, Decoded)>> = (0..n).map(|_| Vec::new()).collect();
-                for (i, d) in items {
-                    let k = match &d {
-                        Decoded::Signal(s) => shard_of(s.target(), n),
-                        _ => 0,
-                    };
-                    split[k].push((i, d));
-                }
+                let split = super::shards::split_into(items, n, |(_, d)| match d {
+                    Decoded::Signal(s) => shard_of(s.target(), n),
+                    _ => 0,
+                });
                 for (shard, items) in split.into_iter().enumerate() {
                     if !items.is_empty() {
                         parts[shard].push((
@@ -353,26 +349,16 @@ impl EngineHandle {
                 }
             }
         }
-        let mut waiting = Vec::new();
-        for (shard, part) in parts.into_iter().enumerate() {
-            if part.is_empty() {
-                continue;
-            }
-            let (done, outcome) = oneshot::channel();
-            let input = EngineInput::Decoded {
+        let answers = self
+            .ask(non_empty(parts), |messages, done| EngineInput::Decoded {
                 source,
-                messages: part,
+                messages,
                 done,
-            };
-            self.shards[shard]
-                .send(input)
-                .await
-                .map_err(|_| EngineGone)?;
-            waiting.push(outcome);
-        }
+            })
+            .await?;
         let mut out: Vec<Ingested> = (0..messages.len()).map(|_| Ingested::default()).collect();
-        for outcome in waiting {
-            for (k, got) in outcome.await.map_err(|_| EngineGone)? {
+        for answer in answers {
+            for (k, got) in answer {
                 let o = &mut out[k];
                 o.applied += got.applied;
                 o.rejected.extend(got.rejected);
@@ -427,23 +413,13 @@ impl EngineHandle {
         snapshots: Vec<TargetSnapshot>,
     ) -> Result<Vec<(String, Restored)>, EngineGone> {
         let parts = super::shards::split_by(snapshots, self.shards.len(), |s| s.target.as_str());
-        let mut waiting = Vec::new();
-        for (k, snapshots) in parts.into_iter().enumerate() {
-            if snapshots.is_empty() {
-                continue;
-            }
-            let (done, outcome) = oneshot::channel();
-            self.shards[k]
-                .send(EngineInput::Restore { snapshots, done })
-                .await
-                .map_err(|_| EngineGone)?;
-            waiting.push(outcome);
-        }
-        let mut out = Vec::new();
-        for outcome in waiting {
-            out.extend(outcome.await.map_err(|_| EngineGone)?);
-        }
-        Ok(out)
+        let answers = self
+            .ask(non_empty(parts), |snapshots, done| EngineInput::Restore {
+                snapshots,
+                done,
+            })
+            .await?;
+        Ok(answers.into_iter().flatten().collect())
     }
 
     /// Has every shard queue a snapshot of every target it keeps; how many.
@@ -458,19 +434,11 @@ impl EngineHandle {
     }
 
     async fn snapshot(&self, slot: Option<u16>) -> Result<usize, EngineGone> {
-        let mut waiting = Vec::new();
-        for tx in self.shards.iter() {
-            let (done, outcome) = oneshot::channel();
-            tx.send(EngineInput::SnapshotNow { slot, done })
-                .await
-                .map_err(|_| EngineGone)?;
-            waiting.push(outcome);
-        }
-        let mut n = 0;
-        for outcome in waiting {
-            n += outcome.await.map_err(|_| EngineGone)?;
-        }
-        Ok(n)
+        let every = vec![Some(()); self.shards.len()];
+        let counts = self
+            .ask(every, |(), done| EngineInput::SnapshotNow { slot, done })
+            .await?;
+        Ok(counts.into_iter().sum())
     }
 
     /// A reloaded, checked configuration: each shard gets its targets,
@@ -492,28 +460,59 @@ impl EngineHandle {
                 .unwrap_or_else(|p| p.into_inner());
             decoding.1 = engine.limits();
         }
-        self.set_order(targets.iter().map(|t| t.name.as_str()));
-        let mut targets = super::shards::split_by(targets, n, |t| t.name.as_str()).into_iter();
-        let mut prepared = prepared.split(n).into_iter();
-        let mut snapshots =
-            super::shards::split_by(snapshots, n, |s| s.target.as_str()).into_iter();
-        let mut waiting = Vec::new();
-        for tx in self.shards.iter() {
-            let (done, report) = oneshot::channel();
-            let input = EngineInput::Reconfigure(Box::new(Reconfigure {
-                engine: engine.clone(),
-                targets: targets.next().unwrap_or_default(),
-                prepared: prepared.next().unwrap_or_default(),
-                snapshots: snapshots.next().unwrap_or_default(),
-                done,
-            }));
-            tx.send(input).await.map_err(|_| EngineGone)?;
-            waiting.push(report);
-        }
+        let targets = super::shards::split_by(targets, n, |t| t.name.as_str());
+        let snapshots = super::shards::split_by(snapshots, n, |s| s.target.as_str());
+        let parts: Vec<_> = targets
+            .into_iter()
+            .zip(prepared.split(n))
+            .zip(snapshots)
+            .map(Some)
+            .collect();
+        let reports = self
+            .ask(parts, |((targets, prepared), snapshots), done| {
+                EngineInput::Reconfigure(Box::new(Reconfigure {
+                    engine: engine.clone(),
+                    targets,
+                    prepared,
+                    snapshots,
+                    done,
+                }))
+            })
+            .await?;
         let mut all = ReloadReport::default();
-        for report in waiting {
-            all.merge(report.await.map_err(|_| EngineGone)?);
+        for report in reports {
+            all.merge(report);
         }
         Ok(all)
     }
+
+    /// Sends shard k the input `input` makes of `parts[k]` and an answer
+    /// channel (no input where `parts[k]` is None: nothing wakes a shard
+    /// with nothing to do), then waits for each answer.
+    async fn ask<P, R>(
+        &self,
+        parts: Vec<Option<P>>,
+        input: impl Fn(P, oneshot::Sender<R>) -> EngineInput,
+    ) -> Result<Vec<R>, EngineGone> {
+        let mut waiting = Vec::with_capacity(parts.len());
+        for (tx, part) in self.shards.iter().zip(parts) {
+            let Some(part) = part else { continue };
+            let (done, answer) = oneshot::channel();
+            tx.send(input(part, done)).await.map_err(|_| EngineGone)?;
+            waiting.push(answer);
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for answer in waiting {
+            out.push(answer.await.map_err(|_| EngineGone)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Each shard's part, None where it is empty.
+fn non_empty<T>(parts: Vec<Vec<T>>) -> Vec<Option<Vec<T>>> {
+    parts
+        .into_iter()
+        .map(|p| (!p.is_empty()).then_some(p))
+        .collect()
 }

@@ -120,29 +120,27 @@ impl Engine {
     /// (changed or not), queued now: on shutdown, on revocation, before a
     /// target is removed. Returns how many.
     pub fn snapshot_all(&mut self, now_ms: Millis) -> usize {
-        let Some((state, _)) = self.state.clone() else {
-            return 0;
-        };
-        let mut batch = Vec::new();
-        for i in 0..self.targets.len() {
-            if self.writable(i) {
-                batch.push(self.snapshot_of(i, now_ms, state.writer()));
-            }
-        }
-        let n = batch.len();
-        state.write(batch);
-        n
+        self.snapshot_where(now_ms, |_| true)
     }
 
     /// Queues a snapshot of every target of RabbitMQ slot `slot` this
     /// engine writes (before the slot is handed on); how many.
     pub fn snapshot_slot(&mut self, slot: u16, now_ms: Millis) -> usize {
-        let (Some((state, _)), Some(slots)) = (self.state.clone(), self.slots.clone()) else {
+        let Some(slots) = self.slots.clone() else {
+            return 0;
+        };
+        self.snapshot_where(now_ms, |name| slots.slot_of(name) == slot)
+    }
+
+    /// Queues a snapshot of every target this engine writes whose name
+    /// `pick` takes; how many.
+    fn snapshot_where(&mut self, now_ms: Millis, pick: impl Fn(&str) -> bool) -> usize {
+        let Some((state, _)) = self.state.clone() else {
             return 0;
         };
         let mut batch = Vec::new();
         for i in 0..self.targets.len() {
-            if slots.slot_of(&self.targets[i].cfg.name) == slot && self.writable(i) {
+            if pick(&self.targets[i].cfg.name) && self.writable(i) {
                 batch.push(self.snapshot_of(i, now_ms, state.writer()));
             }
         }

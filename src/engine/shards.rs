@@ -31,15 +31,25 @@ pub fn shard_of(name: &str, shards: usize) -> usize {
     (mixed % shards as u64) as usize
 }
 
-/// Splits `items` by the shard of each one's target name, keeping their
-/// order within a shard.
-pub fn split_by<T>(items: Vec<T>, shards: usize, name: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+/// Splits `items` over `shards` by `shard` (each item's shard), keeping
+/// their order within a shard.
+pub fn split_into<T>(
+    items: impl IntoIterator<Item = T>,
+    shards: usize,
+    shard: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = (0..shards.max(1)).map(|_| Vec::new()).collect();
     for item in items {
-        let k = shard_of(name(&item), shards);
+        let k = shard(&item);
         out[k].push(item);
     }
     out
+}
+
+/// Splits `items` by the shard of each one's target name, keeping their
+/// order within a shard.
+pub fn split_by<T>(items: Vec<T>, shards: usize, name: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    split_into(items, shards, |t| shard_of(name(t), shards))
 }
 
 /// The shard count `engine.shards` asks for: 0 is one per core.

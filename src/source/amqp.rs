@@ -598,7 +598,7 @@ impl AmqpSource {
             let ended = self.consume(&s, &mut stop).await;
             if matches!(ended, Ended::Stopped) {
                 // the scalers that take the slots over read this
-                self.write_held_state().await;
+                self.write_slot_state(None).await;
             }
             self.ctx.metrics.broker_connected("source", false);
             if let Some(mode) = &self.slots {
@@ -628,23 +628,30 @@ impl AmqpSource {
     }
 
     /// With slots and a state store: writes the snapshots of the targets
-    /// of every slot held, before the consumers go (at most
-    /// [`HAND_ON_FLUSH`]).
-    async fn write_held_state(&self) {
+    /// of `slot` (None: of every slot held) and waits for the store, at
+    /// most [`HAND_ON_FLUSH`], before their consumers go.
+    async fn write_slot_state(&self, slot: Option<u16>) {
         let Some(state) = self.slots.as_ref().and_then(|m| m.state.as_ref()) else {
             return;
         };
         let written = async {
-            let n = self.ctx.engine.snapshot_now().await.unwrap_or(0);
+            let n = match slot {
+                Some(k) => self.ctx.engine.snapshot_slot(k).await,
+                None => self.ctx.engine.snapshot_now().await,
+            };
             let _ = state.flush().await;
-            n
+            n.unwrap_or(0)
         };
         match tokio::time::timeout(HAND_ON_FLUSH, written).await {
             Ok(n) => tracing::info!(
+                ?slot,
                 snapshots = n,
-                "amqp source: the slots' state is written before their consumers go"
+                "amqp source: the state is written before the slot's consumer goes"
             ),
-            Err(_) => tracing::warn!("amqp source: the slots' state was not written within 5 s"),
+            Err(_) => tracing::warn!(
+                ?slot,
+                "amqp source: the state was not written within 5 s; the consumer goes anyway"
+            ),
         }
     }
 
@@ -793,17 +800,7 @@ impl AmqpSource {
         let (generation, tag) = consumers.current[usize::from(k)].clone();
         // what its targets learned here goes to the store first, for the
         // scaler that takes the slot
-        if let Some(state) = &mode.state {
-            let written = async {
-                let n = self.ctx.engine.snapshot_slot(k).await.unwrap_or(0);
-                let _ = state.flush().await;
-                n
-            };
-            match tokio::time::timeout(HAND_ON_FLUSH, written).await {
-                Ok(n) => tracing::info!(slot = k, snapshots = n, "amqp source: the slot's state is written before handing it on"),
-                Err(_) => tracing::warn!(slot = k, "amqp source: the slot's state was not written within 5 s; handing it on anyway"),
-            }
-        }
+        self.write_slot_state(Some(k)).await;
         // not ours from this moment: what is in flight is still applied
         mode.slots.release(k);
         self.ctx
