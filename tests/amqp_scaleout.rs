@@ -386,3 +386,56 @@ end }"#;
     }
     delete_all(&conn, &n).await;
 }
+
+/// A first start with more bindings than RabbitMQ makes within
+/// `bindings_wait` consumes before they are all made (the rest follow on
+/// channels of their own), and every target is bound in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_consumes_while_the_rest_of_its_bindings_are_made() {
+    let Some(url) = mq::broker() else { return };
+    let n = Names::new();
+    // about a second and a half of RabbitMQ's binding at its fastest here
+    let names: Vec<String> = (0..4000).map(|i| format!("b{i}")).collect();
+    let toml = format!(
+        "{}\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"20s\"\n{}",
+        n.toml(&url).replace(
+            "prefetch = 500",
+            &format!("prefetch = 500, slots = {SLOTS}, bindings_wait = \"0s\"")
+        ),
+        targets_toml(&names)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mq::load(dir.path(), &toml, POLICY);
+    let m = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, m.clone());
+    let connected =
+        || common::metric(&m, "tidewatch_broker_connected", &[("component", "source")]) == 1.0;
+    common::wait_for("the source to consume", Duration::from_secs(60), connected).await;
+    let pending = common::metric(&m, "tidewatch_source_bindings_pending", &[]);
+    assert!(
+        pending > 0.0,
+        "consuming began with every binding made: it waited for them"
+    );
+    common::wait_for("every binding to be made", Duration::from_secs(60), || {
+        common::metric(&m, "tidewatch_source_bindings_pending", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(
+        common::metric(&m, "tidewatch_source_bindings_declared_total", &[]),
+        names.len() as f64
+    );
+    // bound in the background, routed: a sample across the slots
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let sample: Vec<String> = names.iter().step_by(397).cloned().collect();
+    send_depths(&ch, &n.signals, &sample, 700).await;
+    common::wait_for(
+        "a command for each sampled target",
+        Duration::from_secs(30),
+        || sample.iter().all(|t| issued(&m, t) > 0),
+    )
+    .await;
+    let _ = stop.send(());
+    let _ = task.await;
+    delete_all(&conn, &n).await;
+}

@@ -26,7 +26,7 @@ use crate::engine::slots::Slots;
 use crate::event::{DeadLetter, Origin};
 use crate::retry::Backoff;
 use crate::secret::{ManagementUrl, Secret, Url};
-use crate::settings::{problem, yes, Problem};
+use crate::settings::{de_duration, problem, yes, Problem};
 use crate::source::kafka::MAX_BATCH;
 use crate::source::SourceContext;
 
@@ -63,6 +63,16 @@ pub struct AmqpSourceConfig {
     /// its name hashes to. Scalers sharing the slots share the targets.
     #[serde(default)]
     pub slots: u16,
+    /// How long connecting waits for the bindings the queues miss before
+    /// it consumes anyway and makes the rest meanwhile (a first start
+    /// with tens of thousands of targets: RabbitMQ makes a few thousand
+    /// bindings a second).
+    #[serde(default = "default_bindings_wait", deserialize_with = "de_duration")]
+    pub bindings_wait: Duration,
+}
+
+fn default_bindings_wait() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl AmqpSourceConfig {
@@ -202,7 +212,7 @@ pub struct AmqpSource {
     slots: Option<SlotMode>,
     /// The bindings this process made, per queue: a reconnect binds only
     /// what is missing from a queue that still exists.
-    bound: std::sync::Mutex<HashMap<String, HashSet<String>>>,
+    bound: Arc<std::sync::Mutex<HashMap<String, HashSet<String>>>>,
 }
 
 /// The slot queues' side of a source with `slots`.
@@ -266,6 +276,57 @@ pub struct Session {
     consumers: Vec<(Option<u16>, Consumer)>,
     /// In confirm mode, for dead letters.
     deadletters: Channel,
+    /// The bindings still being made when the session opened.
+    binder: std::sync::Mutex<Option<Binder>>,
+}
+
+/// Bindings made on a task of their own; dropping it stops the task.
+pub struct Binder {
+    task: tokio::task::JoinHandle<Result<usize, ConnectError>>,
+    metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl Binder {
+    /// How many bindings were made, once all are.
+    async fn wait(&mut self) -> Result<usize, ConnectError> {
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ConnectError::Unreachable(format!(
+                "source.amqp: the binding task ended: {e}"
+            ))),
+        }
+    }
+}
+
+impl Drop for Binder {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.metrics.bindings_pending_reset();
+    }
+}
+
+/// Notes that `queue` has the bindings `keys`.
+fn remember(
+    bound: &std::sync::Mutex<HashMap<String, HashSet<String>>>,
+    queue: &str,
+    keys: Vec<String>,
+) {
+    bound
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(queue.to_owned())
+        .or_default()
+        .extend(keys);
+}
+
+/// Waits for `binder` to finish and empties it; never, when empty.
+async fn all_bound(binder: &mut Option<Binder>) -> Result<usize, ConnectError> {
+    let Some(b) = binder.as_mut() else {
+        return std::future::pending().await;
+    };
+    let r = b.wait().await;
+    *binder = None;
+    r
 }
 
 /// Where a delivery came from: its slot and which of this session's
@@ -440,12 +501,7 @@ impl AmqpSource {
 
     /// `queue` has the bindings `keys`.
     fn remember(&self, queue: &str, keys: Vec<String>) {
-        self.bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.to_owned())
-            .or_default()
-            .extend(keys);
+        remember(&self.bound, queue, keys);
     }
 
     /// Declares `queue` (or checks it) and returns the bindings it misses.
@@ -481,49 +537,65 @@ impl AmqpSource {
         })
     }
 
-    /// Binds what the queues miss over a few channels at once (the broker
-    /// handles each channel's methods in turn), each pipelined.
+    /// Binds what the queues miss over a few channels of their own at once
+    /// (the broker handles each channel's methods in turn), each
+    /// pipelined, on a task of its own: the bindings are noted (and
+    /// counted) chunk by chunk, so a reconnect midway binds only the rest.
+    /// None when nothing is missing.
     async fn bind_missing(
         &self,
         conn: &Connection,
-        ch: &Channel,
         missing: Vec<(String, Option<u16>, Vec<String>)>,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<Option<Binder>, ConnectError> {
         let lost = |e: lapin::Error| {
             ConnectError::Unreachable(format!("source.amqp {}: {e}", self.settings.shown_url()))
         };
         // (queue, slot, a chunk of its keys), dealt out over the lanes
-        let chunks: Vec<(&str, Option<u16>, &[String])> = missing
+        let chunks: Vec<(String, Option<u16>, Vec<String>)> = missing
             .iter()
             .flat_map(|(q, slot, keys)| {
                 keys.chunks(amqp::BIND_IN_FLIGHT)
-                    .map(move |c| (q.as_str(), *slot, c))
+                    .map(move |c| (q.clone(), *slot, c.to_vec()))
             })
             .collect();
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let pending: usize = chunks.iter().map(|c| c.2.len()).sum();
         let lanes = chunks.len().clamp(1, DECLARE_CHANNELS);
-        let mut channels = vec![ch.clone()];
-        for _ in 1..lanes {
+        let mut channels = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
             channels.push(conn.create_channel().await.map_err(lost)?);
         }
-        let exchange = &self.cfg.exchange;
-        let bound = futures::future::try_join_all(channels.iter().enumerate().map(|(lane, lc)| {
-            let chunks = &chunks;
-            async move {
-                for (queue, slot, keys) in chunks.iter().skip(lane).step_by(lanes) {
-                    amqp::bind_keys(lc, queue, exchange, keys, setting_of(*slot)).await?;
-                }
-                Ok::<(), ConnectError>(())
+        let chunks = Arc::new(chunks);
+        let exchange = self.cfg.exchange.clone();
+        let bound = self.bound.clone();
+        let metrics = self.ctx.metrics.clone();
+        metrics.bindings_pending(pending as i64);
+        let task = tokio::spawn(async move {
+            let lanes_done =
+                futures::future::try_join_all(channels.iter().enumerate().map(|(lane, lc)| {
+                    let (chunks, exchange, bound, metrics) = (&chunks, &exchange, &bound, &metrics);
+                    async move {
+                        for (queue, slot, keys) in chunks.iter().skip(lane).step_by(lanes) {
+                            amqp::bind_keys(lc, queue, exchange, keys, setting_of(*slot)).await?;
+                            metrics.bindings_declared(keys.len());
+                            metrics.bindings_pending(-(keys.len() as i64));
+                            remember(bound, queue, keys.clone());
+                        }
+                        Ok::<(), ConnectError>(())
+                    }
+                }))
+                .await;
+            for lc in &channels {
+                let _ = lc.close(200, "bound").await;
             }
+            lanes_done.map(|_| pending)
+        });
+        Ok(Some(Binder {
+            task,
+            metrics: self.ctx.metrics.clone(),
         }))
-        .await;
-        for extra in channels.iter().skip(1) {
-            let _ = extra.close(200, "bound").await;
-        }
-        bound?;
-        for (queue, _, keys) in missing {
-            self.note_bound(&queue, keys);
-        }
-        Ok(())
     }
 
     /// Connects, declares (or checks) the exchanges and the queue, sets the
@@ -551,7 +623,24 @@ impl AmqpSource {
                 missing.push((q.0.clone(), q.1, keys));
             }
         }
-        self.bind_missing(&conn, &ch, missing).await?;
+        let mut binder = self.bind_missing(&conn, missing).await?;
+        if let Some(b) = binder.as_mut() {
+            // A first start with many targets: ready (consuming, deciding
+            // for the targets bound so far) after `bindings_wait` while
+            // the rest are bound at the broker's pace. Until a binding is
+            // made its signals are dropped by the exchange, which was so
+            // when every binding was waited for too.
+            match tokio::time::timeout(self.cfg.bindings_wait, b.wait()).await {
+                Ok(r) => {
+                    binder = None;
+                    r?;
+                }
+                Err(_) => tracing::info!(
+                    pending = self.ctx.metrics.bindings_pending_now(),
+                    "amqp source: still binding targets; consuming meanwhile"
+                ),
+            }
+        }
         let mut consumers = Vec::with_capacity(queues.len());
         for (queue, slot, _) in &queues {
             let consumer =
@@ -564,6 +653,7 @@ impl AmqpSource {
             ch,
             consumers,
             deadletters,
+            binder: std::sync::Mutex::new(binder),
         })
     }
 
@@ -700,10 +790,18 @@ impl AmqpSource {
         let mut beat = tokio::time::interval(SLOT_HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = 0u64;
+        let mut binder = s.binder.lock().unwrap_or_else(|p| p.into_inner()).take();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                r = all_bound(&mut binder) => match r {
+                    Ok(n) => {
+                        tracing::info!(bindings = n, "amqp source: every target is bound");
+                        continue;
+                    }
+                    Err(e) => return Ended::Lost(e.to_string()),
+                },
                 r = &mut *acker => return Ended::Lost(match r {
                     Ok(Err(e)) => format!("ack: {e}"),
                     other => format!("ack task ended: {other:?}"),
@@ -713,7 +811,7 @@ impl AmqpSource {
             };
             let Some(first) = first else {
                 beats += 1;
-                if let Err(e) = self.beat(s, beats).await {
+                if let Err(e) = self.beat(s, beats, binder.is_none()).await {
                     return Ended::Lost(e);
                 }
                 if beats.is_multiple_of(REBALANCE_EVERY) {
@@ -828,8 +926,9 @@ impl AmqpSource {
 
     /// One heartbeat into every slot queue (default exchange, expiring in
     /// a few beats): whoever is its active consumer learns so. Every fifth
-    /// beat also binds the targets a reload added.
-    async fn beat(&self, s: &Session, beats: u64) -> Result<(), String> {
+    /// beat also binds the targets a reload added (with `bind`: not while
+    /// the session's first bindings are still being made).
+    async fn beat(&self, s: &Session, beats: u64, bind: bool) -> Result<(), String> {
         let Some(mode) = &self.slots else {
             return Ok(());
         };
@@ -854,7 +953,7 @@ impl AmqpSource {
             .map_err(|e| format!("slot heartbeat to {queue:?}: {e}"))?;
         }
         // the targets' binding keys only every few beats, not every second
-        if beats.is_multiple_of(REBALANCE_EVERY) && self.cfg.declare {
+        if beats.is_multiple_of(REBALANCE_EVERY) && self.cfg.declare && bind {
             for (queue, _, keys) in self.queues() {
                 let missing = self.missing(&queue, &keys);
                 if missing.is_empty() {

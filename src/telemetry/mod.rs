@@ -67,6 +67,7 @@ pub struct Metrics {
     broker_connected: IntGaugeVec,
     broker_reconnects: IntCounterVec,
     bindings_declared: IntCounterVec,
+    bindings_pending: IntGaugeVec,
     commands_unacknowledged: IntGaugeVec,
     commands_reissued: IntCounterVec,
     provider_calls: IntCounterVec,
@@ -486,6 +487,12 @@ impl Metrics {
                 &r,
                 "tidewatch_source_bindings_declared_total",
                 "RabbitMQ queue bindings the source declared (a reconnect declares only missing ones).",
+                &[],
+            ),
+            bindings_pending: int_gauge(
+                &r,
+                "tidewatch_source_bindings_pending",
+                "RabbitMQ queue bindings the source is still making (a first start with many targets consumes before all are made).",
                 &[],
             ),
             commands_unacknowledged: int_gauge(
@@ -1002,6 +1009,25 @@ impl Metrics {
         self.bindings_declared
             .with_label_values(&[] as &[&str])
             .inc_by(n as u64);
+    }
+
+    /// `delta` more (or, negative, fewer) bindings are still to be made.
+    pub fn bindings_pending(&self, delta: i64) {
+        self.pending_bindings().add(delta);
+    }
+
+    fn pending_bindings(&self) -> prometheus::IntGauge {
+        self.bindings_pending.with_label_values(&[] as &[&str])
+    }
+
+    /// No binding is being made any more.
+    pub fn bindings_pending_reset(&self) {
+        self.pending_bindings().set(0);
+    }
+
+    /// Bindings still to be made.
+    pub fn bindings_pending_now(&self) -> i64 {
+        self.pending_bindings().get()
     }
 
     /// Queue bindings the source declared so far.
