@@ -15,7 +15,13 @@
 //!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
 //!   it). SCALE_TRACE=1 prints the worst reaction in each second. The
 //!   measured part follows SCALE_WARMUP seconds (default 10) of the same
-//!   load without probes (0: measure from the first second of load). Reports start-up (to `/readyz`),
+//!   load without probes (0: measure from the first second of load).
+//!   SCALE_REFIT_WAVE=1 (RabbitMQ): every target starts from a snapshot
+//!   in a state directory with 8 days of history and a forecaster fitted
+//!   a day ago, so that all refits fall due at once during the load
+//!   (=0: the same state a minute old, no refit due, for comparison);
+//!   snapshots are written every SCALE_STATE_INTERVAL (default 1h).
+//!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
 //!   scrape and the process's RSS; then the p99 ratio of the largest N
@@ -345,6 +351,19 @@ async fn measure<R: Rig>(
     }
     let mut lat = bench::reaction_ms(&driven.probes, &got);
     if std::env::var("SCALE_TRACE").is_ok() {
+        // the families with the most lines in the last scrape
+        let mut lines: std::collections::HashMap<&str, usize> = Default::default();
+        for l in after.lines().filter(|l| !l.starts_with('#')) {
+            *lines
+                .entry(l.split(['{', ' ']).next().unwrap_or(""))
+                .or_default() += 1;
+        }
+        let mut lines: Vec<_> = lines.into_iter().collect();
+        lines.sort_by(|a, b| b.1.cmp(&a.1));
+        println!(
+            "targets={n}: the scrape's largest families: {:?}",
+            &lines[..lines.len().min(5)]
+        );
         // the worst reaction in each second of load, in order
         let per_s: Vec<String> = lat
             .chunks(50)
@@ -370,10 +389,12 @@ async fn measure<R: Rig>(
     // the scaler's part: from the signal's `ts` to the command's issue
     let inside = "tidewatch_signal_to_command_seconds";
     println!(
-        "targets={}: commands {:.0}/s, results {:.0}/s; signal ts -> command issued p50 <= {} ms, p99 <= {} ms",
+        "targets={}: commands {:.0}/s, results {:.0}/s, forecaster refits {:.0}/s (lag at the end {:.0} s); signal ts -> command issued p50 <= {} ms, p99 <= {} ms",
         n,
         delta("tidewatch_commands_issued_total") / load_s,
         delta("tidewatch_results_received_total") / load_s,
+        delta("tidewatch_forecast_refits_total") / load_s,
+        scraped_sum(&after, "tidewatch_forecast_refit_lag_seconds"),
         quantile_between(&before, &after, inside, 0.5),
         quantile_between(&before, &after, inside, 0.99),
     );
@@ -429,7 +450,12 @@ async fn reaction_amqp(n: usize) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let cfg = mq::load(
         dir.path(),
-        &format!("{}{ENGINE}{}", names.toml(&url), targets_toml(n)),
+        &format!(
+            "{}{ENGINE}{}{}",
+            names.toml(&url),
+            wave_state(n, dir.path()),
+            targets_toml(n)
+        ),
         &bench::policy(),
     );
     let started = Instant::now();
@@ -464,6 +490,8 @@ async fn reaction_amqp(n: usize) -> Row {
                 if seen.send((c.desired_replicas, at)).is_err() {
                     break;
                 }
+            } else if std::env::var("SCALE_TRACE_CMD").is_ok() && rand_one_in(200) {
+                println!("cmd {} {}->{} gen {} {:?}", c.target, c.current_replicas, c.desired_replicas, c.generation, c.reason);
             }
             let _ = work.send(c);
         }
@@ -571,6 +599,11 @@ async fn reaction_kafka(n: usize) -> Row {
 /// Milliseconds from the issue of each probe command (its generation is
 /// the engine's clock at the issue) to its arrival at the reader.
 static AFTER_ISSUE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+fn rand_one_in(n: u64) -> bool {
+    static C: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    C.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == 0
+}
 
 fn after_issue(c: &ScaleCommand) {
     let now = std::time::SystemTime::now()
@@ -694,16 +727,20 @@ fn refit_wave(n: usize) {
     );
 }
 
-/// An engine of N targets on queue_depth.lua, each with 8 days of history
-/// and a fitted forecaster: one target fed 8 days at a minute and
-/// evaluated hourly (refits inline), its snapshot restored into all N.
-/// Returns the engine and the time the history ends.
-fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
+/// One target on queue_depth.lua fed 8 days at a minute up to `end`
+/// (virtual clock) and evaluated hourly with its refits inline: its
+/// configuration and its snapshot (history and a fitted forecaster).
+fn seed_snapshot(
+    end: i64,
+) -> (
+    tidewatch::engine::TargetConfig,
+    tidewatch::state::TargetSnapshot,
+) {
     use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
     use tidewatch::event::Metric;
     const MIN: i64 = 60_000;
-    let start_ms: i64 = 1_764_000_000_000;
     let days = 8;
+    let start_ms = end - days * 24 * 60 * MIN;
     let mut t = TargetConfig::new("seed", queue_depth_lua().into(), "exec", 1, 10_000);
     t.params
         .insert("per_replica_depth".into(), serde_json::json!(100));
@@ -717,7 +754,6 @@ fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
     )
     .unwrap();
     seed.set_refit_mode(tidewatch::forecast::builtin::RefitMode::Inline);
-    let end = start_ms + days * 24 * 60 * MIN;
     let mut ts = start_ms;
     let mut x: u64 = 1;
     while ts < end {
@@ -742,7 +778,66 @@ fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
         history_points,
         snapshot.forecasters.len()
     );
-    drop(seed);
+    (t, snapshot)
+}
+
+/// With SCALE_REFIT_WAVE=1: a `[state]` section on a directory in `dir`
+/// holding a snapshot for each of the N targets, copies of one whose
+/// history and forecaster end a day ago, so that every forecaster's
+/// refit is due as soon as the scaler has restored them; =0: the same a
+/// minute old, nothing due. Else nothing.
+fn wave_state(n: usize, dir: &std::path::Path) -> String {
+    let ago = match std::env::var("SCALE_REFIT_WAVE").as_deref() {
+        // a day ago: every refit is due (they fall due every 6 h), and
+        // the daily curve is where it was a day ago, so the forecasts ask
+        // what they ask a minute after the state was taken (six hours
+        // would move every copy's forecast at once: a storm of commands,
+        // not a refit wave)
+        Ok("1") => 24 * 3_600_000 + 60_000,
+        // the same state with nothing due, for comparison
+        Ok("0") => 60_000,
+        _ => return String::new(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (_, mut snapshot) = seed_snapshot(now - ago);
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let t0 = Instant::now();
+    let mut bytes = 0;
+    for i in 0..n {
+        snapshot.target = format!("t{i}");
+        let encoded = snapshot.encode();
+        bytes += encoded.len();
+        std::fs::write(state.join(format!("t{i}.tws")), encoded).unwrap();
+    }
+    println!(
+        "refit wave: {n} snapshots ({:.0} MB) written in {:.1} s, each forecaster fitted {} min ago",
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64(),
+        ago / 60_000
+    );
+    // snapshots written every SCALE_STATE_INTERVAL (default 1h: none
+    // during the load, so that the wave is measured alone; 50,000
+    // snapshots of 53 KB every 30 s, the default, are a load of their own)
+    let interval = std::env::var("SCALE_STATE_INTERVAL").unwrap_or_else(|_| "1h".into());
+    format!(
+        "\n[state]\nstore = \"dir\"\ndir = \"{}\"\ninterval = \"{interval}\"\n",
+        state.display()
+    )
+}
+
+/// An engine of N targets on queue_depth.lua, each with 8 days of history
+/// and a fitted forecaster: one target fed 8 days at a minute and
+/// evaluated hourly (refits inline), its snapshot restored into all N.
+/// Returns the engine and the time the history ends.
+fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
+    use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
+    let end: i64 = 1_764_000_000_000 + 8 * 24 * 3_600_000;
+    let (t, snapshot) = seed_snapshot(end);
+    let engine_cfg = EngineConfig::default();
     let rss0 = rss_mb();
     let targets: Vec<TargetConfig> = (0..n)
         .map(|i| {

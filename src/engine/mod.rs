@@ -505,8 +505,12 @@ impl Engine {
         self.export_gauges_in(now_ms, part, parts);
         if part == 0 {
             let pool = crate::forecast::pool::pool();
-            self.metrics
-                .forecast_refits(pool.take_lag_seconds(), pool.running(), pool.deferred());
+            self.metrics.forecast_refits(
+                pool.take_lag_seconds(),
+                pool.running(),
+                pool.deferred(),
+                pool.done(),
+            );
             self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }

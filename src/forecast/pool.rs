@@ -20,9 +20,30 @@ pub struct RefitPool {
     queued: Arc<AtomicUsize>,
     /// Refits offered while the queue was full (they wait for a later try).
     deferred: AtomicU64,
+    /// Refits run to the end.
+    done: Arc<AtomicU64>,
     /// The longest wait from a refit falling due to its model being ready,
     /// in ms, since it was last read.
     lag_ms: AtomicU64,
+}
+
+/// Puts the calling thread in Linux's SCHED_IDLE class: it runs only on
+/// a core nothing else wants, so a wave of refits takes no CPU from the
+/// engine shards, the sources or the broker client (their decisions never
+/// wait for it; the refits wait instead, and their lag is a metric).
+/// Elsewhere, or when refused, the thread keeps the normal priority.
+#[allow(unsafe_code)]
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with
+        // a valid sched_param; it only changes this thread's scheduling.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "refit thread: SCHED_IDLE refused");
+        }
+    }
 }
 
 impl RefitPool {
@@ -33,22 +54,28 @@ impl RefitPool {
         let rx = Arc::new(Mutex::new(rx));
         let running = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicU64::new(0));
         for i in 0..threads {
+            let done = done.clone();
             let rx = rx.clone();
             let running = running.clone();
             let queued = queued.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("tidewatch-refit-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                        rx.recv()
-                    };
-                    let Ok(job) = job else { return };
-                    running.fetch_add(1, Ordering::SeqCst);
-                    queued.fetch_sub(1, Ordering::SeqCst);
-                    job();
-                    running.fetch_sub(1, Ordering::SeqCst);
+                .spawn(move || {
+                    background_priority();
+                    loop {
+                        let job = {
+                            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            rx.recv()
+                        };
+                        let Ok(job) = job else { return };
+                        running.fetch_add(1, Ordering::SeqCst);
+                        queued.fetch_sub(1, Ordering::SeqCst);
+                        job();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                 });
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start a forecaster refit thread");
@@ -60,6 +87,7 @@ impl RefitPool {
             running,
             queued,
             deferred: AtomicU64::new(0),
+            done,
             lag_ms: AtomicU64::new(0),
         }
     }
@@ -101,6 +129,11 @@ impl RefitPool {
     /// Refits turned away by a full queue so far.
     pub fn deferred(&self) -> u64 {
         self.deferred.load(Ordering::Relaxed)
+    }
+
+    /// Refits run to the end so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 
     /// A model became ready `ms` after its refit fell due.
@@ -173,6 +206,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(done.load(Ordering::SeqCst), accepted);
+        while pool.done() < accepted as u64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.done(), accepted as u64, "the pool counts what it ran");
         assert_eq!(
             peak.load(Ordering::SeqCst),
             2,
@@ -183,5 +220,21 @@ mod tests {
         pool.record_lag(200);
         assert_eq!(pool.take_lag_seconds(), 1.5);
         assert_eq!(pool.take_lag_seconds(), 0.0);
+    }
+
+    /// A refit runs only on a core nothing else wants (Linux SCHED_IDLE),
+    /// so a wave of them takes no CPU from decisions.
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn refits_run_in_the_idle_scheduling_class() {
+        let pool = RefitPool::new(1);
+        let (tx, rx) = mpsc::channel::<i32>();
+        assert!(pool.offer(Box::new(move || {
+            // SAFETY: sched_getscheduler(2) of the calling thread.
+            let _ = tx.send(unsafe { libc::sched_getscheduler(0) });
+        })));
+        let class = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(class, libc::SCHED_IDLE);
     }
 }

@@ -56,6 +56,7 @@ pub struct Metrics {
     refit_lag: Gauge,
     refits_running: prometheus::IntGauge,
     refits_deferred: prometheus::IntCounter,
+    refits_done: prometheus::IntCounter,
     dead_letters: IntCounterVec,
     dead_letters_lost: IntCounterVec,
     command_publish_failures: IntCounterVec,
@@ -421,6 +422,13 @@ impl Metrics {
                 ))
                 .expect("valid metric definition"),
             ),
+            refits_done: r.add(
+                prometheus::IntCounter::with_opts(Opts::new(
+                    "tidewatch_forecast_refits_total",
+                    "Forecaster refits the refit pool ran to the end.",
+                ))
+                .expect("valid metric definition"),
+            ),
             dead_letters: counter(
                 &r,
                 "tidewatch_dead_letters_total",
@@ -737,13 +745,24 @@ impl Metrics {
     }
 
     /// The refit pool's state: the longest lag since the last call, the
-    /// refits running, and the deferred count so far.
-    pub fn forecast_refits(&self, lag_seconds: f64, running: usize, deferred_total: u64) {
+    /// refits running, and the deferred and finished counts so far.
+    pub fn forecast_refits(
+        &self,
+        lag_seconds: f64,
+        running: usize,
+        deferred_total: u64,
+        done_total: u64,
+    ) {
         self.refit_lag.set(lag_seconds);
         self.refits_running.set(running as i64);
-        let seen = self.refits_deferred.get();
-        if deferred_total > seen {
-            self.refits_deferred.inc_by(deferred_total - seen);
+        for (counter, total) in [
+            (&self.refits_deferred, deferred_total),
+            (&self.refits_done, done_total),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 
@@ -935,7 +954,9 @@ impl Metrics {
     }
 
     /// The controls in force on `target` now, as `tidewatch_target_paused`.
-    /// `actions`: the action codes in force (`pause`, `pin`, ...).
+    /// `actions`: the action codes in force (`pause`, `pin`, ...). With
+    /// `summary` only the modes in force have a series (a restore of
+    /// 50,000 targets with none in force costs a scrape no line).
     pub fn controls_in_force(&self, target: &str, actions: &[&str]) {
         let on: Vec<&str> = actions
             .iter()
@@ -947,10 +968,16 @@ impl Metrics {
                 other => other,
             })
             .collect();
+        let summary = self.per_target() == PerTarget::Summary;
         for mode in CONTROL_MODES {
+            let in_force = on.contains(&mode);
+            if summary && !in_force {
+                let _ = self.target_paused.remove_label_values(&[target, mode]);
+                continue;
+            }
             self.target_paused
                 .with_label_values(&[self.key(target), mode])
-                .set(i64::from(on.contains(&mode)));
+                .set(i64::from(in_force));
         }
     }
 
@@ -1709,6 +1736,26 @@ mod tests {
         assert!(m.render().contains(&format!("{line} 1")));
         m.command_answered("late");
         assert!(!m.render().contains(line), "{}", m.render());
+        // a control shows while it is in force; none in force (what a
+        // restore reports for every target) costs no line
+        let m = Metrics::new();
+        m.set_per_target(PerTarget::Summary);
+        m.controls_in_force("held", &[]);
+        assert!(
+            !m.render().contains("tidewatch_target_paused{"),
+            "{}",
+            m.render()
+        );
+        m.controls_in_force("held", &["pause"]);
+        let paused = "tidewatch_target_paused{mode=\"paused\",target=\"held\"} 1";
+        assert!(m.render().contains(paused), "{}", m.render());
+        assert_eq!(m.render().matches("tidewatch_target_paused{").count(), 1);
+        m.controls_in_force("held", &[]);
+        assert!(
+            !m.render().contains("tidewatch_target_paused{"),
+            "{}",
+            m.render()
+        );
         let none = scrape(PerTarget::None, 1);
         assert!(!none.contains("target-00000"), "{none}");
         assert!(!none.contains("tidewatch_target_desired_replicas"));
