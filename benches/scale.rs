@@ -21,6 +21,7 @@
 //!   a day ago, so that all refits fall due at once during the load
 //!   (=0: the same state a minute old, no refit due, for comparison);
 //!   snapshots are written every SCALE_STATE_INTERVAL (default 1h).
+//!   SCALE_TRACE_CMD=1 prints one in 200 of the other targets' commands.
 //!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
@@ -359,7 +360,7 @@ async fn measure<R: Rig>(
                 .or_default() += 1;
         }
         let mut lines: Vec<_> = lines.into_iter().collect();
-        lines.sort_by(|a, b| b.1.cmp(&a.1));
+        lines.sort_by_key(|l| std::cmp::Reverse(l.1));
         println!(
             "targets={n}: the scrape's largest families: {:?}",
             &lines[..lines.len().min(5)]
@@ -490,8 +491,11 @@ async fn reaction_amqp(n: usize) -> Row {
                 if seen.send((c.desired_replicas, at)).is_err() {
                     break;
                 }
-            } else if std::env::var("SCALE_TRACE_CMD").is_ok() && rand_one_in(200) {
-                println!("cmd {} {}->{} gen {} {:?}", c.target, c.current_replicas, c.desired_replicas, c.generation, c.reason);
+            } else if std::env::var("SCALE_TRACE_CMD").is_ok() && one_in(200) {
+                println!(
+                    "cmd {} {}->{} gen {} {:?}",
+                    c.target, c.current_replicas, c.desired_replicas, c.generation, c.reason
+                );
             }
             let _ = work.send(c);
         }
@@ -600,9 +604,10 @@ async fn reaction_kafka(n: usize) -> Row {
 /// the engine's clock at the issue) to its arrival at the reader.
 static AFTER_ISSUE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
 
-fn rand_one_in(n: u64) -> bool {
+/// True once in `n` calls.
+fn one_in(n: u64) -> bool {
     static C: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    C.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == 0
+    C.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(n)
 }
 
 fn after_issue(c: &ScaleCommand) {

@@ -1,5 +1,6 @@
 //! The background refits of every target's forecasters: a fixed number of
-//! threads (cores - 1, at least one) and a short queue. A refit that finds
+//! threads (cores - 1, at least one, each in the idle scheduling class and
+//! busy at most a quarter of the time) and a short queue. A refit that finds
 //! the queue full stays due and is offered again at the target's next
 //! evaluation, so a wave of refits (every target due in the same tick, as
 //! after a start) is worked off a few at a time: never more refits at
@@ -26,6 +27,15 @@ pub struct RefitPool {
     /// in ms, since it was last read.
     lag_ms: AtomicU64,
 }
+
+/// After each refit a thread rests this many times as long as the refit
+/// took: at most a quarter of a core each. SCHED_IDLE keeps refits off a
+/// core a decision wants, but not out of the caches and memory bandwidth
+/// the engine shares with them: at 50,000 targets on 2 cores, refits at
+/// full speed (28 a second) raised the reaction p99 from 43 to 152 ms, a
+/// quarter (6 a second) left it at 45 ms (PERFORMANCE.md). A quarter still
+/// refits 50,000 targets in about 2 h, well within the 6 h refit period.
+const REST_PER_WORK: u32 = 3;
 
 /// Puts the calling thread in Linux's SCHED_IDLE class: it runs only on
 /// a core nothing else wants, so a wave of refits takes no CPU from the
@@ -72,9 +82,11 @@ impl RefitPool {
                         let Ok(job) = job else { return };
                         running.fetch_add(1, Ordering::SeqCst);
                         queued.fetch_sub(1, Ordering::SeqCst);
+                        let t = std::time::Instant::now();
                         job();
                         running.fetch_sub(1, Ordering::SeqCst);
                         done.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(t.elapsed() * REST_PER_WORK);
                     }
                 });
             if let Err(e) = spawned {
@@ -236,5 +248,33 @@ mod tests {
         })));
         let class = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(class, libc::SCHED_IDLE);
+    }
+
+    /// A thread rests three times as long as a refit took before it takes
+    /// the next one (sleep waits at least that long: no timing race).
+    #[test]
+    fn a_thread_rests_three_times_its_work_between_refits() {
+        let pool = RefitPool::new(1);
+        let (tx, rx) = mpsc::channel::<(std::time::Instant, std::time::Instant)>();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            // the queue holds one: the second waits until the first runs
+            while !pool.has_room() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(pool.offer(Box::new(move || {
+                let start = std::time::Instant::now();
+                std::thread::sleep(Duration::from_millis(40));
+                let _ = tx.send((start, std::time::Instant::now()));
+            })));
+        }
+        let (s1, e1) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let (s2, _) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let work = e1 - s1;
+        assert!(
+            s2 - e1 >= work * REST_PER_WORK,
+            "rested {:?} after {work:?} of work",
+            s2 - e1
+        );
     }
 }
