@@ -607,7 +607,8 @@ static AFTER_ISSUE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new(
 /// True once in `n` calls.
 fn one_in(n: u64) -> bool {
     static C: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    C.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(n)
+    C.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(n)
 }
 
 fn after_issue(c: &ScaleCommand) {

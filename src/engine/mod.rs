@@ -504,13 +504,17 @@ impl Engine {
         }
         self.export_gauges_in(now_ms, part, parts);
         if part == 0 {
-            let pool = crate::forecast::pool::pool();
-            self.metrics.forecast_refits(
-                pool.take_lag_seconds(),
-                pool.running(),
-                pool.deferred(),
-                pool.done(),
-            );
+            // the refit pool is the process's: one shard reports it (each
+            // reading it would take the lag away from the others' reports)
+            if self.shard == 0 {
+                let pool = crate::forecast::pool::pool();
+                self.metrics.forecast_refits(
+                    pool.take_lag_seconds(),
+                    pool.running(),
+                    pool.deferred(),
+                    pool.done(),
+                );
+            }
             self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }
