@@ -390,12 +390,13 @@ async fn measure<R: Rig>(
     // the scaler's part: from the signal's `ts` to the command's issue
     let inside = "tidewatch_signal_to_command_seconds";
     println!(
-        "targets={}: commands {:.0}/s, results {:.0}/s, forecaster refits {:.0}/s (lag at the end {:.0} s); signal ts -> command issued p50 <= {} ms, p99 <= {} ms",
+        "targets={}: commands {:.0}/s, results {:.0}/s, forecaster refits {:.0}/s (lag at the end {:.0} s), snapshots {:.0}/s; signal ts -> command issued p50 <= {} ms, p99 <= {} ms",
         n,
         delta("tidewatch_commands_issued_total") / load_s,
         delta("tidewatch_results_received_total") / load_s,
         delta("tidewatch_forecast_refits_total") / load_s,
         scraped_sum(&after, "tidewatch_forecast_refit_lag_seconds"),
+        delta("tidewatch_state_snapshots_total") / load_s,
         quantile_between(&before, &after, inside, 0.5),
         quantile_between(&before, &after, inside, 0.99),
     );
