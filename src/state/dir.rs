@@ -1,6 +1,7 @@
 //! `store = "dir"`: one file per target in `state.dir`, replaced
-//! atomically (temporary file, fsync, rename, fsync of the directory), so
-//! a crash leaves the old snapshot or the new one, never half of one.
+//! atomically (temporary file, fsync, rename; the directory is synced
+//! once per batch of snapshots), so a crash leaves the old snapshot or
+//! the new one, never half of one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ const SUFFIX: &str = ".tws";
 #[derive(Debug)]
 pub struct DirStore {
     dir: PathBuf,
+    /// Files were renamed into the directory since it was last synced.
+    renamed: bool,
 }
 
 impl DirStore {
@@ -25,6 +28,7 @@ impl DirStore {
         drop(probe);
         Ok(Self {
             dir: dir.to_owned(),
+            renamed: false,
         })
     }
 
@@ -38,6 +42,15 @@ impl DirStore {
 /// Replaces `path` with `bytes`: temporary file in the same directory,
 /// fsync, rename, fsync of the directory.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = rename_in(path, bytes)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// A temporary file in `path`'s directory with `bytes`, synced, renamed
+/// to `path`; returns the directory, whose sync makes the rename durable
+/// (until then a crash leaves the old file, whole).
+fn rename_in<'a>(path: &'a Path, bytes: &[u8]) -> std::io::Result<&'a Path> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -46,11 +59,13 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    // the rename itself is durable once the directory is
+    Ok(dir)
+}
+
+fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 impl StateStore for DirStore {
@@ -58,13 +73,25 @@ impl StateStore for DirStore {
         "dir"
     }
 
+    /// The file is synced before its rename; the directory (which makes
+    /// the renames durable) once per batch, not once per file: half the
+    /// syncs, and syncs are what bound the snapshots a second.
     fn write(&mut self, target: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path_of(target);
-        replace_file(&path, bytes)
-            .map_err(|e| StoreError::new("state.dir", format!("{}: {e}", path.display())))
+        rename_in(&path, bytes)
+            .map_err(|e| StoreError::new("state.dir", format!("{}: {e}", path.display())))?;
+        self.renamed = true;
+        Ok(())
+    }
+
+    fn batch_done(&mut self) {
+        if std::mem::take(&mut self.renamed) {
+            sync_dir(&self.dir);
+        }
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.batch_done();
         Ok(())
     }
 
@@ -106,6 +133,22 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn the_directory_is_synced_once_a_batch_and_at_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DirStore::open(&dir.path().join("state")).unwrap();
+        s.write("a", b"1").unwrap();
+        s.write("b", b"2").unwrap();
+        assert!(s.renamed, "the renames wait for the batch's sync");
+        // renamed already: readable before the sync
+        assert_eq!(s.read(&["a".into()]).unwrap().len(), 1);
+        s.batch_done();
+        assert!(!s.renamed);
+        s.write("c", b"3").unwrap();
+        s.flush().unwrap();
+        assert!(!s.renamed, "a flush syncs too");
     }
 
     #[test]

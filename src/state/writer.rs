@@ -71,6 +71,7 @@ impl StateHandle {
                                     r.as_ref().map(|_| bytes.len()).map_err(|e| e as _),
                                 );
                             }
+                            store.batch_done();
                             q.fetch_sub(n, Ordering::Relaxed);
                         }
                         Job::Flush(done) => {
