@@ -89,6 +89,10 @@ pub struct Engine {
     /// where the round of the periodic snapshots is.
     state: Option<(StateHandle, Duration)>,
     snapshot_cursor: usize,
+    /// Rounds of periodic snapshots so far, and the time a target that
+    /// never had one counts its snapshot's age from.
+    snapshot_ticks: u64,
+    snapshot_since: Millis,
     /// Which messages are in which format (`[[source.inputs]]`).
     inputs: Arc<crate::event::Inputs>,
     /// Own forecasts (`[forecasts]`): where they go, every how often,
@@ -142,6 +146,8 @@ impl Engine {
             slots: None,
             state: None,
             snapshot_cursor: 0,
+            snapshot_ticks: 0,
+            snapshot_since: now_ms,
             forecasts_out: None,
             inputs: Arc::default(),
             vms: Mutex::new(vms),

@@ -114,6 +114,19 @@ impl Engine {
             }
         }
         state.write(batch);
+        // once an interval: how far behind the store is (a store slower
+        // than the interval asks fills the queue, and the round stalls)
+        self.snapshot_ticks += 1;
+        if self.snapshot_ticks.is_multiple_of(ticks as u64) {
+            let since = self.snapshot_since;
+            let oldest = (0..n)
+                .filter(|&i| self.targets[i].dirty && self.writable(i))
+                .map(|i| now_ms - self.targets[i].snapshot_at.unwrap_or(since))
+                .max()
+                .unwrap_or(0);
+            self.metrics
+                .state_snapshot_age(self.shard, oldest.max(0) as f64 / 1000.0);
+        }
     }
 
     /// Snapshots of every target whose state is this engine's to keep

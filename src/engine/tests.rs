@@ -1613,3 +1613,68 @@ async fn a_flood_of_inputs_does_not_stop_the_tick() {
     task.await.unwrap();
     assert!(flood.await.unwrap() > 16, "the channel was kept full");
 }
+
+/// A store slower than `state.interval` asks: the queue of snapshots
+/// fills, the round stalls, and the oldest changed target's snapshot
+/// age grows past the interval; once the store drains it comes back.
+#[test]
+fn the_snapshot_age_shows_a_store_that_does_not_keep_up() {
+    use std::sync::Condvar;
+    /// Every write waits until the gate opens.
+    struct Gated(Arc<(Mutex<bool>, Condvar)>);
+    impl crate::state::StateStore for Gated {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+        fn write(&mut self, _: &str, _: &[u8]) -> Result<(), crate::state::StoreError> {
+            let (open, cv) = &*self.0;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), crate::state::StoreError> {
+            Ok(())
+        }
+        fn read(
+            &mut self,
+            _: &[String],
+        ) -> Result<Vec<(String, Vec<u8>)>, crate::state::StoreError> {
+            Ok(Vec::new())
+        }
+    }
+    // more targets than the writer's queue holds
+    let n = crate::state::writer::MAX_QUEUED + 44;
+    let (_dir, mut engine) = many_targets(n);
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let (handle, _thread) =
+        crate::state::StateHandle::start(Box::new(Gated(gate.clone())), engine.metrics().clone());
+    engine.keep_state(handle, Duration::from_secs(10));
+    let metrics = engine.metrics().clone();
+    let age = || {
+        crate::telemetry::sum(
+            &metrics,
+            "tidewatch_state_snapshot_age_seconds",
+            &[("shard", "0")],
+        )
+    };
+    let run = |engine: &mut Engine, from: i64, seconds: i64| {
+        for s in from..from + seconds {
+            let now = T0 + s * 1000;
+            for i in 0..n {
+                engine.ingest("t", &depth(&format!("t{i}"), 100.0 + s as f64, now), now);
+            }
+            engine.tick(now);
+        }
+    };
+    run(&mut engine, 0, 30);
+    assert!(age() >= 20.0, "stuck store: oldest snapshot {} s", age());
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    run(&mut engine, 30, 30);
+    assert!(age() <= 20.0, "drained: oldest snapshot {} s", age());
+}

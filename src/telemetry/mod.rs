@@ -43,6 +43,7 @@ pub struct Metrics {
     policy_quarantined: IntGaugeVec,
     state_snapshots: IntCounterVec,
     state_snapshot_bytes: HistogramVec,
+    state_snapshot_age: GaugeVec,
     state_restores: IntCounterVec,
     state_store_warnings: IntCounterVec,
     config_reloads: IntCounterVec,
@@ -333,6 +334,12 @@ impl Metrics {
                 "Encoded size of the target snapshots written (the sum is the bytes written).",
                 &["store"],
                 vec![1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0],
+            ),
+            state_snapshot_age: gauge(
+                &r,
+                "tidewatch_state_snapshot_age_seconds",
+                "The oldest snapshot of a target whose state changed since, by engine shard, measured once per state.interval: well above state.interval means the store does not keep up.",
+                &["shard"],
             ),
             state_restores: counter(
                 &r,
@@ -653,6 +660,13 @@ impl Metrics {
     }
 
     /// The scaler's status labels known at start: results by status.
+    /// The oldest snapshot of a changed target of engine `shard`.
+    pub fn state_snapshot_age(&self, shard: usize, seconds: f64) {
+        self.state_snapshot_age
+            .with_label_values(&[shard.to_string().as_str()])
+            .set(seconds);
+    }
+
     /// A snapshot written (its encoded size) or not written.
     pub fn state_snapshot(&self, store: &str, written: Result<usize, &dyn std::fmt::Display>) {
         match written {
