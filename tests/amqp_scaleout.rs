@@ -67,6 +67,14 @@ async fn delete_all(conn: &lapin::Connection, n: &Names) {
     n.delete(&ch).await;
 }
 
+/// Waits until each scaler holds its number of slots.
+async fn wait_for_slots(what: &str, within: Duration, holds: &[(&Metrics, i64)]) {
+    common::wait_for(what, within, || {
+        holds.iter().all(|(m, n)| m.assigned_partitions() == *n)
+    })
+    .await;
+}
+
 fn policy_calls(m: &Metrics, target: &str) -> f64 {
     common::metric(
         m,
@@ -122,10 +130,10 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     let (stop2, task2) = common::start_run(cfg, m2.clone());
     // The first scaler holds every slot at first; it hands on what is
     // over its share (half, with two scalers on the queues).
-    common::wait_for(
+    wait_for_slots(
         "each scaler to hold two slots",
         Duration::from_secs(60),
-        || m1.assigned_partitions() == 2 && m2.assigned_partitions() == 2,
+        &[(&m1, 2), (&m2, 2)],
     )
     .await;
 
@@ -160,10 +168,10 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     stop1.send(()).unwrap();
     assert!(task1.await.unwrap().drained);
     let before: Vec<u64> = names.iter().map(|t| issued(&m2, t)).collect();
-    common::wait_for(
+    wait_for_slots(
         "the second scaler to hold every slot",
         Duration::from_secs(30),
-        || m2.assigned_partitions() == i64::from(SLOTS),
+        &[(&m2, i64::from(SLOTS))],
     )
     .await;
     send(4000).await;
@@ -290,10 +298,10 @@ end }"#;
     // The first scaler alone: every target peaks at 3000 (30 replicas).
     let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
     let (stop1, task1) = common::start_run(cfg.clone(), m1.clone());
-    common::wait_for(
+    wait_for_slots(
         "the first scaler to hold every slot",
         Duration::from_secs(60),
-        || m1.assigned_partitions() == i64::from(SLOTS),
+        &[(&m1, i64::from(SLOTS))],
     )
     .await;
     send(3000).await;
@@ -307,10 +315,10 @@ end }"#;
     // A second scaler: the first hands half the slots on, their state
     // written first; the second restores it.
     let (stop2, task2) = common::start_run(cfg, m2.clone());
-    common::wait_for(
+    wait_for_slots(
         "each scaler to hold two slots",
         Duration::from_secs(60),
-        || m1.assigned_partitions() == 2 && m2.assigned_partitions() == 2,
+        &[(&m1, 2), (&m2, 2)],
     )
     .await;
     // A depth under the peak each scaler has: had the second started its
@@ -350,10 +358,10 @@ end }"#;
     stop2.send(()).unwrap();
     let report2 = task2.await.unwrap();
     assert!(report2.drained);
-    common::wait_for(
+    wait_for_slots(
         "the first scaler to hold every slot again",
         Duration::from_secs(30),
-        || m1.assigned_partitions() == i64::from(SLOTS),
+        &[(&m1, i64::from(SLOTS))],
     )
     .await;
     common::wait_for(

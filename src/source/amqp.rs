@@ -319,6 +319,17 @@ fn remember(
         .extend(keys);
 }
 
+/// `keys` were declared on `queue` now: counted and noted.
+fn note_bound(
+    metrics: &crate::telemetry::Metrics,
+    bound: &std::sync::Mutex<HashMap<String, HashSet<String>>>,
+    queue: &str,
+    keys: Vec<String>,
+) {
+    metrics.bindings_declared(keys.len());
+    remember(bound, queue, keys);
+}
+
 /// Waits for `binder` to finish and empties it; never, when empty.
 async fn all_bound(binder: &mut Option<Binder>) -> Result<usize, ConnectError> {
     let Some(b) = binder.as_mut() else {
@@ -495,8 +506,7 @@ impl AmqpSource {
 
     /// `keys` were declared on `queue` now.
     fn note_bound(&self, queue: &str, keys: Vec<String>) {
-        self.ctx.metrics.bindings_declared(keys.len());
-        self.remember(queue, keys);
+        note_bound(&self.ctx.metrics, &self.bound, queue, keys);
     }
 
     /// `queue` has the bindings `keys`.
@@ -579,9 +589,8 @@ impl AmqpSource {
                     async move {
                         for (queue, slot, keys) in chunks.iter().skip(lane).step_by(lanes) {
                             amqp::bind_keys(lc, queue, exchange, keys, setting_of(*slot)).await?;
-                            metrics.bindings_declared(keys.len());
                             metrics.bindings_pending(-(keys.len() as i64));
-                            remember(bound, queue, keys.clone());
+                            note_bound(metrics, bound, queue, keys.clone());
                         }
                         Ok::<(), ConnectError>(())
                     }

@@ -116,10 +116,16 @@ impl StateStore for DirStore {
 mod tests {
     use super::*;
 
+    /// A store in `state` of a new temporary directory.
+    fn store() -> (tempfile::TempDir, DirStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(&dir.path().join("state")).unwrap();
+        (dir, s)
+    }
+
     #[test]
     fn writes_whole_files_and_reads_only_what_is_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = DirStore::open(&dir.path().join("state")).unwrap();
+        let (dir, mut s) = store();
         s.write("web", b"one").unwrap();
         s.write("web", b"two").unwrap();
         s.write("gone", b"kept").unwrap();
@@ -137,8 +143,7 @@ mod tests {
 
     #[test]
     fn the_directory_is_synced_once_a_batch_and_at_a_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = DirStore::open(&dir.path().join("state")).unwrap();
+        let (_dir, mut s) = store();
         s.write("a", b"1").unwrap();
         s.write("b", b"2").unwrap();
         assert!(s.renamed, "the renames wait for the batch's sync");
