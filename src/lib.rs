@@ -2,7 +2,8 @@
 //! Rust-guarded scale commands out. The modules follow the data flow, and
 //! every import points down it: docs/ARCHITECTURE.md draws the map.
 // Unsafe code is denied everywhere but the `process` provider, which needs
-// kill(2) and prctl(2) for its children.
+// kill(2) and prctl(2) for its children, and `priority` (setpriority(2),
+// sched_setscheduler(2)).
 #![deny(unsafe_code)]
 
 /// mimalloc for every allocation, the Lua VMs' among them: under glibc's
@@ -15,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // The vocabulary every layer uses.
 pub mod clock;
+pub mod priority;
 pub mod retry;
 pub mod secret;
 pub mod settings;

@@ -37,25 +37,6 @@ pub struct RefitPool {
 /// refits 50,000 targets in about 2 h, well within the 6 h refit period.
 const REST_PER_WORK: u32 = 3;
 
-/// Puts the calling thread in Linux's SCHED_IDLE class: it runs only on
-/// a core nothing else wants, so a wave of refits takes no CPU from the
-/// engine shards, the sources or the broker client (their decisions never
-/// wait for it; the refits wait instead, and their lag is a metric).
-/// Elsewhere, or when refused, the thread keeps the normal priority.
-#[allow(unsafe_code)]
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with
-        // a valid sched_param; it only changes this thread's scheduling.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-        if r != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "refit thread: SCHED_IDLE refused");
-        }
-    }
-}
-
 impl RefitPool {
     /// `threads` workers and a queue of as many jobs again.
     pub fn new(threads: usize) -> Self {
@@ -73,7 +54,7 @@ impl RefitPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("tidewatch-refit-{i}"))
                 .spawn(move || {
-                    background_priority();
+                    crate::priority::idle();
                     loop {
                         let job = {
                             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,13 +219,11 @@ mod tests {
     /// so a wave of them takes no CPU from decisions.
     #[cfg(target_os = "linux")]
     #[test]
-    #[allow(unsafe_code)]
     fn refits_run_in_the_idle_scheduling_class() {
         let pool = RefitPool::new(1);
         let (tx, rx) = mpsc::channel::<i32>();
         assert!(pool.offer(Box::new(move || {
-            // SAFETY: sched_getscheduler(2) of the calling thread.
-            let _ = tx.send(unsafe { libc::sched_getscheduler(0) });
+            let _ = tx.send(crate::priority::current().0);
         })));
         let class = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(class, libc::SCHED_IDLE);
