@@ -80,6 +80,9 @@ pub struct Engine {
     waiting: Vec<usize>,
     /// This tick's slices check their policy files.
     reload_round: bool,
+    /// How far the slice in progress got, when it gave way to inputs
+    /// ([`Engine::tick_part_until`]): the next target index to evaluate.
+    slice_resume: Option<usize>,
     /// None: every target is ours (one scaler, or no Kafka source).
     ownership: Option<SharedOwnership>,
     /// RabbitMQ slot queues (`source.amqp.slots`): a target is ours while
@@ -142,6 +145,7 @@ impl Engine {
             last_reload_check: now_ms,
             waiting: Vec::new(),
             reload_round: false,
+            slice_resume: None,
             ownership: None,
             slots: None,
             state: None,
@@ -482,7 +486,50 @@ impl Engine {
     /// at its own phase. The once-per-tick work (the reload check, gauges,
     /// snapshots, own forecasts) goes with part 0.
     pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
+        let mut out = Vec::new();
+        self.tick_part_until(now_ms, part, parts, &mut out, || false);
+        out
+    }
+
+    /// [`Engine::tick_part`], giving way when `give_way` says so between
+    /// two targets: the commands so far go into `out`, and false comes
+    /// back; the next call for the same part goes on from the next target
+    /// (the slice's once-only work is done once). True once the slice is
+    /// done. So an input waits behind one policy call, not behind a slice.
+    pub fn tick_part_until(
+        &mut self,
+        now_ms: Millis,
+        part: usize,
+        parts: usize,
+        out: &mut Vec<ScaleCommand>,
+        give_way: impl Fn() -> bool,
+    ) -> bool {
         let parts = parts.max(1);
+        let resume = self.slice_resume.take();
+        if resume.is_none() {
+            self.slice_begin(now_ms, part, parts);
+        }
+        let mut i = resume.unwrap_or(part);
+        while i < self.targets.len() {
+            if self.owned(i) {
+                // a target with a new command has nothing to re-issue
+                match self.evaluate(i, now_ms) {
+                    Some(c) => out.push(c),
+                    None => out.extend(self.reissue(i, now_ms)),
+                }
+            }
+            i += parts;
+            if i < self.targets.len() && give_way() {
+                self.slice_resume = Some(i);
+                return false;
+            }
+        }
+        self.slice_end(now_ms, part, parts);
+        true
+    }
+
+    /// The start of a slice: the reload check for its targets' files.
+    fn slice_begin(&mut self, now_ms: Millis, part: usize, parts: usize) {
         if part == 0 {
             self.reload_round =
                 now_ms - self.last_reload_check >= self.cfg.reload_interval.as_millis() as i64;
@@ -496,18 +543,11 @@ impl Engine {
             // each slice looks at its own targets' files
             self.reload_changed_in(part, parts);
         }
-        let owned: Vec<usize> = (part..self.targets.len())
-            .step_by(parts)
-            .filter(|&i| self.owned(i))
-            .collect();
-        let mut out = Vec::new();
-        for i in owned {
-            // a target with a new command has nothing to re-issue
-            match self.evaluate(i, now_ms) {
-                Some(c) => out.push(c),
-                None => out.extend(self.reissue(i, now_ms)),
-            }
-        }
+    }
+
+    /// The end of a slice: its gauges, and with part 0 the once-a-tick
+    /// work.
+    fn slice_end(&mut self, now_ms: Millis, part: usize, parts: usize) {
         self.export_gauges_in(now_ms, part, parts);
         if part == 0 {
             // the refit pool is the process's: one shard reports it (each
@@ -524,7 +564,6 @@ impl Engine {
             self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }
-        out
     }
 
     /// Publishes its own forecasts into `tx` every `period`: for each
@@ -1218,6 +1257,8 @@ pub async fn drive(
     let mut part = 0usize;
     let mut round = Duration::ZERO;
     let mut ticker = slice_ticker(parts, tokio::time::Instant::now());
+    // a slice that gave way to inputs, to go on with once they are taken
+    let mut unfinished = false;
     loop {
         let wake = engine.next_event_eval().map(|at| {
             // `at` is Millis::MIN for "now" (a target that became live with
@@ -1227,7 +1268,9 @@ pub async fn drive(
         });
         // Signals first, then evaluations they made due, then the tick's
         // next slice: under load a signal never waits behind the slices
-        // that have piled up, only behind the one running.
+        // that have piled up, and a slice gives way between two targets
+        // to inputs that arrive while it runs.
+        let mut slicing = false;
         let out = tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -1304,13 +1347,27 @@ pub async fn drive(
             _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
                 engine.on_events(clock.now_ms())
             }
-            _ = ticker.tick() => {
-                let started = std::time::Instant::now();
+            // the slice that gave way goes on once the inputs are taken
+            _ = async {}, if unfinished => {
+                slicing = true;
+                Vec::new()
+            }
+            _ = ticker.tick(), if !unfinished => {
                 if part == 0 {
-                    engine.metrics().engine_ticked(engine.shard(), started);
+                    engine.metrics().engine_ticked(engine.shard(), std::time::Instant::now());
                 }
-                let out = engine.tick_part(clock.now_ms(), part, parts);
-                round += started.elapsed();
+                slicing = true;
+                Vec::new()
+            }
+        };
+        let mut out = out;
+        if slicing {
+            let started = std::time::Instant::now();
+            let done =
+                engine.tick_part_until(clock.now_ms(), part, parts, &mut out, || !input.is_empty());
+            round += started.elapsed();
+            unfinished = !done;
+            if done {
                 part += 1;
                 if part >= parts {
                     // a whole tick: its slices' work, summed
@@ -1323,9 +1380,8 @@ pub async fn drive(
                         ticker = slice_ticker(parts, tokio::time::Instant::now() + every(parts));
                     }
                 }
-                out
             }
-        };
+        }
         for c in out {
             if commands.send(c).await.is_err() {
                 return engine;

@@ -125,6 +125,8 @@ impl Engine {
         now_ms: Millis,
     ) -> ReloadReport {
         let mut report = ReloadReport::default();
+        // the target indices change: a slice in progress starts over
+        self.slice_resume = None;
         let keep: std::collections::HashSet<&str> =
             targets.iter().map(|t| t.name.as_str()).collect();
         // Removed: their last word goes to the store first.

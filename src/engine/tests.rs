@@ -1507,6 +1507,33 @@ async fn drive_spreads_the_tick_over_slices() {
     );
 }
 
+/// A slice gives way to inputs between two targets and goes on where it
+/// stopped: every target of the slice once, none twice, however often it
+/// gives way (issue 21: an input waited behind a whole slice).
+#[test]
+fn a_slice_gives_way_between_targets_and_goes_on_where_it_stopped() {
+    let (_dir, mut e) = many_targets(600);
+    let asked = std::cell::Cell::new(0);
+    let mut out = Vec::new();
+    let mut calls = 0;
+    while !e.tick_part_until(T0, 0, 1, &mut out, || {
+        asked.set(asked.get() + 1);
+        asked.get() % 100 == 0
+    }) {
+        calls += 1;
+        assert!(calls < 100, "the slice never ends");
+    }
+    // asked between each two of the 600 targets, giving way 5 times
+    assert_eq!((asked.get(), calls), (599, 5));
+    let mut names: Vec<&str> = out.iter().map(|c| c.target.as_str()).collect();
+    assert_eq!(names.len(), 600);
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 600, "a target evaluated twice");
+    // the next slice starts afresh
+    assert!(e.tick_part_until(T0 + 1000, 0, 1, &mut Vec::new(), || false));
+}
+
 /// Event-driven evaluation looks only at the targets that got events
 /// (issue 21: it scanned every target on each batch), in target order,
 /// and a target evaluated within `min_eval_interval` waits its turn.
