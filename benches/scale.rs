@@ -326,6 +326,7 @@ async fn measure<R: Rig>(
     }
     while probes_seen.try_recv().is_ok() {}
     AFTER_ISSUE.lock().unwrap().clear();
+    ISSUED.lock().unwrap().clear();
     let before = scrape(port).await;
     let (stop_scrapes, scrapes_stop) = tokio::sync::watch::channel(false);
     let scrapes = tokio::spawn(scrape_every_2s(port, scrapes_stop));
@@ -343,10 +344,16 @@ async fn measure<R: Rig>(
     }
     let mut issued: Vec<f64> = std::mem::take(&mut *AFTER_ISSUE.lock().unwrap());
     issued.sort_by(f64::total_cmp);
-    if !issued.is_empty() {
+    let pre = before_issue(&driven.probes);
+    if !issued.is_empty() && !pre.is_empty() {
         println!(
-            "targets={n}: a probe's command from its issue to the reader p50 {:.0} p99 {:.0} ms (clock ms)",
+            "targets={n}: a probe from its publication to its command's issue p50 {:.0} p90 {:.0} p99 {:.0} ms; \
+             from the issue to the reader p50 {:.0} p90 {:.0} p99 {:.0} ms (clock ms)",
+            bench::percentile(&pre, 0.5),
+            bench::percentile(&pre, 0.9),
+            bench::percentile(&pre, 0.99),
             bench::percentile(&issued, 0.5),
+            bench::percentile(&issued, 0.9),
             bench::percentile(&issued, 0.99)
         );
     }
@@ -612,14 +619,45 @@ fn one_in(n: u64) -> bool {
         .is_multiple_of(n)
 }
 
-fn after_issue(c: &ScaleCommand) {
-    let now = std::time::SystemTime::now()
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn after_issue(c: &ScaleCommand) {
     AFTER_ISSUE
         .lock()
         .unwrap()
-        .push((now - c.generation) as f64);
+        .push((wall_ms() - c.generation) as f64);
+    ISSUED
+        .lock()
+        .unwrap()
+        .push((c.desired_replicas, c.generation));
+}
+
+/// Each probe command's desired replicas and issue (engine clock ms), in
+/// the order read.
+static ISSUED: std::sync::Mutex<Vec<(u32, i64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Milliseconds from each probe's publication to the issue of the first
+/// command that reflects it (paired as [`bench::reaction_ms`] pairs them).
+fn before_issue(probes: &[(u32, Instant)]) -> Vec<f64> {
+    let issued = ISSUED.lock().unwrap();
+    let (now, wall) = (Instant::now(), wall_ms());
+    let mut out = Vec::new();
+    let mut j = 0;
+    for (k, at) in probes {
+        let at_ms = wall - now.duration_since(*at).as_millis() as i64;
+        while j < issued.len() && (issued[j].0 < *k || issued[j].1 < at_ms - 1) {
+            j += 1;
+        }
+        if j < issued.len() {
+            out.push((issued[j].1 - at_ms) as f64);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
 }
 
 /// A stand-in worker's result for `c`: applied, at its desired count.
