@@ -1371,7 +1371,9 @@ pub async fn drive(
                 part += 1;
                 if part >= parts {
                     // a whole tick: its slices' work, summed
-                    engine.metrics().engine_tick_took(round.as_secs_f64());
+                    engine
+                        .metrics()
+                        .engine_tick_took(engine.shard(), round.as_secs_f64());
                     round = Duration::ZERO;
                     part = 0;
                     let want = engine.tick_parts(tick);
