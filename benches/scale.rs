@@ -325,8 +325,7 @@ async fn measure<R: Rig>(
         .await;
     }
     while probes_seen.try_recv().is_ok() {}
-    AFTER_ISSUE.lock().unwrap().clear();
-    ISSUED.lock().unwrap().clear();
+    PROBE_COMMANDS.lock().unwrap().clear();
     let before = scrape(port).await;
     let (stop_scrapes, scrapes_stop) = tokio::sync::watch::channel(false);
     let scrapes = tokio::spawn(scrape_every_2s(port, scrapes_stop));
@@ -342,9 +341,7 @@ async fn measure<R: Rig>(
     while let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(3), probes_seen.recv()).await {
         got.push(g);
     }
-    let mut issued: Vec<f64> = std::mem::take(&mut *AFTER_ISSUE.lock().unwrap());
-    issued.sort_by(f64::total_cmp);
-    let pre = before_issue(&driven.probes);
+    let (pre, issued) = split_at_issue(&driven.probes);
     if !issued.is_empty() && !pre.is_empty() {
         println!(
             "targets={n}: a probe from its publication to its command's issue p50 {:.0} p90 {:.0} p99 {:.0} ms; \
@@ -608,10 +605,6 @@ async fn reaction_kafka(n: usize) -> Row {
     row
 }
 
-/// Milliseconds from the issue of each probe command (its generation is
-/// the engine's clock at the issue) to its arrival at the reader.
-static AFTER_ISSUE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
-
 /// True once in `n` calls.
 fn one_in(n: u64) -> bool {
     static C: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -625,39 +618,43 @@ fn wall_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Each probe command read: its desired replicas, its issue (its
+/// generation is the engine's clock at the issue) and its arrival at the
+/// reader, in ms of the wall clock, in the order read.
+static PROBE_COMMANDS: std::sync::Mutex<Vec<(u32, i64, i64)>> = std::sync::Mutex::new(Vec::new());
+
 fn after_issue(c: &ScaleCommand) {
-    AFTER_ISSUE
+    PROBE_COMMANDS
         .lock()
         .unwrap()
-        .push((wall_ms() - c.generation) as f64);
-    ISSUED
-        .lock()
-        .unwrap()
-        .push((c.desired_replicas, c.generation));
+        .push((c.desired_replicas, c.generation, wall_ms()));
 }
 
-/// Each probe command's desired replicas and issue (engine clock ms), in
-/// the order read.
-static ISSUED: std::sync::Mutex<Vec<(u32, i64)>> = std::sync::Mutex::new(Vec::new());
-
-/// Milliseconds from each probe's publication to the issue of the first
-/// command that reflects it (paired as [`bench::reaction_ms`] pairs them).
-fn before_issue(probes: &[(u32, Instant)]) -> Vec<f64> {
-    let issued = ISSUED.lock().unwrap();
+/// The probes' reaction split at the command's issue, each sorted: ms
+/// from each probe's publication to the issue of the first command that
+/// reflects it (paired as [`bench::reaction_ms`] pairs them), and ms
+/// from each probe command's issue to the reader.
+fn split_at_issue(probes: &[(u32, Instant)]) -> (Vec<f64>, Vec<f64>) {
+    let read = PROBE_COMMANDS.lock().unwrap();
     let (now, wall) = (Instant::now(), wall_ms());
-    let mut out = Vec::new();
+    let mut before = Vec::new();
     let mut j = 0;
     for (k, at) in probes {
         let at_ms = wall - now.duration_since(*at).as_millis() as i64;
-        while j < issued.len() && (issued[j].0 < *k || issued[j].1 < at_ms - 1) {
+        while j < read.len() && (read[j].0 < *k || read[j].1 < at_ms - 1) {
             j += 1;
         }
-        if j < issued.len() {
-            out.push((issued[j].1 - at_ms) as f64);
+        if j < read.len() {
+            before.push((read[j].1 - at_ms) as f64);
         }
     }
-    out.sort_by(f64::total_cmp);
-    out
+    let mut after: Vec<f64> = read
+        .iter()
+        .map(|&(_, issued, at)| (at - issued) as f64)
+        .collect();
+    before.sort_by(f64::total_cmp);
+    after.sort_by(f64::total_cmp);
+    (before, after)
 }
 
 /// A stand-in worker's result for `c`: applied, at its desired count.

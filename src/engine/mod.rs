@@ -1271,7 +1271,7 @@ pub async fn drive(
         // that have piled up, and a slice gives way between two targets
         // to inputs that arrive while it runs.
         let mut slicing = false;
-        let out = tokio::select! {
+        let mut out = tokio::select! {
             biased;
             _ = &mut shutdown => break,
             msg = input.recv() => match msg {
@@ -1360,7 +1360,6 @@ pub async fn drive(
                 Vec::new()
             }
         };
-        let mut out = out;
         if slicing {
             let started = std::time::Instant::now();
             let done =

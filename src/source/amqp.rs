@@ -577,20 +577,24 @@ impl AmqpSource {
         for _ in 0..lanes {
             channels.push(conn.create_channel().await.map_err(lost)?);
         }
-        let chunks = Arc::new(chunks);
+        // each lane's chunks its own, in turn
+        let mut dealt = vec![Vec::new(); lanes];
+        for (k, chunk) in chunks.into_iter().enumerate() {
+            dealt[k % lanes].push(chunk);
+        }
         let exchange = self.cfg.exchange.clone();
         let bound = self.bound.clone();
         let metrics = self.ctx.metrics.clone();
         metrics.bindings_pending(pending as i64);
         let task = tokio::spawn(async move {
             let lanes_done =
-                futures::future::try_join_all(channels.iter().enumerate().map(|(lane, lc)| {
-                    let (chunks, exchange, bound, metrics) = (&chunks, &exchange, &bound, &metrics);
+                futures::future::try_join_all(channels.iter().zip(dealt).map(|(lc, lane)| {
+                    let (exchange, bound, metrics) = (&exchange, &bound, &metrics);
                     async move {
-                        for (queue, slot, keys) in chunks.iter().skip(lane).step_by(lanes) {
-                            amqp::bind_keys(lc, queue, exchange, keys, setting_of(*slot)).await?;
+                        for (queue, slot, keys) in lane {
+                            amqp::bind_keys(lc, &queue, exchange, &keys, setting_of(slot)).await?;
                             metrics.bindings_pending(-(keys.len() as i64));
-                            note_bound(metrics, bound, queue, keys.clone());
+                            note_bound(metrics, bound, &queue, keys);
                         }
                         Ok::<(), ConnectError>(())
                     }

@@ -70,7 +70,7 @@ pub struct Metrics {
     broker_connected: IntGaugeVec,
     broker_reconnects: IntCounterVec,
     bindings_declared: IntCounterVec,
-    bindings_pending: IntGaugeVec,
+    bindings_pending: prometheus::IntGauge,
     commands_unacknowledged: targets::TargetGauges,
     commands_reissued: IntCounterVec,
     provider_calls: IntCounterVec,
@@ -497,11 +497,12 @@ impl Metrics {
                 "RabbitMQ queue bindings the source declared (a reconnect declares only missing ones).",
                 &[],
             ),
-            bindings_pending: int_gauge(
-                &r,
-                "tidewatch_source_bindings_pending",
-                "RabbitMQ queue bindings the source is still making (a first start with many targets consumes before all are made).",
-                &[],
+            bindings_pending: r.add(
+                prometheus::IntGauge::with_opts(Opts::new(
+                    "tidewatch_source_bindings_pending",
+                    "RabbitMQ queue bindings the source is still making (a first start with many targets consumes before all are made).",
+                ))
+                .expect("valid metric definition"),
             ),
             commands_unacknowledged: target_gauge(&r, "tidewatch_commands_unacknowledged", "1 while a target's latest command has had no worker result for longer than engine.reissue_after."),
             commands_reissued: counter(
@@ -644,7 +645,6 @@ impl Metrics {
         self.policy_quarantined.with_label_values(&[target]).set(0);
     }
 
-    /// The scaler's status labels known at start: results by status.
     /// The oldest snapshot of a changed target of engine `shard`.
     pub fn state_snapshot_age(&self, shard: usize, seconds: f64) {
         self.state_snapshot_age
@@ -736,9 +736,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The engine issued command `c` (`direction` up or down);
-    /// `reaction_seconds`: from the first signal it answers to the command.
-    /// One engine tick took `seconds`.
+    /// One tick of engine shard `shard` took `seconds`.
     pub fn engine_tick_took(&self, shard: usize, seconds: f64) {
         self.engine_tick_seconds
             .with_label_values(&[shard.to_string().as_str()])
@@ -774,6 +772,8 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The engine issued command `c` (`direction` up or down);
+    /// `reaction_seconds`: from the first signal it answers to the command.
     pub fn command_issued(&self, c: &ScaleCommand, direction: &str, reaction_seconds: Option<f64>) {
         let target = c.target.as_str();
         self.unacknowledged(target, false);
@@ -1036,21 +1036,17 @@ impl Metrics {
 
     /// `delta` more (or, negative, fewer) bindings are still to be made.
     pub fn bindings_pending(&self, delta: i64) {
-        self.pending_bindings().add(delta);
-    }
-
-    fn pending_bindings(&self) -> prometheus::IntGauge {
-        self.bindings_pending.with_label_values(&[] as &[&str])
+        self.bindings_pending.add(delta);
     }
 
     /// No binding is being made any more.
     pub fn bindings_pending_reset(&self) {
-        self.pending_bindings().set(0);
+        self.bindings_pending.set(0);
     }
 
     /// Bindings still to be made.
     pub fn bindings_pending_now(&self) -> i64 {
-        self.pending_bindings().get()
+        self.bindings_pending.get()
     }
 
     /// Queue bindings the source declared so far.
@@ -1391,7 +1387,7 @@ type RenderJob = Box<dyn FnOnce() + Send>;
 async fn render_off_the_path<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    static THREAD: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<RenderJob>>> =
+    static THREAD: std::sync::OnceLock<std::sync::mpsc::Sender<RenderJob>> =
         std::sync::OnceLock::new();
     let tx = THREAD.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<RenderJob>();
@@ -1406,13 +1402,13 @@ async fn render_off_the_path<T: Send + 'static>(
         if let Err(e) = spawned {
             tracing::error!(error = %e, "the scrape thread could not start");
         }
-        std::sync::Mutex::new(tx)
+        tx
     });
     let (done, answer) = tokio::sync::oneshot::channel();
     let job: RenderJob = Box::new(move || {
         let _ = done.send(work());
     });
-    tx.lock().ok()?.send(job).ok()?;
+    tx.send(job).ok()?;
     answer.await.ok()
 }
 
@@ -1832,7 +1828,6 @@ mod tests {
         assert!(names.iter().all(|n| n.starts_with("tidewatch_")));
     }
 
-    /// The real server on a loopback port, spoken to over TCP.
     /// Each shard's tick is timed under its own label: one shard with no
     /// time left shows, where a histogram of both averaged it away.
     #[test]
@@ -1871,6 +1866,7 @@ mod tests {
         assert_eq!(crate::priority::current(), before);
     }
 
+    /// The real server on a loopback port, spoken to over TCP.
     #[tokio::test]
     async fn serves_over_tcp_and_shuts_down() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
