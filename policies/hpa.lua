@@ -20,13 +20,7 @@ function P.decide(ctx)
   if not tw.every(ctx, p.period or 15) then return nil end
   local value, metric, stat = tw.load_reading(ctx)
   if not value then return nil end
-  local current = ctx.replicas
-  local per_replica = current > 0 and value / current or value
-  local target = tw.per_replica_target(p, 0.8)
-  local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
-  if not ctx.behavior then
-    want = math.min(want, tw.hpa_scale_up_limit(current))
-  end
+  local want, per_replica, target = tw.hpa_desired(ctx, value)
   return { replicas = want,
            reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
              value, per_replica, target) }

@@ -46,13 +46,6 @@ function P.decide(ctx)
       h = h + 300
     end
   end
-  local current = ctx.replicas
-  local per_replica = current > 0 and load / current or load
-  local target = tw.per_replica_target(p, 0.8)
-  local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
-  if not ctx.behavior then
-    want = math.min(want, tw.hpa_scale_up_limit(current))
-  end
-  return { replicas = want, reason = "" }
+  return { replicas = (tw.hpa_desired(ctx, load)), reason = "" }
 end
 return P

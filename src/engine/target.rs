@@ -10,6 +10,7 @@ use crate::command::ScaleCommand;
 use crate::engine::config::{EngineConfig, TargetConfig, DEFAULT_FORECAST_REFIT};
 use crate::event::Metric;
 use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
+use crate::forecast::recurring::{recurring, Recurring};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig};
 use crate::policy::{LuaPolicy, PolicyError, SignalView, VmPool};
@@ -93,6 +94,21 @@ impl SignalView for TargetData {
         self.forecasts
             .lookup(metric, self.now_ms, horizon_ms, self.freshness_ms)
             .or(builtin)
+    }
+    fn recurring(
+        &self,
+        metric: Metric,
+        from_ms: i64,
+        to_ms: i64,
+        days: usize,
+    ) -> Option<Recurring> {
+        recurring(
+            self.windows.metric(metric).history(),
+            self.now_ms,
+            from_ms,
+            to_ms,
+            days,
+        )
     }
     fn age_ms(&self, metric: Metric) -> Option<i64> {
         self.windows

@@ -4,6 +4,7 @@
 pub mod builtin;
 pub mod holt;
 pub mod pool;
+pub mod recurring;
 
 use crate::clock::Millis;
 use crate::event::Forecast;

@@ -21,13 +21,14 @@ use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmStat
 use sha2::{Digest, Sha256};
 
 use crate::event::Metric;
+use crate::forecast::recurring::Recurring;
 use crate::forecast::ForecastValue;
 use crate::window::{SpanTooLong, WindowStats};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// `ctx.window` and `ctx.forecast` over the raw Rust lookups.
 const BINDER: &str = r#"
-local ctx, raw_window, raw_forecast, raw_age = ...
+local ctx, raw_window, raw_forecast, raw_age, raw_recurring = ...
 ctx.age = function(metric)
   return raw_age(metric)
 end
@@ -42,6 +43,11 @@ ctx.forecast = function(metric, horizon)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
+ctx.recurring = function(metric, from, to, days)
+  local rise, low, high, level, n = raw_recurring(metric, from, to, days)
+  if rise == nil then return nil end
+  return { rise = rise, low = low, high = high, level = level, days = n }
+end
 "#;
 /// Sets the per-call fields of `ctx` and calls a function with it, in one
 /// crossing from Rust: one bound to `decide`, one taking the function.
@@ -55,6 +61,8 @@ return function(now, replicas, min, max) return call(decide, now, replicas, min,
 "#;
 /// Instructions between two budget checks.
 const HOOK_EVERY: u32 = 1000;
+/// The most days `ctx.recurring` looks back (the history's two weeks).
+const MAX_RECURRING_DAYS: f64 = 14.0;
 const MAX_REASON: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +145,17 @@ pub struct Proposal {
 pub trait SignalView: Send + 'static {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong>;
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
+    /// What `metric` did within `[from, to]` after this time of day on
+    /// each of the last `days` days (`ctx.recurring`).
+    fn recurring(
+        &self,
+        _metric: Metric,
+        _from_ms: i64,
+        _to_ms: i64,
+        _days: usize,
+    ) -> Option<Recurring> {
+        None
+    }
     /// How long ago the newest sample of `metric` was taken, in ms
     /// (`ctx.age`); None before any.
     fn age_ms(&self, _metric: Metric) -> Option<i64> {
@@ -495,7 +514,7 @@ impl LuaPolicy {
     /// returns plain values and a Lua table constructor packs them: far
     /// cheaper than filling a table field by field through the API.
     pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
-        let (v1, v2, v3) = (view.clone(), view.clone(), view);
+        let (v1, v2, v3, v4) = (view.clone(), view.clone(), view.clone(), view);
         (|| -> mlua::Result<()> {
             let raw_window = self.vm.lua.create_function(
                 move |_, (metric, span): (mlua::LuaString, Value)| {
@@ -560,9 +579,42 @@ impl LuaPolicy {
                     view.note_read(metric);
                     Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
                 })?;
-            self.vm
-                .binder
-                .call::<()>((self.ctx.clone(), raw_window, raw_forecast, raw_age))
+            let raw_recurring = self.vm.lua.create_function(
+                move |_, (metric, from, to, days): (mlua::LuaString, f64, f64, Option<f64>)| {
+                    let metric = parse_metric(&metric)?;
+                    let days = days.unwrap_or(7.0);
+                    if !(from.is_finite() && to.is_finite() && 0.0 <= from && from <= to && to <= 86_400.0) {
+                        return Err(mlua::Error::runtime(format!(
+                            "recurring window must be seconds with 0 <= from <= to <= 86400, got {from} to {to}"
+                        )));
+                    }
+                    if !(1.0..=MAX_RECURRING_DAYS).contains(&days) {
+                        return Err(mlua::Error::runtime(format!(
+                            "recurring days must be 1 to {MAX_RECURRING_DAYS}, got {days}"
+                        )));
+                    }
+                    let r = v4
+                        .lock()
+                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
+                        .recurring(
+                            metric,
+                            (from * 1000.0) as i64,
+                            (to * 1000.0) as i64,
+                            days as usize,
+                        );
+                    Ok(match r {
+                        None => (None, 0.0, 0.0, 0.0, 0),
+                        Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days),
+                    })
+                },
+            )?;
+            self.vm.binder.call::<()>((
+                self.ctx.clone(),
+                raw_window,
+                raw_forecast,
+                raw_age,
+                raw_recurring,
+            ))
         })()
         .map_err(|e| self.error(PolicyErrorKind::Load, e))
     }

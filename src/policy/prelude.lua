@@ -43,6 +43,22 @@ function tw.hpa_scale_up_limit(current)
   return math.max(2 * current, current + 4)
 end
 
+-- What the HPA asks for when the load is `load`: target tracking of the
+-- load per replica against tw.per_replica_target(ctx.params, 0.8), within
+-- ctx.params.tolerance (0.1), and its default scale-up limit unless the
+-- guard applies a behavior (ctx.behavior). Returns the replicas, the load
+-- per replica and the target.
+function tw.hpa_desired(ctx, load)
+  local p, current = ctx.params, ctx.replicas
+  local per_replica = current > 0 and load / current or load
+  local target = tw.per_replica_target(p, 0.8)
+  local want = tw.target_tracking(current, per_replica, target, p.tolerance or 0.1)
+  if not ctx.behavior then
+    want = math.min(want, tw.hpa_scale_up_limit(current))
+  end
+  return want, per_replica, target
+end
+
 -- The load one replica should carry: params.target_per_replica, or
 -- params.capacity * (params.target_utilization or `utilization`).
 function tw.per_replica_target(params, utilization)

@@ -32,6 +32,15 @@ impl SignalView for Fixed {
             source: "test".into(),
         })
     }
+    fn recurring(&self, m: Metric, from: i64, to: i64, days: usize) -> Option<Recurring> {
+        (m == Metric::QueueDepth).then_some(Recurring {
+            rise: from as f64,
+            low: to as f64,
+            high: days as f64,
+            level: -1.0,
+            days,
+        })
+    }
 }
 
 fn input() -> CallInput<'static> {
@@ -334,6 +343,59 @@ fn window_and_forecast_reach_the_script() {
         e.message.contains("is longer than the longest window"),
         "{e}"
     );
+}
+
+#[test]
+fn recurring_reaches_the_script_and_rejects_bad_windows() {
+    let stats = WindowStats {
+        count: 1,
+        sum: 1.0,
+        mean: 1.0,
+        min: 1.0,
+        max: 1.0,
+        last: 1.0,
+        quantiles: None,
+        rate: 0.0,
+        slope: 0.0,
+    };
+    let run = |body: &str| {
+        let src = PolicySource::from_text(
+            Path::new("r.lua"),
+            format!("return {{ decide = function(ctx) {body} end }}"),
+        );
+        let p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
+        p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+        let mut p = p;
+        p.decide(&input())
+    };
+    // seconds become ms; days default to 7
+    let out = run("local r = ctx.recurring('queue_depth', 60, 1800)
+                   assert(ctx.recurring('latency_ms', 0, 60) == nil)
+                   local r3 = ctx.recurring('queue_depth', 0, 60, 3)
+                   return { replicas = r.days + r3.days,
+                            reason = string.format('%d %d %d %d', r.rise, r.low, r.high, r.level) }")
+    .unwrap();
+    assert_eq!(out.replicas, Some(10));
+    assert_eq!(out.reason.as_deref(), Some("60000 1800000 7 -1"));
+    for (call, what) in [
+        (
+            "ctx.recurring('queue_depth', 60, 30)",
+            "0 <= from <= to <= 86400, got 60 to 30",
+        ),
+        ("ctx.recurring('queue_depth', -1, 30)", "got -1 to 30"),
+        ("ctx.recurring('queue_depth', 0, 90000)", "got 0 to 90000"),
+        ("ctx.recurring('queue_depth', 0, 0/0)", "got 0 to"),
+        (
+            "ctx.recurring('queue_depth', 0, 60, 0)",
+            "days must be 1 to 14, got 0",
+        ),
+        ("ctx.recurring('queue_depth', 0, 60, 15)", "got 15"),
+        ("ctx.recurring('cpu', 0, 60)", "cpu"),
+    ] {
+        let e = run(&format!("return {call}")).unwrap_err();
+        assert_eq!(e.kind, PolicyErrorKind::Runtime, "{call}");
+        assert!(e.message.contains(what), "{call}: {e}");
+    }
 }
 
 #[test]

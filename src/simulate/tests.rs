@@ -100,6 +100,64 @@ fn warmup_is_replayed_but_not_scored_and_policies_run_side_by_side() {
     assert!(still.slo_violation_share > follow.slo_violation_share);
 }
 
+/// A working day that opens at 9:00 give or take 20 minutes, every day:
+/// a policy that provisions for what the load did in the next 40 minutes
+/// on the previous days (`ctx.recurring`) is ready for the opening, while
+/// one that follows the load is short at each.
+#[test]
+fn a_recurring_opening_is_provisioned_ahead_from_the_previous_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = write(
+        &dir,
+        "ahead.lua",
+        r#"return { decide = function(ctx)
+             local w = ctx.window("requests", "60s")
+             if not w then return nil end
+             local load = w.rate
+             local r = ctx.recurring("requests", 0, 2400)
+             if r then load = math.max(load + r.rise, r.level) end
+             return { replicas = math.ceil(load / ctx.params.capacity) }
+           end }"#,
+    );
+    let follow = write(
+        &dir,
+        "follow.lua",
+        r#"return { decide = function(ctx)
+             local w = ctx.window("requests", "60s")
+             if not w then return nil end
+             return { replicas = math.ceil(w.rate / ctx.params.capacity) }
+           end }"#,
+    );
+    let mut o = Options::new(dir.path().join("t.csv"), vec![ahead, follow], 10.0);
+    o.step = Duration::from_secs(60);
+    o.startup = Duration::from_secs(120);
+    o.warmup = Duration::from_secs(7 * 86_400);
+    o.max = 100;
+    // T0 is 22:14 UTC; the days are counted from it
+    let open = |day: i64| 9 * 60 + (day * 17 % 41) - 20;
+    let values: Vec<f64> = (0..10 * 1440)
+        .map(|m| {
+            if m % 1440 >= open(m / 1440) && m % 1440 < 17 * 60 {
+                300.0
+            } else {
+                100.0
+            }
+        })
+        .collect();
+    let (r, _) = run(&o, &trace(&values), |_, _| {}).unwrap();
+    let (ahead, follow) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(ahead.policy_errors, 0);
+    // three openings scored: following the load is short for the start-up
+    // and a step at each; looking ahead is never short
+    assert!(
+        follow.under_provisioned_share * r.scored_steps as f64 >= 6.0,
+        "{follow:?}"
+    );
+    assert_eq!(ahead.under_provisioned_share, 0.0, "{ahead:?}");
+    // and it pays for it: replicas held before the openings
+    assert!(ahead.replica_hours > follow.replica_hours, "{ahead:?}");
+}
+
 #[test]
 fn a_forecasting_policy_gets_a_mase() {
     let dir = tempfile::tempdir().unwrap();

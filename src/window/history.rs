@@ -284,6 +284,16 @@ impl History {
         self.len() == 0
     }
 
+    /// The closed point of step number `step`; NaN for a gap or a step
+    /// not kept (gone, or not closed yet).
+    pub fn at(&self, step: i64) -> f32 {
+        let first = self.first_step();
+        if step < first || step >= self.end_step {
+            return f32::NAN;
+        }
+        self.get((step - first) as usize)
+    }
+
     /// Heap bytes held, for the memory budget.
     pub fn heap_bytes(&self) -> usize {
         self.coarse.capacity() * std::mem::size_of::<f32>()

@@ -1,0 +1,225 @@
+//! What the load did next at this time of day on the previous days, for
+//! `ctx.recurring`: on each of the last `days` days, the rise of the load
+//! from its level at this time of day (a 3-minute mean) to each point of
+//! `[from, to]` after it (5-minute means); per point, the median and the
+//! quartiles of that rise across days; and the highest of each over the
+//! window.
+//!
+//! A recurring rise (a working day that opens at 9:00 plus or minus 20
+//! minutes) shows on most days, so with a window as wide as its timing
+//! varies the median sees it whole; a spike at a random hour shows on one
+//! day, and neither the median nor the quartiles see it. A Holt-Winters
+//! season instead averages the openings of different days into a slow
+//! ramp, and its interval is widest there.
+
+use crate::clock::Millis;
+use crate::window::History;
+
+/// The rises of the previous days, in the metric's own unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recurring {
+    /// The median rise across days.
+    pub rise: f64,
+    /// The lower and upper quartiles of the rises.
+    pub low: f64,
+    pub high: f64,
+    /// The highest median level across days (not a rise): what the load
+    /// reached within the window on the median day. A day later than most
+    /// to rise has no rise left to show against the days that rose
+    /// already, but their level still shows it.
+    pub level: f64,
+    /// The days with data in both the base and the window.
+    pub days: usize,
+}
+
+/// Days needed for an answer.
+pub const MIN_DAYS: usize = 3;
+/// The base: the mean of the points this long before the time of day.
+const BASE_MS: i64 = 180_000;
+/// The window's points are means over this long (a spike of a minute or
+/// two is diluted; a rise that holds is not).
+const SMOOTH_MS: i64 = 300_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The rises after `now_ms + [from_ms, to_ms]` on each of the last `days`
+/// days of `history`; `None` with fewer than [`MIN_DAYS`] days of data or
+/// a history step longer than an hour.
+pub fn recurring(
+    history: &History,
+    now_ms: Millis,
+    from_ms: i64,
+    to_ms: i64,
+    days: usize,
+) -> Option<Recurring> {
+    let step = history.step_ms();
+    if step > 3_600_000 || to_ms < from_ms {
+        return None;
+    }
+    let steps = |ms: i64| (ms + step - 1).div_euclid(step).max(1);
+    let period = (DAY_MS + step / 2).div_euclid(step);
+    let (base_n, smooth_n) = (steps(BASE_MS), steps(SMOOTH_MS));
+    let (from, to) = (from_ms.div_euclid(step), to_ms.div_euclid(step));
+    let now = now_ms.div_euclid(step);
+    // per day: its base, and the smoothed rise above it at each offset
+    let width = (to - from + 1) as usize;
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(days);
+    let mut bases: Vec<f64> = Vec::with_capacity(days);
+    for d in 1..=days as i64 {
+        let anchor = now - d * period;
+        let Some(base) = mean(history, anchor - base_n, anchor) else {
+            continue;
+        };
+        let row: Vec<f64> = (anchor + from..=anchor + to)
+            .map(|s| mean(history, s + 1 - smooth_n, s + 1).map_or(f64::NAN, |v| v - base))
+            .collect();
+        if row.iter().any(|v| v.is_finite()) {
+            rows.push(row);
+            bases.push(base);
+        }
+    }
+    if rows.len() < MIN_DAYS {
+        return None;
+    }
+    // per offset, the quantiles across days; the highest of each over
+    // the window
+    let (mut col, mut levels) = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    let mut r = Recurring {
+        rise: f64::NEG_INFINITY,
+        low: f64::NEG_INFINITY,
+        high: f64::NEG_INFINITY,
+        level: f64::NEG_INFINITY,
+        days: rows.len(),
+    };
+    for o in 0..width {
+        col.clear();
+        levels.clear();
+        for (row, base) in rows.iter().zip(&bases) {
+            if row[o].is_finite() {
+                col.push(row[o]);
+                levels.push(row[o] + base);
+            }
+        }
+        if col.len() < MIN_DAYS {
+            continue;
+        }
+        col.sort_by(f64::total_cmp);
+        levels.sort_by(f64::total_cmp);
+        r.rise = r.rise.max(quantile(&col, 0.5));
+        r.low = r.low.max(quantile(&col, 0.25));
+        r.high = r.high.max(quantile(&col, 0.75));
+        r.level = r.level.max(quantile(&levels, 0.5));
+    }
+    r.rise.is_finite().then_some(r)
+}
+
+/// The `p` quantile of sorted `xs` (not empty), linear between points.
+fn quantile(xs: &[f64], p: f64) -> f64 {
+    let x = p * (xs.len() - 1) as f64;
+    let (i, w) = (x.floor() as usize, x.fract());
+    let next = xs.get(i + 1).copied().unwrap_or(xs[i]);
+    xs[i] + (next - xs[i]) * w
+}
+
+/// The mean of the finite points of steps `[a, b)`; `None` when half of
+/// them or more are missing.
+fn mean(history: &History, a: i64, b: i64) -> Option<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for s in a..b {
+        let v = history.at(s);
+        if v.is_finite() {
+            sum += f64::from(v);
+            n += 1;
+        }
+    }
+    (n > 0 && 2 * n > (b - a) as usize).then(|| sum / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MIN: i64 = 60_000;
+
+    fn history(days: i64, load: impl Fn(i64, i64) -> f64) -> History {
+        let mut h = History::new(
+            Duration::from_secs(14 * 86_400),
+            Duration::from_secs(60),
+            false,
+        );
+        for m in 0..days * 1440 {
+            h.record(m * MIN, load(m / 1440, m % 1440));
+        }
+        h
+    }
+
+    #[test]
+    fn a_rise_that_comes_every_day_at_a_varying_minute_is_seen_whole() {
+        // opens at 9:00 + (day * 13 % 41 - 20) minutes: 40 minutes of jitter
+        let open = |day: i64| 540 + (day * 13 % 41) - 20;
+        let h = history(
+            8,
+            |day, minute| if minute >= open(day) { 300.0 } else { 100.0 },
+        );
+        // day 8 at 8:30: within the next 60 minutes every day opened
+        let r = recurring(&h, (8 * 1440 + 510) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert_eq!(r.days, 7);
+        assert!((r.rise - 200.0).abs() < 1.0, "{r:?}");
+        assert!((r.level - 300.0).abs() < 1.0, "{r:?}");
+        // at 9:15 most days have opened: little rise is left to see, but
+        // the level the median day reached is still there
+        let r = recurring(&h, (8 * 1440 + 555) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert!(r.rise < 1.0 && (r.level - 300.0).abs() < 1.0, "{r:?}");
+        // after the opening there is nothing more to rise by
+        let r = recurring(&h, (8 * 1440 + 600) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert!(r.high.abs() < 1.0, "{r:?}");
+        // long before it, neither
+        let r = recurring(&h, (8 * 1440 + 300) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert!(r.high.abs() < 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn a_spike_on_one_day_moves_only_the_upper_quartile() {
+        // a 30-minute spike at 14:00 on day 5 only
+        let h = history(8, |day, minute| {
+            if day == 5 && (840..870).contains(&minute) {
+                1000.0
+            } else {
+                100.0
+            }
+        });
+        let r = recurring(&h, (8 * 1440 + 830) * MIN, 0, 30 * MIN, 7).unwrap();
+        assert!(r.rise.abs() < 1e-3, "{r:?}");
+        assert!(r.low.abs() < 1e-3 && r.high.abs() < 1e-3, "{r:?}");
+        // a two-minute spike every day is diluted by the 5-minute mean
+        let h = history(8, |_, minute| {
+            if (840..842).contains(&minute) {
+                600.0
+            } else {
+                100.0
+            }
+        });
+        let r = recurring(&h, (8 * 1440 + 830) * MIN, 0, 30 * MIN, 7).unwrap();
+        assert!((r.rise - 200.0).abs() < 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn too_few_days_or_gaps_give_no_answer() {
+        let h = history(2, |_, _| 100.0);
+        assert_eq!(recurring(&h, (2 * 1440 + 600) * MIN, 0, 30 * MIN, 7), None);
+        // gaps over the base on every day but two
+        let h = history(8, |day, minute| {
+            if day >= 2 && (590..600).contains(&minute) {
+                f64::NAN
+            } else {
+                100.0
+            }
+        });
+        assert_eq!(recurring(&h, (8 * 1440 + 600) * MIN, 0, 30 * MIN, 7), None);
+        let h = history(8, |_, _| 100.0);
+        assert_eq!(recurring(&h, (8 * 1440 + 600) * MIN, 30 * MIN, 0, 7), None);
+    }
+}
