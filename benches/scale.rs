@@ -22,6 +22,7 @@
 //!   (=0: the same state a minute old, no refit due, for comparison);
 //!   snapshots are written every SCALE_STATE_INTERVAL (default 1h).
 //!   SCALE_TRACE_CMD=1 prints one in 200 of the other targets' commands.
+//!   SCALE_SHARDS sets `engine.shards` (default 0: one per core).
 //!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
@@ -94,8 +95,14 @@ fn targets_toml(n: usize) -> String {
     out
 }
 
-const ENGINE: &str =
-    "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\n";
+/// The engine section; `SCALE_SHARDS` sets `engine.shards` (default: one
+/// per core).
+fn engine() -> String {
+    let shards = std::env::var("SCALE_SHARDS").unwrap_or_else(|_| "0".into());
+    format!(
+        "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\nshards = {shards}\n"
+    )
+}
 
 fn rss_mb() -> f64 {
     rss_mb_of("self")
@@ -457,8 +464,9 @@ async fn reaction_amqp(n: usize) -> Row {
     let cfg = mq::load(
         dir.path(),
         &format!(
-            "{}{ENGINE}{}{}",
+            "{}{}{}{}",
             names.toml(&url),
+            engine(),
             wave_state(n, dir.path()),
             targets_toml(n)
         ),
@@ -552,7 +560,8 @@ async fn reaction_kafka(n: usize) -> Row {
     let toml = format!(
         "[source]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topics = [\"signals\"], group_id = \"scale\", options = {{ \"fetch.wait.max.ms\" = \"5\" }} }}\n\
          [commands]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topic = \"commands\", results_topic = \"results\" }}\n\
-         [state]\nstore = \"none\"\n{ENGINE}{}",
+         [state]\nstore = \"none\"\n{}{}",
+        engine(),
         targets_toml(n)
     );
     let cfg = mq::load(dir.path(), &toml, &bench::policy());
@@ -923,11 +932,12 @@ async fn startup(n: usize) {
         .map(|m| format!(", management_url = \"{m}\""))
         .unwrap_or_default();
     let toml = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}{ENGINE}{}",
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}{}{}",
         names.toml(&url).replace(
             "prefetch = 500",
             &format!("prefetch = 500, slots = 16{listed}")
         ),
+        engine(),
         targets_toml(n)
     );
     std::fs::write(dir.path().join("p.lua"), bench::policy()).unwrap();

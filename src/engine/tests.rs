@@ -1449,7 +1449,7 @@ fn many_targets(n: usize) -> (tempfile::TempDir, Engine) {
     (dir, engine)
 }
 
-/// Issue 21: a tick is spread over slices of about 256 targets, each
+/// Issue 21: a tick is spread over slices of about 32 targets, each
 /// target evaluated once per tick at its own phase.
 #[test]
 fn a_spread_tick_evaluates_each_target_once_at_its_own_phase() {
@@ -1460,17 +1460,17 @@ fn a_spread_tick_evaluates_each_target_once_at_its_own_phase() {
         "two targets: one slice"
     );
     let (_dir, mut engine) = many_targets(600);
-    assert_eq!(engine.tick_parts(Duration::from_secs(1)), 3);
+    assert_eq!(engine.tick_parts(Duration::from_secs(1)), 19);
     assert_eq!(
-        engine.tick_parts(Duration::from_millis(10)),
-        2,
-        "at most one slice per 5 ms"
+        engine.tick_parts(Duration::from_millis(3)),
+        3,
+        "at most one slice per millisecond"
     );
     let mut seen = std::collections::BTreeMap::new();
-    for part in 0..3 {
-        for c in engine.tick_part(T0 + 100 * part as i64, part, 3) {
+    for part in 0..19 {
+        for c in engine.tick_part(T0 + 10 * part as i64, part, 19) {
             let i: usize = c.target[1..].parse().unwrap();
-            assert_eq!(i % 3, part, "{} in slice {part}", c.target);
+            assert_eq!(i % 19, part, "{} in slice {part}", c.target);
             assert_eq!(c.desired_replicas, 5);
             assert!(seen.insert(i, part).is_none(), "{} twice", c.target);
         }
@@ -1478,11 +1478,11 @@ fn a_spread_tick_evaluates_each_target_once_at_its_own_phase() {
     assert_eq!(seen.len(), 600, "every target once");
 }
 
-/// `drive` spreads the tick: 600 targets in three slices a third of a
-/// tick apart, all within the first tick.
+/// `drive` spreads the tick: 96 targets in three slices of 32 a third of
+/// a tick apart, all within the first tick.
 #[tokio::test(start_paused = true)]
 async fn drive_spreads_the_tick_over_slices() {
-    let (_dir, engine) = many_targets(600);
+    let (_dir, engine) = many_targets(96);
     let Driving {
         clock,
         in_tx: _in_tx,
@@ -1491,7 +1491,7 @@ async fn drive_spreads_the_tick_over_slices() {
         task,
     } = start_drive(engine, 1024);
     let mut at = std::collections::BTreeMap::<i64, usize>::new();
-    for _ in 0..600 {
+    for _ in 0..96 {
         let _c = out_rx.recv().await.unwrap();
         *at.entry(clock.now_ms() - T0).or_default() += 1;
     }
@@ -1499,7 +1499,7 @@ async fn drive_spreads_the_tick_over_slices() {
     task.await.unwrap();
     let times: Vec<(i64, usize)> = at.into_iter().collect();
     assert_eq!(times.len(), 3, "{times:?}");
-    assert!(times.iter().all(|&(_, n)| n == 200), "{times:?}");
+    assert!(times.iter().all(|&(_, n)| n == 32), "{times:?}");
     assert!(times[2].0 < 1000, "all within the first tick: {times:?}");
     assert!(
         (300..=340).contains(&(times[1].0 - times[0].0)),
