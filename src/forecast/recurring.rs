@@ -40,6 +40,11 @@ const BASE_MS: i64 = 180_000;
 /// two is diluted; a rise that holds is not).
 const SMOOTH_MS: i64 = 300_000;
 const DAY_MS: i64 = 86_400_000;
+/// The most history steps one day's part of a call reads: a day's window
+/// at a minute and then some. A finer history step answers shorter
+/// windows only, so that a call's work stays bounded whatever the step
+/// (the policy's instruction budget cannot stop a call into Rust).
+pub const MAX_STEPS_A_DAY: i64 = 1_440 + 60;
 
 /// The rises after `now_ms + [from_ms, to_ms]` on each of the last `days`
 /// days of `history`; `None` with fewer than [`MIN_DAYS`] days of data or
@@ -52,13 +57,16 @@ pub fn recurring(
     days: usize,
 ) -> Option<Recurring> {
     let step = history.step_ms();
-    if step > 3_600_000 || to_ms < from_ms {
+    if step > 3_600_000 || to_ms < from_ms || from_ms < 0 {
         return None;
     }
     let steps = |ms: i64| (ms + step - 1).div_euclid(step).max(1);
     let period = (DAY_MS + step / 2).div_euclid(step);
     let (base_n, smooth_n) = (steps(BASE_MS), steps(SMOOTH_MS));
     let (from, to) = (from_ms.div_euclid(step), to_ms.div_euclid(step));
+    if (to - from + 1) + smooth_n + base_n > MAX_STEPS_A_DAY {
+        return None;
+    }
     let now = now_ms.div_euclid(step);
     // per day: its base, and the smoothed rise above it at each offset
     let width = (to - from + 1) as usize;
@@ -69,9 +77,7 @@ pub fn recurring(
         let Some(base) = mean(history, anchor - base_n, anchor) else {
             continue;
         };
-        let row: Vec<f64> = (anchor + from..=anchor + to)
-            .map(|s| mean(history, s + 1 - smooth_n, s + 1).map_or(f64::NAN, |v| v - base))
-            .collect();
+        let row = smoothed(history, anchor + from, anchor + to, smooth_n, base);
         if row.iter().any(|v| v.is_finite()) {
             rows.push(row);
             bases.push(base);
@@ -121,6 +127,34 @@ fn quantile(xs: &[f64], p: f64) -> f64 {
     let (i, w) = (x.floor() as usize, x.fract());
     let next = xs.get(i + 1).copied().unwrap_or(xs[i]);
     xs[i] + (next - xs[i]) * w
+}
+
+/// For each step of `[first, last]`, the mean of the `n` steps up to it
+/// (`NaN` when half of them or more are missing) less `base`: a running
+/// sum, so a day costs its window plus `n` reads.
+fn smoothed(history: &History, first: i64, last: i64, n: i64, base: f64) -> Vec<f64> {
+    let (mut sum, mut count) = (0.0, 0i64);
+    let mut out = Vec::with_capacity((last - first + 1).max(0) as usize);
+    for s in first + 1 - n..=last {
+        let v = history.at(s);
+        if v.is_finite() {
+            sum += f64::from(v);
+            count += 1;
+        }
+        let gone = history.at(s - n);
+        if s - n >= first + 1 - n && gone.is_finite() {
+            sum -= f64::from(gone);
+            count -= 1;
+        }
+        if s >= first {
+            out.push(if 2 * count > n {
+                sum / count as f64 - base
+            } else {
+                f64::NAN
+            });
+        }
+    }
+    out
 }
 
 /// The mean of the finite points of steps `[a, b)`; `None` when half of
@@ -221,5 +255,23 @@ mod tests {
         assert_eq!(recurring(&h, (8 * 1440 + 600) * MIN, 0, 30 * MIN, 7), None);
         let h = history(8, |_, _| 100.0);
         assert_eq!(recurring(&h, (8 * 1440 + 600) * MIN, 30 * MIN, 0, 7), None);
+    }
+
+    #[test]
+    fn a_fine_history_step_answers_short_windows_only() {
+        // a step of a second: a day's window would read 86,400 steps a day
+        let mut h = History::new(
+            Duration::from_secs(4 * 86_400),
+            Duration::from_secs(1),
+            false,
+        );
+        for s in 0..4 * 86_400 {
+            h.record(s * 1000, 100.0);
+        }
+        let now = 4 * 86_400 * 1000;
+        assert_eq!(recurring(&h, now, 0, 86_400_000, 3), None);
+        // ten minutes (600 steps, and 480 of base and smoothing) is within
+        let r = recurring(&h, now, 0, 10 * MIN, 3).unwrap();
+        assert!(r.rise.abs() < 1e-6 && r.days == 3, "{r:?}");
     }
 }
