@@ -1,10 +1,8 @@
 -- EXPERIMENT, not a shipped policy (docs/PREDICTIVE.md, the rows on
 -- ctx.recurring). hpa.lua on now plus k times the rise that the load
 -- made on the median day of the last `days` within the next
--- lead + `ahead` seconds after this time of day (`q` picks "rise", the
--- median, or the quartiles "low" / "high"); `full` sizes for utilization
--- 1 at the rise's top; `level` provisions for at least the median day's
--- level. Measured with:
+-- lead + `ahead` seconds after this time of day; with `level`, at least
+-- k of the way to the median day's level. Measured with:
 --   tidewatch simulate --policy policies/hpa.lua --policy docs/experiments/hpa_recurring.lua \
 --     --corpus <dir with the crane-*.csv> --generate 10 --seed 0 --days 21 \
 --     --sweep target_utilization=0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.5 --quiet \
@@ -17,16 +15,11 @@ function P.decide(ctx)
   if not value then return nil end
   local lead = (p.startup or 60) + (p.period or 15)
   local load = value
-  local r = ctx.recurring(metric, p.from or 0, lead + (p.ahead or 1800), p.days or 7)
+  local r = ctx.recurring(metric, 0, lead + (p.ahead or 1800), p.days or 7)
   if r then
-    local rise = r[p.q or "rise"]
-    if rise > 0 then
-      local ahead = value + (p.k or 1) * rise
-      -- full: be just enough at the rise's top (utilization 1, not the target)
-      if p.full then ahead = ahead * (p.target_utilization or 0.8) end
-      load = math.max(value, ahead)
-    end
-    if p.level then load = math.max(load, value + (p.k or 1) * (r.level - value)) end
+    local k = p.k or 1
+    if r.rise > 0 then load = value + k * r.rise end
+    if p.level then load = math.max(load, value + k * (r.level - value)) end
   end
   return { replicas = (tw.hpa_desired(ctx, load)), reason = "" }
 end

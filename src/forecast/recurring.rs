@@ -74,9 +74,10 @@ pub fn recurring(
     let mut bases: Vec<f64> = Vec::with_capacity(days);
     for d in 1..=days as i64 {
         let anchor = now - d * period;
-        let Some(base) = mean(history, anchor - base_n, anchor) else {
+        let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0)[0];
+        if base.is_nan() {
             continue;
-        };
+        }
         let row = smoothed(history, anchor + from, anchor + to, smooth_n, base);
         if row.iter().any(|v| v.is_finite()) {
             rows.push(row);
@@ -157,20 +158,6 @@ fn smoothed(history: &History, first: i64, last: i64, n: i64, base: f64) -> Vec<
     out
 }
 
-/// The mean of the finite points of steps `[a, b)`; `None` when half of
-/// them or more are missing.
-fn mean(history: &History, a: i64, b: i64) -> Option<f64> {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for s in a..b {
-        let v = history.at(s);
-        if v.is_finite() {
-            sum += f64::from(v);
-            n += 1;
-        }
-    }
-    (n > 0 && 2 * n > (b - a) as usize).then(|| sum / n as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,16 +165,23 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
-    fn history(days: i64, load: impl Fn(i64, i64) -> f64) -> History {
+    /// `days` of `load(day, minute of the day)`, a point every `step_s`.
+    fn history_at(step_s: u64, days: i64, load: impl Fn(i64, i64) -> f64) -> History {
         let mut h = History::new(
             Duration::from_secs(14 * 86_400),
-            Duration::from_secs(60),
+            Duration::from_secs(step_s),
             false,
         );
-        for m in 0..days * 1440 {
-            h.record(m * MIN, load(m / 1440, m % 1440));
+        let step_ms = step_s as i64 * 1000;
+        for t in (0..days * 86_400_000).step_by(step_ms as usize) {
+            let m = t / MIN;
+            h.record(t, load(m / 1440, m % 1440));
         }
         h
+    }
+
+    fn history(days: i64, load: impl Fn(i64, i64) -> f64) -> History {
+        history_at(60, days, load)
     }
 
     #[test]
@@ -260,14 +254,7 @@ mod tests {
     #[test]
     fn a_fine_history_step_answers_short_windows_only() {
         // a step of a second: a day's window would read 86,400 steps a day
-        let mut h = History::new(
-            Duration::from_secs(4 * 86_400),
-            Duration::from_secs(1),
-            false,
-        );
-        for s in 0..4 * 86_400 {
-            h.record(s * 1000, 100.0);
-        }
+        let h = history_at(1, 4, |_, _| 100.0);
         let now = 4 * 86_400 * 1000;
         assert_eq!(recurring(&h, now, 0, 86_400_000, 3), None);
         // ten minutes (600 steps, and 480 of base and smoothing) is within

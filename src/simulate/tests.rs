@@ -119,15 +119,7 @@ fn a_recurring_opening_is_provisioned_ahead_from_the_previous_days() {
              return { replicas = math.ceil(load / ctx.params.capacity) }
            end }"#,
     );
-    let follow = write(
-        &dir,
-        "follow.lua",
-        r#"return { decide = function(ctx)
-             local w = ctx.window("requests", "60s")
-             if not w then return nil end
-             return { replicas = math.ceil(w.rate / ctx.params.capacity) }
-           end }"#,
-    );
+    let follow = write(&dir, "follow.lua", FOLLOW);
     let mut o = Options::new(dir.path().join("t.csv"), vec![ahead, follow], 10.0);
     o.step = Duration::from_secs(60);
     o.startup = Duration::from_secs(120);
