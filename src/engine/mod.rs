@@ -484,9 +484,9 @@ impl Engine {
         by_size.min(by_time)
     }
 
-    /// One slice of a tick spread over `parts`: the owned targets whose
-    /// index modulo `parts` is `part`, so each is evaluated once per tick
-    /// at its own phase. The once-per-tick work (the reload check, gauges,
+    /// One slice of a tick spread over `parts`: the owned targets of the
+    /// `part`th of `parts` runs of neighbours ([`slice_range`]), so each is
+    /// evaluated once per tick at its own phase. The once-per-tick work (the reload check, gauges,
     /// snapshots, own forecasts) goes with part 0.
     pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
         let mut out = Vec::new();
@@ -512,8 +512,9 @@ impl Engine {
         if resume.is_none() {
             self.slice_begin(now_ms, part, parts);
         }
-        let mut i = resume.unwrap_or(part);
-        while i < self.targets.len() {
+        let range = slice_range(self.targets.len(), part, parts);
+        let mut i = resume.unwrap_or(range.start);
+        while i < range.end {
             if self.owned(i) {
                 // a target with a new command has nothing to re-issue
                 match self.evaluate(i, now_ms) {
@@ -521,8 +522,8 @@ impl Engine {
                     None => out.extend(self.reissue(i, now_ms)),
                 }
             }
-            i += parts;
-            if i < self.targets.len() && give_way() {
+            i += 1;
+            if i < range.end && give_way() {
                 self.slice_resume = Some(i);
                 return false;
             }
@@ -680,7 +681,7 @@ impl Engine {
         if self.metrics.per_target() != crate::telemetry::PerTarget::Full {
             return;
         }
-        for t in self.targets.iter().skip(part).step_by(parts.max(1)) {
+        for t in &self.targets[slice_range(self.targets.len(), part, parts)] {
             let data = t.data.lock().unwrap_or_else(|p| p.into_inner());
             let shortest = t
                 .cfg
@@ -713,7 +714,8 @@ impl Engine {
     /// [`Engine::reload_changed`] for one slice's targets.
     fn reload_changed_in(&mut self, part: usize, parts: usize) {
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
-        for t in self.targets.iter_mut().skip(part).step_by(parts.max(1)) {
+        let range = slice_range(self.targets.len(), part, parts);
+        for t in &mut self.targets[range] {
             let now = self.stamps.now(t.stamp.path());
             if !t.stamp.differs(now) {
                 continue;
@@ -1232,6 +1234,14 @@ fn examples_pass(
         policy: src.version.clone(),
         message: failed.join("; "),
     })
+}
+
+/// The targets of slice `part` of `parts`: a run of neighbours, so a slice
+/// works on the memory of a few policy VMs rather than one target in each.
+pub fn slice_range(len: usize, part: usize, parts: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    let part = part.min(parts);
+    (len * part / parts)..(len * (part + 1) / parts).min(len)
 }
 
 /// Targets per slice of a spread tick (see [`Engine::tick_parts`]): about
