@@ -26,28 +26,31 @@ use crate::forecast::ForecastValue;
 use crate::window::{SpanTooLong, WindowStats};
 
 const PRELUDE: &str = include_str!("prelude.lua");
-/// `ctx.window` and `ctx.forecast` over the raw Rust lookups.
+/// `ctx.window`, `ctx.forecast`, `ctx.age` and `ctx.recurring` over the
+/// raw Rust lookups: made once per VM, the same functions in every
+/// target's `ctx`, reading the data of the target whose call is running.
 const BINDER: &str = r#"
-local ctx, raw_window, raw_forecast, raw_age, raw_recurring = ...
-ctx.age = function(metric)
+local raw_window, raw_forecast, raw_age, raw_recurring = ...
+local function age(metric)
   return raw_age(metric)
 end
-ctx.window = function(metric, span)
+local function window(metric, span)
   local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(metric, span)
   if count == nil then return nil end
   return { count = count, sum = sum, mean = mean, min = min, max = max, last = last,
            p50 = p50, p90 = p90, p95 = p95, p99 = p99, rate = rate, slope = slope }
 end
-ctx.forecast = function(metric, horizon)
+local function forecast(metric, horizon)
   local value, lower, upper, source = raw_forecast(metric, horizon)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
-ctx.recurring = function(metric, from, to, days)
+local function recurring(metric, from, to, days)
   local rise, low, high, level, n = raw_recurring(metric, from, to, days)
   if rise == nil then return nil end
   return { rise = rise, low = low, high = high, level = level, days = n }
 end
+return window, forecast, age, recurring
 "#;
 /// Sets the per-call fields of `ctx` and calls a function with it, in one
 /// crossing from Rust: one bound to `decide`, one taking the function.
@@ -242,7 +245,10 @@ pub struct PolicyVm {
     /// The file compiled as a function of its `_ENV`.
     factory: Function,
     setter: Function,
-    binder: Function,
+    /// `ctx.window`, `ctx.forecast`, `ctx.age`, `ctx.recurring`.
+    reads: [Function; 4],
+    /// The data of the target whose call is running, for `reads`.
+    current: Current,
     /// `{__index = sandbox globals}`, the metatable of each target's globals.
     env_meta: Table,
     used: Arc<AtomicU64>,
@@ -276,25 +282,27 @@ impl PolicyVm {
         deadline.arm();
         // On the file's first line, so line numbers stay the file's.
         let text = format!("local _ENV = ...; {}", source.text);
-        let compiled = (|| -> mlua::Result<(Function, Function, Function, Table)> {
+        let current = Current::default();
+        let compiled = (|| -> mlua::Result<(Function, Function, [Function; 4], Table)> {
             let factory = lua
                 .load(text)
                 .set_name(format!("@{}", source.path.display()))
                 .set_mode(ChunkMode::Text)
                 .into_function()?;
             let setter = lua.load(SETTER).set_name("=ctx").into_function()?;
-            let binder = lua.load(BINDER).set_name("=bind").into_function()?;
+            let reads = reads(&lua, &current)?;
             let env_meta = lua.create_table()?;
             env_meta.raw_set("__index", lua.globals())?;
-            Ok((factory, setter, binder, env_meta))
+            Ok((factory, setter, reads, env_meta))
         })();
-        let (factory, setter, binder, env_meta) =
+        let (factory, setter, reads, env_meta) =
             compiled.map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
         Ok(Arc::new(Self {
             lua,
             factory,
             setter,
-            binder,
+            reads,
+            current,
             env_meta,
             used,
             deadline,
@@ -409,6 +417,8 @@ pub struct LuaPolicy {
     target: String,
     /// `ctx.schedule` is set (so it is cleared when none is active).
     has_schedule: bool,
+    /// What `ctx.window` and the other reads see during this target's calls.
+    view: Option<SharedView>,
 }
 
 impl std::fmt::Debug for LuaPolicy {
@@ -485,6 +495,7 @@ impl LuaPolicy {
             run_with,
             target: String::new(),
             has_schedule: false,
+            view: None,
         })
     }
 
@@ -510,113 +521,16 @@ impl LuaPolicy {
         &self.ctx
     }
 
-    /// Installs `ctx.window` and `ctx.forecast` reading from `view`. Rust
-    /// returns plain values and a Lua table constructor packs them: far
-    /// cheaper than filling a table field by field through the API.
-    pub fn bind<V: SignalView>(&self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
-        let (v1, v2, v3, v4) = (view.clone(), view.clone(), view.clone(), view);
-        (|| -> mlua::Result<()> {
-            let raw_window = self.vm.lua.create_function(
-                move |_, (metric, span): (mlua::LuaString, Value)| {
-                    let metric = parse_metric(&metric)?;
-                    let span_ms = span_ms(&span)?;
-                    let mut view = v1
-                        .lock()
-                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
-                    view.note_read(metric);
-                    let stats = view.window(metric, span_ms).map_err(mlua::Error::runtime)?;
-                    drop(view);
-                    Ok(match stats {
-                        None => (
-                            None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
-                        ),
-                        Some(s) => {
-                            let q = s.quantiles;
-                            (
-                                Some(s.count),
-                                s.sum,
-                                s.mean,
-                                s.min,
-                                s.max,
-                                s.last,
-                                q.map(|q| q[0]),
-                                q.map(|q| q[1]),
-                                q.map(|q| q[2]),
-                                q.map(|q| q[3]),
-                                s.rate,
-                                s.slope,
-                            )
-                        }
-                    })
-                },
-            )?;
-            let raw_forecast = self.vm.lua.create_function(
-                move |_, (metric, horizon): (mlua::LuaString, f64)| {
-                    let metric = parse_metric(&metric)?;
-                    if !horizon.is_finite() || horizon < 0.0 {
-                        return Err(mlua::Error::runtime(format!(
-                            "forecast horizon must be non-negative seconds, got {horizon}"
-                        )));
-                    }
-                    let f = v2
-                        .lock()
-                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                        .forecast(metric, (horizon * 1000.0) as i64);
-                    Ok(match f {
-                        None => (None, 0.0, 0.0, None),
-                        Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
-                    })
-                },
-            )?;
-            let raw_age = self
-                .vm
-                .lua
-                .create_function(move |_, metric: mlua::LuaString| {
-                    let metric = parse_metric(&metric)?;
-                    let mut view = v3
-                        .lock()
-                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
-                    view.note_read(metric);
-                    Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
-                })?;
-            let raw_recurring = self.vm.lua.create_function(
-                move |_, (metric, from, to, days): (mlua::LuaString, f64, f64, Option<f64>)| {
-                    let metric = parse_metric(&metric)?;
-                    let days = days.unwrap_or(7.0);
-                    if !(from.is_finite() && to.is_finite() && 0.0 <= from && from <= to && to <= 86_400.0) {
-                        return Err(mlua::Error::runtime(format!(
-                            "recurring window must be seconds with 0 <= from <= to <= 86400, got {from} to {to}"
-                        )));
-                    }
-                    if !(1.0..=MAX_RECURRING_DAYS).contains(&days) {
-                        return Err(mlua::Error::runtime(format!(
-                            "recurring days must be 1 to {MAX_RECURRING_DAYS}, got {days}"
-                        )));
-                    }
-                    let r = v4
-                        .lock()
-                        .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?
-                        .recurring(
-                            metric,
-                            (from * 1000.0) as i64,
-                            (to * 1000.0) as i64,
-                            days as usize,
-                        );
-                    Ok(match r {
-                        None => (None, 0.0, 0.0, 0.0, 0),
-                        Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days),
-                    })
-                },
-            )?;
-            self.vm.binder.call::<()>((
-                self.ctx.clone(),
-                raw_window,
-                raw_forecast,
-                raw_age,
-                raw_recurring,
-            ))
-        })()
-        .map_err(|e| self.error(PolicyErrorKind::Load, e))
+    /// Installs `ctx.window`, `ctx.forecast`, `ctx.age` and
+    /// `ctx.recurring`, reading from `view` during this target's calls.
+    pub fn bind<V: SignalView>(&mut self, view: Arc<Mutex<V>>) -> Result<(), PolicyError> {
+        self.view = Some(view);
+        let names = ["window", "forecast", "age", "recurring"];
+        names
+            .iter()
+            .zip(&self.vm.reads)
+            .try_for_each(|(name, f)| self.ctx.raw_set(*name, f))
+            .map_err(|e| self.error(PolicyErrorKind::Load, e))
     }
 
     fn error(&self, kind: PolicyErrorKind, e: mlua::Error) -> PolicyError {
@@ -671,6 +585,7 @@ impl LuaPolicy {
             .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
         self.vm.arm();
         let (now, replicas, min, max) = Self::args(input);
+        let _reading = self.vm.current.reading(self.view.as_ref());
         self.run_with
             .call::<Value>((init, now, replicas, min, max))
             .map(|_| ())
@@ -690,10 +605,10 @@ impl LuaPolicy {
     pub fn decide(&mut self, input: &CallInput) -> Result<Proposal, PolicyError> {
         self.set_target(input).map_err(|e| self.fail(e))?;
         self.vm.arm();
-        let out = self
-            .run_decide
-            .call::<Value>(Self::args(input))
-            .map_err(|e| self.fail(e))?;
+        let reading = self.vm.current.reading(self.view.as_ref());
+        let out = self.run_decide.call::<Value>(Self::args(input));
+        drop(reading);
+        let out = out.map_err(|e| self.fail(e))?;
         proposal(&out).map_err(|e| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,
             policy: self.vm.version.clone(),
@@ -742,6 +657,146 @@ impl LuaPolicy {
 
 /// A fresh VM with only the allowed libraries, the prelude, the memory limit
 /// and the instruction hook.
+/// A target's data, as the reads see it.
+type SharedView = Arc<Mutex<dyn SignalView>>;
+
+/// The data of the target whose call is running in a VM: set for the
+/// call, cleared after it, so the VM's one set of read functions serves
+/// every target in it (a slice's targets then share their functions'
+/// memory instead of touching four closures of their own each).
+#[derive(Default, Clone)]
+struct Current(Arc<Mutex<Option<SharedView>>>);
+
+/// Clears [`Current`] when the call ends, however it ends.
+struct Reading<'a>(&'a Current);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Current {
+    fn reading(&self, view: Option<&SharedView>) -> Reading<'_> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = view.cloned();
+        Reading(self)
+    }
+
+    /// Runs `f` on the running call's data.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn SignalView) -> mlua::Result<T>) -> mlua::Result<T> {
+        let current = self
+            .0
+            .lock()
+            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
+        let view = current
+            .as_ref()
+            .ok_or_else(|| mlua::Error::runtime("ctx reads only work during a policy call"))?;
+        let mut view = view
+            .lock()
+            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
+        f(&mut *view)
+    }
+}
+
+/// The VM's `ctx.window`, `ctx.forecast`, `ctx.age` and `ctx.recurring`:
+/// Rust returns plain values and a Lua table constructor packs them (far
+/// cheaper than filling a table field by field through the API).
+fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
+    let (c1, c2, c3, c4) = (
+        current.clone(),
+        current.clone(),
+        current.clone(),
+        current.clone(),
+    );
+    let raw_window = lua.create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
+        let metric = parse_metric(&metric)?;
+        let span_ms = span_ms(&span)?;
+        let stats = c1.with(|view| {
+            view.note_read(metric);
+            view.window(metric, span_ms).map_err(mlua::Error::runtime)
+        })?;
+        Ok(match stats {
+            None => (
+                None, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, None, 0.0, 0.0,
+            ),
+            Some(s) => {
+                let q = s.quantiles;
+                (
+                    Some(s.count),
+                    s.sum,
+                    s.mean,
+                    s.min,
+                    s.max,
+                    s.last,
+                    q.map(|q| q[0]),
+                    q.map(|q| q[1]),
+                    q.map(|q| q[2]),
+                    q.map(|q| q[3]),
+                    s.rate,
+                    s.slope,
+                )
+            }
+        })
+    })?;
+    let raw_forecast =
+        lua.create_function(move |_, (metric, horizon): (mlua::LuaString, f64)| {
+            let metric = parse_metric(&metric)?;
+            if !horizon.is_finite() || horizon < 0.0 {
+                return Err(mlua::Error::runtime(format!(
+                    "forecast horizon must be non-negative seconds, got {horizon}"
+                )));
+            }
+            let f = c2.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
+            Ok(match f {
+                None => (None, 0.0, 0.0, None),
+                Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
+            })
+        })?;
+    let raw_age = lua.create_function(move |_, metric: mlua::LuaString| {
+        let metric = parse_metric(&metric)?;
+        c3.with(|view| {
+            view.note_read(metric);
+            Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
+        })
+    })?;
+    let raw_recurring = lua.create_function(
+        move |_, (metric, from, to, days): (mlua::LuaString, f64, f64, Option<f64>)| {
+            let metric = parse_metric(&metric)?;
+            let days = days.unwrap_or(7.0);
+            if !(from.is_finite() && to.is_finite() && 0.0 <= from && from <= to && to <= 86_400.0) {
+                return Err(mlua::Error::runtime(format!(
+                    "recurring window must be seconds with 0 <= from <= to <= 86400, got {from} to {to}"
+                )));
+            }
+            if !(1.0..=MAX_RECURRING_DAYS).contains(&days) {
+                return Err(mlua::Error::runtime(format!(
+                    "recurring days must be 1 to {MAX_RECURRING_DAYS}, got {days}"
+                )));
+            }
+            let r = c4.with(|view| {
+                Ok(view.recurring(
+                    metric,
+                    (from * 1000.0) as i64,
+                    (to * 1000.0) as i64,
+                    days as usize,
+                ))
+            })?;
+            Ok(match r {
+                None => (None, 0.0, 0.0, 0.0, 0),
+                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days),
+            })
+        },
+    )?;
+    let binder = lua.load(BINDER).set_name("=bind").into_function()?;
+    let (w, f, a, r) = binder.call::<(Function, Function, Function, Function)>((
+        raw_window,
+        raw_forecast,
+        raw_age,
+        raw_recurring,
+    ))?;
+    Ok([w, f, a, r])
+}
+
 fn sandbox(
     limits: PolicyLimits,
     used: Arc<AtomicU64>,

@@ -64,7 +64,7 @@ fn small_limits() -> PolicyLimits {
 
 fn policy(body: &str) -> Result<LuaPolicy, PolicyError> {
     let src = PolicySource::from_text(Path::new("test.lua"), body.to_owned());
-    let p = LuaPolicy::load(
+    let mut p = LuaPolicy::load(
         &src,
         &serde_json::json!({"k": 7, "list": [1, 2]}),
         small_limits(),
@@ -307,7 +307,7 @@ fn window_and_forecast_reach_the_script() {
          return P"
             .into(),
     );
-    let p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
+    let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
     let stats = WindowStats {
         count: 3,
         sum: 15.0,
@@ -320,7 +320,6 @@ fn window_and_forecast_reach_the_script() {
         slope: -1.0,
     };
     p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
-    let mut p = p;
     let out = p.decide(&input()).unwrap();
     assert_eq!(
         out,
@@ -334,7 +333,7 @@ fn window_and_forecast_reach_the_script() {
         Path::new("w.lua"),
         "return { decide = function(ctx) return ctx.window('queue_depth', '10m') end }".into(),
     );
-    let p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
+    let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
     p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
     let mut p = p;
     let e = p.decide(&input()).unwrap_err();
@@ -363,7 +362,7 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
             Path::new("r.lua"),
             format!("return {{ decide = function(ctx) {body} end }}"),
         );
-        let p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
+        let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
         p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
         let mut p = p;
         p.decide(&input())
@@ -567,7 +566,7 @@ fn timed_policy(body: &str) -> LuaPolicy {
         instruction_budget: u64::MAX / 2,
         timeout: std::time::Duration::from_millis(50),
     };
-    let p = LuaPolicy::load(&src, &serde_json::Value::Null, limits).unwrap();
+    let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, limits).unwrap();
     p.bind(Arc::new(Mutex::new(NoData))).unwrap();
     p
 }
@@ -689,6 +688,59 @@ fn targets_sharing_a_vm_keep_their_own_locals_globals_and_state() {
     // the sandbox's own globals are not the targets'
     let leaked: Value = vm.lua.globals().raw_get("seen").unwrap();
     assert!(leaked.is_nil(), "{leaked:?}");
+}
+
+/// The targets of one VM share its read functions (issue 21: four
+/// closures a target were four cold objects a call); each call reads its
+/// own target's data, also when the reads are kept from an earlier call.
+#[test]
+fn targets_sharing_a_vm_read_their_own_data() {
+    let src = PolicySource::from_text(
+        Path::new("reads.lua"),
+        r#"
+local P = {}
+local kept
+function P.decide(ctx)
+  kept = kept or ctx.window
+  local w = kept("queue_depth", "60s")
+  local f = ctx.forecast("queue_depth", 300)
+  return { replicas = math.floor(w.mean), reason = tostring(f and f.value) }
+end
+return P
+"#
+        .to_owned(),
+    );
+    let vm = PolicyVm::new(&src, small_limits()).unwrap();
+    let stats = |mean: f64| WindowStats {
+        count: 1,
+        sum: mean,
+        mean,
+        min: mean,
+        max: mean,
+        last: mean,
+        quantiles: None,
+        rate: 0.0,
+        slope: 0.0,
+    };
+    let mut a = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
+    let mut b = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
+    a.bind(Arc::new(Mutex::new(Fixed(stats(3.0))))).unwrap();
+    b.bind(Arc::new(Mutex::new(Fixed(stats(7.0))))).unwrap();
+    for _ in 0..2 {
+        let got = a.decide(&input()).unwrap();
+        assert_eq!(
+            (got.replicas, got.reason.as_deref()),
+            (Some(3), Some("42.0"))
+        );
+        assert_eq!(b.decide(&input()).unwrap().replicas, Some(7));
+    }
+    // a target not bound (yet) gets an error naming the read, not another's data
+    let mut c = LuaPolicy::instantiate(vm, &serde_json::Value::Null).unwrap();
+    c.ctx()
+        .raw_set("window", a.ctx().raw_get::<Value>("window").unwrap())
+        .unwrap();
+    let e = c.decide(&input()).unwrap_err();
+    assert!(e.message.contains("only work during a policy call"), "{e}");
 }
 
 #[test]
