@@ -30,18 +30,28 @@ const PRELUDE: &str = include_str!("prelude.lua");
 /// raw Rust lookups: made once per VM, the same functions in every
 /// target's `ctx`, reading the data of the target whose call is running.
 const BINDER: &str = r#"
-local raw_window, raw_forecast, raw_age, raw_recurring = ...
+local raw_window, raw_forecast, raw_age, raw_recurring, raw_key, codes = ...
+-- the metric's index and the span's ms for the raw reads; a name or span
+-- not seen yet goes through raw_key, which raises the errors that name it
+local spans, known = {}, 0
+local function key(metric, span)
+  local m, ms = codes[metric], spans[span]
+  if m and ms then return m, ms end
+  m, ms = raw_key(metric, span)
+  if known < 64 then spans[span] = ms; known = known + 1 end
+  return m, ms
+end
 local function age(metric)
-  return raw_age(metric)
+  return raw_age(codes[metric] or raw_key(metric, 1))
 end
 local function window(metric, span)
-  local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(metric, span)
+  local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(key(metric, span))
   if count == nil then return nil end
   return { count = count, sum = sum, mean = mean, min = min, max = max, last = last,
            p50 = p50, p90 = p90, p95 = p95, p99 = p99, rate = rate, slope = slope }
 end
 local function forecast(metric, horizon)
-  local value, lower, upper, source = raw_forecast(metric, horizon)
+  local value, lower, upper, source = raw_forecast(codes[metric] or raw_key(metric, 1), horizon)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
@@ -708,9 +718,10 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         current.clone(),
         current.clone(),
     );
-    let raw_window = lua.create_function(move |_, (metric, span): (mlua::LuaString, Value)| {
-        let metric = parse_metric(&metric)?;
-        let span_ms = span_ms(&span)?;
+    // metrics by index and spans in ms (`key` in BINDER): no strings
+    // cross into Rust on the hot path
+    let raw_window = lua.create_function(move |_, (metric, span_ms): (usize, i64)| {
+        let metric = metric_at(metric)?;
         let stats = c1.with(|view| {
             view.note_read(metric);
             view.window(metric, span_ms).map_err(mlua::Error::runtime)
@@ -738,22 +749,21 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             }
         })
     })?;
-    let raw_forecast =
-        lua.create_function(move |_, (metric, horizon): (mlua::LuaString, f64)| {
-            let metric = parse_metric(&metric)?;
-            if !horizon.is_finite() || horizon < 0.0 {
-                return Err(mlua::Error::runtime(format!(
-                    "forecast horizon must be non-negative seconds, got {horizon}"
-                )));
-            }
-            let f = c2.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
-            Ok(match f {
-                None => (None, 0.0, 0.0, None),
-                Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
-            })
-        })?;
-    let raw_age = lua.create_function(move |_, metric: mlua::LuaString| {
-        let metric = parse_metric(&metric)?;
+    let raw_forecast = lua.create_function(move |_, (metric, horizon): (usize, f64)| {
+        let metric = metric_at(metric)?;
+        if !horizon.is_finite() || horizon < 0.0 {
+            return Err(mlua::Error::runtime(format!(
+                "forecast horizon must be non-negative seconds, got {horizon}"
+            )));
+        }
+        let f = c2.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
+        Ok(match f {
+            None => (None, 0.0, 0.0, None),
+            Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
+        })
+    })?;
+    let raw_age = lua.create_function(move |_, metric: usize| {
+        let metric = metric_at(metric)?;
         c3.with(|view| {
             view.note_read(metric);
             Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
@@ -787,12 +797,21 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             })
         },
     )?;
+    let raw_key = lua.create_function(|_, (metric, span): (mlua::LuaString, Value)| {
+        Ok((parse_metric(&metric)? as usize, span_ms(&span)?))
+    })?;
+    let codes = lua.create_table()?;
+    for m in Metric::ALL {
+        codes.raw_set(m.name(), m as usize)?;
+    }
     let binder = lua.load(BINDER).set_name("=bind").into_function()?;
     let (w, f, a, r) = binder.call::<(Function, Function, Function, Function)>((
         raw_window,
         raw_forecast,
         raw_age,
         raw_recurring,
+        raw_key,
+        codes,
     ))?;
     Ok([w, f, a, r])
 }
@@ -897,6 +916,14 @@ fn is_memory(e: &mlua::Error) -> bool {
         mlua::Error::WithContext { cause, .. } => is_memory(cause),
         other => other.to_string().contains("not enough memory"),
     }
+}
+
+/// The metric of a `codes` index (BINDER).
+fn metric_at(i: usize) -> mlua::Result<Metric> {
+    Metric::ALL
+        .get(i)
+        .copied()
+        .ok_or_else(|| mlua::Error::runtime(format!("no metric at index {i}")))
 }
 
 fn parse_metric(s: &mlua::LuaString) -> mlua::Result<Metric> {

@@ -690,6 +690,87 @@ fn targets_sharing_a_vm_keep_their_own_locals_globals_and_state() {
     assert!(leaked.is_nil(), "{leaked:?}");
 }
 
+/// `ctx.window`, `ctx.forecast` and `ctx.age` take names and spans from
+/// Lua as before: a bad one is an error that names it, before and after
+/// good ones were read (the reads pass the metric's index and the span's
+/// ms to Rust, and remember up to 64 spans).
+#[test]
+fn reads_name_a_bad_metric_or_span_and_take_every_spelling_of_a_span() {
+    let src = PolicySource::from_text(
+        Path::new("spans.lua"),
+        r#"
+local P = {}
+function P.decide(ctx)
+  local p = ctx.params
+  if p.bad then
+    local ok, e = pcall(ctx[p.read], p.metric, p.span)
+    return { replicas = 1, reason = tostring(e) }
+  end
+  local hits = 0
+  for _, span in ipairs({ "60s", "1m", 60, 60.0, "60000ms" }) do
+    if ctx.window("queue_depth", span) then hits = hits + 1 end
+  end
+  -- more distinct spans than are remembered: each still read right
+  for s = 1, 100 do
+    if ctx.window("queue_depth", s) and s ~= 60 then hits = hits + 100 end
+    if ctx.window("latency_ms", s) then hits = hits + 100 end
+  end
+  if ctx.window("queue_depth", 60) then hits = hits + 1 end
+  return hits
+end
+return P
+"#
+        .to_owned(),
+    );
+    let stats = WindowStats {
+        count: 1,
+        sum: 2.0,
+        mean: 2.0,
+        min: 2.0,
+        max: 2.0,
+        last: 2.0,
+        quantiles: None,
+        rate: 0.0,
+        slope: 0.0,
+    };
+    let vm = PolicyVm::new(&src, small_limits()).unwrap();
+    let mut good = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({})).unwrap();
+    good.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+    for _ in 0..2 {
+        assert_eq!(good.decide(&input()).unwrap().replicas, Some(6));
+    }
+    for (read, metric, span, says) in [
+        (
+            "window",
+            "queue_deep",
+            "60s",
+            "unknown metric \"queue_deep\"",
+        ),
+        ("window", "queue_depth", "sixty", "window span \"sixty\""),
+        ("window", "queue_depth", "", "window span"),
+        ("window", "queue_depth", "0s", "out of range"),
+        (
+            "window",
+            "queue_depth",
+            "10m",
+            "longer than the longest window",
+        ),
+        ("forecast", "latency", "300", "unknown metric \"latency\""),
+        ("age", "depth", "", "unknown metric \"depth\""),
+    ] {
+        let params = serde_json::json!({"bad": true, "read": read, "metric": metric, "span": span});
+        let mut p = LuaPolicy::instantiate(vm.clone(), &params).unwrap();
+        p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+        let reason = p.decide(&input()).unwrap().reason.unwrap_or_default();
+        assert!(
+            reason.contains(says),
+            "{read}({metric:?}, {span:?}): {reason}"
+        );
+    }
+    // and the good target still reads after the bad ones
+    assert_eq!(good.decide(&input()).unwrap().replicas, Some(6));
+}
+
 /// The targets of one VM share its read functions (issue 21: four
 /// closures a target were four cold objects a call); each call reads its
 /// own target's data, also when the reads are kept from an earlier call.
