@@ -72,8 +72,10 @@ local function call(f, now, replicas, min, max)
 end
 return function(now, replicas, min, max) return call(decide, now, replicas, min, max) end, call
 "#;
-/// Heap growth (percent) between two minor collections of a VM.
-const GC_MINOR_PERCENT: std::ffi::c_int = 2;
+/// About how much garbage a VM makes between two minor collections: a
+/// VM of many targets collects more often than Lua's default (20% of its
+/// heap), one of a few targets no more often (see [`PolicyVm::tune_gc`]).
+const GC_YOUNG_BYTES: usize = 32 * 1024;
 /// Instructions between two budget checks.
 const HOOK_EVERY: u32 = 1000;
 /// The most days `ctx.recurring` looks back (the history's two weeks).
@@ -327,6 +329,20 @@ impl PolicyVm {
         &self.version
     }
 
+    /// A minor collection once about [`GC_YOUNG_BYTES`] of garbage is
+    /// made, as a percentage of the heap: 2% for a VM of 256 targets,
+    /// Lua's 20% for a VM of a few. At 20% the garbage in flight across
+    /// 200 VMs of 256 targets was tens of MB, and every new table landed
+    /// on memory long out of the cache (issue 21: 7-11% more evaluations
+    /// a second at 50,000 targets); a small VM collecting at 2% only pays
+    /// for more collections (12% on one target's `decide`).
+    fn tune_gc(&self) {
+        let percent = (GC_YOUNG_BYTES * 100 / self.lua.used_memory().max(1)).clamp(2, 20);
+        self.lua.gc_set_mode(GcMode::Generational(
+            GcGenParams::default().minor_multiplier(percent as std::ffi::c_int),
+        ));
+    }
+
     /// Readies the VM for one call: the instruction count, the deadline,
     /// and room for `memory_bytes` more than the VM holds now.
     fn arm(&self) {
@@ -499,6 +515,7 @@ impl LuaPolicy {
             Ok((ctx, run_decide, run_with))
         })()
         .map_err(|e| err(classify(&e, &vm.used, &vm.deadline, vm.limits), e))?;
+        vm.tune_gc();
         Ok(Self {
             vm,
             module,
@@ -885,14 +902,7 @@ fn sandbox(
     )?;
     // Policies make short-lived garbage (window tables, reason strings):
     // the generational collector handles that at a fraction of the cost.
-    // A minor collection each time the heap grows 2% (Lua's default is
-    // 20%): a VM holds 256 targets' objects, and at 20% the garbage in
-    // flight across 200 VMs was tens of MB, so every new table landed on
-    // memory long out of the cache (issue 21; 7-11% more evaluations a
-    // second at 50,000 targets, and no slower at 2,000).
-    lua.gc_set_mode(GcMode::Generational(
-        GcGenParams::default().minor_multiplier(GC_MINOR_PERCENT),
-    ));
+    lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
     lua.set_memory_limit(limits.memory_bytes)?;
     Ok(lua)
 }
