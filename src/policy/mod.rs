@@ -1,6 +1,8 @@
 //! Lua decision policies (mlua, Lua 5.4) in a sandbox: only string, table,
 //! math, utf8 and os.time/os.clock; a memory limit per VM and an instruction
-//! budget per call. One VM per target, so `state` and limits are per target.
+//! budget per call. Targets that run one file share a VM (up to
+//! `engine.targets_per_vm`), each with globals, `ctx` and `state` of its
+//! own; the memory limit is per call.
 
 mod bounded;
 mod examples;
@@ -684,8 +686,6 @@ impl LuaPolicy {
     }
 }
 
-/// A fresh VM with only the allowed libraries, the prelude, the memory limit
-/// and the instruction hook.
 /// A target's data, as the reads see it.
 type SharedView = Arc<Mutex<dyn SignalView>>;
 
@@ -835,6 +835,8 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
     Ok([w, f, a, r])
 }
 
+/// A fresh VM with only the allowed libraries, the prelude, the memory limit
+/// and the instruction hook.
 fn sandbox(
     limits: PolicyLimits,
     used: Arc<AtomicU64>,

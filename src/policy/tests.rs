@@ -690,6 +690,21 @@ fn targets_sharing_a_vm_keep_their_own_locals_globals_and_state() {
     assert!(leaked.is_nil(), "{leaked:?}");
 }
 
+/// The stats of a window holding one sample `v`.
+fn one_sample(v: f64) -> WindowStats {
+    WindowStats {
+        count: 1,
+        sum: v,
+        mean: v,
+        min: v,
+        max: v,
+        last: v,
+        quantiles: None,
+        rate: 0.0,
+        slope: 0.0,
+    }
+}
+
 /// `ctx.window`, `ctx.forecast` and `ctx.age` take names and spans from
 /// Lua as before: a bad one is an error that names it, before and after
 /// good ones were read (the reads pass the metric's index and the span's
@@ -722,17 +737,7 @@ return P
 "#
         .to_owned(),
     );
-    let stats = WindowStats {
-        count: 1,
-        sum: 2.0,
-        mean: 2.0,
-        min: 2.0,
-        max: 2.0,
-        last: 2.0,
-        quantiles: None,
-        rate: 0.0,
-        slope: 0.0,
-    };
+    let stats = one_sample(2.0);
     let vm = PolicyVm::new(&src, small_limits()).unwrap();
     let mut good = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({})).unwrap();
     good.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
@@ -831,21 +836,12 @@ return P
         .to_owned(),
     );
     let vm = PolicyVm::new(&src, small_limits()).unwrap();
-    let stats = |mean: f64| WindowStats {
-        count: 1,
-        sum: mean,
-        mean,
-        min: mean,
-        max: mean,
-        last: mean,
-        quantiles: None,
-        rate: 0.0,
-        slope: 0.0,
-    };
     let mut a = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
     let mut b = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
-    a.bind(Arc::new(Mutex::new(Fixed(stats(3.0))))).unwrap();
-    b.bind(Arc::new(Mutex::new(Fixed(stats(7.0))))).unwrap();
+    a.bind(Arc::new(Mutex::new(Fixed(one_sample(3.0)))))
+        .unwrap();
+    b.bind(Arc::new(Mutex::new(Fixed(one_sample(7.0)))))
+        .unwrap();
     for _ in 0..2 {
         let got = a.decide(&input()).unwrap();
         assert_eq!(
