@@ -486,8 +486,9 @@ impl Engine {
 
     /// One slice of a tick spread over `parts`: the owned targets of the
     /// `part`th of `parts` runs of neighbours ([`slice_range`]), so each is
-    /// evaluated once per tick at its own phase. The once-per-tick work (the reload check, gauges,
-    /// snapshots, own forecasts) goes with part 0.
+    /// evaluated once per tick at its own phase. The once-per-tick work
+    /// (the reload check, gauges, snapshots, own forecasts) goes with
+    /// part 0.
     pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
         let mut out = Vec::new();
         self.tick_part_until(now_ms, part, parts, &mut out, || false);

@@ -67,8 +67,6 @@ impl WindowStats {
 
 #[derive(Debug, Clone)]
 struct Bucket {
-    /// Which bucket of time this slot holds (event time / width); -1 = none.
-    epoch: i64,
     count: u64,
     sum: f64,
     min: f64,
@@ -85,7 +83,6 @@ struct Bucket {
 impl Bucket {
     fn new(with_sketch: bool) -> Self {
         Self {
-            epoch: -1,
             count: 0,
             sum: 0.0,
             min: f64::INFINITY,
@@ -99,8 +96,7 @@ impl Bucket {
         }
     }
 
-    fn reset(&mut self, epoch: i64) {
-        self.epoch = epoch;
+    fn reset(&mut self) {
         self.count = 0;
         self.sum = 0.0;
         self.min = f64::INFINITY;
@@ -138,9 +134,10 @@ struct Window {
     span_ms: i64,
     width_ms: i64,
     buckets: Vec<Bucket>,
-    /// Each bucket's epoch, side by side: a read finds the live buckets
-    /// here (two cache lines) and touches only those (issue 21: the scan
-    /// of every bucket was a tenth of a 50,000-target tick).
+    /// Which bucket of time each slot holds (event time / width; -1 =
+    /// none), side by side: a read finds the live buckets here (two cache
+    /// lines) and touches only those (issue 21: the scan of every bucket
+    /// was a tenth of a 50,000-target tick).
     epochs: [i64; BUCKETS],
 }
 
@@ -161,11 +158,11 @@ impl Window {
         let epoch = ts.div_euclid(self.width_ms);
         let slot = epoch.rem_euclid(BUCKETS as i64) as usize;
         let b = &mut self.buckets[slot];
-        if b.epoch > epoch {
+        if self.epochs[slot] > epoch {
             return None;
         }
-        if b.epoch < epoch {
-            b.reset(epoch);
+        if self.epochs[slot] < epoch {
+            b.reset();
             self.epochs[slot] = epoch;
         }
         let dt = (ts - epoch * self.width_ms) as f64 / 1000.0;
@@ -189,14 +186,18 @@ impl Window {
                 n_live += 1;
             }
         }
-        let live = || live[..n_live].iter().map(|&slot| &self.buckets[slot]);
+        let live = || {
+            live[..n_live]
+                .iter()
+                .map(|&slot| (self.epochs[slot], &self.buckets[slot]))
+        };
         let origin = (cur - n_buckets + 1) * self.width_ms;
         let (mut count, mut sum, mut min, mut max) = (0u64, 0.0, f64::INFINITY, f64::NEG_INFINITY);
         let (mut last_ts, mut last) = (Millis::MIN, 0.0);
         let (mut st, mut st2, mut stv) = (0.0, 0.0, 0.0);
-        for b in live() {
+        for (epoch, b) in live() {
             let n = b.count as f64;
-            let off = (b.epoch * self.width_ms - origin) as f64 / 1000.0;
+            let off = (epoch * self.width_ms - origin) as f64 / 1000.0;
             count += b.count;
             sum += b.sum;
             min = min.min(b.min);
@@ -223,7 +224,7 @@ impl Window {
         let per_s = 1000.0 / covered_ms as f64;
         let quantiles = (!counter).then(|| {
             let mut q = [0.0; 4];
-            let sketches = live().filter_map(|b| b.sketch.as_ref());
+            let sketches = live().filter_map(|(_, b)| b.sketch.as_ref());
             Sketch::merged_quantiles(sketches, &QUANTILES, &mut q);
             q
         });
