@@ -22,7 +22,8 @@
 //!   (=0: the same state a minute old, no refit due, for comparison);
 //!   snapshots are written every SCALE_STATE_INTERVAL (default 1h).
 //!   SCALE_TRACE_CMD=1 prints one in 200 of the other targets' commands.
-//!   SCALE_SHARDS sets `engine.shards` (default 0: one per core).
+//!   SCALE_SHARDS sets `engine.shards` (default 0: one per core),
+//!   SCALE_TICK `engine.tick` (default the engine's, 1 s).
 //!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
@@ -38,6 +39,7 @@
 //!   forecaster falls due at once: for SCALE_SECONDS the tick runs in
 //!   slices and after each one target that just got a signal is decided;
 //!   the slices' and the decisions' times, while the refit pool works.
+//!   SCALE_TRACE=1 also prints the histogram of single policy calls.
 //! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
 //!   `/readyz`, on fresh queues and again with the bindings in place
@@ -96,11 +98,12 @@ fn targets_toml(n: usize) -> String {
 }
 
 /// The engine section; `SCALE_SHARDS` sets `engine.shards` (default: one
-/// per core).
+/// per core), `SCALE_TICK` `engine.tick` (default: the engine's, 1 s).
 fn engine() -> String {
     let shards = std::env::var("SCALE_SHARDS").unwrap_or_else(|_| "0".into());
+    let tick = std::env::var("SCALE_TICK").map_or(String::new(), |t| format!("tick = \"{t}\"\n"));
     format!(
-        "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\nshards = {shards}\n"
+        "\n[engine]\nmin_eval_interval = \"0s\"\ndrain_timeout = \"30s\"\nmax_event_age = \"30m\"\nshards = {shards}\n{tick}"
     )
 }
 
@@ -776,6 +779,13 @@ fn refit_wave(n: usize) {
         pool.deferred() - deferred0,
         pool.running()
     );
+    if std::env::var("SCALE_TRACE").is_ok() {
+        for l in engine.metrics().render().lines() {
+            if l.starts_with("tidewatch_policy_evaluation_seconds") {
+                println!("{l}");
+            }
+        }
+    }
 }
 
 /// One target on queue_depth.lua fed 8 days at a minute up to `end`
