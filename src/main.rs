@@ -165,6 +165,10 @@ struct SimulateArgs {
     /// How often the built-in forecasters are refitted.
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     refit: Duration,
+    /// The built-in forecasters' season, as a target's `forecast_season`:
+    /// auto, holdout, none or a duration.
+    #[arg(long, default_value = "auto")]
+    season: String,
     /// A policy parameter for every policy, KEY=VALUE (VALUE as JSON, else a string).
     #[arg(long = "param")]
     params: Vec<String>,
@@ -206,6 +210,11 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
     o.slo = a.slo;
     o.stabilization = a.stabilization;
     o.refit = a.refit;
+    if let Err(e) = tidewatch::forecast::builtin::Season::parse(&a.season) {
+        eprintln!("--season: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    o.season = a.season.clone();
     for kv in &a.params {
         let Some((k, v)) = kv.split_once('=') else {
             eprintln!("--param {kv:?}: give KEY=VALUE");

@@ -68,6 +68,8 @@ pub struct Options {
     /// The guard's scale-down stabilization for every policy.
     pub stabilization: Duration,
     pub refit: Duration,
+    /// Every target's `forecast_season`.
+    pub season: String,
     /// Window spans every policy may read.
     pub windows: Vec<Duration>,
     /// Given to every policy, after `capacity`, `startup`, `step`.
@@ -90,6 +92,7 @@ impl Options {
             slo: Duration::from_secs(30),
             stabilization: Duration::from_secs(300),
             refit: crate::config::DEFAULT_FORECAST_REFIT,
+            season: "auto".into(),
             windows: [60, 120, 300, 600].map(Duration::from_secs).to_vec(),
             params: serde_json::Map::new(),
         }
@@ -303,6 +306,7 @@ pub fn run(
             initial_replicas: Some(initial),
             windows: opts.windows.clone(),
             stabilization_down: opts.stabilization,
+            forecast_season: opts.season.clone(),
             params: params.clone(),
             ..TargetConfig::new(name, p.clone(), "simulated", opts.min, opts.max)
         })
