@@ -49,6 +49,7 @@ impl Prepared {
                 build_target(t, engine, metrics, now_ms, vms)?,
             );
         }
+        crate::policy::settle(out.values().map(|t| &t.policy));
         Ok(Self(out))
     }
 

@@ -1001,3 +1001,46 @@ fn a_build_reads_each_policy_file_once_and_a_running_pool_reads_afresh() {
     let e = VmPool::new(4).reading_once().read(&missing).unwrap_err();
     assert!(e.message.contains("gone.lua"), "{e}");
 }
+
+/// `settle` collects each VM the policies share, after their loading
+/// left garbage behind, so no target's first call does it.
+#[test]
+fn settling_collects_each_shared_vm_once_its_targets_are_loaded() {
+    let src = PolicySource::from_text(
+        Path::new("junk.lua"),
+        r#"
+local junk = {}
+for i = 1, 2000 do junk[i] = string.rep("x", 8) .. i end
+junk = nil
+local P = {}
+function P.decide(ctx) return { replicas = 1 } end
+return P
+"#
+        .to_owned(),
+    );
+    let mut pool = VmPool::new(4);
+    let policies: Vec<LuaPolicy> = (0..8)
+        .map(|_| {
+            pool.load(&src, &serde_json::Value::Null, small_limits())
+                .unwrap()
+        })
+        .collect();
+    let vms = [policies[0].vm().clone(), policies[4].vm().clone()];
+    assert!(!Arc::ptr_eq(&vms[0], &vms[1]));
+    let used = || {
+        vms.iter()
+            .map(|vm| vm.lua.used_memory())
+            .collect::<Vec<_>>()
+    };
+    let before = used();
+    settle(&policies);
+    let after = used();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a < b, "settled {after:?}, before {before:?}");
+    }
+    // what is left is live: a second full collection frees nothing
+    for vm in &vms {
+        vm.lua.gc_collect().unwrap();
+    }
+    assert_eq!(used(), after);
+}
