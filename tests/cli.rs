@@ -333,6 +333,24 @@ fn simulate_sweeps_a_parameter_into_frontiers() {
         err.contains("--sweep target_utilization: give at least one value"),
         "{err}"
     );
+    // so is a season the forecasters do not know
+    let (code, _, err) = tidewatch(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--capacity",
+        "20",
+        "--season",
+        "weekly",
+        "--quiet",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--season") && err.contains("\"weekly\""),
+        "{err}"
+    );
 }
 
 /// The corpus command on generated traces: one line per trace and

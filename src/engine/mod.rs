@@ -136,7 +136,7 @@ impl Engine {
             targets.push(build_target(t, engine, &metrics, now_ms, &mut vms)?);
         }
         vms.fresh_reads();
-        crate::policy::settle(targets.iter().map(|t: &TargetRuntime| &t.policy));
+        crate::policy::settle(targets.iter().map(|t| &t.policy));
         Ok(Self {
             targets,
             by_name,

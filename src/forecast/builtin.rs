@@ -30,7 +30,7 @@ pub enum Season {
     Fixed(Duration),
 }
 
-/// A season that is not `auto`, `none` or a duration above zero.
+/// A season that is not `auto`, `holdout`, `none` or a duration above zero.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("season {0:?} is not \"auto\", \"holdout\", \"none\" or a duration such as \"1d\"")]
 pub struct BadSeason(pub String);
@@ -326,10 +326,9 @@ pub struct ForecasterState {
 
 /// Chooses the season and fits on the most recent points of `series`.
 fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
-    let steps = |d: Duration| (d.as_millis() as i64 / step_ms.max(1)) as usize;
     let (season, chosen) = match season {
         Season::None => (0, None),
-        Season::Fixed(d) => (steps(d), None),
+        Season::Fixed(d) => (steps(d, step_ms), None),
         Season::Auto => (by_autocorrelation(series, step_ms), None),
         Season::Holdout => choose_season(series, step_ms),
     };
@@ -346,17 +345,24 @@ fn fit(series: &[f64], season: Season, step_ms: i64, next_step: i64) -> Fitted {
 /// again (refits come every `refit`, 6 h by default).
 const CHOICE_KEPT_MS: i64 = 86_400_000;
 /// What `holdout` scores a season on: the last day of the history.
-const HOLDOUT: Duration = Duration::from_secs(86_400);
+const HOLDOUT: Duration = DAY;
 /// The horizons it scores: 10 and 30 minutes ahead (about a start-up
 /// plus a policy's look-ahead, and the far end of one).
 const SCORED_AHEAD: [Duration; 2] = [Duration::from_secs(600), Duration::from_secs(1_800)];
+
+const DAY: Duration = Duration::from_secs(86_400);
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+/// `d` in history steps of `step_ms`.
+fn steps(d: Duration, step_ms: i64) -> usize {
+    (d.as_millis() as i64 / step_ms.max(1)) as usize
+}
 
 /// The season `auto` takes, in steps: among a day and a week (each with
 /// two seasons of history), the one with the strongest autocorrelation
 /// of at least 0.3, the shorter of two within 10% of each other; else none.
 fn by_autocorrelation(series: &[f64], step_ms: i64) -> usize {
-    let steps = |s: u64| (s as i64 * 1000 / step_ms.max(1)) as usize;
-    let candidates: Vec<usize> = [steps(86_400), steps(7 * 86_400)]
+    let candidates: Vec<usize> = [steps(DAY, step_ms), steps(WEEK, step_ms)]
         .into_iter()
         .filter(|&c| c >= 2 && series.len() >= 2 * c)
         .collect();
@@ -377,11 +383,10 @@ fn by_autocorrelation(series: &[f64], step_ms: i64) -> usize {
 /// finds a season too long to score that way: a week in the default two
 /// weeks of history.
 fn choose_season(series: &[f64], step_ms: i64) -> (usize, Option<usize>) {
-    let steps = |d: Duration| (d.as_millis() as i64 / step_ms.max(1)) as usize;
     let (day, week, hold) = (
-        steps(Duration::from_secs(86_400)),
-        steps(Duration::from_secs(7 * 86_400)),
-        steps(HOLDOUT),
+        steps(DAY, step_ms),
+        steps(WEEK, step_ms),
+        steps(HOLDOUT, step_ms),
     );
     let n = series.len();
     let by_acf = by_autocorrelation(series, step_ms);
@@ -389,7 +394,7 @@ fn choose_season(series: &[f64], step_ms: i64) -> (usize, Option<usize>) {
         return (by_acf, None);
     }
     let (train, test) = series.split_at(n - hold);
-    let ahead = SCORED_AHEAD.map(|d| steps(d).max(1));
+    let ahead = SCORED_AHEAD.map(|d| steps(d, step_ms).max(1));
     let mut best = (f64::INFINITY, 0);
     for season in [0, day, week] {
         if season > 0 && train.len() < 2 * season {

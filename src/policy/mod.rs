@@ -355,8 +355,8 @@ impl PolicyVm {
     }
 }
 
-/// Runs one full collection in each VM the policies of `policies` share,
-/// once the targets are built: a VM that just loaded its targets holds
+/// Runs one full collection in each VM that `policies` run in, once
+/// their targets are built: a VM that just loaded its targets holds
 /// only young objects, and its first collection would otherwise traverse
 /// all of them inside some target's first call (about 5 ms for a VM of
 /// 256 targets, issue 21), in the first tick after a start instead of
