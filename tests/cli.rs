@@ -315,38 +315,22 @@ fn simulate_sweeps_a_parameter_into_frontiers() {
         "{cmp}"
     );
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
-    // a sweep without values is refused by name
-    let (code, _, err) = tidewatch(&[
-        "simulate",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--policy",
-        "policies/hpa.lua",
-        "--capacity",
-        "20",
-        "--sweep",
-        "target_utilization=",
-        "--quiet",
-    ]);
-    assert_eq!(code, 64, "{err}");
+    // a sweep without values is refused by name, and so is a season the
+    // forecasters do not know
+    let refused = |flag: &str, value: &str| {
+        let trace = trace.to_str().unwrap();
+        let args = ["simulate", "--trace", trace, "--policy", "policies/hpa.lua"];
+        let (code, _, err) =
+            tidewatch(&[&args[..], &["--capacity", "20", flag, value, "--quiet"]].concat());
+        assert_eq!(code, 64, "{err}");
+        err
+    };
+    let err = refused("--sweep", "target_utilization=");
     assert!(
         err.contains("--sweep target_utilization: give at least one value"),
         "{err}"
     );
-    // so is a season the forecasters do not know
-    let (code, _, err) = tidewatch(&[
-        "simulate",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--policy",
-        "policies/hpa.lua",
-        "--capacity",
-        "20",
-        "--season",
-        "weekly",
-        "--quiet",
-    ]);
-    assert_eq!(code, 64, "{err}");
+    let err = refused("--season", "weekly");
     assert!(
         err.contains("--season") && err.contains("\"weekly\""),
         "{err}"
