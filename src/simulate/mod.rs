@@ -317,6 +317,12 @@ pub fn run(
             reload_interval: Duration::from_secs(100 * 365 * 86_400),
             reissue_after: Duration::ZERO,
             forecast_refit: opts.refit,
+            // a run's results must not depend on the machine's load: the
+            // 50 ms wall-clock deadline failed calls of a policy whose
+            // thread was descheduled while cargo built beside it; the
+            // instruction budget still stops a runaway policy, and the
+            // deadline is at most the tick
+            policy_timeout: EngineConfig::default().tick,
             // virtual time runs far from the wall clock
             max_event_age: Duration::from_secs(100 * 365 * 86_400),
             max_clock_skew: Duration::from_secs(100 * 365 * 86_400),
