@@ -119,6 +119,18 @@ struct Slot {
     chosen: Option<(usize, Millis)>,
 }
 
+impl Slot {
+    /// Takes a finished refit: its model, and `holdout`'s choice dated
+    /// from when the refit started.
+    fn take(&mut self, f: Fitted) {
+        self.model = f.model;
+        self.next_step = f.next_step;
+        if let (Some(season), Some(at)) = (f.chosen, self.fitted_at) {
+            self.chosen = Some((season, at));
+        }
+    }
+}
+
 /// One target's built-in forecasters, one slot per metric.
 #[derive(Debug, Default)]
 pub struct Builtin {
@@ -136,11 +148,7 @@ impl Builtin {
         if let Some(rx) = &slot.pending {
             match rx.try_recv() {
                 Ok(f) => {
-                    slot.model = f.model;
-                    slot.next_step = f.next_step;
-                    if let (Some(season), Some(at)) = (f.chosen, slot.fitted_at) {
-                        slot.chosen = Some((season, at));
-                    }
+                    slot.take(f);
                     slot.pending = None;
                     super::pool::pool().record_lag((now_ms - slot.due_ms).max(0) as u64);
                 }
@@ -203,22 +211,15 @@ impl Builtin {
         slot.last = last;
         let next_step = history.next_step();
         let season = match (settings.season, slot.chosen) {
-            (Season::Holdout, Some((0, at))) if now_ms - at < CHOICE_KEPT_MS => Season::None,
-            (Season::Holdout, Some((steps, at))) if now_ms - at < CHOICE_KEPT_MS => {
-                Season::Fixed(Duration::from_millis(steps as u64 * step_ms as u64))
-            }
+            (Season::Holdout, Some((steps, at))) if now_ms - at < CHOICE_KEPT_MS => match steps {
+                0 => Season::None,
+                n => Season::Fixed(Duration::from_millis(n as u64 * step_ms as u64)),
+            },
             (s, _) => s,
         };
         let job = move || fit(&series, season, step_ms, next_step);
         match settings.mode {
-            RefitMode::Inline => {
-                let f = job();
-                slot.model = f.model;
-                slot.next_step = f.next_step;
-                if let Some(season) = f.chosen {
-                    slot.chosen = Some((season, now_ms));
-                }
-            }
+            RefitMode::Inline => slot.take(job()),
             RefitMode::Background => {
                 let (tx, rx) = mpsc::channel();
                 if super::pool::pool().offer(Box::new(move || {
@@ -490,6 +491,15 @@ mod tests {
         }
     }
 
+    /// A history of `days` days at a minute.
+    fn minutely(days: u64) -> History {
+        History::new(
+            Duration::from_secs(days * 86_400),
+            Duration::from_secs(60),
+            false,
+        )
+    }
+
     /// A daily sine of amplitude 50 around 100, one point a minute.
     fn load(t_ms: i64) -> f64 {
         100.0 + 50.0 * (2.0 * std::f64::consts::PI * t_ms as f64 / 86_400_000.0).sin()
@@ -564,11 +574,7 @@ mod tests {
     /// the refits in between fit the season chosen, not every candidate.
     #[test]
     fn a_holdout_choice_stands_for_a_day_of_refits() {
-        let mut h = History::new(
-            Duration::from_secs(14 * 86_400),
-            Duration::from_secs(60),
-            false,
-        );
+        let mut h = minutely(14);
         let mut b = Builtin::default();
         let s = Settings {
             season: Season::Holdout,
@@ -602,11 +608,7 @@ mod tests {
 
     #[test]
     fn learns_a_daily_season_from_history_and_answers_ahead() {
-        let mut h = History::new(
-            Duration::from_secs(8 * 86_400),
-            Duration::from_secs(60),
-            false,
-        );
+        let mut h = minutely(8);
         let mut b = Builtin::default();
         let s = settings(RefitMode::Inline);
         assert!(b.lookup(Metric::QueueDepth, &h, 0, 0).is_none());
@@ -630,7 +632,7 @@ mod tests {
 
     #[test]
     fn a_background_refit_does_not_block_and_lands_later() {
-        let mut h = History::new(Duration::from_secs(86_400), Duration::from_secs(60), false);
+        let mut h = minutely(1);
         let mut b = Builtin::default();
         let s = settings(RefitMode::Background);
         b.lookup(Metric::QueueDepth, &h, 0, 0);

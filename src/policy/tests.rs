@@ -62,8 +62,13 @@ fn small_limits() -> PolicyLimits {
     }
 }
 
+/// The policy file `name` holding `text`.
+fn source(name: &str, text: &str) -> PolicySource {
+    PolicySource::from_text(Path::new(name), text.to_owned())
+}
+
 fn policy(body: &str) -> Result<LuaPolicy, PolicyError> {
-    let src = PolicySource::from_text(Path::new("test.lua"), body.to_owned());
+    let src = source("test.lua", body);
     let mut p = LuaPolicy::load(
         &src,
         &serde_json::json!({"k": 7, "list": [1, 2]}),
@@ -283,17 +288,14 @@ fn load_errors() {
         let e = policy(src).unwrap_err();
         assert!(e.to_string().contains(what), "{src}: {e}");
     }
-    let src = PolicySource::from_text(
-        Path::new("dir/x.lua"),
-        "return {decide=function() end}".into(),
-    );
+    let src = source("dir/x.lua", "return {decide=function() end}");
     assert!(src.version.starts_with("x.lua@") && src.version.len() == "x.lua@".len() + 7);
 }
 
 #[test]
 fn window_and_forecast_reach_the_script() {
-    let src = PolicySource::from_text(
-        Path::new("w.lua"),
+    let src = source(
+        "w.lua",
         "local P = {}
          function P.decide(ctx)
            local w = ctx.window('queue_depth', '60s')
@@ -304,8 +306,7 @@ fn window_and_forecast_reach_the_script() {
            assert(w.p95 == 9 and w.p50 == 6 and w.slope == -1 and w.rate == 2)
            return { replicas = w.mean + w2.count + f.value, reason = f.source }
          end
-         return P"
-            .into(),
+         return P",
     );
     let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
     let stats = WindowStats {
@@ -329,9 +330,9 @@ fn window_and_forecast_reach_the_script() {
         }
     );
     // A span longer than the longest window is an error the script sees.
-    let src = PolicySource::from_text(
-        Path::new("w.lua"),
-        "return { decide = function(ctx) return ctx.window('queue_depth', '10m') end }".into(),
+    let src = source(
+        "w.lua",
+        "return { decide = function(ctx) return ctx.window('queue_depth', '10m') end }",
     );
     let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
     p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
@@ -358,9 +359,9 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
         slope: 0.0,
     };
     let run = |body: &str| {
-        let src = PolicySource::from_text(
-            Path::new("r.lua"),
-            format!("return {{ decide = function(ctx) {body} end }}"),
+        let src = source(
+            "r.lua",
+            &format!("return {{ decide = function(ctx) {body} end }}"),
         );
         let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, small_limits()).unwrap();
         p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
@@ -435,9 +436,7 @@ fn prelude_helpers() {
 
 #[test]
 fn examples_run_and_report() {
-    let src = PolicySource::from_text(
-        Path::new("ex.lua"),
-        "local P = {}
+    let src = source("ex.lua", "local P = {}
          function P.decide(ctx)
            local d = ctx.window('queue_depth', '60s')
            if not d then return nil end
@@ -448,9 +447,7 @@ fn examples_run_and_report() {
            { name = 'no data', params = { per = 100 }, expect = 'hold' },
            { name = 'wrong', params = { per = 100 }, windows = { queue_depth = { ['60s'] = { mean = 250 } } }, expect = 9 },
          }
-         return P"
-            .into(),
-    );
+         return P");
     let out = run_examples(&src, PolicyLimits::default()).unwrap();
     assert_eq!(out.len(), 3);
     assert!(out[0].passed() && out[1].passed());
@@ -560,7 +557,7 @@ fn the_bounded_library_answers_as_lua_s_own() {
 }
 
 fn timed_policy(body: &str) -> LuaPolicy {
-    let src = PolicySource::from_text(Path::new("bomb.lua"), body.to_owned());
+    let src = source("bomb.lua", body);
     let limits = PolicyLimits {
         memory_bytes: 16 << 20,
         instruction_budget: u64::MAX / 2,
@@ -637,11 +634,10 @@ fn unbounded_results_are_refused_before_they_start() {
 
 #[test]
 fn a_bomb_at_load_time_is_a_timeout_not_a_hang() {
-    let src = PolicySource::from_text(
-        Path::new("bomb.lua"),
+    let src = source(
+        "bomb.lua",
         r#"local x = ("a"):rep(40000):find(".-.-.-.-.-.-.-.-.-.-b")
-return { decide = function() return 1 end }"#
-            .to_owned(),
+return { decide = function() return 1 end }"#,
     );
     let started = std::time::Instant::now();
     let e = LuaPolicy::load(&src, &serde_json::Value::Null, PolicyLimits::default()).unwrap_err();
@@ -666,7 +662,7 @@ return P
 "#;
 
 fn counters() -> PolicySource {
-    PolicySource::from_text(Path::new("counters.lua"), COUNTERS.to_owned())
+    source("counters.lua", COUNTERS)
 }
 
 #[test]
@@ -711,8 +707,8 @@ fn one_sample(v: f64) -> WindowStats {
 /// ms to Rust, and remember up to 64 spans).
 #[test]
 fn reads_name_a_bad_metric_or_span_and_take_every_spelling_of_a_span() {
-    let src = PolicySource::from_text(
-        Path::new("spans.lua"),
+    let src = source(
+        "spans.lua",
         r#"
 local P = {}
 function P.decide(ctx)
@@ -734,8 +730,7 @@ function P.decide(ctx)
   return hits
 end
 return P
-"#
-        .to_owned(),
+"#,
     );
     let stats = one_sample(2.0);
     let vm = PolicyVm::new(&src, small_limits()).unwrap();
@@ -782,8 +777,8 @@ return P
 /// out of the cache (issue 21).
 #[test]
 fn a_vm_of_many_targets_collects_its_garbage_every_few_dozen_kb() {
-    let src = PolicySource::from_text(
-        Path::new("garbage.lua"),
+    let src = source(
+        "garbage.lua",
         r#"
 local P = {}
 function P.decide(ctx)
@@ -792,8 +787,7 @@ function P.decide(ctx)
   return #t
 end
 return P
-"#
-        .to_owned(),
+"#,
     );
     let vm = PolicyVm::new(&src, PolicyLimits::default()).unwrap();
     let mut targets: Vec<LuaPolicy> = (0..512)
@@ -820,8 +814,8 @@ return P
 /// own target's data, also when the reads are kept from an earlier call.
 #[test]
 fn targets_sharing_a_vm_read_their_own_data() {
-    let src = PolicySource::from_text(
-        Path::new("reads.lua"),
+    let src = source(
+        "reads.lua",
         r#"
 local P = {}
 local kept
@@ -832,8 +826,7 @@ function P.decide(ctx)
   return { replicas = math.floor(w.mean), reason = tostring(f and f.value) }
 end
 return P
-"#
-        .to_owned(),
+"#,
     );
     let vm = PolicyVm::new(&src, small_limits()).unwrap();
     let mut a = LuaPolicy::instantiate(vm.clone(), &serde_json::Value::Null).unwrap();
@@ -861,8 +854,8 @@ return P
 
 #[test]
 fn one_target_failing_in_a_shared_vm_leaves_the_others_running() {
-    let src = PolicySource::from_text(
-        Path::new("greedy.lua"),
+    let src = source(
+        "greedy.lua",
         r#"
 local P = {}
 function P.decide(ctx)
@@ -876,8 +869,7 @@ function P.decide(ctx)
   return ctx.state.n
 end
 return P
-"#
-        .to_owned(),
+"#,
     );
     let limits = PolicyLimits {
         instruction_budget: 100_000_000,
@@ -935,8 +927,7 @@ fn the_pool_shares_a_vm_per_file_up_to_its_size() {
     assert!(Arc::ptr_eq(a.vm(), b.vm()));
     assert!(!Arc::ptr_eq(b.vm(), c.vm()), "a VM holds at most 2 targets");
     // another content, or other limits: another VM
-    let other =
-        PolicySource::from_text(Path::new("counters.lua"), format!("{COUNTERS}\n-- changed"));
+    let other = source("counters.lua", &format!("{COUNTERS}\n-- changed"));
     let d = pool.load(&other, &serde_json::Value::Null, limits).unwrap();
     assert!(!Arc::ptr_eq(c.vm(), d.vm()));
     let e = pool
@@ -1006,8 +997,8 @@ fn a_build_reads_each_policy_file_once_and_a_running_pool_reads_afresh() {
 /// left garbage behind, so no target's first call does it.
 #[test]
 fn settling_collects_each_shared_vm_once_its_targets_are_loaded() {
-    let src = PolicySource::from_text(
-        Path::new("junk.lua"),
+    let src = source(
+        "junk.lua",
         r#"
 local junk = {}
 for i = 1, 2000 do junk[i] = string.rep("x", 8) .. i end
@@ -1015,8 +1006,7 @@ junk = nil
 local P = {}
 function P.decide(ctx) return { replicas = 1 } end
 return P
-"#
-        .to_owned(),
+"#,
     );
     let mut pool = VmPool::new(4);
     let policies: Vec<LuaPolicy> = (0..8)
