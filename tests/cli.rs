@@ -71,18 +71,28 @@ max_replicas = 2
 
 #[test]
 fn bundled_policies_pass_their_examples() {
-    let (code, out, err) = tidewatch(&[
-        "policy",
-        "check",
-        "policies/queue_depth.lua",
-        "policies/latency_slo.lua",
-        "policies/hpa.lua",
-        "policies/holt_winters.lua",
-        "policies/predictive.lua",
-    ]);
+    // every policy shipped in policies/, so a new one cannot be left out
+    let mut files: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+            .map(|p| format!("policies/{}", p.file_name().unwrap().to_string_lossy()))
+            .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut args = vec!["policy", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = tidewatch(&args);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("FAIL"));
-    assert!(out.matches(": ok ").count() >= 22, "{out}");
+    // holt_winters 3, hpa 6, latency_slo 5, predictive 7, queue_depth 6,
+    // recurring 5
+    assert!(out.matches(": ok ").count() >= 32, "{out}");
+    for f in &files {
+        let name = f.trim_start_matches("policies/");
+        assert!(out.contains(&format!("{name}@")), "{f} not checked: {out}");
+    }
 }
 
 #[test]

@@ -1,15 +1,18 @@
 //! `tidewatch policy check`: the examples a policy declares in its returned
-//! table (`P.examples = {{ name, replicas, params, windows, forecast, expect }}`)
-//! run against the raw policy output, each in a fresh sandbox.
+//! table (`P.examples = {{ name, replicas, params, windows, forecast,
+//! recurring, expect }}`) run against the raw policy output, each in a
+//! fresh sandbox.
 
 use mlua::{Function, Table, Value};
 
 use super::{CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicyLimits, PolicySource};
 
-/// Binds `ctx.window`/`ctx.forecast` to an example's tables. A span given in
-/// seconds is looked up as "<n>s".
+/// Binds `ctx.window`/`ctx.forecast`/`ctx.recurring` to an example's
+/// tables. A span given in seconds is looked up as "<n>s"; a forecast by
+/// its horizon, a recurring answer by the end of its window (`to_s`), when
+/// the metric's entry is a table of them rather than one answer.
 const BINDER: &str = r#"
-local ctx, windows, forecasts = ...
+local ctx, windows, forecasts, recurring = ...
 ctx.window = function(metric, span)
   local m = windows[metric]
   if m == nil then return nil end
@@ -20,6 +23,11 @@ ctx.forecast = function(metric, horizon)
   local f = forecasts[metric]
   if type(f) == "table" and f.value == nil then f = f[horizon] end
   return f
+end
+ctx.recurring = function(metric, from, to, days)
+  local r = recurring[metric]
+  if type(r) == "table" and r.rise == nil then r = r[to] end
+  return r
 end
 "#;
 
@@ -117,30 +125,20 @@ pub fn run_examples(
         let setup = (|| -> mlua::Result<()> {
             let lua = p.lua();
             let empty = || lua.create_table();
-            let params: Value = ex.get("params")?;
-            p.ctx().raw_set(
-                "params",
-                if params.is_nil() {
+            let or_empty = |v: Value| -> mlua::Result<Value> {
+                Ok(if v.is_nil() {
                     Value::Table(empty()?)
                 } else {
-                    params
-                },
-            )?;
-            let windows: Value = ex.get("windows")?;
-            let forecasts: Value = ex.get("forecast")?;
+                    v
+                })
+            };
+            p.ctx().raw_set("params", or_empty(ex.get("params")?)?)?;
             let binder: Function = lua.load(BINDER).set_name("=examples").into_function()?;
             binder.call::<()>((
                 p.ctx().clone(),
-                if windows.is_nil() {
-                    Value::Table(empty()?)
-                } else {
-                    windows
-                },
-                if forecasts.is_nil() {
-                    Value::Table(empty()?)
-                } else {
-                    forecasts
-                },
+                or_empty(ex.get("windows")?)?,
+                or_empty(ex.get("forecast")?)?,
+                or_empty(ex.get("recurring")?)?,
             ))
         })();
         let got = match setup {

@@ -455,6 +455,28 @@ fn examples_run_and_report() {
     assert_eq!(out[2].got, Ok(Some(3)));
 }
 
+/// An example's `recurring` answers `ctx.recurring`: one table per
+/// metric, or one per window end; a metric it does not give is `nil`.
+#[test]
+fn examples_give_recurring_answers() {
+    let src = source("ex.lua", "local P = {}
+         function P.decide(ctx)
+           local r = ctx.recurring('requests', 0, ctx.params.to)
+           if not r then return 1 end
+           return math.ceil(r.rise / 100)
+         end
+         P.examples = {
+           { name = 'one', params = { to = 60 }, recurring = { requests = { rise = 250 } }, expect = 3 },
+           { name = 'by end', params = { to = 600 },
+             recurring = { requests = { [60] = { rise = 100 }, [600] = { rise = 700 } } }, expect = 7 },
+           { name = 'other metric', params = { to = 60 }, recurring = { queue_depth = { rise = 900 } }, expect = 1 },
+         }
+         return P");
+    let out = run_examples(&src, PolicyLimits::default()).unwrap();
+    let got: Vec<_> = out.iter().map(|o| o.got.clone()).collect();
+    assert_eq!(got, vec![Ok(Some(3)), Ok(Some(7)), Ok(Some(1))]);
+}
+
 /// Runs `chunk` in a plain Lua (the C library) and in the sandbox (the
 /// bounded Rust replacements), returning what each gives as text.
 fn both(chunk: &str) -> (String, String) {
