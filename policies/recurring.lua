@@ -17,13 +17,21 @@
 -- lead = startup + period. The rise is provisioned up to `ahead` seconds
 -- before the median day had it, because the hour varies from day to day;
 -- k < 1 buys part of it that early and the HPA rule the rest once it
--- comes. It never plans below the load now, and a fall on the previous
--- days is not anticipated (scale-down is the HPA rule's and the guard's
+-- comes.
+--   hold: a day that opens later than most: by the time of day when most
+--         of the previous days had risen, their rise is behind them and
+--         the median shows none left. So a plan is kept for `hold`
+--         seconds while the load stays where it was when it was made
+--         (below halfway to the plan, above 90% of that load): the rise
+--         may still come. Once the load has risen, or fallen, the plan
+--         is made afresh.
+-- It never plans below the load now, and a fall on the previous days is
+-- not anticipated (scale-down is the HPA rule's and the guard's
 -- stabilization). With fewer than 3 days of history it is hpa.lua.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
---         (0.1), period (15)); startup (seconds, default 60), ahead (3000),
---         k (0.5), days (14, at most 14).
+--         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
+--         k (0.5), days (14, at most 14), hold (1200; 0: none).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -35,18 +43,25 @@ function P.decide(ctx)
   if not tw.every(ctx, period) then return nil end
   local now, metric, stat = tw.load_reading(ctx)
   if not now then return nil end
-  local ahead = (p.startup or 60) + period + (p.ahead or 3000)
+  local ahead = (p.startup or 60) + period + (p.ahead or 2400)
   local load, rise = now, nil
   local r = ctx.recurring(metric, 0, ahead, p.days or 14)
   if r then
     rise = r.rise
     if rise > 0 then load = now + (p.k or 0.5) * rise end
   end
+  local s, held = ctx.state, false
+  if s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > load
+      and now < s.plan_from + 0.5 * (s.plan - s.plan_from) and now > 0.9 * s.plan_from then
+    load, held = s.plan, true
+  else
+    s.plan, s.plan_at, s.plan_from = load, ctx.now, now
+  end
   local want, per_replica, target = tw.hpa_desired(ctx, load)
   return { replicas = want,
-           reason = string.format("%s %s %.1f, recurring rise %s within %ds, plan %.1f per replica, target %.1f",
+           reason = string.format("%s %s %.1f, recurring rise %s within %ds%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", ahead,
-             per_replica, target) }
+             held and " (plan held)" or "", per_replica, target) }
 end
 
 P.examples = {
