@@ -43,9 +43,9 @@ function P.decide(ctx)
   if not tw.every(ctx, period) then return nil end
   local now, metric, stat = tw.load_reading(ctx)
   if not now then return nil end
-  local ahead = (p.startup or 60) + period + (p.ahead or 2400)
+  local to = (p.startup or 60) + period + (p.ahead or 2400)
   local load, rise = now, nil
-  local r = ctx.recurring(metric, 0, ahead, p.days or 14)
+  local r = ctx.recurring(metric, 0, to, p.days or 14)
   if r then
     rise = r.rise
     if rise > 0 then load = now + (p.k or 0.5) * rise end
@@ -60,7 +60,7 @@ function P.decide(ctx)
   local want, per_replica, target = tw.hpa_desired(ctx, load)
   return { replicas = want,
            reason = string.format("%s %s %.1f, recurring rise %s within %ds%s, plan %.1f per replica, target %.1f",
-             metric, stat, now, rise and string.format("%.1f", rise) or "unknown", ahead,
+             metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
              held and " (plan held)" or "", per_replica, target) }
 end
 

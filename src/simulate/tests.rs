@@ -156,6 +156,23 @@ fn a_recurring_opening_is_provisioned_ahead_from_the_previous_days() {
     assert!(ahead.replica_hours > follow.replica_hours, "{ahead:?}");
 }
 
+/// The shipped `policies/hpa.lua` and `policies/recurring.lua`, a replica
+/// serving 10 a second, at a step of a minute.
+fn hpa_and_recurring() -> Options {
+    let shipped = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(name)
+    };
+    let mut o = Options::new(
+        PathBuf::from("t.csv"),
+        vec![shipped("hpa.lua"), shipped("recurring.lua")],
+        10.0,
+    );
+    o.step = Duration::from_secs(60);
+    o
+}
+
 /// The shipped `policies/recurring.lua` against `policies/hpa.lua` on the
 /// same openings (9:00 give or take 20 minutes, load three times the
 /// night's): at the same target utilization it is short at fewer steps,
@@ -166,18 +183,7 @@ fn a_recurring_opening_is_provisioned_ahead_from_the_previous_days() {
 /// plan kept while the load has not moved) both are missed.
 #[test]
 fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = |name: &str| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("policies")
-            .join(name)
-    };
-    let mut o = Options::new(
-        dir.path().join("t.csv"),
-        vec![shipped("hpa.lua"), shipped("recurring.lua")],
-        10.0,
-    );
-    o.step = Duration::from_secs(60);
+    let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(7 * 86_400);
     let t = openings();
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
@@ -202,6 +208,27 @@ fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     // the two late openings, three steps each, as the HPA rule
     assert_eq!(short(&r.policies[1]), 6.0, "{:?}", r.policies[1]);
+}
+
+/// `recurring.lua` keeps a plan only while the load has not moved: when
+/// the load falls (an evening), it scales down with `hpa.lua`, not
+/// `hold` later.
+#[test]
+fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
+    let mut o = hpa_and_recurring();
+    o.warmup = Duration::from_secs(4 * 86_400);
+    // level for four days and a half, then a third of it
+    let values: Vec<f64> = (0..5 * 1440)
+        .map(|m| if m < 4 * 1440 + 720 { 300.0 } else { 100.0 })
+        .collect();
+    let (r, _) = run(&o, &trace(&values), |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
+    assert!(hpa.actions_per_hour > 0.0, "{hpa:?}");
+    assert_eq!(
+        recurring.replica_hours, hpa.replica_hours,
+        "{recurring:?} against {hpa:?}"
+    );
 }
 
 #[test]
