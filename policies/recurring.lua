@@ -31,7 +31,7 @@
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         k (0.5), days (14, at most 14), hold (1200; 0: none).
+--         k (0.4), days (14, at most 14), hold (1200; 0: none).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -48,7 +48,7 @@ function P.decide(ctx)
   local r = ctx.recurring(metric, 0, to, p.days or 14)
   if r then
     rise = r.rise
-    if rise > 0 then load = now + (p.k or 0.5) * rise end
+    if rise > 0 then load = now + (p.k or 0.4) * rise end
   end
   local s, held = ctx.state, false
   if s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > load
@@ -67,11 +67,11 @@ end
 P.examples = {
   { name = "no history yet: the HPA rule", replicas = 2, params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
-  { name = "half the previous days' rise is provisioned ahead", replicas = 4,
+  { name = "0.4 of the previous days' rise is provisioned ahead", replicas = 4,
     params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14 } },
-    -- 400 + 0.5 * 400 = 600: 150 per replica, 1.5 times the target
+    -- 400 + 0.4 * 400 = 560: 140 per replica, 1.4 times the target
     expect = 6 },
   { name = "k = 1 buys all of it, within the scale-up limit", replicas = 4,
     params = { target_per_replica = 100, k = 1 },
@@ -88,7 +88,7 @@ P.examples = {
     params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 60, low = 0, high = 100, level = 460, days = 14 } },
-    -- 430: 1.075 times the target, within 10%
+    -- 400 + 0.4 * 60 = 424: 1.06 times the target, within 10%
     expect = 4 },
 }
 

@@ -194,8 +194,8 @@ fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
     // in two steps of its scale-up limit, after the load has come, and is
     // short for three steps at each
     assert_eq!(short(hpa), 9.0, "{hpa:?}");
-    let half = short(recurring);
-    assert!(half < short(hpa), "{recurring:?} against {hpa:?}");
+    let part = short(recurring);
+    assert!(part < short(hpa), "{recurring:?} against {hpa:?}");
     assert!(recurring.replica_hours > hpa.replica_hours, "{recurring:?}");
     o.params.insert("k".into(), 1.0.into());
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
