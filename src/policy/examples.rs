@@ -124,10 +124,9 @@ pub fn run_examples(
         };
         let setup = (|| -> mlua::Result<()> {
             let lua = p.lua();
-            let empty = || lua.create_table();
             let or_empty = |v: Value| -> mlua::Result<Value> {
                 Ok(if v.is_nil() {
-                    Value::Table(empty()?)
+                    Value::Table(lua.create_table()?)
                 } else {
                     v
                 })

@@ -127,10 +127,13 @@ fn share_between(a: (f64, f64), b: (f64, f64), x: f64) -> f64 {
     if b.0 == a.0 {
         return a.1.min(b.1);
     }
+    // at a point that was run: its own share, exactly
     let t = (x - a.0) / (b.0 - a.0);
-    if t <= 0.0 || t >= 1.0 {
-        // a point that was run: its own share, exactly
-        return if t <= 0.0 { a.1 } else { b.1 };
+    if t <= 0.0 {
+        return a.1;
+    }
+    if t >= 1.0 {
+        return b.1;
     }
     if a.1 > 0.0 && b.1 > 0.0 {
         (a.1.ln() + t * (b.1.ln() - a.1.ln())).exp()
