@@ -20,6 +20,11 @@ end }"#;
 
 const SLOTS: u16 = 4;
 
+/// The test that cuts every connection on the broker (`rabbitmqctl
+/// close_all_connections`) runs alone (write); the others side by side
+/// (read).
+static CONNECTIONS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn issued(m: &Metrics, target: &str) -> u64 {
     ["up", "down"]
         .iter()
@@ -93,6 +98,7 @@ fn desired(m: &Metrics, target: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
+    let _alone = CONNECTIONS.write().await;
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
@@ -262,6 +268,7 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
 /// that starts cold shows up as a lower replica count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_that_changes_hands_takes_its_targets_state_along() {
+    let _alone = CONNECTIONS.read().await;
     const PEAK: &str = r#"return { decide = function(ctx)
   local d = ctx.window("queue_depth", "10s")
   if d then ctx.state.peak = math.max(ctx.state.peak or 0, d.last) end
@@ -397,9 +404,13 @@ end }"#;
 
 /// A first start with more bindings than RabbitMQ makes within
 /// `bindings_wait` consumes before they are all made (the rest follow on
-/// channels of their own), and every target is bound in the end.
+/// channels of their own), and every target is bound in the end. Its
+/// targets are decided from the start, bound or not (the catch-all
+/// queue), each signal applied once; when every target is bound the
+/// catch-all ends and the slot queues carry the signals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_consumes_while_the_rest_of_its_bindings_are_made() {
+    let _alone = CONNECTIONS.read().await;
     let Some(url) = mq::broker() else { return };
     let n = Names::new();
     // about a second and a half of RabbitMQ's binding at its fastest here
@@ -424,6 +435,39 @@ async fn a_first_start_consumes_while_the_rest_of_its_bindings_are_made() {
         pending > 0.0,
         "consuming began with every binding made: it waited for them"
     );
+    // while most targets are not bound yet: a sample across the slots
+    let conn = mq::connect(&url).await;
+    let ch = mq::confirm_channel(&conn).await;
+    let sample: Vec<String> = names.iter().step_by(97).cloned().collect();
+    let received = || {
+        common::metric(
+            &m,
+            "tidewatch_events_received_total",
+            &[("source", "amqp"), ("type", "queue_depth")],
+        )
+    };
+    send_depths(&ch, &n.signals, &sample, 700).await;
+    let pending_after = common::metric(&m, "tidewatch_source_bindings_pending", &[]);
+    assert!(
+        pending_after > pending / 2.0,
+        "the sample was sent after most bindings were made ({pending_after} of {pending} pending)"
+    );
+    assert_eq!(
+        common::metric(&m, "tidewatch_source_catch_all", &[]),
+        1.0,
+        "the catch-all carries the signals while bindings are made"
+    );
+    common::wait_for(
+        "a command for each sampled target, bound or not",
+        Duration::from_secs(30),
+        || sample.iter().all(|t| issued(&m, t) > 0),
+    )
+    .await;
+    assert_eq!(
+        received(),
+        sample.len() as f64,
+        "each signal applied once: through the catch-all, not also its slot queue's copy"
+    );
     common::wait_for("every binding to be made", Duration::from_secs(60), || {
         common::metric(&m, "tidewatch_source_bindings_pending", &[]) == 0.0
     })
@@ -432,17 +476,25 @@ async fn a_first_start_consumes_while_the_rest_of_its_bindings_are_made() {
         common::metric(&m, "tidewatch_source_bindings_declared_total", &[]),
         names.len() as f64
     );
-    // bound in the background, routed: a sample across the slots
-    let conn = mq::connect(&url).await;
-    let ch = mq::confirm_channel(&conn).await;
-    let sample: Vec<String> = names.iter().step_by(397).cloned().collect();
-    send_depths(&ch, &n.signals, &sample, 700).await;
+    // the catch-all ends once its markers are back: then the slot queues
+    // carry each signal, once
+    common::wait_for("the catch-all to end", Duration::from_secs(10), || {
+        common::metric(&m, "tidewatch_source_catch_all", &[]) == 0.0
+    })
+    .await;
+    send_depths(&ch, &n.signals, &sample, 1400).await;
     common::wait_for(
-        "a command for each sampled target",
+        "a second command for each sampled target",
         Duration::from_secs(30),
-        || sample.iter().all(|t| issued(&m, t) > 0),
+        || sample.iter().all(|t| issued(&m, t) > 1),
     )
     .await;
+    assert_eq!(received(), 2.0 * sample.len() as f64);
+    assert_eq!(
+        common::metric(&m, "tidewatch_broker_connected", &[("component", "source")]),
+        1.0,
+        "the session survived the catch-all's end"
+    );
     let _ = stop.send(());
     let _ = task.await;
     delete_all(&conn, &n).await;

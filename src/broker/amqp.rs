@@ -115,6 +115,37 @@ pub async fn queue_with(
     Ok((q.message_count(), q.consumer_count()))
 }
 
+/// Declares an exclusive, auto-deleted queue (`name`, or a server-named
+/// one when empty) bound to `exchange` with `#`: every message, for this
+/// connection alone. Returns its name.
+pub async fn exclusive_catch_all(
+    ch: &Channel,
+    name: &str,
+    exchange: &str,
+) -> Result<String, lapin::Error> {
+    let q = ch
+        .queue_declare(
+            name,
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = q.name().as_str().to_owned();
+    ch.queue_bind(
+        &name,
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(name)
+}
+
 /// Binds queue `name` to `exchange` with each of `keys`, pipelined: up to
 /// BIND_IN_FLIGHT bindings wait for their reply at once on the channel,
 /// instead of one round trip each (one binding per target is thousands of

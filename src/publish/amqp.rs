@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
@@ -353,30 +351,12 @@ impl AmqpResults {
             self.cfg.declare,
         )
         .await?;
-        let q = ch
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = amqp::exclusive_catch_all(&ch, "", &self.cfg.results_exchange)
             .await
             .map_err(lost)?;
-        ch.queue_bind(
-            q.name().as_str(),
-            &self.cfg.results_exchange,
-            "#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(lost)?;
         let consumer = ch
             .basic_consume(
-                q.name().as_str(),
+                &q,
                 "tidewatch-results",
                 BasicConsumeOptions {
                     no_ack: true,

@@ -253,6 +253,58 @@ const REBALANCE_EVERY: u64 = 5;
 /// The header that marks a heartbeat (its value: the slot).
 const HEARTBEAT_HEADER: &str = "x-tidewatch-slot-heartbeat";
 
+/// A catch-all end marker for `queue` (default exchange), expiring in a
+/// minute if nobody reads it.
+async fn publish_marker(s: &Session, queue: &str, id: &str) -> Result<(), String> {
+    let mut headers = FieldTable::default();
+    headers.insert(CATCH_ALL_END.into(), AMQPValue::LongString(id.into()));
+    let props = lapin::BasicProperties::default()
+        .with_headers(headers)
+        .with_expiration("60000".into());
+    s.ch.basic_publish(
+        "",
+        queue,
+        lapin::options::BasicPublishOptions::default(),
+        &[],
+        props,
+    )
+    .await
+    .map(drop)
+    .map_err(|e| format!("catch-all end marker to {queue:?}: {e}"))
+}
+
+/// Once the catch-all has ended: cancels its consumer (RabbitMQ deletes
+/// the queue, `auto_delete`) and forgets it.
+async fn close_catch_all(
+    s: &Session,
+    catch_all: &mut Option<CatchAll>,
+    metrics: &crate::telemetry::Metrics,
+) -> Result<(), String> {
+    if !catch_all.as_ref().is_some_and(|c| c.ended) {
+        return Ok(());
+    }
+    *catch_all = None;
+    metrics.catch_all(false);
+    let Some(consumer) = &s.catch_all else {
+        return Ok(());
+    };
+    s.ch.basic_cancel(
+        consumer.tag().as_str(),
+        lapin::options::BasicCancelOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("cancelling the catch-all's consumer: {e}"))
+}
+
+/// The text of a header's value (a long or short string; else empty).
+fn field_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(t) => String::from_utf8_lossy(t.as_bytes()).into_owned(),
+        AMQPValue::ShortString(t) => t.as_str().to_owned(),
+        _ => String::new(),
+    }
+}
+
 /// Acks the latest acker sent (with `multiple`) until the sender is gone;
 /// a value sent before that is still acked.
 async fn ack_latest(mut pending: watch::Receiver<Option<Acker>>) -> Result<(), lapin::Error> {
@@ -278,6 +330,130 @@ pub struct Session {
     deadletters: Channel,
     /// The bindings still being made when the session opened.
     binder: std::sync::Mutex<Option<Binder>>,
+    /// A first start's catch-all queue and its consumer, with slots.
+    catch_all: Option<Consumer>,
+    catch_all_plan: std::sync::Mutex<Option<CatchAll>>,
+}
+
+/// A first start's catch-all, with slots. RabbitMQ makes a few thousand
+/// bindings a second, so a first start with 50,000 targets waits half a
+/// minute for the last of them, and until a target's binding is made the
+/// exchange drops its signals. Meanwhile an exclusive queue bound with `#`
+/// carries every signal: this scaler applies from it the signals of the
+/// slots whose queues it created now (the engine decides only for those it
+/// holds) and drops those slots' copies in their slot queues, which are
+/// new, so there is no backlog to lose. Once every binding is made it
+/// sends an end marker into each such slot queue it holds, unbinds the
+/// catch-all and sends an end marker into it: a slot queue's signals count
+/// again after its marker, the catch-all's until its own. A signal
+/// published between the two markers (one round trip) is applied twice.
+/// A slot handed on leaves the catch-all at once.
+#[derive(Debug)]
+pub struct CatchAll {
+    queue: String,
+    /// This session's markers carry it (a marker of another session or
+    /// scaler is ignored).
+    id: String,
+    /// Per slot: its signals are taken from the catch-all.
+    serves: Vec<bool>,
+    /// Per slot: its slot queue's signals are copies, dropped until its
+    /// end marker.
+    drops: Vec<bool>,
+    /// Since when the markers are out (None: every binding is not made
+    /// yet, or the catch-all has ended).
+    ending: Option<std::time::Instant>,
+    ended: bool,
+}
+
+/// The header of a catch-all's end marker (its value: the session's id).
+const CATCH_ALL_END: &str = "x-tidewatch-catch-all-end";
+/// How long slot queues' end markers are waited for before their signals
+/// count again anyway (one lost with a slot handed on mid-way).
+const CATCH_ALL_END_WAIT: Duration = Duration::from_secs(30);
+
+impl CatchAll {
+    /// A catch-all serving the slots `new` says were created now.
+    fn new(queue: String, id: String, new: Vec<bool>) -> Self {
+        Self {
+            queue,
+            id,
+            drops: new.clone(),
+            serves: new,
+            ending: None,
+            ended: false,
+        }
+    }
+
+    /// Whether a signal delivered from `from` whose target is in `slot` is
+    /// applied.
+    fn applies(&self, from: From, slot: u16) -> bool {
+        let k = usize::from(slot);
+        match from {
+            From::Queue => true,
+            From::Slot(..) => !self.drops.get(k).copied().unwrap_or(false),
+            From::CatchAll => self.serves.get(k).copied().unwrap_or(false),
+        }
+    }
+
+    /// `slot` is handed on: its signals come from its slot queue alone if
+    /// it comes back.
+    fn released(&mut self, slot: u16) {
+        let k = usize::from(slot);
+        if k < self.serves.len() {
+            self.serves[k] = false;
+            self.drops[k] = false;
+        }
+    }
+
+    /// Every binding is made: the slots held (by `holds`) that get an end
+    /// marker; the rest's slot queues count at once.
+    fn end(&mut self, holds: impl Fn(u16) -> bool, now: std::time::Instant) -> Vec<u16> {
+        self.ending = Some(now);
+        let mut marked = Vec::new();
+        for (k, d) in self.drops.iter_mut().enumerate() {
+            if *d && holds(k as u16) {
+                marked.push(k as u16);
+            } else {
+                *d = false;
+            }
+        }
+        marked
+    }
+
+    /// An end marker arrived from `from` with `id`.
+    fn marker(&mut self, from: From, id: &str) {
+        if id != self.id {
+            return;
+        }
+        match from {
+            From::Slot(k, _) => {
+                if let Some(d) = self.drops.get_mut(usize::from(k)) {
+                    *d = false;
+                }
+            }
+            From::CatchAll => self.finish(),
+            From::Queue => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        self.serves.iter_mut().for_each(|s| *s = false);
+        self.ending = None;
+        self.ended = true;
+    }
+
+    /// Whether the end markers have been waited for too long (`now`): if
+    /// so every slot queue counts again and the catch-all ends.
+    fn overdue(&mut self, now: std::time::Instant) -> bool {
+        let late = self
+            .ending
+            .is_some_and(|t| now.duration_since(t) >= CATCH_ALL_END_WAIT);
+        if late {
+            self.drops.iter_mut().for_each(|d| *d = false);
+            self.finish();
+        }
+        late
+    }
 }
 
 /// Bindings made on a task of their own; dropping it stops the task.
@@ -340,9 +516,17 @@ async fn all_bound(binder: &mut Option<Binder>) -> Result<usize, ConnectError> {
     r
 }
 
-/// Where a delivery came from: its slot and which of this session's
-/// consumers of that slot (a released slot is consumed anew).
-type From = Option<(u16, u32)>;
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// The one queue (no slots).
+    Queue,
+    /// A slot queue, and which of this session's consumers of it (a
+    /// released slot is consumed anew).
+    Slot(u16, u32),
+    /// A first start's catch-all queue ([`CatchAll`]).
+    CatchAll,
+}
 
 type Deliveries = futures::stream::SelectAll<
     futures::stream::BoxStream<'static, (From, Option<Result<Delivery, lapin::Error>>)>,
@@ -366,7 +550,8 @@ impl Session {
         futures::stream::select_all(
             self.consumers
                 .iter()
-                .map(|(slot, c)| tagged(slot.map(|k| (k, 0)), c)),
+                .map(|(slot, c)| tagged(slot.map_or(From::Queue, |k| From::Slot(k, 0)), c))
+                .chain(self.catch_all.iter().map(|c| tagged(From::CatchAll, c))),
         )
     }
 }
@@ -393,8 +578,8 @@ impl SlotConsumers {
     /// scaler cancelled to hand the slot on).
     fn is_current(&self, from: From) -> bool {
         match from {
-            None => true,
-            Some((k, generation)) => self
+            From::Queue | From::CatchAll => true,
+            From::Slot(k, generation) => self
                 .current
                 .get(usize::from(k))
                 .is_some_and(|(g, _)| *g == generation),
@@ -514,20 +699,22 @@ impl AmqpSource {
         remember(&self.bound, queue, keys);
     }
 
-    /// Declares `queue` (or checks it) and returns the bindings it misses.
-    /// A queue that did not exist has none of its bindings, whatever this
-    /// process made before.
+    /// Declares `queue` (or checks it) and returns the bindings it misses,
+    /// and whether it was created now. A queue that did not exist has none
+    /// of its bindings, whatever this process made before.
     async fn declare_queue(
         &self,
         conn: &Connection,
         ch: &Channel,
         (queue, slot, keys): &(String, Option<u16>, Vec<String>),
-    ) -> Result<Vec<String>, ConnectError> {
+    ) -> Result<(Vec<String>, bool), ConnectError> {
         let c = &self.cfg;
         let key = setting_of(*slot);
+        let mut created = false;
         if c.declare {
             let lost = |e: lapin::Error| ConnectError::Unreachable(format!("{key} {queue:?}: {e}"));
             if !amqp::queue_exists(conn, queue).await.map_err(lost)? {
+                created = true;
                 self.bound
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -542,9 +729,42 @@ impl AmqpSource {
         }
         amqp::queue_with(ch, queue, key, c.declare, args).await?;
         Ok(match c.declare {
-            true => self.missing(queue, keys),
-            false => Vec::new(),
+            true => (self.missing(queue, keys), created),
+            false => (Vec::new(), false),
         })
+    }
+
+    /// With slots, when this session created slot queues that miss
+    /// bindings: the catch-all ([`CatchAll`]), bound before any of them so
+    /// that no signal falls between.
+    async fn open_catch_all(
+        &self,
+        ch: &Channel,
+        created: &[u16],
+    ) -> Result<Option<(Consumer, CatchAll)>, ConnectError> {
+        let Some(mode) = &self.slots else {
+            return Ok(None);
+        };
+        if created.is_empty() {
+            return Ok(None);
+        }
+        let id = crate::broker::unique_suffix();
+        let queue = format!("{}.catch-all.{id}", self.cfg.queue);
+        let key = "source.amqp.slots";
+        let broke = |e: lapin::Error| {
+            ConnectError::Topology(format!("{key}: the catch-all queue {queue:?}: {e}"))
+        };
+        amqp::exclusive_catch_all(ch, &queue, &self.cfg.exchange)
+            .await
+            .map_err(broke)?;
+        let lost = |e: lapin::Error| ConnectError::Unreachable(format!("{key}: {e}"));
+        let consumer = amqp::consume(ch, &queue, key, self.cfg.prefetch, "tidewatch", lost).await?;
+        let mut new = vec![false; usize::from(mode.slots.count())];
+        for &k in created {
+            new[usize::from(k)] = true;
+        }
+        tracing::info!(queue = %queue, slots = created.len(), "amqp source: new slot queues; their signals come through a catch-all queue until every target is bound");
+        Ok(Some((consumer, CatchAll::new(queue, id, new))))
     }
 
     /// Binds what the queues miss over a few channels of their own at once
@@ -630,14 +850,19 @@ impl AmqpSource {
         .await?;
         let queues = self.queues();
         let mut missing = Vec::new();
+        let mut created = Vec::new();
         for q in &queues {
-            let keys = self.declare_queue(&conn, &ch, q).await?;
+            let (keys, new) = self.declare_queue(&conn, &ch, q).await?;
             if !keys.is_empty() {
+                if let (true, Some(k)) = (new, q.1) {
+                    created.push(k);
+                }
                 missing.push((q.0.clone(), q.1, keys));
             }
         }
+        let catch_all = self.open_catch_all(&ch, &created).await?;
         let mut binder = self.bind_missing(&conn, missing).await?;
-        if let Some(b) = binder.as_mut() {
+        if let (Some(b), None) = (binder.as_mut(), &catch_all) {
             // A first start with many targets: ready (consuming, deciding
             // for the targets bound so far) after `bindings_wait` while
             // the rest are bound at the broker's pace. Until a binding is
@@ -661,12 +886,15 @@ impl AmqpSource {
             consumers.push((*slot, consumer));
         }
         let deadletters = amqp::confirm_channel(&conn, lost).await?;
+        let (catch_all, plan) = catch_all.unzip();
         Ok(Session {
             conn,
             ch,
             consumers,
             deadletters,
             binder: std::sync::Mutex::new(binder),
+            catch_all,
+            catch_all_plan: std::sync::Mutex::new(plan),
         })
     }
 
@@ -704,6 +932,7 @@ impl AmqpSource {
                 self.write_slot_state(None).await;
             }
             self.ctx.metrics.broker_connected("source", false);
+            self.ctx.metrics.catch_all(false);
             if let Some(mode) = &self.slots {
                 // with the channel go the consumers: others are active now
                 mode.slots.lost_all();
@@ -804,6 +1033,12 @@ impl AmqpSource {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = 0u64;
         let mut binder = s.binder.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut catch_all = s
+            .catch_all_plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.ctx.metrics.catch_all(catch_all.is_some());
         loop {
             let first = tokio::select! {
                 biased;
@@ -811,7 +1046,7 @@ impl AmqpSource {
                 r = all_bound(&mut binder) => match r {
                     Ok(n) => {
                         tracing::info!(bindings = n, "amqp source: every target is bound");
-                        continue;
+                        Some(None)
                     }
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
@@ -820,26 +1055,50 @@ impl AmqpSource {
                     other => format!("ack task ended: {other:?}"),
                 }),
                 _ = beat.tick(), if self.slots.is_some() => None,
-                d = deliveries.next() => Some(d),
+                d = deliveries.next() => Some(Some(d)),
             };
             let Some(first) = first else {
                 beats += 1;
                 if let Err(e) = self.beat(s, beats, binder.is_none()).await {
                     return Ended::Lost(e);
                 }
+                if let Some(c) = catch_all.as_mut() {
+                    if c.overdue(std::time::Instant::now()) {
+                        tracing::warn!(queue = %c.queue, "amqp source: the catch-all's end markers did not all come back within 30 s; it ends anyway");
+                    }
+                }
+                if let Err(e) = close_catch_all(s, &mut catch_all, &self.ctx.metrics).await {
+                    return Ended::Lost(e);
+                }
                 if beats.is_multiple_of(REBALANCE_EVERY) {
-                    if let Err(e) = self.rebalance(s, &mut consumers, &mut deliveries).await {
+                    if let Err(e) = self
+                        .rebalance(s, &mut consumers, &mut deliveries, &mut catch_all)
+                        .await
+                    {
+                        return Ended::Lost(e);
+                    }
+                }
+                continue;
+            };
+            let Some(first) = first else {
+                // every binding is made
+                if let Some(c) = catch_all.as_mut() {
+                    if let Err(e) = self.end_catch_all(s, c).await {
                         return Ended::Lost(e);
                     }
                 }
                 continue;
             };
             let mut batch = Vec::with_capacity(64);
+            let cancelled = |from: From| {
+                !consumers.is_current(from)
+                    || (from == From::CatchAll && catch_all.as_ref().is_none_or(|c| c.ended))
+            };
             match first {
                 Some((from, Some(Ok(d)))) => batch.push((from, d)),
                 Some((_, Some(Err(e)))) => return Ended::Lost(e.to_string()),
                 // a consumer this scaler cancelled itself has ended
-                Some((from, None)) if !consumers.is_current(from) => continue,
+                Some((from, None)) if cancelled(from) => continue,
                 Some((_, None)) | None => {
                     return Ended::Lost("the broker cancelled the consumer".into())
                 }
@@ -859,19 +1118,51 @@ impl AmqpSource {
                 match next {
                     Some((from, Some(Ok(d)))) => batch.push((from, d)),
                     Some((_, Some(Err(e)))) => return Ended::Lost(e.to_string()),
-                    Some((from, None)) if !consumers.is_current(from) => continue,
+                    Some((from, None)) if cancelled(from) => continue,
                     Some((_, None)) | None => {
                         return Ended::Lost("the broker cancelled the consumer".into())
                     }
                 }
             }
-            match self.handle(s, batch, &consumers).await {
+            match self.handle(s, batch, &consumers, &mut catch_all).await {
                 Ok(last) => {
                     let _ = acks.send(Some(last));
                 }
                 Err(ended) => return ended,
             }
+            if let Err(e) = close_catch_all(s, &mut catch_all, &self.ctx.metrics).await {
+                return Ended::Lost(e);
+            }
         }
+    }
+
+    /// Every binding is made: sends the catch-all's end markers (into the
+    /// slot queues first, so that a signal published meanwhile is applied
+    /// twice rather than never), unbinding the catch-all between them.
+    async fn end_catch_all(&self, s: &Session, c: &mut CatchAll) -> Result<(), String> {
+        let Some(mode) = &self.slots else {
+            return Ok(());
+        };
+        if c.ended || c.ending.is_some() {
+            return Ok(());
+        }
+        let marked = c.end(|k| mode.slots.holds(k), std::time::Instant::now());
+        for &k in &marked {
+            publish_marker(s, &slot_queue(&self.cfg.queue, k), &c.id).await?;
+        }
+        s.ch.queue_unbind(&c.queue, &self.cfg.exchange, "#", FieldTable::default())
+            .await
+            .map_err(|e| format!("unbinding the catch-all queue {:?}: {e}", c.queue))?;
+        publish_marker(s, &c.queue, &c.id).await?;
+        tracing::info!(queue = %c.queue, slots = marked.len(), "amqp source: every target is bound; the catch-all ends");
+        Ok(())
+    }
+
+    /// The slot of the target a signal's routing key (`<type>.<target>`)
+    /// names.
+    fn slot_of_key(&self, routing_key: &str) -> u16 {
+        let target = routing_key.split_once('.').map_or("", |(_, t)| t);
+        self.slots.as_ref().map_or(0, |m| m.slots.slot_of(target))
     }
 
     /// Hands slots on while this scaler holds more than its share: the
@@ -885,6 +1176,7 @@ impl AmqpSource {
         s: &Session,
         consumers: &mut SlotConsumers,
         deliveries: &mut Deliveries,
+        catch_all: &mut Option<CatchAll>,
     ) -> Result<(), String> {
         let Some(mode) = &self.slots else {
             return Ok(());
@@ -914,6 +1206,9 @@ impl AmqpSource {
         self.write_slot_state(Some(k)).await;
         // not ours from this moment: what is in flight is still applied
         mode.slots.release(k);
+        if let Some(c) = catch_all.as_mut() {
+            c.released(k);
+        }
         self.ctx
             .metrics
             .partitions_assigned(mode.slots.held_count());
@@ -932,7 +1227,7 @@ impl AmqpSource {
         .await
         .map_err(|e| e.to_string())?;
         consumers.current[usize::from(k)] = (generation + 1, c.tag());
-        deliveries.push(tagged(Some((k, generation + 1)), &c));
+        deliveries.push(tagged(From::Slot(k, generation + 1), &c));
         tracing::info!(slot = k, queue = %queue, scalers, share, "amqp source: handed a slot on to another scaler");
         Ok(())
     }
@@ -999,6 +1294,7 @@ impl AmqpSource {
         s: &Session,
         batch: Vec<(From, Delivery)>,
         consumers: &SlotConsumers,
+        catch_all: &mut Option<CatchAll>,
     ) -> Result<Acker, Ended> {
         let mut last = None;
         let mut work = Vec::with_capacity(batch.len());
@@ -1006,7 +1302,7 @@ impl AmqpSource {
             // what a cancelled consumer still delivers is applied, but
             // shows nothing about who is active now
             let gained = match (&self.slots, from) {
-                (Some(mode), Some((k, _))) if consumers.is_current(from) => {
+                (Some(mode), From::Slot(k, _)) if consumers.is_current(from) => {
                     mode.slots.gained(k).then_some((mode, k))
                 }
                 _ => None,
@@ -1033,13 +1329,19 @@ impl AmqpSource {
                     });
                 }
             }
-            let beat = d
-                .properties
-                .headers()
-                .as_ref()
-                .is_some_and(|h| h.inner().contains_key(HEARTBEAT_HEADER));
+            let headers = d.properties.headers().as_ref();
+            let beat = headers.is_some_and(|h| h.inner().contains_key(HEARTBEAT_HEADER));
+            let marker = headers.and_then(|h| h.inner().get(CATCH_ALL_END));
+            if let (Some(id), Some(c)) = (marker, catch_all.as_mut()) {
+                c.marker(from, &field_text(id));
+            }
+            let skipped = match catch_all.as_ref() {
+                Some(c) => !c.applies(from, self.slot_of_key(d.routing_key.as_str())),
+                // what the catch-all still delivers after it ended
+                None => from == From::CatchAll,
+            };
             // the acker of the batch's last delivery acks it all
-            if beat {
+            if beat || marker.is_some() || skipped {
                 last = Some(d.acker);
             } else {
                 last = None;
@@ -1149,6 +1451,76 @@ impl AmqpSource {
 
 #[cfg(test)]
 mod tests {
+    use super::{CatchAll, From, CATCH_ALL_END_WAIT};
+    use std::time::Instant;
+
+    /// Slots 0 and 2 of 4 were created now.
+    fn catch_all() -> CatchAll {
+        CatchAll::new(
+            "q.catch-all.x".into(),
+            "x".into(),
+            vec![true, false, true, false],
+        )
+    }
+
+    #[test]
+    fn the_catch_all_carries_the_new_slots_and_their_queues_copies_are_dropped() {
+        let c = catch_all();
+        for (slot, new) in [(0, true), (1, false), (2, true), (3, false)] {
+            assert_eq!(c.applies(From::CatchAll, slot), new, "slot {slot}");
+            assert_eq!(c.applies(From::Slot(slot, 0), slot), !new, "slot {slot}");
+        }
+        assert!(c.applies(From::Queue, 0));
+        // a routing key's slot out of range is not carried
+        assert!(!c.applies(From::CatchAll, 9));
+    }
+
+    #[test]
+    fn each_slot_queue_counts_again_after_its_own_marker_and_the_catch_all_after_its_own() {
+        let mut c = catch_all();
+        let t = Instant::now();
+        // slot 2 is not held: no marker, its queue counts at once
+        assert_eq!(c.end(|k| k == 0, t), vec![0]);
+        assert!(c.applies(From::Slot(2, 0), 2));
+        assert!(!c.applies(From::Slot(0, 0), 0));
+        // another session's marker changes nothing
+        c.marker(From::Slot(0, 0), "y");
+        assert!(!c.applies(From::Slot(0, 0), 0));
+        c.marker(From::Slot(0, 0), "x");
+        assert!(c.applies(From::Slot(0, 0), 0));
+        // until the catch-all's own marker, what it holds still counts
+        assert!(c.applies(From::CatchAll, 0) && !c.ended);
+        c.marker(From::CatchAll, "x");
+        assert!(c.ended && !c.applies(From::CatchAll, 0));
+        assert!(!c.overdue(t + CATCH_ALL_END_WAIT * 2), "ended already");
+    }
+
+    #[test]
+    fn a_slot_handed_on_leaves_the_catch_all() {
+        let mut c = catch_all();
+        c.released(0);
+        assert!(!c.applies(From::CatchAll, 0));
+        assert!(
+            c.applies(From::Slot(0, 1), 0),
+            "if it comes back, from its queue"
+        );
+        assert!(c.applies(From::CatchAll, 2));
+        c.released(7); // out of range: nothing
+    }
+
+    #[test]
+    fn markers_that_never_come_back_are_waited_for_30_seconds() {
+        let mut c = catch_all();
+        let t = Instant::now();
+        assert!(!c.overdue(t + CATCH_ALL_END_WAIT), "not ending yet");
+        c.end(|_| true, t);
+        assert!(!c.overdue(t + CATCH_ALL_END_WAIT - std::time::Duration::from_millis(1)));
+        assert!(!c.applies(From::Slot(2, 0), 2));
+        assert!(c.overdue(t + CATCH_ALL_END_WAIT));
+        assert!(c.ended);
+        assert!(c.applies(From::Slot(2, 0), 2) && !c.applies(From::CatchAll, 2));
+    }
+
     #[test]
     fn the_vhost_is_the_urls_decoded_path() {
         for (url, vhost) in [

@@ -71,6 +71,7 @@ pub struct Metrics {
     broker_reconnects: IntCounterVec,
     bindings_declared: IntCounterVec,
     bindings_pending: prometheus::IntGauge,
+    catch_all: prometheus::IntGauge,
     commands_unacknowledged: targets::TargetGauges,
     commands_reissued: IntCounterVec,
     provider_calls: IntCounterVec,
@@ -501,6 +502,13 @@ impl Metrics {
                 prometheus::IntGauge::with_opts(Opts::new(
                     "tidewatch_source_bindings_pending",
                     "RabbitMQ queue bindings the source is still making (a first start with many targets consumes before all are made).",
+                ))
+                .expect("valid metric definition"),
+            ),
+            catch_all: r.add(
+                prometheus::IntGauge::with_opts(Opts::new(
+                    "tidewatch_source_catch_all",
+                    "1 while a first start's signals come through a catch-all queue because its slot queues' bindings are still being made.",
                 ))
                 .expect("valid metric definition"),
             ),
@@ -1042,6 +1050,11 @@ impl Metrics {
     /// No binding is being made any more.
     pub fn bindings_pending_reset(&self) {
         self.bindings_pending.set(0);
+    }
+
+    /// Whether a catch-all queue carries the signals (1) or not (0).
+    pub fn catch_all(&self, open: bool) {
+        self.catch_all.set(i64::from(open));
     }
 
     /// Bindings still to be made.
