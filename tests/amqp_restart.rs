@@ -523,31 +523,12 @@ async fn own_forecasts_are_published_on_rabbitmq() {
     let state = dir.path().join("state");
     let exchange = format!("fc-{}", mq::suffix());
     let toml = format!(
-        r#"{}
-[engine]
-tick = "200ms"
-[state]
-dir = "{}"
-[forecasts]
-publish = true
-period = "1s"
-horizon = "10m"
-step = "1m"
-exchange = "{exchange}"
-[[targets]]
-name = "web"
-policy = "p.lua"
-max_replicas = 1000
-windows = ["5s"]
-history_step = "1h"
-"#,
+        "{}{}",
         n.toml(&url),
-        state.display()
+        common::state::forecasting_toml(&state, &format!("exchange = \"{exchange}\""), "10m")
     );
     let cfg = mq::load(dir.path(), &toml, common::state::STATEFUL);
-    let seed = common::state::seasonal_snapshot(&cfg, "web", chrono::Utc::now().timestamp_millis());
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("web.tws"), seed).unwrap();
+    common::state::seed_web(&cfg, &state);
     // a queue on the forecasts exchange before the scaler publishes
     let conn = mq::connect(&url).await;
     let ch = mq::confirm_channel(&conn).await;
@@ -559,25 +540,7 @@ history_step = "1h"
     assert!(!got.is_empty(), "no forecast published");
     let g = &got[0];
     assert_eq!(g.routing_key, "forecast.web");
-    let v: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
-    assert!(common::schema::errors("forecast", &v).is_empty(), "{v}");
-    assert_eq!(
-        (
-            v["target"].as_str(),
-            v["metric"].as_str(),
-            v["source"].as_str()
-        ),
-        (Some("web"), Some("queue_depth"), Some("tidewatch"))
-    );
-    let points = v["points"].as_array().unwrap();
-    assert_eq!(points.len(), 10, "{v}");
-    let ts: Vec<i64> = points.iter().map(|p| p["ts"].as_i64().unwrap()).collect();
-    assert!(ts.windows(2).all(|w| w[1] - w[0] == 60_000), "{ts:?}");
-    // the daily model's values, not a flat line at zero
-    assert!(
-        points.iter().all(|p| p["value"].as_f64().unwrap() > 0.0),
-        "{v}"
-    );
+    common::state::check_published_forecast(&g.body, 10);
     assert!(
         common::metric(
             &metrics,

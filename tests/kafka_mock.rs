@@ -505,59 +505,13 @@ async fn own_forecasts_are_published_on_kafka() {
     for t in ["signals", "commands", "results", "forecasts"] {
         mock.create_topic(t, 1, 1).unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), common::state::STATEFUL).unwrap();
-    let state = dir.path().join("state");
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"] }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
-[engine]
-tick = "200ms"
-[state]
-store = "dir"
-dir = "{}"
-[forecasts]
-publish = true
-period = "1s"
-horizon = "5m"
-step = "1m"
-topic = "forecasts"
-[[targets]]
-name = "web"
-policy = "p.lua"
-max_replicas = 1000
-windows = ["5s"]
-history_step = "1h"
-"#,
-            state.display()
-        ),
+    common::state::forecasts_reach_kafka(
+        &brokers,
+        ["signals", "commands", "results", "forecasts"],
+        "tidewatch",
+        Duration::from_secs(60),
     )
-    .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
-    let seed = common::state::seasonal_snapshot(&cfg, "web", chrono::Utc::now().timestamp_millis());
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("web.tws"), seed).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
-    let reader = common::kafka::reader(&brokers, "forecasts");
-    let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
-        .await
-        .expect("a forecast in time")
-        .unwrap();
-    assert_eq!(m.key(), Some(&b"web"[..]));
-    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-    assert!(common::schema::errors("forecast", &v).is_empty(), "{v}");
-    assert_eq!(v["source"], "tidewatch");
-    assert_eq!(v["points"].as_array().unwrap().len(), 5, "{v}");
-    stop.send(()).unwrap();
-    assert!(task.await.unwrap().drained);
+    .await;
 }
 
 /// Issue 21: the targets split over two engine shards. One message holds

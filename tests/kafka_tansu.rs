@@ -908,3 +908,35 @@ async fn a_missing_state_topic_is_created_compacted_and_a_deleting_one_is_warned
         .and_then(|e| e.value.clone());
     assert_eq!(policy.as_deref(), Some("compact"));
 }
+
+/// tidewatch's own forecasts on the real broker (issue 20): the model
+/// restored from a snapshot goes out as `forecast` messages on the
+/// forecasts topic, keyed by target, valid against the message schema,
+/// for another client to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_forecasts_are_published_on_tansu() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let t = |n: &str| format!("{n}-{suffix}");
+    let (signals, commands, results, forecasts) =
+        (t("signals"), t("commands"), t("results"), t("forecasts"));
+    common::kafka::create_topics(
+        &brokers,
+        &[
+            (&signals, 1),
+            (&commands, 1),
+            (&results, 1),
+            (&forecasts, 1),
+        ],
+    )
+    .await;
+    common::state::forecasts_reach_kafka(
+        &brokers,
+        [&signals, &commands, &results, &forecasts],
+        &t("scaler"),
+        Duration::from_secs(90),
+    )
+    .await;
+}

@@ -70,3 +70,109 @@ pub fn seasonal_snapshot(cfg: &Config, target: &str, end_ms: i64) -> Vec<u8> {
     );
     s.encode()
 }
+
+/// The tables after `[source]` and `[commands]` of a scaler that
+/// publishes its forecasts of one target, "web" (a point a minute over
+/// `horizon`), to `sink` (`topic = "..."` or `exchange = "..."`), with
+/// its state in `state_dir`.
+pub fn forecasting_toml(state_dir: &std::path::Path, sink: &str, horizon: &str) -> String {
+    format!(
+        r#"
+[engine]
+tick = "200ms"
+[state]
+store = "dir"
+dir = "{}"
+[forecasts]
+publish = true
+period = "1s"
+horizon = "{horizon}"
+step = "1m"
+{sink}
+[[targets]]
+name = "web"
+policy = "p.lua"
+max_replicas = 1000
+windows = ["5s"]
+history_step = "1h"
+"#,
+        state_dir.display()
+    )
+}
+
+/// Puts web's snapshot after three days of the daily cycle into
+/// `state_dir`, for the scaler of `cfg` to restore.
+pub fn seed_web(cfg: &Config, state_dir: &std::path::Path) {
+    let seed = seasonal_snapshot(cfg, "web", chrono::Utc::now().timestamp_millis());
+    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::write(state_dir.join("web.tws"), seed).unwrap();
+}
+
+/// Checks a forecast tidewatch published about web: valid against the
+/// `forecast` schema, web's queue depth by `tidewatch`, `points` points a
+/// minute apart, each the daily model's value (above zero, not a flat
+/// line at zero).
+pub fn check_published_forecast(body: &[u8], points: usize) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert!(super::schema::errors("forecast", &v).is_empty(), "{v}");
+    assert_eq!(
+        (
+            v["target"].as_str(),
+            v["metric"].as_str(),
+            v["source"].as_str()
+        ),
+        (Some("web"), Some("queue_depth"), Some("tidewatch"))
+    );
+    let got = v["points"].as_array().unwrap();
+    assert_eq!(got.len(), points, "{v}");
+    let ts: Vec<i64> = got.iter().map(|p| p["ts"].as_i64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[1] - w[0] == 60_000), "{ts:?}");
+    assert!(
+        got.iter().all(|p| p["value"].as_f64().unwrap() > 0.0),
+        "{v}"
+    );
+}
+
+/// A scaler on Kafka (`brokers`, the topics `[signals, commands, results,
+/// forecasts]` made already, consumer group `group`) that restores web's
+/// model and publishes its forecasts: the first one read from the
+/// forecasts topic within `within` is keyed by the target and passes
+/// [`check_published_forecast`].
+pub async fn forecasts_reach_kafka(
+    brokers: &str,
+    [signals, commands, results, forecasts]: [&str; 4],
+    group: &str,
+    within: std::time::Duration,
+) {
+    use rdkafka::message::Message;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.lua"), STATEFUL).unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["{signals}"], group_id = "{group}" }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "{commands}", results_topic = "{results}" }}
+{}"#,
+            forecasting_toml(&state, &format!("topic = \"{forecasts}\""), "5m")
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    seed_web(&cfg, &state);
+    let (stop, task) = super::start_run(cfg, Arc::new(Metrics::new()));
+    let reader = super::kafka::reader(brokers, forecasts);
+    let m = tokio::time::timeout(within, reader.recv())
+        .await
+        .expect("a forecast in time")
+        .unwrap();
+    assert_eq!(m.key(), Some(&b"web"[..]));
+    check_published_forecast(m.payload().unwrap(), 5);
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+}
