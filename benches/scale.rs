@@ -44,7 +44,9 @@
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
 //!   `/readyz`, on fresh queues and again with the bindings in place
 //!   (listed through the management API when
-//!   TIDEWATCH_TEST_AMQP_MANAGEMENT is set).
+//!   TIDEWATCH_TEST_AMQP_MANAGEMENT is set), and how many signals sent
+//!   at ready to every 50th target reach the engine within 10 s (a first
+//!   start's catch-all serves the targets not bound yet).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -929,8 +931,6 @@ fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
     (engine, end)
 }
 
-/// `tidewatch run` with N targets and one binding each (16 slots):
-/// seconds to `/readyz` on fresh queues, then with the bindings in place.
 /// Sends a queue-depth signal to each of `targets` and says how many the
 /// scaler (metrics on `port`) received, and how soon: at most 10 s.
 async fn served_at_ready(url: &str, signals: &str, port: u16, targets: &[String]) -> String {
@@ -970,6 +970,10 @@ async fn served_at_ready(url: &str, signals: &str, port: u16, targets: &[String]
     )
 }
 
+/// `tidewatch run` with N targets and one binding each (16 slots):
+/// seconds to `/readyz` on fresh queues, then with the bindings in place;
+/// at ready, a signal to every 50th target, bound yet or not, and how
+/// many of them reach the engine.
 async fn startup(n: usize) {
     let url = std::env::var("TIDEWATCH_TEST_AMQP")
         .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-scale starts RabbitMQ)");
