@@ -359,6 +359,10 @@ pub struct CatchAll {
     /// Per slot: its slot queue's signals are copies, dropped until its
     /// end marker.
     drops: Vec<bool>,
+    /// The configured targets of the slots it serves: a signal for any
+    /// other (another scaler's, or no one's) is not this scaler's, as the
+    /// exchange would not have routed it to a slot queue.
+    targets: HashSet<String>,
     /// Since when the markers are out (None: every binding is not made
     /// yet, or the catch-all has ended).
     ending: Option<std::time::Instant>,
@@ -372,26 +376,30 @@ const CATCH_ALL_END: &str = "x-tidewatch-catch-all-end";
 const CATCH_ALL_END_WAIT: Duration = Duration::from_secs(30);
 
 impl CatchAll {
-    /// A catch-all serving the slots `new` says were created now.
-    fn new(queue: String, id: String, new: Vec<bool>) -> Self {
+    /// A catch-all serving the slots `new` says were created now, whose
+    /// configured targets are `targets`.
+    fn new(queue: String, id: String, new: Vec<bool>, targets: HashSet<String>) -> Self {
         Self {
             queue,
             id,
             drops: new.clone(),
             serves: new,
+            targets,
             ending: None,
             ended: false,
         }
     }
 
-    /// Whether a signal delivered from `from` whose target is in `slot` is
-    /// applied.
-    fn applies(&self, from: From, slot: u16) -> bool {
+    /// Whether a signal delivered from `from` for `target`, whose slot is
+    /// `slot`, is applied.
+    fn applies(&self, from: From, target: &str, slot: u16) -> bool {
         let k = usize::from(slot);
         match from {
             From::Queue => true,
             From::Slot(..) => !self.drops.get(k).copied().unwrap_or(false),
-            From::CatchAll => self.serves.get(k).copied().unwrap_or(false),
+            From::CatchAll => {
+                self.serves.get(k).copied().unwrap_or(false) && self.targets.contains(target)
+            }
         }
     }
 
@@ -763,8 +771,9 @@ impl AmqpSource {
         for &k in created {
             new[usize::from(k)] = true;
         }
-        tracing::info!(queue = %queue, slots = created.len(), "amqp source: new slot queues; their signals come through a catch-all queue until every target is bound");
-        Ok(Some((consumer, CatchAll::new(queue, id, new))))
+        let targets: HashSet<String> = created.iter().flat_map(|&k| mode.targets_of(k)).collect();
+        tracing::info!(queue = %queue, slots = created.len(), targets = targets.len(), "amqp source: new slot queues; their signals come through a catch-all queue until every target is bound");
+        Ok(Some((consumer, CatchAll::new(queue, id, new, targets))))
     }
 
     /// Binds what the queues miss over a few channels of their own at once
@@ -861,8 +870,12 @@ impl AmqpSource {
             }
         }
         let catch_all = self.open_catch_all(&ch, &created).await?;
+        // what the catch-all does not carry waits for its bindings a while
+        let uncovered = missing
+            .iter()
+            .any(|(_, slot, _)| catch_all.is_none() || slot.is_none_or(|k| !created.contains(&k)));
         let mut binder = self.bind_missing(&conn, missing).await?;
-        if let (Some(b), None) = (binder.as_mut(), &catch_all) {
+        if let (Some(b), true) = (binder.as_mut(), uncovered) {
             // A first start with many targets: ready (consuming, deciding
             // for the targets bound so far) after `bindings_wait` while
             // the rest are bound at the broker's pace. Until a binding is
@@ -1158,11 +1171,14 @@ impl AmqpSource {
         Ok(())
     }
 
-    /// The slot of the target a signal's routing key (`<type>.<target>`)
-    /// names.
-    fn slot_of_key(&self, routing_key: &str) -> u16 {
+    /// The target a signal's routing key (`<type>.<target>`) names, and
+    /// its slot.
+    fn target_of_key<'k>(&self, routing_key: &'k str) -> (&'k str, u16) {
         let target = routing_key.split_once('.').map_or("", |(_, t)| t);
-        self.slots.as_ref().map_or(0, |m| m.slots.slot_of(target))
+        (
+            target,
+            self.slots.as_ref().map_or(0, |m| m.slots.slot_of(target)),
+        )
     }
 
     /// Hands slots on while this scaler holds more than its share: the
@@ -1336,7 +1352,14 @@ impl AmqpSource {
                 c.marker(from, &field_text(id));
             }
             let skipped = match catch_all.as_ref() {
-                Some(c) => !c.applies(from, self.slot_of_key(d.routing_key.as_str())),
+                Some(c) => {
+                    let (target, slot) = self.target_of_key(d.routing_key.as_str());
+                    let slot = match from {
+                        From::Slot(k, _) => k,
+                        _ => slot,
+                    };
+                    !c.applies(from, target, slot)
+                }
                 // what the catch-all still delivers after it ended
                 None => from == From::CatchAll,
             };
@@ -1454,12 +1477,13 @@ mod tests {
     use super::{CatchAll, From, CATCH_ALL_END_WAIT};
     use std::time::Instant;
 
-    /// Slots 0 and 2 of 4 were created now.
+    /// Slots 0 and 2 of 4 were created now; "t" is a configured target.
     fn catch_all() -> CatchAll {
         CatchAll::new(
             "q.catch-all.x".into(),
             "x".into(),
             vec![true, false, true, false],
+            ["t".to_owned()].into(),
         )
     }
 
@@ -1467,12 +1491,18 @@ mod tests {
     fn the_catch_all_carries_the_new_slots_and_their_queues_copies_are_dropped() {
         let c = catch_all();
         for (slot, new) in [(0, true), (1, false), (2, true), (3, false)] {
-            assert_eq!(c.applies(From::CatchAll, slot), new, "slot {slot}");
-            assert_eq!(c.applies(From::Slot(slot, 0), slot), !new, "slot {slot}");
+            assert_eq!(c.applies(From::CatchAll, "t", slot), new, "slot {slot}");
+            assert_eq!(
+                c.applies(From::Slot(slot, 0), "t", slot),
+                !new,
+                "slot {slot}"
+            );
         }
-        assert!(c.applies(From::Queue, 0));
+        assert!(c.applies(From::Queue, "t", 0));
         // a routing key's slot out of range is not carried
-        assert!(!c.applies(From::CatchAll, 9));
+        assert!(!c.applies(From::CatchAll, "t", 9));
+        // nor a target this scaler does not have, whatever its slot
+        assert!(!c.applies(From::CatchAll, "other", 0));
     }
 
     #[test]
@@ -1481,17 +1511,17 @@ mod tests {
         let t = Instant::now();
         // slot 2 is not held: no marker, its queue counts at once
         assert_eq!(c.end(|k| k == 0, t), vec![0]);
-        assert!(c.applies(From::Slot(2, 0), 2));
-        assert!(!c.applies(From::Slot(0, 0), 0));
+        assert!(c.applies(From::Slot(2, 0), "t", 2));
+        assert!(!c.applies(From::Slot(0, 0), "t", 0));
         // another session's marker changes nothing
         c.marker(From::Slot(0, 0), "y");
-        assert!(!c.applies(From::Slot(0, 0), 0));
+        assert!(!c.applies(From::Slot(0, 0), "t", 0));
         c.marker(From::Slot(0, 0), "x");
-        assert!(c.applies(From::Slot(0, 0), 0));
+        assert!(c.applies(From::Slot(0, 0), "t", 0));
         // until the catch-all's own marker, what it holds still counts
-        assert!(c.applies(From::CatchAll, 0) && !c.ended);
+        assert!(c.applies(From::CatchAll, "t", 0) && !c.ended);
         c.marker(From::CatchAll, "x");
-        assert!(c.ended && !c.applies(From::CatchAll, 0));
+        assert!(c.ended && !c.applies(From::CatchAll, "t", 0));
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT * 2), "ended already");
     }
 
@@ -1499,12 +1529,12 @@ mod tests {
     fn a_slot_handed_on_leaves_the_catch_all() {
         let mut c = catch_all();
         c.released(0);
-        assert!(!c.applies(From::CatchAll, 0));
+        assert!(!c.applies(From::CatchAll, "t", 0));
         assert!(
-            c.applies(From::Slot(0, 1), 0),
+            c.applies(From::Slot(0, 1), "t", 0),
             "if it comes back, from its queue"
         );
-        assert!(c.applies(From::CatchAll, 2));
+        assert!(c.applies(From::CatchAll, "t", 2));
         c.released(7); // out of range: nothing
     }
 
@@ -1515,10 +1545,10 @@ mod tests {
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT), "not ending yet");
         c.end(|_| true, t);
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT - std::time::Duration::from_millis(1)));
-        assert!(!c.applies(From::Slot(2, 0), 2));
+        assert!(!c.applies(From::Slot(2, 0), "t", 2));
         assert!(c.overdue(t + CATCH_ALL_END_WAIT));
         assert!(c.ended);
-        assert!(c.applies(From::Slot(2, 0), 2) && !c.applies(From::CatchAll, 2));
+        assert!(c.applies(From::Slot(2, 0), "t", 2) && !c.applies(From::CatchAll, "t", 2));
     }
 
     #[test]

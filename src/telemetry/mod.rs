@@ -1057,6 +1057,11 @@ impl Metrics {
         self.catch_all.set(i64::from(open));
     }
 
+    /// Whether a catch-all queue carries the signals now.
+    pub fn catch_all_open(&self) -> bool {
+        self.catch_all.get() == 1
+    }
+
     /// Bindings still to be made.
     pub fn bindings_pending_now(&self) -> i64 {
         self.bindings_pending.get()

@@ -147,6 +147,28 @@ pub async fn publish(
     Ok(())
 }
 
+/// Publishes each `(key, body)` persistently, all at once, then waits for
+/// every confirm (one round trip for the lot, not one each).
+pub async fn publish_all(ch: &Channel, exchange: &str, messages: &[(String, String)]) {
+    let mut confirms = Vec::with_capacity(messages.len());
+    for (key, body) in messages {
+        let c = ch
+            .basic_publish(
+                exchange,
+                key,
+                Default::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        confirms.push(c);
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack(), "broker nacked a test publish");
+    }
+}
+
 /// Waits until `queue` exists (the scaler declared it).
 pub async fn wait_for_queue(conn: &Connection, queue: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
