@@ -1052,14 +1052,22 @@ impl AmqpSource {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         self.ctx.metrics.catch_all(catch_all.is_some());
+        /// What woke the loop (a value on the stack for one turn: the
+        /// delivery is not boxed).
+        #[allow(clippy::large_enum_variant)]
+        enum Step {
+            Beat,
+            AllBound,
+            Delivery(Option<(From, Option<Result<Delivery, lapin::Error>>)>),
+        }
         loop {
-            let first = tokio::select! {
+            let step = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
                 r = all_bound(&mut binder) => match r {
                     Ok(n) => {
                         tracing::info!(bindings = n, "amqp source: every target is bound");
-                        Some(None)
+                        Step::AllBound
                     }
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
@@ -1067,40 +1075,42 @@ impl AmqpSource {
                     Ok(Err(e)) => format!("ack: {e}"),
                     other => format!("ack task ended: {other:?}"),
                 }),
-                _ = beat.tick(), if self.slots.is_some() => None,
-                d = deliveries.next() => Some(Some(d)),
+                _ = beat.tick(), if self.slots.is_some() => Step::Beat,
+                d = deliveries.next() => Step::Delivery(d),
             };
-            let Some(first) = first else {
-                beats += 1;
-                if let Err(e) = self.beat(s, beats, binder.is_none()).await {
-                    return Ended::Lost(e);
-                }
-                if let Some(c) = catch_all.as_mut() {
-                    if c.overdue(std::time::Instant::now()) {
-                        tracing::warn!(queue = %c.queue, "amqp source: the catch-all's end markers did not all come back within 30 s; it ends anyway");
+            let first = match step {
+                Step::Delivery(d) => d,
+                Step::AllBound => {
+                    if let Some(c) = catch_all.as_mut() {
+                        if let Err(e) = self.end_catch_all(s, c).await {
+                            return Ended::Lost(e);
+                        }
                     }
+                    continue;
                 }
-                if let Err(e) = close_catch_all(s, &mut catch_all, &self.ctx.metrics).await {
-                    return Ended::Lost(e);
-                }
-                if beats.is_multiple_of(REBALANCE_EVERY) {
-                    if let Err(e) = self
-                        .rebalance(s, &mut consumers, &mut deliveries, &mut catch_all)
-                        .await
-                    {
+                Step::Beat => {
+                    beats += 1;
+                    if let Err(e) = self.beat(s, beats, binder.is_none()).await {
                         return Ended::Lost(e);
                     }
-                }
-                continue;
-            };
-            let Some(first) = first else {
-                // every binding is made
-                if let Some(c) = catch_all.as_mut() {
-                    if let Err(e) = self.end_catch_all(s, c).await {
+                    if let Some(c) = catch_all.as_mut() {
+                        if c.overdue(std::time::Instant::now()) {
+                            tracing::warn!(queue = %c.queue, "amqp source: the catch-all's end markers did not all come back within 30 s; it ends anyway");
+                        }
+                    }
+                    if let Err(e) = close_catch_all(s, &mut catch_all, &self.ctx.metrics).await {
                         return Ended::Lost(e);
                     }
+                    if beats.is_multiple_of(REBALANCE_EVERY) {
+                        if let Err(e) = self
+                            .rebalance(s, &mut consumers, &mut deliveries, &mut catch_all)
+                            .await
+                        {
+                            return Ended::Lost(e);
+                        }
+                    }
+                    continue;
                 }
-                continue;
             };
             let mut batch = Vec::with_capacity(64);
             let cancelled = |from: From| {
