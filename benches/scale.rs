@@ -934,26 +934,17 @@ fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
 /// Sends a queue-depth signal to each of `targets` and says how many the
 /// scaler (metrics on `port`) received, and how soon: at most 10 s.
 async fn served_at_ready(url: &str, signals: &str, port: u16, targets: &[String]) -> String {
-    let received = |text: &str| {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("tidewatch_events_received_total{")
-                    && l.contains("source=\"amqp\"")
-                    && l.contains("type=\"queue_depth\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    // the bench sends nothing else: every event received is one of these
+    let received = |text: &str| scraped_sum(text, "tidewatch_events_received_total");
     let before = received(&scrape(port).await);
     let conn = mq::connect(url).await;
     let ch = mq::confirm_channel(&conn).await;
+    let messages: Vec<(String, String)> = targets
+        .iter()
+        .map(|t| (format!("queue_depth.{t}"), mq::depth_signal(t, 500)))
+        .collect();
     let t0 = Instant::now();
-    for t in targets {
-        let body = mq::depth_signal(t, 500);
-        mq::publish(&ch, signals, &format!("queue_depth.{t}"), body.as_bytes())
-            .await
-            .unwrap();
-    }
+    mq::publish_all(&ch, signals, &messages).await;
     let want = targets.len() as f64;
     let mut got = 0.0;
     while t0.elapsed() < Duration::from_secs(10) {

@@ -509,7 +509,7 @@ async fn a_first_start_consumes_while_the_rest_of_its_bindings_are_made() {
     // the catch-all ends once its markers are back: then the slot queues
     // carry each signal, once
     common::wait_for("the catch-all to end", Duration::from_secs(10), || {
-        common::metric(&m, "tidewatch_source_catch_all", &[]) == 0.0
+        !m.catch_all_open()
     })
     .await;
     send_depths(&ch, &n.signals, &sample, 1400).await;

@@ -280,7 +280,7 @@ async fn close_catch_all(
     catch_all: &mut Option<CatchAll>,
     metrics: &crate::telemetry::Metrics,
 ) -> Result<(), String> {
-    if !catch_all.as_ref().is_some_and(|c| c.ended) {
+    if !catch_all.as_ref().is_some_and(CatchAll::ended) {
         return Ok(());
     }
     *catch_all = None;
@@ -363,10 +363,19 @@ pub struct CatchAll {
     /// other (another scaler's, or no one's) is not this scaler's, as the
     /// exchange would not have routed it to a slot queue.
     targets: HashSet<String>,
-    /// Since when the markers are out (None: every binding is not made
-    /// yet, or the catch-all has ended).
-    ending: Option<std::time::Instant>,
-    ended: bool,
+    phase: Phase,
+}
+
+/// Where a catch-all is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Bindings are still being made.
+    Open,
+    /// Every binding is made; its end markers are out since then.
+    Ending(std::time::Instant),
+    /// Its own end marker came back (or the markers were waited for too
+    /// long): it carries nothing any more.
+    Ended,
 }
 
 /// The header of a catch-all's end marker (its value: the session's id).
@@ -385,9 +394,12 @@ impl CatchAll {
             drops: new.clone(),
             serves: new,
             targets,
-            ending: None,
-            ended: false,
+            phase: Phase::Open,
         }
+    }
+
+    fn ended(&self) -> bool {
+        self.phase == Phase::Ended
     }
 
     /// Whether a signal delivered from `from` for `target`, whose slot is
@@ -416,7 +428,7 @@ impl CatchAll {
     /// Every binding is made: the slots held (by `holds`) that get an end
     /// marker; the rest's slot queues count at once.
     fn end(&mut self, holds: impl Fn(u16) -> bool, now: std::time::Instant) -> Vec<u16> {
-        self.ending = Some(now);
+        self.phase = Phase::Ending(now);
         let mut marked = Vec::new();
         for (k, d) in self.drops.iter_mut().enumerate() {
             if *d && holds(k as u16) {
@@ -446,16 +458,14 @@ impl CatchAll {
 
     fn finish(&mut self) {
         self.serves.iter_mut().for_each(|s| *s = false);
-        self.ending = None;
-        self.ended = true;
+        self.phase = Phase::Ended;
     }
 
     /// Whether the end markers have been waited for too long (`now`): if
     /// so every slot queue counts again and the catch-all ends.
     fn overdue(&mut self, now: std::time::Instant) -> bool {
-        let late = self
-            .ending
-            .is_some_and(|t| now.duration_since(t) >= CATCH_ALL_END_WAIT);
+        let late = matches!(self.phase,
+            Phase::Ending(t) if now.duration_since(t) >= CATCH_ALL_END_WAIT);
         if late {
             self.drops.iter_mut().for_each(|d| *d = false);
             self.finish();
@@ -1115,7 +1125,9 @@ impl AmqpSource {
             let mut batch = Vec::with_capacity(64);
             let cancelled = |from: From| {
                 !consumers.is_current(from)
-                    || (from == From::CatchAll && catch_all.as_ref().is_none_or(|c| c.ended))
+                    // (once ended, the catch-all is forgotten before its
+                    // consumer is cancelled)
+                    || (from == From::CatchAll && catch_all.is_none())
             };
             match first {
                 Some((from, Some(Ok(d)))) => batch.push((from, d)),
@@ -1166,7 +1178,7 @@ impl AmqpSource {
         let Some(mode) = &self.slots else {
             return Ok(());
         };
-        if c.ended || c.ending.is_some() {
+        if c.phase != Phase::Open {
             return Ok(());
         }
         let marked = c.end(|k| mode.slots.holds(k), std::time::Instant::now());
@@ -1361,17 +1373,16 @@ impl AmqpSource {
             if let (Some(id), Some(c)) = (marker, catch_all.as_mut()) {
                 c.marker(from, &field_text(id));
             }
-            let skipped = match catch_all.as_ref() {
-                Some(c) => {
+            let skipped = match (catch_all.as_ref(), from) {
+                // the routing key's target only for what the catch-all carries
+                (Some(c), From::CatchAll) => {
                     let (target, slot) = self.target_of_key(d.routing_key.as_str());
-                    let slot = match from {
-                        From::Slot(k, _) => k,
-                        _ => slot,
-                    };
                     !c.applies(from, target, slot)
                 }
+                (Some(c), From::Slot(k, _)) => !c.applies(from, "", k),
                 // what the catch-all still delivers after it ended
-                None => from == From::CatchAll,
+                (None, From::CatchAll) => true,
+                _ => false,
             };
             // the acker of the batch's last delivery acks it all
             if beat || marker.is_some() || skipped {
@@ -1529,9 +1540,9 @@ mod tests {
         c.marker(From::Slot(0, 0), "x");
         assert!(c.applies(From::Slot(0, 0), "t", 0));
         // until the catch-all's own marker, what it holds still counts
-        assert!(c.applies(From::CatchAll, "t", 0) && !c.ended);
+        assert!(c.applies(From::CatchAll, "t", 0) && !c.ended());
         c.marker(From::CatchAll, "x");
-        assert!(c.ended && !c.applies(From::CatchAll, "t", 0));
+        assert!(c.ended() && !c.applies(From::CatchAll, "t", 0));
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT * 2), "ended already");
     }
 
@@ -1557,7 +1568,7 @@ mod tests {
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT - std::time::Duration::from_millis(1)));
         assert!(!c.applies(From::Slot(2, 0), "t", 2));
         assert!(c.overdue(t + CATCH_ALL_END_WAIT));
-        assert!(c.ended);
+        assert!(c.ended());
         assert!(c.applies(From::Slot(2, 0), "t", 2) && !c.applies(From::CatchAll, "t", 2));
     }
 
