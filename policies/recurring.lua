@@ -28,14 +28,81 @@
 -- It never plans below the load now, and a fall on the previous days is
 -- not anticipated (scale-down is the HPA rule's and the guard's
 -- stabilization). With fewer than 3 days of history it is hpa.lua.
+--   proof: the rise is added only once it has paid on this target's own
+--         load, better than the same replicas spent as uniform headroom;
+--         until then it is hpa.lua. Every period, whatever it decided, it
+--         scores two plans on the load it sees: the HPA rule on the load
+--         now (B) and with the rise (A), each held at its highest over
+--         `stab` seconds (the guard's scale-down stabilization) and ready
+--         `startup` seconds later. A check is short for a plan when the
+--         load now is above its ready replicas times `capacity`.
+--           saved = checks where B is short and A is not, per replica-
+--                   second A holds above B;
+--           uniform = checks where B is short and `margin` (5%) more of
+--                   B would not have been, per replica-second of that 5%.
+--         Both fade over `memory` (7 days). The rise is added while saved
+--         is above `edge` (1) times uniform and at least `proof` checks
+--         were saved. proof = 0 (the default): from the third day,
+--         unproven; 4 is what docs/PREDICTIVE.md measured.
+--         A rise that only shortens a shortfall (an opening larger than
+--         k times the rise plus the headroom) saves no check: it is not
+--         proven, and the HPA rule handles that opening alone.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         k (0.4), days (14, at most 14), hold (1200; 0: none).
+--         k (0.4), days (14, at most 14), hold (1200; 0: none), proof (0),
+--         edge (1), margin (0.05), memory (604800), stab (300), capacity
+--         (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
 local P = {}
+
+-- The plans' ring: 64 periods (16 minutes at 15 s) cover startup + stab.
+local SLOTS = 64
+
+-- The highest count of ring `ring` decided in (at - stab, at]: what that
+-- plan has ready at `at` + startup.
+local function held_at(ring, at, stab)
+  local best = 0
+  for i = 1, SLOTS do
+    local t, n = ring.t[i], ring.n[i]
+    if t and t <= at and t > at - stab and n > best then best = n end
+  end
+  return best
+end
+
+-- Scores plan A (with the rise) against B (without) on the load now, and
+-- tells whether A has paid for itself (see `proof` above).
+local function proven(ctx, now, add, period, target)
+  local p, s = ctx.params, ctx.state
+  local proof = p.proof or 0
+  if proof <= 0 then return true end
+  local startup, stab = p.startup or 60, p.stab or 300
+  local cap = p.capacity or target / 0.8
+  local a = s.plan_a or { t = {}, n = {} }
+  local b = s.plan_b or { t = {}, n = {} }
+  s.plan_a, s.plan_b = a, b
+  local i = math.floor(ctx.now / period) % SLOTS + 1
+  a.t[i], a.n[i] = ctx.now, math.ceil((now + add) / target)
+  b.t[i], b.n[i] = ctx.now, math.ceil(now / target)
+  local na, nb = held_at(a, ctx.now - startup, stab), held_at(b, ctx.now - startup, stab)
+  local fade = math.exp(-period / (p.memory or 604800))
+  local margin = p.margin or 0.05
+  local saved, extra = (s.saved or 0) * fade, (s.extra or 0) * fade
+  local usaved, ucost = (s.usaved or 0) * fade, (s.ucost or 0) * fade
+  if nb > 0 then
+    local short_b = now > nb * cap
+    if short_b and now <= na * cap then saved = saved + 1 end
+    if short_b and now <= nb * cap * (1 + margin) then usaved = usaved + 1 end
+    extra = extra + (na - nb) * period
+    ucost = ucost + margin * nb * period
+  end
+  s.saved, s.extra, s.usaved, s.ucost = saved, extra, usaved, ucost
+  local rate = extra > 0 and saved / extra or 0
+  local uniform = ucost > 0 and usaved / ucost or 0
+  return saved >= proof and rate > (p.edge or 1) * uniform
+end
 
 function P.decide(ctx)
   local p = ctx.params
@@ -44,29 +111,38 @@ function P.decide(ctx)
   local now, metric, stat = tw.load_reading(ctx)
   if not now then return nil end
   local to = (p.startup or 60) + period + (p.ahead or 2400)
-  local load, rise = now, nil
+  local rise, add = nil, 0
   local r = ctx.recurring(metric, 0, to, p.days or 14)
   if r then
     rise = r.rise
-    if rise > 0 then load = now + (p.k or 0.4) * rise end
+    if rise > 0 then add = (p.k or 0.4) * rise end
   end
+  local target = tw.per_replica_target(p, 0.8)
+  local use = proven(ctx, now, add, period, target) and r ~= nil
+  local load = use and now + add or now
   local s, held = ctx.state, false
-  if s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > load
+  if use and s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > load
       and now < s.plan_from + 0.5 * (s.plan - s.plan_from) and now > 0.9 * s.plan_from then
     load, held = s.plan, true
   else
     s.plan, s.plan_at, s.plan_from = load, ctx.now, now
   end
-  local want, per_replica, target = tw.hpa_desired(ctx, load)
+  local want, per_replica = tw.hpa_desired(ctx, load)
   return { replicas = want,
-           reason = string.format("%s %s %.1f, recurring rise %s within %ds%s, plan %.1f per replica, target %.1f",
+           reason = string.format("%s %s %.1f, recurring rise %s within %ds%s%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
+             (r and not use) and " (not proven yet)" or "",
              held and " (plan held)" or "", per_replica, target) }
 end
 
 P.examples = {
   { name = "no history yet: the HPA rule", replicas = 2, params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
+  { name = "with proof = 4, a rise not proven on this load yet: the HPA rule", replicas = 4,
+    params = { target_per_replica = 100, proof = 4 },
+    windows = { requests = { ["60s"] = { rate = 400 } } },
+    recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14 } },
+    expect = 4 },
   { name = "0.4 of the previous days' rise is provisioned ahead", replicas = 4,
     params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 400 } } },

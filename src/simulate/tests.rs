@@ -231,6 +231,43 @@ fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
     );
 }
 
+/// A rise that recurs every day but never finds the HPA rule short (a
+/// slow climb from 100 to 130 over the hour from 9:00, down again from
+/// 17:00): with `proof` (4) `recurring.lua` does not add it until it has
+/// paid on this load, so it holds what `hpa.lua` holds; without (the
+/// default) it pays for replicas that were never needed.
+#[test]
+fn the_recurring_policy_with_proof_adds_the_rise_only_once_it_has_paid() {
+    let mut o = hpa_and_recurring();
+    o.warmup = Duration::from_secs(7 * 86_400);
+    let values: Vec<f64> = (0..10 * 1440)
+        .map(|m| {
+            let minute = (m % 1440) as f64;
+            let up = ((minute - 540.0) / 60.0).clamp(0.0, 1.0);
+            let down = ((minute - 1020.0) / 60.0).clamp(0.0, 1.0);
+            100.0 + 30.0 * (up - down)
+        })
+        .collect();
+    let t = trace(&values);
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
+    assert_eq!(hpa.under_provisioned_share, 0.0, "{hpa:?}");
+    assert_eq!(recurring.under_provisioned_share, 0.0, "{recurring:?}");
+    assert!(
+        recurring.replica_hours > hpa.replica_hours,
+        "{recurring:?} against {hpa:?}"
+    );
+    o.params.insert("proof".into(), 4.into());
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    assert_eq!(r.policies[1].policy_errors, 0);
+    assert_eq!(
+        r.policies[1].replica_hours, r.policies[0].replica_hours,
+        "{:?} against {:?}",
+        r.policies[1], r.policies[0]
+    );
+}
+
 #[test]
 fn a_forecasting_policy_gets_a_mase() {
     let dir = tempfile::tempdir().unwrap();
