@@ -32,7 +32,7 @@
 --         load, better than the same replicas spent as uniform headroom;
 --         until then it is hpa.lua. Every period, whatever it decided, it
 --         scores two plans on the load it sees: the HPA rule on the load
---         now (B) and with the rise (A), each held at its highest over
+--         now (B) and with the rise, its hold included (A), each held at its highest over
 --         `stab` seconds (the guard's scale-down stabilization) and ready
 --         `startup` seconds later. A check is short for a plan when the
 --         load now is above its ready replicas times `capacity`.
@@ -41,16 +41,15 @@
 --           uniform = checks where B is short and `margin` (5%) more of
 --                   B would not have been, per replica-second of that 5%.
 --         Both fade over `memory` (7 days). The rise is added while saved
---         is above `edge` (1) times uniform and at least `proof` checks
---         were saved. proof = 0 (the default): from the third day,
---         unproven; 4 is what docs/PREDICTIVE.md measured.
+--         is above `edge` (1) times uniform and at least `proof` (4)
+--         checks were saved. proof = 0: from the third day, unproven.
 --         A rise that only shortens a shortfall (an opening larger than
 --         k times the rise plus the headroom) saves no check: it is not
 --         proven, and the HPA rule handles that opening alone.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         k (0.4), days (14, at most 14), hold (1200; 0: none), proof (0),
+--         k (0.4), days (14, at most 14), hold (1200; 0: none), proof (4),
 --         edge (1), margin (0.05), memory (604800), stab (300), capacity
 --         (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
@@ -58,35 +57,37 @@
 -- --sweep` on your own load.
 local P = {}
 
--- The plans' ring: 64 periods (16 minutes at 15 s) cover startup + stab.
-local SLOTS = 64
-
--- The highest count of ring `ring` decided in (at - stab, at]: what that
--- plan has ready at `at` + startup.
-local function held_at(ring, at, stab)
+-- The highest count of ring `ring` (of `size` periods) decided in
+-- (at - stab, at]: what that plan has ready at `at` + startup.
+local function held_at(ring, size, at, stab, period)
   local best = 0
-  for i = 1, SLOTS do
+  for k = math.floor((at - stab) / period), math.floor(at / period) do
+    local i = k % size + 1
     local t, n = ring.t[i], ring.n[i]
     if t and t <= at and t > at - stab and n > best then best = n end
   end
   return best
 end
 
--- Scores plan A (with the rise) against B (without) on the load now, and
--- tells whether A has paid for itself (see `proof` above).
-local function proven(ctx, now, add, period, target)
+-- Scores plan A (the load `plan`: with the rise, held or not) against B
+-- (the load now) on the load now, and tells whether A has paid for
+-- itself (see `proof` above).
+local function proven(ctx, now, plan, period, target)
   local p, s = ctx.params, ctx.state
-  local proof = p.proof or 0
+  local proof = p.proof or 4
   if proof <= 0 then return true end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local a = s.plan_a or { t = {}, n = {} }
   local b = s.plan_b or { t = {}, n = {} }
   s.plan_a, s.plan_b = a, b
-  local i = math.floor(ctx.now / period) % SLOTS + 1
-  a.t[i], a.n[i] = ctx.now, math.ceil((now + add) / target)
+  -- a slot a period, enough for startup + stab
+  local size = math.floor((startup + stab) / period) + 2
+  local i = math.floor(ctx.now / period) % size + 1
+  a.t[i], a.n[i] = ctx.now, math.ceil(plan / target)
   b.t[i], b.n[i] = ctx.now, math.ceil(now / target)
-  local na, nb = held_at(a, ctx.now - startup, stab), held_at(b, ctx.now - startup, stab)
+  local at = ctx.now - startup
+  local na, nb = held_at(a, size, at, stab, period), held_at(b, size, at, stab, period)
   local fade = math.exp(-period / (p.memory or 604800))
   local margin = p.margin or 0.05
   local saved, extra = (s.saved or 0) * fade, (s.extra or 0) * fade
@@ -118,50 +119,51 @@ function P.decide(ctx)
     if rise > 0 then add = (p.k or 0.4) * rise end
   end
   local target = tw.per_replica_target(p, 0.8)
-  local use = proven(ctx, now, add, period, target) and r ~= nil
-  local load = use and now + add or now
-  local s, held = ctx.state, false
-  if use and s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > load
+  -- the plan with the rise, and its hold
+  local plan, s, held = now + add, ctx.state, false
+  if s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > plan
       and now < s.plan_from + 0.5 * (s.plan - s.plan_from) and now > 0.9 * s.plan_from then
-    load, held = s.plan, true
+    plan, held = s.plan, true
   else
-    s.plan, s.plan_at, s.plan_from = load, ctx.now, now
+    s.plan, s.plan_at, s.plan_from = plan, ctx.now, now
   end
+  local use = proven(ctx, now, plan, period, target) and r ~= nil
+  local load = use and plan or now
   local want, per_replica = tw.hpa_desired(ctx, load)
   return { replicas = want,
            reason = string.format("%s %s %.1f, recurring rise %s within %ds%s%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
              (r and not use) and " (not proven yet)" or "",
-             held and " (plan held)" or "", per_replica, target) }
+             (use and held) and " (plan held)" or "", per_replica, target) }
 end
 
 P.examples = {
   { name = "no history yet: the HPA rule", replicas = 2, params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
-  { name = "with proof = 4, a rise not proven on this load yet: the HPA rule", replicas = 4,
-    params = { target_per_replica = 100, proof = 4 },
+  { name = "a rise not proven on this load yet: the HPA rule", replicas = 4,
+    params = { target_per_replica = 100 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14 } },
     expect = 4 },
-  { name = "0.4 of the previous days' rise is provisioned ahead", replicas = 4,
-    params = { target_per_replica = 100 },
+  { name = "proven (here: proof = 0), 0.4 of the previous days' rise is provisioned ahead", replicas = 4,
+    params = { target_per_replica = 100, proof = 0 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14 } },
     -- 400 + 0.4 * 400 = 560: 140 per replica, 1.4 times the target
     expect = 6 },
   { name = "k = 1 buys all of it, within the scale-up limit", replicas = 4,
-    params = { target_per_replica = 100, k = 1 },
+    params = { target_per_replica = 100, k = 1, proof = 0 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 900, low = 800, high = 1000, level = 1300, days = 14 } },
     -- 1300 would be 13; at most max(2 * 4, 4 + 4) = 8
     expect = 8 },
   { name = "a fall on the previous days is not anticipated", replicas = 4,
-    params = { target_per_replica = 100 },
+    params = { target_per_replica = 100, proof = 0 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = -300, low = -350, high = -250, level = 100, days = 14 } },
     expect = 4 },
   { name = "a small rise stays within the tolerance", replicas = 4,
-    params = { target_per_replica = 100 },
+    params = { target_per_replica = 100, proof = 0 },
     windows = { requests = { ["60s"] = { rate = 400 } } },
     recurring = { requests = { rise = 60, low = 0, high = 100, level = 460, days = 14 } },
     -- 400 + 0.4 * 60 = 424: 1.06 times the target, within 10%

@@ -185,6 +185,9 @@ fn hpa_and_recurring() -> Options {
 fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
     let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(7 * 86_400);
+    // the rise added unproven: 0.4 of it never proves itself on these
+    // openings (the next test)
+    o.params.insert("proof".into(), 0.into());
     let t = openings();
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
@@ -217,6 +220,7 @@ fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
 fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
     let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(4 * 86_400);
+    o.params.insert("proof".into(), 0.into());
     // level for four days and a half, then a third of it
     let values: Vec<f64> = (0..5 * 1440)
         .map(|m| if m < 4 * 1440 + 720 { 300.0 } else { 100.0 })
@@ -233,11 +237,12 @@ fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
 
 /// A rise that recurs every day but never finds the HPA rule short (a
 /// slow climb from 100 to 130 over the hour from 9:00, down again from
-/// 17:00): with `proof` (4) `recurring.lua` does not add it until it has
-/// paid on this load, so it holds what `hpa.lua` holds; without (the
-/// default) it pays for replicas that were never needed.
+/// 17:00): `recurring.lua` does not add it until it has paid on this
+/// load (`proof`), so it holds what `hpa.lua` holds; unproven (`proof =
+/// 0`) it pays for replicas that were never needed. On openings to three
+/// times the load the whole rise pays and is proven; 0.4 of it never is.
 #[test]
-fn the_recurring_policy_with_proof_adds_the_rise_only_once_it_has_paid() {
+fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
     let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(7 * 86_400);
     let values: Vec<f64> = (0..10 * 1440)
@@ -253,14 +258,33 @@ fn the_recurring_policy_with_proof_adds_the_rise_only_once_it_has_paid() {
     let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
     assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
     assert_eq!(hpa.under_provisioned_share, 0.0, "{hpa:?}");
+    assert_eq!(
+        recurring.replica_hours, hpa.replica_hours,
+        "{recurring:?} against {hpa:?}"
+    );
+    o.params.insert("proof".into(), 0.into());
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
     assert_eq!(recurring.under_provisioned_share, 0.0, "{recurring:?}");
     assert!(
         recurring.replica_hours > hpa.replica_hours,
         "{recurring:?} against {hpa:?}"
     );
-    o.params.insert("proof".into(), 4.into());
-    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
-    assert_eq!(r.policies[1].policy_errors, 0);
+    // the openings: the whole rise (k = 1) saves the HPA rule's
+    // shortfalls in the warm-up days, late openings (held plans)
+    // included, and is proven before the scored days: never short
+    o.params.remove("proof");
+    let openings = openings();
+    o.params.insert("k".into(), 1.0.into());
+    let (r, _) = run(&o, &openings, |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
+    assert!(hpa.under_provisioned_share > 0.0, "{hpa:?}");
+    assert_eq!(recurring.under_provisioned_share, 0.0, "{recurring:?}");
+    // 0.4 of it and the HPA rule's headroom are short of those openings
+    // too: the rise saves no check, is never proven, and it is the HPA
+    // rule
+    o.params.insert("k".into(), 0.4.into());
+    let (r, _) = run(&o, &openings, |_, _| {}).unwrap();
     assert_eq!(
         r.policies[1].replica_hours, r.policies[0].replica_hours,
         "{:?} against {:?}",
