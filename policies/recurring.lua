@@ -32,9 +32,9 @@
 --         load, better than the same replicas spent as uniform headroom;
 --         until then it is hpa.lua. Every period, whatever it decided, it
 --         scores two plans on the load it sees: the HPA rule on the load
---         now (B) and with the rise, its hold included (A), each held at its highest over
---         `stab` seconds (the guard's scale-down stabilization) and ready
---         `startup` seconds later. A check is short for a plan when the
+--         now (B) and with the rise, its hold included (A), each held at
+--         its highest over `stab` seconds (the guard's scale-down
+--         stabilization) and ready `startup` seconds later. A check is short for a plan when the
 --         load now is above its ready replicas times `capacity`.
 --           saved = checks where B is short and A is not, per replica-
 --                   second A holds above B;
@@ -74,6 +74,7 @@ end
 -- itself (see `proof` above).
 local function proven(ctx, now, plan, period, target)
   local p, s = ctx.params, ctx.state
+  period = math.max(period, 1)
   local proof = p.proof or 4
   if proof <= 0 then return true end
   local startup, stab = p.startup or 60, p.stab or 300
@@ -139,6 +140,9 @@ end
 
 P.examples = {
   { name = "no history yet: the HPA rule", replicas = 2, params = { target_per_replica = 100 },
+    windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
+  { name = "period 0: the HPA rule at every call", replicas = 2,
+    params = { target_per_replica = 100, period = 0 },
     windows = { requests = { ["60s"] = { rate = 450 } } }, expect = 5 },
   { name = "a rise not proven on this load yet: the HPA rule", replicas = 4,
     params = { target_per_replica = 100 },
