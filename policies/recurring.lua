@@ -57,16 +57,20 @@
 -- --sweep` on your own load.
 local P = {}
 
--- The highest count of ring `ring` (of `size` periods) decided in
--- (at - stab, at]: what that plan has ready at `at` + startup.
+-- The highest counts of plans A and B decided in (at - stab, at]: what
+-- each has ready at `at` + startup. `ring` holds a slot a period (of
+-- `size`): the time of the decision (t) and each plan's count (a, b).
 local function held_at(ring, size, at, stab, period)
-  local best = 0
+  local best_a, best_b = 0, 0
   for k = math.floor((at - stab) / period), math.floor(at / period) do
     local i = k % size + 1
-    local t, n = ring.t[i], ring.n[i]
-    if t and t <= at and t > at - stab and n > best then best = n end
+    local t = ring.t[i]
+    if t and t <= at and t > at - stab then
+      if ring.a[i] > best_a then best_a = ring.a[i] end
+      if ring.b[i] > best_b then best_b = ring.b[i] end
+    end
   end
-  return best
+  return best_a, best_b
 end
 
 -- Scores plan A (the load `plan`: with the rise, held or not) against B
@@ -79,16 +83,13 @@ local function proven(ctx, now, plan, period, target)
   if proof <= 0 then return true end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
-  local a = s.plan_a or { t = {}, n = {} }
-  local b = s.plan_b or { t = {}, n = {} }
-  s.plan_a, s.plan_b = a, b
+  local ring = s.plans or { t = {}, a = {}, b = {} }
+  s.plans = ring
   -- a slot a period, enough for startup + stab
   local size = math.floor((startup + stab) / period) + 2
   local i = math.floor(ctx.now / period) % size + 1
-  a.t[i], a.n[i] = ctx.now, math.ceil(plan / target)
-  b.t[i], b.n[i] = ctx.now, math.ceil(now / target)
-  local at = ctx.now - startup
-  local na, nb = held_at(a, size, at, stab, period), held_at(b, size, at, stab, period)
+  ring.t[i], ring.a[i], ring.b[i] = ctx.now, math.ceil(plan / target), math.ceil(now / target)
+  local na, nb = held_at(ring, size, ctx.now - startup, stab, period)
   local fade = math.exp(-period / (p.memory or 604800))
   local margin = p.margin or 0.05
   local saved, extra = (s.saved or 0) * fade, (s.extra or 0) * fade

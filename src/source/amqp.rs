@@ -402,15 +402,18 @@ impl CatchAll {
         self.phase == Phase::Ended
     }
 
-    /// Whether a signal delivered from `from` for `target`, whose slot is
-    /// `slot`, is applied.
-    fn applies(&self, from: From, target: &str, slot: u16) -> bool {
-        let k = usize::from(slot);
+    /// Whether a signal delivered from `from` is applied. A slot queue's
+    /// slot is in `from`; what the catch-all carries is judged by the
+    /// target its routing key names and that target's slot (`key`, read
+    /// only then).
+    fn applies<'k>(&self, from: From, key: impl FnOnce() -> (&'k str, u16)) -> bool {
+        let flag = |v: &[bool], k: u16| v.get(usize::from(k)).copied().unwrap_or(false);
         match from {
             From::Queue => true,
-            From::Slot(..) => !self.drops.get(k).copied().unwrap_or(false),
+            From::Slot(k, _) => !flag(&self.drops, k),
             From::CatchAll => {
-                self.serves.get(k).copied().unwrap_or(false) && self.targets.contains(target)
+                let (target, k) = key();
+                flag(&self.serves, k) && self.targets.contains(target)
             }
         }
     }
@@ -1373,16 +1376,10 @@ impl AmqpSource {
             if let (Some(id), Some(c)) = (marker, catch_all.as_mut()) {
                 c.marker(from, &field_text(id));
             }
-            let skipped = match (catch_all.as_ref(), from) {
-                // the routing key's target only for what the catch-all carries
-                (Some(c), From::CatchAll) => {
-                    let (target, slot) = self.target_of_key(d.routing_key.as_str());
-                    !c.applies(from, target, slot)
-                }
-                (Some(c), From::Slot(k, _)) => !c.applies(from, "", k),
+            let skipped = match catch_all.as_ref() {
+                Some(c) => !c.applies(from, || self.target_of_key(d.routing_key.as_str())),
                 // what the catch-all still delivers after it ended
-                (None, From::CatchAll) => true,
-                _ => false,
+                None => from == From::CatchAll,
             };
             // the acker of the batch's last delivery acks it all
             if beat || marker.is_some() || skipped {
@@ -1512,18 +1509,22 @@ mod tests {
     fn the_catch_all_carries_the_new_slots_and_their_queues_copies_are_dropped() {
         let c = catch_all();
         for (slot, new) in [(0, true), (1, false), (2, true), (3, false)] {
-            assert_eq!(c.applies(From::CatchAll, "t", slot), new, "slot {slot}");
             assert_eq!(
-                c.applies(From::Slot(slot, 0), "t", slot),
+                c.applies(From::CatchAll, || ("t", slot)),
+                new,
+                "slot {slot}"
+            );
+            assert_eq!(
+                c.applies(From::Slot(slot, 0), || ("t", slot)),
                 !new,
                 "slot {slot}"
             );
         }
-        assert!(c.applies(From::Queue, "t", 0));
+        assert!(c.applies(From::Queue, || ("t", 0)));
         // a routing key's slot out of range is not carried
-        assert!(!c.applies(From::CatchAll, "t", 9));
+        assert!(!c.applies(From::CatchAll, || ("t", 9)));
         // nor a target this scaler does not have, whatever its slot
-        assert!(!c.applies(From::CatchAll, "other", 0));
+        assert!(!c.applies(From::CatchAll, || ("other", 0)));
     }
 
     #[test]
@@ -1532,17 +1533,17 @@ mod tests {
         let t = Instant::now();
         // slot 2 is not held: no marker, its queue counts at once
         assert_eq!(c.end(|k| k == 0, t), vec![0]);
-        assert!(c.applies(From::Slot(2, 0), "t", 2));
-        assert!(!c.applies(From::Slot(0, 0), "t", 0));
+        assert!(c.applies(From::Slot(2, 0), || ("t", 2)));
+        assert!(!c.applies(From::Slot(0, 0), || ("t", 0)));
         // another session's marker changes nothing
         c.marker(From::Slot(0, 0), "y");
-        assert!(!c.applies(From::Slot(0, 0), "t", 0));
+        assert!(!c.applies(From::Slot(0, 0), || ("t", 0)));
         c.marker(From::Slot(0, 0), "x");
-        assert!(c.applies(From::Slot(0, 0), "t", 0));
+        assert!(c.applies(From::Slot(0, 0), || ("t", 0)));
         // until the catch-all's own marker, what it holds still counts
-        assert!(c.applies(From::CatchAll, "t", 0) && !c.ended());
+        assert!(c.applies(From::CatchAll, || ("t", 0)) && !c.ended());
         c.marker(From::CatchAll, "x");
-        assert!(c.ended() && !c.applies(From::CatchAll, "t", 0));
+        assert!(c.ended() && !c.applies(From::CatchAll, || ("t", 0)));
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT * 2), "ended already");
     }
 
@@ -1550,12 +1551,12 @@ mod tests {
     fn a_slot_handed_on_leaves_the_catch_all() {
         let mut c = catch_all();
         c.released(0);
-        assert!(!c.applies(From::CatchAll, "t", 0));
+        assert!(!c.applies(From::CatchAll, || ("t", 0)));
         assert!(
-            c.applies(From::Slot(0, 1), "t", 0),
+            c.applies(From::Slot(0, 1), || ("t", 0)),
             "if it comes back, from its queue"
         );
-        assert!(c.applies(From::CatchAll, "t", 2));
+        assert!(c.applies(From::CatchAll, || ("t", 2)));
         c.released(7); // out of range: nothing
     }
 
@@ -1566,10 +1567,12 @@ mod tests {
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT), "not ending yet");
         c.end(|_| true, t);
         assert!(!c.overdue(t + CATCH_ALL_END_WAIT - std::time::Duration::from_millis(1)));
-        assert!(!c.applies(From::Slot(2, 0), "t", 2));
+        assert!(!c.applies(From::Slot(2, 0), || ("t", 2)));
         assert!(c.overdue(t + CATCH_ALL_END_WAIT));
         assert!(c.ended());
-        assert!(c.applies(From::Slot(2, 0), "t", 2) && !c.applies(From::CatchAll, "t", 2));
+        assert!(
+            c.applies(From::Slot(2, 0), || ("t", 2)) && !c.applies(From::CatchAll, || ("t", 2))
+        );
     }
 
     #[test]
