@@ -25,6 +25,12 @@
 --         (below halfway to the plan, above 90% of that load): the rise
 --         may still come. Once the load has risen, or fallen, the plan
 --         is made afresh.
+--   weekly: the median across 14 days is the working days' rise, also
+--         on a weekend. So no more of it is added than the same day of
+--         the week had: times ctx.recurring's `week` (the level the same
+--         weekday reached, 7 and 14 days ago, over the median day's; at
+--         most 1), read over the window widened by `widen` seconds so
+--         that the hour it came matters less. weekly = 0: off.
 -- It never plans below the load now, and a fall on the previous days is
 -- not anticipated (scale-down is the HPA rule's and the guard's
 -- stabilization). With fewer than 3 days of history it is hpa.lua.
@@ -49,9 +55,9 @@
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         k (0.4), days (14, at most 14), hold (1200; 0: none), proof (4),
---         edge (1), margin (0.05), memory (604800), stab (300), capacity
---         (else target / 0.8).
+--         k (0.4), days (14, at most 14), hold (1200; 0: none), weekly
+--         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
+--         memory (604800), stab (300), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -116,9 +122,17 @@ function P.decide(ctx)
   local to = (p.startup or 60) + period + (p.ahead or 2400)
   local rise, add = nil, 0
   local r = ctx.recurring(metric, 0, to, p.days or 14)
+  local week = 1
   if r then
     rise = r.rise
-    if rise > 0 then add = (p.k or 0.4) * rise end
+    -- the weekly season: no more of the rise than the same day of the
+    -- week had against the median day (a weekend, a holiday), read over
+    -- the window widened by `widen` so that the hour it came matters less
+    if rise > 0 and (p.days or 14) >= 7 and (p.weekly or 1) ~= 0 then
+      local w = ctx.recurring(metric, 0, math.min(to + (p.widen or 3600), 86400), p.days or 14)
+      if w and w.week then week = math.max(0, math.min(1, w.week)) end
+    end
+    if rise > 0 then add = (p.k or 0.4) * rise * week end
   end
   local target = tw.per_replica_target(p, 0.8)
   -- the plan with the rise, and its hold
@@ -156,6 +170,12 @@ P.examples = {
     recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14 } },
     -- 400 + 0.4 * 400 = 560: 140 per replica, 1.4 times the target
     expect = 6 },
+  { name = "a weekend at half a working day's level: half of that", replicas = 4,
+    params = { target_per_replica = 100, proof = 0 },
+    windows = { requests = { ["60s"] = { rate = 400 } } },
+    recurring = { requests = { rise = 400, low = 300, high = 500, level = 800, days = 14, week = 0.5 } },
+    -- 400 + 0.4 * 400 * 0.5 = 480: 120 per replica
+    expect = 5 },
   { name = "k = 1 buys all of it, within the scale-up limit", replicas = 4,
     params = { target_per_replica = 100, k = 1, proof = 0 },
     windows = { requests = { ["60s"] = { rate = 400 } } },

@@ -30,6 +30,15 @@ pub struct Recurring {
     pub level: f64,
     /// The days with data in both the base and the window.
     pub days: usize,
+    /// The weekly season: the level the load reached over the window on
+    /// the same day of the week (the higher of 7 and 14 days ago) over the
+    /// level the median day reached; `None` when `days` is under 7,
+    /// neither day has data, or the median level is not above 0. A
+    /// weekend at a third of a weekday's load reads about 0.33, while
+    /// `rise` is the weekdays'; a holiday a week ago is outweighed by the
+    /// day a week before it. It compares levels, not rises, so a day that
+    /// had risen before this time of day still counts.
+    pub week: Option<f64>,
 }
 
 /// Days needed for an answer.
@@ -72,6 +81,9 @@ pub fn recurring(
     let width = (to - from + 1) as usize;
     let mut rows: Vec<Vec<f64>> = Vec::with_capacity(days);
     let mut bases: Vec<f64> = Vec::with_capacity(days);
+    // each day's highest level over the window, and the same weekday's
+    let mut tops: Vec<f64> = Vec::with_capacity(days);
+    let mut week: Option<f64> = None;
     for d in 1..=days as i64 {
         let anchor = now - d * period;
         let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0)[0];
@@ -80,6 +92,16 @@ pub fn recurring(
         }
         let row = smoothed(history, anchor + from, anchor + to, smooth_n, base);
         if row.iter().any(|v| v.is_finite()) {
+            let top = row
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max)
+                + base;
+            if d % 7 == 0 {
+                week = Some(week.map_or(top, |w| w.max(top)));
+            }
+            tops.push(top);
             rows.push(row);
             bases.push(base);
         }
@@ -99,7 +121,11 @@ pub fn recurring(
         high: f64::NEG_INFINITY,
         level: f64::NEG_INFINITY,
         days: rows.len(),
+        week: None,
     };
+    tops.sort_by(f64::total_cmp);
+    let typical = quantile(&tops, 0.5);
+    r.week = week.filter(|_| typical > 0.0).map(|w| w / typical);
     for o in 0..width {
         col.clear();
         levels.clear();
@@ -207,6 +233,46 @@ mod tests {
         // long before it, neither
         let r = recurring(&h, (8 * 1440 + 300) * MIN, 0, 60 * MIN, 7).unwrap();
         assert!(r.high.abs() < 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn the_same_day_a_week_before_shows_the_weekly_season() {
+        // day 0 is a Monday; working days open from 100 to 300 at 9:00,
+        // weekends (days 5 and 6 of each week) and a holiday (day 7) from
+        // 50 to 100: a third of the level
+        let off = |day: i64| day % 7 >= 5 || day == 7;
+        let load = |day: i64, minute: i64| {
+            let v = if minute >= 540 { 300.0 } else { 100.0 };
+            if off(day) {
+                v / 3.0
+            } else {
+                v
+            }
+        };
+        // a Saturday at 8:30: the median day is a working day's, the week
+        // (day 5, a Saturday) a weekend's
+        let r = recurring(&history(13, load), (12 * 1440 + 510) * MIN, 0, 60 * MIN, 14).unwrap();
+        assert!((r.rise - 200.0).abs() < 1.0, "{r:?}");
+        assert!((r.week.unwrap() - 1.0 / 3.0).abs() < 0.01, "{r:?}");
+        // a Monday after the Monday holiday: the Monday before it counts
+        let r = recurring(&history(14, load), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 14).unwrap();
+        assert!((r.week.unwrap() - 1.0).abs() < 0.01, "{r:?}");
+        // only the holiday a week ago, with 7 days asked for
+        let r = recurring(&history(14, load), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert!((r.week.unwrap() - 1.0 / 3.0).abs() < 0.01, "{r:?}");
+        // a working day a week ago (not a holiday now) that opened before
+        // this time of day (at 8:00; at 8:30 its rise is behind it) still
+        // counts whole
+        let early = |day: i64, minute: i64| match day {
+            7 if minute >= 480 => 300.0,
+            7 => 100.0,
+            _ => load(day, minute),
+        };
+        let r = recurring(&history(14, early), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 7).unwrap();
+        assert!((r.week.unwrap() - 1.0).abs() < 0.01, "{r:?}");
+        // fewer than 7 days asked for: no week
+        let r = recurring(&history(14, load), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 6).unwrap();
+        assert_eq!(r.week, None);
     }
 
     #[test]

@@ -58,9 +58,9 @@ local function forecast(metric, horizon)
   return { value = value, lower = lower, upper = upper, source = source }
 end
 local function recurring(metric, from, to, days)
-  local rise, low, high, level, n = raw_recurring(metric, from, to, days)
+  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days)
   if rise == nil then return nil end
-  return { rise = rise, low = low, high = high, level = level, days = n }
+  return { rise = rise, low = low, high = high, level = level, days = n, week = week }
 end
 return window, forecast, age, recurring
 "#;
@@ -826,8 +826,8 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                 ))
             })?;
             Ok(match r {
-                None => (None, 0.0, 0.0, 0.0, 0),
-                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days),
+                None => (None, 0.0, 0.0, 0.0, 0, None),
+                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days, r.week),
             })
         },
     )?;

@@ -39,6 +39,7 @@ impl SignalView for Fixed {
             high: days as f64,
             level: -1.0,
             days,
+            week: (days >= 7).then_some(0.5),
         })
     }
 }
@@ -372,11 +373,12 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
     let out = run("local r = ctx.recurring('queue_depth', 60, 1800)
                    assert(ctx.recurring('latency_ms', 0, 60) == nil)
                    local r3 = ctx.recurring('queue_depth', 0, 60, 3)
+                   assert(r3.week == nil)
                    return { replicas = r.days + r3.days,
-                            reason = string.format('%d %d %d %d', r.rise, r.low, r.high, r.level) }")
+                            reason = string.format('%d %d %d %d %.1f', r.rise, r.low, r.high, r.level, r.week) }")
     .unwrap();
     assert_eq!(out.replicas, Some(10));
-    assert_eq!(out.reason.as_deref(), Some("60000 1800000 7 -1"));
+    assert_eq!(out.reason.as_deref(), Some("60000 1800000 7 -1 0.5"));
     for (call, what) in [
         (
             "ctx.recurring('queue_depth', 60, 30)",

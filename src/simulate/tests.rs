@@ -292,6 +292,66 @@ fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
     );
 }
 
+/// Three weeks of openings (9:00 give or take 20 minutes, from 100 to
+/// 300) whose weekends run at a third of the working days' load: the
+/// median of the last 14 days is a working day's rise, but on a weekend
+/// `recurring.lua` adds only what the same weekday had (`ctx.recurring`'s
+/// `week`), so it is as safe for fewer replica-hours than with `weekly =
+/// 0`: short at the same steps (midnight before Monday, and two days that
+/// open later than `hold` covers). On openings alike every day, `weekly`
+/// changes nothing.
+#[test]
+fn the_shipped_recurring_policy_follows_the_weekly_season() {
+    let open = |day: i64| 9 * 60 + (day * 17 % 41) - 20;
+    let values: Vec<f64> = (0..21 * 1440)
+        .map(|m| {
+            let (day, minute) = (m / 1440, m % 1440);
+            let v = if minute >= open(day) && minute < 17 * 60 {
+                300.0
+            } else {
+                100.0
+            };
+            // day 0 is a Monday
+            if day % 7 >= 5 {
+                v / 3.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    let weekends = trace(&values);
+    let mut o = hpa_and_recurring();
+    o.warmup = Duration::from_secs(14 * 86_400);
+    o.params.insert("proof".into(), 0.into());
+    o.params.insert("k".into(), 1.0.into());
+    let (r, _) = run(&o, &weekends, |_, _| {}).unwrap();
+    let weekly = r.policies[1].clone();
+    assert_eq!(weekly.policy_errors, 0, "{weekly:?}");
+    let hpa = &r.policies[0];
+    assert!(
+        weekly.under_provisioned_share < hpa.under_provisioned_share,
+        "{weekly:?} against {hpa:?}"
+    );
+    o.params.insert("weekly".into(), 0.into());
+    let (r, _) = run(&o, &weekends, |_, _| {}).unwrap();
+    let daily = &r.policies[1];
+    assert_eq!(
+        weekly.under_provisioned_share, daily.under_provisioned_share,
+        "{weekly:?} against {daily:?}"
+    );
+    assert!(
+        weekly.replica_hours < daily.replica_hours,
+        "{weekly:?} against {daily:?}"
+    );
+    // every day alike: the same weekday had the whole rise
+    o.warmup = Duration::from_secs(7 * 86_400);
+    let (r, _) = run(&o, &openings(), |_, _| {}).unwrap();
+    let daily = r.policies[1].replica_hours;
+    o.params.remove("weekly");
+    let (r, _) = run(&o, &openings(), |_, _| {}).unwrap();
+    assert_eq!(r.policies[1].replica_hours, daily, "{:?}", r.policies[1]);
+}
+
 #[test]
 fn a_forecasting_policy_gets_a_mase() {
     let dir = tempfile::tempdir().unwrap();
