@@ -10,14 +10,15 @@
 --           over the window. A working day that opens at 9:00 plus or
 --           minus 20 minutes rises within the window on most days, so the
 --           median sees it whole; a spike on one day does not move it;
---   load  = now + k * max(0, rise);
+--   load  = now + k * week * max(0, rise), k the largest share in `ks`
+--           that has paid (below; none: the load now);
 --   want  = the HPA rule on load: target tracking within `tolerance`, at
 --           most max(+100%, +4) a period unless the guard applies a
 --           [targets.behavior].
 -- lead = startup + period. The rise is provisioned up to `ahead` seconds
 -- before the median day had it, because the hour varies from day to day;
 -- k < 1 buys part of it that early and the HPA rule the rest once it
--- comes.
+-- comes; k > 1 more than the median day's, for days that rise more.
 --   hold: a day that opens later than most: by the time of day when most
 --         of the previous days had risen, their rise is behind them and
 --         the median shows none left. So a plan is kept for `hold`
@@ -34,28 +35,32 @@
 -- It never plans below the load now, and a fall on the previous days is
 -- not anticipated (scale-down is the HPA rule's and the guard's
 -- stabilization). With fewer than 3 days of history it is hpa.lua.
---   proof: the rise is added only once it has paid on this target's own
---         load, better than the same replicas spent as uniform headroom;
---         until then it is hpa.lua. Every period, whatever it decided, it
---         scores two plans on the load it sees: the HPA rule on the load
---         now (B) and with the rise, its hold included (A), each held at
---         its highest over `stab` seconds (the guard's scale-down
---         stabilization) and ready `startup` seconds later. A check is short for a plan when the
---         load now is above its ready replicas times `capacity`.
---           saved = checks where B is short and A is not, per replica-
---                   second A holds above B;
+--   proof: a share of the rise is added only once it has paid on this
+--         target's own load, better than the same replicas spent as
+--         uniform headroom; until one has, it is hpa.lua. Every period,
+--         whatever it decided, it scores a plan per share k in `ks` on
+--         the load it sees: the HPA rule on the load now (B) and with k
+--         of the rise, the hold included (A_k), each held at its highest
+--         over `stab` seconds (the guard's scale-down stabilization) and
+--         ready `startup` seconds later. A check is short for a plan when
+--         the load now is above its ready replicas times `capacity`.
+--           saved_k = checks where B is short and A_k is not;
+--           extra_k = replica-seconds A_k holds above B;
 --           uniform = checks where B is short and `margin` (5%) more of
 --                   B would not have been, per replica-second of that 5%.
---         Both fade over `memory` (7 days). The rise is added while saved
---         is above `edge` (1) times uniform and at least `proof` (4)
---         checks were saved. proof = 0: from the third day, unproven.
---         A rise that only shortens a shortfall (an opening larger than
---         k times the rise plus the headroom) saves no check: it is not
---         proven, and the HPA rule handles that opening alone.
+--         All fade over `memory` (7 days). Going up `ks` from none, a
+--         share is taken when what it saves beyond the share taken so
+--         far, per replica-second beyond it, is above `edge` (1) times
+--         uniform, and is at least `proof` (4) checks: each step up pays
+--         at the margin. A share that does not is skipped, not an end:
+--         on openings to three times the load, 0.4 of the rise saves no
+--         check (it only shortens the shortfall) and the whole rise does.
+--         proof = 0: the first share from the third day, unproven.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         k (0.4), days (14, at most 14), hold (1200; 0: none), weekly
+--         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), days
+--         (14, at most 14), hold (1200; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
 --         memory (604800), stab (300), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
@@ -63,54 +68,75 @@
 -- --sweep` on your own load.
 local P = {}
 
--- The highest counts of plans A and B decided in (at - stab, at]: what
--- each has ready at `at` + startup. `ring` holds a slot a period (of
--- `size`): the time of the decision (t) and each plan's count (a, b).
-local function held_at(ring, size, at, stab, period)
-  local best_a, best_b = 0, 0
+-- The highest counts of plans B and A_j decided in (at - stab, at]: what
+-- each has ready at `at` + startup.
+local function held_at(ring, size, at, stab, period, n)
+  local best_b, best = 0, {}
+  for j = 1, n do best[j] = 0 end
   for k = math.floor((at - stab) / period), math.floor(at / period) do
     local i = k % size + 1
     local t = ring.t[i]
     if t and t <= at and t > at - stab then
-      if ring.a[i] > best_a then best_a = ring.a[i] end
       if ring.b[i] > best_b then best_b = ring.b[i] end
+      for j = 1, n do
+        local v = ring.a[j][i]
+        if v and v > best[j] then best[j] = v end
+      end
     end
   end
-  return best_a, best_b
+  return best_b, best
 end
 
--- Scores plan A (the load `plan`: with the rise, held or not) against B
--- (the load now) on the load now, and tells whether A has paid for
--- itself (see `proof` above).
-local function proven(ctx, now, plan, period, target)
+-- Scores plans A_j (`plans[j]`, with ks[j] of the rise, held or not)
+-- against B (the load now) on the load now; returns the j of the largest
+-- share that has paid at the margin (see `proof` above; 0: none).
+local function proven(ctx, now, plans, period, target)
   local p, s = ctx.params, ctx.state
   period = math.max(period, 1)
   local proof = p.proof or 4
-  if proof <= 0 then return true end
+  local n = #plans
+  if proof <= 0 then return math.min(n, 1) end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
-  local ring = s.plans or { t = {}, a = {}, b = {} }
-  s.plans = ring
-  -- a slot a period, enough for startup + stab
+  local ring = s.plans
+  if not ring or #ring.a ~= n then
+    ring = { t = {}, b = {}, a = {} }
+    for j = 1, n do ring.a[j] = {} end
+    s.plans = ring
+    s.saved, s.extra = {}, {}
+  end
   local size = math.floor((startup + stab) / period) + 2
   local i = math.floor(ctx.now / period) % size + 1
-  ring.t[i], ring.a[i], ring.b[i] = ctx.now, math.ceil(plan / target), math.ceil(now / target)
-  local na, nb = held_at(ring, size, ctx.now - startup, stab, period)
+  ring.t[i], ring.b[i] = ctx.now, math.ceil(now / target)
+  for j = 1, n do ring.a[j][i] = math.ceil(plans[j] / target) end
+  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, n)
   local fade = math.exp(-period / (p.memory or 604800))
   local margin = p.margin or 0.05
-  local saved, extra = (s.saved or 0) * fade, (s.extra or 0) * fade
   local usaved, ucost = (s.usaved or 0) * fade, (s.ucost or 0) * fade
+  local short_b = nb > 0 and now > nb * cap
+  for j = 1, n do
+    local sv, ex = (s.saved[j] or 0) * fade, (s.extra[j] or 0) * fade
+    if nb > 0 then
+      if short_b and now <= na[j] * cap then sv = sv + 1 end
+      ex = ex + (na[j] - nb) * period
+    end
+    s.saved[j], s.extra[j] = sv, ex
+  end
   if nb > 0 then
-    local short_b = now > nb * cap
-    if short_b and now <= na * cap then saved = saved + 1 end
     if short_b and now <= nb * cap * (1 + margin) then usaved = usaved + 1 end
-    extra = extra + (na - nb) * period
     ucost = ucost + margin * nb * period
   end
-  s.saved, s.extra, s.usaved, s.ucost = saved, extra, usaved, ucost
-  local rate = extra > 0 and saved / extra or 0
+  s.usaved, s.ucost = usaved, ucost
   local uniform = ucost > 0 and usaved / ucost or 0
-  return saved >= proof and rate > (p.edge or 1) * uniform
+  local edge = p.edge or 1
+  local best, sv0, ex0 = 0, 0, 0
+  for j = 1, n do
+    local dsv, dex = s.saved[j] - sv0, s.extra[j] - ex0
+    if dsv >= proof and dex > 0 and dsv / dex > edge * uniform then
+      best, sv0, ex0 = j, s.saved[j], s.extra[j]
+    end
+  end
+  return best
 end
 
 function P.decide(ctx)
@@ -123,19 +149,22 @@ function P.decide(ctx)
   local rise, add = nil, 0
   local r = ctx.recurring(metric, 0, to, p.days or 14)
   local week = 1
+  local ks = p.ks or (p.k and { p.k }) or { 0.4, 0.7, 1.0, 1.5 }
+  for j = 1, #ks do
+    if type(ks[j]) ~= "number" or ks[j] < 0 or (j > 1 and ks[j] <= ks[j - 1]) then
+      error("params.ks must be increasing shares of 0 or more, got " .. tostring(ks[j]) .. " at " .. j, 0)
+    end
+  end
+  local k1 = ks[1] or 0
   if r then
     rise = r.rise
-    -- the weekly season: no more of the rise than the same day of the
-    -- week had against the median day (a weekend, a holiday), read over
-    -- the window widened by `widen` so that the hour it came matters less
     if rise > 0 and (p.days or 14) >= 7 and (p.weekly or 1) ~= 0 then
       local w = ctx.recurring(metric, 0, math.min(to + (p.widen or 3600), 86400), p.days or 14)
       if w and w.week then week = math.max(0, math.min(1, w.week)) end
     end
-    if rise > 0 then add = (p.k or 0.4) * rise * week end
+    if rise > 0 then add = k1 * rise * week end
   end
   local target = tw.per_replica_target(p, 0.8)
-  -- the plan with the rise, and its hold
   local plan, s, held = now + add, ctx.state, false
   if s.plan and ctx.now - s.plan_at < (p.hold or 1200) and s.plan > plan
       and now < s.plan_from + 0.5 * (s.plan - s.plan_from) and now > 0.9 * s.plan_from then
@@ -143,14 +172,18 @@ function P.decide(ctx)
   else
     s.plan, s.plan_at, s.plan_from = plan, ctx.now, now
   end
-  local use = proven(ctx, now, plan, period, target) and r ~= nil
-  local load = use and plan or now
+  -- a plan per share: the first share's addition times ks[j] / ks[1]
+  local plans, base = {}, held and s.plan_from or now
+  for j = 1, #ks do plans[j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
+  local j = proven(ctx, now, plans, period, target)
+  if r == nil then j = 0 end
+  local load = j > 0 and plans[j] or now
   local want, per_replica = tw.hpa_desired(ctx, load)
   return { replicas = want,
            reason = string.format("%s %s %.1f, recurring rise %s within %ds%s%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
-             (r and not use) and " (not proven yet)" or "",
-             (use and held) and " (plan held)" or "", per_replica, target) }
+             r == nil and "" or (j > 0 and (", k " .. tostring(ks[j])) or " (not proven yet)"),
+             (j > 0 and held) and " (plan held)" or "", per_replica, target) }
 end
 
 P.examples = {

@@ -290,6 +290,20 @@ fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
         "{:?} against {:?}",
         r.policies[1], r.policies[0]
     );
+    // the default shares (0.4, 0.7, 1, 1.5): 0.4 is skipped, a larger
+    // share pays at the margin and is taken
+    o.params.remove("k");
+    let (r, _) = run(&o, &openings, |_, _| {}).unwrap();
+    let (hpa, shares) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(shares.policy_errors, 0, "{shares:?}");
+    assert!(
+        shares.under_provisioned_share < hpa.under_provisioned_share / 2.0,
+        "{shares:?} against {hpa:?}"
+    );
+    // shares out of order are refused, by name
+    o.params.insert("ks".into(), serde_json::json!([0.7, 0.4]));
+    let (r, _) = run(&o, &openings, |_, _| {}).unwrap();
+    assert!(r.policies[1].policy_errors > 0, "{:?}", r.policies[1]);
 }
 
 /// Three weeks of openings (9:00 give or take 20 minutes, from 100 to
