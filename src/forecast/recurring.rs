@@ -3,7 +3,8 @@
 //! from its level at this time of day (a 3-minute mean) to each point of
 //! `[from, to]` after it (5-minute means); per point, the median and the
 //! quartiles of that rise across days; and the highest of each over the
-//! window.
+//! window. Beside them, the weekly season: the level the same weekday
+//! reached over the window against the median day's.
 //!
 //! A recurring rise (a working day that opens at 9:00 plus or minus 20
 //! minutes) shows on most days, so with a window as wide as its timing
