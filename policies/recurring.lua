@@ -147,7 +147,11 @@ function P.decide(ctx)
   if not now then return nil end
   local to = (p.startup or 60) + period + (p.ahead or 2400)
   local rise, add = nil, 0
-  local r = ctx.recurring(metric, 0, to, p.days or 14)
+  -- the weekly season is read over the window widened by `widen`, in
+  -- the same call
+  local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
+  local r = ctx.recurring(metric, 0, to, p.days or 14,
+    weekly and math.min(to + (p.widen or 3600), 86400) or to)
   local week = 1
   local ks = p.ks or (p.k and { p.k }) or { 0.4, 0.7, 1.0, 1.5 }
   for j = 1, #ks do
@@ -158,10 +162,7 @@ function P.decide(ctx)
   local k1 = ks[1] or 0
   if r then
     rise = r.rise
-    if rise > 0 and (p.days or 14) >= 7 and (p.weekly or 1) ~= 0 then
-      local w = ctx.recurring(metric, 0, math.min(to + (p.widen or 3600), 86400), p.days or 14)
-      if w and w.week then week = math.max(0, math.min(1, w.week)) end
-    end
+    if rise > 0 and weekly and r.week then week = math.max(0, math.min(1, r.week)) end
     if rise > 0 then add = k1 * rise * week end
   end
   local target = tw.per_replica_target(p, 0.8)

@@ -101,6 +101,7 @@ impl SignalView for TargetData {
         from_ms: i64,
         to_ms: i64,
         days: usize,
+        week_to_ms: i64,
     ) -> Option<Recurring> {
         recurring(
             self.windows.metric(metric).history(),
@@ -108,6 +109,7 @@ impl SignalView for TargetData {
             from_ms,
             to_ms,
             days,
+            week_to_ms,
         )
     }
     fn age_ms(&self, metric: Metric) -> Option<i64> {

@@ -58,13 +58,17 @@ pub const MAX_STEPS_A_DAY: i64 = 1_440 + 60;
 
 /// The rises after `now_ms + [from_ms, to_ms]` on each of the last `days`
 /// days of `history`; `None` with fewer than [`MIN_DAYS`] days of data or
-/// a history step longer than an hour.
+/// a history step longer than an hour. `week` is read over `[from_ms,
+/// week_to_ms]` (`to_ms` or later; `None` when that window is too long),
+/// in the same pass: the same as a call with `to_ms = week_to_ms` would
+/// answer.
 pub fn recurring(
     history: &History,
     now_ms: Millis,
     from_ms: i64,
     to_ms: i64,
     days: usize,
+    week_to_ms: i64,
 ) -> Option<Recurring> {
     let step = history.step_ms();
     if step > 3_600_000 || to_ms < from_ms || from_ms < 0 {
@@ -74,9 +78,17 @@ pub fn recurring(
     let period = (DAY_MS + step / 2).div_euclid(step);
     let (base_n, smooth_n) = (steps(BASE_MS), steps(SMOOTH_MS));
     let (from, to) = (from_ms.div_euclid(step), to_ms.div_euclid(step));
-    if (to - from + 1) + smooth_n + base_n > MAX_STEPS_A_DAY {
+    let fits = |last: i64| (last - from + 1) + smooth_n + base_n <= MAX_STEPS_A_DAY;
+    if !fits(to) {
         return None;
     }
+    // the rows reach the week's end when that fits; else no week
+    let week_to = week_to_ms.max(to_ms).div_euclid(step);
+    let (last, weekly) = if fits(week_to) {
+        (week_to, true)
+    } else {
+        (to, false)
+    };
     let now = now_ms.div_euclid(step);
     // per day: its base, and the smoothed rise above it at each offset
     let width = (to - from + 1) as usize;
@@ -91,7 +103,9 @@ pub fn recurring(
         if base.is_nan() {
             continue;
         }
-        let row = smoothed(history, anchor + from, anchor + to, smooth_n, base);
+        // the window, and the week's beyond it: a running mean, so the
+        // window's points are the same either way
+        let row = smoothed(history, anchor + from, anchor + last, smooth_n, base);
         if row.iter().any(|v| v.is_finite()) {
             let top = row
                 .iter()
@@ -103,8 +117,10 @@ pub fn recurring(
                 week = Some(week.map_or(top, |w| w.max(top)));
             }
             tops.push(top);
-            rows.push(row);
-            bases.push(base);
+            if row[..width].iter().any(|v| v.is_finite()) {
+                rows.push(row);
+                bases.push(base);
+            }
         }
     }
     if rows.len() < MIN_DAYS {
@@ -126,7 +142,9 @@ pub fn recurring(
     };
     tops.sort_by(f64::total_cmp);
     let typical = quantile(&tops, 0.5);
-    r.week = week.filter(|_| typical > 0.0).map(|w| w / typical);
+    r.week = week
+        .filter(|_| weekly && typical > 0.0)
+        .map(|w| w / typical);
     for o in 0..width {
         col.clear();
         levels.clear();
@@ -191,6 +209,11 @@ mod tests {
     use std::time::Duration;
 
     const MIN: i64 = 60_000;
+
+    /// A call whose week is read over its own window.
+    fn recurring(h: &History, now: Millis, from: i64, to: i64, days: usize) -> Option<Recurring> {
+        super::recurring(h, now, from, to, days, to)
+    }
 
     /// `days` of `load(day, minute of the day)`, a point every `step_s`.
     fn history_at(step_s: u64, days: i64, load: impl Fn(i64, i64) -> f64) -> History {
@@ -271,6 +294,19 @@ mod tests {
         };
         let r = recurring(&history(14, early), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 7).unwrap();
         assert!((r.week.unwrap() - 1.0).abs() < 0.01, "{r:?}");
+        // the week over a wider window in the same call: what a call over
+        // that window answers for it, and the rest what the narrow one does
+        let h = history(13, load);
+        let now = (12 * 1440 + 480) * MIN;
+        let both = super::recurring(&h, now, 0, 40 * MIN, 14, 100 * MIN).unwrap();
+        let narrow = recurring(&h, now, 0, 40 * MIN, 14).unwrap();
+        let wide = recurring(&h, now, 0, 100 * MIN, 14).unwrap();
+        assert_eq!(both.week, wide.week);
+        assert_ne!(both.week, narrow.week, "{narrow:?}");
+        assert_eq!(
+            (both.rise, both.level, both.days),
+            (narrow.rise, narrow.level, narrow.days)
+        );
         // fewer than 7 days asked for: no week
         let r = recurring(&history(14, load), (14 * 1440 + 510) * MIN, 0, 60 * MIN, 6).unwrap();
         assert_eq!(r.week, None);
@@ -327,5 +363,13 @@ mod tests {
         // ten minutes (600 steps, and 480 of base and smoothing) is within
         let r = recurring(&h, now, 0, 10 * MIN, 3).unwrap();
         assert!(r.rise.abs() < 1e-6 && r.days == 3, "{r:?}");
+        // at a step of 20 s (8 days, so that a week ago has data) a week's
+        // window of a day is too long to read: no week, the rest answered
+        let h = history_at(20, 8, |_, _| 100.0);
+        let now = 8 * 86_400 * 1000;
+        let short = super::recurring(&h, now, 0, 10 * MIN, 7, 20 * MIN).unwrap();
+        assert!((short.week.unwrap() - 1.0).abs() < 1e-6, "{short:?}");
+        let long = super::recurring(&h, now, 0, 10 * MIN, 7, 86_400_000).unwrap();
+        assert_eq!((long.week, long.rise), (None, short.rise));
     }
 }

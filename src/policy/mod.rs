@@ -57,8 +57,8 @@ local function forecast(metric, horizon)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
-local function recurring(metric, from, to, days)
-  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days)
+local function recurring(metric, from, to, days, week_to)
+  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days, week_to)
   if rise == nil then return nil end
   return { rise = rise, low = low, high = high, level = level, days = n, week = week }
 end
@@ -165,13 +165,15 @@ pub trait SignalView: Send + 'static {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong>;
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
     /// What `metric` did within `[from, to]` after this time of day on
-    /// each of the last `days` days (`ctx.recurring`).
+    /// each of the last `days` days (`ctx.recurring`), its `week` read
+    /// over `[from, week_to]`.
     fn recurring(
         &self,
         _metric: Metric,
         _from_ms: i64,
         _to_ms: i64,
         _days: usize,
+        _week_to_ms: i64,
     ) -> Option<Recurring> {
         None
     }
@@ -804,12 +806,25 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         })
     })?;
     let raw_recurring = lua.create_function(
-        move |_, (metric, from, to, days): (mlua::LuaString, f64, f64, Option<f64>)| {
+        move |_,
+              (metric, from, to, days, week_to): (
+            mlua::LuaString,
+            f64,
+            f64,
+            Option<f64>,
+            Option<f64>,
+        )| {
             let metric = parse_metric(&metric)?;
             let days = days.unwrap_or(7.0);
             if !(from.is_finite() && to.is_finite() && 0.0 <= from && from <= to && to <= 86_400.0) {
                 return Err(mlua::Error::runtime(format!(
                     "recurring window must be seconds with 0 <= from <= to <= 86400, got {from} to {to}"
+                )));
+            }
+            let week_to = week_to.unwrap_or(to);
+            if !(week_to.is_finite() && to <= week_to && week_to <= 86_400.0) {
+                return Err(mlua::Error::runtime(format!(
+                    "recurring week_to must be seconds with to <= week_to <= 86400, got {week_to} (to {to})"
                 )));
             }
             if !(1.0..=MAX_RECURRING_DAYS).contains(&days) {
@@ -823,6 +838,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     (from * 1000.0) as i64,
                     (to * 1000.0) as i64,
                     days as usize,
+                    (week_to * 1000.0) as i64,
                 ))
             })?;
             Ok(match r {

@@ -32,7 +32,14 @@ impl SignalView for Fixed {
             source: "test".into(),
         })
     }
-    fn recurring(&self, m: Metric, from: i64, to: i64, days: usize) -> Option<Recurring> {
+    fn recurring(
+        &self,
+        m: Metric,
+        from: i64,
+        to: i64,
+        days: usize,
+        _week_to: i64,
+    ) -> Option<Recurring> {
         (m == Metric::QueueDepth).then_some(Recurring {
             rise: from as f64,
             low: to as f64,
@@ -392,6 +399,11 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
             "days must be 1 to 14, got 0",
         ),
         ("ctx.recurring('queue_depth', 0, 60, 15)", "got 15"),
+        (
+            "ctx.recurring('queue_depth', 0, 60, 7, 30)",
+            "got 30 (to 60)",
+        ),
+        ("ctx.recurring('queue_depth', 0, 60, 7, 90000)", "got 90000"),
         ("ctx.recurring('cpu', 0, 60)", "cpu"),
     ] {
         let e = run(&format!("return {call}")).unwrap_err();
