@@ -68,6 +68,9 @@
 -- --sweep` on your own load.
 local P = {}
 
+-- the shares of the rise tried, unless params.ks or params.k
+local DEFAULT_KS = { 0.4, 0.7, 1.0, 1.5 }
+
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
 local function held_at(ring, size, at, stab, period, n)
@@ -153,7 +156,7 @@ function P.decide(ctx)
   local r = ctx.recurring(metric, 0, to, p.days or 14,
     weekly and math.min(to + (p.widen or 3600), 86400) or to)
   local week = 1
-  local ks = p.ks or (p.k and { p.k }) or { 0.4, 0.7, 1.0, 1.5 }
+  local ks = p.ks or (p.k and { p.k }) or DEFAULT_KS
   for j = 1, #ks do
     if type(ks[j]) ~= "number" or ks[j] < 0 or (j > 1 and ks[j] <= ks[j - 1]) then
       error("params.ks must be increasing shares of 0 or more, got " .. tostring(ks[j]) .. " at " .. j, 0)

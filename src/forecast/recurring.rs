@@ -132,19 +132,18 @@ pub fn recurring(
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
     );
+    tops.sort_by(f64::total_cmp);
+    let typical = quantile(&tops, 0.5);
     let mut r = Recurring {
         rise: f64::NEG_INFINITY,
         low: f64::NEG_INFINITY,
         high: f64::NEG_INFINITY,
         level: f64::NEG_INFINITY,
         days: rows.len(),
-        week: None,
+        week: week
+            .filter(|_| weekly && typical > 0.0)
+            .map(|w| w / typical),
     };
-    tops.sort_by(f64::total_cmp);
-    let typical = quantile(&tops, 0.5);
-    r.week = week
-        .filter(|_| weekly && typical > 0.0)
-        .map(|w| w / typical);
     for o in 0..width {
         col.clear();
         levels.clear();

@@ -104,14 +104,22 @@ fn warmup_is_replayed_but_not_scored_and_policies_run_side_by_side() {
 /// or take 20 minutes (a different minute each day) to 17:00. T0 is
 /// 22:14 UTC; the days are counted from it.
 fn openings() -> Trace {
+    openings_over(10, |_, v| v)
+}
+
+/// `days` of those openings, each minute's load passed through
+/// `day_load(day, load)`.
+fn openings_over(days: i64, day_load: impl Fn(i64, f64) -> f64) -> Trace {
     let open = |day: i64| 9 * 60 + (day * 17 % 41) - 20;
-    let values: Vec<f64> = (0..10 * 1440)
+    let values: Vec<f64> = (0..days * 1440)
         .map(|m| {
-            if m % 1440 >= open(m / 1440) && m % 1440 < 17 * 60 {
+            let (day, minute) = (m / 1440, m % 1440);
+            let v = if minute >= open(day) && minute < 17 * 60 {
                 300.0
             } else {
                 100.0
-            }
+            };
+            day_load(day, v)
         })
         .collect();
     trace(&values)
@@ -316,24 +324,8 @@ fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
 /// changes nothing.
 #[test]
 fn the_shipped_recurring_policy_follows_the_weekly_season() {
-    let open = |day: i64| 9 * 60 + (day * 17 % 41) - 20;
-    let values: Vec<f64> = (0..21 * 1440)
-        .map(|m| {
-            let (day, minute) = (m / 1440, m % 1440);
-            let v = if minute >= open(day) && minute < 17 * 60 {
-                300.0
-            } else {
-                100.0
-            };
-            // day 0 is a Monday
-            if day % 7 >= 5 {
-                v / 3.0
-            } else {
-                v
-            }
-        })
-        .collect();
-    let weekends = trace(&values);
+    // day 0 is a Monday
+    let weekends = openings_over(21, |day, v| if day % 7 >= 5 { v / 3.0 } else { v });
     let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(14 * 86_400);
     o.params.insert("proof".into(), 0.into());
