@@ -5,25 +5,25 @@
 -- params: per_replica_depth (messages one replica should have queued),
 --         latency_slo_ms (optional), lookahead_s (default 300).
 local P = {}
+local max, floor, format, ceil_div = math.max, math.floor, string.format, tw.ceil_div
 
 function P.decide(ctx)
-  local depth = ctx.window("queue_depth", "60s")
-  if not depth then return nil end
-  local recent = ctx.window("queue_depth", "10s")
+  -- one statistic per read (ctx.window's third argument): no table, no
+  -- quantiles merged that are not read
+  local mean = ctx.window("queue_depth", "60s", "mean")
+  if not mean then return nil end
+  local short = ctx.window("queue_depth", "10s", "mean") or 0
   local ahead = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300)
-  local short = recent and recent.mean or 0
   local future = ahead and ahead.value or 0
-  local load = math.max(depth.mean, short, future)
-  local want = tw.ceil_div(load, ctx.params.per_replica_depth)
-  local floor = math.floor
-  local reason = string.format("depth 60s mean %d, 10s mean %d, ahead %d -> %d",
-    floor(depth.mean + 0.5), floor(short + 0.5), floor(future + 0.5), want)
+  local want = ceil_div(max(mean, short, future), ctx.params.per_replica_depth)
+  local reason = format("depth 60s mean %d, 10s mean %d, ahead %d -> %d",
+    floor(mean + 0.5), floor(short + 0.5), floor(future + 0.5), want)
   local slo = ctx.params.latency_slo_ms
-  local lat = slo and ctx.window("latency_ms", "10s")
-  local shrinking = recent and (recent.slope or 0) < 0
-  if lat and lat.p95 > slo and want <= ctx.replicas and not shrinking then
+  local p95 = slo and ctx.window("latency_ms", "10s", "p95")
+  if p95 and p95 > slo and want <= ctx.replicas
+    and not ((ctx.window("queue_depth", "10s", "slope") or 0) < 0) then
     want = ctx.replicas + 1
-    reason = reason .. string.format("; p95 %d ms > SLO %d ms, +1", math.floor(lat.p95 + 0.5), slo)
+    reason = reason .. format("; p95 %d ms > SLO %d ms, +1", floor(p95 + 0.5), slo)
   end
   return { replicas = want, reason = reason }
 end

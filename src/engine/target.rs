@@ -83,6 +83,14 @@ impl SignalView for TargetData {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
         self.windows.stats(metric, self.now_ms, span_ms)
     }
+    fn window_stat(
+        &self,
+        metric: Metric,
+        span_ms: i64,
+        stat: usize,
+    ) -> Result<Option<f64>, SpanTooLong> {
+        self.windows.stat(metric, self.now_ms, span_ms, stat)
+    }
     /// A fresh external forecast covering the time, else the built-in one.
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue> {
         let builtin = self.builtin.lookup(

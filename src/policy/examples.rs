@@ -8,16 +8,26 @@ use mlua::{Function, Table, Value};
 use super::{CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicyLimits, PolicySource};
 
 /// Binds `ctx.window`/`ctx.forecast`/`ctx.recurring` to an example's
-/// tables. A span given in seconds is looked up as "<n>s"; a forecast by
+/// tables. A span given in seconds is looked up as "<n>s"; one statistic
+/// (`ctx.window(metric, span, stat)`) is that field of the example's
+/// window, and a statistic that does not exist the same error as in `run`;
+/// a forecast by
 /// its horizon, a recurring answer by the end of its window (`to_s`), when
 /// the metric's entry is a table of them rather than one answer.
 const BINDER: &str = r#"
-local ctx, windows, forecasts, recurring = ...
-ctx.window = function(metric, span)
+local ctx, windows, forecasts, recurring, STAT_NAMES = ...
+local stats = {}
+for name in string.gmatch(STAT_NAMES, "[^, ]+") do stats[name] = true end
+ctx.window = function(metric, span, stat)
+  if stat ~= nil and not stats[stat] then
+    error("ctx.window: unknown statistic " .. tostring(stat) .. " (one of " .. STAT_NAMES .. ")", 2)
+  end
   local m = windows[metric]
   if m == nil then return nil end
   if type(span) == "number" then span = string.format("%ds", math.floor(span)) end
-  return m[span]
+  local w = m[span]
+  if stat ~= nil and w ~= nil then return w[stat] end
+  return w
 end
 ctx.forecast = function(metric, horizon)
   local f = forecasts[metric]
@@ -138,6 +148,7 @@ pub fn run_examples(
                 or_empty(ex.get("windows")?)?,
                 or_empty(ex.get("forecast")?)?,
                 or_empty(ex.get("recurring")?)?,
+                crate::window::STAT_NAMES.join(", "),
             ))
         })();
         let got = match setup {

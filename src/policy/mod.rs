@@ -25,14 +25,14 @@ use sha2::{Digest, Sha256};
 use crate::event::Metric;
 use crate::forecast::recurring::Recurring;
 use crate::forecast::ForecastValue;
-use crate::window::{SpanTooLong, WindowStats};
+use crate::window::{SpanTooLong, WindowStats, STAT_NAMES};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// `ctx.window`, `ctx.forecast`, `ctx.age` and `ctx.recurring` over the
 /// raw Rust lookups: made once per VM, the same functions in every
 /// target's `ctx`, reading the data of the target whose call is running.
 const BINDER: &str = r#"
-local raw_window, raw_forecast, raw_age, raw_recurring, raw_key, codes = ...
+local raw_window, raw_forecast, raw_age, raw_recurring, raw_key, codes, raw_stat, stats, stat_names = ...
 -- the metric's index and the span's ms for the raw reads; a name or span
 -- not seen yet goes through raw_key, which raises the errors that name it
 local spans, known = {}, 0
@@ -46,7 +46,15 @@ end
 local function age(metric)
   return raw_age(codes[metric] or raw_key(metric, 1))
 end
-local function window(metric, span)
+local function window(metric, span, stat)
+  if stat ~= nil then
+    local i = stats[stat]
+    if not i then
+      error("ctx.window: unknown statistic " .. tostring(stat) .. " (one of " .. stat_names .. ")", 2)
+    end
+    local m, ms = key(metric, span)
+    return raw_stat(m, ms, i)
+  end
   local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(key(metric, span))
   if count == nil then return nil end
   return { count = count, sum = sum, mean = mean, min = min, max = max, last = last,
@@ -163,6 +171,16 @@ pub struct Proposal {
 /// The data a policy reads through `ctx.window` and `ctx.forecast`.
 pub trait SignalView: Send + 'static {
     fn window(&self, metric: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong>;
+    /// One statistic of [`SignalView::window`], [`STAT_NAMES`]\[`stat`\]
+    /// (`ctx.window(metric, span, stat)`); a view may compute it alone.
+    fn window_stat(
+        &self,
+        metric: Metric,
+        span_ms: i64,
+        stat: usize,
+    ) -> Result<Option<f64>, SpanTooLong> {
+        Ok(self.window(metric, span_ms)?.and_then(|s| s.at(stat)))
+    }
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
     /// What `metric` did within `[from, to]` after this time of day on
     /// each of the last `days` days (`ctx.recurring`), its `week` read
@@ -269,6 +287,9 @@ pub struct PolicyVm {
     current: Current,
     /// `{__index = sandbox globals}`, the metatable of each target's globals.
     env_meta: Table,
+    /// "replicas" and "reason", made once: a returned table is read with
+    /// them instead of a new Lua string per field per call.
+    keys: [mlua::LuaString; 2],
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
     limits: PolicyLimits,
@@ -301,7 +322,14 @@ impl PolicyVm {
         // On the file's first line, so line numbers stay the file's.
         let text = format!("local _ENV = ...; {}", source.text);
         let current = Current::default();
-        let compiled = (|| -> mlua::Result<(Function, Function, [Function; 4], Table)> {
+        type Compiled = (
+            Function,
+            Function,
+            [Function; 4],
+            Table,
+            [mlua::LuaString; 2],
+        );
+        let compiled = (|| -> mlua::Result<Compiled> {
             let factory = lua
                 .load(text)
                 .set_name(format!("@{}", source.path.display()))
@@ -311,9 +339,10 @@ impl PolicyVm {
             let reads = reads(&lua, &current)?;
             let env_meta = lua.create_table()?;
             env_meta.raw_set("__index", lua.globals())?;
-            Ok((factory, setter, reads, env_meta))
+            let keys = [lua.create_string("replicas")?, lua.create_string("reason")?];
+            Ok((factory, setter, reads, env_meta, keys))
         })();
-        let (factory, setter, reads, env_meta) =
+        let (factory, setter, reads, env_meta, keys) =
             compiled.map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
         Ok(Arc::new(Self {
             lua,
@@ -322,6 +351,7 @@ impl PolicyVm {
             reads,
             current,
             env_meta,
+            keys,
             used,
             deadline,
             limits,
@@ -657,7 +687,7 @@ impl LuaPolicy {
         let out = self.run_decide.call::<Value>(Self::args(input));
         drop(reading);
         let out = out.map_err(|e| self.fail(e))?;
-        proposal(&out).map_err(|e| PolicyError {
+        proposal(&out, &self.vm.keys).map_err(|e| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,
             policy: self.vm.version.clone(),
             message: e.to_string(),
@@ -847,6 +877,20 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             })
         },
     )?;
+    let c5 = current.clone();
+    let raw_stat =
+        lua.create_function(move |_, (metric, span_ms, stat): (usize, i64, usize)| {
+            let metric = metric_at(metric)?;
+            c5.with(|view| {
+                view.note_read(metric);
+                view.window_stat(metric, span_ms, stat)
+                    .map_err(mlua::Error::runtime)
+            })
+        })?;
+    let stats = lua.create_table()?;
+    for (i, name) in STAT_NAMES.iter().enumerate() {
+        stats.raw_set(*name, i)?;
+    }
     let raw_key = lua.create_function(|_, (metric, span): (mlua::LuaString, Value)| {
         Ok((parse_metric(&metric)? as usize, span_ms(&span)?))
     })?;
@@ -862,6 +906,9 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         raw_recurring,
         raw_key,
         codes,
+        raw_stat,
+        stats,
+        STAT_NAMES.join(", "),
     ))?;
     Ok([w, f, a, r])
 }
@@ -1070,8 +1117,8 @@ fn replicas_from(v: &Value) -> Result<Option<u32>, InvalidReturn> {
 }
 
 /// `nil` (no change), a number, or `{replicas = n|nil, reason = "..."}`.
-fn proposal(v: &Value) -> Result<Proposal, InvalidReturn> {
-    let field = |t: &mlua::Table, k: &str| {
+fn proposal(v: &Value, keys: &[mlua::LuaString; 2]) -> Result<Proposal, InvalidReturn> {
+    let field = |t: &mlua::Table, k: &mlua::LuaString| {
         t.raw_get::<Value>(k)
             .map_err(|e| InvalidReturn::Table(e.to_string()))
     };
@@ -1081,8 +1128,8 @@ fn proposal(v: &Value) -> Result<Proposal, InvalidReturn> {
             reason: None,
         }),
         Value::Table(t) => {
-            let replicas = replicas_from(&field(t, "replicas")?)?;
-            let reason = match field(t, "reason")? {
+            let replicas = replicas_from(&field(t, &keys[0])?)?;
+            let reason = match field(t, &keys[1])? {
                 Value::Nil => None,
                 Value::String(s) => {
                     let s = s.to_string_lossy();

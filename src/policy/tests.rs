@@ -722,6 +722,68 @@ fn targets_sharing_a_vm_keep_their_own_locals_globals_and_state() {
     assert!(leaked.is_nil(), "{leaked:?}");
 }
 
+/// `ctx.window(metric, span, stat)` is the table's field alone: every
+/// statistic the same number, nil with no data or for a quantile the view
+/// has not got, and a statistic that does not exist an error naming it
+/// (and the names that do).
+#[test]
+fn a_window_read_of_one_statistic_is_the_tables_field() {
+    let src = source(
+        "stat.lua",
+        r#"
+local P = {}
+local names = { "count", "sum", "mean", "min", "max", "last",
+                "p50", "p90", "p95", "p99", "rate", "slope" }
+function P.decide(ctx)
+  local p = ctx.params
+  if p.stat then
+    local ok, e = pcall(ctx.window, "queue_depth", "60s", p.stat)
+    return { replicas = ok and 1 or 0, reason = tostring(e) }
+  end
+  local w = ctx.window("queue_depth", "60s")
+  local same = 0
+  for _, n in ipairs(names) do
+    local v = ctx.window("queue_depth", "60s", n)
+    assert(v == w[n], n .. ": " .. tostring(v) .. " against " .. tostring(w[n]))
+    if v ~= nil then same = same + 1 end
+  end
+  assert(ctx.window("latency_ms", "10s", "p95") == nil)
+  return same
+end
+return P
+"#,
+    );
+    let vm = PolicyVm::new(&src, small_limits()).unwrap();
+    let run = |stats: WindowStats, params: serde_json::Value| {
+        let mut p = LuaPolicy::instantiate(vm.clone(), &params).unwrap();
+        p.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+        p.decide(&input()).unwrap()
+    };
+    let mut gauge = one_sample(2.0);
+    gauge.quantiles = Some([6.0, 8.0, 9.0, 9.5]);
+    gauge.slope = -0.25;
+    assert_eq!(run(gauge, serde_json::json!({})).replicas, Some(12));
+    // no quantiles (a counter): the four are nil in the table and alone
+    assert_eq!(
+        run(one_sample(2.0), serde_json::json!({})).replicas,
+        Some(8)
+    );
+    for bad in [
+        serde_json::json!("p42"),
+        serde_json::json!(3),
+        serde_json::json!("Mean"),
+    ] {
+        let out = run(gauge, serde_json::json!({ "stat": bad }));
+        let reason = out.reason.unwrap_or_default();
+        assert_eq!(out.replicas, Some(0), "{bad} accepted: {reason}");
+        let shown = bad.as_str().map_or(bad.to_string(), str::to_owned);
+        assert!(
+            reason.contains(&format!("unknown statistic {shown}")) && reason.contains("p95"),
+            "{bad}: {reason}"
+        );
+    }
+}
+
 /// The stats of a window holding one sample `v`.
 fn one_sample(v: f64) -> WindowStats {
     WindowStats {

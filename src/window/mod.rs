@@ -46,20 +46,23 @@ impl WindowStats {
     /// The statistic called `name` ([`STAT_NAMES`]); None for an unknown
     /// name or a quantile of a counter.
     pub fn get(&self, name: &str) -> Option<f64> {
+        self.at(STAT_NAMES.iter().position(|n| *n == name)?)
+    }
+
+    /// The statistic [`STAT_NAMES`]\[`i`\]; None past the names or for a
+    /// quantile not computed (a counter's).
+    pub fn at(&self, i: usize) -> Option<f64> {
         let q = |i: usize| self.quantiles.map(|q| q[i]);
-        match name {
-            "count" => Some(self.count as f64),
-            "sum" => Some(self.sum),
-            "mean" => Some(self.mean),
-            "min" => Some(self.min),
-            "max" => Some(self.max),
-            "last" => Some(self.last),
-            "p50" => q(0),
-            "p90" => q(1),
-            "p95" => q(2),
-            "p99" => q(3),
-            "rate" => Some(self.rate),
-            "slope" => Some(self.slope),
+        match i {
+            0 => Some(self.count as f64),
+            1 => Some(self.sum),
+            2 => Some(self.mean),
+            3 => Some(self.min),
+            4 => Some(self.max),
+            5 => Some(self.last),
+            6..=9 => q(i - 6),
+            10 => Some(self.rate),
+            11 => Some(self.slope),
             _ => None,
         }
     }
@@ -169,13 +172,16 @@ impl Window {
         Some((b, dt))
     }
 
-    /// Statistics over the last `span_ms` (at most this window's span) at `now`.
+    /// Statistics over the last `span_ms` (at most this window's span) at
+    /// `now`; the quantiles (a merge of the buckets' sketches, most of a
+    /// read's cost) only when `quantiles` asks for them.
     fn stats(
         &self,
         now: Millis,
         span_ms: i64,
         first_seen: Millis,
         counter: bool,
+        quantiles: bool,
     ) -> Option<WindowStats> {
         let cur = now.div_euclid(self.width_ms);
         let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
@@ -222,7 +228,7 @@ impl Window {
         };
         let covered_ms = (now - first_seen).clamp(self.width_ms, span_ms);
         let per_s = 1000.0 / covered_ms as f64;
-        let quantiles = (!counter).then(|| {
+        let quantiles = (quantiles && !counter).then(|| {
             let mut q = [0.0; 4];
             let sketches = live().filter_map(|(_, b)| b.sketch.as_ref());
             Sketch::merged_quantiles(sketches, &QUANTILES, &mut q);
@@ -322,16 +328,41 @@ impl MetricWindows {
     /// Stats over `span_ms`, served by the smallest window that covers it;
     /// an error when no window is that long.
     pub fn stats(&self, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
-        let w = self
-            .windows
+        Ok(self.window_for(span_ms)?.stats(
+            now,
+            span_ms,
+            self.first_seen,
+            self.metric.is_counter(),
+            true,
+        ))
+    }
+
+    /// One statistic ([`STAT_NAMES`]\[`stat`\]) over `span_ms`: what
+    /// `ctx.window(metric, span, stat)` returns, without the quantiles'
+    /// merge unless a quantile is asked. None with no data, for a quantile
+    /// of a counter, or for an index past the names.
+    pub fn stat(&self, now: Millis, span_ms: i64, stat: usize) -> Result<Option<f64>, SpanTooLong> {
+        let quantile = (6..10).contains(&stat);
+        let s = self.window_for(span_ms)?.stats(
+            now,
+            span_ms,
+            self.first_seen,
+            self.metric.is_counter(),
+            quantile,
+        );
+        Ok(s.and_then(|s| s.at(stat)))
+    }
+
+    /// The smallest window that covers `span_ms`.
+    fn window_for(&self, span_ms: i64) -> Result<&Window, SpanTooLong> {
+        self.windows
             .iter()
             .find(|w| w.span_ms >= span_ms)
             .ok_or_else(|| SpanTooLong {
                 span_ms,
                 metric: self.metric,
                 longest_ms: self.windows.last().map_or(0, |w| w.span_ms),
-            })?;
-        Ok(w.stats(now, span_ms, self.first_seen, self.metric.is_counter()))
+            })
     }
 
     pub fn history(&self) -> &History {
@@ -487,6 +518,17 @@ impl TargetWindows {
         self.metric(metric).stats(now, span_ms)
     }
 
+    /// One statistic of one metric ([`MetricWindows::stat`]).
+    pub fn stat(
+        &self,
+        metric: Metric,
+        now: Millis,
+        span_ms: i64,
+        stat: usize,
+    ) -> Result<Option<f64>, SpanTooLong> {
+        self.metric(metric).stat(now, span_ms, stat)
+    }
+
     /// Heap bytes held by the windows (not the history), for the memory budget.
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -628,6 +670,41 @@ mod tests {
         }
         let err = t.apply_depth(&depth("one-more", 1.0, T0)).unwrap_err();
         assert_eq!(err.reason, Reason::TooManyQueues);
+    }
+
+    /// One statistic read alone is the full read's field, for a gauge
+    /// (with its quantiles), a counter (whose quantiles are None) and a
+    /// span shorter than its window; past the names None; a span too long
+    /// the same error.
+    #[test]
+    fn one_statistic_is_the_full_reads_field() {
+        let spans = [Duration::from_secs(10), Duration::from_secs(60)];
+        let mut w = TargetWindows::new(&spans, Duration::from_secs(3600), Duration::from_secs(60));
+        for i in 0..50 {
+            let ts = 1_000_000 + i * 700;
+            w.record(Metric::LatencyMs, ts, 10.0 + (i % 7) as f64 * 30.0);
+            w.record(Metric::Requests, ts, (i % 3) as f64);
+        }
+        let now = 1_000_000 + 50 * 700;
+        for metric in [Metric::LatencyMs, Metric::Requests] {
+            for span in [5_000, 10_000, 45_000, 60_000] {
+                let full = w.stats(metric, now, span).unwrap().unwrap();
+                for (i, name) in STAT_NAMES.iter().enumerate() {
+                    let one = w.stat(metric, now, span, i).unwrap();
+                    assert_eq!(one, full.get(name), "{metric:?} {span} {name}");
+                    assert_eq!(
+                        one.is_some(),
+                        metric == Metric::LatencyMs || !(6..10).contains(&i)
+                    );
+                }
+                assert_eq!(w.stat(metric, now, span, STAT_NAMES.len()).unwrap(), None);
+            }
+            assert_eq!(
+                w.stat(metric, now, 61_000, 2).unwrap_err(),
+                w.stats(metric, now, 61_000).unwrap_err()
+            );
+        }
+        assert_eq!(w.stat(Metric::QueueDepth, now, 10_000, 2).unwrap(), None);
     }
 
     #[test]
