@@ -8,13 +8,12 @@ local P = {}
 local max, floor, format, ceil_div = math.max, math.floor, string.format, tw.ceil_div
 
 function P.decide(ctx)
-  -- one statistic per read (ctx.window's third argument): no table, no
-  -- quantiles merged that are not read
+  -- one number per read (the third argument of ctx.window and
+  -- ctx.forecast): no table, no quantiles merged that are not read
   local mean = ctx.window("queue_depth", "60s", "mean")
   if not mean then return nil end
   local short = ctx.window("queue_depth", "10s", "mean") or 0
-  local ahead = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300)
-  local future = ahead and ahead.value or 0
+  local future = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300, "value") or 0
   local want = ceil_div(max(mean, short, future), ctx.params.per_replica_depth)
   local reason = format("depth 60s mean %d, 10s mean %d, ahead %d -> %d",
     floor(mean + 0.5), floor(short + 0.5), floor(future + 0.5), want)

@@ -75,7 +75,7 @@ impl TargetData {
                 self.builtin
                     .peek(metric, self.windows.metric(metric).history(), now_ms, 0)
             })
-            .map(|f| f.source)
+            .map(|f| f.source.into_owned())
     }
 }
 

@@ -271,7 +271,7 @@ impl Builtin {
             value: p.value.max(0.0),
             lower: p.lower.max(0.0),
             upper: p.upper.max(0.0),
-            source: if m.season > 0 { "holt_winters" } else { "holt" }.into(),
+            source: std::borrow::Cow::Borrowed(if m.season > 0 { "holt_winters" } else { "holt" }),
         })
     }
 

@@ -16,7 +16,9 @@ pub struct ForecastValue {
     pub value: f64,
     pub lower: f64,
     pub upper: f64,
-    pub source: String,
+    /// The event's source, or the built-in model's name (no allocation
+    /// per read for the built-in ones).
+    pub source: std::borrow::Cow<'static, str>,
 }
 
 /// How far beyond its first or last point a forecast still answers.
@@ -81,7 +83,7 @@ impl ForecastStore {
             value,
             lower,
             upper,
-            source: f.source.clone(),
+            source: f.source.clone().into(),
         })
     }
 }

@@ -9,8 +9,8 @@ use super::{CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicyLimits, Po
 
 /// Binds `ctx.window`/`ctx.forecast`/`ctx.recurring` to an example's
 /// tables. A span given in seconds is looked up as "<n>s"; one statistic
-/// (`ctx.window(metric, span, stat)`) is that field of the example's
-/// window, and a statistic that does not exist the same error as in `run`;
+/// (`ctx.window(metric, span, stat)`) or forecast field is that field of
+/// the example's table, and a statistic that does not exist the same error as in `run`;
 /// a forecast by
 /// its horizon, a recurring answer by the end of its window (`to_s`), when
 /// the metric's entry is a table of them rather than one answer.
@@ -29,9 +29,14 @@ ctx.window = function(metric, span, stat)
   if stat ~= nil and w ~= nil then return w[stat] end
   return w
 end
-ctx.forecast = function(metric, horizon)
+local fields = { value = true, lower = true, upper = true, source = true }
+ctx.forecast = function(metric, horizon, field)
+  if field ~= nil and not fields[field] then
+    error("ctx.forecast: unknown field " .. tostring(field) .. " (one of value, lower, upper, source)", 2)
+  end
   local f = forecasts[metric]
   if type(f) == "table" and f.value == nil then f = f[horizon] end
+  if field ~= nil and f ~= nil then return f[field] end
   return f
 end
 ctx.recurring = function(metric, from, to, days)

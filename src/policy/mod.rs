@@ -60,8 +60,17 @@ local function window(metric, span, stat)
   return { count = count, sum = sum, mean = mean, min = min, max = max, last = last,
            p50 = p50, p90 = p90, p95 = p95, p99 = p99, rate = rate, slope = slope }
 end
-local function forecast(metric, horizon)
+local fields = { value = 1, lower = 2, upper = 3, source = 4 }
+local function forecast(metric, horizon, field)
   local value, lower, upper, source = raw_forecast(codes[metric] or raw_key(metric, 1), horizon)
+  if field ~= nil then
+    local i = fields[field]
+    if not i then
+      error("ctx.forecast: unknown field " .. tostring(field) .. " (one of value, lower, upper, source)", 2)
+    end
+    if value == nil then return nil end
+    return (select(i, value, lower, upper, source))
+  end
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
@@ -815,7 +824,12 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             }
         })
     })?;
-    let raw_forecast = lua.create_function(move |_, (metric, horizon): (usize, f64)| {
+    // the built-in models' names made once, not a new Lua string a read
+    let builtin_names = [
+        lua.create_string("holt_winters")?,
+        lua.create_string("holt")?,
+    ];
+    let raw_forecast = lua.create_function(move |lua, (metric, horizon): (usize, f64)| {
         let metric = metric_at(metric)?;
         if !horizon.is_finite() || horizon < 0.0 {
             return Err(mlua::Error::runtime(format!(
@@ -825,7 +839,14 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         let f = c2.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
         Ok(match f {
             None => (None, 0.0, 0.0, None),
-            Some(f) => (Some(f.value), f.lower, f.upper, Some(f.source)),
+            Some(f) => {
+                let source = match &f.source {
+                    std::borrow::Cow::Borrowed("holt_winters") => builtin_names[0].clone(),
+                    std::borrow::Cow::Borrowed("holt") => builtin_names[1].clone(),
+                    other => lua.create_string(other.as_bytes())?,
+                };
+                (Some(f.value), f.lower, f.upper, Some(source))
+            }
         })
     })?;
     let raw_age = lua.create_function(move |_, metric: usize| {
