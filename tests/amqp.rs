@@ -569,13 +569,17 @@ async fn amqps_with_the_configured_ca() {
     mq::wait_for_queue(&conn, &n.queue).await;
     let ch = mq::confirm_channel(&conn).await;
     let signal = mq::depth_signal("web", 420);
-    mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
-        .await
-        .unwrap();
-    let got = mq::read_until(&conn, &n.workers, Duration::from_secs(20), |g| {
-        !g.is_empty()
-    })
-    .await;
+    // The queue can exist before its binding does (bindings are made
+    // beside the first session), and a signal published between the two
+    // is unroutable: publish the same signal again until a command comes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        mq::publish(&ch, &n.signals, "queue_depth.web", signal.as_bytes())
+            .await
+            .unwrap();
+        got = mq::read_until(&conn, &n.workers, Duration::from_secs(1), |g| !g.is_empty()).await;
+    }
     let cmd: ScaleCommand =
         serde_json::from_slice(&got.first().expect("a command over AMQPS").body).unwrap();
     assert_eq!(cmd.desired_replicas, 5);
