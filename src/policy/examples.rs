@@ -10,17 +10,14 @@ use super::{CallInput, LuaPolicy, PolicyError, PolicyErrorKind, PolicyLimits, Po
 /// Binds `ctx.window`/`ctx.forecast`/`ctx.recurring` to an example's
 /// tables. A span given in seconds is looked up as "<n>s"; one statistic
 /// (`ctx.window(metric, span, stat)`) or forecast field is that field of
-/// the example's table, and a statistic that does not exist the same error as in `run`;
-/// a forecast by
-/// its horizon, a recurring answer by the end of its window (`to_s`), when
+/// the example's table, and a statistic that does not exist the same error
+/// as in `run`; a forecast by its horizon, a recurring answer by the end of its window (`to_s`), when
 /// the metric's entry is a table of them rather than one answer.
 const BINDER: &str = r#"
-local ctx, windows, forecasts, recurring, STAT_NAMES = ...
-local stats = {}
-for name in string.gmatch(STAT_NAMES, "[^, ]+") do stats[name] = true end
+local ctx, windows, forecasts, recurring, stats, stat_names = ...
 ctx.window = function(metric, span, stat)
   if stat ~= nil and not stats[stat] then
-    error("ctx.window: unknown statistic " .. tostring(stat) .. " (one of " .. STAT_NAMES .. ")", 2)
+    error("ctx.window: unknown statistic " .. tostring(stat) .. " (one of " .. stat_names .. ")", 2)
   end
   local m = windows[metric]
   if m == nil then return nil end
@@ -153,6 +150,7 @@ pub fn run_examples(
                 or_empty(ex.get("windows")?)?,
                 or_empty(ex.get("forecast")?)?,
                 or_empty(ex.get("recurring")?)?,
+                super::stat_codes(lua)?,
                 crate::window::STAT_NAMES.join(", "),
             ))
         })();

@@ -908,10 +908,6 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     .map_err(mlua::Error::runtime)
             })
         })?;
-    let stats = lua.create_table()?;
-    for (i, name) in STAT_NAMES.iter().enumerate() {
-        stats.raw_set(*name, i)?;
-    }
     let raw_key = lua.create_function(|_, (metric, span): (mlua::LuaString, Value)| {
         Ok((parse_metric(&metric)? as usize, span_ms(&span)?))
     })?;
@@ -928,10 +924,20 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         raw_key,
         codes,
         raw_stat,
-        stats,
+        stat_codes(lua)?,
         STAT_NAMES.join(", "),
     ))?;
     Ok([w, f, a, r])
+}
+
+/// `{count = 0, sum = 1, ...}`: the index in [`STAT_NAMES`] of each name
+/// `ctx.window(metric, span, stat)` takes (nil for any other).
+pub(super) fn stat_codes(lua: &Lua) -> mlua::Result<Table> {
+    let codes = lua.create_table()?;
+    for (i, name) in STAT_NAMES.iter().enumerate() {
+        codes.raw_set(*name, i)?;
+    }
+    Ok(codes)
 }
 
 /// A fresh VM with only the allowed libraries, the prelude, the memory limit

@@ -42,6 +42,9 @@ pub const STAT_NAMES: [&str; 12] = [
     "count", "sum", "mean", "min", "max", "last", "p50", "p90", "p95", "p99", "rate", "slope",
 ];
 
+/// Where p50 to p99 stand in [`STAT_NAMES`].
+pub const QUANTILE_STATS: std::ops::Range<usize> = 6..10;
+
 impl WindowStats {
     /// The statistic called `name` ([`STAT_NAMES`]); None for an unknown
     /// name or a quantile of a counter.
@@ -60,7 +63,7 @@ impl WindowStats {
             3 => Some(self.min),
             4 => Some(self.max),
             5 => Some(self.last),
-            6..=9 => q(i - 6),
+            i if QUANTILE_STATS.contains(&i) => q(i - QUANTILE_STATS.start),
             10 => Some(self.rate),
             11 => Some(self.slope),
             _ => None,
@@ -328,13 +331,7 @@ impl MetricWindows {
     /// Stats over `span_ms`, served by the smallest window that covers it;
     /// an error when no window is that long.
     pub fn stats(&self, now: Millis, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
-        Ok(self.window_for(span_ms)?.stats(
-            now,
-            span_ms,
-            self.first_seen,
-            self.metric.is_counter(),
-            true,
-        ))
+        self.read(now, span_ms, true)
     }
 
     /// One statistic ([`STAT_NAMES`]\[`stat`\]) over `span_ms`: what
@@ -342,27 +339,33 @@ impl MetricWindows {
     /// merge unless a quantile is asked. None with no data, for a quantile
     /// of a counter, or for an index past the names.
     pub fn stat(&self, now: Millis, span_ms: i64, stat: usize) -> Result<Option<f64>, SpanTooLong> {
-        let quantile = (6..10).contains(&stat);
-        let s = self.window_for(span_ms)?.stats(
-            now,
-            span_ms,
-            self.first_seen,
-            self.metric.is_counter(),
-            quantile,
-        );
+        let s = self.read(now, span_ms, QUANTILE_STATS.contains(&stat))?;
         Ok(s.and_then(|s| s.at(stat)))
     }
 
-    /// The smallest window that covers `span_ms`.
-    fn window_for(&self, span_ms: i64) -> Result<&Window, SpanTooLong> {
-        self.windows
+    /// [`MetricWindows::stats`], the quantiles only when `quantiles` says.
+    fn read(
+        &self,
+        now: Millis,
+        span_ms: i64,
+        quantiles: bool,
+    ) -> Result<Option<WindowStats>, SpanTooLong> {
+        let w = self
+            .windows
             .iter()
             .find(|w| w.span_ms >= span_ms)
             .ok_or_else(|| SpanTooLong {
                 span_ms,
                 metric: self.metric,
                 longest_ms: self.windows.last().map_or(0, |w| w.span_ms),
-            })
+            })?;
+        Ok(w.stats(
+            now,
+            span_ms,
+            self.first_seen,
+            self.metric.is_counter(),
+            quantiles,
+        ))
     }
 
     pub fn history(&self) -> &History {
