@@ -9,13 +9,18 @@
 //!   librdkafka mock cluster (the source with `fetch.wait.max.ms = 5`, as
 //!   in the Kafka benchmark). A probe target gets a signal every 20 ms
 //!   asking for more replicas than the one before; its reaction is from
-//!   publication to the command's arrival at another client. `/metrics`
+//!   publication to the command's arrival at another client; on
+//!   RabbitMQ a bystander consumer of the probes (a queue of its own) also
+//!   times the broker's part alone. `/metrics`
 //!   is scraped every 2 s meanwhile. A stand-in worker answers every
 //!   command with a result at its desired count. The Kafka producer
 //!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
 //!   it). SCALE_TRACE=1 prints the worst reaction in each second. The
 //!   measured part follows SCALE_WARMUP seconds (default 10) of the same
-//!   load without probes (0: measure from the first second of load).
+//!   load without probes (0: measure from the first second of load), and
+//!   more of it until the start's wave (every target's first command and
+//!   its result) is through, SCALE_SETTLE seconds at most (default 120;
+//!   0: no more); the time that took is printed.
 //!   SCALE_REFIT_WAVE=1 (RabbitMQ): every target starts from a snapshot
 //!   in a state directory with 8 days of history and a forecaster fitted
 //!   a day ago, so that all refits fall due at once during the load
@@ -300,6 +305,62 @@ trait Rig {
     fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()>;
 }
 
+/// After the warm-up, the same load (from the `first`th signal on) until
+/// the start's wave is through: every target's first command (its first
+/// signal asks for replicas it has not got) and the stand-in worker's
+/// result for it. At 50,000 targets that is 50,000 commands and 50,000
+/// results through the broker on top of the load, and on a slow machine
+/// they outlast a fixed warm-up: the broker holds the publisher back
+/// (flow control) and the first probes then wait seconds for it, which is
+/// the start, not the steady state the reaction is measured in. Settled:
+/// in the last second at most 1% of the signal rate in new commands, and
+/// at most that many commands unanswered; SCALE_SETTLE seconds at most
+/// (default 120; 0 skips it). Prints how long it took.
+async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
+    let limit = env_u64("SCALE_SETTLE", 120);
+    if limit == 0 {
+        return;
+    }
+    let rate = env_u64("SCALE_RATE", 5000);
+    let slack = (rate / 100).max(1) as f64;
+    // the check scrapes (megabytes at 50,000 targets) beside the load
+    let (settled_tx, settled) = tokio::sync::watch::channel(None::<(f64, f64)>);
+    let checker = tokio::spawn(async move {
+        let mut last = f64::NAN;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let text = scrape(port).await;
+            let issued = scraped_sum(&text, "tidewatch_commands_issued_total");
+            let answered = scraped_sum(&text, "tidewatch_results_received_total");
+            if issued - last <= slack && issued - answered <= slack {
+                let _ = settled_tx.send(Some((issued, answered)));
+                return;
+            }
+            last = issued;
+        }
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while settled.borrow().is_none() && start.elapsed() < Duration::from_secs(limit) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            rig.publish(format!("t{}", (first + sent) % n.max(1) as u64), 500)
+                .await;
+            sent += 1;
+        }
+    }
+    checker.abort();
+    match *settled.borrow() {
+        Some((issued, answered)) => println!(
+            "targets={n}: the start's wave settled {:.1} s after the warm-up ({issued:.0} commands issued, {answered:.0} results)",
+            start.elapsed().as_secs_f64()
+        ),
+        None => println!("targets={n}: the start's wave had not settled after {limit} s of load more; measuring anyway"),
+    };
+}
+
 /// The measured part, the same on both brokers: warm-up, load with
 /// probes, scrapes beside, then the figures.
 async fn measure<R: Rig>(
@@ -335,6 +396,7 @@ async fn measure<R: Rig>(
             }
         })
         .await;
+        settle(n, rig, port, warmup * rate).await;
     }
     while probes_seen.try_recv().is_ok() {}
     PROBE_COMMANDS.lock().unwrap().clear();
@@ -352,6 +414,17 @@ async fn measure<R: Rig>(
     let mut got = Vec::new();
     while let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(3), probes_seen.recv()).await {
         got.push(g);
+    }
+    let outside = to_bystander(&driven.probes);
+    if !outside.is_empty() {
+        println!(
+            "targets={n}: a probe from its publication to a bystander consumer (the broker's part, {} of {}) p50 {:.1} p90 {:.1} p99 {:.1} ms",
+            outside.len(),
+            driven.probes.len(),
+            bench::percentile(&outside, 0.5),
+            bench::percentile(&outside, 0.9),
+            bench::percentile(&outside, 0.99),
+        );
     }
     let (pre, issued) = split_at_issue(&driven.probes);
     if !issued.is_empty() && !pre.is_empty() {
@@ -518,15 +591,96 @@ async fn reaction_amqp(n: usize) -> Row {
             let _ = work.send(c);
         }
     });
+    BYSTANDER.lock().unwrap().clear();
+    let bystander = bystander(&url, &names.signals).await;
     let rig = AmqpRig {
         ch: conn.create_channel().await.unwrap(),
         exchange: names.signals.clone(),
     };
     let row = measure(n, &rig, port, started, probes_seen).await;
+    bystander.abort();
     stop.send(()).unwrap();
     task.await.unwrap();
     names.delete(&conn.create_channel().await.unwrap()).await;
     row
+}
+
+/// Probes as an outside consumer sees them: (depth, arrival), from a
+/// queue of its own bound to the probe's routing key. Their arrival
+/// against their publication is the broker's part of the reaction (the
+/// publisher, RabbitMQ and a consumer's connection, on the same machine),
+/// which the scaler does not take part in.
+static BYSTANDER: std::sync::Mutex<Vec<(u64, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+async fn bystander(url: &str, exchange: &str) -> tokio::task::JoinHandle<()> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    let conn = mq::connect(url).await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let q = q.name().as_str().to_owned();
+    ch.queue_bind(
+        &q,
+        exchange,
+        "queue_depth.probe",
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut seen = ch
+        .basic_consume(
+            &q,
+            "bystander",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _conn = conn;
+        while let Some(Ok(d)) = seen.next().await {
+            let at = Instant::now();
+            let depth = serde_json::from_slice::<serde_json::Value>(&d.data)
+                .ok()
+                .and_then(|v| v["depth"].as_u64());
+            if let Some(depth) = depth {
+                BYSTANDER.lock().unwrap().push((depth, at));
+            }
+        }
+    })
+}
+
+/// Ms from each probe's publication to the bystander's receipt of it,
+/// sorted (the last publication of a depth: the warm-up's probes repeat
+/// the depths of the measured ones).
+fn to_bystander(probes: &[(u32, Instant)]) -> Vec<f64> {
+    let seen = BYSTANDER.lock().unwrap();
+    let mut out: Vec<f64> = probes
+        .iter()
+        .filter_map(|(k, at)| {
+            let depth = u64::from(*k) * 100;
+            seen.iter()
+                .filter(|(d, got)| *d == depth && got >= at)
+                .map(|(_, got)| got.duration_since(*at).as_secs_f64() * 1000.0)
+                .reduce(f64::min)
+        })
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out
 }
 
 struct KafkaRig {
