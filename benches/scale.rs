@@ -613,7 +613,7 @@ async fn reaction_amqp(n: usize) -> Row {
 static BYSTANDER: std::sync::Mutex<Vec<(u64, Instant)>> = std::sync::Mutex::new(Vec::new());
 
 async fn bystander(url: &str, exchange: &str) -> tokio::task::JoinHandle<()> {
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     let conn = mq::connect(url).await;
     let ch = conn.create_channel().await.unwrap();
     let q = ch
@@ -638,18 +638,7 @@ async fn bystander(url: &str, exchange: &str) -> tokio::task::JoinHandle<()> {
     )
     .await
     .unwrap();
-    let mut seen = ch
-        .basic_consume(
-            &q,
-            "bystander",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let mut seen = mq::consume_no_ack(&conn, &q, "bystander").await;
     tokio::spawn(async move {
         let _conn = conn;
         while let Some(Ok(d)) = seen.next().await {
