@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -126,46 +126,88 @@ pub async fn confirm_channel(conn: &Connection) -> Channel {
     ch
 }
 
-/// Publishes persistently and waits for the broker's confirm.
+/// How long a test publish is offered again while no queue is bound for
+/// its key.
+const UNROUTED_FOR: Duration = Duration::from_secs(30);
+
+/// Publishes persistently and waits for the broker's confirm. Published
+/// `mandatory`: a message no queue is bound for yet (the scaler declares
+/// its queue, then binds it) comes back and is published again, so a test
+/// never loses a signal to that gap; after 30 s unrouted it fails.
 pub async fn publish(
     ch: &Channel,
     exchange: &str,
     key: &str,
     body: &[u8],
 ) -> Result<(), lapin::Error> {
-    let c = ch
-        .basic_publish(
-            exchange,
-            key,
-            Default::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await?
-        .await?;
-    assert!(c.is_ack(), "broker nacked a test publish");
-    Ok(())
-}
-
-/// Publishes each `(key, body)` persistently, all at once, then waits for
-/// every confirm (one round trip for the lot, not one each).
-pub async fn publish_all(ch: &Channel, exchange: &str, messages: &[(String, String)]) {
-    let mut confirms = Vec::with_capacity(messages.len());
-    for (key, body) in messages {
+    let deadline = Instant::now() + UNROUTED_FOR;
+    loop {
         let c = ch
             .basic_publish(
                 exchange,
                 key,
-                Default::default(),
-                body.as_bytes(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
                 BasicProperties::default().with_delivery_mode(2),
             )
-            .await
-            .unwrap();
-        confirms.push(c);
+            .await?
+            .await?;
+        assert!(c.is_ack(), "broker nacked a test publish");
+        if c.take_message().is_none() {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no queue bound for {key} on {exchange:?} within {UNROUTED_FOR:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for c in confirms {
-        assert!(c.await.unwrap().is_ack(), "broker nacked a test publish");
+}
+
+/// Publishes each `(key, body)` persistently, all at once, then waits for
+/// every confirm (one round trip for the lot, not one each); what comes
+/// back unrouted is published again, as [`publish`] does.
+pub async fn publish_all(ch: &Channel, exchange: &str, messages: &[(String, String)]) {
+    let deadline = Instant::now() + UNROUTED_FOR;
+    let mut todo: Vec<&(String, String)> = messages.iter().collect();
+    while !todo.is_empty() {
+        let mut confirms = Vec::with_capacity(todo.len());
+        for m in &todo {
+            let c = ch
+                .basic_publish(
+                    exchange,
+                    &m.0,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    m.1.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap();
+            confirms.push((*m, c));
+        }
+        let mut unrouted = Vec::new();
+        for (m, c) in confirms {
+            let c = c.await.unwrap();
+            assert!(c.is_ack(), "broker nacked a test publish");
+            if c.take_message().is_some() {
+                unrouted.push(m);
+            }
+        }
+        todo = unrouted;
+        if !todo.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} messages unrouted on {exchange:?} for {UNROUTED_FOR:?}",
+                todo.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
