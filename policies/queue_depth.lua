@@ -5,7 +5,7 @@
 -- params: per_replica_depth (messages one replica should have queued),
 --         latency_slo_ms (optional), lookahead_s (default 300).
 local P = {}
-local max, floor, format, ceil_div = math.max, math.floor, string.format, tw.ceil_div
+local max, floor, ceil_div = math.max, math.floor, tw.ceil_div
 
 function P.decide(ctx)
   -- one number per read (the third argument of ctx.window and
@@ -15,16 +15,17 @@ function P.decide(ctx)
   local short = ctx.window("queue_depth", "10s", "mean") or 0
   local future = ctx.forecast("queue_depth", ctx.params.lookahead_s or 300, "value") or 0
   local want = ceil_div(max(mean, short, future), ctx.params.per_replica_depth)
-  local reason = format("depth 60s mean %d, 10s mean %d, ahead %d -> %d",
-    floor(mean + 0.5), floor(short + 0.5), floor(future + 0.5), want)
   local slo = ctx.params.latency_slo_ms
   local p95 = slo and ctx.window("latency_ms", "10s", "p95")
+  -- the reason as a pattern and its arguments: formatted only when read
+  -- (a command, the status), not in each of the tick's calls
   if p95 and p95 > slo and want <= ctx.replicas
     and not ((ctx.window("queue_depth", "10s", "slope") or 0) < 0) then
-    want = ctx.replicas + 1
-    reason = reason .. format("; p95 %d ms > SLO %d ms, +1", floor(p95 + 0.5), slo)
+    return ctx.replicas + 1, "depth 60s mean %d, 10s mean %d, ahead %d -> %d; p95 %d ms > SLO %d ms, +1",
+      floor(mean + 0.5), floor(short + 0.5), floor(future + 0.5), want, floor(p95 + 0.5), slo
   end
-  return { replicas = want, reason = reason }
+  return want, "depth 60s mean %d, 10s mean %d, ahead %d -> %d",
+    floor(mean + 0.5), floor(short + 0.5), floor(future + 0.5), want
 end
 
 P.examples = {

@@ -824,7 +824,7 @@ impl Engine {
                     (
                         p.replicas
                             .map_or(Recommendation::Hold, Recommendation::Replicas),
-                        p.reason,
+                        p.reason.map(Ok).or(p.format.map(Err)),
                     )
                 }
                 Err(e) => {
@@ -911,11 +911,20 @@ impl Engine {
         if let Some(a) = &active {
             decision.reason = format!("{}; schedule {}", decision.reason, a.name);
         }
-        if let Some(r) = policy_reason {
-            decision.reason = format!("{r}; {}", decision.reason);
-        }
         if let Some(c) = control::summary(&t.control) {
             decision.reason = format!("{}; {c}", decision.reason);
+        }
+        // The policy's reason leads; one returned as a pattern and its
+        // arguments is formatted only where it is read: a command, a log
+        // line, the status (Target::last_decision)
+        t.last_format = None;
+        match policy_reason {
+            Some(Ok(r)) => decision.reason = format!("{r}; {}", decision.reason),
+            Some(Err(f)) if decision.held.is_none() || tracing::enabled!(tracing::Level::DEBUG) => {
+                decision.reason = format!("{}; {}", t.policy.render(&f), decision.reason);
+            }
+            Some(Err(f)) => t.last_format = Some(f),
+            None => {}
         }
         metrics.decided(name, &decision);
         let pending = t.pending_since.take();
@@ -1005,7 +1014,7 @@ impl Engine {
                 name: t.cfg.name.clone(),
                 replicas: t.current,
                 policy: t.policy.version().to_owned(),
-                last_decision: t.last_decision.clone(),
+                last_decision: t.last_decision(),
                 generation: t.last_generation,
                 published_generation: t.published_generation,
             })
@@ -1104,6 +1113,7 @@ fn build_target(
         queued: false,
         pending_ts: None,
         last_decision: None,
+        last_format: None,
         unanswered: None,
         partition: None,
         schedules: t.parsed_schedules(),

@@ -68,7 +68,7 @@ impl Engine {
             "max_replicas": t.cfg.max_replicas,
             "policy": t.policy.version(),
             "owned": self.owned(idx),
-            "last_decision": t.last_decision.as_ref().map(|d| json!({
+            "last_decision": t.last_decision().as_ref().map(|d| json!({
                 "current": d.current,
                 "desired": d.desired,
                 "direction": d.direction.code(),

@@ -200,6 +200,9 @@ pub(super) struct TargetRuntime {
     /// The earliest own time (`ts`) of the signals not evaluated yet.
     pub(super) pending_ts: Option<Millis>,
     pub(super) last_decision: Option<Decision>,
+    /// The policy's reason of `last_decision` when it is still a pattern
+    /// and arguments, to format when read ([`Target::last_decision`]).
+    pub(super) last_format: Option<crate::policy::ReasonFormat>,
     /// The latest command and when it was (re-)issued, until a worker
     /// answers it (any result of its generation or a later one).
     pub(super) unanswered: Option<(ScaleCommand, Millis)>,
@@ -229,6 +232,18 @@ pub(super) struct TargetRuntime {
     /// Activation: since when its metric has been at or below the
     /// threshold (None: above it, or never measured).
     pub(super) idle_since: Option<Millis>,
+}
+
+impl TargetRuntime {
+    /// The last decision, its reason whole (a policy's reason kept as a
+    /// pattern and its arguments formatted now).
+    pub(super) fn last_decision(&self) -> Option<Decision> {
+        let mut d = self.last_decision.clone()?;
+        if let Some(f) = &self.last_format {
+            d.reason = format!("{}; {}", self.policy.render(f), d.reason);
+        }
+        Some(d)
+    }
 }
 
 /// Calls in a row past the deadline before a policy is quarantined: each

@@ -1714,3 +1714,42 @@ fn the_snapshot_age_shows_a_store_that_does_not_keep_up() {
     run(&mut engine, 30, 30);
     assert!(age() <= 20.0, "drained: oldest snapshot {} s", age());
 }
+
+/// A policy's reason returned as a pattern and its arguments reads the
+/// same as one formatted in the call: in the command, and in the status
+/// of a decision that was held (where it was formatted only when read).
+#[test]
+fn a_reason_kept_as_a_pattern_reads_whole_in_the_command_and_the_status() {
+    let policy = r#"
+local P = {}
+function P.decide(ctx)
+  local d = ctx.window("queue_depth", "10s", "last")
+  if not d then return nil end
+  return math.ceil(d / ctx.params.per), "depth %d over %d a replica", d, ctx.params.per
+end
+return P
+"#;
+    let mut s = setup(policy, "", "");
+    s.engine.ingest("test", &depth("web", 730.0, T0), T0 + 3);
+    let cmds = s.engine.on_events(T0 + 3);
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].desired_replicas, 8);
+    assert!(
+        cmds[0].reason.starts_with("depth 730 over 100 a replica; "),
+        "{}",
+        cmds[0].reason
+    );
+    let issued = s.engine.status()[0].last_decision.clone().unwrap();
+    assert_eq!(issued.reason, cmds[0].reason);
+    // the same depth again: held, its reason formatted when the status asks
+    s.engine
+        .ingest("test", &depth("web", 750.0, T0 + 2_000), T0 + 2_003);
+    assert!(s.engine.evaluate(0, T0 + 2_003).is_none());
+    let held = s.engine.status()[0].last_decision.clone().unwrap();
+    assert!(held.held.is_some(), "{held:?}");
+    assert!(
+        held.reason.starts_with("depth 750 over 100 a replica; "),
+        "{}",
+        held.reason
+    );
+}

@@ -159,7 +159,12 @@ pub fn run_examples(
             Ok(()) => p
                 .init(&input)
                 .and_then(|_| p.decide(&input))
-                .map(|prop| prop.replicas),
+                .and_then(|prop| match &prop.format {
+                    // a reason kept as a pattern is formatted here, so
+                    // that a pattern its arguments do not fit fails
+                    Some(f) => p.try_render(f).map(|_| prop.replicas),
+                    None => Ok(prop.replicas),
+                }),
         };
         out.push(ExampleOutcome {
             name,

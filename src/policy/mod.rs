@@ -175,6 +175,57 @@ pub struct PolicyError {
 pub struct Proposal {
     pub replicas: Option<u32>,
     pub reason: Option<String>,
+    /// A reason returned as a `string.format` pattern and its arguments
+    /// (`return n, "depth %d", depth`), formatted only when it is read
+    /// ([`LuaPolicy::render`]); `reason` is then None.
+    pub format: Option<ReasonFormat>,
+}
+
+/// The most arguments of a reason kept unformatted; a reason with more is
+/// formatted in the call, as `string.format` would.
+pub const LAZY_ARGS: usize = 6;
+
+/// A reason's `string.format` pattern and arguments, kept as plain values
+/// until the reason is read: at 50,000 targets a tick formats 50,000
+/// reasons and reads a few dozen (issue 21).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReasonFormat {
+    pattern: Arc<str>,
+    args: [FormatArg; LAZY_ARGS],
+    len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+enum FormatArg {
+    #[default]
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Num(f64),
+    Str(Arc<str>),
+}
+
+impl FormatArg {
+    fn from_value(v: &Value) -> Result<Self, InvalidReturn> {
+        Ok(match v {
+            Value::Nil => FormatArg::Nil,
+            Value::Boolean(b) => FormatArg::Bool(*b),
+            Value::Integer(i) => FormatArg::Int(*i),
+            Value::Number(n) => FormatArg::Num(*n),
+            Value::String(s) => FormatArg::Str(s.to_string_lossy().into()),
+            other => return Err(InvalidReturn::ReasonArg(other.type_name())),
+        })
+    }
+
+    fn into_lua(self, lua: &Lua) -> mlua::Result<Value> {
+        Ok(match self {
+            FormatArg::Nil => Value::Nil,
+            FormatArg::Bool(b) => Value::Boolean(b),
+            FormatArg::Int(i) => Value::Integer(i),
+            FormatArg::Num(n) => Value::Number(n),
+            FormatArg::Str(s) => Value::String(lua.create_string(&*s)?),
+        })
+    }
 }
 
 /// The data a policy reads through `ctx.window` and `ctx.forecast`.
@@ -299,6 +350,11 @@ pub struct PolicyVm {
     /// "replicas" and "reason", made once: a returned table is read with
     /// them instead of a new Lua string per field per call.
     keys: [mlua::LuaString; 2],
+    /// `string.format` as the sandbox had it before the file ran.
+    format: Function,
+    /// The reason patterns seen (a policy returns the same few constants):
+    /// each kept as Rust text once, not copied out of Lua every call.
+    patterns: Mutex<Vec<Arc<str>>>,
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
     limits: PolicyLimits,
@@ -337,6 +393,7 @@ impl PolicyVm {
             [Function; 4],
             Table,
             [mlua::LuaString; 2],
+            Function,
         );
         let compiled = (|| -> mlua::Result<Compiled> {
             let factory = lua
@@ -349,9 +406,10 @@ impl PolicyVm {
             let env_meta = lua.create_table()?;
             env_meta.raw_set("__index", lua.globals())?;
             let keys = [lua.create_string("replicas")?, lua.create_string("reason")?];
-            Ok((factory, setter, reads, env_meta, keys))
+            let format = lua.globals().get::<Table>("string")?.get("format")?;
+            Ok((factory, setter, reads, env_meta, keys, format))
         })();
-        let (factory, setter, reads, env_meta, keys) =
+        let (factory, setter, reads, env_meta, keys, format) =
             compiled.map_err(|e| err(classify(&e, &used, &deadline, limits), e))?;
         Ok(Arc::new(Self {
             lua,
@@ -361,6 +419,8 @@ impl PolicyVm {
             current,
             env_meta,
             keys,
+            format,
+            patterns: Mutex::new(Vec::new()),
             used,
             deadline,
             limits,
@@ -370,6 +430,21 @@ impl PolicyVm {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// `pattern` as Rust text, from the patterns seen (at most 32 kept).
+    fn pattern(&self, pattern: &mlua::LuaString) -> Arc<str> {
+        let bytes = pattern.as_bytes();
+        let mut seen = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = seen.iter().find(|p| p.as_bytes() == &bytes[..]) {
+            return p.clone();
+        }
+        let p: Arc<str> = String::from_utf8_lossy(&bytes).into();
+        if seen.len() >= 32 {
+            seen.remove(0);
+        }
+        seen.push(p.clone());
+        p
     }
 
     /// A minor collection once about [`GC_YOUNG_BYTES`] of garbage is
@@ -693,13 +768,81 @@ impl LuaPolicy {
         self.set_target(input).map_err(|e| self.fail(e))?;
         self.vm.arm();
         let reading = self.vm.current.reading(self.view.as_ref());
-        let out = self.run_decide.call::<Value>(Self::args(input));
+        let out = self.run_decide.call::<Returned>(Self::args(input));
         drop(reading);
-        let out = out.map_err(|e| self.fail(e))?;
-        proposal(&out, &self.vm.keys).map_err(|e| PolicyError {
+        let (first, reason, a1, a2, a3, a4, a5, a6, more) = out.map_err(|e| self.fail(e))?;
+        let invalid = |e: InvalidReturn| PolicyError {
             kind: PolicyErrorKind::InvalidReturn,
             policy: self.vm.version.clone(),
             message: e.to_string(),
+        };
+        let mut p = proposal(&first, &self.vm.keys).map_err(invalid)?;
+        let pattern = match reason {
+            Value::Nil => return Ok(p),
+            _ if p.reason.is_some() => return Err(invalid(InvalidReturn::TwoReasons)),
+            Value::String(s) => s,
+            other => return Err(invalid(InvalidReturn::ReasonType(other.type_name()))),
+        };
+        let args = [a1, a2, a3, a4, a5, a6];
+        let len = args.iter().rposition(|a| !a.is_nil()).map_or(0, |i| i + 1);
+        if len == 0 {
+            p.reason = Some(clip(pattern.to_string_lossy()));
+        } else if more.is_empty() {
+            let mut kept: [FormatArg; LAZY_ARGS] = Default::default();
+            for (k, a) in kept.iter_mut().zip(&args[..len]) {
+                *k = FormatArg::from_value(a).map_err(invalid)?;
+            }
+            p.format = Some(ReasonFormat {
+                pattern: self.vm.pattern(&pattern),
+                args: kept,
+                len: len as u8,
+            });
+        } else {
+            // more than LAZY_ARGS: formatted now
+            let all = args.into_iter().chain(more);
+            let text = self
+                .vm
+                .format
+                .call::<mlua::LuaString>((pattern, mlua::Variadic::from_iter(all)))
+                .map_err(|e| self.fail(e))?;
+            p.reason = Some(clip(text.to_string_lossy()));
+        }
+        Ok(p)
+    }
+
+    /// The text of a reason returned as a pattern and arguments, formatted
+    /// as `string.format` formats it in this VM; a pattern the arguments do
+    /// not fit reads as the pattern and the error.
+    pub fn render(&self, f: &ReasonFormat) -> String {
+        self.try_render(f).unwrap_or_else(|e| {
+            clip(format!(
+                "{} (the reason's format failed: {})",
+                f.pattern,
+                e.message.lines().next().unwrap_or("")
+            ))
+        })
+    }
+
+    /// [`LuaPolicy::render`], with the error of a pattern the arguments do
+    /// not fit (`policy check` runs every example's reason through it).
+    pub fn try_render(&self, f: &ReasonFormat) -> Result<String, PolicyError> {
+        let lua = &self.vm.lua;
+        let text = (|| -> mlua::Result<String> {
+            let mut args = Vec::with_capacity(usize::from(f.len) + 1);
+            args.push(Value::String(lua.create_string(&*f.pattern)?));
+            for a in &f.args[..usize::from(f.len)] {
+                args.push(a.clone().into_lua(lua)?);
+            }
+            let s = self
+                .vm
+                .format
+                .call::<mlua::LuaString>(mlua::MultiValue::from_iter(args))?;
+            Ok(s.to_string_lossy())
+        })();
+        text.map(clip).map_err(|e| PolicyError {
+            kind: PolicyErrorKind::InvalidReturn,
+            policy: self.vm.version.clone(),
+            message: format!("the reason {:?}: {e}", &*f.pattern),
         })
     }
 
@@ -1120,10 +1263,36 @@ pub enum InvalidReturn {
     ReplicasNegative(f64),
     #[error("reason must be a string, got {0}")]
     ReasonType(&'static str),
+    #[error("a reason's format arguments must be numbers, strings, booleans or nil, got {0}")]
+    ReasonArg(&'static str),
+    #[error("a reason both in the returned table and as the second value")]
+    TwoReasons,
     #[error("decide must return nil, a number or a table, it returned {0}")]
     Shape(&'static str),
     #[error("the returned table: {0}")]
     Table(String),
+}
+
+/// What `decide` returns: replicas (or a table), a reason, the reason's
+/// format arguments (the first [`LAZY_ARGS`], then the rest).
+type Returned = (
+    Value,
+    Value,
+    Value,
+    Value,
+    Value,
+    Value,
+    Value,
+    Value,
+    mlua::Variadic<Value>,
+);
+
+/// A reason cut to [`MAX_REASON`] characters.
+fn clip(s: String) -> String {
+    match s.char_indices().nth(MAX_REASON) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s,
+    }
 }
 
 fn replicas_from(v: &Value) -> Result<Option<u32>, InvalidReturn> {
@@ -1143,7 +1312,8 @@ fn replicas_from(v: &Value) -> Result<Option<u32>, InvalidReturn> {
     Ok(Some(n.ceil().min(f64::from(u32::MAX)) as u32))
 }
 
-/// `nil` (no change), a number, or `{replicas = n|nil, reason = "..."}`.
+/// `nil` (no change), a number, or `{replicas = n|nil, reason = "..."}`
+/// (the first value `decide` returns).
 fn proposal(v: &Value, keys: &[mlua::LuaString; 2]) -> Result<Proposal, InvalidReturn> {
     let field = |t: &mlua::Table, k: &mlua::LuaString| {
         t.raw_get::<Value>(k)
@@ -1153,21 +1323,20 @@ fn proposal(v: &Value, keys: &[mlua::LuaString; 2]) -> Result<Proposal, InvalidR
         Value::Nil | Value::Integer(_) | Value::Number(_) => Ok(Proposal {
             replicas: replicas_from(v)?,
             reason: None,
+            format: None,
         }),
         Value::Table(t) => {
             let replicas = replicas_from(&field(t, &keys[0])?)?;
             let reason = match field(t, &keys[1])? {
                 Value::Nil => None,
-                Value::String(s) => {
-                    let s = s.to_string_lossy();
-                    Some(match s.char_indices().nth(MAX_REASON) {
-                        Some((i, _)) => s[..i].to_owned(),
-                        None => s,
-                    })
-                }
+                Value::String(s) => Some(clip(s.to_string_lossy())),
                 other => return Err(InvalidReturn::ReasonType(other.type_name())),
             };
-            Ok(Proposal { replicas, reason })
+            Ok(Proposal {
+                replicas,
+                reason,
+                format: None,
+            })
         }
         other => Err(InvalidReturn::Shape(other.type_name())),
     }

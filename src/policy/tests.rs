@@ -113,7 +113,8 @@ fn returns_numbers_tables_and_nil() {
         p,
         Proposal {
             replicas: Some(10),
-            reason: Some("why".into())
+            reason: Some("why".into()),
+            format: None,
         }
     );
     assert_eq!(decide("return { reason = 'hold' }").unwrap().replicas, None);
@@ -334,7 +335,8 @@ fn window_and_forecast_reach_the_script() {
         out,
         Proposal {
             replicas: Some(50),
-            reason: Some("test".into())
+            reason: Some("test".into()),
+            format: None,
         }
     );
     // A span longer than the longest window is an error the script sees.
@@ -1175,4 +1177,57 @@ return P
             "settled {a} of {b}, a second collection {again}"
         );
     }
+}
+
+/// `return n, pattern, args...`: the reason is kept as the pattern and its
+/// arguments and formatted, as `string.format` formats it, only when read.
+#[test]
+fn a_reason_returned_as_a_pattern_is_formatted_when_read() {
+    let body = r#"return 3, "depth %d over %.1f (%s, %s)", 42, 2.5, "web", true"#;
+    let decide_body = format!("local P = {{}}\nfunction P.decide(ctx)\n{body}\nend\nreturn P");
+    let mut p = policy(&decide_body).unwrap();
+    let got = p.decide(&input()).unwrap();
+    assert_eq!((got.replicas, got.reason.as_deref()), (Some(3), None));
+    let f = got.format.expect("kept as a pattern");
+    assert_eq!(p.render(&f), "depth 42 over 2.5 (web, true)");
+    // a second value alone is the reason as written: no `%` is read
+    let got = decide(r#"return 2, "at 50% of capacity""#).unwrap();
+    assert_eq!(got.reason.as_deref(), Some("at 50% of capacity"));
+    assert!(got.format.is_none());
+    // past LAZY_ARGS arguments it is formatted in the call
+    let got = decide(r#"return 1, "%d %d %d %d %d %d %d", 1, 2, 3, 4, 5, 6, 7"#).unwrap();
+    assert_eq!(got.reason.as_deref(), Some("1 2 3 4 5 6 7"));
+    assert!(got.format.is_none());
+    // what a table gives and what the second value gives cannot both be
+    // the reason; an argument must be plain
+    let e = decide(r#"return { replicas = 1, reason = "a" }, "b""#).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::InvalidReturn, "{e}");
+    let e = decide(r#"return 1, "%s", {}"#).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::InvalidReturn);
+    assert!(e.message.contains("got table"), "{e}");
+    let e = decide(r#"return 1, 5"#).unwrap_err();
+    assert!(
+        e.message.contains("reason must be a string, got integer"),
+        "{e}"
+    );
+}
+
+/// A pattern its arguments do not fit fails where it is formatted: an
+/// error naming the pattern for `policy check`, and the pattern with the
+/// error as the text where a decision is read.
+#[test]
+fn a_reason_pattern_its_arguments_do_not_fit_names_itself() {
+    let body = r#"return 2, "depth %d", 1.5"#;
+    let decide_body = format!("local P = {{}}\nfunction P.decide(ctx)\n{body}\nend\nreturn P");
+    let mut p = policy(&decide_body).unwrap();
+    let f = p.decide(&input()).unwrap().format.unwrap();
+    let e = p.try_render(&f).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::InvalidReturn);
+    assert!(e.message.contains("\"depth %d\""), "{e}");
+    assert!(e.message.contains("integer representation"), "{e}");
+    let text = p.render(&f);
+    assert!(
+        text.starts_with("depth %d (the reason's format failed:"),
+        "{text}"
+    );
 }
