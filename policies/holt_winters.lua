@@ -19,9 +19,9 @@ function P.decide(ctx)
   local reactive = tw.target_tracking(current, current > 0 and value / current or value, t, p.tolerance or 0.1)
   local ahead = tw.target_tracking(current, current > 0 and predicted / current or predicted, t, p.tolerance or 0.1)
   local want = math.min(math.max(reactive, ahead), tw.hpa_scale_up_limit(current))
-  return { replicas = want,
-           reason = string.format("%s %.1f now, %.1f forecast in %ds (%s), target %.1f per replica",
-             metric, value, predicted, lookahead, f and f.source or "none", t) }
+  -- the reason as a pattern and its arguments: formatted only when read
+  return want, "%s %.1f now, %.1f forecast in %ds (%s), target %.1f per replica",
+    metric, value, predicted, lookahead, f and f.source or "none", t
 end
 
 P.examples = {

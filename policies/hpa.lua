@@ -21,9 +21,9 @@ function P.decide(ctx)
   local value, metric, stat = tw.load_reading(ctx)
   if not value then return nil end
   local want, per_replica, target = tw.hpa_desired(ctx, value)
-  return { replicas = want,
-           reason = string.format("%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
-             value, per_replica, target) }
+  -- the reason as a pattern and its arguments: formatted only when read
+  return want, "%s %s %.1f, %.1f per replica, target %.1f", metric, stat,
+    value, per_replica, target
 end
 
 P.examples = {

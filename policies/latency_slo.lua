@@ -13,12 +13,12 @@ function P.decide(ctx)
   local current = math.max(ctx.replicas, 1)
   if ratio > 1 then
     local want = math.ceil(current * math.min(ratio, 2))
-    return { replicas = want, reason = string.format("p95 %.0f ms is %.2fx the SLO", lat.p95, ratio) }
+    return want, "p95 %.0f ms is %.2fx the SLO", lat.p95, ratio
   end
   if ratio < (p.scale_down_below or 0.5) and ctx.replicas > ctx.min then
-    return { replicas = ctx.replicas - 1, reason = string.format("p95 %.0f ms is %.2fx the SLO", lat.p95, ratio) }
+    return ctx.replicas - 1, "p95 %.0f ms is %.2fx the SLO", lat.p95, ratio
   end
-  return { reason = string.format("p95 %.0f ms within the SLO band", lat.p95) }
+  return nil, "p95 %.0f ms within the SLO band", lat.p95
 end
 
 P.examples = {

@@ -73,9 +73,9 @@ function P.decide(ctx)
     end
     if want > current * (1 - (p.down_tolerance or 0.3)) then want = current end
   end
-  return { replicas = want,
-           reason = string.format("%s %.1f now, plan %.1f (%s), target %.1f per replica",
-             metric, now, plan, src, t) }
+  -- the reason as a pattern and its arguments: formatted only when read
+  return want, "%s %.1f now, plan %.1f (%s), target %.1f per replica",
+    metric, now, plan, src, t
 end
 
 P.examples = {

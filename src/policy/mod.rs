@@ -212,7 +212,6 @@ impl FormatArg {
             Value::Boolean(b) => FormatArg::Bool(*b),
             Value::Integer(i) => FormatArg::Int(*i),
             Value::Number(n) => FormatArg::Num(*n),
-            Value::String(s) => FormatArg::Str(s.to_string_lossy().into()),
             other => return Err(InvalidReturn::ReasonArg(other.type_name())),
         })
     }
@@ -352,8 +351,9 @@ pub struct PolicyVm {
     keys: [mlua::LuaString; 2],
     /// `string.format` as the sandbox had it before the file ran.
     format: Function,
-    /// The reason patterns seen (a policy returns the same few constants):
-    /// each kept as Rust text once, not copied out of Lua every call.
+    /// The reason patterns and string arguments seen (a policy returns the
+    /// same few constants): each kept as Rust text once, not copied out of
+    /// Lua every call.
     patterns: Mutex<Vec<Arc<str>>>,
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
@@ -432,7 +432,8 @@ impl PolicyVm {
         &self.version
     }
 
-    /// `pattern` as Rust text, from the patterns seen (at most 32 kept).
+    /// `pattern` (or a string argument) as Rust text, from those seen (at
+    /// most 32 kept).
     fn pattern(&self, pattern: &mlua::LuaString) -> Arc<str> {
         let bytes = pattern.as_bytes();
         let mut seen = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
@@ -790,7 +791,11 @@ impl LuaPolicy {
         } else if more.is_empty() {
             let mut kept: [FormatArg; LAZY_ARGS] = Default::default();
             for (k, a) in kept.iter_mut().zip(&args[..len]) {
-                *k = FormatArg::from_value(a).map_err(invalid)?;
+                *k = match a {
+                    // a metric's or a source's name: kept once, as a pattern is
+                    Value::String(s) => FormatArg::Str(self.vm.pattern(s)),
+                    a => FormatArg::from_value(a).map_err(invalid)?,
+                };
             }
             p.format = Some(ReasonFormat {
                 pattern: self.vm.pattern(&pattern),
