@@ -354,7 +354,7 @@ pub struct PolicyVm {
     /// The reason patterns and string arguments seen (a policy returns the
     /// same few constants): each kept as Rust text once, not copied out of
     /// Lua every call.
-    patterns: Mutex<Vec<Arc<str>>>,
+    patterns: Mutex<Vec<(usize, mlua::LuaString, Arc<str>)>>,
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
     limits: PolicyLimits,
@@ -433,18 +433,20 @@ impl PolicyVm {
     }
 
     /// `pattern` (or a string argument) as Rust text, from those seen (at
-    /// most 32 kept).
+    /// most 32 kept). Found by the Lua string's address: a constant of the
+    /// file is one string for every call, and the string kept here cannot
+    /// be collected, so its address is not reused for another.
     fn pattern(&self, pattern: &mlua::LuaString) -> Arc<str> {
-        let bytes = pattern.as_bytes();
+        let at = pattern.to_pointer() as usize;
         let mut seen = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = seen.iter().find(|p| p.as_bytes() == &bytes[..]) {
+        if let Some((_, _, p)) = seen.iter().find(|(a, _, _)| *a == at) {
             return p.clone();
         }
-        let p: Arc<str> = String::from_utf8_lossy(&bytes).into();
+        let p: Arc<str> = String::from_utf8_lossy(&pattern.as_bytes()).into();
         if seen.len() >= 32 {
             seen.remove(0);
         }
-        seen.push(p.clone());
+        seen.push((at, pattern.clone(), p.clone()));
         p
     }
 

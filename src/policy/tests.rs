@@ -1210,6 +1210,22 @@ fn a_reason_returned_as_a_pattern_is_formatted_when_read() {
         e.message.contains("reason must be a string, got integer"),
         "{e}"
     );
+    // patterns and string arguments are kept per VM: each call's own
+    let body = r#"
+ctx.state.n = (ctx.state.n or 0) + 1
+local n = ctx.state.n
+if n % 2 == 0 then return n, "even %d (%s)", n, "a" .. n end
+return n, "odd %d (%s)", n, "b" .. n"#;
+    let decide_body = format!("local P = {{}}\nfunction P.decide(ctx)\n{body}\nend\nreturn P");
+    let mut p = policy(&decide_body).unwrap();
+    for n in 1..=40 {
+        let f = p.decide(&input()).unwrap().format.unwrap();
+        let want = match n % 2 {
+            0 => format!("even {n} (a{n})"),
+            _ => format!("odd {n} (b{n})"),
+        };
+        assert_eq!(p.render(&f), want);
+    }
 }
 
 /// A pattern its arguments do not fit fails where it is formatted: an
