@@ -921,7 +921,13 @@ impl Engine {
         match policy_reason {
             Some(Ok(r)) => decision.reason = format!("{r}; {}", decision.reason),
             Some(Err(f)) if decision.held.is_none() || tracing::enabled!(tracing::Level::DEBUG) => {
-                decision.reason = format!("{}; {}", t.policy.render(&f), decision.reason);
+                // a pattern its arguments do not fit is counted and logged
+                // as the policy's error; the decision stands
+                let text = t.policy.try_render(&f).unwrap_or_else(|e| {
+                    metrics.policy_failed(name, &e);
+                    f.failed(&e)
+                });
+                decision.reason = format!("{text}; {}", decision.reason);
             }
             Some(Err(f)) => t.last_format = Some(f),
             None => {}

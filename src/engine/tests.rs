@@ -1715,6 +1715,16 @@ fn the_snapshot_age_shows_a_store_that_does_not_keep_up() {
     assert!(age() <= 20.0, "drained: oldest snapshot {} s", age());
 }
 
+/// `web` of [`setup`] with `policy`, and the one command a depth of 730
+/// makes.
+fn first_command(policy: &str) -> (Setup, Vec<crate::command::ScaleCommand>) {
+    let mut s = setup(policy, "", "");
+    s.engine.ingest("test", &depth("web", 730.0, T0), T0 + 3);
+    let cmds = s.engine.on_events(T0 + 3);
+    assert_eq!(cmds.len(), 1);
+    (s, cmds)
+}
+
 /// A policy's reason returned as a pattern and its arguments reads the
 /// same as one formatted in the call: in the command, and in the status
 /// of a decision that was held (where it was formatted only when read).
@@ -1729,10 +1739,7 @@ function P.decide(ctx)
 end
 return P
 "#;
-    let mut s = setup(policy, "", "");
-    s.engine.ingest("test", &depth("web", 730.0, T0), T0 + 3);
-    let cmds = s.engine.on_events(T0 + 3);
-    assert_eq!(cmds.len(), 1);
+    let (mut s, cmds) = first_command(policy);
     assert_eq!(cmds[0].desired_replicas, 8);
     assert!(
         cmds[0].reason.starts_with("depth 730 over 100 a replica; "),
@@ -1751,5 +1758,34 @@ return P
         held.reason.starts_with("depth 750 over 100 a replica; "),
         "{}",
         held.reason
+    );
+}
+
+/// A reason pattern its arguments do not fit: the command goes out with
+/// the pattern and the error as its reason, and the error is counted as
+/// the policy's.
+#[test]
+fn a_reason_pattern_that_does_not_fit_is_counted_and_the_command_stands() {
+    let policy = r#"
+local P = {}
+function P.decide(ctx) return 7, "depth %d", 1.5 end
+return P
+"#;
+    let (s, cmds) = first_command(policy);
+    assert_eq!(cmds[0].desired_replicas, 7);
+    assert!(
+        cmds[0]
+            .reason
+            .starts_with("depth %d (the reason's format failed: "),
+        "{}",
+        cmds[0].reason
+    );
+    assert_eq!(
+        counter(
+            &s.metrics,
+            "tidewatch_policy_errors_total",
+            &[("target", "web"), ("kind", "invalid_return")]
+        ),
+        1.0
     );
 }

@@ -195,6 +195,18 @@ pub struct ReasonFormat {
     len: u8,
 }
 
+impl ReasonFormat {
+    /// The text of a reason whose pattern its arguments did not fit: the
+    /// pattern and the error.
+    pub fn failed(&self, e: &PolicyError) -> String {
+        clip(format!(
+            "{} (the reason's format failed: {})",
+            self.pattern,
+            e.message.lines().next().unwrap_or("")
+        ))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 enum FormatArg {
     #[default]
@@ -821,18 +833,14 @@ impl LuaPolicy {
     /// as `string.format` formats it in this VM; a pattern the arguments do
     /// not fit reads as the pattern and the error.
     pub fn render(&self, f: &ReasonFormat) -> String {
-        self.try_render(f).unwrap_or_else(|e| {
-            clip(format!(
-                "{} (the reason's format failed: {})",
-                f.pattern,
-                e.message.lines().next().unwrap_or("")
-            ))
-        })
+        self.try_render(f).unwrap_or_else(|e| f.failed(&e))
     }
 
     /// [`LuaPolicy::render`], with the error of a pattern the arguments do
     /// not fit (`policy check` runs every example's reason through it).
     pub fn try_render(&self, f: &ReasonFormat) -> Result<String, PolicyError> {
+        // outside a call: a budget and a deadline of its own
+        self.vm.arm();
         let lua = &self.vm.lua;
         let text = (|| -> mlua::Result<String> {
             let mut args = Vec::with_capacity(usize::from(f.len) + 1);
