@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::clock::Millis;
 use crate::event::Metric;
-use crate::forecast::holt::{detect_season, HoltWinters};
+use crate::forecast::holt::{detect_season, HoltWinters, Point};
 use crate::forecast::ForecastValue;
 use crate::window::History;
 
@@ -117,12 +117,17 @@ struct Slot {
     /// `holdout`'s last out-of-sample choice and when its refit started:
     /// kept for a day, so the refits between fit one season, not three.
     chosen: Option<(usize, Millis)>,
+    /// The last forecast asked for, by steps ahead, until the model next
+    /// changes: a policy asks every tick and the answer moves once a step
+    /// (a minute), and the model's season is far from the slot in memory.
+    asked: Cell<Option<(usize, Point)>>,
 }
 
 impl Slot {
     /// Takes a finished refit: its model, and `holdout`'s choice dated
     /// from when the refit started.
     fn take(&mut self, f: Fitted) {
+        self.asked.set(None);
         self.model = f.model;
         self.next_step = f.next_step;
         if let (Some(season), Some(at)) = (f.chosen, self.fitted_at) {
@@ -160,6 +165,7 @@ impl Builtin {
             for (step, v) in history.since(slot.next_step) {
                 m.update(f64::from(v));
                 slot.next_step = step + 1;
+                slot.asked.set(None);
             }
         }
         let len = history.len();
@@ -266,7 +272,14 @@ impl Builtin {
         let step_ms = history.step_ms();
         let at_step = (now_ms + horizon_ms.max(0)).div_euclid(step_ms);
         let h = (at_step - (slot.next_step - 1)).max(1) as usize;
-        let p = m.forecast(h);
+        let p = match slot.asked.get() {
+            Some((at, p)) if at == h => p,
+            _ => {
+                let p = m.forecast(h);
+                slot.asked.set(Some((h, p)));
+                p
+            }
+        };
         Some(ForecastValue {
             value: p.value.max(0.0),
             lower: p.lower.max(0.0),
@@ -295,6 +308,7 @@ impl Builtin {
     pub fn import(&mut self, metric: Metric, s: &ForecasterState) {
         let slot = &mut self.slots[metric as usize];
         slot.wanted.set(true);
+        slot.asked.set(None);
         slot.model = s.model.clone().filter(HoltWinters::is_sound);
         slot.next_step = s.next_step;
         slot.fitted_at = if slot.model.is_some() {
@@ -628,6 +642,50 @@ mod tests {
         assert!(f.lower <= f.value && f.value <= f.upper);
         // metrics nobody asked about get no model
         assert!(!b.wanted(Metric::LatencyMs));
+    }
+
+    /// The forecast a policy asks for every tick is kept until the model
+    /// changes: a new history point (or a refit) answers afresh.
+    #[test]
+    fn a_forecast_asked_again_is_the_models_until_the_model_moves() {
+        let mut h = minutely(8);
+        let mut b = Builtin::default();
+        let s = settings(RefitMode::Inline);
+        b.lookup(Metric::QueueDepth, &h, 0, 0);
+        let mut t = 0;
+        while t < 2 * 86_400_000 {
+            h.record(t, load(t));
+            b.sync(Metric::QueueDepth, &h, t, &s);
+            t += 60_000;
+        }
+        // what the model answers with nothing kept
+        let fresh = |b: &Builtin, h: &History, now, ahead| {
+            b.slots[Metric::QueueDepth as usize].asked.set(None);
+            b.lookup(Metric::QueueDepth, h, now, ahead).unwrap().value
+        };
+        // 5 minutes ahead, asked twice within the step, then after a
+        // jump in the load moved the model, at the same steps ahead
+        let at = |b: &Builtin, h: &History, now| {
+            b.lookup(Metric::QueueDepth, h, now, 300_000).unwrap().value
+        };
+        let first = at(&b, &h, t);
+        assert_eq!(at(&b, &h, t + 1_000), first);
+        assert_eq!(first, fresh(&b, &h, t, 300_000));
+        // one step on: the model folds one more point, and the same
+        // steps ahead are asked a step later
+        let before = at(&b, &h, t + 60_000);
+        h.record(t, load(t) + 500.0);
+        b.sync(Metric::QueueDepth, &h, t + 60_000, &s);
+        let moved = at(&b, &h, t + 120_000);
+        assert_ne!(moved, before, "the model moved");
+        assert_eq!(moved, fresh(&b, &h, t + 120_000, 300_000));
+        // another horizon of the same model is its own
+        let hour = b
+            .lookup(Metric::QueueDepth, &h, t + 120_000, 3_600_000)
+            .unwrap()
+            .value;
+        assert_eq!(hour, fresh(&b, &h, t + 120_000, 3_600_000));
+        assert_ne!(hour, moved);
     }
 
     #[test]
