@@ -918,19 +918,24 @@ impl Engine {
         // arguments is formatted only where it is read: a command, a log
         // line, the status (Target::last_decision)
         t.last_format = None;
-        match policy_reason {
-            Some(Ok(r)) => decision.reason = format!("{r}; {}", decision.reason),
+        let policy_text = match policy_reason {
+            Some(Ok(r)) => Some(r),
+            // a pattern its arguments do not fit is counted and logged as
+            // the policy's error; the decision stands
             Some(Err(f)) if decision.held.is_none() || tracing::enabled!(tracing::Level::DEBUG) => {
-                // a pattern its arguments do not fit is counted and logged
-                // as the policy's error; the decision stands
-                let text = t.policy.try_render(&f).unwrap_or_else(|e| {
+                Some(t.policy.try_render(&f).unwrap_or_else(|e| {
                     metrics.policy_failed(name, &e);
                     f.failed(&e)
-                });
-                decision.reason = format!("{text}; {}", decision.reason);
+                }))
             }
-            Some(Err(f)) => t.last_format = Some(f),
-            None => {}
+            Some(Err(f)) => {
+                t.last_format = Some(f);
+                None
+            }
+            None => None,
+        };
+        if let Some(r) = policy_text {
+            decision.reason = format!("{r}; {}", decision.reason);
         }
         metrics.decided(name, &decision);
         let pending = t.pending_since.take();

@@ -620,19 +620,26 @@ mod tests {
         assert_eq!(model.season, 1440);
     }
 
-    #[test]
-    fn learns_a_daily_season_from_history_and_answers_ahead() {
+    /// `days` of the daily `load` at a minute, synced inline into a
+    /// forecaster asked for queue depth; the time after the last point.
+    fn fed_daily(days: i64) -> (History, Builtin, Settings, Millis) {
         let mut h = minutely(8);
         let mut b = Builtin::default();
         let s = settings(RefitMode::Inline);
         assert!(b.lookup(Metric::QueueDepth, &h, 0, 0).is_none());
         assert!(b.wanted(Metric::QueueDepth));
         let mut t = 0;
-        while t < 3 * 86_400_000 {
+        while t < days * 86_400_000 {
             h.record(t, load(t));
             b.sync(Metric::QueueDepth, &h, t, &s);
             t += 60_000;
         }
+        (h, b, s, t)
+    }
+
+    #[test]
+    fn learns_a_daily_season_from_history_and_answers_ahead() {
+        let (h, b, _, t) = fed_daily(3);
         let f = b
             .lookup(Metric::QueueDepth, &h, t, 3_600_000)
             .expect("a model after three days");
@@ -648,16 +655,7 @@ mod tests {
     /// changes: a new history point (or a refit) answers afresh.
     #[test]
     fn a_forecast_asked_again_is_the_models_until_the_model_moves() {
-        let mut h = minutely(8);
-        let mut b = Builtin::default();
-        let s = settings(RefitMode::Inline);
-        b.lookup(Metric::QueueDepth, &h, 0, 0);
-        let mut t = 0;
-        while t < 2 * 86_400_000 {
-            h.record(t, load(t));
-            b.sync(Metric::QueueDepth, &h, t, &s);
-            t += 60_000;
-        }
+        let (mut h, mut b, s, t) = fed_daily(2);
         // what the model answers with nothing kept
         let fresh = |b: &Builtin, h: &History, now, ahead| {
             b.slots[Metric::QueueDepth as usize].asked.set(None);

@@ -218,9 +218,12 @@ enum FormatArg {
 }
 
 impl FormatArg {
-    fn from_value(v: &Value) -> Result<Self, InvalidReturn> {
+    /// `v` kept; a string as Rust text from `vm`'s (a metric's or a
+    /// source's name repeats, as a pattern does).
+    fn from_value(v: &Value, vm: &PolicyVm) -> Result<Self, InvalidReturn> {
         Ok(match v {
             Value::Nil => FormatArg::Nil,
+            Value::String(s) => FormatArg::Str(vm.pattern(s)),
             Value::Boolean(b) => FormatArg::Bool(*b),
             Value::Integer(i) => FormatArg::Int(*i),
             Value::Number(n) => FormatArg::Num(*n),
@@ -805,11 +808,7 @@ impl LuaPolicy {
         } else if more.is_empty() {
             let mut kept: [FormatArg; LAZY_ARGS] = Default::default();
             for (k, a) in kept.iter_mut().zip(&args[..len]) {
-                *k = match a {
-                    // a metric's or a source's name: kept once, as a pattern is
-                    Value::String(s) => FormatArg::Str(self.vm.pattern(s)),
-                    a => FormatArg::from_value(a).map_err(invalid)?,
-                };
+                *k = FormatArg::from_value(a, &self.vm).map_err(invalid)?;
             }
             p.format = Some(ReasonFormat {
                 pattern: self.vm.pattern(&pattern),
