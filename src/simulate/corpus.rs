@@ -81,7 +81,9 @@ pub fn autocorrelation(x: &[f64], lag: usize) -> f64 {
 /// Seasonal or bursty, and the daily autocorrelation it was judged by
 /// (hourly means).
 pub fn classify(t: &Trace) -> (Kind, f64) {
-    let hourly: Vec<f64> = t.resample(3_600_000).into_iter().map(|p| p.1).collect();
+    // means, not the load at each hour: on a bursty series a sample is
+    // mostly its bursts, and hides the daily cycle under them
+    let hourly = t.means(3_600_000);
     let a = autocorrelation(&hourly, 24);
     (
         if a > 0.5 {

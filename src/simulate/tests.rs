@@ -422,3 +422,44 @@ fn plots_png_and_svg() {
         .to_string();
     assert!(e.contains("\"gif\""), "{e}");
 }
+
+/// A daily cycle under bursts that land on whole hours (a cron job at
+/// minute 0 of random hours) is seasonal: judged by hourly means, the
+/// cycle shows; judged by the load at each hour, the bursts hide it.
+#[test]
+fn a_daily_cycle_under_bursts_on_the_hour_is_seasonal() {
+    let mut rng = generate::Rng::new(3);
+    let values: Vec<f64> = (0..21 * 1440)
+        .map(|i| {
+            let hour = (i % 1440) as f64 / 60.0;
+            let cycle = 100.0 + 60.0 * (2.0 * std::f64::consts::PI * hour / 24.0).sin();
+            if i % 60 < 2 && rng.unit() < 0.5 {
+                cycle + 3000.0 * rng.unit()
+            } else {
+                cycle
+            }
+        })
+        .collect();
+    let t = trace(&values);
+    let (kind, acf) = corpus::classify(&t);
+    assert_eq!(
+        kind,
+        generate::Kind::Seasonal,
+        "daily autocorrelation {acf}"
+    );
+    assert!(acf > 0.6, "{acf}");
+    // the load at each hour alone would have called it bursty
+    let at_hours: Vec<f64> = t.resample(3_600_000).into_iter().map(|p| p.1).collect();
+    let sampled = corpus::autocorrelation(&at_hours, 24);
+    assert!(sampled < 0.5, "{sampled}");
+    // a gap is filled from the points around it, and spans stay aligned
+    let mut gapped = values.clone();
+    gapped.truncate(200);
+    let mut g = trace(&gapped);
+    let start = g.start();
+    g.points
+        .retain(|p| !(60..120).contains(&((p.0 - start) / 60_000)));
+    let m = g.means(3_600_000);
+    assert_eq!(m.len(), 4);
+    assert!((m[1] - g.at(g.start() + 90 * 60_000)).abs() < 1e-9, "{m:?}");
+}

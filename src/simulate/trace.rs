@@ -97,6 +97,30 @@ impl Trace {
         v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
     }
 
+    /// The mean load over each `step_ms` from the first point on: the
+    /// points within each span, or where a span has none (a gap, or a
+    /// trace coarser than the span) the load at its middle.
+    pub fn means(&self, step_ms: Millis) -> Vec<f64> {
+        let step = step_ms.max(1);
+        let spans = ((self.end() - self.start()) / step + 1) as usize;
+        let mut sums = vec![(0.0, 0u32); spans];
+        for &(t, v) in &self.points {
+            let s = &mut sums[((t - self.start()) / step) as usize];
+            s.0 += v;
+            s.1 += 1;
+        }
+        sums.iter()
+            .enumerate()
+            .map(|(k, &(sum, n))| {
+                if n > 0 {
+                    sum / f64::from(n)
+                } else {
+                    self.at(self.start() + k as Millis * step + step / 2)
+                }
+            })
+            .collect()
+    }
+
     /// The load every `step_ms` from the first point to the last.
     pub fn resample(&self, step_ms: Millis) -> Vec<(Millis, f64)> {
         let step = step_ms.max(1);
