@@ -229,6 +229,9 @@ fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
     let mut o = hpa_and_recurring();
     o.warmup = Duration::from_secs(4 * 86_400);
     o.params.insert("proof".into(), 0.into());
+    // a level has no daily cycle: without this the rise would never be
+    // added (daily_min, the next test)
+    o.params.insert("daily_min".into(), 0.into());
     // level for four days and a half, then a third of it
     let values: Vec<f64> = (0..5 * 1440)
         .map(|m| if m < 4 * 1440 + 720 { 300.0 } else { 100.0 })
@@ -240,6 +243,41 @@ fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
     assert_eq!(
         recurring.replica_hours, hpa.replica_hours,
         "{recurring:?} against {hpa:?}"
+    );
+}
+
+/// Openings on two days in three: the median day rises, but the days
+/// are not alike (the hourly means correlate about 0.36 with the day
+/// before), so `recurring.lua` adds no rise and decides as `hpa.lua`
+/// does; with `daily_min = 0` it adds the rise (here unproven) and holds
+/// more.
+#[test]
+fn the_shipped_recurring_policy_is_the_hpa_rule_where_days_are_not_alike() {
+    let mut o = hpa_and_recurring();
+    o.warmup = Duration::from_secs(7 * 86_400);
+    o.params.insert("proof".into(), 0.into());
+    let t = openings_over(12, |day, v| if day % 3 == 2 { 100.0 } else { v });
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
+    assert!(hpa.under_provisioned_share > 0.0, "{hpa:?}");
+    assert_eq!(
+        (recurring.replica_hours, recurring.under_provisioned_share),
+        (hpa.replica_hours, hpa.under_provisioned_share),
+        "{recurring:?} against {hpa:?}"
+    );
+    o.params.insert("daily_min".into(), 0.into());
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    let ungated = &r.policies[1];
+    assert!(ungated.replica_hours > hpa.replica_hours, "{ungated:?}");
+    // and every day alike (the openings of the tests above) passes the
+    // gate at its default
+    o.params.remove("daily_min");
+    let (r, _) = run(&o, &openings(), |_, _| {}).unwrap();
+    assert!(
+        r.policies[1].replica_hours > r.policies[0].replica_hours,
+        "{:?}",
+        r.policies[1]
     );
 }
 
