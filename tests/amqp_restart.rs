@@ -541,13 +541,20 @@ async fn own_forecasts_are_published_on_rabbitmq() {
     let g = &got[0];
     assert_eq!(g.routing_key, "forecast.web");
     common::state::check_published_forecast(&g.body, 10);
-    assert!(
-        common::metric(
-            &metrics,
-            "tidewatch_forecasts_published_total",
-            &[("target", "web")]
-        ) >= 1.0
-    );
+    // counted once the broker has confirmed the publish, which can come
+    // after a consumer already has the message
+    common::wait_for(
+        "the published forecast to be counted",
+        Duration::from_secs(10),
+        || {
+            common::metric(
+                &metrics,
+                "tidewatch_forecasts_published_total",
+                &[("target", "web")],
+            ) >= 1.0
+        },
+    )
+    .await;
     stop.send(()).unwrap();
     task.await.unwrap();
     let _ = ch.exchange_delete(&exchange, Default::default()).await;
