@@ -157,8 +157,10 @@ end
 local HOURS = 336
 
 -- The daily autocorrelation of the load's hourly means over the last
--- `span_days` days (at most 14), as this policy has seen the load:
--- `now` is added to the current hour's mean at each call, and the
+-- `span_days` days (at most 14), as this policy has seen the load
+-- (kept only while the gate is on, daily_min > 0): `now` is added to
+-- the current hour's mean at each call (an hour's slot is reset at its
+-- first call, so a slot of the hour has a count of 1 or more), and the
 -- coefficient is computed once an hour from the hours before it (an hour
 -- without calls takes the mean before it). nil with fewer than 72 hours
 -- seen.
@@ -178,7 +180,7 @@ local function daily_acf(ctx, now, span_days)
   local xs, last, seen = {}, nil, 0
   for h = hour - n, hour - 1 do
     local j = h % HOURS + 1
-    if s.hat[j] == h and s.hn[j] > 0 then
+    if s.hat[j] == h then
       last, seen = s.hsum[j] / s.hn[j], seen + 1
     end
     if last then xs[#xs + 1] = last end
@@ -238,7 +240,7 @@ function P.decide(ctx)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)
   local alike = p.daily_min or 0.5
-  local acf = daily_acf(ctx, now, p.days or 14)
+  local acf = alike > 0 and daily_acf(ctx, now, p.days or 14) or nil
   local unlike = alike > 0 and (acf == nil or acf < alike)
   if unlike then j = 0 end
   local load = j > 0 and plans[j] or now
