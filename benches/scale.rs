@@ -45,6 +45,9 @@
 //!   slices and after each one target that just got a signal is decided;
 //!   the slices' and the decisions' times, while the refit pool works.
 //!   SCALE_TRACE=1 also prints the histogram of single policy calls.
+//! - `tally`: the series every policy call moves, from one thread and
+//!   from two at once, into the shared series and through a shard's
+//!   `Tally` (SCALE_CALLS calls each, 2,000,000 unless set).
 //! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
 //!   `/readyz`, on fresh queues and again with the bindings in place
@@ -1168,6 +1171,64 @@ async fn startup(n: usize) {
     names.delete(&ch).await;
 }
 
+/// The series every policy call moves, from one and from two threads at
+/// once (two engine shards on two cores): straight into the shared series
+/// (`Metrics`, as every call did before) and through a shard's `Tally`,
+/// flushed every 32 calls (a slice). Nanoseconds a call, each thread.
+fn tally() {
+    use tidewatch::guard::{Decision, Direction, HoldReason};
+    use tidewatch::telemetry::{PerTarget, Tally};
+    let m = Arc::new(Metrics::new());
+    m.set_per_target(PerTarget::default());
+    let d = Decision {
+        current: 3,
+        desired: 3,
+        direction: Direction::Hold,
+        held: Some(HoldReason::Tolerance),
+        dry_run: false,
+        reason: String::new(),
+    };
+    let calls = env_u64("SCALE_CALLS", 2_000_000);
+    for round in 0..2 {
+        for tallied in [false, true] {
+            for threads in [1, 2] {
+                let started = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let (m, d) = (m.clone(), d.clone());
+                        s.spawn(move || {
+                            let mut t = Tally::new(&m);
+                            for i in 0..calls {
+                                let secs = 1e-5 * (i % 7) as f64;
+                                if tallied {
+                                    t.policy_evaluated(&m, "t", secs);
+                                    t.decided(&m, "t", &d);
+                                    if i % 32 == 31 {
+                                        t.flush(&m);
+                                    }
+                                } else {
+                                    m.policy_evaluated("t", secs);
+                                    m.decided("t", &d);
+                                }
+                            }
+                            t.flush(&m);
+                        });
+                    }
+                });
+                println!(
+                    "tally: round {round}, {}, {threads} thread(s): {:.0} ns a call",
+                    if tallied {
+                        "tallied per shard"
+                    } else {
+                        "shared series"
+                    },
+                    started.elapsed().as_nanos() as f64 / calls as f64
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -1187,6 +1248,9 @@ fn main() {
     }
     if wants("refit-wave") {
         refit_wave(largest);
+    }
+    if wants("tally") {
+        tally();
     }
     rt.block_on(async {
         if wants("reaction-amqp") {

@@ -110,6 +110,9 @@ pub struct Engine {
     examples: HashMap<String, Result<(), PolicyError>>,
     /// Which shard this engine is (`engine.shards`; 0 when unsharded).
     shard: usize,
+    /// This shard's policy calls and decisions not yet added to the
+    /// shared series (telemetry/tally.rs).
+    tally: crate::telemetry::Tally,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,7 +140,9 @@ impl Engine {
         }
         vms.fresh_reads();
         crate::policy::settle(targets.iter().map(|t| &t.policy));
+        let tally = crate::telemetry::Tally::new(&metrics);
         Ok(Self {
+            tally,
             targets,
             by_name,
             limits: engine.limits(),
@@ -444,8 +449,9 @@ impl Engine {
         let mut out = Vec::new();
         for i in due {
             self.targets[i].last_event_eval_ms = Some(now_ms);
-            out.extend(self.evaluate(i, now_ms));
+            out.extend(self.evaluate_counted(i, now_ms));
         }
+        self.tally.flush(&self.metrics);
         out
     }
 
@@ -519,7 +525,7 @@ impl Engine {
         while i < range.end {
             if self.owned(i) {
                 // a target with a new command has nothing to re-issue
-                match self.evaluate(i, now_ms) {
+                match self.evaluate_counted(i, now_ms) {
                     Some(c) => out.push(c),
                     None => out.extend(self.reissue(i, now_ms)),
                 }
@@ -527,9 +533,11 @@ impl Engine {
             i += 1;
             if i < range.end && give_way() {
                 self.slice_resume = Some(i);
+                self.tally.flush(&self.metrics);
                 return false;
             }
         }
+        self.tally.flush(&self.metrics);
         self.slice_end(now_ms, part, parts);
         true
     }
@@ -760,7 +768,16 @@ impl Engine {
     /// One evaluation of target `idx`: policy, guard, and a command when the
     /// replica count changes.
     pub fn evaluate(&mut self, idx: usize, now_ms: Millis) -> Option<ScaleCommand> {
-        let metrics = self.metrics.clone();
+        let c = self.evaluate_counted(idx, now_ms);
+        self.tally.flush(&self.metrics);
+        c
+    }
+
+    /// [`Engine::evaluate`], its call and decision counted in the shard's
+    /// tally: the caller flushes it.
+    fn evaluate_counted(&mut self, idx: usize, now_ms: Millis) -> Option<ScaleCommand> {
+        let metrics = &*self.metrics;
+        let tally = &mut self.tally;
         let ttl_ms = self.cfg.command_ttl.as_millis() as i64;
         let t = &mut self.targets[idx];
         let name = t.cfg.name.as_str();
@@ -772,8 +789,11 @@ impl Engine {
         // A schedule in force overrides the bounds (its min wins over the
         // target's max, so a planned peak is never capped below itself).
         let active = crate::schedule::active(&t.schedules, now_ms);
-        let mut guard_cfg = t.guard_cfg.clone();
+        // borrowed unless a schedule or a control changes it (a clone is two
+        // vectors with `behavior`)
+        let mut guard_cfg = std::borrow::Cow::Borrowed(&t.guard_cfg);
         if let Some(a) = &active {
+            let guard_cfg = guard_cfg.to_mut();
             guard_cfg.max = a.max.unwrap_or(guard_cfg.max);
             guard_cfg.min = a.min.unwrap_or(guard_cfg.min);
             guard_cfg.max = guard_cfg.max.max(guard_cfg.min);
@@ -789,14 +809,14 @@ impl Engine {
         }
         let mode = t.control.mode.as_ref().and_then(control::action);
         match mode {
-            Some(ControlAction::Pause) => guard_cfg.paused = true,
-            Some(ControlAction::PauseScaleIn) => guard_cfg.pause_scale_in = true,
-            Some(ControlAction::PauseScaleOut) => guard_cfg.pause_scale_out = true,
+            Some(ControlAction::Pause) => guard_cfg.to_mut().paused = true,
+            Some(ControlAction::PauseScaleIn) => guard_cfg.to_mut().pause_scale_in = true,
+            Some(ControlAction::PauseScaleOut) => guard_cfg.to_mut().pause_scale_out = true,
             _ => {}
         }
         match t.control.dry_run.as_ref().and_then(control::action) {
-            Some(ControlAction::DryRunOn) => guard_cfg.dry_run = true,
-            Some(ControlAction::DryRunOff) => guard_cfg.dry_run = false,
+            Some(ControlAction::DryRunOn) => guard_cfg.to_mut().dry_run = true,
+            Some(ControlAction::DryRunOff) => guard_cfg.to_mut().dry_run = false,
             _ => {}
         }
         let input = CallInput {
@@ -817,7 +837,7 @@ impl Engine {
         } else {
             let started = std::time::Instant::now();
             let proposal = t.policy.decide(&input);
-            metrics.policy_evaluated(name, started.elapsed().as_secs_f64());
+            tally.policy_evaluated(metrics, name, started.elapsed().as_secs_f64());
             match proposal {
                 Ok(p) => {
                     t.overruns = 0;
@@ -937,7 +957,7 @@ impl Engine {
         if let Some(r) = policy_text {
             decision.reason = format!("{r}; {}", decision.reason);
         }
-        metrics.decided(name, &decision);
+        tally.decided(metrics, name, &decision);
         let pending = t.pending_since.take();
         let pending_ts = t.pending_ts.take();
         t.dirty = true;

@@ -94,6 +94,9 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Every direction, in declaration order (`d as usize` is its place).
+    pub const ALL: [Direction; 3] = [Direction::Up, Direction::Down, Direction::Hold];
+
     pub fn code(self) -> &'static str {
         match self {
             Direction::Up => "up",
@@ -124,6 +127,26 @@ pub enum HoldReason {
 }
 
 impl HoldReason {
+    /// Every reason, in the order of [`HoldReason::index`].
+    pub const ALL: [HoldReason; 11] = [
+        HoldReason::Policy,
+        HoldReason::PolicyFailed,
+        HoldReason::Paused,
+        HoldReason::Tolerance,
+        HoldReason::Stabilization,
+        HoldReason::CooldownUp,
+        HoldReason::CooldownDown,
+        HoldReason::AtBound,
+        HoldReason::ScalePolicy,
+        HoldReason::Stale,
+        HoldReason::Inactive,
+    ];
+
+    /// This reason's place in [`HoldReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             HoldReason::Policy => "policy",

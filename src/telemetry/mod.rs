@@ -3,7 +3,10 @@
 //! functions here so that a log line and its metric never drift apart.
 
 pub mod listener;
+mod tally;
 mod targets;
+
+pub use tally::Tally;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1298,7 +1301,14 @@ impl Metrics {
         }
     }
 
+    /// The guard decided `d` for `target`: counted and logged. An engine
+    /// shard counts through its [`Tally`] instead.
     pub fn decided(&self, target: &str, d: &Decision) {
+        self.count_decision(target, d);
+        self.note_decision(target, d);
+    }
+
+    fn count_decision(&self, target: &str, d: &Decision) {
         self.decisions
             .with_label_values(&[self.fine(target), d.direction.code()])
             .inc();
@@ -1306,6 +1316,12 @@ impl Metrics {
             self.decision_holds
                 .with_label_values(&[self.fine(target), h.code()])
                 .inc();
+        }
+    }
+
+    /// A decision's log line, and the desired replicas of one that moves.
+    fn note_decision(&self, target: &str, d: &Decision) {
+        if let Some(h) = d.held {
             tracing::debug!(target_name = target, replicas = d.current, held = h.code(), reason = %d.reason, "decision held");
         } else {
             self.target_desired_replicas

@@ -1,0 +1,178 @@
+//! The series every policy call moves, counted by the engine shard that
+//! makes the call and added to the shared series once a slice.
+//!
+//! With `summary` and `none` these series have no target label, so both
+//! shards move the same few: a `with_label_values` lookup takes the
+//! vector's lock and clones the series (two shared atomics), and the
+//! increment is a third, per series and per call. On 2 cores with two
+//! shards each call then waits for cache lines the other shard wrote a
+//! few microseconds before (about 0.4 µs a call, measured with both
+//! shards calling without pause). A shard counts here instead, in plain
+//! integers of its own, and [`Tally::flush`] adds them at the end of each
+//! slice and each batch of signal-driven calls. With `full` every call
+//! goes to its target's series as before.
+
+use prometheus::local::LocalHistogram;
+
+use super::{Metrics, PerTarget};
+use crate::guard::{Decision, HoldReason};
+
+/// One shard's uncounted policy calls and decisions (see the module's text).
+pub struct Tally {
+    evaluations: u64,
+    seconds: LocalHistogram,
+    /// By [`crate::guard::Direction`]: up, down, hold.
+    decisions: [u64; 3],
+    /// By [`HoldReason::index`].
+    holds: [u64; HoldReason::ALL.len()],
+}
+
+impl Tally {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            evaluations: 0,
+            seconds: metrics.policy_seconds.with_label_values(&[""]).local(),
+            decisions: [0; 3],
+            holds: [0; HoldReason::ALL.len()],
+        }
+    }
+
+    /// One policy call of `target` took `seconds`.
+    pub fn policy_evaluated(&mut self, metrics: &Metrics, target: &str, seconds: f64) {
+        if metrics.per_target() == PerTarget::Full {
+            metrics.policy_evaluated(target, seconds);
+        } else {
+            self.evaluations += 1;
+            self.seconds.observe(seconds);
+        }
+    }
+
+    /// The guard decided `d` for `target`: counted here, logged (and the
+    /// desired replicas set) at once.
+    pub fn decided(&mut self, metrics: &Metrics, target: &str, d: &Decision) {
+        if metrics.per_target() == PerTarget::Full {
+            metrics.count_decision(target, d);
+        } else {
+            self.decisions[d.direction as usize] += 1;
+            if let Some(h) = d.held {
+                self.holds[h.index()] += 1;
+            }
+        }
+        metrics.note_decision(target, d);
+    }
+
+    /// Adds what was counted since the last flush to the shared series.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if self.evaluations > 0 {
+            metrics
+                .policy_evaluations
+                .with_label_values(&[""])
+                .inc_by(self.evaluations);
+            self.evaluations = 0;
+            self.seconds.flush();
+        }
+        for (dir, n) in crate::guard::Direction::ALL.iter().zip(&mut self.decisions) {
+            if *n > 0 {
+                metrics
+                    .decisions
+                    .with_label_values(&["", dir.code()])
+                    .inc_by(*n);
+                *n = 0;
+            }
+        }
+        for (h, n) in HoldReason::ALL.iter().zip(&mut self.holds) {
+            if *n > 0 {
+                metrics
+                    .decision_holds
+                    .with_label_values(&["", h.code()])
+                    .inc_by(*n);
+                *n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::Direction;
+
+    fn decision(direction: Direction, held: Option<HoldReason>) -> Decision {
+        Decision {
+            current: 2,
+            desired: if direction == Direction::Up { 3 } else { 2 },
+            direction,
+            held,
+            dry_run: false,
+            reason: String::new(),
+        }
+    }
+
+    /// Two shards' tallies add up in the one series `summary` has, and
+    /// only once flushed; with `full` a call is its target's at once.
+    #[test]
+    fn the_shards_tallies_add_up_when_flushed() {
+        let m = Metrics::new();
+        m.set_per_target(PerTarget::Summary);
+        let (mut a, mut b) = (Tally::new(&m), Tally::new(&m));
+        for i in 0..5 {
+            let t = if i < 3 { &mut a } else { &mut b };
+            t.policy_evaluated(&m, "web", 0.001 * i as f64);
+            let held = (i % 2 == 0).then_some(HoldReason::Tolerance);
+            let dir = if held.is_some() {
+                Direction::Hold
+            } else {
+                Direction::Up
+            };
+            t.decided(&m, "web", &decision(dir, held));
+        }
+        let count = "tidewatch_policy_evaluations_total{target=\"\"}";
+        assert!(!m.render().contains(count), "counted before a flush");
+        a.flush(&m);
+        assert!(m.render().contains(&format!("{count} 3")), "{}", m.render());
+        b.flush(&m);
+        b.flush(&m);
+        let text = m.render();
+        for want in [
+            format!("{count} 5"),
+            "tidewatch_policy_evaluation_seconds_count{target=\"\"} 5".into(),
+            // 0 + 1 + 2 + 3 + 4 ms
+            "tidewatch_policy_evaluation_seconds_sum{target=\"\"} 0.01".into(),
+            "tidewatch_decisions_total{direction=\"hold\",target=\"\"} 3".into(),
+            "tidewatch_decisions_total{direction=\"up\",target=\"\"} 2".into(),
+            "tidewatch_decision_holds_total{reason=\"tolerance\",target=\"\"} 3".into(),
+            // a move's desired count is set at once, not at the flush
+            "tidewatch_target_desired_replicas{target=\"web\"} 3".into(),
+        ] {
+            assert!(text.contains(&want), "no {want}\n{text}");
+        }
+        assert!(!text.contains("target=\"web\"} 5"));
+
+        let m = Metrics::new();
+        m.set_per_target(PerTarget::Full);
+        let mut t = Tally::new(&m);
+        t.policy_evaluated(&m, "web", 0.001);
+        t.decided(
+            &m,
+            "web",
+            &decision(Direction::Hold, Some(HoldReason::Stale)),
+        );
+        let text = m.render();
+        for want in [
+            "tidewatch_policy_evaluations_total{target=\"web\"} 1",
+            "tidewatch_decision_holds_total{reason=\"stale\",target=\"web\"} 1",
+        ] {
+            assert!(text.contains(want), "full: no {want}\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_hold_reason_and_direction_has_its_own_place() {
+        for (i, h) in HoldReason::ALL.iter().enumerate() {
+            assert_eq!(h.index(), i, "{h:?}");
+        }
+        for (i, d) in Direction::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i, "{d:?}");
+        }
+    }
+}
