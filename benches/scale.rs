@@ -874,23 +874,18 @@ fn memory(n: usize) {
 /// once). For SCALE_SECONDS of real time the engine runs its tick in
 /// slices, and after each slice decides one target that just got a
 /// signal; the times of both, and what the refit pool did meanwhile.
-fn refit_wave(n: usize) {
-    use tidewatch::event::Metric;
-    let (mut engine, end) = restored(n);
-    // six hours on: every restored model's refit is due (all were fitted
-    // at the same moment, being copies)
-    // (SCALE_WAVE=0: a minute on, nothing due, for comparison)
-    let wave = std::env::var("SCALE_WAVE").as_deref() != Ok("0");
-    let start = end + if wave { 6 * 3_600_000 } else { 0 } + 60_000;
-    for i in 0..n {
-        engine.record(&format!("t{i}"), Metric::QueueDepth, start, 1000.0);
-    }
-    let pool = tidewatch::forecast::pool::pool();
-    let deferred0 = pool.deferred();
+/// The engine's tick in slices back to back for `seconds`, after each
+/// slice one target's signal taken and decided: the slices' and the
+/// decisions' times (ms), and the commands.
+fn slices_for(
+    engine: &mut tidewatch::engine::Engine,
+    n: usize,
+    start: i64,
+    seconds: u64,
+) -> (Vec<f64>, Vec<f64>, usize) {
     let parts = engine.tick_parts(Duration::from_secs(1));
     let step = 1000 / parts as i64;
     let (mut slices, mut decisions) = (Vec::new(), Vec::new());
-    let seconds = env_u64("SCALE_SECONDS", 20);
     let started = Instant::now();
     let mut now = start + 1000;
     let mut part = 0;
@@ -909,6 +904,50 @@ fn refit_wave(n: usize) {
         decisions.push(t.elapsed().as_secs_f64() * 1000.0);
         now += step;
     }
+    (slices, decisions, evaluated)
+}
+
+fn refit_wave(n: usize) {
+    use tidewatch::event::Metric;
+    // SCALE_SHARDS=2: two engines of n / 2 targets sharing one set of
+    // metrics, each on a thread of its own, as `engine.shards = 2` runs
+    // them (the figures are the two shards' together)
+    let shards = env_u64("SCALE_SHARDS", 1).max(1) as usize;
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
+    let mut engines = Vec::new();
+    let mut end = 0;
+    for _ in 0..shards {
+        let (e, at) = restored_with(n / shards, metrics.clone());
+        engines.push(e);
+        end = at;
+    }
+    // six hours on: every restored model's refit is due (all were fitted
+    // at the same moment, being copies)
+    // (SCALE_WAVE=0: a minute on, nothing due, for comparison)
+    let wave = std::env::var("SCALE_WAVE").as_deref() != Ok("0");
+    let start = end + if wave { 6 * 3_600_000 } else { 0 } + 60_000;
+    for engine in &mut engines {
+        for i in 0..n / shards {
+            engine.record(&format!("t{i}"), Metric::QueueDepth, start, 1000.0);
+        }
+    }
+    let pool = tidewatch::forecast::pool::pool();
+    let deferred0 = pool.deferred();
+    let seconds = env_u64("SCALE_SECONDS", 20);
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = engines
+            .iter_mut()
+            .map(|engine| s.spawn(move || slices_for(engine, n / shards, start, seconds)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (mut slices, mut decisions, mut evaluated) = (Vec::new(), Vec::new(), 0);
+    for (s, d, e) in runs {
+        slices.extend(s);
+        decisions.extend(d);
+        evaluated += e;
+    }
     let q = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (
@@ -920,7 +959,7 @@ fn refit_wave(n: usize) {
     let (s50, s99, smax) = q(&mut slices);
     let (d50, d99, dmax) = q(&mut decisions);
     println!(
-        "refit wave: {n} targets, {}, {seconds} s: {} slices p50 {s50:.2} p99 {s99:.2} max {smax:.2} ms; \
+        "refit wave: {n} targets in {shards} shard(s), {}, {seconds} s: {} slices p50 {s50:.2} p99 {s99:.2} max {smax:.2} ms; \
          a signal taken and decided p50 {d50:.3} p99 {d99:.3} max {dmax:.3} ms ({evaluated} commands); refits turned away meanwhile {} (queue full), running at the end {}",
         if wave { "every forecaster due at once" } else { "no refit due (SCALE_WAVE=0)" },
         slices.len(),
@@ -928,7 +967,7 @@ fn refit_wave(n: usize) {
         pool.running()
     );
     if std::env::var("SCALE_TRACE").is_ok() {
-        for l in engine.metrics().render().lines() {
+        for l in metrics.render().lines() {
             if l.starts_with("tidewatch_policy_evaluation_seconds") {
                 println!("{l}");
             }
@@ -1043,6 +1082,14 @@ fn wave_state(n: usize, dir: &std::path::Path) -> String {
 /// evaluated hourly (refits inline), its snapshot restored into all N.
 /// Returns the engine and the time the history ends.
 fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
+    // the metrics' detail `run` has by default
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
+    restored_with(n, metrics)
+}
+
+/// [`restored`], the engine's metrics `metrics`.
+fn restored_with(n: usize, metrics: Arc<Metrics>) -> (tidewatch::engine::Engine, i64) {
     use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
     let end: i64 = 1_764_000_000_000 + 8 * 24 * 3_600_000;
     let (t, snapshot) = seed_snapshot(end);
@@ -1056,9 +1103,6 @@ fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
         })
         .collect();
     let t1 = Instant::now();
-    // the metrics' detail `run` has by default
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
     let mut engine = Engine::new(&engine_cfg, &targets, metrics, end).unwrap();
     let built_s = t1.elapsed().as_secs_f64();
     let rss1 = rss_mb();
