@@ -1241,7 +1241,7 @@ fn tally() {
                     for _ in 0..threads {
                         let (m, d) = (m.clone(), d.clone());
                         s.spawn(move || {
-                            let mut t = Tally::new(&m);
+                            let mut t = Tally::new();
                             for i in 0..calls {
                                 let secs = 1e-5 * (i % 7) as f64;
                                 if tallied {

@@ -140,9 +140,8 @@ impl Engine {
         }
         vms.fresh_reads();
         crate::policy::settle(targets.iter().map(|t| &t.policy));
-        let tally = crate::telemetry::Tally::new(&metrics);
         Ok(Self {
-            tally,
+            tally: crate::telemetry::Tally::new(),
             targets,
             by_name,
             limits: engine.limits(),

@@ -18,9 +18,13 @@ use super::{Metrics, PerTarget};
 use crate::guard::{Decision, HoldReason};
 
 /// One shard's uncounted policy calls and decisions (see the module's text).
+#[derive(Default)]
 pub struct Tally {
     evaluations: u64,
-    seconds: LocalHistogram,
+    /// The `target=""` series of the call's time, made at the first call
+    /// counted here (with `full` it never is: that detail has no such
+    /// series).
+    seconds: Option<LocalHistogram>,
     /// By [`crate::guard::Direction`]: up, down, hold.
     decisions: [u64; 3],
     /// By [`HoldReason::index`].
@@ -28,10 +32,10 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(metrics: &Metrics) -> Self {
+    pub fn new() -> Self {
         Self {
             evaluations: 0,
-            seconds: metrics.policy_seconds.with_label_values(&[""]).local(),
+            seconds: None,
             decisions: [0; 3],
             holds: [0; HoldReason::ALL.len()],
         }
@@ -43,7 +47,9 @@ impl Tally {
             metrics.policy_evaluated(target, seconds);
         } else {
             self.evaluations += 1;
-            self.seconds.observe(seconds);
+            self.seconds
+                .get_or_insert_with(|| metrics.policy_seconds.with_label_values(&[""]).local())
+                .observe(seconds);
         }
     }
 
@@ -69,7 +75,9 @@ impl Tally {
                 .with_label_values(&[""])
                 .inc_by(self.evaluations);
             self.evaluations = 0;
-            self.seconds.flush();
+            if let Some(h) = &self.seconds {
+                h.flush();
+            }
         }
         for (dir, n) in crate::guard::Direction::ALL.iter().zip(&mut self.decisions) {
             if *n > 0 {
@@ -114,7 +122,9 @@ mod tests {
     fn the_shards_tallies_add_up_when_flushed() {
         let m = Metrics::new();
         m.set_per_target(PerTarget::Summary);
-        let (mut a, mut b) = (Tally::new(&m), Tally::new(&m));
+        let (mut a, mut b) = (Tally::new(), Tally::new());
+        // no series before a call: a shard made is not a call counted
+        assert!(!m.render().contains("tidewatch_policy_evaluation_seconds"));
         for i in 0..5 {
             let t = if i < 3 { &mut a } else { &mut b };
             t.policy_evaluated(&m, "web", 0.001 * i as f64);
@@ -150,7 +160,7 @@ mod tests {
 
         let m = Metrics::new();
         m.set_per_target(PerTarget::Full);
-        let mut t = Tally::new(&m);
+        let mut t = Tally::new();
         t.policy_evaluated(&m, "web", 0.001);
         t.decided(
             &m,
@@ -164,6 +174,11 @@ mod tests {
         ] {
             assert!(text.contains(want), "full: no {want}\n{text}");
         }
+        t.flush(&m);
+        assert!(
+            !m.render().contains("target=\"\""),
+            "full has a target=\"\" series"
+        );
     }
 
     #[test]
