@@ -845,7 +845,7 @@ fn ratio(rows: &[Row]) {
 /// with refits inline; its snapshot restored into N targets.
 fn memory(n: usize) {
     use tidewatch::event::Metric;
-    let (mut engine, end) = restored(n);
+    let (mut engine, end) = restored_with(n, default_metrics());
     // a signal each, so the policies have windows to read
     for i in 0..n {
         engine.record(&format!("t{i}"), Metric::QueueDepth, end, 1000.0);
@@ -913,8 +913,7 @@ fn refit_wave(n: usize) {
     // metrics, each on a thread of its own, as `engine.shards = 2` runs
     // them (the figures are the two shards' together)
     let shards = env_u64("SCALE_SHARDS", 1).max(1) as usize;
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
+    let metrics = default_metrics();
     let mut engines = Vec::new();
     let mut end = 0;
     for _ in 0..shards {
@@ -1077,18 +1076,18 @@ fn wave_state(n: usize, dir: &std::path::Path) -> String {
     )
 }
 
+/// Metrics at the detail `run` has by default.
+fn default_metrics() -> Arc<Metrics> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
+    metrics
+}
+
 /// An engine of N targets on queue_depth.lua, each with 8 days of history
 /// and a fitted forecaster: one target fed 8 days at a minute and
 /// evaluated hourly (refits inline), its snapshot restored into all N.
-/// Returns the engine and the time the history ends.
-fn restored(n: usize) -> (tidewatch::engine::Engine, i64) {
-    // the metrics' detail `run` has by default
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_per_target(tidewatch::telemetry::PerTarget::default());
-    restored_with(n, metrics)
-}
-
-/// [`restored`], the engine's metrics `metrics`.
+/// Returns the engine (its metrics `metrics`) and the time the history
+/// ends.
 fn restored_with(n: usize, metrics: Arc<Metrics>) -> (tidewatch::engine::Engine, i64) {
     use tidewatch::engine::{Engine, EngineConfig, TargetConfig};
     let end: i64 = 1_764_000_000_000 + 8 * 24 * 3_600_000;
@@ -1221,9 +1220,8 @@ async fn startup(n: usize) {
 /// flushed every 32 calls (a slice). Nanoseconds a call, each thread.
 fn tally() {
     use tidewatch::guard::{Decision, Direction, HoldReason};
-    use tidewatch::telemetry::{PerTarget, Tally};
-    let m = Arc::new(Metrics::new());
-    m.set_per_target(PerTarget::default());
+    use tidewatch::telemetry::Tally;
+    let m = default_metrics();
     let d = Decision {
         current: 3,
         desired: 3,

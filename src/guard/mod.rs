@@ -127,7 +127,7 @@ pub enum HoldReason {
 }
 
 impl HoldReason {
-    /// Every reason, in the order of [`HoldReason::index`].
+    /// Every reason, in declaration order (`r as usize` is its place).
     pub const ALL: [HoldReason; 11] = [
         HoldReason::Policy,
         HoldReason::PolicyFailed,
@@ -141,11 +141,6 @@ impl HoldReason {
         HoldReason::Stale,
         HoldReason::Inactive,
     ];
-
-    /// This reason's place in [`HoldReason::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
 
     pub fn code(self) -> &'static str {
         match self {

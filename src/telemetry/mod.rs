@@ -1304,11 +1304,6 @@ impl Metrics {
     /// The guard decided `d` for `target`: counted and logged. An engine
     /// shard counts through its [`Tally`] instead.
     pub fn decided(&self, target: &str, d: &Decision) {
-        self.count_decision(target, d);
-        self.note_decision(target, d);
-    }
-
-    fn count_decision(&self, target: &str, d: &Decision) {
         self.decisions
             .with_label_values(&[self.fine(target), d.direction.code()])
             .inc();
@@ -1317,6 +1312,7 @@ impl Metrics {
                 .with_label_values(&[self.fine(target), h.code()])
                 .inc();
         }
+        self.note_decision(target, d);
     }
 
     /// A decision's log line, and the desired replicas of one that moves.

@@ -13,21 +13,21 @@
 //! goes to its target's series as before.
 
 use prometheus::local::LocalHistogram;
+use prometheus::IntCounterVec;
 
 use super::{Metrics, PerTarget};
-use crate::guard::{Decision, HoldReason};
+use crate::guard::{Decision, Direction, HoldReason};
 
 /// One shard's uncounted policy calls and decisions (see the module's text).
 #[derive(Default)]
 pub struct Tally {
-    evaluations: u64,
     /// The `target=""` series of the call's time, made at the first call
     /// counted here (with `full` it never is: that detail has no such
-    /// series).
+    /// series). Its sample count is the calls not yet added.
     seconds: Option<LocalHistogram>,
-    /// By [`crate::guard::Direction`]: up, down, hold.
-    decisions: [u64; 3],
-    /// By [`HoldReason::index`].
+    /// By [`Direction`], in the order of [`Direction::ALL`].
+    decisions: [u64; Direction::ALL.len()],
+    /// By [`HoldReason`], in the order of [`HoldReason::ALL`].
     holds: [u64; HoldReason::ALL.len()],
 }
 
@@ -41,7 +41,6 @@ impl Tally {
         if metrics.per_target() == PerTarget::Full {
             metrics.policy_evaluated(target, seconds);
         } else {
-            self.evaluations += 1;
             self.seconds
                 .get_or_insert_with(|| metrics.policy_seconds.with_label_values(&[""]).local())
                 .observe(seconds);
@@ -52,45 +51,48 @@ impl Tally {
     /// desired replicas set) at once.
     pub fn decided(&mut self, metrics: &Metrics, target: &str, d: &Decision) {
         if metrics.per_target() == PerTarget::Full {
-            metrics.count_decision(target, d);
-        } else {
-            self.decisions[d.direction as usize] += 1;
-            if let Some(h) = d.held {
-                self.holds[h.index()] += 1;
-            }
+            metrics.decided(target, d);
+            return;
+        }
+        self.decisions[d.direction as usize] += 1;
+        if let Some(h) = d.held {
+            self.holds[h as usize] += 1;
         }
         metrics.note_decision(target, d);
     }
 
     /// Adds what was counted since the last flush to the shared series.
     pub fn flush(&mut self, metrics: &Metrics) {
-        if self.evaluations > 0 {
-            metrics
-                .policy_evaluations
-                .with_label_values(&[""])
-                .inc_by(self.evaluations);
-            self.evaluations = 0;
-            if let Some(h) = &self.seconds {
+        if let Some(h) = &self.seconds {
+            let calls = h.get_sample_count();
+            if calls > 0 {
+                metrics
+                    .policy_evaluations
+                    .with_label_values(&[""])
+                    .inc_by(calls);
                 h.flush();
             }
         }
-        for (dir, n) in crate::guard::Direction::ALL.iter().zip(&mut self.decisions) {
-            if *n > 0 {
-                metrics
-                    .decisions
-                    .with_label_values(&["", dir.code()])
-                    .inc_by(*n);
-                *n = 0;
-            }
-        }
-        for (h, n) in HoldReason::ALL.iter().zip(&mut self.holds) {
-            if *n > 0 {
-                metrics
-                    .decision_holds
-                    .with_label_values(&["", h.code()])
-                    .inc_by(*n);
-                *n = 0;
-            }
+        add(
+            &metrics.decisions,
+            Direction::ALL.map(Direction::code),
+            &mut self.decisions,
+        );
+        add(
+            &metrics.decision_holds,
+            HoldReason::ALL.map(HoldReason::code),
+            &mut self.holds,
+        );
+    }
+}
+
+/// Adds `counts` to the `target=""` series of `series` whose second label
+/// is the code at the same place, and zeroes them.
+fn add<const N: usize>(series: &IntCounterVec, codes: [&str; N], counts: &mut [u64; N]) {
+    for (code, n) in codes.iter().zip(counts) {
+        if *n > 0 {
+            series.with_label_values(&["", code]).inc_by(*n);
+            *n = 0;
         }
     }
 }
@@ -179,7 +181,7 @@ mod tests {
     #[test]
     fn every_hold_reason_and_direction_has_its_own_place() {
         for (i, h) in HoldReason::ALL.iter().enumerate() {
-            assert_eq!(h.index(), i, "{h:?}");
+            assert_eq!(*h as usize, i, "{h:?}");
         }
         for (i, d) in Direction::ALL.iter().enumerate() {
             assert_eq!(*d as usize, i, "{d:?}");
