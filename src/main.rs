@@ -128,7 +128,8 @@ struct SimulateArgs {
     /// The first seed of the generated traces.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// With --generate: also write each generated trace to DIR/NAME.csv.
+    /// With --generate: also write each generated trace to DIR/NAME.csv, and
+    /// its predictable part (no noise, no bursts, no gaps) to DIR/clean/NAME.csv.
     #[arg(long, value_name = "DIR", requires = "generate")]
     write_generated: Option<PathBuf>,
     /// Days of each generated trace.

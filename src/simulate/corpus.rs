@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::frontier::{sweep, SweepReport};
-use super::generate::{generate, Kind};
+use super::generate::{generate_parts, Kind};
 use super::{Options, SimulateError, Trace};
 
 /// What to score.
@@ -139,11 +139,22 @@ pub fn run_corpus(
     for seed in c.first_seed..c.first_seed + u64::from(c.generated) {
         for kind in [Kind::Seasonal, Kind::Bursty] {
             let name = format!("generated-{}-{seed}", kind.name());
-            let t = generate(kind, seed, c.days, 60);
+            let (t, clean) = generate_parts(kind, seed, c.days, 60);
             if let Some(dir) = &c.write_generated {
-                let path = dir.join(format!("{name}.csv"));
-                t.save(&path)
-                    .map_err(|source| SimulateError::TraceFile { path, source })?;
+                // the predictable part in a directory of its own, so that
+                // DIR can be a --corpus without it
+                let clean_dir = dir.join("clean");
+                std::fs::create_dir_all(&clean_dir).map_err(|source| SimulateError::TraceFile {
+                    path: clean_dir.clone(),
+                    source,
+                })?;
+                for (path, t) in [
+                    (dir.join(format!("{name}.csv")), &t),
+                    (clean_dir.join(format!("{name}.csv")), &clean),
+                ] {
+                    t.save(&path)
+                        .map_err(|source| SimulateError::TraceFile { path, source })?;
+                }
             }
             traces.push((name, t, true));
         }

@@ -71,6 +71,17 @@ const DAY_S: i64 = 86_400;
 
 /// A generated trace of `days` days at `step_s` seconds.
 pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
+    generate_parts(kind, seed, days, step_s).0
+}
+
+/// [`generate`], and beside it the trace's predictable part: the same
+/// load at every step (no gaps) without its noise and its bursts, so with
+/// each day's timing jitter, the weekends, the holidays, the trend and the
+/// level shift. A policy that knew it would know every rise that recurs,
+/// to the minute; what is left for it to miss is noise and bursts. Written
+/// as clean/NAME.csv by `simulate --write-generated`, for diagnostics such
+/// as the bound in docs/PREDICTIVE.md.
+pub fn generate_parts(kind: Kind, seed: u64, days: u32, step_s: u32) -> (Trace, Trace) {
     let mut r = Rng::new(seed.wrapping_mul(2).wrapping_add(kind as u64));
     let step_s = i64::from(step_s.max(1));
     let n = i64::from(days) * DAY_S / step_s;
@@ -137,11 +148,10 @@ pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
         (-0.5 * (d / width).powi(2)).exp()
     };
     let mut points = Vec::with_capacity(n as usize);
+    let mut clean = Vec::with_capacity(n as usize);
     for i in 0..n {
         let t = i * step_s;
-        if gaps.iter().any(|&(s, l)| t >= s && t < s + l) {
-            continue;
-        }
+        let gap = gaps.iter().any(|&(s, l)| t >= s && t < s + l);
         let day = (t / DAY_S) as u32;
         let hour = (t % DAY_S) as f64 / 3600.0 - jitter[day as usize];
         let weekday = day % 7; // day 0 is a Monday
@@ -162,6 +172,10 @@ pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
                 v *= f;
             }
         }
+        clean.push(((START_S + t) as Millis * 1000, v.max(0.0)));
+        if gap {
+            continue;
+        }
         for &(s, l, f) in &bursts {
             if t >= s && t < s + l {
                 v *= f;
@@ -170,7 +184,7 @@ pub fn generate(kind: Kind, seed: u64, days: u32, step_s: u32) -> Trace {
         v *= (noise * r.normal()).exp();
         points.push(((START_S + t) as Millis * 1000, v.max(0.0)));
     }
-    Trace { points }
+    (Trace { points }, Trace { points: clean })
 }
 
 #[cfg(test)]
@@ -193,6 +207,29 @@ mod tests {
         assert!(a.points.len() < 21 * 1440 && a.points.len() > 20 * 1440);
         assert!(a.points.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(a.points.iter().all(|p| p.1 >= 0.0 && p.1.is_finite()));
+    }
+
+    /// The predictable part has every step, and the trace is it times
+    /// noise and bursts: on a seasonal trace (few bursts) the ratio's
+    /// median is about 1 and its spread the noise's.
+    #[test]
+    fn the_clean_part_is_the_trace_without_its_noise_and_bursts() {
+        let (t, clean) = generate_parts(Kind::Seasonal, 7, 21, 60);
+        assert_eq!(clean.points.len(), 21 * 1440);
+        let by: std::collections::HashMap<_, _> = clean.points.iter().copied().collect();
+        let mut ratio: Vec<f64> = t.points.iter().map(|&(ts, v)| (v / by[&ts]).ln()).collect();
+        ratio.sort_by(f64::total_cmp);
+        let median = ratio[ratio.len() / 2];
+        let spread = (ratio[ratio.len() * 3 / 4] - ratio[ratio.len() / 4]) / 1.349;
+        assert!(median.abs() < 0.02, "median log ratio {median}");
+        assert!(spread > 0.02 && spread < 0.13, "noise spread {spread}");
+        // and the clean part is smooth: neighbours differ by far less
+        let jumps = clean
+            .points
+            .windows(2)
+            .filter(|w| (w[1].1 / w[0].1).ln().abs() > 0.2)
+            .count();
+        assert!(jumps < 60, "{jumps} steps of more than 20%");
     }
 
     /// A seasonal trace repeats day to day (autocorrelation at one day
