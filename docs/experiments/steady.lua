@@ -26,13 +26,12 @@ function P.decide(ctx)
   local ring = s.ring
   if not ring then ring = {}; s.ring = ring; s.head = 0 end
   local x = math.log(math.max(value, 1e-9))
+  -- a new point each `sample`; between, the latest reading replaces it
   if not s.last or ctx.now - s.last >= sample then
     s.last = ctx.now
     s.head = s.head % n + 1
-    ring[s.head] = x
-  else
-    ring[s.head] = x
   end
+  ring[s.head] = x
   local m = #ring
   local want_load
   local z, jump = p.z or 1.0, p.jump or 2.5

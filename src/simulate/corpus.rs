@@ -136,18 +136,24 @@ pub fn run_corpus(
             traces.push((name, Trace::load(&f)?, false));
         }
     }
+    // the predictable parts in a directory of their own, so that DIR can
+    // be a --corpus without them
+    let clean_dir = match &c.write_generated {
+        Some(dir) if c.generated > 0 => {
+            let clean_dir = dir.join("clean");
+            std::fs::create_dir_all(&clean_dir).map_err(|source| SimulateError::TraceFile {
+                path: clean_dir.clone(),
+                source,
+            })?;
+            Some(clean_dir)
+        }
+        _ => None,
+    };
     for seed in c.first_seed..c.first_seed + u64::from(c.generated) {
         for kind in [Kind::Seasonal, Kind::Bursty] {
             let name = format!("generated-{}-{seed}", kind.name());
             let (t, clean) = generate_parts(kind, seed, c.days, 60);
-            if let Some(dir) = &c.write_generated {
-                // the predictable part in a directory of its own, so that
-                // DIR can be a --corpus without it
-                let clean_dir = dir.join("clean");
-                std::fs::create_dir_all(&clean_dir).map_err(|source| SimulateError::TraceFile {
-                    path: clean_dir.clone(),
-                    source,
-                })?;
+            if let (Some(dir), Some(clean_dir)) = (&c.write_generated, &clean_dir) {
                 for (path, t) in [
                     (dir.join(format!("{name}.csv")), &t),
                     (clean_dir.join(format!("{name}.csv")), &clean),
