@@ -12,7 +12,7 @@
 //!   publication to the command's arrival at another client; on
 //!   RabbitMQ a bystander consumer of the probes (a queue of its own) also
 //!   times the broker's part alone. `/metrics`
-//!   is scraped every 2 s meanwhile. A stand-in worker answers every
+//!   is scraped every 2 s meanwhile, from a thread of its own. A stand-in worker answers every
 //!   command with a result at its desired count. The Kafka producer
 //!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
 //!   it). SCALE_TRACE=1 prints the worst reaction in each second. The
@@ -48,6 +48,12 @@
 //! - `tally`: the series every policy call moves, from one thread and
 //!   from two at once, into the shared series and through a shard's
 //!   `Tally` (SCALE_CALLS calls each, 2,000,000 unless set).
+//! - `scrape`: the text of `/metrics` for N targets (the largest of
+//!   SCALE_TARGETS) at the default detail, each with its desired
+//!   replicas and one in ten with an observed count that differs (a
+//!   command not yet answered): the text's size, and its rendering and
+//!   gzipping (the fastest level, as `/metrics` does) timed, the median
+//!   and the largest of 20.
 //! - `startup`: `tidewatch run` (the binary) with N targets on RabbitMQ
 //!   and `source.amqp.slots = 16` (one binding per target): seconds to
 //!   `/readyz`, on fresh queues and again with the bindings in place
@@ -200,7 +206,9 @@ struct Scrapes {
     count: usize,
 }
 
-/// Scrapes `/metrics` every 2 s until `stop` turns true.
+/// Scrapes `/metrics` every 2 s until `stop` turns true. The largest
+/// body is unzipped once at the end, for its size: a scrape costs the
+/// machine what Prometheus' request costs, not the benchmark's unzipping.
 async fn scrape_every_2s(port: u16, mut stop: tokio::sync::watch::Receiver<bool>) -> Scrapes {
     let client = reqwest::Client::new();
     let mut s = Scrapes {
@@ -209,9 +217,10 @@ async fn scrape_every_2s(port: u16, mut stop: tokio::sync::watch::Receiver<bool>
         slowest_ms: 0.0,
         count: 0,
     };
+    let mut largest = Vec::new();
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return s,
+            _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         if std::env::var("SCALE_SCRAPE").as_deref() == Ok("0") {
@@ -226,17 +235,18 @@ async fn scrape_every_2s(port: u16, mut stop: tokio::sync::watch::Receiver<bool>
         {
             if let Ok(body) = r.bytes().await {
                 s.slowest_ms = s.slowest_ms.max(at.elapsed().as_secs_f64() * 1000.0);
-                let mut text = Vec::new();
-                let _ = std::io::Read::read_to_end(
-                    &mut flate2::read::GzDecoder::new(&body[..]),
-                    &mut text,
-                );
-                s.largest_gzip = s.largest_gzip.max(body.len());
-                s.largest_bytes = s.largest_bytes.max(text.len());
+                if body.len() > largest.len() {
+                    largest = body.to_vec();
+                }
                 s.count += 1;
             }
         }
     }
+    let mut text = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&largest[..]), &mut text);
+    s.largest_gzip = largest.len();
+    s.largest_bytes = text.len();
+    s
 }
 
 async fn scrape(port: u16) -> String {
@@ -405,7 +415,17 @@ async fn measure<R: Rig>(
     PROBE_COMMANDS.lock().unwrap().clear();
     let before = scrape(port).await;
     let (stop_scrapes, scrapes_stop) = tokio::sync::watch::channel(false);
-    let scrapes = tokio::spawn(scrape_every_2s(port, scrapes_stop));
+    // The scraper stands for a Prometheus outside the scaler: a thread and
+    // a runtime of its own, so that reading and unzipping 2.6 MB never
+    // holds up a worker of the runtime the scaler, the publisher and the
+    // bystander share (it did: PERFORMANCE.md, "The benchmark's scraper").
+    let scrapes = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scrape_every_2s(port, scrapes_stop))
+    });
     let rate = env_u64("SCALE_RATE", 5000);
     let seconds = env_u64("SCALE_SECONDS", 20);
     let t0 = Instant::now();
@@ -413,7 +433,9 @@ async fn measure<R: Rig>(
     let load_s = t0.elapsed().as_secs_f64();
     let after = scrape(port).await;
     let _ = stop_scrapes.send(true);
-    let scrapes = scrapes.await.unwrap();
+    let scrapes = tokio::task::spawn_blocking(move || scrapes.join().unwrap())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     while let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(3), probes_seen.recv()).await {
         got.push(g);
@@ -1214,6 +1236,66 @@ async fn startup(n: usize) {
     names.delete(&ch).await;
 }
 
+/// A scrape's text for `n` targets (see the module's text).
+fn scrape_text(n: usize) {
+    use std::io::Write;
+    use tidewatch::guard::{Decision, Direction};
+    let m = default_metrics();
+    let moved = Decision {
+        current: 1,
+        desired: 2,
+        direction: Direction::Up,
+        held: None,
+        dry_run: false,
+        reason: String::new(),
+    };
+    for i in 0..n {
+        let t = format!("t{i}");
+        m.target_configured(&t, 1);
+        m.decided(&t, &moved);
+        // one in ten not answered yet: its observed count differs
+        m.target_observed(&t, if i % 10 == 0 { 1 } else { 2 }, Some(2));
+    }
+    let (mut render, mut zip, mut encoder) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut text_len, mut gz_len) = (0, 0);
+    for _ in 0..20 {
+        // every series through the `prometheus` crate's encoder, as
+        // `render` did before it wrote the per-target gauges itself
+        let at = Instant::now();
+        let mut via = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &m.registry().gather(),
+            &mut via,
+        )
+        .unwrap();
+        encoder.push(at.elapsed().as_secs_f64() * 1000.0);
+        let at = Instant::now();
+        let text = m.render();
+        render.push(at.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(text.len(), via.len(), "the same series either way");
+        let at = Instant::now();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(text.as_bytes()).unwrap();
+        let gz = enc.finish().unwrap();
+        zip.push(at.elapsed().as_secs_f64() * 1000.0);
+        (text_len, gz_len) = (text.len(), gz.len());
+    }
+    let q = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (bench::percentile(v, 0.5), *v.last().unwrap_or(&f64::NAN))
+    };
+    let ((r50, rmax), (z50, zmax)) = (q(&mut render), q(&mut zip));
+    let (e50, emax) = q(&mut encoder);
+    println!(
+        "scrape: {n} targets, {:.2} MB of text ({} lines), {:.2} MB gzipped; render p50 {r50:.1} max {rmax:.1} ms \
+         (through the crate's encoder: p50 {e50:.1} max {emax:.1} ms), gzip p50 {z50:.1} max {zmax:.1} ms",
+        text_len as f64 / 1e6,
+        m.render().lines().count(),
+        gz_len as f64 / 1e6,
+    );
+}
+
 /// The series every policy call moves, from one and from two threads at
 /// once (two engine shards on two cores): straight into the shared series
 /// (`Metrics`, as every call did before) and through a shard's `Tally`,
@@ -1293,6 +1375,9 @@ fn main() {
     }
     if wants("tally") {
         tally();
+    }
+    if wants("scrape") {
+        scrape_text(largest);
     }
     rt.block_on(async {
         if wants("reaction-amqp") {

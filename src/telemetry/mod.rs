@@ -27,6 +27,8 @@ use crate::settings::{problem, Problem};
 
 pub struct Metrics {
     registry: Registry,
+    /// `registry` without the per-target gauges (see [`Reg`]).
+    encoded: Registry,
     events_received: IntCounterVec,
     events_rejected: IntCounterVec,
     events_unmatched: IntCounterVec,
@@ -140,14 +142,25 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// A registry that remembers the name of every metric registered in it.
+/// `registry` has every metric; `encoded` all but the per-target gauges,
+/// which a scrape writes straight from their slots (`TargetGauges::write_text`).
 #[derive(Default)]
 struct Reg {
     registry: Registry,
+    encoded: Registry,
     names: std::cell::RefCell<Vec<String>>,
 }
 
 impl Reg {
     fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        let c = self.add_unencoded(c);
+        self.encoded
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    }
+
+    fn add_unencoded<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
         self.names
             .borrow_mut()
             .extend(c.desc().iter().map(|d| d.fq_name.clone()));
@@ -181,7 +194,7 @@ fn gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 /// A per-target gauge whose series come and go with commands; a scrape
 /// never holds a lock its writers wait on (targets.rs).
 fn target_gauge(r: &Reg, name: &str, help: &str) -> targets::TargetGauges {
-    r.add(targets::TargetGauges::new(name, help).expect("valid metric definition"))
+    r.add_unencoded(targets::TargetGauges::new(name, help).expect("valid metric definition"))
 }
 
 fn int_gauge(r: &Reg, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -558,6 +571,7 @@ impl Metrics {
             health: Health::default(),
             per_target: std::sync::atomic::AtomicU8::new(PerTarget::Full as u8),
             registry: r.registry,
+            encoded: r.encoded,
         }
     }
 
@@ -607,13 +621,24 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let mut families = self.registry.gather();
-        if self.per_target() == PerTarget::None {
+        let mut families = self.encoded.gather();
+        let none = self.per_target() == PerTarget::None;
+        if none {
             families.retain(|f| !PER_TARGET_GAUGES.contains(&f.name()));
         }
         TextEncoder::new()
             .encode(&families, &mut buf)
             .expect("text encoding into a Vec does not fail");
+        // a line a target, written from the slots after the rest
+        if !none {
+            for g in [
+                &self.commands_unacknowledged,
+                &self.target_desired_replicas,
+                &self.target_observed_replicas,
+            ] {
+                g.write_text(&mut buf);
+            }
+        }
         String::from_utf8(buf).unwrap_or_default()
     }
 

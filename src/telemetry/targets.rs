@@ -115,37 +115,78 @@ impl TargetGauges {
     }
 }
 
+impl TargetGauges {
+    /// Its series in the Prometheus text format (what `TextEncoder`
+    /// writes for the family `collect` returns), appended to `out`;
+    /// nothing without a series. Written straight from the slots: a
+    /// scrape of 50,000 targets makes no `proto::Metric` per target.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let name = &self.desc.fq_name;
+        let mut any = false;
+        self.each(|target, v| {
+            if !any {
+                any = true;
+                let help = escape(&self.desc.help, false);
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+            }
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {v}", escape(target, true));
+        });
+    }
+
+    /// `f(target, value)` for each series, in the order targets first came.
+    fn each(&self, mut f: impl FnMut(&str, i64)) {
+        // the chunks, under the lock for as long as a copy of ~50 pointers
+        let (chunks, used) = {
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            (slots.chunks.clone(), slots.index.len())
+        };
+        for (c, chunk) in chunks.iter().enumerate() {
+            for k in 0..CHUNK.min(used.saturating_sub(c * CHUNK)) {
+                let v = chunk.values[k].load(Ordering::Relaxed);
+                if let (Some(target), false) = (chunk.names[k].get(), v == ABSENT) {
+                    f(target, v);
+                }
+            }
+        }
+    }
+}
+
+/// `s` escaped as the text format asks: a backslash and a line feed in
+/// HELP, and the double quote too in a label value.
+fn escape(s: &str, quote: bool) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\\', '\n', '"']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut e = String::with_capacity(s.len() + 4);
+    for ch in s.chars() {
+        match ch {
+            '\\' => e.push_str("\\\\"),
+            '\n' => e.push_str("\\n"),
+            '"' if quote => e.push_str("\\\""),
+            _ => e.push(ch),
+        }
+    }
+    std::borrow::Cow::Owned(e)
+}
+
 impl Collector for TargetGauges {
     fn desc(&self) -> Vec<&Desc> {
         vec![&self.desc]
     }
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
-        // the chunks, under the lock for as long as a copy of ~50 pointers
-        let (chunks, used) = {
-            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            (slots.chunks.clone(), slots.index.len())
-        };
         let mut metrics = Vec::new();
-        for (c, chunk) in chunks.iter().enumerate() {
-            for k in 0..CHUNK.min(used.saturating_sub(c * CHUNK)) {
-                let v = chunk.values[k].load(Ordering::Relaxed);
-                let Some(name) = chunk.names[k].get() else {
-                    continue;
-                };
-                if v == ABSENT {
-                    continue;
-                }
-                let mut label = proto::LabelPair::default();
-                label.set_name("target".to_string());
-                label.set_value(name.clone());
-                let mut gauge = proto::Gauge::default();
-                gauge.set_value(v as f64);
-                let mut m = proto::Metric::from_label(vec![label]);
-                m.set_gauge(gauge);
-                metrics.push(m);
-            }
-        }
+        self.each(|target, v| {
+            let mut label = proto::LabelPair::default();
+            label.set_name("target".to_string());
+            label.set_value(target.to_string());
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(v as f64);
+            let mut m = proto::Metric::from_label(vec![label]);
+            m.set_gauge(gauge);
+            metrics.push(m);
+        });
         let mut family = proto::MetricFamily::default();
         family.set_name(self.desc.fq_name.clone());
         family.set_help(self.desc.help.clone());
@@ -192,5 +233,51 @@ mod tests {
         }
         assert_eq!(lines(&g).len(), 3002);
         assert_eq!(g.get("t2999"), Some(2999));
+    }
+
+    /// The text written straight from the slots is what the `prometheus`
+    /// crate's encoder writes for the same series, escapes included.
+    #[test]
+    fn text_is_what_the_encoder_writes() {
+        use prometheus::Encoder;
+        let g = TargetGauges::new("tidewatch_test_gauge", "a \\ test\nof help").unwrap();
+        let text = |g: &TargetGauges| {
+            let mut ours = Vec::new();
+            g.write_text(&mut ours);
+            let mut theirs = Vec::new();
+            let families: Vec<_> = g
+                .collect()
+                .into_iter()
+                .filter(|f| !f.get_metric().is_empty())
+                .collect();
+            prometheus::TextEncoder::new()
+                .encode(&families, &mut theirs)
+                .unwrap();
+            (
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap(),
+            )
+        };
+        let (ours, theirs) = text(&g);
+        assert_eq!(ours, "", "no series, no family");
+        assert_eq!(theirs, "");
+        g.set("plain", 3);
+        g.set("odd \"quoted\" \\ name\nline", -2);
+        g.set("gone", 1);
+        g.remove("gone");
+        for i in 0..1500 {
+            g.set(&format!("t{i}"), i);
+        }
+        let (ours, theirs) = text(&g);
+        assert_eq!(ours, theirs);
+        assert!(
+            ours.contains(r#"tidewatch_test_gauge{target="odd \"quoted\" \\ name\nline"} -2"#),
+            "{ours}"
+        );
+        assert!(
+            ours.starts_with("# HELP tidewatch_test_gauge a \\\\ test\\nof help\n"),
+            "{ours}"
+        );
+        assert_eq!(ours.lines().count(), 2 + 1502);
     }
 }
