@@ -127,6 +127,7 @@ impl EngineConfig {
             memory_bytes: self.policy_memory_mb << 20,
             instruction_budget: self.policy_instruction_budget,
             timeout: self.policy_timeout,
+            load_timeout: crate::policy::load_allowance(self.policy_timeout),
         }
     }
 

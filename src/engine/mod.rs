@@ -734,13 +734,14 @@ impl Engine {
                 if src.version == t.policy.version() {
                     return Ok(None);
                 }
-                // the examples of a version are run once, not per target
-                let limits = self.cfg.policy_limits();
+                // the examples of a version are run once, not per target;
+                // a load here holds up the shard's decisions
+                let limits = self.cfg.policy_limits().between_decisions();
                 self.examples
                     .entry(src.version.clone())
                     .or_insert_with(|| examples_pass(&src, limits))
                     .clone()?;
-                let p = load_policy(&t.cfg, &t.data, &self.cfg, &mut vms)?;
+                let p = load_policy(&t.cfg, &t.data, limits, &mut vms)?;
                 p.adopt_state(&t.policy)?;
                 Ok(Some(p))
             });
@@ -1125,7 +1126,7 @@ fn build_target(
     d.forecast.season = Season::parse(&t.forecast_season).unwrap_or_default();
     d.forecast.refit_ms = engine.forecast_refit.as_millis() as i64;
     let data = Arc::new(Mutex::new(d));
-    let policy = load_policy(t, &data, engine, vms)?;
+    let policy = load_policy(t, &data, engine.policy_limits(), vms)?;
     metrics.target_configured(&t.name, t.initial());
     Ok(TargetRuntime {
         guard_cfg: t.guard(),

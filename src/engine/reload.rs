@@ -231,7 +231,9 @@ impl Engine {
         }
         if (&t.cfg.policy, &t.cfg.params) != (&cfg.policy, &cfg.params) {
             let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
-            match load_policy(&cfg, &t.data, &self.cfg, &mut vms).and_then(|p| {
+            // in the engine, between its decisions: a decision's time
+            let limits = self.cfg.policy_limits().between_decisions();
+            match load_policy(&cfg, &t.data, limits, &mut vms).and_then(|p| {
                 p.adopt_state(&t.policy)?;
                 Ok(p)
             }) {

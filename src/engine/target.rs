@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::clock::Millis;
 use crate::command::ScaleCommand;
-use crate::engine::config::{EngineConfig, TargetConfig, DEFAULT_FORECAST_REFIT};
+use crate::engine::config::{TargetConfig, DEFAULT_FORECAST_REFIT};
 use crate::event::Metric;
 use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
 use crate::forecast::recurring::{recurring, Recurring};
@@ -251,14 +251,16 @@ impl TargetRuntime {
 /// overruns costs at most this many timeouts, once.
 pub const QUARANTINE_AFTER: u32 = 3;
 
+/// `t`'s policy loaded with `limits` (`cfg.policy_limits()` off the
+/// decision path, `.between_decisions()` on it).
 pub(super) fn load_policy(
     t: &TargetConfig,
     data: &Arc<Mutex<TargetData>>,
-    cfg: &EngineConfig,
+    limits: crate::policy::PolicyLimits,
     vms: &mut VmPool,
 ) -> Result<LuaPolicy, PolicyError> {
     let src = vms.read(&t.policy)?;
-    let mut p = vms.load(&src, &t.params_json(), cfg.policy_limits())?;
+    let mut p = vms.load(&src, &t.params_json(), limits)?;
     // `ctx.behavior`: the guard limits the rate as the HPA does, so a
     // policy need not (hpa.lua leaves its own scale-up limit out then)
     p.ctx()

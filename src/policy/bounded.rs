@@ -30,28 +30,30 @@ pub struct Deadline {
     base: Instant,
     /// Nanoseconds after `base`.
     until_ns: AtomicU64,
+    /// The allowance of the call armed last, for its error.
+    armed_ns: AtomicU64,
     passed: AtomicBool,
-    pub limit: Duration,
 }
 
 impl Deadline {
-    pub fn new(limit: Duration) -> Self {
+    /// Not armed: no call has started.
+    pub fn new() -> Self {
         Self {
             base: Instant::now(),
             until_ns: AtomicU64::new(u64::MAX),
+            armed_ns: AtomicU64::new(u64::MAX),
             passed: AtomicBool::new(false),
-            limit,
         }
     }
 
-    /// Starts a call: it has `limit` from now.
-    pub fn arm(&self) {
+    /// Starts a call that has `allowance` from now (a decision the
+    /// policy timeout, a load `PolicyLimits::load_timeout`).
+    pub fn arm_for(&self, allowance: Duration) {
         self.passed.store(false, Ordering::Relaxed);
-        let until = self.base.elapsed() + self.limit;
-        self.until_ns.store(
-            until.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+        let nanos = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        self.armed_ns.store(nanos(allowance), Ordering::Relaxed);
+        self.until_ns
+            .store(nanos(self.base.elapsed() + allowance), Ordering::Relaxed);
     }
 
     pub fn at(&self) -> Instant {
@@ -76,7 +78,7 @@ impl Deadline {
         self.passed.store(true, Ordering::Relaxed);
         mlua::Error::runtime(format!(
             "the call ran past its deadline of {:?} ({place})",
-            self.limit
+            Duration::from_nanos(self.armed_ns.load(Ordering::Relaxed))
         ))
     }
 

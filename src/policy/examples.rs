@@ -86,11 +86,17 @@ fn examples_of(p: &LuaPolicy, source: &PolicySource) -> Result<Option<Table>, Po
 }
 
 /// Loads the policy (an error here means it does not pass the sandbox check)
-/// and runs its examples; `Ok(vec![])` when it declares none.
+/// and runs its examples; `Ok(vec![])` when it declares none. An
+/// example's call is a check made at a load, not a decision: it has the
+/// load's wall-clock time (`PolicyLimits::load_timeout`).
 pub fn run_examples(
     source: &PolicySource,
     limits: PolicyLimits,
 ) -> Result<Vec<ExampleOutcome>, PolicyError> {
+    let limits = PolicyLimits {
+        timeout: limits.load_timeout,
+        ..limits
+    };
     let probe = LuaPolicy::load(source, &serde_json::Value::Null, limits)?;
     let Some(list) = examples_of(&probe, source)? else {
         return Ok(vec![]);

@@ -105,9 +105,42 @@ const MAX_REASON: usize = 256;
 pub struct PolicyLimits {
     pub memory_bytes: usize,
     pub instruction_budget: u64,
-    /// Wall-clock time of one call (load, `init`, `decide`).
+    /// Wall-clock time of one decision (`decide`).
     pub timeout: std::time::Duration,
+    /// Wall-clock time of one load: the file's top level for a target,
+    /// its `init`, each of its examples ([`load_allowance`] of `timeout`,
+    /// or `timeout` itself on the decision path:
+    /// [`PolicyLimits::between_decisions`]).
+    pub load_timeout: std::time::Duration,
 }
+
+impl PolicyLimits {
+    /// The same limits for a load made between decisions (a policy file
+    /// a running engine reloads): it holds up the decisions behind it,
+    /// so it has a decision's time.
+    pub fn between_decisions(self) -> Self {
+        Self {
+            load_timeout: self.timeout,
+            ..self
+        }
+    }
+}
+
+/// The wall-clock allowance of a load off the decision path (at start, a
+/// configuration check, `policy check`) for a decision `timeout`:
+/// [`LOAD_TIMEOUT_FACTOR`] times it, at least [`MIN_LOAD_TIMEOUT`]. A
+/// start on a busy machine, preempted or faulting in fresh memory, must
+/// not fail on what a quiet one loads in a millisecond (it once failed a
+/// whole scaler of 50,000 targets); the instruction budget and the memory
+/// limit bound a load's work as they bound a call's.
+pub fn load_allowance(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout * LOAD_TIMEOUT_FACTOR).max(MIN_LOAD_TIMEOUT)
+}
+
+/// See [`load_allowance`].
+pub const LOAD_TIMEOUT_FACTOR: u32 = 20;
+/// See [`load_allowance`].
+pub const MIN_LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest policy file read.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -121,6 +154,7 @@ impl Default for PolicyLimits {
             memory_bytes: 16 << 20,
             instruction_budget: 1_000_000,
             timeout: DEFAULT_TIMEOUT,
+            load_timeout: load_allowance(DEFAULT_TIMEOUT),
         }
     }
 }
@@ -394,11 +428,11 @@ impl PolicyVm {
             message: e.to_string(),
         };
         let used = Arc::new(AtomicU64::new(0));
-        let deadline = Arc::new(Deadline::new(limits.timeout));
+        let deadline = Arc::new(Deadline::new());
         let lua = sandbox(limits, used.clone(), deadline.clone())
             .map_err(|e| err(PolicyErrorKind::Load, e))?;
         used.store(0, Ordering::Relaxed);
-        deadline.arm();
+        deadline.arm_for(limits.load_timeout);
         // On the file's first line, so line numbers stay the file's.
         let text = format!("local _ENV = ...; {}", source.text);
         let current = Current::default();
@@ -482,8 +516,17 @@ impl PolicyVm {
     /// Readies the VM for one call: the instruction count, the deadline,
     /// and room for `memory_bytes` more than the VM holds now.
     fn arm(&self) {
+        self.arm_within(self.limits.timeout);
+    }
+
+    /// [`PolicyVm::arm`] for a load (`PolicyLimits::load_timeout`).
+    fn arm_load(&self) {
+        self.arm_within(self.limits.load_timeout);
+    }
+
+    fn arm_within(&self, allowance: std::time::Duration) {
         self.used.store(0, Ordering::Relaxed);
-        self.deadline.arm();
+        self.deadline.arm_for(allowance);
         let room = self.lua.used_memory() + self.limits.memory_bytes;
         let _ = self.lua.set_memory_limit(room);
     }
@@ -627,7 +670,7 @@ impl LuaPolicy {
             policy: vm.version.clone(),
             message: e.to_string(),
         };
-        vm.arm();
+        vm.arm_load();
         let lua = &vm.lua;
         let module = (|| -> mlua::Result<Value> {
             let env = lua.create_table()?;
@@ -763,7 +806,7 @@ impl LuaPolicy {
         };
         self.set_target(input)
             .map_err(|e| self.error(PolicyErrorKind::Runtime, e))?;
-        self.vm.arm();
+        self.vm.arm_load();
         let (now, replicas, min, max) = Self::args(input);
         let _reading = self.vm.current.reading(self.view.as_ref());
         self.run_with

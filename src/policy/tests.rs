@@ -67,6 +67,7 @@ fn small_limits() -> PolicyLimits {
         memory_bytes: 4 << 20,
         instruction_budget: 200_000,
         timeout: std::time::Duration::from_secs(5),
+        load_timeout: std::time::Duration::from_secs(5),
     }
 }
 
@@ -516,9 +517,9 @@ fn both(chunk: &str) -> (String, String) {
     "##;
     let code = ser.replace("CHUNK", chunk);
     let plain = Lua::new().load(&code).eval::<String>().unwrap();
-    let deadline = Arc::new(Deadline::new(std::time::Duration::from_secs(5)));
+    let deadline = Arc::new(Deadline::new());
     let lua = sandbox(small_limits(), Arc::default(), deadline.clone()).unwrap();
-    deadline.arm();
+    deadline.arm_for(std::time::Duration::from_secs(5));
     let sandboxed = lua.load(&code).eval::<String>().unwrap();
     (plain, sandboxed)
 }
@@ -600,6 +601,7 @@ fn timed_policy(body: &str) -> LuaPolicy {
         memory_bytes: 16 << 20,
         instruction_budget: u64::MAX / 2,
         timeout: std::time::Duration::from_millis(50),
+        load_timeout: std::time::Duration::from_millis(50),
     };
     let mut p = LuaPolicy::load(&src, &serde_json::Value::Null, limits).unwrap();
     p.bind(Arc::new(Mutex::new(NoData))).unwrap();
@@ -681,6 +683,53 @@ return { decide = function() return 1 end }"#,
     let e = LuaPolicy::load(&src, &serde_json::Value::Null, PolicyLimits::default()).unwrap_err();
     assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+/// A load (the file's top level, `init`, the examples) has
+/// `PolicyLimits::load_timeout`, not the decision's timeout: a start on a
+/// busy machine, where loading a file can be preempted past 50 ms, once
+/// failed the whole scaler. A decision still has its own timeout.
+#[test]
+fn a_load_has_more_time_than_a_decision() {
+    // 50 ms of the process's CPU time: at least 25 ms of wall time on
+    // two cores, 25 times the decision's timeout below
+    let spin = "local t0 = os.clock(); while os.clock() - t0 < 0.05 do end";
+    let src = source(
+        "slow.lua",
+        &format!(
+            "{spin}
+             local P = {{}}
+             function P.init(ctx) {spin} end
+             function P.decide(ctx)
+               if ctx.params.spin then {spin} end
+               return 1
+             end
+             P.examples = {{ {{ name = 'slow', params = {{ spin = true }}, expect = 1 }} }}
+             return P"
+        ),
+    );
+    let limits = PolicyLimits {
+        memory_bytes: 16 << 20,
+        instruction_budget: u64::MAX / 2,
+        timeout: std::time::Duration::from_millis(1),
+        load_timeout: load_allowance(std::time::Duration::from_millis(1)),
+    };
+    assert_eq!(limits.load_timeout, MIN_LOAD_TIMEOUT);
+    let mut p = LuaPolicy::load(&src, &serde_json::json!({ "spin": true }), limits).unwrap();
+    p.bind(Arc::new(Mutex::new(NoData))).unwrap();
+    p.init(&input()).unwrap();
+    let out = run_examples(&src, limits).unwrap();
+    assert!(out[0].passed(), "{:?}", out[0].got);
+    let e = p.decide(&input()).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("deadline of 1ms"), "{e}");
+    // a load past its own allowance is still a timeout, naming it
+    let endless = source("endless.lua", "while true do end return {}");
+    let started = std::time::Instant::now();
+    let e = LuaPolicy::load(&endless, &serde_json::Value::Null, limits).unwrap_err();
+    assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("deadline of 1s"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
 
 /// A file with a file-level local, a global and `ctx.state`, each counting
