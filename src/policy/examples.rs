@@ -86,17 +86,14 @@ fn examples_of(p: &LuaPolicy, source: &PolicySource) -> Result<Option<Table>, Po
 }
 
 /// Loads the policy (an error here means it does not pass the sandbox check)
-/// and runs its examples; `Ok(vec![])` when it declares none. An
-/// example's call is a check made at a load, not a decision: it has the
-/// load's wall-clock time (`PolicyLimits::load_timeout`).
+/// and runs its examples; `Ok(vec![])` when it declares none. Each load
+/// has `limits.load_timeout`; each example's `decide` the decision's
+/// `timeout`, as in `run`, so that `policy check` shows a decision that
+/// would time out.
 pub fn run_examples(
     source: &PolicySource,
     limits: PolicyLimits,
 ) -> Result<Vec<ExampleOutcome>, PolicyError> {
-    let limits = PolicyLimits {
-        timeout: limits.load_timeout,
-        ..limits
-    };
     let probe = LuaPolicy::load(source, &serde_json::Value::Null, limits)?;
     let Some(list) = examples_of(&probe, source)? else {
         return Ok(vec![]);

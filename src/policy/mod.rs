@@ -107,8 +107,8 @@ pub struct PolicyLimits {
     pub instruction_budget: u64,
     /// Wall-clock time of one decision (`decide`).
     pub timeout: std::time::Duration,
-    /// Wall-clock time of one load: the file's top level for a target,
-    /// its `init`, each of its examples ([`load_allowance`] of `timeout`,
+    /// Wall-clock time of one load: the file's top level for a target
+    /// (for each example too) and its `init` ([`load_allowance`] of `timeout`,
     /// or `timeout` itself on the decision path:
     /// [`PolicyLimits::between_decisions`]).
     pub load_timeout: std::time::Duration,

@@ -685,10 +685,10 @@ return { decide = function() return 1 end }"#,
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
-/// A load (the file's top level, `init`, the examples) has
-/// `PolicyLimits::load_timeout`, not the decision's timeout: a start on a
-/// busy machine, where loading a file can be preempted past 50 ms, once
-/// failed the whole scaler. A decision still has its own timeout.
+/// A load (the file's top level, `init`) has `PolicyLimits::load_timeout`,
+/// not the decision's timeout: a start on a busy machine, where loading a
+/// file can be preempted past 50 ms, once failed the whole scaler. A
+/// decision, an example's included, still has its own timeout.
 #[test]
 fn a_load_has_more_time_than_a_decision() {
     // 50 ms of the process's CPU time: at least 25 ms of wall time on
@@ -704,7 +704,8 @@ fn a_load_has_more_time_than_a_decision() {
                if ctx.params.spin then {spin} end
                return 1
              end
-             P.examples = {{ {{ name = 'slow', params = {{ spin = true }}, expect = 1 }} }}
+             P.examples = {{ {{ name = 'quick', expect = 1 }},
+                             {{ name = 'slow', params = {{ spin = true }}, expect = 1 }} }}
              return P"
         ),
     );
@@ -718,8 +719,14 @@ fn a_load_has_more_time_than_a_decision() {
     let mut p = LuaPolicy::load(&src, &serde_json::json!({ "spin": true }), limits).unwrap();
     p.bind(Arc::new(Mutex::new(NoData))).unwrap();
     p.init(&input()).unwrap();
+    // the examples load as a start does, and decide as `run` does
     let out = run_examples(&src, limits).unwrap();
     assert!(out[0].passed(), "{:?}", out[0].got);
+    assert!(
+        matches!(&out[1].got, Err(e) if e.kind == PolicyErrorKind::Timeout && e.message.contains("deadline of 1ms")),
+        "{:?}",
+        out[1].got
+    );
     let e = p.decide(&input()).unwrap_err();
     assert_eq!(e.kind, PolicyErrorKind::Timeout, "{e}");
     assert!(e.message.contains("deadline of 1ms"), "{e}");
