@@ -418,7 +418,8 @@ async fn measure<R: Rig>(
     // The scraper stands for a Prometheus outside the scaler: a thread and
     // a runtime of its own, so that reading and unzipping 2.6 MB never
     // holds up a worker of the runtime the scaler, the publisher and the
-    // bystander share (it did: PERFORMANCE.md, "The benchmark's scraper").
+    // bystander share (it did: PERFORMANCE.md, "The scrape, and the
+    // benchmark's own scraper").
     let scrapes = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1238,7 +1239,6 @@ async fn startup(n: usize) {
 
 /// A scrape's text for `n` targets (see the module's text).
 fn scrape_text(n: usize) {
-    use std::io::Write;
     use tidewatch::guard::{Decision, Direction};
     let m = default_metrics();
     let moved = Decision {
@@ -1257,7 +1257,7 @@ fn scrape_text(n: usize) {
         m.target_observed(&t, if i % 10 == 0 { 1 } else { 2 }, Some(2));
     }
     let (mut render, mut zip, mut encoder) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut text_len, mut gz_len) = (0, 0);
+    let (mut text, mut gz_len) = (String::new(), 0);
     for _ in 0..20 {
         // every series through the `prometheus` crate's encoder, as
         // `render` did before it wrote the per-target gauges itself
@@ -1271,15 +1271,12 @@ fn scrape_text(n: usize) {
         .unwrap();
         encoder.push(at.elapsed().as_secs_f64() * 1000.0);
         let at = Instant::now();
-        let text = m.render();
+        text = m.render();
         render.push(at.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(text.len(), via.len(), "the same series either way");
         let at = Instant::now();
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(text.as_bytes()).unwrap();
-        let gz = enc.finish().unwrap();
+        gz_len = tidewatch::telemetry::gzipped(text.as_bytes()).len();
         zip.push(at.elapsed().as_secs_f64() * 1000.0);
-        (text_len, gz_len) = (text.len(), gz.len());
     }
     let q = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -1290,8 +1287,8 @@ fn scrape_text(n: usize) {
     println!(
         "scrape: {n} targets, {:.2} MB of text ({} lines), {:.2} MB gzipped; render p50 {r50:.1} max {rmax:.1} ms \
          (through the crate's encoder: p50 {e50:.1} max {emax:.1} ms), gzip p50 {z50:.1} max {zmax:.1} ms",
-        text_len as f64 / 1e6,
-        m.render().lines().count(),
+        text.len() as f64 / 1e6,
+        text.lines().count(),
         gz_len as f64 / 1e6,
     );
 }
