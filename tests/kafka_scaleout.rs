@@ -156,7 +156,11 @@ stabilization_down = "0s"
     eprintln!("the {owner_of_a} scaler owns a; stopping it");
 
     stop_owner.send(()).unwrap();
-    assert!(task_owner.await.unwrap().drained);
+    assert!(
+        common::stopped("the owner", Duration::from_secs(60), task_owner)
+            .await
+            .drained
+    );
     // Every command of a so far came from the stopped owner (all published:
     // it drained); the reader skips those.
     let before = issued(&m_owner, "a") as usize;
@@ -205,7 +209,7 @@ stabilization_down = "0s"
         "wrong commands after takeover: {after:?}"
     );
     stop_other.send(()).unwrap();
-    let report = task_other.await.unwrap();
+    let report = common::stopped("the other scaler", Duration::from_secs(60), task_other).await;
     assert!(report.drained);
 }
 
@@ -392,7 +396,11 @@ history_step = "1h"
     .await;
     eprintln!("the {owner} scaler owns a; stopping it");
     stop_owner.send(()).unwrap();
-    assert!(task_owner.await.unwrap().drained);
+    assert!(
+        common::stopped("the owner", Duration::from_secs(60), task_owner)
+            .await
+            .drained
+    );
     common::wait_for(
         "the other scaler to own both partitions",
         Duration::from_secs(60),
@@ -453,7 +461,11 @@ history_step = "1h"
         "the policy's count went on: {calls_before} then {calls_after}"
     );
     stop_other.send(()).unwrap();
-    assert!(task_other.await.unwrap().drained);
+    assert!(
+        common::stopped("the other scaler", Duration::from_secs(60), task_other)
+            .await
+            .drained
+    );
 }
 
 /// A second scaler joins while the first keeps running: the partition
@@ -594,6 +606,14 @@ interval = "1h"
     );
     stop2.send(()).unwrap();
     stop1.send(()).unwrap();
-    assert!(task2.await.unwrap().drained);
-    assert!(task1.await.unwrap().drained);
+    assert!(
+        common::stopped("the second scaler", Duration::from_secs(60), task2)
+            .await
+            .drained
+    );
+    assert!(
+        common::stopped("the first scaler", Duration::from_secs(60), task1)
+            .await
+            .drained
+    );
 }

@@ -82,10 +82,13 @@ pub fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     c
 }
 
-/// A producer with librdkafka's defaults.
+/// A producer with librdkafka's defaults, except that a message not
+/// delivered within 30 s fails its send (the default waits 300 s, so a
+/// broker that stops answering held a test for minutes a message).
 pub fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "30000")
         .create()
         .unwrap()
 }

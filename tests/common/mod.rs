@@ -142,6 +142,20 @@ pub fn scraped(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Waits until `ok` holds, checking every 100 ms; fails naming `what`.
+/// A run's report once it has stopped, within `within`: a scaler whose
+/// shutdown hangs fails the test with `what` instead of holding CI until
+/// its own timeout.
+pub async fn stopped(
+    what: &str,
+    within: std::time::Duration,
+    task: tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
+) -> tidewatch::scaler::RunReport {
+    match tokio::time::timeout(within, task).await {
+        Ok(report) => report.expect("the run's task"),
+        Err(_) => panic!("timed out waiting for {what} to stop ({within:?})"),
+    }
+}
+
 pub async fn wait_for(what: &str, within: std::time::Duration, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
     while !ok() {
