@@ -1359,6 +1359,9 @@ fn main() {
     let wants = |p: &str| all || which.iter().any(|w| w == p);
     let ns = env_list("SCALE_TARGETS", "1000,50000");
     let largest = ns.iter().copied().max().unwrap_or(50_000);
+    // as `tidewatch run` does, also for the parts that build engines
+    // without it (memory, refit-wave): no transparent huge pages
+    tidewatch::priority::without_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,7 +3,7 @@
 //! every import points down it: docs/ARCHITECTURE.md draws the map.
 // Unsafe code is denied everywhere but the `process` provider, which needs
 // kill(2) and prctl(2) for its children, and `priority` (setpriority(2),
-// sched_setscheduler(2)).
+// sched_setscheduler(2), and prctl(2) for the process's huge pages).
 #![deny(unsafe_code)]
 
 /// mimalloc for every allocation, the Lua VMs' among them: under glibc's

@@ -491,6 +491,8 @@ where
 }
 
 fn run(file: &std::path::Path) -> ExitCode {
+    // before the configuration of every target is read
+    tidewatch::priority::without_huge_pages();
     serve(file, Config::load_for_run, |cfg| async {
         tidewatch::scaler::run(
             cfg,

@@ -68,6 +68,8 @@ pub async fn run(
         listener,
         config_path,
     } = opts;
+    // before the targets' memory is made (crate::priority::without_huge_pages)
+    crate::priority::without_huge_pages();
     let listener = crate::telemetry::listener_or_bind(listener, &cfg.metrics.listen)
         .await
         .map_err(StartError::usage)?;

@@ -142,6 +142,14 @@ async fn signal_to_command_dead_letters_and_results() {
         ("web", 8, "exec")
     );
     assert_eq!(c.version, 1);
+    // a run turns the process's transparent huge pages off
+    // (priority::without_huge_pages; nothing else in this binary does)
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        assert!(tidewatch::priority::huge_pages_off());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(status.contains("THP_enabled:\t0"), "{status}");
+    }
 
     // A poison message: dead-lettered with its bytes and reason, and the
     // partition moves on to the next signal.

@@ -1498,7 +1498,7 @@ pub fn gzip_into(bytes: &[u8], out: &mut Vec<u8>) {
 /// text (2.65 MB at 50,000 targets) and its gzipped form. Made afresh
 /// each time, they came from pages the allocator had given back, and
 /// zeroing those new pages was three quarters of the thread's CPU
-/// (PERFORMANCE.md, "A scrape's memory").
+/// (PERFORMANCE.md, "Huge pages off, and a scrape's kept buffers").
 #[derive(Default)]
 struct ScrapeBuffers {
     text: Vec<u8>,
