@@ -213,7 +213,13 @@ pub async fn publish_all(ch: &Channel, exchange: &str, messages: &[(String, Stri
 
 /// Waits until `queue` exists (the scaler declared it).
 pub async fn wait_for_queue(conn: &Connection, queue: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for_queue_within(conn, queue, Duration::from_secs(30)).await
+}
+
+/// [`wait_for_queue`] for at most `within` (a start that restores 50,000
+/// targets' state takes longer than 30 s).
+pub async fn wait_for_queue_within(conn: &Connection, queue: &str, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         let ch = conn.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
