@@ -1921,8 +1921,6 @@ mod tests {
         assert!(names.iter().all(|n| n.starts_with("tidewatch_")));
     }
 
-    /// Each shard's tick is timed under its own label: one shard with no
-    /// time left shows, where a histogram of both averaged it away.
     /// A scrape's body comes from buffers the scrape thread keeps: each
     /// body is exactly the text of that moment, gzipped or not, also when
     /// it is shorter than the one before (a target gone, a line shorter).
@@ -1960,6 +1958,8 @@ mod tests {
         assert_eq!(unzip(&gzipped(short.as_bytes())), short);
     }
 
+    /// Each shard's tick is timed under its own label: one shard with no
+    /// time left shows, where a histogram of both averaged it away.
     #[test]
     fn each_shard_times_its_own_ticks() {
         let m = Metrics::new();

@@ -141,7 +141,6 @@ pub fn scraped(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// Waits until `ok` holds, checking every 100 ms; fails naming `what`.
 /// A run's report once it has stopped, within `within`: a scaler whose
 /// shutdown hangs fails the test with `what` instead of holding CI until
 /// its own timeout.
@@ -156,6 +155,7 @@ pub async fn stopped(
     }
 }
 
+/// Waits until `ok` holds, checking every 100 ms; fails naming `what`.
 pub async fn wait_for(what: &str, within: std::time::Duration, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
     while !ok() {
