@@ -636,23 +636,27 @@ async fn restore_at_start(
     let started = std::time::Instant::now();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let shards = engines.len();
-    let stored = handle.read(names.clone()).await;
-    let present: Option<std::collections::HashSet<String>> = stored
-        .as_ref()
-        .ok()
-        .map(|v| v.iter().map(|(n, _)| n.clone()).collect());
     let mut restored = std::collections::HashSet::new();
-    restore_in_chunks(&names, stored, metrics, |batch| {
-        for s in batch {
-            let k = crate::engine::shards::shard_of(&s.target, shards);
-            if engines[k].restore(&s) == Restored::Applied {
-                restored.insert(s.target);
+    // a part at a time (a directory; all at once from a topic), so that
+    // the stored bytes of every target are never held at once
+    for part in names.chunks(handle.read_part(names.len())) {
+        let stored = handle.read(part.to_vec()).await;
+        let present: Option<std::collections::HashSet<String>> = stored
+            .as_ref()
+            .ok()
+            .map(|v| v.iter().map(|(n, _)| n.clone()).collect());
+        restore_in_chunks(part, stored, metrics, |batch| {
+            for s in batch {
+                let k = crate::engine::shards::shard_of(&s.target, shards);
+                if engines[k].restore(&s) == Restored::Applied {
+                    restored.insert(s.target);
+                }
             }
-        }
-    });
-    if let Some(present) = present {
-        for n in names.iter().filter(|n| !present.contains(*n)) {
-            metrics.state_restored(n, "cold", None);
+        });
+        if let Some(present) = present {
+            for n in part.iter().filter(|n| !present.contains(*n)) {
+                metrics.state_restored(n, "cold", None);
+            }
         }
     }
     tracing::info!(

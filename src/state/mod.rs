@@ -46,6 +46,13 @@ pub trait StateStore: Send {
     /// of a target not in `targets` is left alone (it stays stored, so
     /// adding the target back resumes it).
     fn read(&mut self, targets: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Whether reading a few targets at a time costs no more than reading
+    /// them all at once (a file each: yes; a topic read from its start
+    /// for each call: no). A start then reads its snapshots in parts, so
+    /// that it never holds every target's bytes at once.
+    fn reads_in_parts(&self) -> bool {
+        false
+    }
     /// Problems with the store that do not stop it (a state topic that is
     /// not compacted): logged and counted once at start.
     fn warnings(&mut self) -> Vec<String> {
