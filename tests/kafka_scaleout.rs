@@ -25,6 +25,9 @@ end }"#;
 
 /// A mock cluster with the scalers' topics: two signal partitions. It has
 /// no admin API, so the state topic is made here too.
+/// How long a scaler may take to stop: its drain_timeout (20 s) and more.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+
 fn mock_cluster() -> (
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,
@@ -157,7 +160,7 @@ stabilization_down = "0s"
 
     stop_owner.send(()).unwrap();
     assert!(
-        common::stopped("the owner", Duration::from_secs(60), task_owner)
+        common::stopped("the owner", STOP_WITHIN, task_owner)
             .await
             .drained
     );
@@ -209,7 +212,7 @@ stabilization_down = "0s"
         "wrong commands after takeover: {after:?}"
     );
     stop_other.send(()).unwrap();
-    let report = common::stopped("the other scaler", Duration::from_secs(60), task_other).await;
+    let report = common::stopped("the other scaler", STOP_WITHIN, task_other).await;
     assert!(report.drained);
 }
 
@@ -397,7 +400,7 @@ history_step = "1h"
     eprintln!("the {owner} scaler owns a; stopping it");
     stop_owner.send(()).unwrap();
     assert!(
-        common::stopped("the owner", Duration::from_secs(60), task_owner)
+        common::stopped("the owner", STOP_WITHIN, task_owner)
             .await
             .drained
     );
@@ -462,7 +465,7 @@ history_step = "1h"
     );
     stop_other.send(()).unwrap();
     assert!(
-        common::stopped("the other scaler", Duration::from_secs(60), task_other)
+        common::stopped("the other scaler", STOP_WITHIN, task_other)
             .await
             .drained
     );
@@ -607,12 +610,12 @@ interval = "1h"
     stop2.send(()).unwrap();
     stop1.send(()).unwrap();
     assert!(
-        common::stopped("the second scaler", Duration::from_secs(60), task2)
+        common::stopped("the second scaler", STOP_WITHIN, task2)
             .await
             .drained
     );
     assert!(
-        common::stopped("the first scaler", Duration::from_secs(60), task1)
+        common::stopped("the first scaler", STOP_WITHIN, task1)
             .await
             .drained
     );

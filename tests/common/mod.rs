@@ -147,8 +147,8 @@ pub fn scraped(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub async fn stopped(
     what: &str,
     within: std::time::Duration,
-    task: tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
-) -> tidewatch::scaler::RunReport {
+    task: tokio::task::JoinHandle<RunReport>,
+) -> RunReport {
     match tokio::time::timeout(within, task).await {
         Ok(report) => report.expect("the run's task"),
         Err(_) => panic!("timed out waiting for {what} to stop ({within:?})"),
