@@ -283,4 +283,85 @@ fn main() {
         median(load),
         median(apply)
     );
+
+    if let Ok(brokers) = std::env::var("BENCH_KAFKA") {
+        kafka_read(&brokers, &snap);
+    }
+}
+
+/// The process's largest resident set since the last reset, in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resets [`peak_rss_mb`] to what the process holds now.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `BENCH_KAFKA=host:port`: a state topic of `BENCH_KAFKA_TARGETS`
+/// (default 10,000) such snapshots on a real broker (a process of its
+/// own, so that this one's memory is the reader's), read as a start takes
+/// it (parts of `READ_PART`) at the default read budget and with no
+/// budget (every snapshot held from the one read, as before): time and
+/// the largest resident set while reading.
+fn kafka_read(brokers: &str, snap: &TargetSnapshot) {
+    use tidewatch::state::kafka::KafkaStore;
+    let n: usize = std::env::var("BENCH_KAFKA_TARGETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let settings = tidewatch::broker::kafka::ClientSettings {
+        key: "BENCH_KAFKA".into(),
+        brokers: brokers.into(),
+        options: Default::default(),
+        sasl_password: Default::default(),
+    };
+    let topic = format!(
+        "bench-state-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[24..]
+    );
+    let mut store = KafkaStore::open(&settings, &topic).unwrap();
+    let bytes = snap.encode();
+    let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let t = Instant::now();
+    for name in &names {
+        store.write(name, &bytes).unwrap();
+    }
+    store.flush().unwrap();
+    println!(
+        "kafka state topic: {n} snapshots of {} bytes ({:.0} MB) written in {:.1} s",
+        bytes.len(),
+        (n * bytes.len()) as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    drop(bytes);
+    let read = |store: &mut KafkaStore, how: &str| {
+        reset_peak_rss();
+        let before = peak_rss_mb();
+        let t = Instant::now();
+        let mut got = 0;
+        store
+            .read_parts(&names, tidewatch::state::READ_PART, &mut |p| {
+                got += p.len();
+                true
+            })
+            .unwrap();
+        assert_eq!(got, n);
+        println!(
+            "kafka state topic, {how}: read in {:.1} s, {} pass(es), largest resident set {:.0} MB ({:.0} MB above the start of the read)",
+            t.elapsed().as_secs_f64(),
+            store.passes(),
+            peak_rss_mb(),
+            peak_rss_mb() - before
+        );
+    };
+    read(&mut store, "default read budget");
+    let mut store = store.with_read_budget(usize::MAX);
+    read(&mut store, "no budget (every snapshot held)");
 }

@@ -24,7 +24,7 @@ use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
 use crate::source::SourceContext;
 use crate::state::dir::DirStore;
 use crate::state::kafka::KafkaStore;
-use crate::state::{decode_all, restore_in_chunks, StateHandle, StateStore, StoreKind};
+use crate::state::{decode_all, Restoring, StateHandle, StateStore, StoreKind, READ_PART};
 use crate::telemetry::Metrics;
 
 /// What `run` leaves behind, for tests and logs.
@@ -637,15 +637,12 @@ async fn restore_at_start(
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let shards = engines.len();
     let mut restored = std::collections::HashSet::new();
-    // a part at a time (a directory; all at once from a topic), so that
-    // the stored bytes of every target are never held at once
-    for part in names.chunks(handle.read_part(names.len())) {
-        let stored = handle.read(part.to_vec()).await;
-        let present: Option<std::collections::HashSet<String>> = stored
-            .as_ref()
-            .ok()
-            .map(|v| v.iter().map(|(n, _)| n.clone()).collect());
-        restore_in_chunks(part, stored, metrics, |batch| {
+    // a part at a time, so that the stored bytes of every target are
+    // never held at once
+    let mut parts = handle.read_parts(names.clone(), READ_PART);
+    let mut restoring = Restoring::new(&names, metrics);
+    while let Some(part) = parts.recv().await {
+        restoring.part(part, |batch| {
             for s in batch {
                 let k = crate::engine::shards::shard_of(&s.target, shards);
                 if engines[k].restore(&s) == Restored::Applied {
@@ -653,12 +650,8 @@ async fn restore_at_start(
                 }
             }
         });
-        if let Some(present) = present {
-            for n in part.iter().filter(|n| !present.contains(*n)) {
-                metrics.state_restored(n, "cold", None);
-            }
-        }
     }
+    restoring.finish(true);
     tracing::info!(
         store = handle.kind(),
         restored = restored.len(),

@@ -628,3 +628,88 @@ async fn two_shards_split_the_targets_and_each_keeps_its_own() {
         assert_eq!(t.replicas, i as u32 + 2, "{} restored", t.name);
     }
 }
+
+/// The state topic is read within its budget (issue 21): a topic whose
+/// snapshots come to more than the budget is read twice, the second time
+/// handing out each part as it fills, and the two ways give the same
+/// latest snapshot of each wanted target: older versions, tombstones and
+/// unwanted targets left out, on every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_topic_is_read_in_parts_within_its_budget() {
+    use tidewatch::state::StateStore;
+    let mock = MockCluster::new(1).unwrap();
+    let topic = format!("state-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let settings = tidewatch::broker::kafka::ClientSettings {
+        key: "source.kafka.brokers".into(),
+        brokers: mock.bootstrap_servers(),
+        options: Default::default(),
+        sasl_password: Default::default(),
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
+        let bytes = |name: &str, v: usize| format!("{name} v{v} {}", "x".repeat(1000)).into_bytes();
+        let names: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+        for v in 0..3 {
+            for n in &names {
+                store.write(n, &bytes(n, v)).unwrap();
+            }
+        }
+        // forgotten: a tombstone after its versions
+        store.write("t3", b"").unwrap();
+        store.write("t7", b"").unwrap();
+        store.flush().unwrap();
+        let mut wanted: Vec<String> = names.iter().filter(|n| *n != "t39").cloned().collect();
+        wanted.push("never-stored".into());
+        let mut expected: Vec<(String, Vec<u8>)> = wanted
+            .iter()
+            .filter(|n| !["t3", "t7", "never-stored"].contains(&n.as_str()))
+            .map(|n| (n.clone(), bytes(n, 2)))
+            .collect();
+        expected.sort();
+        assert_eq!(expected.len(), 37);
+
+        let read_with = |store: &mut tidewatch::state::kafka::KafkaStore| {
+            let mut got = Vec::new();
+            let mut sizes = Vec::new();
+            store
+                .read_parts(&wanted, 7, &mut |p| {
+                    sizes.push(p.len());
+                    got.extend(p);
+                    true
+                })
+                .unwrap();
+            got.sort();
+            (got, sizes, store.passes())
+        };
+        // within the budget: one pass
+        let (got, sizes, passes) = read_with(&mut store);
+        assert_eq!(passes, 1);
+        assert!(sizes.iter().all(|&s| (1..=7).contains(&s)), "{sizes:?}");
+        assert_eq!(got, expected, "one pass");
+        // past it (10 snapshots' worth): two
+        let mut store = store.with_read_budget(10_000);
+        let (got, sizes, passes) = read_with(&mut store);
+        assert_eq!(passes, 2);
+        assert!(sizes.iter().all(|&s| (1..=7).contains(&s)), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 37, "{sizes:?}");
+        assert_eq!(got, expected, "two passes");
+        // a sink that has had enough ends the read after its part
+        let mut parts = 0;
+        store
+            .read_parts(&wanted, 7, &mut |_| {
+                parts += 1;
+                false
+            })
+            .unwrap();
+        assert_eq!(parts, 1);
+        // `read` (a reload's few targets) gives the same
+        let mut all = store.read(&wanted).unwrap();
+        all.sort();
+        assert_eq!(all, expected, "read");
+        true
+    })
+    .await
+    .unwrap();
+    assert!(checked);
+}

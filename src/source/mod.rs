@@ -39,13 +39,19 @@ pub async fn restore_targets(
     targets: Vec<String>,
     metrics: &std::sync::Arc<crate::telemetry::Metrics>,
 ) -> Result<(usize, Option<crate::clock::Millis>), crate::engine::EngineGone> {
-    let stored = state.read(targets.clone()).await;
+    let mut parts = state.read_parts(targets.clone(), crate::state::READ_PART);
     let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
     let m = metrics.clone();
     let decoding = tokio::task::spawn_blocking(move || {
-        crate::state::restore_in_chunks(&targets, stored, &m, |b| {
-            let _ = tx.blocking_send(b);
-        });
+        let mut restoring = crate::state::Restoring::new(&targets, &m);
+        while let Some(part) = parts.blocking_recv() {
+            restoring.part(part, |b| {
+                let _ = tx.blocking_send(b);
+            });
+        }
+        // targets without a snapshot are not counted here: a rebalance
+        // hands over targets that were live a moment ago
+        restoring.finish(false);
     });
     let mut restored = 0;
     let mut since: Option<crate::clock::Millis> = None;

@@ -95,10 +95,6 @@ impl StateStore for DirStore {
         Ok(())
     }
 
-    fn reads_in_parts(&self) -> bool {
-        true
-    }
-
     fn read(&mut self, targets: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for t in targets {

@@ -3,24 +3,29 @@
 //! topic is read from its start to its end to restore. Blocking: it runs
 //! on the scaler's state thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::broker::kafka::ClientSettings;
-use crate::state::{StateStore, StoreError};
+use crate::state::{PartSink, StateStore, StoreError};
 
 /// How long a restore may read before it gives up (the targets then start
 /// cold and the scaler says why).
 const READ_DEADLINE: Duration = Duration::from_secs(120);
 const META: Duration = Duration::from_secs(10);
+/// Bytes of snapshots a read keeps from its first pass through the topic
+/// (about 4,700 targets after 8 days of history): a topic holding less is
+/// read once, a larger one twice, so that a start of 50,000 targets does
+/// not hold 2.7 GB of snapshots beside the state it restores.
+pub const READ_BUDGET: usize = 256 << 20;
 
 /// Collects delivery failures for `flush` to report.
 #[derive(Clone, Default)]
@@ -42,12 +47,19 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// A partition of the topic, its first offset and its end.
+type Span = (i32, i64, i64);
+
 pub struct KafkaStore {
     settings: ClientSettings,
     topic: String,
     producer: ThreadedProducer<Deliveries>,
     deliveries: Deliveries,
     warnings: Arc<Mutex<Vec<String>>>,
+    /// [`KafkaStore::with_read_budget`].
+    read_budget: usize,
+    /// [`KafkaStore::passes`].
+    passes: u8,
 }
 
 impl KafkaStore {
@@ -76,6 +88,8 @@ impl KafkaStore {
             producer,
             deliveries,
             warnings: Arc::default(),
+            read_budget: READ_BUDGET,
+            passes: 0,
         };
         store.ensure_topic();
         Ok(store)
@@ -194,6 +208,127 @@ impl KafkaStore {
             });
     }
 
+    /// Reads of at most this many bytes of snapshots are kept from the
+    /// first read of the topic; past it the topic is read a second time
+    /// ([`StateStore::read_parts`]). Default [`READ_BUDGET`].
+    pub fn with_read_budget(mut self, bytes: usize) -> Self {
+        self.read_budget = bytes;
+        self
+    }
+
+    /// How many times the last read went through the topic (1, or 2 past
+    /// the read budget).
+    pub fn passes(&self) -> u8 {
+        self.passes
+    }
+
+    /// Each partition's first and end offsets (the end read now: what is
+    /// written after it is not read), or `None` when the topic is empty.
+    fn range(&self) -> Result<Option<Vec<Span>>, StoreError> {
+        let err = |m: String| StoreError::new("state.topic", format!("{}: {m}", self.topic));
+        let consumer = self.reader()?;
+        let md = consumer
+            .fetch_metadata(Some(&self.topic), META)
+            .map_err(|e| err(format!("metadata: {e}")))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut range = Vec::new();
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, p, META)
+                .map_err(|e| err(format!("partition {p}: {e}")))?;
+            if high > low {
+                range.push((p, low, high));
+            }
+        }
+        Ok((!range.is_empty()).then_some(range))
+    }
+
+    fn reader(&self) -> Result<BaseConsumer, StoreError> {
+        let mut cc = self
+            .settings
+            .client_config()
+            .map_err(|e| StoreError::new(self.settings.key.clone(), e.to_string()))?;
+        cc.set("group.id", "tidewatch-state-reader") // never joins: partitions are assigned
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.message.max.bytes",
+                (crate::state::snapshot::MAX_ENCODED + 4096).to_string(),
+            );
+        cc.create().map_err(|e| {
+            StoreError::new(
+                "state.topic",
+                format!("{}: cannot create a reader: {e}", self.topic),
+            )
+        })
+    }
+
+    /// Reads `range` (partition, first, end) in order, each keyed record
+    /// into `each` (its key as text), until every partition reaches its end
+    /// or `each` says stop.
+    fn scan(
+        &self,
+        range: &[Span],
+        each: &mut dyn FnMut(&str, &BorrowedMessage<'_>) -> bool,
+    ) -> Result<(), StoreError> {
+        let err = |m: String| StoreError::new("state.topic", format!("{}: {m}", self.topic));
+        let consumer = self.reader()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for &(p, low, high) in range {
+            ends.insert(p, high);
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(low))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| err(format!("assign: {e}")))?;
+        let deadline = Instant::now() + READ_DEADLINE;
+        while !ends.is_empty() {
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "not read to its end within {READ_DEADLINE:?} ({} partitions left)",
+                    ends.len()
+                )));
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let p = m.partition();
+                    let end = ends.get(&p).copied();
+                    if end.is_some_and(|end| m.offset() < end) {
+                        if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                            if !each(key, &m) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    if end.is_some_and(|end| m.offset() + 1 >= end) {
+                        ends.remove(&p);
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "state topic read"),
+                None => {
+                    // a compacted partition may end in a gap: compare positions
+                    if let Ok(pos) = consumer.position() {
+                        for e in pos.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
+                                    ends.remove(&e.partition());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn push_warning(&self, w: String) {
         self.warnings
             .lock()
@@ -262,94 +397,107 @@ impl StateStore for KafkaStore {
     }
 
     fn read(&mut self, targets: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let err = |m: String| StoreError::new("state.topic", format!("{}: {m}", self.topic));
-        let mut cc = self
-            .settings
-            .client_config()
-            .map_err(|e| StoreError::new(self.settings.key.clone(), e.to_string()))?;
-        cc.set("group.id", "tidewatch-state-reader") // never joins: partitions are assigned
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "fetch.message.max.bytes",
-                (crate::state::snapshot::MAX_ENCODED + 4096).to_string(),
-            );
-        let consumer: BaseConsumer = cc
-            .create()
-            .map_err(|e| err(format!("cannot create a reader: {e}")))?;
-        let md = consumer
-            .fetch_metadata(Some(&self.topic), META)
-            .map_err(|e| err(format!("metadata: {e}")))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let wanted: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
-        let mut latest: HashMap<String, Vec<u8>> = HashMap::new();
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, *p, META)
-                .map_err(|e| err(format!("partition {p}: {e}")))?;
-            if high > low {
-                ends.insert(*p, high);
-                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(low))
-                    .map_err(|e| err(e.to_string()))?;
+        let mut all = Vec::new();
+        self.read_parts(targets, usize::MAX, &mut |p| {
+            all.extend(p);
+            true
+        })?;
+        Ok(all)
+    }
+
+    /// The topic read once from its start to its end, keeping each wanted
+    /// target's latest record; while they come to at most
+    /// [`KafkaStore::with_read_budget`] bytes, their bytes too, handed out
+    /// in parts at the end. Past the budget it keeps only where each latest
+    /// record is (partition and offset) and reads the same range a second
+    /// time for them, handing each part out as it fills: a start holds the
+    /// budget or a part, never every target's snapshot.
+    fn read_parts(
+        &mut self,
+        targets: &[String],
+        part: usize,
+        sink: PartSink<'_>,
+    ) -> Result<(), StoreError> {
+        let part = part.max(1);
+        self.passes = 0;
+        let wanted: HashSet<&str> = targets.iter().map(String::as_str).collect();
+        let Some(range) = self.range()? else {
+            return Ok(());
+        };
+        // pass 1: where each latest record is, and its bytes within the budget
+        let mut latest: HashMap<String, (i32, i64)> = HashMap::new();
+        let mut kept: Option<HashMap<String, Vec<u8>>> = Some(HashMap::new());
+        let mut kept_bytes = 0usize;
+        self.scan(&range, &mut |key, m| {
+            if !wanted.contains(key) {
+                return true;
             }
-        }
-        if ends.is_empty() {
-            return Ok(Vec::new());
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| err(format!("assign: {e}")))?;
-        let deadline = Instant::now() + READ_DEADLINE;
-        while !ends.is_empty() {
-            if Instant::now() > deadline {
-                return Err(err(format!(
-                    "not read to its end within {READ_DEADLINE:?} ({} partitions left)",
-                    ends.len()
-                )));
-            }
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    let p = m.partition();
-                    if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-                        if wanted.contains(key) {
-                            match m.payload() {
-                                Some(b) if !b.is_empty() => {
-                                    latest.insert(key.to_owned(), b.to_vec());
-                                }
-                                // a tombstone: the target was forgotten
-                                _ => {
-                                    latest.remove(key);
-                                }
-                            }
+            let at = (m.partition(), m.offset());
+            match m.payload() {
+                Some(b) if !b.is_empty() => {
+                    latest.insert(key.to_owned(), at);
+                    if let Some(k) = kept.as_mut() {
+                        kept_bytes += b.len();
+                        if let Some(old) = k.insert(key.to_owned(), b.to_vec()) {
+                            kept_bytes -= old.len();
                         }
-                    }
-                    if ends.get(&p).is_some_and(|&end| m.offset() + 1 >= end) {
-                        ends.remove(&p);
-                    }
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "state topic read"),
-                None => {
-                    // a compacted partition may end in a gap: compare positions
-                    if let Ok(pos) = consumer.position() {
-                        for e in pos.elements() {
-                            if let Offset::Offset(o) = e.offset() {
-                                if ends.get(&e.partition()).is_some_and(|&end| o >= end) {
-                                    ends.remove(&e.partition());
-                                }
-                            }
+                        if kept_bytes > self.read_budget {
+                            kept = None;
                         }
                     }
                 }
+                // a tombstone: the target was forgotten
+                _ => {
+                    latest.remove(key);
+                    if let Some(old) = kept.as_mut().and_then(|k| k.remove(key)) {
+                        kept_bytes -= old.len();
+                    }
+                }
             }
+            true
+        })?;
+        self.passes = 1;
+        if let Some(kept) = kept {
+            let mut kept: Vec<(String, Vec<u8>)> = kept.into_iter().collect();
+            while !kept.is_empty() {
+                let rest = kept.split_off(part.min(kept.len()));
+                if !sink(std::mem::replace(&mut kept, rest)) {
+                    break;
+                }
+            }
+            return Ok(());
         }
-        Ok(latest.into_iter().collect())
+        // pass 2: the same range, each latest record handed out as read
+        self.passes = 2;
+        let mut found = 0usize;
+        let mut batch = Vec::new();
+        let mut open = true;
+        self.scan(&range, &mut |key, m| {
+            if latest.get(key) == Some(&(m.partition(), m.offset())) {
+                if let Some(b) = m.payload() {
+                    found += 1;
+                    batch.push((key.to_owned(), b.to_vec()));
+                    if batch.len() >= part {
+                        open = sink(std::mem::take(&mut batch));
+                    }
+                }
+            }
+            open
+        })?;
+        if open && !batch.is_empty() {
+            sink(batch);
+        }
+        if open && found < latest.len() {
+            // compacted away between the two reads: a newer record came
+            // after the range; those targets start cold
+            self.push_warning(format!(
+                "state.topic {}: {} snapshots were compacted away while they were read; \
+                 their targets start cold",
+                self.topic,
+                latest.len() - found
+            ));
+        }
+        Ok(())
     }
 
     fn warnings(&mut self) -> Vec<String> {

@@ -11,7 +11,13 @@ pub mod writer;
 
 pub use config::{StateConfig, StoreKind};
 pub use snapshot::{ControlRecord, ControlState, SnapshotError, TargetSnapshot, Unanswered};
-pub use writer::{decode_all, restore_in_chunks, StateHandle};
+pub use writer::{decode_all, restore_in_chunks, Restoring, StateHandle, READ_PART};
+
+/// What a store read: each target's stored bytes.
+pub type Stored = Vec<(String, Vec<u8>)>;
+
+/// Where [`StateStore::read_parts`] hands each part; false ends the read.
+pub type PartSink<'a> = &'a mut dyn FnMut(Stored) -> bool;
 
 /// A store failed; the text names the setting and the value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,13 +51,27 @@ pub trait StateStore: Send {
     /// The latest snapshot of each of `targets` that has one. A snapshot
     /// of a target not in `targets` is left alone (it stays stored, so
     /// adding the target back resumes it).
-    fn read(&mut self, targets: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Whether reading a few targets at a time costs no more than reading
-    /// them all at once (a file each: yes; a topic read from its start
-    /// for each call: no). A start then reads its snapshots in parts, so
-    /// that it never holds every target's bytes at once.
-    fn reads_in_parts(&self) -> bool {
-        false
+    fn read(&mut self, targets: &[String]) -> Result<Stored, StoreError>;
+    /// The latest snapshot of each of `targets` that has one, handed to
+    /// `sink` a part of at most `part` targets at a time (in no set
+    /// order), so that a start never holds every target's bytes at once;
+    /// `sink` returning false ends the read. The default asks
+    /// [`StateStore::read`] for `part` targets at a time: right for a store
+    /// that reads a target as cheaply alone (a file each), not for one that
+    /// scans everything for each call (a topic overrides it).
+    fn read_parts(
+        &mut self,
+        targets: &[String],
+        part: usize,
+        sink: PartSink<'_>,
+    ) -> Result<(), StoreError> {
+        for chunk in targets.chunks(part.max(1)) {
+            let got = self.read(chunk)?;
+            if !got.is_empty() && !sink(got) {
+                break;
+            }
+        }
+        Ok(())
     }
     /// Problems with the store that do not stop it (a state topic that is
     /// not compacted): logged and counted once at start.

@@ -16,12 +16,19 @@ use crate::telemetry::Metrics;
 /// store is slow or down).
 pub const MAX_QUEUED: usize = 256;
 
-type Stored = Vec<(String, Vec<u8>)>;
+use crate::state::Stored;
 
 enum Job {
     Write(Vec<TargetSnapshot>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Read(Vec<String>, oneshot::Sender<Result<Stored, StoreError>>),
+    /// Parts of at most `.1` targets into the channel; an error, if any,
+    /// last.
+    ReadParts(
+        Vec<String>,
+        usize,
+        tokio::sync::mpsc::Sender<Result<Stored, StoreError>>,
+    ),
 }
 
 /// The engine's and the scaler's way to the state thread. Cheap to clone.
@@ -30,8 +37,6 @@ pub struct StateHandle {
     tx: mpsc::Sender<Job>,
     queued: Arc<AtomicUsize>,
     kind: &'static str,
-    /// [`StateStore::reads_in_parts`] of its store.
-    reads_in_parts: bool,
     /// This process's writer id: a snapshot carrying it was made here.
     writer: Arc<str>,
 }
@@ -54,7 +59,6 @@ impl StateHandle {
         let (tx, rx) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let kind = store.kind();
-        let reads_in_parts = store.reads_in_parts();
         let q = queued.clone();
         let thread = std::thread::Builder::new()
             .name("tidewatch-state".into())
@@ -87,6 +91,16 @@ impl StateHandle {
                         Job::Read(targets, done) => {
                             let _ = done.send(store.read(&targets));
                         }
+                        Job::ReadParts(targets, part, parts) => {
+                            // the channel holds one part: the store reads
+                            // the next while the start decodes this one
+                            let r = store.read_parts(&targets, part, &mut |p| {
+                                parts.blocking_send(Ok(p)).is_ok()
+                            });
+                            if let Err(e) = r {
+                                let _ = parts.blocking_send(Err(e));
+                            }
+                        }
                     }
                 }
             })
@@ -97,7 +111,6 @@ impl StateHandle {
                 tx,
                 queued,
                 kind,
-                reads_in_parts,
                 writer,
             },
             thread,
@@ -106,17 +119,6 @@ impl StateHandle {
 
     pub fn kind(&self) -> &'static str {
         self.kind
-    }
-
-    /// How many targets a start asks the store for at once: a part of
-    /// [`READ_PART`] when the store reads them as cheaply that way (a
-    /// directory), else all of `targets` (a topic is read whole anyway).
-    pub fn read_part(&self, targets: usize) -> usize {
-        if self.reads_in_parts {
-            READ_PART
-        } else {
-            targets.max(1)
-        }
     }
 
     pub fn writer(&self) -> &str {
@@ -152,6 +154,27 @@ impl StateHandle {
         rx
     }
 
+    /// The stored bytes of each of `targets` that has a snapshot, a part
+    /// of at most `part` targets at a time ([`StateStore::read_parts`]):
+    /// the store reads one part ahead of the one being taken, no more. A
+    /// store error comes last, after the parts read before it.
+    pub fn read_parts(
+        &self,
+        targets: Vec<String>,
+        part: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Stored, StoreError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        if let Err(mpsc::SendError(Job::ReadParts(_, _, tx))) =
+            self.tx.send(Job::ReadParts(targets, part, tx))
+        {
+            let _ = tx.try_send(Err(StoreError::new(
+                "state",
+                "the state thread has stopped",
+            )));
+        }
+        rx
+    }
+
     /// The stored bytes of each of `targets` that has a snapshot.
     pub async fn read(&self, targets: Vec<String>) -> Result<Stored, StoreError> {
         let (done, rx) = oneshot::channel();
@@ -175,9 +198,10 @@ pub fn decode_all(
     out
 }
 
-/// Targets whose stored bytes a start reads at once from a store that
-/// reads in parts: 2,048 of 8 days' snapshots are about 110 MB, where
-/// 50,000 read at once were 2.7 GB held beside the state they restore.
+/// Targets whose stored bytes a start takes at once
+/// ([`StateHandle::read_parts`]): 2,048 of 8 days' snapshots are about
+/// 110 MB, where 50,000 read at once were 2.7 GB held beside the state they
+/// restore.
 pub const READ_PART: usize = 2048;
 
 /// Snapshots decoded at once, at most: decoded history is about four
@@ -195,7 +219,7 @@ pub fn restore_in_chunks(
     targets: &[String],
     stored: Result<Stored, StoreError>,
     metrics: &Metrics,
-    mut apply: impl FnMut(Vec<TargetSnapshot>),
+    apply: impl FnMut(Vec<TargetSnapshot>),
 ) {
     let stored = match stored {
         Ok(s) => s,
@@ -212,6 +236,67 @@ pub fn restore_in_chunks(
         .into_iter()
         .filter(|(n, _)| wanted.contains(n.as_str()))
         .collect();
+    decode_in_chunks(stored, metrics, apply);
+}
+
+/// A restore of `targets` from parts of a store's read
+/// ([`StateHandle::read_parts`]): each part decoded in chunks as
+/// [`restore_in_chunks`] does, and at the end the targets no part held
+/// counted, cold or (after a store error) failed.
+pub struct Restoring<'a> {
+    targets: &'a [String],
+    metrics: &'a Metrics,
+    held: std::collections::HashSet<String>,
+    error: Option<StoreError>,
+}
+
+impl<'a> Restoring<'a> {
+    pub fn new(targets: &'a [String], metrics: &'a Metrics) -> Self {
+        Self {
+            targets,
+            metrics,
+            held: std::collections::HashSet::new(),
+            error: None,
+        }
+    }
+
+    /// One part of the read (or its error): decoded, chunk by chunk, into
+    /// `apply`.
+    pub fn part(
+        &mut self,
+        part: Result<Stored, StoreError>,
+        apply: impl FnMut(Vec<TargetSnapshot>),
+    ) {
+        match part {
+            Ok(stored) => {
+                self.held.extend(stored.iter().map(|(n, _)| n.clone()));
+                decode_in_chunks(stored, self.metrics, apply);
+            }
+            Err(e) => {
+                self.metrics.state_store_warning("state", &e.to_string());
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Counts the targets no part held: `failed` with the store's error
+    /// when the read failed, else `cold` when `count_cold`. How many
+    /// targets a part held.
+    pub fn finish(self, count_cold: bool) -> usize {
+        for t in self.targets.iter().filter(|t| !self.held.contains(*t)) {
+            match &self.error {
+                Some(e) => self.metrics.state_restored(t, "failed", Some(e)),
+                None if count_cold => self.metrics.state_restored(t, "cold", None),
+                None => {}
+            }
+        }
+        self.held.len()
+    }
+}
+
+/// Decodes `stored` in chunks of [`RESTORE_CHUNK`], each on every core,
+/// into `apply`; a snapshot that does not decode is counted.
+fn decode_in_chunks(stored: Stored, metrics: &Metrics, mut apply: impl FnMut(Vec<TargetSnapshot>)) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for chunk in stored.chunks(RESTORE_CHUNK) {
         let per = chunk.len().div_ceil(threads).max(1);
@@ -246,11 +331,11 @@ pub fn restore_in_chunks(
 mod tests {
     use super::*;
 
-    /// A store that reads only whole (the trait's default).
-    struct Whole;
-    impl StateStore for Whole {
+    /// A store that fails after handing out its first part.
+    struct FailsMidway;
+    impl StateStore for FailsMidway {
         fn kind(&self) -> &'static str {
-            "whole"
+            "fails"
         }
         fn write(&mut self, _: &str, _: &[u8]) -> Result<(), StoreError> {
             Ok(())
@@ -258,22 +343,83 @@ mod tests {
         fn flush(&mut self) -> Result<(), StoreError> {
             Ok(())
         }
-        fn read(&mut self, _: &[String]) -> Result<Stored, StoreError> {
-            Ok(Vec::new())
+        fn read(&mut self, targets: &[String]) -> Result<Stored, StoreError> {
+            if targets.iter().any(|t| t == "t0") {
+                Ok(vec![("t0".into(), b"not a snapshot".to_vec())])
+            } else {
+                Err(StoreError::new("state.dir", "disk gone"))
+            }
         }
     }
 
-    /// A start reads a directory a part at a time, and a store that reads
-    /// whole (a topic) all at once.
-    #[test]
-    fn a_start_reads_a_directory_in_parts() {
+    /// `tidewatch_state_restores_total` of `target` by `outcome`.
+    fn restores(metrics: &Metrics, target: &str, outcome: &str) -> f64 {
+        let text = metrics.render();
+        let line =
+            format!("tidewatch_state_restores_total{{outcome=\"{outcome}\",target=\"{target}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// A start takes a directory's snapshots a part at a time, each part
+    /// at most the size asked, every stored target once; the targets no
+    /// part held count as cold.
+    #[tokio::test]
+    async fn a_start_takes_a_directory_in_parts() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let store = crate::state::dir::DirStore::open(dir.path()).unwrap();
+        let mut store = crate::state::dir::DirStore::open(dir.path()).unwrap();
+        let names: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+        for n in &names[..5] {
+            store.write(n, n.as_bytes()).unwrap();
+        }
         let (h, _) = StateHandle::start(Box::new(store), metrics.clone());
-        assert_eq!(h.read_part(50_000), READ_PART);
-        let (h, _) = StateHandle::start(Box::new(Whole), metrics);
-        assert_eq!(h.read_part(50_000), 50_000);
-        assert_eq!(h.read_part(0), 1, "chunks of 0 would panic");
+        let mut parts = h.read_parts(names.clone(), 2);
+        let mut got = Vec::new();
+        while let Some(p) = parts.recv().await {
+            let p = p.unwrap();
+            assert!((1..=2).contains(&p.len()), "a part of {}", p.len());
+            got.extend(p);
+        }
+        got.sort();
+        let want: Vec<(String, Vec<u8>)> = names[..5]
+            .iter()
+            .map(|n| (n.clone(), n.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+
+        // the restore's accounting: t5 and t6 have nothing stored
+        let mut restoring = Restoring::new(&names, &metrics);
+        restoring.part(Ok(got), |_| {});
+        assert_eq!(restoring.finish(true), 5);
+        assert_eq!(restores(&metrics, "t5", "cold"), 1.0);
+        assert_eq!(restores(&metrics, "t6", "cold"), 1.0);
+        assert_eq!(restores(&metrics, "t0", "cold"), 0.0);
+        // and the bytes that are no snapshot are counted as such
+        assert_eq!(restores(&metrics, "t0", "corrupt"), 1.0);
+    }
+
+    /// A store error after some parts: the parts read before it come
+    /// first, then the error; the targets no part held count as failed,
+    /// not cold.
+    #[tokio::test]
+    async fn a_store_error_midway_fails_the_rest() {
+        let metrics = Arc::new(Metrics::new());
+        let (h, _) = StateHandle::start(Box::new(FailsMidway), metrics.clone());
+        let names: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+        let mut parts = h.read_parts(names.clone(), 2);
+        let mut restoring = Restoring::new(&names, &metrics);
+        let mut seen = Vec::new();
+        while let Some(p) = parts.recv().await {
+            seen.push(p.as_ref().map(|p| p.len()).map_err(|e| e.to_string()));
+            restoring.part(p, |_| {});
+        }
+        assert_eq!(seen, vec![Ok(1), Err("state.dir: disk gone".to_string())]);
+        assert_eq!(restoring.finish(true), 1);
+        for t in ["t1", "t2", "t3"] {
+            assert_eq!(restores(&metrics, t, "failed"), 1.0, "{t}");
+            assert_eq!(restores(&metrics, t, "cold"), 0.0, "{t}");
+        }
     }
 }
