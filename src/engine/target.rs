@@ -212,6 +212,9 @@ pub(super) struct TargetRuntime {
     pub(super) schedules: Vec<Schedule>,
     /// Calls in a row that ran past the policy deadline.
     pub(super) overruns: u32,
+    /// Reload rounds in a row whose load of the changed file ran out of
+    /// time ([`super::RELOAD_RETRIES`]).
+    pub(super) reload_timeouts: u8,
     /// Not called until the policy file changes.
     pub(super) quarantined: bool,
     /// Changed since its last snapshot.

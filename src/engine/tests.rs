@@ -301,6 +301,59 @@ fn hot_reload_keeps_the_old_version_when_the_new_one_fails() {
     assert_eq!(s.engine.status()[0].policy, v2);
 }
 
+/// A reload whose load only ran out of time (a busy machine: the load
+/// shares `engine.policy_timeout` with the decisions it holds up) is tried
+/// again at the next rounds without the file being touched; one that keeps
+/// running out of time stays out after `RELOAD_RETRIES` more tries, until
+/// the file changes.
+#[test]
+fn a_reload_that_ran_out_of_time_is_tried_again() {
+    let mut s = setup("return { decide = function(ctx) return 3 end }", "", "");
+    s.engine.cfg.policy_instruction_budget = u64::MAX / 4;
+    assert_eq!(s.engine.tick(T0)[0].desired_replicas, 3);
+    // a load that takes 30 ms of CPU before it returns the module
+    let slow = |n: u32, tag: &str| {
+        format!(
+            "local t = os.clock() + 0.03 while os.clock() < t do end\n\
+             return {{ decide = function(ctx) return {n} end }} -- {tag}"
+        )
+    };
+    let failed = |s: &Setup| {
+        counter(
+            &s.metrics,
+            "tidewatch_policy_reloads_total",
+            &[("target", "web"), ("result", "failed")],
+        )
+    };
+    write(s.dir.path(), "p.lua", &slow(7, "v2"));
+    s.engine.cfg.policy_timeout = Duration::from_millis(5);
+    let mut at = T0;
+    let mut tick = |s: &mut Setup| {
+        at += 1000;
+        s.engine.tick(at)
+    };
+    assert!(tick(&mut s).is_empty(), "still the first version");
+    assert!(tick(&mut s).is_empty());
+    assert_eq!(failed(&s), 2.0, "tried again with the file unchanged");
+    // the machine is quiet again: the same file loads
+    s.engine.cfg.policy_timeout = Duration::from_secs(2);
+    assert_eq!(tick(&mut s)[0].desired_replicas, 7);
+    assert_eq!(failed(&s), 2.0);
+
+    // a file that always runs out of time: tried RELOAD_RETRIES more
+    // times, then left out until it changes
+    write(s.dir.path(), "p.lua", &slow(9, "v3"));
+    s.engine.cfg.policy_timeout = Duration::from_millis(5);
+    for _ in 0..RELOAD_RETRIES + 3 {
+        assert!(tick(&mut s).is_empty(), "still the second version");
+    }
+    assert_eq!(failed(&s), 2.0 + 1.0 + f64::from(RELOAD_RETRIES));
+    s.engine.cfg.policy_timeout = Duration::from_secs(2);
+    assert!(tick(&mut s).is_empty(), "left out until the file changes");
+    write(s.dir.path(), "p.lua", &slow(9, "v3, touched"));
+    assert_eq!(tick(&mut s)[0].desired_replicas, 9);
+}
+
 #[test]
 fn results_of_the_latest_command_set_current_replicas() {
     let mut s = setup(DEPTH_POLICY, "", "");
