@@ -940,3 +940,73 @@ async fn own_forecasts_are_published_on_tansu() {
     )
     .await;
 }
+
+/// A state topic whose snapshots came in batches (a shutdown writes every
+/// target's at once) is read whole on tansu, whose end offset stops at the
+/// first record of the last batch: a read that stopped at that end lost
+/// the rest of the batch, and their targets started cold. Read in one pass
+/// and in two (past the read budget), every target comes back at its
+/// latest snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_topic_is_read_to_its_last_record_on_tansu() {
+    let Some(brokers) = common::kafka::broker() else {
+        return;
+    };
+    let topic = format!("state-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    common::kafka::create_topics(&brokers, &[(&topic, 1)]).await;
+    let settings = tidewatch::broker::kafka::ClientSettings {
+        key: "source.kafka.brokers".into(),
+        brokers: brokers.clone(),
+        options: Default::default(),
+        sasl_password: Default::default(),
+    };
+    tokio::task::spawn_blocking(move || {
+        use tidewatch::state::StateStore;
+        let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
+        let names: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
+        let bytes = |n: &str, v: u32| format!("{n} v{v} {}", "x".repeat(500)).into_bytes();
+        // two rounds, each sent at once (batched by the producer's linger)
+        for v in 0..2 {
+            for n in &names {
+                store.write(n, &bytes(n, v)).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let mut want: Vec<(String, Vec<u8>)> =
+            names.iter().map(|n| (n.clone(), bytes(n, 1))).collect();
+        want.sort();
+        let mut got = store.read(&names).unwrap();
+        got.sort();
+        assert_eq!(store.passes(), 1);
+        assert_eq!(
+            got.len(),
+            50,
+            "one pass: every target, the last batch included"
+        );
+        assert_eq!(heads(&got), heads(&want));
+        let mut store = store.with_read_budget(5_000);
+        let mut got = store.read(&names).unwrap();
+        got.sort();
+        assert_eq!(store.passes(), 2);
+        assert_eq!(got.len(), 50, "two passes");
+        assert_eq!(heads(&got), heads(&want));
+    })
+    .await
+    .unwrap();
+}
+
+/// Each stored snapshot as its target and the start of its bytes (the
+/// version written), for assertions that print short.
+fn heads(stored: &[(String, Vec<u8>)]) -> Vec<String> {
+    stored
+        .iter()
+        .map(|(n, b)| {
+            let text = String::from_utf8_lossy(&b[..b.len().min(12)]).into_owned();
+            format!(
+                "{n}: {} ({} bytes)",
+                text.trim_end_matches('x').trim(),
+                b.len()
+            )
+        })
+        .collect()
+}

@@ -17,15 +17,22 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::broker::kafka::ClientSettings;
 use crate::state::{PartSink, StateStore, StoreError};
 
-/// How long a restore may read before it gives up (the targets then start
-/// cold and the scaler says why).
-const READ_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a read may go without a record before it gives up (the
+/// targets then start cold and the scaler says why). A bound on progress,
+/// not on the whole read: a large topic on a slow broker (tansu serves
+/// about 20 MB/s here, so 50,000 targets' snapshots take two minutes a
+/// read) is read to its end, a broker that stops answering is not waited
+/// for.
+const READ_STALL: Duration = Duration::from_secs(30);
 const META: Duration = Duration::from_secs(10);
 /// Bytes of snapshots a read keeps from its first pass through the topic
-/// (about 4,700 targets after 8 days of history): a topic holding less is
+/// (about 5,000 targets after 8 days of queue-depth history): a topic holding less is
 /// read once, a larger one twice, so that a start of 50,000 targets does
 /// not hold 2.7 GB of snapshots beside the state it restores.
 pub const READ_BUDGET: usize = 256 << 20;
+/// How long a read waits for more records past the end the broker gave
+/// ([`KafkaStore::scan`]).
+const PAST_END: Duration = Duration::from_millis(200);
 
 /// Collects delivery failures for `flush` to report.
 #[derive(Clone, Default)]
@@ -270,15 +277,23 @@ impl KafkaStore {
 
     /// Reads `range` (partition, first, end) in order, each keyed record
     /// into `each` (its key as text), until every partition reaches its end
-    /// or `each` says stop.
+    /// or `each` says stop. With `past_end` it goes on while records come
+    /// (a poll of [`PAST_END`] comes back empty): a broker may give an end
+    /// short of its last records (tansu 0.6 gives the last batch's first
+    /// offset plus one, so all but one record of the last batch were never
+    /// read, and a restart after a shutdown's batch of snapshots lost most
+    /// of them). The range as read: each partition's end is past the last
+    /// record read.
     fn scan(
         &self,
         range: &[Span],
+        past_end: bool,
         each: &mut dyn FnMut(&str, &BorrowedMessage<'_>) -> bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Span>, StoreError> {
         let err = |m: String| StoreError::new("state.topic", format!("{}: {m}", self.topic));
         let consumer = self.reader()?;
         let mut tpl = TopicPartitionList::new();
+        let mut read: Vec<Span> = range.to_vec();
         let mut ends: HashMap<i32, i64> = HashMap::new();
         for &(p, low, high) in range {
             ends.insert(p, high);
@@ -288,22 +303,42 @@ impl KafkaStore {
         consumer
             .assign(&tpl)
             .map_err(|e| err(format!("assign: {e}")))?;
-        let deadline = Instant::now() + READ_DEADLINE;
-        while !ends.is_empty() {
-            if Instant::now() > deadline {
+        let mut progress = Instant::now();
+        loop {
+            if ends.is_empty() && !past_end {
+                break;
+            }
+            // at the broker's end: on while records come
+            let draining = ends.is_empty();
+            if progress.elapsed() > READ_STALL {
                 return Err(err(format!(
-                    "not read to its end within {READ_DEADLINE:?} ({} partitions left)",
+                    "not read to its end: no record for {READ_STALL:?} ({} partitions left)",
                     ends.len()
                 )));
             }
-            match consumer.poll(Duration::from_millis(200)) {
+            let wait = if draining {
+                PAST_END
+            } else {
+                Duration::from_millis(200)
+            };
+            match consumer.poll(wait) {
                 Some(Ok(m)) => {
+                    progress = Instant::now();
                     let p = m.partition();
+                    let Some(span) = read.iter_mut().find(|s| s.0 == p) else {
+                        continue;
+                    };
                     let end = ends.get(&p).copied();
-                    if end.is_some_and(|end| m.offset() < end) {
+                    // within the range, or (`past_end`) after it: the range
+                    // then grows to it
+                    let beyond = past_end && m.offset() >= span.2;
+                    if m.offset() < span.2 || beyond {
+                        if beyond {
+                            span.2 = m.offset() + 1;
+                        }
                         if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                             if !each(key, &m) {
-                                return Ok(());
+                                return Ok(read);
                             }
                         }
                     }
@@ -312,6 +347,7 @@ impl KafkaStore {
                     }
                 }
                 Some(Err(e)) => tracing::debug!(error = %e, "state topic read"),
+                None if draining => break,
                 None => {
                     // a compacted partition may end in a gap: compare positions
                     if let Ok(pos) = consumer.position() {
@@ -326,7 +362,7 @@ impl KafkaStore {
                 }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     fn push_warning(&self, w: String) {
@@ -428,7 +464,7 @@ impl StateStore for KafkaStore {
         let mut latest: HashMap<String, (i32, i64)> = HashMap::new();
         let mut kept: Option<HashMap<String, Vec<u8>>> = Some(HashMap::new());
         let mut kept_bytes = 0usize;
-        self.scan(&range, &mut |key, m| {
+        let range = self.scan(&range, true, &mut |key, m| {
             if !wanted.contains(key) {
                 return true;
             }
@@ -472,7 +508,7 @@ impl StateStore for KafkaStore {
         let mut found = 0usize;
         let mut batch = Vec::new();
         let mut open = true;
-        self.scan(&range, &mut |key, m| {
+        self.scan(&range, false, &mut |key, m| {
             if latest.get(key) == Some(&(m.partition(), m.offset())) {
                 if let Some(b) = m.payload() {
                     found += 1;
