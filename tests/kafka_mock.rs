@@ -686,14 +686,22 @@ async fn the_state_topic_is_read_in_parts_within_its_budget() {
         let (got, sizes, passes) = read_with(&mut store);
         assert_eq!(passes, 1);
         assert!(sizes.iter().all(|&s| (1..=7).contains(&s)), "{sizes:?}");
-        assert_eq!(heads(&got), heads(&expected), "one pass");
+        assert_eq!(
+            common::state::heads(&got),
+            common::state::heads(&expected),
+            "one pass"
+        );
         // past it (10 snapshots' worth): two
         let mut store = store.with_read_budget(10_000);
         let (got, sizes, passes) = read_with(&mut store);
         assert_eq!(passes, 2);
         assert!(sizes.iter().all(|&s| (1..=7).contains(&s)), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 37, "{sizes:?}");
-        assert_eq!(heads(&got), heads(&expected), "two passes");
+        assert_eq!(
+            common::state::heads(&got),
+            common::state::heads(&expected),
+            "two passes"
+        );
         // a sink that has had enough ends the read after its part
         let mut parts = 0;
         store
@@ -706,26 +714,14 @@ async fn the_state_topic_is_read_in_parts_within_its_budget() {
         // `read` (a reload's few targets) gives the same
         let mut all = store.read(&wanted).unwrap();
         all.sort();
-        assert_eq!(heads(&all), heads(&expected), "read");
+        assert_eq!(
+            common::state::heads(&all),
+            common::state::heads(&expected),
+            "read"
+        );
         true
     })
     .await
     .unwrap();
     assert!(checked);
-}
-
-/// Each stored snapshot as its target and the start of its bytes (the
-/// version written), for assertions that print short.
-fn heads(stored: &[(String, Vec<u8>)]) -> Vec<String> {
-    stored
-        .iter()
-        .map(|(n, b)| {
-            let text = String::from_utf8_lossy(&b[..b.len().min(12)]).into_owned();
-            format!(
-                "{n}: {} ({} bytes)",
-                text.trim_end_matches('x').trim(),
-                b.len()
-            )
-        })
-        .collect()
 }

@@ -983,30 +983,14 @@ async fn a_state_topic_is_read_to_its_last_record_on_tansu() {
             50,
             "one pass: every target, the last batch included"
         );
-        assert_eq!(heads(&got), heads(&want));
+        assert_eq!(common::state::heads(&got), common::state::heads(&want));
         let mut store = store.with_read_budget(5_000);
         let mut got = store.read(&names).unwrap();
         got.sort();
         assert_eq!(store.passes(), 2);
         assert_eq!(got.len(), 50, "two passes");
-        assert_eq!(heads(&got), heads(&want));
+        assert_eq!(common::state::heads(&got), common::state::heads(&want));
     })
     .await
     .unwrap();
-}
-
-/// Each stored snapshot as its target and the start of its bytes (the
-/// version written), for assertions that print short.
-fn heads(stored: &[(String, Vec<u8>)]) -> Vec<String> {
-    stored
-        .iter()
-        .map(|(n, b)| {
-            let text = String::from_utf8_lossy(&b[..b.len().min(12)]).into_owned();
-            format!(
-                "{n}: {} ({} bytes)",
-                text.trim_end_matches('x').trim(),
-                b.len()
-            )
-        })
-        .collect()
 }

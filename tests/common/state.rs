@@ -176,3 +176,19 @@ kafka = {{ brokers = "{brokers}", topic = "{commands}", results_topic = "{result
     stop.send(()).unwrap();
     assert!(task.await.unwrap().drained);
 }
+
+/// Each stored snapshot as its target and the start of its bytes (the
+/// version a test wrote), for assertions that print short.
+pub fn heads(stored: &[(String, Vec<u8>)]) -> Vec<String> {
+    stored
+        .iter()
+        .map(|(n, b)| {
+            let text = String::from_utf8_lossy(&b[..b.len().min(12)]).into_owned();
+            format!(
+                "{n}: {} ({} bytes)",
+                text.trim_end_matches('x').trim(),
+                b.len()
+            )
+        })
+        .collect()
+}
