@@ -24,7 +24,9 @@ use crate::source::probe::{run_probe, AmqpQueueProbe, KafkaLagProbe};
 use crate::source::SourceContext;
 use crate::state::dir::DirStore;
 use crate::state::kafka::KafkaStore;
-use crate::state::{decode_all, Restoring, StateHandle, StateStore, StoreKind, READ_PART};
+use crate::state::{
+    decode_all, Restoring, StateHandle, StateStore, StoreKind, TargetSnapshot, READ_PART,
+};
 use crate::telemetry::Metrics;
 
 /// What `run` leaves behind, for tests and logs.
@@ -635,7 +637,6 @@ async fn restore_at_start(
 ) {
     let started = std::time::Instant::now();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    let shards = engines.len();
     let mut restored = std::collections::HashSet::new();
     // a part at a time, so that the stored bytes of every target are
     // never held at once
@@ -643,12 +644,7 @@ async fn restore_at_start(
     let mut restoring = Restoring::new(&names, metrics);
     while let Some(part) = parts.recv().await {
         restoring.part(part, |batch| {
-            for s in batch {
-                let k = crate::engine::shards::shard_of(&s.target, shards);
-                if engines[k].restore(&s) == Restored::Applied {
-                    restored.insert(s.target);
-                }
-            }
+            restored.extend(apply_on_each_shard(engines, batch));
         });
     }
     restoring.finish(true);
@@ -659,6 +655,37 @@ async fn restore_at_start(
         took = ?started.elapsed(),
         "state restored"
     );
+}
+
+/// Gives each snapshot of `batch` to its shard's engine, every shard on a
+/// thread of its own (a restore copies and packs days of history: at
+/// 50,000 targets it was most of a start, on one core); the targets that
+/// took theirs.
+fn apply_on_each_shard(engines: &mut [Engine], batch: Vec<TargetSnapshot>) -> Vec<String> {
+    use crate::engine::shards::{shard_of, split_into};
+    let shards = engines.len();
+    let taken = |e: &mut Engine, part: Vec<TargetSnapshot>| -> Vec<String> {
+        part.into_iter()
+            .filter(|s| e.restore(s) == Restored::Applied)
+            .map(|s| s.target)
+            .collect()
+    };
+    if shards == 1 {
+        return taken(&mut engines[0], batch);
+    }
+    let parts = split_into(batch, shards, |s| shard_of(&s.target, shards));
+    std::thread::scope(|scope| {
+        let running: Vec<_> = engines
+            .iter_mut()
+            .zip(parts)
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(e, part)| scope.spawn(move || taken(e, part)))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// The first connection of a RabbitMQ component: fatal when retrying
@@ -698,4 +725,67 @@ fn watched(
             metrics.input_lost(name);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Millis;
+    use crate::engine::{EngineConfig, TargetConfig};
+
+    const T0: Millis = 1_764_000_000_000;
+
+    /// A start's restore gives each shard the snapshots of its own
+    /// targets, the shards side by side: every target takes its own, and
+    /// each comes back as a target that took its snapshot.
+    #[test]
+    fn each_shard_takes_its_own_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.lua"),
+            "return { decide = function(ctx) return 7 end }",
+        )
+        .unwrap();
+        let targets: Vec<TargetConfig> = (0..40)
+            .map(|i| TargetConfig::new(&format!("t{i}"), dir.path().join("p.lua"), "log", 1, 100))
+            .collect();
+        let metrics = Arc::new(Metrics::new());
+        let cfg = |shards| EngineConfig {
+            shards,
+            ..EngineConfig::default()
+        };
+        // the state of a process that commanded 7 replicas of each
+        let mut before = crate::engine::shards::build(&cfg(1), &targets, &metrics, T0).unwrap();
+        assert_eq!(before[0].tick(T0).len(), 40);
+        let snapshots: Vec<TargetSnapshot> = targets
+            .iter()
+            .map(|t| {
+                before[0]
+                    .snapshot(&t.name, T0, "the process before")
+                    .unwrap()
+            })
+            .collect();
+        let mut engines = crate::engine::shards::build(&cfg(2), &targets, &metrics, T0).unwrap();
+        let held = |engines: &[Engine]| -> Vec<(String, u32)> {
+            let mut all: Vec<(String, u32)> = engines
+                .iter()
+                .flat_map(|e| e.status())
+                .map(|s| (s.name, s.replicas))
+                .collect();
+            all.sort();
+            all
+        };
+        assert!(
+            engines.iter().all(|e| !e.status().is_empty()),
+            "both shards hold targets"
+        );
+        assert!(held(&engines).iter().all(|(_, n)| *n != 7));
+        let mut took = apply_on_each_shard(&mut engines, snapshots);
+        took.sort();
+        let mut names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        names.sort();
+        assert_eq!(took, names);
+        let want: Vec<(String, u32)> = names.iter().map(|n| (n.clone(), 7)).collect();
+        assert_eq!(held(&engines), want);
+    }
 }
