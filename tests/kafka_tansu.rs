@@ -960,6 +960,7 @@ async fn a_state_topic_is_read_to_its_last_record_on_tansu() {
         options: Default::default(),
         sasl_password: Default::default(),
     };
+    let (settings2, topic2) = (settings.clone(), topic.clone());
     tokio::task::spawn_blocking(move || {
         use tidewatch::state::StateStore;
         let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
@@ -990,6 +991,38 @@ async fn a_state_topic_is_read_to_its_last_record_on_tansu() {
         assert_eq!(store.passes(), 2);
         assert_eq!(got.len(), 50, "two passes");
         assert_eq!(common::state::heads(&got), common::state::heads(&want));
+        // another scaler writing snapshots all the time: a read still ends
+        // (what is written after it began is not waited for), with every
+        // snapshot written before it
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (settings, topic, stop) = (settings2, topic2, stop.clone());
+            std::thread::spawn(move || {
+                let mut other =
+                    tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    other.write("busy", b"another scaler's target").unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other.flush().unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let (done, read) = std::sync::mpsc::channel();
+        let reading = std::thread::spawn(move || {
+            let _ = done.send(store.read(&names));
+        });
+        let got = read.recv_timeout(Duration::from_secs(20));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        let mut got = got.expect("a read beside a busy writer ends").unwrap();
+        reading.join().unwrap();
+        got.sort();
+        assert_eq!(
+            common::state::heads(&got),
+            common::state::heads(&want),
+            "beside a busy writer"
+        );
     })
     .await
     .unwrap();

@@ -33,6 +33,9 @@ pub const READ_BUDGET: usize = 256 << 20;
 /// How long a read waits for more records past the end the broker gave
 /// ([`KafkaStore::scan`]).
 const PAST_END: Duration = Duration::from_millis(200);
+/// The most records a read takes past the end the broker gave: a batch
+/// of snapshots is far fewer (a batch is at most a megabyte).
+const PAST_END_RECORDS: usize = 100_000;
 
 /// Collects delivery failures for `flush` to report.
 #[derive(Clone, Default)]
@@ -304,6 +307,10 @@ impl KafkaStore {
             .assign(&tpl)
             .map_err(|e| err(format!("assign: {e}")))?;
         let mut progress = Instant::now();
+        // what is written after the read began is not waited for (other
+        // scalers on the topic write snapshots all the time)
+        let began_ms = chrono::Utc::now().timestamp_millis();
+        let mut past = 0usize;
         loop {
             if ends.is_empty() && !past_end {
                 break;
@@ -332,6 +339,18 @@ impl KafkaStore {
                     // within the range, or (`past_end`) after it: the range
                     // then grows to it
                     let beyond = past_end && m.offset() >= span.2;
+                    if beyond {
+                        let written_ms = m.timestamp().to_millis();
+                        past += 1;
+                        if written_ms.is_some_and(|t| t > began_ms) || past > PAST_END_RECORDS {
+                            // no more past the end here: the rest is news
+                            ends.remove(&p);
+                            if draining {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                     if m.offset() < span.2 || beyond {
                         if beyond {
                             span.2 = m.offset() + 1;
