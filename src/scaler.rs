@@ -658,9 +658,9 @@ async fn restore_at_start(
 }
 
 /// Gives each snapshot of `batch` to its shard's engine, every shard on a
-/// thread of its own (a restore copies and packs days of history: at
-/// 50,000 targets it was most of a start, on one core); the targets that
-/// took theirs.
+/// thread of its own (a restore re-packs days of history, and on one core
+/// it took longer than decoding the snapshots on every core); the targets
+/// that took theirs.
 fn apply_on_each_shard(engines: &mut [Engine], batch: Vec<TargetSnapshot>) -> Vec<String> {
     use crate::engine::shards::{shard_of, split_into};
     let shards = engines.len();

@@ -8,15 +8,13 @@ use std::sync::{mpsc, Arc};
 
 use tokio::sync::oneshot;
 
-use crate::state::{SnapshotError, StateStore, StoreError, TargetSnapshot};
+use crate::state::{SnapshotError, StateStore, StoreError, Stored, TargetSnapshot};
 use crate::telemetry::Metrics;
 
 /// Snapshots waiting to be encoded at most; past it the engine keeps its
 /// targets dirty and tries at a later tick (memory stays bounded when the
 /// store is slow or down).
 pub const MAX_QUEUED: usize = 256;
-
-use crate::state::Stored;
 
 enum Job {
     Write(Vec<TargetSnapshot>),
