@@ -580,7 +580,7 @@ async fn reaction_amqp(n: usize) -> Row {
     let (port, stop, task) = start(cfg).await;
     let conn = mq::connect(&url).await;
     // the scaler declares it once its targets are built: with every
-    // target's state restored (SCALE_REFIT_WAVE) that is about 30 s
+    // target's state restored (SCALE_REFIT_WAVE) that was 15 to 29 s
     mq::wait_for_queue_within(&conn, &names.workers, Duration::from_secs(120)).await;
     let mut commands = mq::consume_no_ack(&conn, &names.workers, "bench-reader").await;
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();

@@ -640,12 +640,7 @@ async fn the_state_topic_is_read_in_parts_within_its_budget() {
     let mock = MockCluster::new(1).unwrap();
     let topic = format!("state-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
     mock.create_topic(&topic, 3, 1).unwrap();
-    let settings = tidewatch::broker::kafka::ClientSettings {
-        key: "source.kafka.brokers".into(),
-        brokers: mock.bootstrap_servers(),
-        options: Default::default(),
-        sasl_password: Default::default(),
-    };
+    let settings = common::kafka::settings(&mock.bootstrap_servers());
     let checked = tokio::task::spawn_blocking(move || {
         let mut store = tidewatch::state::kafka::KafkaStore::open(&settings, &topic).unwrap();
         let bytes = |name: &str, v: usize| format!("{name} v{v} {}", "x".repeat(1000)).into_bytes();

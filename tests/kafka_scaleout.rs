@@ -23,11 +23,11 @@ const POLICY: &str = r#"return { decide = function(ctx)
   return { replicas = math.ceil(d.max / 100), reason = "max " .. d.max }
 end }"#;
 
-/// A mock cluster with the scalers' topics: two signal partitions. It has
-/// no admin API, so the state topic is made here too.
 /// How long a scaler may take to stop: its drain_timeout (20 s) and more.
 const STOP_WITHIN: Duration = Duration::from_secs(60);
 
+/// A mock cluster with the scalers' topics: two signal partitions. It has
+/// no admin API, so the state topic is made here too.
 fn mock_cluster() -> (
     MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,

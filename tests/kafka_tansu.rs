@@ -867,12 +867,7 @@ async fn a_missing_state_topic_is_created_compacted_and_a_deleting_one_is_warned
         .await
         .unwrap();
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    let settings = tidewatch::broker::kafka::ClientSettings {
-        key: "source.kafka.brokers".into(),
-        brokers: brokers.clone(),
-        options: Default::default(),
-        sasl_password: Default::default(),
-    };
+    let settings = common::kafka::settings(&brokers);
     // `wait`: an existing topic's check runs beside the start; creating
     // one is done when `open` returns
     let warnings_of = |topic: String, wait: u64| {
@@ -954,12 +949,7 @@ async fn a_state_topic_is_read_to_its_last_record_on_tansu() {
     };
     let topic = format!("state-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     common::kafka::create_topics(&brokers, &[(&topic, 1)]).await;
-    let settings = tidewatch::broker::kafka::ClientSettings {
-        key: "source.kafka.brokers".into(),
-        brokers: brokers.clone(),
-        options: Default::default(),
-        sasl_password: Default::default(),
-    };
+    let settings = common::kafka::settings(&brokers);
     let (settings2, topic2) = (settings.clone(), topic.clone());
     tokio::task::spawn_blocking(move || {
         use tidewatch::state::StateStore;

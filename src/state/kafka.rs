@@ -30,9 +30,9 @@ const META: Duration = Duration::from_secs(10);
 /// read once, a larger one twice, so that a start of 50,000 targets does
 /// not hold 2.7 GB of snapshots beside the state it restores.
 pub const READ_BUDGET: usize = 256 << 20;
-/// How long a read waits for more records past the end the broker gave
-/// ([`KafkaStore::scan`]).
-const PAST_END: Duration = Duration::from_millis(200);
+/// A read's poll; past the end the broker gave, an empty one ends the
+/// read ([`KafkaStore::scan`]).
+const POLL: Duration = Duration::from_millis(200);
 /// The most records a read takes past the end the broker gave: a batch
 /// of snapshots is far fewer (a batch is at most a megabyte).
 const PAST_END_RECORDS: usize = 100_000;
@@ -281,7 +281,7 @@ impl KafkaStore {
     /// Reads `range` (partition, first, end) in order, each keyed record
     /// into `each` (its key as text), until every partition reaches its end
     /// or `each` says stop. With `past_end` it goes on while records come
-    /// (a poll of [`PAST_END`] comes back empty): a broker may give an end
+    /// (a poll of [`POLL`] comes back empty): a broker may give an end
     /// short of its last records (tansu 0.6 gives the last batch's first
     /// offset plus one, so all but one record of the last batch were never
     /// read, and a restart after a shutdown's batch of snapshots lost most
@@ -323,12 +323,7 @@ impl KafkaStore {
                     ends.len()
                 )));
             }
-            let wait = if draining {
-                PAST_END
-            } else {
-                Duration::from_millis(200)
-            };
-            match consumer.poll(wait) {
+            match consumer.poll(POLL) {
                 Some(Ok(m)) => {
                     progress = Instant::now();
                     let p = m.partition();

@@ -219,28 +219,22 @@ pub fn restore_in_chunks(
     metrics: &Metrics,
     apply: impl FnMut(Vec<TargetSnapshot>),
 ) {
-    let stored = match stored {
-        Ok(s) => s,
-        Err(e) => {
-            metrics.state_store_warning("state", &e.to_string());
-            for t in targets {
-                metrics.state_restored(t, "failed", Some(&e));
-            }
-            return;
-        }
-    };
     let wanted: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
-    let stored: Vec<(String, Vec<u8>)> = stored
-        .into_iter()
-        .filter(|(n, _)| wanted.contains(n.as_str()))
-        .collect();
-    decode_in_chunks(stored, metrics, apply);
+    let stored = stored.map(|s| {
+        s.into_iter()
+            .filter(|(n, _)| wanted.contains(n.as_str()))
+            .collect()
+    });
+    let mut restoring = Restoring::new(targets, metrics);
+    restoring.part(stored, apply);
+    restoring.finish(false);
 }
 
 /// A restore of `targets` from parts of a store's read
-/// ([`StateHandle::read_parts`]): each part decoded in chunks as
-/// [`restore_in_chunks`] does, and at the end the targets no part held
-/// counted, cold or (after a store error) failed.
+/// ([`StateHandle::read_parts`]), or from a whole read
+/// ([`restore_in_chunks`]): each part decoded in chunks of
+/// [`RESTORE_CHUNK`], and at the end the targets no part held counted,
+/// cold or (after a store error) failed.
 pub struct Restoring<'a> {
     targets: &'a [String],
     metrics: &'a Metrics,

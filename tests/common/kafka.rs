@@ -92,3 +92,14 @@ pub fn producer(brokers: &str) -> FutureProducer {
         .create()
         .unwrap()
 }
+
+/// Client settings for `brokers` and nothing else (a state store opened
+/// by a test).
+pub fn settings(brokers: &str) -> tidewatch::broker::kafka::ClientSettings {
+    tidewatch::broker::kafka::ClientSettings {
+        key: "source.kafka.brokers".into(),
+        brokers: brokers.into(),
+        options: Default::default(),
+        sasl_password: Default::default(),
+    }
+}
