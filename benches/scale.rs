@@ -1043,7 +1043,7 @@ fn seed_snapshot(
     }
     seed.tick(end);
     let snapshot = seed.snapshot("seed", end, "bench").unwrap();
-    let history_points: usize = snapshot.histories.iter().map(|(_, h)| h.points.len()).sum();
+    let history_points: usize = snapshot.histories.iter().map(|(_, h)| h.len()).sum();
     println!(
         "memory: one target fed {days} days at a minute in {:.1} s (virtual clock); its snapshot holds {} history points and {} forecaster(s)",
         t0.elapsed().as_secs_f64(),

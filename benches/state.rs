@@ -101,7 +101,7 @@ fn full_target(dir: &Path) -> TargetSnapshot {
 fn main() {
     let dir = policy_dir();
     let snap = full_target(dir.path());
-    let points: usize = snap.histories.iter().map(|(_, h)| h.points.len()).sum();
+    let points: usize = snap.histories.iter().map(|(_, h)| h.len()).sum();
     let model = snap
         .forecasters
         .iter()

@@ -624,7 +624,11 @@ async fn open_state(
             return Ok(None);
         }
     };
-    Ok(Some(StateHandle::start(store, metrics.clone())))
+    Ok(Some(StateHandle::start_writing(
+        store,
+        metrics.clone(),
+        cfg.state.format,
+    )))
 }
 
 /// Gives every target its snapshot before anything runs; counts each

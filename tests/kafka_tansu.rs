@@ -812,7 +812,8 @@ async fn a_restored_target_replays_the_signals_since_its_snapshot() {
         .iter()
         .find(|(m, _)| *m == tidewatch::event::Metric::QueueDepth)
         .expect("a queue_depth history");
-    let at = |step: i64| h.points.get((step - h.first_step) as usize).copied();
+    let points = h.points();
+    let at = |step: i64| points.get((step - h.first_step) as usize).copied();
     // every step of the seed's, and every step a signal was sent in but
     // the last (still open at the drain)
     let last = *steps.last().unwrap();
@@ -829,7 +830,7 @@ async fn a_restored_target_replays_the_signals_since_its_snapshot() {
     // the seed's value, within the history's one-byte quantization (1/508
     // of its block's range, at most the whole history's range)
     let step = (seed_at - 30_000) / 1000;
-    let finite = h.points.iter().copied().filter(|v| v.is_finite());
+    let finite = points.iter().copied().filter(|v| v.is_finite());
     let range = finite.clone().fold(f32::MIN, f32::max) - finite.fold(f32::MAX, f32::min);
     let (got, want) = (at(step).unwrap_or(f32::NAN), depth(step * 1000) as f32);
     assert!(

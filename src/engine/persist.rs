@@ -76,7 +76,7 @@ impl Engine {
             histories: Metric::ALL
                 .iter()
                 .map(|&m| (m, data.windows.metric(m).history().export()))
-                .filter(|(_, h)| !h.points.is_empty())
+                .filter(|(_, h)| !h.is_empty())
                 .collect(),
             forecasters: Metric::ALL
                 .iter()
@@ -197,7 +197,7 @@ impl Engine {
                 if !data.windows.history_mut(*m).import(h) {
                     tracing::warn!(
                         target_name = %s.target, metric = m.name(), step_ms = h.step_ms,
-                        "the snapshot's history has another step than history_step; this metric's history starts cold"
+                        "the snapshot's history has another step than history_step, or parts no history holds; this metric's history starts cold"
                     );
                 }
             }

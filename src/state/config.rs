@@ -37,6 +37,12 @@ pub struct StateConfig {
     /// period), and on shutdown, revocation and removal.
     #[serde(default = "default_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
+    /// The snapshot format written: 2 (the default) keeps each history's
+    /// own parts; 1 is the format tidewatch wrote before 2026-12-04, for
+    /// a rolling upgrade while scalers that read only version 1 may still
+    /// take over targets. Both are read.
+    #[serde(default = "default_format")]
+    pub format: u16,
 }
 
 impl Default for StateConfig {
@@ -46,6 +52,7 @@ impl Default for StateConfig {
             dir: None,
             topic: default_topic(),
             interval: default_interval(),
+            format: default_format(),
         }
     }
 }
@@ -55,6 +62,9 @@ fn default_topic() -> String {
 }
 fn default_interval() -> Duration {
     Duration::from_secs(30)
+}
+fn default_format() -> u16 {
+    crate::state::snapshot::FORMAT_VERSION
 }
 
 impl StateConfig {
@@ -83,6 +93,17 @@ impl StateConfig {
             }
             _ => {}
         }
+        if !(crate::state::snapshot::OLDEST_READABLE..=crate::state::snapshot::FORMAT_VERSION)
+            .contains(&self.format)
+        {
+            out.push(problem(
+                "state.format",
+                format!(
+                    "{} is not a snapshot format: 1 or 2 (the default; 1 for a rolling upgrade from a tidewatch that reads only 1)",
+                    self.format
+                ),
+            ));
+        }
         if self.interval < Duration::from_secs(1) {
             out.push(problem(
                 "state.interval",
@@ -91,6 +112,36 @@ impl StateConfig {
                     self.interval
                 ),
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `state.format` takes the formats this tidewatch reads, 2 by
+    /// default; another is a problem that names the key and the value.
+    #[test]
+    fn the_format_is_one_this_tidewatch_reads() {
+        let parse = |toml: &str| -> StateConfig { ::toml::from_str(toml).unwrap() };
+        assert_eq!(parse("").format, 2);
+        for (toml, bad) in [
+            ("format = 1", false),
+            ("format = 2", false),
+            ("format = 3", true),
+            ("format = 0", true),
+        ] {
+            let mut out = Vec::new();
+            parse(toml).check(false, &mut out);
+            assert_eq!(!out.is_empty(), bad, "{toml}: {out:?}");
+            if bad {
+                let text = format!("{out:?}");
+                assert!(
+                    text.contains("state.format") && text.contains(&toml[9..]),
+                    "{text}"
+                );
+            }
         }
     }
 }

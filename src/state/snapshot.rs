@@ -3,17 +3,27 @@
 //!
 //! ```text
 //! "TWSS" | format version (u16, LE) | zstd frame (with checksum) of:
-//!     u32 LE length of the header | header (JSON) | history points
+//!     u32 LE length of the header | header (JSON) | histories
 //! ```
 //!
 //! The header is JSON so fields can be added (an older reader ignores
-//! them, a newer one defaults them); the history points, which are most of
-//! the bytes, are f32s stored byte plane by byte plane (all first bytes,
-//! then all second bytes, ...), which zstd compresses about twice as well
-//! as the plain little-endian floats. A version this code does not know is
-//! refused as incompatible; bytes that do not decode are corrupt. Either
-//! way the target starts cold, and nothing in a snapshot can make the
-//! decoder allocate more than `MAX_DECODED` or panic.
+//! them, a newer one defaults them). The histories are most of the bytes:
+//! - version 2 (written since 2026-12-04) keeps each history's own parts
+//!   ([`Packed`]), in the header's order: its coarse, pending and
+//!   block-being-filled floats and its blocks' minima and maxima (f32,
+//!   LE), then its blocks' quantized bytes. A restore copies them and
+//!   does not quantize every point again; the bytes are a third of
+//!   version 1's (docs/design-notes.md, "A snapshot keeps the history's
+//!   own parts");
+//! - version 1 kept every point as an f32, byte plane by byte plane (all
+//!   first bytes, then all second bytes, ...). It is still read, and
+//!   written when `state.format = 1` (a rolling upgrade from a
+//!   tidewatch that reads only version 1).
+//!
+//! A version this code does not know is refused as incompatible; bytes
+//! that do not decode are corrupt. Either way the target starts cold, and
+//! nothing in a snapshot can make the decoder allocate more than
+//! `MAX_DECODED` or panic.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +33,12 @@ use crate::event::Metric;
 use crate::forecast::builtin::ForecasterState;
 use crate::guard::GuardState;
 use crate::policy::Plain;
-use crate::window::HistoryState;
+use crate::window::{Block, Closed, HistoryState, Packed, BLOCK};
 
 const MAGIC: &[u8; 4] = b"TWSS";
-/// The format this code writes. Version 1 is the first.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format this code writes by default. Version 1 is the first;
+/// version 2 keeps each history's own parts.
+pub const FORMAT_VERSION: u16 = 2;
 /// The oldest format this code reads.
 pub const OLDEST_READABLE: u16 = 1;
 /// The largest snapshot decoded (compressed bytes), and the most its
@@ -171,8 +182,61 @@ struct HistoryHeader {
     metric: String,
     step_ms: i64,
     first_step: i64,
-    /// Points in the float section, in the order of the histories.
+    /// Closed steps: in version 1, the points in the float section, in
+    /// the order of the histories; in version 2, of a history written as
+    /// points (no `packed`).
     points: usize,
+    /// Version 2: the sizes of the history's parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packed: Option<PackedHeader>,
+}
+
+/// The sizes of a [`Packed`] history's parts, and where it stood in them.
+#[derive(Serialize, Deserialize)]
+struct PackedHeader {
+    capacity: usize,
+    coarse: usize,
+    coarse_skip: usize,
+    pending: usize,
+    blocks: usize,
+    skip: usize,
+    tail: usize,
+}
+
+/// Reads a version 2 history section from the front, never past its end.
+struct Section<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Section<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        if n > self.bytes.len() {
+            return Err(format!(
+                "{what}: {n} bytes asked, {} left in the history section",
+                self.bytes.len()
+            ));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn floats(&mut self, n: usize, what: &str) -> Result<Vec<f32>, String> {
+        let bytes = n
+            .checked_mul(4)
+            .ok_or_else(|| format!("{what}: {n} floats"))?;
+        Ok(self
+            .take(bytes, what)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+fn put_floats(out: &mut Vec<u8>, xs: impl IntoIterator<Item = f32>) {
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
 }
 
 impl TargetSnapshot {
@@ -183,15 +247,28 @@ impl TargetSnapshot {
         self.histories
             .iter()
             .map(|(_, h)| h)
-            .filter(|h| !h.points.is_empty())
-            .map(|h| (h.first_step + h.points.len() as i64).saturating_mul(h.step_ms))
+            .filter(|h| !h.is_empty())
+            .map(|h| (h.first_step + h.len() as i64).saturating_mul(h.step_ms))
             .min()
             .unwrap_or(self.taken_at_ms)
             .min(self.taken_at_ms)
     }
 
-    /// The encoded bytes (see the module's documentation).
+    /// The encoded bytes (see the module's documentation), in the format
+    /// this code writes by default.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(FORMAT_VERSION)
+    }
+
+    /// The encoded bytes in format `version` (1 or 2; another is 2).
+    pub fn encode_as(&self, version: u16) -> Vec<u8> {
+        let version = if version == 1 { 1 } else { FORMAT_VERSION };
+        // version 1 has every point; a history's parts are expanded
+        let expanded: Vec<Vec<f32>> = if version == 1 {
+            self.histories.iter().map(|(_, h)| h.points()).collect()
+        } else {
+            Vec::new()
+        };
         let header = Header {
             target: self.target.clone(),
             taken_at_ms: self.taken_at_ms,
@@ -208,11 +285,24 @@ impl TargetSnapshot {
             histories: self
                 .histories
                 .iter()
-                .map(|(m, h)| HistoryHeader {
+                .enumerate()
+                .map(|(i, (m, h))| HistoryHeader {
                     metric: m.name().to_owned(),
                     step_ms: h.step_ms,
                     first_step: h.first_step,
-                    points: h.points.len(),
+                    points: expanded.get(i).map_or(h.len(), Vec::len),
+                    packed: match &h.closed {
+                        Closed::Packed(p) if version > 1 => Some(PackedHeader {
+                            capacity: p.capacity,
+                            coarse: p.coarse.len(),
+                            coarse_skip: p.coarse_skip,
+                            pending: p.pending.len(),
+                            blocks: p.blocks.len(),
+                            skip: p.skip,
+                            tail: p.tail.len(),
+                        }),
+                        _ => None,
+                    },
                 })
                 .collect(),
             forecasters: self
@@ -224,26 +314,41 @@ impl TargetSnapshot {
         // Serializing plain data to a Vec cannot fail; an empty header
         // would decode as corrupt rather than panic here.
         let json = serde_json::to_vec(&header).unwrap_or_default();
-        let floats: usize = self.histories.iter().map(|(_, h)| h.points.len()).sum();
-        let mut body = Vec::with_capacity(4 + json.len() + 4 * floats);
+        let mut body = Vec::with_capacity(
+            4 + json.len() + 4 * self.histories.iter().map(|(_, h)| h.len()).sum::<usize>() / 3,
+        );
         body.extend_from_slice(&(json.len() as u32).to_le_bytes());
         body.extend_from_slice(&json);
-        let start = body.len();
-        body.resize(start + 4 * floats, 0);
-        let planes = &mut body[start..];
-        let mut i = 0;
-        for (_, h) in &self.histories {
-            for v in &h.points {
-                let b = v.to_le_bytes();
-                for (plane, byte) in b.iter().enumerate() {
+        if version == 1 {
+            let floats: usize = expanded.iter().map(Vec::len).sum();
+            let start = body.len();
+            body.resize(start + 4 * floats, 0);
+            let planes = &mut body[start..];
+            for (i, v) in expanded.iter().flatten().enumerate() {
+                for (plane, byte) in v.to_le_bytes().iter().enumerate() {
                     planes[plane * floats + i] = *byte;
                 }
-                i += 1;
+            }
+        } else {
+            for (_, h) in &self.histories {
+                match &h.closed {
+                    Closed::Points(v) => put_floats(&mut body, v.iter().copied()),
+                    Closed::Packed(p) => {
+                        put_floats(&mut body, p.coarse.iter().copied());
+                        put_floats(&mut body, p.pending.iter().copied());
+                        put_floats(&mut body, p.tail.iter().copied());
+                        put_floats(&mut body, p.blocks.iter().map(|b| b.min));
+                        put_floats(&mut body, p.blocks.iter().map(|b| b.max));
+                        for b in &p.blocks {
+                            body.extend_from_slice(&b.q);
+                        }
+                    }
+                }
             }
         }
-        let mut out = Vec::with_capacity(body.len() / 3 + 16);
+        let mut out = Vec::with_capacity(body.len() / 2 + 16);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         let mut enc = match zstd::stream::Encoder::new(out, 3) {
             Ok(e) => e,
             Err(_) => return Vec::new(),
@@ -291,40 +396,29 @@ impl TargetSnapshot {
         if h.target != key {
             return Err(corrupt(format!("it is the snapshot of {:?}", h.target)));
         }
-        let planes = &body[4 + json_len..];
-        let floats: usize = h.histories.iter().map(|x| x.points).sum();
-        if planes.len() != 4 * floats {
-            return Err(corrupt(format!(
-                "{} bytes of history for {floats} points",
-                planes.len()
-            )));
-        }
+        let section = &body[4 + json_len..];
         let metric = |name: &str| {
             Metric::parse(name).ok_or_else(|| corrupt(format!("unknown metric {name:?}")))
         };
-        let mut histories = Vec::with_capacity(h.histories.len());
-        let mut i = 0;
         for x in &h.histories {
             if x.step_ms <= 0 {
                 return Err(corrupt(format!("history step {} ms", x.step_ms)));
             }
-            let points = (i..i + x.points)
-                .map(|j| {
-                    f32::from_le_bytes([
-                        planes[j],
-                        planes[floats + j],
-                        planes[2 * floats + j],
-                        planes[3 * floats + j],
-                    ])
-                })
-                .collect();
-            i += x.points;
+        }
+        let closed = if version == 1 {
+            planes_v1(&h.histories, section)
+        } else {
+            sections_v2(&h.histories, section)
+        }
+        .map_err(corrupt)?;
+        let mut histories = Vec::with_capacity(h.histories.len());
+        for (x, closed) in h.histories.iter().zip(closed) {
             histories.push((
                 metric(&x.metric)?,
                 HistoryState {
                     step_ms: x.step_ms,
                     first_step: x.first_step,
-                    points,
+                    closed,
                 },
             ));
         }
@@ -355,6 +449,87 @@ impl TargetSnapshot {
     }
 }
 
+/// Version 1's histories: every point, all of them byte plane by byte
+/// plane.
+fn planes_v1(histories: &[HistoryHeader], planes: &[u8]) -> Result<Vec<Closed>, String> {
+    let floats = histories
+        .iter()
+        .try_fold(0usize, |n, x| n.checked_add(x.points))
+        .unwrap_or(usize::MAX);
+    if floats.checked_mul(4) != Some(planes.len()) {
+        return Err(format!(
+            "{} bytes of history for {floats} points",
+            planes.len()
+        ));
+    }
+    let mut i = 0;
+    Ok(histories
+        .iter()
+        .map(|x| {
+            let points = (i..i + x.points)
+                .map(|j| {
+                    f32::from_le_bytes([
+                        planes[j],
+                        planes[floats + j],
+                        planes[2 * floats + j],
+                        planes[3 * floats + j],
+                    ])
+                })
+                .collect();
+            i += x.points;
+            Closed::Points(points)
+        })
+        .collect())
+}
+
+/// Version 2's histories: each one's parts (or its points), in order, the
+/// section read to its end.
+fn sections_v2(histories: &[HistoryHeader], bytes: &[u8]) -> Result<Vec<Closed>, String> {
+    let mut s = Section { bytes };
+    let mut out = Vec::with_capacity(histories.len());
+    for x in histories {
+        let Some(k) = &x.packed else {
+            out.push(Closed::Points(s.floats(x.points, &x.metric)?));
+            continue;
+        };
+        let coarse = s.floats(k.coarse, &x.metric)?;
+        let pending = s.floats(k.pending, &x.metric)?;
+        let tail = s.floats(k.tail, &x.metric)?;
+        let mins = s.floats(k.blocks, &x.metric)?;
+        let maxes = s.floats(k.blocks, &x.metric)?;
+        let q = s.take(
+            k.blocks
+                .checked_mul(BLOCK)
+                .ok_or_else(|| format!("{}: {} blocks", x.metric, k.blocks))?,
+            &x.metric,
+        )?;
+        let blocks = q
+            .chunks_exact(BLOCK)
+            .zip(mins.into_iter().zip(maxes))
+            .map(|(q, (min, max))| Block {
+                min,
+                max,
+                q: q.try_into().unwrap_or([0; BLOCK]),
+            })
+            .collect();
+        let p = Packed {
+            capacity: k.capacity,
+            coarse,
+            coarse_skip: k.coarse_skip,
+            pending,
+            blocks,
+            skip: k.skip,
+            tail,
+        };
+        p.check().map_err(|why| format!("{}: {why}", x.metric))?;
+        out.push(Closed::Packed(p));
+    }
+    if !s.bytes.is_empty() {
+        return Err(format!("{} bytes past the last history", s.bytes.len()));
+    }
+    Ok(out)
+}
+
 /// zstd, refusing to expand past `MAX_DECODED`.
 fn decompress(frame: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Read;
@@ -370,11 +545,12 @@ fn decompress(frame: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> TargetSnapshot {
-        let points: Vec<f32> = (0..11_520)
+    /// 11,520 points: a wave with a gap every 500.
+    fn wave() -> Vec<f32> {
+        (0..11_520)
             .map(|i| {
                 if i % 500 == 7 {
                     f32::NAN
@@ -382,7 +558,27 @@ mod tests {
                     100.0 + (i as f32 / 60.0).sin() * 40.0
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// A two-week history of 11,520 + 50 steps: its parts.
+    fn packed_history() -> HistoryState {
+        let mut h = crate::window::History::new(
+            std::time::Duration::from_secs(14 * 86_400),
+            std::time::Duration::from_secs(60),
+            false,
+        );
+        let first = 29_400_000i64;
+        for (i, v) in wave().into_iter().chain([5.0; 50]).enumerate() {
+            if v.is_finite() {
+                h.record((first + i as i64) * 60_000, f64::from(v));
+            }
+        }
+        h.record((first + 11_570) * 60_000, 0.0);
+        h.export()
+    }
+
+    pub(crate) fn sample() -> TargetSnapshot {
         TargetSnapshot {
             target: "checkout".into(),
             taken_at_ms: 1_764_000_000_000,
@@ -419,42 +615,98 @@ mod tests {
             policy: "p.lua@abc".into(),
             policy_state: Plain::Table(vec![(Plain::Str("peak".into()), Plain::Int(12))]),
             control: ControlState::default(),
-            histories: vec![(
-                Metric::QueueDepth,
-                HistoryState {
-                    step_ms: 60_000,
-                    first_step: 29_400_000,
-                    points,
-                },
-            )],
+            histories: vec![
+                (Metric::QueueDepth, packed_history()),
+                (
+                    Metric::Requests,
+                    HistoryState {
+                        step_ms: 60_000,
+                        first_step: 29_400_000,
+                        closed: Closed::Points(wave()),
+                    },
+                ),
+            ],
             forecasters: vec![],
         }
     }
 
+    /// NaN != NaN: the snapshots as their debug text (a NaN is "NaN").
     fn same(a: &TargetSnapshot, b: &TargetSnapshot) -> bool {
-        // NaN != NaN: compare the bits of the points
-        let bits = |s: &TargetSnapshot| -> Vec<Vec<u32>> {
-            s.histories
-                .iter()
-                .map(|(_, h)| h.points.iter().map(|p| p.to_bits()).collect())
-                .collect()
-        };
-        let strip = |s: &TargetSnapshot| {
-            let mut s = s.clone();
-            s.histories.iter_mut().for_each(|(_, h)| h.points.clear());
-            s
-        };
-        bits(a) == bits(b) && strip(a) == strip(b)
+        format!("{a:?}") == format!("{b:?}")
     }
 
+    fn bits(points: &[f32]) -> Vec<u32> {
+        points.iter().map(|p| p.to_bits()).collect()
+    }
+
+    /// Version 2 gives back the history's parts as they were, and points
+    /// as they were; version 1 (still read, and written for a rolling
+    /// upgrade) gives every point of both, bit for bit.
     #[test]
     fn round_trips_exactly_and_compresses_the_history() {
         let s = sample();
         let bytes = s.encode();
+        assert_eq!(bytes[4..6], FORMAT_VERSION.to_le_bytes());
         let back = TargetSnapshot::decode("checkout", &bytes).unwrap();
         assert!(same(&s, &back));
-        // 11,520 floats are 46,080 bytes raw
-        assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+        assert!(matches!(back.histories[0].1.closed, Closed::Packed(_)));
+        let v1 = s.encode_as(1);
+        assert_eq!(v1[4..6], 1u16.to_le_bytes());
+        let old = TargetSnapshot::decode("checkout", &v1).unwrap();
+        for ((m, a), (n, b)) in s.histories.iter().zip(&old.histories) {
+            assert_eq!(m, n);
+            assert!(matches!(b.closed, Closed::Points(_)));
+            assert_eq!((a.step_ms, a.first_step), (b.step_ms, b.first_step));
+            assert_eq!(bits(&a.points()), bits(&b.points()), "{m:?}");
+        }
+        let strip = |s: &TargetSnapshot| TargetSnapshot {
+            histories: Vec::new(),
+            ..s.clone()
+        };
+        assert!(same(&strip(&s), &strip(&old)));
+        // the parts of 11,570 steps take fewer bytes than the 11,520
+        // floats of the other history (46,080 bytes raw)
+        let packed_only = TargetSnapshot {
+            histories: s.histories[..1].to_vec(),
+            ..s.clone()
+        };
+        let points_only = TargetSnapshot {
+            histories: s.histories[1..].to_vec(),
+            ..s.clone()
+        };
+        // floats (46,080 bytes raw; version 1's byte planes)
+        let (p, q) = (packed_only.encode().len(), points_only.encode_as(1).len());
+        assert!(p * 2 < q && q < 40_000, "{p} bytes of parts, {q} of points");
+        // version 1 of the parts is every point again
+        assert!(packed_only.encode_as(1).len() * 2 > q);
+    }
+
+    /// Parts that no history holds, in a snapshot whose bytes are intact
+    /// (a writer's bug or a hostile record), are corrupt and say which
+    /// history and why; so are sizes past the section's end.
+    #[test]
+    fn parts_no_history_holds_are_corrupt() {
+        let s = sample();
+        for (field, value, says) in [
+            ("skip", 64, "points left of"),
+            ("coarse_skip", 15, "coarse points"),
+            ("capacity", 0, "capacity of 0"),
+            ("blocks", 1_000_000, "left in the history section"),
+            ("tail", 1, "bytes past the last history"),
+        ] {
+            let odd = with_header(&s, |h| {
+                h["histories"][0]["packed"][field] = serde_json::json!(value);
+            });
+            let e = TargetSnapshot::decode("checkout", &odd).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.code(), "corrupt", "{field}: {text}");
+            assert!(text.contains(says), "{field}: {text}");
+            // a damaged history is named, except bytes left after the last
+            assert!(
+                field == "tail" || text.contains("queue_depth"),
+                "{field}: {text}"
+            );
+        }
     }
 
     /// Re-encodes `s` with its JSON header changed by `edit`.

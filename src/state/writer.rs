@@ -48,11 +48,22 @@ impl std::fmt::Debug for StateHandle {
 }
 
 impl StateHandle {
-    /// Starts the state thread over `store`. It ends when every handle is
-    /// dropped, after the jobs already sent.
+    /// Starts the state thread over `store`, writing the default snapshot
+    /// format. It ends when every handle is dropped, after the jobs
+    /// already sent.
     pub fn start(
+        store: Box<dyn StateStore>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        Self::start_writing(store, metrics, crate::state::snapshot::FORMAT_VERSION)
+    }
+
+    /// [`StateHandle::start`], writing snapshot format `format`
+    /// (`state.format`).
+    pub fn start_writing(
         mut store: Box<dyn StateStore>,
         metrics: Arc<Metrics>,
+        format: u16,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -69,7 +80,7 @@ impl StateHandle {
                         Job::Write(batch) => {
                             let n = batch.len();
                             for s in batch {
-                                let bytes = s.encode();
+                                let bytes = s.encode_as(format);
                                 let r = store.write(&s.target, &bytes);
                                 metrics.state_snapshot(
                                     kind,
@@ -352,6 +363,38 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(&line))
             .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// The state thread writes the format it was started with
+    /// (`state.format`): 2 by default, 1 for a rolling upgrade, and each
+    /// reads back as the same snapshot.
+    #[tokio::test]
+    async fn the_thread_writes_the_format_configured() {
+        use crate::state::snapshot::{tests::sample, FORMAT_VERSION};
+        for (format, want) in [(None, FORMAT_VERSION), (Some(1), 1), (Some(2), 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::state::dir::DirStore::open(dir.path()).unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let (h, _) = match format {
+                None => StateHandle::start(Box::new(store), metrics),
+                Some(f) => StateHandle::start_writing(Box::new(store), metrics, f),
+            };
+            let s = sample();
+            h.write(vec![s.clone()]);
+            h.flush().await.unwrap().unwrap();
+            let stored = h.read(vec![s.target.clone()]).await.unwrap();
+            let bytes = &stored[0].1;
+            assert_eq!(bytes[4..6], want.to_le_bytes(), "{format:?}");
+            let back = TargetSnapshot::decode(&s.target, bytes).unwrap();
+            let points = |t: &TargetSnapshot| -> Vec<Vec<u32>> {
+                t.histories
+                    .iter()
+                    .map(|(_, h)| h.points().iter().map(|v| v.to_bits()).collect())
+                    .collect()
+            };
+            assert_eq!(points(&back), points(&s), "{format:?}");
+            assert_eq!(back.guard, s.guard);
+        }
     }
 
     /// A start takes a directory's snapshots a part at a time, each part

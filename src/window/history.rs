@@ -28,11 +28,13 @@ pub const FINE_POINTS: usize = 8 * 1440;
 pub const COARSE: usize = 15;
 const GAP: u8 = 255;
 
-#[derive(Debug, Clone)]
-struct Block {
-    min: f32,
-    max: f32,
-    q: [u8; BLOCK],
+/// [`BLOCK`] points quantized between the block's own minimum and
+/// maximum (255 a gap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub min: f32,
+    pub max: f32,
+    pub q: [u8; BLOCK],
 }
 
 impl Block {
@@ -358,31 +360,80 @@ impl History {
 
     /// The closed points, for a state snapshot (the open step is left out:
     /// a Kafka source re-reads its messages, and elsewhere it is at most
-    /// one step of data). Coarse points are written out per step.
+    /// one step of data): the history's own parts, so that an import is a
+    /// copy, bit for bit, and not a quantization of every point again.
     pub fn export(&self) -> HistoryState {
-        let (_, points) = self.points();
         HistoryState {
             step_ms: self.step_ms,
             first_step: self.first_step(),
-            points: points.collect(),
+            closed: Closed::Packed(Packed {
+                capacity: self.capacity,
+                coarse: self.coarse.iter().copied().collect(),
+                coarse_skip: self.coarse_skip,
+                pending: self.pending.clone(),
+                blocks: self.blocks.iter().cloned().collect(),
+                skip: self.skip,
+                tail: self.tail.clone(),
+            }),
         }
+    }
+
+    /// A history of the parts `p` (checked) holds, its steps kept at most
+    /// `capacity`: the parts as they are when `capacity` is the writer's.
+    fn from_packed(
+        step_ms: i64,
+        first_step: i64,
+        p: &Packed,
+        capacity: usize,
+        counter: bool,
+    ) -> Self {
+        let mut h = History::empty(step_ms, capacity, counter);
+        // grown a block at a time from here (`reserve_bounded`)
+        h.blocks = p.blocks.iter().cloned().collect();
+        h.skip = p.skip;
+        h.coarse = p.coarse.iter().copied().collect();
+        h.coarse_skip = p.coarse_skip;
+        h.pending = p.pending.clone();
+        if !p.tail.is_empty() {
+            h.tail
+                .reserve_exact(BLOCK.min(h.fine_cap + 1).max(p.tail.len()));
+            h.tail.extend_from_slice(&p.tail);
+        }
+        h.end_step = first_step.saturating_add(p.len() as i64);
+        h.open_step = if p.is_empty() { i64::MIN } else { h.end_step };
+        h
     }
 
     /// Replaces the closed points with a snapshot's, keeping the newest
     /// that fit; the step after them opens. Refused (false, nothing
-    /// changed) when the snapshot's step is not this history's.
+    /// changed) when the snapshot's step is not this history's, or its
+    /// parts are not a history's.
     pub fn import(&mut self, s: &HistoryState) -> bool {
         if s.step_ms != self.step_ms {
             return false;
         }
-        let mut fresh = History::empty(self.step_ms, self.capacity, self.counter);
-        let skip = s.points.len().saturating_sub(self.capacity);
-        fresh.push_all(&s.points[skip..]);
-        fresh.end_step = s.first_step + s.points.len() as i64;
-        fresh.open_step = if s.points.is_empty() {
-            i64::MIN
-        } else {
-            fresh.end_step
+        let fresh = match &s.closed {
+            Closed::Packed(p) if p.check().is_err() => return false,
+            // the same span (and layout): the parts as they are
+            Closed::Packed(p) if p.capacity == self.capacity && p.fine_len() <= self.fine_cap => {
+                History::from_packed(self.step_ms, s.first_step, p, self.capacity, self.counter)
+            }
+            closed => {
+                let points = match closed {
+                    Closed::Points(v) => std::borrow::Cow::Borrowed(&v[..]),
+                    Closed::Packed(_) => std::borrow::Cow::Owned(s.points()),
+                };
+                let mut fresh = History::empty(self.step_ms, self.capacity, self.counter);
+                let skip = points.len().saturating_sub(self.capacity);
+                fresh.push_all(&points[skip..]);
+                fresh.end_step = s.first_step + points.len() as i64;
+                fresh.open_step = if points.is_empty() {
+                    i64::MIN
+                } else {
+                    fresh.end_step
+                };
+                fresh
+            }
         };
         *self = fresh;
         true
@@ -390,12 +441,122 @@ impl History {
 }
 
 /// What a state snapshot keeps of a [`History`].
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistoryState {
     pub step_ms: i64,
     /// The step number (time / step) of the first point.
     pub first_step: i64,
-    pub points: Vec<f32>,
+    pub closed: Closed,
+}
+
+/// A history's closed points, in either form a snapshot has held.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    /// Every point at the full step, coarse ones repeated (snapshot
+    /// format 1).
+    Points(Vec<f32>),
+    /// The history's own parts (format 2).
+    Packed(Packed),
+}
+
+/// A [`History`]'s parts, as it holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    /// Steps the writer kept at most (its span / step).
+    pub capacity: usize,
+    /// Means of [`COARSE`] steps; the first `coarse_skip` steps have left.
+    pub coarse: Vec<f32>,
+    pub coarse_skip: usize,
+    /// Steps waiting for a whole coarse point.
+    pub pending: Vec<f32>,
+    /// The fine part's full blocks; the first `skip` points have left.
+    pub blocks: Vec<Block>,
+    pub skip: usize,
+    /// The block being filled, exact.
+    pub tail: Vec<f32>,
+}
+
+impl Packed {
+    fn fine_len(&self) -> usize {
+        (self.blocks.len() * BLOCK + self.tail.len()).saturating_sub(self.skip)
+    }
+
+    /// Closed steps held.
+    pub fn len(&self) -> usize {
+        (self.coarse.len() * COARSE).saturating_sub(self.coarse_skip)
+            + self.pending.len()
+            + self.fine_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Why these parts are not a history's, if they are not (a damaged
+    /// snapshot): a history never holds them, and reading them could
+    /// index past its buffers.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |what: String| Err(format!("history parts: {what}"));
+        if self.capacity == 0 {
+            return bad("a capacity of 0 steps".into());
+        }
+        if self.skip >= BLOCK || (self.skip > 0 && self.blocks.is_empty()) {
+            return bad(format!(
+                "{} points left of {} blocks",
+                self.skip,
+                self.blocks.len()
+            ));
+        }
+        if self.coarse_skip >= COARSE || (self.coarse_skip > 0 && self.coarse.is_empty()) {
+            return bad(format!(
+                "{} steps left of {} coarse points",
+                self.coarse_skip,
+                self.coarse.len()
+            ));
+        }
+        if self.pending.len() >= COARSE {
+            return bad(format!(
+                "{} steps pending, a coarse point is {COARSE}",
+                self.pending.len()
+            ));
+        }
+        if self.tail.len() >= BLOCK {
+            return bad(format!(
+                "a block being filled of {} points, a block is {BLOCK}",
+                self.tail.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HistoryState {
+    /// Closed steps held.
+    pub fn len(&self) -> usize {
+        match &self.closed {
+            Closed::Points(v) => v.len(),
+            Closed::Packed(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every closed point at the full step, oldest first (coarse points
+    /// repeated for each of their steps); none for parts that are not a
+    /// history's.
+    pub fn points(&self) -> Vec<f32> {
+        match &self.closed {
+            Closed::Points(v) => v.clone(),
+            Closed::Packed(p) if p.check().is_err() => Vec::new(),
+            Closed::Packed(p) => {
+                let h = History::from_packed(self.step_ms, self.first_step, p, p.capacity, false);
+                let points = h.points().1.collect();
+                points
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -428,7 +589,7 @@ mod tests {
                 let state = HistoryState {
                     step_ms: 60_000,
                     first_step: 1_000,
-                    points: series[..n].to_vec(),
+                    closed: Closed::Points(series[..n].to_vec()),
                 };
                 let mut imported = History::new(span, minute, false);
                 assert!(imported.import(&state));
@@ -439,7 +600,7 @@ mod tests {
                 let bits = |h: &History| -> Vec<u32> { h.points().1.map(f32::to_bits).collect() };
                 assert_eq!(imported.len(), pushed.len(), "{days} days, {n} points");
                 assert_eq!(bits(&imported), bits(&pushed), "{days} days, {n} points");
-                assert_eq!(imported.export().points.len(), n.min(pushed.capacity));
+                assert_eq!(imported.export().len(), n.min(pushed.capacity));
             }
         }
         // shorter than a block: pushed, as before
@@ -448,7 +609,7 @@ mod tests {
         let state = HistoryState {
             step_ms: 60_000,
             first_step: 0,
-            points: series[..100].to_vec(),
+            closed: Closed::Points(series[..100].to_vec()),
         };
         assert!(imported.import(&state));
         assert_eq!(
@@ -491,7 +652,7 @@ mod tests {
             h.record(i * 60_000, i as f64);
         }
         let s = h.export();
-        assert_eq!(s.points.len(), 7, "the open step is not in it");
+        assert_eq!(s.len(), 7, "the open step is not in it");
         let mut small = History::new(Duration::from_secs(300), Duration::from_secs(60), false);
         assert!(small.import(&s));
         let (start, pts) = small.points();
@@ -521,6 +682,102 @@ mod tests {
         assert_eq!(pts.len(), 6);
         assert!(pts[3].is_nan() && pts[4].is_nan(), "{pts:?}");
         assert_eq!(pts[5], 20.0);
+    }
+
+    /// An export is the history's own parts: an import into the same span
+    /// is the same history, bit for bit (not quantized again); a shorter
+    /// span takes the newest points that fit, within the quantization
+    /// error; parts no history holds are refused, never read.
+    #[test]
+    fn an_export_is_the_parts_and_an_import_of_them_the_same_history() {
+        let minute = Duration::from_secs(60);
+        let bits = |h: &History| -> Vec<u32> { h.points().1.map(f32::to_bits).collect() };
+        for n in [0, 1, 63, 64, 100, 11_520, 11_600, 20_160, 25_000] {
+            let (h, _) = fill(14, n);
+            let e = h.export();
+            let Closed::Packed(p) = &e.closed else {
+                panic!("{n} points: not exported as parts");
+            };
+            assert_eq!((p.len(), e.len()), (h.len(), h.len()), "{n} points");
+            let mut back = History::new(Duration::from_secs(14 * 86_400), minute, false);
+            assert!(back.import(&e), "{n} points");
+            assert_eq!(bits(&back), bits(&h), "{n} points");
+            assert_eq!(back.next_step(), h.next_step(), "{n} points");
+            // the same parts: it goes on as the original would
+            assert_eq!(
+                format!("{:?}", back.export()),
+                format!("{e:?}"),
+                "{n} points"
+            );
+            assert_eq!(
+                e.points().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                bits(&h)
+            );
+            // two days: the newest points, within a block's quantization
+            let mut short = History::new(Duration::from_secs(2 * 86_400), minute, false);
+            assert!(short.import(&e));
+            assert_eq!(short.len(), h.len().min(2 * 1440), "{n} points");
+            assert_eq!(short.next_step(), h.next_step());
+            let newest: Vec<f32> = h.points().1.skip(h.len() - short.len()).collect();
+            for (a, b) in short.points().1.zip(newest) {
+                assert!(a.is_nan() == b.is_nan(), "{n} points: {a} against {b}");
+                assert!(
+                    a.is_nan() || (a - b).abs() <= 0.6,
+                    "{n} points: {a} against {b}"
+                );
+            }
+        }
+        let (h, _) = fill(14, 12_000);
+        let good = h.export();
+        let Closed::Packed(p) = &good.closed else {
+            panic!("not exported as parts");
+        };
+        let damaged = [
+            Packed {
+                capacity: 0,
+                ..p.clone()
+            },
+            Packed {
+                skip: BLOCK,
+                ..p.clone()
+            },
+            Packed {
+                skip: 1,
+                blocks: Vec::new(),
+                ..p.clone()
+            },
+            Packed {
+                coarse_skip: COARSE,
+                ..p.clone()
+            },
+            Packed {
+                coarse_skip: 1,
+                coarse: Vec::new(),
+                ..p.clone()
+            },
+            Packed {
+                pending: vec![1.0; COARSE],
+                ..p.clone()
+            },
+            Packed {
+                tail: vec![1.0; BLOCK],
+                ..p.clone()
+            },
+        ];
+        for d in damaged {
+            let why = d.check().expect_err("damaged parts pass the check");
+            assert!(why.starts_with("history parts:"), "{why}");
+            let s = HistoryState {
+                closed: Closed::Packed(d),
+                ..good.clone()
+            };
+            let mut into = History::new(Duration::from_secs(14 * 86_400), minute, false);
+            into.record(0, 5.0);
+            into.record(60_000, 5.0);
+            assert!(!into.import(&s), "{why}");
+            assert_eq!(into.len(), 1, "{why}: the history it had is kept");
+            assert!(s.points().is_empty(), "{why}");
+        }
     }
 
     /// A load-like series: a daily wave, minute noise, a gap.

@@ -5,7 +5,7 @@
 mod history;
 pub mod sketch;
 
-pub use history::{History, HistoryState};
+pub use history::{Block, Closed, History, HistoryState, Packed, BLOCK};
 
 use std::time::Duration;
 
