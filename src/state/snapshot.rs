@@ -413,6 +413,20 @@ impl TargetSnapshot {
         .map_err(corrupt)?;
         let mut histories = Vec::with_capacity(h.histories.len());
         for (x, closed) in h.histories.iter().zip(closed) {
+            // every step's time, first to last, is a time in milliseconds
+            let len = match &closed {
+                Closed::Points(v) => v.len(),
+                Closed::Packed(p) => p.len(),
+            };
+            let last = x.first_step.checked_add(len as i64);
+            if x.first_step.checked_mul(x.step_ms).is_none()
+                || last.and_then(|l| l.checked_mul(x.step_ms)).is_none()
+            {
+                return Err(corrupt(format!(
+                    "{}: history from step {} of {} ms is past any time",
+                    x.metric, x.first_step, x.step_ms
+                )));
+            }
             histories.push((
                 metric(&x.metric)?,
                 HistoryState {
@@ -706,6 +720,28 @@ pub(crate) mod tests {
                 field == "tail" || text.contains("queue_depth"),
                 "{field}: {text}"
             );
+        }
+        // a first step whose time does not fit in milliseconds, in either
+        // format: corrupt, never an overflow later
+        for v1 in [false, true] {
+            let mut bytes = with_header(&s, |h| {
+                h["histories"][1]["first_step"] = serde_json::json!(i64::MAX / 1000);
+            });
+            if v1 {
+                let old = TargetSnapshot {
+                    histories: vec![(
+                        Metric::Requests,
+                        HistoryState {
+                            first_step: i64::MAX / 1000,
+                            ..s.histories[1].1.clone()
+                        },
+                    )],
+                    ..s.clone()
+                };
+                bytes = old.encode_as(1);
+            }
+            let e = TargetSnapshot::decode("checkout", &bytes).unwrap_err();
+            assert!(e.to_string().contains("past any time"), "{e}");
         }
     }
 

@@ -426,7 +426,7 @@ impl History {
                 let mut fresh = History::empty(self.step_ms, self.capacity, self.counter);
                 let skip = points.len().saturating_sub(self.capacity);
                 fresh.push_all(&points[skip..]);
-                fresh.end_step = s.first_step + points.len() as i64;
+                fresh.end_step = s.first_step.saturating_add(points.len() as i64);
                 fresh.open_step = if points.is_empty() {
                     i64::MIN
                 } else {
