@@ -259,6 +259,19 @@ impl HoltWinters {
 
     /// Whether a model read back from a snapshot is one this code can run:
     /// finite numbers and arrays of the lengths its season implies.
+    /// The seasonal terms, moved out: a snapshot (format 2) keeps them as
+    /// bytes beside its JSON, where 1,440 numbers as text were most of
+    /// its encoding and decoding. [`HoltWinters::is_sound`] is false
+    /// until they are put back.
+    pub fn take_seasonals(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.seasonals)
+    }
+
+    /// Puts seasonal terms back (see [`HoltWinters::take_seasonals`]).
+    pub fn put_seasonals(&mut self, seasonals: Vec<f64>) {
+        self.seasonals = seasonals;
+    }
+
     pub fn is_sound(&self) -> bool {
         let finite = [
             self.alpha, self.beta, self.gamma, self.phi, self.level, self.trend, self.mse,

@@ -11,10 +11,12 @@
 //! - version 2 (written since 2026-12-04) keeps each history's own parts
 //!   ([`Packed`]), in the header's order: its coarse, pending and
 //!   block-being-filled floats and its blocks' minima and maxima (f32,
-//!   LE), then its blocks' quantized bytes. A restore copies them and
-//!   does not quantize every point again; the bytes are a third of
-//!   version 1's (docs/design-notes.md, "A snapshot keeps the history's
-//!   own parts");
+//!   LE), then its blocks' quantized bytes; after the histories, each
+//!   fitted model's seasonal terms (f64, LE; the header's `seasonals`
+//!   says how many), which are not in its JSON. A restore copies the
+//!   parts and does not quantize every point again; the bytes are two
+//!   fifths of version 1's (docs/design-notes.md, "A snapshot keeps the
+//!   history's own parts");
 //! - version 1 kept every point as an f32, byte plane by byte plane (all
 //!   first bytes, then all second bytes, ...). It is still read, and
 //!   written when `state.format = 1` (a rolling upgrade from a
@@ -171,6 +173,12 @@ struct Header {
     histories: Vec<HistoryHeader>,
     #[serde(default)]
     forecasters: Vec<(String, ForecasterState)>,
+    /// Version 2: for each forecaster, how many seasonal terms of its
+    /// model follow the histories as f64s (LE); its JSON has none. Empty:
+    /// they are in the JSON (version 1, and the first version 2
+    /// snapshots of 2026-12-04).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seasonals: Vec<usize>,
 }
 
 fn empty_table() -> Plain {
@@ -269,7 +277,7 @@ impl TargetSnapshot {
         } else {
             Vec::new()
         };
-        let header = Header {
+        let mut header = Header {
             target: self.target.clone(),
             taken_at_ms: self.taken_at_ms,
             writer: self.writer.clone(),
@@ -305,12 +313,23 @@ impl TargetSnapshot {
                     },
                 })
                 .collect(),
-            forecasters: self
-                .forecasters
-                .iter()
-                .map(|(m, f)| (m.name().to_owned(), f.clone()))
-                .collect(),
+            forecasters: Vec::with_capacity(self.forecasters.len()),
+            seasonals: Vec::new(),
         };
+        let mut terms: Vec<Vec<f64>> = Vec::new();
+        for (m, f) in &self.forecasters {
+            let mut f = f.clone();
+            if version > 1 {
+                let t = f
+                    .model
+                    .as_mut()
+                    .map(|h| h.take_seasonals())
+                    .unwrap_or_default();
+                header.seasonals.push(t.len());
+                terms.push(t);
+            }
+            header.forecasters.push((m.name().to_owned(), f));
+        }
         // Serializing plain data to a Vec cannot fail; an empty header
         // would decode as corrupt rather than panic here.
         let json = serde_json::to_vec(&header).unwrap_or_default();
@@ -343,6 +362,11 @@ impl TargetSnapshot {
                             body.extend_from_slice(&b.q);
                         }
                     }
+                }
+            }
+            for t in &terms {
+                for x in t {
+                    body.extend_from_slice(&x.to_le_bytes());
                 }
             }
         }
@@ -392,7 +416,7 @@ impl TargetSnapshot {
         let json = body
             .get(4..4 + json_len)
             .ok_or_else(|| corrupt(format!("header length {json_len} is past the end")))?;
-        let h: Header = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+        let mut h: Header = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
         if h.target != key {
             return Err(corrupt(format!("it is the snapshot of {:?}", h.target)));
         }
@@ -408,7 +432,7 @@ impl TargetSnapshot {
         let closed = if version == 1 {
             planes_v1(&h.histories, section)
         } else {
-            sections_v2(&h.histories, section)
+            sections_v2(&h.histories, &h.seasonals, &mut h.forecasters, section)
         }
         .map_err(corrupt)?;
         let mut histories = Vec::with_capacity(h.histories.len());
@@ -498,7 +522,12 @@ fn planes_v1(histories: &[HistoryHeader], planes: &[u8]) -> Result<Vec<Closed>, 
 
 /// Version 2's histories: each one's parts (or its points), in order, the
 /// section read to its end.
-fn sections_v2(histories: &[HistoryHeader], bytes: &[u8]) -> Result<Vec<Closed>, String> {
+fn sections_v2(
+    histories: &[HistoryHeader],
+    seasonals: &[usize],
+    forecasters: &mut [(String, ForecasterState)],
+    bytes: &[u8],
+) -> Result<Vec<Closed>, String> {
     let mut s = Section { bytes };
     let mut out = Vec::with_capacity(histories.len());
     for x in histories {
@@ -537,6 +566,30 @@ fn sections_v2(histories: &[HistoryHeader], bytes: &[u8]) -> Result<Vec<Closed>,
         };
         p.check().map_err(|why| format!("{}: {why}", x.metric))?;
         out.push(Closed::Packed(p));
+    }
+    // then each model's seasonal terms
+    if !seasonals.is_empty() && seasonals.len() != forecasters.len() {
+        return Err(format!(
+            "seasonal terms for {} forecasters, {} forecasters",
+            seasonals.len(),
+            forecasters.len()
+        ));
+    }
+    for (&n, (metric, f)) in seasonals.iter().zip(forecasters.iter_mut()) {
+        if f.model.is_none() && n > 0 {
+            return Err(format!("{metric}: {n} seasonal terms and no model"));
+        }
+        let bytes = n
+            .checked_mul(8)
+            .ok_or_else(|| format!("{metric}: {n} seasonal terms"))?;
+        let terms: Vec<f64> = s
+            .take(bytes, metric)?
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        if let Some(model) = f.model.as_mut() {
+            model.put_seasonals(terms);
+        }
     }
     if !s.bytes.is_empty() {
         return Err(format!("{} bytes past the last history", s.bytes.len()));
@@ -693,6 +746,84 @@ pub(crate) mod tests {
         assert!(p * 2 < q && q < 40_000, "{p} bytes of parts, {q} of points");
         // version 1 of the parts is every point again
         assert!(packed_only.encode_as(1).len() * 2 > q);
+    }
+
+    /// A fitted daily model: its 1,440 seasonal terms go as bytes after
+    /// the histories in version 2 (none in the JSON), as numbers in the
+    /// JSON in version 1; both read back to the same model, and counts
+    /// that do not fit the bytes or the models are corrupt.
+    #[test]
+    fn a_models_seasonal_terms_are_bytes_in_version_2() {
+        let series: Vec<f64> = (0..3 * 1440)
+            .map(|i| {
+                100.0 + 40.0 * (i as f64 * std::f64::consts::TAU / 1440.0).sin() + (i % 7) as f64
+            })
+            .collect();
+        let model = crate::forecast::holt::HoltWinters::fit(&series, 1440).expect("a fit");
+        let state = ForecasterState {
+            model: Some(model),
+            next_step: 29_411_570,
+            fitted_at_ms: Some(1_763_999_000_000),
+            fitted_len: 3 * 1440,
+            last: 107.0,
+        };
+        let s = TargetSnapshot {
+            forecasters: vec![
+                (Metric::QueueDepth, state),
+                (
+                    Metric::Requests,
+                    ForecasterState {
+                        model: None,
+                        next_step: 5,
+                        fitted_at_ms: None,
+                        fitted_len: 0,
+                        last: 1.0,
+                    },
+                ),
+            ],
+            ..sample()
+        };
+        for version in [1, 2] {
+            let bytes = s.encode_as(version);
+            let back = TargetSnapshot::decode("checkout", &bytes).unwrap();
+            // version 1 writes the histories as points (compared in
+            // round_trips_exactly_and_compresses_the_history)
+            let models = |t: &TargetSnapshot| format!("{:?}", t.forecasters);
+            assert_eq!(models(&back), models(&s), "version {version}");
+            assert!(version == 1 || same(&s, &back));
+            assert!(back.forecasters[0].1.model.as_ref().unwrap().is_sound());
+            let body = decompress(&bytes[6..]).unwrap();
+            let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&body[4..4 + n]).unwrap();
+            let in_json = header["forecasters"][0][1]["model"]["seasonals"]
+                .as_array()
+                .unwrap()
+                .len();
+            assert_eq!(
+                in_json,
+                if version == 1 { 1440 } else { 0 },
+                "version {version}"
+            );
+        }
+        for (counts, says) in [
+            (
+                serde_json::json!([1440]),
+                "seasonal terms for 1 forecasters",
+            ),
+            (
+                serde_json::json!([1440, 3]),
+                "3 seasonal terms and no model",
+            ),
+            (
+                serde_json::json!([100_000, 0]),
+                "left in the history section",
+            ),
+            (serde_json::json!([1439, 0]), "bytes past the last history"),
+        ] {
+            let odd = with_header(&s, |h| h["seasonals"] = counts.clone());
+            let e = TargetSnapshot::decode("checkout", &odd).unwrap_err();
+            assert!(e.to_string().contains(says), "{counts}: {e}");
+        }
     }
 
     /// Parts that no history holds, in a snapshot whose bytes are intact
