@@ -662,9 +662,10 @@ async fn restore_at_start(
 }
 
 /// Gives each snapshot of `batch` to its shard's engine, every shard on a
-/// thread of its own (a restore re-packs days of history, and on one core
-/// it took longer than decoding the snapshots on every core); the targets
-/// that took theirs.
+/// thread of its own (a format 1 snapshot's restore re-packs days of
+/// history, and on one core it took longer than decoding the snapshots on
+/// every core; format 2's copies them, and the shards still share the
+/// rest of the import); the targets that took theirs.
 fn apply_on_each_shard(engines: &mut [Engine], batch: Vec<TargetSnapshot>) -> Vec<String> {
     use crate::engine::shards::{shard_of, split_into};
     let shards = engines.len();

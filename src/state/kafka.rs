@@ -26,9 +26,10 @@ use crate::state::{PartSink, StateStore, StoreError};
 const READ_STALL: Duration = Duration::from_secs(30);
 const META: Duration = Duration::from_secs(10);
 /// Bytes of snapshots a read keeps from its first pass through the topic
-/// (about 5,000 targets after 8 days of queue-depth history): a topic holding less is
-/// read once, a larger one twice, so that a start of 50,000 targets does
-/// not hold 2.7 GB of snapshots beside the state it restores.
+/// (about 10,000 targets after 8 days of queue-depth history and a model,
+/// snapshot format 2): a topic holding less is read once, a larger one
+/// twice, so that a start of 50,000 targets does not hold 1.3 GB of
+/// snapshots (2.7 GB in format 1) beside the state it restores.
 pub const READ_BUDGET: usize = 256 << 20;
 /// A read's poll; past the end the broker gave, an empty one ends the
 /// read ([`KafkaStore::scan`]).

@@ -437,12 +437,13 @@ impl TargetSnapshot {
         .map_err(corrupt)?;
         let mut histories = Vec::with_capacity(h.histories.len());
         for (x, closed) in h.histories.iter().zip(closed) {
-            // every step's time, first to last, is a time in milliseconds
-            let len = match &closed {
-                Closed::Points(v) => v.len(),
-                Closed::Packed(p) => p.len(),
+            let state = HistoryState {
+                step_ms: x.step_ms,
+                first_step: x.first_step,
+                closed,
             };
-            let last = x.first_step.checked_add(len as i64);
+            // every step's time, first to last, is a time in milliseconds
+            let last = x.first_step.checked_add(state.len() as i64);
             if x.first_step.checked_mul(x.step_ms).is_none()
                 || last.and_then(|l| l.checked_mul(x.step_ms)).is_none()
             {
@@ -451,14 +452,7 @@ impl TargetSnapshot {
                     x.metric, x.first_step, x.step_ms
                 )));
             }
-            histories.push((
-                metric(&x.metric)?,
-                HistoryState {
-                    step_ms: x.step_ms,
-                    first_step: x.first_step,
-                    closed,
-                },
-            ));
+            histories.push((metric(&x.metric)?, state));
         }
         let forecasters = h
             .forecasters
