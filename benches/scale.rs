@@ -29,6 +29,10 @@
 //!   SCALE_TRACE_CMD=1 prints one in 200 of the other targets' commands.
 //!   SCALE_SHARDS sets `engine.shards` (default 0: one per core),
 //!   SCALE_TICK `engine.tick` (default the engine's, 1 s).
+//!   SCALE_ROUNDS=R runs the sizes R times in turn (1,000, 50,000, 1,000,
+//!   ...) and prints each round's p99 ratio beside the broker's part alone
+//!   and the tick's time a call (the machine's speed at that moment),
+//!   then the medians. SCALE_BURN (`Burner` below) is a diagnostic.
 //!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
@@ -310,6 +314,8 @@ struct Row {
     tick_ms: f64,
     scrapes: Scrapes,
     rss_mb: f64,
+    /// The bystander's p99 (RabbitMQ): the broker's part alone.
+    broker_p99: Option<f64>,
 }
 
 /// A publisher of load signals and a reader of probe commands, on one
@@ -429,9 +435,11 @@ async fn measure<R: Rig>(
     });
     let rate = env_u64("SCALE_RATE", 5000);
     let seconds = env_u64("SCALE_SECONDS", 20);
+    let burner = Burner::from_env();
     let t0 = Instant::now();
     let driven = bench::drive_over(n, rate, seconds, |t, d| rig.publish(t, d)).await;
     let load_s = t0.elapsed().as_secs_f64();
+    drop(burner);
     let after = scrape(port).await;
     let _ = stop_scrapes.send(true);
     let scrapes = tokio::task::spawn_blocking(move || scrapes.join().unwrap())
@@ -501,6 +509,7 @@ async fn measure<R: Rig>(
             * 1000.0,
         scrapes,
         rss_mb: rss_mb(),
+        broker_p99: (!outside.is_empty()).then(|| bench::percentile(&outside, 0.99)),
     };
     // the scaler's part: from the signal's `ts` to the command's issue
     let inside = "tidewatch_signal_to_command_seconds";
@@ -638,6 +647,81 @@ async fn reaction_amqp(n: usize) -> Row {
 /// against their publication is the broker's part of the reaction (the
 /// publisher, RabbitMQ and a consumer's connection, on the same machine),
 /// which the scaler does not take part in.
+/// A stand-in for a big tick's CPU, beside a small run (a diagnostic:
+/// PERFORMANCE.md, "The machine's speed decides the tail"). SCALE_BURN=F:
+/// two threads, each busy F of every millisecond (the tick's slices are
+/// about 0.3 ms, at most one a millisecond per shard); SCALE_BURN_MB=M:
+/// while busy, each reads cache lines at random from M MB of its own (the
+/// targets' memory a tick walks through), else a few registers;
+/// SCALE_BURN_IDLE=1: the threads in SCHED_IDLE, so that anything else
+/// runnable goes first.
+struct Burner {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Burner {
+    fn from_env() -> Option<Self> {
+        let share: f64 = std::env::var("SCALE_BURN").ok()?.parse().ok()?;
+        let mb = env_u64("SCALE_BURN_MB", 0) as usize;
+        let idle = std::env::var("SCALE_BURN_IDLE").as_deref() == Ok("1");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = Duration::from_secs_f64(share.clamp(0.0, 1.0) / 1000.0);
+        let threads = (0..2)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    if idle {
+                        let p = libc::sched_param { sched_priority: 0 };
+                        // SAFETY: this thread's own policy; a plain struct
+                        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+                    }
+                    let lines = (mb << 20) / 64;
+                    let memory = vec![1u64; lines.max(1) * 8];
+                    let (mut x, mut sum) = (0x9E37_79B9_7F4A_7C15u64 ^ i, 0u64);
+                    let mut next = Instant::now();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let until = Instant::now() + busy;
+                        while Instant::now() < until {
+                            for _ in 0..64 {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                sum = sum.wrapping_add(if lines > 1 {
+                                    memory[(x as usize % lines) * 8]
+                                } else {
+                                    x
+                                });
+                            }
+                        }
+                        next += Duration::from_millis(1);
+                        if let Some(rest) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(rest);
+                        } else {
+                            next = Instant::now();
+                        }
+                    }
+                    sum
+                })
+            })
+            .collect();
+        println!(
+            "burner: 2 threads, {share} of each ms, {mb} MB each, {}",
+            if idle { "SCHED_IDLE" } else { "SCHED_OTHER" }
+        );
+        Some(Self { stop, threads })
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 static BYSTANDER: std::sync::Mutex<Vec<(u64, Instant)>> = std::sync::Mutex::new(Vec::new());
 
 async fn bystander(url: &str, exchange: &str) -> tokio::task::JoinHandle<()> {
@@ -853,16 +937,61 @@ fn applied(c: &ScaleCommand) -> Vec<u8> {
     .into_bytes()
 }
 
-fn ratio(rows: &[Row]) {
-    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        if rows.len() > 1 {
-            println!(
-                "p99 at {} targets / p99 at {} targets = {:.2}",
-                last.n,
-                first.n,
-                last.p[2] / first.p[2]
-            );
-        }
+fn ratio(rows: &[Row], sizes: usize) {
+    let rounds: Vec<&[Row]> = rows.chunks(sizes.max(1)).collect();
+    let (Some(first), Some(last)) = (rows.first(), rows.get(sizes.max(1) - 1)) else {
+        return;
+    };
+    if sizes < 2 {
+        return;
+    }
+    // each round's sizes run back to back, so a round's ratio compares
+    // like conditions on a machine whose speed moves from minute to minute
+    let mut ratios = Vec::new();
+    for (i, round) in rounds.iter().enumerate() {
+        let (a, b) = (&round[0], &round[round.len() - 1]);
+        let r = b.p[2] / a.p[2];
+        ratios.push(r);
+        let per_call = |row: &Row| row.tick_ms * 1000.0 * shards() / row.evaluations_per_s.max(1.0);
+        println!(
+            "round {}: p99 at {} targets / p99 at {} targets = {:.2} ({:.2} / {:.2} ms; the broker's part alone p99 {} / {}; \
+             tick {:.1} / {:.1} us a call)",
+            i + 1,
+            b.n,
+            a.n,
+            r,
+            b.p[2],
+            a.p[2],
+            a.broker_p99.map_or("-".into(), |p| format!("{p:.1}")),
+            b.broker_p99.map_or("-".into(), |p| format!("{p:.1} ms")),
+            per_call(a),
+            per_call(b),
+        );
+    }
+    if rounds.len() > 1 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            bench::percentile(&v, 0.5)
+        };
+        let of = |n: usize| median(rows.iter().filter(|r| r.n == n).map(|r| r.p[2]).collect());
+        println!(
+            "{} rounds: median p99 {:.2} ms at {} targets, {:.2} ms at {} targets; median of the rounds' ratios {:.2}",
+            rounds.len(),
+            of(last.n),
+            last.n,
+            of(first.n),
+            first.n,
+            median(ratios)
+        );
+    }
+}
+
+/// The engine's shards in the reaction runs (`SCALE_SHARDS`, else one
+/// per core).
+fn shards() -> f64 {
+    match env_u64("SCALE_SHARDS", 0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        n => n as f64,
     }
 }
 
@@ -1382,19 +1511,24 @@ fn main() {
         scrape_text(largest);
     }
     rt.block_on(async {
+        let rounds = env_u64("SCALE_ROUNDS", 1).max(1);
         if wants("reaction-amqp") {
             let mut rows = Vec::new();
-            for &n in &ns {
-                rows.push(reaction_amqp(n).await);
+            for _ in 0..rounds {
+                for &n in &ns {
+                    rows.push(reaction_amqp(n).await);
+                }
             }
-            ratio(&rows);
+            ratio(&rows, ns.len());
         }
         if wants("reaction-kafka") {
             let mut rows = Vec::new();
-            for &n in &ns {
-                rows.push(reaction_kafka(n).await);
+            for _ in 0..rounds {
+                for &n in &ns {
+                    rows.push(reaction_kafka(n).await);
+                }
             }
-            ratio(&rows);
+            ratio(&rows, ns.len());
         }
         if wants("startup") {
             startup(largest).await;
