@@ -642,11 +642,6 @@ async fn reaction_amqp(n: usize) -> Row {
     row
 }
 
-/// Probes as an outside consumer sees them: (depth, arrival), from a
-/// queue of its own bound to the probe's routing key. Their arrival
-/// against their publication is the broker's part of the reaction (the
-/// publisher, RabbitMQ and a consumer's connection, on the same machine),
-/// which the scaler does not take part in.
 /// A stand-in for a big tick's CPU, beside a small run (a diagnostic:
 /// PERFORMANCE.md, "The machine's speed decides the tail"). SCALE_BURN=F:
 /// two threads, each busy F of every millisecond (the tick's slices are
@@ -722,6 +717,11 @@ impl Drop for Burner {
     }
 }
 
+/// Probes as an outside consumer sees them: (depth, arrival), from a
+/// queue of its own bound to the probe's routing key. Their arrival
+/// against their publication is the broker's part of the reaction (the
+/// publisher, RabbitMQ and a consumer's connection, on the same machine),
+/// which the scaler does not take part in.
 static BYSTANDER: std::sync::Mutex<Vec<(u64, Instant)>> = std::sync::Mutex::new(Vec::new());
 
 async fn bystander(url: &str, exchange: &str) -> tokio::task::JoinHandle<()> {
