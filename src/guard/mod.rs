@@ -267,7 +267,7 @@ impl Guard {
         current: u32,
         rec: &Recommendation,
     ) -> Decision {
-        let mut notes: Vec<String> = Vec::new();
+        let mut notes = Notes::default();
         let hold = |reason: HoldReason, text: String| Decision {
             current,
             desired: current,
@@ -283,7 +283,7 @@ impl Guard {
             Recommendation::Replicas(n) => *n,
             Recommendation::Hold => {
                 if current < cfg.min || current > cfg.max {
-                    notes.push("policy held".into());
+                    notes.push(format_args!("policy held"));
                     current
                 } else {
                     return hold(HoldReason::Policy, "policy asked for no change".into());
@@ -291,7 +291,7 @@ impl Guard {
             }
             Recommendation::Failed(why) => match cfg.fallback_replicas {
                 Some(f) => {
-                    notes.push(format!("policy failed ({why}); fallback_replicas {f}"));
+                    notes.push(format_args!("policy failed ({why}); fallback_replicas {f}"));
                     f
                 }
                 None => {
@@ -303,7 +303,7 @@ impl Guard {
             },
             Recommendation::Inactive(why) => return hold(HoldReason::Inactive, why.clone()),
             Recommendation::Forced(n, why) => {
-                notes.push(why.clone());
+                notes.push(format_args!("{why}"));
                 *n
             }
             Recommendation::Idle(why) => {
@@ -330,14 +330,17 @@ impl Guard {
             }
             Recommendation::Stale(why) => match cfg.fallback_replicas {
                 Some(f) if cfg.on_stale_fallback => {
-                    notes.push(format!("{why}; on_stale fallback to fallback_replicas {f}"));
+                    notes.push(format_args!(
+                        "{why}; on_stale fallback to fallback_replicas {f}"
+                    ));
                     f
                 }
                 _ => return hold(HoldReason::Stale, format!("{why}; on_stale hold")),
             },
         };
         if matches!(rec, Recommendation::Replicas(_)) {
-            notes.push(format!("policy wants {want}"));
+            // a hold within the tolerance (most of a steady tick's calls)
+            // makes its one reason, not the notes first
             if current > 0 && cfg.tolerance > 0.0 {
                 let change = (f64::from(want) - f64::from(current)).abs() / f64::from(current);
                 if change <= cfg.tolerance && (cfg.min..=cfg.max).contains(&current) {
@@ -350,12 +353,13 @@ impl Guard {
                     );
                 }
             }
+            notes.push(format_args!("policy wants {want}"));
         }
         let (want, same) = match &cfg.behavior {
             None => self.steps(cfg, now, current, want, &mut notes),
             Some(b) => self.behave(cfg, b, now, current, want, &mut notes),
         };
-        let text = notes.join("; ");
+        let text = notes.0;
         if want == current {
             return hold(same, text);
         }
@@ -428,7 +432,7 @@ impl Guard {
         now: Millis,
         current: u32,
         mut want: u32,
-        notes: &mut Vec<String>,
+        notes: &mut Notes,
     ) -> (u32, HoldReason) {
         // Stabilization: scale down only to the highest recommendation of the window.
         let highest = behavior::window_push(
@@ -443,7 +447,7 @@ impl Guard {
             // Never above the current count: stabilization only slows a scale-down.
             let highest = highest.min(current);
             if highest > want {
-                notes.push(format!(
+                notes.push(format_args!(
                     "stabilized to {highest}, the highest of the last {}",
                     humantime::format_duration(cfg.stabilization_down)
                 ));
@@ -453,16 +457,16 @@ impl Guard {
         }
         let clamped = want.clamp(cfg.min, cfg.max);
         if clamped != want {
-            notes.push(format!("clamped to [{}, {}]", cfg.min, cfg.max));
+            notes.push(format_args!("clamped to [{}, {}]", cfg.min, cfg.max));
             want = clamped;
         }
         if want > current && cfg.max_step_up > 0 && want - current > cfg.max_step_up {
             want = current + cfg.max_step_up;
-            notes.push(format!("max_step_up {}", cfg.max_step_up));
+            notes.push(format_args!("max_step_up {}", cfg.max_step_up));
         }
         if want < current && cfg.max_step_down > 0 && current - want > cfg.max_step_down {
             want = current - cfg.max_step_down;
-            notes.push(format!("max_step_down {}", cfg.max_step_down));
+            notes.push(format_args!("max_step_down {}", cfg.max_step_down));
         }
         let same = if stabilized {
             HoldReason::Stabilization
@@ -482,11 +486,11 @@ impl Guard {
         now: Millis,
         current: u32,
         want: u32,
-        notes: &mut Vec<String>,
+        notes: &mut Notes,
     ) -> (u32, HoldReason) {
         if current > cfg.max || current < cfg.min {
             let to = current.clamp(cfg.min, cfg.max);
-            notes.push(format!(
+            notes.push(format_args!(
                 "{current} is outside [{}, {}]: to {to}",
                 cfg.min, cfg.max
             ));
@@ -500,7 +504,7 @@ impl Guard {
             } else {
                 ("scale-down", b.scale_down.stabilization)
             };
-            notes.push(format!(
+            notes.push(format_args!(
                 "stabilized to {stabilized} by the {dir} window of {}",
                 humantime::format_duration(window)
             ));
@@ -519,7 +523,7 @@ impl Guard {
         match why {
             Limited::DesiredWithinRange => {}
             Limited::TooManyReplicas | Limited::TooFewReplicas => {
-                notes.push(format!("clamped to [{}, {}]", cfg.min, cfg.max));
+                notes.push(format_args!("clamped to [{}, {}]", cfg.min, cfg.max));
             }
             Limited::ScaleUpLimit | Limited::ScaleDownLimit => {
                 let (dir, rules) = if why == Limited::ScaleUpLimit {
@@ -527,7 +531,7 @@ impl Guard {
                 } else {
                     ("scale_down", &b.scale_down)
                 };
-                notes.push(format!(
+                notes.push(format_args!(
                     "behavior.{dir} allows {limited} now ({})",
                     describe(rules)
                 ));
@@ -542,6 +546,26 @@ impl Guard {
             Limited::DesiredWithinRange => HoldReason::AtBound,
         };
         (limited, same)
+    }
+}
+
+/// A decision's notes, joined with "; " as they are written: one string
+/// a decision, not a string a note and a vector of them (the guard runs
+/// for every target every tick: issue 21).
+#[derive(Default)]
+struct Notes(String);
+
+impl Notes {
+    fn push(&mut self, note: std::fmt::Arguments<'_>) {
+        use std::fmt::Write as _;
+        if self.0.is_empty() {
+            // room for the usual reason at once, not grown a few bytes at
+            // a time
+            self.0.reserve(64);
+        } else {
+            self.0.push_str("; ");
+        }
+        let _ = self.0.write_fmt(note);
     }
 }
 
@@ -609,6 +633,41 @@ mod tests {
         // Out of bounds and the policy holds: moved into bounds.
         let d = g.decide(&cfg(), 3, 0, &Hold);
         assert_eq!(d.desired, 1);
+    }
+
+    /// A reason is its notes in the order the rules ran, joined with
+    /// "; ", and a hold's own words after them.
+    #[test]
+    fn a_reason_is_its_notes_in_order() {
+        let mut g = Guard::default();
+        let c = GuardConfig {
+            max_step_up: 3,
+            ..cfg()
+        };
+        let d = g.decide(&c, 0, 5, &Replicas(50));
+        assert_eq!(
+            d.reason,
+            "policy wants 50; clamped to [1, 20]; max_step_up 3"
+        );
+        let d = g.decide(&cfg(), 1, 7, &Replicas(7));
+        assert_eq!(
+            (d.reason.as_str(), d.held),
+            ("policy wants 7", Some(HoldReason::AtBound))
+        );
+        let paused = GuardConfig {
+            pause_scale_out: true,
+            ..cfg()
+        };
+        let d = g.decide(&paused, 2, 7, &Replicas(9));
+        assert_eq!(d.reason, "policy wants 9; scale-out paused");
+        let d = g.decide(&cfg(), 3, 0, &Hold);
+        assert_eq!(d.reason, "policy held; clamped to [1, 20]");
+        let tolerant = GuardConfig {
+            tolerance: 0.1,
+            ..cfg()
+        };
+        let d = g.decide(&tolerant, 4, 10, &Replicas(11));
+        assert_eq!(d.reason, "policy wants 11, within tolerance 0.1 of 10");
     }
 
     #[test]
