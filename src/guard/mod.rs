@@ -339,8 +339,8 @@ impl Guard {
             },
         };
         if matches!(rec, Recommendation::Replicas(_)) {
-            // a hold within the tolerance (most of a steady tick's calls)
-            // makes its one reason, not the notes first
+            // a hold within the tolerance writes its one reason, not the
+            // notes first
             if current > 0 && cfg.tolerance > 0.0 {
                 let change = (f64::from(want) - f64::from(current)).abs() / f64::from(current);
                 if change <= cfg.tolerance && (cfg.min..=cfg.max).contains(&current) {
