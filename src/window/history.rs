@@ -399,9 +399,15 @@ impl History {
                 .reserve_exact(BLOCK.min(h.fine_cap + 1).max(p.tail.len()));
             h.tail.extend_from_slice(&p.tail);
         }
-        h.end_step = first_step.saturating_add(p.len() as i64);
-        h.open_step = if p.is_empty() { i64::MIN } else { h.end_step };
+        h.closed_after(first_step, p.len());
         h
+    }
+
+    /// Its closed steps are the `len` from `first_step` on; the step after
+    /// them opens (none while there are none).
+    fn closed_after(&mut self, first_step: i64, len: usize) {
+        self.end_step = first_step.saturating_add(len as i64);
+        self.open_step = if len == 0 { i64::MIN } else { self.end_step };
     }
 
     /// Replaces the closed points with a snapshot's, keeping the newest
@@ -426,12 +432,7 @@ impl History {
                 let mut fresh = History::empty(self.step_ms, self.capacity, self.counter);
                 let skip = points.len().saturating_sub(self.capacity);
                 fresh.push_all(&points[skip..]);
-                fresh.end_step = s.first_step.saturating_add(points.len() as i64);
-                fresh.open_step = if points.is_empty() {
-                    i64::MIN
-                } else {
-                    fresh.end_step
-                };
+                fresh.closed_after(s.first_step, points.len());
                 fresh
             }
         };
