@@ -190,6 +190,59 @@ fn demo_runs_and_summarizes() {
     assert!(Path::new(env!("CARGO_BIN_EXE_tidewatch")).exists());
 }
 
+/// The demo says where its metrics and status are, and they answer
+/// there while it runs (issue 21: it bound random ports and did not say
+/// which).
+#[test]
+fn the_demo_prints_where_its_metrics_and_status_answer() {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["demo", "--speed", "1", "--duration", "10m"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("scaler: http://"))
+        .expect("the demo names its addresses");
+    let urls: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ')')
+        .filter(|w| w.starts_with("http://"))
+        .collect();
+    assert_eq!(urls.len(), 4, "{line}");
+    let get = |url: &str| -> String {
+        let rest = url.trim_start_matches("http://");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/v1/targets" } else { path };
+        let mut conn = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{url}: {e}"));
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{url}: {body:.200}");
+        body
+    };
+    // the scaler's metrics, its status, the worker's metrics
+    assert!(get(urls[0]).contains("tidewatch_"), "{}", urls[0]);
+    assert!(get(urls[1]).contains("\"name\""), "{}", urls[1]);
+    assert!(get(urls[3]).contains("tidewatch_"), "{}", urls[3]);
+}
+
 /// Five days, one point a minute: 60 units, and every day from 09:00 a
 /// climb to 400 within five minutes, for three hours.
 fn daily_burst_trace(path: &Path) {
