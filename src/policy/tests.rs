@@ -856,9 +856,12 @@ function P.decide(ctx)
   local n = 0
   for _, k in ipairs({ "value", "lower", "upper", "source" }) do
     assert(ctx.forecast("queue_depth", 300, k) == f[k], k)
+    -- one value, never the other fields after it
+    assert(select('#', ctx.forecast("queue_depth", 300, k)) == 1, k)
     n = n + 1
   end
   assert(ctx.forecast("queue_depth", 10, "value") == nil)
+  assert(select('#', ctx.forecast("queue_depth", 10, "value")) == 1)
   local ok, e = pcall(ctx.forecast, "queue_depth", 300, "median")
   assert(not ok)
   return { replicas = n + ctx.forecast("queue_depth", 300, "upper"), reason = e }
