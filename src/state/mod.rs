@@ -44,8 +44,11 @@ pub trait StateStore: Send {
     /// Stores the latest snapshot of `target` (it may be buffered until
     /// [`StateStore::flush`]).
     fn write(&mut self, target: &str, bytes: &[u8]) -> Result<(), StoreError>;
-    /// The end of a batch of writes (what a store syncs once for many).
-    fn batch_done(&mut self) {}
+    /// The end of a batch of writes (what a store syncs once for many);
+    /// an error means the batch's snapshots were not stored.
+    fn batch_done(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Returns once everything written is stored.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// The latest snapshot of each of `targets` that has one. A snapshot

@@ -79,15 +79,22 @@ impl StateHandle {
                     match job {
                         Job::Write(batch) => {
                             let n = batch.len();
-                            for s in batch {
-                                let bytes = s.encode_as(format);
-                                let r = store.write(&s.target, &bytes);
-                                metrics.state_snapshot(
-                                    kind,
-                                    r.as_ref().map(|_| bytes.len()).map_err(|e| e as _),
-                                );
+                            let written: Vec<Result<usize, StoreError>> = batch
+                                .into_iter()
+                                .map(|s| {
+                                    let bytes = s.encode_as(format);
+                                    store.write(&s.target, &bytes).map(|()| bytes.len())
+                                })
+                                .collect();
+                            // a snapshot is stored once its batch is
+                            let done = store.batch_done();
+                            for r in &written {
+                                let r = match (r, &done) {
+                                    (Ok(len), Ok(())) => Ok(*len),
+                                    (Err(e), _) | (Ok(_), Err(e)) => Err(e as _),
+                                };
+                                metrics.state_snapshot(kind, r);
                             }
-                            store.batch_done();
                             q.fetch_sub(n, Ordering::Relaxed);
                         }
                         Job::Flush(done) => {
@@ -353,6 +360,52 @@ mod tests {
                 Err(StoreError::new("state.dir", "disk gone"))
             }
         }
+    }
+
+    /// A store whose writes succeed and whose batches fail to sync.
+    struct SyncFails;
+    impl StateStore for SyncFails {
+        fn kind(&self) -> &'static str {
+            "syncfails"
+        }
+        fn write(&mut self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn batch_done(&mut self) -> Result<(), StoreError> {
+            Err(StoreError::new("state.dir", "sync failed"))
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn read(&mut self, _: &[String]) -> Result<Stored, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A snapshot counts as stored only once its batch is: when the
+    /// batch's end fails, every snapshot of it counts as failed, none as
+    /// written.
+    #[tokio::test]
+    async fn a_batch_that_fails_to_sync_counts_its_snapshots_failed() {
+        use crate::state::snapshot::tests::sample;
+        let metrics = Arc::new(Metrics::new());
+        let (h, _) = StateHandle::start(Box::new(SyncFails), metrics.clone());
+        h.write(vec![sample(), sample(), sample()]);
+        h.flush().await.unwrap().unwrap();
+        let count = |outcome: &str| -> f64 {
+            metrics
+                .render()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("tidewatch_state_snapshots_total{")
+                        && l.contains("syncfails")
+                        && l.contains(&format!("\"{outcome}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(count("failed"), 3.0);
+        assert_eq!(count("ok"), 0.0);
     }
 
     /// `tidewatch_state_restores_total` of `target` by `outcome`.
