@@ -186,11 +186,10 @@ impl Window {
         counter: bool,
         quantiles: bool,
     ) -> Option<WindowStats> {
-        let cur = now.div_euclid(self.width_ms);
-        let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
+        let (cur, n_buckets) = self.reach(now, span_ms);
         let (mut live, mut n_live) = ([0usize; BUCKETS], 0);
-        for (slot, &e) in self.epochs.iter().enumerate() {
-            if e <= cur && e > cur - n_buckets && self.buckets[slot].count > 0 {
+        for slot in 0..BUCKETS {
+            if self.is_live(slot, cur, n_buckets) {
                 live[n_live] = slot;
                 n_live += 1;
             }
@@ -262,19 +261,30 @@ impl Window {
     /// two). The same buckets in the same order, so the same sum to the
     /// bit.
     fn count_sum(&self, now: Millis, span_ms: i64) -> (u64, f64) {
-        let cur = now.div_euclid(self.width_ms);
-        let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
+        let (cur, n_buckets) = self.reach(now, span_ms);
         let (mut count, mut sum) = (0u64, 0.0);
-        for (slot, &e) in self.epochs.iter().enumerate() {
-            if e <= cur && e > cur - n_buckets {
-                let b = &self.buckets[slot];
-                if b.count > 0 {
-                    count += b.count;
-                    sum += b.sum;
-                }
+        for slot in 0..BUCKETS {
+            if self.is_live(slot, cur, n_buckets) {
+                count += self.buckets[slot].count;
+                sum += self.buckets[slot].sum;
             }
         }
         (count, sum)
+    }
+
+    /// The bucket of time of `now` and how many buckets back to it a read
+    /// over `span_ms` reaches.
+    fn reach(&self, now: Millis, span_ms: i64) -> (i64, i64) {
+        let cur = now.div_euclid(self.width_ms);
+        let n_buckets = ((span_ms + self.width_ms - 1) / self.width_ms).clamp(1, BUCKETS as i64);
+        (cur, n_buckets)
+    }
+
+    /// Whether `slot` holds samples within the [`Window::reach`] of a read.
+    #[inline]
+    fn is_live(&self, slot: usize, cur: i64, n_buckets: i64) -> bool {
+        let e = self.epochs[slot];
+        e <= cur && e > cur - n_buckets && self.buckets[slot].count > 0
     }
 
     fn heap_bytes(&self) -> usize {
