@@ -987,12 +987,13 @@ fn ratio(rows: &[Row], sizes: usize) {
 }
 
 /// The engine's shards in the reaction runs (`SCALE_SHARDS`, else one
-/// per core).
+/// per core), as the engine counts them.
 fn shards() -> f64 {
-    match env_u64("SCALE_SHARDS", 0) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
-        n => n as f64,
-    }
+    let engine = tidewatch::engine::EngineConfig {
+        shards: env_u64("SCALE_SHARDS", 0) as usize,
+        ..Default::default()
+    };
+    tidewatch::engine::shards::count(&engine) as f64
 }
 
 /// 8 days of queue depth at a minute for one target, evaluated hourly

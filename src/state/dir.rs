@@ -192,7 +192,6 @@ impl StateStore for DirStore {
 mod tests {
     use super::*;
 
-    /// A store in `state` of a new temporary directory.
     /// The names of the files in `dir`.
     fn files_in(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)
@@ -201,6 +200,7 @@ mod tests {
             .collect()
     }
 
+    /// A store in `state` of a new temporary directory.
     fn store() -> (tempfile::TempDir, DirStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = DirStore::open(&dir.path().join("state")).unwrap();

@@ -71,6 +71,16 @@ impl WindowStats {
     }
 }
 
+/// A window's rate: per second, the summed value of a counter, the
+/// observations of anything else.
+fn rate_of(counter: bool, n: f64, sum: f64, per_s: f64) -> f64 {
+    if counter {
+        sum * per_s
+    } else {
+        n * per_s
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Bucket {
     count: u64,
@@ -243,7 +253,7 @@ impl Window {
             max,
             last,
             quantiles,
-            rate: if counter { sum * per_s } else { n * per_s },
+            rate: rate_of(counter, n, sum, per_s),
             slope,
         })
     }
@@ -388,14 +398,12 @@ impl MetricWindows {
                 0 => n,
                 1 => sum,
                 2 => sum / n,
-                _ => {
-                    let per_s = w.per_second(now, self.first_seen, span_ms);
-                    if self.metric.is_counter() {
-                        sum * per_s
-                    } else {
-                        n * per_s
-                    }
-                }
+                _ => rate_of(
+                    self.metric.is_counter(),
+                    n,
+                    sum,
+                    w.per_second(now, self.first_seen, span_ms),
+                ),
             }));
         }
         let s = self.read(now, span_ms, QUANTILE_STATS.contains(&stat))?;
