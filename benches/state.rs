@@ -99,6 +99,12 @@ fn full_target(dir: &Path) -> TargetSnapshot {
 }
 
 fn main() {
+    // as `tidewatch run` does: no transparent huge pages. With them, each
+    // 2 MB region mimalloc touches again after giving it back is zeroed
+    // whole, and the bench measured the directory read at about ten times
+    // what the scaler takes (PERFORMANCE.md, "The state bench ran with
+    // huge pages")
+    tidewatch::priority::without_huge_pages();
     let dir = policy_dir();
     let snap = full_target(dir.path());
     let points: usize = snap.histories.iter().map(|(_, h)| h.len()).sum();
