@@ -492,9 +492,10 @@ impl Engine {
 
     /// One slice of a tick spread over `parts`: the owned targets of the
     /// `part`th of `parts` runs of neighbours ([`slice_range`]), so each is
-    /// evaluated once per tick at its own phase. The once-per-tick work
-    /// (the reload check, gauges, snapshots, own forecasts) goes with
-    /// part 0.
+    /// evaluated once per tick at its own phase. The reload check, the
+    /// gauges and the periodic snapshots are each slice's share; the
+    /// once-per-tick work (whether this is a reload round, the refit
+    /// pool's report, own forecasts) goes with part 0.
     pub fn tick_part(&mut self, now_ms: Millis, part: usize, parts: usize) -> Vec<ScaleCommand> {
         let mut out = Vec::new();
         self.tick_part_until(now_ms, part, parts, &mut out, || false);
@@ -558,10 +559,11 @@ impl Engine {
         }
     }
 
-    /// The end of a slice: its gauges, and with part 0 the once-a-tick
-    /// work.
+    /// The end of a slice: its gauges, its share of the periodic
+    /// snapshots, and with part 0 the once-a-tick work.
     fn slice_end(&mut self, now_ms: Millis, part: usize, parts: usize) {
         self.export_gauges_in(now_ms, part, parts);
+        self.snapshot_some(now_ms, part, parts);
         if part == 0 {
             // the refit pool is the process's: one shard reports it (each
             // reading it would take the lag away from the others' reports)
@@ -574,7 +576,6 @@ impl Engine {
                     pool.done(),
                 );
             }
-            self.snapshot_some(now_ms);
             self.send_forecasts(now_ms);
         }
     }

@@ -16,6 +16,11 @@ use crate::telemetry::Metrics;
 /// store is slow or down).
 pub const MAX_QUEUED: usize = 256;
 
+/// How long a batch of writes waits for the writes behind it: the engine
+/// queues a few snapshots a slice, and each batch ends in one sync of the
+/// store (`StateStore::batch_done`). A flush or a read ends the wait.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 enum Job {
     Write(Vec<TargetSnapshot>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
@@ -27,6 +32,22 @@ enum Job {
         usize,
         tokio::sync::mpsc::Sender<Result<Stored, StoreError>>,
     ),
+}
+
+/// Adds the writes that follow `batch` within [`GATHER`] to it, up to
+/// [`MAX_QUEUED`] snapshots, so that they end in one sync; returns the
+/// job that ended the wait early (a flush or a read), to be done next.
+fn gather(rx: &mpsc::Receiver<Job>, batch: &mut Vec<TargetSnapshot>) -> Option<Job> {
+    let until = std::time::Instant::now() + GATHER;
+    while batch.len() < MAX_QUEUED {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Job::Write(more)) => batch.extend(more),
+            Ok(other) => return Some(other),
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 /// The engine's and the scaler's way to the state thread. Cheap to clone.
@@ -72,12 +93,15 @@ impl StateHandle {
         let thread = std::thread::Builder::new()
             .name("tidewatch-state".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                // a job that ended a batch's gathering, next in order
+                let mut next = None;
+                while let Some(job) = next.take().or_else(|| rx.recv().ok()) {
                     for w in store.warnings() {
                         metrics.state_store_warning(kind, &w);
                     }
                     match job {
-                        Job::Write(batch) => {
+                        Job::Write(mut batch) => {
+                            next = gather(&rx, &mut batch);
                             let n = batch.len();
                             let written: Vec<Result<usize, StoreError>> = batch
                                 .into_iter()
@@ -380,6 +404,58 @@ mod tests {
         fn read(&mut self, _: &[String]) -> Result<Stored, StoreError> {
             Ok(Vec::new())
         }
+    }
+
+    /// Keeps the size of each batch it is told is done.
+    struct Batches(Arc<std::sync::Mutex<(usize, Vec<usize>)>>);
+    impl StateStore for Batches {
+        fn kind(&self) -> &'static str {
+            "batches"
+        }
+        fn write(&mut self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().0 += 1;
+            Ok(())
+        }
+        fn batch_done(&mut self) -> Result<(), StoreError> {
+            let mut b = self.0.lock().unwrap();
+            let n = std::mem::take(&mut b.0);
+            b.1.push(n);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn read(&mut self, _: &[String]) -> Result<Stored, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Writes queued one at a time (as the tick's slices queue them) end
+    /// in one batch, so in one sync of the store, not one each; a write
+    /// with nothing behind it is stored within the gathering time.
+    #[tokio::test]
+    async fn writes_queued_one_at_a_time_end_in_one_batch() {
+        use crate::state::snapshot::tests::sample;
+        let seen = Arc::new(std::sync::Mutex::new((0, Vec::new())));
+        let (h, _) = StateHandle::start(Box::new(Batches(seen.clone())), Arc::new(Metrics::new()));
+        for _ in 0..20 {
+            h.write(vec![sample()]);
+        }
+        h.flush().await.unwrap().unwrap();
+        let batches = seen.lock().unwrap().1.clone();
+        assert_eq!(batches.iter().sum::<usize>(), 20, "{batches:?}");
+        // one unless this thread lost the core for GATHER between sends
+        assert!(batches.len() <= 3, "{batches:?}");
+        h.write(vec![sample()]);
+        let t = std::time::Instant::now();
+        while seen.lock().unwrap().1.len() == batches.len() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "a lone write was not stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.lock().unwrap().1.last(), Some(&1));
     }
 
     /// A snapshot counts as stored only once its batch is: when the
