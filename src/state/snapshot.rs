@@ -370,20 +370,14 @@ impl TargetSnapshot {
                 }
             }
         }
-        let mut out = Vec::with_capacity(body.len() / 2 + 16);
+        let Some(frame) = compress(&body) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(frame.len() + 6);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&version.to_le_bytes());
-        let mut enc = match zstd::stream::Encoder::new(out, 3) {
-            Ok(e) => e,
-            Err(_) => return Vec::new(),
-        };
-        let _ = enc.include_checksum(true);
-        let _ = enc.set_pledged_src_size(Some(body.len() as u64));
-        use std::io::Write;
-        if enc.write_all(&body).is_err() {
-            return Vec::new();
-        }
-        enc.finish().unwrap_or_default()
+        out.extend_from_slice(&frame);
+        out
     }
 
     /// Decodes a snapshot stored under `key` (the target's name).
@@ -589,6 +583,29 @@ fn sections_v2(
         return Err(format!("{} bytes past the last history", s.bytes.len()));
     }
     Ok(out)
+}
+
+thread_local! {
+    /// Each thread's zstd context, kept: one made for each snapshot was
+    /// 9% of the state thread's samples (PERFORMANCE.md, "A zstd context
+    /// kept by each thread"). In the scaler only the state thread
+    /// encodes, so this is one context's memory.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `body` as one zstd frame at level 3 with its checksum and size, in
+/// this thread's kept context; `None` if zstd fails.
+fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            let mut z = zstd::bulk::Compressor::new(3).ok()?;
+            z.include_checksum(true).ok()?;
+            *c = Some(z);
+        }
+        c.as_mut()?.compress(body).ok()
+    })
 }
 
 /// zstd, refusing to expand past `MAX_DECODED`.
@@ -922,6 +939,31 @@ pub(crate) mod tests {
             .unwrap()
             .unanswered
             .is_none());
+    }
+
+    /// The thread's kept zstd context makes the same frame every time,
+    /// the same as a fresh thread's (nothing of one snapshot carries into
+    /// the next), with its checksum and its content size in the header.
+    #[test]
+    fn a_kept_context_makes_the_same_checked_frame() {
+        let s = sample();
+        let first = s.encode();
+        let again = s.encode();
+        let fresh = std::thread::spawn(move || s.encode()).join().unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, fresh);
+        let other = {
+            let mut t = sample();
+            t.current += 1;
+            t.encode()
+        };
+        assert_ne!(other, first);
+        assert!(TargetSnapshot::decode("checkout", &first).is_ok());
+        // the frame: its magic, then the descriptor's checksum and size bits
+        assert_eq!(first[6..10], [0x28, 0xb5, 0x2f, 0xfd]);
+        let descriptor = first[10];
+        assert_ne!(descriptor & 0x04, 0, "checksum flag");
+        assert_ne!(descriptor & 0xc0 | descriptor & 0x20, 0, "content size");
     }
 
     #[test]
