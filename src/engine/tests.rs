@@ -1464,10 +1464,7 @@ fn periodic_snapshots_keep_to_the_interval() {
             .ingest("t", &depth("other", 100.0 + i as f64, now), now);
         s.engine.tick(now);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(handle.flush()).unwrap().unwrap();
+    stored(&handle);
     let written = counter(
         &s.metrics,
         "tidewatch_state_snapshots_total",
@@ -1703,6 +1700,16 @@ async fn a_flood_of_inputs_does_not_stop_the_tick() {
     assert!(flood.await.unwrap() > 16, "the channel was kept full");
 }
 
+/// Waits until the state thread has stored everything queued before.
+fn stored(handle: &crate::state::StateHandle) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(handle.flush())
+        .unwrap()
+        .unwrap();
+}
+
 /// A state store that calls its function at each write and keeps nothing.
 struct OnWrite<F>(F);
 
@@ -1752,9 +1759,6 @@ fn the_snapshot_age_shows_a_store_that_does_not_keep_up() {
             &[("shard", "0")],
         )
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     // ticks of virtual time, as fast as they run; `drained`: the store
     // takes a tick's snapshots before the next tick (a second is long
     // beside that), not whatever the state thread did meanwhile
@@ -1766,7 +1770,7 @@ fn the_snapshot_age_shows_a_store_that_does_not_keep_up() {
             }
             engine.tick(now);
             if drained {
-                rt.block_on(handle.flush()).unwrap().unwrap();
+                stored(&handle);
             }
         }
     };
@@ -1802,11 +1806,8 @@ fn each_slice_queues_its_share_of_the_snapshots() {
     engine.keep_state(handle.clone(), Duration::from_secs(8));
     let parts = engine.tick_parts(Duration::from_secs(1));
     assert_eq!(parts, 32);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let flushed = || {
-        rt.block_on(handle.flush()).unwrap().unwrap();
+        stored(&handle);
         written.load(Ordering::Relaxed)
     };
     engine.tick_part(T0, 0, parts);
