@@ -1089,6 +1089,8 @@ fn refit_wave(n: usize) {
     let pool = tidewatch::forecast::pool::pool();
     let deferred0 = pool.deferred();
     let seconds = env_u64("SCALE_SECONDS", 20);
+    // targets a slice evaluates, for the tick's time a call
+    let per_slice = (n / shards) as f64 / engines[0].tick_parts(Duration::from_secs(1)) as f64;
     let runs: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = engines
             .iter_mut()
@@ -1110,10 +1112,11 @@ fn refit_wave(n: usize) {
             *v.last().unwrap_or(&f64::NAN),
         )
     };
+    let per_call_us = slices.iter().sum::<f64>() * 1000.0 / (slices.len() as f64 * per_slice);
     let (s50, s99, smax) = q(&mut slices);
     let (d50, d99, dmax) = q(&mut decisions);
     println!(
-        "refit wave: {n} targets in {shards} shard(s), {}, {seconds} s: {} slices p50 {s50:.2} p99 {s99:.2} max {smax:.2} ms; \
+        "refit wave: {n} targets in {shards} shard(s), {}, {seconds} s: {} slices p50 {s50:.2} p99 {s99:.2} max {smax:.2} ms, {per_call_us:.2} us a target; \
          a signal taken and decided p50 {d50:.3} p99 {d99:.3} max {dmax:.3} ms ({evaluated} commands); refits turned away meanwhile {} (queue full), running at the end {}",
         if wave { "every forecaster due at once" } else { "no refit due (SCALE_WAVE=0)" },
         slices.len(),

@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // The vocabulary every layer uses.
 pub mod clock;
+pub mod prefetch;
 pub mod priority;
 pub mod retry;
 pub mod secret;

@@ -6,6 +6,7 @@
 
 mod bounded;
 mod examples;
+mod layout;
 pub mod pattern;
 pub mod state;
 
@@ -87,11 +88,15 @@ return window, forecast, age, recurring
 /// crossing from Rust: one bound to `decide`, one taking the function.
 const SETTER: &str = r#"
 local ctx, decide = ...
-local function call(f, now, replicas, min, max)
+-- written out twice: a call of `decide` is one Lua call, not two (its
+-- closure and upvalues are what each of the tick's calls reads first)
+return function(now, replicas, min, max)
+  ctx.now = now; ctx.replicas = replicas; ctx.min = min; ctx.max = max
+  return decide(ctx)
+end, function(f, now, replicas, min, max)
   ctx.now = now; ctx.replicas = replicas; ctx.min = min; ctx.max = max
   return f(ctx)
 end
-return function(now, replicas, min, max) return call(decide, now, replicas, min, max) end, call
 "#;
 /// About how much garbage a VM makes between two minor collections: a
 /// VM of many targets collects more often than Lua's default (20% of its
@@ -643,6 +648,22 @@ pub struct LuaPolicy {
     has_schedule: bool,
     /// What `ctx.window` and the other reads see during this target's calls.
     view: Option<SharedView>,
+    /// The objects a call of `decide` reads first, kept alive here, and
+    /// their addresses, to ask for them ahead of the call
+    /// ([`LuaPolicy::prefetch_headers`]).
+    hot: Hot,
+}
+
+/// The Lua objects of one target that every call reads: `ctx`, its
+/// `params`, the closure that sets the per-call fields and `decide`
+/// (the references keep each alive, so its address holds).
+struct Hot {
+    _params: Option<Table>,
+    _decide: Function,
+    /// Addresses of `ctx` and `params` (tables), the setter closure and
+    /// `decide` when it is a Lua function (0: none).
+    tables: [usize; 2],
+    closures: [usize; 2],
 }
 
 impl std::fmt::Debug for LuaPolicy {
@@ -701,16 +722,40 @@ impl LuaPolicy {
                 })
             }
         };
-        let (ctx, run_decide, run_with) = (|| -> mlua::Result<(Table, Function, Function)> {
-            let ctx = lua.create_table()?;
-            ctx.set("params", json_to_lua(lua, params, 0)?)?;
-            ctx.set("state", lua.create_table()?)?;
-            let (run_decide, run_with) = vm
-                .setter
-                .call::<(Function, Function)>((ctx.clone(), decide.clone()))?;
-            Ok((ctx, run_decide, run_with))
-        })()
-        .map_err(|e| err(classify(&e, &vm.used, &vm.deadline, vm.limits), e))?;
+        let (ctx, run_decide, run_with, params) =
+            (|| -> mlua::Result<(Table, Function, Function, Value)> {
+                let ctx = lua.create_table()?;
+                let params = json_to_lua(lua, params, 0)?;
+                ctx.set("params", &params)?;
+                ctx.set("state", lua.create_table()?)?;
+                let (run_decide, run_with) = vm
+                    .setter
+                    .call::<(Function, Function)>((ctx.clone(), decide.clone()))?;
+                Ok((ctx, run_decide, run_with, params))
+            })()
+            .map_err(|e| err(classify(&e, &vm.used, &vm.deadline, vm.limits), e))?;
+        let params = match params {
+            Value::Table(t) => Some(t),
+            _ => None,
+        };
+        // a C function's object is laid out otherwise: only a Lua
+        // function's upvalues are looked for
+        let lua_function = |f: &Function| {
+            if f.info().what == "Lua" {
+                f.to_pointer() as usize
+            } else {
+                0
+            }
+        };
+        let hot = Hot {
+            tables: [
+                ctx.to_pointer() as usize,
+                params.as_ref().map_or(0, |t| t.to_pointer() as usize),
+            ],
+            closures: [lua_function(&run_decide), lua_function(&decide)],
+            _params: params,
+            _decide: decide,
+        };
         vm.tune_gc();
         Ok(Self {
             vm,
@@ -721,7 +766,29 @@ impl LuaPolicy {
             target: String::new(),
             has_schedule: false,
             view: None,
+            hot,
         })
+    }
+
+    /// The first of two stages that ask the CPU for what a call of
+    /// `decide` reads, a target or two ahead of its call: the headers of
+    /// `ctx`, `params`, the setter closure and `decide`.
+    pub fn prefetch_headers(&self) {
+        for p in self.hot.tables.iter().chain(&self.hot.closures) {
+            layout::header(*p as *const std::ffi::c_void);
+        }
+    }
+
+    /// The second stage, the headers in cache by now: the hash slots of
+    /// `ctx` and `params` (where `ctx.window`, `ctx.params.x` are found)
+    /// and the closures' upvalues (the file's locals `decide` uses).
+    pub fn prefetch_inside(&self) {
+        for p in self.hot.tables {
+            layout::table_slots(p as *const std::ffi::c_void);
+        }
+        for p in self.hot.closures {
+            layout::closure_upvalues(p as *const std::ffi::c_void);
+        }
     }
 
     pub fn version(&self) -> &str {

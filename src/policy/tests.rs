@@ -1306,3 +1306,34 @@ fn a_reason_pattern_its_arguments_do_not_fit_names_itself() {
         "{text}"
     );
 }
+
+/// The tick asks for a Lua `decide`'s upvalues ahead of its call; a
+/// `decide` that is a C function has none to read and is left alone, and
+/// asking for either changes no decision.
+#[test]
+fn only_a_lua_decide_has_its_upvalues_asked_for() {
+    let load = |text: &str| {
+        let src = PolicySource::from_text(Path::new("p.lua"), text.to_owned());
+        LuaPolicy::load(&src, &serde_json::json!({"n": 3}), PolicyLimits::default()).expect("loads")
+    };
+    let mut lua = load("local n = 3 return { decide = function(ctx) return n + ctx.params.n end }");
+    let mut c = load("return { decide = rawlen }");
+    assert_ne!(lua.hot.closures[1], 0, "a Lua decide's address is kept");
+    assert_eq!(c.hot.closures[1], 0, "a C decide's is not");
+    assert!(lua.hot.tables.iter().all(|&p| p != 0), "ctx and params");
+    let input = CallInput {
+        target: "t",
+        now_ms: 0,
+        replicas: 1,
+        min: 0,
+        max: 10,
+        schedule: None,
+    };
+    for p in [&lua, &c] {
+        p.prefetch_headers();
+        p.prefetch_inside();
+    }
+    assert_eq!(lua.decide(&input).expect("decides").replicas, Some(6));
+    // rawlen(ctx): ctx has no array part
+    assert_eq!(c.decide(&input).expect("decides").replicas, Some(0));
+}
