@@ -568,6 +568,7 @@ impl Engine {
                 crate::prefetch::lines(t.cfg.name.as_ptr(), t.cfg.name.len(), 2);
                 t.guard.prefetch();
                 t.policy.prefetch_headers();
+                t.window_lines.prefetch();
             }
             // what those point to: the Lua tables' slots and the
             // closures' upvalues
@@ -913,6 +914,7 @@ impl Engine {
             let reads = std::mem::take(&mut d.reads);
             if reads != 0 {
                 t.read_mask = reads;
+                t.window_lines = d.windows.read_windows();
             }
             let value = t.cfg.activation.as_ref().map(|a| {
                 let span = a.span(&t.cfg.windows).as_millis() as i64;
@@ -1201,6 +1203,7 @@ fn build_target(
         snapshot_at: None,
         control: ControlState::default(),
         read_mask: 0,
+        window_lines: Default::default(),
         since_ms: now_ms,
         probe_failures: 0,
         stale: false,
@@ -1347,7 +1350,7 @@ fn hot_lines() -> &'static [usize] {
     static LINES: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
     LINES.get_or_init(|| {
         // (offset, bytes) of each field read
-        let fields: [(usize, usize); 24] = [
+        let fields: [(usize, usize); 25] = [
             (offset_of!(TargetRuntime, cfg.name), 24),
             (offset_of!(TargetRuntime, cfg.paused), 1),
             (offset_of!(TargetRuntime, cfg.activation), 8),
@@ -1384,6 +1387,10 @@ fn hot_lines() -> &'static [usize] {
             ),
             (offset_of!(TargetRuntime, read_mask), 1),
             (offset_of!(TargetRuntime, probe_failures), 4),
+            (
+                offset_of!(TargetRuntime, window_lines),
+                size_of::<crate::window::WindowLines>(),
+            ),
         ];
         let mut lines: Vec<usize> = fields
             .iter()

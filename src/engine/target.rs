@@ -250,6 +250,9 @@ pub(super) struct TargetRuntime {
     pub(super) control: ControlState,
     /// The metrics the policy last read (a bit per `Metric`; 0: none yet).
     pub(super) read_mask: u8,
+    /// Where the windows it read last keep their rings, to ask for them
+    /// ahead of its next evaluation.
+    pub(super) window_lines: crate::window::WindowLines,
     /// Since when this engine has had the target (a target is not stale
     /// before `stale_after` has passed once).
     pub(super) since_ms: Millis,

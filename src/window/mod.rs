@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::clock::Millis;
 use crate::event::{GatewayLatency, Metric, QueueDepth, Reason, Rejection};
+use crate::prefetch;
 use sketch::Sketch;
 
 /// Buckets per window: a window of span S slides in steps of S / BUCKETS.
@@ -319,6 +320,10 @@ pub struct MetricWindows {
     last_seen: Millis,
     history: History,
     keys: Vec<Option<i32>>,
+    /// The windows reads went to (a bit per index in `windows`), so that
+    /// the tick can ask for them ahead of the next read
+    /// ([`TargetWindows::read_windows`]).
+    read: std::cell::Cell<u8>,
 }
 
 impl MetricWindows {
@@ -341,6 +346,7 @@ impl MetricWindows {
             last_seen: Millis::MIN,
             history: History::new(history_span, history_step, metric.is_counter()),
             keys: Vec::new(),
+            read: std::cell::Cell::new(0),
         }
     }
 
@@ -412,14 +418,15 @@ impl MetricWindows {
 
     /// The shortest window that covers `span_ms`.
     fn window_for(&self, span_ms: i64) -> Result<&Window, SpanTooLong> {
-        self.windows
-            .iter()
-            .find(|w| w.span_ms >= span_ms)
-            .ok_or_else(|| SpanTooLong {
-                span_ms,
-                metric: self.metric,
-                longest_ms: self.windows.last().map_or(0, |w| w.span_ms),
-            })
+        let at = self.windows.iter().position(|w| w.span_ms >= span_ms);
+        if let Some(i) = at.filter(|&i| i < 8) {
+            self.read.set(self.read.get() | 1 << i);
+        }
+        at.map(|i| &self.windows[i]).ok_or_else(|| SpanTooLong {
+            span_ms,
+            metric: self.metric,
+            longest_ms: self.windows.last().map_or(0, |w| w.span_ms),
+        })
     }
 
     /// [`MetricWindows::stats`], the quantiles only when `quantiles` says.
@@ -461,6 +468,29 @@ struct QueueLatest {
     depth: f64,
 }
 
+/// The addresses of up to four windows' rings ([`TargetWindows::read_windows`]):
+/// each window's slot times and its buckets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowLines([(usize, usize); 4]);
+
+impl WindowLines {
+    /// Asks the CPU for the slot times of each window and the first line
+    /// of each of its buckets (a bucket's count and sum, what a mean
+    /// reads).
+    pub fn prefetch(&self) {
+        for &(window, buckets) in &self.0 {
+            if window == 0 {
+                break;
+            }
+            prefetch::lines(window as *const Window, std::mem::size_of::<Window>(), 4);
+            let first = buckets as *const Bucket;
+            for k in 0..BUCKETS {
+                prefetch::line(first.wrapping_add(k));
+            }
+        }
+    }
+}
+
 /// Every window of one target.
 #[derive(Debug, Clone)]
 pub struct TargetWindows {
@@ -489,6 +519,27 @@ impl TargetWindows {
 
     pub fn metric(&self, m: Metric) -> &MetricWindows {
         &self.metrics[m as usize]
+    }
+
+    /// Where the windows that reads went to since the last call keep
+    /// what a read touches, for the tick to ask for them ahead of the
+    /// next evaluation ([`WindowLines::prefetch`]); the marks are
+    /// cleared. A window's ring never moves once made, so the addresses
+    /// hold until the windows are made anew (a restore), and a stale one
+    /// costs a wasted prefetch, nothing else.
+    pub fn read_windows(&self) -> WindowLines {
+        let mut out = WindowLines::default();
+        let mut n = 0;
+        for m in &self.metrics {
+            let read = m.read.replace(0);
+            for (k, w) in m.windows.iter().enumerate().take(8) {
+                if read & (1 << k) != 0 && n < out.0.len() {
+                    out.0[n] = (w as *const Window as usize, w.buckets.as_ptr() as usize);
+                    n += 1;
+                }
+            }
+        }
+        out
     }
 
     /// The downsampled history of `m`, to restore it from a snapshot.
@@ -650,6 +701,38 @@ mod tests {
             consumers: None,
             ts_ms: ts,
         }
+    }
+
+    /// The windows a read went to are the ones the tick asks for ahead
+    /// of the next evaluation: the shortest covering each span read, each
+    /// once, the marks cleared by taking them.
+    #[test]
+    fn the_windows_read_are_the_ones_asked_for() {
+        let mut t = target();
+        t.apply_depth(&depth("q", 5.0, T0)).unwrap();
+        assert_eq!(t.read_windows().0, [(0, 0); 4], "nothing read yet");
+        let m = t.metric(Metric::QueueDepth);
+        let at = |k: usize| {
+            let w = &m.windows[k];
+            (w as *const Window as usize, w.buckets.as_ptr() as usize)
+        };
+        t.stat(Metric::QueueDepth, T0, 60_000, 2).unwrap();
+        t.stat(Metric::QueueDepth, T0, 10_000, 2).unwrap();
+        t.stat(Metric::QueueDepth, T0, 45_000, 0).unwrap();
+        t.stats(Metric::QueueDepth, T0, 60_000).unwrap();
+        let lines = t.read_windows();
+        assert_eq!(
+            lines.0,
+            [at(0), at(1), (0, 0), (0, 0)],
+            "10 s and 60 s, in span order, once each"
+        );
+        assert_ne!(at(0), at(1));
+        assert_eq!(t.read_windows().0, [(0, 0); 4], "taken");
+        lines.prefetch();
+        assert_eq!(
+            t.stat(Metric::QueueDepth, T0, 60_000, 2).unwrap(),
+            Some(5.0)
+        );
     }
 
     #[test]
