@@ -571,8 +571,13 @@ impl Engine {
                 t.window_lines.prefetch();
             }
             // what those point to: the Lua tables' slots and the
-            // closures' upvalues
-            _ => t.policy.prefetch_inside(),
+            // closures' upvalues, the last reason's buffer
+            _ => {
+                t.policy.prefetch_inside();
+                if let Some(d) = &t.last_decision {
+                    crate::prefetch::line(d.reason.as_ptr());
+                }
+            }
         }
     }
 
@@ -974,7 +979,13 @@ impl Engine {
                     },
                 }
             }
-            None => t.guard.decide(&guard_cfg, now_ms, t.current, &rec),
+            // the last decision's reason is written over, not a new one
+            // allocated (and the old freed) for each of the tick's holds
+            None => {
+                let buf = t.last_decision.take().map(|d| d.reason).unwrap_or_default();
+                t.guard
+                    .decide_reusing(&guard_cfg, now_ms, t.current, &rec, buf)
+            }
         };
         if let Some(a) = &active {
             decision.reason = format!("{}; schedule {}", decision.reason, a.name);
@@ -1374,7 +1385,10 @@ fn hot_lines() -> &'static [usize] {
             (offset_of!(TargetRuntime, last_generation), 8),
             (offset_of!(TargetRuntime, pending_since), 16),
             (offset_of!(TargetRuntime, pending_ts), 16),
-            (offset_of!(TargetRuntime, last_decision), 16),
+            (
+                offset_of!(TargetRuntime, last_decision),
+                size_of::<Option<Decision>>(),
+            ),
             (offset_of!(TargetRuntime, last_format), 16),
             (offset_of!(TargetRuntime, unanswered), 16),
             (offset_of!(TargetRuntime, schedules), 24),

@@ -274,7 +274,22 @@ impl Guard {
         current: u32,
         rec: &Recommendation,
     ) -> Decision {
-        let mut notes = Notes::default();
+        self.decide_reusing(cfg, now, current, rec, String::new())
+    }
+
+    /// [`Guard::decide`], its reason written into `buf` (cleared first):
+    /// the engine hands back the previous decision's reason, so a tick
+    /// of holds allocates nothing for them.
+    pub fn decide_reusing(
+        &mut self,
+        cfg: &GuardConfig,
+        now: Millis,
+        current: u32,
+        rec: &Recommendation,
+        mut buf: String,
+    ) -> Decision {
+        buf.clear();
+        let mut notes = Notes(buf);
         let hold = |reason: HoldReason, text: String| Decision {
             current,
             desired: current,
@@ -284,7 +299,7 @@ impl Guard {
             reason: text,
         };
         if cfg.paused {
-            return hold(HoldReason::Paused, "paused".into());
+            return hold(HoldReason::Paused, notes.text(format_args!("paused")));
         }
         let want = match rec {
             Recommendation::Replicas(n) => *n,
@@ -293,7 +308,10 @@ impl Guard {
                     notes.push(format_args!("policy held"));
                     current
                 } else {
-                    return hold(HoldReason::Policy, "policy asked for no change".into());
+                    return hold(
+                        HoldReason::Policy,
+                        notes.text(format_args!("policy asked for no change")),
+                    );
                 }
             }
             Recommendation::Failed(why) => match cfg.fallback_replicas {
@@ -304,18 +322,20 @@ impl Guard {
                 None => {
                     return hold(
                         HoldReason::PolicyFailed,
-                        format!("policy failed ({why}); holding"),
+                        notes.text(format_args!("policy failed ({why}); holding")),
                     )
                 }
             },
-            Recommendation::Inactive(why) => return hold(HoldReason::Inactive, why.clone()),
+            Recommendation::Inactive(why) => {
+                return hold(HoldReason::Inactive, notes.text(format_args!("{why}")))
+            }
             Recommendation::Forced(n, why) => {
                 notes.push(format_args!("{why}"));
                 *n
             }
             Recommendation::Idle(why) => {
                 if current == 0 {
-                    return hold(HoldReason::Inactive, why.clone());
+                    return hold(HoldReason::Inactive, notes.text(format_args!("{why}")));
                 }
                 self.last_change = Some(now);
                 if let Some(b) = &cfg.behavior {
@@ -332,7 +352,7 @@ impl Guard {
                     direction: Direction::Down,
                     held: None,
                     dry_run: cfg.dry_run,
-                    reason: why.clone(),
+                    reason: notes.text(format_args!("{why}")),
                 };
             }
             Recommendation::Stale(why) => match cfg.fallback_replicas {
@@ -342,7 +362,12 @@ impl Guard {
                     ));
                     f
                 }
-                _ => return hold(HoldReason::Stale, format!("{why}; on_stale hold")),
+                _ => {
+                    return hold(
+                        HoldReason::Stale,
+                        notes.text(format_args!("{why}; on_stale hold")),
+                    )
+                }
             },
         };
         if matches!(rec, Recommendation::Replicas(_)) {
@@ -353,10 +378,10 @@ impl Guard {
                 if change <= cfg.tolerance && (cfg.min..=cfg.max).contains(&current) {
                     return hold(
                         HoldReason::Tolerance,
-                        format!(
+                        notes.text(format_args!(
                             "policy wants {want}, within tolerance {} of {current}",
                             cfg.tolerance
-                        ),
+                        )),
                     );
                 }
             }
@@ -366,32 +391,29 @@ impl Guard {
             None => self.steps(cfg, now, current, want, &mut notes),
             Some(b) => self.behave(cfg, b, now, current, want, &mut notes),
         };
-        let text = notes.0;
         if want == current {
-            return hold(same, text);
+            return hold(same, notes.0);
         }
         if want < current && cfg.pause_scale_in {
-            return hold(HoldReason::Paused, format!("{text}; scale-in paused"));
+            notes.push(format_args!("scale-in paused"));
+            return hold(HoldReason::Paused, notes.0);
         }
         if want > current && cfg.pause_scale_out {
-            return hold(HoldReason::Paused, format!("{text}; scale-out paused"));
+            notes.push(format_args!("scale-out paused"));
+            return hold(HoldReason::Paused, notes.0);
         }
         // Cooldowns apply only to real moves, and never keep a target out of bounds.
         let in_bounds = (cfg.min..=cfg.max).contains(&current);
         if want > current && in_bounds {
             if let Some(left) = left(self.last_up, cfg.cooldown_up, now) {
-                return hold(
-                    HoldReason::CooldownUp,
-                    format!("{text}; cooldown_up, {left} ms left"),
-                );
+                notes.push(format_args!("cooldown_up, {left} ms left"));
+                return hold(HoldReason::CooldownUp, notes.0);
             }
         }
         if want < current && in_bounds {
             if let Some(left) = left(self.last_change, cfg.cooldown_down, now) {
-                return hold(
-                    HoldReason::CooldownDown,
-                    format!("{text}; cooldown_down, {left} ms left"),
-                );
+                notes.push(format_args!("cooldown_down, {left} ms left"));
+                return hold(HoldReason::CooldownDown, notes.0);
             }
         }
         let direction = if want > current {
@@ -425,7 +447,7 @@ impl Guard {
             direction,
             held: None,
             dry_run: cfg.dry_run,
-            reason: text,
+            reason: notes.0,
         }
     }
 }
@@ -563,6 +585,16 @@ impl Guard {
 struct Notes(String);
 
 impl Notes {
+    /// `text` alone as the reason, in the notes' buffer (what was noted
+    /// before is dropped).
+    fn text(&mut self, text: std::fmt::Arguments<'_>) -> String {
+        use std::fmt::Write as _;
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        let _ = buf.write_fmt(text);
+        buf
+    }
+
     fn push(&mut self, note: std::fmt::Arguments<'_>) {
         use std::fmt::Write as _;
         if self.0.is_empty() {
@@ -675,6 +707,60 @@ mod tests {
         };
         let d = g.decide(&tolerant, 4, 10, &Replicas(11));
         assert_eq!(d.reason, "policy wants 11, within tolerance 0.1 of 10");
+    }
+
+    /// A reason written into the last one's buffer is the same, word for
+    /// word, as one written afresh, whatever the buffer held, for every
+    /// kind of decision; and a hold writes into the buffer it was handed.
+    #[test]
+    fn a_reused_buffer_gives_the_same_reasons() {
+        let cooling = GuardConfig {
+            cooldown_up: Duration::from_secs(10),
+            ..cfg()
+        };
+        let paused = GuardConfig {
+            paused: true,
+            ..cfg()
+        };
+        let tolerant = GuardConfig {
+            tolerance: 0.1,
+            ..cfg()
+        };
+        let in_paused = GuardConfig {
+            pause_scale_in: true,
+            ..cfg()
+        };
+        let cases: Vec<(GuardConfig, u32, Recommendation)> = vec![
+            (cfg(), 5, Replicas(50)),
+            (cfg(), 7, Replicas(7)),
+            (cfg(), 0, Hold),
+            (cfg(), 5, Hold),
+            (paused, 5, Replicas(9)),
+            (tolerant, 10, Replicas(11)),
+            (in_paused, 9, Replicas(4)),
+            (cooling.clone(), 2, Replicas(4)),
+            (cooling, 4, Replicas(8)),
+            (cfg(), 3, Recommendation::Failed("boom".into())),
+            (cfg(), 3, Recommendation::Stale("no sample".into())),
+            (cfg(), 3, Recommendation::Inactive("idle".into())),
+            (cfg(), 3, Recommendation::Idle("to zero".into())),
+        ];
+        let (mut fresh, mut reused) = (Guard::default(), Guard::default());
+        let mut buf = String::with_capacity(256);
+        buf.push_str("left over from the last decision");
+        for (k, (c, current, rec)) in cases.iter().enumerate() {
+            let now = k as Millis * 1000;
+            let want = fresh.decide(c, now, *current, rec);
+            let at = buf.as_ptr();
+            let got = reused.decide_reusing(c, now, *current, rec, buf);
+            assert_eq!(got, want, "case {k}");
+            assert_eq!(
+                got.reason.as_ptr(),
+                at,
+                "case {k}: written into the buffer handed in"
+            );
+            buf = got.reason;
+        }
     }
 
     #[test]
