@@ -962,16 +962,21 @@ fn ratio(rows: &[Row], sizes: usize) {
             r,
             b.p[2],
             a.p[2],
-            a.broker_p99.map_or("-".into(), |p| format!("{p:.1}")),
-            b.broker_p99.map_or("-".into(), |p| format!("{p:.1} ms")),
-            per_call(a),
+            b.broker_p99.map_or("-".into(), |p| format!("{p:.1}")),
+            a.broker_p99.map_or("-".into(), |p| format!("{p:.1} ms")),
             per_call(b),
+            per_call(a),
         );
     }
     if rounds.len() > 1 {
+        // of an even count, the mean of the middle two
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
-            bench::percentile(&v, 0.5)
+            match v.len() {
+                0 => f64::NAN,
+                n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+                n => v[n / 2],
+            }
         };
         let of = |n: usize| median(rows.iter().filter(|r| r.n == n).map(|r| r.p[2]).collect());
         println!(

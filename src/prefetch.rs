@@ -46,3 +46,40 @@ pub fn lines<T: ?Sized>(p: *const T, bytes: usize, max_lines: usize) {
 pub fn value<T>(v: &T) {
     lines(v as *const T, std::mem::size_of::<T>(), 64);
 }
+
+/// Up to `N` places kept by address and length, to ask for together
+/// (the first empty one ends them). An address is only ever prefetched,
+/// so one that went stale costs a wasted fill.
+#[derive(Debug, Clone, Copy)]
+pub struct Places<const N: usize>([(usize, usize); N]);
+
+impl<const N: usize> Default for Places<N> {
+    fn default() -> Self {
+        Self([(0, 0); N])
+    }
+}
+
+impl<const N: usize> Places<N> {
+    /// From `(address, bytes)` pairs, the first `N`.
+    pub fn of(places: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        let mut out = Self::default();
+        for (slot, p) in out.0.iter_mut().zip(places) {
+            *slot = p;
+        }
+        out
+    }
+
+    /// Asks for the first `max_lines` lines of each place.
+    pub fn prefetch(&self, max_lines: usize) {
+        for &(at, bytes) in &self.0 {
+            if at == 0 {
+                break;
+            }
+            lines(at as *const u8, bytes, max_lines);
+        }
+    }
+
+    pub fn places(&self) -> &[(usize, usize); N] {
+        &self.0
+    }
+}

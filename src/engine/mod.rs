@@ -569,6 +569,7 @@ impl Engine {
                 t.guard.prefetch();
                 t.policy.prefetch_headers();
                 t.window_lines.prefetch();
+                t.forecast_places.prefetch(4);
             }
             // what those point to: the Lua tables' slots and the
             // closures' upvalues, the last reason's buffer
@@ -920,6 +921,7 @@ impl Engine {
             if reads != 0 {
                 t.read_mask = reads;
                 t.window_lines = d.windows.read_windows();
+                t.forecast_places = d.forecast_places();
             }
             let value = t.cfg.activation.as_ref().map(|a| {
                 let span = a.span(&t.cfg.windows).as_millis() as i64;
@@ -1215,6 +1217,7 @@ fn build_target(
         control: ControlState::default(),
         read_mask: 0,
         window_lines: Default::default(),
+        forecast_places: Default::default(),
         since_ms: now_ms,
         probe_failures: 0,
         stale: false,
@@ -1361,7 +1364,7 @@ fn hot_lines() -> &'static [usize] {
     static LINES: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
     LINES.get_or_init(|| {
         // (offset, bytes) of each field read
-        let fields: [(usize, usize); 25] = [
+        let fields: [(usize, usize); 26] = [
             (offset_of!(TargetRuntime, cfg.name), 24),
             (offset_of!(TargetRuntime, cfg.paused), 1),
             (offset_of!(TargetRuntime, cfg.activation), 8),
@@ -1404,6 +1407,10 @@ fn hot_lines() -> &'static [usize] {
             (
                 offset_of!(TargetRuntime, window_lines),
                 size_of::<crate::window::WindowLines>(),
+            ),
+            (
+                offset_of!(TargetRuntime, forecast_places),
+                size_of::<crate::prefetch::Places<4>>(),
             ),
         ];
         let mut lines: Vec<usize> = fields

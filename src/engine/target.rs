@@ -65,6 +65,20 @@ impl TargetData {
 }
 
 impl TargetData {
+    /// Where the built-in models a policy asked for and their metrics'
+    /// histories are kept, for the tick to ask for them ahead of the next
+    /// evaluation (`sync_forecasts` reads both in each call).
+    pub fn forecast_places(&self) -> crate::prefetch::Places<4> {
+        let histories = Metric::ALL
+            .into_iter()
+            .filter(|&m| self.builtin.wanted(m))
+            .map(|m| {
+                let h = self.windows.metric(m).history();
+                (h as *const _ as usize, std::mem::size_of_val(h))
+            });
+        crate::prefetch::Places::of(self.builtin.wanted_slots().chain(histories))
+    }
+
     /// Where `metric`'s forecast at `now_ms` would come from (an external
     /// forecaster's name, or the built-in model's), without asking the
     /// built-in forecaster to model it (a status read changes nothing).
@@ -253,6 +267,9 @@ pub(super) struct TargetRuntime {
     /// Where the windows it read last keep their rings, to ask for them
     /// ahead of its next evaluation.
     pub(super) window_lines: crate::window::WindowLines,
+    /// Where its built-in models and their histories are kept
+    /// ([`TargetData::forecast_places`]).
+    pub(super) forecast_places: crate::prefetch::Places<4>,
     /// Since when this engine has had the target (a target is not stale
     /// before `stale_after` has passed once).
     pub(super) since_ms: Millis,

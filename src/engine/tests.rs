@@ -1896,3 +1896,39 @@ return P
         1.0
     );
 }
+
+/// The places the tick asks for ahead of a call are the models a policy
+/// asked a forecast of and those metrics' histories, nothing for a metric
+/// no policy forecast.
+#[test]
+fn the_forecast_places_are_the_wanted_models_and_their_histories() {
+    use crate::window::TargetWindows;
+    let windows = TargetWindows::new(
+        &[Duration::from_secs(10), Duration::from_secs(60)],
+        Duration::from_secs(3600),
+        Duration::from_secs(60),
+    );
+    let d = TargetData::new(windows, 0, 60_000);
+    assert_eq!(d.forecast_places().places()[0], (0, 0), "nothing wanted");
+    assert!(!d.builtin.wanted(Metric::QueueDepth));
+    d.builtin.lookup(
+        Metric::QueueDepth,
+        d.windows.metric(Metric::QueueDepth).history(),
+        0,
+        300_000,
+    );
+    assert!(d.builtin.wanted(Metric::QueueDepth));
+    assert!(
+        !d.builtin.wanted(Metric::LatencyMs),
+        "one metric's flag only"
+    );
+    let places = *d.forecast_places().places();
+    let history = d.windows.metric(Metric::QueueDepth).history();
+    assert_ne!(places[0].0, 0, "the model's slot");
+    assert_eq!(
+        places[1],
+        (history as *const _ as usize, std::mem::size_of_val(history)),
+        "its history"
+    );
+    assert_eq!(places[2], (0, 0));
+}

@@ -103,8 +103,6 @@ struct Fitted {
 
 #[derive(Debug, Default)]
 struct Slot {
-    /// A policy asked for this metric: keep a model for it.
-    wanted: Cell<bool>,
     model: Option<HoltWinters>,
     /// The history step the model takes next.
     next_step: i64,
@@ -139,6 +137,10 @@ impl Slot {
 /// One target's built-in forecasters, one slot per metric.
 #[derive(Debug, Default)]
 pub struct Builtin {
+    /// The metrics a policy asked a forecast of (a bit per `Metric`),
+    /// beside each other: each of the tick's calls looks at every metric,
+    /// and a flag in each slot was a line of its own to read (issue 21).
+    wanted: Cell<u8>,
     slots: [Slot; 4],
 }
 
@@ -146,10 +148,10 @@ impl Builtin {
     /// Brings the models of the metrics policies asked for up to date with
     /// `history`, and starts (or, inline, runs) a refit when one is due.
     pub fn sync(&mut self, metric: Metric, history: &History, now_ms: Millis, settings: &Settings) {
-        let slot = &mut self.slots[metric as usize];
-        if !slot.wanted.get() {
+        if !self.wanted(metric) {
             return;
         }
+        let slot = &mut self.slots[metric as usize];
         if let Some(rx) = &slot.pending {
             match rx.try_recv() {
                 Ok(f) => {
@@ -250,8 +252,7 @@ impl Builtin {
         now_ms: Millis,
         horizon_ms: i64,
     ) -> Option<ForecastValue> {
-        let slot = &self.slots[metric as usize];
-        if !slot.wanted.get() || slot.model.is_none() {
+        if !self.wanted(metric) || self.slots[metric as usize].model.is_none() {
             return None;
         }
         self.lookup(metric, history, now_ms, horizon_ms)
@@ -266,8 +267,8 @@ impl Builtin {
         now_ms: Millis,
         horizon_ms: i64,
     ) -> Option<ForecastValue> {
+        self.want(metric);
         let slot = &self.slots[metric as usize];
-        slot.wanted.set(true);
         let m = slot.model.as_ref()?;
         let step_ms = history.step_ms();
         let at_step = (now_ms + horizon_ms.max(0)).div_euclid(step_ms);
@@ -292,7 +293,7 @@ impl Builtin {
     /// `None` when no policy asked for it.
     pub fn export(&self, metric: Metric) -> Option<ForecasterState> {
         let slot = &self.slots[metric as usize];
-        slot.wanted.get().then(|| ForecasterState {
+        self.wanted(metric).then(|| ForecasterState {
             model: slot.model.clone().filter(HoltWinters::is_sound),
             next_step: slot.next_step,
             fitted_at_ms: slot.fitted_at,
@@ -306,8 +307,8 @@ impl Builtin {
     /// falls due when it would have. An unsound model is dropped (refitted
     /// at the next sync).
     pub fn import(&mut self, metric: Metric, s: &ForecasterState) {
+        self.want(metric);
         let slot = &mut self.slots[metric as usize];
-        slot.wanted.set(true);
         slot.asked.set(None);
         slot.model = s.model.clone().filter(HoltWinters::is_sound);
         slot.next_step = s.next_step;
@@ -323,7 +324,23 @@ impl Builtin {
 
     /// Whether a policy asked for a forecast of `metric`.
     pub fn wanted(&self, metric: Metric) -> bool {
-        self.slots[metric as usize].wanted.get()
+        self.wanted.get() & (1 << (metric as u8)) != 0
+    }
+
+    fn want(&self, metric: Metric) {
+        self.wanted.set(self.wanted.get() | 1 << (metric as u8));
+    }
+
+    /// Where the model of each metric a policy asked for is kept, for
+    /// the tick to ask for it ahead of the next call (a slot does not
+    /// move while its target's data lives; a stale address costs a
+    /// wasted prefetch).
+    pub fn wanted_slots(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.wanted.get() & (1 << i) != 0)
+            .map(|(_, s)| (s as *const Slot as usize, std::mem::size_of::<Slot>()))
     }
 }
 
