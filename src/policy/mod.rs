@@ -772,11 +772,13 @@ impl LuaPolicy {
 
     /// The first of two stages that ask the CPU for what a call of
     /// `decide` reads, a target or two ahead of its call: the headers of
-    /// `ctx`, `params`, the setter closure and `decide`.
+    /// `ctx`, `params`, the setter closure and `decide`, and the target's name.
     pub fn prefetch_headers(&self) {
         for p in self.hot.tables.iter().chain(&self.hot.closures) {
             layout::header(*p as *const std::ffi::c_void);
         }
+        // the name `ctx.target` was last set to, compared with the call's
+        crate::prefetch::lines(self.target.as_ptr(), self.target.len(), 1);
     }
 
     /// The second stage, the headers in cache by now: the hash slots of
