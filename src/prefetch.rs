@@ -41,12 +41,6 @@ pub fn lines<T: ?Sized>(p: *const T, bytes: usize, max_lines: usize) {
     }
 }
 
-/// [`lines`] of one value in place.
-#[inline]
-pub fn value<T>(v: &T) {
-    lines(v as *const T, std::mem::size_of::<T>(), 64);
-}
-
 /// Up to `N` places kept by address and length, to ask for together
 /// (the first empty one ends them). An address is only ever prefetched,
 /// so one that went stale costs a wasted fill.
@@ -79,6 +73,7 @@ impl<const N: usize> Places<N> {
         }
     }
 
+    #[cfg(test)]
     pub fn places(&self) -> &[(usize, usize); N] {
         &self.0
     }

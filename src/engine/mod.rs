@@ -564,7 +564,7 @@ impl Engine {
                 for &at in hot_lines() {
                     crate::prefetch::line(base.wrapping_add(at));
                 }
-                crate::prefetch::lines(Arc::as_ptr(&t.data), 64, 1);
+                crate::prefetch::line(Arc::as_ptr(&t.data));
                 crate::prefetch::lines(t.cfg.name.as_ptr(), t.cfg.name.len(), 2);
                 t.guard.prefetch();
                 t.policy.prefetch_headers();

@@ -17,8 +17,6 @@ use crate::prefetch;
 const TABLE_LSIZENODE: usize = 11;
 /// `Table.node`: the hash slots.
 const TABLE_NODE: usize = 24;
-/// A table's header (`sizeof(Table)`).
-const TABLE_BYTES: usize = 56;
 /// `sizeof(Node)`.
 const NODE_BYTES: usize = 24;
 /// `LClosure.nupvalues`.
@@ -48,7 +46,7 @@ fn pointer(obj: *const c_void, at: usize) -> *const u8 {
 /// The first stage for a table or a closure: its header.
 pub fn header(obj: *const c_void) {
     if !obj.is_null() {
-        prefetch::lines(obj, TABLE_BYTES, 1);
+        prefetch::line(obj);
     }
 }
 

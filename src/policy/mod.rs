@@ -655,11 +655,12 @@ pub struct LuaPolicy {
 }
 
 /// The Lua objects of one target that every call reads: `ctx`, its
-/// `params`, the closure that sets the per-call fields and `decide`
-/// (the references keep each alive, so its address holds).
+/// `params`, the closure that sets the per-call fields and `decide`.
+/// Each is kept alive, so its address holds: `ctx` and the setter by
+/// `LuaPolicy`'s own references, `decide` by the setter's upvalue, and
+/// `params` (which a policy may take out of `ctx`) by the one here.
 struct Hot {
     _params: Option<Table>,
-    _decide: Function,
     /// Addresses of `ctx` and `params` (tables), the setter closure and
     /// `decide` when it is a Lua function (0: none).
     tables: [usize; 2],
@@ -754,7 +755,6 @@ impl LuaPolicy {
             ],
             closures: [lua_function(&run_decide), lua_function(&decide)],
             _params: params,
-            _decide: decide,
         };
         vm.tune_gc();
         Ok(Self {
