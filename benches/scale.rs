@@ -32,7 +32,9 @@
 //!   SCALE_ROUNDS=R runs the sizes R times in turn (1,000, 50,000, 1,000,
 //!   ...) and prints each round's p99 ratio beside the broker's part alone
 //!   and the tick's time a call (the machine's speed at that moment),
-//!   then the medians. SCALE_BURN (`Burner` below) is a diagnostic.
+//!   then the medians, and the percentiles of each size's probes of all
+//!   rounds pooled (the sizes alternate, so the pooled sets saw the same
+//!   spells of the machine). SCALE_BURN (`Burner` below) is a diagnostic.
 //!   Reports start-up (to `/readyz`),
 //!   reaction p50/p90/p99/max, policy evaluations a second (every target
 //!   every tick is N a second), the tick's mean length, the largest
@@ -316,6 +318,9 @@ struct Row {
     rss_mb: f64,
     /// The bystander's p99 (RabbitMQ): the broker's part alone.
     broker_p99: Option<f64>,
+    /// Every probe's reaction in ms, sorted: the rounds' probes of one
+    /// size are pooled for one p99 over all of them (`ratio`).
+    lat: Vec<f64>,
 }
 
 /// A publisher of load signals and a reader of probe commands, on one
@@ -510,6 +515,7 @@ async fn measure<R: Rig>(
         scrapes,
         rss_mb: rss_mb(),
         broker_p99: (!outside.is_empty()).then(|| bench::percentile(&outside, 0.99)),
+        lat,
     };
     // the scaler's part: from the signal's `ts` to the command's issue
     let inside = "tidewatch_signal_to_command_seconds";
@@ -531,7 +537,7 @@ async fn measure<R: Rig>(
         row.ready_s,
         driven.sent as f64 / driven.load_s,
         driven.probes.len(),
-        lat.len(),
+        row.lat.len(),
         row.p[0],
         row.p[1],
         row.p[2],
@@ -987,6 +993,38 @@ fn ratio(rows: &[Row], sizes: usize) {
             of(first.n),
             first.n,
             median(ratios)
+        );
+        // The sizes alternate, so pooled they saw the same spells of the
+        // machine: one slow spell is a share of a size's tail, not the
+        // whole of one round's.
+        let pooled = |n: usize| {
+            let mut all: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.n == n)
+                .flat_map(|r| r.lat.iter().copied())
+                .collect();
+            all.sort_by(f64::total_cmp);
+            let q = |x| bench::percentile(&all, x);
+            (all.len(), [q(0.5), q(0.9), q(0.99)])
+        };
+        let ((na, a), (nb, b)) = (pooled(first.n), pooled(last.n));
+        println!(
+            "{} rounds pooled: at {} targets ({} probes) p50 {:.2} p90 {:.2} p99 {:.2} ms; at {} targets ({} probes) \
+             p50 {:.2} p90 {:.2} p99 {:.2} ms; p99 ratio {:.2} (p50 {:.2}, p90 {:.2})",
+            rounds.len(),
+            last.n,
+            nb,
+            b[0],
+            b[1],
+            b[2],
+            first.n,
+            na,
+            a[0],
+            a[1],
+            a[2],
+            b[2] / a[2],
+            b[0] / a[0],
+            b[1] / a[1],
         );
     }
 }

@@ -920,7 +920,7 @@ impl Engine {
             let reads = std::mem::take(&mut d.reads);
             if reads != 0 {
                 t.read_mask = reads;
-                t.window_lines = d.windows.read_windows();
+                t.window_lines = d.windows.read_windows(reads);
                 t.forecast_places = d.forecast_places();
             }
             let value = t.cfg.activation.as_ref().map(|a| {

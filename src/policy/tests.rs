@@ -1285,6 +1285,21 @@ return n, "odd %d (%s)", n, "b" .. n"#;
         };
         assert_eq!(p.render(&f), want);
     }
+    // a pattern made anew in each call (garbage once the call is over,
+    // and garbage made beside it so that collections run): each call's
+    // text is its own, never one kept from a string at the same address
+    let body = r#"
+ctx.state.n = (ctx.state.n or 0) + 1
+local n = ctx.state.n
+local junk = {}
+for i = 1, 300 do junk[i] = { i, tostring(i) .. n } end
+return n, "call " .. n .. " of %d", n * 10"#;
+    let decide_body = format!("local P = {{}}\nfunction P.decide(ctx)\n{body}\nend\nreturn P");
+    let mut p = policy(&decide_body).unwrap();
+    for n in 1..=200 {
+        let f = p.decide(&input()).unwrap().format.unwrap();
+        assert_eq!(p.render(&f), format!("call {n} of {}", n * 10));
+    }
 }
 
 /// A pattern its arguments do not fit fails where it is formatted: an

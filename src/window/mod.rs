@@ -526,11 +526,15 @@ impl TargetWindows {
     /// next evaluation ([`WindowLines::prefetch`]); the marks are
     /// cleared. A window's ring never moves once made, so the addresses
     /// hold until the windows are made anew (a restore), and a stale one
-    /// costs a wasted prefetch, nothing else.
-    pub fn read_windows(&self) -> WindowLines {
+    /// costs a wasted prefetch, nothing else. Only the metrics in
+    /// `metrics` (a bit per `Metric as u8`: those the call read) are
+    /// looked at: another metric's marks are its own memory, out of the
+    /// cache when nothing read it, and stay for a call that does.
+    pub fn read_windows(&self, metrics: u8) -> WindowLines {
         let mut out = WindowLines::default();
         let mut n = 0;
-        for m in &self.metrics {
+        let read_by_call = |&(i, _): &(usize, &MetricWindows)| metrics & (1 << i) != 0;
+        for (_, m) in self.metrics.iter().enumerate().filter(read_by_call) {
             let read = m.read.replace(0);
             for (k, w) in m.windows.iter().enumerate().take(8) {
                 if read & (1 << k) != 0 && n < out.0.len() {
@@ -710,7 +714,12 @@ mod tests {
     fn the_windows_read_are_the_ones_asked_for() {
         let mut t = target();
         t.apply_depth(&depth("q", 5.0, T0)).unwrap();
-        assert_eq!(t.read_windows().0, [(0, 0); 4], "nothing read yet");
+        let depth_only = 1 << Metric::QueueDepth as u8;
+        assert_eq!(
+            t.read_windows(depth_only).0,
+            [(0, 0); 4],
+            "nothing read yet"
+        );
         let m = t.metric(Metric::QueueDepth);
         let at = |k: usize| {
             let w = &m.windows[k];
@@ -720,14 +729,19 @@ mod tests {
         t.stat(Metric::QueueDepth, T0, 10_000, 2).unwrap();
         t.stat(Metric::QueueDepth, T0, 45_000, 0).unwrap();
         t.stats(Metric::QueueDepth, T0, 60_000).unwrap();
-        let lines = t.read_windows();
+        assert_eq!(
+            t.read_windows(!depth_only).0,
+            [(0, 0); 4],
+            "a metric the call did not read is not looked at"
+        );
+        let lines = t.read_windows(depth_only);
         assert_eq!(
             lines.0,
             [at(0), at(1), (0, 0), (0, 0)],
-            "10 s and 60 s, in span order, once each"
+            "10 s and 60 s, in span order, once each (the marks kept by the look that left them out)"
         );
         assert_ne!(at(0), at(1));
-        assert_eq!(t.read_windows().0, [(0, 0); 4], "taken");
+        assert_eq!(t.read_windows(depth_only).0, [(0, 0); 4], "taken");
         lines.prefetch();
         assert_eq!(
             t.stat(Metric::QueueDepth, T0, 60_000, 2).unwrap(),
