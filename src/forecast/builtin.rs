@@ -336,11 +336,11 @@ impl Builtin {
     /// move while its target's data lives; a stale address costs a
     /// wasted prefetch).
     pub fn wanted_slots(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.wanted.get() & (1 << i) != 0)
-            .map(|(_, s)| (s as *const Slot as usize, std::mem::size_of::<Slot>()))
+        Metric::ALL
+            .into_iter()
+            .filter(|&m| self.wanted(m))
+            .map(|m| &self.slots[m as usize])
+            .map(|s| (s as *const Slot as usize, std::mem::size_of::<Slot>()))
     }
 }
 

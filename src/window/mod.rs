@@ -533,8 +533,12 @@ impl TargetWindows {
     pub fn read_windows(&self, metrics: u8) -> WindowLines {
         let mut out = WindowLines::default();
         let mut n = 0;
-        let read_by_call = |&(i, _): &(usize, &MetricWindows)| metrics & (1 << i) != 0;
-        for (_, m) in self.metrics.iter().enumerate().filter(read_by_call) {
+        let read_by_call = |&m: &Metric| metrics & (1 << m as u8) != 0;
+        for m in Metric::ALL
+            .into_iter()
+            .filter(read_by_call)
+            .map(|m| self.metric(m))
+        {
             let read = m.read.replace(0);
             for (k, w) in m.windows.iter().enumerate().take(8) {
                 if read & (1 << k) != 0 && n < out.0.len() {
