@@ -958,7 +958,10 @@ fn ratio(rows: &[Row], sizes: usize) {
         let (a, b) = (&round[0], &round[round.len() - 1]);
         let r = b.p[2] / a.p[2];
         ratios.push(r);
-        let per_call = |row: &Row| row.tick_ms * 1000.0 * shards() / row.evaluations_per_s.max(1.0);
+        // a tick's work on one shard over that shard's targets: each is
+        // evaluated once a tick, whatever the tick's length (the events'
+        // evaluations are not in the tick's time)
+        let per_call = |row: &Row| row.tick_ms * 1000.0 * shards() / (row.n.max(1) as f64);
         println!(
             "round {}: p99 at {} targets / p99 at {} targets = {:.2} ({:.2} / {:.2} ms; the broker's part alone p99 {} / {}; \
              tick {:.1} / {:.1} us a call)",
