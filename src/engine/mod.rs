@@ -1296,7 +1296,7 @@ fn staleness(t: &TargetRuntime, d: &TargetData, now_ms: Millis) -> Option<String
     let after = t.cfg.stale_after?;
     let read: Vec<Metric> = Metric::ALL
         .into_iter()
-        .filter(|&m| t.read_mask == 0 || t.read_mask & (1 << (m as u8)) != 0)
+        .filter(|&m| t.read_mask == 0 || t.read_mask & m.bit() != 0)
         .collect();
     let newest = read
         .iter()

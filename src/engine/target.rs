@@ -141,7 +141,7 @@ impl SignalView for TargetData {
             .map(|t| self.now_ms - t)
     }
     fn note_read(&mut self, metric: Metric) {
-        self.reads |= 1 << (metric as u8);
+        self.reads |= metric.bit();
     }
 }
 

@@ -322,6 +322,12 @@ impl Metric {
             .map(|i| Self::ALL[i])
     }
 
+    /// The metric's bit in a set of metrics kept as a `u8` (the metrics a
+    /// call read, the forecasts a policy asked for).
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
     /// Counters sum per-message counts; their `rate` is sum per second and
     /// they keep no quantile sketch.
     pub fn is_counter(self) -> bool {

@@ -324,11 +324,11 @@ impl Builtin {
 
     /// Whether a policy asked for a forecast of `metric`.
     pub fn wanted(&self, metric: Metric) -> bool {
-        self.wanted.get() & (1 << (metric as u8)) != 0
+        self.wanted.get() & metric.bit() != 0
     }
 
     fn want(&self, metric: Metric) {
-        self.wanted.set(self.wanted.get() | 1 << (metric as u8));
+        self.wanted.set(self.wanted.get() | metric.bit());
     }
 
     /// Where the model of each metric a policy asked for is kept, for

@@ -533,7 +533,7 @@ impl TargetWindows {
     pub fn read_windows(&self, metrics: u8) -> WindowLines {
         let mut out = WindowLines::default();
         let mut n = 0;
-        let read_by_call = |&m: &Metric| metrics & (1 << m as u8) != 0;
+        let read_by_call = |&m: &Metric| metrics & m.bit() != 0;
         for m in Metric::ALL
             .into_iter()
             .filter(read_by_call)
