@@ -9,6 +9,7 @@ mod examples;
 mod layout;
 pub mod pattern;
 pub mod state;
+mod watchdog;
 
 pub use examples::{run_examples, ExampleOutcome};
 pub use state::Plain;
@@ -413,6 +414,9 @@ pub struct PolicyVm {
     patterns: Mutex<Vec<(usize, mlua::LuaString, Arc<str>)>>,
     used: Arc<AtomicU64>,
     deadline: Arc<Deadline>,
+    /// The count hook as the sandbox set it, which a decision runs
+    /// without until the watchdog sets it again (`watchdog`).
+    hook: Option<watchdog::Hook>,
     limits: PolicyLimits,
     version: String,
 }
@@ -440,6 +444,7 @@ impl PolicyVm {
             .map_err(|e| err(PolicyErrorKind::Load, e))?;
         used.store(0, Ordering::Relaxed);
         deadline.arm_for(limits.load_timeout);
+        let hook = watchdog::hook_of(&lua);
         // On the file's first line, so line numbers stay the file's.
         let text = format!("local _ENV = ...; {}", source.text);
         let current = Current::default();
@@ -479,6 +484,7 @@ impl PolicyVm {
             patterns: Mutex::new(Vec::new()),
             used,
             deadline,
+            hook,
             limits,
             version,
         }))
@@ -900,7 +906,10 @@ impl LuaPolicy {
         self.set_target(input).map_err(|e| self.fail(e))?;
         self.vm.arm();
         let reading = self.vm.current.reading(self.view.as_ref());
-        let out = self.run_decide.call::<Returned>(Self::args(input));
+        let vm = &self.vm;
+        let out = watchdog::unhooked(&vm.lua, vm.hook, vm.limits.timeout, || {
+            self.run_decide.call::<Returned>(Self::args(input))
+        });
         drop(reading);
         let (first, reason, a1, a2, a3, a4, a5, a6, more) = out.map_err(|e| self.fail(e))?;
         let invalid = |e: InvalidReturn| PolicyError {

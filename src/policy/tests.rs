@@ -1352,3 +1352,97 @@ fn only_a_lua_decide_has_its_upvalues_asked_for() {
     // rawlen(ctx): ctx has no array part
     assert_eq!(c.decide(&input).expect("decides").replicas, Some(0));
 }
+
+/// The count hook's mask in the state a call runs in (8, `LUA_MASKCOUNT`,
+/// when it is set), as a global function of `vm`'s sandbox.
+fn hook_probe(vm: &PolicyVm) {
+    let probe = vm
+        .lua
+        .create_function(|lua, ()| Ok(watchdog::mask_now(lua)))
+        .unwrap();
+    vm.lua.globals().set("hookmask", probe).unwrap();
+}
+
+const HOOK_PROBE: &str = r#"local P = {}
+function P.decide(ctx)
+  local first = hookmask()
+  if ctx.params.spin then
+    local t = os.clock()
+    while os.clock() - t < 0.05 do end
+  end
+  return first * 10 + hookmask()
+end
+return P"#;
+
+/// Issue 21: Lua 5.4's count hook costs every instruction of a call, so a
+/// decision starts without it; a call still running when the watchdog
+/// looks twice gets it (and with it the budget and the deadline), and
+/// the next call starts without it again. Loads and everything else
+/// outside a decision keep it.
+#[test]
+fn a_decision_runs_without_the_count_hook_until_it_runs_long() {
+    let limits = PolicyLimits {
+        instruction_budget: u64::MAX / 2,
+        timeout: std::time::Duration::from_secs(5),
+        ..small_limits()
+    };
+    let vm = PolicyVm::new(&source("probe.lua", HOOK_PROBE), limits).unwrap();
+    hook_probe(&vm);
+    let mut quick = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({})).unwrap();
+    let mut slow = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({"spin": true})).unwrap();
+    let mask = |vm: &PolicyVm| watchdog::mask_now(&vm.lua);
+    assert_eq!(mask(&vm), mlua::ffi::LUA_MASKCOUNT, "set between calls");
+    assert_eq!(quick.decide(&input()).unwrap().replicas, Some(0));
+    assert_eq!(
+        mask(&vm),
+        mlua::ffi::LUA_MASKCOUNT,
+        "set again after a call"
+    );
+    // 50 ms of spinning: the watchdog (every 5 ms) has set the hook
+    assert_eq!(slow.decide(&input()).unwrap().replicas, Some(8));
+    assert_eq!(quick.decide(&input()).unwrap().replicas, Some(0));
+    // a timeout shorter than the watchdog's reach keeps the hook throughout
+    let short = PolicyLimits {
+        timeout: watchdog::ALWAYS_BELOW / 2,
+        ..limits
+    };
+    let vm2 = PolicyVm::new(&source("probe.lua", HOOK_PROBE), short).unwrap();
+    hook_probe(&vm2);
+    let mut hooked = LuaPolicy::instantiate(vm2, &serde_json::json!({})).unwrap();
+    assert_eq!(hooked.decide(&input()).unwrap().replicas, Some(88));
+}
+
+/// Issue 21: with the hook set by the watchdog, a runaway decision with
+/// no budget to speak of is stopped by the deadline, and the budget
+/// counts from there.
+#[test]
+fn the_watchdog_stops_a_runaway_at_its_deadline_and_budget() {
+    let src = source(
+        "loop.lua",
+        "local P = {} function P.decide(ctx) while true do end end return P",
+    );
+    let limits = PolicyLimits {
+        instruction_budget: u64::MAX / 2,
+        timeout: std::time::Duration::from_millis(100),
+        ..small_limits()
+    };
+    let mut p = LuaPolicy::load(&src, &serde_json::json!({}), limits).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        p.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Timeout
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let budget = PolicyLimits {
+        instruction_budget: 100_000,
+        timeout: std::time::Duration::from_secs(30),
+        ..limits
+    };
+    let mut p = LuaPolicy::load(&src, &serde_json::json!({}), budget).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        p.decide(&input()).unwrap_err().kind,
+        PolicyErrorKind::Budget
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
