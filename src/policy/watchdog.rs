@@ -230,9 +230,12 @@ impl Unhooked {
             return None;
         }
         signal()?;
-        SLOT.with(|s| s.0.calls.fetch_add(1, Ordering::Release));
         ffi::lua_sethook(hook.state, None, 0, 0);
         RUNNING.with(|r| r.set(Some(hook)));
+        // the call is published to the watchdog only once the handler
+        // can set its hook: a signal sent for it always finds RUNNING
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        SLOT.with(|s| s.0.calls.fetch_add(1, Ordering::Release));
         Some(Self { hook })
     }
 }
