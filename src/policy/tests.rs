@@ -1353,14 +1353,17 @@ fn only_a_lua_decide_has_its_upvalues_asked_for() {
     assert_eq!(c.decide(&input).expect("decides").replicas, Some(0));
 }
 
-/// The count hook's mask in the state a call runs in (8, `LUA_MASKCOUNT`,
-/// when it is set), as a global function of `vm`'s sandbox.
-fn hook_probe(vm: &PolicyVm) {
+/// A VM of [`HOOK_PROBE`] whose sandbox has `hookmask()`: the count
+/// hook's mask in the state a call runs in (8, `LUA_MASKCOUNT`, when it
+/// is set).
+fn probe_vm(limits: PolicyLimits) -> Arc<PolicyVm> {
+    let vm = PolicyVm::new(&source("probe.lua", HOOK_PROBE), limits).unwrap();
     let probe = vm
         .lua
         .create_function(|lua, ()| Ok(watchdog::mask_now(lua)))
         .unwrap();
     vm.lua.globals().set("hookmask", probe).unwrap();
+    vm
 }
 
 const HOOK_PROBE: &str = r#"local P = {}
@@ -1386,8 +1389,7 @@ fn a_decision_runs_without_the_count_hook_until_it_runs_long() {
         timeout: std::time::Duration::from_secs(5),
         ..small_limits()
     };
-    let vm = PolicyVm::new(&source("probe.lua", HOOK_PROBE), limits).unwrap();
-    hook_probe(&vm);
+    let vm = probe_vm(limits);
     let mut quick = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({})).unwrap();
     let mut slow = LuaPolicy::instantiate(vm.clone(), &serde_json::json!({"spin": true})).unwrap();
     let mask = |vm: &PolicyVm| watchdog::mask_now(&vm.lua);
@@ -1406,9 +1408,7 @@ fn a_decision_runs_without_the_count_hook_until_it_runs_long() {
         timeout: watchdog::ALWAYS_BELOW / 2,
         ..limits
     };
-    let vm2 = PolicyVm::new(&source("probe.lua", HOOK_PROBE), short).unwrap();
-    hook_probe(&vm2);
-    let mut hooked = LuaPolicy::instantiate(vm2, &serde_json::json!({})).unwrap();
+    let mut hooked = LuaPolicy::instantiate(probe_vm(short), &serde_json::json!({})).unwrap();
     assert_eq!(hooked.decide(&input()).unwrap().replicas, Some(88));
 }
 
@@ -1426,23 +1426,19 @@ fn the_watchdog_stops_a_runaway_at_its_deadline_and_budget() {
         timeout: std::time::Duration::from_millis(100),
         ..small_limits()
     };
-    let mut p = LuaPolicy::load(&src, &serde_json::json!({}), limits).unwrap();
-    let started = std::time::Instant::now();
-    assert_eq!(
-        p.decide(&input()).unwrap_err().kind,
-        PolicyErrorKind::Timeout
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // the kind of error that ends the loop, which must end in time
+    let stopped = |limits: PolicyLimits| {
+        let mut p = LuaPolicy::load(&src, &serde_json::json!({}), limits).unwrap();
+        let started = std::time::Instant::now();
+        let kind = p.decide(&input()).unwrap_err().kind;
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        kind
+    };
+    assert_eq!(stopped(limits), PolicyErrorKind::Timeout);
     let budget = PolicyLimits {
         instruction_budget: 100_000,
         timeout: std::time::Duration::from_secs(30),
         ..limits
     };
-    let mut p = LuaPolicy::load(&src, &serde_json::json!({}), budget).unwrap();
-    let started = std::time::Instant::now();
-    assert_eq!(
-        p.decide(&input()).unwrap_err().kind,
-        PolicyErrorKind::Budget
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(stopped(budget), PolicyErrorKind::Budget);
 }
