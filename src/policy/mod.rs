@@ -5,6 +5,7 @@
 //! own; the memory limit is per call.
 
 mod bounded;
+mod call;
 mod examples;
 mod layout;
 pub mod pattern;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bounded::Deadline;
+use call::Current;
 use mlua::chunk::ChunkMode;
 use mlua::state::{GcGenParams, GcMode};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
@@ -34,7 +36,8 @@ const PRELUDE: &str = include_str!("prelude.lua");
 /// raw Rust lookups: made once per VM, the same functions in every
 /// target's `ctx`, reading the data of the target whose call is running.
 const BINDER: &str = r#"
-local raw_window, raw_forecast, raw_age, raw_recurring, raw_key, codes, raw_stat, stats, stat_names = ...
+local raw_window, raw_forecast, raw_age, raw_recurring, raw_key, codes, raw_stat, stats, stat_names,
+  fast_stat, fast_forecast = ...
 -- the metric's index and the span's ms for the raw reads; a name or span
 -- not seen yet goes through raw_key, which raises the errors that name it
 local spans, known = {}, 0
@@ -57,7 +60,11 @@ local function window(metric, span, stat)
     -- key's fast path inline: a Lua call fewer a read
     local m, ms = codes[metric], spans[span]
     if not (m and ms) then m, ms = key(metric, span) end
-    return raw_stat(m, ms, i)
+    -- a C function for the number; `nil, true` for what only raw_stat
+    -- does (its errors)
+    local v, other = fast_stat(m, ms, i)
+    if other then return raw_stat(m, ms, i) end
+    return v
   end
   local count, sum, mean, min, max, last, p50, p90, p95, p99, rate, slope = raw_window(key(metric, span))
   if count == nil then return nil end
@@ -71,8 +78,12 @@ local function forecast(metric, horizon, field)
     if not i then
       error("ctx.forecast: unknown field " .. tostring(field) .. " (one of value, lower, upper, source)", 2)
     end
-    -- the one field asked for, nil without a forecast
-    return (raw_forecast(codes[metric] or raw_key(metric, 1), horizon, i))
+    -- the one field asked for, nil without a forecast: a C function for
+    -- a number, raw_forecast for the source and the errors
+    local m = codes[metric] or raw_key(metric, 1)
+    local v, other = fast_forecast(m, horizon, i)
+    if other then return (raw_forecast(m, horizon, i)) end
+    return v
   end
   local value, lower, upper, source = raw_forecast(codes[metric] or raw_key(metric, 1), horizon)
   if value == nil then return nil end
@@ -447,7 +458,7 @@ impl PolicyVm {
         let hook = watchdog::hook_of(&lua);
         // On the file's first line, so line numbers stay the file's.
         let text = format!("local _ENV = ...; {}", source.text);
-        let current = Current::default();
+        let current = Current::new(&lua);
         type Compiled = (
             Function,
             Function,
@@ -1025,54 +1036,11 @@ impl LuaPolicy {
 /// A target's data, as the reads see it.
 type SharedView = Arc<Mutex<dyn SignalView>>;
 
-/// The data of the target whose call is running in a VM: set for the
-/// call, cleared after it, so the VM's one set of read functions serves
-/// every target in it (a slice's targets then share their functions'
-/// memory instead of touching four closures of their own each).
-#[derive(Default, Clone)]
-struct Current(Arc<Mutex<Option<SharedView>>>);
-
-/// Clears [`Current`] when the call ends, however it ends.
-struct Reading<'a>(&'a Current);
-
-impl Drop for Reading<'_> {
-    fn drop(&mut self) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-impl Current {
-    fn reading(&self, view: Option<&SharedView>) -> Reading<'_> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = view.cloned();
-        Reading(self)
-    }
-
-    /// Runs `f` on the running call's data.
-    fn with<T>(&self, f: impl FnOnce(&mut dyn SignalView) -> mlua::Result<T>) -> mlua::Result<T> {
-        let current = self
-            .0
-            .lock()
-            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
-        let view = current
-            .as_ref()
-            .ok_or_else(|| mlua::Error::runtime("ctx reads only work during a policy call"))?;
-        let mut view = view
-            .lock()
-            .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
-        f(&mut *view)
-    }
-}
-
 /// The VM's `ctx.window`, `ctx.forecast`, `ctx.age` and `ctx.recurring`:
 /// Rust returns plain values and a Lua table constructor packs them (far
 /// cheaper than filling a table field by field through the API).
 fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
-    let (c1, c2, c3, c4) = (
-        current.clone(),
-        current.clone(),
-        current.clone(),
-        current.clone(),
-    );
+    let (c1, c2, c3, c4, c5) = (*current, *current, *current, *current, *current);
     // metrics by index and spans in ms (`key` in BINDER): no strings
     // cross into Rust on the hot path
     let raw_window = lua.create_function(move |_, (metric, span_ms): (usize, i64)| {
@@ -1193,7 +1161,6 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             })
         },
     )?;
-    let c5 = current.clone();
     let raw_stat =
         lua.create_function(move |_, (metric, span_ms, stat): (usize, i64, usize)| {
             let metric = metric_at(metric)?;
@@ -1221,6 +1188,8 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         raw_stat,
         stat_codes(lua)?,
         STAT_NAMES.join(", "),
+        call::stat_function(lua)?,
+        call::forecast_function(lua)?,
     ))?;
     Ok([w, f, a, r])
 }

@@ -1442,3 +1442,72 @@ fn the_watchdog_stops_a_runaway_at_its_deadline_and_budget() {
     };
     assert_eq!(stopped(budget), PolicyErrorKind::Budget);
 }
+
+/// `ctx.window(metric, span, stat)` and `ctx.forecast(metric, horizon,
+/// field)` read one number through a C function (issue 21); what it does
+/// not handle (the source, a bad argument, a span too long, an unknown
+/// name) goes through the mlua read and gives the error that names it,
+/// as before. One target a case, in one VM.
+#[test]
+fn one_number_reads_and_their_errors() {
+    let src = source(
+        "one.lua",
+        r#"
+local P = {}
+local function err(f, ...)
+  local ok, e = pcall(f, ...)
+  return ok and "no error" or tostring(e):match("^[^\n]*")
+end
+local cases = {
+  function(ctx) return ctx.window("queue_depth", "60s", "mean") end,
+  function(ctx) return ctx.window("queue_depth", "60s", "max") end,
+  function(ctx) return tostring(ctx.window("latency_ms", "60s", "mean")) end,
+  function(ctx) return ctx.forecast("queue_depth", 300, "value") end,
+  function(ctx) return ctx.forecast("queue_depth", 300, "lower") end,
+  function(ctx) return ctx.forecast("queue_depth", 300, "upper") end,
+  function(ctx) return ctx.forecast("queue_depth", 300, "source") end,
+  function(ctx) return ctx.forecast("queue_depth", "300", "value") end,
+  function(ctx) return tostring(ctx.forecast("queue_depth", 60, "value")) end,
+  function(ctx) return err(ctx.window, "queue_depth", "10m", "mean") end,
+  function(ctx) return err(ctx.forecast, "queue_depth", -1, "value") end,
+  function(ctx) return err(ctx.forecast, "queue_depth", 0/0, "upper") end,
+  function(ctx) return err(ctx.forecast, "queue_depth", nil, "value") end,
+  function(ctx) return err(ctx.forecast, "queue_depth", 300, "median") end,
+  function(ctx) return err(ctx.window, "queue_depth", "60s", "median") end,
+  function(ctx) return err(ctx.window, "queue_size", "60s", "mean") end,
+}
+function P.decide(ctx)
+  return 1, tostring(cases[ctx.params.case](ctx))
+end
+return P
+"#,
+    );
+    let vm = PolicyVm::new(&src, small_limits()).unwrap();
+    let read = |case: usize| {
+        let params = serde_json::json!({ "case": case });
+        let mut p = LuaPolicy::instantiate(vm.clone(), &params).unwrap();
+        p.bind(Arc::new(Mutex::new(Fixed(one_sample(3.0)))))
+            .unwrap();
+        p.decide(&input()).unwrap().reason.unwrap()
+    };
+    let numbers: Vec<String> = (1..=9).map(read).collect();
+    assert_eq!(
+        numbers,
+        ["3.0", "3.0", "nil", "42.0", "40.0", "44.0", "test", "42.0", "nil"]
+    );
+    for (case, names) in [
+        (
+            10,
+            "span 600000 ms is longer than the longest window of queue_depth",
+        ),
+        (11, "forecast horizon must be non-negative seconds, got -1"),
+        (12, "forecast horizon must be non-negative seconds, got NaN"),
+        (13, "bad argument #2: error converting Lua nil to f64"),
+        (14, "unknown field median"),
+        (15, "unknown statistic median"),
+        (16, "unknown metric \"queue_size\""),
+    ] {
+        let e = read(case);
+        assert!(e.contains(names), "case {case}: {e}");
+    }
+}
