@@ -46,7 +46,10 @@ thread_local! {
 
 /// A VM's identity for [`CALL`], also written into its main Lua thread's
 /// extra space, where the C functions read it (a policy has no coroutine
-/// library, so its code runs on that thread).
+/// library, so its code runs on that thread). The call sets which
+/// target's data the reads see, so the VM's one set of read functions
+/// serves every target in it (a slice's targets share their functions'
+/// memory instead of touching four closures of their own each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Current {
     vm: usize,

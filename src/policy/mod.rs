@@ -1040,12 +1040,12 @@ type SharedView = Arc<Mutex<dyn SignalView>>;
 /// Rust returns plain values and a Lua table constructor packs them (far
 /// cheaper than filling a table field by field through the API).
 fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
-    let (c1, c2, c3, c4, c5) = (*current, *current, *current, *current, *current);
+    let current = *current;
     // metrics by index and spans in ms (`key` in BINDER): no strings
     // cross into Rust on the hot path
     let raw_window = lua.create_function(move |_, (metric, span_ms): (usize, i64)| {
         let metric = metric_at(metric)?;
-        let stats = c1.with(|view| {
+        let stats = current.with(|view| {
             view.note_read(metric);
             view.window(metric, span_ms).map_err(mlua::Error::runtime)
         })?;
@@ -1087,7 +1087,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     "forecast horizon must be non-negative seconds, got {horizon}"
                 )));
             }
-            let f = c2.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
+            let f = current.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
             let Some(f) = f else {
                 return Ok((Value::Nil, Value::Nil, Value::Nil, Value::Nil));
             };
@@ -1114,7 +1114,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
     )?;
     let raw_age = lua.create_function(move |_, metric: usize| {
         let metric = metric_at(metric)?;
-        c3.with(|view| {
+        current.with(|view| {
             view.note_read(metric);
             Ok(view.age_ms(metric).map(|ms| ms.max(0) as f64 / 1000.0))
         })
@@ -1146,7 +1146,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     "recurring days must be 1 to {MAX_RECURRING_DAYS}, got {days}"
                 )));
             }
-            let r = c4.with(|view| {
+            let r = current.with(|view| {
                 Ok(view.recurring(
                     metric,
                     (from * 1000.0) as i64,
@@ -1164,7 +1164,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
     let raw_stat =
         lua.create_function(move |_, (metric, span_ms, stat): (usize, i64, usize)| {
             let metric = metric_at(metric)?;
-            c5.with(|view| {
+            current.with(|view| {
                 view.note_read(metric);
                 view.window_stat(metric, span_ms, stat)
                     .map_err(mlua::Error::runtime)
