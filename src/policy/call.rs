@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use mlua::ffi;
 
-use super::{SharedView, SignalView};
+use super::{horizon_ms, metric_at, SharedView, SignalView};
 use crate::event::Metric;
 
 /// The call in progress on this thread: which VM it runs in and the view
@@ -50,7 +50,7 @@ thread_local! {
 /// target's data the reads see, so the VM's one set of read functions
 /// serves every target in it (a slice's targets share their functions'
 /// memory instead of touching four closures of their own each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(super) struct Current {
     vm: usize,
 }
@@ -105,14 +105,8 @@ impl Current {
         &self,
         f: impl FnOnce(&mut dyn SignalView) -> mlua::Result<T>,
     ) -> mlua::Result<T> {
-        let view = match CALL.get() {
-            Some(c) if c.vm == self.vm => c.view,
-            _ => {
-                return Err(mlua::Error::runtime(
-                    "ctx reads only work during a policy call",
-                ))
-            }
-        };
+        let view = call_in(self.vm)
+            .ok_or_else(|| mlua::Error::runtime("ctx reads only work during a policy call"))?;
         // SAFETY: CALL holds a view only while the `Reading` that borrows
         // it lives (see `reading`)
         let view = unsafe { view.as_ref() };
@@ -121,6 +115,11 @@ impl Current {
             .map_err(|_| mlua::Error::runtime("signal data lock poisoned"))?;
         f(&mut *view)
     }
+}
+
+/// The view of the call running on this thread in VM `vm`.
+fn call_in(vm: usize) -> Option<NonNull<Mutex<dyn SignalView>>> {
+    CALL.get().filter(|c| c.vm == vm).map(|c| c.view)
 }
 
 /// `f` on the view of the call running in the VM of `l`, None without
@@ -132,15 +131,19 @@ unsafe fn with_view<T>(
     l: *mut ffi::lua_State,
     f: impl FnOnce(&mut dyn SignalView) -> Option<T>,
 ) -> Option<T> {
-    let vm = ffi::lua_getextraspace(l).cast::<usize>().read();
-    let call = CALL.get().filter(|c| c.vm == vm)?;
+    let view = call_in(ffi::lua_getextraspace(l).cast::<usize>().read())?;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: as in `Current::with`
-        let mut view = unsafe { call.view.as_ref() }.lock().ok()?;
+        let mut view = unsafe { view.as_ref() }.lock().ok()?;
         f(&mut *view)
     }))
     .ok()
     .flatten()
+}
+
+/// Argument `i` as a metric's index, None if it is not one.
+unsafe fn metric(l: *mut ffi::lua_State, i: c_int) -> Option<Metric> {
+    metric_at(usize::try_from(integer(l, i)?).ok()?).ok()
 }
 
 /// Argument `i` as an integer, None if it is not one.
@@ -189,7 +192,7 @@ pub(super) fn forecast_function(lua: &mlua::Lua) -> mlua::Result<mlua::Function>
 /// statistic.
 unsafe extern "C-unwind" fn stat(l: *mut ffi::lua_State) -> c_int {
     let found = (|| {
-        let metric = *Metric::ALL.get(usize::try_from(integer(l, 1)?).ok()?)?;
+        let metric = metric(l, 1)?;
         let span_ms = integer(l, 2)?;
         let stat = usize::try_from(integer(l, 3)?).ok()?;
         with_view(l, |view| {
@@ -204,11 +207,11 @@ unsafe extern "C-unwind" fn stat(l: *mut ffi::lua_State) -> c_int {
 /// numbers (1 value, 2 lower, 3 upper): `ctx.forecast`'s one field.
 unsafe extern "C-unwind" fn forecast(l: *mut ffi::lua_State) -> c_int {
     let found = (|| {
-        let metric = *Metric::ALL.get(usize::try_from(integer(l, 1)?).ok()?)?;
-        let horizon = number(l, 2).filter(|h| h.is_finite() && *h >= 0.0)?;
+        let metric = metric(l, 1)?;
+        let horizon_ms = horizon_ms(number(l, 2)?)?;
         let field = integer(l, 3).filter(|f| (1..=3).contains(f))?;
         with_view(l, |view| {
-            let f = view.forecast(metric, (horizon * 1000.0) as i64);
+            let f = view.forecast(metric, horizon_ms);
             Some(f.map(|f| match field {
                 1 => f.value,
                 2 => f.lower,

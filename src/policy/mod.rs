@@ -1082,12 +1082,12 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
     let raw_forecast = lua.create_function(
         move |lua, (metric, horizon, field): (usize, f64, Option<usize>)| {
             let metric = metric_at(metric)?;
-            if !horizon.is_finite() || horizon < 0.0 {
+            let Some(horizon_ms) = horizon_ms(horizon) else {
                 return Err(mlua::Error::runtime(format!(
                     "forecast horizon must be non-negative seconds, got {horizon}"
                 )));
-            }
-            let f = current.with(|view| Ok(view.forecast(metric, (horizon * 1000.0) as i64)))?;
+            };
+            let f = current.with(|view| Ok(view.forecast(metric, horizon_ms)))?;
             let Some(f) = f else {
                 return Ok((Value::Nil, Value::Nil, Value::Nil, Value::Nil));
             };
@@ -1309,6 +1309,12 @@ fn is_memory(e: &mlua::Error) -> bool {
 }
 
 /// The metric of a `codes` index (BINDER).
+/// A forecast's horizon in seconds as ms, None for one that is not a
+/// non-negative number.
+fn horizon_ms(seconds: f64) -> Option<i64> {
+    (seconds.is_finite() && seconds >= 0.0).then_some((seconds * 1000.0) as i64)
+}
+
 fn metric_at(i: usize) -> mlua::Result<Metric> {
     Metric::ALL
         .get(i)
