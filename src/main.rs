@@ -181,6 +181,12 @@ struct SimulateArgs {
     /// default setting (default: the first --policy).
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// With --sweep of numbers: up to N more runs of each policy, each at
+    /// the value halfway between the two neighbouring values whose costs
+    /// are closest around the baseline's, so that the reading at the
+    /// baseline's cost is measured rather than interpolated over a wide gap.
+    #[arg(long, default_value_t = 0, requires = "sweep")]
+    refine: u32,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -216,6 +222,7 @@ fn simulate(a: &SimulateArgs) -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     o.season = a.season.clone();
+    o.refine = a.refine;
     for kv in &a.params {
         let Some((k, v)) = kv.split_once('=') else {
             eprintln!("--param {kv:?}: give KEY=VALUE");

@@ -408,9 +408,9 @@ fn simulate_scores_a_generated_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let written = dir.path().join("generated");
     std::fs::create_dir(&written).unwrap();
-    let run = |name: &str| {
+    let run_with = |name: &str, more: &[&str]| {
         let report = dir.path().join(name);
-        let (code, out, err) = tidewatch(&[
+        let mut args = vec![
             "simulate",
             "--write-generated",
             written.to_str().unwrap(),
@@ -429,10 +429,13 @@ fn simulate_scores_a_generated_corpus() {
             "--report",
             report.to_str().unwrap(),
             "--quiet",
-        ]);
+        ];
+        args.extend_from_slice(more);
+        let (code, out, err) = tidewatch(&args);
         assert_eq!(code, 0, "{out}{err}");
         (out, std::fs::read_to_string(&report).unwrap())
     };
+    let run = |name: &str| run_with(name, &[]);
     let (out, json) = run("a.json");
     for want in [
         "generated-seasonal-5",
@@ -458,6 +461,23 @@ fn simulate_scores_a_generated_corpus() {
     assert_eq!(r["medians"].as_array().unwrap().len(), 4);
     let (_, again) = run("b.json");
     assert_eq!(json, again, "deterministic per seed");
+    // --refine: runs between the two settings, toward hpa.lua's cost at
+    // its default (0.8), on some trace; never more than asked
+    let (_, refined) = run_with("c.json", &["--refine", "2"]);
+    let r: serde_json::Value = serde_json::from_str(&refined).unwrap();
+    let added: Vec<f64> = r["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["sweep"]["frontiers"].as_array().unwrap().clone())
+        .flat_map(|f| f["points"].as_array().unwrap().clone())
+        .filter_map(|p| p["value"].as_f64())
+        .filter(|v| *v != 0.7 && *v != 0.9)
+        .collect();
+    assert!(
+        !added.is_empty() && added.len() <= 2 * 2 * 2 && added.iter().all(|v| *v > 0.7 && *v < 0.9),
+        "{added:?}"
+    );
     // a written trace runs on its own; --series has every scored step
     let series = dir.path().join("series.csv");
     let (code, out, err) = tidewatch(&[

@@ -206,7 +206,10 @@ pub fn compare(f: &Frontier, base: &Point) -> Comparison {
 }
 
 /// Runs every policy of `opts` at every value of `key`, and `baseline` at
-/// its default setting; the runs go on every core.
+/// its default setting; the runs go on every core. Then, `opts.refine`
+/// rounds at most, each policy again at the value [`next_value`] picks,
+/// so that its frontier is measured near the baseline's cost rather than
+/// read off a chord between two settings far apart.
 pub fn sweep(
     opts: &Options,
     trace: &Trace,
@@ -216,16 +219,91 @@ pub fn sweep(
 ) -> Result<SweepReport, SimulateError> {
     let mut jobs: Vec<(Option<serde_json::Value>, Options)> = values
         .iter()
-        .map(|v| {
-            let mut o = opts.clone();
-            o.params.insert(key.to_owned(), v.clone());
-            (Some(v.clone()), o)
-        })
+        .map(|v| (Some(v.clone()), with_value(opts, key, v.clone())))
         .collect();
     let mut default = opts.clone();
     default.policies = vec![baseline.to_path_buf()];
     default.params.remove(key);
     jobs.push((None, default));
+    let mut reports = run_all(&jobs, trace)?;
+    let default_report = reports.pop().expect("the default run");
+    jobs.pop();
+    let base_default = Point::of(None, &default_report.policies[0]);
+    let names: Vec<String> = opts
+        .policies
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut points: Vec<Vec<Point>> = (0..names.len())
+        .map(|k| {
+            jobs.iter()
+                .zip(&reports)
+                .map(|((v, _), r)| Point::of(v.clone(), &r.policies[k]))
+                .collect()
+        })
+        .collect();
+    for _ in 0..opts.refine {
+        // one run of each policy still to refine, all of them at once
+        let more: Vec<(usize, f64)> = points
+            .iter()
+            .enumerate()
+            .filter_map(|(k, ps)| {
+                let run: Option<Vec<(f64, f64)>> = ps
+                    .iter()
+                    .map(|p| Some((p.value.as_ref()?.as_f64()?, p.replica_hours)))
+                    .collect();
+                next_value(&run?, base_default.replica_hours).map(|v| (k, v))
+            })
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        let jobs: Vec<(Option<serde_json::Value>, Options)> = more
+            .iter()
+            .map(|&(k, v)| {
+                let v = serde_json::Value::from(v);
+                let mut o = with_value(opts, key, v.clone());
+                o.policies = vec![opts.policies[k].clone()];
+                (Some(v), o)
+            })
+            .collect();
+        for (((v, _), r), &(k, _)) in jobs.iter().zip(run_all(&jobs, trace)?).zip(&more) {
+            points[k].push(Point::of(v.clone(), &r.policies[0]));
+        }
+    }
+    let frontiers: Vec<Frontier> = names
+        .iter()
+        .zip(points)
+        .map(|(name, points)| Frontier::new(name.clone(), points))
+        .collect();
+    let comparisons = frontiers
+        .iter()
+        .map(|f| compare(f, &base_default))
+        .collect();
+    Ok(SweepReport {
+        trace: default_report.trace.clone(),
+        key: key.to_owned(),
+        values: values.to_vec(),
+        baseline: baseline.display().to_string(),
+        baseline_default: base_default,
+        frontiers,
+        comparisons,
+    })
+}
+
+/// `opts` with policy parameter `key` set to `v`.
+fn with_value(opts: &Options, key: &str, v: serde_json::Value) -> Options {
+    let mut o = opts.clone();
+    o.params.insert(key.to_owned(), v);
+    o
+}
+
+/// Runs every job's options on `trace`, on every core; the reports in the
+/// jobs' order.
+fn run_all(
+    jobs: &[(Option<serde_json::Value>, Options)],
+    trace: &Trace,
+) -> Result<Vec<super::Report>, SimulateError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Result<super::Report, SimulateError>>>> =
@@ -246,38 +324,42 @@ pub fn sweep(
         reports
             .push(r.ok_or_else(|| SimulateError::Options("a sweep run did not finish".into()))??);
     }
-    let default_report = reports.pop().expect("the default run");
-    let base_default = Point::of(None, &default_report.policies[0]);
-    let names: Vec<String> = opts
-        .policies
+    Ok(reports)
+}
+
+/// The swept value to run a policy at next so that its frontier is
+/// measured at `cost` (the baseline's replica-hours), given the (value,
+/// replica-hours) of the runs so far; None when a run is within 0.25% of
+/// that cost, when two runs of neighbouring values bracket it within 1%,
+/// or when no two do. It bisects, in the value, the pair of neighbouring
+/// values whose costs bracket `cost` most tightly. A policy's cost need
+/// not fall as its value rises (a gate that opens at one setting and not
+/// at the next), so any neighbours that bracket it will do, not only
+/// Pareto points.
+pub fn next_value(runs: &[(f64, f64)], cost: f64) -> Option<f64> {
+    if !(cost.is_finite() && cost > 0.0) {
+        return None;
+    }
+    if runs.iter().any(|r| (r.1 - cost).abs() <= 0.0025 * cost) {
+        return None;
+    }
+    let mut runs: Vec<(f64, f64)> = runs
         .iter()
-        .map(|p| p.display().to_string())
+        .copied()
+        .filter(|r| r.0.is_finite() && r.1.is_finite())
         .collect();
-    let frontiers: Vec<Frontier> = names
-        .iter()
-        .enumerate()
-        .map(|(k, name)| {
-            let points = jobs
-                .iter()
-                .zip(&reports)
-                .map(|((v, _), r)| Point::of(v.clone(), &r.policies[k]))
-                .collect();
-            Frontier::new(name.clone(), points)
-        })
-        .collect();
-    let comparisons = frontiers
-        .iter()
-        .map(|f| compare(f, &base_default))
-        .collect();
-    Ok(SweepReport {
-        trace: default_report.trace.clone(),
-        key: key.to_owned(),
-        values: values.to_vec(),
-        baseline: baseline.display().to_string(),
-        baseline_default: base_default,
-        frontiers,
-        comparisons,
-    })
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (a, b) = runs
+        .windows(2)
+        .filter(|w| (w[0].1 - cost) * (w[1].1 - cost) < 0.0)
+        .map(|w| (w[0], w[1]))
+        .min_by(|x, y| (x.0 .1 - x.1 .1).abs().total_cmp(&(y.0 .1 - y.1 .1).abs()))?;
+    if (a.1 - b.1).abs() <= 0.01 * cost {
+        return None;
+    }
+    // a value as short as it prints: 0.825, not 0.8250000000000001
+    let mid = ((a.0 + b.0) / 2.0 * 1e6).round() / 1e6;
+    (mid > a.0 && mid < b.0).then_some(mid)
 }
 
 impl SweepReport {
@@ -410,5 +492,43 @@ mod tests {
         let z = Frontier::new("z".into(), vec![point(100.0, 0.04), point(200.0, 0.0)]);
         assert!((share_at_cost(&z.curve(), 150.0).unwrap() - 0.02).abs() < 1e-12);
         assert!((cost_at_share(&z.curve(), 0.01).unwrap() - 175.0).abs() < 1e-9);
+    }
+
+    /// Which value is run next, by hand: the neighbours whose costs
+    /// bracket the baseline's most tightly are halved in the value.
+    #[test]
+    fn refinement_halves_the_values_that_bracket_the_baseline_cost() {
+        // a cost falling as the value rises: 850 lies between 0.8 (900)
+        // and 0.9 (800)
+        let runs = [(0.6, 1100.0), (0.8, 900.0), (0.9, 800.0), (1.2, 600.0)];
+        assert_eq!(next_value(&runs, 850.0), Some(0.85));
+        // the order the runs come in does not matter
+        let mut rev = runs;
+        rev.reverse();
+        assert_eq!(next_value(&rev, 850.0), Some(0.85));
+        // a gate that makes 0.8 dearer than 0.75 (generated-seasonal-219:
+        // 952.5 at 0.75, 953.7 at 0.8, 879.6 at 0.85; hpa.lua 897.1):
+        // only 0.8 and 0.85 bracket it
+        let gated = [(0.75, 952.5), (0.8, 953.7), (0.85, 879.6)];
+        assert_eq!(next_value(&gated, 897.1), Some(0.825));
+        // two brackets: the tighter one (0.8 to 0.85, 40 apart, against
+        // 0.6 to 0.7, 200 apart)
+        let two = [
+            (0.6, 1000.0),
+            (0.7, 800.0),
+            (0.75, 950.0),
+            (0.8, 920.0),
+            (0.85, 880.0),
+        ];
+        assert_eq!(next_value(&two, 900.0), Some(0.825));
+        // done: a run within 0.25% of the cost, a bracket within 1%, no
+        // bracket at all, or no cost to aim at
+        assert_eq!(next_value(&[(0.8, 901.0), (0.9, 800.0)], 900.0), None);
+        assert_eq!(next_value(&[(0.8, 905.0), (0.9, 897.0)], 900.0), None);
+        assert_eq!(next_value(&[(0.8, 1000.0), (0.9, 950.0)], 900.0), None);
+        assert_eq!(next_value(&runs, 0.0), None);
+        assert_eq!(next_value(&runs, f64::NAN), None);
+        // a value printed short: 0.1 + 0.2 is 0.30000000000000004
+        assert_eq!(next_value(&[(0.2, 1000.0), (0.4, 800.0)], 900.0), Some(0.3));
     }
 }

@@ -74,6 +74,10 @@ pub struct Options {
     pub windows: Vec<Duration>,
     /// Given to every policy, after `capacity`, `startup`, `step`.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// With a sweep: rounds of runs that measure each policy's frontier
+    /// near the baseline's cost ([`frontier::next_value`]); 0: the grid
+    /// alone.
+    pub refine: u32,
 }
 
 impl Options {
@@ -95,6 +99,7 @@ impl Options {
             season: "auto".into(),
             windows: [60, 120, 300, 600].map(Duration::from_secs).to_vec(),
             params: serde_json::Map::new(),
+            refine: 0,
         }
     }
 

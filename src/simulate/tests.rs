@@ -501,3 +501,57 @@ fn a_daily_cycle_under_bursts_on_the_hour_is_seasonal() {
     assert_eq!(m.len(), 4);
     assert!((m[1] - g.at(g.start() + 90 * 60_000)).abs() < 1e-9, "{m:?}");
 }
+
+/// `--refine`: `hpa.lua` swept over 0.5 and 1.0 only, against itself at
+/// its default (0.8). On the grid its own default is read off the curve
+/// between 0.5 and 1.0; the refinement runs it between them, each run
+/// closer to the default's cost, so the reading comes close to what the
+/// default measured (a reduction near 0).
+#[test]
+fn refinement_measures_the_frontier_at_the_baseline_cost() {
+    let mut o = hpa_and_recurring();
+    o.policies.truncate(1);
+    o.capacity = 4.0;
+    let t = super::generate::generate(super::generate::Kind::Bursty, 3, 3, 60);
+    let grid = [serde_json::json!(0.5), serde_json::json!(1.0)];
+    let base = o.policies[0].clone();
+    let coarse = frontier::sweep(&o, &t, "target_utilization", &grid, &base).unwrap();
+    o.refine = 4;
+    let fine = frontier::sweep(&o, &t, "target_utilization", &grid, &base).unwrap();
+    let cost = fine.baseline_default.replica_hours;
+    assert!(
+        fine.baseline_default.under_provisioned_share > 0.0,
+        "{fine:?}"
+    );
+    let added: Vec<f64> = fine.frontiers[0]
+        .points
+        .iter()
+        .filter_map(|p| p.value.as_ref()?.as_f64())
+        .filter(|v| *v != 0.5 && *v != 1.0)
+        .collect();
+    assert!(
+        (1..=4).contains(&added.len()) && added.iter().all(|v| *v > 0.5 && *v < 1.0),
+        "{added:?}"
+    );
+    // the runs come closer to the default's cost than the grid's
+    let gap = |r: &frontier::SweepReport| {
+        r.frontiers[0]
+            .points
+            .iter()
+            .map(|p| (p.replica_hours - cost).abs() / cost)
+            .fold(f64::INFINITY, f64::min)
+    };
+    assert!(
+        gap(&fine) < gap(&coarse) / 4.0,
+        "{} {}",
+        gap(&fine),
+        gap(&coarse)
+    );
+    let reduction = |r: &frontier::SweepReport| r.comparisons[0].share_reduction.unwrap().abs();
+    assert!(
+        reduction(&fine) < reduction(&coarse),
+        "{} {}",
+        reduction(&fine),
+        reduction(&coarse)
+    );
+}
