@@ -1308,13 +1308,13 @@ fn is_memory(e: &mlua::Error) -> bool {
     }
 }
 
-/// The metric of a `codes` index (BINDER).
 /// A forecast's horizon in seconds as ms, None for one that is not a
 /// non-negative number.
 fn horizon_ms(seconds: f64) -> Option<i64> {
     (seconds.is_finite() && seconds >= 0.0).then_some((seconds * 1000.0) as i64)
 }
 
+/// The metric of a `codes` index (BINDER).
 fn metric_at(i: usize) -> mlua::Result<Metric> {
     Metric::ALL
         .get(i)

@@ -5,7 +5,8 @@
 //! the under-provisioned share the policy reaches at the baseline's cost,
 //! and the cost at which it is as safe as the baseline, both read off the
 //! policy's frontier between its Pareto points, linearly in cost and in
-//! the share's logarithm ([`share_between`]).
+//! the share's logarithm ([`share_between`]); with `refine`, after runs
+//! near the baseline's cost ([`next_value`]).
 
 use std::path::Path;
 
@@ -217,17 +218,16 @@ pub fn sweep(
     values: &[serde_json::Value],
     baseline: &Path,
 ) -> Result<SweepReport, SimulateError> {
-    let mut jobs: Vec<(Option<serde_json::Value>, Options)> = values
+    let mut runs: Vec<Options> = values
         .iter()
-        .map(|v| (Some(v.clone()), with_value(opts, key, v.clone())))
+        .map(|v| with_value(opts, key, v.clone()))
         .collect();
     let mut default = opts.clone();
     default.policies = vec![baseline.to_path_buf()];
     default.params.remove(key);
-    jobs.push((None, default));
-    let mut reports = run_all(&jobs, trace)?;
+    runs.push(default);
+    let mut reports = run_all(&runs, trace)?;
     let default_report = reports.pop().expect("the default run");
-    jobs.pop();
     let base_default = Point::of(None, &default_report.policies[0]);
     let names: Vec<String> = opts
         .policies
@@ -236,9 +236,10 @@ pub fn sweep(
         .collect();
     let mut points: Vec<Vec<Point>> = (0..names.len())
         .map(|k| {
-            jobs.iter()
+            values
+                .iter()
                 .zip(&reports)
-                .map(|((v, _), r)| Point::of(v.clone(), &r.policies[k]))
+                .map(|(v, r)| Point::of(Some(v.clone()), &r.policies[k]))
                 .collect()
         })
         .collect();
@@ -248,27 +249,26 @@ pub fn sweep(
             .iter()
             .enumerate()
             .filter_map(|(k, ps)| {
-                let run: Option<Vec<(f64, f64)>> = ps
+                let costs: Option<Vec<(f64, f64)>> = ps
                     .iter()
                     .map(|p| Some((p.value.as_ref()?.as_f64()?, p.replica_hours)))
                     .collect();
-                next_value(&run?, base_default.replica_hours).map(|v| (k, v))
+                next_value(&costs?, base_default.replica_hours).map(|v| (k, v))
             })
             .collect();
         if more.is_empty() {
             break;
         }
-        let jobs: Vec<(Option<serde_json::Value>, Options)> = more
+        let runs: Vec<Options> = more
             .iter()
             .map(|&(k, v)| {
-                let v = serde_json::Value::from(v);
-                let mut o = with_value(opts, key, v.clone());
+                let mut o = with_value(opts, key, v.into());
                 o.policies = vec![opts.policies[k].clone()];
-                (Some(v), o)
+                o
             })
             .collect();
-        for (((v, _), r), &(k, _)) in jobs.iter().zip(run_all(&jobs, trace)?).zip(&more) {
-            points[k].push(Point::of(v.clone(), &r.policies[0]));
+        for (&(k, v), r) in more.iter().zip(run_all(&runs, trace)?) {
+            points[k].push(Point::of(Some(v.into()), &r.policies[0]));
         }
     }
     let frontiers: Vec<Frontier> = names
@@ -298,28 +298,25 @@ fn with_value(opts: &Options, key: &str, v: serde_json::Value) -> Options {
     o
 }
 
-/// Runs every job's options on `trace`, on every core; the reports in the
-/// jobs' order.
-fn run_all(
-    jobs: &[(Option<serde_json::Value>, Options)],
-    trace: &Trace,
-) -> Result<Vec<super::Report>, SimulateError> {
+/// Runs each of `runs` on `trace`, on every core; the reports in the
+/// same order.
+fn run_all(runs: &[Options], trace: &Trace) -> Result<Vec<super::Report>, SimulateError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Result<super::Report, SimulateError>>>> =
-        std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+        std::sync::Mutex::new((0..runs.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        for _ in 0..threads.min(jobs.len()) {
+        for _ in 0..threads.min(runs.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((_, o)) = jobs.get(i) else { break };
+                let Some(o) = runs.get(i) else { break };
                 let r = run(o, trace, |_, _| {}).map(|(r, _)| r);
                 results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
             });
         }
     });
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut reports = Vec::with_capacity(jobs.len());
+    let mut reports = Vec::with_capacity(runs.len());
     for r in results {
         reports
             .push(r.ok_or_else(|| SimulateError::Options("a sweep run did not finish".into()))??);
