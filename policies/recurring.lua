@@ -26,6 +26,14 @@
 --         (below halfway to the plan, above 90% of that load): the rise
 --         may still come. Once the load has risen, or fallen, the plan
 --         is made afresh.
+--   align: a day that runs late (or early) all day shows it in the hours
+--         before its rise. So each previous day is read from where its
+--         own last three hours matched today's last three best (the shape
+--         of the load, its level aside), up to `align` seconds earlier or
+--         later, and only where that shift fits clearly better than none
+--         and the hours have a shape to match (not a flat, noisy night):
+--         ctx.recurring's sixth argument. 0: each day at today's time of
+--         day.
 --   weekly: the median across 14 days is the working days' rise, also
 --         on a weekend. So no more of it is added than the same day of
 --         the week had: times ctx.recurring's `week` (the level the same
@@ -70,7 +78,7 @@
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
 --         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), days
---         (14, at most 14), hold (1200; 0: none), weekly
+--         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
 --         memory (604800), stab (300), daily_min (0.5), capacity (else
 --         target / 0.8).
@@ -211,7 +219,7 @@ function P.decide(ctx)
   -- the same call
   local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
   local r = ctx.recurring(metric, 0, to, p.days or 14,
-    weekly and math.min(to + (p.widen or 3600), 86400) or to)
+    weekly and math.min(to + (p.widen or 3600), 86400) or to, p.align or 3600)
   local week = 1
   local ks = p.ks or (p.k and { p.k }) or DEFAULT_KS
   for j = 1, #ks do

@@ -124,6 +124,7 @@ impl SignalView for TargetData {
         to_ms: i64,
         days: usize,
         week_to_ms: i64,
+        align_ms: i64,
     ) -> Option<Recurring> {
         recurring(
             self.windows.metric(metric).history(),
@@ -132,6 +133,7 @@ impl SignalView for TargetData {
             to_ms,
             days,
             week_to_ms,
+            align_ms,
         )
     }
     fn age_ms(&self, metric: Metric) -> Option<i64> {

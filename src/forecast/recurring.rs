@@ -12,6 +12,11 @@
 //! day, and neither the median nor the quartiles see it. A Holt-Winters
 //! season instead averages the openings of different days into a slow
 //! ramp, and its interval is widest there.
+//!
+//! A day that runs late runs late from its first hours: with `align_ms`,
+//! each previous day is read where its hours before this time of day
+//! matched today's best ([`ALIGN_SPAN_MS`]), so the days' rises line up
+//! with today's instead of spreading over the window.
 
 use crate::clock::Millis;
 use crate::window::History;
@@ -61,7 +66,9 @@ pub const MAX_STEPS_A_DAY: i64 = 1_440 + 60;
 /// a history step longer than an hour. `week` is read over `[from_ms,
 /// week_to_ms]` (`to_ms` or later; `None` when that window is too long),
 /// in the same pass: the same as a call with `to_ms = week_to_ms` would
-/// answer.
+/// answer. With `align_ms` above 0, each day is read from where its own
+/// load matched today's last hours best, up to `align_ms` earlier or
+/// later ([`Align`]); 0 reads each day at today's time of day.
 pub fn recurring(
     history: &History,
     now_ms: Millis,
@@ -69,6 +76,7 @@ pub fn recurring(
     to_ms: i64,
     days: usize,
     week_to_ms: i64,
+    align_ms: i64,
 ) -> Option<Recurring> {
     let step = history.step_ms();
     if step > 3_600_000 || to_ms < from_ms || from_ms < 0 {
@@ -97,8 +105,11 @@ pub fn recurring(
     // each day's highest level over the window, and the same weekday's
     let mut tops: Vec<f64> = Vec::with_capacity(days);
     let mut week: Option<f64> = None;
+    let align = Align::new(history, now, align_ms);
     for d in 1..=days as i64 {
+        // this time of day on day d, where today's last hours put it
         let anchor = now - d * period;
+        let anchor = align.as_ref().map_or(anchor, |a| a.anchor(history, anchor));
         let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0)[0];
         if base.is_nan() {
             continue;
@@ -166,6 +177,174 @@ pub fn recurring(
     r.rise.is_finite().then_some(r)
 }
 
+/// Aligning a day with today: the last [`ALIGN_SPAN_MS`] of today's
+/// load, as means of the logarithm over [`ALIGN_BLOCK_MS`], against the
+/// same on a previous day ending up to `max` steps earlier or later, in
+/// strides of [`ALIGN_STRIDE_MS`]; the level aside (the mean difference
+/// of the logarithms is taken out, so a weekend at half the load, or a
+/// trend, matches its weekday's shape). A day whose hours matched best
+/// ending `s` steps earlier is read `s` steps earlier: a day that runs
+/// 20 minutes late shows the previous days' rise 20 minutes later. A
+/// shift is taken only where it fits [`ALIGN_GAIN`] times better than
+/// none and matched a shape ([`ALIGN_SHAPE`]); else the day is read at
+/// today's time of day.
+pub const ALIGN_SPAN_MS: i64 = 3 * 3_600_000;
+/// See [`ALIGN_SPAN_MS`].
+pub const ALIGN_BLOCK_MS: i64 = 600_000;
+/// See [`ALIGN_SPAN_MS`].
+pub const ALIGN_STRIDE_MS: i64 = 300_000;
+/// See [`ALIGN_SPAN_MS`].
+pub const ALIGN_GAIN: f64 = 2.0;
+/// A shift is taken only where what it leaves unexplained is under this
+/// part of today's own spread (the sum of its blocks' squared distances
+/// from their mean): a shape, not noise, is what it matched. On a flat
+/// morning today's spread is the noise's, and some shift among the
+/// strides always halves a misfit of noise against noise.
+pub const ALIGN_SHAPE: f64 = 4.0;
+/// The largest shift a call may ask for.
+pub const MAX_ALIGN_MS: i64 = 2 * 3_600_000;
+
+/// Today's side of an alignment (see [`ALIGN_SPAN_MS`]).
+struct Align {
+    /// Today's block means of the logarithm, the newest first.
+    today: Vec<f64>,
+    /// Their squared distances from their mean, summed.
+    shape: f64,
+    /// In history steps.
+    block: i64,
+    stride: i64,
+    max: i64,
+}
+
+impl Align {
+    /// None when `align_ms` is 0 or less, today's hours have a gap, or
+    /// the steps a day's alignment reads would exceed [`MAX_STEPS_A_DAY`]
+    /// (a fine history step: the call's work stays bounded).
+    fn new(history: &History, now: i64, align_ms: i64) -> Option<Self> {
+        let step = history.step_ms();
+        let steps = |ms: i64| (ms / step).max(1);
+        let (block, stride) = (steps(ALIGN_BLOCK_MS), steps(ALIGN_STRIDE_MS));
+        let blocks = (steps(ALIGN_SPAN_MS) / block).max(2);
+        let max = align_ms.min(MAX_ALIGN_MS) / step;
+        if max <= 0 || blocks * block + 2 * max > MAX_STEPS_A_DAY {
+            return None;
+        }
+        let mut points = vec![0.0; (blocks * block) as usize];
+        history.read_into(now - blocks * block, &mut points);
+        // the newest block first
+        let today = points
+            .rchunks_exact(block as usize)
+            .map(|b| Some(log_sum(b)? / block as f64))
+            .collect::<Option<Vec<f64>>>()?;
+        let mean = today.iter().sum::<f64>() / today.len() as f64;
+        let shape = today.iter().map(|x| (x - mean) * (x - mean)).sum();
+        Some(Self {
+            today,
+            shape,
+            block,
+            stride,
+            max,
+        })
+    }
+
+    /// Where to read the day whose time of day is `anchor`: `anchor` less
+    /// the shift that fits best (0 where none fits well enough, or the
+    /// day has a gap).
+    fn anchor(&self, history: &History, anchor: i64) -> i64 {
+        let blocks = self.today.len() as i64;
+        // the shifts tried, from `low` to `high`; every block a shift
+        // reads starts and ends on a multiple of `unit` from `first`
+        let low = -(self.max / self.stride) * self.stride;
+        let high = low + (self.max - low) / self.stride * self.stride;
+        let unit = gcd(self.block, self.stride);
+        let first = anchor - high - blocks * self.block;
+        let units = (high - low + blocks * self.block) / unit;
+        // the logarithm's running sum at each unit's end
+        let mut points = vec![0.0; (units * unit) as usize];
+        history.read_into(first, &mut points);
+        let mut sums = Vec::with_capacity(units as usize + 1);
+        sums.push(0.0);
+        for u in points.chunks_exact(unit as usize) {
+            match log_sum(u) {
+                Some(l) => sums.push(sums[sums.len() - 1] + l),
+                None => return anchor,
+            }
+        }
+        // the mean of the block ending at each unit's end (from the
+        // block's own length on)
+        let per = (self.block / unit) as usize;
+        let means: Vec<f64> = (0..sums.len())
+            .map(|u| {
+                u.checked_sub(per)
+                    .map_or(0.0, |from| (sums[u] - sums[from]) / self.block as f64)
+            })
+            .collect();
+        // the spread of today's blocks less the day's, for the j-th shift
+        // (`low + j * stride`): block b of the day ends at unit
+        // (high - s) / unit + (blocks - b) * per
+        let (top, stride) = (
+            ((high - low) / unit) as usize,
+            (self.stride / unit) as usize,
+        );
+        let misfit = |j: usize| {
+            let (mut sum, mut squares) = (0.0, 0.0);
+            let end = top - j * stride;
+            for (b, x) in self.today.iter().enumerate() {
+                let d = x - means[end + (blocks as usize - b) * per];
+                sum += d;
+                squares += d * d;
+            }
+            squares - sum * sum / blocks as f64
+        };
+        let zero = (-low / self.stride) as usize;
+        let none = misfit(zero);
+        let (mut best, mut at) = (none, zero);
+        for j in 0..=((high - low) / self.stride) as usize {
+            let m = misfit(j);
+            if m < best {
+                (best, at) = (m, j);
+            }
+        }
+        let at = low + at as i64 * self.stride;
+        if best * ALIGN_GAIN < none && best * ALIGN_SHAPE < self.shape {
+            anchor - at
+        } else {
+            anchor
+        }
+    }
+}
+
+/// Below this a load is taken as this, so that its logarithm is finite.
+const LOG_FLOOR: f64 = 1e-9;
+
+/// The sum of the logarithm of `points`; None with a gap. A logarithm of
+/// the product of up to eight of them at a time: an eighth of the
+/// logarithms a point each would take, the same sum to within rounding
+/// (a product of eight loads stays far inside an f64).
+fn log_sum(points: &[f32]) -> Option<f64> {
+    let mut sum = 0.0;
+    for eight in points.chunks(8) {
+        let mut product = 1.0;
+        for &v in eight {
+            if !v.is_finite() {
+                return None;
+            }
+            product *= f64::from(v).max(LOG_FLOOR);
+        }
+        sum += product.ln();
+    }
+    Some(sum)
+}
+
+/// The greatest common divisor of two positive numbers.
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// The `p` quantile of sorted `xs` (not empty), linear between points.
 fn quantile(xs: &[f64], p: f64) -> f64 {
     let x = p * (xs.len() - 1) as f64;
@@ -211,7 +390,7 @@ mod tests {
 
     /// A call whose week is read over its own window.
     fn recurring(h: &History, now: Millis, from: i64, to: i64, days: usize) -> Option<Recurring> {
-        super::recurring(h, now, from, to, days, to)
+        super::recurring(h, now, from, to, days, to, 0)
     }
 
     /// `days` of `load(day, minute of the day)`, a point every `step_s`.
@@ -258,6 +437,63 @@ mod tests {
         assert!(r.high.abs() < 1.0, "{r:?}");
     }
 
+    /// A working day: from 100 at 6:00 the load climbs to 160 at 9:00,
+    /// and opens to 400 there (`ramp` false: flat at 100 until the
+    /// opening), the whole day `late(day)` minutes late, times a noise of
+    /// 3% that differs from day to day.
+    fn late_days(ramp: bool, late: impl Fn(i64) -> i64) -> History {
+        history(9, |day, minute| {
+            let m = minute - late(day);
+            let v = if m >= 540 {
+                400.0
+            } else if ramp && m >= 360 {
+                100.0 + 60.0 * (m - 360) as f64 / 180.0
+            } else {
+                100.0
+            };
+            // splitmix64 of the minute: noise with no pattern a shift
+            // could match
+            let mut z = (day * 1440 + minute) as u64 ^ 0x9E37_79B9_7F4A_7C15;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let noise = (z ^ (z >> 31)) as f64 / u64::MAX as f64 - 0.5;
+            v * (1.0 + 0.06 * noise)
+        })
+    }
+
+    #[test]
+    fn a_day_late_all_day_is_read_late_with_align() {
+        // the previous days open within 5 minutes of 9:00; today (day 8)
+        // runs 40 minutes late all day, its climb too
+        let late = |day: i64| if day == 8 { 40 } else { day % 3 * 5 - 5 };
+        let h = late_days(true, late);
+        // today at 9:05: the previous days had opened by now, so read at
+        // today's time of day they show no rise left within 40 minutes
+        let now = (8 * 1440 + 545) * MIN;
+        let at_the_hour = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 0).unwrap();
+        assert!(at_the_hour.rise < 20.0, "{at_the_hour:?}");
+        // aligned on today's climb, each is read 40 minutes earlier (give
+        // or take its own 5), where its opening is still ahead: from
+        // about 150 to 400
+        let aligned = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 3_600_000).unwrap();
+        assert!(aligned.rise > 200.0 && aligned.rise < 280.0, "{aligned:?}");
+        assert_eq!(aligned.days, 7);
+    }
+
+    #[test]
+    fn a_flat_morning_gives_no_shift() {
+        // the same days without the climb: today's last three hours are
+        // noise around 100 on every day, and no shift fits twice as well
+        // as none, so the days are read at today's time of day (a shift
+        // taken by chance would show their opening within the window)
+        let h = late_days(false, |day| if day == 8 { 40 } else { 0 });
+        let now = (8 * 1440 + 545) * MIN;
+        let plain = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 0).unwrap();
+        let aligned = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 3_600_000).unwrap();
+        assert_eq!(plain, aligned);
+        assert!(aligned.rise < 20.0, "{aligned:?}");
+    }
+
     #[test]
     fn the_same_day_a_week_before_shows_the_weekly_season() {
         // day 0 is a Monday; working days open from 100 to 300 at 9:00,
@@ -297,7 +533,7 @@ mod tests {
         // that window answers for it, and the rest what the narrow one does
         let h = history(13, load);
         let now = (12 * 1440 + 480) * MIN;
-        let both = super::recurring(&h, now, 0, 40 * MIN, 14, 100 * MIN).unwrap();
+        let both = super::recurring(&h, now, 0, 40 * MIN, 14, 100 * MIN, 0).unwrap();
         let narrow = recurring(&h, now, 0, 40 * MIN, 14).unwrap();
         let wide = recurring(&h, now, 0, 100 * MIN, 14).unwrap();
         assert_eq!(both.week, wide.week);
@@ -366,9 +602,9 @@ mod tests {
         // window of a day is too long to read: no week, the rest answered
         let h = history_at(20, 8, |_, _| 100.0);
         let now = 8 * 86_400 * 1000;
-        let short = super::recurring(&h, now, 0, 10 * MIN, 7, 20 * MIN).unwrap();
+        let short = super::recurring(&h, now, 0, 10 * MIN, 7, 20 * MIN, 0).unwrap();
         assert!((short.week.unwrap() - 1.0).abs() < 1e-6, "{short:?}");
-        let long = super::recurring(&h, now, 0, 10 * MIN, 7, 86_400_000).unwrap();
+        let long = super::recurring(&h, now, 0, 10 * MIN, 7, 86_400_000, 0).unwrap();
         assert_eq!((long.week, long.rise), (None, short.rise));
     }
 }

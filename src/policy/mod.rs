@@ -89,8 +89,8 @@ local function forecast(metric, horizon, field)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
-local function recurring(metric, from, to, days, week_to)
-  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days, week_to)
+local function recurring(metric, from, to, days, week_to, align)
+  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days, week_to, align)
   if rise == nil then return nil end
   return { rise = rise, low = low, high = high, level = level, days = n, week = week }
 end
@@ -319,6 +319,7 @@ pub trait SignalView: Send + 'static {
         _to_ms: i64,
         _days: usize,
         _week_to_ms: i64,
+        _align_ms: i64,
     ) -> Option<Recurring> {
         None
     }
@@ -1121,10 +1122,11 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
     })?;
     let raw_recurring = lua.create_function(
         move |_,
-              (metric, from, to, days, week_to): (
+              (metric, from, to, days, week_to, align): (
             mlua::LuaString,
             f64,
             f64,
+            Option<f64>,
             Option<f64>,
             Option<f64>,
         )| {
@@ -1146,6 +1148,13 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     "recurring days must be 1 to {MAX_RECURRING_DAYS}, got {days}"
                 )));
             }
+            let align = align.unwrap_or(0.0);
+            let max_align = crate::forecast::recurring::MAX_ALIGN_MS as f64 / 1000.0;
+            if !(0.0..=max_align).contains(&align) {
+                return Err(mlua::Error::runtime(format!(
+                    "recurring align must be seconds from 0 to {max_align}, got {align}"
+                )));
+            }
             let r = current.with(|view| {
                 Ok(view.recurring(
                     metric,
@@ -1153,6 +1162,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     (to * 1000.0) as i64,
                     days as usize,
                     (week_to * 1000.0) as i64,
+                    (align * 1000.0) as i64,
                 ))
             })?;
             Ok(match r {

@@ -39,12 +39,14 @@ impl SignalView for Fixed {
         to: i64,
         days: usize,
         _week_to: i64,
+        align: i64,
     ) -> Option<Recurring> {
         (m == Metric::QueueDepth).then_some(Recurring {
             rise: from as f64,
             low: to as f64,
             high: days as f64,
-            level: -1.0,
+            // the shift asked for, in ms, where the test can see it
+            level: if align > 0 { align as f64 } else { -1.0 },
             days,
             week: (days >= 7).then_some(0.5),
         })
@@ -384,6 +386,8 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
                    assert(ctx.recurring('latency_ms', 0, 60) == nil)
                    local r3 = ctx.recurring('queue_depth', 0, 60, 3)
                    assert(r3.week == nil)
+                   assert(ctx.recurring('queue_depth', 0, 60, 7, 60, 1800).level == 1800000)
+                   assert(ctx.recurring('queue_depth', 0, 60, 7, nil, 0).level == -1)
                    return { replicas = r.days + r3.days,
                             reason = string.format('%d %d %d %d %.1f', r.rise, r.low, r.high, r.level, r.week) }")
     .unwrap();
@@ -407,6 +411,15 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
             "got 30 (to 60)",
         ),
         ("ctx.recurring('queue_depth', 0, 60, 7, 90000)", "got 90000"),
+        (
+            "ctx.recurring('queue_depth', 0, 60, 7, 60, -1)",
+            "align must be seconds from 0 to 7200, got -1",
+        ),
+        (
+            "ctx.recurring('queue_depth', 0, 60, 7, 60, 7201)",
+            "got 7201",
+        ),
+        ("ctx.recurring('queue_depth', 0, 60, 7, 60, 0/0)", "got NaN"),
         ("ctx.recurring('cpu', 0, 60)", "cpu"),
     ] {
         let e = run(&format!("return {call}")).unwrap_err();

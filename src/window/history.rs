@@ -350,6 +350,43 @@ impl History {
         self.get((step - first) as usize)
     }
 
+    /// `out[k]` = [`History::at`]`(step + k)` for every `k`, a block of
+    /// the fine part at a time rather than a lookup a point.
+    pub fn read_into(&self, step: i64, out: &mut [f32]) {
+        let first = self.first_step();
+        let (len, n) = (self.len(), out.len());
+        // before the first point kept
+        let mut k = (first - step).clamp(0, n as i64) as usize;
+        out[..k].fill(f32::NAN);
+        let mut i = (step + k as i64 - first).max(0) as usize;
+        let before_fine = self.coarse.len() * COARSE - self.coarse_skip + self.pending.len();
+        let full = self.blocks.len() * BLOCK;
+        while k < n && i < len {
+            if i < before_fine {
+                out[k] = self.get(i);
+                (k, i) = (k + 1, i + 1);
+                continue;
+            }
+            let j = i - before_fine + self.skip;
+            let take = if j < full {
+                let (block, from) = (&self.blocks[j / BLOCK], j % BLOCK);
+                let take = (BLOCK - from).min(n - k);
+                for (o, slot) in out[k..k + take].iter_mut().enumerate() {
+                    *slot = block.get(from + o);
+                }
+                take
+            } else {
+                let from = j - full;
+                let take = (self.tail.len() - from).min(n - k);
+                out[k..k + take].copy_from_slice(&self.tail[from..from + take]);
+                take
+            };
+            (k, i) = (k + take, i + take);
+        }
+        // after the last closed point
+        out[k..].fill(f32::NAN);
+    }
+
     /// Heap bytes held, for the memory budget.
     pub fn heap_bytes(&self) -> usize {
         self.coarse.capacity() * std::mem::size_of::<f32>()
@@ -620,6 +657,43 @@ mod tests {
                 .map(|v| v.to_bits())
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// A range read a block at a time is each point read alone: across
+    /// the coarse part, the pending steps, the blocks and the tail, with
+    /// gaps, and before the first point and after the last.
+    #[test]
+    fn a_range_read_is_each_point_read() {
+        let mut h = History::new(
+            Duration::from_secs(14 * 86_400),
+            Duration::from_secs(60),
+            false,
+        );
+        for i in 0..19_000 {
+            let v = if i % 41 == 0 {
+                f32::NAN
+            } else {
+                (i as f32 * 0.01).sin() * 50.0 + 100.0
+            };
+            h.push(v);
+        }
+        assert!(!h.coarse.is_empty() && !h.pending.is_empty() && !h.tail.is_empty());
+        let (first, end) = (h.first_step(), h.next_step());
+        for (from, n) in [
+            (first - 100, 300),
+            (first, 1),
+            (first + 7_000, 2_000),
+            (end - 500, 700),
+            (end - 1, 1),
+            (end, 5),
+            (first + 3, 0),
+        ] {
+            let mut out = vec![0.0; n];
+            h.read_into(from, &mut out);
+            let each: Vec<u32> = (0..n as i64).map(|k| h.at(from + k).to_bits()).collect();
+            let read: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(read, each, "from {from}, {n} points");
+        }
     }
 
     #[test]
