@@ -252,13 +252,13 @@ impl Align {
     /// day has a gap).
     fn anchor(&self, history: &History, anchor: i64) -> i64 {
         let blocks = self.today.len() as i64;
-        // the shifts tried, from `low` to `high`; every block a shift
-        // reads starts and ends on a multiple of `unit` from `first`
-        let low = -(self.max / self.stride) * self.stride;
-        let high = low + (self.max - low) / self.stride * self.stride;
+        // the shifts tried, from -reach to reach in strides; every block
+        // a shift reads starts and ends on a multiple of `unit` from
+        // `first`
+        let reach = self.max / self.stride * self.stride;
         let unit = gcd(self.block, self.stride);
-        let first = anchor - high - blocks * self.block;
-        let units = (high - low + blocks * self.block) / unit;
+        let first = anchor - reach - blocks * self.block;
+        let units = (2 * reach + blocks * self.block) / unit;
         // the logarithm's running sum at each unit's end
         let mut points = vec![0.0; (units * unit) as usize];
         history.read_into(first, &mut points);
@@ -280,12 +280,9 @@ impl Align {
             })
             .collect();
         // the spread of today's blocks less the day's, for the j-th shift
-        // (`low + j * stride`): block b of the day ends at unit
-        // (high - s) / unit + (blocks - b) * per
-        let (top, stride) = (
-            ((high - low) / unit) as usize,
-            (self.stride / unit) as usize,
-        );
+        // (`j * stride - reach`): block b of the day ends at unit
+        // (reach - s) / unit + (blocks - b) * per
+        let (top, stride) = ((2 * reach / unit) as usize, (self.stride / unit) as usize);
         let misfit = |j: usize| {
             let (mut sum, mut squares) = (0.0, 0.0);
             let end = top - j * stride;
@@ -296,16 +293,16 @@ impl Align {
             }
             squares - sum * sum / blocks as f64
         };
-        let zero = (-low / self.stride) as usize;
+        let zero = (reach / self.stride) as usize;
         let none = misfit(zero);
         let (mut best, mut at) = (none, zero);
-        for j in 0..=((high - low) / self.stride) as usize {
+        for j in 0..=2 * zero {
             let m = misfit(j);
             if m < best {
                 (best, at) = (m, j);
             }
         }
-        let at = low + at as i64 * self.stride;
+        let at = at as i64 * self.stride - reach;
         if best * ALIGN_GAIN < none && best * ALIGN_SHAPE < self.shape {
             anchor - at
         } else {
