@@ -5,8 +5,9 @@
 //! the under-provisioned share the policy reaches at the baseline's cost,
 //! and the cost at which it is as safe as the baseline, both read off the
 //! policy's frontier between its Pareto points, linearly in cost and in
-//! the share's logarithm ([`share_between`]); with `refine`, after runs
-//! near the baseline's cost ([`next_value`]).
+//! the share's logarithm ([`share_between`]), and flat from its safest
+//! Pareto point to its costliest run ([`Frontier::envelope`]); with
+//! `refine`, after runs near the baseline's cost ([`next_value`]).
 
 use std::path::Path;
 
@@ -80,6 +81,23 @@ impl Frontier {
                 (p.replica_hours, p.under_provisioned_share)
             })
             .collect()
+    }
+
+    /// What the policy can buy with each cost run: the Pareto points
+    /// ([`Self::curve`]), then flat to the costliest point run. A run that
+    /// cost more than the safest Pareto point and was no safer (a policy
+    /// never short from some setting on, or short on the same minutes)
+    /// still says that at its cost the policy is as safe as that point:
+    /// the cheaper setting is there to choose. Beyond the costliest run,
+    /// nothing is known.
+    pub fn envelope(&self) -> Vec<(f64, f64)> {
+        let mut curve = self.curve();
+        if let (Some(&(cost, share)), Some(top)) = (curve.last(), self.points.last()) {
+            if top.replica_hours > cost {
+                curve.push((top.replica_hours, share));
+            }
+        }
+        curve
     }
 }
 
@@ -157,7 +175,8 @@ fn cost_between(a: (f64, f64), b: (f64, f64), share: f64) -> f64 {
     a.0 + (b.0 - a.0) * t
 }
 
-/// A policy against the baseline at its default setting.
+/// A policy against the baseline at its default setting, read off its
+/// [`Frontier::envelope`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
     pub policy: String,
@@ -187,7 +206,7 @@ pub struct SweepReport {
 
 /// Compares `f` with the baseline's default point `base`.
 pub fn compare(f: &Frontier, base: &Point) -> Comparison {
-    let curve = f.curve();
+    let curve = f.envelope();
     let share = share_at_cost(&curve, base.replica_hours);
     let cost = cost_at_share(&curve, base.under_provisioned_share);
     Comparison {
@@ -489,6 +508,44 @@ mod tests {
         let z = Frontier::new("z".into(), vec![point(100.0, 0.04), point(200.0, 0.0)]);
         assert!((share_at_cost(&z.curve(), 150.0).unwrap() - 0.02).abs() < 1e-12);
         assert!((cost_at_share(&z.curve(), 0.01).unwrap() - 175.0).abs() < 1e-9);
+    }
+
+    /// A policy never short from some setting on: its costlier runs are
+    /// no Pareto points, but at their costs it is as safe as the cheapest
+    /// of them (it could run there), not unknown.
+    #[test]
+    fn beyond_the_safest_pareto_point_the_frontier_is_flat_to_the_costliest_run() {
+        let f = Frontier::new(
+            "p".into(),
+            vec![
+                point(100.0, 0.04),
+                point(150.0, 0.0),
+                point(180.0, 0.0),
+                point(200.0, 0.001),
+            ],
+        );
+        assert_eq!(f.curve(), vec![(100.0, 0.04), (150.0, 0.0)]);
+        assert_eq!(
+            f.envelope(),
+            vec![(100.0, 0.04), (150.0, 0.0), (200.0, 0.0)]
+        );
+        // a baseline at (170, 0.2%): the policy could spend 150 and never
+        // be short, a 100% reduction (on the Pareto points alone: unknown)
+        let cmp = compare(&f, &point(170.0, 0.002));
+        assert_eq!(cmp.share_at_baseline_cost, Some(0.0));
+        assert_eq!(cmp.share_reduction, Some(1.0));
+        assert_eq!(share_at_cost(&f.curve(), 170.0), None);
+        // as safe as the baseline (0.2%) from 0.95 of the way from 100 to
+        // 150 (linear toward 0): 147.5
+        assert!((cmp.cost_to_match.unwrap() - 147.5).abs() < 1e-9, "{cmp:?}");
+        // nothing run costs 201
+        assert_eq!(
+            compare(&f, &point(201.0, 0.002)).share_at_baseline_cost,
+            None
+        );
+        // a costliest run that is itself the safest: nothing added
+        let g = Frontier::new("g".into(), vec![point(100.0, 0.04), point(200.0, 0.01)]);
+        assert_eq!(g.envelope(), g.curve());
     }
 
     /// Which value is run next, by hand: the neighbours whose costs
