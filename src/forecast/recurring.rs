@@ -270,15 +270,8 @@ impl Align {
                 None => return anchor,
             }
         }
-        // the mean of the block ending at each unit's end (from the
-        // block's own length on)
+        // units a block
         let per = (self.block / unit) as usize;
-        let means: Vec<f64> = (0..sums.len())
-            .map(|u| {
-                u.checked_sub(per)
-                    .map_or(0.0, |from| (sums[u] - sums[from]) / self.block as f64)
-            })
-            .collect();
         // the spread of today's blocks less the day's, for the j-th shift
         // (`j * stride - reach`): block b of the day ends at unit
         // (reach - s) / unit + (blocks - b) * per
@@ -287,7 +280,9 @@ impl Align {
             let (mut sum, mut squares) = (0.0, 0.0);
             let end = top - j * stride;
             for (b, x) in self.today.iter().enumerate() {
-                let d = x - means[end + (blocks as usize - b) * per];
+                // the mean of the day's block ending at unit `u`
+                let u = end + (blocks as usize - b) * per;
+                let d = x - (sums[u] - sums[u - per]) / self.block as f64;
                 sum += d;
                 squares += d * d;
             }
@@ -381,6 +376,7 @@ fn smoothed(history: &History, first: i64, last: i64, n: i64, base: f64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulate::generate::Rng;
     use std::time::Duration;
 
     const MIN: i64 = 60_000;
@@ -450,10 +446,7 @@ mod tests {
             };
             // splitmix64 of the minute: noise with no pattern a shift
             // could match
-            let mut z = (day * 1440 + minute) as u64 ^ 0x9E37_79B9_7F4A_7C15;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let noise = (z ^ (z >> 31)) as f64 / u64::MAX as f64 - 0.5;
+            let noise = Rng::new((day * 1440 + minute) as u64).unit() - 0.5;
             v * (1.0 + 0.06 * noise)
         })
     }

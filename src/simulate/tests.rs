@@ -165,8 +165,8 @@ fn a_recurring_opening_is_provisioned_ahead_from_the_previous_days() {
 }
 
 /// The shipped `policies/hpa.lua` and `policies/recurring.lua`, a replica
-/// serving 10 a second, at a step of a minute.
-fn hpa_and_recurring() -> Options {
+/// serving 10 a second, at a step of a minute, scored after `warmup_days`.
+fn hpa_and_recurring(warmup_days: u64) -> Options {
     let shipped = |name: &str| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("policies")
@@ -178,6 +178,7 @@ fn hpa_and_recurring() -> Options {
         10.0,
     );
     o.step = Duration::from_secs(60);
+    o.warmup = Duration::from_secs(warmup_days * 86_400);
     o
 }
 
@@ -191,8 +192,7 @@ fn hpa_and_recurring() -> Options {
 /// plan kept while the load has not moved) both are missed.
 #[test]
 fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(7 * 86_400);
+    let mut o = hpa_and_recurring(7);
     // the rise added unproven: 0.4 of it never proves itself on these
     // openings (the next test)
     o.params.insert("proof".into(), 0.into());
@@ -229,8 +229,7 @@ fn the_shipped_recurring_policy_is_ready_for_openings_that_hpa_misses() {
 /// with today's, and the shipped `recurring.lua` is short at fewer steps.
 #[test]
 fn the_shipped_recurring_policy_lines_the_days_up_on_their_climbs() {
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(7 * 86_400);
+    let mut o = hpa_and_recurring(7);
     // the whole rise, unproven: what is measured is where it is placed
     o.params.insert("proof".into(), 0.into());
     o.params.insert("k".into(), 1.0.into());
@@ -271,8 +270,7 @@ fn the_shipped_recurring_policy_lines_the_days_up_on_their_climbs() {
 /// `hold` later.
 #[test]
 fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(4 * 86_400);
+    let mut o = hpa_and_recurring(4);
     o.params.insert("proof".into(), 0.into());
     // a level has no daily cycle: without this the rise would never be
     // added (daily_min, the next test)
@@ -298,8 +296,7 @@ fn the_shipped_recurring_policy_lets_go_of_its_plan_when_the_load_falls() {
 /// more.
 #[test]
 fn the_shipped_recurring_policy_is_the_hpa_rule_where_days_are_not_alike() {
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(7 * 86_400);
+    let mut o = hpa_and_recurring(7);
     o.params.insert("proof".into(), 0.into());
     let t = openings_over(12, |day, v| if day % 3 == 2 { 100.0 } else { v });
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
@@ -334,8 +331,7 @@ fn the_shipped_recurring_policy_is_the_hpa_rule_where_days_are_not_alike() {
 /// times the load the whole rise pays and is proven; 0.4 of it never is.
 #[test]
 fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(7 * 86_400);
+    let mut o = hpa_and_recurring(7);
     let values: Vec<f64> = (0..10 * 1440)
         .map(|m| {
             let minute = (m % 1440) as f64;
@@ -409,8 +405,7 @@ fn the_shipped_recurring_policy_adds_the_rise_only_once_it_has_paid() {
 fn the_shipped_recurring_policy_follows_the_weekly_season() {
     // day 0 is a Monday
     let weekends = openings_over(21, |day, v| if day % 7 >= 5 { v / 3.0 } else { v });
-    let mut o = hpa_and_recurring();
-    o.warmup = Duration::from_secs(14 * 86_400);
+    let mut o = hpa_and_recurring(14);
     o.params.insert("proof".into(), 0.into());
     o.params.insert("k".into(), 1.0.into());
     let (r, _) = run(&o, &weekends, |_, _| {}).unwrap();
@@ -554,7 +549,7 @@ fn a_daily_cycle_under_bursts_on_the_hour_is_seasonal() {
 /// default measured (a reduction near 0).
 #[test]
 fn refinement_measures_the_frontier_at_the_baseline_cost() {
-    let mut o = hpa_and_recurring();
+    let mut o = hpa_and_recurring(0);
     o.policies.truncate(1);
     o.capacity = 4.0;
     let t = super::generate::generate(super::generate::Kind::Bursty, 3, 3, 60);
