@@ -15,7 +15,10 @@
 //! (`lua_sethook` is the one Lua API function that may be called from a
 //! signal handler). From there the hook counts the instruction budget and
 //! reads the deadline as before. The hook is set again when the call
-//! ends, so loads, `init` and rendering keep it throughout.
+//! ends, so loads, `init` and rendering keep it throughout. With no call
+//! seen for [`QUIET_LOOKS`] looks in a row the watchdog sleeps until the
+//! next call starts, so an idle scaler (or one between two ticks) does
+//! not wake it 200 times a second.
 //!
 //! Where the signal cannot be had (another handler holds it, the thread
 //! does not start), and for a policy timeout shorter than
@@ -27,7 +30,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -40,6 +43,18 @@ pub const POLL: Duration = Duration::from_millis(5);
 /// A policy timeout shorter than this keeps the hook from a call's first
 /// instruction (the deadline is read by the hook).
 pub const ALWAYS_BELOW: Duration = Duration::from_millis(20);
+
+/// Looks in a row with no call seen, in progress or since the last look,
+/// after which the watchdog sleeps until a call starts ([`wake`]): a
+/// scaler between two ticks, or with no targets, does not wake it 200
+/// times a second.
+const QUIET_LOOKS: u32 = 2;
+
+/// The watchdog's thread, for [`wake`] to unpark; set by the thread
+/// itself before it first sleeps.
+static WATCHER: OnceLock<std::thread::Thread> = OnceLock::new();
+/// True while the watchdog sleeps (or is about to) until a call starts.
+static ASLEEP: AtomicBool = AtomicBool::new(false);
 
 /// The hook, as the sandbox set it: what a call's end and the signal set
 /// again.
@@ -165,18 +180,61 @@ extern "C" fn on_signal(_: std::ffi::c_int) {
 }
 
 fn watch(sig: std::ffi::c_int) {
+    // before the thread can ever be asleep: a call that sees it asleep
+    // finds the thread to unpark
+    let _ = WATCHER.set(std::thread::current());
+    let mut quiet = 0;
     loop {
         std::thread::sleep(POLL);
-        let slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-        for s in slots.iter() {
-            let calls = s.calls.load(Ordering::Acquire);
-            let seen = s.seen.swap(calls, Ordering::Relaxed);
-            if calls % 2 == 1 && seen == calls && s.signalled.load(Ordering::Relaxed) != calls {
-                s.signalled.store(calls, Ordering::Relaxed);
-                // SAFETY: the thread is alive: it leaves the list under
-                // this lock before it ends.
-                unsafe { libc::pthread_kill(s.thread, sig) };
+        if look(sig) {
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if quiet < QUIET_LOOKS {
+            continue;
+        }
+        // Asleep, then one more look: a call that started before the flag
+        // was set is seen here, and one that starts after it sees the
+        // flag and unparks this thread (both sides sequentially
+        // consistent, so one of the two always happens).
+        ASLEEP.store(true, Ordering::SeqCst);
+        if look(sig) {
+            ASLEEP.store(false, Ordering::SeqCst);
+        } else {
+            while ASLEEP.load(Ordering::SeqCst) {
+                std::thread::park();
             }
+        }
+        quiet = 0;
+    }
+}
+
+/// One look at every thread's calls: signals a call seen in progress at
+/// this look and the last. Returns whether any call was in progress or
+/// had run since the last look.
+fn look(sig: std::ffi::c_int) -> bool {
+    let mut busy = false;
+    let slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    for s in slots.iter() {
+        let calls = s.calls.load(Ordering::SeqCst);
+        let seen = s.seen.swap(calls, Ordering::Relaxed);
+        busy |= calls % 2 == 1 || seen != calls;
+        if calls % 2 == 1 && seen == calls && s.signalled.load(Ordering::Relaxed) != calls {
+            s.signalled.store(calls, Ordering::Relaxed);
+            // SAFETY: the thread is alive: it leaves the list under
+            // this lock before it ends.
+            unsafe { libc::pthread_kill(s.thread, sig) };
+        }
+    }
+    busy
+}
+
+/// A call has started: the watchdog, if asleep, looks again from now.
+fn wake() {
+    if ASLEEP.load(Ordering::SeqCst) && ASLEEP.swap(false, Ordering::SeqCst) {
+        if let Some(t) = WATCHER.get() {
+            t.unpark();
         }
     }
 }
@@ -235,7 +293,8 @@ impl Unhooked {
         // the call is published to the watchdog only once the handler
         // can set its hook: a signal sent for it always finds RUNNING
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        SLOT.with(|s| s.0.calls.fetch_add(1, Ordering::Release));
+        SLOT.with(|s| s.0.calls.fetch_add(1, Ordering::SeqCst));
+        wake();
         Some(Self { hook })
     }
 }
