@@ -106,24 +106,36 @@ pub fn recurring(
     let mut tops: Vec<f64> = Vec::with_capacity(days);
     let mut week: Option<f64> = None;
     let align = Align::new(history, now, align_ms);
+    // the steps each day's reads take, one buffer for them all
+    let mut points = Vec::new();
     for d in 1..=days as i64 {
         // this time of day on day d, where today's last hours put it
         let anchor = now - d * period;
         let anchor = align.as_ref().map_or(anchor, |a| a.anchor(history, anchor));
-        let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0)[0];
+        let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0, &mut points)[0];
         if base.is_nan() {
             continue;
         }
         // the window, and the week's beyond it: a running mean, so the
         // window's points are the same either way
-        let row = smoothed(history, anchor + from, anchor + last, smooth_n, base);
-        if row.iter().any(|v| v.is_finite()) {
-            let top = row
-                .iter()
-                .copied()
-                .filter(|v| v.is_finite())
-                .fold(f64::NEG_INFINITY, f64::max)
-                + base;
+        let row = smoothed(
+            history,
+            anchor + from,
+            anchor + last,
+            smooth_n,
+            base,
+            &mut points,
+        );
+        // the row's highest finite point (a point is a finite mean or
+        // NaN, which no comparison takes), in one register
+        let mut top = f64::NEG_INFINITY;
+        for &v in &row {
+            if v > top {
+                top = v;
+            }
+        }
+        if top.is_finite() {
+            let top = top + base;
             if d % 7 == 0 {
                 week = Some(week.map_or(top, |w| w.max(top)));
             }
@@ -347,22 +359,37 @@ fn quantile(xs: &[f64], p: f64) -> f64 {
 
 /// For each step of `[first, last]`, the mean of the `n` steps up to it
 /// (`NaN` when half of them or more are missing) less `base`: a running
-/// sum, so a day costs its window plus `n` reads.
-fn smoothed(history: &History, first: i64, last: i64, n: i64, base: f64) -> Vec<f64> {
+/// sum over the steps read once into `points` (scratch, reused across
+/// calls), so a day costs its window plus `n` reads.
+fn smoothed(
+    history: &History,
+    first: i64,
+    last: i64,
+    n: i64,
+    base: f64,
+    points: &mut Vec<f32>,
+) -> Vec<f64> {
+    let start = first + 1 - n;
+    let len = (last - start + 1).max(0) as usize;
+    points.clear();
+    points.resize(len, 0.0);
+    history.read_into(start, points);
     let (mut sum, mut count) = (0.0, 0i64);
-    let mut out = Vec::with_capacity((last - first + 1).max(0) as usize);
-    for s in first + 1 - n..=last {
-        let v = history.at(s);
+    let n_ = n.max(0) as usize;
+    let mut out = Vec::with_capacity(len.saturating_sub(n_.saturating_sub(1)));
+    for (i, &v) in points.iter().enumerate() {
         if v.is_finite() {
             sum += f64::from(v);
             count += 1;
         }
-        let gone = history.at(s - n);
-        if s - n >= first + 1 - n && gone.is_finite() {
-            sum -= f64::from(gone);
-            count -= 1;
+        if i >= n_ {
+            let gone = points[i - n_];
+            if gone.is_finite() {
+                sum -= f64::from(gone);
+                count -= 1;
+            }
         }
-        if s >= first {
+        if i + 1 >= n_ {
             out.push(if 2 * count > n {
                 sum / count as f64 - base
             } else {
