@@ -336,18 +336,26 @@ history_step = "1h"
         }
     };
     let commands = common::kafka::reader(brokers, &format!("commands{sfx}"));
+    // the next command for `target`, within 90 s in all: commands for
+    // the other targets do not extend the wait (a CI run once waited here
+    // for 12 minutes), and a failure names what came instead
     let next = |target: &'static str| {
         let commands = &commands;
         async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(90);
+            let mut others = Vec::new();
             loop {
-                let m = tokio::time::timeout(Duration::from_secs(60), commands.recv())
+                let m = tokio::time::timeout_at(until, commands.recv())
                     .await
-                    .expect("a command in time")
+                    .unwrap_or_else(|_| {
+                        panic!("no command for {target} within 90 s; came instead: {others:?}")
+                    })
                     .unwrap();
                 let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
                 if c.target == target {
                     return c;
                 }
+                others.push((c.target, c.desired_replicas, c.generation));
             }
         }
     };
