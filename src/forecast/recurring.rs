@@ -376,7 +376,7 @@ fn smoothed(
     history.read_into(start, points);
     let (mut sum, mut count) = (0.0, 0i64);
     let n_ = n.max(0) as usize;
-    let mut out = Vec::with_capacity(len.saturating_sub(n_.saturating_sub(1)));
+    let mut out = Vec::with_capacity((last - first + 1).max(0) as usize);
     for (i, &v) in points.iter().enumerate() {
         if v.is_finite() {
             sum += f64::from(v);
