@@ -19,6 +19,13 @@
 -- before the median day had it, because the hour varies from day to day;
 -- k < 1 buys part of it that early and the HPA rule the rest once it
 -- comes; k > 1 more than the median day's, for days that rise more.
+--   near: a rise that comes at the same minute every day (a batch job by
+--         the clock) needs no window that wide. So the ladder below
+--         starts with rungs of its own: near_ks times the same median
+--         rise over the window's first part alone, the start-up lead and
+--         `near` seconds (the 5-minute means need about 5 minutes to show
+--         a step whole): ctx.recurring's seventh argument. A rise whose
+--         hour varies shows little there and those rungs do not pay.
 --   hold: a day that opens later than most: by the time of day when most
 --         of the previous days had risen, their rise is behind them and
 --         the median shows none left. So a plan is kept for `hold`
@@ -46,9 +53,10 @@
 --   proof: a share of the rise is added only once it has paid on this
 --         target's own load, better than the same replicas spent as
 --         uniform headroom; until one has, it is hpa.lua. Every period,
---         whatever it decided, it scores a plan per share k in `ks` on
---         the load it sees: the HPA rule on the load now (B) and with k
---         of the rise, the hold included (A_k), each held at its highest
+--         whatever it decided, it scores a plan per rung on the load it
+--         sees: the HPA rule on the load now (B) and with each share of
+--         the near rise (`near_ks`), then of the rise, the hold included
+--         (A_k), each held at its highest
 --         over `stab` seconds (the guard's scale-down stabilization) and
 --         ready `startup` seconds later. A check is short for a plan when
 --         the load now is above its ready replicas times `capacity`.
@@ -56,14 +64,14 @@
 --           extra_k = replica-seconds A_k holds above B;
 --           uniform = checks where B is short and `margin` (5%) more of
 --                   B would not have been, per replica-second of that 5%.
---         All fade over `memory` (7 days). Going up `ks` from none, a
+--         All fade over `memory` (7 days). Going up the rungs from none, a
 --         share is taken when what it saves beyond the share taken so
 --         far, per replica-second beyond it, is above `edge` (1) times
 --         uniform, and is at least `proof` (4) checks: each step up pays
 --         at the margin. A share that does not is skipped, not an end:
 --         on openings to three times the load, 0.4 of the rise saves no
 --         check (it only shortens the shortfall) and the whole rise does.
---         proof = 0: the first share from the third day, unproven.
+--         proof = 0: the first share of `ks` from the third day, unproven.
 --   daily_min: the rise is added only where the days are alike: the
 --         load's hourly means over the last `days` days (as this policy
 --         saw them, kept in ctx.state) correlate with themselves a day
@@ -77,7 +85,8 @@
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
---         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), days
+--         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), near
+--         (300), near_ks ({1, 1.5}, increasing; {}: none), days
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
 --         memory (604800), stab (300), daily_min (0.5), capacity (else
@@ -89,6 +98,8 @@ local P = {}
 
 -- the shares of the rise tried, unless params.ks or params.k
 local DEFAULT_KS = { 0.4, 0.7, 1.0, 1.5 }
+-- the shares of the near rise tried first, unless params.near_ks
+local DEFAULT_NEAR_KS = { 1.0, 1.5 }
 
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
@@ -109,15 +120,16 @@ local function held_at(ring, size, at, stab, period, n)
   return best_b, best
 end
 
--- Scores plans A_j (`plans[j]`, with ks[j] of the rise, held or not)
--- against B (the load now) on the load now; returns the j of the largest
--- share that has paid at the margin (see `proof` above; 0: none).
-local function proven(ctx, now, plans, period, target)
+-- Scores plans A_j (`plans[j]`: the near rungs, then ks[j] of the rise,
+-- held or not) against B (the load now) on the load now; returns the j
+-- of the last rung that has paid at the margin (see `proof` above; 0:
+-- none), or `first` unproven with proof = 0.
+local function proven(ctx, now, plans, period, target, first)
   local p, s = ctx.params, ctx.state
   period = math.max(period, 1)
   local proof = p.proof or 4
   local n = #plans
-  if proof <= 0 then return math.min(n, 1) end
+  if proof <= 0 then return math.min(n, first) end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local ring = s.plans
@@ -207,6 +219,18 @@ local function daily_acf(ctx, now, span_days)
   return s.acf
 end
 
+-- `list` when it is increasing shares of 0 or more; else an error naming
+-- the bad value
+local function shares(list, name)
+  for j = 1, #list do
+    if type(list[j]) ~= "number" or list[j] < 0 or (j > 1 and list[j] <= list[j - 1]) then
+      error("params." .. name .. " must be increasing shares of 0 or more, got "
+        .. tostring(list[j]) .. " at " .. j, 0)
+    end
+  end
+  return list
+end
+
 function P.decide(ctx)
   local p = ctx.params
   local period = p.period or 15
@@ -218,15 +242,16 @@ function P.decide(ctx)
   -- the weekly season is read over the window widened by `widen`, in
   -- the same call
   local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
-  local r = ctx.recurring(metric, 0, to, p.days or 14,
-    weekly and math.min(to + (p.widen or 3600), 86400) or to, p.align or 3600)
-  local week = 1
-  local ks = p.ks or (p.k and { p.k }) or DEFAULT_KS
-  for j = 1, #ks do
-    if type(ks[j]) ~= "number" or ks[j] < 0 or (j > 1 and ks[j] <= ks[j - 1]) then
-      error("params.ks must be increasing shares of 0 or more, got " .. tostring(ks[j]) .. " at " .. j, 0)
-    end
+  -- the first part of the window, for the near rungs
+  local near_s = p.near or 300
+  if type(near_s) ~= "number" or near_s < 0 then
+    error("params.near must be seconds of 0 or more, got " .. tostring(near_s), 0)
   end
+  local near_to = math.min(to, (p.startup or 60) + period + near_s)
+  local r = ctx.recurring(metric, 0, to, p.days or 14,
+    weekly and math.min(to + (p.widen or 3600), 86400) or to, p.align or 3600, near_to)
+  local week = 1
+  local ks = shares(p.ks or (p.k and { p.k }) or DEFAULT_KS, "ks")
   local k1 = ks[1] or 0
   if r then
     rise = r.rise
@@ -243,8 +268,14 @@ function P.decide(ctx)
   end
   -- a plan per share: the first share's addition times ks[j] / ks[1]
   local plans, base = {}, held and s.plan_from or now
-  for j = 1, #ks do plans[j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
-  local j = proven(ctx, now, plans, period, target)
+  -- the ladder: first the near rungs (shares of the rise within the
+  -- window's first part), then the shares of the whole window's
+  local nks = shares(p.near_ks or DEFAULT_NEAR_KS, "near_ks")
+  local nn = r and #nks or 0
+  local near = r and r.near and r.near > 0 and r.near * week or 0
+  for q = 1, nn do plans[q] = now + nks[q] * near end
+  for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
+  local j = proven(ctx, now, plans, period, target, nn + 1)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)
   local alike = p.daily_min or 0.5
@@ -256,7 +287,7 @@ function P.decide(ctx)
   return { replicas = want,
            reason = string.format("%s %s %.1f, recurring rise %s within %ds%s%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
-             r == nil and "" or (j > 0 and (", k " .. tostring(ks[j]))
+             r == nil and "" or (j > 0 and (", k " .. tostring(j > nn and ks[j - nn] or nks[j]) .. (j > nn and "" or " near"))
                or (unlike and string.format(" (days not alike: daily autocorrelation %s)",
                  acf and string.format("%.2f", acf) or "unknown") or " (not proven yet)")),
              (j > 0 and held) and " (plan held)" or "", per_replica, target) }

@@ -10,7 +10,7 @@ use crate::command::ScaleCommand;
 use crate::engine::config::{TargetConfig, DEFAULT_FORECAST_REFIT};
 use crate::event::Metric;
 use crate::forecast::builtin::{Builtin, RefitMode, Season, Settings as ForecastSettings};
-use crate::forecast::recurring::{recurring, Recurring};
+use crate::forecast::recurring::{recurring, Reach, Recurring};
 use crate::forecast::{ForecastStore, ForecastValue};
 use crate::guard::{Decision, Guard, GuardConfig};
 use crate::policy::{LuaPolicy, PolicyError, SignalView, VmPool};
@@ -120,19 +120,15 @@ impl SignalView for TargetData {
     fn recurring(
         &self,
         metric: Metric,
-        from_ms: i64,
-        to_ms: i64,
+        reach: Reach,
         days: usize,
-        week_to_ms: i64,
         align_ms: i64,
     ) -> Option<Recurring> {
         recurring(
             self.windows.metric(metric).history(),
             self.now_ms,
-            from_ms,
-            to_ms,
+            reach,
             days,
-            week_to_ms,
             align_ms,
         )
     }

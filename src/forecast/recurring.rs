@@ -26,6 +26,11 @@ use crate::window::History;
 pub struct Recurring {
     /// The median rise across days.
     pub rise: f64,
+    /// `rise` over the first part of the window only, up to
+    /// [`Reach::near_ms`]: the rise a policy needs ready by the end of its
+    /// start-up lead, where the days rise at the same minute. `None` where
+    /// no point of that part has [`MIN_DAYS`] days.
+    pub near: Option<f64>,
     /// The lower and upper quartiles of the rises.
     pub low: f64,
     pub high: f64,
@@ -61,23 +66,53 @@ const DAY_MS: i64 = 86_400_000;
 /// (the policy's instruction budget cannot stop a call into Rust).
 pub const MAX_STEPS_A_DAY: i64 = 1_440 + 60;
 
-/// The rises after `now_ms + [from_ms, to_ms]` on each of the last `days`
-/// days of `history`; `None` with fewer than [`MIN_DAYS`] days of data or
-/// a history step longer than an hour. `week` is read over `[from_ms,
-/// week_to_ms]` (`to_ms` or later; `None` when that window is too long),
-/// in the same pass: the same as a call with `to_ms = week_to_ms` would
-/// answer. With `align_ms` above 0, each day is read from where its own
-/// load matched today's last hours best, up to `align_ms` earlier or
-/// later ([`Align`]); 0 reads each day at today's time of day.
+/// Where a call reads, in ms after this time of day: the window
+/// `[from_ms, to_ms]`, its first part `[from_ms, near_ms]` for
+/// [`Recurring::near`], and the weekly season over `[from_ms, week_to_ms]`
+/// (`to_ms` or later; the season is `None` when that is too long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub near_ms: i64,
+    pub week_to_ms: i64,
+}
+
+impl Reach {
+    /// `[from_ms, to_ms]`, its `near` and its week read over itself.
+    pub fn window(from_ms: i64, to_ms: i64) -> Self {
+        Self {
+            from_ms,
+            to_ms,
+            near_ms: to_ms,
+            week_to_ms: to_ms,
+        }
+    }
+}
+
+/// The rises after `now_ms + [reach.from_ms, reach.to_ms]` on each of the
+/// last `days` days of `history`; `None` with fewer than [`MIN_DAYS`] days
+/// of data or a history step longer than an hour. `week` is read over
+/// `[from_ms, week_to_ms]` in the same pass: the same as a call with
+/// `to_ms = week_to_ms` would answer; `near` over `[from_ms, near_ms]`
+/// (at most `to_ms`): the same as that call's `rise` where each of its
+/// points has the same days. With `align_ms` above 0, each day is read
+/// from where its own load matched today's last hours best, up to
+/// `align_ms` earlier or later ([`Align`]); 0 reads each day at today's
+/// time of day.
 pub fn recurring(
     history: &History,
     now_ms: Millis,
-    from_ms: i64,
-    to_ms: i64,
+    reach: Reach,
     days: usize,
-    week_to_ms: i64,
     align_ms: i64,
 ) -> Option<Recurring> {
+    let Reach {
+        from_ms,
+        to_ms,
+        near_ms,
+        week_to_ms,
+    } = reach;
     let step = history.step_ms();
     if step > 3_600_000 || to_ms < from_ms || from_ms < 0 {
         return None;
@@ -100,6 +135,8 @@ pub fn recurring(
     let now = now_ms.div_euclid(step);
     // per day: its base, and the smoothed rise above it at each offset
     let width = (to - from + 1) as usize;
+    // the offsets of the window's first part (`near`)
+    let near_width = (near_ms.clamp(from_ms, to_ms).div_euclid(step) - from + 1) as usize;
     let mut rows: Vec<Vec<f64>> = Vec::with_capacity(days);
     let mut bases: Vec<f64> = Vec::with_capacity(days);
     // each day's highest level over the window, and the same weekday's
@@ -159,6 +196,7 @@ pub fn recurring(
     let typical = quantile(&tops, 0.5);
     let mut r = Recurring {
         rise: f64::NEG_INFINITY,
+        near: None,
         low: f64::NEG_INFINITY,
         high: f64::NEG_INFINITY,
         level: f64::NEG_INFINITY,
@@ -181,7 +219,11 @@ pub fn recurring(
         }
         col.sort_by(f64::total_cmp);
         levels.sort_by(f64::total_cmp);
-        r.rise = r.rise.max(quantile(&col, 0.5));
+        let median = quantile(&col, 0.5);
+        r.rise = r.rise.max(median);
+        if o < near_width {
+            r.near = Some(r.near.map_or(median, |n| n.max(median)));
+        }
         r.low = r.low.max(quantile(&col, 0.25));
         r.high = r.high.max(quantile(&col, 0.75));
         r.level = r.level.max(quantile(&levels, 0.5));
@@ -410,7 +452,22 @@ mod tests {
 
     /// A call whose week is read over its own window.
     fn recurring(h: &History, now: Millis, from: i64, to: i64, days: usize) -> Option<Recurring> {
-        super::recurring(h, now, from, to, days, to, 0)
+        super::recurring(h, now, Reach::window(from, to), days, 0)
+    }
+
+    /// A call over `[0, to]` whose week is read over `[0, week_to]`.
+    fn with_week(
+        h: &History,
+        now: Millis,
+        to: i64,
+        week_to: i64,
+        days: usize,
+    ) -> Option<Recurring> {
+        let reach = Reach {
+            week_to_ms: week_to,
+            ..Reach::window(0, to)
+        };
+        super::recurring(h, now, reach, days, 0)
     }
 
     /// `days` of `load(day, minute of the day)`, a point every `step_s`.
@@ -479,6 +536,34 @@ mod tests {
     }
 
     #[test]
+    fn near_is_the_rise_within_the_first_part_of_the_window() {
+        // every day opens from 100 to 300 at 9:00 sharp; now is 8:40
+        let h = history(8, |_, minute| if minute >= 540 { 300.0 } else { 100.0 });
+        let now = (8 * 1440 + 520) * MIN;
+        let up_to = |near_ms| {
+            let reach = Reach {
+                near_ms,
+                ..Reach::window(0, 60 * MIN)
+            };
+            super::recurring(&h, now, reach, 7, 0).unwrap()
+        };
+        let whole = up_to(60 * MIN);
+        assert!((whole.rise - 200.0).abs() < 1.0, "{whole:?}");
+        assert_eq!(whole.near, Some(whole.rise));
+        // the opening is 20 minutes away: not within the first 10
+        let early = up_to(10 * MIN);
+        assert!(early.near.unwrap().abs() < 1.0, "{early:?}");
+        // the rest of the answer is the whole window's
+        assert_eq!((early.rise, early.level), (whole.rise, whole.level));
+        // within 25 minutes it is, whole (its first 5-minute mean after 9:00)
+        let through = up_to(25 * MIN);
+        assert!((through.near.unwrap() - 200.0).abs() < 1.0, "{through:?}");
+        // what a call over those 25 minutes alone gives as its rise
+        let alone = recurring(&h, now, 0, 25 * MIN, 7).unwrap();
+        assert_eq!(through.near, Some(alone.rise));
+    }
+
+    #[test]
     fn a_day_late_all_day_is_read_late_with_align() {
         // the previous days open within 5 minutes of 9:00; today (day 8)
         // runs 40 minutes late all day, its climb too
@@ -487,12 +572,12 @@ mod tests {
         // today at 9:05: the previous days had opened by now, so read at
         // today's time of day they show no rise left within 40 minutes
         let now = (8 * 1440 + 545) * MIN;
-        let at_the_hour = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 0).unwrap();
+        let at_the_hour = super::recurring(&h, now, Reach::window(0, 40 * MIN), 7, 0).unwrap();
         assert!(at_the_hour.rise < 20.0, "{at_the_hour:?}");
         // aligned on today's climb, each is read 40 minutes earlier (give
         // or take its own 5), where its opening is still ahead: from
         // about 150 to 400
-        let aligned = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 3_600_000).unwrap();
+        let aligned = super::recurring(&h, now, Reach::window(0, 40 * MIN), 7, 3_600_000).unwrap();
         assert!(aligned.rise > 200.0 && aligned.rise < 280.0, "{aligned:?}");
         assert_eq!(aligned.days, 7);
     }
@@ -505,8 +590,8 @@ mod tests {
         // taken by chance would show their opening within the window)
         let h = late_days(false, |day| if day == 8 { 40 } else { 0 });
         let now = (8 * 1440 + 545) * MIN;
-        let plain = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 0).unwrap();
-        let aligned = super::recurring(&h, now, 0, 40 * MIN, 7, 40 * MIN, 3_600_000).unwrap();
+        let plain = super::recurring(&h, now, Reach::window(0, 40 * MIN), 7, 0).unwrap();
+        let aligned = super::recurring(&h, now, Reach::window(0, 40 * MIN), 7, 3_600_000).unwrap();
         assert_eq!(plain, aligned);
         assert!(aligned.rise < 20.0, "{aligned:?}");
     }
@@ -550,7 +635,7 @@ mod tests {
         // that window answers for it, and the rest what the narrow one does
         let h = history(13, load);
         let now = (12 * 1440 + 480) * MIN;
-        let both = super::recurring(&h, now, 0, 40 * MIN, 14, 100 * MIN, 0).unwrap();
+        let both = with_week(&h, now, 40 * MIN, 100 * MIN, 14).unwrap();
         let narrow = recurring(&h, now, 0, 40 * MIN, 14).unwrap();
         let wide = recurring(&h, now, 0, 100 * MIN, 14).unwrap();
         assert_eq!(both.week, wide.week);
@@ -619,9 +704,9 @@ mod tests {
         // window of a day is too long to read: no week, the rest answered
         let h = history_at(20, 8, |_, _| 100.0);
         let now = 8 * 86_400 * 1000;
-        let short = super::recurring(&h, now, 0, 10 * MIN, 7, 20 * MIN, 0).unwrap();
+        let short = with_week(&h, now, 10 * MIN, 20 * MIN, 7).unwrap();
         assert!((short.week.unwrap() - 1.0).abs() < 1e-6, "{short:?}");
-        let long = super::recurring(&h, now, 0, 10 * MIN, 7, 86_400_000, 0).unwrap();
+        let long = with_week(&h, now, 10 * MIN, 86_400_000, 7).unwrap();
         assert_eq!((long.week, long.rise), (None, short.rise));
     }
 }

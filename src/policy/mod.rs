@@ -27,7 +27,7 @@ use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmStat
 use sha2::{Digest, Sha256};
 
 use crate::event::Metric;
-use crate::forecast::recurring::Recurring;
+use crate::forecast::recurring::{Reach, Recurring};
 use crate::forecast::ForecastValue;
 use crate::window::{SpanTooLong, WindowStats, STAT_NAMES};
 
@@ -89,10 +89,10 @@ local function forecast(metric, horizon, field)
   if value == nil then return nil end
   return { value = value, lower = lower, upper = upper, source = source }
 end
-local function recurring(metric, from, to, days, week_to, align)
-  local rise, low, high, level, n, week = raw_recurring(metric, from, to, days, week_to, align)
+local function recurring(metric, from, to, days, week_to, align, near)
+  local rise, low, high, level, n, week, nearby = raw_recurring(metric, from, to, days, week_to, align, near)
   if rise == nil then return nil end
-  return { rise = rise, low = low, high = high, level = level, days = n, week = week }
+  return { rise = rise, low = low, high = high, level = level, days = n, week = week, near = nearby }
 end
 return window, forecast, age, recurring
 "#;
@@ -309,16 +309,13 @@ pub trait SignalView: Send + 'static {
         Ok(self.window(metric, span_ms)?.and_then(|s| s.at(stat)))
     }
     fn forecast(&self, metric: Metric, horizon_ms: i64) -> Option<ForecastValue>;
-    /// What `metric` did within `[from, to]` after this time of day on
-    /// each of the last `days` days (`ctx.recurring`), its `week` read
-    /// over `[from, week_to]`.
+    /// What `metric` did within `reach` after this time of day on each of
+    /// the last `days` days (`ctx.recurring`).
     fn recurring(
         &self,
         _metric: Metric,
-        _from_ms: i64,
-        _to_ms: i64,
+        _reach: Reach,
         _days: usize,
-        _week_to_ms: i64,
         _align_ms: i64,
     ) -> Option<Recurring> {
         None
@@ -1037,6 +1034,18 @@ impl LuaPolicy {
 /// A target's data, as the reads see it.
 type SharedView = Arc<Mutex<dyn SignalView>>;
 
+/// `ctx.recurring`'s arguments: the metric, `from` and `to`, then `days`,
+/// `week_to`, `align` and `near`, each optional.
+type RecurringArgs = (
+    mlua::LuaString,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
 /// The VM's `ctx.window`, `ctx.forecast`, `ctx.age` and `ctx.recurring`:
 /// Rust returns plain values and a Lua table constructor packs them (far
 /// cheaper than filling a table field by field through the API).
@@ -1121,15 +1130,7 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
         })
     })?;
     let raw_recurring = lua.create_function(
-        move |_,
-              (metric, from, to, days, week_to, align): (
-            mlua::LuaString,
-            f64,
-            f64,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
-        )| {
+        move |_, (metric, from, to, days, week_to, align, near): RecurringArgs| {
             let metric = parse_metric(&metric)?;
             let days = days.unwrap_or(7.0);
             if !(from.is_finite() && to.is_finite() && 0.0 <= from && from <= to && to <= 86_400.0) {
@@ -1155,19 +1156,24 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
                     "recurring align must be seconds from 0 to {max_align}, got {align}"
                 )));
             }
-            let r = current.with(|view| {
-                Ok(view.recurring(
-                    metric,
-                    (from * 1000.0) as i64,
-                    (to * 1000.0) as i64,
-                    days as usize,
-                    (week_to * 1000.0) as i64,
-                    (align * 1000.0) as i64,
-                ))
-            })?;
+            let near = near.unwrap_or(to);
+            if !(near.is_finite() && from <= near && near <= to) {
+                return Err(mlua::Error::runtime(format!(
+                    "recurring near must be seconds with from <= near <= to, got {near} (from {from}, to {to})"
+                )));
+            }
+            let ms = |s: f64| (s * 1000.0) as i64;
+            let reach = Reach {
+                from_ms: ms(from),
+                to_ms: ms(to),
+                near_ms: ms(near),
+                week_to_ms: ms(week_to),
+            };
+            let r = current
+                .with(|view| Ok(view.recurring(metric, reach, days as usize, ms(align))))?;
             Ok(match r {
-                None => (None, 0.0, 0.0, 0.0, 0, None),
-                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days, r.week),
+                None => (None, 0.0, 0.0, 0.0, 0, None, None),
+                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days, r.week, r.near),
             })
         },
     )?;

@@ -32,18 +32,12 @@ impl SignalView for Fixed {
             source: "test".into(),
         })
     }
-    fn recurring(
-        &self,
-        m: Metric,
-        from: i64,
-        to: i64,
-        days: usize,
-        _week_to: i64,
-        align: i64,
-    ) -> Option<Recurring> {
+    fn recurring(&self, m: Metric, reach: Reach, days: usize, align: i64) -> Option<Recurring> {
         (m == Metric::QueueDepth).then_some(Recurring {
-            rise: from as f64,
-            low: to as f64,
+            rise: reach.from_ms as f64,
+            // the end of the first part asked for, in ms
+            near: Some(reach.near_ms as f64),
+            low: reach.to_ms as f64,
             high: days as f64,
             // the shift asked for, in ms, where the test can see it
             level: if align > 0 { align as f64 } else { -1.0 },
@@ -388,6 +382,9 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
                    assert(r3.week == nil)
                    assert(ctx.recurring('queue_depth', 0, 60, 7, 60, 1800).level == 1800000)
                    assert(ctx.recurring('queue_depth', 0, 60, 7, nil, 0).level == -1)
+                   -- near: the window's end unless given
+                   assert(r.near == 1800000, r.near)
+                   assert(ctx.recurring('queue_depth', 60, 1800, 7, nil, 0, 300).near == 300000)
                    return { replicas = r.days + r3.days,
                             reason = string.format('%d %d %d %d %.1f', r.rise, r.low, r.high, r.level, r.week) }")
     .unwrap();
@@ -421,6 +418,14 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
         ),
         ("ctx.recurring('queue_depth', 0, 60, 7, 60, 0/0)", "got NaN"),
         ("ctx.recurring('cpu', 0, 60)", "cpu"),
+        (
+            "ctx.recurring('queue_depth', 60, 600, 7, 600, 0, 30)",
+            "near must be seconds with from <= near <= to, got 30 (from 60, to 600)",
+        ),
+        (
+            "ctx.recurring('queue_depth', 60, 600, 7, 600, 0, 601)",
+            "got 601",
+        ),
     ] {
         let e = run(&format!("return {call}")).unwrap_err();
         assert_eq!(e.kind, PolicyErrorKind::Runtime, "{call}");

@@ -265,6 +265,54 @@ fn the_shipped_recurring_policy_lines_the_days_up_on_their_climbs() {
     );
 }
 
+/// A batch job by the clock: every day at 11:03 the load steps from 100
+/// to 400 within the minute, for 40 minutes. The shipped `recurring.lua`
+/// is ready for it like a rise whose hour varies; with the near rungs
+/// (the default) it buys it over the start-up lead and `near` only, not
+/// over the whole window from `ahead` before, so it holds fewer
+/// replica-hours for it, at no more short steps.
+#[test]
+fn the_shipped_recurring_policy_buys_a_step_at_the_same_minute_just_before_it() {
+    let mut o = hpa_and_recurring(7);
+    let values: Vec<f64> = (0..10 * 1440)
+        .map(|m| {
+            if (663..703).contains(&(m % 1440)) {
+                400.0
+            } else {
+                100.0
+            }
+        })
+        .collect();
+    let t = trace(&values);
+    let short =
+        |p: &PolicyReport, r: &Report| (p.under_provisioned_share * r.scored_steps as f64).round();
+    let (near, _) = run(&o, &t, |_, _| {}).unwrap();
+    o.params.insert("near_ks".into(), serde_json::json!([]));
+    let (wide, _) = run(&o, &t, |_, _| {}).unwrap();
+    let (hpa, with_near, without) = (&near.policies[0], &near.policies[1], &wide.policies[1]);
+    assert_eq!(
+        with_near.policy_errors + without.policy_errors,
+        0,
+        "{with_near:?} {without:?}"
+    );
+    // the HPA rule is short after each of the three scored steps; both
+    // ways of buying the rise ahead are short less
+    assert!(short(hpa, &near) >= 6.0, "{hpa:?}");
+    assert!(
+        short(without, &wide) < short(hpa, &near),
+        "{without:?} against {hpa:?}"
+    );
+    assert!(
+        short(with_near, &near) <= short(without, &wide),
+        "{with_near:?} against {without:?}"
+    );
+    // and the near rungs hold fewer replica-hours for it
+    assert!(
+        with_near.replica_hours < without.replica_hours,
+        "{with_near:?} against {without:?}"
+    );
+}
+
 /// `recurring.lua` keeps a plan only while the load has not moved: when
 /// the load falls (an evening), it scales down with `hpa.lua`, not
 /// `hold` later.
