@@ -86,7 +86,7 @@
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
 --         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), near
---         (300), near_ks ({1, 1.5}, increasing; {}: none), days
+--         (600), near_ks ({1, 1.5}, increasing; {}: none), days
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
 --         memory (604800), stab (300), daily_min (0.5), capacity (else
@@ -243,7 +243,7 @@ function P.decide(ctx)
   -- the same call
   local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
   -- the first part of the window, for the near rungs
-  local near_s = p.near or 300
+  local near_s = p.near or 600
   if type(near_s) ~= "number" or near_s < 0 then
     error("params.near must be seconds of 0 or more, got " .. tostring(near_s), 0)
   end
