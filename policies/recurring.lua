@@ -133,6 +133,16 @@ local function proven(ctx, now, plans, period, target, first)
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local ring = s.plans
+  -- a state from before the near rungs (a reload, a snapshot): its rungs
+  -- are the last ones now, and keep what they proved
+  local fresh = first - 1
+  if ring and fresh > 0 and #ring.a == n - fresh then
+    for _ = 1, fresh do
+      table.insert(ring.a, 1, {})
+      table.insert(s.saved, 1, 0)
+      table.insert(s.extra, 1, 0)
+    end
+  end
   if not ring or #ring.a ~= n then
     ring = { t = {}, b = {}, a = {} }
     for j = 1, n do ring.a[j] = {} end

@@ -1529,3 +1529,82 @@ return P
         assert!(e.contains(names), "case {case}: {e}");
     }
 }
+
+/// The numbers of a plain array (`[1] = x, [2] = y, ...`) kept under
+/// `key` in a plain table.
+fn plain_numbers(t: &state::Plain, key: &str) -> Vec<f64> {
+    let state::Plain::Table(pairs) = t else {
+        panic!("not a table: {t:?}")
+    };
+    let Some((_, state::Plain::Table(items))) = pairs
+        .iter()
+        .find(|(k, _)| *k == state::Plain::Str(key.into()))
+    else {
+        panic!("no table {key} in {t:?}")
+    };
+    let mut out: Vec<(i64, f64)> = items
+        .iter()
+        .map(|(k, v)| match (k, v) {
+            (state::Plain::Int(i), state::Plain::Int(n)) => (*i, *n as f64),
+            (state::Plain::Int(i), state::Plain::Num(x)) => (*i, *x),
+            other => panic!("not an array of numbers: {other:?}"),
+        })
+        .collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, x)| x).collect()
+}
+
+/// `recurring.lua` from before its near rungs kept the tallies of its
+/// four rungs in `ctx.state`. The policy of now, adopting that state (a
+/// reload, or a snapshot restored), keeps them as its last four rungs
+/// and starts only the two near rungs afresh, instead of proving every
+/// rung again from nothing.
+#[test]
+fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
+    let before = source(
+        "before.lua",
+        "return { decide = function(ctx)
+           ctx.state.plans = { t = {}, b = {}, a = { {}, {}, {}, {} } }
+           ctx.state.saved = { 1, 2, 3, 4 }
+           ctx.state.extra = { 10, 20, 30, 40 }
+         end }",
+    );
+    let params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100 });
+    let mut old = LuaPolicy::load(&before, &params, small_limits()).unwrap();
+    old.bind(Arc::new(Mutex::new(NoData))).unwrap();
+    old.decide(&input()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
+    let text = std::fs::read_to_string(path).unwrap();
+    let stats = WindowStats {
+        count: 1,
+        sum: 250.0,
+        mean: 250.0,
+        min: 250.0,
+        max: 250.0,
+        last: 250.0,
+        quantiles: None,
+        rate: 0.0,
+        slope: 0.0,
+    };
+    let mut new =
+        LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
+    new.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+    new.adopt_state(&old).unwrap();
+    let p = new.decide(&input()).unwrap();
+    assert!(p.replicas.is_some(), "{p:?}");
+    let (state, dropped) = new.export_state();
+    assert!(dropped.is_none(), "{dropped:?}");
+    // two near rungs first, then the four of before, faded by one period
+    let (saved, extra) = (
+        plain_numbers(&state, "saved"),
+        plain_numbers(&state, "extra"),
+    );
+    assert_eq!(saved.len(), 6, "{saved:?}");
+    assert_eq!(&saved[..2], &[0.0, 0.0]);
+    for (got, was) in saved[2..].iter().zip([1.0, 2.0, 3.0, 4.0]) {
+        assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
+    }
+    for (got, was) in extra[2..].iter().zip([10.0, 20.0, 30.0, 40.0]) {
+        assert!(*got > 0.99 * was && *got <= was, "{extra:?}");
+    }
+}
