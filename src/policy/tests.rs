@@ -1575,20 +1575,10 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     old.decide(&input()).unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
     let text = std::fs::read_to_string(path).unwrap();
-    let stats = WindowStats {
-        count: 1,
-        sum: 250.0,
-        mean: 250.0,
-        min: 250.0,
-        max: 250.0,
-        last: 250.0,
-        quantiles: None,
-        rate: 0.0,
-        slope: 0.0,
-    };
     let mut new =
         LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
-    new.bind(Arc::new(Mutex::new(Fixed(stats)))).unwrap();
+    new.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
+        .unwrap();
     new.adopt_state(&old).unwrap();
     let p = new.decide(&input()).unwrap();
     assert!(p.replicas.is_some(), "{p:?}");
