@@ -280,8 +280,10 @@ function P.decide(ctx)
   local plans, base = {}, held and s.plan_from or now
   -- the ladder: first the near rungs (shares of the rise within the
   -- window's first part), then the shares of the whole window's
+  -- (as many rungs with no answer as with one, so the tallies keep their
+  -- places; the gate is overruled below then)
   local nks = shares(p.near_ks or DEFAULT_NEAR_KS, "near_ks")
-  local nn = r and #nks or 0
+  local nn = #nks
   local near = r and r.near and r.near > 0 and r.near * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end

@@ -1597,4 +1597,26 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     for (got, was) in extra[2..].iter().zip([10.0, 20.0, 30.0, 40.0]) {
         assert!(*got > 0.99 * was && *got <= was, "{extra:?}");
     }
+    // a period with no answer from ctx.recurring (a gap in the history)
+    // keeps all six in their places
+    struct NoHistory(WindowStats);
+    impl SignalView for NoHistory {
+        fn window(&self, m: Metric, span_ms: i64) -> Result<Option<WindowStats>, SpanTooLong> {
+            Ok((m == Metric::QueueDepth && span_ms == 60_000).then_some(self.0))
+        }
+        fn forecast(&self, _: Metric, _: i64) -> Option<ForecastValue> {
+            None
+        }
+    }
+    new.bind(Arc::new(Mutex::new(NoHistory(one_sample(250.0)))))
+        .unwrap();
+    let later = CallInput {
+        now_ms: input().now_ms + 15_000,
+        ..input()
+    };
+    new.decide(&later).unwrap();
+    let (state, _) = new.export_state();
+    let kept = plain_numbers(&state, "saved");
+    assert_eq!(kept.len(), 6, "{kept:?}");
+    assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
 }
