@@ -336,27 +336,37 @@ history_step = "1h"
         }
     };
     let commands = common::kafka::reader(brokers, &format!("commands{sfx}"));
-    // the next command for `target`, within 90 s in all: commands for
-    // the other targets do not extend the wait (a CI run once waited here
-    // for 12 minutes), and a failure names what came instead
-    let next = |target: &'static str| {
-        let commands = &commands;
+    // The next command for `target`, the signal sent again every second
+    // until it comes, as a gateway publishes it, within 90 s in all. Sent
+    // once, a signal could decide nothing: while its group forms, tansu
+    // moves the partitions several times, a few seconds apart, and one of
+    // them was once owned by no scaler for 10 s, longer than the 5 s
+    // window, so the signal had left the window when its new owner went
+    // live (a CI run waited for a's first command in vain). Commands for
+    // the other targets do not extend the wait, and a failure names them.
+    let command_for = |target: &'static str, partition: i32, depth: u32| {
+        let (commands, send) = (&commands, &send);
         async move {
             let until = tokio::time::Instant::now() + Duration::from_secs(90);
             let mut others = Vec::new();
-            loop {
-                let m = tokio::time::timeout_at(until, commands.recv())
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!("no command for {target} within 90 s; came instead: {others:?}")
-                    })
-                    .unwrap();
-                let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                if c.target == target {
-                    return c;
+            let mut sent = 0;
+            while tokio::time::Instant::now() < until {
+                send(target, partition, depth).await;
+                sent += 1;
+                let again = tokio::time::Instant::now() + Duration::from_secs(1);
+                while let Ok(m) = tokio::time::timeout_at(again.min(until), commands.recv()).await {
+                    let m = m.unwrap();
+                    let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    if c.target == target {
+                        if sent > 1 {
+                            eprintln!("{target}'s command came after {sent} sends of its signal");
+                        }
+                        return c;
+                    }
+                    others.push((c.target, c.desired_replicas, c.generation));
                 }
-                others.push((c.target, c.desired_replicas, c.generation));
             }
+            panic!("no command for {target} within 90 s; came instead: {others:?}")
         }
     };
     // c's history takes a point an hour, and the policy asks for the
@@ -370,26 +380,18 @@ history_step = "1h"
     };
     // a scales to 30, then its depth falls to 1000 for longer than its
     // window: the scale-down to 10 is held by stabilization
-    send("a", 0, 3000).await;
     send("b", 1, 500).await;
-    let up = next("a").await;
+    let up = command_for("a", 0, 3000).await;
     assert_eq!(up.desired_replicas, 30);
     let calls_before: u64 = common::state::reason_part(&up.reason, "calls ")
         .parse()
         .unwrap();
     eprintln!("a scaled up: {}", up.reason);
     let hour_before = hour();
-    send("c", 0, 2500).await;
-    let c_before = next("c").await;
+    let c_before = command_for("c", 0, 2500).await;
     let forecast_before: f64 = common::state::reason_part(&c_before.reason, "fc holt_winters ")
         .parse()
         .unwrap();
-    let (owner, m_owner, stop_owner, task_owner, m_other, stop_other, task_other) =
-        if issued(&m1, "a") > 0 {
-            ("first", m1.clone(), stop1, task1, m2.clone(), stop2, task2)
-        } else {
-            ("second", m2.clone(), stop2, task2, m1.clone(), stop1, task1)
-        };
     let held = |m: &Metrics| {
         tidewatch::telemetry::sum(
             m,
@@ -401,10 +403,28 @@ history_step = "1h"
         send("a", 0, 1000).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    common::wait_for("the scale-down held", Duration::from_secs(30), || {
-        held(&m_owner) > 0.0
-    })
-    .await;
+    // a's owner now: the scaler whose count of held scale-downs rises (a
+    // partition may have moved since a's first command)
+    let until = Instant::now() + Duration::from_secs(30);
+    let first_owns = loop {
+        let before = (held(&m1), held(&m2));
+        send("a", 0, 1000).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = (held(&m1), held(&m2));
+        match (now.0 > before.0, now.1 > before.1) {
+            (true, false) => break true,
+            (false, true) => break false,
+            _ => assert!(
+                Instant::now() < until,
+                "no one scaler held a's scale-down within 30 s: {before:?} then {now:?}"
+            ),
+        }
+    };
+    let (owner, stop_owner, task_owner, m_other, stop_other, task_other) = if first_owns {
+        ("first", stop1, task1, m2.clone(), stop2, task2)
+    } else {
+        ("second", stop2, task2, m1.clone(), stop1, task1)
+    };
     eprintln!("the {owner} scaler owns a; stopping it");
     stop_owner.send(()).unwrap();
     assert!(
@@ -440,8 +460,7 @@ history_step = "1h"
     )
     .await;
     // ... and its first command continues the count
-    send("a", 0, 4000).await;
-    let c = next("a").await;
+    let c = command_for("a", 0, 4000).await;
     assert_eq!(
         c.desired_replicas, 40,
         "the first command after the takeover is the spike's, never 10: {c:?}"
@@ -451,8 +470,7 @@ history_step = "1h"
         .parse()
         .unwrap();
     // c's forecast goes on from the model its old owner had
-    send("c", 0, 5500).await;
-    let c_after = next("c").await;
+    let c_after = command_for("c", 0, 5500).await;
     let same_hour = hour() == hour_before;
     assert!(c_after.generation > c_before.generation);
     let forecast_after: f64 = common::state::reason_part(&c_after.reason, "fc holt_winters ")
