@@ -646,3 +646,82 @@ interval = "1h"
             .drained
     );
 }
+
+/// With `partition.assignment.strategy = "cooperative-sticky"` (librdkafka's
+/// incremental rebalancing, set in `options`), a scaler that joins takes
+/// one partition and the first scaler gives up that one only, so the
+/// targets of the partition it keeps are neither restored nor replayed.
+/// With librdkafka's default (eager) strategy the first scaler gives up
+/// both and is given one back. `tidewatch_source_partition_moves_total`
+/// counts each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes() {
+    let moves = |m: &Metrics, change: &str| {
+        tidewatch::telemetry::sum(
+            m,
+            "tidewatch_source_partition_moves_total",
+            &[("change", change)],
+        )
+    };
+    for strategy in ["cooperative-sticky", "range,roundrobin"] {
+        let (_mock, brokers) = mock_cluster();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            format!(
+                r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000", "partition.assignment.strategy" = "{strategy}" }} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "20s"
+[[targets]]
+name = "a"
+policy = "p.lua"
+max_replicas = 100
+"#
+            ),
+        )
+        .unwrap();
+        let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+        let (m1, stop1, task1) = scaler(cfg.clone());
+        common::wait_for(
+            "the first scaler to own both partitions",
+            Duration::from_secs(60),
+            || m1.assigned_partitions() == 2,
+        )
+        .await;
+        assert_eq!((moves(&m1, "assigned"), moves(&m1, "revoked")), (2.0, 0.0));
+        let (m2, stop2, task2) = scaler(cfg);
+        common::wait_for(
+            &format!("one partition each ({strategy})"),
+            Duration::from_secs(60),
+            || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
+        )
+        .await;
+        let first = (moves(&m1, "assigned"), moves(&m1, "revoked"));
+        if strategy == "cooperative-sticky" {
+            // one partition moved, once
+            assert_eq!(
+                first,
+                (2.0, 1.0),
+                "the first scaler's moves with {strategy}"
+            );
+        } else {
+            // both revoked, the one it keeps included (an eager group
+            // may rebalance once more, and each then revokes all again)
+            assert!(first.1 >= 2.0, "{strategy}: {first:?}");
+        }
+        assert_eq!((moves(&m2, "assigned"), moves(&m2, "revoked")), (1.0, 0.0));
+        stop2.send(()).unwrap();
+        stop1.send(()).unwrap();
+        for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {
+            assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
+        }
+    }
+}

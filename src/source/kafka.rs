@@ -294,9 +294,11 @@ impl ConsumerContext for AssignmentContext {
                 for e in tpl.elements() {
                     ownership.revoke(e.topic(), e.partition());
                 }
+                self.metrics.partitions_moved("revoked", tpl.count());
             }
             Rebalance::Assign(tpl) => {
                 self.seek_to_window(consumer, tpl);
+                self.metrics.partitions_moved("assigned", tpl.count());
                 let n = self
                     .ownership
                     .lock()

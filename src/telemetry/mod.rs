@@ -70,6 +70,7 @@ pub struct Metrics {
     results_received: IntCounterVec,
     probe_errors: IntCounterVec,
     assigned_partitions: prometheus::IntGauge,
+    partition_moves: IntCounterVec,
     source_consumer_lag: IntGaugeVec,
     source_errors: IntCounterVec,
     broker_connected: IntGaugeVec,
@@ -484,6 +485,12 @@ impl Metrics {
                 .expect("valid metric definition");
                 r.add(g)
             },
+            partition_moves: counter(
+                &r,
+                "tidewatch_source_partition_moves_total",
+                "Signal partitions given to this scaler (assigned) or taken from it (revoked) by its Kafka consumer group's rebalances; each move makes the new owner restore state and replay windows.",
+                &["change"],
+            ),
             source_consumer_lag: int_gauge(
                 &r,
                 "tidewatch_source_consumer_lag_messages",
@@ -1045,6 +1052,14 @@ impl Metrics {
     /// The number of signal partitions this scaler owns now.
     pub fn partitions_assigned(&self, n: usize) {
         self.assigned_partitions.set(n as i64);
+    }
+
+    /// A rebalance gave this scaler `n` partitions (`assigned`) or took
+    /// `n` from it (`revoked`).
+    pub fn partitions_moved(&self, change: &str, n: usize) {
+        self.partition_moves
+            .with_label_values(&[change])
+            .inc_by(n as u64);
     }
 
     /// Signal partitions this scaler owns.
