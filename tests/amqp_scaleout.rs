@@ -100,6 +100,15 @@ async fn wait_for_slots(what: &str, within: Duration, holds: &[(&Metrics, i64)])
     .await;
 }
 
+/// Slots given to (`assigned`) or taken from (`revoked`) a scaler.
+fn moves(m: &Metrics, change: &str) -> f64 {
+    common::metric(
+        m,
+        "tidewatch_source_partition_moves_total",
+        &[("change", change)],
+    )
+}
+
 fn policy_calls(m: &Metrics, target: &str) -> f64 {
     common::metric(
         m,
@@ -163,6 +172,8 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
     )
     .await;
 
+    // the first took every slot and handed two on
+    assert!(moves(&m1, "assigned") >= 4.0 && moves(&m1, "revoked") >= 2.0);
     let ch = mq::confirm_channel(&conn).await;
     let send = |depth: i64| send_depths(&ch, &n.signals, &names, depth);
     send(1000).await;
@@ -200,6 +211,8 @@ async fn two_scalers_share_the_slots_and_one_takes_over_when_the_other_stops() {
         &[(&m2, i64::from(SLOTS))],
     )
     .await;
+    // the first gave up its two as it stopped, and the second took them
+    assert!(moves(&m1, "revoked") >= 4.0 && moves(&m2, "assigned") >= 4.0);
     send(4000).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !names.iter().all(|t| desired(&m2, t) == 40.0) {

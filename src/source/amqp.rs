@@ -961,6 +961,9 @@ impl AmqpSource {
             self.ctx.metrics.catch_all(false);
             if let Some(mode) = &self.slots {
                 // with the channel go the consumers: others are active now
+                self.ctx
+                    .metrics
+                    .partitions_moved("revoked", mode.slots.held_count());
                 mode.slots.lost_all();
                 self.ctx.metrics.partitions_assigned(0);
             }
@@ -1247,6 +1250,7 @@ impl AmqpSource {
         self.write_slot_state(Some(k)).await;
         // not ours from this moment: what is in flight is still applied
         mode.slots.release(k);
+        self.ctx.metrics.partitions_moved("revoked", 1);
         if let Some(c) = catch_all.as_mut() {
             c.released(k);
         }
@@ -1350,6 +1354,7 @@ impl AmqpSource {
             };
             if let Some((mode, k)) = gained {
                 tracing::info!(slot = k, queue = %slot_queue(&self.cfg.queue, k), "amqp source: this scaler is now the slot's active consumer");
+                self.ctx.metrics.partitions_moved("assigned", 1);
                 self.ctx
                     .metrics
                     .partitions_assigned(mode.slots.held_count());

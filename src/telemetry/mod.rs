@@ -488,7 +488,7 @@ impl Metrics {
             partition_moves: counter(
                 &r,
                 "tidewatch_source_partition_moves_total",
-                "Signal partitions given to this scaler (assigned) or taken from it (revoked) by its Kafka consumer group's rebalances; each move makes the new owner restore state and replay windows.",
+                "Signal partitions (Kafka, by the consumer group's rebalances) or slot queues (RabbitMQ, handed on or lost with the connection) given to this scaler (assigned) or taken from it (revoked); the new owner of each restores its targets' state.",
                 &["change"],
             ),
             source_consumer_lag: int_gauge(
@@ -1054,8 +1054,8 @@ impl Metrics {
         self.assigned_partitions.set(n as i64);
     }
 
-    /// A rebalance gave this scaler `n` partitions (`assigned`) or took
-    /// `n` from it (`revoked`).
+    /// A rebalance (Kafka) or a hand-over (RabbitMQ slots) gave this
+    /// scaler `n` partitions (`assigned`) or took `n` from it (`revoked`).
     pub fn partitions_moved(&self, change: &str, n: usize) {
         self.partition_moves
             .with_label_values(&[change])
