@@ -650,12 +650,15 @@ interval = "1h"
 /// With `partition.assignment.strategy = "cooperative-sticky"` (librdkafka's
 /// incremental rebalancing, set in `options`), a scaler that joins takes
 /// one partition and the first scaler gives up that one only, so the
-/// targets of the partition it keeps are neither restored nor replayed.
-/// With librdkafka's default (eager) strategy the first scaler gives up
-/// both and is given one back. `tidewatch_source_partition_moves_total`
-/// counts each.
+/// targets of the partition it keeps are neither restored nor replayed,
+/// and it does not read the state store again. With librdkafka's default
+/// (eager) strategy the first scaler gives up both, is given one back and
+/// restores. `tidewatch_source_partition_moves_total` counts the moves,
+/// `tidewatch_state_restore_seconds` the restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes() {
+    let restores =
+        |m: &Metrics| tidewatch::telemetry::sum(m, "tidewatch_state_restore_seconds", &[]);
     let moves = |m: &Metrics, change: &str| {
         tidewatch::telemetry::sum(
             m,
@@ -680,6 +683,9 @@ kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" 
 [engine]
 min_eval_interval = "0s"
 drain_timeout = "20s"
+[state]
+topic = "tidewatch.state"
+interval = "1h"
 [[targets]]
 name = "a"
 policy = "p.lua"
@@ -697,6 +703,12 @@ max_replicas = 100
         )
         .await;
         assert_eq!((moves(&m1, "assigned"), moves(&m1, "revoked")), (2.0, 0.0));
+        common::wait_for(
+            "the first scaler's restore",
+            Duration::from_secs(30),
+            || restores(&m1) == 1.0,
+        )
+        .await;
         let (m2, stop2, task2) = scaler(cfg);
         common::wait_for(
             &format!("one partition each ({strategy})"),
@@ -718,6 +730,19 @@ max_replicas = 100
             assert!(first.1 >= 2.0, "{strategy}: {first:?}");
         }
         assert_eq!((moves(&m2, "assigned"), moves(&m2, "revoked")), (1.0, 0.0));
+        common::wait_for(
+            "the second scaler's restore",
+            Duration::from_secs(30),
+            || restores(&m2) == 1.0,
+        )
+        .await;
+        // the first one's would have come with the second's
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if strategy == "cooperative-sticky" {
+            assert_eq!(restores(&m1), 1.0, "a restore for an assignment of nothing");
+        } else {
+            assert!(restores(&m1) >= 2.0, "{strategy}: {}", restores(&m1));
+        }
         stop2.send(()).unwrap();
         stop1.send(()).unwrap();
         for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {

@@ -319,13 +319,16 @@ impl ConsumerContext for AssignmentContext {
         self.metrics.partitions_assigned(n);
         if let (Rebalance::Assign(tpl), Some(hook)) = (rebalance, &self.state) {
             // Held back until the restorer task says from when to replay
-            // ([`Releaser::release`]); readiness follows the catch-up.
+            // ([`Releaser::release`]); readiness follows the catch-up. An
+            // assignment of nothing (a cooperative rebalance's second
+            // step, for the scalers that only gave partitions up) needs
+            // no restore: what this scaler owns is live already.
             if tpl.count() > 0 {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::warn!(error = %e, "cannot hold the assigned partitions back for the restore");
                 }
+                let _ = hook.restore.send(());
             }
-            let _ = hook.restore.send(());
         }
     }
 }

@@ -39,6 +39,7 @@ pub async fn restore_targets(
     targets: Vec<String>,
     metrics: &std::sync::Arc<crate::telemetry::Metrics>,
 ) -> Result<(usize, Option<crate::clock::Millis>), crate::engine::EngineGone> {
+    let started = std::time::Instant::now();
     let mut parts = state.read_parts(targets.clone(), crate::state::READ_PART);
     let (tx, mut chunks) = tokio::sync::mpsc::channel(2);
     let m = metrics.clone();
@@ -71,6 +72,7 @@ pub async fn restore_targets(
         }
     }
     let _ = decoding.await;
+    metrics.state_restore_took(started.elapsed().as_secs_f64());
     Ok((restored, since))
 }
 

@@ -51,6 +51,7 @@ pub struct Metrics {
     state_snapshot_bytes: HistogramVec,
     state_snapshot_age: GaugeVec,
     state_restores: IntCounterVec,
+    state_restore_seconds: HistogramVec,
     state_store_warnings: IntCounterVec,
     config_reloads: IntCounterVec,
     decisions: IntCounterVec,
@@ -361,6 +362,13 @@ impl Metrics {
                 "tidewatch_state_restores_total",
                 "Targets restored from the state store, by outcome: restored, cold (no snapshot), incompatible (a format this version cannot read), corrupt, failed (the store could not be read).",
                 &["target", "outcome"],
+            ),
+            state_restore_seconds: histogram(
+                &r,
+                "tidewatch_state_restore_seconds",
+                "How long one restore from the state store took (reading it, decoding, the engine taking the snapshots): at start, after each Kafka assignment that brings partitions, and when a RabbitMQ slot comes.",
+                &[],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
             ),
             state_store_warnings: counter(
                 &r,
@@ -733,6 +741,13 @@ impl Metrics {
             }
             None => tracing::debug!(target_name = target, outcome, "target state"),
         }
+    }
+
+    /// A restore from the state store took `seconds`.
+    pub fn state_restore_took(&self, seconds: f64) {
+        self.state_restore_seconds
+            .with_label_values(&[] as &[&str])
+            .observe(seconds);
     }
 
     /// A problem with the state store that does not stop the scaler.
@@ -1753,7 +1768,12 @@ pub fn sum(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
                     .any(|l| l.name() == *k && l.value() == *v)
             })
         })
-        .map(|x| x.get_counter().get_value() + x.get_gauge().get_value())
+        .map(|x| {
+            // a histogram counts its observations
+            x.get_counter().get_value()
+                + x.get_gauge().get_value()
+                + x.get_histogram().get_sample_count() as f64
+        })
         .sum()
 }
 
