@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidewatch::command::ScaleCommand;
 use tidewatch::config::Config;
 use tidewatch::telemetry::Metrics;
@@ -71,6 +71,28 @@ fn issued(m: &Metrics, target: &str) -> u64 {
         .sum()
 }
 
+/// A queue-depth signal for `target` on `topic`'s `partition`, delivered.
+async fn send_depth(
+    producer: &FutureProducer,
+    topic: &str,
+    target: &str,
+    partition: i32,
+    depth: u32,
+) {
+    let body =
+        format!(r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#);
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(target)
+                .payload(&body),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scalers_split_targets_and_take_over_cleanly() {
     let (_mock, brokers) = mock_cluster();
@@ -115,21 +137,7 @@ stabilization_down = "0s"
 
     let producer = common::kafka::producer(&brokers);
     let send = |target: &'static str, partition: i32, depth: u32| {
-        let p = producer.clone();
-        async move {
-            let body = format!(
-                r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#
-            );
-            p.send(
-                FutureRecord::to("signals")
-                    .partition(partition)
-                    .key(target)
-                    .payload(&body),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        }
+        send_depth(&producer, "signals", target, partition, depth)
     };
     // a: a spike to 3000, then a steady 1000; b: a steady 500.
     send("a", 0, 3000).await;
@@ -318,22 +326,9 @@ history_step = "1h"
         || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
     )
     .await;
+    let signals = format!("signals{sfx}");
     let send = |target: &'static str, partition: i32, depth: u32| {
-        let p = producer.clone();
-        async move {
-            let body = format!(
-                r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#
-            );
-            p.send(
-                FutureRecord::to(&format!("signals{sfx}"))
-                    .partition(partition)
-                    .key(target)
-                    .payload(&body),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        }
+        send_depth(&producer, &signals, target, partition, depth)
     };
     let commands = common::kafka::reader(brokers, &format!("commands{sfx}"));
     // The next command for `target`, the signal sent again every second
@@ -539,22 +534,8 @@ interval = "1h"
     let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
     let producer = common::kafka::producer(&brokers);
     let send = |target: &'static str, depth: u32| {
-        let p = producer.clone();
         let partition = if target == "a" { 0 } else { 1 };
-        async move {
-            let body = format!(
-                r#"{{"type":"queue_depth","target":"{target}","queue":"q","depth":{depth}}}"#
-            );
-            p.send(
-                FutureRecord::to("signals")
-                    .partition(partition)
-                    .key(target)
-                    .payload(&body),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        }
+        send_depth(&producer, "signals", target, partition, depth)
     };
     let written = |m: &Metrics| {
         tidewatch::telemetry::sum(
@@ -649,16 +630,24 @@ interval = "1h"
 
 /// With `partition.assignment.strategy = "cooperative-sticky"` (librdkafka's
 /// incremental rebalancing, set in `options`), a scaler that joins takes
-/// one partition and the first scaler gives up that one only, so the
-/// targets of the partition it keeps are neither restored nor replayed,
-/// and it does not read the state store again. With librdkafka's default
-/// (eager) strategy the first scaler gives up both, is given one back and
+/// one partition and the first scaler gives up that one only: it
+/// snapshots only that partition's target before giving it up, and does
+/// not restore again, since the targets of the partition it keeps stay
+/// live. With librdkafka's default (eager) strategy the first scaler gives
+/// up both partitions (snapshotting both targets), is given one back and
 /// restores. `tidewatch_source_partition_moves_total` counts the moves,
 /// `tidewatch_state_restore_seconds` the restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes() {
     let restores =
         |m: &Metrics| tidewatch::telemetry::sum(m, "tidewatch_state_restore_seconds", &[]);
+    let written = |m: &Metrics| {
+        tidewatch::telemetry::sum(
+            m,
+            "tidewatch_state_snapshots_total",
+            &[("store", "kafka"), ("result", "ok")],
+        )
+    };
     let moves = |m: &Metrics, change: &str| {
         tidewatch::telemetry::sum(
             m,
@@ -667,9 +656,16 @@ async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes()
         )
     };
     for strategy in ["cooperative-sticky", "range,roundrobin"] {
+        let cooperative = strategy == "cooperative-sticky";
         let (_mock, brokers) = mock_cluster();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
+        let targets: String = ["a", "b"]
+            .iter()
+            .map(|t| {
+                format!("[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\n")
+            })
+            .collect();
         std::fs::write(
             dir.path().join("c.toml"),
             format!(
@@ -683,18 +679,17 @@ kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" 
 [engine]
 min_eval_interval = "0s"
 drain_timeout = "20s"
+# only the first snapshots and those of the revocation count here
 [state]
 topic = "tidewatch.state"
 interval = "1h"
-[[targets]]
-name = "a"
-policy = "p.lua"
-max_replicas = 100
-"#
+{targets}"#
             ),
         )
         .unwrap();
         let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+        // the first scaler alone: a on partition 0, b on 1, each
+        // commanded and snapshotted once
         let (m1, stop1, task1) = scaler(cfg.clone());
         common::wait_for(
             "the first scaler to own both partitions",
@@ -703,12 +698,18 @@ max_replicas = 100
         )
         .await;
         assert_eq!((moves(&m1, "assigned"), moves(&m1, "revoked")), (2.0, 0.0));
+        let producer = common::kafka::producer(&brokers);
+        for (t, p) in [("a", 0), ("b", 1)] {
+            send_depth(&producer, "signals", t, p, 500).await;
+        }
         common::wait_for(
-            "the first scaler's restore",
+            "both commanded and snapshotted",
             Duration::from_secs(30),
-            || restores(&m1) == 1.0,
+            || issued(&m1, "a") == 1 && issued(&m1, "b") == 1 && written(&m1) == 2.0,
         )
         .await;
+        assert_eq!(restores(&m1), 1.0);
+        // the second joins
         let (m2, stop2, task2) = scaler(cfg);
         common::wait_for(
             &format!("one partition each ({strategy})"),
@@ -716,20 +717,6 @@ max_replicas = 100
             || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
         )
         .await;
-        let first = (moves(&m1, "assigned"), moves(&m1, "revoked"));
-        if strategy == "cooperative-sticky" {
-            // one partition moved, once
-            assert_eq!(
-                first,
-                (2.0, 1.0),
-                "the first scaler's moves with {strategy}"
-            );
-        } else {
-            // both revoked, the one it keeps included (an eager group
-            // may rebalance once more, and each then revokes all again)
-            assert!(first.1 >= 2.0, "{strategy}: {first:?}");
-        }
-        assert_eq!((moves(&m2, "assigned"), moves(&m2, "revoked")), (1.0, 0.0));
         common::wait_for(
             "the second scaler's restore",
             Duration::from_secs(30),
@@ -738,9 +725,18 @@ max_replicas = 100
         .await;
         // the first one's would have come with the second's
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if strategy == "cooperative-sticky" {
+        let first = (moves(&m1, "assigned"), moves(&m1, "revoked"));
+        assert_eq!((moves(&m2, "assigned"), moves(&m2, "revoked")), (1.0, 0.0));
+        if cooperative {
+            // one partition moved, once; one target's snapshot; no restore
+            assert_eq!(first, (2.0, 1.0), "the first scaler's moves");
+            assert_eq!(written(&m1), 3.0, "snapshots beyond the moved target's");
             assert_eq!(restores(&m1), 1.0, "a restore for an assignment of nothing");
         } else {
+            // both revoked, the one it keeps included (an eager group may
+            // rebalance once more, and each then revokes all again)
+            assert!(first.1 >= 2.0, "{strategy}: {first:?}");
+            assert!(written(&m1) >= 4.0, "{strategy}: {}", written(&m1));
             assert!(restores(&m1) >= 2.0, "{strategy}: {}", restores(&m1));
         }
         stop2.send(()).unwrap();

@@ -126,15 +126,25 @@ pub enum EngineInput {
         snapshots: Vec<TargetSnapshot>,
         done: oneshot::Sender<Vec<(String, Restored)>>,
     },
-    /// Queue a snapshot of every target this engine keeps (before a
-    /// partition is revoked), or of those of one RabbitMQ slot (before it
-    /// is handed on); `done` learns how many.
+    /// Queue a snapshot of the targets this engine keeps that `pick`
+    /// names; `done` learns how many.
     SnapshotNow {
-        slot: Option<u16>,
+        pick: Pick,
         done: oneshot::Sender<usize>,
     },
     /// A reloaded, checked configuration ([`Engine::reconfigure`]).
     Reconfigure(Box<Reconfigure>),
+}
+
+/// Which targets a [`EngineInput::SnapshotNow`] snapshots.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// Every target (shutdown).
+    All,
+    /// The targets of one RabbitMQ slot (before it is handed on).
+    Slot(u16),
+    /// The targets of these Kafka partitions (before they are revoked).
+    Partitions(Arc<Vec<(String, i32)>>),
 }
 
 /// What a reload hands the engine.
@@ -424,19 +434,28 @@ impl EngineHandle {
 
     /// Has every shard queue a snapshot of every target it keeps; how many.
     pub async fn snapshot_now(&self) -> Result<usize, EngineGone> {
-        self.snapshot(None).await
+        self.snapshot(Pick::All).await
     }
 
     /// Has every shard queue a snapshot of the targets of RabbitMQ slot
     /// `slot` it keeps; how many.
     pub async fn snapshot_slot(&self, slot: u16) -> Result<usize, EngineGone> {
-        self.snapshot(Some(slot)).await
+        self.snapshot(Pick::Slot(slot)).await
     }
 
-    async fn snapshot(&self, slot: Option<u16>) -> Result<usize, EngineGone> {
+    /// Has every shard queue a snapshot of the targets of the Kafka
+    /// partitions `keys` (topic, partition) it keeps; how many.
+    pub async fn snapshot_partitions(&self, keys: Vec<(String, i32)>) -> Result<usize, EngineGone> {
+        self.snapshot(Pick::Partitions(Arc::new(keys))).await
+    }
+
+    async fn snapshot(&self, pick: Pick) -> Result<usize, EngineGone> {
         let every = vec![Some(()); self.shards.len()];
         let counts = self
-            .ask(every, |(), done| EngineInput::SnapshotNow { slot, done })
+            .ask(every, |(), done| EngineInput::SnapshotNow {
+                pick: pick.clone(),
+                done,
+            })
             .await?;
         Ok(counts.into_iter().sum())
     }

@@ -36,7 +36,7 @@ use crate::window::{TargetWindows, WindowStats};
 pub use config::{EngineConfig, TargetConfig};
 pub use input::{
     decode_message, mark_processed, DecodedMessage, EngineGone, EngineHandle, EngineInput,
-    Ingested, MappedInput, Reconfigure, WeakEngineHandle,
+    Ingested, MappedInput, Pick, Reconfigure, WeakEngineHandle,
 };
 pub use ownership::{Held, Ownership, SharedOwnership};
 pub use persist::Restored;
@@ -1555,10 +1555,13 @@ pub async fn drive(
                     let _ = done.send(engine.status_json(target.as_deref(), clock.now_ms()));
                     Vec::new()
                 }
-                Some(EngineInput::SnapshotNow { slot, done }) => {
-                    let n = match slot {
-                        None => engine.snapshot_all(clock.now_ms()),
-                        Some(k) => engine.snapshot_slot(k, clock.now_ms()),
+                Some(EngineInput::SnapshotNow { pick, done }) => {
+                    let n = match pick {
+                        Pick::All => engine.snapshot_all(clock.now_ms()),
+                        Pick::Slot(k) => engine.snapshot_slot(k, clock.now_ms()),
+                        Pick::Partitions(keys) => {
+                            engine.snapshot_partitions(&keys, clock.now_ms())
+                        }
                     };
                     let _ = done.send(n);
                     Vec::new()

@@ -8,6 +8,7 @@ use crate::event::Metric;
 use crate::guard::Guard;
 use crate::state::{StateHandle, TargetSnapshot, Unanswered};
 
+use super::target::TargetRuntime;
 use super::Engine;
 
 /// What became of a snapshot given to the engine.
@@ -153,18 +154,27 @@ impl Engine {
         let Some(slots) = self.slots.clone() else {
             return 0;
         };
-        self.snapshot_where(now_ms, |name| slots.slot_of(name) == slot)
+        self.snapshot_where(now_ms, |t| slots.slot_of(&t.cfg.name) == slot)
     }
 
-    /// Queues a snapshot of every target this engine writes whose name
-    /// `pick` takes; how many.
-    fn snapshot_where(&mut self, now_ms: Millis, pick: impl Fn(&str) -> bool) -> usize {
+    /// Queues a snapshot of every target of the Kafka partitions `keys`
+    /// this engine writes (before they are revoked: under cooperative
+    /// rebalancing the others stay here); how many.
+    pub fn snapshot_partitions(&mut self, keys: &[(String, i32)], now_ms: Millis) -> usize {
+        self.snapshot_where(now_ms, |t| {
+            t.partition.as_ref().is_some_and(|(k, _)| keys.contains(k))
+        })
+    }
+
+    /// Queues a snapshot of every target this engine writes that `pick`
+    /// takes; how many.
+    fn snapshot_where(&mut self, now_ms: Millis, pick: impl Fn(&TargetRuntime) -> bool) -> usize {
         let Some((state, _)) = self.state.clone() else {
             return 0;
         };
         let mut batch = Vec::new();
         for i in 0..self.targets.len() {
-            if pick(&self.targets[i].cfg.name) && self.writable(i) {
+            if pick(&self.targets[i]) && self.writable(i) {
                 batch.push(self.snapshot_of(i, now_ms, state.writer()));
             }
         }

@@ -148,13 +148,21 @@ impl StateHook {
         super::restore_targets(&self.engine, &self.state, targets, &self.metrics).await
     }
 
-    /// Snapshots and flushes, waiting at most `REVOKE_FLUSH`. Runs inside
+    /// Snapshots the targets of the partitions in `tpl` (being revoked)
+    /// and flushes, waiting at most `REVOKE_FLUSH`. Runs inside
     /// librdkafka's rebalance callback, which blocks the consumer: on a
     /// runtime thread it steps aside with `block_in_place` (a current-thread
     /// runtime cannot, and runs no engine meanwhile: skipped).
-    fn snapshot_before_revoke(&self) {
+    fn snapshot_before_revoke(&self, tpl: &TopicPartitionList) {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let (engine, state) = (self.engine.clone(), self.state.clone());
+        // the targets of the revoked partitions only: under cooperative
+        // rebalancing the others stay here
+        let keys: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
         // The work runs on a helper thread with a runtime-free executor (the
         // callback may run on librdkafka's closing thread, after the
         // runtime is gone); this thread waits for it at most REVOKE_FLUSH.
@@ -163,7 +171,7 @@ impl StateHook {
             .name("tidewatch-revoke".into())
             .spawn(move || {
                 let out = futures::executor::block_on(async {
-                    let n = engine.snapshot_now().await.unwrap_or(0);
+                    let n = engine.snapshot_partitions(keys).await.unwrap_or(0);
                     let flushed = state.flush().await;
                     (n, flushed)
                 });
@@ -283,7 +291,7 @@ impl ConsumerContext for AssignmentContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 if let Some(hook) = &self.state {
-                    hook.snapshot_before_revoke();
+                    hook.snapshot_before_revoke(tpl);
                 }
                 // Messages are applied before their offsets are stored and the
                 // source handles one batch at a time: what is stored is done.
