@@ -652,6 +652,7 @@ async fn restore_at_start(
         });
     }
     restoring.finish(true);
+    metrics.state_restore_took(started.elapsed().as_secs_f64());
     tracing::info!(
         store = handle.kind(),
         restored = restored.len(),
