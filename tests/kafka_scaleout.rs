@@ -747,3 +747,88 @@ interval = "1h"
         }
     }
 }
+
+/// A target's signals go to one partition, so only the scaler that owns
+/// it has them, and only that scaler decides for the target. The other
+/// never sees one of them. It must not count the target as its own, as
+/// it does a target fed by its probes: there the signals would be stale
+/// after `stale_after`, and with `on_stale = "fallback"` it would command
+/// `fallback_replicas` for a target the owner is scaling on fresh signals
+/// (before the fix, each scaler commanded 7 for the other's target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_never_decides_for_a_target_whose_signals_another_reads() {
+    let (_mock, brokers) = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
+    let targets: String = ["a", "b"]
+        .iter()
+        .map(|t| {
+            format!(
+                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\nstabilization_down = \"0s\"\nstale_after = \"15s\"\non_stale = \"fallback\"\nfallback_replicas = 7\n"
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[source]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
+[commands]
+kind = "kafka"
+kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
+[engine]
+min_eval_interval = "0s"
+drain_timeout = "20s"
+{targets}"#
+        ),
+    )
+    .unwrap();
+    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let (m1, stop1, task1) = scaler(cfg.clone());
+    let (m2, stop2, task2) = scaler(cfg);
+    common::wait_for("one partition each", Duration::from_secs(60), || {
+        m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1
+    })
+    .await;
+    // fresh signals for both, from before either could be stale (15 s
+    // after its start: the group formed well before) to well after
+    let producer = common::kafka::producer(&brokers);
+    for _ in 0..100 {
+        send_depth(&producer, "signals", "a", 0, 1500).await;
+        send_depth(&producer, "signals", "b", 1, 2500).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let commands = common::kafka::reader(&brokers, "commands");
+    // every command so far (the reader joins its own group first)
+    let mut seen = Vec::new();
+    let mut wait = Duration::from_secs(30);
+    while let Ok(Ok(m)) = tokio::time::timeout(wait, commands.recv()).await {
+        let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        seen.push((c.target, c.desired_replicas));
+        wait = Duration::from_secs(3);
+    }
+    // each target commanded by one scaler, to its load and never to 7
+    for (t, want) in [("a", 15), ("b", 25)] {
+        assert!(
+            (issued(&m1, t) > 0) ^ (issued(&m2, t) > 0),
+            "target {t} commanded by both scalers or neither ({} and {}): {seen:?}",
+            issued(&m1, t),
+            issued(&m2, t)
+        );
+        assert!(
+            seen.iter().any(|(s, r)| s == t && *r == want),
+            "{t} to {want}: {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter().all(|(_, r)| *r != 7),
+        "a fallback command: {seen:?}"
+    );
+    stop2.send(()).unwrap();
+    stop1.send(()).unwrap();
+    for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {
+        assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
+    }
+}

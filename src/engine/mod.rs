@@ -343,16 +343,26 @@ impl Engine {
         t.pending_since = None;
     }
 
-    /// Whether this scaler decides for target `idx` now. A target whose
-    /// partition is unknown (fed only by probes) counts as ours.
+    /// Whether this scaler decides for target `idx` now. With Kafka
+    /// partitions, a target no signal of which came from a partition yet
+    /// is ours only when a probe here measures it, or when this scaler
+    /// owns every partition of the source's topics (its signals, when
+    /// they come, come here). Otherwise another scaler may be reading its
+    /// signals: counted as ours, it would be stale here after
+    /// `stale_after` and go to its fallback against its owner's commands.
     fn owned(&self, idx: usize) -> bool {
         if let Some(s) = &self.slots {
             return s.live_target(&self.targets[idx].cfg.name);
         }
-        let (Some(o), Some((key, epoch))) = (&self.ownership, &self.targets[idx].partition) else {
+        let Some(o) = &self.ownership else {
             return true;
         };
-        o.lock().unwrap_or_else(|p| p.into_inner()).live(key) == Some(*epoch)
+        let t = &self.targets[idx];
+        let o = o.lock().unwrap_or_else(|p| p.into_inner());
+        match &t.partition {
+            Some((key, epoch)) => o.live(key) == Some(*epoch),
+            None => t.probed || o.owns_every_partition(),
+        }
     }
 
     /// Applies one decoded signal received at `received_ms`.
@@ -1057,6 +1067,7 @@ impl Engine {
     pub fn probe_measured(&mut self, target: &str, ok: bool) {
         if let Some(&idx) = self.by_name.get(target) {
             let t = &mut self.targets[idx];
+            t.probed = true;
             t.probe_failures = if ok {
                 0
             } else {
@@ -1220,6 +1231,7 @@ fn build_target(
         forecast_places: Default::default(),
         since_ms: now_ms,
         probe_failures: 0,
+        probed: false,
         stale: false,
         idle_since: None,
     })

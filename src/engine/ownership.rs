@@ -23,6 +23,9 @@ pub struct Ownership {
     held: Vec<Held>,
     /// The group gave this scaler an assignment (perhaps empty).
     joined: bool,
+    /// Each subscribed topic's partition count, as read at the latest
+    /// assignment (empty: unknown).
+    totals: HashMap<String, usize>,
 }
 
 /// A partition held back after its assignment ([`Ownership::take_held`]).
@@ -112,6 +115,23 @@ impl Ownership {
         self.joined = true;
     }
 
+    /// Each subscribed topic's partition count (`None`: one could not be
+    /// read, so whether this scaler owns them all is unknown).
+    pub fn partition_counts(&mut self, totals: Option<HashMap<String, usize>>) {
+        self.totals = totals.unwrap_or_default();
+    }
+
+    /// Whether every partition of every subscribed topic is assigned
+    /// here, restored and caught up: then every target's signals come
+    /// here. False while the counts are unknown.
+    pub fn owns_every_partition(&self) -> bool {
+        !self.totals.is_empty()
+            && self.ready()
+            && self.totals.iter().all(|(topic, &n)| {
+                n > 0 && self.assigned.keys().filter(|(t, _)| t == topic).count() == n
+            })
+    }
+
     /// Assigned at least once, restored, and every assigned partition
     /// caught up: what `/readyz` reports for a Kafka source.
     pub fn ready(&self) -> bool {
@@ -188,6 +208,40 @@ mod tests {
         assert!(!o.ready());
         o.processed(&key, 19);
         assert!(o.ready(), "caught up to where the previous owner stopped");
+    }
+
+    #[test]
+    fn every_partition_is_owned_only_with_the_counts_known_all_assigned_and_live() {
+        let mut o = Ownership::default();
+        o.wait_for_state();
+        o.joined();
+        o.assign("s", 0, None, i64::MIN, None);
+        o.assign("s", 1, None, i64::MIN, None);
+        o.restored(o.epoch());
+        assert!(o.ready());
+        assert!(!o.owns_every_partition(), "the counts are unknown");
+        o.partition_counts(None);
+        assert!(!o.owns_every_partition(), "a count could not be read");
+        o.partition_counts(Some(HashMap::from([("s".to_owned(), 3)])));
+        assert!(!o.owns_every_partition(), "two of three");
+        o.partition_counts(Some(HashMap::from([("s".to_owned(), 2)])));
+        assert!(o.owns_every_partition());
+        // another subscribed topic, none of it here
+        o.partition_counts(Some(HashMap::from([
+            ("s".to_owned(), 2),
+            ("t".to_owned(), 1),
+        ])));
+        assert!(!o.owns_every_partition(), "none of t");
+        o.partition_counts(Some(HashMap::from([("s".to_owned(), 2)])));
+        o.assign("s", 2, Some(0), 5, Some(5));
+        o.partition_counts(Some(HashMap::from([("s".to_owned(), 3)])));
+        assert!(!o.owns_every_partition(), "a partition not restored");
+        o.restored(o.epoch());
+        assert!(!o.owns_every_partition(), "a partition not caught up");
+        o.processed(&("s".to_owned(), 2), 4);
+        assert!(o.owns_every_partition());
+        o.revoke("s", 0);
+        assert!(!o.owns_every_partition(), "revoked");
     }
 
     #[test]

@@ -273,6 +273,9 @@ pub(super) struct TargetRuntime {
     pub(super) since_ms: Millis,
     /// Probe measurements of it that failed in a row.
     pub(super) probe_failures: u32,
+    /// A probe of this scaler has measured it (or failed to): it is
+    /// decided here though no signal of it came from a partition.
+    pub(super) probed: bool,
     /// Whether its signals are stale now.
     pub(super) stale: bool,
     /// Activation: since when its metric has been at or below the

@@ -114,6 +114,9 @@ pub struct AssignmentContext {
     longest_window_ms: i64,
     max_replay: i64,
     state: Option<StateHook>,
+    /// The subscribed topics (whether this scaler owns all their
+    /// partitions: [`crate::engine::Ownership::owns_every_partition`]).
+    topics: Vec<String>,
 }
 
 /// What the source does for the state store around a rebalance: before
@@ -228,8 +231,25 @@ impl AssignmentContext {
                     _ => None,
                 })
         };
+        // how many partitions each subscribed topic has: all of them
+        // here means every target's signals come here
+        let totals: Option<std::collections::HashMap<String, usize>> = self
+            .topics
+            .iter()
+            .map(|t| {
+                let md = consumer.fetch_metadata(Some(t), T).ok()?;
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|m| m.name() == t)?
+                    .partitions()
+                    .len();
+                Some((t.clone(), n))
+            })
+            .collect();
         let mut ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner());
         ownership.joined();
+        ownership.partition_counts(totals);
         for mut e in tpl.elements() {
             let (topic, p) = (e.topic().to_owned(), e.partition());
             let c = offset_in(&committed, &topic, p);
@@ -387,6 +407,7 @@ impl KafkaSource {
                 longest_window_ms,
                 max_replay: cfg.max_replay_messages as i64,
                 state,
+                topics: cfg.topics.clone(),
             })
             .map_err(|e| {
                 BrokerError::new("source.kafka", format!("cannot create the consumer: {e}"))
