@@ -31,15 +31,15 @@ impl Engine {
     }
 
     /// Whether this engine's state for target `idx` is the one to keep:
-    /// every target without Kafka ownership; with it, only targets on a
-    /// partition this scaler owns, has caught up on and has restored (a
-    /// stale copy must never overwrite its owner's snapshot).
+    /// that of a target it decides for ([`Engine::owned`]). Every target
+    /// without Kafka ownership or RabbitMQ slots. With slots, those of
+    /// the slots it holds. With Kafka partitions, a target on a partition
+    /// this scaler owns, has caught up on and has restored, one its probe
+    /// measures, or any while every partition is here. A stale copy must
+    /// never overwrite its owner's snapshot. (A probe-fed target, which
+    /// has no partition, was never written with a Kafka source before.)
     pub(super) fn writable(&self, idx: usize) -> bool {
-        if self.slots.is_some() {
-            // another scaler's slot: its snapshot is that scaler's to write
-            return self.owned(idx);
-        }
-        self.ownership.is_none() || (self.targets[idx].partition.is_some() && self.owned(idx))
+        self.owned(idx)
     }
 
     /// The snapshot of target `idx` at `now`; a `ctx.state` value that
@@ -197,7 +197,11 @@ impl Engine {
             .state
             .as_ref()
             .is_some_and(|(h, _)| h.writer() == s.writer);
-        let live = (self.ownership.is_some() && self.targets[idx].partition.is_some()
+        // decided here now: on a partition live here, measured by a probe
+        // here (its snapshots are written now too, and an older one must
+        // not roll it back at the next assignment), or in a slot held
+        let t = &self.targets[idx];
+        let live = (self.ownership.is_some() && (t.partition.is_some() || t.probed)
             || self.slots.is_some())
             && self.owned(idx);
         if ours || live {

@@ -1445,6 +1445,56 @@ fn a_policy_state_with_a_function_is_reported_and_the_rest_kept() {
     assert_eq!(pairs.len(), 1, "{pairs:?}");
 }
 
+/// With Kafka partitions, a target no signal of which came from a
+/// partition is this scaler's only when its probe measured it, or when
+/// every partition is here: then it is evaluated and its state written.
+/// Otherwise another scaler may read its signals, and deciding for it
+/// here (a stale fallback) or writing it would fight that scaler.
+#[test]
+fn a_target_without_a_partition_is_ours_by_its_probe_or_with_every_partition_here() {
+    let mut s = setup(DEPTH_POLICY, "", "");
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::dir::DirStore::open(dir.path()).unwrap();
+    let (handle, _thread) = crate::state::StateHandle::start(Box::new(store), s.metrics.clone());
+    s.engine
+        .keep_state(handle.clone(), Duration::from_secs(3600));
+    let ownership: SharedOwnership = Default::default();
+    {
+        let mut o = ownership.lock().unwrap();
+        o.joined();
+        o.assign("signals", 0, None, i64::MIN, None);
+    }
+    s.engine.track_ownership(ownership.clone());
+    // a probe measured web; nothing came for other
+    s.engine.probe_measured("web", true);
+    s.engine.ingest("t", &depth("web", 300.0, T0), T0);
+    let out = s.engine.tick(T0);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].target, "web");
+    let calls =
+        |m: &Metrics, t: &str| counter(m, "tidewatch_policy_evaluations_total", &[("target", t)]);
+    assert_eq!(calls(&s.metrics, "other"), 0.0, "other is not ours");
+    assert_eq!(s.engine.snapshot_all(T0), 1, "web written, other not");
+    // one partition of one: every partition is here
+    ownership
+        .lock()
+        .unwrap()
+        .partition_counts(Some(std::collections::HashMap::from([(
+            "signals".to_owned(),
+            1,
+        )])));
+    s.engine.tick(T0 + 1000);
+    assert!(calls(&s.metrics, "other") > 0.0, "other is ours now");
+    assert_eq!(s.engine.snapshot_all(T0 + 1000), 2);
+    stored(&handle);
+    // an older snapshot of web (another process's) does not roll back
+    // what web's probe has been deciding here since
+    let mut old = s.engine.snapshot("web", T0 - 60_000, "another").unwrap();
+    old.current = 40;
+    assert_eq!(s.engine.restore(&old), Restored::Newer);
+    assert_ne!(s.engine.status()[0].replicas, 40);
+}
+
 /// Each changed target is written at most once per `state.interval`,
 /// however few targets there are (the round robin alone wrote a target
 /// every N ticks).
