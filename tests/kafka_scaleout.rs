@@ -93,39 +93,67 @@ async fn send_depth(
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_scalers_split_targets_and_take_over_cleanly() {
-    let (_mock, brokers) = mock_cluster();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
+/// A scaler configuration on the mock cluster's topics, in `dir`: group
+/// "scalers" with a 6 s session and `options` besides, the policy `policy`
+/// as p.lua, targets a and b each with `target_extra` lines, and
+/// `extra` sections after `[engine]`.
+fn two_target_config(
+    dir: &std::path::Path,
+    brokers: &str,
+    policy: &str,
+    options: &str,
+    target_extra: &str,
+    extra: &str,
+) -> Config {
+    std::fs::write(dir.join("p.lua"), policy).unwrap();
+    let targets: String = ["a", "b"]
+        .iter()
+        .map(|t| {
+            format!("[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\n{target_extra}")
+        })
+        .collect();
     std::fs::write(
-        dir.path().join("c.toml"),
+        dir.join("c.toml"),
         format!(
             r#"
 [source]
 kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
+kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000"{options} }} }}
 [commands]
 kind = "kafka"
 kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
 [engine]
 min_eval_interval = "0s"
 drain_timeout = "20s"
-[[targets]]
-name = "a"
-policy = "p.lua"
-max_replicas = 100
-stabilization_down = "0s"
-[[targets]]
-name = "b"
-policy = "p.lua"
-max_replicas = 100
-stabilization_down = "0s"
-"#
+{extra}
+{targets}"#
         ),
     )
     .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    Config::load(&dir.join("c.toml")).unwrap().0
+}
+
+/// Snapshots a scaler wrote to the Kafka state store.
+fn written(m: &Metrics) -> f64 {
+    tidewatch::telemetry::sum(
+        m,
+        "tidewatch_state_snapshots_total",
+        &[("store", "kafka"), ("result", "ok")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scalers_split_targets_and_take_over_cleanly() {
+    let (_mock, brokers) = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_target_config(
+        dir.path(),
+        &brokers,
+        POLICY,
+        "",
+        "stabilization_down = \"0s\"\n",
+        "",
+    );
     let (m1, stop1, task1) = scaler(cfg.clone());
     let (m2, stop2, task2) = scaler(cfg);
     common::wait_for(
@@ -503,46 +531,18 @@ history_step = "1h"
 async fn a_scaler_that_joins_takes_the_latest_state_of_the_partition_it_gets() {
     let (_mock, brokers) = mock_cluster();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), common::state::STATEFUL).unwrap();
-    let targets: String = ["a", "b"]
-        .iter()
-        .map(|t| {
-            format!(
-                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\nwindows = [\"5s\"]\nstabilization_down = \"300s\"\n"
-            )
-        })
-        .collect();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
-[engine]
-min_eval_interval = "0s"
-drain_timeout = "20s"
-[state]
-interval = "1h"
-{targets}"#
-        ),
-    )
-    .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let cfg = two_target_config(
+        dir.path(),
+        &brokers,
+        common::state::STATEFUL,
+        "",
+        "windows = [\"5s\"]\nstabilization_down = \"300s\"\n",
+        "[state]\ninterval = \"1h\"",
+    );
     let producer = common::kafka::producer(&brokers);
     let send = |target: &'static str, depth: u32| {
         let partition = if target == "a" { 0 } else { 1 };
         send_depth(&producer, "signals", target, partition, depth)
-    };
-    let written = |m: &Metrics| {
-        tidewatch::telemetry::sum(
-            m,
-            "tidewatch_state_snapshots_total",
-            &[("store", "kafka"), ("result", "ok")],
-        )
     };
     // The first scaler alone: both targets to 20 (their first snapshot is
     // taken then), then to 30.
@@ -641,13 +641,6 @@ interval = "1h"
 async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes() {
     let restores =
         |m: &Metrics| tidewatch::telemetry::sum(m, "tidewatch_state_restore_seconds", &[]);
-    let written = |m: &Metrics| {
-        tidewatch::telemetry::sum(
-            m,
-            "tidewatch_state_snapshots_total",
-            &[("store", "kafka"), ("result", "ok")],
-        )
-    };
     let moves = |m: &Metrics, change: &str| {
         tidewatch::telemetry::sum(
             m,
@@ -659,35 +652,15 @@ async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes()
         let cooperative = strategy == "cooperative-sticky";
         let (_mock, brokers) = mock_cluster();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
-        let targets: String = ["a", "b"]
-            .iter()
-            .map(|t| {
-                format!("[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\n")
-            })
-            .collect();
-        std::fs::write(
-            dir.path().join("c.toml"),
-            format!(
-                r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000", "partition.assignment.strategy" = "{strategy}" }} }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
-[engine]
-min_eval_interval = "0s"
-drain_timeout = "20s"
-# only the first snapshots and those of the revocation count here
-[state]
-topic = "tidewatch.state"
-interval = "1h"
-{targets}"#
-            ),
-        )
-        .unwrap();
-        let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+        // only the first snapshots and those of the revocation count here
+        let cfg = two_target_config(
+            dir.path(),
+            &brokers,
+            POLICY,
+            &format!(", \"partition.assignment.strategy\" = \"{strategy}\""),
+            "",
+            "[state]\ntopic = \"tidewatch.state\"\ninterval = \"1h\"",
+        );
         // the first scaler alone: a on partition 0, b on 1, each
         // commanded and snapshotted once
         let (m1, stop1, task1) = scaler(cfg.clone());
@@ -759,33 +732,14 @@ interval = "1h"
 async fn a_scaler_never_decides_for_a_target_whose_signals_another_reads() {
     let (_mock, brokers) = mock_cluster();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.lua"), POLICY).unwrap();
-    let targets: String = ["a", "b"]
-        .iter()
-        .map(|t| {
-            format!(
-                "[[targets]]\nname = \"{t}\"\npolicy = \"p.lua\"\nmax_replicas = 100\nstabilization_down = \"0s\"\nstale_after = \"15s\"\non_stale = \"fallback\"\nfallback_replicas = 7\n"
-            )
-        })
-        .collect();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            r#"
-[source]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topics = ["signals"], group_id = "scalers", options = {{ "session.timeout.ms" = "6000" }} }}
-[commands]
-kind = "kafka"
-kafka = {{ brokers = "{brokers}", topic = "commands", results_topic = "results" }}
-[engine]
-min_eval_interval = "0s"
-drain_timeout = "20s"
-{targets}"#
-        ),
-    )
-    .unwrap();
-    let (cfg, _) = Config::load(&dir.path().join("c.toml")).unwrap();
+    let cfg = two_target_config(
+        dir.path(),
+        &brokers,
+        POLICY,
+        "",
+        "stabilization_down = \"0s\"\nstale_after = \"15s\"\non_stale = \"fallback\"\nfallback_replicas = 7\n",
+        "",
+    );
     let (m1, stop1, task1) = scaler(cfg.clone());
     let (m2, stop2, task2) = scaler(cfg);
     common::wait_for("one partition each", Duration::from_secs(60), || {
