@@ -108,8 +108,28 @@ pub async fn run(
         for engine in &mut engines {
             engine.keep_state(handle.clone(), cfg.state.interval);
         }
-        if !slots_configured {
-            restore_at_start(&mut engines, &cfg.targets, handle, &metrics).await;
+        if cfg.source.kind == BrokerKind::Kafka {
+            // Each assignment restores the configured targets before its
+            // partitions go live (`restore_on_assignment`), and which
+            // targets are ours is known only then: reading the store here
+            // too read all of it twice. Only a probe-fed target decides
+            // before its first assignment (its probe makes it ours), so
+            // only those take their snapshots now; the first assignment
+            // counts the targets that have none.
+            let probed: std::collections::HashSet<&str> =
+                cfg.probes.iter().map(|p| p.target.as_str()).collect();
+            let names: Vec<String> = cfg
+                .targets
+                .iter()
+                .filter(|t| probed.contains(t.name.as_str()))
+                .map(|t| t.name.clone())
+                .collect();
+            if !names.is_empty() {
+                restore_at_start(&mut engines, names, handle, &metrics, false).await;
+            }
+        } else if !slots_configured {
+            let names = cfg.targets.iter().map(|t| t.name.clone()).collect();
+            restore_at_start(&mut engines, names, handle, &metrics, true).await;
         }
     }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
@@ -221,6 +241,7 @@ pub async fn run(
                 targets: names.clone(),
                 metrics: metrics.clone(),
                 restore: wake,
+                counted: Default::default(),
             };
             restorer = Some((woken, hook.clone()));
             hook
@@ -631,16 +652,16 @@ async fn open_state(
     )))
 }
 
-/// Gives every target its snapshot before anything runs; counts each
-/// target's outcome.
+/// Gives each of the targets `names` its snapshot before anything runs;
+/// counts each target's outcome (those with none too, with `count_cold`).
 async fn restore_at_start(
     engines: &mut [Engine],
-    targets: &[crate::engine::TargetConfig],
+    names: Vec<String>,
     handle: &StateHandle,
     metrics: &Metrics,
+    count_cold: bool,
 ) {
     let started = std::time::Instant::now();
-    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let mut restored = std::collections::HashSet::new();
     // a part at a time, so that the stored bytes of every target are
     // never held at once
@@ -651,7 +672,7 @@ async fn restore_at_start(
             restored.extend(apply_on_each_shard(engines, batch));
         });
     }
-    restoring.finish(true);
+    restoring.finish(count_cold);
     metrics.state_restore_took(started.elapsed().as_secs_f64());
     tracing::info!(
         store = handle.kind(),

@@ -1366,7 +1366,8 @@ impl AmqpSource {
                     tokio::spawn(async move {
                         let started = std::time::Instant::now();
                         let restored =
-                            crate::source::restore_targets(&engine, &state, names, &metrics).await;
+                            crate::source::restore_targets(&engine, &state, names, &metrics, false)
+                                .await;
                         if slots.holds(k) {
                             slots.restored(k);
                         }

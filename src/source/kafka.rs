@@ -132,6 +132,10 @@ pub struct StateHook {
     pub metrics: Arc<Metrics>,
     /// Wakes the restorer task ([`restore_on_assignment`]).
     pub restore: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Set once a restore has counted the targets with no snapshot
+    /// (`cold`): the first one after the start does, as a start's restore
+    /// does without a Kafka source.
+    pub counted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StateHook {
@@ -148,7 +152,10 @@ impl StateHook {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        super::restore_targets(&self.engine, &self.state, targets, &self.metrics).await
+        let first = !self
+            .counted
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        super::restore_targets(&self.engine, &self.state, targets, &self.metrics, first).await
     }
 
     /// Snapshots the targets of the partitions in `tpl` (being revoked)

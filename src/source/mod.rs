@@ -32,12 +32,15 @@ pub use kafka::KafkaSourceConfig;
 /// each one (a target takes its own unless what it holds is newer),
 /// decoded in chunks off the runtime's workers and applied chunk by chunk
 /// so that decisions of live targets go on. How many were restored, and
-/// the oldest point they need signals from again.
+/// the oldest point they need signals from again. With `count_cold`, each
+/// target the store has no snapshot of is counted `cold` (once per
+/// process: a rebalance hands over targets that were live a moment ago).
 pub async fn restore_targets(
     engine: &crate::engine::EngineHandle,
     state: &crate::state::StateHandle,
     targets: Vec<String>,
     metrics: &std::sync::Arc<crate::telemetry::Metrics>,
+    count_cold: bool,
 ) -> Result<(usize, Option<crate::clock::Millis>), crate::engine::EngineGone> {
     let started = std::time::Instant::now();
     let mut parts = state.read_parts(targets.clone(), crate::state::READ_PART);
@@ -50,9 +53,7 @@ pub async fn restore_targets(
                 let _ = tx.blocking_send(b);
             });
         }
-        // targets without a snapshot are not counted here: a rebalance
-        // hands over targets that were live a moment ago
-        restoring.finish(false);
+        restoring.finish(count_cold);
     });
     let mut restored = 0;
     let mut since: Option<crate::clock::Millis> = None;
