@@ -340,6 +340,7 @@ async fn broker_down_at_start_recovers() {
 /// The lag probe against a broker: a consumer group has committed part of
 /// a topic; the probe feeds the rest as the target's queue depth, and the
 /// scaler commands replicas for it with no publisher of the user's own.
+/// Its state survives a restart (a Kafka source, a state topic).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_probe_feeds_queue_depth() {
     use rdkafka::consumer::{BaseConsumer, CommitMode};
@@ -392,8 +393,10 @@ async fn lag_probe_feeds_queue_depth() {
     .unwrap()
     .unwrap();
     assert_eq!(lag, 600);
+    // no worker answers here: an unanswered command is re-issued after 8 s
+    cfg.engine.reissue_after = Duration::from_secs(8);
     let metrics = Arc::new(Metrics::new());
-    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let (stop, task) = common::start_run(cfg.clone(), metrics.clone());
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));
     let c = next_command(&commands, Duration::from_secs(60)).await;
     assert_eq!(c.desired_replicas, 6, "ceil(600 / 100)");
@@ -402,6 +405,40 @@ async fn lag_probe_feeds_queue_depth() {
             &metrics,
             "tidewatch_events_received_total",
             &[("source", "probe"), ("type", "queue_depth")],
+        ) >= 1.0
+    );
+    stop.send(()).unwrap();
+    assert!(task.await.unwrap().drained);
+    // the last command it sent (a re-issue if it was slow to stop)
+    let mut last = c;
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), commands.recv()).await {
+        last = common::schema::parse("scale_command", m.payload().unwrap());
+    }
+
+    // A restart: the target has no partition (its probe feeds it), so its
+    // state is written by the scaler whose probe measures it, and taken
+    // back at start. The restarted scaler knows its command went
+    // unanswered and re-issues it; a cold one would command 6 afresh.
+    let metrics = Arc::new(Metrics::new());
+    let (stop, task) = common::start_run(cfg, metrics.clone());
+    let again = next_command(&commands, Duration::from_secs(60)).await;
+    assert_eq!(again.desired_replicas, 6, "{again:?}");
+    assert!(
+        again.generation > last.generation,
+        "{again:?} after {last:?}"
+    );
+    assert!(
+        again.reason.contains("re-issued") && again.reason.contains(&last.generation.to_string()),
+        "{}",
+        again.reason
+    );
+    // at start (its probe may measure before the first assignment); the
+    // assignment's restore takes it again only if the probe had not yet
+    assert!(
+        tidewatch::telemetry::sum(
+            &metrics,
+            "tidewatch_state_restores_total",
+            &[("target", "web"), ("outcome", "restored")],
         ) >= 1.0
     );
     stop.send(()).unwrap();
