@@ -21,7 +21,7 @@
 //!   more of it until the start's wave (every target's first command and
 //!   its result) is through, SCALE_SETTLE seconds at most (default 120;
 //!   0: no more); the time that took is printed.
-//!   SCALE_REFIT_WAVE=1 (RabbitMQ): every target starts from a snapshot
+//!   SCALE_REFIT_WAVE=1 (RabbitMQ and Kafka): every target starts from a snapshot
 //!   in a state directory with 8 days of history and a forecaster fitted
 //!   a day ago, so that all refits fall due at once during the load
 //!   (=0: the same state a minute old, no refit due, for comparison);
@@ -823,10 +823,16 @@ async fn reaction_kafka(n: usize) -> Row {
         mock.create_topic(t, parts, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
+    // SCALE_REFIT_WAVE: every target's snapshot in a state directory, as
+    // on RabbitMQ (a Kafka start then restores at its first assignment)
+    let state = match wave_state(n, dir.path()) {
+        s if s.is_empty() => "[state]\nstore = \"none\"\n".to_owned(),
+        s => s,
+    };
     let toml = format!(
         "[source]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topics = [\"signals\"], group_id = \"scale\", options = {{ \"fetch.wait.max.ms\" = \"5\" }} }}\n\
          [commands]\nkind = \"kafka\"\nkafka = {{ brokers = \"{brokers}\", topic = \"commands\", results_topic = \"results\" }}\n\
-         [state]\nstore = \"none\"\n{}{}",
+         {state}{}{}",
         engine(),
         targets_toml(n)
     );
