@@ -108,28 +108,14 @@ pub async fn run(
         for engine in &mut engines {
             engine.keep_state(handle.clone(), cfg.state.interval);
         }
-        if cfg.source.kind == BrokerKind::Kafka {
-            // Each assignment restores the configured targets before its
-            // partitions go live (`restore_on_assignment`), and which
-            // targets are ours is known only then: reading the store here
-            // too read all of it twice. Only a probe-fed target decides
-            // before its first assignment (its probe makes it ours), so
-            // only those take their snapshots now; the first assignment
-            // counts the targets that have none.
-            let probed: std::collections::HashSet<&str> =
-                cfg.probes.iter().map(|p| p.target.as_str()).collect();
-            let names: Vec<String> = cfg
-                .targets
-                .iter()
-                .filter(|t| probed.contains(t.name.as_str()))
-                .map(|t| t.name.clone())
-                .collect();
-            if !names.is_empty() {
-                restore_at_start(&mut engines, names, handle, &metrics, false).await;
-            }
-        } else if !slots_configured {
+        // With Kafka each assignment restores the configured targets
+        // before its partitions go live (`restore_on_assignment`), and
+        // which targets are this scaler's is known only then (those only
+        // probes feed included: they are decided where their home
+        // partition is); a restore here too read the whole store twice.
+        if cfg.source.kind != BrokerKind::Kafka && !slots_configured {
             let names = cfg.targets.iter().map(|t| t.name.clone()).collect();
-            restore_at_start(&mut engines, names, handle, &metrics, true).await;
+            restore_at_start(&mut engines, names, handle, &metrics).await;
         }
     }
     let ready = Arc::new(AtomicBool::new(cfg.source.kind == BrokerKind::None));
@@ -653,13 +639,12 @@ async fn open_state(
 }
 
 /// Gives each of the targets `names` its snapshot before anything runs;
-/// counts each target's outcome (those with none too, with `count_cold`).
+/// counts each target's outcome.
 async fn restore_at_start(
     engines: &mut [Engine],
     names: Vec<String>,
     handle: &StateHandle,
     metrics: &Metrics,
-    count_cold: bool,
 ) {
     let started = std::time::Instant::now();
     let mut restored = std::collections::HashSet::new();
@@ -672,7 +657,7 @@ async fn restore_at_start(
             restored.extend(apply_on_each_shard(engines, batch));
         });
     }
-    restoring.finish(count_cold);
+    restoring.finish(true);
     metrics.state_restore_took(started.elapsed().as_secs_f64());
     tracing::info!(
         store = handle.kind(),

@@ -395,6 +395,16 @@ async fn lag_probe_feeds_queue_depth() {
     assert_eq!(lag, 600);
     // no worker answers here: an unanswered command is re-issued after 8 s
     cfg.engine.reissue_after = Duration::from_secs(8);
+    // the probe-fed target is decided where its home partition is: the
+    // restarted scaler's assignment waits for the mock cluster to drop
+    // the first scaler from the group, which takes a session timeout
+    // there (45 s by default; tansu takes the leave at once)
+    cfg.source
+        .kafka
+        .as_mut()
+        .unwrap()
+        .options
+        .insert("session.timeout.ms".into(), "6000".into());
     let metrics = Arc::new(Metrics::new());
     let (stop, task) = common::start_run(cfg.clone(), metrics.clone());
     let commands = consumer(&s.brokers, &format!("commands-{}", s.suffix));

@@ -133,6 +133,24 @@ drain_timeout = "20s"
     Config::load(&dir.join("c.toml")).unwrap().0
 }
 
+/// Stops the scaler `who` (it must drain), then waits for `other` to own
+/// both signal partitions.
+async fn stop_then_other_owns_both(
+    who: &str,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
+    other: &Metrics,
+) {
+    stop.send(()).unwrap();
+    assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
+    common::wait_for(
+        "the other scaler to own both partitions",
+        Duration::from_secs(60),
+        || other.assigned_partitions() == 2,
+    )
+    .await;
+}
+
 /// Snapshots a scaler wrote to the Kafka state store.
 fn written(m: &Metrics) -> f64 {
     tidewatch::telemetry::sum(
@@ -449,18 +467,7 @@ history_step = "1h"
         ("second", stop2, task2, m1.clone(), stop1, task1)
     };
     eprintln!("the {owner} scaler owns a; stopping it");
-    stop_owner.send(()).unwrap();
-    assert!(
-        common::stopped("the owner", STOP_WITHIN, task_owner)
-            .await
-            .drained
-    );
-    common::wait_for(
-        "the other scaler to own both partitions",
-        Duration::from_secs(60),
-        || m_other.assigned_partitions() == 2,
-    )
-    .await;
+    stop_then_other_owns_both("the owner", stop_owner, task_owner, &m_other).await;
     // the seed at the first assignment, then the owner's snapshot at the
     // takeover, whose restore ends after the assignment is counted (a
     // broker may assign more than once meanwhile: each restores again)
@@ -806,4 +813,144 @@ async fn a_scaler_never_decides_for_a_target_whose_signals_another_reads() {
     for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {
         assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
     }
+}
+
+/// Targets only a probe feeds have no partition, and every scaler of a
+/// group runs the same `[[probes]]`. Each such target is decided by the
+/// scaler that owns its home partition (the partition a Java producer
+/// keys its name to), not by every scaler: a rise of its lag is commanded
+/// by one scaler only (before, by both, each with its own generations).
+/// When that scaler stops, the other takes the target over with its
+/// home partition, its state included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_fed_targets_are_decided_by_one_scaler_and_move_with_their_home_partition() {
+    let (mock, brokers) = mock_cluster();
+    mock.create_topic("orders", 1, 1).unwrap();
+    let producer = common::kafka::producer(&brokers);
+    let orders = |n: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in 0..n {
+                let body = format!("order {i}");
+                producer
+                    .send(
+                        FutureRecord::to("orders").key("k").payload(&body),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    // no worker has committed anything: the lag is every message
+    orders(300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let probes: String = ["a", "b"]
+        .iter()
+        .map(|t| {
+            format!(
+                "[[probes]]\nkind = \"kafka_lag\"\ntarget = \"{t}\"\ntopic = \"orders\"\ngroup = \"workers\"\ninterval = \"500ms\"\nno_offset = \"earliest\"\n"
+            )
+        })
+        .collect();
+    let cfg = two_target_config(
+        dir.path(),
+        &brokers,
+        POLICY,
+        "",
+        "",
+        &format!("[state]\ntopic = \"tidewatch.state\"\n{probes}"),
+    );
+    let (m1, stop1, task1) = scaler(cfg.clone());
+    let (m2, stop2, task2) = scaler(cfg);
+    common::wait_for("one partition each", Duration::from_secs(60), || {
+        m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1
+    })
+    .await;
+    common::wait_for("a and b commanded", Duration::from_secs(60), || {
+        ["a", "b"]
+            .iter()
+            .all(|t| issued(&m1, t) + issued(&m2, t) > 0)
+    })
+    .await;
+    // the group may still have moved a partition since: let it settle,
+    // then the lag rises from 300 to 700 and each target is commanded
+    // to 7 once, by one scaler
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<(u64, u64)> = ["a", "b"]
+        .iter()
+        .map(|t| (issued(&m1, t), issued(&m2, t)))
+        .collect();
+    orders(400).await;
+    let commands = common::kafka::reader(&brokers, "commands");
+    let mut sevens = Vec::new();
+    while sevens.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), commands.recv())
+            .await
+            .expect("a and b commanded to 7")
+            .unwrap();
+        let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        if c.desired_replicas == 7 && !sevens.iter().any(|s: &ScaleCommand| s.target == c.target) {
+            sevens.push(c);
+        }
+    }
+    // any second scaler's command for the same would have come by now
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut owners = Vec::new();
+    for (i, t) in ["a", "b"].iter().enumerate() {
+        let d = (issued(&m1, t) - before[i].0, issued(&m2, t) - before[i].1);
+        assert!(
+            (d.0 > 0) ^ (d.1 > 0),
+            "{t} commanded by both scalers or neither after the rise: {d:?}"
+        );
+        owners.push(d.0 > 0);
+    }
+    let who = |first: bool| if first { "first" } else { "second" };
+    eprintln!(
+        "a decided by the {} scaler, b by the {}",
+        who(owners[0]),
+        who(owners[1])
+    );
+    // a's deciding scaler stops; the other owns both partitions, takes
+    // a's state (written as the partition was revoked), and commands a's
+    // next rise
+    let (stop_owner, task_owner, m_other, stop_other, task_other) = if owners[0] {
+        (stop1, task1, m2.clone(), stop2, task2)
+    } else {
+        (stop2, task2, m1.clone(), stop1, task1)
+    };
+    let restored = |m: &Metrics| {
+        tidewatch::telemetry::sum(
+            m,
+            "tidewatch_state_restores_total",
+            &[("target", "a"), ("outcome", "restored")],
+        )
+    };
+    let restored_before = restored(&m_other);
+    stop_then_other_owns_both("a's scaler", stop_owner, task_owner, &m_other).await;
+    orders(400).await;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), commands.recv())
+            .await
+            .expect("a commanded to 11 by the other scaler")
+            .unwrap();
+        let c: ScaleCommand = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        if c.target == "a" && c.desired_replicas == 11 {
+            break;
+        }
+    }
+    assert!(issued(&m_other, "a") > 0);
+    // the other scaler took a's state with its home partition (before,
+    // it counted a as its own all along and kept what it held)
+    assert!(
+        restored(&m_other) > restored_before,
+        "{} restores of a, {restored_before} before the takeover",
+        restored(&m_other)
+    );
+    stop_other.send(()).unwrap();
+    assert!(
+        common::stopped("the other scaler", STOP_WITHIN, task_other)
+            .await
+            .drained
+    );
 }

@@ -345,9 +345,11 @@ impl Engine {
 
     /// Whether this scaler decides for target `idx` now. With Kafka
     /// partitions, a target no signal of which came from a partition yet
-    /// is ours only when a probe here measures it, or when this scaler
-    /// owns every partition of the source's topics (its signals, when
-    /// they come, come here). Otherwise another scaler may be reading its
+    /// is ours only when a probe here measures it and its home partition
+    /// ([`Ownership::home`]) is live here (every scaler of a group runs
+    /// the same probes: one of them decides), or when this scaler owns
+    /// every partition of the source's topics (its signals, when they
+    /// come, come here). Otherwise another scaler may be reading its
     /// signals: counted as ours, it would be stale here after
     /// `stale_after` and go to its fallback against its owner's commands.
     fn owned(&self, idx: usize) -> bool {
@@ -361,7 +363,7 @@ impl Engine {
         let o = o.lock().unwrap_or_else(|p| p.into_inner());
         match &t.partition {
             Some((key, epoch)) => o.live(key) == Some(*epoch),
-            None => t.probed || o.owns_every_partition(),
+            None => (t.probed && o.home_live(&t.cfg.name)) || o.owns_every_partition(),
         }
     }
 

@@ -26,6 +26,9 @@ pub struct Ownership {
     /// Each subscribed topic's partition count, as read at the latest
     /// assignment (empty: unknown).
     totals: HashMap<String, usize>,
+    /// The topic whose partitions home the targets only probes feed
+    /// ([`Ownership::home`]).
+    home_topic: Option<String>,
 }
 
 /// A partition held back after its assignment ([`Ownership::take_held`]).
@@ -121,6 +124,35 @@ impl Ownership {
         self.totals = totals.unwrap_or_default();
     }
 
+    /// The topic whose partitions home the targets that only probes feed:
+    /// the first subscribed one (the same on every scaler of a group).
+    pub fn home_topic(&mut self, topic: &str) {
+        self.home_topic = Some(topic.to_owned());
+    }
+
+    /// The partition a target with no partition of its own (a target only
+    /// probes feed) belongs to: the one of the home topic that a Java
+    /// producer, or librdkafka's `murmur2` partitioner, puts a message
+    /// keyed by the target's name on. Every scaler of a group computes the
+    /// same, so one of them decides for the target, and the target moves
+    /// (its state written before, restored after) with that partition.
+    /// None while the topic's partition count is unknown.
+    pub fn home(&self, target: &str) -> Option<(String, i32)> {
+        let topic = self.home_topic.as_ref()?;
+        let n = *self.totals.get(topic)?;
+        if n == 0 {
+            return None;
+        }
+        let p = (murmur2(target.as_bytes()) & 0x7fff_ffff) as usize % n;
+        Some((topic.clone(), p as i32))
+    }
+
+    /// Whether the home partition of `target` ([`Ownership::home`]) is
+    /// here, restored and caught up.
+    pub fn home_live(&self, target: &str) -> bool {
+        self.home(target).is_some_and(|k| self.live(&k).is_some())
+    }
+
     /// Whether every partition of every subscribed topic is assigned
     /// here, restored and caught up: then every target's signals come
     /// here. False while the counts are unknown.
@@ -188,9 +220,82 @@ impl Ownership {
     }
 }
 
+/// Kafka's murmur2 (the Java client's `Utils.murmur2`, librdkafka's
+/// `rd_murmur2`): seed 0x9747b28c, four bytes at a time, little-endian.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Java client's own cases (`UtilsTest.testMurmur2`) and
+    /// librdkafka's (`rdmurmur2.c`'s unit test: "kafka").
+    #[test]
+    fn murmur2_is_kafkas() {
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+            ("kafka", -798_503_068),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, want, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_probe_fed_target_is_homed_on_one_partition_and_decided_where_it_is_live() {
+        let mut o = Ownership::default();
+        o.wait_for_state();
+        o.joined();
+        assert_eq!(o.home("web"), None, "no home topic");
+        o.home_topic("s");
+        assert_eq!(o.home("web"), None, "its partition count unknown");
+        o.partition_counts(Some(HashMap::from([("s".to_owned(), 3)])));
+        // toPositive(murmur2("web")) % 3, as a Java producer keys it
+        let p = ((murmur2(b"web") & 0x7fff_ffff) % 3) as i32;
+        assert_eq!(o.home("web"), Some(("s".to_owned(), p)));
+        assert!(!o.home_live("web"), "not assigned here");
+        o.assign("s", p, None, i64::MIN, None);
+        assert!(!o.home_live("web"), "assigned, not restored");
+        o.restored(o.epoch());
+        assert!(o.home_live("web"));
+        // the names spread over the partitions
+        let homes: std::collections::HashSet<i32> = (0..30)
+            .filter_map(|i| o.home(&format!("t{i}")).map(|(_, p)| p))
+            .collect();
+        assert_eq!(homes.len(), 3, "{homes:?}");
+    }
 
     #[test]
     fn ready_only_when_joined_restored_and_caught_up() {

@@ -159,10 +159,21 @@ impl Engine {
 
     /// Queues a snapshot of every target of the Kafka partitions `keys`
     /// this engine writes (before they are revoked: under cooperative
-    /// rebalancing the others stay here); how many.
+    /// rebalancing the others stay here), those homed on them included
+    /// (probe-fed, [`crate::engine::Ownership::home`]); how many.
     pub fn snapshot_partitions(&mut self, keys: &[(String, i32)], now_ms: Millis) -> usize {
-        self.snapshot_where(now_ms, |t| {
-            t.partition.as_ref().is_some_and(|(k, _)| keys.contains(k))
+        let ownership = self.ownership.clone();
+        self.snapshot_where(now_ms, |t| match &t.partition {
+            Some((k, _)) => keys.contains(k),
+            None => {
+                t.probed
+                    && ownership.as_ref().is_some_and(|o| {
+                        o.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .home(&t.cfg.name)
+                            .is_some_and(|h| keys.contains(&h))
+                    })
+            }
         })
     }
 

@@ -1446,8 +1446,10 @@ fn a_policy_state_with_a_function_is_reported_and_the_rest_kept() {
 }
 
 /// With Kafka partitions, a target no signal of which came from a
-/// partition is this scaler's only when its probe measured it, or when
-/// every partition is here: then it is evaluated and its state written.
+/// partition is this scaler's only when its probe measured it and its
+/// home partition is here, or when every partition is here: then it is
+/// evaluated and its state written (before its home partition is
+/// revoked, too).
 /// Otherwise another scaler may read its signals, and deciding for it
 /// here (a stale fallback) or writing it would fight that scaler.
 #[test]
@@ -1459,30 +1461,55 @@ fn a_target_without_a_partition_is_ours_by_its_probe_or_with_every_partition_her
     s.engine
         .keep_state(handle.clone(), Duration::from_secs(3600));
     let ownership: SharedOwnership = Default::default();
-    {
+    // two partitions; the one web is homed on is not here yet
+    let home = {
         let mut o = ownership.lock().unwrap();
         o.joined();
-        o.assign("signals", 0, None, i64::MIN, None);
-    }
+        o.home_topic("signals");
+        o.partition_counts(Some(std::collections::HashMap::from([(
+            "signals".to_owned(),
+            2,
+        )])));
+        o.home("web").unwrap().1
+    };
     s.engine.track_ownership(ownership.clone());
+    let calls =
+        |m: &Metrics, t: &str| counter(m, "tidewatch_policy_evaluations_total", &[("target", t)]);
     // a probe measured web; nothing came for other
     s.engine.probe_measured("web", true);
     s.engine.ingest("t", &depth("web", 300.0, T0), T0);
     let out = s.engine.tick(T0);
-    assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!(out[0].target, "web");
-    let calls =
-        |m: &Metrics, t: &str| counter(m, "tidewatch_policy_evaluations_total", &[("target", t)]);
-    assert_eq!(calls(&s.metrics, "other"), 0.0, "other is not ours");
-    assert_eq!(s.engine.snapshot_all(T0), 1, "web written, other not");
-    // one partition of one: every partition is here
+    assert!(
+        out.is_empty(),
+        "web's home partition is another scaler's: {out:?}"
+    );
+    assert_eq!(calls(&s.metrics, "web"), 0.0);
+    assert_eq!(s.engine.snapshot_all(T0), 0, "nothing of ours to write");
     ownership
         .lock()
         .unwrap()
-        .partition_counts(Some(std::collections::HashMap::from([(
-            "signals".to_owned(),
-            1,
-        )])));
+        .assign("signals", home, None, i64::MIN, None);
+    let out = s.engine.tick(T0 + 500);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].target, "web");
+    assert_eq!(calls(&s.metrics, "other"), 0.0, "other is not ours");
+    assert_eq!(s.engine.snapshot_all(T0), 1, "web written, other not");
+    // before its home partition is revoked, web is written with it
+    assert_eq!(
+        s.engine
+            .snapshot_partitions(&[("signals".to_owned(), home)], T0),
+        1
+    );
+    assert_eq!(
+        s.engine
+            .snapshot_partitions(&[("signals".to_owned(), 1 - home)], T0),
+        0
+    );
+    // both partitions: every partition is here
+    ownership
+        .lock()
+        .unwrap()
+        .assign("signals", 1 - home, None, i64::MIN, None);
     s.engine.tick(T0 + 1000);
     assert!(calls(&s.metrics, "other") > 0.0, "other is ours now");
     assert_eq!(s.engine.snapshot_all(T0 + 1000), 2);

@@ -254,6 +254,9 @@ impl AssignmentContext {
                 Some((t.clone(), n))
             })
             .collect();
+        if totals.is_none() {
+            tracing::warn!(topics = ?self.topics, "cannot read the subscribed topics' partition counts: until the next assignment, targets only probes feed are decided nowhere, and a lone scaler decides only targets whose signals it has read");
+        }
         let mut ownership = self.ownership.lock().unwrap_or_else(|p| p.into_inner());
         ownership.joined();
         ownership.partition_counts(totals);
@@ -405,6 +408,14 @@ impl KafkaSource {
             key: s.key.clone(),
             brokers: s.brokers.clone(),
         };
+        // probe-fed targets are homed on the first subscribed topic's
+        // partitions (every scaler of the group reads the same list)
+        if let Some(first) = cfg.topics.first() {
+            ownership
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .home_topic(first);
+        }
         let consumer: StreamConsumer<AssignmentContext> = c
             .create_with_context(AssignmentContext {
                 inner: log.clone(),
