@@ -166,6 +166,7 @@ pub async fn run(
                     slots,
                     names: names.clone(),
                     state: state.as_ref().map(|(h, _)| h.clone()),
+                    counted: Default::default(),
                 }
             });
             let source = AmqpSource::new(&a, ctx.clone(), slots);

@@ -327,13 +327,14 @@ end }"#;
     let conn = mq::connect(&url).await;
     let ch = mq::confirm_channel(&conn).await;
     let send = |depth: i64| send_depths(&ch, &n.signals, &names, depth);
-    let restored = |m: &Metrics, t: &str| {
+    let outcome = |m: &Metrics, t: &str, outcome: &str| {
         common::metric(
             m,
             "tidewatch_state_restores_total",
-            &[("target", t), ("outcome", "restored")],
+            &[("target", t), ("outcome", outcome)],
         )
     };
+    let restored = |m: &Metrics, t: &str| outcome(m, t, "restored");
 
     // The first scaler alone: every target peaks at 3000 (30 replicas).
     let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
@@ -342,6 +343,13 @@ end }"#;
         "the first scaler to hold every slot",
         Duration::from_secs(60),
         &[(&m1, i64::from(SLOTS))],
+    )
+    .await;
+    // the first gain of each slot counts its targets with no snapshot
+    common::wait_for(
+        "every target counted cold once",
+        Duration::from_secs(30),
+        || names.iter().all(|t| outcome(&m1, t, "cold") == 1.0),
     )
     .await;
     send(3000).await;
@@ -410,6 +418,11 @@ end }"#;
         || moved.iter().all(|t| restored(&m1, t) == 1.0),
     )
     .await;
+    // slots gained again, or with snapshots, count nothing cold
+    for t in &names {
+        assert_eq!(outcome(&m1, t, "cold"), 1.0, "{t}");
+        assert_eq!(outcome(&m2, t, "cold"), 0.0, "{t}");
+    }
     // a signal under the peak: decided from what the second learned
     send(300).await;
     common::wait_for(

@@ -224,6 +224,10 @@ pub struct SlotMode {
     /// scaler goes live once its targets' snapshots are restored, and a
     /// slot handed on is written first.
     pub state: Option<crate::state::StateHandle>,
+    /// The slots whose targets with no snapshot have been counted `cold`:
+    /// the first time this process gains each (a slot gained again hands
+    /// over targets that were live a moment ago).
+    pub counted: Arc<std::sync::Mutex<HashSet<u16>>>,
 }
 
 /// How long handing a slot on waits for its targets' snapshots to be
@@ -1363,10 +1367,15 @@ impl AmqpSource {
                     let (engine, metrics) = (self.ctx.engine.clone(), self.ctx.metrics.clone());
                     let (slots, names, state) =
                         (mode.slots.clone(), mode.targets_of(k), state.clone());
+                    let first = mode
+                        .counted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k);
                     tokio::spawn(async move {
                         let started = std::time::Instant::now();
                         let restored =
-                            crate::source::restore_targets(&engine, &state, names, &metrics, false)
+                            crate::source::restore_targets(&engine, &state, names, &metrics, first)
                                 .await;
                         if slots.holds(k) {
                             slots.restored(k);
