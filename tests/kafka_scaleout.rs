@@ -133,22 +133,54 @@ drain_timeout = "20s"
     Config::load(&dir.join("c.toml")).unwrap().0
 }
 
+type Stop = tokio::sync::oneshot::Sender<()>;
+type Task = tokio::task::JoinHandle<tidewatch::scaler::RunReport>;
+
+/// Two scalers on `cfg`, started together; returns once each owns one of
+/// the two signal partitions.
+async fn two_scalers(cfg: Config) -> ((Arc<Metrics>, Stop, Task), (Arc<Metrics>, Stop, Task)) {
+    let (m1, stop1, task1) = scaler(cfg.clone());
+    let (m2, stop2, task2) = scaler(cfg);
+    common::wait_for(
+        "each scaler to own one partition",
+        Duration::from_secs(60),
+        || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
+    )
+    .await;
+    ((m1, stop1, task1), (m2, stop2, task2))
+}
+
+/// Tells every scaler to stop, then waits for each: each must drain.
+async fn stop_all<const N: usize>(scalers: [(&str, Stop, Task); N]) {
+    let mut tasks = Vec::new();
+    for (who, stop, task) in scalers {
+        stop.send(()).unwrap();
+        tasks.push((who, task));
+    }
+    for (who, task) in tasks {
+        assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
+    }
+}
+
 /// Stops the scaler `who` (it must drain), then waits for `other` to own
 /// both signal partitions.
-async fn stop_then_other_owns_both(
-    who: &str,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
-    other: &Metrics,
-) {
-    stop.send(()).unwrap();
-    assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
+async fn stop_then_other_owns_both(who: &str, stop: Stop, task: Task, other: &Metrics) {
+    stop_all([(who, stop, task)]).await;
     common::wait_for(
         "the other scaler to own both partitions",
         Duration::from_secs(60),
         || other.assigned_partitions() == 2,
     )
     .await;
+}
+
+/// How many of `target`'s restores had `outcome` (restored, cold, ...).
+fn restores_of(m: &Metrics, target: &str, outcome: &str) -> f64 {
+    tidewatch::telemetry::sum(
+        m,
+        "tidewatch_state_restores_total",
+        &[("target", target), ("outcome", outcome)],
+    )
 }
 
 /// Snapshots a scaler wrote to the Kafka state store.
@@ -172,14 +204,7 @@ async fn two_scalers_split_targets_and_take_over_cleanly() {
         "stabilization_down = \"0s\"\n",
         "",
     );
-    let (m1, stop1, task1) = scaler(cfg.clone());
-    let (m2, stop2, task2) = scaler(cfg);
-    common::wait_for(
-        "each scaler to own one partition",
-        Duration::from_secs(60),
-        || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
-    )
-    .await;
+    let ((m1, stop1, task1), (m2, stop2, task2)) = two_scalers(cfg).await;
 
     let producer = common::kafka::producer(&brokers);
     let send = |target: &'static str, partition: i32, depth: u32| {
@@ -212,21 +237,10 @@ async fn two_scalers_split_targets_and_take_over_cleanly() {
     assert_eq!(issued(&other_metrics, "a"), 0);
     eprintln!("the {owner_of_a} scaler owns a; stopping it");
 
-    stop_owner.send(()).unwrap();
-    assert!(
-        common::stopped("the owner", STOP_WITHIN, task_owner)
-            .await
-            .drained
-    );
+    stop_then_other_owns_both("the owner", stop_owner, task_owner, &other_metrics).await;
     // Every command of a so far came from the stopped owner (all published:
     // it drained); the reader skips those.
     let before = issued(&m_owner, "a") as usize;
-    common::wait_for(
-        "the other scaler to own both partitions",
-        Duration::from_secs(60),
-        || other_metrics.assigned_partitions() == 2,
-    )
-    .await;
     // Steady signals keep coming; a spike of 4000 then proves the new owner
     // is live for a.
     for _ in 0..10 {
@@ -265,9 +279,7 @@ async fn two_scalers_split_targets_and_take_over_cleanly() {
         after[..after.len() - 1].iter().all(|&d| d == 30),
         "wrong commands after takeover: {after:?}"
     );
-    stop_other.send(()).unwrap();
-    let report = common::stopped("the other scaler", STOP_WITHIN, task_other).await;
-    assert!(report.drained);
+    stop_all([("the other scaler", stop_other, task_other)]).await;
 }
 
 /// When the owner of a target stops, the other scaler continues it with
@@ -364,14 +376,7 @@ history_step = "1h"
             .unwrap();
     }
 
-    let (m1, stop1, task1) = scaler(cfg.clone());
-    let (m2, stop2, task2) = scaler(cfg);
-    common::wait_for(
-        "each scaler to own one partition",
-        Duration::from_secs(60),
-        || m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1,
-    )
-    .await;
+    let ((m1, stop1, task1), (m2, stop2, task2)) = two_scalers(cfg).await;
     let signals = format!("signals{sfx}");
     let send = |target: &'static str, partition: i32, depth: u32| {
         send_depth(&producer, &signals, target, partition, depth)
@@ -474,13 +479,7 @@ history_step = "1h"
     common::wait_for(
         "the owner's snapshot of a restored",
         Duration::from_secs(30),
-        || {
-            tidewatch::telemetry::sum(
-                &m_other,
-                "tidewatch_state_restores_total",
-                &[("target", "a"), ("outcome", "restored")],
-            ) >= 2.0
-        },
+        || restores_of(&m_other, "a", "restored") >= 2.0,
     )
     .await;
     // the new owner holds the scale-down too ...
@@ -525,12 +524,7 @@ history_step = "1h"
         calls_after > calls_before + 10,
         "the policy's count went on: {calls_before} then {calls_after}"
     );
-    stop_other.send(()).unwrap();
-    assert!(
-        common::stopped("the other scaler", STOP_WITHIN, task_other)
-            .await
-            .drained
-    );
+    stop_all([("the other scaler", stop_other, task_other)]).await;
 }
 
 /// A second scaler joins while the first keeps running: the partition
@@ -627,18 +621,11 @@ async fn a_scaler_that_joins_takes_the_latest_state_of_the_partition_it_gets() {
         vec![if moved == "a" { 40 } else { 50 }],
         "the new owner of {moved} scaled to a load worth 25 it should have held at 30"
     );
-    stop2.send(()).unwrap();
-    stop1.send(()).unwrap();
-    assert!(
-        common::stopped("the second scaler", STOP_WITHIN, task2)
-            .await
-            .drained
-    );
-    assert!(
-        common::stopped("the first scaler", STOP_WITHIN, task1)
-            .await
-            .drained
-    );
+    stop_all([
+        ("the second scaler", stop2, task2),
+        ("the first scaler", stop1, task1),
+    ])
+    .await;
 }
 
 /// With `partition.assignment.strategy = "cooperative-sticky"` (librdkafka's
@@ -655,13 +642,7 @@ async fn a_scaler_that_joins_takes_the_latest_state_of_the_partition_it_gets() {
 async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes() {
     let restores =
         |m: &Metrics| tidewatch::telemetry::sum(m, "tidewatch_state_restore_seconds", &[]);
-    let cold = |m: &Metrics, target: &str| {
-        tidewatch::telemetry::sum(
-            m,
-            "tidewatch_state_restores_total",
-            &[("target", target), ("outcome", "cold")],
-        )
-    };
+    let cold = |m: &Metrics, target: &str| restores_of(m, target, "cold");
     let moves = |m: &Metrics, change: &str| {
         tidewatch::telemetry::sum(
             m,
@@ -741,11 +722,11 @@ async fn with_cooperative_rebalancing_a_join_moves_only_the_partition_it_takes()
         // second scaler found both snapshots
         assert_eq!((cold(&m1, "a"), cold(&m1, "b")), (1.0, 1.0));
         assert_eq!((cold(&m2, "a"), cold(&m2, "b")), (0.0, 0.0));
-        stop2.send(()).unwrap();
-        stop1.send(()).unwrap();
-        for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {
-            assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
-        }
+        stop_all([
+            ("the second scaler", stop2, task2),
+            ("the first scaler", stop1, task1),
+        ])
+        .await;
     }
 }
 
@@ -768,12 +749,7 @@ async fn a_scaler_never_decides_for_a_target_whose_signals_another_reads() {
         "stabilization_down = \"0s\"\nstale_after = \"15s\"\non_stale = \"fallback\"\nfallback_replicas = 7\n",
         "",
     );
-    let (m1, stop1, task1) = scaler(cfg.clone());
-    let (m2, stop2, task2) = scaler(cfg);
-    common::wait_for("one partition each", Duration::from_secs(60), || {
-        m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1
-    })
-    .await;
+    let ((m1, stop1, task1), (m2, stop2, task2)) = two_scalers(cfg).await;
     // fresh signals for both, from before either could be stale (15 s
     // after its start: the group formed well before) to well after
     let producer = common::kafka::producer(&brokers);
@@ -808,11 +784,11 @@ async fn a_scaler_never_decides_for_a_target_whose_signals_another_reads() {
         seen.iter().all(|(_, r)| *r != 7),
         "a fallback command: {seen:?}"
     );
-    stop2.send(()).unwrap();
-    stop1.send(()).unwrap();
-    for (who, task) in [("the second scaler", task2), ("the first scaler", task1)] {
-        assert!(common::stopped(who, STOP_WITHIN, task).await.drained);
-    }
+    stop_all([
+        ("the second scaler", stop2, task2),
+        ("the first scaler", stop1, task1),
+    ])
+    .await;
 }
 
 /// Targets only a probe feeds have no partition, and every scaler of a
@@ -861,12 +837,7 @@ async fn probe_fed_targets_are_decided_by_one_scaler_and_move_with_their_home_pa
         "",
         &format!("[state]\ntopic = \"tidewatch.state\"\n{probes}"),
     );
-    let (m1, stop1, task1) = scaler(cfg.clone());
-    let (m2, stop2, task2) = scaler(cfg);
-    common::wait_for("one partition each", Duration::from_secs(60), || {
-        m1.assigned_partitions() == 1 && m2.assigned_partitions() == 1
-    })
-    .await;
+    let ((m1, stop1, task1), (m2, stop2, task2)) = two_scalers(cfg).await;
     common::wait_for("a and b commanded", Duration::from_secs(60), || {
         ["a", "b"]
             .iter()
@@ -919,13 +890,7 @@ async fn probe_fed_targets_are_decided_by_one_scaler_and_move_with_their_home_pa
     } else {
         (stop2, task2, m1.clone(), stop1, task1)
     };
-    let restored = |m: &Metrics| {
-        tidewatch::telemetry::sum(
-            m,
-            "tidewatch_state_restores_total",
-            &[("target", "a"), ("outcome", "restored")],
-        )
-    };
+    let restored = |m: &Metrics| restores_of(m, "a", "restored");
     let restored_before = restored(&m_other);
     stop_then_other_owns_both("a's scaler", stop_owner, task_owner, &m_other).await;
     orders(400).await;
@@ -947,10 +912,5 @@ async fn probe_fed_targets_are_decided_by_one_scaler_and_move_with_their_home_pa
         "{} restores of a, {restored_before} before the takeover",
         restored(&m_other)
     );
-    stop_other.send(()).unwrap();
-    assert!(
-        common::stopped("the other scaler", STOP_WITHIN, task_other)
-            .await
-            .drained
-    );
+    stop_all([("the other scaler", stop_other, task_other)]).await;
 }

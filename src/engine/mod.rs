@@ -352,6 +352,8 @@ impl Engine {
     /// come, come here). Otherwise another scaler may be reading its
     /// signals: counted as ours, it would be stale here after
     /// `stale_after` and go to its fallback against its owner's commands.
+    /// Only the state of a target it decides for is written here: a stale
+    /// copy must never overwrite its owner's snapshot.
     fn owned(&self, idx: usize) -> bool {
         if let Some(s) = &self.slots {
             return s.live_target(&self.targets[idx].cfg.name);

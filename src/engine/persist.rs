@@ -30,18 +30,6 @@ impl Engine {
         self.state = Some((state, interval));
     }
 
-    /// Whether this engine's state for target `idx` is the one to keep:
-    /// that of a target it decides for ([`Engine::owned`]). Every target
-    /// without Kafka ownership or RabbitMQ slots. With slots, those of
-    /// the slots it holds. With Kafka partitions, a target on a partition
-    /// this scaler owns, has caught up on and has restored, one its probe
-    /// measures, or any while every partition is here. A stale copy must
-    /// never overwrite its owner's snapshot. (A probe-fed target, which
-    /// has no partition, was never written with a Kafka source before.)
-    pub(super) fn writable(&self, idx: usize) -> bool {
-        self.owned(idx)
-    }
-
     /// The snapshot of target `idx` at `now`; a `ctx.state` value that
     /// cannot be kept is reported as a policy error (the rest is kept).
     pub(super) fn snapshot_of(
@@ -117,7 +105,7 @@ impl Engine {
             let due = self.targets[i]
                 .snapshot_at
                 .is_none_or(|at| now_ms - at >= interval.as_millis() as i64);
-            if due && self.targets[i].dirty && self.writable(i) {
+            if due && self.targets[i].dirty && self.owned(i) {
                 batch.push(self.snapshot_of(i, now_ms, state.writer()));
                 budget -= 1;
             }
@@ -132,7 +120,7 @@ impl Engine {
         if self.snapshot_ticks.is_multiple_of(ticks as u64) {
             let since = self.snapshot_since;
             let oldest = (0..n)
-                .filter(|&i| self.targets[i].dirty && self.writable(i))
+                .filter(|&i| self.targets[i].dirty && self.owned(i))
                 .map(|i| now_ms - self.targets[i].snapshot_at.unwrap_or(since))
                 .max()
                 .unwrap_or(0);
@@ -185,7 +173,7 @@ impl Engine {
         };
         let mut batch = Vec::new();
         for i in 0..self.targets.len() {
-            if pick(&self.targets[i]) && self.writable(i) {
+            if pick(&self.targets[i]) && self.owned(i) {
                 batch.push(self.snapshot_of(i, now_ms, state.writer()));
             }
         }

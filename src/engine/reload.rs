@@ -135,11 +135,7 @@ impl Engine {
             .filter(|&i| !keep.contains(self.targets[i].cfg.name.as_str()))
             .collect();
         if let Some((state, _)) = self.state.clone() {
-            let keepers: Vec<usize> = removed
-                .iter()
-                .copied()
-                .filter(|&i| self.writable(i))
-                .collect();
+            let keepers: Vec<usize> = removed.iter().copied().filter(|&i| self.owned(i)).collect();
             let batch = keepers
                 .into_iter()
                 .map(|i| self.snapshot_of(i, now_ms, state.writer()))
