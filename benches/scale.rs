@@ -29,6 +29,11 @@
 //!   SCALE_TRACE_CMD=1 prints one in 200 of the other targets' commands.
 //!   SCALE_SHARDS sets `engine.shards` (default 0: one per core),
 //!   SCALE_TICK `engine.tick` (default the engine's, 1 s).
+//!   The scaler is the `tidewatch run` binary, a process and a session
+//!   of its own, as deployed (`Scaler`; its log is the temporary
+//!   directory's `scaler.log`); SCALE_PROCESS=0 runs it in a task of the
+//!   benchmark's own runtime instead, beside the publisher and the
+//!   readers, as the figures before 2026-12-06 were measured.
 //!   SCALE_ROUNDS=R runs the sizes R times in turn (1,000, 50,000, 1,000,
 //!   ...) and prints each round's p99 ratio beside the broker's part alone
 //!   and the tick's time a call (the machine's speed at that moment),
@@ -264,6 +269,87 @@ async fn scrape(port: u16) -> String {
         .unwrap()
 }
 
+/// `dir/c.toml` and the probe's policy `dir/p.lua` beside it, for
+/// [`Scaler::start`].
+fn write_config(dir: &std::path::Path, toml: &str) {
+    std::fs::write(dir.join("p.lua"), bench::policy()).unwrap();
+    std::fs::write(dir.join("c.toml"), toml).unwrap();
+}
+
+/// The scaler measured: the `tidewatch run` binary as a process of its
+/// own, as it is deployed: its own runtime and threads, in a session (and
+/// so, on a host with autogroup scheduling, a scheduling group) of its
+/// own, as a systemd unit or a container is. SCALE_PROCESS=same: a process
+/// of its own in the benchmark's session (a diagnostic: the runtime
+/// apart, the scheduling group shared); SCALE_PROCESS=0:
+/// `tidewatch::scaler::run` in a task of the benchmark's own runtime,
+/// which the publisher and the readers share (PERFORMANCE.md, "The
+/// scaler in a process of its own").
+enum Scaler {
+    Task(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
+    ),
+    Process(common::Killed),
+}
+
+impl Scaler {
+    /// The scaler of configuration file `dir/c.toml` (its policy beside
+    /// it), with its metrics on the port returned.
+    async fn start(dir: &std::path::Path) -> (u16, Self) {
+        let file = dir.join("c.toml");
+        let mode = std::env::var("SCALE_PROCESS").unwrap_or_default();
+        if mode == "0" {
+            let cfg = Config::load(&file).unwrap().0;
+            let (port, stop, task) = start(cfg).await;
+            return (port, Scaler::Task(stop, task));
+        }
+        let port = common::free_port();
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(
+            &file,
+            format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{text}"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("scaler.log")).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        cmd.args(["run", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        if mode != "same" {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid is async-signal-safe and touches nothing of
+            // the parent's between fork and exec
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
+        (port, Scaler::Process(common::Killed(cmd.spawn().unwrap())))
+    }
+
+    /// Its process id for /proc ("self" in a task).
+    fn pid(&self) -> String {
+        match self {
+            Scaler::Task(..) => "self".into(),
+            Scaler::Process(c) => c.0.id().to_string(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Scaler::Task(stop, task) => {
+                stop.send(()).unwrap();
+                task.await.unwrap();
+            }
+            Scaler::Process(child) => drop(child),
+        }
+    }
+}
+
 /// `tidewatch run` in a task with its metrics on `port`.
 async fn start(
     cfg: Config,
@@ -391,6 +477,7 @@ async fn measure<R: Rig>(
     n: usize,
     rig: &R,
     port: u16,
+    pid: &str,
     started: Instant,
     mut probes_seen: tokio::sync::mpsc::UnboundedReceiver<(u32, Instant)>,
 ) -> Row {
@@ -513,7 +600,7 @@ async fn measure<R: Rig>(
             / delta("tidewatch_engine_tick_seconds_count").max(1.0)
             * 1000.0,
         scrapes,
-        rss_mb: rss_mb(),
+        rss_mb: rss_mb_of(pid),
         broker_p99: (!outside.is_empty()).then(|| bench::percentile(&outside, 0.99)),
         lat,
     };
@@ -580,7 +667,7 @@ async fn reaction_amqp(n: usize) -> Row {
         .expect("set TIDEWATCH_TEST_AMQP (scripts/bench-scale starts RabbitMQ)");
     let names = Names::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = mq::load(
+    write_config(
         dir.path(),
         &format!(
             "{}{}{}{}",
@@ -589,10 +676,9 @@ async fn reaction_amqp(n: usize) -> Row {
             wave_state(n, dir.path()),
             targets_toml(n)
         ),
-        &bench::policy(),
     );
     let started = Instant::now();
-    let (port, stop, task) = start(cfg).await;
+    let (port, scaler) = Scaler::start(dir.path()).await;
     let conn = mq::connect(&url).await;
     // the scaler declares it once its targets are built: with every
     // target's state restored (SCALE_REFIT_WAVE) that was 15 to 29 s
@@ -640,10 +726,9 @@ async fn reaction_amqp(n: usize) -> Row {
         ch: conn.create_channel().await.unwrap(),
         exchange: names.signals.clone(),
     };
-    let row = measure(n, &rig, port, started, probes_seen).await;
+    let row = measure(n, &rig, port, &scaler.pid(), started, probes_seen).await;
     bystander.abort();
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    scaler.stop().await;
     names.delete(&conn.create_channel().await.unwrap()).await;
     row
 }
@@ -836,9 +921,9 @@ async fn reaction_kafka(n: usize) -> Row {
         engine(),
         targets_toml(n)
     );
-    let cfg = mq::load(dir.path(), &toml, &bench::policy());
+    write_config(dir.path(), &toml);
     let started = Instant::now();
-    let (port, stop, task) = start(cfg).await;
+    let (port, scaler) = Scaler::start(dir.path()).await;
     let commands = common::kafka::reader(&brokers, "commands");
     let (seen, probes_seen) = tokio::sync::mpsc::unbounded_channel();
     let results = common::kafka::producer(&brokers);
@@ -880,9 +965,8 @@ async fn reaction_kafka(n: usize) -> Row {
         producer,
         topic: "signals".into(),
     };
-    let row = measure(n, &rig, port, started, probes_seen).await;
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    let row = measure(n, &rig, port, &scaler.pid(), started, probes_seen).await;
+    scaler.stop().await;
     row
 }
 
