@@ -317,16 +317,21 @@ impl Scaler {
             .arg(&file)
             .stdout(std::process::Stdio::null())
             .stderr(log);
-        if mode != "same" {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setsid is async-signal-safe and touches nothing of
-            // the parent's between fork and exec
-            unsafe {
-                cmd.pre_exec(|| {
+        let own_session = mode != "same";
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid and prctl are async-signal-safe and touch nothing
+        // of the parent's between fork and exec
+        unsafe {
+            cmd.pre_exec(move || {
+                if own_session {
                     libc::setsid();
-                    Ok(())
-                });
-            }
+                }
+                // a benchmark stopped by a signal (no drop runs) takes its
+                // scaler along: in a session of its own, a terminal's ^C
+                // never reaches it
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         (port, Scaler::Process(common::Killed(cmd.spawn().unwrap())))
     }
