@@ -1472,8 +1472,7 @@ async fn startup(n: usize) {
         engine(),
         targets_toml(n)
     );
-    std::fs::write(dir.path().join("p.lua"), bench::policy()).unwrap();
-    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    write_config(dir.path(), &toml);
     for round in ["fresh queues", "bindings in place"] {
         let t0 = Instant::now();
         let child = common::spawn_run(&dir.path().join("c.toml"), None);
