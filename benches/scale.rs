@@ -15,7 +15,9 @@
 //!   is scraped every 2 s meanwhile, from a thread of its own. A stand-in worker answers every
 //!   command with a result at its desired count. The Kafka producer
 //!   batches for up to 5 ms (librdkafka's default; SCALE_LINGER_MS sets
-//!   it). SCALE_TRACE=1 prints the worst reaction in each second. The
+//!   it). SCALE_TRACE=1 prints the worst reaction in each second, and
+//!   the probes over 100 ms on the wall clock (to lay beside samples
+//!   taken outside the benchmark). The
 //!   measured part follows SCALE_WARMUP seconds (default 10) of the same
 //!   load without probes (0: measure from the first second of load), and
 //!   more of it until the start's wave (every target's first command and
@@ -34,6 +36,8 @@
 //!   directory's `scaler.log`); SCALE_PROCESS=0 runs it in a task of the
 //!   benchmark's own runtime instead, beside the publisher and the
 //!   readers, as the figures before 2026-12-06 were measured.
+//!   SCALE_BIN=PATH runs another build of `tidewatch` as the scaler (two
+//!   builds compared under the same benchmark).
 //!   SCALE_ROUNDS=R runs the sizes R times in turn (1,000, 50,000, 1,000,
 //!   ...) and prints each round's p99 ratio beside the broker's part alone
 //!   and the tick's time a call (the machine's speed at that moment),
@@ -312,7 +316,11 @@ impl Scaler {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("scaler.log")).unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        // SCALE_BIN: another build of the scaler, to compare two builds
+        // under the same benchmark
+        let bin =
+            std::env::var_os("SCALE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tidewatch").into());
+        let mut cmd = std::process::Command::new(bin);
         cmd.args(["run", "--config"])
             .arg(&file)
             .stdout(std::process::Stdio::null())
@@ -414,6 +422,10 @@ struct Row {
     lat: Vec<f64>,
 }
 
+/// Signals the rigs have published since the run's `measure` began (the
+/// settle step compares it with what the scaler has received).
+static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A publisher of load signals and a reader of probe commands, on one
 /// broker.
 trait Rig {
@@ -428,9 +440,13 @@ trait Rig {
 /// they outlast a fixed warm-up: the broker holds the publisher back
 /// (flow control) and the first probes then wait seconds for it, which is
 /// the start, not the steady state the reaction is measured in. Settled:
-/// in the last second at most 1% of the signal rate in new commands, and
-/// at most that many commands unanswered; SCALE_SETTLE seconds at most
-/// (default 120; 0 skips it). Prints how long it took.
+/// in the last second at most 1% of the signal rate in new commands, at
+/// most that many commands unanswered, and the scaler's intake caught up
+/// (it has received all but 50 ms of the signals sent before the check:
+/// the results take the scaler's time too, and a backlog of signals left
+/// behind them held up the first probes of the measured load by 0.3 to
+/// 0.8 s at 50,000 targets); SCALE_SETTLE seconds at most (default 120;
+/// 0 skips it). Prints how long it took.
 async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
     let limit = env_u64("SCALE_SETTLE", 120);
     if limit == 0 {
@@ -439,16 +455,19 @@ async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
     let rate = env_u64("SCALE_RATE", 5000);
     let slack = (rate / 100).max(1) as f64;
     // the check scrapes (megabytes at 50,000 targets) beside the load
-    let (settled_tx, settled) = tokio::sync::watch::channel(None::<(f64, f64)>);
+    let (settled_tx, settled) = tokio::sync::watch::channel(None::<(f64, f64, f64)>);
     let checker = tokio::spawn(async move {
         let mut last = f64::NAN;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            let sent = SENT.load(std::sync::atomic::Ordering::Relaxed) as f64;
             let text = scrape(port).await;
             let issued = scraped_sum(&text, "tidewatch_commands_issued_total");
             let answered = scraped_sum(&text, "tidewatch_results_received_total");
-            if issued - last <= slack && issued - answered <= slack {
-                let _ = settled_tx.send(Some((issued, answered)));
+            let behind = sent - scraped_sum(&text, "tidewatch_events_received_total");
+            if issued - last <= slack && issued - answered <= slack && behind <= rate as f64 / 20.0
+            {
+                let _ = settled_tx.send(Some((issued, answered, behind)));
                 return;
             }
             last = issued;
@@ -468,8 +487,8 @@ async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
     }
     checker.abort();
     match *settled.borrow() {
-        Some((issued, answered)) => println!(
-            "targets={n}: the start's wave settled {:.1} s after the warm-up ({issued:.0} commands issued, {answered:.0} results)",
+        Some((issued, answered, behind)) => println!(
+            "targets={n}: the start's wave settled {:.1} s after the warm-up ({issued:.0} commands issued, {answered:.0} results; intake {behind:.0} signals behind)",
             start.elapsed().as_secs_f64()
         ),
         None => println!("targets={n}: the start's wave had not settled after {limit} s of load more; measuring anyway"),
@@ -486,6 +505,7 @@ async fn measure<R: Rig>(
     started: Instant,
     mut probes_seen: tokio::sync::mpsc::UnboundedReceiver<(u32, Instant)>,
 ) -> Row {
+    SENT.store(0, std::sync::atomic::Ordering::Relaxed);
     wait_ready(port).await;
     let ready_s = started.elapsed().as_secs_f64();
     // warm up: one probe command all the way round
@@ -591,6 +611,25 @@ async fn measure<R: Rig>(
             .map(|c| format!("{:.0}", c.iter().cloned().fold(0.0, f64::max)))
             .collect();
         println!("targets={n}: worst per second: {}", per_s.join(" "));
+        // the slow probes on the wall clock, to lay beside samples taken
+        // outside (CPU, the broker's state)
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - t0.elapsed().as_secs_f64();
+        let slow: Vec<String> = driven
+            .probes
+            .iter()
+            .zip(&lat)
+            .filter(|(_, ms)| **ms > 100.0)
+            .map(|((_, at), ms)| {
+                format!("{:.2}:{ms:.0}", wall + at.duration_since(t0).as_secs_f64())
+            })
+            .collect();
+        println!(
+            "targets={n}: load from {wall:.2} (unix s); probes over 100 ms (at:ms): {}",
+            slow.join(" ")
+        );
     }
     assert!(!lat.is_empty(), "no probe command matched");
     lat.sort_by(f64::total_cmp);
@@ -653,6 +692,7 @@ struct AmqpRig {
 impl Rig for AmqpRig {
     fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()> {
         let (ch, exchange) = (self.ch.clone(), self.exchange.clone());
+        SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
             let _ = ch
                 .basic_publish(
@@ -888,6 +928,7 @@ struct KafkaRig {
 impl Rig for KafkaRig {
     fn publish(&self, target: String, depth: u64) -> futures::future::BoxFuture<'static, ()> {
         let (p, topic) = (self.producer.clone(), self.topic.clone());
+        SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
             let body = bench::signal(&target, depth);
             // queued, not awaited: a steady stream, as gateways produce
