@@ -37,7 +37,13 @@
 //!   benchmark's own runtime instead, beside the publisher and the
 //!   readers, as the figures before 2026-12-06 were measured.
 //!   SCALE_BIN=PATH runs another build of `tidewatch` as the scaler (two
-//!   builds compared under the same benchmark).
+//!   builds compared under the same benchmark). The publisher sends each
+//!   millisecond's signals together, as a producer with several messages
+//!   in flight does; SCALE_PIPELINE=0 awaits each before the next, as
+//!   the figures before 2026-12-06 12:12 were measured (with lapin each
+//!   awaited publish is a wake-up of its I/O thread and a write of its
+//!   own: the benchmark's clients took 0.36 of a core that way against
+//!   0.22 pipelined, on the two cores the broker and the scaler share).
 //!   SCALE_ROUNDS=R runs the sizes R times in turn (1,000, 50,000, 1,000,
 //!   ...) and prints each round's p99 ratio beside the broker's part alone
 //!   and the tick's time a call (the machine's speed at that moment),
@@ -130,6 +136,12 @@ fn targets_toml(n: usize) -> String {
 
 /// The engine section; `SCALE_SHARDS` sets `engine.shards` (default: one
 /// per core), `SCALE_TICK` `engine.tick` (default: the engine's, 1 s).
+/// The load's publisher sends each millisecond's signals together
+/// (`bench::drive_over_as`); SCALE_PIPELINE=0: one after another.
+fn pipelined() -> bool {
+    std::env::var("SCALE_PIPELINE").as_deref() != Ok("0")
+}
+
 fn engine() -> String {
     let shards = std::env::var("SCALE_SHARDS").unwrap_or_else(|_| "0".into());
     let tick = std::env::var("SCALE_TICK").map_or(String::new(), |t| format!("tick = \"{t}\"\n"));
@@ -479,11 +491,15 @@ async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
     while settled.borrow().is_none() && start.elapsed() < Duration::from_secs(limit) {
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let mut batch = Vec::new();
         while sent < due {
-            rig.publish(format!("t{}", (first + sent) % n.max(1) as u64), 500)
-                .await;
+            batch.push(rig.publish(format!("t{}", (first + sent) % n.max(1) as u64), 500));
             sent += 1;
+            if !pipelined() {
+                batch.pop().unwrap().await;
+            }
         }
+        futures::future::join_all(batch).await;
     }
     checker.abort();
     match *settled.borrow() {
@@ -524,7 +540,7 @@ async fn measure<R: Rig>(
     let warmup = env_u64("SCALE_WARMUP", 10);
     if warmup > 0 {
         let rate = env_u64("SCALE_RATE", 5000);
-        bench::drive_over(n, rate, warmup, |t, d| {
+        bench::drive_over_as(n, rate, warmup, pipelined(), |t, d| {
             if t == "probe" {
                 Box::pin(async {}) as futures::future::BoxFuture<'static, ()>
             } else {
@@ -554,7 +570,8 @@ async fn measure<R: Rig>(
     let seconds = env_u64("SCALE_SECONDS", 20);
     let burner = Burner::from_env();
     let t0 = Instant::now();
-    let driven = bench::drive_over(n, rate, seconds, |t, d| rig.publish(t, d)).await;
+    let driven =
+        bench::drive_over_as(n, rate, seconds, pipelined(), |t, d| rig.publish(t, d)).await;
     let load_s = t0.elapsed().as_secs_f64();
     drop(burner);
     let after = scrape(port).await;

@@ -49,7 +49,25 @@ where
 }
 
 /// [`drive`] over `n` load targets.
-pub async fn drive_over<F, Fut>(n: usize, rate: u64, seconds: u64, mut send: F) -> Driven
+pub async fn drive_over<F, Fut>(n: usize, rate: u64, seconds: u64, send: F) -> Driven
+where
+    F: FnMut(String, u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    drive_over_as(n, rate, seconds, false, send).await
+}
+
+/// [`drive_over`]; `pipelined`: each millisecond's sends are awaited
+/// together rather than one after another, as a producer with more than
+/// one message in flight sends them (with lapin, one wake-up of its I/O
+/// thread and one write for the lot instead of one a message).
+pub async fn drive_over_as<F, Fut>(
+    n: usize,
+    rate: u64,
+    seconds: u64,
+    pipelined: bool,
+    mut send: F,
+) -> Driven
 where
     F: FnMut(String, u64) -> Fut,
     Fut: Future<Output = ()>,
@@ -59,19 +77,24 @@ where
     let mut probes = Vec::new();
     let n = n.max(1) as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut batch = Vec::new();
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
-            send(format!("t{}", sent % n), 500).await;
+            batch.push(send(format!("t{}", sent % n), 500));
             sent += 1;
+            if !pipelined {
+                batch.pop().unwrap().await;
+            }
         }
         if start.elapsed() >= Duration::from_millis(20 * (probes.len() as u64 + 1)) {
             // 3, 4, 5, ...: each asks for more replicas than the one before.
             let k = 3 + probes.len() as u32;
             probes.push((k, Instant::now()));
-            send("probe".into(), u64::from(k) * 100).await;
+            batch.push(send("probe".into(), u64::from(k) * 100));
         }
+        futures::future::join_all(batch.drain(..)).await;
     }
     Driven {
         sent,
