@@ -134,14 +134,14 @@ fn targets_toml(n: usize) -> String {
     out
 }
 
-/// The engine section; `SCALE_SHARDS` sets `engine.shards` (default: one
-/// per core), `SCALE_TICK` `engine.tick` (default: the engine's, 1 s).
 /// The load's publisher sends each millisecond's signals together
 /// (`bench::drive_over_as`); SCALE_PIPELINE=0: one after another.
 fn pipelined() -> bool {
     std::env::var("SCALE_PIPELINE").as_deref() != Ok("0")
 }
 
+/// The engine section; `SCALE_SHARDS` sets `engine.shards` (default: one
+/// per core), `SCALE_TICK` `engine.tick` (default: the engine's, 1 s).
 fn engine() -> String {
     let shards = std::env::var("SCALE_SHARDS").unwrap_or_else(|_| "0".into());
     let tick = std::env::var("SCALE_TICK").map_or(String::new(), |t| format!("tick = \"{t}\"\n"));
@@ -488,16 +488,19 @@ async fn settle<R: Rig>(n: usize, rig: &R, port: u16, first: u64) {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let pipelined = pipelined();
     while settled.borrow().is_none() && start.elapsed() < Duration::from_secs(limit) {
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         let mut batch = Vec::new();
         while sent < due {
-            batch.push(rig.publish(format!("t{}", (first + sent) % n.max(1) as u64), 500));
-            sent += 1;
-            if !pipelined() {
-                batch.pop().unwrap().await;
+            let signal = rig.publish(format!("t{}", (first + sent) % n.max(1) as u64), 500);
+            if pipelined {
+                batch.push(signal);
+            } else {
+                signal.await;
             }
+            sent += 1;
         }
         futures::future::join_all(batch).await;
     }

@@ -82,11 +82,13 @@ where
         tick.tick().await;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
-            batch.push(send(format!("t{}", sent % n), 500));
-            sent += 1;
-            if !pipelined {
-                batch.pop().unwrap().await;
+            let signal = send(format!("t{}", sent % n), 500);
+            if pipelined {
+                batch.push(signal);
+            } else {
+                signal.await;
             }
+            sent += 1;
         }
         if start.elapsed() >= Duration::from_millis(20 * (probes.len() as u64 + 1)) {
             // 3, 4, 5, ...: each asks for more replicas than the one before.
