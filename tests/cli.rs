@@ -400,6 +400,82 @@ fn simulate_sweeps_a_parameter_into_frontiers() {
     );
 }
 
+/// A corpus file that is not a trace (a repeated time, as two of NAB's
+/// series have at a daylight-saving change) or is shorter than its
+/// warm-up is skipped with its error named, and the rest is scored and
+/// reported; the run still ends with the usage exit.
+#[test]
+fn simulate_corpus_skips_a_bad_file_and_scores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let series = |days: u64| {
+        let mut text = String::from("ts,value\n");
+        for i in 0..days * 288 {
+            let day = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+            text.push_str(&format!(
+                "{},{:.3}\n",
+                1_600_000_000 + i * 300,
+                50.0 - 40.0 * day.cos()
+            ));
+        }
+        text
+    };
+    std::fs::write(corpus.join("good.csv"), series(9)).unwrap();
+    std::fs::write(corpus.join("short.csv"), series(2)).unwrap();
+    std::fs::write(corpus.join("repeats.csv"), "ts,value\n0,1\n60,1\n60,2\n").unwrap();
+    std::fs::write(corpus.join("notes.txt"), "not a trace, not read").unwrap();
+    let report = dir.path().join("r.json");
+    let (code, out, err) = tidewatch(&[
+        "simulate",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--policy",
+        "policies/hpa.lua",
+        "--sweep",
+        "target_utilization=0.8,0.9",
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 64, "{out}{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let repeats = line("repeats.csv");
+    assert!(
+        repeats.contains("skipped") && repeats.contains("line 4") && repeats.contains("ts 60"),
+        "{out}"
+    );
+    let short = line("short.csv");
+    assert!(
+        short.contains("skipped") && short.contains("warm-up"),
+        "{out}"
+    );
+    assert!(line("good.csv").contains("seasonal"), "{out}");
+    assert!(out.contains("median reduct%"), "{out}");
+    assert!(
+        err.contains("2 file(s) of the corpus could not be scored"),
+        "{err}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let names = |key: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names("traces"), ["good.csv"]);
+    assert_eq!(names("skipped"), ["repeats.csv", "short.csv"]);
+    assert_eq!(r["medians"][0]["traces"], 1);
+}
+
 /// The corpus command on generated traces: one line per trace and
 /// policy, the medians per kind, every point in the JSON report; the same
 /// seed gives the same report.

@@ -53,6 +53,22 @@ pub struct Median {
     pub worst_reduction: Option<f64>,
 }
 
+/// A file of the corpus that could not be scored, and why: a line that is
+/// not a trace's (the error names it), or a trace shorter than its
+/// warm-up. The rest of the corpus is scored without it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub error: String,
+}
+
+/// What the corpus command reports as it goes: a trace scored, or one
+/// skipped.
+pub enum Done<'a> {
+    Scored(&'a TraceResult),
+    Skipped(&'a Skipped),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CorpusReport {
     pub key: String,
@@ -60,6 +76,8 @@ pub struct CorpusReport {
     pub baseline: String,
     pub traces: Vec<TraceResult>,
     pub medians: Vec<Median>,
+    /// The files that could not be scored, with the error of each.
+    pub skipped: Vec<Skipped>,
 }
 
 /// Autocorrelation of `x` at `lag` (0 when it cannot be computed).
@@ -109,16 +127,28 @@ pub fn protocol(base: &Options, t: &Trace, name: &str) -> Options {
     o
 }
 
-/// Runs the comparison over the corpus; `each` is told of every trace done.
+/// Runs the comparison over the corpus; `each` is told of every trace done
+/// or skipped. A file that is not a trace, or a trace shorter than its
+/// warm-up, is skipped with its error (in the report's `skipped`), and the
+/// rest is scored; any other error (a policy's, an output's) ends the run.
 pub fn run_corpus(
     base: &Options,
     c: &Corpus,
     key: &str,
     values: &[serde_json::Value],
     baseline: &Path,
-    mut each: impl FnMut(&TraceResult),
+    mut each: impl FnMut(Done<'_>),
 ) -> Result<CorpusReport, SimulateError> {
     let mut traces: Vec<(String, Trace, bool)> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |name: String, e: SimulateError, each: &mut dyn FnMut(Done<'_>)| {
+        let s = Skipped {
+            name,
+            error: e.to_string(),
+        };
+        each(Done::Skipped(&s));
+        skipped.push(s);
+    };
     if let Some(dir) = &c.dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| SimulateError::TraceFile {
@@ -133,7 +163,11 @@ pub fn run_corpus(
             let name = f
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            traces.push((name, Trace::load(&f)?, false));
+            match Trace::load(&f) {
+                Ok(t) => traces.push((name, t, false)),
+                Err(e @ SimulateError::Trace { .. }) => skip(name, e, &mut each),
+                Err(e) => return Err(e),
+            }
         }
     }
     // the predictable parts in a directory of their own, so that DIR can
@@ -169,7 +203,14 @@ pub fn run_corpus(
     for (name, t, generated) in traces {
         let (kind, acf) = classify(&t);
         let o = protocol(base, &t, &name);
-        let sweep = sweep(&o, &t, key, values, baseline)?;
+        let sweep = match sweep(&o, &t, key, values, baseline) {
+            Ok(s) => s,
+            Err(e @ SimulateError::Warmup { .. }) => {
+                skip(name, e, &mut each);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let r = TraceResult {
             name,
             kind: kind.name(),
@@ -177,7 +218,7 @@ pub fn run_corpus(
             daily_autocorrelation: acf,
             sweep,
         };
-        each(&r);
+        each(Done::Scored(&r));
         results.push(r);
     }
     let mut medians = Vec::new();
@@ -205,6 +246,7 @@ pub fn run_corpus(
         baseline: baseline.display().to_string(),
         traces: results,
         medians,
+        skipped,
     })
 }
 

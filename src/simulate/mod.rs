@@ -592,6 +592,11 @@ pub enum SimulateError {
     },
     #[error(transparent)]
     Output(std::io::Error),
+    #[error(
+        "{count} file(s) of the corpus could not be scored (each named above, with its error); \
+         the {traces} other traces were, and the medians leave those out"
+    )]
+    Skipped { count: usize, traces: usize },
     #[error("nothing was scored, so there is nothing to plot")]
     NothingToPlot,
     #[error("plot {}: extension {ext:?} is not png or svg", path.display())]
@@ -675,8 +680,12 @@ pub fn main_corpus(
     let io = |e: std::io::Error| Failure::Other(SimulateError::Output(e));
     write!(w, "{}", corpus::header()).map_err(io)?;
     let mut failed = None;
-    let report = corpus::run_corpus(&o, c, key, values, baseline, |r| {
-        if let Err(e) = write!(w, "{}", r.lines()).and_then(|()| w.flush()) {
+    let report = corpus::run_corpus(&o, c, key, values, baseline, |done| {
+        let line = match done {
+            corpus::Done::Scored(r) => r.lines(),
+            corpus::Done::Skipped(s) => format!("{:<34} skipped: {}\n", s.name, s.error),
+        };
+        if let Err(e) = write!(w, "{line}").and_then(|()| w.flush()) {
             failed.get_or_insert(e);
         }
     })
@@ -686,6 +695,14 @@ pub fn main_corpus(
     }
     write!(w, "\n{}", report.medians_table()).map_err(io)?;
     out.write_report(&report.to_json())?;
+    // the rest is scored and reported; the run still fails, so that a
+    // nightly job does not read medians without them as the corpus's
+    if !report.skipped.is_empty() {
+        return Err(Failure::Usage(SimulateError::Skipped {
+            count: report.skipped.len(),
+            traces: report.traces.len(),
+        }));
+    }
     Ok(())
 }
 
