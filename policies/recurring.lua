@@ -62,13 +62,23 @@
 --         the load now is above its ready replicas times `capacity`.
 --           saved_k = checks where B is short and A_k is not;
 --           extra_k = replica-seconds A_k holds above B;
---           uniform = checks where B is short and `margin` (5%) more of
---                   B would not have been, per replica-second of that 5%.
+--           uniform(m) = checks where B is short and uniform headroom
+--                   costing a share m of B's replica-seconds would not
+--                   have been: three uniform plans, the HPA rule on 5%,
+--                   20% and 50% more load (whole replicas, like every
+--                   plan), scored like the rungs, give its points; linear
+--                   between them from 0 at 0, and on the last segment's
+--                   slope beyond.
 --         All fade over `memory` (7 days). Going up the rungs from none, a
---         share is taken when what it saves beyond the share taken so
---         far, per replica-second beyond it, is above `edge` (1) times
---         uniform, and is at least `proof` (4) checks: each step up pays
---         at the margin. A share that does not is skipped, not an end:
+--         share is taken when what it saves beyond the share taken so far
+--         is above `edge` (1) times what uniform headroom saves between
+--         their two costs (uniform(m_k) - uniform(m_taken), m = extra_k
+--         over B's replica-seconds), and is at least `proof` (4) checks:
+--         each step up beats the same replicas spent as headroom
+--         (before 2026-12-06 the gate compared a rung with a 5% probe of
+--         B per replica-second, a margin whole replicas cannot buy, and
+--         took rungs that cost a third more: docs/PREDICTIVE.md, "Real
+--         series nobody tuned on"). A share that does not is skipped, not an end:
 --         on openings to three times the load, 0.4 of the rise saves no
 --         check (it only shortens the shortfall) and the whole rise does.
 --         proof = 0: the first share of `ks` from the third day, unproven.
@@ -88,7 +98,7 @@
 --         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), near
 --         (600), near_ks ({1, 1.5}, increasing; {}: none), days
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
---         (1; 0: off), widen (3600), proof (4), edge (1), margin (0.05),
+--         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), capacity (else
 --         target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
@@ -100,6 +110,9 @@ local P = {}
 local DEFAULT_KS = { 0.4, 0.7, 1.0, 1.5 }
 -- the shares of the near rise tried first, unless params.near_ks
 local DEFAULT_NEAR_KS = { 1.0, 1.5 }
+-- the uniform plans the rungs are compared with: the HPA rule on this
+-- much more load
+local UNIFORM = { 0.05, 0.2, 0.5 }
 
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
@@ -122,7 +135,8 @@ end
 
 -- Scores plans A_j (`plans[j]`: the near rungs, then ks[j] of the rise,
 -- held or not) against B (the load now) on the load now; returns the j
--- of the last rung that has paid at the margin (see `proof` above; 0:
+-- of the last rung that has paid, each step up better than uniform
+-- headroom of its cost (see `proof` above; 0:
 -- none), or `first` unproven with proof = 0.
 local function proven(ctx, now, plans, period, target, first)
   local p, s = ctx.params, ctx.state
@@ -133,6 +147,10 @@ local function proven(ctx, now, plans, period, target, first)
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local ring = s.plans
+  -- beside the rungs, the uniform plans: the HPA rule on UNIFORM[q]
+  -- more load (whole replicas, as every plan), scored the same way
+  local nu = #UNIFORM
+  local total = n + nu
   -- a state from before the near rungs (a reload, a snapshot): its rungs
   -- are the last ones now, and keep what they proved
   local fresh = first - 1
@@ -143,9 +161,15 @@ local function proven(ctx, now, plans, period, target, first)
       table.insert(s.extra, 1, 0)
     end
   end
-  if not ring or #ring.a ~= n then
+  -- and from before the uniform plans: they start from nothing
+  if ring and #ring.a == n then
+    for q = 1, nu do
+      ring.a[n + q], s.saved[n + q], s.extra[n + q] = {}, 0, 0
+    end
+  end
+  if not ring or #ring.a ~= total then
     ring = { t = {}, b = {}, a = {} }
-    for j = 1, n do ring.a[j] = {} end
+    for j = 1, total do ring.a[j] = {} end
     s.plans = ring
     s.saved, s.extra = {}, {}
   end
@@ -153,12 +177,11 @@ local function proven(ctx, now, plans, period, target, first)
   local i = math.floor(ctx.now / period) % size + 1
   ring.t[i], ring.b[i] = ctx.now, math.ceil(now / target)
   for j = 1, n do ring.a[j][i] = math.ceil(plans[j] / target) end
-  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, n)
+  for q = 1, nu do ring.a[n + q][i] = math.ceil(now * (1 + UNIFORM[q]) / target) end
+  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, total)
   local fade = math.exp(-period / (p.memory or 604800))
-  local margin = p.margin or 0.05
-  local usaved, ucost = (s.usaved or 0) * fade, (s.ucost or 0) * fade
   local short_b = nb > 0 and now > nb * cap
-  for j = 1, n do
+  for j = 1, total do
     local sv, ex = (s.saved[j] or 0) * fade, (s.extra[j] or 0) * fade
     if nb > 0 then
       if short_b and now <= na[j] * cap then sv = sv + 1 end
@@ -166,18 +189,36 @@ local function proven(ctx, now, plans, period, target, first)
     end
     s.saved[j], s.extra[j] = sv, ex
   end
-  if nb > 0 then
-    if short_b and now <= nb * cap * (1 + margin) then usaved = usaved + 1 end
-    ucost = ucost + margin * nb * period
-  end
-  s.usaved, s.ucost = usaved, ucost
-  local uniform = ucost > 0 and usaved / ucost or 0
+  local bcost = (s.bcost or 0) * fade + nb * period
+  s.bcost = bcost
   local edge = p.edge or 1
   local best, sv0, ex0 = 0, 0, 0
+  -- what uniform headroom saves at a share m of B's replica-seconds: the
+  -- uniform plans' (share, saved) points, linear between them from
+  -- (0, 0), on the last segment's slope beyond the last
+  local function uniform_at(m)
+    if m <= 0 or bcost <= 0 then return 0 end
+    local x0, y0, slope = 0, 0, 0
+    for q = 1, nu do
+      local x, y = s.extra[n + q] / bcost, s.saved[n + q]
+      if x > x0 then
+        slope = (y - y0) / (x - x0)
+        if m <= x then return y0 + slope * (m - x0) end
+        x0, y0 = x, y
+      elseif y > y0 then
+        y0 = y
+      end
+    end
+    return y0 + slope * (m - x0)
+  end
+  local u0 = 0
   for j = 1, n do
     local dsv, dex = s.saved[j] - sv0, s.extra[j] - ex0
-    if dsv >= proof and dex > 0 and dsv / dex > edge * uniform then
-      best, sv0, ex0 = j, s.saved[j], s.extra[j]
+    if dsv >= proof and dex > 0 then
+      local u = uniform_at(s.extra[j] / math.max(bcost, 1e-9))
+      if dsv > edge * (u - u0) then
+        best, sv0, ex0, u0 = j, s.saved[j], s.extra[j], u
+      end
     end
   end
   return best

@@ -1556,9 +1556,10 @@ fn plain_numbers(t: &state::Plain, key: &str) -> Vec<f64> {
 
 /// `recurring.lua` from before its near rungs kept the tallies of its
 /// four rungs in `ctx.state`. The policy of now, adopting that state (a
-/// reload, or a snapshot restored), keeps them as its last four rungs
-/// and starts only the two near rungs afresh, instead of proving every
-/// rung again from nothing.
+/// reload, or a snapshot restored), keeps them as its four rungs after
+/// the near ones and starts only the two near rungs afresh, and the
+/// three uniform plans its gate compares them with (since 2026-12-06),
+/// instead of proving every rung again from nothing.
 #[test]
 fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     let before = source(
@@ -1584,13 +1585,15 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     assert!(p.replicas.is_some(), "{p:?}");
     let (state, dropped) = new.export_state();
     assert!(dropped.is_none(), "{dropped:?}");
-    // two near rungs first, then the four of before, faded by one period
+    // two near rungs first, then the four of before, faded by one period,
+    // then the three uniform plans, new
     let (saved, extra) = (
         plain_numbers(&state, "saved"),
         plain_numbers(&state, "extra"),
     );
-    assert_eq!(saved.len(), 6, "{saved:?}");
+    assert_eq!(saved.len(), 9, "{saved:?}");
     assert_eq!(&saved[..2], &[0.0, 0.0]);
+    assert_eq!(&saved[6..], &[0.0, 0.0, 0.0]);
     for (got, was) in saved[2..].iter().zip([1.0, 2.0, 3.0, 4.0]) {
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
@@ -1617,6 +1620,6 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     new.decide(&later).unwrap();
     let (state, _) = new.export_state();
     let kept = plain_numbers(&state, "saved");
-    assert_eq!(kept.len(), 6, "{kept:?}");
+    assert_eq!(kept.len(), 9, "{kept:?}");
     assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
 }

@@ -371,6 +371,32 @@ fn the_shipped_recurring_policy_is_the_hpa_rule_where_days_are_not_alike() {
     );
 }
 
+/// A real CPU series (NAB's `ec2_cpu_utilization_24ae8d`, in
+/// `tests/unseen-traces/`) under the corpus protocol: the load sits in
+/// whole steps of 0.85 of a replica with a spike at 03:30 every day.
+/// Judged against a 5% probe of uniform headroom (the gate before
+/// 2026-12-06), which at three replicas rescues no step of 0.85, the
+/// 1.5-times rung paid ten times over and was taken most of the day, for
+/// 35% more replica-hours than `hpa.lua`; the same replica-hours spent
+/// as uniform headroom save more. Compared with uniform headroom of the
+/// same cost, no rung is taken and `recurring.lua` holds what `hpa.lua`
+/// holds.
+#[test]
+fn the_shipped_recurring_policy_takes_no_rung_that_uniform_headroom_of_its_cost_beats() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/unseen-traces/nab-ec2-cpu-utilization-24ae8d.csv");
+    let t = Trace::load(&path).unwrap();
+    let o = corpus::protocol(&hpa_and_recurring(0), &t, "24ae8d");
+    let (r, _) = run(&o, &t, |_, _| {}).unwrap();
+    let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
+    assert!(hpa.under_provisioned_share > 0.0, "{hpa:?}");
+    assert!(
+        recurring.replica_hours <= 1.02 * hpa.replica_hours,
+        "{recurring:?} against {hpa:?}"
+    );
+}
+
 /// A rise that recurs every day but never finds the HPA rule short (a
 /// slow climb from 100 to 130 over the hour from 9:00, down again from
 /// 17:00): `recurring.lua` does not add it until it has paid on this
