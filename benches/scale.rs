@@ -33,7 +33,8 @@
 //!   SCALE_TICK `engine.tick` (default the engine's, 1 s).
 //!   The scaler is the `tidewatch run` binary, a process and a session
 //!   of its own, as deployed (`Scaler`; its log is the temporary
-//!   directory's `scaler.log`); SCALE_PROCESS=0 runs it in a task of the
+//!   directory's `scaler.log`, its last lines printed if the benchmark
+//!   panics); SCALE_PROCESS=0 runs it in a task of the
 //!   benchmark's own runtime instead, beside the publisher and the
 //!   readers, as the figures before 2026-12-06 were measured.
 //!   SCALE_BIN=PATH runs another build of `tidewatch` as the scaler (two
@@ -306,7 +307,34 @@ enum Scaler {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<tidewatch::scaler::RunReport>,
     ),
-    Process(common::Killed),
+    /// The process, killed first when dropped, then its log shown if the
+    /// benchmark is panicking.
+    Process(common::Killed, LogOnPanic),
+}
+
+/// The scaler's log: its last lines go to stderr when the benchmark
+/// panics with the scaler running (a scaler that never came up, a round
+/// that failed), since the log's temporary directory goes with the panic.
+struct LogOnPanic(std::path::PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        eprintln!(
+            "the scaler's log ({}), its last {} of {} lines:",
+            self.0.display(),
+            lines.len() - from,
+            lines.len()
+        );
+        for line in &lines[from..] {
+            eprintln!("  {line}");
+        }
+    }
 }
 
 impl Scaler {
@@ -327,7 +355,8 @@ impl Scaler {
             format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{text}"),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("scaler.log")).unwrap();
+        let log_path = dir.join("scaler.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         // SCALE_BIN: another build of the scaler, to compare two builds
         // under the same benchmark
         let bin =
@@ -353,14 +382,15 @@ impl Scaler {
                 Ok(())
             });
         }
-        (port, Scaler::Process(common::Killed(cmd.spawn().unwrap())))
+        let child = common::Killed(cmd.spawn().unwrap());
+        (port, Scaler::Process(child, LogOnPanic(log_path)))
     }
 
     /// Its process id for /proc ("self" in a task).
     fn pid(&self) -> String {
         match self {
             Scaler::Task(..) => "self".into(),
-            Scaler::Process(c) => c.0.id().to_string(),
+            Scaler::Process(c, _) => c.0.id().to_string(),
         }
     }
 
@@ -370,7 +400,7 @@ impl Scaler {
                 stop.send(()).unwrap();
                 task.await.unwrap();
             }
-            Scaler::Process(child) => drop(child),
+            Scaler::Process(child, log) => drop((child, log)),
         }
     }
 }
