@@ -78,9 +78,10 @@
 --         (before 2026-12-06 the gate compared a rung with a 5% probe of
 --         B per replica-second, a margin whole replicas cannot buy, and
 --         took rungs that cost a third more: docs/PREDICTIVE.md, "Real
---         series nobody tuned on"). A share that does not is skipped, not an end:
---         on openings to three times the load, 0.4 of the rise saves no
---         check (it only shortens the shortfall) and the whole rise does.
+--         series nobody tuned on"). A share that does not is skipped,
+--         not an end: on openings to three times the load, 0.4 of the
+--         rise saves no check (it only shortens the shortfall) and the
+--         whole rise does.
 --         proof = 0: the first share of `ks` from the third day, unproven.
 --   daily_min: the rise is added only where the days are alike: the
 --         load's hourly means over the last `days` days (as this policy
@@ -161,11 +162,13 @@ local function proven(ctx, now, plans, period, target, first)
       table.insert(s.extra, 1, 0)
     end
   end
-  -- and from before the uniform plans: they start from nothing
+  -- and from before the uniform plans: they start from nothing, and the
+  -- 5% probe's tallies of before are dropped
   if ring and #ring.a == n then
     for q = 1, nu do
       ring.a[n + q], s.saved[n + q], s.extra[n + q] = {}, 0, 0
     end
+    s.usaved, s.ucost = nil, nil
   end
   if not ring or #ring.a ~= total then
     ring = { t = {}, b = {}, a = {} }
