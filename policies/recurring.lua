@@ -68,13 +68,24 @@
 --                   20% and 50% more load (whole replicas, like every
 --                   plan), scored like the rungs, give its points; linear
 --                   between them from 0 at 0, and on the last segment's
---                   slope beyond.
+--                   slope beyond;
+--           below_k(m) = checks where B is not short and B with a share m
+--                   of its replica-seconds taken away would have been,
+--                   counted only where A_k has no more ready than B
+--                   (elsewhere A_k stands in for the headroom taken):
+--                   three plans, the HPA rule on 5%, 10% and 20% less
+--                   load, give its points, as above.
 --         All fade over `memory` (7 days). Going up the rungs from none, a
 --         share is taken when what it saves beyond the share taken so far
---         is above `edge` (1) times what uniform headroom saves between
---         their two costs (uniform(m_k) - uniform(m_taken), m = extra_k
---         over B's replica-seconds), and is at least `proof` (4) checks:
---         each step up beats the same replicas spent as headroom
+--         is at least `proof` (4) checks and above `edge` (1) times both
+--         what uniform headroom saves between their two costs
+--         (uniform(m_k) - uniform(m_taken), m = extra_k over B's
+--         replica-seconds) and below_k(m_k) - below_taken(m_taken): each
+--         step up beats the same replicas spent as headroom, and pays for
+--         the headroom it takes away at equal cost (since 2026-12-06's
+--         fifth session: uniform headroom above B alone let rungs pass
+--         past a knee where the headroom they displace loses more;
+--         docs/PREDICTIVE.md, "Headroom taken away, too")
 --         (before 2026-12-06 the gate compared a rung with a 5% probe of
 --         B per replica-second, a margin whole replicas cannot buy, and
 --         took rungs that cost a third more: docs/PREDICTIVE.md, "Real
@@ -114,6 +125,9 @@ local DEFAULT_NEAR_KS = { 1.0, 1.5 }
 -- the uniform plans the rungs are compared with: the HPA rule on this
 -- much more load
 local UNIFORM = { 0.05, 0.2, 0.5 }
+-- and on this much less: the headroom a rung's cost takes away at equal
+-- cost
+local UNDER = { 0.05, 0.1, 0.2 }
 
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
@@ -137,8 +151,8 @@ end
 -- Scores plans A_j (`plans[j]`: the near rungs, then ks[j] of the rise,
 -- held or not) against B (the load now) on the load now; returns the j
 -- of the last rung that has paid, each step up better than uniform
--- headroom of its cost (see `proof` above; 0:
--- none), or `first` unproven with proof = 0.
+-- headroom of its cost and than the headroom it takes away (see `proof`
+-- above; 0: none), or `first` unproven with proof = 0.
 local function proven(ctx, now, plans, period, target, first)
   local p, s = ctx.params, ctx.state
   period = math.max(period, 1)
@@ -150,8 +164,8 @@ local function proven(ctx, now, plans, period, target, first)
   local ring = s.plans
   -- beside the rungs, the uniform plans: the HPA rule on UNIFORM[q]
   -- more load (whole replicas, as every plan), scored the same way
-  local nu = #UNIFORM
-  local total = n + nu
+  local nu, nd = #UNIFORM, #UNDER
+  local total = n + nu + nd
   -- a state from before the near rungs (a reload, a snapshot): its rungs
   -- are the last ones now, and keep what they proved
   local fresh = first - 1
@@ -162,11 +176,11 @@ local function proven(ctx, now, plans, period, target, first)
       table.insert(s.extra, 1, 0)
     end
   end
-  -- and from before the uniform plans: they start from nothing, and the
-  -- 5% probe's tallies of before are dropped
-  if ring and #ring.a == n then
-    for q = 1, nu do
-      ring.a[n + q], s.saved[n + q], s.extra[n + q] = {}, 0, 0
+  -- and from before the uniform plans (above B, then below): they start
+  -- from nothing, and the 5% probe's tallies of before are dropped
+  if ring and (#ring.a == n or #ring.a == n + nu) then
+    for q = #ring.a + 1, total do
+      ring.a[q], s.saved[q], s.extra[q] = {}, 0, 0
     end
     s.usaved, s.ucost = nil, nil
   end
@@ -174,21 +188,46 @@ local function proven(ctx, now, plans, period, target, first)
     ring = { t = {}, b = {}, a = {} }
     for j = 1, total do ring.a[j] = {} end
     s.plans = ring
-    s.saved, s.extra = {}, {}
+    s.saved, s.extra, s.lost = {}, {}, {}
+  end
+  -- each rung's losses below B, per plan below (from nothing where the
+  -- state has none, or of another ladder)
+  local lost = s.lost
+  if not lost or #lost ~= n * nd then
+    lost = {}
+    for q = 1, n * nd do lost[q] = 0 end
+    s.lost = lost
   end
   local size = math.floor((startup + stab) / period) + 2
   local i = math.floor(ctx.now / period) % size + 1
   ring.t[i], ring.b[i] = ctx.now, math.ceil(now / target)
   for j = 1, n do ring.a[j][i] = math.ceil(plans[j] / target) end
   for q = 1, nu do ring.a[n + q][i] = math.ceil(now * (1 + UNIFORM[q]) / target) end
+  for q = 1, nd do ring.a[n + nu + q][i] = math.ceil(now * (1 - UNDER[q]) / target) end
   local nb, na = held_at(ring, size, ctx.now - startup, stab, period, total)
   local fade = math.exp(-period / (p.memory or 604800))
   local short_b = nb > 0 and now > nb * cap
+  -- the plans below B keep the converse: checks lost (short where B is
+  -- not) and replica-seconds cut; a loss is charged to each rung that
+  -- has no more ready than B then (where it cannot stand in for the
+  -- headroom taken away)
+  for q = 1, n * nd do lost[q] = lost[q] * fade end
   for j = 1, total do
     local sv, ex = (s.saved[j] or 0) * fade, (s.extra[j] or 0) * fade
     if nb > 0 then
-      if short_b and now <= na[j] * cap then sv = sv + 1 end
-      ex = ex + (na[j] - nb) * period
+      if j <= n + nu then
+        if short_b and now <= na[j] * cap then sv = sv + 1 end
+        ex = ex + (na[j] - nb) * period
+      else
+        if not short_b and now > na[j] * cap then
+          sv = sv + 1
+          local q = j - n - nu
+          for k = 1, n do
+            if na[k] <= nb then lost[(k - 1) * nd + q] = lost[(k - 1) * nd + q] + 1 end
+          end
+        end
+        ex = ex + (nb - na[j]) * period
+      end
     end
     s.saved[j], s.extra[j] = sv, ex
   end
@@ -196,14 +235,18 @@ local function proven(ctx, now, plans, period, target, first)
   s.bcost = bcost
   local edge = p.edge or 1
   local best, sv0, ex0 = 0, 0, 0
-  -- what uniform headroom saves at a share m of B's replica-seconds: the
-  -- uniform plans' (share, saved) points, linear between them from
-  -- (0, 0), on the last segment's slope beyond the last
-  local function uniform_at(m)
+  -- what uniform headroom saves at a share m of B's replica-seconds
+  -- (ys = nil: the plans above B), or, below B, what taking it away
+  -- loses where rung j cannot stand in (ys = lost, at = its first
+  -- tally): those plans' (share, checks) points, linear between them
+  -- from (0, 0), on the last segment's slope beyond the last
+  local function curve_at(m, ys, at)
     if m <= 0 or bcost <= 0 then return 0 end
+    local from, count = ys and n + nu or n, ys and nd or nu
     local x0, y0, slope = 0, 0, 0
-    for q = 1, nu do
-      local x, y = s.extra[n + q] / bcost, s.saved[n + q]
+    for q = 1, count do
+      local x = s.extra[from + q] / bcost
+      local y = ys and ys[at + q] or s.saved[from + q]
       if x > x0 then
         slope = (y - y0) / (x - x0)
         if m <= x then return y0 + slope * (m - x0) end
@@ -214,13 +257,14 @@ local function proven(ctx, now, plans, period, target, first)
     end
     return y0 + slope * (m - x0)
   end
-  local u0 = 0
+  local u0, d0 = 0, 0
   for j = 1, n do
     local dsv, dex = s.saved[j] - sv0, s.extra[j] - ex0
     if dsv >= proof and dex > 0 then
-      local u = uniform_at(s.extra[j] / math.max(bcost, 1e-9))
-      if dsv > edge * (u - u0) then
-        best, sv0, ex0, u0 = j, s.saved[j], s.extra[j], u
+      local m = s.extra[j] / math.max(bcost, 1e-9)
+      local u, d = curve_at(m), curve_at(m, lost, (j - 1) * nd)
+      if dsv > edge * math.max(u - u0, d - d0) then
+        best, sv0, ex0, u0, d0 = j, s.saved[j], s.extra[j], u, d
       end
     end
   end

@@ -1554,12 +1554,30 @@ fn plain_numbers(t: &state::Plain, key: &str) -> Vec<f64> {
     out.into_iter().map(|(_, x)| x).collect()
 }
 
+/// The shipped `recurring.lua` (a load of 250 now) after adopting the
+/// state that `before` leaves from one call.
+fn recurring_adopting(before: &PolicySource) -> LuaPolicy {
+    let params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100 });
+    let mut old = LuaPolicy::load(before, &params, small_limits()).unwrap();
+    old.bind(Arc::new(Mutex::new(NoData))).unwrap();
+    old.decide(&input()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut new =
+        LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
+    new.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
+        .unwrap();
+    new.adopt_state(&old).unwrap();
+    new
+}
+
 /// `recurring.lua` from before its near rungs kept the tallies of its
 /// four rungs in `ctx.state`. The policy of now, adopting that state (a
 /// reload, or a snapshot restored), keeps them as its four rungs after
 /// the near ones and starts only the two near rungs afresh, and the
-/// three uniform plans its gate compares them with (since 2026-12-06),
-/// instead of proving every rung again from nothing.
+/// six uniform plans its gate compares them with (three above B since
+/// 2026-12-06, three below since its fifth session), instead of proving
+/// every rung again from nothing.
 #[test]
 fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     let before = source(
@@ -1570,30 +1588,20 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
            ctx.state.extra = { 10, 20, 30, 40 }
          end }",
     );
-    let params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100 });
-    let mut old = LuaPolicy::load(&before, &params, small_limits()).unwrap();
-    old.bind(Arc::new(Mutex::new(NoData))).unwrap();
-    old.decide(&input()).unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut new =
-        LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
-    new.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
-        .unwrap();
-    new.adopt_state(&old).unwrap();
+    let mut new = recurring_adopting(&before);
     let p = new.decide(&input()).unwrap();
     assert!(p.replicas.is_some(), "{p:?}");
     let (state, dropped) = new.export_state();
     assert!(dropped.is_none(), "{dropped:?}");
     // two near rungs first, then the four of before, faded by one period,
-    // then the three uniform plans, new
+    // then the six uniform plans, new
     let (saved, extra) = (
         plain_numbers(&state, "saved"),
         plain_numbers(&state, "extra"),
     );
-    assert_eq!(saved.len(), 9, "{saved:?}");
+    assert_eq!(saved.len(), 12, "{saved:?}");
     assert_eq!(&saved[..2], &[0.0, 0.0]);
-    assert_eq!(&saved[6..], &[0.0, 0.0, 0.0]);
+    assert_eq!(&saved[6..], &[0.0; 6]);
     for (got, was) in saved[2..].iter().zip([1.0, 2.0, 3.0, 4.0]) {
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
@@ -1620,6 +1628,33 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     new.decide(&later).unwrap();
     let (state, _) = new.export_state();
     let kept = plain_numbers(&state, "saved");
-    assert_eq!(kept.len(), 9, "{kept:?}");
+    assert_eq!(kept.len(), 12, "{kept:?}");
     assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
+}
+
+/// A state of the release before the plans below B (six rungs and the
+/// three plans above B) keeps all nine tallies where they were and
+/// starts the three below afresh.
+#[test]
+fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
+    let before = source(
+        "before.lua",
+        "return { decide = function(ctx)
+           local a = {}
+           for j = 1, 9 do a[j] = {} end
+           ctx.state.plans = { t = {}, b = {}, a = a }
+           ctx.state.saved = { 1, 2, 3, 4, 5, 6, 7, 8, 9 }
+           ctx.state.extra = { 10, 20, 30, 40, 50, 60, 70, 80, 90 }
+         end }",
+    );
+    let mut new = recurring_adopting(&before);
+    new.decide(&input()).unwrap();
+    let (state, _) = new.export_state();
+    let saved = plain_numbers(&state, "saved");
+    assert_eq!(saved.len(), 12, "{saved:?}");
+    for (j, got) in saved[..9].iter().enumerate() {
+        let was = (j + 1) as f64;
+        assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
+    }
+    assert_eq!(&saved[9..], &[0.0; 3]);
 }
