@@ -82,17 +82,16 @@
 --         (uniform(m_k) - uniform(m_taken), m = extra_k over B's
 --         replica-seconds) and below_k(m_k) - below_taken(m_taken): each
 --         step up beats the same replicas spent as headroom, and pays for
---         the headroom it takes away at equal cost (since 2026-12-06's
---         fifth session: uniform headroom above B alone let rungs pass
---         past a knee where the headroom they displace loses more;
---         docs/PREDICTIVE.md, "Headroom taken away, too")
---         (before 2026-12-06 the gate compared a rung with a 5% probe of
---         B per replica-second, a margin whole replicas cannot buy, and
---         took rungs that cost a third more: docs/PREDICTIVE.md, "Real
---         series nobody tuned on"). A share that does not is skipped,
---         not an end: on openings to three times the load, 0.4 of the
---         rise saves no check (it only shortens the shortfall) and the
---         whole rise does.
+--         the headroom it takes away at equal cost. Before 2026-12-06
+--         the gate compared a rung with a 5% probe of B per
+--         replica-second, a margin whole replicas cannot buy, and took
+--         rungs that cost a third more (docs/PREDICTIVE.md, "Real series
+--         nobody tuned on"); then with uniform headroom above B alone,
+--         which let rungs pass past a knee where the headroom they
+--         displace loses more ("Headroom taken away, too"). A share that
+--         does not is skipped, not an end: on openings to three times the
+--         load, 0.4 of the rise saves no check (it only shortens the
+--         shortfall) and the whole rise does.
 --         proof = 0: the first share of `ks` from the third day, unproven.
 --   daily_min: the rise is added only where the days are alike: the
 --         load's hourly means over the last `days` days (as this policy
