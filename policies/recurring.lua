@@ -222,7 +222,8 @@ local function proven(ctx, now, plans, period, target, first)
           sv = sv + 1
           local q = j - n - nu
           for k = 1, n do
-            if na[k] <= nb then lost[(k - 1) * nd + q] = lost[(k - 1) * nd + q] + 1 end
+            local at = (k - 1) * nd + q
+            if na[k] <= nb then lost[at] = lost[at] + 1 end
           end
         end
         ex = ex + (nb - na[j]) * period
