@@ -372,7 +372,10 @@ function P.decide(ctx)
   -- places; the gate is overruled below then)
   local nks = shares(p.near_ks or DEFAULT_NEAR_KS, "near_ks")
   local nn = #nks
-  local near = r and r.near and r.near > 0 and r.near * week or 0
+  -- the near rise from the history's own points (`sharp`) or from its
+  -- 5-minute means
+  local near_rise = r and ((p.sharp or 0) ~= 0 and r.sharp or r.near)
+  local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
   local j = proven(ctx, now, plans, period, target, nn + 1)

@@ -31,6 +31,11 @@ pub struct Recurring {
     /// start-up lead, where the days rise at the same minute. `None` where
     /// no point of that part has [`MIN_DAYS`] days.
     pub near: Option<f64>,
+    /// `near` read from the history's own points instead of 5-minute
+    /// means: a step that comes at the same minute every day shows whole
+    /// at that minute, not five minutes after it. A spike on one day
+    /// still does not move the median across days.
+    pub sharp: Option<f64>,
     /// The lower and upper quartiles of the rises.
     pub low: f64,
     pub high: f64,
@@ -138,6 +143,9 @@ pub fn recurring(
     // the offsets of the window's first part (`near`)
     let near_width = (near_ms.clamp(from_ms, to_ms).div_euclid(step) - from + 1) as usize;
     let mut rows: Vec<Vec<f64>> = Vec::with_capacity(days);
+    // per day kept, its own points over the first part less its base
+    // (`sharp`), `near_width` of them a day
+    let mut sharp_rows: Vec<f64> = Vec::with_capacity(days * near_width);
     let mut bases: Vec<f64> = Vec::with_capacity(days);
     // each day's highest level over the window, and the same weekday's
     let mut tops: Vec<f64> = Vec::with_capacity(days);
@@ -178,6 +186,16 @@ pub fn recurring(
             }
             tops.push(top);
             if row[..width].iter().any(|v| v.is_finite()) {
+                // `points` holds the steps from `smooth_n - 1` before the
+                // window's first: offset o is point o + smooth_n - 1
+                let first = (smooth_n - 1) as usize;
+                sharp_rows.extend(points[first..first + near_width].iter().map(|&v| {
+                    if v.is_finite() {
+                        f64::from(v) - base
+                    } else {
+                        f64::NAN
+                    }
+                }));
                 rows.push(row);
                 bases.push(base);
             }
@@ -197,6 +215,7 @@ pub fn recurring(
     let mut r = Recurring {
         rise: f64::NEG_INFINITY,
         near: None,
+        sharp: None,
         low: f64::NEG_INFINITY,
         high: f64::NEG_INFINITY,
         level: f64::NEG_INFINITY,
@@ -227,6 +246,22 @@ pub fn recurring(
         r.low = r.low.max(quantile(&col, 0.25));
         r.high = r.high.max(quantile(&col, 0.75));
         r.level = r.level.max(quantile(&levels, 0.5));
+    }
+    for o in 0..near_width {
+        col.clear();
+        col.extend(
+            sharp_rows
+                .iter()
+                .skip(o)
+                .step_by(near_width)
+                .filter(|v| v.is_finite()),
+        );
+        if col.len() < MIN_DAYS {
+            continue;
+        }
+        col.sort_by(f64::total_cmp);
+        let median = quantile(&col, 0.5);
+        r.sharp = Some(r.sharp.map_or(median, |n| n.max(median)));
     }
     r.rise.is_finite().then_some(r)
 }
@@ -561,6 +596,38 @@ mod tests {
         // what a call over those 25 minutes alone gives as its rise
         let alone = recurring(&h, now, 0, 25 * MIN, 7).unwrap();
         assert_eq!(through.near, Some(alone.rise));
+    }
+
+    #[test]
+    fn sharp_sees_a_step_at_its_minute_and_not_a_spike_on_one_day() {
+        // every day steps from 100 to 300 at 9:00 sharp; day 5 also has a
+        // spike to 5,000 at 8:58; now is 8:55 and the first part of the
+        // window reaches 9:00 exactly
+        let h = history(8, |day, minute| match minute {
+            m if m >= 540 => 300.0,
+            538 if day == 5 => 5_000.0,
+            _ => 100.0,
+        });
+        let now = (8 * 1440 + 535) * MIN;
+        let at = |near_ms| {
+            let reach = Reach {
+                near_ms,
+                ..Reach::window(0, 60 * MIN)
+            };
+            super::recurring(&h, now, reach, 7, 0).unwrap()
+        };
+        let r = at(5 * MIN);
+        // the 9:00 point itself: the whole step
+        assert!((r.sharp.unwrap() - 200.0).abs() < 1.0, "{r:?}");
+        // the 5-minute mean ending at 9:00 has a fifth of it
+        assert!((r.near.unwrap() - 40.0).abs() < 1.0, "{r:?}");
+        // a minute short of 9:00 neither sees the step, nor the spike
+        let r = at(4 * MIN);
+        assert!(r.sharp.unwrap().abs() < 1.0, "{r:?}");
+        // over the whole window both read the step whole
+        let r = at(60 * MIN);
+        assert!((r.sharp.unwrap() - 200.0).abs() < 1.0, "{r:?}");
+        assert!((r.near.unwrap() - 200.0).abs() < 1.0, "{r:?}");
     }
 
     #[test]

@@ -90,9 +90,9 @@ local function forecast(metric, horizon, field)
   return { value = value, lower = lower, upper = upper, source = source }
 end
 local function recurring(metric, from, to, days, week_to, align, near)
-  local rise, low, high, level, n, week, nearby = raw_recurring(metric, from, to, days, week_to, align, near)
+  local rise, low, high, level, n, week, nearby, sharp = raw_recurring(metric, from, to, days, week_to, align, near)
   if rise == nil then return nil end
-  return { rise = rise, low = low, high = high, level = level, days = n, week = week, near = nearby }
+  return { rise = rise, low = low, high = high, level = level, days = n, week = week, near = nearby, sharp = sharp }
 end
 return window, forecast, age, recurring
 "#;
@@ -1172,8 +1172,17 @@ fn reads(lua: &Lua, current: &Current) -> mlua::Result<[Function; 4]> {
             let r = current
                 .with(|view| Ok(view.recurring(metric, reach, days as usize, ms(align))))?;
             Ok(match r {
-                None => (None, 0.0, 0.0, 0.0, 0, None, None),
-                Some(r) => (Some(r.rise), r.low, r.high, r.level, r.days, r.week, r.near),
+                None => (None, 0.0, 0.0, 0.0, 0, None, None, None),
+                Some(r) => (
+                    Some(r.rise),
+                    r.low,
+                    r.high,
+                    r.level,
+                    r.days,
+                    r.week,
+                    r.near,
+                    r.sharp,
+                ),
             })
         },
     )?;

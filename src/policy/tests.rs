@@ -37,6 +37,8 @@ impl SignalView for Fixed {
             rise: reach.from_ms as f64,
             // the end of the first part asked for, in ms
             near: Some(reach.near_ms as f64),
+            // the same, negated: a field of its own
+            sharp: Some(-(reach.near_ms as f64)),
             low: reach.to_ms as f64,
             high: days as f64,
             // the shift asked for, in ms, where the test can see it
@@ -385,6 +387,7 @@ fn recurring_reaches_the_script_and_rejects_bad_windows() {
                    -- near: the window's end unless given
                    assert(r.near == 1800000, r.near)
                    assert(ctx.recurring('queue_depth', 60, 1800, 7, nil, 0, 300).near == 300000)
+                   assert(ctx.recurring('queue_depth', 60, 1800, 7, nil, 0, 300).sharp == -300000)
                    return { replicas = r.days + r3.days,
                             reason = string.format('%d %d %d %d %.1f', r.rise, r.low, r.high, r.level, r.week) }")
     .unwrap();
