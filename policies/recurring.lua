@@ -23,9 +23,12 @@
 --         the clock) needs no window that wide. So the ladder below
 --         starts with rungs of its own: near_ks times the same median
 --         rise over the window's first part alone, the start-up lead and
---         `near` seconds (the 5-minute means need about 5 minutes to show
---         a step whole): ctx.recurring's seventh argument. A rise whose
---         hour varies shows little there and those rungs do not pay.
+--         `near` seconds: ctx.recurring's seventh argument, read from the
+--         history's own points (`sharp`), so that a step at 11:03 shows
+--         whole at 11:03. A rise whose hour varies shows little there and
+--         those rungs do not pay. sharp = 0: from the 5-minute means
+--         (`near`), which show a step whole only 5 minutes after it, so
+--         that `near` must reach further (600 s before 2026-12-07).
 --   hold: a day that opens later than most: by the time of day when most
 --         of the previous days had risen, their rise is behind them and
 --         the median shows none left. So a plan is kept for `hold`
@@ -107,7 +110,7 @@
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
 --         ks ({0.4, 0.7, 1, 1.5}, increasing; k = x: {x} alone), near
---         (600), near_ks ({1, 1.5}, increasing; {}: none), days
+--         (180), sharp (1), near_ks ({1, 1.5}, increasing; {}: none), days
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), capacity (else
@@ -341,7 +344,7 @@ function P.decide(ctx)
   -- the same call
   local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
   -- the first part of the window, for the near rungs
-  local near_s = p.near or 600
+  local near_s = p.near or 180
   if type(near_s) ~= "number" or near_s < 0 then
     error("params.near must be seconds of 0 or more, got " .. tostring(near_s), 0)
   end
@@ -374,7 +377,7 @@ function P.decide(ctx)
   local nn = #nks
   -- the near rise from the history's own points (`sharp`) or from its
   -- 5-minute means
-  local near_rise = r and ((p.sharp or 0) ~= 0 and r.sharp or r.near)
+  local near_rise = r and ((p.sharp or 1) ~= 0 and r.sharp or r.near)
   local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end

@@ -270,7 +270,8 @@ fn the_shipped_recurring_policy_lines_the_days_up_on_their_climbs() {
 /// is ready for it like a rise whose hour varies; with the near rungs
 /// (the default) it buys it over the start-up lead and `near` only, not
 /// over the whole window from `ahead` before, so it holds fewer
-/// replica-hours for it, at no more short steps.
+/// replica-hours for it, at no more short steps. Read at its minute
+/// (`sharp`) it holds fewer than from 5-minute means.
 #[test]
 fn the_shipped_recurring_policy_buys_a_step_at_the_same_minute_just_before_it() {
     let mut o = hpa_and_recurring(7);
@@ -310,6 +311,24 @@ fn the_shipped_recurring_policy_buys_a_step_at_the_same_minute_just_before_it() 
     assert!(
         with_near.replica_hours < without.replica_hours,
         "{with_near:?} against {without:?}"
+    );
+    // read from the 5-minute means (before 2026-12-07), which show the
+    // step whole only 5 minutes after it, the near rungs had to reach 600 s
+    // past the lead, and bought it from about 12 minutes before it: more
+    // replica-hours, and no fewer short steps
+    o.params.remove("near_ks");
+    o.params.insert("sharp".into(), 0.into());
+    o.params.insert("near".into(), 600.into());
+    let (smooth, _) = run(&o, &t, |_, _| {}).unwrap();
+    let smooth = &smooth.policies[1];
+    assert_eq!(smooth.policy_errors, 0, "{smooth:?}");
+    assert!(
+        short(with_near, &near) <= short(smooth, &near),
+        "{with_near:?} against {smooth:?}"
+    );
+    assert!(
+        with_near.replica_hours < smooth.replica_hours,
+        "{with_near:?} against {smooth:?}"
     );
 }
 
