@@ -505,6 +505,16 @@ mod tests {
         super::recurring(h, now, reach, days, 0)
     }
 
+    /// A call over `[0, 60 minutes]` whose first part ends at `near_ms`,
+    /// over 7 days.
+    fn with_near(h: &History, now: Millis, near_ms: i64) -> Recurring {
+        let reach = Reach {
+            near_ms,
+            ..Reach::window(0, 60 * MIN)
+        };
+        super::recurring(h, now, reach, 7, 0).unwrap()
+    }
+
     /// `days` of `load(day, minute of the day)`, a point every `step_s`.
     fn history_at(step_s: u64, days: i64, load: impl Fn(i64, i64) -> f64) -> History {
         let mut h = History::new(
@@ -575,13 +585,7 @@ mod tests {
         // every day opens from 100 to 300 at 9:00 sharp; now is 8:40
         let h = history(8, |_, minute| if minute >= 540 { 300.0 } else { 100.0 });
         let now = (8 * 1440 + 520) * MIN;
-        let up_to = |near_ms| {
-            let reach = Reach {
-                near_ms,
-                ..Reach::window(0, 60 * MIN)
-            };
-            super::recurring(&h, now, reach, 7, 0).unwrap()
-        };
+        let up_to = |near_ms| with_near(&h, now, near_ms);
         let whole = up_to(60 * MIN);
         assert!((whole.rise - 200.0).abs() < 1.0, "{whole:?}");
         assert_eq!(whole.near, Some(whole.rise));
@@ -609,13 +613,7 @@ mod tests {
             _ => 100.0,
         });
         let now = (8 * 1440 + 535) * MIN;
-        let at = |near_ms| {
-            let reach = Reach {
-                near_ms,
-                ..Reach::window(0, 60 * MIN)
-            };
-            super::recurring(&h, now, reach, 7, 0).unwrap()
-        };
+        let at = |near_ms| with_near(&h, now, near_ms);
         let r = at(5 * MIN);
         // the 9:00 point itself: the whole step
         assert!((r.sharp.unwrap() - 200.0).abs() < 1.0, "{r:?}");
