@@ -151,12 +151,15 @@ pub fn recurring(
     let mut tops: Vec<f64> = Vec::with_capacity(days);
     let mut week: Option<f64> = None;
     let align = Align::new(history, now, align_ms);
+    let mut scratch = AlignScratch::default();
     // the steps each day's reads take, one buffer for them all
     let mut points = Vec::new();
     for d in 1..=days as i64 {
         // this time of day on day d, where today's last hours put it
         let anchor = now - d * period;
-        let anchor = align.as_ref().map_or(anchor, |a| a.anchor(history, anchor));
+        let anchor = align
+            .as_ref()
+            .map_or(anchor, |a| a.anchor(history, anchor, &mut scratch));
         let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0, &mut points)[0];
         if base.is_nan() {
             continue;
@@ -338,8 +341,9 @@ impl Align {
 
     /// Where to read the day whose time of day is `anchor`: `anchor` less
     /// the shift that fits best (0 where none fits well enough, or the
-    /// day has a gap).
-    fn anchor(&self, history: &History, anchor: i64) -> i64 {
+    /// day has a gap). `scratch` holds the day's reads between calls, so
+    /// the days of a call share its buffers.
+    fn anchor(&self, history: &History, anchor: i64, scratch: &mut AlignScratch) -> i64 {
         let blocks = self.today.len() as i64;
         // the shifts tried, from -reach to reach in strides; every block
         // a shift reads starts and ends on a multiple of `unit` from
@@ -348,10 +352,18 @@ impl Align {
         let unit = gcd(self.block, self.stride);
         let first = anchor - reach - blocks * self.block;
         let units = (2 * reach + blocks * self.block) / unit;
+        let AlignScratch {
+            points,
+            sums,
+            means,
+            sum,
+            squares,
+        } = scratch;
         // the logarithm's running sum at each unit's end
-        let mut points = vec![0.0; (units * unit) as usize];
-        history.read_into(first, &mut points);
-        let mut sums = Vec::with_capacity(units as usize + 1);
+        points.clear();
+        points.resize((units * unit) as usize, 0.0);
+        history.read_into(first, points);
+        sums.clear();
         sums.push(0.0);
         for u in points.chunks_exact(unit as usize) {
             match log_sum(u) {
@@ -361,26 +373,52 @@ impl Align {
         }
         // units a block
         let per = (self.block / unit) as usize;
+        // the mean of the day's block ending at unit `u`, for every `u`
+        // a block can end at (once a day, not once a shift and block)
+        means.clear();
+        means.resize(per, 0.0);
+        means.extend(
+            sums.iter()
+                .zip(&sums[per..])
+                .map(|(a, b)| (b - a) / self.block as f64),
+        );
         // the spread of today's blocks less the day's, for the j-th shift
         // (`j * stride - reach`): block b of the day ends at unit
         // (reach - s) / unit + (blocks - b) * per
         let (top, stride) = ((2 * reach / unit) as usize, (self.stride / unit) as usize);
-        let misfit = |j: usize| {
-            let (mut sum, mut squares) = (0.0, 0.0);
-            let end = top - j * stride;
-            for (b, x) in self.today.iter().enumerate() {
-                // the mean of the day's block ending at unit `u`
-                let u = end + (blocks as usize - b) * per;
-                let d = x - (sums[u] - sums[u - per]) / self.block as f64;
-                sum += d;
-                squares += d * d;
-            }
-            squares - sum * sum / blocks as f64
-        };
         let zero = (reach / self.stride) as usize;
+        // every shift's misfit at once, a block at a time: each shift
+        // sums its blocks in the same order as alone (the same figures),
+        // but the shifts' sums do not wait for one another
+        let shifts = 2 * zero + 1;
+        sum.clear();
+        sum.resize(shifts, 0.0);
+        squares.clear();
+        squares.resize(shifts, 0.0);
+        for (b, x) in self.today.iter().enumerate() {
+            // today's block b against the day's ending at
+            // top - j * stride + (blocks - b) * per, for each shift j
+            let at = top + (blocks as usize - b) * per;
+            // shift j reads means[at - j * stride]: the shifts' means,
+            // newest first
+            let row = means[at - (shifts - 1) * stride..=at].iter().rev();
+            let add = |(s, q): (&mut f64, &mut f64), m: &f64| {
+                let d = x - m;
+                *s += d;
+                *q += d * d;
+            };
+            let pairs = sum.iter_mut().zip(squares.iter_mut());
+            if stride == 1 {
+                // the usual case (a stride of one unit), in lanes
+                pairs.zip(row).for_each(|(p, m)| add(p, m));
+            } else {
+                pairs.zip(row.step_by(stride)).for_each(|(p, m)| add(p, m));
+            }
+        }
+        let misfit = |j: usize| squares[j] - sum[j] * sum[j] / blocks as f64;
         let none = misfit(zero);
         let (mut best, mut at) = (none, zero);
-        for j in 0..=2 * zero {
+        for j in (0..shifts).filter(|&j| j != zero) {
             let m = misfit(j);
             if m < best {
                 (best, at) = (m, j);
@@ -393,6 +431,18 @@ impl Align {
             anchor
         }
     }
+}
+
+/// The buffers of a day's alignment, reused across the days of a call.
+#[derive(Default)]
+struct AlignScratch {
+    points: Vec<f32>,
+    sums: Vec<f64>,
+    means: Vec<f64>,
+    /// Per shift: the differences of its blocks from today's, summed,
+    /// and their squares.
+    sum: Vec<f64>,
+    squares: Vec<f64>,
 }
 
 /// Below this a load is taken as this, so that its logarithm is finite.

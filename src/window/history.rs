@@ -359,16 +359,26 @@ impl History {
         let mut k = (first - step).clamp(0, n as i64) as usize;
         out[..k].fill(f32::NAN);
         let mut i = (step + k as i64 - first).max(0) as usize;
-        let before_fine = self.coarse.len() * COARSE - self.coarse_skip + self.pending.len();
+        let coarse = self.coarse.len() * COARSE - self.coarse_skip;
+        let before_fine = coarse + self.pending.len();
         let full = self.blocks.len() * BLOCK;
+        // the points of `src` from `from` on, as many as fit from out[k]
+        let copy = |out: &mut [f32], k: usize, src: &[f32], from: usize| {
+            let take = (src.len() - from).min(out.len() - k);
+            out[k..k + take].copy_from_slice(&src[from..from + take]);
+            take
+        };
         while k < n && i < len {
-            if i < before_fine {
-                out[k] = self.get(i);
-                (k, i) = (k + 1, i + 1);
-                continue;
-            }
-            let j = i - before_fine + self.skip;
-            let take = if j < full {
+            let take = if i < coarse {
+                // a coarse point, for each of its steps asked
+                let at = i + self.coarse_skip;
+                let take = (COARSE - at % COARSE).min(coarse - i).min(n - k);
+                out[k..k + take].fill(self.coarse[at / COARSE]);
+                take
+            } else if i < before_fine {
+                copy(out, k, &self.pending, i - coarse)
+            } else if i - before_fine + self.skip < full {
+                let j = i - before_fine + self.skip;
                 let (block, from) = (&self.blocks[j / BLOCK], j % BLOCK);
                 let take = (BLOCK - from).min(n - k);
                 for (o, slot) in out[k..k + take].iter_mut().enumerate() {
@@ -376,10 +386,7 @@ impl History {
                 }
                 take
             } else {
-                let from = j - full;
-                let take = (self.tail.len() - from).min(n - k);
-                out[k..k + take].copy_from_slice(&self.tail[from..from + take]);
-                take
+                copy(out, k, &self.tail, i - before_fine + self.skip - full)
             };
             (k, i) = (k + take, i + take);
         }
@@ -660,39 +667,49 @@ mod tests {
     }
 
     /// A range read a block at a time is each point read alone: across
-    /// the coarse part, the pending steps, the blocks and the tail, with
-    /// gaps, and before the first point and after the last.
+    /// the coarse part (a run of steps a point, also where the oldest
+    /// point has lost some of its steps), the pending steps, the blocks
+    /// and the tail, with gaps, and before the first point and after the
+    /// last.
     #[test]
     fn a_range_read_is_each_point_read() {
-        let mut h = History::new(
-            Duration::from_secs(14 * 86_400),
-            Duration::from_secs(60),
-            false,
-        );
-        for i in 0..19_000 {
-            let v = if i % 41 == 0 {
-                f32::NAN
+        for pushed in [19_000, 20_160 + 7] {
+            let mut h = History::new(
+                Duration::from_secs(14 * 86_400),
+                Duration::from_secs(60),
+                false,
+            );
+            for i in 0..pushed {
+                let v = if i % 41 == 0 {
+                    f32::NAN
+                } else {
+                    (i as f32 * 0.01).sin() * 50.0 + 100.0
+                };
+                h.push(v);
+            }
+            assert!(!h.coarse.is_empty() && !h.tail.is_empty());
+            if pushed == 19_000 {
+                assert!(!h.pending.is_empty());
             } else {
-                (i as f32 * 0.01).sin() * 50.0 + 100.0
-            };
-            h.push(v);
-        }
-        assert!(!h.coarse.is_empty() && !h.pending.is_empty() && !h.tail.is_empty());
-        let (first, end) = (h.first_step(), h.next_step());
-        for (from, n) in [
-            (first - 100, 300),
-            (first, 1),
-            (first + 7_000, 2_000),
-            (end - 500, 700),
-            (end - 1, 1),
-            (end, 5),
-            (first + 3, 0),
-        ] {
-            let mut out = vec![0.0; n];
-            h.read_into(from, &mut out);
-            let each: Vec<u32> = (0..n as i64).map(|k| h.at(from + k).to_bits()).collect();
-            let read: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(read, each, "from {from}, {n} points");
+                assert!(h.coarse_skip > 0, "the oldest coarse point has lost steps");
+            }
+            let (first, end) = (h.first_step(), h.next_step());
+            for (from, n) in [
+                (first - 100, 300),
+                (first, 1),
+                (first + 5, 40),
+                (first + 7_000, 2_000),
+                (end - 500, 700),
+                (end - 1, 1),
+                (end, 5),
+                (first + 3, 0),
+            ] {
+                let mut out = vec![0.0; n];
+                h.read_into(from, &mut out);
+                let each: Vec<u32> = (0..n as i64).map(|k| h.at(from + k).to_bits()).collect();
+                let read: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(read, each, "{pushed} pushed, from {from}, {n} points");
+            }
         }
     }
 
