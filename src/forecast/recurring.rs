@@ -152,14 +152,15 @@ pub fn recurring(
     let mut week: Option<f64> = None;
     let align = Align::new(history, now, align_ms);
     let mut scratch = AlignScratch::default();
-    // the steps each day's reads take, one buffer for them all
+    // the steps each day's reads take (its alignment's, then its
+    // window's), one buffer for them all
     let mut points = Vec::new();
     for d in 1..=days as i64 {
         // this time of day on day d, where today's last hours put it
         let anchor = now - d * period;
-        let anchor = align
-            .as_ref()
-            .map_or(anchor, |a| a.anchor(history, anchor, &mut scratch));
+        let anchor = align.as_ref().map_or(anchor, |a| {
+            a.anchor(history, anchor, &mut points, &mut scratch)
+        });
         let base = smoothed(history, anchor - 1, anchor - 1, base_n, 0.0, &mut points)[0];
         if base.is_nan() {
             continue;
@@ -341,9 +342,15 @@ impl Align {
 
     /// Where to read the day whose time of day is `anchor`: `anchor` less
     /// the shift that fits best (0 where none fits well enough, or the
-    /// day has a gap). `scratch` holds the day's reads between calls, so
-    /// the days of a call share its buffers.
-    fn anchor(&self, history: &History, anchor: i64, scratch: &mut AlignScratch) -> i64 {
+    /// day has a gap). `points` and `scratch` are buffers the days of a
+    /// call share.
+    fn anchor(
+        &self,
+        history: &History,
+        anchor: i64,
+        points: &mut Vec<f32>,
+        scratch: &mut AlignScratch,
+    ) -> i64 {
         let blocks = self.today.len() as i64;
         // the shifts tried, from -reach to reach in strides; every block
         // a shift reads starts and ends on a multiple of `unit` from
@@ -353,7 +360,6 @@ impl Align {
         let first = anchor - reach - blocks * self.block;
         let units = (2 * reach + blocks * self.block) / unit;
         let AlignScratch {
-            points,
             sums,
             means,
             sum,
@@ -409,7 +415,9 @@ impl Align {
             };
             let pairs = sum.iter_mut().zip(squares.iter_mut());
             if stride == 1 {
-                // the usual case (a stride of one unit), in lanes
+                // the usual case (a stride of one unit, as at any step that
+                // divides 5 minutes), which the compiler runs in lanes
+                // (about 3% of a 215-day run against `step_by(1)`)
                 pairs.zip(row).for_each(|(p, m)| add(p, m));
             } else {
                 pairs.zip(row.step_by(stride)).for_each(|(p, m)| add(p, m));
@@ -436,7 +444,6 @@ impl Align {
 /// The buffers of a day's alignment, reused across the days of a call.
 #[derive(Default)]
 struct AlignScratch {
-    points: Vec<f32>,
     sums: Vec<f64>,
     means: Vec<f64>,
     /// Per shift: the differences of its blocks from today's, summed,

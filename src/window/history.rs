@@ -377,16 +377,19 @@ impl History {
                 take
             } else if i < before_fine {
                 copy(out, k, &self.pending, i - coarse)
-            } else if i - before_fine + self.skip < full {
-                let j = i - before_fine + self.skip;
-                let (block, from) = (&self.blocks[j / BLOCK], j % BLOCK);
-                let take = (BLOCK - from).min(n - k);
-                for (o, slot) in out[k..k + take].iter_mut().enumerate() {
-                    *slot = block.get(from + o);
-                }
-                take
             } else {
-                copy(out, k, &self.tail, i - before_fine + self.skip - full)
+                // the fine part: the blocks, then the tail
+                let j = i - before_fine + self.skip;
+                if j < full {
+                    let (block, from) = (&self.blocks[j / BLOCK], j % BLOCK);
+                    let take = (BLOCK - from).min(n - k);
+                    for (o, slot) in out[k..k + take].iter_mut().enumerate() {
+                        *slot = block.get(from + o);
+                    }
+                    take
+                } else {
+                    copy(out, k, &self.tail, j - full)
+                }
             };
             (k, i) = (k + take, i + take);
         }
