@@ -106,6 +106,21 @@
 --         a few lucky checks; there it is hpa.lua. The means need 3 days
 --         of its own calls: a policy new on a target with a restored
 --         history is hpa.lua for those days.
+--   shape: the HPA rule's headroom is a share of the load (a quarter at
+--         0.8), right for noise that grows with the load and too little
+--         at one or two replicas for noise that does not (counts of
+--         requests, a service's idle chatter). So beside the rungs the
+--         gate scores a plan sized by the square-root rule: L + (cap /
+--         target - 1) * sqrt(L) * scale replicas, L = load / capacity,
+--         scale = the faded mean of L over that of sqrt(L) on this load
+--         (so that its headroom costs about what the HPA rule's does),
+--         never below L / 2. At B's cost its advantage is what it saves
+--         less what it loses against B, less what uniform headroom of its
+--         extra cost saves, or plus what B loses with its saving taken
+--         away (the plans below B); where that is at least
+--         `shape_proof` (16) checks, four minutes at the default period,
+--         the final sizing uses the square-root rule's utilization for
+--         the load planned. 0: off.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -113,8 +128,8 @@
 --         (180), sharp (1), near_ks ({1, 1.5}, increasing; {}: none), days
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1),
---         memory (604800), stab (300), daily_min (0.5), capacity (else
---         target / 0.8).
+--         memory (604800), stab (300), daily_min (0.5), shape (1),
+--         shape_proof (16), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -130,6 +145,18 @@ local UNIFORM = { 0.05, 0.2, 0.5 }
 -- and on this much less: the headroom a rung's cost takes away at equal
 -- cost
 local UNDER = { 0.05, 0.1, 0.2 }
+
+-- The replicas the square-root rule gives load `load`: L = load / cap
+-- replicas of work and headroom (1 / u - 1) * sqrt(L) * scale, u = target
+-- / cap, where scale (the faded mean of L over that of sqrt(L) on this
+-- target's load) makes its headroom cost what the HPA rule's, (1 / u - 1)
+-- * L, costs on that load. Never below L / 2 (a utilization above 2).
+local function sqrt_replicas(s, load, target, cap)
+  local L = load / cap
+  if L <= 0 then return 0 end
+  local scale = (s.sq_l and s.sq_r and s.sq_r > 0) and s.sq_l / s.sq_r or math.sqrt(L)
+  return math.max(L + (cap / target - 1) * math.sqrt(L) * scale, L / 2)
+end
 
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
@@ -160,7 +187,7 @@ local function proven(ctx, now, plans, period, target, first)
   period = math.max(period, 1)
   local proof = p.proof or 4
   local n = #plans
-  if proof <= 0 then return math.min(n, first) end
+  if proof <= 0 then return math.min(n, first), false end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local ring = s.plans
@@ -168,6 +195,8 @@ local function proven(ctx, now, plans, period, target, first)
   -- more load (whole replicas, as every plan), scored the same way
   local nu, nd = #UNIFORM, #UNDER
   local total = n + nu + nd
+  -- the square-root rule's plan, after them (`shape`)
+  local sq = total + 1
   -- a state from before the near rungs (a reload, a snapshot): its rungs
   -- are the last ones now, and keep what they proved
   local fresh = first - 1
@@ -186,11 +215,16 @@ local function proven(ctx, now, plans, period, target, first)
     end
     s.usaved, s.ucost = nil, nil
   end
-  if not ring or #ring.a ~= total then
+  -- and from before the square-root plan: it starts from nothing
+  if ring and #ring.a == total then
+    ring.a[sq], s.saved[sq], s.extra[sq], s.sq_lost = {}, 0, 0, 0
+  end
+  if not ring or #ring.a ~= sq then
     ring = { t = {}, b = {}, a = {} }
-    for j = 1, total do ring.a[j] = {} end
+    for j = 1, sq do ring.a[j] = {} end
     s.plans = ring
     s.saved, s.extra, s.lost = {}, {}, {}
+    s.saved[sq], s.extra[sq], s.sq_lost = 0, 0, 0
   end
   -- each rung's losses below B, per plan below (from nothing where the
   -- state has none, or of another ladder)
@@ -206,8 +240,13 @@ local function proven(ctx, now, plans, period, target, first)
   for j = 1, n do ring.a[j][i] = math.ceil(plans[j] / target) end
   for q = 1, nu do ring.a[n + q][i] = math.ceil(now * (1 + UNIFORM[q]) / target) end
   for q = 1, nd do ring.a[n + nu + q][i] = math.ceil(now * (1 - UNDER[q]) / target) end
-  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, total)
   local fade = math.exp(-period / (p.memory or 604800))
+  -- the square-root rule's scale: faded sums of L and sqrt(L)
+  local L = now / cap
+  s.sq_l = (s.sq_l or 0) * fade + L
+  s.sq_r = (s.sq_r or 0) * fade + math.sqrt(math.max(L, 0))
+  ring.a[sq][i] = math.ceil(sqrt_replicas(s, now, target, cap))
+  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, sq)
   local short_b = nb > 0 and now > nb * cap
   -- the plans below B keep the converse: checks lost (short where B is
   -- not) and replica-seconds cut; a loss is charged to each rung that
@@ -233,6 +272,16 @@ local function proven(ctx, now, plans, period, target, first)
       end
     end
     s.saved[j], s.extra[j] = sv, ex
+  end
+  do
+    local sv, ex, ls = s.saved[sq] * fade, s.extra[sq] * fade, s.sq_lost * fade
+    if nb > 0 then
+      local short_s = now > na[sq] * cap
+      if short_b and not short_s then sv = sv + 1 end
+      if short_s and not short_b then ls = ls + 1 end
+      ex = ex + (na[sq] - nb) * period
+    end
+    s.saved[sq], s.extra[sq], s.sq_lost = sv, ex, ls
   end
   local bcost = (s.bcost or 0) * fade + nb * period
   s.bcost = bcost
@@ -271,7 +320,18 @@ local function proven(ctx, now, plans, period, target, first)
       end
     end
   end
-  return best
+  -- the square-root rule, against B at its cost: what it saved less what
+  -- it lost against B, less what uniform headroom of what it costs beyond
+  -- B saves, or plus what B loses with what it costs less taken away;
+  -- taken where that is at least `proof` checks
+  local shape = false
+  if (p.shape or 1) ~= 0 then
+    local net = s.saved[sq] - s.sq_lost
+    local m = s.extra[sq] / math.max(bcost, 1e-9)
+    local adv = m >= 0 and net - edge * curve_at(m) or net + curve_at(-m, s.saved, n + nu) / edge
+    shape = adv >= (p.shape_proof or 16)
+  end
+  return best, shape
 end
 
 -- Hours of means kept: two weeks.
@@ -381,7 +441,7 @@ function P.decide(ctx)
   local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
-  local j = proven(ctx, now, plans, period, target, nn + 1)
+  local j, shape = proven(ctx, now, plans, period, target, nn + 1)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)
   local alike = p.daily_min or 0.5
@@ -389,14 +449,28 @@ function P.decide(ctx)
   local unlike = alike > 0 and (acf == nil or acf < alike)
   if unlike then j = 0 end
   local load = j > 0 and plans[j] or now
-  local want, per_replica = tw.hpa_desired(ctx, load)
+  local want, per_replica
+  if shape then
+    -- the HPA rule's target tracking, at the utilization the square-root
+    -- rule gives this load
+    local cap = p.capacity or target / 0.8
+    local need = sqrt_replicas(ctx.state, load, target, cap)
+    local current = ctx.replicas
+    per_replica = current > 0 and load / current or load
+    if need > 0 then target = load / need end
+    want = tw.target_tracking(current, current > 0 and load / current or load, target, p.tolerance or 0.1)
+    if not ctx.behavior then want = math.min(want, tw.hpa_scale_up_limit(current)) end
+  else
+    want, per_replica = tw.hpa_desired(ctx, load)
+  end
   return { replicas = want,
            reason = string.format("%s %s %.1f, recurring rise %s within %ds%s%s, plan %.1f per replica, target %.1f",
              metric, stat, now, rise and string.format("%.1f", rise) or "unknown", to,
              r == nil and "" or (j > 0 and (", k " .. tostring(j > nn and ks[j - nn] or nks[j]) .. (j > nn and "" or " near"))
                or (unlike and string.format(" (days not alike: daily autocorrelation %s)",
                  acf and string.format("%.2f", acf) or "unknown") or " (not proven yet)")),
-             (j > 0 and held) and " (plan held)" or "", per_replica, target) }
+             (j > 0 and held) and " (plan held)" or "", per_replica, target)
+             .. (shape and ", square-root headroom" or "") }
 end
 
 P.examples = {

@@ -431,6 +431,47 @@ fn the_shipped_recurring_policy_pays_for_the_headroom_its_rungs_take_away() {
     recurring_holds_at_most(&t, "generated-seasonal-207", 1.07);
 }
 
+/// Load whose noise does not grow with it: a day that swings slowly
+/// between 15 a second at night and 200 by day (1.5 and 20 replicas at
+/// 10 each), with the same noise of about 4 a second at both. The HPA
+/// rule's headroom, a share of the load, is a fifth of a replica at night
+/// and more than it needs by day, so `hpa.lua` is short at night. The
+/// square-root rule (`shape`) holds more at night and less by day for
+/// the same cost; `recurring.lua` proves it on this load and, at
+/// `hpa.lua`'s cost, is short far less often. Without it (`shape = 0`)
+/// it gains little: there is no rise to buy ahead.
+#[test]
+fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_with_load() {
+    let mut o = hpa_and_recurring(3);
+    let mut rng = super::generate::Rng::new(11);
+    let values: Vec<f64> = (0..5 * 1440)
+        .map(|m| {
+            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
+            (107.5 - 92.5 * phase.cos() + 4.0 * rng.normal()).max(0.0)
+        })
+        .collect();
+    let t = trace(&values);
+    let grid: Vec<serde_json::Value> = [0.7, 0.8, 0.9, 1.0]
+        .iter()
+        .map(|v| serde_json::json!(v))
+        .collect();
+    let base = o.policies[0].clone();
+    let reduction = |o: &Options| {
+        let r = frontier::sweep(o, &t, "target_utilization", &grid, &base).unwrap();
+        assert!(
+            r.baseline_default.under_provisioned_share > 0.0,
+            "{:?}",
+            r.baseline_default
+        );
+        r.comparisons[1].share_reduction.unwrap()
+    };
+    let shaped = reduction(&o);
+    o.params.insert("shape".into(), 0.into());
+    let unshaped = reduction(&o);
+    assert!(shaped > 0.5, "{shaped} (without: {unshaped})");
+    assert!(shaped > unshaped + 0.3, "{shaped} against {unshaped}");
+}
+
 /// A rise that recurs every day but never finds the HPA rule short (a
 /// slow climb from 100 to 130 over the hour from 9:00, down again from
 /// 17:00): `recurring.lua` does not add it until it has paid on this
