@@ -1597,14 +1597,14 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     let (state, dropped) = new.export_state();
     assert!(dropped.is_none(), "{dropped:?}");
     // two near rungs first, then the four of before, faded by one period,
-    // then the six uniform plans, new
+    // then the six uniform plans and the square-root rule's, new
     let (saved, extra) = (
         plain_numbers(&state, "saved"),
         plain_numbers(&state, "extra"),
     );
-    assert_eq!(saved.len(), 12, "{saved:?}");
+    assert_eq!(saved.len(), 13, "{saved:?}");
     assert_eq!(&saved[..2], &[0.0, 0.0]);
-    assert_eq!(&saved[6..], &[0.0; 6]);
+    assert_eq!(&saved[6..], &[0.0; 7]);
     for (got, was) in saved[2..].iter().zip([1.0, 2.0, 3.0, 4.0]) {
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
@@ -1631,7 +1631,7 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     new.decide(&later).unwrap();
     let (state, _) = new.export_state();
     let kept = plain_numbers(&state, "saved");
-    assert_eq!(kept.len(), 12, "{kept:?}");
+    assert_eq!(kept.len(), 13, "{kept:?}");
     assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
 }
 
@@ -1654,10 +1654,37 @@ fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
     new.decide(&input()).unwrap();
     let (state, _) = new.export_state();
     let saved = plain_numbers(&state, "saved");
-    assert_eq!(saved.len(), 12, "{saved:?}");
+    assert_eq!(saved.len(), 13, "{saved:?}");
     for (j, got) in saved[..9].iter().enumerate() {
         let was = (j + 1) as f64;
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
-    assert_eq!(&saved[9..], &[0.0; 3]);
+    assert_eq!(&saved[9..], &[0.0; 4]);
+}
+
+/// A state of the release before the square-root rule (`shape`: six
+/// rungs, three plans above B, three below) keeps all twelve tallies
+/// where they were and starts the square-root rule's afresh.
+#[test]
+fn recurring_keeps_its_tallies_when_the_square_root_rule_comes() {
+    let before = source(
+        "before.lua",
+        "return { decide = function(ctx)
+           local a = {}
+           for j = 1, 12 do a[j] = {} end
+           ctx.state.plans = { t = {}, b = {}, a = a }
+           ctx.state.saved = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }
+           ctx.state.extra = { 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120 }
+         end }",
+    );
+    let mut new = recurring_adopting(&before);
+    new.decide(&input()).unwrap();
+    let (state, _) = new.export_state();
+    let saved = plain_numbers(&state, "saved");
+    assert_eq!(saved.len(), 13, "{saved:?}");
+    for (j, got) in saved[..12].iter().enumerate() {
+        let was = (j + 1) as f64;
+        assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
+    }
+    assert_eq!(saved[12], 0.0);
 }

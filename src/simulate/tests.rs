@@ -432,10 +432,10 @@ fn the_shipped_recurring_policy_pays_for_the_headroom_its_rungs_take_away() {
 }
 
 /// Load whose noise does not grow with it: a day that swings slowly
-/// between 15 a second at night and 200 by day (1.5 and 20 replicas at
-/// 10 each), with the same noise of about 4 a second at both. The HPA
-/// rule's headroom, a share of the load, is a fifth of a replica at night
-/// and more than it needs by day, so `hpa.lua` is short at night. The
+/// between 10 a second at night and 200 by day (1 and 20 replicas at 10
+/// each), with the same noise of about 5 a second at both. The HPA
+/// rule's headroom, a share of the load, is a quarter of a replica at
+/// night and more than it needs by day, so `hpa.lua` is short at night. The
 /// square-root rule (`shape`) holds more at night and less by day for
 /// the same cost; `recurring.lua` proves it on this load and, at
 /// `hpa.lua`'s cost, is short far less often. Without it (`shape = 0`)
@@ -447,7 +447,7 @@ fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_
     let values: Vec<f64> = (0..5 * 1440)
         .map(|m| {
             let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
-            (107.5 - 92.5 * phase.cos() + 4.0 * rng.normal()).max(0.0)
+            (105.0 - 95.0 * phase.cos() + 5.0 * rng.normal()).max(0.0)
         })
         .collect();
     let t = trace(&values);
