@@ -323,7 +323,8 @@ local function proven(ctx, now, plans, period, target, first)
   -- the square-root rule, against B at its cost: what it saved less what
   -- it lost against B, less what uniform headroom of what it costs beyond
   -- B saves, or plus what B loses with what it costs less taken away;
-  -- taken where that is at least `proof` checks
+  -- taken where that is at least `shape_proof` checks (four at `proof`'s
+  -- 4 opened it on a minute of luck: docs/PREDICTIVE.md)
   local shape = false
   if (p.shape or 1) ~= 0 then
     local net = s.saved[sq] - s.sq_lost
