@@ -1635,31 +1635,41 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
 }
 
-/// A state of the release before the plans below B (six rungs and the
-/// three plans above B) keeps all nine tallies where they were and
-/// starts the three below afresh.
-#[test]
-fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
+/// `recurring.lua`'s `saved` tallies after adopting a state of an
+/// earlier release with `kept` plans (1, 2, ... saved; 10, 20, ... extra):
+/// those `kept` are where they were, faded by one period, and the rest
+/// of today's 13 start from nothing.
+fn recurring_keeps_tallies_of(kept: usize) {
     let before = source(
         "before.lua",
-        "return { decide = function(ctx)
-           local a = {}
-           for j = 1, 9 do a[j] = {} end
-           ctx.state.plans = { t = {}, b = {}, a = a }
-           ctx.state.saved = { 1, 2, 3, 4, 5, 6, 7, 8, 9 }
-           ctx.state.extra = { 10, 20, 30, 40, 50, 60, 70, 80, 90 }
-         end }",
+        &format!(
+            "return {{ decide = function(ctx)
+               local a, saved, extra = {{}}, {{}}, {{}}
+               for j = 1, {kept} do a[j], saved[j], extra[j] = {{}}, j, 10 * j end
+               ctx.state.plans = {{ t = {{}}, b = {{}}, a = a }}
+               ctx.state.saved = saved
+               ctx.state.extra = extra
+             end }}"
+        ),
     );
     let mut new = recurring_adopting(&before);
     new.decide(&input()).unwrap();
     let (state, _) = new.export_state();
     let saved = plain_numbers(&state, "saved");
     assert_eq!(saved.len(), 13, "{saved:?}");
-    for (j, got) in saved[..9].iter().enumerate() {
+    for (j, got) in saved[..kept].iter().enumerate() {
         let was = (j + 1) as f64;
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
-    assert_eq!(&saved[9..], &[0.0; 4]);
+    assert!(saved[kept..].iter().all(|x| *x == 0.0), "{saved:?}");
+}
+
+/// A state of the release before the plans below B (six rungs and the
+/// three plans above B) keeps all nine tallies where they were and
+/// starts the three below (and the square-root rule's) afresh.
+#[test]
+fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
+    recurring_keeps_tallies_of(9);
 }
 
 /// A state of the release before the square-root rule (`shape`: six
@@ -1667,24 +1677,5 @@ fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
 /// where they were and starts the square-root rule's afresh.
 #[test]
 fn recurring_keeps_its_tallies_when_the_square_root_rule_comes() {
-    let before = source(
-        "before.lua",
-        "return { decide = function(ctx)
-           local a = {}
-           for j = 1, 12 do a[j] = {} end
-           ctx.state.plans = { t = {}, b = {}, a = a }
-           ctx.state.saved = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }
-           ctx.state.extra = { 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120 }
-         end }",
-    );
-    let mut new = recurring_adopting(&before);
-    new.decide(&input()).unwrap();
-    let (state, _) = new.export_state();
-    let saved = plain_numbers(&state, "saved");
-    assert_eq!(saved.len(), 13, "{saved:?}");
-    for (j, got) in saved[..12].iter().enumerate() {
-        let was = (j + 1) as f64;
-        assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
-    }
-    assert_eq!(saved[12], 0.0);
+    recurring_keeps_tallies_of(12);
 }
