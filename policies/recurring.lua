@@ -177,86 +177,6 @@ local function held_at(ring, size, at, stab, period, n)
   return best_b, best
 end
 
--- One set of tallies, `T` (the whole day's: the state itself; or one
--- hour of the day's), faded by `fade` and counted for this check: for
--- the rungs and the uniform plans above B (j <= n + nu), checks saved
--- where B is short, and replica-seconds above B; for the plans below B,
--- checks lost where B is not short, charged also to each rung that has
--- no more ready than B then (T.lost), and replica-seconds below B; and
--- B's own replica-seconds (T.bcost).
-local function tally(T, fade, nb, na, short_b, now, cap, period, n, nu, nd)
-  local total = n + nu + nd
-  T.saved, T.extra = T.saved or {}, T.extra or {}
-  if type(T.lost) ~= "table" or #T.lost ~= n * nd then
-    T.lost = {}
-    for q = 1, n * nd do T.lost[q] = 0 end
-  end
-  local lost = T.lost
-  for q = 1, n * nd do lost[q] = lost[q] * fade end
-  for j = 1, total do
-    local sv, ex = (T.saved[j] or 0) * fade, (T.extra[j] or 0) * fade
-    if nb > 0 then
-      if j <= n + nu then
-        if short_b and now <= na[j] * cap then sv = sv + 1 end
-        ex = ex + (na[j] - nb) * period
-      else
-        if not short_b and now > na[j] * cap then
-          sv = sv + 1
-          local q = j - n - nu
-          for k = 1, n do
-            local at = (k - 1) * nd + q
-            if na[k] <= nb then lost[at] = lost[at] + 1 end
-          end
-        end
-        ex = ex + (nb - na[j]) * period
-      end
-    end
-    T.saved[j], T.extra[j] = sv, ex
-  end
-  T.bcost = (T.bcost or 0) * fade + nb * period
-end
-
--- What uniform headroom saves at a share m of B's replica-seconds in
--- tallies T (ys = nil: the plans above B), or, below B, what taking it
--- away loses where rung j cannot stand in (ys = T.lost, at = its first
--- tally): those plans' (share, checks) points, linear between them from
--- (0, 0), on the last segment's slope beyond the last.
-local function curve_at(T, n, nu, nd, m, ys, at)
-  local bcost = T.bcost or 0
-  if m <= 0 or bcost <= 0 then return 0 end
-  local from, count = ys and n + nu or n, ys and nd or nu
-  local x0, y0, slope = 0, 0, 0
-  for q = 1, count do
-    local x = T.extra[from + q] / bcost
-    local y = ys and ys[at + q] or T.saved[from + q]
-    if x > x0 then
-      slope = (y - y0) / (x - x0)
-      if m <= x then return y0 + slope * (m - x0) end
-      x0, y0 = x, y
-    elseif y > y0 then
-      y0 = y
-    end
-  end
-  return y0 + slope * (m - x0)
-end
-
--- The j of the last rung that has paid in tallies T, going up the
--- rungs from none (see `proof` above; 0: none).
-local function ladder(T, n, nu, nd, proof, edge)
-  local best, sv0, ex0, u0, d0 = 0, 0, 0, 0, 0
-  for j = 1, n do
-    local dsv, dex = T.saved[j] - sv0, T.extra[j] - ex0
-    if dsv >= proof and dex > 0 then
-      local m = T.extra[j] / math.max(T.bcost, 1e-9)
-      local u, d = curve_at(T, n, nu, nd, m), curve_at(T, n, nu, nd, m, T.lost, (j - 1) * nd)
-      if dsv > edge * math.max(u - u0, d - d0) then
-        best, sv0, ex0, u0, d0 = j, T.saved[j], T.extra[j], u, d
-      end
-    end
-  end
-  return best
-end
-
 -- Scores plans A_j (`plans[j]`: the near rungs, then ks[j] of the rise,
 -- held or not) against B (the load now) on the load now; returns the j
 -- of the last rung that has paid, each step up better than uniform
@@ -328,9 +248,31 @@ local function proven(ctx, now, plans, period, target, first)
   ring.a[sq][i] = math.ceil(sqrt_replicas(s, now, target, cap))
   local nb, na = held_at(ring, size, ctx.now - startup, stab, period, sq)
   local short_b = nb > 0 and now > nb * cap
-  -- this check's tallies: every plan's, over the whole day (`s`), and
-  -- over this hour of the day (`hourly`)
-  tally(s, fade, nb, na, short_b, now, cap, period, n, nu, nd)
+  -- the plans below B keep the converse: checks lost (short where B is
+  -- not) and replica-seconds cut; a loss is charged to each rung that
+  -- has no more ready than B then (where it cannot stand in for the
+  -- headroom taken away)
+  for q = 1, n * nd do lost[q] = lost[q] * fade end
+  for j = 1, total do
+    local sv, ex = (s.saved[j] or 0) * fade, (s.extra[j] or 0) * fade
+    if nb > 0 then
+      if j <= n + nu then
+        if short_b and now <= na[j] * cap then sv = sv + 1 end
+        ex = ex + (na[j] - nb) * period
+      else
+        if not short_b and now > na[j] * cap then
+          sv = sv + 1
+          local q = j - n - nu
+          for k = 1, n do
+            local at = (k - 1) * nd + q
+            if na[k] <= nb then lost[at] = lost[at] + 1 end
+          end
+        end
+        ex = ex + (nb - na[j]) * period
+      end
+    end
+    s.saved[j], s.extra[j] = sv, ex
+  end
   do
     local sv, ex, ls = s.saved[sq] * fade, s.extra[sq] * fade, s.sq_lost * fade
     if nb > 0 then
@@ -341,22 +283,42 @@ local function proven(ctx, now, plans, period, target, first)
     end
     s.saved[sq], s.extra[sq], s.sq_lost = sv, ex, ls
   end
+  local bcost = (s.bcost or 0) * fade + nb * period
+  s.bcost = bcost
   local edge = p.edge or 1
-  local best = ladder(s, n, nu, nd, proof, edge)
-  if (p.hourly or 1) ~= 0 then
-    local hours = s.hours
-    if type(hours) ~= "table" or #hours ~= 24 then
-      hours = {}
-      for h = 1, 24 do hours[h] = { at = ctx.now } end
-      s.hours = hours
+  local best, sv0, ex0 = 0, 0, 0
+  -- what uniform headroom saves at a share m of B's replica-seconds
+  -- (ys = nil: the plans above B), or, below B, what taking it away
+  -- loses where rung j cannot stand in (ys = lost, at = its first
+  -- tally): those plans' (share, checks) points, linear between them
+  -- from (0, 0), on the last segment's slope beyond the last
+  local function curve_at(m, ys, at)
+    if m <= 0 or bcost <= 0 then return 0 end
+    local from, count = ys and n + nu or n, ys and nd or nu
+    local x0, y0, slope = 0, 0, 0
+    for q = 1, count do
+      local x = s.extra[from + q] / bcost
+      local y = ys and ys[at + q] or s.saved[from + q]
+      if x > x0 then
+        slope = (y - y0) / (x - x0)
+        if m <= x then return y0 + slope * (m - x0) end
+        x0, y0 = x, y
+      elseif y > y0 then
+        y0 = y
+      end
     end
-    local T = hours[math.floor(ctx.now / 3600) % 24 + 1]
-    local f = math.exp(-math.max(ctx.now - (T.at or ctx.now), 0) / (p.memory or 604800))
-    T.at = ctx.now
-    tally(T, f, nb, na, short_b, now, cap, period, n, nu, nd)
-    -- the rung taken for the hour the plan made now is checked in
-    local U = hours[math.floor((ctx.now + startup) / 3600) % 24 + 1]
-    best = U.bcost and ladder(U, n, nu, nd, proof, edge) or 0
+    return y0 + slope * (m - x0)
+  end
+  local u0, d0 = 0, 0
+  for j = 1, n do
+    local dsv, dex = s.saved[j] - sv0, s.extra[j] - ex0
+    if dsv >= proof and dex > 0 then
+      local m = s.extra[j] / math.max(bcost, 1e-9)
+      local u, d = curve_at(m), curve_at(m, lost, (j - 1) * nd)
+      if dsv > edge * math.max(u - u0, d - d0) then
+        best, sv0, ex0, u0, d0 = j, s.saved[j], s.extra[j], u, d
+      end
+    end
   end
   -- the square-root rule, against B at its cost: what it saved less what
   -- it lost against B, less what uniform headroom of what it costs beyond
@@ -366,9 +328,8 @@ local function proven(ctx, now, plans, period, target, first)
   local shape = false
   if (p.shape or 1) ~= 0 then
     local net = s.saved[sq] - s.sq_lost
-    local m = s.extra[sq] / math.max(s.bcost, 1e-9)
-    local adv = m >= 0 and net - edge * curve_at(s, n, nu, nd, m)
-      or net + curve_at(s, n, nu, nd, -m, s.saved, n + nu) / edge
+    local m = s.extra[sq] / math.max(bcost, 1e-9)
+    local adv = m >= 0 and net - edge * curve_at(m) or net + curve_at(-m, s.saved, n + nu) / edge
     shape = adv >= (p.shape_proof or 16)
   end
   return best, shape
@@ -487,7 +448,7 @@ function P.decide(ctx)
   local alike = p.daily_min or 0.5
   local acf = alike > 0 and daily_acf(ctx, now, p.days or 14) or nil
   local unlike = alike > 0 and (acf == nil or acf < alike)
-  if unlike then j = 0 end
+  if unlike then j, shape = 0, false end
   local load = j > 0 and plans[j] or now
   local want, per_replica
   if shape then
