@@ -96,16 +96,19 @@
 --         load, 0.4 of the rise saves no check (it only shortens the
 --         shortfall) and the whole rise does.
 --         proof = 0: the first share of `ks` from the third day, unproven.
---   daily_min: the rise is added only where the days are alike: the
---         load's hourly means over the last `days` days (as this policy
---         saw them, kept in ctx.state) correlate with themselves a day
---         later by at least `daily_min` (0.5; 0: always). The same test
---         `simulate --corpus` sorts traces by. On bursty load with a
---         weak daily cycle, a rise that came on most days at this hour
---         but not today costs replicas, and the gate above proves it on
---         a few lucky checks; there it is hpa.lua. The means need 3 days
---         of its own calls: a policy new on a target with a restored
---         history is hpa.lua for those days.
+--   daily_min: the rise is added, and the square-root rule (`shape`)
+--         used, only where the days are alike: the load's hourly means
+--         over the last `days` days (as this policy saw them, kept in
+--         ctx.state) correlate with themselves a day later by at least
+--         `daily_min` (0.5; 0: always). The same test `simulate
+--         --corpus` sorts traces by. On bursty load with a weak daily
+--         cycle, a rise that came on most days at this hour but not
+--         today costs replicas, and the gate above proves it on a few
+--         lucky checks; the square-root rule, proven on quiet hours, is
+--         spent in bursts of another size (three real counts of tweets,
+--         docs/PREDICTIVE.md). There it is hpa.lua. The means need 3
+--         days of its own calls: a policy new on a target with a
+--         restored history is hpa.lua for those days.
 --   shape: the HPA rule's headroom is a share of the load (a quarter at
 --         0.8), right for noise that grows with the load and too little
 --         at one or two replicas for noise that does not (counts of
@@ -120,7 +123,7 @@
 --         away (the plans below B); where that is at least
 --         `shape_proof` (16) checks, four minutes at the default period,
 --         the final sizing uses the square-root rule's utilization for
---         the load planned. 0: off.
+--         the load planned, where the days are alike (`daily_min`). 0: off.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
