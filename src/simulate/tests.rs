@@ -431,6 +431,24 @@ fn the_shipped_recurring_policy_pays_for_the_headroom_its_rungs_take_away() {
     recurring_holds_at_most(&t, "generated-seasonal-207", 1.07);
 }
 
+/// `days` of a load that swings once a day between 10 a second and 200,
+/// with noise of about 5 a second whatever the load (seed `seed`); with
+/// `shifted`, each day's swing starts at a random hour.
+fn swing_with_steady_noise(days: usize, seed: u64, shifted: bool) -> Trace {
+    let mut rng = super::generate::Rng::new(seed);
+    let mut shift = 0.0;
+    let values: Vec<f64> = (0..days * 1440)
+        .map(|m| {
+            if shifted && m % 1440 == 0 {
+                shift = rng.unit() * std::f64::consts::TAU;
+            }
+            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU + shift;
+            (105.0 - 95.0 * phase.cos() + 5.0 * rng.normal()).max(0.0)
+        })
+        .collect();
+    trace(&values)
+}
+
 /// Load whose noise does not grow with it: a day that swings slowly
 /// between 10 a second at night and 200 by day (1 and 20 replicas at 10
 /// each), with the same noise of about 5 a second at both. The HPA
@@ -443,14 +461,7 @@ fn the_shipped_recurring_policy_pays_for_the_headroom_its_rungs_take_away() {
 #[test]
 fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_with_load() {
     let mut o = hpa_and_recurring(3);
-    let mut rng = super::generate::Rng::new(11);
-    let values: Vec<f64> = (0..5 * 1440)
-        .map(|m| {
-            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
-            (105.0 - 95.0 * phase.cos() + 5.0 * rng.normal()).max(0.0)
-        })
-        .collect();
-    let t = trace(&values);
+    let t = swing_with_steady_noise(5, 11, false);
     let grid: Vec<serde_json::Value> = [0.7, 0.8, 0.9, 1.0]
         .iter()
         .map(|v| serde_json::json!(v))
@@ -484,18 +495,7 @@ fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_
 #[test]
 fn the_shipped_recurring_policy_keeps_the_hpa_rules_headroom_where_the_days_are_not_alike() {
     let mut o = hpa_and_recurring(3);
-    let mut rng = super::generate::Rng::new(12);
-    let mut shift = 0.0;
-    let values: Vec<f64> = (0..10 * 1440)
-        .map(|m| {
-            if m % 1440 == 0 {
-                shift = rng.unit() * std::f64::consts::TAU;
-            }
-            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU + shift;
-            (105.0 - 95.0 * phase.cos() + 5.0 * rng.normal()).max(0.0)
-        })
-        .collect();
-    let t = trace(&values);
+    let t = swing_with_steady_noise(10, 12, true);
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
     assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
