@@ -161,6 +161,45 @@ local function sqrt_replicas(s, load, target, cap)
   return math.max(L + (cap / target - 1) * math.sqrt(L) * scale, L / 2)
 end
 
+-- The load's level without its noise (`steady`): a straight line fitted
+-- to the logarithm of the last `n` minutes' readings (one a minute, the
+-- latest replacing the minute's earlier ones), read at now. A reading more
+-- than `jump` spreads above the line (the spread: the median absolute
+-- difference of neighbouring minutes, over 0.6745 * sqrt 2) is a step
+-- or a burst, not noise: the line starts again from it. The load now
+-- until `n` minutes are kept.
+local function level_of(s, at, now, n, jump)
+  local x = math.log(math.max(now, 1e-9))
+  local ring = s.lv
+  if not ring or #ring > n then
+    ring = {}
+    s.lv, s.lv_at = ring, 0
+  end
+  local minute = math.floor(at / 60)
+  if s.lv_minute ~= minute then
+    s.lv_minute, s.lv_at = minute, s.lv_at % n + 1
+  end
+  ring[s.lv_at] = x
+  if #ring < n then return now end
+  local sx, sy, sxx, sxy = 0, 0, 0, 0
+  local d, prev = {}, nil
+  for k = 1, n do
+    local y = ring[(s.lv_at + k - 1) % n + 1]
+    sx, sy, sxx, sxy = sx + k, sy + y, sxx + k * k, sxy + k * y
+    if prev then d[#d + 1] = math.abs(y - prev) end
+    prev = y
+  end
+  local slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+  local fit = (sy - slope * sx) / n + slope * n
+  table.sort(d)
+  local spread = d[math.floor((#d + 1) / 2)] / (0.6745 * math.sqrt(2))
+  if x > fit + jump * spread then
+    for k = 1, n do ring[k] = x end
+    return now
+  end
+  return math.exp(fit)
+end
+
 -- The highest counts of plans B and A_j decided in (at - stab, at]: what
 -- each has ready at `at` + startup.
 local function held_at(ring, size, at, stab, period, n)
@@ -185,12 +224,12 @@ end
 -- of the last rung that has paid, each step up better than uniform
 -- headroom of its cost and than the headroom it takes away (see `proof`
 -- above; 0: none), or `first` unproven with proof = 0.
-local function proven(ctx, now, plans, period, target, first)
+local function proven(ctx, now, plans, period, target, first, level)
   local p, s = ctx.params, ctx.state
   period = math.max(period, 1)
   local proof = p.proof or 4
   local n = #plans
-  if proof <= 0 then return math.min(n, first), false end
+  if proof <= 0 then return math.min(n, first), false, false end
   local startup, stab = p.startup or 60, p.stab or 300
   local cap = p.capacity or target / 0.8
   local ring = s.plans
@@ -200,6 +239,8 @@ local function proven(ctx, now, plans, period, target, first)
   local total = n + nu + nd
   -- the square-root rule's plan, after them (`shape`)
   local sq = total + 1
+  -- and the HPA rule on the level without its noise (`steady`)
+  local st = sq + 1
   -- a state from before the near rungs (a reload, a snapshot): its rungs
   -- are the last ones now, and keep what they proved
   local fresh = first - 1
@@ -222,12 +263,17 @@ local function proven(ctx, now, plans, period, target, first)
   if ring and #ring.a == total then
     ring.a[sq], s.saved[sq], s.extra[sq], s.sq_lost = {}, 0, 0, 0
   end
-  if not ring or #ring.a ~= sq then
+  -- and from before the level's plan: it starts from nothing
+  if ring and #ring.a == sq then
+    ring.a[st], s.saved[st], s.extra[st], s.st_lost = {}, 0, 0, 0
+  end
+  if not ring or #ring.a ~= st then
     ring = { t = {}, b = {}, a = {} }
-    for j = 1, sq do ring.a[j] = {} end
+    for j = 1, st do ring.a[j] = {} end
     s.plans = ring
     s.saved, s.extra, s.lost = {}, {}, {}
     s.saved[sq], s.extra[sq], s.sq_lost = 0, 0, 0
+    s.saved[st], s.extra[st], s.st_lost = 0, 0, 0
   end
   -- each rung's losses below B, per plan below (from nothing where the
   -- state has none, or of another ladder)
@@ -249,7 +295,8 @@ local function proven(ctx, now, plans, period, target, first)
   s.sq_l = (s.sq_l or 0) * fade + L
   s.sq_r = (s.sq_r or 0) * fade + math.sqrt(math.max(L, 0))
   ring.a[sq][i] = math.ceil(sqrt_replicas(s, now, target, cap))
-  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, sq)
+  ring.a[st][i] = math.ceil(level / target)
+  local nb, na = held_at(ring, size, ctx.now - startup, stab, period, st)
   local short_b = nb > 0 and now > nb * cap
   -- the plans below B keep the converse: checks lost (short where B is
   -- not) and replica-seconds cut; a loss is charged to each rung that
@@ -285,6 +332,16 @@ local function proven(ctx, now, plans, period, target, first)
       ex = ex + (na[sq] - nb) * period
     end
     s.saved[sq], s.extra[sq], s.sq_lost = sv, ex, ls
+  end
+  do
+    local sv, ex, ls = s.saved[st] * fade, s.extra[st] * fade, s.st_lost * fade
+    if nb > 0 then
+      local short_l = now > na[st] * cap
+      if short_b and not short_l then sv = sv + 1 end
+      if short_l and not short_b then ls = ls + 1 end
+      ex = ex + (na[st] - nb) * period
+    end
+    s.saved[st], s.extra[st], s.st_lost = sv, ex, ls
   end
   local bcost = (s.bcost or 0) * fade + nb * period
   s.bcost = bcost
@@ -328,14 +385,15 @@ local function proven(ctx, now, plans, period, target, first)
   -- B saves, or plus what B loses with what it costs less taken away;
   -- taken where that is at least `shape_proof` checks (four at `proof`'s
   -- 4 opened it on a minute of luck: docs/PREDICTIVE.md)
-  local shape = false
-  if (p.shape or 1) ~= 0 then
-    local net = s.saved[sq] - s.sq_lost
-    local m = s.extra[sq] / math.max(bcost, 1e-9)
-    local adv = m >= 0 and net - edge * curve_at(m) or net + curve_at(-m, s.saved, n + nu) / edge
-    shape = adv >= (p.shape_proof or 16)
+  local function advantage(q, lost_q)
+    local net = s.saved[q] - lost_q
+    local m = s.extra[q] / math.max(bcost, 1e-9)
+    return m >= 0 and net - edge * curve_at(m) or net + curve_at(-m, s.saved, n + nu) / edge
   end
-  return best, shape
+  local shape = (p.shape or 1) ~= 0 and advantage(sq, s.sq_lost) >= (p.shape_proof or 16)
+  -- the level's plan, the same way (`steady`)
+  local steady = (p.steady or 0) > 0 and advantage(st, s.st_lost) >= (p.steady_proof or 16)
+  return best, shape, steady
 end
 
 -- Hours of means kept: two weeks.
@@ -445,14 +503,21 @@ function P.decide(ctx)
   local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
-  local j, shape = proven(ctx, now, plans, period, target, nn + 1)
+  local nlv = p.steady or 0
+  if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
+    error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
+  end
+  local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5) or now
+  local j, shape, steady = proven(ctx, now, plans, period, target, nn + 1, level)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)
   local alike = p.daily_min or 0.5
   local acf = alike > 0 and daily_acf(ctx, now, p.days or 14) or nil
   local unlike = alike > 0 and (acf == nil or acf < alike)
-  if unlike then j, shape = 0, false end
+  if unlike then j, shape, steady = 0, false, false end
   local load = j > 0 and plans[j] or now
+  -- the level in place of the load now, what the plan adds on top
+  if steady then load = load - now + level end
   local want, per_replica
   if shape then
     -- the HPA rule's target tracking, at the utilization the square-root
@@ -474,7 +539,8 @@ function P.decide(ctx)
                or (unlike and string.format(" (days not alike: daily autocorrelation %s)",
                  acf and string.format("%.2f", acf) or "unknown") or " (not proven yet)")),
              (j > 0 and held) and " (plan held)" or "", per_replica, target)
-             .. (shape and ", square-root headroom" or "") }
+             .. (shape and ", square-root headroom" or "")
+             .. (steady and string.format(", on the level %.1f", level) or "") }
 end
 
 P.examples = {
