@@ -97,7 +97,7 @@
 --         shortfall) and the whole rise does.
 --         proof = 0: the first share of `ks` from the third day, unproven.
 --   daily_min: the rise is added, and the square-root rule (`shape`)
---         used, only where the days are alike: the load's hourly means
+--         and the level (`steady`) used, only where the days are alike: the load's hourly means
 --         over the last `days` days (as this policy saw them, kept in
 --         ctx.state) correlate with themselves a day later by at least
 --         `daily_min` (0.5; 0: always). The same test `simulate
@@ -124,6 +124,19 @@
 --         `shape_proof` (16) checks, four minutes at the default period,
 --         the final sizing uses the square-root rule's utilization for
 --         the load planned, where the days are alike (`daily_min`). 0: off.
+--   steady: the HPA rule sizes on the last minute's reading, and the
+--         guard keeps the highest of five minutes of such sizings, so its
+--         headroom swings with the noise it has just seen, and at equal
+--         cost a swinging headroom is short more often. So beside the
+--         square-root rule the gate scores the HPA rule on the load's
+--         level without its noise: a straight line fitted to the
+--         logarithm of the last `steady` (6) minutes' readings, read at
+--         now; a reading more than `jump` (2.5) spreads above the line is
+--         a step or a burst, and the line starts again from it. Its
+--         advantage at B's cost is counted as the square-root rule's;
+--         where it is at least `steady_proof` (8) checks and the days are
+--         alike (`daily_min`), the final sizing uses the level in place of
+--         the load now (what a rung adds stays on top). 0: off.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -132,7 +145,8 @@
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
---         shape_proof (16), capacity (else target / 0.8).
+--         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
+--         (2.5), steady_proof (8), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -392,7 +406,7 @@ local function proven(ctx, now, plans, period, target, first, level)
   end
   local shape = (p.shape or 1) ~= 0 and advantage(sq, s.sq_lost) >= (p.shape_proof or 16)
   -- the level's plan, the same way (`steady`)
-  local steady = (p.steady or 0) > 0 and advantage(st, s.st_lost) >= (p.steady_proof or 16)
+  local steady = (p.steady or 6) > 0 and advantage(st, s.st_lost) >= (p.steady_proof or 8)
   return best, shape, steady
 end
 
@@ -503,7 +517,7 @@ function P.decide(ctx)
   local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
-  local nlv = p.steady or 0
+  local nlv = p.steady or 6
   if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
     error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
   end
