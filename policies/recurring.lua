@@ -338,7 +338,7 @@ local function proven(ctx, now, plans, period, target, first, level)
     s.saved[j], s.extra[j] = sv, ex
   end
   do
-    local sv, ex, ls = s.saved[sq] * fade, s.extra[sq] * fade, s.sq_lost * fade
+    local sv, ex, ls = s.saved[sq] * fade, s.extra[sq] * fade, (s.sq_lost or 0) * fade
     if nb > 0 then
       local short_s = now > na[sq] * cap
       if short_b and not short_s then sv = sv + 1 end
@@ -348,7 +348,7 @@ local function proven(ctx, now, plans, period, target, first, level)
     s.saved[sq], s.extra[sq], s.sq_lost = sv, ex, ls
   end
   do
-    local sv, ex, ls = s.saved[st] * fade, s.extra[st] * fade, s.st_lost * fade
+    local sv, ex, ls = s.saved[st] * fade, s.extra[st] * fade, (s.st_lost or 0) * fade
     if nb > 0 then
       local short_l = now > na[st] * cap
       if short_b and not short_l then sv = sv + 1 end

@@ -1597,14 +1597,15 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     let (state, dropped) = new.export_state();
     assert!(dropped.is_none(), "{dropped:?}");
     // two near rungs first, then the four of before, faded by one period,
-    // then the six uniform plans and the square-root rule's, new
+    // then the six uniform plans, the square-root rule's and the level's,
+    // new
     let (saved, extra) = (
         plain_numbers(&state, "saved"),
         plain_numbers(&state, "extra"),
     );
-    assert_eq!(saved.len(), 13, "{saved:?}");
+    assert_eq!(saved.len(), 14, "{saved:?}");
     assert_eq!(&saved[..2], &[0.0, 0.0]);
-    assert_eq!(&saved[6..], &[0.0; 7]);
+    assert_eq!(&saved[6..], &[0.0; 8]);
     for (got, was) in saved[2..].iter().zip([1.0, 2.0, 3.0, 4.0]) {
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
     }
@@ -1631,14 +1632,14 @@ fn recurring_keeps_what_its_rungs_proved_when_the_near_rungs_come() {
     new.decide(&later).unwrap();
     let (state, _) = new.export_state();
     let kept = plain_numbers(&state, "saved");
-    assert_eq!(kept.len(), 13, "{kept:?}");
+    assert_eq!(kept.len(), 14, "{kept:?}");
     assert!(kept[5] > 0.99 * 4.0, "{kept:?}");
 }
 
 /// `recurring.lua`'s `saved` tallies after adopting a state of an
 /// earlier release with `kept` plans (1, 2, ... saved; 10, 20, ... extra):
 /// those `kept` are where they were, faded by one period, and the rest
-/// of today's 13 start from nothing.
+/// of today's 14 start from nothing.
 fn recurring_keeps_tallies_of(kept: usize) {
     let before = source(
         "before.lua",
@@ -1656,7 +1657,7 @@ fn recurring_keeps_tallies_of(kept: usize) {
     new.decide(&input()).unwrap();
     let (state, _) = new.export_state();
     let saved = plain_numbers(&state, "saved");
-    assert_eq!(saved.len(), 13, "{saved:?}");
+    assert_eq!(saved.len(), 14, "{saved:?}");
     for (j, got) in saved[..kept].iter().enumerate() {
         let was = (j + 1) as f64;
         assert!(*got > 0.99 * was && *got <= was, "{saved:?}");
@@ -1666,7 +1667,8 @@ fn recurring_keeps_tallies_of(kept: usize) {
 
 /// A state of the release before the plans below B (six rungs and the
 /// three plans above B) keeps all nine tallies where they were and
-/// starts the three below (and the square-root rule's) afresh.
+/// starts the three below (and the square-root rule's and the level's)
+/// afresh.
 #[test]
 fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
     recurring_keeps_tallies_of(9);
@@ -1674,8 +1676,17 @@ fn recurring_keeps_its_tallies_when_the_plans_below_b_come() {
 
 /// A state of the release before the square-root rule (`shape`: six
 /// rungs, three plans above B, three below) keeps all twelve tallies
-/// where they were and starts the square-root rule's afresh.
+/// where they were and starts the square-root rule's (and the level's)
+/// afresh.
 #[test]
 fn recurring_keeps_its_tallies_when_the_square_root_rule_comes() {
     recurring_keeps_tallies_of(12);
+}
+
+/// A state of the release before the level (`steady`: the twelve and the
+/// square-root rule's) keeps all thirteen tallies where they were and
+/// starts the level's afresh.
+#[test]
+fn recurring_keeps_its_tallies_when_the_level_comes() {
+    recurring_keeps_tallies_of(13);
 }
