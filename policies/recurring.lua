@@ -337,26 +337,21 @@ local function proven(ctx, now, plans, period, target, first, level)
     end
     s.saved[j], s.extra[j] = sv, ex
   end
-  do
-    local sv, ex, ls = s.saved[sq] * fade, s.extra[sq] * fade, (s.sq_lost or 0) * fade
+  -- the square-root plan's and the level's tallies against B: checks
+  -- it saves and loses, replica-seconds beyond B (`lost` names the
+  -- loss tally in the state)
+  local function against_b(q, lost)
+    local sv, ex, ls = s.saved[q] * fade, s.extra[q] * fade, (s[lost] or 0) * fade
     if nb > 0 then
-      local short_s = now > na[sq] * cap
-      if short_b and not short_s then sv = sv + 1 end
-      if short_s and not short_b then ls = ls + 1 end
-      ex = ex + (na[sq] - nb) * period
+      local short_q = now > na[q] * cap
+      if short_b and not short_q then sv = sv + 1 end
+      if short_q and not short_b then ls = ls + 1 end
+      ex = ex + (na[q] - nb) * period
     end
-    s.saved[sq], s.extra[sq], s.sq_lost = sv, ex, ls
+    s.saved[q], s.extra[q], s[lost] = sv, ex, ls
   end
-  do
-    local sv, ex, ls = s.saved[st] * fade, s.extra[st] * fade, (s.st_lost or 0) * fade
-    if nb > 0 then
-      local short_l = now > na[st] * cap
-      if short_b and not short_l then sv = sv + 1 end
-      if short_l and not short_b then ls = ls + 1 end
-      ex = ex + (na[st] - nb) * period
-    end
-    s.saved[st], s.extra[st], s.st_lost = sv, ex, ls
-  end
+  against_b(sq, "sq_lost")
+  against_b(st, "st_lost")
   local bcost = (s.bcost or 0) * fade + nb * period
   s.bcost = bcost
   local edge = p.edge or 1
