@@ -137,6 +137,11 @@
 --         where it is at least `steady_proof` (8) checks and the days are
 --         alike (`daily_min`), the final sizing uses the level in place of
 --         the load now (what a rung adds stays on top). 0: off.
+--         And only where that advantage is also at least `steady_sure`
+--         times its spread (the square root of the checks saved, lost and
+--         credited, as for counts that come by chance): an advantage of 8
+--         out of 60 checks either way is a coin's, and it lost a trace
+--         15.7% (docs/PREDICTIVE.md). 0: no such test.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -146,7 +151,7 @@
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
 --         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
---         (2.5), steady_proof (8), capacity (else target / 0.8).
+--         (2.5), steady_proof (8), steady_sure (0), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -397,11 +402,17 @@ local function proven(ctx, now, plans, period, target, first, level)
   local function advantage(q, lost_q)
     local net = s.saved[q] - lost_q
     local m = s.extra[q] / math.max(bcost, 1e-9)
-    return m >= 0 and net - edge * curve_at(m) or net + curve_at(-m, s.saved, n + nu) / edge
+    local credit = m >= 0 and -edge * curve_at(m) or curve_at(-m, s.saved, n + nu) / edge
+    return net + credit, math.sqrt(s.saved[q] + lost_q + math.abs(credit))
   end
   local shape = (p.shape or 1) ~= 0 and advantage(sq, s.sq_lost) >= (p.shape_proof or 16)
   -- the level's plan, the same way (`steady`)
-  local steady = (p.steady or 6) > 0 and advantage(st, s.st_lost) >= (p.steady_proof or 8)
+  -- and its advantage beyond the noise of its own tallies: at least
+  -- `steady_sure` times their spread (the square root of the checks
+  -- saved, lost and credited, as of counts that come by chance)
+  local adv, spread = advantage(st, s.st_lost)
+  local steady = (p.steady or 6) > 0 and adv >= (p.steady_proof or 8)
+    and adv >= (p.steady_sure or 0) * spread
   return best, shape, steady
 end
 
