@@ -141,7 +141,7 @@
 --         times its spread (the square root of the checks saved, lost and
 --         credited, as for counts that come by chance): an advantage of 8
 --         out of 60 checks either way is a coin's, and it lost a trace
---         15.7% (docs/PREDICTIVE.md). 0: no such test.
+--         15.7% (docs/PREDICTIVE.md). 0: no such test. Default 2.
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -151,7 +151,7 @@
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
 --         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
---         (2.5), steady_proof (8), steady_sure (0), capacity (else target / 0.8).
+--         (2.5), steady_proof (8), steady_sure (2), capacity (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -412,7 +412,7 @@ local function proven(ctx, now, plans, period, target, first, level)
   -- saved, lost and credited, as of counts that come by chance)
   local adv, spread = advantage(st, s.st_lost)
   local steady = (p.steady or 6) > 0 and adv >= (p.steady_proof or 8)
-    and adv >= (p.steady_sure or 0) * spread
+    and adv >= (p.steady_sure or 2) * spread
   return best, shape, steady
 end
 

@@ -431,6 +431,16 @@ fn the_shipped_recurring_policy_pays_for_the_headroom_its_rungs_take_away() {
     recurring_holds_at_most(&t, "generated-seasonal-207", 1.07);
 }
 
+/// Two policies' runs that held the same replicas and were short the
+/// same minutes.
+fn holds_the_same(a: &report::PolicyReport, b: &report::PolicyReport) {
+    assert_eq!(a.replica_hours, b.replica_hours, "{a:?} against {b:?}");
+    assert_eq!(
+        a.under_provisioned_share, b.under_provisioned_share,
+        "{a:?} against {b:?}"
+    );
+}
+
 /// `days` of a load that swings once a day between 10 a second and 200,
 /// with noise of about 5 a second whatever the load (seed `seed`); with
 /// `shifted`, each day's swing starts at a random hour.
@@ -483,23 +493,25 @@ fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_
     assert!(shaped > unshaped + 0.3, "{shaped} against {unshaped}");
 }
 
-/// Generated seasonal seed 6 of the tuning set (three weeks, the corpus
-/// protocol): what `hpa.lua` is left short by there is mostly noise,
-/// single minutes a replica short, because the HPA rule sizes on the
-/// last minute's reading and the guard keeps the highest of five minutes
-/// of such sizings. `recurring.lua` proves on this load that the HPA rule
-/// on the level without the noise (`steady`: a line fitted to the last
-/// six minutes' logarithms) pays at the same cost, and sizes on it: at
-/// the same setting it holds fewer replica-hours than with `steady = 0`
-/// (docs/PREDICTIVE.md, "The HPA rule on the level without its noise":
-/// at `hpa.lua`'s cost, 0.0% to +23.7% on this trace).
+/// Generated seasonal seed 11 of the tuning set (three weeks, the corpus
+/// protocol) at a setting of 0.9: what `hpa.lua` is left short by there
+/// is mostly noise, single minutes a replica short, because the HPA rule
+/// sizes on the last minute's reading and the guard keeps the highest of
+/// five minutes of such sizings. `recurring.lua` proves on this load that
+/// the HPA rule on the level without the noise (`steady`: a line fitted
+/// to the last six minutes' logarithms) pays at the same cost, beyond the
+/// spread of its own tallies (`steady_sure`), and sizes on it: at the same
+/// setting it holds fewer replica-hours than with `steady = 0`
+/// (docs/PREDICTIVE.md, "The level only beyond the noise of its own
+/// tallies": at `hpa.lua`'s cost, +12.0% to +15.5% on this trace).
 #[test]
 fn the_shipped_recurring_policy_sizes_on_the_level_where_that_has_paid() {
-    let t = super::generate::generate(super::generate::Kind::Seasonal, 6, 21, 60);
+    let t = super::generate::generate(super::generate::Kind::Seasonal, 11, 21, 60);
     let peak = t.points.iter().map(|p| p.1).fold(0.0, f64::max);
     let mut o = hpa_and_recurring(14);
     o.capacity = peak / 30.0;
     o.startup = Duration::from_secs(120);
+    o.params.insert("target_utilization".into(), 0.9.into());
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let steady = r.policies[1].clone();
     assert_eq!(steady.policy_errors, 0, "{steady:?}");
@@ -507,7 +519,7 @@ fn the_shipped_recurring_policy_sizes_on_the_level_where_that_has_paid() {
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let without = &r.policies[1];
     assert!(
-        steady.replica_hours < 0.97 * without.replica_hours,
+        steady.replica_hours < 0.98 * without.replica_hours,
         "{steady:?} against {without:?}"
     );
     // and a level of fewer than 3 minutes is refused (two days suffice)
@@ -518,6 +530,46 @@ fn the_shipped_recurring_policy_sizes_on_the_level_where_that_has_paid() {
     };
     let (r, _) = run(&o, &two_days, |_, _| {}).unwrap();
     assert!(r.policies[1].policy_errors > 0, "{:?}", r.policies[1]);
+}
+
+/// A day that swings between 10 a second and 200, with noise of a tenth
+/// of the load (three weeks): noise that grows with the load, nothing
+/// else. The level's plan comes out ahead of the HPA rule's by more than
+/// `steady_proof`'s 8 checks here, out of many more checks either way: an
+/// advantage within the spread of its own tallies. Taken on that (with
+/// `steady_sure = 0`), it is 11% worse at equal cost on such a load
+/// (docs/PREDICTIVE.md, "The level only beyond the noise of its own
+/// tallies"); with the shipped `steady_sure` it is not taken, and the
+/// policy holds what it holds with `steady = 0`, step for step.
+#[test]
+fn the_shipped_recurring_policy_does_not_take_the_level_on_an_advantage_within_its_noise() {
+    let mut rng = super::generate::Rng::new(3);
+    let values: Vec<f64> = (0..21 * 1440)
+        .map(|m| {
+            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
+            ((105.0 - 95.0 * phase.cos()) * (1.0 + 0.1 * rng.normal())).max(0.0)
+        })
+        .collect();
+    let t = trace(&values);
+    let peak = values.iter().copied().fold(0.0, f64::max);
+    let mut o = hpa_and_recurring(14);
+    o.capacity = peak / 30.0;
+    o.startup = Duration::from_secs(120);
+    let policy = |o: &Options| {
+        let (r, _) = run(o, &t, |_, _| {}).unwrap();
+        r.policies[1].clone()
+    };
+    let shipped = policy(&o);
+    assert_eq!(shipped.policy_errors, 0, "{shipped:?}");
+    o.params.insert("steady_sure".into(), 0.into());
+    let on_a_coin = policy(&o);
+    o.params.insert("steady".into(), 0.into());
+    let without = policy(&o);
+    holds_the_same(&shipped, &without);
+    assert_ne!(
+        on_a_coin.replica_hours, without.replica_hours,
+        "{on_a_coin:?}"
+    );
 }
 
 /// The same load with each day's swing shifted to a random hour (ten
@@ -536,14 +588,7 @@ fn the_shipped_recurring_policy_keeps_the_hpa_rules_headroom_where_the_days_are_
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let (hpa, recurring) = (&r.policies[0], &r.policies[1]);
     assert_eq!(recurring.policy_errors, 0, "{recurring:?}");
-    assert_eq!(
-        recurring.replica_hours, hpa.replica_hours,
-        "{recurring:?} against {hpa:?}"
-    );
-    assert_eq!(
-        recurring.under_provisioned_share, hpa.under_provisioned_share,
-        "{recurring:?} against {hpa:?}"
-    );
+    holds_the_same(recurring, hpa);
     o.params.insert("daily_min".into(), 0.into());
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let shaped = r.policies[1].clone();
