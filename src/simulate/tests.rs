@@ -445,6 +445,12 @@ fn holds_the_same(a: &report::PolicyReport, b: &report::PolicyReport) {
 /// with noise of about 5 a second whatever the load (seed `seed`); with
 /// `shifted`, each day's swing starts at a random hour.
 fn swing_with_steady_noise(days: usize, seed: u64, shifted: bool) -> Trace {
+    swing(days, seed, shifted, |_| 5.0)
+}
+
+/// The day's swing of [`swing_with_steady_noise`], with noise of spread
+/// `noise(load)` at each load.
+fn swing(days: usize, seed: u64, shifted: bool, noise: impl Fn(f64) -> f64) -> Trace {
     let mut rng = super::generate::Rng::new(seed);
     let mut shift = 0.0;
     let values: Vec<f64> = (0..days * 1440)
@@ -453,7 +459,8 @@ fn swing_with_steady_noise(days: usize, seed: u64, shifted: bool) -> Trace {
                 shift = rng.unit() * std::f64::consts::TAU;
             }
             let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU + shift;
-            (105.0 - 95.0 * phase.cos() + 5.0 * rng.normal()).max(0.0)
+            let load = 105.0 - 95.0 * phase.cos();
+            (load + noise(load) * rng.normal()).max(0.0)
         })
         .collect();
     trace(&values)
@@ -507,10 +514,7 @@ fn the_shipped_recurring_policy_shapes_its_headroom_to_noise_that_does_not_grow_
 #[test]
 fn the_shipped_recurring_policy_sizes_on_the_level_where_that_has_paid() {
     let t = super::generate::generate(super::generate::Kind::Seasonal, 11, 21, 60);
-    let peak = t.points.iter().map(|p| p.1).fold(0.0, f64::max);
-    let mut o = hpa_and_recurring(14);
-    o.capacity = peak / 30.0;
-    o.startup = Duration::from_secs(120);
+    let mut o = corpus::protocol(&hpa_and_recurring(0), &t, "generated-seasonal-11");
     o.params.insert("target_utilization".into(), 0.9.into());
     let (r, _) = run(&o, &t, |_, _| {}).unwrap();
     let steady = r.policies[1].clone();
@@ -543,18 +547,8 @@ fn the_shipped_recurring_policy_sizes_on_the_level_where_that_has_paid() {
 /// policy holds what it holds with `steady = 0`, step for step.
 #[test]
 fn the_shipped_recurring_policy_does_not_take_the_level_on_an_advantage_within_its_noise() {
-    let mut rng = super::generate::Rng::new(3);
-    let values: Vec<f64> = (0..21 * 1440)
-        .map(|m| {
-            let phase = (m % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
-            ((105.0 - 95.0 * phase.cos()) * (1.0 + 0.1 * rng.normal())).max(0.0)
-        })
-        .collect();
-    let t = trace(&values);
-    let peak = values.iter().copied().fold(0.0, f64::max);
-    let mut o = hpa_and_recurring(14);
-    o.capacity = peak / 30.0;
-    o.startup = Duration::from_secs(120);
+    let t = swing(21, 3, false, |load| 0.1 * load);
+    let mut o = corpus::protocol(&hpa_and_recurring(0), &t, "swing");
     let policy = |o: &Options| {
         let (r, _) = run(o, &t, |_, _| {}).unwrap();
         r.policies[1].clone()
