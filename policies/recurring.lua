@@ -142,6 +142,9 @@
 --         credited, as for counts that come by chance): an advantage of 8
 --         out of 60 checks either way is a coin's, and it lost a trace
 --         15.7% (docs/PREDICTIVE.md). 0: no such test. Default 2.
+--         The level is the line read at the window's middle plus
+--         `steady_slope` times its rise from there to now (1: at now;
+--         0: the window's mean, which shows a rise n/2 minutes late).
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -151,7 +154,8 @@
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
 --         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
---         (2.5), steady_proof (8), steady_sure (2), capacity (else target / 0.8).
+--         (2.5), steady_proof (8), steady_sure (2), steady_slope (1), capacity
+--         (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -182,12 +186,15 @@ end
 
 -- The load's level without its noise (`steady`): a straight line fitted
 -- to the logarithm of the last `n` minutes' readings (one a minute, the
--- latest replacing the minute's earlier ones), read at now. A reading more
+-- latest replacing the minute's earlier ones), read at the window's
+-- middle plus `slope` times the line's rise from there to now (1: read at
+-- now, 0: the window's mean; a line read at its end has the noise of
+-- most of a reading, at its middle a sixth of it). A reading more
 -- than `jump` spreads above the line (the spread: the median absolute
 -- difference of neighbouring minutes, over 0.6745 * sqrt 2) is a step
 -- or a burst, not noise: the line starts again from it. The load now
 -- until `n` minutes are kept.
-local function level_of(s, at, now, n, jump)
+local function level_of(s, at, now, n, jump, slope_share)
   local x = math.log(math.max(now, 1e-9))
   local ring = s.lv
   if not ring or #ring > n then
@@ -209,7 +216,7 @@ local function level_of(s, at, now, n, jump)
     prev = y
   end
   local slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-  local fit = (sy - slope * sx) / n + slope * n
+  local fit = sy / n + slope_share * slope * (n - 1) / 2
   table.sort(d)
   local spread = d[math.floor((#d + 1) / 2)] / (0.6745 * math.sqrt(2))
   if x > fit + jump * spread then
@@ -527,7 +534,11 @@ function P.decide(ctx)
   if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
     error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
   end
-  local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5) or now
+  local lean = p.steady_slope or 1
+  if type(lean) ~= "number" or lean < 0 or lean > 1 then
+    error("params.steady_slope must be a share from 0 to 1, got " .. tostring(lean), 0)
+  end
+  local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5, lean) or now
   local j, shape, steady = proven(ctx, now, plans, period, target, nn + 1, level)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)
