@@ -131,25 +131,24 @@
 --         square-root rule the gate scores the HPA rule on the load's
 --         level without its noise: a straight line fitted to the
 --         logarithm of the last `steady` (6) minutes' readings, read at
---         the window's middle plus `steady_slope` (0.5) times its rise
---         from there to now (1: at now, whose error is most of a
---         reading's noise; 0.5: about half of it, a rise shown 1.25
---         minutes late; 0: the window's mean, a rise 2.5 minutes late);
---         a reading more than `jump` (2.5) spreads above the line is a
---         step or a burst, and the line starts again from it. Its
+--         now; a reading more than `jump` (2.5) spreads above the line is
+--         a step or a burst, and the line starts again from it. Its
 --         advantage at B's cost is counted as the square-root rule's;
---         where it is at least `steady_proof` (0) checks (the level used
---         unless it has lost) and the days are alike (`daily_min`), the
---         final sizing uses the level in place of the load now (what a
---         rung adds stays on top). 0: off.
+--         where it is at least `steady_proof` (8) checks and the days are
+--         alike (`daily_min`), the final sizing uses the level in place of
+--         the load now (what a rung adds stays on top). 0: off.
 --         And only where that advantage is also at least `steady_sure`
---         (0: no such test) times its spread (the square root of the
---         checks saved, lost and credited, as for counts that come by
---         chance). The line read at now needed both (8 checks, 2
---         spreads: an advantage of 8 out of 60 checks either way is a
---         coin's, and it lost a trace 15.7%); read at 0.5 it pays on
---         most alike load while its tallies stay within their noise
---         (docs/PREDICTIVE.md, "The level read nearer the middle").
+--         times its spread (the square root of the checks saved, lost and
+--         credited, as for counts that come by chance): an advantage of 8
+--         out of 60 checks either way is a coin's, and it lost a trace
+--         15.7% (docs/PREDICTIVE.md). 0: no such test. Default 2.
+--         The level is the line read at the window's middle plus
+--         `steady_slope` times its rise from there to now (1: at now;
+--         0: the window's mean, which shows a rise n/2 minutes late).
+--         0.5 (about half the noise), used unless it had lost
+--         (`steady_proof` 0, `steady_sure` 0), was tried and not kept:
+--         it raised the tuning set's mean and lost up to 92.6% on fresh
+--         seeds (docs/PREDICTIVE.md, "The level read nearer the middle").
 -- params: as hpa.lua (target_per_replica, or capacity * target_utilization
 --         (0.8); metric ("requests"), stat, window ("60s"), tolerance
 --         (0.1), period (15)); startup (seconds, default 60), ahead (2400),
@@ -159,7 +158,7 @@
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
 --         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
---         (2.5), steady_proof (0), steady_sure (0), steady_slope (0.5), capacity
+--         (2.5), steady_proof (8), steady_sure (2), steady_slope (1), capacity
 --         (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
@@ -221,7 +220,7 @@ local function level_of(s, at, now, n, jump, slope_share)
     prev = y
   end
   local slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-  local fit = sy / n + slope_share * slope * (n - 1) / 2
+  local fit = (sy - slope * sx) / n + slope * n - (1 - slope_share) * slope * (n - 1) / 2
   table.sort(d)
   local spread = d[math.floor((#d + 1) / 2)] / (0.6745 * math.sqrt(2))
   if x > fit + jump * spread then
@@ -423,8 +422,8 @@ local function proven(ctx, now, plans, period, target, first, level)
   -- `steady_sure` times their spread (the square root of the checks
   -- saved, lost and credited, as of counts that come by chance)
   local adv, spread = advantage(st, s.st_lost)
-  local steady = (p.steady or 6) > 0 and adv >= (p.steady_proof or 0)
-    and adv >= (p.steady_sure or 0) * spread
+  local steady = (p.steady or 6) > 0 and adv >= (p.steady_proof or 8)
+    and adv >= (p.steady_sure or 2) * spread
   return best, shape, steady
 end
 
@@ -539,7 +538,7 @@ function P.decide(ctx)
   if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
     error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
   end
-  local lean = p.steady_slope or 0.5
+  local lean = p.steady_slope or 1
   if type(lean) ~= "number" or lean < 0 or lean > 1 then
     error("params.steady_slope must be a share from 0 to 1, got " .. tostring(lean), 0)
   end
