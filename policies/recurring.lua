@@ -130,13 +130,18 @@
 --         cost a swinging headroom is short more often. So beside the
 --         square-root rule the gate scores the HPA rule on the load's
 --         level without its noise: a straight line fitted to the
---         logarithm of the last `steady` (6) minutes' readings, read at
+--         logarithm of the last `steady` minutes' readings (6 is the
+--         value tried; off by default, below), read at
 --         now; a reading more than `jump` (2.5) spreads above the line is
 --         a step or a burst, and the line starts again from it. Its
 --         advantage at B's cost is counted as the square-root rule's;
 --         where it is at least `steady_proof` (8) checks and the days are
 --         alike (`daily_min`), the final sizing uses the level in place of
---         the load now (what a rung adds stays on top). 0: off.
+--         the load now (what a rung adds stays on top). 0 (the
+--         default): off. Off since 2026-12-07's twelfth session: with
+--         its guards it moved no median and made each worst trace seen
+--         (−15.7%, −22.3%; docs/PREDICTIVE.md, "The level read nearer
+--         the middle").
 --         And only where that advantage is also at least `steady_sure`
 --         times its spread (the square root of the checks saved, lost and
 --         credited, as for counts that come by chance): an advantage of 8
@@ -157,7 +162,7 @@
 --         (14, at most 14), hold (1200; 0: none), align (3600; 0: none), weekly
 --         (1; 0: off), widen (3600), proof (4), edge (1),
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
---         shape_proof (16), steady (6; minutes, 3 or more; 0: off), jump
+--         shape_proof (16), steady (0: off; or minutes, 3 or more), jump
 --         (2.5), steady_proof (8), steady_sure (2), steady_slope (1), capacity
 --         (else target / 0.8).
 -- The defaults were chosen on the tuning half of the corpus and scored on
@@ -422,7 +427,7 @@ local function proven(ctx, now, plans, period, target, first, level)
   -- `steady_sure` times their spread (the square root of the checks
   -- saved, lost and credited, as of counts that come by chance)
   local adv, spread = advantage(st, s.st_lost)
-  local steady = (p.steady or 6) > 0 and adv >= (p.steady_proof or 8)
+  local steady = (p.steady or 0) > 0 and adv >= (p.steady_proof or 8)
     and adv >= (p.steady_sure or 2) * spread
   return best, shape, steady
 end
@@ -534,7 +539,7 @@ function P.decide(ctx)
   local near = near_rise and near_rise > 0 and near_rise * week or 0
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
-  local nlv = p.steady or 6
+  local nlv = p.steady or 0
   if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
     error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
   end
