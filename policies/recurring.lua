@@ -258,7 +258,9 @@ end
 -- held or not) against B (the load now) on the load now; returns the j
 -- of the last rung that has paid, each step up better than uniform
 -- headroom of its cost and than the headroom it takes away (see `proof`
--- above; 0: none), or `first` unproven with proof = 0.
+-- above; 0: none), or `first` unproven with proof = 0; beside it whether
+-- the square-root rule and the level (`level`, nil where it is off: not
+-- scored) have paid.
 local function proven(ctx, now, plans, period, target, first, level)
   local p, s = ctx.params, ctx.state
   period = math.max(period, 1)
@@ -330,7 +332,8 @@ local function proven(ctx, now, plans, period, target, first, level)
   s.sq_l = (s.sq_l or 0) * fade + L
   s.sq_r = (s.sq_r or 0) * fade + math.sqrt(math.max(L, 0))
   ring.a[sq][i] = math.ceil(sqrt_replicas(s, now, target, cap))
-  ring.a[st][i] = math.ceil(level / target)
+  -- the level's plan where the level is on (`level` nil: off)
+  if level then ring.a[st][i] = math.ceil(level / target) end
   local nb, na = held_at(ring, size, ctx.now - startup, stab, period, st)
   local short_b = nb > 0 and now > nb * cap
   -- the plans below B keep the converse: checks lost (short where B is
@@ -372,7 +375,7 @@ local function proven(ctx, now, plans, period, target, first, level)
     s.saved[q], s.extra[q], s[lost] = sv, ex, ls
   end
   against_b(sq, "sq_lost")
-  against_b(st, "st_lost")
+  if level then against_b(st, "st_lost") end
   local bcost = (s.bcost or 0) * fade + nb * period
   s.bcost = bcost
   local edge = p.edge or 1
@@ -426,9 +429,11 @@ local function proven(ctx, now, plans, period, target, first, level)
   -- and its advantage beyond the noise of its own tallies: at least
   -- `steady_sure` times their spread (the square root of the checks
   -- saved, lost and credited, as of counts that come by chance)
-  local adv, spread = advantage(st, s.st_lost)
-  local steady = (p.steady or 0) > 0 and adv >= (p.steady_proof or 8)
-    and adv >= (p.steady_sure or 2) * spread
+  local steady = false
+  if level then
+    local adv, spread = advantage(st, s.st_lost)
+    steady = adv >= (p.steady_proof or 8) and adv >= (p.steady_sure or 2) * spread
+  end
   return best, shape, steady
 end
 
@@ -547,7 +552,7 @@ function P.decide(ctx)
   if type(lean) ~= "number" or lean < 0 or lean > 1 then
     error("params.steady_slope must be a share from 0 to 1, got " .. tostring(lean), 0)
   end
-  local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5, lean) or now
+  local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5, lean) or nil
   local j, shape, steady = proven(ctx, now, plans, period, target, nn + 1, level)
   if r == nil then j = 0 end
   -- the rise only where the days are alike (daily_min)

@@ -448,6 +448,13 @@ fn swing_with_steady_noise(days: usize, seed: u64, shifted: bool) -> Trace {
     swing(days, seed, shifted, |_| 5.0)
 }
 
+/// The report of the second policy of `o` (`recurring.lua` in
+/// [`hpa_and_recurring`]) run on `t`.
+fn second_policy(o: &Options, t: &Trace) -> report::PolicyReport {
+    let (r, _) = run(o, t, |_, _| {}).unwrap();
+    r.policies[1].clone()
+}
+
 /// The day's swing of [`swing_with_steady_noise`], with noise of spread
 /// `noise(load)` at each load.
 fn swing(days: usize, seed: u64, shifted: bool, noise: impl Fn(f64) -> f64) -> Trace {
@@ -563,17 +570,13 @@ fn the_recurring_policy_does_not_take_the_level_on_an_advantage_within_its_noise
     o.params.insert("steady".into(), 6.into());
     o.params.insert("steady_slope".into(), 1.into());
     o.params.insert("steady_proof".into(), 8.into());
-    let policy = |o: &Options| {
-        let (r, _) = run(o, &t, |_, _| {}).unwrap();
-        r.policies[1].clone()
-    };
     o.params.insert("steady_sure".into(), 2.into());
-    let guarded = policy(&o);
+    let guarded = second_policy(&o, &t);
     assert_eq!(guarded.policy_errors, 0, "{guarded:?}");
     o.params.insert("steady_sure".into(), 0.into());
-    let on_a_coin = policy(&o);
+    let on_a_coin = second_policy(&o, &t);
     o.params.insert("steady".into(), 0.into());
-    let without = policy(&o);
+    let without = second_policy(&o, &t);
     holds_the_same(&guarded, &without);
     assert_ne!(
         on_a_coin.replica_hours, without.replica_hours,
@@ -601,17 +604,13 @@ fn the_recurring_policy_can_read_the_level_nearer_the_middle_of_its_line() {
     o.params.insert("steady".into(), 6.into());
     o.params.insert("steady_proof".into(), 0.into());
     o.params.insert("steady_sure".into(), 0.into());
-    let policy = |o: &Options| {
-        let (r, _) = run(o, &t, |_, _| {}).unwrap();
-        r.policies[1].clone()
-    };
     o.params.insert("steady_slope".into(), 0.5.into());
-    let nearer = policy(&o);
+    let nearer = second_policy(&o, &t);
     assert_eq!(nearer.policy_errors, 0, "{nearer:?}");
     o.params.insert("steady_slope".into(), 1.into());
-    let at_now = policy(&o);
+    let at_now = second_policy(&o, &t);
     o.params.insert("steady".into(), 0.into());
-    let without = policy(&o);
+    let without = second_policy(&o, &t);
     assert!(
         nearer.reversals_per_hour < 0.75 * at_now.reversals_per_hour,
         "{nearer:?} against {at_now:?}"
