@@ -164,7 +164,9 @@
 --         memory (604800), stab (300), daily_min (0.5), shape (1),
 --         shape_proof (16), steady (0: off; or minutes, 3 or more), jump
 --         (2.5), steady_proof (8), steady_sure (2), steady_slope (1), capacity
---         (else target / 0.8).
+--         (else target / 0.8). A numeric param out of its bounds
+--         (check_params) makes each decision an error naming it and its
+--         value.
 -- The defaults were chosen on the tuning half of the corpus and scored on
 -- the other half (docs/PREDICTIVE.md); tune them with `tidewatch simulate
 -- --sweep` on your own load.
@@ -495,8 +497,52 @@ local function shares(list, name)
   return list
 end
 
+-- The numeric params and their bounds: name, lowest, highest (nil: no
+-- bound), whether the lowest itself is refused, whether a whole number
+-- is asked for. Any of them may be left out (its default). `near`,
+-- `steady` and `steady_slope` are checked where they are read.
+local BOUNDS = {
+  { "period", 0 }, { "startup", 0 }, { "ahead", 0 }, { "days", 1, 14, false, true },
+  { "hold", 0 }, { "align", 0, 7200 }, { "weekly" }, { "widen", 0 }, { "sharp" },
+  { "proof", 0 }, { "edge", 0 }, { "memory", 0, nil, true }, { "stab", 0 },
+  { "daily_min", 0, 1 }, { "shape" }, { "shape_proof", 0 }, { "jump", 0, nil, true },
+  { "steady_proof", 0 }, { "steady_sure", 0 }, { "capacity", 0, nil, true },
+  { "tolerance", 0 },
+}
+
+-- An error naming the first param out of its bounds, if any: a bad
+-- value stops every decision of its target (each counted as the policy's
+-- error) with its name and value, instead of an arithmetic error deep in
+-- the gate or a string coerced to a number.
+local function check_params(p)
+  for _, b in ipairs(BOUNDS) do
+    local name, lo, hi, open, whole = b[1], b[2], b[3], b[4], b[5]
+    local v = p[name]
+    if v ~= nil then
+      local bad = type(v) ~= "number" or v ~= v
+        or (lo and (v < lo or (open and v == lo))) or (hi and v > hi)
+        or (whole and v ~= math.floor(v))
+      if bad then
+        local what = (whole and "a whole number" or "a number")
+          .. ((lo and hi) and string.format(" from %s to %s", lo, hi)
+            or (lo and (open and string.format(" above %s", lo) or string.format(" of %s or more", lo)))
+            or "")
+        error(string.format("params.%s must be %s, got %s", name, what,
+          type(v) == "string" and string.format("%q", v) or tostring(v)), 0)
+      end
+    end
+  end
+end
+
+-- the params table last checked (ctx.params is built once a load)
+local checked
+
 function P.decide(ctx)
   local p = ctx.params
+  if p ~= checked then
+    check_params(p)
+    checked = p
+  end
   local period = p.period or 15
   if not tw.every(ctx, period) then return nil end
   local now, metric, stat = tw.load_reading(ctx)

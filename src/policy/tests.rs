@@ -1690,3 +1690,69 @@ fn recurring_keeps_its_tallies_when_the_square_root_rule_comes() {
 fn recurring_keeps_its_tallies_when_the_level_comes() {
     recurring_keeps_tallies_of(13);
 }
+
+/// `recurring.lua` with a param out of its bounds: every decision is an
+/// error that names the param and the value (a string is not taken for
+/// the number it spells, nor a share of a day for days), and the same
+/// params in bounds decide.
+#[test]
+fn recurring_names_a_param_out_of_its_bounds() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
+    let text = std::fs::read_to_string(path).unwrap();
+    let decide_with = |extra: serde_json::Value| {
+        let mut params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100 });
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let mut p =
+            LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
+        p.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
+            .unwrap();
+        p.decide(&input())
+    };
+    for (extra, said) in [
+        (
+            serde_json::json!({ "jump": "3" }),
+            "params.jump must be a number above 0, got \"3\"",
+        ),
+        (
+            serde_json::json!({ "jump": 0 }),
+            "params.jump must be a number above 0, got 0",
+        ),
+        (
+            serde_json::json!({ "steady_sure": -1 }),
+            "params.steady_sure must be a number of 0 or more, got -1",
+        ),
+        (
+            serde_json::json!({ "days": 15 }),
+            "params.days must be a whole number from 1 to 14, got 15",
+        ),
+        (
+            serde_json::json!({ "days": 2.5 }),
+            "params.days must be a whole number from 1 to 14, got 2.5",
+        ),
+        (
+            serde_json::json!({ "daily_min": 1.5 }),
+            "params.daily_min must be a number from 0 to 1, got 1.5",
+        ),
+        (
+            serde_json::json!({ "memory": 0 }),
+            "params.memory must be a number above 0, got 0",
+        ),
+        (
+            serde_json::json!({ "align": 7201 }),
+            "params.align must be a number from 0 to 7200, got 7201",
+        ),
+        (
+            serde_json::json!({ "weekly": true }),
+            "params.weekly must be a number, got true",
+        ),
+    ] {
+        let e = decide_with(extra.clone()).unwrap_err();
+        assert!(e.message.contains(said), "{extra}: {}", e.message);
+    }
+    let fine = serde_json::json!({ "jump": 3, "steady_sure": 0, "days": 14, "daily_min": 0.5,
+        "memory": 86400, "align": 7200, "weekly": 0 });
+    let p = decide_with(fine).unwrap();
+    assert_eq!(p.replicas, Some(3), "{p:?}");
+}
