@@ -499,10 +499,11 @@ end
 
 -- The numeric params and their bounds: name, lowest, highest (nil: no
 -- bound), whether the lowest itself is refused, whether a whole number
--- is asked for. Any of them may be left out (its default). `near`,
--- `steady` and `steady_slope` are checked where they are read.
+-- is asked for. Any of them may be left out (its default). `steady`
+-- (0, or 3 or more) is checked beside them.
 local BOUNDS = {
-  { "period", 0 }, { "startup", 0 }, { "ahead", 0 }, { "days", 1, 14, false, true },
+  { "period", 0 }, { "startup", 0 }, { "ahead", 0 }, { "near", 0 },
+  { "days", 1, 14, false, true }, { "steady_slope", 0, 1 },
   { "hold", 0 }, { "align", 0, 7200 }, { "weekly" }, { "widen", 0 }, { "sharp" },
   { "proof", 0 }, { "edge", 0 }, { "memory", 0, nil, true }, { "stab", 0 },
   { "daily_min", 0, 1 }, { "shape" }, { "shape_proof", 0 }, { "jump", 0, nil, true },
@@ -532,6 +533,11 @@ local function check_params(p)
       end
     end
   end
+  local nlv = p.steady
+  if nlv ~= nil and (type(nlv) ~= "number" or nlv ~= nlv or nlv < 0 or (nlv > 0 and nlv < 3)) then
+    error("params.steady must be 0 or minutes of 3 or more, got "
+      .. (type(nlv) == "string" and string.format("%q", nlv) or tostring(nlv)), 0)
+  end
 end
 
 -- the params table last checked (ctx.params is built once a load)
@@ -554,9 +560,6 @@ function P.decide(ctx)
   local weekly = (p.weekly or 1) ~= 0 and (p.days or 14) >= 7
   -- the first part of the window, for the near rungs
   local near_s = p.near or 180
-  if type(near_s) ~= "number" or near_s < 0 then
-    error("params.near must be seconds of 0 or more, got " .. tostring(near_s), 0)
-  end
   local near_to = math.min(to, (p.startup or 60) + period + near_s)
   local r = ctx.recurring(metric, 0, to, p.days or 14,
     weekly and math.min(to + (p.widen or 3600), 86400) or to, p.align or 3600, near_to)
@@ -591,13 +594,7 @@ function P.decide(ctx)
   for q = 1, nn do plans[q] = now + nks[q] * near end
   for j = 1, #ks do plans[nn + j] = k1 > 0 and base + (plan - base) * ks[j] / k1 or base end
   local nlv = p.steady or 0
-  if type(nlv) ~= "number" or nlv < 0 or (nlv > 0 and nlv < 3) then
-    error("params.steady must be 0 or minutes of 3 or more, got " .. tostring(nlv), 0)
-  end
   local lean = p.steady_slope or 1
-  if type(lean) ~= "number" or lean < 0 or lean > 1 then
-    error("params.steady_slope must be a share from 0 to 1, got " .. tostring(lean), 0)
-  end
   local level = nlv > 0 and level_of(s, ctx.now, now, math.floor(nlv), p.jump or 2.5, lean) or nil
   local j, shape, steady = proven(ctx, now, plans, period, target, nn + 1, level)
   if r == nil then j = 0 end

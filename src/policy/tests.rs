@@ -1564,14 +1564,19 @@ fn recurring_adopting(before: &PolicySource) -> LuaPolicy {
     let mut old = LuaPolicy::load(before, &params, small_limits()).unwrap();
     old.bind(Arc::new(Mutex::new(NoData))).unwrap();
     old.decide(&input()).unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut new =
-        LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
-    new.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
-        .unwrap();
+    let new = shipped_recurring(&params);
     new.adopt_state(&old).unwrap();
     new
+}
+
+/// The shipped `recurring.lua` with `params`, reading a load of 250 now.
+fn shipped_recurring(params: &serde_json::Value) -> LuaPolicy {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut p = LuaPolicy::load(&source("recurring.lua", &text), params, small_limits()).unwrap();
+    p.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
+        .unwrap();
+    p
 }
 
 /// `recurring.lua` from before its near rungs kept the tallies of its
@@ -1697,18 +1702,12 @@ fn recurring_keeps_its_tallies_when_the_level_comes() {
 /// params in bounds decide.
 #[test]
 fn recurring_names_a_param_out_of_its_bounds() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
-    let text = std::fs::read_to_string(path).unwrap();
     let decide_with = |extra: serde_json::Value| {
         let mut params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100 });
         for (k, v) in extra.as_object().unwrap() {
             params[k] = v.clone();
         }
-        let mut p =
-            LuaPolicy::load(&source("recurring.lua", &text), &params, small_limits()).unwrap();
-        p.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
-            .unwrap();
-        p.decide(&input())
+        shipped_recurring(&params).decide(&input())
     };
     for (extra, said) in [
         (
@@ -1747,12 +1746,28 @@ fn recurring_names_a_param_out_of_its_bounds() {
             serde_json::json!({ "weekly": true }),
             "params.weekly must be a number, got true",
         ),
+        (
+            serde_json::json!({ "near": -1 }),
+            "params.near must be a number of 0 or more, got -1",
+        ),
+        (
+            serde_json::json!({ "steady_slope": 1.5 }),
+            "params.steady_slope must be a number from 0 to 1, got 1.5",
+        ),
+        (
+            serde_json::json!({ "steady": 2 }),
+            "params.steady must be 0 or minutes of 3 or more, got 2",
+        ),
+        (
+            serde_json::json!({ "steady": "6" }),
+            "params.steady must be 0 or minutes of 3 or more, got \"6\"",
+        ),
     ] {
         let e = decide_with(extra.clone()).unwrap_err();
         assert!(e.message.contains(said), "{extra}: {}", e.message);
     }
     let fine = serde_json::json!({ "jump": 3, "steady_sure": 0, "days": 14, "daily_min": 0.5,
-        "memory": 86400, "align": 7200, "weekly": 0 });
+        "memory": 86400, "align": 7200, "weekly": 0, "near": 0, "steady_slope": 1, "steady": 0 });
     let p = decide_with(fine).unwrap();
     assert_eq!(p.replicas, Some(3), "{p:?}");
 }
