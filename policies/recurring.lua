@@ -204,9 +204,12 @@ end
 -- than `jump` spreads above the line (the spread: the median absolute
 -- difference of neighbouring minutes, over 0.6745 * sqrt 2) is a step
 -- or a burst, not noise: the line starts again from it. The load now
--- until `n` minutes are kept.
+-- until `n` minutes are kept. No load is its own level, and is not put
+-- in the ring (it has no logarithm: read as 1e-9 before, it held one
+-- replica where the HPA rule holds none).
 local function level_of(s, at, now, n, jump, slope_share)
-  local x = math.log(math.max(now, 1e-9))
+  if now <= 0 then return now end
+  local x = math.log(now)
   local ring = s.lv
   if not ring or #ring > n then
     ring = {}

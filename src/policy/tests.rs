@@ -1564,19 +1564,50 @@ fn recurring_adopting(before: &PolicySource) -> LuaPolicy {
     let mut old = LuaPolicy::load(before, &params, small_limits()).unwrap();
     old.bind(Arc::new(Mutex::new(NoData))).unwrap();
     old.decide(&input()).unwrap();
-    let new = shipped_recurring(&params);
+    let new = shipped_recurring(&params, 250.0);
     new.adopt_state(&old).unwrap();
     new
 }
 
-/// The shipped `recurring.lua` with `params`, reading a load of 250 now.
-fn shipped_recurring(params: &serde_json::Value) -> LuaPolicy {
+/// The shipped `recurring.lua` with `params`, reading a load of `load`
+/// now.
+fn shipped_recurring(params: &serde_json::Value, load: f64) -> LuaPolicy {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/recurring.lua");
     let text = std::fs::read_to_string(path).unwrap();
     let mut p = LuaPolicy::load(&source("recurring.lua", &text), params, small_limits()).unwrap();
-    p.bind(Arc::new(Mutex::new(Fixed(one_sample(250.0)))))
+    p.bind(Arc::new(Mutex::new(Fixed(one_sample(load)))))
         .unwrap();
     p
+}
+
+/// `recurring.lua` with the level on (`steady`) and taken at once (no
+/// proof asked): a load that stays at 0 minute after minute decides the
+/// target's minimum of 0, as the HPA rule does, not the one replica of a
+/// level of about 1e-9 (the logarithm of 0 floored); a load of 250 is
+/// decided on its level, 3 replicas.
+#[test]
+fn recurring_level_of_no_load_is_no_load() {
+    let params = serde_json::json!({ "metric": "queue_depth", "target_per_replica": 100,
+        "steady": 3, "steady_proof": 0, "steady_sure": 0, "daily_min": 0, "shape": 0 });
+    for (load, want) in [(250.0, 3), (0.0, 0)] {
+        let mut p = shipped_recurring(&params, load);
+        let mut last = None;
+        for k in 0..6 {
+            let mut i = input();
+            i.min = 0;
+            i.now_ms += k * 60_000;
+            last = Some(p.decide(&i).unwrap());
+        }
+        let last = last.unwrap();
+        assert_eq!(last.replicas, Some(want), "load {load}: {last:?}");
+        assert!(
+            last.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("on the level"),
+            "load {load}: {last:?}"
+        );
+    }
 }
 
 /// `recurring.lua` from before its near rungs kept the tallies of its
@@ -1707,7 +1738,7 @@ fn recurring_names_a_param_out_of_its_bounds() {
         for (k, v) in extra.as_object().unwrap() {
             params[k] = v.clone();
         }
-        shipped_recurring(&params).decide(&input())
+        shipped_recurring(&params, 250.0).decide(&input())
     };
     for (extra, said) in [
         (
