@@ -519,6 +519,11 @@ local BOUNDS = {
 -- error) with its name and value, instead of an arithmetic error deep in
 -- the gate or a string coerced to a number.
 local function check_params(p)
+  -- the error naming param `name`, what it must be, and its value `v`
+  local function refuse(name, what, v)
+    error(string.format("params.%s must be %s, got %s", name, what,
+      type(v) == "string" and string.format("%q", v) or tostring(v)), 0)
+  end
   for _, b in ipairs(BOUNDS) do
     local name, lo, hi, open, whole = b[1], b[2], b[3], b[4], b[5]
     local v = p[name]
@@ -527,19 +532,16 @@ local function check_params(p)
         or (lo and (v < lo or (open and v == lo))) or (hi and v > hi)
         or (whole and v ~= math.floor(v))
       if bad then
-        local what = (whole and "a whole number" or "a number")
+        refuse(name, (whole and "a whole number" or "a number")
           .. ((lo and hi) and string.format(" from %s to %s", lo, hi)
             or (lo and (open and string.format(" above %s", lo) or string.format(" of %s or more", lo)))
-            or "")
-        error(string.format("params.%s must be %s, got %s", name, what,
-          type(v) == "string" and string.format("%q", v) or tostring(v)), 0)
+            or ""), v)
       end
     end
   end
   local nlv = p.steady
   if nlv ~= nil and (type(nlv) ~= "number" or nlv ~= nlv or nlv < 0 or (nlv > 0 and nlv < 3)) then
-    error("params.steady must be 0 or minutes of 3 or more, got "
-      .. (type(nlv) == "string" and string.format("%q", nlv) or tostring(nlv)), 0)
+    refuse("steady", "0 or minutes of 3 or more", nlv)
   end
 end
 

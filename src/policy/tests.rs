@@ -1591,14 +1591,15 @@ fn recurring_level_of_no_load_is_no_load() {
         "steady": 3, "steady_proof": 0, "steady_sure": 0, "daily_min": 0, "shape": 0 });
     for (load, want) in [(250.0, 3), (0.0, 0)] {
         let mut p = shipped_recurring(&params, load);
-        let mut last = None;
-        for k in 0..6 {
-            let mut i = input();
-            i.min = 0;
-            i.now_ms += k * 60_000;
-            last = Some(p.decide(&i).unwrap());
-        }
-        let last = last.unwrap();
+        let last = (0..6)
+            .map(|k| {
+                let mut i = input();
+                i.min = 0;
+                i.now_ms += k * 60_000;
+                p.decide(&i).unwrap()
+            })
+            .last()
+            .unwrap();
         assert_eq!(last.replicas, Some(want), "load {load}: {last:?}");
         assert!(
             last.reason
